@@ -263,11 +263,13 @@ func (x *GetHostResponse) GetStatus() *StatusReport {
 
 // LastResult is a host's last Ack or Nack.
 type LastResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          ResultKind             `protobuf:"varint,1,opt,name=kind,proto3,enum=s2strust.v1.ResultKind" json:"kind,omitempty"`
-	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	Errors        []*ItemError           `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Kind    ResultKind             `protobuf:"varint,1,opt,name=kind,proto3,enum=s2strust.v1.ResultKind" json:"kind,omitempty"`
+	Version uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Errors  []*ItemError           `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
+	Time    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	// The hash of the configuration answered.
+	Hash          string `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -328,6 +330,13 @@ func (x *LastResult) GetTime() *timestamppb.Timestamp {
 		return x.Time
 	}
 	return nil
+}
+
+func (x *LastResult) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
 }
 
 // Host is one host of the topology as the controller sees it.
@@ -498,13 +507,14 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\tR\x04host\"k\n" +
 	"\x0fGetHostResponse\x12%\n" +
 	"\x04host\x18\x01 \x01(\v2\x11.s2strust.v1.HostR\x04host\x121\n" +
-	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xb3\x01\n" +
+	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xc7\x01\n" +
 	"\n" +
 	"LastResult\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.s2strust.v1.ResultKindR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12.\n" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
-	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x93\x04\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
+	"\x04hash\x18\x05 \x01(\tR\x04hash\"\x93\x04\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +

@@ -1,0 +1,63 @@
+// Command s2s-agent runs on every Lync / Skype for Business, Exchange and
+// SharePoint host: it keeps one stream to the s2strust controller, applies
+// its host's share of the trust topology and reports what it sees.
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/s2strust/s2strust/agent/app"
+)
+
+func main() {
+	if err := newRoot().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "s2s-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{Use: "s2s-agent", Short: "The s2strust agent: applies and verifies this host's S2S OAuth trust", SilenceUsage: true, SilenceErrors: true}
+	var cfg app.Config
+	var verbose bool
+	run := &cobra.Command{
+		Use:   "run",
+		Short: "Connect to the controller and keep this host's trust configuration applied",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			level := slog.LevelInfo
+			if verbose {
+				level = slog.LevelDebug
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return app.Run(ctx, cfg)
+		},
+	}
+	f := run.Flags()
+	f.StringVar(&cfg.Controller, "controller", "127.0.0.1:7443", "controller address HOST:PORT")
+	f.StringVar(&cfg.Host, "host", "", "this host's FQDN, as its certificate names it (required)")
+	f.StringVar(&cfg.CA, "ca", "", "CA certificate (PEM) that issued the controller's certificate")
+	f.StringVar(&cfg.Cert, "cert", "", "this agent's certificate (PEM)")
+	f.StringVar(&cfg.Key, "key", "", "this agent's private key (PEM)")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "connect without TLS (only to a controller run with --insecure)")
+	f.StringVar(&cfg.Driver, "driver", "sim", "product driver: sim or powershell")
+	f.StringVar(&cfg.StateDir, "state-dir", "./s2s-agent-state", "where the last good configuration is kept")
+	f.StringVar(&cfg.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores, shared by the hosts of a deployment (default <state-dir>/sim-shared)")
+	f.StringSliceVar(&cfg.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION (e.g. lync:2015); repeatable")
+	f.DurationVar(&cfg.DriftInterval, "drift-interval", time.Minute, "how often the applied configuration is re-read to find drift")
+	f.BoolVar(&cfg.AutoCorrect, "auto-correct", false, "re-apply drifted items instead of only reporting them")
+	f.DurationVar(&cfg.VerifyInterval, "verify-interval", 2*time.Second, "how often a verification waiting on the deployment's primary is retried")
+	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
+	_ = run.MarkFlagRequired("host")
+	root.AddCommand(run)
+	return root
+}

@@ -1,0 +1,459 @@
+// Package syncer is the agent's side of the Sync stream: it keeps one
+// stream open to the controller, applies each desired state through the
+// product driver, verifies it, answers ack or nack, reports status, and
+// goes on checking for drift while the controller is away.
+package syncer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/s2strust/s2strust/agent/driver"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// Version is the agent's version, sent in its Hello.
+const Version = "0.1.0"
+
+// Config configures an agent.
+type Config struct {
+	// Host is this host's FQDN, as its certificate names it.
+	Host string
+	// Conn is the client connection to the controller.
+	Conn grpc.ClientConnInterface
+	// Driver reads and changes the product's configuration.
+	Driver driver.Driver
+	// StateDir keeps the last good configuration.
+	StateDir string
+	Logger   *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// DriftInterval is how often the applied configuration is re-read (default 1m).
+	DriftInterval time.Duration
+	// AutoCorrect re-applies drifted items; otherwise drift is only reported.
+	AutoCorrect bool
+	// VerifyInterval is how often a pending verification is retried (default 2s).
+	VerifyInterval time.Duration
+	// BackoffBase and BackoffMax bound reconnect delays (defaults 500ms, 30s).
+	BackoffBase, BackoffMax time.Duration
+	// OnDesired, when set, is called for every Desired received (tests
+	// and metrics count pushes with it).
+	OnDesired func(*pb.Desired)
+}
+
+// Agent runs the agent protocol.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	in   chan *pb.Desired // latest desired state; newer ones replace older
+	mu   sync.Mutex
+	good *lastGood        // guarded by mu
+	sess *session         // the current stream, nil when disconnected
+	last *pb.StatusReport // the latest report, re-sent on reconnect
+}
+
+// New loads the agent's state and returns an agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Host == "" || cfg.Conn == nil || cfg.Driver == nil || cfg.StateDir == "" {
+		return nil, errors.New("agent: host, connection, driver and state directory are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.DriftInterval <= 0 {
+		cfg.DriftInterval = time.Minute
+	}
+	if cfg.VerifyInterval <= 0 {
+		cfg.VerifyInterval = 2 * time.Second
+	}
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = 500 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	good, err := loadState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.Host), in: make(chan *pb.Desired, 1), good: good}, nil
+}
+
+// Applied returns the version and hash last applied and verified.
+func (a *Agent) Applied() (uint64, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.good == nil {
+		return 0, ""
+	}
+	return a.good.Version, a.good.Hash
+}
+
+// Run connects and serves until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.connectLoop(ctx) })
+	g.Go(func() error { return a.engine(ctx) })
+	return g.Wait()
+}
+
+// connectLoop keeps one stream open, reconnecting with exponential backoff
+// and full jitter (a uniformly random delay up to the exponential bound),
+// which spreads a fleet's reconnects after a controller restart.
+func (a *Agent) connectLoop(ctx context.Context) error {
+	attempt := 0
+	for {
+		connected, err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if connected {
+			attempt = 0
+		}
+		bound := a.cfg.BackoffBase << min(attempt, 16)
+		if bound > a.cfg.BackoffMax || bound <= 0 {
+			bound = a.cfg.BackoffMax
+		}
+		delay := time.Duration(rand.Int64N(int64(bound) + 1))
+		attempt++
+		a.log.Warn("controller stream ended; reconnecting", "error", err, "retry_in", delay.Round(time.Millisecond))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session is one open stream.
+type session struct {
+	mu     sync.Mutex
+	stream pb.AgentService_SyncClient
+}
+
+func (s *session) send(m *pb.SyncRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stream.Send(m)
+}
+
+// session runs one stream until it fails. connected reports whether the
+// controller answered at all, which resets the backoff.
+func (a *Agent) session(ctx context.Context) (connected bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := pb.NewAgentServiceClient(a.cfg.Conn).Sync(sctx)
+	if err != nil {
+		return false, fmt.Errorf("open sync stream: %w", err)
+	}
+	products, err := a.cfg.Driver.Detect(ctx)
+	if err != nil {
+		return false, fmt.Errorf("detect products: %w", err)
+	}
+	v, h := a.Applied()
+	s := &session{stream: stream}
+	hello := &pb.Hello{Host: a.cfg.Host, AgentVersion: Version, Driver: a.cfg.Driver.Name(), Products: products, AppliedVersion: v, AppliedHash: h}
+	if err := s.send(&pb.SyncRequest{Message: &pb.SyncRequest_Hello{Hello: hello}}); err != nil {
+		return false, fmt.Errorf("send hello: %w", err)
+	}
+	a.mu.Lock()
+	a.sess = s
+	last := a.last
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		if a.sess == s {
+			a.sess = nil
+		}
+		a.mu.Unlock()
+	}()
+	if last != nil {
+		if err := s.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: last}}); err != nil {
+			return false, fmt.Errorf("send status: %w", err)
+		}
+	}
+	a.log.Info("connected to controller", "applied_version", v)
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return connected, err
+		}
+		connected = true
+		if d := resp.GetDesired(); d != nil {
+			if a.cfg.OnDesired != nil {
+				a.cfg.OnDesired(d)
+			}
+			a.offer(d)
+		}
+	}
+}
+
+// offer hands the engine the newest desired state, replacing one not yet taken.
+func (a *Agent) offer(d *pb.Desired) {
+	for {
+		select {
+		case a.in <- d:
+			return
+		default:
+		}
+		select {
+		case <-a.in:
+		default:
+		}
+	}
+}
+
+// send sends on the current stream, if any. A message lost with its stream
+// is harmless: the next Hello says what was applied and the controller
+// pushes again.
+func (a *Agent) send(m *pb.SyncRequest) {
+	a.mu.Lock()
+	s := a.sess
+	a.mu.Unlock()
+	if s == nil {
+		return
+	}
+	if err := s.send(m); err != nil {
+		a.log.Debug("send to controller failed", "error", err)
+	}
+}
+
+// engine owns applying and verifying: desired states from the controller,
+// pending verifications and periodic drift checks.
+func (a *Agent) engine(ctx context.Context) error {
+	drift := time.NewTicker(a.cfg.DriftInterval)
+	defer drift.Stop()
+	var pending *pb.Desired
+	var retry <-chan time.Time
+	// Verify the last good state at start: it reports what the host has
+	// now, even before the controller answers.
+	a.checkDrift(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case d := <-a.in:
+			pending, retry = nil, nil
+			if a.handle(ctx, d) {
+				pending = d
+				retry = time.After(a.cfg.VerifyInterval)
+			}
+		case <-retry:
+			retry = nil
+			if a.verifyPending(ctx, pending) {
+				retry = time.After(a.cfg.VerifyInterval)
+			} else {
+				pending = nil
+			}
+		case <-drift.C:
+			if pending == nil {
+				a.checkDrift(ctx)
+			}
+		}
+	}
+}
+
+// handle applies and verifies one desired state and answers it. It
+// returns true when verification waits on another host.
+func (a *Agent) handle(ctx context.Context, d *pb.Desired) (waiting bool) {
+	log := a.log.With("version", d.GetVersion())
+	v, h := a.Applied()
+	if h == d.GetHash() && h != "" {
+		// Same configuration under a newer revision: nothing to apply.
+		if v != d.GetVersion() {
+			if err := a.commit(d); err != nil {
+				a.nack(d, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}})
+				return false
+			}
+		}
+		a.ack(d)
+		return false
+	}
+	log.Info("applying configuration", "hash", d.GetHash(), "primary", d.GetConfig().GetPrimary())
+	errs := a.cfg.Driver.Apply(ctx, d.GetConfig(), d.GetSecrets())
+	return a.finish(ctx, d, errs)
+}
+
+// finish verifies d after an apply and answers it, unless verification
+// still waits on another host.
+func (a *Agent) finish(ctx context.Context, d *pb.Desired, applyErrs []*pb.ItemError) (waiting bool) {
+	rep, err := a.cfg.Driver.Verify(ctx, d.GetConfig())
+	if err != nil {
+		a.nack(d, append(applyErrs, &pb.ItemError{Item: "verify", Message: err.Error()}))
+		return false
+	}
+	errs := mergeErrors(applyErrs, rep.GetItems())
+	pendingItems := itemsIn(rep, pb.ItemState_ITEM_STATE_PENDING)
+	a.report(rep, nil)
+	if len(errs) > 0 {
+		a.log.Warn("configuration rejected", "version", d.GetVersion(), "errors", len(errs), "first", errs[0].GetItem()+": "+errs[0].GetMessage())
+		a.nack(d, errs)
+		return false
+	}
+	if len(pendingItems) > 0 {
+		a.log.Info("waiting for the deployment's primary", "version", d.GetVersion(), "items", strings.Join(pendingItems, ", "))
+		return true
+	}
+	if err := a.commit(d); err != nil {
+		a.nack(d, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}})
+		return false
+	}
+	a.log.Info("configuration applied and verified", "version", d.GetVersion())
+	a.ack(d)
+	return false
+}
+
+func (a *Agent) verifyPending(ctx context.Context, d *pb.Desired) (waiting bool) {
+	if d == nil {
+		return false
+	}
+	// Host-scope items may need applying again once the primary's change
+	// has replicated; Apply is idempotent.
+	errs := a.cfg.Driver.Apply(ctx, d.GetConfig(), d.GetSecrets())
+	return a.finish(ctx, d, errs)
+}
+
+// checkDrift re-reads the applied configuration and reports what moved;
+// with auto-correct it applies it again.
+func (a *Agent) checkDrift(ctx context.Context) {
+	a.mu.Lock()
+	good := a.good
+	a.mu.Unlock()
+	if good == nil {
+		return
+	}
+	rep, err := a.cfg.Driver.Verify(ctx, good.config)
+	if err != nil {
+		a.log.Warn("drift check failed", "error", err)
+		return
+	}
+	drift := driftOf(rep)
+	if len(drift) > 0 && a.cfg.AutoCorrect {
+		a.log.Warn("drift found; correcting", "items", len(drift))
+		_ = a.cfg.Driver.Apply(ctx, good.config, nil)
+		after, err := a.cfg.Driver.Verify(ctx, good.config)
+		if err == nil {
+			still := map[string]bool{}
+			for _, d := range driftOf(after) {
+				still[d.GetItem()] = true
+			}
+			for _, d := range drift {
+				d.Corrected = !still[d.GetItem()]
+			}
+			rep = after
+		}
+	} else if len(drift) > 0 {
+		a.log.Warn("drift found", "items", len(drift), "first", drift[0].GetItem()+": "+drift[0].GetActual())
+	}
+	a.report(rep, drift)
+}
+
+// driftOf lists the items of a report that are not as applied.
+func driftOf(rep *pb.StatusReport) []*pb.Drift {
+	var out []*pb.Drift
+	for _, it := range rep.GetItems() {
+		if it.GetState() == pb.ItemState_ITEM_STATE_OK {
+			continue
+		}
+		it.State = pb.ItemState_ITEM_STATE_DRIFTED
+		out = append(out, &pb.Drift{Item: it.GetItem(), Expected: "as applied", Actual: it.GetMessage()})
+	}
+	return out
+}
+
+// report sends a status report when it differs from the last one.
+func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
+	rep = proto.Clone(rep).(*pb.StatusReport)
+	rep.AppliedVersion, rep.AppliedHash = a.Applied()
+	rep.Drift = drift
+	a.mu.Lock()
+	same := a.last != nil && sameReport(a.last, rep)
+	rep.Clock = timestamppb.New(a.cfg.Now())
+	if !same {
+		a.last = rep
+	}
+	a.mu.Unlock()
+	if !same {
+		a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
+	}
+}
+
+func sameReport(a, b *pb.StatusReport) bool {
+	a2 := proto.Clone(a).(*pb.StatusReport)
+	b2 := proto.Clone(b).(*pb.StatusReport)
+	a2.Clock, b2.Clock = nil, nil
+	return proto.Equal(a2, b2)
+}
+
+func (a *Agent) commit(d *pb.Desired) error {
+	g, err := saveState(a.cfg.StateDir, d.GetVersion(), d.GetHash(), d.GetConfig())
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.good = g
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) ack(d *pb.Desired) {
+	a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Ack{Ack: &pb.Ack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash()}}})
+	// The report's applied version moves with the ack.
+	a.mu.Lock()
+	last := a.last
+	a.mu.Unlock()
+	if last != nil {
+		a.report(last, last.GetDrift())
+	}
+}
+
+func (a *Agent) nack(d *pb.Desired, errs []*pb.ItemError) {
+	a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Nack{Nack: &pb.Nack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash(), Errors: errs}}})
+}
+
+// mergeErrors combines apply errors and failed verification items, one per item.
+func mergeErrors(applyErrs []*pb.ItemError, items []*pb.ItemStatus) []*pb.ItemError {
+	seen := map[string]bool{}
+	var out []*pb.ItemError
+	for _, e := range applyErrs {
+		if !seen[e.GetItem()] {
+			seen[e.GetItem()] = true
+			out = append(out, e)
+		}
+	}
+	for _, it := range items {
+		if it.GetState() == pb.ItemState_ITEM_STATE_FAILED && !seen[it.GetItem()] {
+			seen[it.GetItem()] = true
+			out = append(out, &pb.ItemError{Item: it.GetItem(), Message: it.GetMessage()})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].GetItem() < out[j].GetItem() })
+	return out
+}
+
+func itemsIn(rep *pb.StatusReport, st pb.ItemState) []string {
+	var out []string
+	for _, it := range rep.GetItems() {
+		if it.GetState() == st {
+			out = append(out, it.GetItem())
+		}
+	}
+	return out
+}

@@ -1,0 +1,260 @@
+// Package app wires the controller process together: the store (embedded
+// or external etcd), the PKI, the gRPC services, and their shutdown.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/controller/secrets"
+	"github.com/s2strust/s2strust/controller/server"
+	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/atomicfile"
+	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/secretbox"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// MaxMessageSize bounds every gRPC message the controller receives or sends.
+const MaxMessageSize = 4 << 20
+
+// ServeConfig configures `s2s-controller serve`.
+type ServeConfig struct {
+	// DataDir holds the embedded etcd, the development PKI and the address file.
+	DataDir string
+	// Listen is the gRPC listen address.
+	Listen string
+	// EtcdEndpoints selects an existing etcd cluster instead of the embedded one.
+	EtcdEndpoints []string
+	// EtcdPrefix is the key prefix in etcd.
+	EtcdPrefix string
+	// Insecure serves plaintext, on loopback only.
+	Insecure bool
+	Logger   *slog.Logger
+	// PresenceTTL is the agents' presence lease TTL (default 10s).
+	PresenceTTL time.Duration
+	// StreamsPerSecond bounds new agent streams (default 500/s).
+	StreamsPerSecond float64
+	// SecretKeyFile is the AES-256 key sealing secrets in etcd (default
+	// <data-dir>/secret.key); replicas sharing an etcd cluster need the same one.
+	SecretKeyFile string
+	// Ready, when set, is called with the listening address once serving.
+	Ready func(addr string)
+}
+
+// AddrFile is where serve writes its listening address, for the admin commands.
+func AddrFile(dataDir string) string { return filepath.Join(dataDir, "controller.addr") }
+
+// PKIDir is the development PKI directory of a data dir.
+func PKIDir(dataDir string) string { return filepath.Join(dataDir, "pki") }
+
+// Serve runs the controller until ctx ends, then stops gracefully.
+func Serve(ctx context.Context, cfg ServeConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "./s2s-data"
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
+	}
+	lis, err := listen(cfg.Listen, cfg.Insecure)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+
+	var creds grpc.ServerOption
+	if cfg.Insecure {
+		log.Warn("serving WITHOUT TLS (--insecure): anyone on this host can act as admin or as any agent; loopback only")
+	} else {
+		host, _, _ := net.SplitHostPort(lis.Addr().String())
+		names := []string{host}
+		if hn, err := os.Hostname(); err == nil && strings.Contains(hn, ".") {
+			names = append(names, hn)
+		}
+		_, files, err := pki.EnsureDevPKI(PKIDir(cfg.DataDir), names, time.Now())
+		if err != nil {
+			return fmt.Errorf("prepare PKI in %s: %w", PKIDir(cfg.DataDir), err)
+		}
+		tlsCfg, err := loadServerTLS(files)
+		if err != nil {
+			return err
+		}
+		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
+	}
+
+	cli, closeStore, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	st := store.New(cli, cfg.EtcdPrefix)
+	keyFile := cfg.SecretKeyFile
+	if keyFile == "" {
+		keyFile = filepath.Join(cfg.DataDir, "secret.key")
+	}
+	key, err := secretbox.LoadOrCreateKey(keyFile)
+	if err != nil {
+		return fmt.Errorf("load the secret key: %w", err)
+	}
+	sec := secrets.New(st, key, nil)
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec})
+	access := server.Access{Insecure: cfg.Insecure, Logger: log}
+	opts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(access.StreamInterceptor),
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		// Small per-stream windows keep an idle agent stream cheap.
+		grpc.InitialWindowSize(64 << 10),
+		grpc.InitialConnWindowSize(64 << 10),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
+	}
+	if creds != nil {
+		opts = append(opts, creds)
+	}
+	gs := grpc.NewServer(opts...)
+	pb.RegisterTopologyServiceServer(gs, server.NewTopologyService(hub, sec))
+	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
+	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
+	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+
+	addr := lis.Addr().String()
+	if err := atomicfile.Write(AddrFile(cfg.DataDir), []byte(addr+"\n"), 0o644); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return hub.Run(gctx) })
+	g.Go(func() error {
+		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serve gRPC on %s: %w", addr, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		select {
+		case <-hub.Ready():
+		case <-gctx.Done():
+			return nil
+		}
+		hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		log.Info("controller serving", "addr", addr, "data_dir", cfg.DataDir, "tls", !cfg.Insecure)
+		if cfg.Ready != nil {
+			cfg.Ready(addr)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		hub.Stopping()
+		hs.Shutdown()
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		t := time.NewTimer(5 * time.Second)
+		defer t.Stop()
+		select {
+		case <-stopped:
+		case <-t.C:
+			log.Warn("graceful stop timed out; closing remaining streams")
+			gs.Stop()
+			<-stopped
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+func listen(addr string, insecure bool) (net.Listener, error) {
+	if addr == "" {
+		addr = "127.0.0.1:7443"
+	}
+	if insecure {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("--listen %q: %w", addr, err)
+		}
+		ip := net.ParseIP(host)
+		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return nil, fmt.Errorf("--listen %q: --insecure serves plaintext on a loopback address only (127.0.0.1 or ::1)", addr)
+		}
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return lis, nil
+}
+
+func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, func(), error) {
+	endpoints := cfg.EtcdEndpoints
+	var emb *etcdembed.Server
+	if len(endpoints) == 0 {
+		var err error
+		emb, err = etcdembed.Start(ctx, filepath.Join(cfg.DataDir, "etcd"))
+		if err != nil {
+			return nil, nil, err
+		}
+		endpoints = []string{emb.Endpoint()}
+		log.Info("embedded etcd started", "dir", filepath.Join(cfg.DataDir, "etcd"))
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:          endpoints,
+		DialTimeout:        5 * time.Second,
+		MaxCallSendMsgSize: MaxMessageSize,
+		MaxCallRecvMsgSize: 64 << 20,
+		Logger:             nil,
+	})
+	if err != nil {
+		if emb != nil {
+			emb.Close()
+		}
+		return nil, nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+	}
+	return cli, func() {
+		cli.Close() // clients before the server
+		if emb != nil {
+			emb.Close()
+		}
+	}, nil
+}
+
+func loadServerTLS(f pki.Files) (*tls.Config, error) {
+	cert, err := os.ReadFile(f.ServerCert())
+	if err != nil {
+		return nil, fmt.Errorf("read server certificate: %w", err)
+	}
+	key, err := os.ReadFile(f.ServerKey())
+	if err != nil {
+		return nil, fmt.Errorf("read server key: %w", err)
+	}
+	ca, err := os.ReadFile(f.CACert())
+	if err != nil {
+		return nil, fmt.Errorf("read CA certificate: %w", err)
+	}
+	return pki.ServerTLSConfig(cert, key, ca)
+}

@@ -1,0 +1,208 @@
+package cmd
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/goccy/go-yaml"
+	"github.com/spf13/cobra"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// rpcError turns a gRPC error into a readable one: the status message and
+// every field violation on its own line.
+func rpcError(what string, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %s: %s", what, st.Code(), st.Message())
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 1 {
+			for _, v := range br.GetFieldViolations() {
+				fmt.Fprintf(&b, "\n  - %s: %s", v.GetField(), v.GetDescription())
+			}
+		}
+	}
+	return &exitError{code: 1, err: fmt.Errorf("%s", b.String())}
+}
+
+func newApply(g *globals) *cobra.Command {
+	var file string
+	var dryRun bool
+	var expected int64
+	c := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Validate a trust topology and store it as a new revision (prints the per-host plan)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			doc, err := os.ReadFile(file)
+			if err != nil {
+				return fmt.Errorf("read topology: %w", err)
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := callCtx(cmd.Context())
+			defer cancel()
+			req := &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: dryRun}
+			if expected >= 0 {
+				e := uint64(expected)
+				req.ExpectedRevision = &e
+			}
+			resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, req)
+			if err != nil {
+				return rpcError("apply "+file, err)
+			}
+			printPlan(g.out, resp.GetPlan())
+			switch {
+			case dryRun:
+				fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())
+			case resp.GetChanged():
+				fmt.Fprintf(g.out, "applied: revision %d\n", resp.GetRevision())
+			default:
+				fmt.Fprintf(g.out, "unchanged: revision %d is already this topology\n", resp.GetRevision())
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&file, "file", "f", "", "topology file, YAML or JSON (required)")
+	c.Flags().BoolVar(&dryRun, "dry-run", false, "show the per-host plan and store nothing")
+	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current revision is this one (0: none yet)")
+	_ = c.MarkFlagRequired("file")
+	return c
+}
+
+func newGet(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "get", Short: "Show the topology, its revisions or the hosts"}
+	var rev uint64
+	var output string
+	topo := &cobra.Command{
+		Use:   "topology",
+		Short: "Print the current topology, or --revision N",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := callCtx(cmd.Context())
+			defer cancel()
+			resp, err := pb.NewTopologyServiceClient(conn).GetTopology(ctx, &pb.GetTopologyRequest{Revision: rev})
+			if err != nil {
+				return rpcError("get topology", err)
+			}
+			doc := []byte(resp.GetTopology().GetDocument())
+			switch output {
+			case "json":
+				var v any
+				if err := json.Unmarshal(doc, &v); err != nil {
+					return err
+				}
+				b, _ := json.MarshalIndent(v, "", "  ")
+				fmt.Fprintf(g.out, "%s\n", b)
+			case "yaml", "":
+				y, err := yaml.JSONToYAML(doc)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.out, "# revision %d, applied %s by %s\n%s", resp.GetTopology().GetRevision(),
+					resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), resp.GetTopology().GetAppliedBy(), y)
+			default:
+				return fmt.Errorf("-o %q: want yaml or json", output)
+			}
+			return nil
+		},
+	}
+	topo.Flags().Uint64Var(&rev, "revision", 0, "a stored revision (default: current)")
+	topo.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
+
+	var hostsOut string
+	hosts := &cobra.Command{
+		Use:   "hosts",
+		Short: "List every host of the topology with its desired and applied version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := callCtx(cmd.Context())
+			defer cancel()
+			resp, err := pb.NewFleetServiceClient(conn).ListHosts(ctx, &pb.ListHostsRequest{})
+			if err != nil {
+				return rpcError("list hosts", err)
+			}
+			switch hostsOut {
+			case "json":
+				b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
+				fmt.Fprintf(g.out, "%s\n", b)
+			case "table", "":
+				printHosts(g.out, resp.GetHosts())
+			default:
+				return fmt.Errorf("-o %q: want table or json", hostsOut)
+			}
+			return nil
+		},
+	}
+	hosts.Flags().StringVarP(&hostsOut, "output", "o", "table", "table or json")
+
+	revs := &cobra.Command{
+		Use:   "revisions",
+		Short: "List stored topology revisions, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := callCtx(cmd.Context())
+			defer cancel()
+			resp, err := pb.NewTopologyServiceClient(conn).ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{})
+			if err != nil {
+				return rpcError("list revisions", err)
+			}
+			printRevisions(g.out, resp.GetRevisions())
+			return nil
+		},
+	}
+	c.AddCommand(topo, hosts, revs)
+	return c
+}
+
+func newStatus(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := callCtx(cmd.Context())
+			defer cancel()
+			fleet := pb.NewFleetServiceClient(conn)
+			details, err := fetchStatus(ctx, fleet)
+			if err != nil {
+				return err
+			}
+			printStatus(g.out, details)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,287 @@
+package cmd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	agentapp "github.com/s2strust/s2strust/agent/app"
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/deploy/examples"
+	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// DemoConfig configures a demo run.
+type DemoConfig struct {
+	// Topology is the document to apply; deploy/examples/contoso.yaml when empty.
+	Topology     []byte
+	TopologyName string
+	// Dir holds everything the demo creates; a temporary directory when empty.
+	Dir    string
+	Listen string
+	// Once exits after verification instead of serving until interrupted.
+	Once    bool
+	Timeout time.Duration
+	Out     io.Writer
+	Logger  *slog.Logger
+}
+
+func newDemo(g *globals) *cobra.Command {
+	var cfg DemoConfig
+	var file string
+	c := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a whole simulated fleet: embedded etcd, a controller and a sim agent per host of the example topology",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Out = g.out
+			if file != "" {
+				b, err := os.ReadFile(file)
+				if err != nil {
+					return fmt.Errorf("read topology: %w", err)
+				}
+				cfg.Topology, cfg.TopologyName = b, filepath.Base(file)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if g.verbose {
+				cfg.Logger = g.logger()
+			}
+			return RunDemo(ctx, cfg)
+		},
+	}
+	c.Flags().BoolVar(&cfg.Once, "once", false, "exit after verification: 0 when every host acked and verified")
+	c.Flags().StringVarP(&file, "file", "f", "", "topology to run (default: the embedded deploy/examples/contoso.yaml)")
+	c.Flags().StringVar(&cfg.Dir, "dir", "", "keep the demo's files here (default: a temporary directory, removed at exit)")
+	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:0", "controller listen address")
+	c.Flags().DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "how long to wait for every host to ack")
+	return c
+}
+
+// RunDemo starts a controller and one sim agent per host, applies the
+// topology, waits for every host to ack and prints what they verified.
+func RunDemo(ctx context.Context, cfg DemoConfig) error {
+	out := cfg.Out
+	if cfg.Topology == nil {
+		cfg.Topology, cfg.TopologyName = examples.Contoso, "contoso.yaml"
+	}
+	t, err := topology.Load(cfg.TopologyName, cfg.Topology)
+	if err != nil {
+		return err
+	}
+	dir := cfg.Dir
+	if dir == "" {
+		dir, err = os.MkdirTemp("", "s2strust-demo-")
+		if err != nil {
+			return fmt.Errorf("create demo directory: %w", err)
+		}
+		defer os.RemoveAll(dir)
+	}
+	logFile, err := os.OpenFile(filepath.Join(dir, "demo.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open demo log: %w", err)
+	}
+	defer logFile.Close()
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	defer func() { cancel(); _ = g.Wait() }()
+
+	dataDir := filepath.Join(dir, "controller")
+	ready := make(chan string, 1)
+	g.Go(func() error {
+		return app.Serve(gctx, app.ServeConfig{DataDir: dataDir, Listen: cfg.Listen, Logger: log.With("component", "controller"),
+			Ready: func(addr string) { ready <- addr }})
+	})
+	var addr string
+	select {
+	case addr = <-ready:
+	case <-gctx.Done():
+		return fmt.Errorf("controller did not start: %w", g.Wait())
+	}
+	fmt.Fprintf(out, "controller listening on %s (data in %s, logs in %s)\n", addr, dataDir, logFile.Name())
+	conn, err := app.Dial(app.ClientConfig{DataDir: dataDir, Addr: addr})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := demoSecrets(ctx, conn, t, out); err != nil {
+		return err
+	}
+	if err := startDemoAgents(gctx, g, t, dataDir, dir, addr, log); err != nil {
+		return err
+	}
+	resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: cfg.Topology, Filename: cfg.TopologyName})
+	if err != nil {
+		return rpcError("apply "+cfg.TopologyName, err)
+	}
+	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), len(resp.GetPlan()))
+	failures, waitErr := waitConverged(ctx, pb.NewFleetServiceClient(conn), resp.GetRevision(), cfg.Timeout)
+	details, err := fetchStatus(ctx, pb.NewFleetServiceClient(conn))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	printStatus(out, details)
+	pkiDir := app.PKIDir(dataDir)
+	fmt.Fprintf(out, "Inspect it with grpcurl:\n  go tool grpcurl -cacert %s -cert %s -key %s %s list\n  go tool grpcurl -cacert %s -cert %s -key %s %s s2strust.v1.FleetService/ListHosts\n\n",
+		filepath.Join(pkiDir, "ca.crt"), filepath.Join(pkiDir, "admin.crt"), filepath.Join(pkiDir, "admin.key"), addr,
+		filepath.Join(pkiDir, "ca.crt"), filepath.Join(pkiDir, "admin.crt"), filepath.Join(pkiDir, "admin.key"), addr)
+	if waitErr != nil || len(failures) > 0 {
+		var b strings.Builder
+		fmt.Fprintf(&b, "demo failed:")
+		if waitErr != nil {
+			fmt.Fprintf(&b, " %v", waitErr)
+		}
+		for _, f := range failures {
+			fmt.Fprintf(&b, "\n  %s", f)
+		}
+		return &exitError{code: 2, err: fmt.Errorf("%s", b.String())}
+	}
+	fmt.Fprintf(out, "every host applied revision %d and verified it\n", resp.GetRevision())
+	if cfg.Once {
+		return nil
+	}
+	fmt.Fprintln(out, "serving until Ctrl-C")
+	<-ctx.Done()
+	return nil
+}
+
+// demoSecrets makes and uploads a token-issuer certificate for every
+// secret the topology names: CN the default SIP domain, the SAN listing
+// every SIP domain, RSA 2048, serverAuth.
+func demoSecrets(ctx context.Context, conn *grpc.ClientConn, t *topology.Topology, out io.Writer) error {
+	done := map[string]bool{}
+	for _, d := range t.Deployments {
+		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" || done[d.TokenIssuer.Secret] {
+			continue
+		}
+		name := d.TokenIssuer.Secret
+		done[name] = true
+		now := time.Now()
+		b, err := certs.Generate(certs.Template{
+			CommonName: t.SIPDomains.Default,
+			DNSNames:   append([]string{t.SIPDomains.Default}, t.SIPDomains.Additional...),
+			NotBefore:  now.Add(-time.Hour), NotAfter: now.AddDate(2, 0, 0), KeyBits: 2048,
+		})
+		if err != nil {
+			return fmt.Errorf("generate token-issuer certificate: %w", err)
+		}
+		pw := make([]byte, 12)
+		_, _ = rand.Read(pw)
+		pfx, err := certs.EncodePFX(b, hex.EncodeToString(pw))
+		if err != nil {
+			return err
+		}
+		resp, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, &pb.PutSecretRequest{Name: name, Pfx: pfx, Password: hex.EncodeToString(pw)})
+		if err != nil {
+			return rpcError("put secret "+name, err)
+		}
+		fmt.Fprintf(out, "uploaded token-issuer certificate %s (%s) as secret %q\n", resp.GetSecret().GetCertificate().GetThumbprint(), resp.GetSecret().GetCertificate().GetSubject(), name)
+	}
+	return nil
+}
+
+func startDemoAgents(ctx context.Context, g *errgroup.Group, t *topology.Topology, dataDir, dir, addr string, log *slog.Logger) error {
+	files := pki.Files{Dir: app.PKIDir(dataDir)}
+	caPEM, err := os.ReadFile(files.CACert())
+	if err != nil {
+		return err
+	}
+	keyPEM, err := os.ReadFile(files.CAKey())
+	if err != nil {
+		return err
+	}
+	ca, err := pki.LoadCA(caPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	for _, d := range t.Deployments {
+		for _, host := range d.Hosts {
+			certPEM, keyPEM, err := ca.IssueHost(host, time.Now(), 24*time.Hour)
+			if err != nil {
+				return err
+			}
+			tlsCfg, err := pki.ClientTLSConfig(certPEM, keyPEM, caPEM, "127.0.0.1")
+			if err != nil {
+				return err
+			}
+			cfg := agentapp.Config{
+				Controller: addr, Host: host, TLS: tlsCfg, Driver: "sim",
+				StateDir:       filepath.Join(dir, "agents", host),
+				SimDir:         filepath.Join(dir, "sim"),
+				SimProducts:    []string{d.Product + ":" + d.Version},
+				DriftInterval:  5 * time.Second,
+				VerifyInterval: 100 * time.Millisecond,
+				Logger:         log.With("component", "agent", "agent", host),
+			}
+			g.Go(func() error { return agentapp.Run(ctx, cfg) })
+		}
+	}
+	return nil
+}
+
+// waitConverged polls the fleet until every host acked revision rev (or a
+// later one) and verified it, or a host NACKed, or timeout passes. It
+// returns one line per host that failed.
+func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64, timeout time.Duration) ([]string, error) {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last []string
+	for {
+		resp, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+		if err == nil {
+			last = last[:0]
+			for _, h := range resp.GetHosts() {
+				lr := h.GetLastResult()
+				switch {
+				case lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && lr.GetVersion() >= rev:
+					last = append(last, fmt.Sprintf("%s: %s", h.GetHost(), resultText(lr)))
+				case h.GetAppliedVersion() < rev || h.GetAppliedHash() != h.GetDesiredHash():
+					last = append(last, fmt.Sprintf("%s: has not applied revision %d yet (applied %d, connected %s)", h.GetHost(), rev, h.GetAppliedVersion(), yesNo(h.GetConnected())))
+				}
+			}
+			if len(last) == 0 {
+				return nil, nil
+			}
+			nacked := true
+			for _, l := range last {
+				if !strings.Contains(l, "NACK") {
+					nacked = false
+				}
+			}
+			if nacked {
+				return last, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return last, fmt.Errorf("not every host converged within %s", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,238 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/s2strust/s2strust/internal/products"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+func printPlan(w io.Writer, plan []*pb.HostPlan) {
+	changed := 0
+	for _, hp := range plan {
+		if len(hp.GetItems()) == 0 {
+			continue
+		}
+		changed++
+		fmt.Fprintf(w, "%s (%s, %s):\n", hp.GetHost(), hp.GetDeployment(), products.Name(hp.GetProduct()))
+		for _, it := range hp.GetItems() {
+			fmt.Fprintf(w, "  %-7s %s", it.GetAction(), it.GetItem())
+			if d := it.GetDetail(); d != "" {
+				fmt.Fprintf(w, ": %s", d)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	fmt.Fprintf(w, "%d of %d hosts change\n", changed, len(plan))
+}
+
+func printHosts(w io.Writer, hosts []*pb.Host) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tPRODUCT\tPRIMARY\tCONNECTED\tDESIRED\tAPPLIED\tLAST RESULT")
+	for _, h := range hosts {
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\t%s\n", h.GetHost(), h.GetDeployment(), products.Name(h.GetProduct()), h.GetProductVersion(),
+			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), h.GetDesiredVersion(), h.GetAppliedVersion(), resultText(h.GetLastResult()))
+	}
+	tw.Flush()
+}
+
+func printRevisions(w io.Writer, revs []*pb.TopologyRevision) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REVISION\tNAME\tAPPLIED AT\tAPPLIED BY\tHASH")
+	for _, r := range revs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.12s\n", r.GetRevision(), r.GetName(), r.GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), r.GetAppliedBy(), r.GetHash())
+	}
+	tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func resultText(r *pb.LastResult) string {
+	switch r.GetKind() {
+	case pb.ResultKind_RESULT_KIND_ACK:
+		return fmt.Sprintf("ack v%d", r.GetVersion())
+	case pb.ResultKind_RESULT_KIND_NACK:
+		var parts []string
+		for _, e := range r.GetErrors() {
+			parts = append(parts, e.GetItem()+": "+e.GetMessage())
+		}
+		return fmt.Sprintf("NACK v%d: %s", r.GetVersion(), strings.Join(parts, "; "))
+	}
+	return "-"
+}
+
+// hostDetail is one host with its latest report.
+type hostDetail struct {
+	host   *pb.Host
+	report *pb.StatusReport
+}
+
+func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient) ([]hostDetail, error) {
+	list, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+	if err != nil {
+		return nil, rpcError("list hosts", err)
+	}
+	out := make([]hostDetail, 0, len(list.GetHosts()))
+	for _, h := range list.GetHosts() {
+		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Host: h.GetHost()})
+		if err != nil {
+			return nil, rpcError("get host "+h.GetHost(), err)
+		}
+		out = append(out, hostDetail{host: d.GetHost(), report: d.GetStatus()})
+	}
+	return out, nil
+}
+
+// printStatus prints the hosts table, then per host what it verified, in
+// the shape administrators know from Get-CsPartnerApplication and
+// Get-CsOAuthConfiguration.
+func printStatus(w io.Writer, details []hostDetail) {
+	hosts := make([]*pb.Host, 0, len(details))
+	for _, d := range details {
+		hosts = append(hosts, d.host)
+	}
+	printHosts(w, hosts)
+	for _, d := range details {
+		h, r := d.host, d.report
+		role := "secondary"
+		if h.GetPrimary() {
+			role = "primary"
+		}
+		fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", h.GetHost(), h.GetDeployment(), products.DisplayName(h.GetProduct()), h.GetProductVersion(), role)
+		if r == nil {
+			fmt.Fprintln(w, "no status report yet")
+			continue
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ITEM\tSTATE\tDETAIL")
+		items := append([]*pb.ItemStatus(nil), r.GetItems()...)
+		sort.SliceStable(items, func(i, j int) bool { return items[i].GetItem() < items[j].GetItem() })
+		for _, it := range items {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", it.GetItem(), stateText(it.GetState()), it.GetMessage())
+		}
+		tw.Flush()
+		for _, dr := range r.GetDrift() {
+			c := ""
+			if dr.GetCorrected() {
+				c = " (corrected)"
+			}
+			fmt.Fprintf(w, "DRIFT %s: %s%s\n", dr.GetItem(), dr.GetActual(), c)
+		}
+		printPartners(w, h.GetProduct(), r.GetPartners())
+		printOAuth(w, h.GetProduct(), r.GetOauth())
+	}
+}
+
+func stateText(s pb.ItemState) string {
+	switch s {
+	case pb.ItemState_ITEM_STATE_OK:
+		return "ok"
+	case pb.ItemState_ITEM_STATE_FAILED:
+		return "FAILED"
+	case pb.ItemState_ITEM_STATE_PENDING:
+		return "pending"
+	case pb.ItemState_ITEM_STATE_DRIFTED:
+		return "DRIFTED"
+	}
+	return "?"
+}
+
+func boolPS(b bool) string {
+	if b {
+		return "True"
+	}
+	return "False"
+}
+
+// kv prints PowerShell's Format-List shape: names padded to one column.
+func kv(w io.Writer, pairs [][2]string) {
+	width := 0
+	for _, p := range pairs {
+		width = max(width, len(p[0]))
+	}
+	for _, p := range pairs {
+		fmt.Fprintf(w, "%-*s : %s\n", width, p[0], p[1])
+	}
+	fmt.Fprintln(w)
+}
+
+func printPartners(w io.Writer, product pb.Product, ps []*pb.PartnerApplication) {
+	if len(ps) == 0 {
+		return
+	}
+	switch product {
+	case pb.Product_PRODUCT_LYNC:
+		fmt.Fprintf(w, "\nPS> Get-CsPartnerApplication\n\n")
+		for _, p := range ps {
+			kv(w, [][2]string{
+				{"Identity", p.GetIdentity()},
+				{"AuthToken", "Microsoft.Rtc.Management.WritableConfig.Policy.OAuth.OAuthMetadataUrl"},
+				{"Name", p.GetName()},
+				{"ApplicationIdentifier", p.GetApplicationIdentifier()},
+				{"MetadataUrl", p.GetMetadataUrl()},
+				{"Realm", p.GetRealm()},
+				{"ApplicationTrustLevel", products.TrustLevelName(p.GetTrustLevel())},
+				{"AcceptSecurityIdentifierInformation", boolPS(p.GetAcceptSecurityIdentifierInformation())},
+				{"Enabled", boolPS(p.GetEnabled())},
+			})
+		}
+	case pb.Product_PRODUCT_EXCHANGE:
+		fmt.Fprintf(w, "\n[PS] Get-PartnerApplication | Format-List\n\n")
+		for _, p := range ps {
+			kv(w, [][2]string{
+				{"Name", p.GetName()},
+				{"ApplicationIdentifier", p.GetApplicationIdentifier()},
+				{"AuthMetadataUrl", p.GetMetadataUrl()},
+				{"Realm", p.GetRealm()},
+				{"Enabled", boolPS(p.GetEnabled())},
+			})
+		}
+	case pb.Product_PRODUCT_SHAREPOINT:
+		fmt.Fprintf(w, "\nPS> Get-SPTrustedSecurityTokenIssuer\n\n")
+		for _, p := range ps {
+			kv(w, [][2]string{
+				{"Name", p.GetName()},
+				{"RegisteredIssuerName", p.GetApplicationIdentifier() + "@" + p.GetRealm()},
+				{"MetadataEndPoint", p.GetMetadataUrl()},
+				{"IsSelfIssuer", "False"},
+				{"IsTrustBroker", boolPS(p.GetTrustBroker())},
+			})
+		}
+	}
+}
+
+func printOAuth(w io.Writer, product pb.Product, o *pb.OAuthConfiguration) {
+	if o == nil {
+		return
+	}
+	switch product {
+	case pb.Product_PRODUCT_LYNC:
+		fmt.Fprintf(w, "PS> Get-CsOAuthConfiguration\n\n")
+		kv(w, [][2]string{
+			{"Identity", "Global"},
+			{"ServiceName", o.GetServiceName()},
+			{"Realm", o.GetRealm()},
+			{"ExchangeAutodiscoverUrl", o.GetExchangeAutodiscoverUrl()},
+			{"OAuthTokenIssuer", o.GetIssuerThumbprint()},
+		})
+	case pb.Product_PRODUCT_EXCHANGE:
+		fmt.Fprintf(w, "[PS] Get-AuthConfig | Format-List\n\n")
+		kv(w, [][2]string{
+			{"CurrentCertificateThumbprint", o.GetIssuerThumbprint()},
+			{"ServiceName", o.GetServiceName()},
+			{"Realm", o.GetRealm()},
+		})
+	case pb.Product_PRODUCT_SHAREPOINT:
+		fmt.Fprintf(w, "PS> Get-SPAuthenticationRealm\n\n%s\n\n", o.GetRealm())
+	}
+}

@@ -1,0 +1,152 @@
+// Package cmd holds the s2s-controller commands: serve, the admin commands
+// against a running controller, certificate issuing and the demo.
+package cmd
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/internal/pki"
+)
+
+// exitError carries a process exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// ExitCode is the process exit code for err.
+func ExitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
+// globals are the flags every admin command shares.
+type globals struct {
+	client  app.ClientConfig
+	verbose bool
+	out     io.Writer
+}
+
+func (g *globals) dial() (*grpc.ClientConn, error) { return app.Dial(g.client) }
+
+func (g *globals) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if g.verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// NewRoot builds the command tree, printing results to out.
+func NewRoot(out io.Writer) *cobra.Command {
+	g := &globals{out: out}
+	root := &cobra.Command{
+		Use:           "s2s-controller",
+		Short:         "s2strust controller: keeps Lync/Skype for Business, Exchange and SharePoint S2S OAuth trust correct across a fleet",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(out)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.client.DataDir, "data-dir", "./s2s-data", "controller data directory (embedded etcd, development PKI, address file)")
+	pf.StringVar(&g.client.Addr, "controller", "", "controller address for admin commands (default: from --data-dir)")
+	pf.StringVar(&g.client.CA, "ca", "", "CA certificate for admin commands (default: <data-dir>/pki/ca.crt)")
+	pf.StringVar(&g.client.Cert, "cert", "", "admin certificate (default: <data-dir>/pki/admin.crt)")
+	pf.StringVar(&g.client.Key, "key", "", "admin key (default: <data-dir>/pki/admin.key)")
+	pf.BoolVar(&g.client.Insecure, "insecure", false, "plaintext, loopback only (serve) or to such a controller (admin commands)")
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
+	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g))
+	return root
+}
+
+func newServe(g *globals) *cobra.Command {
+	var cfg app.ServeConfig
+	var endpoints string
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the controller: gRPC API and agent streams, state in etcd",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.DataDir = g.client.DataDir
+			cfg.Insecure = g.client.Insecure
+			cfg.Logger = g.logger()
+			for _, e := range strings.Split(endpoints, ",") {
+				if e = strings.TrimSpace(e); e != "" {
+					cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, e)
+				}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return app.Serve(ctx, cfg)
+		},
+	}
+	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:7443", "gRPC listen address")
+	c.Flags().StringVar(&endpoints, "etcd-endpoints", "", "use this etcd cluster (comma-separated URLs) instead of the embedded one")
+	c.Flags().StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/s2strust/", "key prefix in etcd")
+	c.Flags().StringVar(&cfg.SecretKeyFile, "secret-key", "", "AES-256 key file sealing secrets in etcd, never stored in etcd (default <data-dir>/secret.key)")
+	return c
+}
+
+func newCerts(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "certs", Short: "Issue certificates from the controller's development CA"}
+	var host, outDir string
+	var ttl time.Duration
+	issue := &cobra.Command{
+		Use:   "issue-agent",
+		Short: "Issue an agent certificate naming one host (writes agent.crt, agent.key, ca.crt)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			files := pki.Files{Dir: app.PKIDir(g.client.DataDir)}
+			caPEM, err := os.ReadFile(files.CACert())
+			if err != nil {
+				return errors.New("read the development CA: " + err.Error() + " (start `s2s-controller serve` once to create it)")
+			}
+			keyPEM, err := os.ReadFile(files.CAKey())
+			if err != nil {
+				return errors.New("read the development CA key: " + err.Error())
+			}
+			ca, err := pki.LoadCA(caPEM, keyPEM)
+			if err != nil {
+				return err
+			}
+			cert, key, err := ca.IssueHost(host, time.Now(), ttl)
+			if err != nil {
+				return err
+			}
+			if err := pki.WriteIdentity(outDir, "agent", cert, key, caPEM); err != nil {
+				return err
+			}
+			cmd.Printf("issued agent certificate for %s into %s (agent.crt, agent.key, ca.crt)\n", strings.ToLower(host), outDir)
+			return nil
+		},
+	}
+	issue.Flags().StringVar(&host, "host", "", "the host's FQDN (required)")
+	issue.Flags().StringVar(&outDir, "out", ".", "output directory")
+	issue.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "certificate lifetime")
+	_ = issue.MarkFlagRequired("host")
+	c.AddCommand(issue)
+	return c
+}
+
+// callCtx bounds one admin call.
+func callCtx(parent context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(parent, 30*time.Second)
+}

@@ -1,0 +1,85 @@
+package cmd
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+func newSecret(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "secret", Short: "Upload and list token-issuer certificates (PFX), stored encrypted"}
+	var pfxFile, pwFile string
+	put := &cobra.Command{
+		Use:   "put NAME --pfx FILE --password-file FILE",
+		Short: "Upload a PFX under NAME; topologies refer to it as tokenIssuer: {secret: NAME}",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pfx, err := os.ReadFile(pfxFile)
+			if err != nil {
+				return fmt.Errorf("read --pfx: %w", err)
+			}
+			var password string
+			if pwFile != "" {
+				b, err := os.ReadFile(pwFile)
+				if err != nil {
+					return fmt.Errorf("read --password-file: %w", err)
+				}
+				password = strings.TrimRight(string(b), "\r\n")
+			}
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := callCtx(cmd.Context())
+			defer cancel()
+			resp, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, &pb.PutSecretRequest{Name: args[0], Pfx: pfx, Password: password})
+			if err != nil {
+				return rpcError("put secret "+args[0], err)
+			}
+			verb := "stored"
+			if !resp.GetChanged() {
+				verb = "unchanged"
+			}
+			ci := resp.GetSecret().GetCertificate()
+			fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, args[0], ci.GetThumbprint(), ci.GetSubject())
+			return nil
+		},
+	}
+	put.Flags().StringVar(&pfxFile, "pfx", "", "PKCS#12 file with the certificate and its private key (required)")
+	put.Flags().StringVar(&pwFile, "password-file", "", "file holding the PFX password (not a flag value, so it stays out of shell history)")
+	_ = put.MarkFlagRequired("pfx")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List secrets: thumbprint, subject, SANs, validity (never the key or password)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, err := g.dial()
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			ctx, cancel := callCtx(cmd.Context())
+			defer cancel()
+			resp, err := pb.NewSecretServiceClient(conn).ListSecrets(ctx, &pb.ListSecretsRequest{})
+			if err != nil {
+				return rpcError("list secrets", err)
+			}
+			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER")
+			for _, s := range resp.GetSecrets() {
+				ci := s.GetCertificate()
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), ci.GetThumbprint(), ci.GetSubject(), strings.Join(ci.GetDnsNames(), ","),
+					ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"))
+			}
+			return tw.Flush()
+		},
+	}
+	c.AddCommand(put, list)
+	return c
+}

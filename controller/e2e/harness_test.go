@@ -1,0 +1,256 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/driver/sim"
+	"github.com/s2strust/s2strust/agent/syncer"
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/products"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// testLogger writes to the test log only when -v.
+func testLogger(t *testing.T) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// controller is a controller running in-process on loopback with mTLS.
+type controller struct {
+	t      *testing.T
+	dir    string
+	addr   string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startController(t *testing.T, dir, listen string) *controller {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Serve(ctx, app.ServeConfig{DataDir: dir, Listen: listen, Logger: testLogger(t).With("component", "controller"),
+			PresenceTTL: 5 * time.Second, Ready: func(a string) { ready <- a }})
+	}()
+	c := &controller{t: t, dir: dir, cancel: cancel, done: done}
+	select {
+	case c.addr = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("controller did not start: %v", err)
+	case <-time.After(60 * time.Second):
+		cancel()
+		t.Fatal("controller did not start within 60s")
+	}
+	t.Cleanup(c.stop)
+	return c
+}
+
+func (c *controller) stop() {
+	if c.cancel == nil {
+		return
+	}
+	c.cancel()
+	if err := <-c.done; err != nil {
+		c.t.Errorf("controller stopped with error: %v", err)
+	}
+	c.cancel = nil
+}
+
+// restart stops the controller and starts it again on the same address
+// and data directory.
+func (c *controller) restart() *controller {
+	c.stop()
+	return startController(c.t, c.dir, c.addr)
+}
+
+func (c *controller) ca() *pki.CA {
+	c.t.Helper()
+	files := pki.Files{Dir: app.PKIDir(c.dir)}
+	certPEM, err := os.ReadFile(files.CACert())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(files.CAKey())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ca, err := pki.LoadCA(certPEM, keyPEM)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ca
+}
+
+// admin dials the controller with the data dir's admin identity.
+func (c *controller) admin() *grpc.ClientConn {
+	c.t.Helper()
+	conn, err := app.Dial(app.ClientConfig{DataDir: c.dir, Addr: c.addr})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// hostTLS is a client TLS config for an agent identity naming host.
+func (c *controller) hostTLS(host string) *tls.Config {
+	c.t.Helper()
+	ca := c.ca()
+	certPEM, keyPEM, err := ca.IssueHost(host, time.Now(), time.Hour)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cfg, err := pki.ClientTLSConfig(certPEM, keyPEM, ca.CertPEM(), "127.0.0.1")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cfg
+}
+
+// countingDriver counts Apply calls and Desired messages.
+type countingDriver struct {
+	driver.Driver
+	applies atomic.Int64
+}
+
+func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.SecretMaterial) []*pb.ItemError {
+	d.applies.Add(1)
+	return d.Driver.Apply(ctx, cfg, s)
+}
+
+// agent is an agent running in-process.
+type agent struct {
+	t        *testing.T
+	host     string
+	stateDir string
+	simDir   string
+	product  string
+	drv      *countingDriver
+	a        *syncer.Agent
+	received atomic.Int64
+	cancel   context.CancelFunc
+	done     chan error
+	mu       sync.Mutex
+}
+
+type agentOpts struct {
+	driftInterval time.Duration
+	autoCorrect   bool
+}
+
+func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
+	t.Helper()
+	name, ver, _ := cutProduct(product)
+	p, ok := products.Parse(name)
+	if !ok {
+		t.Fatalf("bad product %q", product)
+	}
+	s, err := sim.New(sim.Config{Host: host, StateDir: filepath.Join(stateDir, "sim"), SharedDir: simDir,
+		Products: []*pb.DetectedProduct{{Product: p, Version: ver}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(c.hostTLS(host))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag := &agent{t: t, host: host, stateDir: stateDir, simDir: simDir, product: product, drv: &countingDriver{Driver: s}}
+	if o.driftInterval == 0 {
+		o.driftInterval = time.Hour
+	}
+	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
+		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond,
+		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond,
+		OnDesired: func(*pb.Desired) { ag.received.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.a = a
+	ctx, cancel := context.WithCancel(context.Background())
+	ag.cancel = cancel
+	ag.done = make(chan error, 1)
+	go func() { ag.done <- a.Run(ctx); conn.Close() }()
+	t.Cleanup(ag.stop)
+	return ag
+}
+
+func cutProduct(s string) (string, string, bool) {
+	for i := range s {
+		if s[i] == ':' {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+func (a *agent) stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cancel == nil {
+		return
+	}
+	a.cancel()
+	if err := <-a.done; err != nil {
+		a.t.Errorf("agent %s stopped with error: %v", a.host, err)
+	}
+	a.cancel = nil
+}
+
+// waitFor polls cond until it holds or the deadline passes; it never
+// sleeps for a fixed time to let something happen.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	last := ""
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s; last state: %s", timeout, what, last)
+		}
+		<-tick.C
+	}
+}
+
+// converged reports whether every host of the fleet acked revision rev.
+func converged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64) (bool, string) {
+	resp, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+	if err != nil {
+		return false, err.Error()
+	}
+	if len(resp.GetHosts()) == 0 {
+		return false, "no hosts"
+	}
+	for _, h := range resp.GetHosts() {
+		if h.GetAppliedVersion() != rev || h.GetDesiredVersion() != rev || h.GetAppliedHash() != h.GetDesiredHash() ||
+			h.GetLastResult().GetKind() != pb.ResultKind_RESULT_KIND_ACK {
+			return false, fmt.Sprintf("%s: desired %d applied %d result %v connected %v", h.GetHost(), h.GetDesiredVersion(), h.GetAppliedVersion(), h.GetLastResult(), h.GetConnected())
+		}
+	}
+	return true, ""
+}
+

@@ -1,0 +1,17 @@
+// Command s2s-controller runs the s2strust controller (serve), the admin
+// commands that talk to a running controller, and a self-contained demo.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/s2strust/s2strust/controller/cmd"
+)
+
+func main() {
+	if err := cmd.NewRoot(os.Stdout).Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "s2s-controller:", err)
+		os.Exit(cmd.ExitCode(err))
+	}
+}

@@ -1,0 +1,423 @@
+// Package server implements the controller's gRPC services: the topology
+// API, the fleet view and the agents' Sync stream.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// SecretSource gives the key material a host configuration refers to.
+type SecretSource interface {
+	// Secrets returns the named secrets, decrypted.
+	Secrets(ctx context.Context, names []string) ([]*pb.SecretMaterial, error)
+}
+
+// Config holds the hub's dependencies.
+type Config struct {
+	Store  *store.Store
+	Logger *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+	// ID names this controller replica in presence keys.
+	ID string
+	// PresenceTTL is the lease TTL of presence keys (default 10s): how long
+	// a crashed controller's agents still count as present, which keeps
+	// primaries stable across a restart.
+	PresenceTTL time.Duration
+	// Secrets resolves token-issuer secrets; nil means none can be delivered.
+	Secrets SecretSource
+}
+
+// compiled is one topology revision compiled for every host.
+type compiled struct {
+	revision    uint64
+	name        string
+	hosts       map[string]*pb.HostConfig // by host, Primary unset
+	order       []string                  // hosts sorted
+	deployments map[string][]string       // deployment → hosts in topology order
+}
+
+// desired is what a host should have now.
+type desired struct {
+	version uint64
+	hash    string
+	config  *pb.HostConfig
+}
+
+// Hub holds the fleet's live state: the current compiled topology, the
+// agents' streams, presence and primaries. It watches etcd with one watch
+// per key prefix, never one per agent.
+type Hub struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	topo      *compiled
+	desired   map[string]*desired // cache, by host; reset when topology or primaries change
+	primaries map[string]string   // deployment → host
+	present   map[string]bool     // host → a presence key exists (any replica)
+	conns     map[string]*conn    // host → this replica's stream
+	lease     clientv3.LeaseID
+	ready     chan struct{}
+	nonceSeq  uint64
+	// stopping is set when the controller shuts down: streams that end then
+	// leave their presence keys to expire with the lease.
+	stopping atomic.Bool
+}
+
+// Stopping tells the hub the controller is shutting down.
+func (h *Hub) Stopping() { h.stopping.Store(true) }
+
+// NewHub returns a hub; call Run to start it.
+func NewHub(cfg Config) *Hub {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PresenceTTL == 0 {
+		cfg.PresenceTTL = 10 * time.Second
+	}
+	if cfg.ID == "" {
+		cfg.ID = randomID()
+	}
+	return &Hub{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		desired:   map[string]*desired{},
+		primaries: map[string]string{},
+		present:   map[string]bool{},
+		conns:     map[string]*conn{},
+		ready:     make(chan struct{}),
+	}
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Ready is closed once the hub has loaded its state and serves agents.
+func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
+// Run loads the current state from etcd, then follows it until ctx ends.
+func (h *Hub) Run(ctx context.Context) error {
+	st := h.cfg.Store
+	if err := st.RepairHistory(ctx); err != nil {
+		return err
+	}
+	lease, err := st.Client().Grant(ctx, int64(h.cfg.PresenceTTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("grant presence lease: %w", err)
+	}
+	ka, err := st.Client().KeepAlive(ctx, lease.ID)
+	if err != nil {
+		return fmt.Errorf("keep presence lease alive: %w", err)
+	}
+	prim, err := st.Primaries(ctx)
+	if err != nil {
+		return err
+	}
+	pres, err := st.Present(ctx)
+	if err != nil {
+		return err
+	}
+	topoResp, err := st.Client().Get(ctx, st.Key("topology/current"))
+	if err != nil {
+		return fmt.Errorf("read current topology: %w", err)
+	}
+	startRev := topoResp.Header.Revision
+	h.mu.Lock()
+	h.lease = lease.ID
+	h.primaries = prim
+	for host := range pres {
+		h.present[host] = true
+	}
+	h.mu.Unlock()
+	if len(topoResp.Kvs) == 1 {
+		kv := topoResp.Kvs[0]
+		if err := h.setTopology(ctx, kv.Value, kv.ModRevision); err != nil {
+			return err
+		}
+	}
+	close(h.ready)
+	h.log.Info("controller state loaded", "revision", startRev, "primaries", len(prim), "present", len(pres))
+
+	topoWatch := st.Client().Watch(clientv3.WithRequireLeader(ctx), st.TopologyPrefix(), clientv3.WithPrefix(), clientv3.WithRev(startRev+1))
+	presWatch := st.Client().Watch(clientv3.WithRequireLeader(ctx), st.PresencePrefix(), clientv3.WithPrefix(), clientv3.WithRev(startRev+1))
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-ka:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("presence lease lost: etcd unreachable for longer than its TTL")
+			}
+		case wr, ok := <-topoWatch:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("topology watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("watch topology: %w", err)
+			}
+			for _, ev := range wr.Events {
+				if ev.Type != clientv3.EventTypePut || !st.IsCurrentTopologyKey(ev.Kv.Key) {
+					continue
+				}
+				if err := h.setTopology(ctx, ev.Kv.Value, ev.Kv.ModRevision); err != nil {
+					h.log.Error("compile stored topology", "revision", ev.Kv.ModRevision, "error", err)
+				}
+			}
+		case wr, ok := <-presWatch:
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return errors.New("presence watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("watch presence: %w", err)
+			}
+			var gone []string
+			h.mu.Lock()
+			for _, ev := range wr.Events {
+				host := st.HostFromPresenceKey(ev.Kv.Key)
+				if ev.Type == clientv3.EventTypePut {
+					h.present[host] = true
+				} else {
+					delete(h.present, host)
+					gone = append(gone, host)
+				}
+			}
+			h.mu.Unlock()
+			for _, host := range gone {
+				h.reselectFor(ctx, host)
+			}
+		}
+	}
+}
+
+// setTopology compiles a stored topology and makes it current.
+func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64) error {
+	rec, err := store.DecodeTopology(value, rev)
+	if err != nil {
+		return err
+	}
+	c, err := compileDocument(rec)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.topo = c
+	h.desired = map[string]*desired{}
+	h.mu.Unlock()
+	for d := range c.deployments {
+		h.reselect(ctx, d)
+	}
+	h.notifyAll()
+	h.log.Info("topology revision current", "revision", rev, "name", rec.Name, "hosts", len(c.order))
+	return nil
+}
+
+func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
+	t, err := topology.Load("stored revision", rec.Document)
+	if err != nil {
+		return nil, err
+	}
+	cfgs, err := topology.Compile(t)
+	if err != nil {
+		return nil, err
+	}
+	c := &compiled{revision: rec.Revision, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}}
+	for _, cfg := range cfgs {
+		c.hosts[cfg.GetHost()] = cfg
+		c.order = append(c.order, cfg.GetHost())
+		if _, ok := c.deployments[cfg.GetDeployment()]; !ok {
+			c.deployments[cfg.GetDeployment()] = cfg.GetDeploymentHosts()
+		}
+	}
+	return c, nil
+}
+
+// reselectFor re-evaluates the primary of host's deployment.
+func (h *Hub) reselectFor(ctx context.Context, host string) {
+	h.mu.Lock()
+	var dep string
+	if h.topo != nil {
+		if cfg, ok := h.topo.hosts[host]; ok {
+			dep = cfg.GetDeployment()
+		}
+	}
+	h.mu.Unlock()
+	if dep != "" {
+		h.reselect(ctx, dep)
+	}
+}
+
+// reselect keeps a deployment's primary while it is present and otherwise
+// moves it to the first present host in topology order. A sticky primary
+// keeps a controller restart from re-sending configurations.
+func (h *Hub) reselect(ctx context.Context, dep string) {
+	h.mu.Lock()
+	if h.topo == nil {
+		h.mu.Unlock()
+		return
+	}
+	hosts := h.topo.deployments[dep]
+	cur := h.primaries[dep]
+	alive := func(x string) bool { return h.present[x] || h.conns[x] != nil }
+	member := false
+	for _, x := range hosts {
+		if x == cur {
+			member = true
+		}
+	}
+	next := cur
+	if !member || !alive(cur) {
+		for _, x := range hosts {
+			if alive(x) {
+				next = x
+				break
+			}
+		}
+		if !member && next == cur {
+			next = ""
+		}
+	}
+	if next == cur {
+		h.mu.Unlock()
+		return
+	}
+	h.primaries[dep] = next
+	for _, x := range hosts {
+		delete(h.desired, x)
+	}
+	h.mu.Unlock()
+	if next != "" {
+		if err := h.cfg.Store.SetPrimary(ctx, dep, next); err != nil {
+			h.log.Error("record primary", "deployment", dep, "host", next, "error", err)
+		}
+	}
+	h.log.Info("primary chosen", "deployment", dep, "host", next, "previous", cur)
+	for _, x := range hosts {
+		h.notify(x)
+	}
+}
+
+// desiredFor returns the host's desired state, nil when the host is not in
+// the current topology.
+func (h *Hub) desiredFor(host string) *desired {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.desiredLocked(host)
+}
+
+func (h *Hub) desiredLocked(host string) *desired {
+	if d, ok := h.desired[host]; ok {
+		return d
+	}
+	if h.topo == nil {
+		return nil
+	}
+	base, ok := h.topo.hosts[host]
+	if !ok {
+		return nil
+	}
+	cfg := proto.Clone(base).(*pb.HostConfig)
+	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
+	d := &desired{version: h.topo.revision, hash: topology.Hash(cfg), config: cfg}
+	h.desired[host] = d
+	return d
+}
+
+func (h *Hub) notify(host string) {
+	h.mu.Lock()
+	c := h.conns[host]
+	h.mu.Unlock()
+	if c != nil {
+		c.wake()
+	}
+}
+
+func (h *Hub) notifyAll() {
+	h.mu.Lock()
+	cs := make([]*conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		cs = append(cs, c)
+	}
+	h.mu.Unlock()
+	for _, c := range cs {
+		c.wake()
+	}
+}
+
+func (h *Hub) nextNonce() string {
+	h.mu.Lock()
+	h.nonceSeq++
+	n := h.nonceSeq
+	h.mu.Unlock()
+	return fmt.Sprintf("%s-%d", h.cfg.ID, n)
+}
+
+// snapshot is a consistent read of the hub for the fleet view.
+type snapshot struct {
+	topo      *compiled
+	primaries map[string]string
+	present   map[string]bool
+	connected map[string]bool
+	desired   map[string]*desired
+}
+
+func (h *Hub) snapshot() snapshot {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}}
+	for k, v := range h.primaries {
+		s.primaries[k] = v
+	}
+	for k := range h.present {
+		s.present[k] = true
+	}
+	for k := range h.conns {
+		s.connected[k] = true
+	}
+	if h.topo != nil {
+		for _, host := range h.topo.order {
+			s.desired[host] = h.desiredLocked(host)
+		}
+	}
+	return s
+}
+
+// currentCompiled returns the current compiled topology, or nil.
+func (h *Hub) currentCompiled() *compiled {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.topo
+}
+
+func timestamp(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }

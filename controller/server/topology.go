@@ -1,0 +1,188 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// MaxDocumentSize bounds a topology document.
+const MaxDocumentSize = 1 << 20
+
+// TopologyChecker runs checks beyond the topology's own validation that
+// need the controller's state, such as the token-issuer certificate
+// against the topology's SIP domains. It returns field violations.
+type TopologyChecker interface {
+	CheckTopology(ctx context.Context, t *topology.Topology) ([]topology.FieldViolation, error)
+}
+
+// TopologyService implements pb.TopologyServiceServer.
+type TopologyService struct {
+	pb.UnimplementedTopologyServiceServer
+	hub     *Hub
+	checker TopologyChecker
+}
+
+// NewTopologyService returns the topology API. checker may be nil.
+func NewTopologyService(hub *Hub, checker TopologyChecker) *TopologyService {
+	return &TopologyService{hub: hub, checker: checker}
+}
+
+// ApplyTopology implements the RPC; see the proto for its contract.
+func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopologyRequest) (*pb.ApplyTopologyResponse, error) {
+	name := req.GetFilename()
+	if name == "" {
+		name = "topology"
+	}
+	if len(req.GetDocument()) > MaxDocumentSize {
+		return nil, invalid("document", fmt.Sprintf("%d bytes", len(req.GetDocument())), fmt.Sprintf("a topology document of at most %d bytes", MaxDocumentSize))
+	}
+	t, err := topology.Load(name, req.GetDocument())
+	if err != nil {
+		return nil, err
+	}
+	if s.checker != nil {
+		vs, err := s.checker.CheckTopology(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		if len(vs) > 0 {
+			return nil, &topology.Error{File: name, Violations: vs}
+		}
+	}
+	next, err := topology.Compile(t)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := t.Canonical()
+	if err != nil {
+		return nil, err
+	}
+	st := s.hub.cfg.Store
+	var prev []*pb.HostConfig
+	var curRev uint64
+	cur, err := st.CurrentTopology(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return nil, err
+	default:
+		curRev = cur.Revision
+		c, err := compileDocument(cur)
+		if err != nil {
+			return nil, fmt.Errorf("compile current revision %d: %w", cur.Revision, err)
+		}
+		for _, h := range c.order {
+			prev = append(prev, c.hosts[h])
+		}
+	}
+	plan := topology.Plan(prev, next)
+	if req.GetDryRun() {
+		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
+			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
+		}
+		return &pb.ApplyTopologyResponse{Revision: curRev, Plan: plan}, nil
+	}
+	who := callerName(ctx)
+	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision)
+	if err != nil {
+		return nil, err
+	}
+	if changed {
+		s.audit(ctx, rev, who, plan)
+	}
+	return &pb.ApplyTopologyResponse{Revision: rev, Changed: changed, Plan: plan}, nil
+}
+
+// audit records who changed the topology to what. A failure to audit is
+// logged; the change itself is already stored.
+func (s *TopologyService) audit(ctx context.Context, rev uint64, who string, plan []*pb.HostPlan) {
+	var changes []string
+	for _, hp := range plan {
+		for _, it := range hp.GetItems() {
+			changes = append(changes, hp.GetHost()+": "+it.GetAction()+" "+it.GetItem())
+		}
+	}
+	rec := map[string]any{"kind": "topology", "revision": rev, "who": who, "when": s.hub.cfg.Now().UTC(), "changes": changes}
+	b, _ := json.Marshal(rec)
+	if _, err := s.hub.cfg.Store.Client().Put(ctx, s.hub.cfg.Store.Key(fmt.Sprintf("audit/%020d-topology", rev)), string(b)); err != nil {
+		s.hub.log.Error("write audit record", "revision", rev, "error", err)
+	}
+}
+
+// GetTopology implements the RPC; see the proto for its contract.
+func (s *TopologyService) GetTopology(ctx context.Context, req *pb.GetTopologyRequest) (*pb.GetTopologyResponse, error) {
+	var rec *store.TopologyRecord
+	var err error
+	if req.GetRevision() == 0 {
+		rec, err = s.hub.cfg.Store.CurrentTopology(ctx)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, status.Error(codes.NotFound, "no topology has been applied yet: run `s2s-controller apply -f FILE`")
+		}
+	} else {
+		rec, err = s.hub.cfg.Store.TopologyRevision(ctx, req.GetRevision())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetTopologyResponse{Topology: revisionProto(rec, true)}, nil
+}
+
+// ListTopologyRevisions implements the RPC; see the proto for its contract.
+func (s *TopologyService) ListTopologyRevisions(ctx context.Context, req *pb.ListTopologyRevisionsRequest) (*pb.ListTopologyRevisionsResponse, error) {
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, invalid("page_size", strconv.Itoa(size), "a page size from 0 to 1000")
+	case size == 0:
+		size = 50
+	case size > 1000:
+		size = 1000
+	}
+	var before uint64
+	if tok := req.GetPageToken(); tok != "" {
+		n, err := strconv.ParseUint(tok, 10, 64)
+		if err != nil {
+			return nil, invalid("page_token", tok, "a token from a previous response")
+		}
+		before = n
+	}
+	recs, err := s.hub.cfg.Store.ListTopologyRevisions(ctx, size, before)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListTopologyRevisionsResponse{}
+	for _, r := range recs {
+		resp.Revisions = append(resp.Revisions, revisionProto(r, false))
+	}
+	if len(recs) == size {
+		resp.NextPageToken = strconv.FormatUint(recs[len(recs)-1].Revision, 10)
+	}
+	return resp, nil
+}
+
+func revisionProto(r *store.TopologyRecord, withDoc bool) *pb.TopologyRevision {
+	out := &pb.TopologyRevision{Revision: r.Revision, Name: r.Name, AppliedAt: timestamp(r.AppliedAt), AppliedBy: r.AppliedBy, Hash: r.Hash}
+	if withDoc {
+		out.Document = string(r.Document)
+	}
+	return out
+}
+
+func callerName(ctx context.Context) string {
+	id, err := pki.IdentityFromContext(ctx)
+	if err != nil {
+		return "anonymous (insecure)"
+	}
+	return id.String()
+}

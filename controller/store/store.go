@@ -1,0 +1,344 @@
+// Package store keeps the controller's state in etcd: every topology
+// revision, host state and status reports, the primary host of each
+// deployment, agent presence, and (sealed) secrets.
+//
+// Key layout under the prefix (default "/s2strust/"):
+//
+//	topology/current          canonical JSON of the current topology; its ModRevision is the version
+//	topology/rev/<%020d>      every stored revision, written after the current key
+//	hosts/<fqdn>/state        pb.Host (binary), written only when it changes
+//	hosts/<fqdn>/report       pb.StatusReport (binary), written only when it changes
+//	primary/<deployment>      the host that applies deployment-scope items
+//	presence/<fqdn>           present while the host's agent has a stream; leased
+//	secrets/<name>            sealed PFX and password
+//
+// Versions are etcd revisions, so they only grow, also across controller
+// restarts and failovers.
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// DefaultPrefix is the key prefix of everything s2strust stores.
+const DefaultPrefix = "/s2strust/"
+
+// ErrConflict means an expected revision did not match the stored one.
+var ErrConflict = errors.New("revision conflict")
+
+// ErrNotFound means the requested record does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Store reads and writes the controller's state in etcd.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string
+}
+
+// New returns a Store using cli, with every key under prefix.
+func New(cli *clientv3.Client, prefix string) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &Store{cli: cli, prefix: prefix}
+}
+
+// Client is the underlying etcd client.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Key returns the full etcd key for a relative key.
+func (s *Store) Key(rel string) string { return s.prefix + rel }
+
+// TopologyPrefix is the prefix under which topology keys live, for watching.
+func (s *Store) TopologyPrefix() string { return s.Key("topology/") }
+
+// PresencePrefix is the prefix of presence keys, for watching.
+func (s *Store) PresencePrefix() string { return s.Key("presence/") }
+
+// TopologyRecord is one stored topology revision.
+type TopologyRecord struct {
+	Revision  uint64    `json:"-"`
+	Name      string    `json:"name"`
+	Document  []byte    `json:"document"`
+	Hash      string    `json:"hash"`
+	AppliedAt time.Time `json:"appliedAt"`
+	AppliedBy string    `json:"appliedBy"`
+}
+
+func (s *Store) currentKey() string { return s.Key("topology/current") }
+
+func (s *Store) revKey(rev uint64) string {
+	return s.Key(fmt.Sprintf("topology/rev/%020d", rev))
+}
+
+// DocumentHash is the hash stored with a topology document.
+func DocumentHash(doc []byte) string {
+	sum := sha256.Sum256(doc)
+	return hex.EncodeToString(sum[:])
+}
+
+// DecodeTopology decodes the value of topology/current at revision rev.
+func DecodeTopology(value []byte, rev int64) (*TopologyRecord, error) {
+	var rec TopologyRecord
+	if err := json.Unmarshal(value, &rec); err != nil {
+		return nil, fmt.Errorf("decode stored topology at revision %d: %w", rev, err)
+	}
+	rec.Revision = uint64(rev)
+	return &rec, nil
+}
+
+// IsCurrentTopologyKey reports whether key is topology/current.
+func (s *Store) IsCurrentTopologyKey(key []byte) bool { return string(key) == s.currentKey() }
+
+// CurrentTopology returns the current topology, or ErrNotFound.
+func (s *Store) CurrentTopology(ctx context.Context) (*TopologyRecord, error) {
+	resp, err := s.cli.Get(ctx, s.currentKey())
+	if err != nil {
+		return nil, fmt.Errorf("read current topology: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, ErrNotFound
+	}
+	return DecodeTopology(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+}
+
+// PutTopology stores doc as the new current topology and returns its
+// revision. With expected set, it stores only if the current revision
+// equals *expected (0: none yet) and returns ErrConflict otherwise. A
+// document identical to the current one is not stored again: the current
+// revision is returned with changed false.
+func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, appliedBy string, now time.Time, expected *uint64) (rev uint64, changed bool, err error) {
+	rec := TopologyRecord{Name: name, Document: doc, Hash: DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: appliedBy}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return 0, false, fmt.Errorf("encode topology: %w", err)
+	}
+	cur, err := s.CurrentTopology(ctx)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return 0, false, err
+	}
+	var curRev int64
+	if cur != nil {
+		curRev = int64(cur.Revision)
+	}
+	if expected != nil && uint64(curRev) != *expected {
+		return uint64(curRev), false, fmt.Errorf("expected revision %d, current is %d: %w", *expected, curRev, ErrConflict)
+	}
+	if cur != nil && cur.Hash == rec.Hash {
+		return cur.Revision, false, nil
+	}
+	// Compare on the revision read above so a concurrent apply is never lost.
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(s.currentKey()), "=", curRev)).
+		Then(clientv3.OpPut(s.currentKey(), string(val))).
+		Commit()
+	if err != nil {
+		return 0, false, fmt.Errorf("store topology: %w", err)
+	}
+	if !resp.Succeeded {
+		if expected != nil {
+			return 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
+		}
+		// Lost a race without a precondition: try again on the new current.
+		return s.PutTopology(ctx, name, doc, appliedBy, now, nil)
+	}
+	rev = uint64(resp.Header.Revision)
+	if err := s.recordRevision(ctx, rev, val); err != nil {
+		return rev, true, err
+	}
+	return rev, true, nil
+}
+
+// recordRevision writes the history entry of a revision. It runs after the
+// current key is written; RepairHistory fills an entry lost to a crash in
+// between.
+func (s *Store) recordRevision(ctx context.Context, rev uint64, val []byte) error {
+	if _, err := s.cli.Put(ctx, s.revKey(rev), string(val)); err != nil {
+		return fmt.Errorf("record topology revision %d: %w", rev, err)
+	}
+	return nil
+}
+
+// RepairHistory makes sure the current revision has its history entry.
+func (s *Store) RepairHistory(ctx context.Context) error {
+	resp, err := s.cli.Get(ctx, s.currentKey())
+	if err != nil {
+		return fmt.Errorf("read current topology: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	kv := resp.Kvs[0]
+	h, err := s.cli.Get(ctx, s.revKey(uint64(kv.ModRevision)), clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("read topology history: %w", err)
+	}
+	if h.Count == 0 {
+		return s.recordRevision(ctx, uint64(kv.ModRevision), kv.Value)
+	}
+	return nil
+}
+
+// TopologyRevision returns one stored revision, or ErrNotFound.
+func (s *Store) TopologyRevision(ctx context.Context, rev uint64) (*TopologyRecord, error) {
+	resp, err := s.cli.Get(ctx, s.revKey(rev))
+	if err != nil {
+		return nil, fmt.Errorf("read topology revision %d: %w", rev, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("topology revision %d: %w", rev, ErrNotFound)
+	}
+	return DecodeTopology(resp.Kvs[0].Value, int64(rev))
+}
+
+// ListTopologyRevisions lists up to limit revisions older than before (0:
+// from the newest), newest first.
+func (s *Store) ListTopologyRevisions(ctx context.Context, limit int, before uint64) ([]*TopologyRecord, error) {
+	start := s.Key("topology/rev/")
+	end := clientv3.GetPrefixRangeEnd(start)
+	if before > 0 {
+		end = s.revKey(before)
+	}
+	resp, err := s.cli.Get(ctx, start, clientv3.WithRange(end),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(int64(limit)))
+	if err != nil {
+		return nil, fmt.Errorf("list topology revisions: %w", err)
+	}
+	out := make([]*TopologyRecord, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		n, err := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), start), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("list topology revisions: bad key %q", kv.Key)
+		}
+		rec, err := DecodeTopology(kv.Value, int64(n))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+// PutProto writes a message under a relative key.
+func (s *Store) PutProto(ctx context.Context, rel string, m proto.Message) error {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", rel, err)
+	}
+	if _, err := s.cli.Put(ctx, s.Key(rel), string(b)); err != nil {
+		return fmt.Errorf("write %s: %w", rel, err)
+	}
+	return nil
+}
+
+// GetProto reads a message from a relative key; found is false when absent.
+func (s *Store) GetProto(ctx context.Context, rel string, m proto.Message) (found bool, err error) {
+	resp, err := s.cli.Get(ctx, s.Key(rel))
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", rel, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return false, nil
+	}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, m); err != nil {
+		return false, fmt.Errorf("decode %s: %w", rel, err)
+	}
+	return true, nil
+}
+
+// HostStateKey is the relative key of a host's state.
+func HostStateKey(host string) string { return "hosts/" + host + "/state" }
+
+// HostReportKey is the relative key of a host's latest status report.
+func HostReportKey(host string) string { return "hosts/" + host + "/report" }
+
+// HostStates reads every stored host state, by host.
+func (s *Store) HostStates(ctx context.Context) (map[string]*pb.Host, error) {
+	resp, err := s.cli.Get(ctx, s.Key("hosts/"), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read host states: %w", err)
+	}
+	out := make(map[string]*pb.Host)
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		if !strings.HasSuffix(k, "/state") {
+			continue
+		}
+		h := &pb.Host{}
+		if err := proto.Unmarshal(kv.Value, h); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", k, err)
+		}
+		out[h.GetHost()] = h
+	}
+	return out, nil
+}
+
+// Primaries reads the primary host of every deployment.
+func (s *Store) Primaries(ctx context.Context) (map[string]string, error) {
+	return s.stringsUnder(ctx, "primary/")
+}
+
+// SetPrimary records the primary host of a deployment.
+func (s *Store) SetPrimary(ctx context.Context, deployment, host string) error {
+	if _, err := s.cli.Put(ctx, s.Key("primary/"+deployment), host); err != nil {
+		return fmt.Errorf("record primary of %s: %w", deployment, err)
+	}
+	return nil
+}
+
+// Present lists the hosts whose presence key exists, with the owner that wrote it.
+func (s *Store) Present(ctx context.Context) (map[string]string, error) {
+	return s.stringsUnder(ctx, "presence/")
+}
+
+// SetPresent marks host present under lease.
+func (s *Store) SetPresent(ctx context.Context, host, owner string, lease clientv3.LeaseID) error {
+	if _, err := s.cli.Put(ctx, s.Key("presence/"+host), owner, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("record presence of %s: %w", host, err)
+	}
+	return nil
+}
+
+// ClearPresent removes host's presence key if owner still holds it.
+func (s *Store) ClearPresent(ctx context.Context, host, owner string) error {
+	k := s.Key("presence/" + host)
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(k), "=", owner)).Then(clientv3.OpDelete(k)).Commit()
+	if err != nil {
+		return fmt.Errorf("clear presence of %s: %w", host, err)
+	}
+	return nil
+}
+
+// HostFromPresenceKey returns the host of a full presence key.
+func (s *Store) HostFromPresenceKey(key []byte) string {
+	return strings.TrimPrefix(string(key), s.PresencePrefix())
+}
+
+func (s *Store) stringsUnder(ctx context.Context, rel string) (map[string]string, error) {
+	p := s.Key(rel)
+	resp, err := s.cli.Get(ctx, p, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", rel, err)
+	}
+	out := make(map[string]string, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out[strings.TrimPrefix(string(kv.Key), p)] = string(kv.Value)
+	}
+	return out, nil
+}

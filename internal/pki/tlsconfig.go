@@ -1,0 +1,59 @@
+package pki
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+)
+
+// ServerTLSConfig returns the controller's TLS configuration: TLS 1.3 at
+// least, serving certPEM/keyPEM, and requiring every client to present a
+// certificate that verifies against caPEM (for clients, that means
+// ExtKeyUsage clientAuth, so a server certificate cannot log in). What the
+// client may do is decided afterwards from IdentityFromContext.
+func ServerTLSConfig(certPEM, keyPEM, caPEM []byte) (*tls.Config, error) {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("server tls config: load key pair: %w", err)
+	}
+	pool, err := certPool(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("server tls config: %w", err)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{pair},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+	}, nil
+}
+
+// ClientTLSConfig returns the TLS configuration of an agent or admin client:
+// TLS 1.3 at least, presenting certPEM/keyPEM, and trusting only caPEM for
+// the server, whose certificate must name serverName. An empty serverName
+// leaves it to the dialer (gRPC fills it from the target's authority).
+func ClientTLSConfig(certPEM, keyPEM, caPEM []byte, serverName string) (*tls.Config, error) {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("client tls config: load key pair: %w", err)
+	}
+	pool, err := certPool(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("client tls config: %w", err)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{pair},
+		RootCAs:      pool,
+		ServerName:   serverName,
+	}, nil
+}
+
+func certPool(caPEM []byte) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("no ca certificate in ca pem")
+	}
+	return pool, nil
+}
