@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -55,13 +56,15 @@ type Config struct {
 
 // Agent runs the agent protocol.
 type Agent struct {
-	cfg  Config
-	log  *slog.Logger
-	in   chan *pb.Desired // latest desired state; newer ones replace older
-	mu   sync.Mutex
-	good *lastGood        // guarded by mu
-	sess *session         // the current stream, nil when disconnected
-	last *pb.StatusReport // the latest report, re-sent on reconnect
+	cfg Config
+	log *slog.Logger
+	in  chan *pb.Desired // latest desired state; newer ones replace older
+	// sessions counts streams the controller answered.
+	sessions atomic.Int64
+	mu       sync.Mutex
+	good     *lastGood        // guarded by mu
+	sess     *session         // the current stream, nil when disconnected
+	last     *pb.StatusReport // the latest report, re-sent on reconnect
 }
 
 // New loads the agent's state and returns an agent.
@@ -93,6 +96,10 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{cfg: cfg, log: cfg.Logger.With("host", cfg.Host), in: make(chan *pb.Desired, 1), good: good}, nil
 }
+
+// Sessions counts the streams the controller has answered, first with a
+// Desired or an UpToDate.
+func (a *Agent) Sessions() int64 { return a.sessions.Load() }
 
 // Applied returns the version and hash last applied and verified.
 func (a *Agent) Applied() (uint64, string) {
@@ -195,7 +202,13 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		if err != nil {
 			return connected, err
 		}
-		connected = true
+		if !connected {
+			connected = true
+			a.sessions.Add(1)
+		}
+		if u := resp.GetUpToDate(); u != nil {
+			a.log.Info("controller has nothing new", "version", u.GetVersion())
+		}
 		if d := resp.GetDesired(); d != nil {
 			if a.cfg.OnDesired != nil {
 				a.cfg.OnDesired(d)

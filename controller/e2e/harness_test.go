@@ -48,7 +48,7 @@ func startController(t *testing.T, dir, listen string) *controller {
 	done := make(chan error, 1)
 	go func() {
 		done <- app.Serve(ctx, app.ServeConfig{DataDir: dir, Listen: listen, Logger: testLogger(t).With("component", "controller"),
-			PresenceTTL: 5 * time.Second, Ready: func(a string) { ready <- a }})
+			PresenceTTL: 10 * time.Second, Ready: func(a string) { ready <- a }})
 	}()
 	c := &controller{t: t, dir: dir, cancel: cancel, done: done}
 	select {
@@ -253,4 +253,3 @@ func converged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64) (bo
 	}
 	return true, ""
 }
-

@@ -42,6 +42,10 @@ type Config struct {
 	PresenceTTL time.Duration
 	// Secrets resolves token-issuer secrets; nil means none can be delivered.
 	Secrets SecretSource
+	// PrimaryGrace is how long a deployment's primary keeps its role after
+	// its agent disconnects (default 30s), so an agent restart does not
+	// move the role and re-send configurations to the whole deployment.
+	PrimaryGrace time.Duration
 }
 
 // compiled is one topology revision compiled for every host.
@@ -69,10 +73,12 @@ type Hub struct {
 
 	mu        sync.Mutex
 	topo      *compiled
-	desired   map[string]*desired // cache, by host; reset when topology or primaries change
-	primaries map[string]string   // deployment → host
-	present   map[string]bool     // host → a presence key exists (any replica)
-	conns     map[string]*conn    // host → this replica's stream
+	desired   map[string]*desired  // cache, by host; reset when topology or primaries change
+	primaries map[string]string    // deployment → host
+	present   map[string]bool      // host → a presence key exists (any replica)
+	conns     map[string]*conn     // host → this replica's stream
+	gone      map[string]time.Time // host → when its stream ended here
+	recheck   chan string          // deployments whose primary's grace ended
 	lease     clientv3.LeaseID
 	ready     chan struct{}
 	nonceSeq  uint64
@@ -81,8 +87,12 @@ type Hub struct {
 	stopping atomic.Bool
 }
 
-// Stopping tells the hub the controller is shutting down.
-func (h *Hub) Stopping() { h.stopping.Store(true) }
+// Stopping tells the hub the controller is shutting down: it ends the
+// agent streams and leaves their presence keys to expire with the lease.
+func (h *Hub) Stopping() {
+	h.stopping.Store(true)
+	h.closeStreams()
+}
 
 // NewHub returns a hub; call Run to start it.
 func NewHub(cfg Config) *Hub {
@@ -98,6 +108,9 @@ func NewHub(cfg Config) *Hub {
 	if cfg.ID == "" {
 		cfg.ID = randomID()
 	}
+	if cfg.PrimaryGrace == 0 {
+		cfg.PrimaryGrace = 30 * time.Second
+	}
 	return &Hub{
 		cfg:       cfg,
 		log:       cfg.Logger,
@@ -105,6 +118,8 @@ func NewHub(cfg Config) *Hub {
 		primaries: map[string]string{},
 		present:   map[string]bool{},
 		conns:     map[string]*conn{},
+		gone:      map[string]time.Time{},
+		recheck:   make(chan string, 64),
 		ready:     make(chan struct{}),
 	}
 }
@@ -167,6 +182,8 @@ func (h *Hub) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case dep := <-h.recheck:
+			h.reselect(ctx, dep)
 		case _, ok := <-ka:
 			if !ok {
 				if ctx.Err() != nil {
@@ -263,6 +280,38 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	return c, nil
 }
 
+// disconnected records that host's stream ended here and schedules a
+// re-check of its deployment's primary once the grace period is over.
+func (h *Hub) disconnected(ctx context.Context, host string) {
+	h.mu.Lock()
+	h.gone[host] = h.cfg.Now()
+	var dep string
+	if h.topo != nil && h.topo.hosts[host] != nil {
+		dep = h.topo.hosts[host].GetDeployment()
+	}
+	h.mu.Unlock()
+	if dep == "" {
+		return
+	}
+	h.reselect(ctx, dep)
+	time.AfterFunc(h.cfg.PrimaryGrace, func() {
+		select {
+		case h.recheck <- dep:
+		default: // a re-check is already queued
+		}
+	})
+}
+
+// closeStreams ends every agent stream on this replica, so a shutdown does
+// not wait for them; agents reconnect with backoff.
+func (h *Hub) closeStreams() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.conns {
+		c.cancel()
+	}
+}
+
 // reselectFor re-evaluates the primary of host's deployment.
 func (h *Hub) reselectFor(ctx context.Context, host string) {
 	h.mu.Lock()
@@ -289,7 +338,15 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 	}
 	hosts := h.topo.deployments[dep]
 	cur := h.primaries[dep]
-	alive := func(x string) bool { return h.present[x] || h.conns[x] != nil }
+	now := h.cfg.Now()
+	alive := func(x string) bool {
+		if h.present[x] || h.conns[x] != nil {
+			return true
+		}
+		// The primary keeps its role for a grace period after its stream ends.
+		t, ok := h.gone[x]
+		return ok && x == cur && now.Sub(t) < h.cfg.PrimaryGrace
+	}
 	member := false
 	for _, x := range hosts {
 		if x == cur {

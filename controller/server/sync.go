@@ -133,7 +133,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		// expires, so primaries survive a quick restart.
 		if mine && !h.stopping.Load() {
 			_ = h.cfg.Store.ClearPresent(context.WithoutCancel(ctx), host, h.cfg.ID)
-			h.reselectFor(context.WithoutCancel(ctx), host)
+			h.disconnected(context.WithoutCancel(ctx), host)
 		}
 	}()
 	if err := h.cfg.Store.SetPresent(sctx, host, h.cfg.ID, lease); err != nil {
@@ -141,6 +141,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	}
 	h.mu.Lock()
 	h.present[host] = true
+	delete(h.gone, host)
 	h.mu.Unlock()
 	h.reselectFor(sctx, host)
 	if err := s.persistState(sctx, c, func(st *pb.Host) {
@@ -155,7 +156,18 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- s.recvLoop(sctx, stream, c) }()
-	c.wake()
+	pushed, err := s.maybePush(sctx, stream, c)
+	if err != nil {
+		return err
+	}
+	if !pushed {
+		c.mu.Lock()
+		v := c.appliedVersion
+		c.mu.Unlock()
+		if err := stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_UpToDate{UpToDate: &pb.UpToDate{Version: v}}}); err != nil {
+			return err
+		}
+	}
 	for {
 		select {
 		case err := <-recvErr:
@@ -167,7 +179,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			// Drain the receiver: it returns once the handler does.
 			return status.FromContextError(sctx.Err()).Err()
 		case <-c.wakeCh:
-			if err := s.maybePush(sctx, stream, c); err != nil {
+			if _, err := s.maybePush(sctx, stream, c); err != nil {
 				return err
 			}
 		}
@@ -176,17 +188,17 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 
 // maybePush sends the desired state when the agent does not have it, no
 // push is outstanding and it was not NACKed.
-func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_SyncServer, c *conn) error {
+func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_SyncServer, c *conn) (bool, error) {
 	d := s.hub.desiredFor(c.host)
 	if d == nil {
-		return nil
+		return false, nil
 	}
 	c.mu.Lock()
 	if c.pending != nil ||
 		(c.appliedVersion == d.version && c.appliedHash == d.hash) ||
 		(c.nackedVersion == d.version && c.nackedHash == d.hash) {
 		c.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	msg := &pb.Desired{Version: d.version, Nonce: s.hub.nextNonce(), Config: d.config, Hash: d.hash}
 	c.pending = msg
@@ -201,10 +213,10 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 		}
 	}
 	if err := stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_Desired{Desired: msg}}); err != nil {
-		return err
+		return false, err
 	}
 	s.hub.log.Debug("pushed desired state", "host", c.host, "version", d.version, "hash", d.hash)
-	return nil
+	return true, nil
 }
 
 func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_SyncServer, c *conn) error {

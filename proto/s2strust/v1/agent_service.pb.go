@@ -142,6 +142,7 @@ type SyncResponse struct {
 	// Types that are valid to be assigned to Message:
 	//
 	//	*SyncResponse_Desired
+	//	*SyncResponse_UpToDate
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -193,6 +194,15 @@ func (x *SyncResponse) GetDesired() *Desired {
 	return nil
 }
 
+func (x *SyncResponse) GetUpToDate() *UpToDate {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_UpToDate); ok {
+			return x.UpToDate
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -201,7 +211,61 @@ type SyncResponse_Desired struct {
 	Desired *Desired `protobuf:"bytes,1,opt,name=desired,proto3,oneof"`
 }
 
+type SyncResponse_UpToDate struct {
+	UpToDate *UpToDate `protobuf:"bytes,2,opt,name=up_to_date,json=upToDate,proto3,oneof"`
+}
+
 func (*SyncResponse_Desired) isSyncResponse_Message() {}
+
+func (*SyncResponse_UpToDate) isSyncResponse_Message() {}
+
+// UpToDate answers a Hello when the controller has nothing to send: the
+// agent already has its desired state (or must wait for a newer one). It
+// tells the agent its Hello was accepted; nothing is re-sent.
+type UpToDate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version the controller considers the host to have.
+	Version       uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpToDate) Reset() {
+	*x = UpToDate{}
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpToDate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpToDate) ProtoMessage() {}
+
+func (x *UpToDate) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpToDate.ProtoReflect.Descriptor instead.
+func (*UpToDate) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UpToDate) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
 
 // Hello opens a Sync stream.
 type Hello struct {
@@ -222,7 +286,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -234,7 +298,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -247,7 +311,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{2}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetHost() string {
@@ -303,7 +367,7 @@ type DetectedProduct struct {
 
 func (x *DetectedProduct) Reset() {
 	*x = DetectedProduct{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -315,7 +379,7 @@ func (x *DetectedProduct) String() string {
 func (*DetectedProduct) ProtoMessage() {}
 
 func (x *DetectedProduct) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -328,7 +392,7 @@ func (x *DetectedProduct) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetectedProduct.ProtoReflect.Descriptor instead.
 func (*DetectedProduct) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{3}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DetectedProduct) GetProduct() Product {
@@ -363,7 +427,7 @@ type Desired struct {
 
 func (x *Desired) Reset() {
 	*x = Desired{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +439,7 @@ func (x *Desired) String() string {
 func (*Desired) ProtoMessage() {}
 
 func (x *Desired) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +452,7 @@ func (x *Desired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Desired.ProtoReflect.Descriptor instead.
 func (*Desired) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Desired) GetVersion() uint64 {
@@ -441,7 +505,7 @@ type SecretMaterial struct {
 
 func (x *SecretMaterial) Reset() {
 	*x = SecretMaterial{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +517,7 @@ func (x *SecretMaterial) String() string {
 func (*SecretMaterial) ProtoMessage() {}
 
 func (x *SecretMaterial) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +530,7 @@ func (x *SecretMaterial) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretMaterial.ProtoReflect.Descriptor instead.
 func (*SecretMaterial) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SecretMaterial) GetName() string {
@@ -509,7 +573,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +585,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +598,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{6}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Ack) GetVersion() uint64 {
@@ -571,7 +635,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +647,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +660,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Nack) GetVersion() uint64 {
@@ -637,10 +701,14 @@ const file_s2strust_v1_agent_service_proto_rawDesc = "" +
 	"\x03ack\x18\x02 \x01(\v2\x10.s2strust.v1.AckH\x00R\x03ack\x12'\n" +
 	"\x04nack\x18\x03 \x01(\v2\x11.s2strust.v1.NackH\x00R\x04nack\x123\n" +
 	"\x06status\x18\x04 \x01(\v2\x19.s2strust.v1.StatusReportH\x00R\x06statusB\t\n" +
-	"\amessage\"K\n" +
+	"\amessage\"\x82\x01\n" +
 	"\fSyncResponse\x120\n" +
-	"\adesired\x18\x01 \x01(\v2\x14.s2strust.v1.DesiredH\x00R\adesiredB\t\n" +
-	"\amessage\"\xde\x01\n" +
+	"\adesired\x18\x01 \x01(\v2\x14.s2strust.v1.DesiredH\x00R\adesired\x125\n" +
+	"\n" +
+	"up_to_date\x18\x02 \x01(\v2\x15.s2strust.v1.UpToDateH\x00R\bupToDateB\t\n" +
+	"\amessage\"$\n" +
+	"\bUpToDate\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\"\xde\x01\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x16\n" +
@@ -688,39 +756,41 @@ func file_s2strust_v1_agent_service_proto_rawDescGZIP() []byte {
 	return file_s2strust_v1_agent_service_proto_rawDescData
 }
 
-var file_s2strust_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_s2strust_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_s2strust_v1_agent_service_proto_goTypes = []any{
 	(*SyncRequest)(nil),     // 0: s2strust.v1.SyncRequest
 	(*SyncResponse)(nil),    // 1: s2strust.v1.SyncResponse
-	(*Hello)(nil),           // 2: s2strust.v1.Hello
-	(*DetectedProduct)(nil), // 3: s2strust.v1.DetectedProduct
-	(*Desired)(nil),         // 4: s2strust.v1.Desired
-	(*SecretMaterial)(nil),  // 5: s2strust.v1.SecretMaterial
-	(*Ack)(nil),             // 6: s2strust.v1.Ack
-	(*Nack)(nil),            // 7: s2strust.v1.Nack
-	(*StatusReport)(nil),    // 8: s2strust.v1.StatusReport
-	(Product)(0),            // 9: s2strust.v1.Product
-	(*HostConfig)(nil),      // 10: s2strust.v1.HostConfig
-	(*ItemError)(nil),       // 11: s2strust.v1.ItemError
+	(*UpToDate)(nil),        // 2: s2strust.v1.UpToDate
+	(*Hello)(nil),           // 3: s2strust.v1.Hello
+	(*DetectedProduct)(nil), // 4: s2strust.v1.DetectedProduct
+	(*Desired)(nil),         // 5: s2strust.v1.Desired
+	(*SecretMaterial)(nil),  // 6: s2strust.v1.SecretMaterial
+	(*Ack)(nil),             // 7: s2strust.v1.Ack
+	(*Nack)(nil),            // 8: s2strust.v1.Nack
+	(*StatusReport)(nil),    // 9: s2strust.v1.StatusReport
+	(Product)(0),            // 10: s2strust.v1.Product
+	(*HostConfig)(nil),      // 11: s2strust.v1.HostConfig
+	(*ItemError)(nil),       // 12: s2strust.v1.ItemError
 }
 var file_s2strust_v1_agent_service_proto_depIdxs = []int32{
-	2,  // 0: s2strust.v1.SyncRequest.hello:type_name -> s2strust.v1.Hello
-	6,  // 1: s2strust.v1.SyncRequest.ack:type_name -> s2strust.v1.Ack
-	7,  // 2: s2strust.v1.SyncRequest.nack:type_name -> s2strust.v1.Nack
-	8,  // 3: s2strust.v1.SyncRequest.status:type_name -> s2strust.v1.StatusReport
-	4,  // 4: s2strust.v1.SyncResponse.desired:type_name -> s2strust.v1.Desired
-	3,  // 5: s2strust.v1.Hello.products:type_name -> s2strust.v1.DetectedProduct
-	9,  // 6: s2strust.v1.DetectedProduct.product:type_name -> s2strust.v1.Product
-	10, // 7: s2strust.v1.Desired.config:type_name -> s2strust.v1.HostConfig
-	5,  // 8: s2strust.v1.Desired.secrets:type_name -> s2strust.v1.SecretMaterial
-	11, // 9: s2strust.v1.Nack.errors:type_name -> s2strust.v1.ItemError
-	0,  // 10: s2strust.v1.AgentService.Sync:input_type -> s2strust.v1.SyncRequest
-	1,  // 11: s2strust.v1.AgentService.Sync:output_type -> s2strust.v1.SyncResponse
-	11, // [11:12] is the sub-list for method output_type
-	10, // [10:11] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 0: s2strust.v1.SyncRequest.hello:type_name -> s2strust.v1.Hello
+	7,  // 1: s2strust.v1.SyncRequest.ack:type_name -> s2strust.v1.Ack
+	8,  // 2: s2strust.v1.SyncRequest.nack:type_name -> s2strust.v1.Nack
+	9,  // 3: s2strust.v1.SyncRequest.status:type_name -> s2strust.v1.StatusReport
+	5,  // 4: s2strust.v1.SyncResponse.desired:type_name -> s2strust.v1.Desired
+	2,  // 5: s2strust.v1.SyncResponse.up_to_date:type_name -> s2strust.v1.UpToDate
+	4,  // 6: s2strust.v1.Hello.products:type_name -> s2strust.v1.DetectedProduct
+	10, // 7: s2strust.v1.DetectedProduct.product:type_name -> s2strust.v1.Product
+	11, // 8: s2strust.v1.Desired.config:type_name -> s2strust.v1.HostConfig
+	6,  // 9: s2strust.v1.Desired.secrets:type_name -> s2strust.v1.SecretMaterial
+	12, // 10: s2strust.v1.Nack.errors:type_name -> s2strust.v1.ItemError
+	0,  // 11: s2strust.v1.AgentService.Sync:input_type -> s2strust.v1.SyncRequest
+	1,  // 12: s2strust.v1.AgentService.Sync:output_type -> s2strust.v1.SyncResponse
+	12, // [12:13] is the sub-list for method output_type
+	11, // [11:12] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_agent_service_proto_init() }
@@ -737,6 +807,7 @@ func file_s2strust_v1_agent_service_proto_init() {
 	}
 	file_s2strust_v1_agent_service_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Desired)(nil),
+		(*SyncResponse_UpToDate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -744,7 +815,7 @@ func file_s2strust_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_agent_service_proto_rawDesc), len(file_s2strust_v1_agent_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,130 @@
+package sim
+
+import (
+	"crypto/x509"
+	"fmt"
+	"os"
+	"slices"
+
+	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/products"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// The tamper helpers change a store behind s2strust's back, as an
+// administrator's PowerShell would, so that tests and the demo can show
+// drift being found and corrected.
+
+// openStore reads a deployment store for a tamper helper.
+func openStore(sharedDir, deployment string) (*DeploymentStore, []byte, productStore, error) {
+	ds, old, err := readStore(sharedDir, deployment)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if ds == nil {
+		return nil, nil, nil, fmt.Errorf("deployment %s has no store in %s", deployment, sharedDir)
+	}
+	_, ps, err := ds.storedProduct()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return ds, old, ps, nil
+}
+
+// RemovePartner deletes a partner from a deployment store, as
+// Remove-CsPartnerApplication, Remove-PartnerApplication or
+// Remove-SPTrustedSecurityTokenIssuer would.
+func RemovePartner(sharedDir, deployment, name string) error {
+	ds, old, ps, err := openStore(sharedDir, deployment)
+	if err != nil {
+		return fmt.Errorf("remove partner %s: %w", name, err)
+	}
+	if !ps.remove(name) {
+		return fmt.Errorf("remove partner %s: deployment %s has no such partner", name, deployment)
+	}
+	_, err = writeStore(sharedDir, ds, old)
+	return err
+}
+
+// SetTrustLevel changes a Lync partner's ApplicationTrustLevel, as
+// Set-CsPartnerApplication -ApplicationTrustLevel would. Exchange and
+// SharePoint partners have no trust level.
+func SetTrustLevel(sharedDir, deployment, name string, level pb.TrustLevel) error {
+	if products.TrustLevelName(level) == "" {
+		return fmt.Errorf("set trust level of partner %s: %s is not a trust level (want Full, Application or User)", name, level)
+	}
+	ds, old, ps, err := openStore(sharedDir, deployment)
+	if err != nil {
+		return fmt.Errorf("set trust level of partner %s: %w", name, err)
+	}
+	if !ps.trustLevels() {
+		return fmt.Errorf("set trust level of partner %s: %s partners have no trust level", name, ds.Product)
+	}
+	v, ok := findPartner(ps, name)
+	if !ok {
+		return fmt.Errorf("set trust level of partner %s: deployment %s has no such partner", name, deployment)
+	}
+	v.Trust = level
+	ps.upsert(v)
+	_, err = writeStore(sharedDir, ds, old)
+	return err
+}
+
+// ReplaceLocalIssuerCertificate swaps this host's copy of the deployment's
+// token-issuer certificate for a freshly generated one with the same subject
+// and validity, so that the thumbprint differs on this host only: the "same
+// certificate on every Front End" rule broken on one of them.
+func (s *Sim) ReplaceLocalIssuerCertificate() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.host.clone()
+	fail := func(err error) error {
+		return fmt.Errorf("replace the issuer certificate of host %s: %w", s.cfg.Host, err)
+	}
+	if h.Deployment == "" {
+		return fail(fmt.Errorf("no configuration applied yet"))
+	}
+	_, _, ps, err := openStore(s.cfg.SharedDir, h.Deployment)
+	if err != nil {
+		return fail(err)
+	}
+	g := ps.issuer()
+	if g == nil {
+		return fail(fmt.Errorf("deployment %s has no issuer certificate", h.Deployment))
+	}
+	lc := h.find(g.Thumbprint)
+	if lc == nil {
+		return fail(fmt.Errorf("the local store does not hold the issuer certificate %s", g.Thumbprint))
+	}
+	old, err := x509.ParseCertificate(lc.Certificate)
+	if err != nil {
+		return fail(err)
+	}
+	b, err := certs.Generate(certs.Template{
+		CommonName: old.Subject.CommonName,
+		DNSNames:   old.DNSNames,
+		NotBefore:  old.NotBefore,
+		NotAfter:   old.NotAfter,
+		KeyBits:    2048,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	keyPEM, err := encodeKey(b.Key)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := s.install(h, b.Cert, keyPEM, lc.FriendlyName); err != nil {
+		return fail(err)
+	}
+	h.Certificates = slices.DeleteFunc(h.Certificates, func(c *localCertificate) bool { return c.Thumbprint == g.Thumbprint })
+	if h.DefaultThumbprint == g.Thumbprint {
+		h.DefaultThumbprint = certs.Thumbprint(b.Cert)
+	}
+	if err := s.saveHost(h); err != nil {
+		return fail(err)
+	}
+	// The store no longer names the old key; removing it is best effort.
+	_ = os.Remove(s.keyPath(g.Thumbprint))
+	return nil
+}
