@@ -5,6 +5,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -21,6 +23,7 @@ import (
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/agent/syncer"
+	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -47,7 +50,28 @@ type Config struct {
 	AutoCorrect   bool
 	// VerifyInterval is how often a pending verification is retried.
 	VerifyInterval time.Duration
-	Logger         *slog.Logger
+	// PendingTimeout is how long a verification may wait on the primary before a NACK.
+	PendingTimeout time.Duration
+	// Resolve overrides name resolution for metadata downloads and trust
+	// probes, as curl's --resolve: "host=ip:port" (any port) or
+	// "host:port=ip:port". Real deployments use DNS.
+	Resolve []string
+	// MetadataCA is a PEM file of CAs trusted for partners' HTTPS
+	// endpoints, in addition to none: when empty, the system roots.
+	MetadataCA string
+	// MetadataRoots overrides MetadataCA (the demo passes its CA in memory).
+	MetadataRoots *x509.CertPool
+	// SimListen is where the sim serves this host's HTTPS endpoints
+	// (metadata document, S2S probe endpoint); empty serves nothing.
+	SimListen string
+	// SimListener overrides SimListen (the demo passes listeners in memory).
+	SimListener net.Listener
+	// SimTLSCert and SimTLSKey are the PEM files of the sim's HTTPS
+	// certificate, covering the host's FQDN and its deployment's endpoint.
+	SimTLSCert, SimTLSKey string
+	// SimServerTLS overrides SimTLSCert and SimTLSKey.
+	SimServerTLS *tls.Config
+	Logger       *slog.Logger
 }
 
 // Run runs the agent until ctx ends.
@@ -75,15 +99,67 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer conn.Close()
+	g, ctx := errgroup.WithContext(ctx)
+	if srv, ok := drv.(interface{ Serve(context.Context) error }); ok {
+		g.Go(func() error { return srv.Serve(ctx) })
+	}
 	a, err := syncer.New(syncer.Config{
 		Host: host, Conn: conn, Driver: drv, StateDir: cfg.StateDir, Logger: log,
-		DriftInterval: cfg.DriftInterval, AutoCorrect: cfg.AutoCorrect, VerifyInterval: cfg.VerifyInterval,
+		DriftInterval: cfg.DriftInterval, AutoCorrect: cfg.AutoCorrect, VerifyInterval: cfg.VerifyInterval, PendingTimeout: cfg.PendingTimeout,
 	})
 	if err != nil {
 		return err
 	}
 	log.Info("agent starting", "host", host, "controller", cfg.Controller, "driver", drv.Name(), "state_dir", cfg.StateDir)
-	return a.Run(ctx)
+	g.Go(func() error { return a.Run(ctx) })
+	return g.Wait()
+}
+
+// fetchOptions is this host's vantage point for outbound HTTPS.
+func fetchOptions(cfg Config) (metadata.FetcherOptions, error) {
+	var o metadata.FetcherOptions
+	resolve, err := metadata.ParseResolve(cfg.Resolve)
+	if err != nil {
+		return o, fmt.Errorf("--resolve: %w", err)
+	}
+	o.Resolve = resolve
+	o.RootCAs = cfg.MetadataRoots
+	if o.RootCAs == nil && cfg.MetadataCA != "" {
+		b, err := os.ReadFile(cfg.MetadataCA)
+		if err != nil {
+			return o, fmt.Errorf("read --metadata-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return o, fmt.Errorf("--metadata-ca %s: no PEM certificates in it", cfg.MetadataCA)
+		}
+		o.RootCAs = pool
+	}
+	return o, nil
+}
+
+// simServer prepares the sim's HTTPS listener and certificate, if any.
+func simServer(cfg Config) (net.Listener, *tls.Config, error) {
+	tlsCfg := cfg.SimServerTLS
+	if tlsCfg == nil && cfg.SimTLSCert != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.SimTLSCert, cfg.SimTLSKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--sim-tls-cert/--sim-tls-key: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+	lis := cfg.SimListener
+	if lis == nil && cfg.SimListen != "" {
+		if tlsCfg == nil {
+			return nil, nil, fmt.Errorf("--sim-listen needs --sim-tls-cert and --sim-tls-key")
+		}
+		var err error
+		lis, err = net.Listen("tcp", cfg.SimListen)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--sim-listen: %w", err)
+		}
+	}
+	return lis, tlsCfg, nil
 }
 
 func newDriver(cfg Config, host string) (driver.Driver, error) {
@@ -102,7 +178,16 @@ func newDriver(cfg Config, host string) (driver.Driver, error) {
 		if shared == "" {
 			shared = filepath.Join(cfg.StateDir, "sim-shared")
 		}
-		return sim.New(sim.Config{Host: host, StateDir: filepath.Join(cfg.StateDir, "sim"), SharedDir: shared, Products: detected})
+		opts, err := fetchOptions(cfg)
+		if err != nil {
+			return nil, err
+		}
+		lis, tlsCfg, err := simServer(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return sim.New(sim.Config{Host: host, StateDir: filepath.Join(cfg.StateDir, "sim"), SharedDir: shared, Products: detected,
+			Listener: lis, ServerTLS: tlsCfg, FetchOptions: opts, Fetcher: metadata.NewFetcher(opts)})
 	case "powershell":
 		return nil, fmt.Errorf("--driver powershell: not available in this build yet; use --driver sim")
 	}

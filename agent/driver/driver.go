@@ -49,3 +49,18 @@ type Driver interface {
 	// and drift are the agent's to fill in.
 	Verify(ctx context.Context, cfg *pb.HostConfig) (*pb.StatusReport, error)
 }
+
+// Prober is implemented by drivers that can check metadata and prove trust
+// from their host. The agent calls it beside Verify and puts the results in
+// the StatusReport's metadata and probes; neither call changes anything.
+type Prober interface {
+	// CheckMetadata downloads, from this host's vantage point, the metadata
+	// document of the host's own deployment (partner "") and of every
+	// partner in cfg, and reports reachability, validity (with the
+	// seed-style error and its cause) and the signing thumbprints found.
+	CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck
+	// Probe mints an actor token with this host's current signing key for
+	// every host of every deployment in cfg.TrustedBy and presents it
+	// there; one result per target host.
+	Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe
+}

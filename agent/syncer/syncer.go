@@ -49,6 +49,10 @@ type Config struct {
 	VerifyInterval time.Duration
 	// BackoffBase and BackoffMax bound reconnect delays (defaults 500ms, 30s).
 	BackoffBase, BackoffMax time.Duration
+	// PendingTimeout is how long a verification may wait on the
+	// deployment's primary before the agent NACKs it (default 30s), so the
+	// controller can push a newer revision; a later success still ACKs it.
+	PendingTimeout time.Duration
 	// OnDesired, when set, is called for every Desired received (tests
 	// and metrics count pushes with it).
 	OnDesired func(*pb.Desired)
@@ -65,6 +69,8 @@ type Agent struct {
 	good     *lastGood        // guarded by mu
 	sess     *session         // the current stream, nil when disconnected
 	last     *pb.StatusReport // the latest report, re-sent on reconnect
+	// secrets of the last good state, in memory only, for auto-correct.
+	secrets []*pb.SecretMaterial
 }
 
 // New loads the agent's state and returns an agent.
@@ -83,6 +89,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.VerifyInterval <= 0 {
 		cfg.VerifyInterval = 2 * time.Second
+	}
+	if cfg.PendingTimeout <= 0 {
+		cfg.PendingTimeout = 30 * time.Second
 	}
 	if cfg.BackoffBase <= 0 {
 		cfg.BackoffBase = 500 * time.Millisecond
@@ -248,13 +257,74 @@ func (a *Agent) send(m *pb.SyncRequest) {
 	}
 }
 
+// prober is what a driver offers when it can check metadata and prove
+// trust from its host (driver.Prober).
+type prober interface {
+	CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck
+	Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe
+}
+
+// outcome is how processing a desired state ended.
+type outcome int
+
+const (
+	done    outcome = iota // applied, verified and acknowledged
+	waiting                // verification waits on the deployment's primary
+	failed                 // apply or verification failed
+)
+
 // engine owns applying and verifying: desired states from the controller,
-// pending verifications and periodic drift checks.
+// retries of what failed or waits, trust probes and periodic drift checks.
 func (a *Agent) engine(ctx context.Context) error {
 	drift := time.NewTicker(a.cfg.DriftInterval)
 	defer drift.Stop()
-	var pending *pb.Desired
-	var retry <-chan time.Time
+	var (
+		cur      *pb.Desired // not yet acknowledged: waiting or failed
+		nacked   bool        // cur was NACKed; a later success ACKs it late
+		retry    <-chan time.Time
+		delay    time.Duration
+		probe    <-chan time.Time // re-run failing probes sooner than drift checks
+		probeGap = a.cfg.VerifyInterval
+	)
+	maxDelay := min(a.cfg.DriftInterval, time.Minute)
+	var lastNack []*pb.ItemError
+	var waitingSince time.Time
+	settle := func(d *pb.Desired, o outcome, errs []*pb.ItemError) {
+		switch o {
+		case done:
+			cur, retry = nil, nil
+			probeGap = a.cfg.VerifyInterval
+			if a.observe(ctx, nil) {
+				probe = time.After(probeGap)
+			}
+		case waiting:
+			if cur != d {
+				waitingSince = time.Now()
+			}
+			if !nacked && time.Since(waitingSince) > a.cfg.PendingTimeout {
+				a.nack(d, errs)
+				nacked, lastNack = true, errs
+			}
+			cur, retry = d, time.After(a.cfg.VerifyInterval)
+			if probe == nil {
+				probe = time.After(probeGap)
+			}
+		case failed:
+			// A NACK is sent again only when the errors change, so the
+			// controller shows the latest cause without a NACK per retry.
+			if !nacked || !sameErrors(lastNack, errs) {
+				a.nack(d, errs)
+				nacked, lastNack = true, errs
+			}
+			cur, retry = d, time.After(delay)
+			delay = min(delay*2, maxDelay)
+			// What did apply is in effect: check and probe it too, so the
+			// edges that work show as working.
+			if a.observe(ctx, d.GetConfig()) && probe == nil {
+				probe = time.After(probeGap)
+			}
+		}
+	}
 	// Verify the last good state at start: it reports what the host has
 	// now, even before the controller answers.
 	a.checkDrift(ctx)
@@ -263,84 +333,111 @@ func (a *Agent) engine(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case d := <-a.in:
-			pending, retry = nil, nil
-			if a.handle(ctx, d) {
-				pending = d
-				retry = time.After(a.cfg.VerifyInterval)
-			}
+			nacked, delay = false, a.cfg.VerifyInterval
+			o, errs := a.process(ctx, d, true)
+			settle(d, o, errs)
 		case <-retry:
 			retry = nil
-			if a.verifyPending(ctx, pending) {
-				retry = time.After(a.cfg.VerifyInterval)
-			} else {
-				pending = nil
+			if cur != nil {
+				o, errs := a.process(ctx, cur, false)
+				settle(cur, o, errs)
+			}
+		case <-probe:
+			probe = nil
+			var cfg *pb.HostConfig
+			if cur != nil {
+				cfg = cur.GetConfig()
+			}
+			if a.observe(ctx, cfg) {
+				probeGap = min(probeGap*2, maxDelay)
+				probe = time.After(probeGap)
 			}
 		case <-drift.C:
-			if pending == nil {
+			if cur == nil {
 				a.checkDrift(ctx)
 			}
 		}
 	}
 }
 
-// handle applies and verifies one desired state and answers it. It
-// returns true when verification waits on another host.
-func (a *Agent) handle(ctx context.Context, d *pb.Desired) (waiting bool) {
-	log := a.log.With("version", d.GetVersion())
+// process applies and verifies one desired state and, when it is good,
+// commits and acknowledges it.
+func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome, []*pb.ItemError) {
 	v, h := a.Applied()
-	if h == d.GetHash() && h != "" {
+	if first && h == d.GetHash() && h != "" {
 		// Same configuration under a newer revision: nothing to apply.
 		if v != d.GetVersion() {
 			if err := a.commit(d); err != nil {
-				a.nack(d, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}})
-				return false
+				return failed, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}}
 			}
 		}
 		a.ack(d)
-		return false
+		return done, nil
 	}
-	log.Info("applying configuration", "hash", d.GetHash(), "primary", d.GetConfig().GetPrimary())
-	errs := a.cfg.Driver.Apply(ctx, d.GetConfig(), d.GetSecrets())
-	return a.finish(ctx, d, errs)
-}
-
-// finish verifies d after an apply and answers it, unless verification
-// still waits on another host.
-func (a *Agent) finish(ctx context.Context, d *pb.Desired, applyErrs []*pb.ItemError) (waiting bool) {
+	if first {
+		a.log.Info("applying configuration", "version", d.GetVersion(), "hash", d.GetHash(), "primary", d.GetConfig().GetPrimary())
+	}
+	// Apply is idempotent, so a retry applies what is still missing, such
+	// as a host-scope item that needed the primary's change first.
+	applyErrs := a.cfg.Driver.Apply(ctx, d.GetConfig(), d.GetSecrets())
 	rep, err := a.cfg.Driver.Verify(ctx, d.GetConfig())
 	if err != nil {
-		a.nack(d, append(applyErrs, &pb.ItemError{Item: "verify", Message: err.Error()}))
-		return false
+		return failed, append(applyErrs, &pb.ItemError{Item: "verify", Message: err.Error()})
 	}
 	errs := mergeErrors(applyErrs, rep.GetItems())
 	pendingItems := itemsIn(rep, pb.ItemState_ITEM_STATE_PENDING)
 	a.report(rep, nil)
 	if len(errs) > 0 {
-		a.log.Warn("configuration rejected", "version", d.GetVersion(), "errors", len(errs), "first", errs[0].GetItem()+": "+errs[0].GetMessage())
-		a.nack(d, errs)
-		return false
+		if first {
+			a.log.Warn("configuration not applied", "version", d.GetVersion(), "errors", len(errs), "first", errs[0].GetItem()+": "+errs[0].GetMessage())
+		}
+		return failed, errs
 	}
 	if len(pendingItems) > 0 {
-		a.log.Info("waiting for the deployment's primary", "version", d.GetVersion(), "items", strings.Join(pendingItems, ", "))
-		return true
+		if first {
+			a.log.Info("waiting for the deployment's primary", "version", d.GetVersion(), "items", strings.Join(pendingItems, ", "))
+		}
+		var pend []*pb.ItemError
+		for _, it := range rep.GetItems() {
+			if it.GetState() == pb.ItemState_ITEM_STATE_PENDING {
+				pend = append(pend, &pb.ItemError{Item: it.GetItem(), Message: "waiting for the deployment's primary host to apply it: " + it.GetMessage()})
+			}
+		}
+		return waiting, pend
 	}
 	if err := a.commit(d); err != nil {
-		a.nack(d, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}})
-		return false
+		return failed, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}}
 	}
 	a.log.Info("configuration applied and verified", "version", d.GetVersion())
 	a.ack(d)
-	return false
+	return done, nil
 }
 
-func (a *Agent) verifyPending(ctx context.Context, d *pb.Desired) (waiting bool) {
-	if d == nil {
+// observe checks metadata and runs trust probes for cfg (nil: the last
+// good configuration) and reports the result. It returns true when
+// something failed, so the caller checks again sooner.
+func (a *Agent) observe(ctx context.Context, cfg *pb.HostConfig) (anyFailed bool) {
+	p, ok := a.cfg.Driver.(prober)
+	a.mu.Lock()
+	good, last := a.good, a.last
+	a.mu.Unlock()
+	if cfg == nil && good != nil {
+		cfg = good.config
+	}
+	if !ok || cfg == nil || last == nil {
 		return false
 	}
-	// Host-scope items may need applying again once the primary's change
-	// has replicated; Apply is idempotent.
-	errs := a.cfg.Driver.Apply(ctx, d.GetConfig(), d.GetSecrets())
-	return a.finish(ctx, d, errs)
+	rep := proto.Clone(last).(*pb.StatusReport)
+	rep.Metadata = p.CheckMetadata(ctx, cfg)
+	rep.Probes = p.Probe(ctx, cfg)
+	for _, m := range rep.GetMetadata() {
+		anyFailed = anyFailed || !m.GetOk()
+	}
+	for _, pr := range rep.GetProbes() {
+		anyFailed = anyFailed || !pr.GetOk()
+	}
+	a.report(rep, rep.GetDrift())
+	return anyFailed
 }
 
 // checkDrift re-reads the applied configuration and reports what moved;
@@ -360,7 +457,10 @@ func (a *Agent) checkDrift(ctx context.Context) {
 	drift := driftOf(rep)
 	if len(drift) > 0 && a.cfg.AutoCorrect {
 		a.log.Warn("drift found; correcting", "items", len(drift))
-		_ = a.cfg.Driver.Apply(ctx, good.config, nil)
+		a.mu.Lock()
+		secrets := a.secrets
+		a.mu.Unlock()
+		_ = a.cfg.Driver.Apply(ctx, good.config, secrets)
 		after, err := a.cfg.Driver.Verify(ctx, good.config)
 		if err == nil {
 			still := map[string]bool{}
@@ -374,6 +474,10 @@ func (a *Agent) checkDrift(ctx context.Context) {
 		}
 	} else if len(drift) > 0 {
 		a.log.Warn("drift found", "items", len(drift), "first", drift[0].GetItem()+": "+drift[0].GetActual())
+	}
+	if p, ok := a.cfg.Driver.(prober); ok {
+		rep.Metadata = p.CheckMetadata(ctx, good.config)
+		rep.Probes = p.Probe(ctx, good.config)
 	}
 	a.report(rep, drift)
 }
@@ -422,6 +526,9 @@ func (a *Agent) commit(d *pb.Desired) error {
 	}
 	a.mu.Lock()
 	a.good = g
+	if len(d.GetSecrets()) > 0 {
+		a.secrets = d.GetSecrets()
+	}
 	a.mu.Unlock()
 	return nil
 }
@@ -459,6 +566,18 @@ func mergeErrors(applyErrs []*pb.ItemError, items []*pb.ItemStatus) []*pb.ItemEr
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].GetItem() < out[j].GetItem() })
 	return out
+}
+
+func sameErrors(a, b []*pb.ItemError) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !proto.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 func itemsIn(rep *pb.StatusReport, st pb.ItemState) []string {

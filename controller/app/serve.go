@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"go.uber.org/zap"
+
 	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/server"
@@ -227,7 +229,7 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv
 		DialTimeout:        5 * time.Second,
 		MaxCallSendMsgSize: MaxMessageSize,
 		MaxCallRecvMsgSize: 64 << 20,
-		Logger:             nil,
+		Logger:             zap.NewNop(),
 	})
 	if err != nil {
 		if emb != nil {

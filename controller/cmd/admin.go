@@ -184,7 +184,8 @@ func newGet(g *globals) *cobra.Command {
 }
 
 func newStatus(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var trust bool
+	c := &cobra.Command{
 		Use:   "status",
 		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
 		Args:  cobra.NoArgs,
@@ -197,6 +198,19 @@ func newStatus(g *globals) *cobra.Command {
 			ctx, cancel := callCtx(cmd.Context())
 			defer cancel()
 			fleet := pb.NewFleetServiceClient(conn)
+			if trust {
+				rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+				if err != nil {
+					return rpcError("trust report", err)
+				}
+				printTrust(g.out, rep.GetEdges())
+				for _, e := range rep.GetEdges() {
+					if !e.GetOk() {
+						return &exitError{code: 3, err: fmt.Errorf("trust edge %s → %s is not working", e.GetFrom(), e.GetTo())}
+					}
+				}
+				return nil
+			}
 			details, err := fetchStatus(ctx, fleet)
 			if err != nil {
 				return err
@@ -205,4 +219,6 @@ func newStatus(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
+	return c
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/simnet"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -128,7 +129,12 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if err := demoSecrets(ctx, conn, t, out); err != nil {
 		return err
 	}
-	if err := startDemoAgents(gctx, g, t, dataDir, dir, addr, log); err != nil {
+	network, err := simnet.New(t)
+	if err != nil {
+		return err
+	}
+	defer network.Close()
+	if err := startDemoAgents(gctx, g, t, network, dataDir, dir, addr, log); err != nil {
 		return err
 	}
 	resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: cfg.Topology, Filename: cfg.TopologyName})
@@ -136,13 +142,25 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return rpcError("apply "+cfg.TopologyName, err)
 	}
 	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), len(resp.GetPlan()))
-	failures, waitErr := waitConverged(ctx, pb.NewFleetServiceClient(conn), resp.GetRevision(), cfg.Timeout)
-	details, err := fetchStatus(ctx, pb.NewFleetServiceClient(conn))
+	fleet := pb.NewFleetServiceClient(conn)
+	deadline := time.Now().Add(cfg.Timeout)
+	failures, waitErr := waitConverged(ctx, fleet, resp.GetRevision(), cfg.Timeout)
+	var edges []*pb.TrustEdge
+	if waitErr == nil && len(failures) == 0 {
+		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetRevision())
+		edges, failures, waitErr = waitTrusted(ctx, fleet, time.Until(deadline))
+	}
+	details, err := fetchStatus(ctx, fleet)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(out)
 	printStatus(out, details)
+	if edges != nil {
+		fmt.Fprintf(out, "\nTrust report (s2s-controller status --trust):\n\n")
+		printTrust(out, edges)
+		fmt.Fprintln(out)
+	}
 	pkiDir := app.PKIDir(dataDir)
 	fmt.Fprintf(out, "Inspect it with grpcurl:\n  go tool grpcurl -cacert %s -cert %s -key %s %s list\n  go tool grpcurl -cacert %s -cert %s -key %s %s s2strust.v1.FleetService/ListHosts\n\n",
 		filepath.Join(pkiDir, "ca.crt"), filepath.Join(pkiDir, "admin.crt"), filepath.Join(pkiDir, "admin.key"), addr,
@@ -158,7 +176,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		}
 		return &exitError{code: 2, err: fmt.Errorf("%s", b.String())}
 	}
-	fmt.Fprintf(out, "every host applied revision %d and verified it\n", resp.GetRevision())
+	fmt.Fprintf(out, "every host applied revision %d and verified it; every trust edge's probe passed\n", resp.GetRevision())
 	if cfg.Once {
 		return nil
 	}
@@ -202,7 +220,7 @@ func demoSecrets(ctx context.Context, conn *grpc.ClientConn, t *topology.Topolog
 	return nil
 }
 
-func startDemoAgents(ctx context.Context, g *errgroup.Group, t *topology.Topology, dataDir, dir, addr string, log *slog.Logger) error {
+func startDemoAgents(ctx context.Context, g *errgroup.Group, t *topology.Topology, network *simnet.Network, dataDir, dir, addr string, log *slog.Logger) error {
 	files := pki.Files{Dir: app.PKIDir(dataDir)}
 	caPEM, err := os.ReadFile(files.CACert())
 	if err != nil {
@@ -226,6 +244,10 @@ func startDemoAgents(ctx context.Context, g *errgroup.Group, t *topology.Topolog
 			if err != nil {
 				return err
 			}
+			lis, err := network.Hosts[host].Take()
+			if err != nil {
+				return err
+			}
 			cfg := agentapp.Config{
 				Controller: addr, Host: host, TLS: tlsCfg, Driver: "sim",
 				StateDir:       filepath.Join(dir, "agents", host),
@@ -233,12 +255,47 @@ func startDemoAgents(ctx context.Context, g *errgroup.Group, t *topology.Topolog
 				SimProducts:    []string{d.Product + ":" + d.Version},
 				DriftInterval:  5 * time.Second,
 				VerifyInterval: 100 * time.Millisecond,
+				PendingTimeout: 2 * time.Second,
+				Resolve:        network.Resolve(),
+				MetadataRoots:  network.Roots,
+				SimListener:    lis,
+				SimServerTLS:   network.Hosts[host].TLS,
 				Logger:         log.With("component", "agent", "agent", host),
 			}
 			g.Go(func() error { return agentapp.Run(ctx, cfg) })
 		}
 	}
 	return nil
+}
+
+// waitTrusted polls the trust report until every edge is ok or timeout
+// passes; it returns the last report and one line per failing edge.
+func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.Duration) ([]*pb.TrustEdge, []string, error) {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		var failing []string
+		resp, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+		if err == nil {
+			for _, e := range resp.GetEdges() {
+				if !e.GetOk() {
+					failing = append(failing, fmt.Sprintf("trust edge %s → %s: %s", e.GetFrom(), e.GetTo(), strings.Join(e.GetProblems(), "; ")))
+				}
+			}
+			if len(failing) == 0 {
+				return resp.GetEdges(), nil, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return resp.GetEdges(), failing, fmt.Errorf("not every trust edge works within %s", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return resp.GetEdges(), failing, ctx.Err()
+		case <-tick.C:
+		}
+	}
 }
 
 // waitConverged polls the fleet until every host acked revision rev (or a

@@ -236,3 +236,46 @@ func printOAuth(w io.Writer, product pb.Product, o *pb.OAuthConfiguration) {
 		fmt.Fprintf(w, "PS> Get-SPAuthenticationRealm\n\n%s\n\n", o.GetRealm())
 	}
 }
+
+// printTrust prints one row per trust edge, then the problems of the
+// edges that are not working.
+func printTrust(w io.Writer, edges []*pb.TrustEdge) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FROM\tTO\tREGISTERED AS\tIDENTIFIER\tTRUST\tENABLED\tKEY IN METADATA\tKEY IN PARTNER CACHE\tREALM\tISSUER EXPIRES\tSKEW\tPROBES\tRESULT")
+	for _, e := range edges {
+		reg := e.GetRegistration()
+		name, id, level, enabled := "-", "-", "-", "-"
+		if reg != nil {
+			name, id, level, enabled = reg.GetIdentity(), reg.GetApplicationIdentifier(), products.TrustLevelName(reg.GetTrustLevel()), boolPS(reg.GetEnabled())
+			if level == "" {
+				level = "n/a"
+			}
+		}
+		realm := e.GetFromRealm()
+		if !e.GetRealmsMatch() {
+			realm = fmt.Sprintf("MISMATCH %s/%s", e.GetFromRealm(), e.GetToRealm())
+		}
+		expires := "-"
+		if e.GetIssuerNotAfter() != nil {
+			expires = e.GetIssuerNotAfter().AsTime().Format("2006-01-02")
+		}
+		okProbes := 0
+		for _, p := range e.GetProbes() {
+			if p.GetProbe().GetOk() {
+				okProbes++
+			}
+		}
+		result := "ok"
+		if !e.GetOk() {
+			result = "FAILED"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%dms\t%d/%d passed\t%s\n", e.GetFrom(), e.GetTo(), name, id, level, enabled,
+			yesNo(e.GetKeyInMetadata()), yesNo(e.GetKeyInPartnerCache()), realm, expires, e.GetMaxClockSkewMs(), okProbes, len(e.GetProbes()), result)
+	}
+	tw.Flush()
+	for _, e := range edges {
+		for _, p := range e.GetProblems() {
+			fmt.Fprintf(w, "  %s → %s: %s\n", e.GetFrom(), e.GetTo(), p)
+		}
+	}
+}

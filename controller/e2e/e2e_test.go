@@ -24,6 +24,7 @@ import (
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/products"
+	"github.com/s2strust/s2strust/internal/simnet"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -32,15 +33,20 @@ const waitTimeout = 60 * time.Second
 
 // fleet is a controller with one agent per host of a topology.
 type fleet struct {
-	t      *testing.T
-	dir    string
-	c      *controller
-	conn   *grpc.ClientConn
-	agents map[string]*agent
-	topo   *topology.Topology
+	t       *testing.T
+	dir     string
+	c       *controller
+	conn    *grpc.ClientConn
+	agents  map[string]*agent
+	topo    *topology.Topology
+	network *simnet.Network
 }
 
-func startFleet(t *testing.T, doc []byte) *fleet {
+const issuerPassword = "pfx-password-1"
+
+// startFleet starts a controller and one agent per host of doc, each sim
+// serving HTTPS on its own loopback listener. opts applies to every agent.
+func startFleet(t *testing.T, doc []byte, opts agentOpts) *fleet {
 	t.Helper()
 	dir := t.TempDir()
 	c := startController(t, filepath.Join(dir, "controller"), "127.0.0.1:0")
@@ -50,10 +56,16 @@ func startFleet(t *testing.T, doc []byte) *fleet {
 		t.Fatal(err)
 	}
 	f.topo = topo
-	f.putIssuerSecret("oauth-2026", "contoso.com", []string{"contoso.com", "fabrikam.com"}, "pfx-password-1")
+	f.network, err = simnet.New(topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.network.Close)
+	opts.network = f.network
+	f.putIssuerSecret("oauth-2026", "contoso.com", []string{"contoso.com", "fabrikam.com"}, issuerPassword)
 	for _, d := range topo.Deployments {
 		for _, h := range d.Hosts {
-			f.agents[h] = startAgent(t, c, h, d.Product+":"+d.Version, filepath.Join(dir, "agents", h), filepath.Join(dir, "sim"), agentOpts{})
+			f.agents[h] = startAgent(t, c, h, d.Product+":"+d.Version, filepath.Join(dir, "agents", h), filepath.Join(dir, "sim"), opts)
 		}
 	}
 	return f
@@ -108,7 +120,7 @@ func (f *fleet) received() map[string]int64 {
 }
 
 func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
-	f := startFleet(t, examples.Contoso)
+	f := startFleet(t, examples.Contoso, agentOpts{})
 	ctx := context.Background()
 	rev1 := f.apply(examples.Contoso)
 	f.waitConverged(rev1)
@@ -209,7 +221,7 @@ func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 	// Agent restart: it resumes from its state dir without re-applying.
 	old := f.agents["ex02.contoso.com"]
 	old.stop()
-	na := startAgent(t, f.c, old.host, old.product, old.stateDir, old.simDir, agentOpts{})
+	na := startAgent(t, f.c, old.host, old.product, old.stateDir, old.simDir, old.opts)
 	f.agents[old.host] = na
 	waitFor(t, waitTimeout, "the restarted agent to reconnect", func() (bool, string) { return na.a.Sessions() > 0, "" })
 	f.waitConverged(rev2)

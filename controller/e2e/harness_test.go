@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -19,17 +20,40 @@ import (
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/products"
+	"github.com/s2strust/s2strust/internal/simnet"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
-// testLogger writes to the test log only when -v.
-func testLogger(t *testing.T) *slog.Logger {
+// logCapture keeps every log line of the package's tests, so a test can
+// assert that no secret ever reaches a log.
+var logCapture = &lockedBuffer{}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		os.Stderr.Write(p)
 	}
-	return slog.New(slog.DiscardHandler)
+	return b.buf.Write(p)
+}
+
+func testLogs() string {
+	logCapture.mu.Lock()
+	defer logCapture.mu.Unlock()
+	return logCapture.buf.String()
+}
+
+// testLogger logs at debug level into logCapture (and stderr with -v).
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(logCapture, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // controller is a controller running in-process on loopback with mTLS.
@@ -137,6 +161,16 @@ func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.
 	return d.Driver.Apply(ctx, cfg, s)
 }
 
+// CheckMetadata forwards to the sim: the wrapper must keep the driver a Prober.
+func (d *countingDriver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
+	return d.Driver.(driver.Prober).CheckMetadata(ctx, cfg)
+}
+
+// Probe forwards to the sim.
+func (d *countingDriver) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
+	return d.Driver.(driver.Prober).Probe(ctx, cfg)
+}
+
 // agent is an agent running in-process.
 type agent struct {
 	t        *testing.T
@@ -145,6 +179,8 @@ type agent struct {
 	simDir   string
 	product  string
 	drv      *countingDriver
+	sim      *sim.Sim
+	opts     agentOpts
 	a        *syncer.Agent
 	received atomic.Int64
 	cancel   context.CancelFunc
@@ -155,6 +191,10 @@ type agent struct {
 type agentOpts struct {
 	driftInterval time.Duration
 	autoCorrect   bool
+	// network, when set, gives the sim its HTTPS listener, certificate,
+	// resolver and trust store, so it serves and downloads metadata and
+	// runs trust probes.
+	network *simnet.Network
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -164,8 +204,23 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if !ok {
 		t.Fatalf("bad product %q", product)
 	}
-	s, err := sim.New(sim.Config{Host: host, StateDir: filepath.Join(stateDir, "sim"), SharedDir: simDir,
-		Products: []*pb.DetectedProduct{{Product: p, Version: ver}}})
+	scfg := sim.Config{Host: host, StateDir: filepath.Join(stateDir, "sim"), SharedDir: simDir,
+		Products: []*pb.DetectedProduct{{Product: p, Version: ver}}}
+	if n := o.network; n != nil {
+		resolve, err := metadata.ParseResolve(n.Resolve())
+		if err != nil {
+			t.Fatal(err)
+		}
+		scfg.FetchOptions = metadata.FetcherOptions{RootCAs: n.Roots, Resolve: resolve, Timeout: 5 * time.Second}
+		scfg.Fetcher = metadata.NewFetcher(scfg.FetchOptions)
+		scfg.ServerTLS = n.Hosts[host].TLS
+		lis, err := n.Hosts[host].Take()
+		if err != nil {
+			t.Fatal(err)
+		}
+		scfg.Listener = lis
+	}
+	s, err := sim.New(scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,12 +228,12 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if err != nil {
 		t.Fatal(err)
 	}
-	ag := &agent{t: t, host: host, stateDir: stateDir, simDir: simDir, product: product, drv: &countingDriver{Driver: s}}
+	ag := &agent{t: t, host: host, stateDir: stateDir, simDir: simDir, product: product, drv: &countingDriver{Driver: s}, sim: s, opts: o}
 	if o.driftInterval == 0 {
 		o.driftInterval = time.Hour
 	}
 	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
-		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond,
+		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond,
 		OnDesired: func(*pb.Desired) { ag.received.Add(1) }})
 	if err != nil {
@@ -188,7 +243,14 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	ctx, cancel := context.WithCancel(context.Background())
 	ag.cancel = cancel
 	ag.done = make(chan error, 1)
-	go func() { ag.done <- a.Run(ctx); conn.Close() }()
+	go func() {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.Serve(ctx) }()
+		ag.done <- a.Run(ctx)
+		wg.Wait()
+		conn.Close()
+	}()
 	t.Cleanup(ag.stop)
 	return ag
 }

@@ -28,9 +28,11 @@ type conn struct {
 	appliedHash    string
 	// The one unacknowledged push, if any.
 	pending *pb.Desired
-	// The last NACKed (version, hash): not pushed again.
+	// The last NACKed push: not pushed again. An agent that later manages
+	// to apply it (a partner's metadata became reachable) may still ACK it.
 	nackedVersion uint64
 	nackedHash    string
+	nacked        *pb.Desired
 	// What was last persisted, to write only on change.
 	state  *pb.Host
 	report *pb.StatusReport
@@ -249,16 +251,25 @@ func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_Sync
 func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, nonce, hash string, errs []*pb.ItemError, ok bool) error {
 	c.mu.Lock()
 	p := c.pending
+	late := false
+	if p == nil && c.nacked != nil && c.nacked.GetNonce() == nonce && c.nacked.GetVersion() == version {
+		// The agent retried after its NACK: it succeeded (a partner's
+		// metadata became reachable) or fails for another reason now.
+		p, late = c.nacked, true
+	}
 	if p == nil || p.GetNonce() != nonce || p.GetVersion() != version {
 		c.mu.Unlock()
 		s.hub.log.Debug("stale answer ignored", "host", c.host, "nonce", nonce, "version", version)
 		return nil
 	}
-	c.pending = nil
+	if !late {
+		c.pending = nil
+	}
 	if ok {
 		c.appliedVersion, c.appliedHash = p.GetVersion(), p.GetHash()
+		c.nacked, c.nackedVersion, c.nackedHash = nil, 0, ""
 	} else {
-		c.nackedVersion, c.nackedHash = p.GetVersion(), p.GetHash()
+		c.nacked, c.nackedVersion, c.nackedHash = p, p.GetVersion(), p.GetHash()
 	}
 	c.mu.Unlock()
 	now := s.hub.cfg.Now()
@@ -282,6 +293,18 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 }
 
 func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport) error {
+	if r.GetClock() != nil {
+		offset := r.GetClock().AsTime().Sub(s.hub.cfg.Now()).Milliseconds()
+		// Recorded only when it moves by a second or more, so reports do not rewrite host state.
+		if err := s.persistState(ctx, c, func(st *pb.Host) {
+			if d := st.GetClockOffsetMs() - offset; st.GetLastSeen() == nil || d >= 1000 || d <= -1000 {
+				st.ClockOffsetMs = offset
+				st.LastSeen = timestamp(s.hub.cfg.Now())
+			}
+		}); err != nil {
+			return err
+		}
+	}
 	c.mu.Lock()
 	prev := c.report
 	c.mu.Unlock()

@@ -42,6 +42,12 @@ type hostState struct {
 	// SigningCertificates knows which deployment store to read.
 	Deployment string `json:",omitempty"`
 	Product    string `json:",omitempty"`
+	// Realm, ServiceName, Endpoint and MetadataURL are the OAuth identity
+	// the host last applied, for the documents and probes it serves.
+	Realm       string `json:",omitempty"`
+	ServiceName string `json:",omitempty"`
+	Endpoint    string `json:",omitempty"`
+	MetadataURL string `json:",omitempty"`
 	// DefaultThumbprint is the host's own default certificate: Lync's
 	// Default, Exchange's Auth Certificate, SharePoint's STS certificate.
 	DefaultThumbprint string
@@ -121,12 +127,14 @@ func (s *Sim) saveHost(h *hostState) error {
 	}
 	if string(data) == string(s.hostData) {
 		s.host = h
+		s.snap.Store(h)
 		return nil
 	}
 	if err := atomicfile.Write(filepath.Join(s.cfg.StateDir, hostFile), data, 0o600); err != nil {
 		return fmt.Errorf("write host store of %s: %w", s.cfg.Host, err)
 	}
 	s.host, s.hostData = h, data
+	s.snap.Store(h)
 	return nil
 }
 

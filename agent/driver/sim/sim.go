@@ -18,21 +18,33 @@
 // differences are set in place, and partners s2strust was not asked about
 // are left alone. Creating a partner downloads its metadata through
 // Config.FetchMetadata, as New-CsPartnerApplication does.
+//
+// A host can also act as the product on the network: Serve publishes the
+// deployment's auth metadata document over HTTPS and accepts S2S actor
+// tokens at ProbePath, validating them against the partners its deployment
+// store registers; CheckMetadata and Probe (driver.Prober) download
+// metadata and present real tokens from the host's own vantage point
+// (Config.FetchOptions: its trust store and resolver).
 package sim
 
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -62,21 +74,58 @@ type Config struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// FetchMetadata downloads and validates a partner's auth metadata
-	// document and returns its signing certificates. Nil stores partners
-	// without downloading anything; otherwise creating a partner, changing
-	// its metadata URL or refreshing it downloads the metadata as
-	// New-CsPartnerApplication does, and a failure fails that partner's
-	// item only.
+	// document and returns its signing certificates. When it is set, or
+	// New sets it from Fetcher or FetchOptions (see there), creating a
+	// partner, changing its metadata URL or refreshing it downloads the
+	// metadata as New-CsPartnerApplication does, caching its signing
+	// certificates, and a failure fails that partner's item only. Nil, in
+	// the zero Config, stores partners without downloading anything.
 	FetchMetadata func(ctx context.Context, url, serviceName, realm string) ([]*x509.Certificate, error)
+
+	// Listener is where Serve serves this host's HTTPS endpoints (its
+	// metadata document and the S2S probe endpoint); nil serves nothing.
+	// Serve owns it and closes it.
+	Listener net.Listener
+	// ServerTLS is the HTTPS server configuration of this host: a
+	// certificate covering its own FQDN and its deployment's endpoint name.
+	// Serve needs it when Listener is set.
+	ServerTLS *tls.Config
+	// FetchOptions is this host's vantage point for outbound HTTPS: the
+	// trust store and resolver its metadata downloads and trust probes use.
+	// The zero value means the system roots and real DNS.
+	FetchOptions metadata.FetcherOptions
+	// Fetcher downloads metadata documents; nil means one built from
+	// FetchOptions. When FetchMetadata is nil and either Fetcher is set or
+	// FetchOptions is not the zero value, Apply downloads partners'
+	// metadata with it; otherwise (the zero Config) partners are stored
+	// without downloading anything, as before. CheckMetadata always
+	// downloads, through FetchMetadata when set, this Fetcher otherwise.
+	Fetcher *metadata.Fetcher
+	// ProbeClient sends trust probes; nil means a client with the roots and
+	// resolver of FetchOptions. It must not follow redirects.
+	ProbeClient *http.Client
+}
+
+// configured reports whether o differs from the zero FetcherOptions.
+func configured(o metadata.FetcherOptions) bool {
+	return o.RootCAs != nil || len(o.Resolve) > 0 || o.Timeout != 0 || o.MaxSize != 0
 }
 
 // Sim is the simulated driver of one host. It is safe for concurrent use.
 type Sim struct {
 	cfg Config
 
+	// fetcher and probeClient are this host's vantage point (see Config).
+	fetcher     *metadata.Fetcher
+	probeClient *http.Client
+
 	mu       sync.Mutex
 	host     *hostState // as last written; replaced, never mutated
 	hostData []byte     // its encoding on disk
+	// snap is host again, readable without mu: the HTTPS handlers and the
+	// probes must not wait for an Apply that is itself downloading from
+	// this host.
+	snap atomic.Pointer[hostState]
 }
 
 var _ driver.Driver = (*Sim)(nil)
@@ -96,7 +145,16 @@ func New(cfg Config) (*Sim, error) {
 		cfg.Now = time.Now
 	}
 	cfg.Products = slices.Clone(cfg.Products)
-	s := &Sim{cfg: cfg}
+	s := &Sim{cfg: cfg, fetcher: cfg.Fetcher, probeClient: cfg.ProbeClient}
+	if s.fetcher == nil {
+		s.fetcher = metadata.NewFetcher(cfg.FetchOptions)
+	}
+	if s.probeClient == nil {
+		s.probeClient = newProbeClient(cfg.FetchOptions)
+	}
+	if s.cfg.FetchMetadata == nil && (cfg.Fetcher != nil || configured(cfg.FetchOptions)) {
+		s.cfg.FetchMetadata = s.fetchSigning
+	}
 	h, data, err := loadHost(cfg.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("create sim driver for host %s: %w", cfg.Host, err)
@@ -107,6 +165,7 @@ func New(cfg Config) (*Sim, error) {
 		return nil, fmt.Errorf("create sim driver for host %s: state directory %s belongs to host %s", cfg.Host, cfg.StateDir, h.Host)
 	}
 	s.host, s.hostData = h, data
+	s.snap.Store(h)
 	if h.DefaultThumbprint == "" || h.find(h.DefaultThumbprint) == nil {
 		h = h.clone()
 		if err := s.newDefaultCertificate(h); err != nil {
@@ -215,6 +274,7 @@ func (s *Sim) Apply(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.Secre
 	var errs []*pb.ItemError
 	h := s.host.clone()
 	h.Deployment, h.Product = cfg.GetDeployment(), products.Name(cfg.GetProduct())
+	h.Realm, h.ServiceName, h.Endpoint, h.MetadataURL = cfg.GetRealm(), serviceName(cfg), cfg.GetEndpoint(), cfg.GetMetadataUrl()
 	issuer, err := s.applyIssuer(h, cfg, secrets, ps)
 	if err != nil {
 		errs = append(errs, &pb.ItemError{Item: driver.ItemIssuerCertificate, Message: err.Error()})
@@ -474,6 +534,37 @@ func sameCertificates(a, b [][]byte) bool {
 	return slices.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
 }
 
+// fetchSigning is Config.FetchMetadata over the host's Fetcher.
+func (s *Sim) fetchSigning(ctx context.Context, url, serviceName, realm string) ([]*x509.Certificate, error) {
+	_, list, err := s.fetcher.Fetch(ctx, url, serviceName, realm)
+	if err != nil {
+		return nil, fetchCause(err)
+	}
+	return list, nil
+}
+
+// downloadFailure is a *metadata.DownloadError worded to follow the
+// products' own message, which already says "could not be downloaded".
+type downloadFailure struct{ *metadata.DownloadError }
+
+// Error names the URL and the cause.
+func (e downloadFailure) Error() string {
+	return fmt.Sprintf("download %s: %v", e.URL, e.Cause)
+}
+
+// Unwrap returns the *metadata.DownloadError.
+func (e downloadFailure) Unwrap() error { return e.DownloadError }
+
+// fetchCause rewords a Fetcher error to follow metadataError without
+// repeating it; errors.As still finds the Fetcher's error types.
+func fetchCause(err error) error {
+	var de *metadata.DownloadError
+	if errors.As(err, &de) {
+		return downloadFailure{de}
+	}
+	return err
+}
+
 // download fetches a partner's metadata and returns its signing
 // certificates (DER); nil without a FetchMetadata.
 func (s *Sim) download(ctx context.Context, ps productStore, v partnerView) ([][]byte, error) {
@@ -629,6 +720,11 @@ func (s *Sim) Verify(ctx context.Context, cfg *pb.HostConfig) (*pb.StatusReport,
 		if ps.trustLevels() {
 			pa.TrustLevel = v.Trust
 		}
+		for _, der := range v.Certificates {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				pa.CachedThumbprints = append(pa.CachedThumbprints, certs.Thumbprint(c))
+			}
+		}
 		r.Partners = append(r.Partners, pa)
 	}
 	r.Oauth = ps.oauth()
@@ -776,50 +872,95 @@ func (s *Sim) LocalCertificate(thumbprint string) (cert *x509.Certificate, key c
 // host has applied a configuration, before the deployment has an issuer,
 // and when this host's store lacks the issuer or its key.
 func (s *Sim) SigningCertificates(ctx context.Context) (current *x509.Certificate, key crypto.Signer, all []*x509.Certificate, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	h := s.host
-	if h.Deployment == "" {
-		return nil, nil, nil, fmt.Errorf("signing certificates of host %s: no configuration applied yet", s.cfg.Host)
-	}
-	p, _ := products.Parse(h.Product)
-	ds, _, err := readStore(s.cfg.SharedDir, h.Deployment)
+	sc, err := s.signing()
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("signing certificates of host %s: %w", s.cfg.Host, err)
+		return nil, nil, nil, err
 	}
-	if ds == nil {
-		ds = &DeploymentStore{Deployment: h.Deployment}
-	}
-	ps, err := ds.productStore(p)
+	return sc.current, sc.key, sc.all, nil
+}
+
+// signingState is what SigningCertificates finds. thumbprint is the
+// deployment's current issuer, set whenever the deployment has one, even
+// when the rest fails.
+type signingState struct {
+	// host is the snapshot resolved, realm the deployment's realm.
+	host       *hostState
+	realm      string
+	thumbprint string
+	current    *x509.Certificate
+	key        crypto.Signer
+	all        []*x509.Certificate
+}
+
+// signing resolves the deployment's signing certificates from the latest
+// host snapshot, without s.mu: it serves requests that may arrive while an
+// Apply holds the lock and waits on this very host. The returned state is
+// never nil.
+func (s *Sim) signing() (*signingState, error) {
+	h := s.snap.Load()
+	sc := &signingState{}
+	ps, err := s.deploymentView(h)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("signing certificates of host %s: %w", s.cfg.Host, err)
+		return sc, fmt.Errorf("signing certificates of host %s: %w", s.cfg.Host, err)
 	}
+	sc.host, sc.realm = h, realmOf(ps, h)
 	g := ps.issuer()
 	if g == nil {
-		return nil, nil, nil, fmt.Errorf("signing certificates of host %s: deployment %s has no token-issuer certificate yet", s.cfg.Host, h.Deployment)
+		return sc, fmt.Errorf("signing certificates of host %s: deployment %s has no token-issuer certificate yet", s.cfg.Host, h.Deployment)
 	}
+	sc.thumbprint = g.Thumbprint
 	lc := h.find(g.Thumbprint)
 	if lc == nil || !lc.HasPrivateKey {
-		return nil, nil, nil, fmt.Errorf("signing certificates of host %s: the issuer certificate %s of deployment %s is not in the local store with its private key", s.cfg.Host, g.Thumbprint, h.Deployment)
+		return sc, fmt.Errorf("signing certificates of host %s: the issuer certificate %s of deployment %s is not in the local store with its private key", s.cfg.Host, g.Thumbprint, h.Deployment)
 	}
-	if current, err = x509.ParseCertificate(lc.Certificate); err != nil {
-		return nil, nil, nil, fmt.Errorf("signing certificates of host %s: certificate %s: %w", s.cfg.Host, g.Thumbprint, err)
+	current, err := x509.ParseCertificate(lc.Certificate)
+	if err != nil {
+		return sc, fmt.Errorf("signing certificates of host %s: certificate %s: %w", s.cfg.Host, g.Thumbprint, err)
 	}
-	if key, err = s.loadSigner(g.Thumbprint); err != nil {
-		return nil, nil, nil, fmt.Errorf("signing certificates: %w", err)
+	key, err := s.loadSigner(g.Thumbprint)
+	if err != nil {
+		return sc, fmt.Errorf("signing certificates: %w", err)
 	}
-	all = []*x509.Certificate{current}
+	all := []*x509.Certificate{current}
 	for _, ic := range ps.issuers() {
 		if ic.Thumbprint == g.Thumbprint || len(ic.Certificate) == 0 {
 			continue
 		}
 		c, err := x509.ParseCertificate(ic.Certificate)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("signing certificates of host %s: certificate %s: %w", s.cfg.Host, ic.Thumbprint, err)
+			return sc, fmt.Errorf("signing certificates of host %s: certificate %s: %w", s.cfg.Host, ic.Thumbprint, err)
 		}
 		all = append(all, c)
 	}
-	return current, key, all, nil
+	sc.current, sc.key, sc.all = current, key, all
+	return sc, nil
+}
+
+// deploymentView reads the store of the deployment host snapshot h last
+// applied, as that host sees it; an empty store before the primary's first
+// write.
+func (s *Sim) deploymentView(h *hostState) (productStore, error) {
+	if h.Deployment == "" {
+		return nil, errors.New("no configuration applied yet")
+	}
+	p, _ := products.Parse(h.Product)
+	ds, _, err := readStore(s.cfg.SharedDir, h.Deployment)
+	if err != nil {
+		return nil, err
+	}
+	if ds == nil {
+		ds = &DeploymentStore{Deployment: h.Deployment}
+	}
+	return ds.productStore(p)
+}
+
+// realmOf is the realm a deployment uses: its store's setting once the
+// primary has written it, the realm this host last applied before that.
+func realmOf(ps productStore, h *hostState) string {
+	if r := ps.oauth().GetRealm(); r != "" {
+		return r
+	}
+	return h.Realm
 }
 
 // PartnerState is a partner as a receiving deployment has registered it,
@@ -850,6 +991,11 @@ func (s *Sim) Partners(ctx context.Context, deployment string) ([]PartnerState, 
 	if err != nil {
 		return nil, err
 	}
+	return partnerStates(ps, deployment)
+}
+
+// partnerStates lists the partners of ps with their cached certificates.
+func partnerStates(ps productStore, deployment string) ([]PartnerState, error) {
 	var out []PartnerState
 	for _, v := range ps.partners() {
 		st := PartnerState{

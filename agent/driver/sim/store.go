@@ -63,9 +63,15 @@ func (c *IssuerCertificate) equal(o *IssuerCertificate) bool {
 // Management Store.
 type LyncGlobal struct {
 	// OAuthTokenIssuer is Get-CsCertificate -Type OAuthTokenIssuer.
-	OAuthTokenIssuer    *IssuerCertificate `json:",omitempty"`
-	PartnerApplications []*CsPartnerApplication
-	OAuthConfiguration  CsOAuthConfiguration
+	OAuthTokenIssuer *IssuerCertificate `json:",omitempty"`
+	// NextOAuthTokenIssuer is the certificate staged by Set-CsCertificate
+	// -Roll -EffectiveDate, effective at NextEffectiveDate. Until then the
+	// pool publishes it in its metadata beside the current one, so that
+	// partners cache it before it signs anything.
+	NextOAuthTokenIssuer *IssuerCertificate `json:",omitempty"`
+	NextEffectiveDate    *time.Time         `json:",omitempty"`
+	PartnerApplications  []*CsPartnerApplication
+	OAuthConfiguration   CsOAuthConfiguration
 }
 
 // CsPartnerApplication is one Get-CsPartnerApplication object.
@@ -429,11 +435,24 @@ func (g *LyncGlobal) oauth() *pb.OAuthConfiguration {
 	return o
 }
 
-func (g *LyncGlobal) issuer() *IssuerCertificate     { return g.OAuthTokenIssuer }
-func (g *LyncGlobal) setIssuer(c *IssuerCertificate) { g.OAuthTokenIssuer = c }
-func (g *LyncGlobal) issuerName() string             { return "global OAuthTokenIssuer certificate" }
-func (g *LyncGlobal) trustLevels() bool              { return true }
-func (g *LyncGlobal) issuers() []*IssuerCertificate  { return nonNil(g.OAuthTokenIssuer) }
+func (g *LyncGlobal) issuer() *IssuerCertificate { return g.OAuthTokenIssuer }
+func (g *LyncGlobal) issuerName() string         { return "global OAuthTokenIssuer certificate" }
+func (g *LyncGlobal) trustLevels() bool          { return true }
+
+// setIssuer makes c current; a staged certificate that becomes current is
+// no longer the next one.
+func (g *LyncGlobal) setIssuer(c *IssuerCertificate) {
+	g.OAuthTokenIssuer = c
+	if g.NextOAuthTokenIssuer != nil && g.NextOAuthTokenIssuer.Thumbprint == c.Thumbprint {
+		g.NextOAuthTokenIssuer, g.NextEffectiveDate = nil, nil
+	}
+}
+
+func (g *LyncGlobal) issuers() []*IssuerCertificate {
+	out := nonNil(g.OAuthTokenIssuer, g.NextOAuthTokenIssuer)
+	return slices.CompactFunc(out, func(a, b *IssuerCertificate) bool { return a.Thumbprint == b.Thumbprint })
+}
+
 func nonNil(cs ...*IssuerCertificate) []*IssuerCertificate {
 	var out []*IssuerCertificate
 	for _, c := range cs {

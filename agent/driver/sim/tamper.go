@@ -1,10 +1,12 @@
 package sim
 
 import (
+	"cmp"
 	"crypto/x509"
 	"fmt"
 	"os"
 	"slices"
+	"time"
 
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
@@ -127,4 +129,60 @@ func (s *Sim) ReplaceLocalIssuerCertificate() error {
 	// The store no longer names the old key; removing it is best effort.
 	_ = os.Remove(s.keyPath(g.Thumbprint))
 	return nil
+}
+
+// SetPartnerEnabled enables or disables a partner, as
+// Set-CsPartnerApplication -Enabled or Set-PartnerApplication -Enabled
+// would. SharePoint's trusted security token issuers cannot be disabled.
+func SetPartnerEnabled(sharedDir, deployment, name string, enabled bool) error {
+	ds, old, ps, err := openStore(sharedDir, deployment)
+	if err != nil {
+		return fmt.Errorf("set Enabled of partner %s: %w", name, err)
+	}
+	if ds.SharePoint != nil {
+		return fmt.Errorf("set Enabled of partner %s: %s trusted security token issuers cannot be disabled", name, ds.Product)
+	}
+	v, ok := findPartner(ps, name)
+	if !ok {
+		return fmt.Errorf("set Enabled of partner %s: deployment %s has no such partner", name, deployment)
+	}
+	v.Enabled = enabled
+	ps.upsert(v)
+	_, err = writeStore(sharedDir, ds, old)
+	return err
+}
+
+// StageNextIssuerCertificate stages cert as the deployment's next
+// token-issuer certificate, effective at effective, as Lync's
+// Set-CsCertificate -Type OAuthTokenIssuer -Roll -EffectiveDate or
+// Exchange's Set-AuthConfig -NewCertificateThumbprint
+// -NewCertificateEffectiveDate would. Only the certificate is recorded: its
+// key goes to the hosts' own stores the way the current one did. The
+// deployment then publishes both in its metadata. A SharePoint farm has no
+// staged certificate.
+func StageNextIssuerCertificate(sharedDir, deployment string, cert *x509.Certificate, effective time.Time) error {
+	t := certs.Thumbprint(cert)
+	ds, old, ps, err := openStore(sharedDir, deployment)
+	if err != nil {
+		return fmt.Errorf("stage next issuer certificate %s: %w", t, err)
+	}
+	if cur := ps.issuer(); cur != nil && cur.Thumbprint == t {
+		return fmt.Errorf("stage next issuer certificate %s: it is already the current one", t)
+	}
+	ic := &IssuerCertificate{Thumbprint: t, Certificate: cert.Raw}
+	eff := effective.UTC()
+	switch {
+	case ds.Lync != nil:
+		ds.Lync.NextOAuthTokenIssuer, ds.Lync.NextEffectiveDate = ic, &eff
+	case ds.Exchange != nil:
+		o := ds.Exchange
+		o.AuthConfig.NextCertificateThumbprint, o.AuthConfig.NextCertificateEffectiveDate = t, &eff
+		o.AuthCertificates = slices.DeleteFunc(o.AuthCertificates, func(c *IssuerCertificate) bool { return c.Thumbprint == t })
+		o.AuthCertificates = append(o.AuthCertificates, ic)
+		slices.SortFunc(o.AuthCertificates, func(a, b *IssuerCertificate) int { return cmp.Compare(a.Thumbprint, b.Thumbprint) })
+	default:
+		return fmt.Errorf("stage next issuer certificate %s: a %s deployment has no next certificate", t, ds.Product)
+	}
+	_, err = writeStore(sharedDir, ds, old)
+	return err
 }

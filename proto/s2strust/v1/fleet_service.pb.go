@@ -72,6 +72,308 @@ func (ResultKind) EnumDescriptor() ([]byte, []int) {
 	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
 }
 
+// GetTrustReportRequest has no parameters.
+type GetTrustReportRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTrustReportRequest) Reset() {
+	*x = GetTrustReportRequest{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTrustReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTrustReportRequest) ProtoMessage() {}
+
+func (x *GetTrustReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTrustReportRequest.ProtoReflect.Descriptor instead.
+func (*GetTrustReportRequest) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
+}
+
+// GetTrustReportResponse lists the trust edges in topology order.
+type GetTrustReportResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Edges         []*TrustEdge           `protobuf:"bytes,1,rep,name=edges,proto3" json:"edges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTrustReportResponse) Reset() {
+	*x = GetTrustReportResponse{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTrustReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTrustReportResponse) ProtoMessage() {}
+
+func (x *GetTrustReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTrustReportResponse.ProtoReflect.Descriptor instead.
+func (*GetTrustReportResponse) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetTrustReportResponse) GetEdges() []*TrustEdge {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
+}
+
+// TrustEdge reports whether "to" really accepts tokens issued by "from".
+type TrustEdge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	From  string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To    string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// The name "to" registers "from" under, e.g. microsoft.exchange.
+	PartnerName string `protobuf:"bytes,3,opt,name=partner_name,json=partnerName,proto3" json:"partner_name,omitempty"`
+	// "to"'s registration of "from" as its primary last reported it; unset when missing.
+	Registration *PartnerApplication `protobuf:"bytes,4,opt,name=registration,proto3" json:"registration,omitempty"`
+	// The thumbprint of "from"'s current signing certificate.
+	IssuerThumbprint string                 `protobuf:"bytes,5,opt,name=issuer_thumbprint,json=issuerThumbprint,proto3" json:"issuer_thumbprint,omitempty"`
+	IssuerNotAfter   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=issuer_not_after,json=issuerNotAfter,proto3" json:"issuer_not_after,omitempty"`
+	// Whether "from"'s current signing certificate is in its own metadata
+	// document, as "from"'s hosts fetched it.
+	KeyInMetadata bool `protobuf:"varint,7,opt,name=key_in_metadata,json=keyInMetadata,proto3" json:"key_in_metadata,omitempty"`
+	// Whether it is in "to"'s cached copy of "from"'s metadata.
+	KeyInPartnerCache bool   `protobuf:"varint,8,opt,name=key_in_partner_cache,json=keyInPartnerCache,proto3" json:"key_in_partner_cache,omitempty"`
+	FromRealm         string `protobuf:"bytes,9,opt,name=from_realm,json=fromRealm,proto3" json:"from_realm,omitempty"`
+	ToRealm           string `protobuf:"bytes,10,opt,name=to_realm,json=toRealm,proto3" json:"to_realm,omitempty"`
+	RealmsMatch       bool   `protobuf:"varint,11,opt,name=realms_match,json=realmsMatch,proto3" json:"realms_match,omitempty"`
+	// The largest clock difference between a "from" host and a "to" host, in milliseconds.
+	MaxClockSkewMs int64 `protobuf:"varint,12,opt,name=max_clock_skew_ms,json=maxClockSkewMs,proto3" json:"max_clock_skew_ms,omitempty"`
+	// Every probe from a "from" host to a "to" host.
+	Probes []*TrustProbeResult `protobuf:"bytes,13,rep,name=probes,proto3" json:"probes,omitempty"`
+	// Whether every check and probe passed.
+	Ok bool `protobuf:"varint,14,opt,name=ok,proto3" json:"ok,omitempty"`
+	// The problems found, empty when ok.
+	Problems      []string `protobuf:"bytes,15,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrustEdge) Reset() {
+	*x = TrustEdge{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustEdge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustEdge) ProtoMessage() {}
+
+func (x *TrustEdge) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustEdge.ProtoReflect.Descriptor instead.
+func (*TrustEdge) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TrustEdge) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *TrustEdge) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *TrustEdge) GetPartnerName() string {
+	if x != nil {
+		return x.PartnerName
+	}
+	return ""
+}
+
+func (x *TrustEdge) GetRegistration() *PartnerApplication {
+	if x != nil {
+		return x.Registration
+	}
+	return nil
+}
+
+func (x *TrustEdge) GetIssuerThumbprint() string {
+	if x != nil {
+		return x.IssuerThumbprint
+	}
+	return ""
+}
+
+func (x *TrustEdge) GetIssuerNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuerNotAfter
+	}
+	return nil
+}
+
+func (x *TrustEdge) GetKeyInMetadata() bool {
+	if x != nil {
+		return x.KeyInMetadata
+	}
+	return false
+}
+
+func (x *TrustEdge) GetKeyInPartnerCache() bool {
+	if x != nil {
+		return x.KeyInPartnerCache
+	}
+	return false
+}
+
+func (x *TrustEdge) GetFromRealm() string {
+	if x != nil {
+		return x.FromRealm
+	}
+	return ""
+}
+
+func (x *TrustEdge) GetToRealm() string {
+	if x != nil {
+		return x.ToRealm
+	}
+	return ""
+}
+
+func (x *TrustEdge) GetRealmsMatch() bool {
+	if x != nil {
+		return x.RealmsMatch
+	}
+	return false
+}
+
+func (x *TrustEdge) GetMaxClockSkewMs() int64 {
+	if x != nil {
+		return x.MaxClockSkewMs
+	}
+	return 0
+}
+
+func (x *TrustEdge) GetProbes() []*TrustProbeResult {
+	if x != nil {
+		return x.Probes
+	}
+	return nil
+}
+
+func (x *TrustEdge) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *TrustEdge) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+// TrustProbeResult is one probe with the host that made it.
+type TrustProbeResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FromHost      string                 `protobuf:"bytes,1,opt,name=from_host,json=fromHost,proto3" json:"from_host,omitempty"`
+	Probe         *TrustProbe            `protobuf:"bytes,2,opt,name=probe,proto3" json:"probe,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrustProbeResult) Reset() {
+	*x = TrustProbeResult{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustProbeResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustProbeResult) ProtoMessage() {}
+
+func (x *TrustProbeResult) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustProbeResult.ProtoReflect.Descriptor instead.
+func (*TrustProbeResult) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TrustProbeResult) GetFromHost() string {
+	if x != nil {
+		return x.FromHost
+	}
+	return ""
+}
+
+func (x *TrustProbeResult) GetProbe() *TrustProbe {
+	if x != nil {
+		return x.Probe
+	}
+	return nil
+}
+
 // ListHostsRequest filters hosts.
 type ListHostsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -83,7 +385,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -95,7 +397,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -108,7 +410,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListHostsRequest) GetDeployment() string {
@@ -128,7 +430,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -140,7 +442,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -153,7 +455,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{1}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -173,7 +475,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +487,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +500,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{2}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetHostRequest) GetHost() string {
@@ -219,7 +521,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -231,7 +533,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -244,7 +546,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{3}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -276,7 +578,7 @@ type LastResult struct {
 
 func (x *LastResult) Reset() {
 	*x = LastResult{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -288,7 +590,7 @@ func (x *LastResult) String() string {
 func (*LastResult) ProtoMessage() {}
 
 func (x *LastResult) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -301,7 +603,7 @@ func (x *LastResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LastResult.ProtoReflect.Descriptor instead.
 func (*LastResult) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LastResult) GetKind() ResultKind {
@@ -356,17 +658,19 @@ type Host struct {
 	AppliedHash    string      `protobuf:"bytes,9,opt,name=applied_hash,json=appliedHash,proto3" json:"applied_hash,omitempty"`
 	LastResult     *LastResult `protobuf:"bytes,10,opt,name=last_result,json=lastResult,proto3" json:"last_result,omitempty"`
 	// Whether it applies the deployment-scope items.
-	Primary       bool                   `protobuf:"varint,11,opt,name=primary,proto3" json:"primary,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,12,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	Driver        string                 `protobuf:"bytes,13,opt,name=driver,proto3" json:"driver,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Primary      bool                   `protobuf:"varint,11,opt,name=primary,proto3" json:"primary,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,12,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Driver       string                 `protobuf:"bytes,13,opt,name=driver,proto3" json:"driver,omitempty"`
+	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// The host's clock minus the controller's, from its last status report.
+	ClockOffsetMs int64 `protobuf:"varint,15,opt,name=clock_offset_ms,json=clockOffsetMs,proto3" json:"clock_offset_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +682,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +695,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Host) GetHost() string {
@@ -492,11 +796,42 @@ func (x *Host) GetLastSeen() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Host) GetClockOffsetMs() int64 {
+	if x != nil {
+		return x.ClockOffsetMs
+	}
+	return 0
+}
+
 var File_s2strust_v1_fleet_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"2\n" +
+	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"\x17\n" +
+	"\x15GetTrustReportRequest\"F\n" +
+	"\x16GetTrustReportResponse\x12,\n" +
+	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\"\xce\x04\n" +
+	"\tTrustEdge\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12!\n" +
+	"\fpartner_name\x18\x03 \x01(\tR\vpartnerName\x12C\n" +
+	"\fregistration\x18\x04 \x01(\v2\x1f.s2strust.v1.PartnerApplicationR\fregistration\x12+\n" +
+	"\x11issuer_thumbprint\x18\x05 \x01(\tR\x10issuerThumbprint\x12D\n" +
+	"\x10issuer_not_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0eissuerNotAfter\x12&\n" +
+	"\x0fkey_in_metadata\x18\a \x01(\bR\rkeyInMetadata\x12/\n" +
+	"\x14key_in_partner_cache\x18\b \x01(\bR\x11keyInPartnerCache\x12\x1d\n" +
+	"\n" +
+	"from_realm\x18\t \x01(\tR\tfromRealm\x12\x19\n" +
+	"\bto_realm\x18\n" +
+	" \x01(\tR\atoRealm\x12!\n" +
+	"\frealms_match\x18\v \x01(\bR\vrealmsMatch\x12)\n" +
+	"\x11max_clock_skew_ms\x18\f \x01(\x03R\x0emaxClockSkewMs\x125\n" +
+	"\x06probes\x18\r \x03(\v2\x1d.s2strust.v1.TrustProbeResultR\x06probes\x12\x0e\n" +
+	"\x02ok\x18\x0e \x01(\bR\x02ok\x12\x1a\n" +
+	"\bproblems\x18\x0f \x03(\tR\bproblems\"^\n" +
+	"\x10TrustProbeResult\x12\x1b\n" +
+	"\tfrom_host\x18\x01 \x01(\tR\bfromHost\x12-\n" +
+	"\x05probe\x18\x02 \x01(\v2\x17.s2strust.v1.TrustProbeR\x05probe\"2\n" +
 	"\x10ListHostsRequest\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
@@ -514,7 +849,7 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12.\n" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
-	"\x04hash\x18\x05 \x01(\tR\x04hash\"\x93\x04\n" +
+	"\x04hash\x18\x05 \x01(\tR\x04hash\"\xbb\x04\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -533,15 +868,17 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\aprimary\x18\v \x01(\bR\aprimary\x12#\n" +
 	"\ragent_version\x18\f \x01(\tR\fagentVersion\x12\x16\n" +
 	"\x06driver\x18\r \x01(\tR\x06driver\x127\n" +
-	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen*T\n" +
+	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12&\n" +
+	"\x0fclock_offset_ms\x18\x0f \x01(\x03R\rclockOffsetMs*T\n" +
 	"\n" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fRESULT_KIND_ACK\x10\x01\x12\x14\n" +
-	"\x10RESULT_KIND_NACK\x10\x022\xa0\x01\n" +
+	"\x10RESULT_KIND_NACK\x10\x022\xfb\x01\n" +
 	"\fFleetService\x12J\n" +
 	"\tListHosts\x12\x1d.s2strust.v1.ListHostsRequest\x1a\x1e.s2strust.v1.ListHostsResponse\x12D\n" +
-	"\aGetHost\x12\x1b.s2strust.v1.GetHostRequest\x1a\x1c.s2strust.v1.GetHostResponseB;Z9github.com/s2strust/s2strust/proto/s2strust/v1;s2strustv1b\x06proto3"
+	"\aGetHost\x12\x1b.s2strust.v1.GetHostRequest\x1a\x1c.s2strust.v1.GetHostResponse\x12Y\n" +
+	"\x0eGetTrustReport\x12\".s2strust.v1.GetTrustReportRequest\x1a#.s2strust.v1.GetTrustReportResponseB;Z9github.com/s2strust/s2strust/proto/s2strust/v1;s2strustv1b\x06proto3"
 
 var (
 	file_s2strust_v1_fleet_service_proto_rawDescOnce sync.Once
@@ -556,39 +893,52 @@ func file_s2strust_v1_fleet_service_proto_rawDescGZIP() []byte {
 }
 
 var file_s2strust_v1_fleet_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_s2strust_v1_fleet_service_proto_goTypes = []any{
-	(ResultKind)(0),               // 0: s2strust.v1.ResultKind
-	(*ListHostsRequest)(nil),      // 1: s2strust.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),     // 2: s2strust.v1.ListHostsResponse
-	(*GetHostRequest)(nil),        // 3: s2strust.v1.GetHostRequest
-	(*GetHostResponse)(nil),       // 4: s2strust.v1.GetHostResponse
-	(*LastResult)(nil),            // 5: s2strust.v1.LastResult
-	(*Host)(nil),                  // 6: s2strust.v1.Host
-	(*StatusReport)(nil),          // 7: s2strust.v1.StatusReport
-	(*ItemError)(nil),             // 8: s2strust.v1.ItemError
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(Product)(0),                  // 10: s2strust.v1.Product
+	(ResultKind)(0),                // 0: s2strust.v1.ResultKind
+	(*GetTrustReportRequest)(nil),  // 1: s2strust.v1.GetTrustReportRequest
+	(*GetTrustReportResponse)(nil), // 2: s2strust.v1.GetTrustReportResponse
+	(*TrustEdge)(nil),              // 3: s2strust.v1.TrustEdge
+	(*TrustProbeResult)(nil),       // 4: s2strust.v1.TrustProbeResult
+	(*ListHostsRequest)(nil),       // 5: s2strust.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),      // 6: s2strust.v1.ListHostsResponse
+	(*GetHostRequest)(nil),         // 7: s2strust.v1.GetHostRequest
+	(*GetHostResponse)(nil),        // 8: s2strust.v1.GetHostResponse
+	(*LastResult)(nil),             // 9: s2strust.v1.LastResult
+	(*Host)(nil),                   // 10: s2strust.v1.Host
+	(*PartnerApplication)(nil),     // 11: s2strust.v1.PartnerApplication
+	(*timestamppb.Timestamp)(nil),  // 12: google.protobuf.Timestamp
+	(*TrustProbe)(nil),             // 13: s2strust.v1.TrustProbe
+	(*StatusReport)(nil),           // 14: s2strust.v1.StatusReport
+	(*ItemError)(nil),              // 15: s2strust.v1.ItemError
+	(Product)(0),                   // 16: s2strust.v1.Product
 }
 var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
-	6,  // 0: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
-	6,  // 1: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
-	7,  // 2: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
-	0,  // 3: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
-	8,  // 4: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
-	9,  // 5: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
-	10, // 6: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
-	5,  // 7: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
-	9,  // 8: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	1,  // 9: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
-	3,  // 10: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
-	2,  // 11: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
-	4,  // 12: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
-	11, // [11:13] is the sub-list for method output_type
-	9,  // [9:11] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	3,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
+	11, // 1: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
+	12, // 2: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
+	4,  // 3: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
+	13, // 4: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
+	10, // 5: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
+	10, // 6: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
+	14, // 7: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
+	0,  // 8: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
+	15, // 9: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
+	12, // 10: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
+	16, // 11: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
+	9,  // 12: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
+	12, // 13: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	5,  // 14: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
+	7,  // 15: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
+	1,  // 16: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
+	6,  // 17: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
+	8,  // 18: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
+	2,  // 19: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
+	17, // [17:20] is the sub-list for method output_type
+	14, // [14:17] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_fleet_service_proto_init() }
@@ -603,7 +953,7 @@ func file_s2strust_v1_fleet_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_fleet_service_proto_rawDesc), len(file_s2strust_v1_fleet_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

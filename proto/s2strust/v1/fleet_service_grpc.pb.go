@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FleetService_ListHosts_FullMethodName = "/s2strust.v1.FleetService/ListHosts"
-	FleetService_GetHost_FullMethodName   = "/s2strust.v1.FleetService/GetHost"
+	FleetService_ListHosts_FullMethodName      = "/s2strust.v1.FleetService/ListHosts"
+	FleetService_GetHost_FullMethodName        = "/s2strust.v1.FleetService/GetHost"
+	FleetService_GetTrustReport_FullMethodName = "/s2strust.v1.FleetService/GetTrustReport"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -35,6 +36,10 @@ type FleetServiceClient interface {
 	// GetHost returns one host with its latest status report. NOT_FOUND for a
 	// host not in the current topology. Read-only, safe to retry.
 	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*GetHostResponse, error)
+	// GetTrustReport returns one row per trust edge of the current topology,
+	// built from what the hosts at both ends last reported. Read-only, safe
+	// to retry.
+	GetTrustReport(ctx context.Context, in *GetTrustReportRequest, opts ...grpc.CallOption) (*GetTrustReportResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -65,6 +70,16 @@ func (c *fleetServiceClient) GetHost(ctx context.Context, in *GetHostRequest, op
 	return out, nil
 }
 
+func (c *fleetServiceClient) GetTrustReport(ctx context.Context, in *GetTrustReportRequest, opts ...grpc.CallOption) (*GetTrustReportResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTrustReportResponse)
+	err := c.cc.Invoke(ctx, FleetService_GetTrustReport_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -77,6 +92,10 @@ type FleetServiceServer interface {
 	// GetHost returns one host with its latest status report. NOT_FOUND for a
 	// host not in the current topology. Read-only, safe to retry.
 	GetHost(context.Context, *GetHostRequest) (*GetHostResponse, error)
+	// GetTrustReport returns one row per trust edge of the current topology,
+	// built from what the hosts at both ends last reported. Read-only, safe
+	// to retry.
+	GetTrustReport(context.Context, *GetTrustReportRequest) (*GetTrustReportResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -92,6 +111,9 @@ func (UnimplementedFleetServiceServer) ListHosts(context.Context, *ListHostsRequ
 }
 func (UnimplementedFleetServiceServer) GetHost(context.Context, *GetHostRequest) (*GetHostResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetHost not implemented")
+}
+func (UnimplementedFleetServiceServer) GetTrustReport(context.Context, *GetTrustReportRequest) (*GetTrustReportResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTrustReport not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -150,6 +172,24 @@ func _FleetService_GetHost_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_GetTrustReport_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTrustReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).GetTrustReport(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_GetTrustReport_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).GetTrustReport(ctx, req.(*GetTrustReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +204,10 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetHost",
 			Handler:    _FleetService_GetHost_Handler,
+		},
+		{
+			MethodName: "GetTrustReport",
+			Handler:    _FleetService_GetTrustReport_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

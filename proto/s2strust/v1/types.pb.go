@@ -225,7 +225,10 @@ type HostConfig struct {
 	// The topology's name.
 	TopologyName string `protobuf:"bytes,16,opt,name=topology_name,json=topologyName,proto3" json:"topology_name,omitempty"`
 	// The deployment's pool FQDN (Lync), autodiscover FQDN (Exchange) or web application URL (SharePoint).
-	Endpoint      string `protobuf:"bytes,17,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Endpoint string `protobuf:"bytes,17,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// The deployments that trust this one (the "to" ends of trust edges from
+	// it), sorted by deployment: where this host's trust probes go.
+	TrustedBy     []*TrustTarget `protobuf:"bytes,18,rep,name=trusted_by,json=trustedBy,proto3" json:"trusted_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +382,84 @@ func (x *HostConfig) GetEndpoint() string {
 	return ""
 }
 
+func (x *HostConfig) GetTrustedBy() []*TrustTarget {
+	if x != nil {
+		return x.TrustedBy
+	}
+	return nil
+}
+
+// TrustTarget is a deployment that accepts tokens issued by this one.
+type TrustTarget struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Deployment string                 `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Product    Product                `protobuf:"varint,2,opt,name=product,proto3,enum=s2strust.v1.Product" json:"product,omitempty"`
+	// Its application identifier: the client id in a token's audience.
+	ServiceName string `protobuf:"bytes,3,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	// Its hosts, each a token audience and a probe target.
+	Hosts         []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrustTarget) Reset() {
+	*x = TrustTarget{}
+	mi := &file_s2strust_v1_types_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustTarget) ProtoMessage() {}
+
+func (x *TrustTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_types_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustTarget.ProtoReflect.Descriptor instead.
+func (*TrustTarget) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TrustTarget) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *TrustTarget) GetProduct() Product {
+	if x != nil {
+		return x.Product
+	}
+	return Product_PRODUCT_UNSPECIFIED
+}
+
+func (x *TrustTarget) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
+}
+
+func (x *TrustTarget) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
 // TokenIssuer names the token-issuer certificate of a deployment.
 type TokenIssuer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -393,7 +474,7 @@ type TokenIssuer struct {
 
 func (x *TokenIssuer) Reset() {
 	*x = TokenIssuer{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[1]
+	mi := &file_s2strust_v1_types_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +486,7 @@ func (x *TokenIssuer) String() string {
 func (*TokenIssuer) ProtoMessage() {}
 
 func (x *TokenIssuer) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[1]
+	mi := &file_s2strust_v1_types_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +499,7 @@ func (x *TokenIssuer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenIssuer.ProtoReflect.Descriptor instead.
 func (*TokenIssuer) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TokenIssuer) GetSource() isTokenIssuer_Source {
@@ -487,7 +568,7 @@ type Partner struct {
 
 func (x *Partner) Reset() {
 	*x = Partner{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[2]
+	mi := &file_s2strust_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -499,7 +580,7 @@ func (x *Partner) String() string {
 func (*Partner) ProtoMessage() {}
 
 func (x *Partner) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[2]
+	mi := &file_s2strust_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -512,7 +593,7 @@ func (x *Partner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Partner.ProtoReflect.Descriptor instead.
 func (*Partner) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Partner) GetName() string {
@@ -590,7 +671,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[3]
+	mi := &file_s2strust_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +683,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[3]
+	mi := &file_s2strust_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +696,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ItemError) GetItem() string {
@@ -644,7 +725,7 @@ type ItemStatus struct {
 
 func (x *ItemStatus) Reset() {
 	*x = ItemStatus{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[4]
+	mi := &file_s2strust_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +737,7 @@ func (x *ItemStatus) String() string {
 func (*ItemStatus) ProtoMessage() {}
 
 func (x *ItemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[4]
+	mi := &file_s2strust_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +750,7 @@ func (x *ItemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemStatus.ProtoReflect.Descriptor instead.
 func (*ItemStatus) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ItemStatus) GetItem() string {
@@ -706,13 +787,16 @@ type PartnerApplication struct {
 	Enabled                             bool                   `protobuf:"varint,7,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	AcceptSecurityIdentifierInformation bool                   `protobuf:"varint,8,opt,name=accept_security_identifier_information,json=acceptSecurityIdentifierInformation,proto3" json:"accept_security_identifier_information,omitempty"`
 	TrustBroker                         bool                   `protobuf:"varint,9,opt,name=trust_broker,json=trustBroker,proto3" json:"trust_broker,omitempty"`
-	unknownFields                       protoimpl.UnknownFields
-	sizeCache                           protoimpl.SizeCache
+	// Thumbprints of the signing certificates in the product's cached copy
+	// of the partner's metadata.
+	CachedThumbprints []string `protobuf:"bytes,10,rep,name=cached_thumbprints,json=cachedThumbprints,proto3" json:"cached_thumbprints,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PartnerApplication) Reset() {
 	*x = PartnerApplication{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[5]
+	mi := &file_s2strust_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +808,7 @@ func (x *PartnerApplication) String() string {
 func (*PartnerApplication) ProtoMessage() {}
 
 func (x *PartnerApplication) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[5]
+	mi := &file_s2strust_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +821,7 @@ func (x *PartnerApplication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartnerApplication.ProtoReflect.Descriptor instead.
 func (*PartnerApplication) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PartnerApplication) GetIdentity() string {
@@ -803,6 +887,13 @@ func (x *PartnerApplication) GetTrustBroker() bool {
 	return false
 }
 
+func (x *PartnerApplication) GetCachedThumbprints() []string {
+	if x != nil {
+		return x.CachedThumbprints
+	}
+	return nil
+}
+
 // OAuthConfiguration is the product's own OAuth settings (Get-CsOAuthConfiguration,
 // Get-AuthConfig, Get-SPAuthenticationRealm).
 type OAuthConfiguration struct {
@@ -818,7 +909,7 @@ type OAuthConfiguration struct {
 
 func (x *OAuthConfiguration) Reset() {
 	*x = OAuthConfiguration{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[6]
+	mi := &file_s2strust_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +921,7 @@ func (x *OAuthConfiguration) String() string {
 func (*OAuthConfiguration) ProtoMessage() {}
 
 func (x *OAuthConfiguration) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[6]
+	mi := &file_s2strust_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +934,7 @@ func (x *OAuthConfiguration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuthConfiguration.ProtoReflect.Descriptor instead.
 func (*OAuthConfiguration) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OAuthConfiguration) GetServiceName() string {
@@ -890,7 +981,7 @@ type CertificateInfo struct {
 
 func (x *CertificateInfo) Reset() {
 	*x = CertificateInfo{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[7]
+	mi := &file_s2strust_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +993,7 @@ func (x *CertificateInfo) String() string {
 func (*CertificateInfo) ProtoMessage() {}
 
 func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[7]
+	mi := &file_s2strust_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1006,7 @@ func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInfo.ProtoReflect.Descriptor instead.
 func (*CertificateInfo) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CertificateInfo) GetThumbprint() string {
@@ -981,7 +1072,7 @@ type Drift struct {
 
 func (x *Drift) Reset() {
 	*x = Drift{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[8]
+	mi := &file_s2strust_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1084,7 @@ func (x *Drift) String() string {
 func (*Drift) ProtoMessage() {}
 
 func (x *Drift) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[8]
+	mi := &file_s2strust_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1097,7 @@ func (x *Drift) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drift.ProtoReflect.Descriptor instead.
 func (*Drift) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Drift) GetItem() string {
@@ -1050,13 +1141,18 @@ type StatusReport struct {
 	IssuerCertificate *CertificateInfo       `protobuf:"bytes,7,opt,name=issuer_certificate,json=issuerCertificate,proto3" json:"issuer_certificate,omitempty"`
 	Drift             []*Drift               `protobuf:"bytes,8,rep,name=drift,proto3" json:"drift,omitempty"`
 	Primary           bool                   `protobuf:"varint,9,opt,name=primary,proto3" json:"primary,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Metadata documents fetched from this host's vantage point: its own
+	// deployment's and every partner's.
+	Metadata []*MetadataCheck `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty"`
+	// Trust probes from this host to every host that trusts its deployment.
+	Probes        []*TrustProbe `protobuf:"bytes,11,rep,name=probes,proto3" json:"probes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusReport) Reset() {
 	*x = StatusReport{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[9]
+	mi := &file_s2strust_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1164,7 @@ func (x *StatusReport) String() string {
 func (*StatusReport) ProtoMessage() {}
 
 func (x *StatusReport) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[9]
+	mi := &file_s2strust_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1177,7 @@ func (x *StatusReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
 func (*StatusReport) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StatusReport) GetAppliedVersion() uint64 {
@@ -1147,11 +1243,205 @@ func (x *StatusReport) GetPrimary() bool {
 	return false
 }
 
+func (x *StatusReport) GetMetadata() []*MetadataCheck {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *StatusReport) GetProbes() []*TrustProbe {
+	if x != nil {
+		return x.Probes
+	}
+	return nil
+}
+
+// MetadataCheck is one metadata download made by an agent from its host.
+type MetadataCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The partner's name as registered here; empty for the host's own deployment.
+	Partner string `protobuf:"bytes,1,opt,name=partner,proto3" json:"partner,omitempty"`
+	// The partner's deployment, or the host's own.
+	Deployment string `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Url        string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Ok         bool   `protobuf:"varint,4,opt,name=ok,proto3" json:"ok,omitempty"`
+	// Why the document could not be downloaded or is not valid.
+	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// Thumbprints of the signing certificates in the document.
+	Thumbprints   []string `protobuf:"bytes,6,rep,name=thumbprints,proto3" json:"thumbprints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetadataCheck) Reset() {
+	*x = MetadataCheck{}
+	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetadataCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetadataCheck) ProtoMessage() {}
+
+func (x *MetadataCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetadataCheck.ProtoReflect.Descriptor instead.
+func (*MetadataCheck) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MetadataCheck) GetPartner() string {
+	if x != nil {
+		return x.Partner
+	}
+	return ""
+}
+
+func (x *MetadataCheck) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *MetadataCheck) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *MetadataCheck) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *MetadataCheck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *MetadataCheck) GetThumbprints() []string {
+	if x != nil {
+		return x.Thumbprints
+	}
+	return nil
+}
+
+// TrustProbe is one S2S actor token minted on this host and presented to a
+// host that trusts its deployment, validated there against that product's
+// configured partner state.
+type TrustProbe struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment that should accept the token.
+	ToDeployment string `protobuf:"bytes,1,opt,name=to_deployment,json=toDeployment,proto3" json:"to_deployment,omitempty"`
+	TargetHost   string `protobuf:"bytes,2,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	Ok           bool   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`
+	// A short reason code when the token was refused or could not be made,
+	// e.g. "unknown-key", "partner-disabled", "unreachable", "no-signing-key".
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Detail string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The certificate the token was signed with.
+	IssuerThumbprint string `protobuf:"bytes,6,opt,name=issuer_thumbprint,json=issuerThumbprint,proto3" json:"issuer_thumbprint,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TrustProbe) Reset() {
+	*x = TrustProbe{}
+	mi := &file_s2strust_v1_types_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustProbe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustProbe) ProtoMessage() {}
+
+func (x *TrustProbe) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_types_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustProbe.ProtoReflect.Descriptor instead.
+func (*TrustProbe) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TrustProbe) GetToDeployment() string {
+	if x != nil {
+		return x.ToDeployment
+	}
+	return ""
+}
+
+func (x *TrustProbe) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
+}
+
+func (x *TrustProbe) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *TrustProbe) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *TrustProbe) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *TrustProbe) GetIssuerThumbprint() string {
+	if x != nil {
+		return x.IssuerThumbprint
+	}
+	return ""
+}
+
 var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x05\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x05\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1173,7 +1463,16 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x19exchange_autodiscover_url\x18\x0e \x01(\tR\x17exchangeAutodiscoverUrl\x12\x18\n" +
 	"\aprimary\x18\x0f \x01(\bR\aprimary\x12#\n" +
 	"\rtopology_name\x18\x10 \x01(\tR\ftopologyName\x12\x1a\n" +
-	"\bendpoint\x18\x11 \x01(\tR\bendpoint\"S\n" +
+	"\bendpoint\x18\x11 \x01(\tR\bendpoint\x127\n" +
+	"\n" +
+	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\"\x96\x01\n" +
+	"\vTrustTarget\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12.\n" +
+	"\aproduct\x18\x02 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12!\n" +
+	"\fservice_name\x18\x03 \x01(\tR\vserviceName\x12\x14\n" +
+	"\x05hosts\x18\x04 \x03(\tR\x05hosts\"S\n" +
 	"\vTokenIssuer\x12\x18\n" +
 	"\x06secret\x18\x01 \x01(\tH\x00R\x06secret\x12 \n" +
 	"\n" +
@@ -1200,7 +1499,7 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"ItemStatus\x12\x12\n" +
 	"\x04item\x18\x01 \x01(\tR\x04item\x12,\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x16.s2strust.v1.ItemStateR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\x80\x03\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xaf\x03\n" +
 	"\x12PartnerApplication\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x125\n" +
@@ -1211,7 +1510,9 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"trustLevel\x12\x18\n" +
 	"\aenabled\x18\a \x01(\bR\aenabled\x12S\n" +
 	"&accept_security_identifier_information\x18\b \x01(\bR#acceptSecurityIdentifierInformation\x12!\n" +
-	"\ftrust_broker\x18\t \x01(\bR\vtrustBroker\"\xb6\x01\n" +
+	"\ftrust_broker\x18\t \x01(\bR\vtrustBroker\x12-\n" +
+	"\x12cached_thumbprints\x18\n" +
+	" \x03(\tR\x11cachedThumbprints\"\xb6\x01\n" +
 	"\x12OAuthConfiguration\x12!\n" +
 	"\fservice_name\x18\x01 \x01(\tR\vserviceName\x12\x14\n" +
 	"\x05realm\x18\x02 \x01(\tR\x05realm\x12:\n" +
@@ -1232,7 +1533,7 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x04item\x18\x01 \x01(\tR\x04item\x12\x1a\n" +
 	"\bexpected\x18\x02 \x01(\tR\bexpected\x12\x16\n" +
 	"\x06actual\x18\x03 \x01(\tR\x06actual\x12\x1c\n" +
-	"\tcorrected\x18\x04 \x01(\bR\tcorrected\"\xc0\x03\n" +
+	"\tcorrected\x18\x04 \x01(\bR\tcorrected\"\xa9\x04\n" +
 	"\fStatusReport\x12'\n" +
 	"\x0fapplied_version\x18\x01 \x01(\x04R\x0eappliedVersion\x12!\n" +
 	"\fapplied_hash\x18\x02 \x01(\tR\vappliedHash\x120\n" +
@@ -1242,7 +1543,28 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x05oauth\x18\x06 \x01(\v2\x1f.s2strust.v1.OAuthConfigurationR\x05oauth\x12K\n" +
 	"\x12issuer_certificate\x18\a \x01(\v2\x1c.s2strust.v1.CertificateInfoR\x11issuerCertificate\x12(\n" +
 	"\x05drift\x18\b \x03(\v2\x12.s2strust.v1.DriftR\x05drift\x12\x18\n" +
-	"\aprimary\x18\t \x01(\bR\aprimary*b\n" +
+	"\aprimary\x18\t \x01(\bR\aprimary\x126\n" +
+	"\bmetadata\x18\n" +
+	" \x03(\v2\x1a.s2strust.v1.MetadataCheckR\bmetadata\x12/\n" +
+	"\x06probes\x18\v \x03(\v2\x17.s2strust.v1.TrustProbeR\x06probes\"\xa3\x01\n" +
+	"\rMetadataCheck\x12\x18\n" +
+	"\apartner\x18\x01 \x01(\tR\apartner\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\tR\n" +
+	"deployment\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x0e\n" +
+	"\x02ok\x18\x04 \x01(\bR\x02ok\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12 \n" +
+	"\vthumbprints\x18\x06 \x03(\tR\vthumbprints\"\xbf\x01\n" +
+	"\n" +
+	"TrustProbe\x12#\n" +
+	"\rto_deployment\x18\x01 \x01(\tR\ftoDeployment\x12\x1f\n" +
+	"\vtarget_host\x18\x02 \x01(\tR\n" +
+	"targetHost\x12\x0e\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12+\n" +
+	"\x11issuer_thumbprint\x18\x06 \x01(\tR\x10issuerThumbprint*b\n" +
 	"\aProduct\x12\x17\n" +
 	"\x13PRODUCT_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPRODUCT_LYNC\x10\x01\x12\x14\n" +
@@ -1274,44 +1596,51 @@ func file_s2strust_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_s2strust_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_s2strust_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_s2strust_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_s2strust_v1_types_proto_goTypes = []any{
 	(Product)(0),                  // 0: s2strust.v1.Product
 	(TrustLevel)(0),               // 1: s2strust.v1.TrustLevel
 	(ItemState)(0),                // 2: s2strust.v1.ItemState
 	(*HostConfig)(nil),            // 3: s2strust.v1.HostConfig
-	(*TokenIssuer)(nil),           // 4: s2strust.v1.TokenIssuer
-	(*Partner)(nil),               // 5: s2strust.v1.Partner
-	(*ItemError)(nil),             // 6: s2strust.v1.ItemError
-	(*ItemStatus)(nil),            // 7: s2strust.v1.ItemStatus
-	(*PartnerApplication)(nil),    // 8: s2strust.v1.PartnerApplication
-	(*OAuthConfiguration)(nil),    // 9: s2strust.v1.OAuthConfiguration
-	(*CertificateInfo)(nil),       // 10: s2strust.v1.CertificateInfo
-	(*Drift)(nil),                 // 11: s2strust.v1.Drift
-	(*StatusReport)(nil),          // 12: s2strust.v1.StatusReport
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*TrustTarget)(nil),           // 4: s2strust.v1.TrustTarget
+	(*TokenIssuer)(nil),           // 5: s2strust.v1.TokenIssuer
+	(*Partner)(nil),               // 6: s2strust.v1.Partner
+	(*ItemError)(nil),             // 7: s2strust.v1.ItemError
+	(*ItemStatus)(nil),            // 8: s2strust.v1.ItemStatus
+	(*PartnerApplication)(nil),    // 9: s2strust.v1.PartnerApplication
+	(*OAuthConfiguration)(nil),    // 10: s2strust.v1.OAuthConfiguration
+	(*CertificateInfo)(nil),       // 11: s2strust.v1.CertificateInfo
+	(*Drift)(nil),                 // 12: s2strust.v1.Drift
+	(*StatusReport)(nil),          // 13: s2strust.v1.StatusReport
+	(*MetadataCheck)(nil),         // 14: s2strust.v1.MetadataCheck
+	(*TrustProbe)(nil),            // 15: s2strust.v1.TrustProbe
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_s2strust_v1_types_proto_depIdxs = []int32{
 	0,  // 0: s2strust.v1.HostConfig.product:type_name -> s2strust.v1.Product
-	4,  // 1: s2strust.v1.HostConfig.token_issuer:type_name -> s2strust.v1.TokenIssuer
-	5,  // 2: s2strust.v1.HostConfig.partners:type_name -> s2strust.v1.Partner
-	0,  // 3: s2strust.v1.Partner.product:type_name -> s2strust.v1.Product
-	1,  // 4: s2strust.v1.Partner.trust_level:type_name -> s2strust.v1.TrustLevel
-	2,  // 5: s2strust.v1.ItemStatus.state:type_name -> s2strust.v1.ItemState
-	1,  // 6: s2strust.v1.PartnerApplication.trust_level:type_name -> s2strust.v1.TrustLevel
-	13, // 7: s2strust.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
-	13, // 8: s2strust.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
-	13, // 9: s2strust.v1.StatusReport.clock:type_name -> google.protobuf.Timestamp
-	7,  // 10: s2strust.v1.StatusReport.items:type_name -> s2strust.v1.ItemStatus
-	8,  // 11: s2strust.v1.StatusReport.partners:type_name -> s2strust.v1.PartnerApplication
-	9,  // 12: s2strust.v1.StatusReport.oauth:type_name -> s2strust.v1.OAuthConfiguration
-	10, // 13: s2strust.v1.StatusReport.issuer_certificate:type_name -> s2strust.v1.CertificateInfo
-	11, // 14: s2strust.v1.StatusReport.drift:type_name -> s2strust.v1.Drift
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	5,  // 1: s2strust.v1.HostConfig.token_issuer:type_name -> s2strust.v1.TokenIssuer
+	6,  // 2: s2strust.v1.HostConfig.partners:type_name -> s2strust.v1.Partner
+	4,  // 3: s2strust.v1.HostConfig.trusted_by:type_name -> s2strust.v1.TrustTarget
+	0,  // 4: s2strust.v1.TrustTarget.product:type_name -> s2strust.v1.Product
+	0,  // 5: s2strust.v1.Partner.product:type_name -> s2strust.v1.Product
+	1,  // 6: s2strust.v1.Partner.trust_level:type_name -> s2strust.v1.TrustLevel
+	2,  // 7: s2strust.v1.ItemStatus.state:type_name -> s2strust.v1.ItemState
+	1,  // 8: s2strust.v1.PartnerApplication.trust_level:type_name -> s2strust.v1.TrustLevel
+	16, // 9: s2strust.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
+	16, // 10: s2strust.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
+	16, // 11: s2strust.v1.StatusReport.clock:type_name -> google.protobuf.Timestamp
+	8,  // 12: s2strust.v1.StatusReport.items:type_name -> s2strust.v1.ItemStatus
+	9,  // 13: s2strust.v1.StatusReport.partners:type_name -> s2strust.v1.PartnerApplication
+	10, // 14: s2strust.v1.StatusReport.oauth:type_name -> s2strust.v1.OAuthConfiguration
+	11, // 15: s2strust.v1.StatusReport.issuer_certificate:type_name -> s2strust.v1.CertificateInfo
+	12, // 16: s2strust.v1.StatusReport.drift:type_name -> s2strust.v1.Drift
+	14, // 17: s2strust.v1.StatusReport.metadata:type_name -> s2strust.v1.MetadataCheck
+	15, // 18: s2strust.v1.StatusReport.probes:type_name -> s2strust.v1.TrustProbe
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_types_proto_init() }
@@ -1319,7 +1648,7 @@ func file_s2strust_v1_types_proto_init() {
 	if File_s2strust_v1_types_proto != nil {
 		return
 	}
-	file_s2strust_v1_types_proto_msgTypes[1].OneofWrappers = []any{
+	file_s2strust_v1_types_proto_msgTypes[2].OneofWrappers = []any{
 		(*TokenIssuer_Secret)(nil),
 		(*TokenIssuer_Thumbprint)(nil),
 	}
@@ -1329,7 +1658,7 @@ func file_s2strust_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_types_proto_rawDesc), len(file_s2strust_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,275 @@
+package sim
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/metadata"
+	"github.com/s2strust/s2strust/internal/s2stoken"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// Bounds of the checks a host makes from its vantage point.
+const (
+	// probeTimeout bounds one trust probe, connection included.
+	probeTimeout = 5 * time.Second
+	// probeConcurrency bounds the probes and metadata downloads in flight.
+	probeConcurrency = 8
+	// probeTokenLifetime is the lifetime of a probe's actor token.
+	probeTokenLifetime = 10 * time.Minute
+	// maxProbeAnswer bounds the body of a probe answer that is read.
+	maxProbeAnswer = 64 << 10
+)
+
+var _ driver.Prober = (*Sim)(nil)
+
+// newProbeClient returns the client trust probes go out with: o's roots and
+// resolver, no proxy, no kept connections (so nothing lingers between
+// probes) and no redirects (a probe answers where it is sent).
+func newProbeClient(o metadata.FetcherOptions) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy:                 nil,
+			DialContext:           resolvingDialer(o.Resolve),
+			TLSClientConfig:       &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12},
+			TLSHandshakeTimeout:   probeTimeout,
+			ResponseHeaderTimeout: probeTimeout,
+			DisableKeepAlives:     true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// resolvingDialer dials as metadata.FetcherOptions.Resolve describes: a
+// key "host:port" matches that address exactly, a key "host" any port
+// (the exact form wins; keys are case-insensitive), and the value is the
+// "ip:port" dialed instead. Other addresses are dialed as they are.
+func resolvingDialer(resolve map[string]string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	m := make(map[string]string, len(resolve))
+	for k, v := range resolve {
+		k = strings.ToLower(strings.TrimSpace(k))
+		if h, p, err := net.SplitHostPort(k); err == nil {
+			k = net.JoinHostPort(h, p)
+		} else {
+			k = strings.Trim(k, "[]")
+		}
+		m[k] = strings.TrimSpace(v)
+	}
+	var d net.Dialer
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		to, ok := "", false
+		if h, p, err := net.SplitHostPort(addr); err == nil {
+			h = strings.ToLower(h)
+			if to, ok = m[net.JoinHostPort(h, p)]; !ok {
+				to, ok = m[h]
+			}
+		}
+		if !ok {
+			return d.DialContext(ctx, network, addr)
+		}
+		c, err := d.DialContext(ctx, network, to)
+		if err != nil {
+			return nil, fmt.Errorf("%s resolved to %s: %w", addr, to, err)
+		}
+		return c, nil
+	}
+}
+
+// bounded runs f(0) … f(n-1) with at most probeConcurrency at a time and
+// waits for all of them.
+func bounded(n int, f func(i int)) {
+	sem := make(chan struct{}, probeConcurrency)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			f(i)
+		})
+	}
+	wg.Wait()
+}
+
+// urlParameter names the metadata URL parameter of product p's cmdlets.
+func urlParameter(p pb.Product) string {
+	ps, err := (&DeploymentStore{}).productStore(p)
+	if err != nil {
+		return "MetadataUrl"
+	}
+	return ps.urlParameter()
+}
+
+// fetchList downloads and validates a metadata document from this host's
+// vantage point: through Config.FetchMetadata when set, the host's Fetcher
+// otherwise.
+func (s *Sim) fetchList(ctx context.Context, url, serviceName, realm string) ([]*x509.Certificate, error) {
+	fetch := s.cfg.FetchMetadata
+	if fetch == nil {
+		fetch = s.fetchSigning
+	}
+	list, err := fetch(ctx, url, serviceName, realm)
+	if err == nil && len(list) == 0 {
+		err = errors.New("the document has no signing keys")
+	}
+	return list, err
+}
+
+// CheckMetadata downloads, from this host, the metadata document of its own
+// deployment (cfg.MetadataUrl, as partner "") and of every partner of cfg,
+// concurrently, and reports for each whether it is reachable and valid, the
+// products' own error with its cause when it is not, and the thumbprints of
+// its signing certificates. It changes nothing.
+func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
+	type check struct {
+		res                *pb.MetadataCheck
+		serviceName, realm string
+	}
+	checks := []check{{
+		res:         &pb.MetadataCheck{Deployment: cfg.GetDeployment(), Url: cfg.GetMetadataUrl()},
+		serviceName: serviceName(cfg), realm: cfg.GetRealm(),
+	}}
+	for _, p := range cfg.GetPartners() {
+		v := desiredView(cfg, p)
+		checks = append(checks, check{
+			res:         &pb.MetadataCheck{Partner: p.GetName(), Deployment: p.GetDeployment(), Url: v.URL},
+			serviceName: v.AppID, realm: v.Realm,
+		})
+	}
+	param := urlParameter(cfg.GetProduct())
+	bounded(len(checks), func(i int) {
+		c := checks[i]
+		list, err := s.fetchList(ctx, c.res.GetUrl(), c.serviceName, c.realm)
+		if err != nil {
+			c.res.Error = fmt.Errorf(metadataError, param, err).Error()
+			return
+		}
+		c.res.Ok = true
+		for _, cert := range list {
+			c.res.Thumbprints = append(c.res.Thumbprints, certs.Thumbprint(cert))
+		}
+	})
+	out := make([]*pb.MetadataCheck, len(checks))
+	for i, c := range checks {
+		out[i] = c.res
+	}
+	return out
+}
+
+// Probe mints an actor token with this host's current signing key for every
+// host of every deployment in cfg.TrustedBy and presents it at
+// https://<host>/s2s/probe, concurrently and each within probeTimeout. It
+// returns one result per target host, in cfg's order. When this host does
+// not hold its deployment's current token-issuer certificate with its key,
+// every probe fails with ReasonNoSigningKey. It changes nothing.
+func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
+	type target struct {
+		res         *pb.TrustProbe
+		serviceName string
+	}
+	var targets []target
+	for _, t := range cfg.GetTrustedBy() {
+		svc := t.GetServiceName()
+		if svc == "" {
+			svc = serviceName(&pb.HostConfig{Product: t.GetProduct()})
+		}
+		for _, h := range t.GetHosts() {
+			targets = append(targets, target{res: &pb.TrustProbe{ToDeployment: t.GetDeployment(), TargetHost: h}, serviceName: svc})
+		}
+	}
+	out := make([]*pb.TrustProbe, len(targets))
+	for i, t := range targets {
+		out[i] = t.res
+	}
+	if len(targets) == 0 {
+		return out
+	}
+
+	sc, err := s.signing()
+	if err == nil {
+		err = s.checkProduct(cfg)
+		if err == nil && !strings.EqualFold(cfg.GetDeployment(), sc.host.Deployment) {
+			err = fmt.Errorf("host %s last applied the configuration of deployment %s, not %s", s.cfg.Host, sc.host.Deployment, cfg.GetDeployment())
+		}
+	}
+	if err != nil {
+		for _, p := range out {
+			p.Reason, p.Detail, p.IssuerThumbprint = ReasonNoSigningKey, err.Error(), sc.thumbprint
+		}
+		return out
+	}
+	realm := cfg.GetRealm()
+	if realm == "" {
+		realm = sc.realm
+	}
+	signer := s2stoken.Signer{ServiceName: serviceName(cfg), Realm: realm, Cert: sc.current, Key: sc.key}
+	now := s.cfg.Now()
+	bounded(len(targets), func(i int) {
+		t := targets[i]
+		t.res.IssuerThumbprint = sc.thumbprint
+		s.probe(ctx, signer, t.serviceName, now, t.res)
+	})
+	return out
+}
+
+// probe presents one actor token to res.TargetHost and records the answer.
+// The token itself never appears in a result.
+func (s *Sim) probe(ctx context.Context, signer s2stoken.Signer, receiverServiceName string, now time.Time, res *pb.TrustProbe) {
+	token, err := signer.MintActor(receiverServiceName, res.GetTargetHost(), now, probeTokenLifetime, true)
+	if err != nil {
+		res.Reason, res.Detail = ReasonMintFailed, err.Error()
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	target := "https://" + res.GetTargetHost() + ProbePath
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, nil)
+	if err != nil {
+		res.Reason, res.Detail = ReasonUnreachable, fmt.Sprintf("probe %s: %v", res.GetTargetHost(), err)
+		return
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Accept", "application/json")
+	resp, err := s.probeClient.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			err = fmt.Errorf("no answer within %s: %w", probeTimeout, err)
+		}
+		res.Reason, res.Detail = ReasonUnreachable, fmt.Sprintf("post %s: %v", target, err)
+		return
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxProbeAnswer))
+	var a ProbeAnswer
+	_ = json.Unmarshal(body, &a)
+	if a.Reason == "" {
+		if diag := resp.Header.Get(DiagnosticsHeader); diag != "" {
+			reason, _, _ := strings.Cut(diag, ";")
+			a.Reason, a.Detail = strings.TrimSpace(reason), diag
+		}
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK && a.OK:
+		res.Ok = true
+	case a.Reason != "":
+		res.Reason, res.Detail = a.Reason, a.Detail
+	default:
+		res.Reason, res.Detail = ReasonUnexpectedAnswer, fmt.Sprintf("%s answered HTTP %s", target, resp.Status)
+	}
+}

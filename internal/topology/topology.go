@@ -1,0 +1,234 @@
+// Package topology is the operator's trust topology: its document model,
+// parsing with positioned errors, validation and normalization, a canonical
+// form, and its compilation into one configuration per host.
+//
+// A topology declares deployments (a Lync/Skype for Business pool, an
+// Exchange organization, a SharePoint farm) and directed trust edges between
+// them; an edge "from A to B" means B accepts S2S tokens issued by A, so B
+// registers A as a partner. Compile turns a validated topology into the
+// per-host pb.HostConfig the controller streams to agents, deterministically:
+// the same topology gives the same bytes and the same Hash. Plan describes
+// what changes between two compilations, host by host.
+package topology
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/goccy/go-yaml"
+)
+
+// APIVersion and Kind are the only accepted values of a document's
+// apiVersion and kind.
+const (
+	APIVersion = "s2strust/v1"
+	Kind       = "TrustTopology"
+)
+
+// MaxDocumentSize is the largest topology document Parse accepts.
+const MaxDocumentSize = 1 << 20
+
+// Topology is a trust topology document. Parse fills it as written; Validate
+// checks it and normalizes it in place (see Validate).
+type Topology struct {
+	// APIVersion must be APIVersion.
+	APIVersion string `json:"apiVersion"`
+	// Kind must be Kind.
+	Kind string `json:"kind"`
+	// Name names the topology; it reaches every host as topology_name.
+	Name string `json:"name"`
+	// SIPDomains are the organization's SIP domains. The default one is the
+	// default realm and must be the token-issuer certificate's subject.
+	SIPDomains SIPDomains `json:"sipDomains"`
+	// Realm is the OAuth realm every product shares; it defaults to the
+	// default SIP domain.
+	Realm string `json:"realm,omitempty"`
+	// Deployments are the pools, organizations and farms of the topology.
+	Deployments []Deployment `json:"deployments"`
+	// Trusts are the trust edges between deployments.
+	Trusts []Trust `json:"trusts"`
+
+	// file is the name given to Parse, for error messages.
+	file string
+	// pos maps a field path such as "deployments[1].version" to where its
+	// value starts in the document; nil when the topology was not parsed.
+	pos map[string]position
+}
+
+// SIPDomains are the SIP domains of the organization.
+type SIPDomains struct {
+	// Default is the default SIP domain.
+	Default string `json:"default"`
+	// Additional are the other SIP domains; the token-issuer certificate's
+	// SAN must list each.
+	Additional []string `json:"additional,omitempty"`
+}
+
+// Deployment is one Lync/Skype for Business pool, Exchange organization or
+// SharePoint farm.
+type Deployment struct {
+	// Name identifies the deployment within the topology: 1-63 characters of
+	// a-z, 0-9 and '-'. SharePoint registers partners under it.
+	Name string `json:"name"`
+	// Product is lync, exchange or sharepoint.
+	Product string `json:"product"`
+	// Version is the product version: 2013, 2015/2016, 2019 or SE.
+	Version string `json:"version"`
+	// PoolFQDN is a Lync pool's FQDN (Lync only, required).
+	PoolFQDN string `json:"poolFqdn,omitempty"`
+	// AutodiscoverFQDN is the Exchange organization's autodiscover FQDN
+	// (Exchange only, required).
+	AutodiscoverFQDN string `json:"autodiscoverFqdn,omitempty"`
+	// WebAppURL is the SharePoint web application URL (SharePoint only,
+	// required, HTTPS).
+	WebAppURL string `json:"webAppUrl,omitempty"`
+	// MetadataURL overrides the deployment's own auth metadata URL, which is
+	// otherwise derived from the product and its endpoint.
+	MetadataURL string `json:"metadataUrl,omitempty"`
+	// Hosts are the FQDNs of the deployment's servers.
+	Hosts []string `json:"hosts"`
+	// TokenIssuer names the deployment's token-issuer certificate.
+	TokenIssuer *TokenIssuer `json:"tokenIssuer,omitempty"`
+	// ExchangeAutodiscoverURL is Set-CsOAuthConfiguration's
+	// -ExchangeAutodiscoverUrl (Lync only, HTTPS).
+	ExchangeAutodiscoverURL string `json:"exchangeAutodiscoverUrl,omitempty"`
+	// RemovePartners are stale partner identities to remove when present.
+	RemovePartners []string `json:"removePartners,omitempty"`
+}
+
+// TokenIssuer names a token-issuer certificate: exactly one of Secret and
+// Thumbprint.
+type TokenIssuer struct {
+	// Secret names a PFX uploaded to the controller once.
+	Secret string `json:"secret,omitempty"`
+	// Thumbprint selects a certificate already in the hosts' store, as
+	// Windows shows it; Validate normalizes it to 40 upper-case hex digits.
+	Thumbprint string `json:"thumbprint,omitempty"`
+}
+
+// Trust is a trust edge: To accepts tokens issued by From.
+type Trust struct {
+	// From is the issuing deployment (the partner).
+	From string `json:"from"`
+	// To is the receiving deployment, which registers From as a partner.
+	To string `json:"to"`
+	// TrustLevel is Full (the default), Application or User: Lync's
+	// ApplicationTrustLevel, so only edges into a Lync deployment may set
+	// anything but Full.
+	TrustLevel string `json:"trustLevel,omitempty"`
+	// Enabled says whether the partner is enabled; the default is true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// MetadataURL overrides the partner's metadata URL for this edge only.
+	MetadataURL string `json:"metadataUrl,omitempty"`
+}
+
+// Load parses a document and validates it: the usual way in.
+func Load(filename string, data []byte) (*Topology, error) {
+	t, err := Parse(filename, data)
+	if err != nil {
+		return nil, err
+	}
+	if err := Validate(t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Canonical returns the canonical JSON form of the topology: validated and
+// normalized, with defaults (realm, trust level, enabled) written out, in a
+// fixed field order. Two documents that mean the same thing field by field
+// have the same canonical form, and Load of the canonical form gives it back
+// byte for byte. t itself is not modified. It is an *Error when t is invalid.
+func (t *Topology) Canonical() ([]byte, error) {
+	c, err := t.normalized()
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(c); err != nil {
+		return nil, fmt.Errorf("encode topology %q as JSON: %w", c.Name, err)
+	}
+	return buf.Bytes(), nil
+}
+
+// YAML returns the canonical form as YAML (for `get topology -o yaml`);
+// Load of it gives the same Canonical bytes. t itself is not modified.
+func (t *Topology) YAML() ([]byte, error) {
+	c, err := t.normalized()
+	if err != nil {
+		return nil, err
+	}
+	out, err := yaml.MarshalWithOptions(c, yaml.IndentSequence(true), yaml.CustomMarshaler[string](marshalYAMLString))
+	if err != nil {
+		return nil, fmt.Errorf("encode topology %q as YAML: %w", c.Name, err)
+	}
+	return out, nil
+}
+
+// marshalYAMLString writes s as the YAML library would, unless YAML would
+// read that back as something else (the library leaves .inf and .nan
+// unquoted), in which case it writes s double-quoted.
+func marshalYAMLString(s string) ([]byte, error) {
+	out, err := yaml.Marshal(s)
+	if err == nil {
+		var back any
+		if yaml.Unmarshal(out, &back) == nil && back == s {
+			return out, nil
+		}
+	}
+	return []byte(strconv.Quote(s)), nil
+}
+
+// normalized returns a validated, normalized copy of t.
+func (t *Topology) normalized() (*Topology, error) {
+	c := t.clone()
+	if err := Validate(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// clone returns a deep copy of t (the position map is shared: it is never
+// written after Parse).
+func (t *Topology) clone() *Topology {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	c.SIPDomains.Additional = cloneStrings(t.SIPDomains.Additional)
+	if t.Deployments != nil {
+		c.Deployments = make([]Deployment, len(t.Deployments))
+		for i, d := range t.Deployments {
+			d.Hosts = cloneStrings(d.Hosts)
+			d.RemovePartners = cloneStrings(d.RemovePartners)
+			if d.TokenIssuer != nil {
+				ti := *d.TokenIssuer
+				d.TokenIssuer = &ti
+			}
+			c.Deployments[i] = d
+		}
+	}
+	if t.Trusts != nil {
+		c.Trusts = make([]Trust, len(t.Trusts))
+		for i, tr := range t.Trusts {
+			if tr.Enabled != nil {
+				e := *tr.Enabled
+				tr.Enabled = &e
+			}
+			c.Trusts[i] = tr
+		}
+	}
+	return &c
+}
+
+func cloneStrings(s []string) []string {
+	if s == nil {
+		return nil
+	}
+	return append([]string{}, s...)
+}
