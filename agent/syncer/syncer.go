@@ -201,6 +201,10 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		a.mu.Unlock()
 	}()
 	if last != nil {
+		// The clock says when the report is sent: the controller measures
+		// the host's clock offset from it.
+		last = proto.Clone(last).(*pb.StatusReport)
+		last.Clock = timestamppb.New(a.cfg.Now())
 		if err := s.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: last}}); err != nil {
 			return false, fmt.Errorf("send status: %w", err)
 		}

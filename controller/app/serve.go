@@ -150,6 +150,12 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err := atomicfile.Write(AddrFile(cfg.DataDir), []byte(addr+"\n"), 0o644); err != nil {
 		return err
 	}
+	// A stopped controller leaves no address behind for admin commands to try.
+	defer func() {
+		if b, err := os.ReadFile(AddrFile(cfg.DataDir)); err == nil && strings.TrimSpace(string(b)) == addr {
+			_ = os.Remove(AddrFile(cfg.DataDir))
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
 	g.Go(func() error {

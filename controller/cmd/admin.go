@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,30 +10,26 @@ import (
 
 	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
-// rpcError turns a gRPC error into a readable one: the status message and
-// every field violation on its own line.
+// rpcError turns a gRPC error into a readable one. Invalid input already
+// lists every violation, with its file position, in the status message;
+// an unreachable controller gets a hint about where it should be.
 func rpcError(what string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
-		return fmt.Errorf("%s: %w", what, err)
+		return &exitError{code: 1, err: fmt.Errorf("%s: %w", what, err)}
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %s: %s", what, st.Code(), st.Message())
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 1 {
-			for _, v := range br.GetFieldViolations() {
-				fmt.Fprintf(&b, "\n  - %s: %s", v.GetField(), v.GetDescription())
-			}
-		}
+	msg := fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())
+	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection") {
+		msg += "\n(is `s2s-controller serve` running for this --data-dir? or pass --controller ADDR)"
 	}
-	return &exitError{code: 1, err: fmt.Errorf("%s", b.String())}
+	return &exitError{code: 1, err: errors.New(msg)}
 }
 
 func newApply(g *globals) *cobra.Command {

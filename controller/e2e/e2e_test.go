@@ -8,18 +8,22 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	rpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/pki"
@@ -189,9 +193,37 @@ func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 	}
 	f.waitConverged(rev2)
 
-	// Controller restart: versions do not go back, and current agents are sent nothing.
+	// Controller restart: versions do not go back, and current agents are
+	// sent nothing. First let every host report its probes, so that what
+	// the agents say again after the restart is what is stored.
+	waitFor(t, waitTimeout, "every host to report its trust probes", func() (bool, string) {
+		for h := range f.agents {
+			g, err := fleetAPI.GetHost(ctx, &pb.GetHostRequest{Host: h})
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(g.GetStatus().GetProbes()) == 0 || len(g.GetStatus().GetMetadata()) == 0 {
+				return false, h + " has not reported probes"
+			}
+			for _, p := range g.GetStatus().GetProbes() {
+				if !p.GetOk() {
+					return false, h + ": probe to " + p.GetTargetHost() + " failed: " + p.GetReason()
+				}
+			}
+		}
+		return true, ""
+	})
 	before := f.received()
 	sessions := f.sessions()
+	cli := f.c.etcd()
+	snap, err := cli.Get(ctx, "/s2strust/hosts/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.Close()
+	if len(snap.Kvs) < 10 {
+		t.Fatalf("%d host records stored, want state and report for 5 hosts", len(snap.Kvs))
+	}
 	f.c = f.c.restart()
 	f.conn = f.c.admin()
 	fleetAPI = pb.NewFleetServiceClient(f.conn)
@@ -209,6 +241,20 @@ func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 	})
 	if after := f.received(); !equalCounts(before, after) {
 		t.Errorf("pushes after controller restart: before %v, after %v; current agents must be sent nothing", before, after)
+	}
+	// Reconnecting agents said what they had said before: host records are
+	// written only when they change.
+	cli = f.c.etcd()
+	defer cli.Close()
+	again, err := cli.Get(ctx, "/s2strust/hosts/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range again.Kvs {
+		if kv.ModRevision > snap.Header.Revision {
+			t.Errorf("%s rewritten after the restart (revision %d > %d) though nothing changed", kv.Key, kv.ModRevision, snap.Header.Revision)
+
+		}
 	}
 	top, err := pb.NewTopologyServiceClient(f.conn).GetTopology(ctx, &pb.GetTopologyRequest{})
 	if err != nil {
@@ -456,4 +502,55 @@ func TestAccessControl(t *testing.T) {
 			t.Fatalf("admin calling Sync: %v, want PermissionDenied", err)
 		}
 	})
+}
+
+func TestControllersShareAnExternalEtcd(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	etcd, err := etcdembed.Start(ctx, filepath.Join(dir, "external-etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close) // after the controllers' cleanups, which close their clients
+	key := filepath.Join(dir, "secret.key")
+	external := func(c *app.ServeConfig) {
+		c.EtcdEndpoints = []string{etcd.Endpoint()}
+		c.SecretKeyFile = key
+	}
+	a := startControllerWith(t, filepath.Join(dir, "a"), "127.0.0.1:0", external)
+	if _, err := os.Stat(filepath.Join(dir, "a", "etcd")); !os.IsNotExist(err) {
+		t.Errorf("a controller given --etcd-endpoints started an embedded etcd too (%v)", err)
+	}
+	connA := a.admin()
+	if _, err := pb.NewSecretServiceClient(connA).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
+		t.Fatal(err)
+	}
+	applied, err := pb.NewTopologyServiceClient(connA).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second replica with its own data dir sees the same state.
+	b := startControllerWith(t, filepath.Join(dir, "b"), "127.0.0.1:0", external)
+	connB := b.admin()
+	got, err := pb.NewTopologyServiceClient(connB).GetTopology(ctx, &pb.GetTopologyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetTopology().GetRevision() != applied.GetRevision() {
+		t.Errorf("replica b sees revision %d, a applied %d", got.GetTopology().GetRevision(), applied.GetRevision())
+	}
+	waitFor(t, waitTimeout, "replica b to list the hosts", func() (bool, string) {
+		resp, err := pb.NewFleetServiceClient(connB).ListHosts(ctx, &pb.ListHostsRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(resp.GetHosts()) == 5, fmt.Sprintf("%d hosts", len(resp.GetHosts()))
+	})
+	secrets, err := pb.NewSecretServiceClient(connB).ListSecrets(ctx, &pb.ListSecretsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(secrets.GetSecrets()) != 1 {
+		t.Errorf("replica b lists %d secrets, want 1", len(secrets.GetSecrets()))
+	}
 }

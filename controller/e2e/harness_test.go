@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -63,18 +65,27 @@ type controller struct {
 	addr   string
 	cancel context.CancelFunc
 	done   chan error
+	adjust func(*app.ServeConfig)
 }
 
 func startController(t *testing.T, dir, listen string) *controller {
 	t.Helper()
+	return startControllerWith(t, dir, listen, nil)
+}
+
+// startControllerWith starts a controller whose configuration adjust may change.
+func startControllerWith(t *testing.T, dir, listen string, adjust func(*app.ServeConfig)) *controller {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() {
-		done <- app.Serve(ctx, app.ServeConfig{DataDir: dir, Listen: listen, Logger: testLogger(t).With("component", "controller"),
-			PresenceTTL: 10 * time.Second, Ready: func(a string) { ready <- a }})
-	}()
-	c := &controller{t: t, dir: dir, cancel: cancel, done: done}
+	cfg := app.ServeConfig{DataDir: dir, Listen: listen, Logger: testLogger(t).With("component", "controller"),
+		PresenceTTL: 10 * time.Second, Ready: func(a string) { ready <- a }}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	go func() { done <- app.Serve(ctx, cfg) }()
+	c := &controller{t: t, dir: dir, cancel: cancel, done: done, adjust: adjust}
 	select {
 	case c.addr = <-ready:
 	case err := <-done:
@@ -103,7 +114,7 @@ func (c *controller) stop() {
 // and data directory.
 func (c *controller) restart() *controller {
 	c.stop()
-	return startController(c.t, c.dir, c.addr)
+	return startControllerWith(c.t, c.dir, c.addr, c.adjust)
 }
 
 func (c *controller) ca() *pki.CA {
@@ -122,6 +133,16 @@ func (c *controller) ca() *pki.CA {
 		c.t.Fatal(err)
 	}
 	return ca
+}
+
+// etcd opens a client to the controller's embedded etcd.
+func (c *controller) etcd() *clientv3.Client {
+	c.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + filepath.Join(c.dir, "etcd", "etcd.sock")}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cli
 }
 
 // admin dials the controller with the data dir's admin identity.
@@ -247,9 +268,10 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = s.Serve(ctx) }()
-		ag.done <- a.Run(ctx)
-		wg.Wait()
+		err := a.Run(ctx)
+		wg.Wait() // the sim has closed its listener: a restart may bind it again
 		conn.Close()
+		ag.done <- err
 	}()
 	t.Cleanup(ag.stop)
 	return ag

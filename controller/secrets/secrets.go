@@ -215,6 +215,12 @@ func (s *Store) Secrets(ctx context.Context, names []string) ([]*pb.SecretMateri
 // refuse the topology; warnings such as near expiry do not).
 func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) ([]topology.FieldViolation, error) {
 	var out []topology.FieldViolation
+	// Every violation points at the tokenIssuer line of the file.
+	defer func() {
+		for i := range out {
+			out[i].Line, out[i].Column = t.Position(out[i].Field)
+		}
+	}()
 	for i, d := range t.Deployments {
 		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" {
 			continue
@@ -243,7 +249,7 @@ func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) ([]topo
 			if f.Severity != certs.SeverityError || !appliesTo(d.Product, f.Rule) {
 				continue
 			}
-			out = append(out, topology.FieldViolation{Field: field, Value: name, Description: f.Message})
+			out = append(out, topology.FieldViolation{Field: field, Value: name, Description: f.Message + " (rule " + f.Rule + ")"})
 		}
 	}
 	return out, nil
