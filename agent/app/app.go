@@ -206,6 +206,12 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 	}
 	switch {
 	case cfg.Insecure:
+		// Plaintext only to a controller on this host, as the controller
+		// itself serves plaintext on loopback only.
+		host, _, err := net.SplitHostPort(cfg.Controller)
+		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return nil, fmt.Errorf("--controller %q: --insecure connects to a loopback address only (127.0.0.1 or ::1)", cfg.Controller)
+		}
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	case cfg.TLS != nil:
 		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)))

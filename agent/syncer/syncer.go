@@ -160,14 +160,41 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 
 // session is one open stream.
 type session struct {
-	mu     sync.Mutex
 	stream pb.AgentService_SyncClient
+	// out is the session's bounded outbox; one goroutine sends from it,
+	// so a controller that stops reading never blocks the engine.
+	out    chan *pb.SyncRequest
+	cancel context.CancelFunc
 }
 
+// outboxSize bounds the messages waiting for a slow controller.
+const outboxSize = 16
+
+// send queues m. A full outbox ends the session: the agent reconnects and
+// says again what it has, which loses nothing.
 func (s *session) send(m *pb.SyncRequest) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stream.Send(m)
+	select {
+	case s.out <- m:
+		return nil
+	default:
+		s.cancel()
+		return errors.New("the controller is not reading: outbox full, reconnecting")
+	}
+}
+
+// sendLoop sends queued messages until the stream fails or ctx ends.
+func (s *session) sendLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-s.out:
+			if err := s.stream.Send(m); err != nil {
+				s.cancel()
+				return
+			}
+		}
+	}
 }
 
 // session runs one stream until it fails. connected reports whether the
@@ -184,7 +211,12 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		return false, fmt.Errorf("detect products: %w", err)
 	}
 	v, h := a.Applied()
-	s := &session{stream: stream}
+	s := &session{stream: stream, out: make(chan *pb.SyncRequest, outboxSize), cancel: cancel}
+	var senders sync.WaitGroup
+	senders.Add(1)
+	go func() { defer senders.Done(); s.sendLoop(sctx) }()
+	defer senders.Wait()
+	defer cancel() // runs before the wait: the sender stops
 	hello := &pb.Hello{Host: a.cfg.Host, AgentVersion: Version, Driver: a.cfg.Driver.Name(), Products: products, AppliedVersion: v, AppliedHash: h}
 	if err := s.send(&pb.SyncRequest{Message: &pb.SyncRequest_Hello{Hello: hello}}); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)

@@ -5,6 +5,7 @@ package cmd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -17,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/internal/atomicfile"
+	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/pki"
 )
 
@@ -142,7 +145,52 @@ func newCerts(g *globals) *cobra.Command {
 	issue.Flags().StringVar(&outDir, "out", ".", "output directory")
 	issue.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "certificate lifetime")
 	_ = issue.MarkFlagRequired("host")
-	c.AddCommand(issue)
+	c.AddCommand(issue, newIssueTokenIssuer())
+	return c
+}
+
+// newIssueTokenIssuer makes a self-signed token-issuer PFX for labs and
+// trials; production certificates come from the enterprise PKI (or, in
+// hybrid deployments, a public CA).
+func newIssueTokenIssuer() *cobra.Command {
+	var cn, out, pwFile string
+	var sans []string
+	var validity time.Duration
+	c := &cobra.Command{
+		Use:   "issue-token-issuer --cn DOMAIN --san D1,D2 --out FILE.pfx --password-file FILE",
+		Short: "Make a self-signed OAuthTokenIssuer certificate as a PFX (labs only; use your PKI in production)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pw, err := os.ReadFile(pwFile)
+			if err != nil {
+				return fmt.Errorf("read --password-file: %w", err)
+			}
+			now := time.Now()
+			if len(sans) == 0 {
+				sans = []string{cn}
+			}
+			b, err := certs.Generate(certs.Template{CommonName: cn, DNSNames: sans, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(validity), KeyBits: 2048})
+			if err != nil {
+				return err
+			}
+			pfx, err := certs.EncodePFX(b, strings.TrimRight(string(pw), "\r\n"))
+			if err != nil {
+				return err
+			}
+			if err := atomicfile.Write(out, pfx, 0o600); err != nil {
+				return err
+			}
+			cmd.Printf("wrote %s: certificate %s (CN=%s, SAN %s), valid until %s\n", out, certs.Thumbprint(b.Cert), cn, strings.Join(sans, ", "), b.Cert.NotAfter.Format("2006-01-02"))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&cn, "cn", "", "subject CN: the default SIP domain (required)")
+	c.Flags().StringSliceVar(&sans, "san", nil, "subject alternative names: the default SIP domain and every additional one")
+	c.Flags().StringVar(&out, "out", "oauth.pfx", "PFX file to write (mode 0600)")
+	c.Flags().StringVar(&pwFile, "password-file", "", "file holding the PFX password (required)")
+	c.Flags().DurationVar(&validity, "validity", 2*365*24*time.Hour, "how long the certificate is valid")
+	_ = c.MarkFlagRequired("cn")
+	_ = c.MarkFlagRequired("password-file")
 	return c
 }
 

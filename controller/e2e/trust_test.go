@@ -14,7 +14,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/s2strust/s2strust/agent/driver/sim"
+	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/deploy/examples"
+	"github.com/s2strust/s2strust/internal/certs"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -315,5 +317,74 @@ func TestSecretsAreSealedAtRestAndNeverShown(t *testing.T) {
 	}
 	if logs := testLogs(); strings.Contains(logs, issuerPassword) || strings.Contains(logs, "a-very-secret-password") {
 		t.Error("a log line holds a PFX password")
+	}
+}
+
+func TestReplacedSecretReachesItsHostsOnly(t *testing.T) {
+	f := startFleet(t, examples.Contoso, agentOpts{})
+	rev := f.apply(examples.Contoso)
+	f.waitConverged(rev)
+	exchangeBefore := f.received()["ex01.contoso.com"]
+
+	// The same secret name, a new certificate: the Lync hosts must get it.
+	pfx := f.putIssuerSecret("oauth-2026", "contoso.com", []string{"contoso.com", "fabrikam.com"}, "rotated-password")
+	cert, err := secrets.CertificateOf(pfx, "rotated-password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := certs.Thumbprint(cert)
+	fleetAPI := pb.NewFleetServiceClient(f.conn)
+	waitFor(t, waitTimeout, "both Front Ends to use the replaced certificate", func() (bool, string) {
+		for _, fe := range []string{"fe01.contoso.com", "fe02.contoso.com"} {
+			h, err := fleetAPI.GetHost(context.Background(), &pb.GetHostRequest{Host: fe})
+			if err != nil {
+				return false, err.Error()
+			}
+			if got := h.GetStatus().GetIssuerCertificate().GetThumbprint(); got != want {
+				return false, fe + " uses " + got
+			}
+			if h.GetHost().GetAppliedHash() != h.GetHost().GetDesiredHash() {
+				return false, fe + " has not acked"
+			}
+		}
+		return true, ""
+	})
+	if got := f.received()["ex01.contoso.com"]; got != exchangeBefore {
+		t.Errorf("ex01 was sent %d desired states for a secret it does not use", got-exchangeBefore)
+	}
+	// Swapping the signing certificate without a staged rotation breaks
+	// the partners that cached the old one, and the trust report says so.
+	f.waitEdges("pool01's outgoing edges to fail for a stale partner cache", func(_ string, e *pb.TrustEdge) bool {
+		if e.GetFrom() != "pool01" {
+			return e.GetOk()
+		}
+		return !e.GetOk() && !e.GetKeyInPartnerCache() && e.GetKeyInMetadata() && e.GetIssuerThumbprint() == want &&
+			strings.Contains(strings.Join(e.GetProblems(), " "), "refresh the partner's metadata")
+	})
+
+	// Every change is audited with who made it.
+	cli := f.c.etcd()
+	defer cli.Close()
+	resp, err := cli.Get(context.Background(), "/s2strust/audit/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, kv := range resp.Kvs {
+		if !bytes.Contains(kv.Value, []byte(`"who":"admin/admin"`)) {
+			t.Errorf("audit record %s does not name the admin: %s", kv.Key, kv.Value)
+		}
+		if bytes.Contains(kv.Value, []byte("rotated-password")) {
+			t.Errorf("audit record %s holds a password", kv.Key)
+		}
+		switch {
+		case bytes.Contains(kv.Key, []byte("/audit/topology/")):
+			kinds["topology"]++
+		case bytes.Contains(kv.Key, []byte("/audit/secret/")):
+			kinds["secret"]++
+		}
+	}
+	if kinds["topology"] != 1 || kinds["secret"] != 2 {
+		t.Errorf("audit records %v, want 1 topology and 2 secret changes", kinds)
 	}
 }

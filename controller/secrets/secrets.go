@@ -106,22 +106,27 @@ func (s *Store) Put(ctx context.Context, name string, pfx []byte, password strin
 	if err != nil {
 		return nil, false, fmt.Errorf("encode secret %s: %w", name, err)
 	}
-	resp, err := s.st.Client().Put(ctx, s.etcdKey(name), string(val))
+	// The audit record is written in the same transaction as the secret.
+	now := s.now()
+	_, err = s.st.Client().Txn(ctx).Then(
+		clientv3.OpPut(s.etcdKey(name), string(val)),
+		clientv3.OpPut(s.st.Key(fmt.Sprintf("audit/secret/%020d", now.UnixNano())), string(s.auditRecord(ctx, now, name, info))),
+	).Commit()
 	if err != nil {
 		return nil, false, fmt.Errorf("store secret %s: %w", name, err)
 	}
-	s.audit(ctx, uint64(resp.Header.Revision), name, info)
 	return &pb.Secret{Name: name, Certificate: info}, true, nil
 }
 
-func (s *Store) audit(ctx context.Context, rev uint64, name string, info *pb.CertificateInfo) {
+// auditRecord says who put which certificate under name; never key material.
+func (s *Store) auditRecord(ctx context.Context, now time.Time, name string, info *pb.CertificateInfo) []byte {
 	who := "unknown"
 	if v, ok := ctx.Value(callerKey{}).(string); ok {
 		who = v
 	}
-	rec := map[string]any{"kind": "secret", "revision": rev, "who": who, "when": s.now().UTC(), "changes": []string{"put secret " + name + " (certificate " + info.GetThumbprint() + ")"}}
+	rec := map[string]any{"kind": "secret", "who": who, "when": now.UTC(), "changes": []string{"put secret " + name + " (certificate " + info.GetThumbprint() + ", " + info.GetSubject() + ")"}}
 	b, _ := json.Marshal(rec)
-	_, _ = s.st.Client().Put(ctx, s.st.Key(fmt.Sprintf("audit/%020d-secret", rev)), string(b))
+	return b
 }
 
 // callerKey carries the caller's identity for the audit trail.
@@ -146,6 +151,16 @@ func (s *Store) get(ctx context.Context, name string) (*stored, error) {
 		return nil, fmt.Errorf("secret %s: %w", name, store.ErrNotFound)
 	}
 	return decode(name, resp.Kvs[0].Value)
+}
+
+// DecodeInfo reads the certificate description of a stored secret value,
+// without opening its sealed part.
+func DecodeInfo(value []byte) (*pb.CertificateInfo, error) {
+	st, err := decode("", value)
+	if err != nil {
+		return nil, err
+	}
+	return st.info, nil
 }
 
 func decode(name string, v []byte) (*stored, error) {

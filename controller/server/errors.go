@@ -30,7 +30,9 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	if _, ok := status.FromError(err); ok {
+	// A status made on purpose passes through; one wrapped inside an error
+	// came from etcd and is mapped below.
+	if _, direct := err.(interface{ GRPCStatus() *status.Status }); direct {
 		return err
 	}
 	var te *topology.Error
@@ -55,6 +57,9 @@ func toStatus(err error) error {
 		return status.Error(codes.Unavailable, "the store is unavailable (etcd has no quorum or cannot be reached); nothing was changed: "+err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
 	}
 	return status.Error(codes.Internal, err.Error())
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -78,10 +80,18 @@ type Hub struct {
 	present   map[string]bool      // host → a presence key exists (any replica)
 	conns     map[string]*conn     // host → this replica's stream
 	gone      map[string]time.Time // host → when its stream ended here
-	recheck   chan string          // deployments whose primary's grace ended
-	lease     clientv3.LeaseID
-	ready     chan struct{}
-	nonceSeq  uint64
+	due       map[string]bool      // deployments whose primary's grace ended
+	// recheckSig wakes Run to re-evaluate the due deployments.
+	recheckSig chan struct{}
+	// secretThumbprints maps secret names to their certificate's
+	// thumbprint, part of the desired state of hosts that use them.
+	secretThumbprints map[string]string
+	// reselectMu serializes primary choices, etcd write included.
+	reselectMu sync.Mutex
+	readyOnce  sync.Once
+	lease      clientv3.LeaseID
+	ready      chan struct{}
+	nonceSeq   uint64
 	// stopping is set when the controller shuts down: streams that end then
 	// leave their presence keys to expire with the lease.
 	stopping atomic.Bool
@@ -112,15 +122,17 @@ func NewHub(cfg Config) *Hub {
 		cfg.PrimaryGrace = 30 * time.Second
 	}
 	return &Hub{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		desired:   map[string]*desired{},
-		primaries: map[string]string{},
-		present:   map[string]bool{},
-		conns:     map[string]*conn{},
-		gone:      map[string]time.Time{},
-		recheck:   make(chan string, 64),
-		ready:     make(chan struct{}),
+		cfg:               cfg,
+		log:               cfg.Logger,
+		desired:           map[string]*desired{},
+		primaries:         map[string]string{},
+		present:           map[string]bool{},
+		conns:             map[string]*conn{},
+		gone:              map[string]time.Time{},
+		due:               map[string]bool{},
+		recheckSig:        make(chan struct{}, 1),
+		secretThumbprints: map[string]string{},
+		ready:             make(chan struct{}),
 	}
 }
 
@@ -134,7 +146,31 @@ func randomID() string {
 func (h *Hub) Ready() <-chan struct{} { return h.ready }
 
 // Run loads the current state from etcd, then follows it until ctx ends.
+// When etcd goes away for longer than the presence lease, or a watch
+// fails, it loads the state again and resumes: agents keep their streams
+// and the API answers Unavailable meanwhile.
 func (h *Hub) Run(ctx context.Context) error {
+	delay := 100 * time.Millisecond
+	for {
+		err := h.follow(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		h.log.Error("lost track of etcd; reloading", "error", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
+}
+
+// follow loads a consistent snapshot and follows it with one watch per
+// key prefix until something fails.
+func (h *Hub) follow(ctx context.Context) error {
 	st := h.cfg.Store
 	if err := st.RepairHistory(ctx); err != nil {
 		return err
@@ -143,63 +179,104 @@ func (h *Hub) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("grant presence lease: %w", err)
 	}
-	ka, err := st.Client().KeepAlive(ctx, lease.ID)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ka, err := st.Client().KeepAlive(lctx, lease.ID)
 	if err != nil {
 		return fmt.Errorf("keep presence lease alive: %w", err)
 	}
-	prim, err := st.Primaries(ctx)
+	// One transaction: the watches start exactly where the snapshot ends.
+	snap, err := st.Client().Txn(ctx).Then(
+		clientv3.OpGet(st.Key("topology/current")),
+		clientv3.OpGet(st.PrimaryPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(st.PresencePrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(st.SecretsPrefix(), clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
-		return err
+		return fmt.Errorf("read controller state: %w", err)
 	}
-	pres, err := st.Present(ctx)
-	if err != nil {
-		return err
-	}
-	topoResp, err := st.Client().Get(ctx, st.Key("topology/current"))
-	if err != nil {
-		return fmt.Errorf("read current topology: %w", err)
-	}
-	startRev := topoResp.Header.Revision
+	startRev := snap.Header.Revision
+	topoKVs := snap.Responses[0].GetResponseRange().GetKvs()
+	now := h.cfg.Now()
 	h.mu.Lock()
 	h.lease = lease.ID
-	h.primaries = prim
-	for host := range pres {
-		h.present[host] = true
+	h.primaries = map[string]string{}
+	for _, kv := range snap.Responses[1].GetResponseRange().GetKvs() {
+		dep := strings.TrimPrefix(string(kv.Key), st.PrimaryPrefix())
+		h.primaries[dep] = string(kv.Value)
+		// A stored primary keeps its role for the grace period while its
+		// agent reconnects after a controller restart.
+		if _, ok := h.gone[string(kv.Value)]; !ok && h.conns[string(kv.Value)] == nil {
+			h.gone[string(kv.Value)] = now
+		}
+		h.scheduleRecheckLocked(dep)
+	}
+	h.present = map[string]bool{}
+	for _, kv := range snap.Responses[2].GetResponseRange().GetKvs() {
+		h.present[st.HostFromPresenceKey(kv.Key)] = true
+	}
+	h.secretThumbprints = map[string]string{}
+	for _, kv := range snap.Responses[3].GetResponseRange().GetKvs() {
+		h.secretThumbprints[strings.TrimPrefix(string(kv.Key), st.SecretsPrefix())] = secretThumbprint(kv.Value)
+	}
+	h.desired = map[string]*desired{}
+	local := make([]*conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		local = append(local, c)
 	}
 	h.mu.Unlock()
-	if len(topoResp.Kvs) == 1 {
-		kv := topoResp.Kvs[0]
-		if err := h.setTopology(ctx, kv.Value, kv.ModRevision); err != nil {
+	// Streams that outlived a lost lease are present again under the new one.
+	for _, c := range local {
+		rev, err := st.SetPresent(ctx, c.host, h.cfg.ID, lease.ID)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.presenceRev = rev
+		c.mu.Unlock()
+	}
+	if len(topoKVs) == 1 {
+		if err := h.setTopology(ctx, topoKVs[0].Value, topoKVs[0].ModRevision); err != nil {
 			return err
 		}
 	}
-	close(h.ready)
-	h.log.Info("controller state loaded", "revision", startRev, "primaries", len(prim), "present", len(pres))
+	h.readyOnce.Do(func() { close(h.ready) })
+	h.notifyAll()
+	h.log.Info("controller state loaded", "revision", startRev, "primaries", len(h.primaries), "present", len(h.present))
 
-	topoWatch := st.Client().Watch(clientv3.WithRequireLeader(ctx), st.TopologyPrefix(), clientv3.WithPrefix(), clientv3.WithRev(startRev+1))
-	presWatch := st.Client().Watch(clientv3.WithRequireLeader(ctx), st.PresencePrefix(), clientv3.WithPrefix(), clientv3.WithRev(startRev+1))
+	wctx := clientv3.WithRequireLeader(lctx)
+	watch := func(prefix string) clientv3.WatchChan {
+		return st.Client().Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(startRev+1))
+	}
+	topoWatch, presWatch, primWatch, secWatch := watch(st.TopologyPrefix()), watch(st.PresencePrefix()), watch(st.PrimaryPrefix()), watch(st.SecretsPrefix())
+	check := func(what string, wr clientv3.WatchResponse, ok bool) error {
+		if !ok {
+			return fmt.Errorf("%s watch closed", what)
+		}
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch %s: %w", what, err)
+		}
+		return nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case dep := <-h.recheck:
-			h.reselect(ctx, dep)
+		case <-h.recheckSig:
+			h.mu.Lock()
+			due := h.due
+			h.due = map[string]bool{}
+			h.mu.Unlock()
+			for dep := range due {
+				h.reselect(ctx, dep)
+			}
 		case _, ok := <-ka:
 			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
 				return errors.New("presence lease lost: etcd unreachable for longer than its TTL")
 			}
 		case wr, ok := <-topoWatch:
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return errors.New("topology watch closed")
-			}
-			if err := wr.Err(); err != nil {
-				return fmt.Errorf("watch topology: %w", err)
+			if err := check("topology", wr, ok); err != nil {
+				return err
 			}
 			for _, ev := range wr.Events {
 				if ev.Type != clientv3.EventTypePut || !st.IsCurrentTopologyKey(ev.Kv.Key) {
@@ -210,14 +287,8 @@ func (h *Hub) Run(ctx context.Context) error {
 				}
 			}
 		case wr, ok := <-presWatch:
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return errors.New("presence watch closed")
-			}
-			if err := wr.Err(); err != nil {
-				return fmt.Errorf("watch presence: %w", err)
+			if err := check("presence", wr, ok); err != nil {
+				return err
 			}
 			var gone []string
 			h.mu.Lock()
@@ -234,8 +305,101 @@ func (h *Hub) Run(ctx context.Context) error {
 			for _, host := range gone {
 				h.reselectFor(ctx, host)
 			}
+		case wr, ok := <-primWatch:
+			if err := check("primary", wr, ok); err != nil {
+				return err
+			}
+			for _, ev := range wr.Events {
+				dep := strings.TrimPrefix(string(ev.Kv.Key), st.PrimaryPrefix())
+				host := ""
+				if ev.Type == clientv3.EventTypePut {
+					host = string(ev.Kv.Value)
+				}
+				h.adoptPrimary(dep, host)
+			}
+		case wr, ok := <-secWatch:
+			if err := check("secrets", wr, ok); err != nil {
+				return err
+			}
+			for _, ev := range wr.Events {
+				name := strings.TrimPrefix(string(ev.Kv.Key), st.SecretsPrefix())
+				tp := ""
+				if ev.Type == clientv3.EventTypePut {
+					tp = secretThumbprint(ev.Kv.Value)
+				}
+				h.secretChanged(name, tp)
+			}
 		}
 	}
+}
+
+// secretThumbprint reads the certificate thumbprint of a stored secret.
+func secretThumbprint(value []byte) string {
+	info, err := secrets.DecodeInfo(value)
+	if err != nil {
+		return ""
+	}
+	return info.GetThumbprint()
+}
+
+// secretChanged makes hosts whose configuration names the secret get it
+// again: its thumbprint is part of their desired state.
+func (h *Hub) secretChanged(name, thumbprint string) {
+	h.mu.Lock()
+	if h.secretThumbprints[name] == thumbprint {
+		h.mu.Unlock()
+		return
+	}
+	h.secretThumbprints[name] = thumbprint
+	var hosts []string
+	if h.topo != nil {
+		for host, cfg := range h.topo.hosts {
+			if cfg.GetTokenIssuer().GetSecret() == name {
+				delete(h.desired, host)
+				hosts = append(hosts, host)
+			}
+		}
+	}
+	h.mu.Unlock()
+	for _, host := range hosts {
+		h.notify(host)
+	}
+}
+
+// adoptPrimary takes the primary recorded in etcd (by this or another
+// replica) as the truth.
+func (h *Hub) adoptPrimary(dep, host string) {
+	h.mu.Lock()
+	if h.primaries[dep] == host {
+		h.mu.Unlock()
+		return
+	}
+	h.primaries[dep] = host
+	var hosts []string
+	if h.topo != nil {
+		hosts = h.topo.deployments[dep]
+	}
+	for _, x := range hosts {
+		delete(h.desired, x)
+	}
+	h.mu.Unlock()
+	for _, x := range hosts {
+		h.notify(x)
+	}
+}
+
+// scheduleRecheckLocked re-evaluates dep's primary once the grace period
+// is over. h.mu must be held.
+func (h *Hub) scheduleRecheckLocked(dep string) {
+	time.AfterFunc(h.cfg.PrimaryGrace, func() {
+		h.mu.Lock()
+		h.due[dep] = true
+		h.mu.Unlock()
+		select {
+		case h.recheckSig <- struct{}{}:
+		default: // Run has a signal pending and will take every due deployment
+		}
+	})
 }
 
 // setTopology compiles a stored topology and makes it current.
@@ -294,12 +458,9 @@ func (h *Hub) disconnected(ctx context.Context, host string) {
 		return
 	}
 	h.reselect(ctx, dep)
-	time.AfterFunc(h.cfg.PrimaryGrace, func() {
-		select {
-		case h.recheck <- dep:
-		default: // a re-check is already queued
-		}
-	})
+	h.mu.Lock()
+	h.scheduleRecheckLocked(dep)
+	h.mu.Unlock()
 }
 
 // closeStreams ends every agent stream on this replica, so a shutdown does
@@ -329,8 +490,11 @@ func (h *Hub) reselectFor(ctx context.Context, host string) {
 
 // reselect keeps a deployment's primary while it is present and otherwise
 // moves it to the first present host in topology order. A sticky primary
-// keeps a controller restart from re-sending configurations.
+// keeps a controller restart from re-sending configurations. The choice is
+// a compare-and-swap in etcd, so replicas sharing a cluster agree on it.
 func (h *Hub) reselect(ctx context.Context, dep string) {
+	h.reselectMu.Lock()
+	defer h.reselectMu.Unlock()
 	h.mu.Lock()
 	if h.topo == nil {
 		h.mu.Unlock()
@@ -365,24 +529,22 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 			next = ""
 		}
 	}
-	if next == cur {
-		h.mu.Unlock()
+	h.mu.Unlock()
+	if next == cur || next == "" {
 		return
 	}
-	h.primaries[dep] = next
-	for _, x := range hosts {
-		delete(h.desired, x)
+	won, stored, err := h.cfg.Store.SwapPrimary(ctx, dep, cur, next)
+	if err != nil {
+		h.log.Error("record primary", "deployment", dep, "host", next, "error", err)
+		return
 	}
-	h.mu.Unlock()
-	if next != "" {
-		if err := h.cfg.Store.SetPrimary(ctx, dep, next); err != nil {
-			h.log.Error("record primary", "deployment", dep, "host", next, "error", err)
-		}
+	if !won {
+		// Another replica chose first: take its choice.
+		next = stored
+	} else {
+		h.log.Info("primary chosen", "deployment", dep, "host", next, "previous", cur)
 	}
-	h.log.Info("primary chosen", "deployment", dep, "host", next, "previous", cur)
-	for _, x := range hosts {
-		h.notify(x)
-	}
+	h.adoptPrimary(dep, next)
 }
 
 // desiredFor returns the host's desired state, nil when the host is not in
@@ -406,6 +568,10 @@ func (h *Hub) desiredLocked(host string) *desired {
 	}
 	cfg := proto.Clone(base).(*pb.HostConfig)
 	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
+	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
+		// A secret replaced under the same name changes the desired state.
+		cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+	}
 	d := &desired{version: h.topo.revision, hash: topology.Hash(cfg), config: cfg}
 	h.desired[host] = d
 	return d

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
@@ -36,6 +37,16 @@ type conn struct {
 	// What was last persisted, to write only on change.
 	state  *pb.Host
 	report *pb.StatusReport
+	// presenceRev is the revision of this stream's presence write.
+	presenceRev int64
+}
+
+// storeTimeout bounds every etcd call made for a stream, so a store
+// without quorum fails the stream (the agent retries) instead of stalling it.
+const storeTimeout = 5 * time.Second
+
+func storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, storeTimeout)
 }
 
 func (c *conn) wake() {
@@ -107,7 +118,9 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		appliedVersion: hello.GetAppliedVersion(), appliedHash: hello.GetAppliedHash()}
 	// Restore what this host last answered, so a NACKed version stays unsent across restarts.
 	prev := &pb.Host{}
-	found, err := h.cfg.Store.GetProto(sctx, store.HostStateKey(host), prev)
+	rctx, rcancel := storeCtx(sctx)
+	found, err := h.cfg.Store.GetProto(rctx, store.HostStateKey(host), prev)
+	rcancel()
 	if err != nil {
 		return err
 	}
@@ -115,6 +128,8 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		c.state = prev
 		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK {
 			c.nackedVersion, c.nackedHash = lr.GetVersion(), lr.GetHash()
+			// The agent may still ACK it late, after a retry succeeds.
+			c.nacked = &pb.Desired{Version: lr.GetVersion(), Hash: lr.GetHash()}
 		}
 	}
 	h.mu.Lock()
@@ -134,19 +149,34 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		// When the controller itself stops, presence stays until the lease
 		// expires, so primaries survive a quick restart.
 		if mine && !h.stopping.Load() {
-			_ = h.cfg.Store.ClearPresent(context.WithoutCancel(ctx), host, h.cfg.ID)
+			cctx, ccancel := storeCtx(context.WithoutCancel(ctx))
+			c.mu.Lock()
+			rev := c.presenceRev
+			c.mu.Unlock()
+			if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
+				h.log.Warn("clear presence", "host", host, "error", err)
+			}
+			ccancel()
 			h.disconnected(context.WithoutCancel(ctx), host)
 		}
 	}()
-	if err := h.cfg.Store.SetPresent(sctx, host, h.cfg.ID, lease); err != nil {
+	pctx, pcancel := storeCtx(sctx)
+	rev, err := h.cfg.Store.SetPresent(pctx, host, h.cfg.ID, lease)
+	pcancel()
+	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	c.presenceRev = rev
+	c.mu.Unlock()
 	h.mu.Lock()
 	h.present[host] = true
 	delete(h.gone, host)
 	h.mu.Unlock()
 	h.reselectFor(sctx, host)
-	if err := s.persistState(sctx, c, func(st *pb.Host) {
+	hctx, hcancel := storeCtx(sctx)
+	defer hcancel()
+	if err := s.persistState(hctx, c, func(st *pb.Host) {
 		st.AgentVersion = hello.GetAgentVersion()
 		st.Driver = hello.GetDriver()
 		st.AppliedVersion = hello.GetAppliedVersion()
@@ -158,6 +188,8 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- s.recvLoop(sctx, stream, c) }()
+	// The receiver cannot be waited for here: its Recv returns only once
+	// this handler has returned and gRPC has ended the stream.
 	pushed, err := s.maybePush(sctx, stream, c)
 	if err != nil {
 		return err
@@ -178,7 +210,6 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			}
 			return err
 		case <-sctx.Done():
-			// Drain the receiver: it returns once the handler does.
 			return status.FromContextError(sctx.Err()).Err()
 		case <-c.wakeCh:
 			if _, err := s.maybePush(sctx, stream, c); err != nil {
@@ -202,18 +233,26 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 		c.mu.Unlock()
 		return false, nil
 	}
+	c.mu.Unlock()
 	msg := &pb.Desired{Version: d.version, Nonce: s.hub.nextNonce(), Config: d.config, Hash: d.hash}
+	if name := d.config.GetTokenIssuer().GetSecret(); name != "" && s.hub.cfg.Secrets != nil {
+		sctx, cancel := storeCtx(ctx)
+		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, []string{name})
+		cancel()
+		if err != nil {
+			// Without its secret the push would fail on the host and, once
+			// NACKed, never be sent again: end the stream and let the agent retry.
+			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", name, c.host, err)
+		}
+		msg.Secrets = secrets
+	}
+	c.mu.Lock()
+	if c.pending != nil {
+		c.mu.Unlock()
+		return false, nil
+	}
 	c.pending = msg
 	c.mu.Unlock()
-	if name := d.config.GetTokenIssuer().GetSecret(); name != "" && s.hub.cfg.Secrets != nil {
-		secrets, err := s.hub.cfg.Secrets.Secrets(ctx, []string{name})
-		if err != nil {
-			s.hub.log.Error("load secret for host", "host", c.host, "secret", name, "error", err)
-		} else {
-			msg = proto.Clone(msg).(*pb.Desired)
-			msg.Secrets = secrets
-		}
-	}
 	if err := stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_Desired{Desired: msg}}); err != nil {
 		return false, err
 	}
@@ -252,12 +291,14 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 	c.mu.Lock()
 	p := c.pending
 	late := false
-	if p == nil && c.nacked != nil && c.nacked.GetNonce() == nonce && c.nacked.GetVersion() == version {
-		// The agent retried after its NACK: it succeeded (a partner's
-		// metadata became reachable) or fails for another reason now.
+	if p == nil && c.nacked != nil && c.nacked.GetVersion() == version && (c.nacked.GetNonce() == nonce || c.nacked.GetHash() == hash) {
+		// The agent retried after its NACK (perhaps on an earlier stream):
+		// it succeeded (a partner's metadata became reachable) or fails for
+		// another reason now. Matching on version and hash is safe: it is
+		// the same configuration.
 		p, late = c.nacked, true
 	}
-	if p == nil || p.GetNonce() != nonce || p.GetVersion() != version {
+	if p == nil || (!late && p.GetNonce() != nonce) || p.GetVersion() != version {
 		c.mu.Unlock()
 		s.hub.log.Debug("stale answer ignored", "host", c.host, "nonce", nonce, "version", version)
 		return nil
@@ -273,7 +314,9 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 	}
 	c.mu.Unlock()
 	now := s.hub.cfg.Now()
-	err := s.persistState(ctx, c, func(st *pb.Host) {
+	wctx, cancel := storeCtx(ctx)
+	defer cancel()
+	err := s.persistState(wctx, c, func(st *pb.Host) {
 		lr := &pb.LastResult{Version: p.GetVersion(), Hash: p.GetHash(), Time: timestamp(now), Errors: errs}
 		if ok {
 			lr.Kind = pb.ResultKind_RESULT_KIND_ACK
@@ -293,6 +336,8 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 }
 
 func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport) error {
+	ctx, cancel := storeCtx(ctx)
+	defer cancel()
 	if r.GetClock() != nil {
 		offset := r.GetClock().AsTime().Sub(s.hub.cfg.Now()).Milliseconds()
 		// Recorded only when it moves by a second or more, so reports do not rewrite host state.

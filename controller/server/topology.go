@@ -94,30 +94,24 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 		return &pb.ApplyTopologyResponse{Revision: curRev, Plan: plan}, nil
 	}
 	who := callerName(ctx)
-	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision)
+	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan))
 	if err != nil {
 		return nil, err
-	}
-	if changed {
-		s.audit(ctx, rev, who, plan)
 	}
 	return &pb.ApplyTopologyResponse{Revision: rev, Changed: changed, Plan: plan}, nil
 }
 
-// audit records who changed the topology to what. A failure to audit is
-// logged; the change itself is already stored.
-func (s *TopologyService) audit(ctx context.Context, rev uint64, who string, plan []*pb.HostPlan) {
+// auditRecord says who changed the topology to what; it is stored with the change.
+func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []byte {
 	var changes []string
 	for _, hp := range plan {
 		for _, it := range hp.GetItems() {
 			changes = append(changes, hp.GetHost()+": "+it.GetAction()+" "+it.GetItem())
 		}
 	}
-	rec := map[string]any{"kind": "topology", "revision": rev, "who": who, "when": s.hub.cfg.Now().UTC(), "changes": changes}
+	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "when": s.hub.cfg.Now().UTC(), "changes": changes}
 	b, _ := json.Marshal(rec)
-	if _, err := s.hub.cfg.Store.Client().Put(ctx, s.hub.cfg.Store.Key(fmt.Sprintf("audit/%020d-topology", rev)), string(b)); err != nil {
-		s.hub.log.Error("write audit record", "revision", rev, "error", err)
-	}
+	return b
 }
 
 // GetTopology implements the RPC; see the proto for its contract.

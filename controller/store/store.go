@@ -123,7 +123,11 @@ func (s *Store) CurrentTopology(ctx context.Context) (*TopologyRecord, error) {
 // equals *expected (0: none yet) and returns ErrConflict otherwise. A
 // document identical to the current one is not stored again: the current
 // revision is returned with changed false.
-func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, appliedBy string, now time.Time, expected *uint64) (rev uint64, changed bool, err error) {
+//
+// audit, when set, is written in the same transaction under
+// audit/topology/<time>: a stored change never lacks its audit record. The
+// record's create revision is the topology revision.
+func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev uint64, changed bool, err error) {
 	rec := TopologyRecord{Name: name, Document: doc, Hash: DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: appliedBy}
 	val, err := json.Marshal(rec)
 	if err != nil {
@@ -144,9 +148,13 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 		return cur.Revision, false, nil
 	}
 	// Compare on the revision read above so a concurrent apply is never lost.
+	ops := []clientv3.Op{clientv3.OpPut(s.currentKey(), string(val))}
+	if audit != nil {
+		ops = append(ops, clientv3.OpPut(s.Key(fmt.Sprintf("audit/topology/%020d", now.UnixNano())), string(audit)))
+	}
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(s.currentKey()), "=", curRev)).
-		Then(clientv3.OpPut(s.currentKey(), string(val))).
+		Then(ops...).
 		Commit()
 	if err != nil {
 		return 0, false, fmt.Errorf("store topology: %w", err)
@@ -156,7 +164,7 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 			return 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
 		}
 		// Lost a race without a precondition: try again on the new current.
-		return s.PutTopology(ctx, name, doc, appliedBy, now, nil)
+		return s.PutTopology(ctx, name, doc, appliedBy, now, nil, audit)
 	}
 	rev = uint64(resp.Header.Revision)
 	if err := s.recordRevision(ctx, rev, val); err != nil {
@@ -294,12 +302,32 @@ func (s *Store) Primaries(ctx context.Context) (map[string]string, error) {
 	return s.stringsUnder(ctx, "primary/")
 }
 
-// SetPrimary records the primary host of a deployment.
-func (s *Store) SetPrimary(ctx context.Context, deployment, host string) error {
-	if _, err := s.cli.Put(ctx, s.Key("primary/"+deployment), host); err != nil {
-		return fmt.Errorf("record primary of %s: %w", deployment, err)
+// PrimaryPrefix is the prefix of primary keys, for watching.
+func (s *Store) PrimaryPrefix() string { return s.Key("primary/") }
+
+// SecretsPrefix is the prefix of secret keys, for watching.
+func (s *Store) SecretsPrefix() string { return s.Key("secrets/") }
+
+// SwapPrimary records next as the primary of a deployment if the stored
+// one is still prev ("" for none). Otherwise it returns won false and
+// the primary stored now.
+func (s *Store) SwapPrimary(ctx context.Context, deployment, prev, next string) (won bool, stored string, err error) {
+	k := s.Key("primary/" + deployment)
+	cmp := clientv3.Compare(clientv3.Value(k), "=", prev)
+	if prev == "" {
+		cmp = clientv3.Compare(clientv3.CreateRevision(k), "=", 0)
 	}
-	return nil
+	resp, err := s.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(k, next)).Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return false, "", fmt.Errorf("record primary of %s: %w", deployment, err)
+	}
+	if resp.Succeeded {
+		return true, next, nil
+	}
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
+		stored = string(kvs[0].Value)
+	}
+	return false, stored, nil
 }
 
 // Present lists the hosts whose presence key exists, with the owner that wrote it.
@@ -307,18 +335,21 @@ func (s *Store) Present(ctx context.Context) (map[string]string, error) {
 	return s.stringsUnder(ctx, "presence/")
 }
 
-// SetPresent marks host present under lease.
-func (s *Store) SetPresent(ctx context.Context, host, owner string, lease clientv3.LeaseID) error {
-	if _, err := s.cli.Put(ctx, s.Key("presence/"+host), owner, clientv3.WithLease(lease)); err != nil {
-		return fmt.Errorf("record presence of %s: %w", host, err)
+// SetPresent marks host present under lease and returns the revision of
+// the write, which ClearPresent compares against.
+func (s *Store) SetPresent(ctx context.Context, host, owner string, lease clientv3.LeaseID) (int64, error) {
+	resp, err := s.cli.Put(ctx, s.Key("presence/"+host), owner, clientv3.WithLease(lease))
+	if err != nil {
+		return 0, fmt.Errorf("record presence of %s: %w", host, err)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
-// ClearPresent removes host's presence key if owner still holds it.
-func (s *Store) ClearPresent(ctx context.Context, host, owner string) error {
+// ClearPresent removes host's presence key unless it was written again
+// after rev (by a newer stream of the same host).
+func (s *Store) ClearPresent(ctx context.Context, host string, rev int64) error {
 	k := s.Key("presence/" + host)
-	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(k), "=", owner)).Then(clientv3.OpDelete(k)).Commit()
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(clientv3.OpDelete(k)).Commit()
 	if err != nil {
 		return fmt.Errorf("clear presence of %s: %w", host, err)
 	}

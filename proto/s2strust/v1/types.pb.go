@@ -467,9 +467,12 @@ type TokenIssuer struct {
 	//
 	//	*TokenIssuer_Secret
 	//	*TokenIssuer_Thumbprint
-	Source        isTokenIssuer_Source `protobuf_oneof:"source"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Source isTokenIssuer_Source `protobuf_oneof:"source"`
+	// For a secret: the thumbprint of the certificate it holds now, set by
+	// the controller so that replacing the secret changes the desired state.
+	SecretThumbprint string `protobuf:"bytes,3,opt,name=secret_thumbprint,json=secretThumbprint,proto3" json:"secret_thumbprint,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *TokenIssuer) Reset() {
@@ -523,6 +526,13 @@ func (x *TokenIssuer) GetThumbprint() string {
 		if x, ok := x.Source.(*TokenIssuer_Thumbprint); ok {
 			return x.Thumbprint
 		}
+	}
+	return ""
+}
+
+func (x *TokenIssuer) GetSecretThumbprint() string {
+	if x != nil {
+		return x.SecretThumbprint
 	}
 	return ""
 }
@@ -1472,12 +1482,13 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"deployment\x12.\n" +
 	"\aproduct\x18\x02 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12!\n" +
 	"\fservice_name\x18\x03 \x01(\tR\vserviceName\x12\x14\n" +
-	"\x05hosts\x18\x04 \x03(\tR\x05hosts\"S\n" +
+	"\x05hosts\x18\x04 \x03(\tR\x05hosts\"\x80\x01\n" +
 	"\vTokenIssuer\x12\x18\n" +
 	"\x06secret\x18\x01 \x01(\tH\x00R\x06secret\x12 \n" +
 	"\n" +
 	"thumbprint\x18\x02 \x01(\tH\x00R\n" +
-	"thumbprintB\b\n" +
+	"thumbprint\x12+\n" +
+	"\x11secret_thumbprint\x18\x03 \x01(\tR\x10secretThumbprintB\b\n" +
 	"\x06source\"\xd4\x02\n" +
 	"\aPartner\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
