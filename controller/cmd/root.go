@@ -111,6 +111,7 @@ func newServe(g *globals) *cobra.Command {
 func newCerts(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "certs", Short: "Issue certificates from the controller's development CA"}
 	var host, outDir string
+	var httpsNames []string
 	var ttl time.Duration
 	issue := &cobra.Command{
 		Use:   "issue-agent",
@@ -138,11 +139,24 @@ func newCerts(g *globals) *cobra.Command {
 				return err
 			}
 			cmd.Printf("issued agent certificate for %s into %s (agent.crt, agent.key, ca.crt)\n", strings.ToLower(host), outDir)
+			if len(httpsNames) > 0 {
+				// The sim's HTTPS endpoint: the host itself and its deployment's endpoint names.
+				names := append([]string{strings.ToLower(host)}, httpsNames...)
+				hc, hk, err := ca.IssueServer(names, time.Now(), ttl)
+				if err != nil {
+					return err
+				}
+				if err := pki.WriteIdentity(outDir, "https", hc, hk, caPEM); err != nil {
+					return err
+				}
+				cmd.Printf("issued HTTPS certificate for %s into %s (https.crt, https.key)\n", strings.Join(names, ", "), outDir)
+			}
 			return nil
 		},
 	}
 	issue.Flags().StringVar(&host, "host", "", "the host's FQDN (required)")
 	issue.Flags().StringVar(&outDir, "out", ".", "output directory")
+	issue.Flags().StringSliceVar(&httpsNames, "https-name", nil, "sim driver: also issue an HTTPS certificate for the host and these names (its deployment's pool, autodiscover or web application name)")
 	issue.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "certificate lifetime")
 	_ = issue.MarkFlagRequired("host")
 	c.AddCommand(issue, newIssueTokenIssuer())
