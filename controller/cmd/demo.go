@@ -299,36 +299,41 @@ func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.
 }
 
 // waitConverged polls the fleet until every host acked revision rev (or a
-// later one) and verified it, or a host NACKed, or timeout passes. It
-// returns one line per host that failed.
+// later one), or timeout passes. A NACK is not final: agents retry and ACK
+// late once, say, a partner's metadata becomes reachable. So it gives up
+// early only when every host still missing has NACKed and nothing has
+// changed for nackSettle. It returns one line per host that failed.
 func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64, timeout time.Duration) ([]string, error) {
+	const nackSettle = 10 * time.Second
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var last []string
+	lastChange := time.Now()
 	for {
 		resp, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
 		if err == nil {
-			last = last[:0]
+			var now []string
+			allNacked := true
 			for _, h := range resp.GetHosts() {
 				lr := h.GetLastResult()
 				switch {
+				case h.GetAppliedVersion() >= rev && h.GetAppliedHash() == h.GetDesiredHash() && lr.GetKind() == pb.ResultKind_RESULT_KIND_ACK:
 				case lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && lr.GetVersion() >= rev:
-					last = append(last, fmt.Sprintf("%s: %s", h.GetHost(), resultText(lr)))
-				case h.GetAppliedVersion() < rev || h.GetAppliedHash() != h.GetDesiredHash():
-					last = append(last, fmt.Sprintf("%s: has not applied revision %d yet (applied %d, connected %s)", h.GetHost(), rev, h.GetAppliedVersion(), yesNo(h.GetConnected())))
+					now = append(now, fmt.Sprintf("%s: %s", h.GetHost(), resultText(lr)))
+				default:
+					allNacked = false
+					now = append(now, fmt.Sprintf("%s: has not applied revision %d yet (applied %d, connected %s)", h.GetHost(), rev, h.GetAppliedVersion(), yesNo(h.GetConnected())))
 				}
 			}
-			if len(last) == 0 {
+			if len(now) == 0 {
 				return nil, nil
 			}
-			nacked := true
-			for _, l := range last {
-				if !strings.Contains(l, "NACK") {
-					nacked = false
-				}
+			if strings.Join(now, "\n") != strings.Join(last, "\n") {
+				lastChange = time.Now()
 			}
-			if nacked {
+			last = now
+			if allNacked && time.Since(lastChange) > nackSettle {
 				return last, nil
 			}
 		}
