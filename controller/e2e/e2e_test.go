@@ -185,6 +185,14 @@ func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 		}
 	}
 
+	// Key material goes only to the hosts whose configuration names it.
+	for h, a := range f.agents {
+		lync := strings.HasPrefix(h, "fe")
+		if got := a.secretsSeen.Load(); lync != (got > 0) {
+			t.Errorf("%s received key material in %d pushes; only the Lync Front Ends need the pool's token issuer", h, got)
+		}
+	}
+
 	// A change reaches every agent and is acked.
 	changed := bytes.Replace(examples.Contoso, []byte("removePartners: [app]"), []byte("removePartners: [app, legacy]"), 1)
 	rev2 := f.apply(changed)

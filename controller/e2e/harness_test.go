@@ -204,9 +204,11 @@ type agent struct {
 	opts     agentOpts
 	a        *syncer.Agent
 	received atomic.Int64
-	cancel   context.CancelFunc
-	done     chan error
-	mu       sync.Mutex
+	// secretsSeen counts pushes that carried key material.
+	secretsSeen atomic.Int64
+	cancel      context.CancelFunc
+	done        chan error
+	mu          sync.Mutex
 }
 
 type agentOpts struct {
@@ -256,7 +258,12 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
 		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond,
-		OnDesired: func(*pb.Desired) { ag.received.Add(1) }})
+		OnDesired: func(d *pb.Desired) {
+			ag.received.Add(1)
+			if len(d.GetSecrets()) > 0 {
+				ag.secretsSeen.Add(1)
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -201,6 +201,9 @@ func TestDriftIsReportedAndProbesFail(t *testing.T) {
 		if e.GetFrom() != "pool01" {
 			return e.GetOk()
 		}
+		if !strings.Contains(strings.Join(e.GetProblems(), " "), secondary) {
+			return false // the edge names the Front End whose certificate differs
+		}
 		for _, p := range e.GetProbes() {
 			if p.GetFromHost() == secondary && p.GetProbe().GetOk() {
 				return false

@@ -8,6 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/s2strust/s2strust/internal/certs"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -133,6 +134,20 @@ func buildEdge(snap snapshot, from, to, partnerName string, reports map[string]*
 			if !e.KeyInPartnerCache && e.IssuerThumbprint != "" {
 				problem("%s's cached metadata of %s lacks its signing certificate %s: refresh the partner's metadata", to, from, e.IssuerThumbprint)
 			}
+		}
+	}
+	// The same certificate on every host of the issuing deployment (the
+	// CMS replicates Lync's; a Front End with another one signs tokens its
+	// partners reject).
+	byHost := map[string]string{}
+	for _, h := range fromHosts {
+		if r := reports[h]; r != nil {
+			byHost[h] = r.GetIssuerCertificate().GetThumbprint()
+		}
+	}
+	if len(byHost) > 1 {
+		for _, f := range certs.CheckSame(byHost) {
+			problem("%s", f.Message)
 		}
 	}
 	e.RealmsMatch = e.FromRealm != "" && e.FromRealm == e.ToRealm && (e.Registration == nil || e.Registration.GetRealm() == "" || e.Registration.GetRealm() == e.FromRealm)
