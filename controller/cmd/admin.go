@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -45,32 +47,27 @@ func newApply(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("read topology: %w", err)
 			}
-			conn, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := callCtx(cmd.Context())
-			defer cancel()
-			req := &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: dryRun}
-			if expected >= 0 {
-				e := uint64(expected)
-				req.ExpectedRevision = &e
-			}
-			resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, req)
-			if err != nil {
-				return rpcError("apply "+file, err)
-			}
-			printPlan(g.out, resp.GetPlan())
-			switch {
-			case dryRun:
-				fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())
-			case resp.GetChanged():
-				fmt.Fprintf(g.out, "applied: revision %d\n", resp.GetRevision())
-			default:
-				fmt.Fprintf(g.out, "unchanged: revision %d is already this topology\n", resp.GetRevision())
-			}
-			return nil
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				req := &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: dryRun}
+				if expected >= 0 {
+					e := uint64(expected)
+					req.ExpectedRevision = &e
+				}
+				resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, req)
+				if err != nil {
+					return rpcError("apply "+file, err)
+				}
+				printPlan(g.out, resp.GetPlan())
+				switch {
+				case dryRun:
+					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())
+				case resp.GetChanged():
+					fmt.Fprintf(g.out, "applied: revision %d\n", resp.GetRevision())
+				default:
+					fmt.Fprintf(g.out, "unchanged: revision %d is already this topology\n", resp.GetRevision())
+				}
+				return nil
+			})
 		},
 	}
 	c.Flags().StringVarP(&file, "file", "f", "", "topology file, YAML or JSON (required)")
@@ -89,37 +86,32 @@ func newGet(g *globals) *cobra.Command {
 		Short: "Print the current topology, or --revision N",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := callCtx(cmd.Context())
-			defer cancel()
-			resp, err := pb.NewTopologyServiceClient(conn).GetTopology(ctx, &pb.GetTopologyRequest{Revision: rev})
-			if err != nil {
-				return rpcError("get topology", err)
-			}
-			doc := []byte(resp.GetTopology().GetDocument())
-			switch output {
-			case "json":
-				var v any
-				if err := json.Unmarshal(doc, &v); err != nil {
-					return err
-				}
-				b, _ := json.MarshalIndent(v, "", "  ")
-				fmt.Fprintf(g.out, "%s\n", b)
-			case "yaml", "":
-				y, err := yaml.JSONToYAML(doc)
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewTopologyServiceClient(conn).GetTopology(ctx, &pb.GetTopologyRequest{Revision: rev})
 				if err != nil {
-					return err
+					return rpcError("get topology", err)
 				}
-				fmt.Fprintf(g.out, "# revision %d, applied %s by %s\n%s", resp.GetTopology().GetRevision(),
-					resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), resp.GetTopology().GetAppliedBy(), y)
-			default:
-				return fmt.Errorf("-o %q: want yaml or json", output)
-			}
-			return nil
+				doc := []byte(resp.GetTopology().GetDocument())
+				switch output {
+				case "json":
+					var v any
+					if err := json.Unmarshal(doc, &v); err != nil {
+						return err
+					}
+					b, _ := json.MarshalIndent(v, "", "  ")
+					fmt.Fprintf(g.out, "%s\n", b)
+				case "yaml", "":
+					y, err := yaml.JSONToYAML(doc)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(g.out, "# revision %d, applied %s by %s\n%s", resp.GetTopology().GetRevision(),
+						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), resp.GetTopology().GetAppliedBy(), y)
+				default:
+					return fmt.Errorf("-o %q: want yaml or json", output)
+				}
+				return nil
+			})
 		},
 	}
 	topo.Flags().Uint64Var(&rev, "revision", 0, "a stored revision (default: current)")
@@ -131,27 +123,22 @@ func newGet(g *globals) *cobra.Command {
 		Short: "List every host of the topology with its desired and applied version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := callCtx(cmd.Context())
-			defer cancel()
-			resp, err := pb.NewFleetServiceClient(conn).ListHosts(ctx, &pb.ListHostsRequest{})
-			if err != nil {
-				return rpcError("list hosts", err)
-			}
-			switch hostsOut {
-			case "json":
-				b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
-				fmt.Fprintf(g.out, "%s\n", b)
-			case "table", "":
-				printHosts(g.out, resp.GetHosts())
-			default:
-				return fmt.Errorf("-o %q: want table or json", hostsOut)
-			}
-			return nil
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewFleetServiceClient(conn).ListHosts(ctx, &pb.ListHostsRequest{})
+				if err != nil {
+					return rpcError("list hosts", err)
+				}
+				switch hostsOut {
+				case "json":
+					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
+					fmt.Fprintf(g.out, "%s\n", b)
+				case "table", "":
+					printHosts(g.out, resp.GetHosts())
+				default:
+					return fmt.Errorf("-o %q: want table or json", hostsOut)
+				}
+				return nil
+			})
 		},
 	}
 	hosts.Flags().StringVarP(&hostsOut, "output", "o", "table", "table or json")
@@ -161,19 +148,14 @@ func newGet(g *globals) *cobra.Command {
 		Short: "List stored topology revisions, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := callCtx(cmd.Context())
-			defer cancel()
-			resp, err := pb.NewTopologyServiceClient(conn).ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{})
-			if err != nil {
-				return rpcError("list revisions", err)
-			}
-			printRevisions(g.out, resp.GetRevisions())
-			return nil
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewTopologyServiceClient(conn).ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{})
+				if err != nil {
+					return rpcError("list revisions", err)
+				}
+				printRevisions(g.out, resp.GetRevisions())
+				return nil
+			})
 		},
 	}
 	c.AddCommand(topo, hosts, revs)
@@ -187,33 +169,28 @@ func newStatus(g *globals) *cobra.Command {
 		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := callCtx(cmd.Context())
-			defer cancel()
-			fleet := pb.NewFleetServiceClient(conn)
-			if trust {
-				rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
-				if err != nil {
-					return rpcError("trust report", err)
-				}
-				printTrust(g.out, rep.GetEdges())
-				for _, e := range rep.GetEdges() {
-					if !e.GetOk() {
-						return &exitError{code: 3, err: fmt.Errorf("trust edge %s → %s is not working", e.GetFrom(), e.GetTo())}
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				fleet := pb.NewFleetServiceClient(conn)
+				if trust {
+					rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+					if err != nil {
+						return rpcError("trust report", err)
 					}
+					printTrust(g.out, rep.GetEdges())
+					for _, e := range rep.GetEdges() {
+						if !e.GetOk() {
+							return &exitError{code: 3, err: fmt.Errorf("trust edge %s → %s is not working", e.GetFrom(), e.GetTo())}
+						}
+					}
+					return nil
 				}
+				details, err := fetchStatus(ctx, fleet)
+				if err != nil {
+					return err
+				}
+				printStatus(g.out, details)
 				return nil
-			}
-			details, err := fetchStatus(ctx, fleet)
-			if err != nil {
-				return err
-			}
-			printStatus(g.out, details)
-			return nil
+			})
 		},
 	}
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")

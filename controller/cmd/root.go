@@ -50,6 +50,19 @@ type globals struct {
 
 func (g *globals) dial() (*grpc.ClientConn, error) { return app.Dial(g.client) }
 
+// withController dials the controller as admin and runs fn with a bounded
+// context.
+func (g *globals) withController(cmd *cobra.Command, fn func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	conn, err := g.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := callCtx(cmd.Context())
+	defer cancel()
+	return fn(ctx, conn)
+}
+
 func (g *globals) logger() *slog.Logger {
 	level := slog.LevelInfo
 	if g.verbose {

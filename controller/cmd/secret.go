@@ -1,12 +1,14 @@
 package cmd
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -31,24 +33,19 @@ func newSecret(g *globals) *cobra.Command {
 				}
 				password = strings.TrimRight(string(b), "\r\n")
 			}
-			conn, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := callCtx(cmd.Context())
-			defer cancel()
-			resp, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, &pb.PutSecretRequest{Name: args[0], Pfx: pfx, Password: password})
-			if err != nil {
-				return rpcError("put secret "+args[0], err)
-			}
-			verb := "stored"
-			if !resp.GetChanged() {
-				verb = "unchanged"
-			}
-			ci := resp.GetSecret().GetCertificate()
-			fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, args[0], ci.GetThumbprint(), ci.GetSubject())
-			return nil
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, &pb.PutSecretRequest{Name: args[0], Pfx: pfx, Password: password})
+				if err != nil {
+					return rpcError("put secret "+args[0], err)
+				}
+				verb := "stored"
+				if !resp.GetChanged() {
+					verb = "unchanged"
+				}
+				ci := resp.GetSecret().GetCertificate()
+				fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, args[0], ci.GetThumbprint(), ci.GetSubject())
+				return nil
+			})
 		},
 	}
 	put.Flags().StringVar(&pfxFile, "pfx", "", "PKCS#12 file with the certificate and its private key (required)")
@@ -59,25 +56,20 @@ func newSecret(g *globals) *cobra.Command {
 		Short: "List secrets: thumbprint, subject, SANs, validity (never the key or password)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := g.dial()
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			ctx, cancel := callCtx(cmd.Context())
-			defer cancel()
-			resp, err := pb.NewSecretServiceClient(conn).ListSecrets(ctx, &pb.ListSecretsRequest{})
-			if err != nil {
-				return rpcError("list secrets", err)
-			}
-			tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER")
-			for _, s := range resp.GetSecrets() {
-				ci := s.GetCertificate()
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), ci.GetThumbprint(), ci.GetSubject(), strings.Join(ci.GetDnsNames(), ","),
-					ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"))
-			}
-			return tw.Flush()
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewSecretServiceClient(conn).ListSecrets(ctx, &pb.ListSecretsRequest{})
+				if err != nil {
+					return rpcError("list secrets", err)
+				}
+				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER")
+				for _, s := range resp.GetSecrets() {
+					ci := s.GetCertificate()
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), ci.GetThumbprint(), ci.GetSubject(), strings.Join(ci.GetDnsNames(), ","),
+						ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	c.AddCommand(put, list)
