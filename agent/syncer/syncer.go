@@ -335,9 +335,9 @@ func (a *Agent) engine(ctx context.Context) error {
 			}
 		case waiting:
 			if cur != d {
-				waitingSince = time.Now()
+				waitingSince = a.cfg.Now()
 			}
-			if !nacked && time.Since(waitingSince) > a.cfg.PendingTimeout {
+			if !nacked && a.cfg.Now().Sub(waitingSince) > a.cfg.PendingTimeout {
 				a.nack(d, errs)
 				nacked, lastNack = true, errs
 			}

@@ -110,7 +110,7 @@ func (s *Store) Put(ctx context.Context, name string, pfx []byte, password strin
 	now := s.now()
 	_, err = s.st.Client().Txn(ctx).Then(
 		clientv3.OpPut(s.etcdKey(name), string(val)),
-		clientv3.OpPut(s.st.Key(fmt.Sprintf("audit/secret/%020d", now.UnixNano())), string(s.auditRecord(ctx, now, name, info))),
+		clientv3.OpPut(store.AuditKey(s.st, "secret", now), string(s.auditRecord(ctx, now, name, info))),
 	).Commit()
 	if err != nil {
 		return nil, false, fmt.Errorf("store secret %s: %w", name, err)

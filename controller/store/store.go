@@ -18,6 +18,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -133,44 +134,58 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 	if err != nil {
 		return 0, false, fmt.Errorf("encode topology: %w", err)
 	}
-	cur, err := s.CurrentTopology(ctx)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return 0, false, err
-	}
-	var curRev int64
-	if cur != nil {
-		curRev = int64(cur.Revision)
-	}
-	if expected != nil && uint64(curRev) != *expected {
-		return uint64(curRev), false, fmt.Errorf("expected revision %d, current is %d: %w", *expected, curRev, ErrConflict)
-	}
-	if cur != nil && cur.Hash == rec.Hash {
-		return cur.Revision, false, nil
-	}
-	// Compare on the revision read above so a concurrent apply is never lost.
-	ops := []clientv3.Op{clientv3.OpPut(s.currentKey(), string(val))}
-	if audit != nil {
-		ops = append(ops, clientv3.OpPut(s.Key(fmt.Sprintf("audit/topology/%020d", now.UnixNano())), string(audit)))
-	}
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(s.currentKey()), "=", curRev)).
-		Then(ops...).
-		Commit()
-	if err != nil {
-		return 0, false, fmt.Errorf("store topology: %w", err)
-	}
-	if !resp.Succeeded {
-		if expected != nil {
-			return 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
+	// Without a precondition a lost race is retried on the new current, a
+	// bounded number of times.
+	const attempts = 10
+	for range attempts {
+		cur, err := s.CurrentTopology(ctx)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return 0, false, err
 		}
-		// Lost a race without a precondition: try again on the new current.
-		return s.PutTopology(ctx, name, doc, appliedBy, now, nil, audit)
+		var curRev int64
+		if cur != nil {
+			curRev = int64(cur.Revision)
+		}
+		if expected != nil && uint64(curRev) != *expected {
+			return uint64(curRev), false, fmt.Errorf("expected revision %d, current is %d: %w", *expected, curRev, ErrConflict)
+		}
+		if cur != nil && cur.Hash == rec.Hash {
+			return cur.Revision, false, nil
+		}
+		// Compare on the revision read above so a concurrent apply is never lost.
+		ops := []clientv3.Op{clientv3.OpPut(s.currentKey(), string(val))}
+		if audit != nil {
+			ops = append(ops, clientv3.OpPut(AuditKey(s, "topology", now), string(audit)))
+		}
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.currentKey()), "=", curRev)).
+			Then(ops...).
+			Commit()
+		if err != nil {
+			return 0, false, fmt.Errorf("store topology: %w", err)
+		}
+		if !resp.Succeeded {
+			if expected != nil {
+				return 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
+			}
+			continue
+		}
+		rev = uint64(resp.Header.Revision)
+		if err := s.recordRevision(ctx, rev, val); err != nil {
+			return rev, true, err
+		}
+		return rev, true, nil
 	}
-	rev = uint64(resp.Header.Revision)
-	if err := s.recordRevision(ctx, rev, val); err != nil {
-		return rev, true, err
-	}
-	return rev, true, nil
+	return 0, false, fmt.Errorf("topology changed concurrently %d times in a row: %w", attempts, ErrConflict)
+}
+
+// AuditKey is a fresh key for an audit record of the given kind: time
+// ordered, and unique even when two changes share a timestamp. The
+// record's create revision is the revision of the change it records.
+func AuditKey(s *Store, kind string, now time.Time) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return s.Key(fmt.Sprintf("audit/%s/%020d-%s", kind, now.UnixNano(), hex.EncodeToString(b)))
 }
 
 // recordRevision writes the history entry of a revision. It runs after the
