@@ -797,7 +797,13 @@ func (s *Sim) verifyIssuer(cfg *pb.HostConfig, ps productStore, r *pb.StatusRepo
 	if err != nil {
 		return itemState(item, fmt.Sprintf("host %s: issuer certificate %s in the local store: %v", s.cfg.Host, want, err), false, primary)
 	}
-	findings := certs.Check(cert, true, certs.Requirements{Now: s.cfg.Now()})
+	req := certs.Requirements{Now: s.cfg.Now()}
+	if cfg.GetProduct() == pb.Product_PRODUCT_LYNC && cfg.GetTokenIssuer().GetThumbprint() != "" {
+		// A certificate named by thumbprint never passed the controller's
+		// checks against the SIP domains: the Front End checks it here.
+		req.DefaultSIPDomain, req.AdditionalSIPDomains = cfg.GetDefaultSipDomain(), cfg.GetAdditionalSipDomains()
+	}
+	findings := certs.Check(cert, true, req)
 	var errs, warns []string
 	for _, f := range findings {
 		if f.Severity == certs.SeverityError {

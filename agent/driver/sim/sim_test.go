@@ -481,10 +481,13 @@ func TestIssuerByThumbprint(t *testing.T) {
 	cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Thumbprint{Thumbprint: typed}}
 	noErrors(t, fe01.Apply(context.Background(), cfg, nil))
 	r := verify(t, fe01, cfg)
-	allOK(t, r)
 	if r.GetOauth().GetIssuerThumbprint() != def {
 		t.Errorf("issuer thumbprint = %s, want %s", r.GetOauth().GetIssuerThumbprint(), def)
 	}
+	// A certificate named by thumbprint never met the controller's checks,
+	// so the Front End checks it against the SIP domains: this Default
+	// certificate's CN is the host, not contoso.com (SPEC certificate rules).
+	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "must be the default SIP domain contoso.com")
 }
 
 func TestTamperedStoreFailsVerify(t *testing.T) {
