@@ -130,7 +130,38 @@ func printStatus(w io.Writer, details []hostDetail) {
 		}
 		printPartners(w, h.GetProduct(), r.GetPartners())
 		printOAuth(w, h.GetProduct(), r.GetOauth())
+		printChecks(w, r)
 	}
+}
+
+// printChecks prints the metadata downloads and trust probes the host made
+// from its own vantage point.
+func printChecks(w io.Writer, r *pb.StatusReport) {
+	if len(r.GetMetadata()) == 0 && len(r.GetProbes()) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FROM THIS HOST\tTARGET\tRESULT")
+	for _, m := range r.GetMetadata() {
+		what := "metadata of " + m.GetDeployment()
+		if m.GetPartner() == "" {
+			what = "own metadata (" + m.GetDeployment() + ")"
+		}
+		result := "ok: keys " + strings.Join(m.GetThumbprints(), ", ")
+		if !m.GetOk() {
+			result = "FAILED: " + m.GetError()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", what, m.GetUrl(), result)
+	}
+	for _, p := range r.GetProbes() {
+		result := "token accepted"
+		if !p.GetOk() {
+			result = "FAILED: " + p.GetReason() + ": " + p.GetDetail()
+		}
+		fmt.Fprintf(tw, "trust probe to %s\t%s\t%s\n", p.GetToDeployment(), p.GetTargetHost(), result)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
 }
 
 func stateText(s pb.ItemState) string {
