@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// fleetLayout is the benchmark's topology: agents hosts spread evenly over
+// exchange deployments without a token issuer, so no push carries secrets.
+type fleetLayout struct {
+	hosts       []string
+	deployments [][]string // hosts of each deployment, in order
+}
+
+func newLayout(agents, deployments int) fleetLayout {
+	l := fleetLayout{hosts: make([]string, agents), deployments: make([][]string, deployments)}
+	for i := range agents {
+		d := i * deployments / agents
+		h := fmt.Sprintf("h%05d.ex%04d.bench.example", i, d)
+		l.hosts[i] = h
+		l.deployments[d] = append(l.deployments[d], h)
+	}
+	return l
+}
+
+// document is the topology YAML with the given realm and all deployments:
+// changing the realm changes every host's configuration.
+func (l fleetLayout) document(realm string) []byte { return l.documentOf(realm, len(l.deployments)) }
+
+// documentOf is the topology with the first n deployments only.
+func (l fleetLayout) documentOf(realm string, n int) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "apiVersion: %s\nkind: %s\nname: bench\nsipDomains: {default: bench.example}\nrealm: %s\ndeployments:\n",
+		topology.APIVersion, topology.Kind, realm)
+	for d, hosts := range l.deployments[:n] {
+		fmt.Fprintf(&b, "  - name: ex%04d\n    product: exchange\n    version: \"2019\"\n    autodiscoverFqdn: autodiscover.ex%04d.bench.example\n    hosts:\n", d, d)
+		for _, h := range hosts {
+			fmt.Fprintf(&b, "      - %s\n", h)
+		}
+	}
+	b.WriteString("trusts: []\n")
+	return b.Bytes()
+}
+
+// compiled compiles the document for realm as the controller would, so
+// the floor pushes each host a Desired of the same size.
+func (l fleetLayout) compiled(realm string, version uint64) (map[string]*pb.Desired, error) {
+	t, err := topology.Load("bench.yaml", l.document(realm))
+	if err != nil {
+		return nil, fmt.Errorf("load the benchmark topology: %w", err)
+	}
+	cfgs, err := topology.Compile(t)
+	if err != nil {
+		return nil, fmt.Errorf("compile the benchmark topology: %w", err)
+	}
+	out := make(map[string]*pb.Desired, len(cfgs))
+	for _, cfg := range cfgs {
+		out[cfg.GetHost()] = &pb.Desired{Version: version, Config: cfg, Hash: topology.Hash(cfg)}
+	}
+	return out, nil
+}
