@@ -57,7 +57,7 @@ func newApply(g *globals) *cobra.Command {
 				if err != nil {
 					return rpcError("apply "+file, err)
 				}
-				printPlan(g.out, resp.GetPlan())
+				printPlan(g.out, resp)
 				switch {
 				case dryRun:
 					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())

@@ -12,13 +12,11 @@ import (
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
-func printPlan(w io.Writer, plan []*pb.HostPlan) {
-	changed := 0
-	for _, hp := range plan {
+func printPlan(w io.Writer, resp *pb.ApplyTopologyResponse) {
+	for _, hp := range resp.GetPlan() {
 		if len(hp.GetItems()) == 0 {
 			continue
 		}
-		changed++
 		fmt.Fprintf(w, "%s (%s, %s):\n", hp.GetHost(), hp.GetDeployment(), products.Name(hp.GetProduct()))
 		for _, it := range hp.GetItems() {
 			fmt.Fprintf(w, "  %-7s %s", it.GetAction(), it.GetItem())
@@ -28,7 +26,10 @@ func printPlan(w io.Writer, plan []*pb.HostPlan) {
 			fmt.Fprintln(w)
 		}
 	}
-	fmt.Fprintf(w, "%d of %d hosts change\n", changed, len(plan))
+	if resp.GetPlanTruncated() {
+		fmt.Fprintf(w, "(the plan above lists the first %d hosts that change)\n", len(resp.GetPlan()))
+	}
+	fmt.Fprintf(w, "%d of %d hosts change\n", resp.GetHostsChanged(), resp.GetHostsTotal())
 }
 
 func printHosts(w io.Writer, hosts []*pb.Host) {

@@ -87,18 +87,42 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 		}
 	}
 	plan := topology.Plan(prev, next)
+	resp := boundedPlan(plan)
 	if req.GetDryRun() {
 		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 		}
-		return &pb.ApplyTopologyResponse{Revision: curRev, Plan: plan}, nil
+		resp.Revision = curRev
+		return resp, nil
 	}
 	who := callerName(ctx)
 	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan))
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ApplyTopologyResponse{Revision: rev, Changed: changed, Plan: plan}, nil
+	resp.Revision, resp.Changed = rev, changed
+	return resp, nil
+}
+
+// MaxPlanHosts bounds the hosts listed in an ApplyTopology answer.
+const MaxPlanHosts = 500
+
+// boundedPlan keeps the hosts that change, at most MaxPlanHosts of them,
+// so that the answer fits the message size limit for any fleet.
+func boundedPlan(plan []*pb.HostPlan) *pb.ApplyTopologyResponse {
+	resp := &pb.ApplyTopologyResponse{HostsTotal: uint32(len(plan))}
+	for _, hp := range plan {
+		if len(hp.GetItems()) == 0 {
+			continue
+		}
+		resp.HostsChanged++
+		if len(resp.Plan) < MaxPlanHosts {
+			resp.Plan = append(resp.Plan, hp)
+		} else {
+			resp.PlanTruncated = true
+		}
+	}
+	return resp
 }
 
 // auditRecord says who changed the topology to what; it is stored with the change.
@@ -108,6 +132,11 @@ func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []b
 		for _, it := range hp.GetItems() {
 			changes = append(changes, hp.GetHost()+": "+it.GetAction()+" "+it.GetItem())
 		}
+	}
+	// Bounded like the answer: a record for a huge change lists its first items.
+	const maxChanges = 2000
+	if n := len(changes); n > maxChanges {
+		changes = append(changes[:maxChanges], fmt.Sprintf("… and %d more", n-maxChanges))
 	}
 	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "when": s.hub.cfg.Now().UTC(), "changes": changes}
 	b, _ := json.Marshal(rec)

@@ -101,8 +101,15 @@ type ApplyTopologyResponse struct {
 	Revision uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	// Whether a new revision was stored.
 	Changed bool `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
-	// What changes on each host, against the current revision.
-	Plan          []*HostPlan `protobuf:"bytes,3,rep,name=plan,proto3" json:"plan,omitempty"`
+	// What changes on each host that changes, against the current revision;
+	// at most 500 hosts (see plan_truncated), so the answer stays within the
+	// message size limit for any fleet.
+	Plan []*HostPlan `protobuf:"bytes,3,rep,name=plan,proto3" json:"plan,omitempty"`
+	// How many hosts the topology has, and how many of them change.
+	HostsTotal   uint32 `protobuf:"varint,4,opt,name=hosts_total,json=hostsTotal,proto3" json:"hosts_total,omitempty"`
+	HostsChanged uint32 `protobuf:"varint,5,opt,name=hosts_changed,json=hostsChanged,proto3" json:"hosts_changed,omitempty"`
+	// Whether plan lists only the first hosts that change.
+	PlanTruncated bool `protobuf:"varint,6,opt,name=plan_truncated,json=planTruncated,proto3" json:"plan_truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -156,6 +163,27 @@ func (x *ApplyTopologyResponse) GetPlan() []*HostPlan {
 		return x.Plan
 	}
 	return nil
+}
+
+func (x *ApplyTopologyResponse) GetHostsTotal() uint32 {
+	if x != nil {
+		return x.HostsTotal
+	}
+	return 0
+}
+
+func (x *ApplyTopologyResponse) GetHostsChanged() uint32 {
+	if x != nil {
+		return x.HostsChanged
+	}
+	return 0
+}
+
+func (x *ApplyTopologyResponse) GetPlanTruncated() bool {
+	if x != nil {
+		return x.PlanTruncated
+	}
+	return false
 }
 
 // HostPlan is what a revision changes on one host.
@@ -605,11 +633,15 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x17\n" +
 	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x120\n" +
 	"\x11expected_revision\x18\x04 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
-	"\x12_expected_revision\"x\n" +
+	"\x12_expected_revision\"\xe5\x01\n" +
 	"\x15ApplyTopologyResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12)\n" +
-	"\x04plan\x18\x03 \x03(\v2\x15.s2strust.v1.HostPlanR\x04plan\"\xd1\x01\n" +
+	"\x04plan\x18\x03 \x03(\v2\x15.s2strust.v1.HostPlanR\x04plan\x12\x1f\n" +
+	"\vhosts_total\x18\x04 \x01(\rR\n" +
+	"hostsTotal\x12#\n" +
+	"\rhosts_changed\x18\x05 \x01(\rR\fhostsChanged\x12%\n" +
+	"\x0eplan_truncated\x18\x06 \x01(\bR\rplanTruncated\"\xd1\x01\n" +
 	"\bHostPlan\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
