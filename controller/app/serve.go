@@ -62,6 +62,26 @@ type ServeConfig struct {
 	Ready func(addr string)
 }
 
+// TransportOptions are the controller's gRPC transport settings, shared
+// with the benchmark's bare fan-out so the two differ only in what the
+// controller does per stream.
+func TransportOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		// Small per-stream windows keep an idle agent stream cheap.
+		grpc.InitialWindowSize(64 << 10),
+		grpc.InitialConnWindowSize(64 << 10),
+		// Agents send little and rarely: small transport buffers, and write
+		// buffers shared rather than held per idle connection.
+		grpc.ReadBufferSize(4 << 10),
+		grpc.WriteBufferSize(4 << 10),
+		grpc.SharedWriteBuffer(true),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
+	}
+}
+
 // AddrFile is where serve writes its listening address, for the admin commands.
 func AddrFile(dataDir string) string { return filepath.Join(dataDir, "controller.addr") }
 
@@ -126,14 +146,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(access.StreamInterceptor),
-		grpc.MaxRecvMsgSize(MaxMessageSize),
-		grpc.MaxSendMsgSize(MaxMessageSize),
-		// Small per-stream windows keep an idle agent stream cheap.
-		grpc.InitialWindowSize(64 << 10),
-		grpc.InitialConnWindowSize(64 << 10),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 	}
+	opts = append(opts, TransportOptions()...)
 	if creds != nil {
 		opts = append(opts, creds)
 	}

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
+
+	"github.com/s2strust/s2strust/controller/app"
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -39,13 +39,7 @@ func startFloor(tlsCfg *tls.Config) (*floorServer, error) {
 	s := &floorServer{lis: lis, done: make(chan error, 1), streams: map[string]chan *pb.Desired{}}
 	// The controller's transport options (controller/app), so the floor
 	// differs only in what the controller does per stream.
-	s.gs = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
-		grpc.InitialWindowSize(64<<10),
-		grpc.InitialConnWindowSize(64<<10),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
-	)
+	s.gs = grpc.NewServer(append(app.TransportOptions(), grpc.Creds(credentials.NewTLS(tlsCfg)))...)
 	s.gs.RegisterService(&grpc.ServiceDesc{
 		ServiceName: "s2strust.bench.v1.Floor",
 		HandlerType: (*any)(nil),
