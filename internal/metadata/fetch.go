@@ -155,20 +155,9 @@ func NewFetcher(o FetcherOptions) *Fetcher {
 		}
 		f.resolve[nk] = v
 	}
-	dialer := &net.Dialer{}
 	transport := &http.Transport{
-		Proxy: nil, // metadata is fetched directly, as the products do
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			to, ok := f.lookup(addr)
-			if !ok {
-				return dialer.DialContext(ctx, network, addr)
-			}
-			c, err := dialer.DialContext(ctx, network, to)
-			if err != nil {
-				return nil, fmt.Errorf("%s resolved to %s: %w", addr, to, err)
-			}
-			return c, nil
-		},
+		Proxy:             nil, // metadata is fetched directly, as the products do
+		DialContext:       f.DialContext,
 		TLSClientConfig:   &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2: true,
 		DisableKeepAlives: true,
@@ -186,6 +175,22 @@ func NewFetcher(o FetcherOptions) *Fetcher {
 		},
 	}
 	return f
+}
+
+// DialContext dials addr ("host:port") from this Fetcher's vantage point:
+// where its Resolve overrides send the name, as DNS otherwise. Other
+// clients of the same host (the sim's trust probes) dial through it too.
+func (f *Fetcher) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	to, ok := f.lookup(addr)
+	if !ok {
+		return d.DialContext(ctx, network, addr)
+	}
+	c, err := d.DialContext(ctx, network, to)
+	if err != nil {
+		return nil, fmt.Errorf("%s resolved to %s: %w", addr, to, err)
+	}
+	return c, nil
 }
 
 // lookup finds where Resolve sends addr ("host:port"): the exact entry

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -43,48 +42,13 @@ func newProbeClient(o metadata.FetcherOptions) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                 nil,
-			DialContext:           resolvingDialer(o.Resolve),
+			DialContext:           metadata.NewFetcher(o).DialContext,
 			TLSClientConfig:       &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12},
 			TLSHandshakeTimeout:   probeTimeout,
 			ResponseHeaderTimeout: probeTimeout,
 			DisableKeepAlives:     true,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-}
-
-// resolvingDialer dials as metadata.FetcherOptions.Resolve describes: a
-// key "host:port" matches that address exactly, a key "host" any port
-// (the exact form wins; keys are case-insensitive), and the value is the
-// "ip:port" dialed instead. Other addresses are dialed as they are.
-func resolvingDialer(resolve map[string]string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	m := make(map[string]string, len(resolve))
-	for k, v := range resolve {
-		k = strings.ToLower(strings.TrimSpace(k))
-		if h, p, err := net.SplitHostPort(k); err == nil {
-			k = net.JoinHostPort(h, p)
-		} else {
-			k = strings.Trim(k, "[]")
-		}
-		m[k] = strings.TrimSpace(v)
-	}
-	var d net.Dialer
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		to, ok := "", false
-		if h, p, err := net.SplitHostPort(addr); err == nil {
-			h = strings.ToLower(h)
-			if to, ok = m[net.JoinHostPort(h, p)]; !ok {
-				to, ok = m[h]
-			}
-		}
-		if !ok {
-			return d.DialContext(ctx, network, addr)
-		}
-		c, err := d.DialContext(ctx, network, to)
-		if err != nil {
-			return nil, fmt.Errorf("%s resolved to %s: %w", addr, to, err)
-		}
-		return c, nil
 	}
 }
 

@@ -382,12 +382,12 @@ func TestResolvingDialer(t *testing.T) {
 	}
 	defer ln.Close()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	dial := resolvingDialer(map[string]string{
+	dial := metadata.NewFetcher(metadata.FetcherOptions{Resolve: map[string]string{
 		"Pool01.contoso.com":     ln.Addr().String(),
 		"ex01.contoso.com:8443":  ln.Addr().String(),
 		"ex01.contoso.com":       "127.0.0.1:1",
 		"[::1]:" + port + "-bad": "x",
-	})
+	}}).DialContext
 	for _, tc := range []struct {
 		addr string
 		ok   bool
