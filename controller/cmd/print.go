@@ -298,6 +298,9 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 			}
 		}
 		result := "ok"
+		if e.GetDisabled() {
+			result = "ok (disabled: tokens refused)"
+		}
 		if !e.GetOk() {
 			result = "FAILED"
 		}

@@ -391,3 +391,23 @@ func TestReplacedSecretReachesItsHostsOnly(t *testing.T) {
 		t.Errorf("audit records %v, want 1 topology and 2 secret changes", kinds)
 	}
 }
+
+func TestADisabledEdgeWorksWhenItRefusesTokens(t *testing.T) {
+	doc := bytes.Replace(examples.Contoso, []byte("{from: exchange, to: pool01}"), []byte("{from: exchange, to: pool01, enabled: false}"), 1)
+	f := startFleet(t, doc, agentOpts{})
+	rev := f.apply(doc)
+	f.waitConverged(rev)
+	edges := f.waitEdges("every edge to be as declared", func(_ string, e *pb.TrustEdge) bool { return e.GetOk() })
+	e := edges["exchange→pool01"]
+	if !e.GetDisabled() || e.GetRegistration().GetEnabled() {
+		t.Errorf("exchange→pool01: disabled %v, registration enabled %v; want a disabled edge registered disabled", e.GetDisabled(), e.GetRegistration().GetEnabled())
+	}
+	if len(e.GetProbes()) != 4 {
+		t.Fatalf("exchange→pool01: %d probes, want 4", len(e.GetProbes()))
+	}
+	for _, p := range e.GetProbes() {
+		if p.GetProbe().GetOk() || p.GetProbe().GetReason() != "partner-disabled" {
+			t.Errorf("probe %s → %s: ok %v reason %q, want refused as partner-disabled", p.GetFromHost(), p.GetProbe().GetTargetHost(), p.GetProbe().GetOk(), p.GetProbe().GetReason())
+		}
+	}
+}

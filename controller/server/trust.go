@@ -34,7 +34,7 @@ func (s *FleetService) GetTrustReport(ctx context.Context, _ *pb.GetTrustReportR
 			continue
 		}
 		for _, p := range cfg.GetPartners() {
-			resp.Edges = append(resp.Edges, buildEdge(snap, p.GetDeployment(), cfg.GetDeployment(), p.GetName(), reports, states))
+			resp.Edges = append(resp.Edges, buildEdge(snap, p.GetDeployment(), cfg.GetDeployment(), p.GetName(), !p.GetEnabled(), reports, states))
 		}
 	}
 	slices.SortStableFunc(resp.Edges, func(a, b *pb.TrustEdge) int {
@@ -87,8 +87,11 @@ func (s *FleetService) allReports(ctx context.Context) (map[string]*pb.StatusRep
 }
 
 // buildEdge assembles the row for from→to ("to" accepts tokens issued by "from").
-func buildEdge(snap snapshot, from, to, partnerName string, reports map[string]*pb.StatusReport, states map[string]*pb.Host) *pb.TrustEdge {
-	e := &pb.TrustEdge{From: from, To: to, PartnerName: partnerName}
+//
+// A disabled edge (enabled: false in the topology) works when "to" has the
+// partner registered but disabled, and refuses every probe token.
+func buildEdge(snap snapshot, from, to, partnerName string, disabled bool, reports map[string]*pb.StatusReport, states map[string]*pb.Host) *pb.TrustEdge {
+	e := &pb.TrustEdge{From: from, To: to, PartnerName: partnerName, Disabled: disabled}
 	fromHosts, toHosts := snap.topo.deployments[from], snap.topo.deployments[to]
 	problem := func(format string, args ...any) { e.Problems = append(e.Problems, fmt.Sprintf(format, args...)) }
 
@@ -105,8 +108,10 @@ func buildEdge(snap snapshot, from, to, partnerName string, reports map[string]*
 		e.ToRealm = toRep.GetOauth().GetRealm()
 		if e.Registration == nil {
 			problem("%s has no partner %s", to, partnerName)
-		} else if !e.Registration.GetEnabled() {
+		} else if !e.Registration.GetEnabled() && !disabled {
 			problem("%s's partner %s is disabled", to, partnerName)
+		} else if e.Registration.GetEnabled() && disabled {
+			problem("%s's partner %s is enabled, but the topology disables this edge", to, partnerName)
 		}
 	}
 
@@ -131,7 +136,7 @@ func buildEdge(snap snapshot, from, to, partnerName string, reports map[string]*
 		}
 		if e.Registration != nil {
 			e.KeyInPartnerCache = slices.Contains(e.Registration.GetCachedThumbprints(), e.IssuerThumbprint)
-			if !e.KeyInPartnerCache && e.IssuerThumbprint != "" {
+			if !e.KeyInPartnerCache && e.IssuerThumbprint != "" && !disabled {
 				problem("%s's cached metadata of %s lacks its signing certificate %s: refresh the partner's metadata", to, from, e.IssuerThumbprint)
 			}
 		}
@@ -180,7 +185,12 @@ func buildEdge(snap snapshot, from, to, partnerName string, reports map[string]*
 			}
 			seen[p.GetTargetHost()] = true
 			e.Probes = append(e.Probes, &pb.TrustProbeResult{FromHost: a, Probe: p})
-			if !p.GetOk() {
+			switch {
+			case disabled && p.GetOk():
+				problem("probe %s → %s: token accepted, but the topology disables this edge", a, p.GetTargetHost())
+			case disabled && p.GetReason() == "partner-disabled":
+				// refused as it should be
+			case !p.GetOk():
 				problem("probe %s → %s failed: %s: %s", a, p.GetTargetHost(), p.GetReason(), p.GetDetail())
 			}
 		}

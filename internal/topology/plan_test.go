@@ -76,13 +76,13 @@ func TestPlan(t *testing.T) {
 		{"move a partner's metadata and disable it", func(t *Topology) {
 			t.Trusts[2].MetadataURL = "https://pool01-metadata.contoso.com/metadata/json/1"
 			no := false
-			t.Trusts[3].Enabled = &no
+			t.Trusts[0].Enabled = &no
 		}, []string{
 			"ex01.contoso.com: partner/LyncEnterprise-pool01 update: Set-PartnerApplication -Identity LyncEnterprise-pool01 -AuthMetadataUrl https://pool01-metadata.contoso.com/metadata/json/1 (metadata URL https://pool01.contoso.com/metadata/json/1 -> https://pool01-metadata.contoso.com/metadata/json/1)",
 			"ex02.contoso.com: partner/LyncEnterprise-pool01 update: Set-PartnerApplication -Identity LyncEnterprise-pool01 -AuthMetadataUrl https://pool01-metadata.contoso.com/metadata/json/1 (metadata URL https://pool01.contoso.com/metadata/json/1 -> https://pool01-metadata.contoso.com/metadata/json/1)",
-			"fe01.contoso.com: unchanged",
-			"fe02.contoso.com: unchanged",
-			"sp01.contoso.com: partner/pool01 update: partner pool01 (enabled true -> false)",
+			"fe01.contoso.com: partner/microsoft.exchange update: Set-CsPartnerApplication -Identity microsoft.exchange -Enabled $false (enabled true -> false)",
+			"fe02.contoso.com: partner/microsoft.exchange update: Set-CsPartnerApplication -Identity microsoft.exchange -Enabled $false (enabled true -> false)",
+			"sp01.contoso.com: unchanged",
 		}},
 		{"hosts come and go", func(t *Topology) {
 			t.Deployments[0].Hosts = append(t.Deployments[0].Hosts, "fe03.contoso.com")

@@ -372,6 +372,9 @@ func (v *validator) trusts() {
 		if tr.Enabled == nil {
 			enabled := true
 			tr.Enabled = &enabled
+		} else if !*tr.Enabled && toOK && v.product[to] == pb.Product_PRODUCT_SHAREPOINT {
+			// New-SPTrustedSecurityTokenIssuer has no Enabled setting.
+			v.add(f("enabled"), "false", "a sharepoint deployment cannot disable a trusted security token issuer; remove the trust edge instead")
 		}
 		if tr.MetadataURL != "" {
 			v.httpsURL(f("metadataUrl"), tr.MetadataURL, "metadata URL", false)

@@ -249,6 +249,8 @@ func TestValidate(t *testing.T) {
 		{"trust level into exchange", func(t *Topology) { t.Trusts[2].TrustLevel = "user" },
 			[]string{`trusts[2].trustLevel: "User": only a lync deployment has trust levels (its ApplicationTrustLevel); "exchange" is an exchange deployment, so use Full or leave trustLevel out`}},
 		{"disabled trust", func(t *Topology) { t.Trusts[0].Enabled = &no }, nil},
+		{"disabled trust into sharepoint", func(t *Topology) { t.Trusts[3].Enabled = &no },
+			[]string{`trusts[3].enabled: "false": a sharepoint deployment cannot disable a trusted security token issuer; remove the trust edge instead`}},
 		{"two exchanges into one pool", func(t *Topology) {
 			t.Deployments = append(t.Deployments, Deployment{Name: "exchange2", Product: "exchange", Version: "2016", AutodiscoverFQDN: "autodiscover.fabrikam.com", Hosts: []string{"ex01.fabrikam.com"}})
 			t.Trusts = append(t.Trusts, Trust{From: "exchange2", To: "pool01"})

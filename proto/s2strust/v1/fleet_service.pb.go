@@ -181,7 +181,10 @@ type TrustEdge struct {
 	// Whether every check and probe passed.
 	Ok bool `protobuf:"varint,14,opt,name=ok,proto3" json:"ok,omitempty"`
 	// The problems found, empty when ok.
-	Problems      []string `protobuf:"bytes,15,rep,name=problems,proto3" json:"problems,omitempty"`
+	Problems []string `protobuf:"bytes,15,rep,name=problems,proto3" json:"problems,omitempty"`
+	// Whether the topology declares the edge disabled (enabled: false): then
+	// "to" must refuse tokens from "from", and ok means it does.
+	Disabled      bool `protobuf:"varint,16,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -319,6 +322,13 @@ func (x *TrustEdge) GetProblems() []string {
 		return x.Problems
 	}
 	return nil
+}
+
+func (x *TrustEdge) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
 }
 
 // TrustProbeResult is one probe with the host that made it.
@@ -810,7 +820,7 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"\x17\n" +
 	"\x15GetTrustReportRequest\"F\n" +
 	"\x16GetTrustReportResponse\x12,\n" +
-	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\"\xce\x04\n" +
+	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\"\xea\x04\n" +
 	"\tTrustEdge\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12!\n" +
@@ -828,7 +838,8 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x11max_clock_skew_ms\x18\f \x01(\x03R\x0emaxClockSkewMs\x125\n" +
 	"\x06probes\x18\r \x03(\v2\x1d.s2strust.v1.TrustProbeResultR\x06probes\x12\x0e\n" +
 	"\x02ok\x18\x0e \x01(\bR\x02ok\x12\x1a\n" +
-	"\bproblems\x18\x0f \x03(\tR\bproblems\"^\n" +
+	"\bproblems\x18\x0f \x03(\tR\bproblems\x12\x1a\n" +
+	"\bdisabled\x18\x10 \x01(\bR\bdisabled\"^\n" +
 	"\x10TrustProbeResult\x12\x1b\n" +
 	"\tfrom_host\x18\x01 \x01(\tR\bfromHost\x12-\n" +
 	"\x05probe\x18\x02 \x01(\v2\x17.s2strust.v1.TrustProbeR\x05probe\"2\n" +
