@@ -30,7 +30,9 @@ func TestSealOpenRoundTrip(t *testing.T) {
 		if len(sealed) != len(plain)+Overhead {
 			t.Errorf("sealed %d bytes into %d, want %d", len(plain), len(sealed), len(plain)+Overhead)
 		}
-		if len(plain) > 0 && bytes.Contains(sealed, plain) {
+		// A short plaintext turns up in random bytes by chance (one byte in
+		// about one run out of nine), so only a long one is looked for.
+		if len(plain) >= 16 && bytes.Contains(sealed, plain) {
 			t.Error("sealed value contains the plaintext")
 		}
 		got, err := Open(key, sealed, ad)
