@@ -562,3 +562,79 @@ func TestControllersShareAnExternalEtcd(t *testing.T) {
 		t.Errorf("replica b lists %d secrets, want 1", len(secrets.GetSecrets()))
 	}
 }
+
+// TestEtcdOutage stops the etcd cluster under a running controller and a
+// connected agent, and starts it again: meanwhile the API answers
+// Unavailable and changes nothing, the agent keeps its last good state,
+// and afterwards everything converges without restarting the controller.
+func TestEtcdOutage(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	etcdDir := filepath.Join(dir, "external-etcd")
+	etcd, err := etcdembed.Start(ctx, etcdDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { etcd.Close() }()
+	c := startControllerWith(t, filepath.Join(dir, "controller"), "127.0.0.1:0", func(cfg *app.ServeConfig) {
+		cfg.EtcdEndpoints = []string{etcd.Endpoint()}
+		cfg.PresenceTTL = 2 * time.Second
+	})
+	conn := c.admin()
+	if _, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
+		t.Fatal(err)
+	}
+	single := []byte(`apiVersion: s2strust/v1
+kind: TrustTopology
+name: outage
+sipDomains: {default: contoso.com}
+deployments:
+  - {name: exchange, product: exchange, version: "2019", autodiscoverFqdn: autodiscover.contoso.com, hosts: [ex01.contoso.com]}
+trusts: []
+`)
+	a := startAgent(t, c, "ex01.contoso.com", "exchange:2019", filepath.Join(dir, "agent"), filepath.Join(dir, "sim"), agentOpts{})
+	api := pb.NewTopologyServiceClient(conn)
+	resp, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: single})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleetAPI := pb.NewFleetServiceClient(conn)
+	waitFor(t, waitTimeout, "the host to ack", func() (bool, string) { return converged(ctx, fleetAPI, resp.GetRevision()) })
+
+	etcd.Close()
+	changed := bytes.Replace(single, []byte("name: outage"), []byte("name: outage2"), 1)
+	waitFor(t, waitTimeout, "the API to answer Unavailable", func() (bool, string) {
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		_, err := api.ApplyTopology(cctx, &pb.ApplyTopologyRequest{Document: changed})
+		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "nothing was changed"), fmt.Sprintf("%v", err)
+	})
+	if v, _ := a.a.Applied(); v != resp.GetRevision() {
+		t.Errorf("during the outage the agent's applied version is %d, want its last good %d", v, resp.GetRevision())
+	}
+
+	etcd, err = etcdembed.Start(ctx, etcdDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rev2 uint64
+	waitFor(t, waitTimeout, "the API to work again", func() (bool, string) {
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		r, err := api.ApplyTopology(cctx, &pb.ApplyTopologyRequest{Document: changed})
+		if err != nil {
+			return false, err.Error()
+		}
+		rev2 = r.GetRevision()
+		return true, ""
+	})
+	if rev2 <= resp.GetRevision() {
+		t.Fatalf("revision after the outage %d, before %d", rev2, resp.GetRevision())
+	}
+	waitFor(t, waitTimeout, "the host to ack the change made after the outage", func() (bool, string) { return converged(ctx, fleetAPI, rev2) })
+	select {
+	case err := <-c.done:
+		t.Fatalf("the controller stopped during the outage: %v", err)
+	default:
+	}
+}

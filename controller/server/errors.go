@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -78,6 +79,9 @@ type Access struct {
 	// Insecure allows every call without identity (--insecure only).
 	Insecure bool
 	Logger   *slog.Logger
+	// CallTimeout bounds each unary call (default 5s), so that a store
+	// without quorum gives a clear Unavailable instead of a hang.
+	CallTimeout time.Duration
 }
 
 // open services any authenticated client may call.
@@ -112,6 +116,12 @@ func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 		a.log().Warn("call refused", "method", info.FullMethod, "error", err)
 		return nil, err
 	}
+	timeout := a.CallTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	resp, err := handler(ctx, req)
 	if err != nil {
 		err = toStatus(err)
