@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/internal/statusreport"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -537,7 +538,7 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	rep.AppliedVersion, rep.AppliedHash = a.Applied()
 	rep.Drift = drift
 	a.mu.Lock()
-	same := a.last != nil && sameReport(a.last, rep)
+	same := a.last != nil && statusreport.Same(a.last, rep)
 	rep.Clock = timestamppb.New(a.cfg.Now())
 	if !same {
 		a.last = rep
@@ -546,13 +547,6 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	if !same {
 		a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
 	}
-}
-
-func sameReport(a, b *pb.StatusReport) bool {
-	a2 := proto.Clone(a).(*pb.StatusReport)
-	b2 := proto.Clone(b).(*pb.StatusReport)
-	a2.Clock, b2.Clock = nil, nil
-	return proto.Equal(a2, b2)
 }
 
 func (a *Agent) commit(d *pb.Desired) error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/statusreport"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -353,12 +354,12 @@ func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport
 	c.mu.Lock()
 	prev := c.report
 	c.mu.Unlock()
-	if prev != nil && sameReport(prev, r) {
+	if prev != nil && statusreport.Same(prev, r) {
 		return nil
 	}
 	if prev == nil {
 		stored := &pb.StatusReport{}
-		if found, err := s.hub.cfg.Store.GetProto(ctx, store.HostReportKey(c.host), stored); err == nil && found && sameReport(stored, r) {
+		if found, err := s.hub.cfg.Store.GetProto(ctx, store.HostReportKey(c.host), stored); err == nil && found && statusreport.Same(stored, r) {
 			c.mu.Lock()
 			c.report = stored
 			c.mu.Unlock()
@@ -372,14 +373,6 @@ func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport
 	c.report = r
 	c.mu.Unlock()
 	return nil
-}
-
-// sameReport compares reports ignoring the agent's clock.
-func sameReport(a, b *pb.StatusReport) bool {
-	a2 := proto.Clone(a).(*pb.StatusReport)
-	b2 := proto.Clone(b).(*pb.StatusReport)
-	a2.Clock, b2.Clock = nil, nil
-	return proto.Equal(a2, b2)
 }
 
 // persistState applies change to the host's stored state and writes it
