@@ -183,15 +183,19 @@ func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
 	bounded(len(targets), func(i int) {
 		t := targets[i]
 		t.res.IssuerThumbprint = sc.thumbprint
-		s.probe(ctx, signer, t.serviceName, now, t.res)
+		// TrustTarget carries no realm yet: the receiver's realm is taken
+		// to be the signer's (one topology realm), until the controller
+		// sends each receiver's own.
+		s.probe(ctx, signer, s2stoken.MintOptions{ReceiverServiceName: t.serviceName, ReceiverHost: t.res.GetTargetHost(),
+			ReceiverRealm: realm, Now: now, Lifetime: probeTokenLifetime, TrustedForDelegation: true}, t.res)
 	})
 	return out
 }
 
 // probe presents one actor token to res.TargetHost and records the answer.
 // The token itself never appears in a result.
-func (s *Sim) probe(ctx context.Context, signer s2stoken.Signer, receiverServiceName string, now time.Time, res *pb.TrustProbe) {
-	token, err := signer.MintActor(receiverServiceName, res.GetTargetHost(), now, probeTokenLifetime, true)
+func (s *Sim) probe(ctx context.Context, signer s2stoken.Signer, opts s2stoken.MintOptions, res *pb.TrustProbe) {
+	token, err := signer.MintActor(opts)
 	if err != nil {
 		res.Reason, res.Detail = ReasonMintFailed, err.Error()
 		return
