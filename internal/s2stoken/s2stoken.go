@@ -8,7 +8,9 @@
 //     whose example section (the actor token an STS issues, with its header
 //     and claims) is
 //     https://learn.microsoft.com/en-us/openspecs/exchange_server_protocols/ms-xoauth/2e6ce5df-03b0-4486-b60c-f018ccc10bc8
-//     and is a test vector in this package (testdata/ms-xoauth-actor.json);
+//     and is a test vector in this package (testdata/ms-xoauth-actor.json),
+//     and whose section 3.2.5.6 (Server-to-Server Validation Criteria) is
+//     what Receiver checks;
 //   - [MS-SPS2SAUTH] "OAuth 2.0 Authentication Protocol: SharePoint
 //     Profile", section 3.1.5 (Message Processing Events and Sequencing
 //     Rules),
@@ -17,10 +19,12 @@
 //     realm in aud, and "the claim values are all string data types" and
 //     "MUST be lowercase strings";
 //   - Microsoft's SharePoint high-trust TokenHelper (the Visual Studio
-//     template every provider-hosted add-in carries), which mints them as
-//     iss/nameid = <id>@<source realm>, aud = <id>/<host>@<target realm>,
-//     trustedfordelegation "true" (omitted for app-only tokens) and an outer
-//     token whose iss "should match actor token nameid".
+//     template every provider-hosted add-in carries; IssueToken in e.g.
+//     https://github.com/pnp/PnP-Sites-Core/blob/master/Core/OfficeDevPnP.Core/Utilities/TokenHelper.cs),
+//     which mints them as iss/nameid = <id>@<source realm>, aud =
+//     <id>/<host>@<target realm>, trustedfordelegation "true" (omitted for
+//     app-only tokens) and an outer token whose iss "should match actor
+//     token nameid".
 //
 // An actor token is a compact JWS signed RS256 with the issuer's
 // token-issuer certificate, which the header names by x5t. A receiver
@@ -350,18 +354,14 @@ type Receiver struct {
 	// contain the specified realm").
 	Realm string
 	// AcceptedDomains are Exchange's accepted domains: an aud realm equal
-	// to one of them (in any case, as domain names compare) is accepted
-	// whatever Realm is. When Realm is empty or AnyRealm and no accepted
-	// domains are given, any aud realm is accepted: the receiver serves
-	// every realm and nothing narrower is known.
+	// to one of them is accepted whatever Realm is. When Realm is empty or
+	// AnyRealm and no accepted domains are given, any aud realm is
+	// accepted: the receiver serves every realm and nothing narrower is
+	// known. Realms compare case-sensitively, accepted domains included
+	// ([MS-XOAUTH] 3.2.5.6, URL at Validate).
 	AcceptedDomains []string
-	// HostlessAudience accepts an aud of <client id>@<realm> without a
-	// host, as Exchange's metadata document advertises it (allowedAudiences
-	// ["00000002-…@*"]). Otherwise aud must name the host: [MS-SPS2SAUTH]
-	// 3.1.5 requires <client id>/<hostname>@<realm> for SharePoint.
-	HostlessAudience bool
-	Partners         []Partner
-	Skew             time.Duration
+	Partners        []Partner
+	Skew            time.Duration
 }
 
 // Reason says which acceptance rule a token broke.
@@ -383,10 +383,9 @@ const (
 	// ReasonBadSignature: the signature does not verify with that certificate.
 	ReasonBadSignature Reason = "bad-signature"
 	// ReasonWrongAudience: aud's client id is not the receiver's
-	// ServiceName, or an outer token's aud is not its actor token's.
+	// ServiceName.
 	ReasonWrongAudience Reason = "wrong-audience"
-	// ReasonWrongHost: aud's hostname is not the receiver's, or aud names
-	// no host and the receiver does not accept that.
+	// ReasonWrongHost: aud's hostname is not the receiver's.
 	ReasonWrongHost Reason = "wrong-host"
 	// ReasonRealmMismatch: aud's realm is not one the receiver serves, or
 	// iss's realm is not the one the partner is registered with.
@@ -440,11 +439,13 @@ type tokenClaims struct {
 
 // parsed is a token's claims split into the parts the rules compare.
 type parsed struct {
-	claims                       Claims
-	issClient, issRealm          string
-	audClient, audHost, audRealm string
-	audHasHost                   bool
+	claims              Claims
+	issClient, issRealm string
+	aud                 audience
 }
+
+// audience is aud split into its three parts.
+type audience struct{ client, host, realm string }
 
 // Validate accepts token at time now, or returns a *ValidationError whose
 // Reason names the first rule it breaks, checked in this order: the token
@@ -452,9 +453,12 @@ type parsed struct {
 // identifier; such a partner is enabled; the x5t (or kid) header names one
 // of the enabled partners' certificates; the signature verifies with it;
 // aud's client id is ServiceName (case-sensitive); aud's host is Hostname
-// (any case); aud's realm is one the receiver serves (see Receiver.Realm
-// and AcceptedDomains); iss's realm is the one the key's partner is
-// registered with (see Partner.Realm); and nbf-skew <= now <= exp+skew.
+// (any case); aud's realm is one the receiver serves (case-sensitive; see
+// Receiver.Realm and AcceptedDomains); iss's realm is the one the key's
+// partner is registered with (see Partner.Realm); and nbf-skew <= now <=
+// exp+skew. The signature, iss and aud rules are [MS-XOAUTH] 3.2.5.6
+// "Server-to-Server Validation Criteria",
+// https://learn.microsoft.com/en-us/openspecs/exchange_server_protocols/ms-xoauth/5c7bea18-6b70-4f02-826f-e4c6d6f3c86b.
 func (r Receiver) Validate(token string, now time.Time) (*Claims, error) {
 	c, _, err := r.validate(token, now)
 	return c, err
@@ -514,18 +518,8 @@ func (r Receiver) validate(token string, now time.Time) (*Claims, *parsed, error
 		return nil, nil, reject(ReasonBadSignature, "signature does not verify with the certificate %q (x5t %q): %v", cert.Subject.String(), rawThumb, err)
 	}
 
-	if p.audClient != r.ServiceName {
-		return nil, nil, reject(ReasonWrongAudience, "aud client id is %q, want %q", p.audClient, r.ServiceName)
-	}
-	if !p.audHasHost {
-		if !r.HostlessAudience {
-			return nil, nil, reject(ReasonWrongHost, "aud %q names no host, want %q", p.claims.Audience, r.Hostname)
-		}
-	} else if !strings.EqualFold(p.audHost, r.Hostname) {
-		return nil, nil, reject(ReasonWrongHost, "aud host is %q, want %q", p.audHost, r.Hostname)
-	}
-	if !r.servesRealm(p.audRealm) {
-		return nil, nil, reject(ReasonRealmMismatch, "aud realm is %q, want %s", p.audRealm, r.realmsWanted())
+	if err := r.checkAudience(p.aud, ""); err != nil {
+		return nil, nil, err
 	}
 	if !anyRealm(owner.Realm) && p.issRealm != owner.Realm {
 		return nil, nil, reject(ReasonRealmMismatch, "iss realm is %q, partner %q is registered with realm %q", p.issRealm, p.issClient, owner.Realm)
@@ -538,13 +532,29 @@ func (r Receiver) validate(token string, now time.Time) (*Claims, *parsed, error
 	return &c, p, nil
 }
 
+// checkAudience applies [MS-XOAUTH] 3.2.5.6's rules for aud: its client
+// id is the receiver's (case-sensitive), its host the receiver (any case),
+// its realm one the receiver serves (case-sensitive). what prefixes the
+// detail ("outer token: ").
+func (r Receiver) checkAudience(a audience, what string) error {
+	switch {
+	case a.client != r.ServiceName:
+		return reject(ReasonWrongAudience, "%saud client id is %q, want %q", what, a.client, r.ServiceName)
+	case !strings.EqualFold(a.host, r.Hostname):
+		return reject(ReasonWrongHost, "%saud host is %q, want %q", what, a.host, r.Hostname)
+	case !r.servesRealm(a.realm):
+		return reject(ReasonRealmMismatch, "%saud realm is %q, want %s", what, a.realm, r.realmsWanted())
+	}
+	return nil
+}
+
 // servesRealm reports whether an aud realm is one r accepts.
 func (r Receiver) servesRealm(realm string) bool {
 	if !anyRealm(r.Realm) && realm == r.Realm {
 		return true
 	}
 	for _, d := range r.AcceptedDomains {
-		if strings.EqualFold(realm, d) {
+		if realm == d {
 			return true
 		}
 	}
@@ -628,7 +638,7 @@ func parseClaims(payload []byte) (*parsed, error) {
 	if tc.NameID == "" {
 		return nil, errors.New("claim nameid is missing")
 	}
-	if p.audClient, p.audHost, p.audRealm, p.audHasHost, err = splitAudience(tc.Audience); err != nil {
+	if p.aud, err = splitAudience(tc.Audience); err != nil {
 		return nil, err
 	}
 	nbf, err := numericDate("nbf", tc.NotBefore)
@@ -669,17 +679,22 @@ func splitIssuer(name, v string) (client, realm string, err error) {
 	return client, realm, nil
 }
 
-// splitAudience splits <client id>/<host>@<realm>, or <client id>@<realm>
-// without a host (Exchange's allowedAudiences form).
-func splitAudience(v string) (client, host, realm string, hasHost bool, err error) {
+// splitAudience splits <client id>/<host>@<realm>: "the aud claim value
+// MUST contain three parts" ([MS-XOAUTH] 3.2.5.6), and [MS-SPS2SAUTH]
+// 3.1.5 gives the same format. Exchange's metadata lists
+// allowedAudiences "00000002-…@*" without a host, but that describes the
+// receiver, not a token's aud, so a hostless aud is malformed.
+func splitAudience(v string) (audience, error) {
+	var a audience
 	left, realm, ok := strings.Cut(v, "@")
 	if ok {
-		client, host, hasHost = strings.Cut(left, "/")
+		a.realm = realm
+		a.client, a.host, ok = strings.Cut(left, "/")
 	}
-	if !ok || client == "" || realm == "" || (hasHost && host == "") || strings.ContainsAny(host, "/") || strings.Contains(realm, "@") {
-		return "", "", "", false, fmt.Errorf("aud %q is not <client id>/<host>@<realm>", v)
+	if !ok || a.client == "" || a.host == "" || a.realm == "" || strings.ContainsAny(a.host, "/") || strings.Contains(a.realm, "@") {
+		return audience{}, fmt.Errorf("aud %q is not <client id>/<host>@<realm>", v)
 	}
-	return client, host, realm, hasHost, nil
+	return a, nil
 }
 
 // numericDate reads a time in Unix seconds: a JSON string of digits, as the
@@ -755,10 +770,11 @@ type outerRead struct {
 // ValidateUser accepts the outer token of a user call at time now, or
 // returns a *ValidationError: the token is an unsigned JWT (alg none, empty
 // signature) with an actortoken claim; the actor token passes Validate; the
-// outer iss is the actor's nameid (ReasonActorMismatch); the outer aud is
-// the actor's aud (ReasonWrongAudience); and the outer nbf and exp, where
-// present, hold now as Validate's do. The user claims themselves are the
-// receiver's to map to an account and are not judged here.
+// outer iss is the actor's nameid, compared case-sensitively
+// (ReasonActorMismatch; [MS-XOAUTH] 3.2.5.6); the outer aud passes the
+// same aud rules as the actor's; and the outer nbf and exp, where present,
+// hold now as Validate's do. The user claims themselves are the receiver's
+// to map to an account and are not judged here.
 func (r Receiver) ValidateUser(token string, now time.Time) (*UserClaims, error) {
 	header, _, err := Parse(token)
 	if err != nil {
@@ -788,8 +804,12 @@ func (r Receiver) ValidateUser(token string, now time.Time) (*UserClaims, error)
 	if o.Issuer != actor.NameID {
 		return nil, reject(ReasonActorMismatch, "outer iss %q is not the actor's nameid %q", o.Issuer, actor.NameID)
 	}
-	if !strings.EqualFold(o.Audience, actor.Audience) {
-		return nil, reject(ReasonWrongAudience, "outer aud %q is not the actor's aud %q", o.Audience, actor.Audience)
+	a, err := splitAudience(o.Audience)
+	if err != nil {
+		return nil, reject(ReasonMalformed, "outer token: %v", err)
+	}
+	if err := r.checkAudience(a, "outer token: "); err != nil {
+		return nil, err
 	}
 	nbf, exp := actor.NotBefore, actor.Expires
 	if len(o.NotBefore) > 0 {
