@@ -213,9 +213,13 @@ func (s Signer) MintActor(o MintOptions) (string, error) {
 	return tok, nil
 }
 
-// User is the user a call is made for, in the claims of the outer token
-// ([MS-SPS2SAUTH] 3.1.5 step 3; TokenHelper writes nameid and nii; Exchange
-// and Lync identify a mailbox user by smtp, sip and upn).
+// User is the user a call is made for, in the claims of the outer token.
+// [MS-SPS2SAUTH] 3.1.5 step 3 puts the user's identity in the outer token;
+// [MS-XOAUTH] 3.2.5.6 expects "a nameid claim with the UPN value of the
+// logged-on user"; TokenHelper writes nameid (a SID, lower case) with nii.
+// smtp, sip and upn are the further user claims Exchange and Lync are
+// known to exchange; the specification pages read for this package did not
+// list them in full, so none of them is required on its own.
 type User struct {
 	// NII is the name identifier issuer: "urn:office:idp:activedirectory"
 	// for an on-premises account (TokenHelper), or
