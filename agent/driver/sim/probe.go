@@ -140,8 +140,8 @@ func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Metad
 // every probe fails with ReasonNoSigningKey. It changes nothing.
 func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
 	type target struct {
-		res         *pb.TrustProbe
-		serviceName string
+		res                *pb.TrustProbe
+		serviceName, realm string
 	}
 	var targets []target
 	for _, t := range cfg.GetTrustedBy() {
@@ -150,7 +150,7 @@ func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
 			svc = serviceName(&pb.HostConfig{Product: t.GetProduct()})
 		}
 		for _, h := range t.GetHosts() {
-			targets = append(targets, target{res: &pb.TrustProbe{ToDeployment: t.GetDeployment(), TargetHost: h}, serviceName: svc})
+			targets = append(targets, target{res: &pb.TrustProbe{ToDeployment: t.GetDeployment(), TargetHost: h}, serviceName: svc, realm: t.GetRealm()})
 		}
 	}
 	out := make([]*pb.TrustProbe, len(targets))
@@ -183,11 +183,15 @@ func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
 	bounded(len(targets), func(i int) {
 		t := targets[i]
 		t.res.IssuerThumbprint = sc.thumbprint
-		// TrustTarget carries no realm yet: the receiver's realm is taken
-		// to be the signer's (one topology realm), until the controller
-		// sends each receiver's own.
+		// aud carries the receiver's realm; where the topology declares
+		// none, the signer's stands in until the prober learns the
+		// receiver's from its metadata.
+		audRealm := t.realm
+		if audRealm == "" {
+			audRealm = realm
+		}
 		s.probe(ctx, signer, s2stoken.MintOptions{ReceiverServiceName: t.serviceName, ReceiverHost: t.res.GetTargetHost(),
-			ReceiverRealm: realm, Now: now, Lifetime: probeTokenLifetime, TrustedForDelegation: true}, t.res)
+			ReceiverRealm: audRealm, Now: now, Lifetime: probeTokenLifetime, TrustedForDelegation: true}, t.res)
 	})
 	return out
 }
