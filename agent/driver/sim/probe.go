@@ -177,21 +177,33 @@ func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
 	// from B's metadata as the products do (B's declared realm when the
 	// topology names one); a receiver that publishes "*" (Exchange)
 	// accepts tokens for any accepted domain, so the issuer's own realm.
+	realm := sc.realm
 	realms := map[string]string{}
 	for _, t := range cfg.GetTrustedBy() {
-		realms[t.GetDeployment()] = s.targetRealm(ctx, t, sc.realm)
+		realms[t.GetDeployment()] = s.targetRealm(ctx, t, "")
 	}
 	now := s.cfg.Now()
 	bounded(len(targets), func(i int) {
 		t := targets[i]
 		t.res.IssuerThumbprint = sc.thumbprint
-		realm := realms[t.res.GetToDeployment()]
-		if realm == "" {
+		audRealm := realms[t.res.GetToDeployment()]
+		issRealm := realm
+		// A deployment without a realm of its own (Exchange) mints for the
+		// receiver's; a receiver that accepts any (Exchange's "*") gets
+		// the issuer's.
+		if issRealm == "" {
+			issRealm = audRealm
+		}
+		if audRealm == "" {
+			audRealm = issRealm
+		}
+		if issRealm == "" {
 			t.res.Reason, t.res.Detail = ReasonMintFailed, fmt.Sprintf("no realm to mint a token for deployment %s: its metadata publishes none and this deployment has none of its own", t.res.GetToDeployment())
 			return
 		}
-		signer := s2stoken.Signer{ServiceName: serviceName(cfg), Realm: realm, Cert: sc.current, Key: sc.key}
-		s.probe(ctx, signer, t.serviceName, now, t.res)
+		signer := s2stoken.Signer{ServiceName: serviceName(cfg), Realm: issRealm, Cert: sc.current, Key: sc.key}
+		s.probe(ctx, signer, s2stoken.MintOptions{ReceiverServiceName: t.serviceName, ReceiverHost: t.res.GetTargetHost(),
+			ReceiverRealm: audRealm, Now: now, Lifetime: probeTokenLifetime, TrustedForDelegation: true}, t.res)
 	})
 	return out
 }
@@ -227,8 +239,8 @@ func (s *Sim) targetRealm(ctx context.Context, t *pb.TrustTarget, own string) st
 
 // probe presents one actor token to res.TargetHost and records the answer.
 // The token itself never appears in a result.
-func (s *Sim) probe(ctx context.Context, signer s2stoken.Signer, receiverServiceName string, now time.Time, res *pb.TrustProbe) {
-	token, err := signer.MintActor(receiverServiceName, res.GetTargetHost(), now, probeTokenLifetime, true)
+func (s *Sim) probe(ctx context.Context, signer s2stoken.Signer, opts s2stoken.MintOptions, res *pb.TrustProbe) {
+	token, err := signer.MintActor(opts)
 	if err != nil {
 		res.Reason, res.Detail = ReasonMintFailed, err.Error()
 		return

@@ -219,7 +219,7 @@ func (s *Sim) serveProbe(w http.ResponseWriter, r *http.Request) {
 	recv := s2stoken.Receiver{ServiceName: h.ServiceName, Hostname: s.cfg.Host, Realm: realmOf(ps, h)}
 	for _, p := range partners {
 		recv.Partners = append(recv.Partners, s2stoken.Partner{
-			ApplicationIdentifier: p.ApplicationIdentifier, Enabled: p.Enabled, Certificates: p.Certificates,
+			ApplicationIdentifier: p.ApplicationIdentifier, Realm: p.Realm, Enabled: p.Enabled, Certificates: p.Certificates,
 		})
 	}
 	if _, err := recv.Validate(strings.TrimSpace(token), s.cfg.Now()); err != nil {
