@@ -27,7 +27,7 @@ type pool struct {
 	srv     *httptest.Server
 	roots   *x509.CertPool
 	doc     *Document
-	spDoc   *Document // SharePoint-shaped
+	spDoc   *Document     // SharePoint-shaped
 	release chan struct{} // closed at test end to unblock /slow
 }
 
@@ -114,7 +114,7 @@ func TestFetch(t *testing.T) {
 		serviceName string // default: Lync's
 		realm       string // default: realm; "-": any
 		wantKind    string // "ok", "sharepoint", "download" or "invalid"
-		wantMsg  string // the whole message, or its start when it ends in "…"
+		wantMsg     string // the whole message, or its start when it ends in "…"
 	}{
 		{name: "metadata endpoint", url: base + "/metadata/json/1", wantKind: "ok"},
 		{name: "host key matched case-insensitively", url: "https://POOL01.contoso.com/metadata/json/1", wantKind: "ok"},

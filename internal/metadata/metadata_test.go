@@ -181,9 +181,9 @@ func TestValidate(t *testing.T) {
 	certs := signingCerts()
 	other := x5t(certs[1].Raw)
 	tests := []struct {
-		name    string
-		edit    func(d *Document)
-		realm   string // default realm
+		name      string
+		edit      func(d *Document)
+		realm     string // default realm
 		wantErr   string // empty: valid
 		wantField string // the InvalidError's Field; empty: not checked
 		want      int    // signing certificates returned
@@ -196,7 +196,10 @@ func TestValidate(t *testing.T) {
 			d.Keys[0].KeyInfo.X5T = base64.StdEncoding.EncodeToString(sum[:])
 		}, want: 2},
 		{name: "non-signing key checked but not returned", edit: func(d *Document) { d.Keys[1].Usage = "encryption" }, want: 1},
-		{name: "wrong serviceName", edit: func(d *Document) { d.ServiceName = products.ExchangeID; d.Issuer = products.ExchangeID + "@contoso.com" },
+		{name: "wrong serviceName", edit: func(d *Document) {
+			d.ServiceName = products.ExchangeID
+			d.Issuer = products.ExchangeID + "@contoso.com"
+		},
 			wantErr: `serviceName is "00000002-0000-0ff1-ce00-000000000000", want "00000004-0000-0ff1-ce00-000000000000"`, wantField: "serviceName"},
 		{name: "serviceName compared exactly", edit: func(d *Document) { d.ServiceName = strings.ToUpper(d.ServiceName) },
 			wantErr: `serviceName is "00000004-0000-0FF1-CE00-000000000000", want "00000004-0000-0ff1-ce00-000000000000"`},
@@ -228,7 +231,7 @@ func TestValidate(t *testing.T) {
 		{name: "issuer without realm", edit: func(d *Document) { d.Realm = ""; d.Issuer = products.LyncID },
 			wantErr: `the document names no realm`, wantField: "realm"},
 		{name: "issuer of another client", edit: func(d *Document) { d.Issuer = products.ExchangeID + "@contoso.com" },
-			wantErr: `issuer "00000002-0000-0ff1-ce00-000000000000@contoso.com" names client id "00000002-0000-0ff1-ce00-000000000000", not the serviceName "00000004-0000-0ff1-ce00-000000000000"`,
+			wantErr:   `issuer "00000002-0000-0ff1-ce00-000000000000@contoso.com" names client id "00000002-0000-0ff1-ce00-000000000000", not the serviceName "00000004-0000-0ff1-ce00-000000000000"`,
 			wantField: "issuer"},
 	}
 	for _, tt := range tests {
