@@ -341,6 +341,13 @@ func (f *Fetcher) get(ctx context.Context, u *url.URL, in *Inspection) ([]byte, 
 	tctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	trace := &httptrace.ClientTrace{
+		// ConnectDone reports the dialer's own connection, before TLS, so a
+		// failed handshake still shows where it went.
+		ConnectDone: func(_, addr string, err error) {
+			if err == nil {
+				in.RemoteAddr = addr
+			}
+		},
 		GotConn: func(info httptrace.GotConnInfo) {
 			in.RemoteAddr = info.Conn.RemoteAddr().String()
 		},
