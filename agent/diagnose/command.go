@@ -30,6 +30,7 @@ const (
 // the report goes to stdout, the products' error and its cause to stderr.
 // It returns the process's exit code: ExitOK, ExitFailed or ExitUsage.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	stdout, stderr = escaper{stdout}, escaper{stderr}
 	var failed error
 	root := &cobra.Command{
 		Use:           "diagnose",

@@ -111,9 +111,10 @@ func productOfURL(rawURL string) pb.Product {
 // Metadata downloads and validates the document at o.URL as a receiver
 // would, through metadata.Fetcher (so with the same destination rules,
 // redirects and limits), accepting any realm, and writes to w what it saw:
-// DNS, TLS, HTTP and the document. It returns nil when the document is
-// valid, a *MetadataError otherwise.
+// DNS, TLS, HTTP and the document, with non-printing characters escaped.
+// It returns nil when the document is valid, a *MetadataError otherwise.
 func Metadata(ctx context.Context, w io.Writer, o MetadataOptions) error {
+	w = escaper{w}
 	now := time.Now
 	if o.Now != nil {
 		now = o.Now

@@ -249,3 +249,38 @@ func TestFetcherAcceptsSharePointShape(t *testing.T) {
 		t.Fatalf("Fetch of the wrong serviceName: %v", err)
 	}
 }
+
+// TestDiagnoseEscapesServerText checks that what a hostile server sends
+// (here in the document's name and the certificate's subject) reaches the
+// terminal escaped.
+func TestDiagnoseEscapesServerText(t *testing.T) {
+	signing, _ := cert(t, "evil\u202egnp.exe\x1b[31m")
+	doc := metadata.BuildFor(pb.Product_PRODUCT_LYNC, "", "contoso.com", "pool01.contoso.com", []*x509.Certificate{signing})
+	doc.Name = "pool\x1b]0;owned\x07\u2066"
+	tlsCert, key := cert(t, "pool01.contoso.com", "pool01.contoso.com")
+	srv := httptest.NewUnstartedServer(metadata.Handler(func() *metadata.Document { return doc }))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{tlsCert.Raw}, PrivateKey: key, Leaf: tlsCert}}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(tlsCert)
+	var out bytes.Buffer
+	err := Metadata(context.Background(), &out, MetadataOptions{URL: "https://pool01.contoso.com/metadata/json/1", Roots: roots,
+		Resolve: map[string]string{"pool01.contoso.com": srv.Listener.Addr().String()}})
+	if err != nil {
+		t.Fatalf("Metadata: %v\n%s", err, &out)
+	}
+	for _, bad := range []string{"\x1b", "\u202e", "\u2066", "\x07"} {
+		if strings.Contains(out.String(), bad) {
+			t.Errorf("output carries %q raw:\n%s", bad, &out)
+		}
+	}
+	for _, want := range []string{`name         pool\u001b]0;owned\u0007\u2066`, `subject CN=evil\u202egnp.exe\u001b[31m`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, &out)
+		}
+	}
+	if got := escape("ok\xff\u00e9\t\n"); got != "ok\\xff\u00e9\t\n" {
+		t.Errorf("escape = %q", got)
+	}
+}
