@@ -22,8 +22,10 @@ import (
 const DefaultTimeout = 10 * time.Second
 
 // DownloadError reports that a document could not be downloaded: the URL is
-// not https, the host cannot be reached or resolved, TLS fails, the server
-// answers with a status other than 200, or the answer does not arrive in time.
+// not https, the host cannot be reached or resolved, the destination is
+// refused (a *DestinationError: see ForbiddenAddress), a redirect is not
+// followed, TLS fails, the server answers with a status other than 200 or
+// with oversize headers, or the answer does not arrive in time.
 // It is the first half of the products' "could not be downloaded ... or ... is
 // not a valid metadata document" error.
 type DownloadError struct {
