@@ -154,7 +154,7 @@ func TestFetch(t *testing.T) {
 			wantMsg: `https://pool01.contoso.com/_layouts/15/metadata/json/1 is not a valid metadata document: serviceName is "00000003-0000-0ff1-ce00-000000000000", want "00000004-0000-0ff1-ce00-000000000000"`},
 		{name: "loopback name refused", url: "https://localhost:" + port + "/metadata/json/1", opts: noResolve, wantKind: "download",
 			wantMsg: "the metadata document could not be downloaded from https://localhost:" + port + "/metadata/json/1: " +
-				"refused to fetch metadata from localhost: it resolves to 127.0.0.1, a loopback address (this host itself)"},
+				"refused to fetch metadata from localhost: it resolves to …"}, // 127.0.0.1 or ::1: see TestFetchErrorsUnwrap
 		{name: "loopback literal refused", url: "https://127.0.0.1:" + port + "/metadata/json/1", opts: noResolve, wantKind: "download",
 			wantMsg: "the metadata document could not be downloaded from https://127.0.0.1:" + port + "/metadata/json/1: " +
 				"refused to fetch metadata from 127.0.0.1: it is a loopback address (this host itself)"},
@@ -257,6 +257,17 @@ func TestFetchErrorsUnwrap(t *testing.T) {
 	_, _, err = f.Fetch(ctx, "https://pool01.contoso.com/metadata/json/1", products.LyncID, realm)
 	if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "no answer within") {
 		t.Errorf("canceled: got %v, want context.Canceled without blaming the timeout", err)
+	}
+
+	// A refused destination is told apart, from Fetch and from DialContext
+	// (which the sim's trust probes dial through), naming name and address.
+	_, _, err = NewFetcher(FetcherOptions{}).Fetch(context.Background(), "https://localhost:1/metadata/json/1", products.LyncID, realm)
+	var de *DestinationError
+	if !errors.As(err, &de) || de.Host != "localhost" || !de.Addr.IsLoopback() || !strings.HasSuffix(err.Error(), ", a loopback address (this host itself)") {
+		t.Errorf("loopback name: errors.As(%v, *DestinationError) = %+v", err, de)
+	}
+	if _, err := NewFetcher(FetcherOptions{}).DialContext(context.Background(), "tcp", "169.254.169.254:80"); !errors.As(err, &de) || de.Addr.String() != "169.254.169.254" {
+		t.Errorf("DialContext to link-local: %v", err)
 	}
 
 	f = NewFetcher(FetcherOptions{RootCAs: x509.NewCertPool(), Resolve: map[string]string{"pool01.contoso.com": p.addr()}})
