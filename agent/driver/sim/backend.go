@@ -18,7 +18,6 @@ import (
 	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/certs"
-	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -383,7 +382,7 @@ func (s *Sim) download(ctx context.Context, desc products.Descriptor, url, servi
 		if doc.ServiceName != "" {
 			v.AppID = doc.ServiceName
 		}
-		if r := documentRealm(doc); r != "" {
+		if r := doc.EffectiveRealm(); r != "" {
 			v.Realm = r
 		}
 	}
@@ -393,15 +392,6 @@ func (s *Sim) download(ctx context.Context, desc products.Descriptor, url, servi
 	return v, nil
 }
 
-// documentRealm is a document's realm: its realm field, else the part of
-// its issuer after '@' (SharePoint publishes no realm field).
-func documentRealm(d *metadata.Document) string {
-	if d.Realm != "" {
-		return d.Realm
-	}
-	_, r, _ := strings.Cut(d.Issuer, "@")
-	return r
-}
 
 // installDeployment is the product's installation of a deployment: the first host of
 // a deployment to apply anything finds the store as setup leaves it (an

@@ -220,7 +220,7 @@ func (s *Sim) targetRealm(ctx context.Context, t *pb.TrustTarget, own string) st
 	}
 	doc, _, err := s.fetchList(ctx, t.GetMetadataUrl(), t.GetServiceName(), "")
 	if err == nil && doc != nil {
-		if r := documentRealm(doc); r != "" && r != "*" {
+		if r := doc.EffectiveRealm(); r != "" && r != "*" {
 			return r
 		}
 		return own

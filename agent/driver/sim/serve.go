@@ -147,7 +147,8 @@ func (s *Sim) serveMetadata(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		doc = metadata.Build(sc.host.ServiceName, sc.published, s.documentName(sc.host, r), sc.all)
+		// Each product serves its own shape (see metadata.BuildFor).
+		doc = metadata.BuildFor(p, sc.host.ServiceName, sc.published, s.documentName(sc.host, r), sc.all)
 	}
 	// metadata.Handler answers other methods with 405.
 	metadata.Handler(func() *metadata.Document { return doc }).ServeHTTP(w, r)
