@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -236,14 +237,14 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 	}
 	c.mu.Unlock()
 	msg := &pb.Desired{Version: d.version, Nonce: s.hub.nextNonce(), Config: d.config, Hash: d.hash}
-	if name := d.config.GetTokenIssuer().GetSecret(); name != "" && s.hub.cfg.Secrets != nil {
+	if names := s.hub.secretsFor(d.config); len(names) > 0 && s.hub.cfg.Secrets != nil {
 		sctx, cancel := storeCtx(ctx)
-		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, []string{name})
+		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, names)
 		cancel()
 		if err != nil {
 			// Without its secret the push would fail on the host and, once
 			// NACKed, never be sent again: end the stream and let the agent retry.
-			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", name, c.host, err)
+			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", strings.Join(names, ", "), c.host, err)
 		}
 		msg.Secrets = secrets
 	}
