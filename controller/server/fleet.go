@@ -23,8 +23,7 @@ func NewFleetService(hub *Hub) *FleetService { return &FleetService{hub: hub} }
 // ListHosts implements the RPC; see the proto for its contract.
 func (s *FleetService) ListHosts(ctx context.Context, req *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
 	snap := s.hub.snapshot()
-	// One range read for states and reports: the drift column needs both.
-	reports, states, err := s.allReports(ctx)
+	states, err := s.hub.cfg.Store.HostStates(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +32,7 @@ func (s *FleetService) ListHosts(ctx context.Context, req *pb.ListHostsRequest) 
 		return resp, nil
 	}
 	for _, host := range snap.topo.order {
-		h := hostView(snap, host, states[host], reports[host])
+		h := hostView(snap, host, states[host])
 		if d := req.GetDeployment(); d != "" && h.GetDeployment() != d {
 			continue
 		}
@@ -62,12 +61,12 @@ func (s *FleetService) GetHost(ctx context.Context, req *pb.GetHostRequest) (*pb
 	if !found {
 		rep = nil
 	}
-	return &pb.GetHostResponse{Host: hostView(snap, host, st, rep), Status: rep}, nil
+	return &pb.GetHostResponse{Host: hostView(snap, host, st), Status: rep}, nil
 }
 
 // hostView merges the compiled topology, the live hub state and what the
-// host last reported (rep may be nil).
-func hostView(snap snapshot, host string, st *pb.Host, rep *pb.StatusReport) *pb.Host {
+// host last reported.
+func hostView(snap snapshot, host string, st *pb.Host) *pb.Host {
 	cfg := snap.topo.hosts[host]
 	h := &pb.Host{
 		Host:           host,
@@ -84,7 +83,7 @@ func hostView(snap snapshot, host string, st *pb.Host, rep *pb.StatusReport) *pb
 		h.AppliedVersion, h.AppliedHash = st.GetAppliedVersion(), st.GetAppliedHash()
 		h.LastResult = st.GetLastResult()
 		h.AgentVersion, h.Driver = st.GetAgentVersion(), st.GetDriver()
+		h.Drift = st.GetDrift()
 	}
-	h.Drift = rep.GetDrift()
 	return h
 }

@@ -340,17 +340,21 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport) error {
 	ctx, cancel := storeCtx(ctx)
 	defer cancel()
-	if r.GetClock() != nil {
+	// The drift goes with the host's state too, so the fleet view lists
+	// it without reading every report; written only when it changes.
+	if err := s.persistState(ctx, c, func(st *pb.Host) {
+		st.Drift = r.GetDrift()
+		if r.GetClock() == nil {
+			return
+		}
 		offset := r.GetClock().AsTime().Sub(s.hub.cfg.Now()).Milliseconds()
 		// Recorded only when it moves by a second or more, so reports do not rewrite host state.
-		if err := s.persistState(ctx, c, func(st *pb.Host) {
-			if d := st.GetClockOffsetMs() - offset; st.GetLastSeen() == nil || d >= 1000 || d <= -1000 {
-				st.ClockOffsetMs = offset
-				st.LastSeen = timestamp(s.hub.cfg.Now())
-			}
-		}); err != nil {
-			return err
+		if d := st.GetClockOffsetMs() - offset; st.GetLastSeen() == nil || d >= 1000 || d <= -1000 {
+			st.ClockOffsetMs = offset
+			st.LastSeen = timestamp(s.hub.cfg.Now())
 		}
+	}); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	prev := c.report

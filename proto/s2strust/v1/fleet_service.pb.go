@@ -785,8 +785,8 @@ type Host struct {
 	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	// The host's clock minus the controller's, from its last status report.
 	ClockOffsetMs int64 `protobuf:"varint,15,opt,name=clock_offset_ms,json=clockOffsetMs,proto3" json:"clock_offset_ms,omitempty"`
-	// The drift in the host's latest status report. Part of the fleet view
-	// only: never stored with the host's state.
+	// The drift in the host's latest status report, kept with its state so
+	// that listing hosts reads no reports.
 	Drift         []*Drift `protobuf:"bytes,16,rep,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
