@@ -290,7 +290,7 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 		if realm == "" {
 			realm = "-"
 		}
-		if !e.GetRealmsMatch() {
+		if reg != nil && !e.GetRealmsMatch() {
 			realm = "MISMATCH " + realm
 		}
 		expires := "-"

@@ -266,20 +266,20 @@ func realmChecks(snap snapshot, e *pb.TrustEdge, reports map[string]*pb.StatusRe
 			}
 		}
 	}
-	realm := metadataRealm(m)
+	realm, source := metadataRealm(m), "metadata document shows"
 	if m != nil {
 		out = append(out, issuerProblems(from, product, m)...)
 	}
 	if realm == "" {
 		// Agents that do not report their metadata's realm yet: the
 		// issuer's configured realm is the best evidence there is.
-		realm = e.GetFromRealm()
+		realm, source = e.GetFromRealm(), "OAuth configuration has"
 	}
 	reg := e.GetRegistration()
 	// Realms are DNS names or GUIDs: case does not matter.
 	if reg != nil && realm != "" && reg.GetRealm() != "" && !strings.EqualFold(reg.GetRealm(), realm) {
-		out = append(out, fmt.Sprintf("%s registers %s with realm %q, but %s's metadata document shows realm %q: remove and recreate the partner, which then reads the realm from the metadata",
-			e.GetTo(), e.GetPartnerName(), reg.GetRealm(), from, realm))
+		out = append(out, fmt.Sprintf("%s registers %s with realm %q, but %s's %s realm %q: remove and recreate the partner, which then reads the realm from the metadata",
+			e.GetTo(), e.GetPartnerName(), reg.GetRealm(), from, source, realm))
 	}
 	return out
 }

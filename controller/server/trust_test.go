@@ -183,7 +183,7 @@ func TestTrustReportRealmChecks(t *testing.T) {
 					}
 				}
 			},
-			want: []string{"sharepoint registers", "with realm \"fabrikam.com\"", "pool01's metadata document shows realm \"contoso.com\""},
+			want: []string{"sharepoint registers", "with realm \"fabrikam.com\"", "pool01's OAuth configuration has realm \"contoso.com\""},
 		},
 	}
 	for _, tc := range tests {
