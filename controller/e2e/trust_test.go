@@ -233,6 +233,24 @@ func TestDriftIsReportedAndProbesFail(t *testing.T) {
 		}
 		return got["partner/microsoft.sharepoint"] && got["partner/microsoft.exchange"], fmt.Sprintf("drift %v", h.GetStatus().GetDrift())
 	})
+	// The fleet view counts the drift, and the trust row shows the level
+	// the pool really has, naming the difference.
+	hosts, err := fleetAPI.ListHosts(context.Background(), &pb.ListHostsRequest{Deployment: "pool01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts.GetHosts() {
+		if h.GetHost() == primary && len(h.GetDrift()) < 2 {
+			t.Errorf("ListHosts shows drift %v on %s, want both partners", h.GetDrift(), primary)
+		}
+	}
+	f.waitEdges("exchange→pool01 to show the lowered trust level", func(k string, e *pb.TrustEdge) bool {
+		if k != "exchange→pool01" {
+			return true
+		}
+		return e.GetRegistration().GetTrustLevel() == pb.TrustLevel_TRUST_LEVEL_APPLICATION && !e.GetOk() &&
+			strings.Contains(strings.Join(e.GetProblems(), "\n"), "ApplicationTrustLevel Application, the topology wants Full")
+	})
 }
 
 func TestAutoCorrectRestoresDriftedPartners(t *testing.T) {
