@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -184,5 +185,26 @@ func StageNextIssuerCertificate(sharedDir, deployment string, cert *x509.Certifi
 		return fmt.Errorf("stage next issuer certificate %s: a %s deployment has no next certificate", t, ds.Product)
 	}
 	_, err = writeStore(sharedDir, ds, old)
+	return err
+}
+
+// Seed registers partners on cfg's deployment behind s2strust's back, as
+// an administrator's PowerShell would, installing the deployment first if
+// it is not: the brownfield estate the conformance suite starts from.
+func (s *Sim) Seed(cfg *pb.HostConfig, partners []reconcile.Partner) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.installDeployment(cfg); err != nil {
+		return err
+	}
+	ds, old, ps, err := openStore(s.cfg.SharedDir, cfg.GetDeployment())
+	if err != nil {
+		return err
+	}
+	for _, p := range partners {
+		ps.upsert(partnerView{Name: p.Name, AppID: p.ApplicationIdentifier, URL: p.MetadataURL, Realm: p.Realm,
+			Trust: p.TrustLevel, Enabled: p.Enabled, Broker: p.TrustBroker, productFields: true})
+	}
+	_, err = writeStore(s.cfg.SharedDir, ds, old)
 	return err
 }
