@@ -208,3 +208,28 @@ func (s *Sim) Seed(cfg *pb.HostConfig, partners []reconcile.Partner) error {
 	_, err = writeStore(s.cfg.SharedDir, ds, old)
 	return err
 }
+
+// RollIssuerCertificate stages b (with its key) as a Lync pool's next
+// OAuthTokenIssuer certificate effective at effective, as
+// `Set-CsCertificate -Identity global -Type OAuthTokenIssuer -Thumbprint
+// <new> -Roll -EffectiveDate <date>` does after the certificate was
+// imported; the primary's next apply after that date makes it current.
+func RollIssuerCertificate(sharedDir, deployment string, b *certs.Bundle, effective time.Time) error {
+	t := certs.Thumbprint(b.Cert)
+	keyPEM, err := encodeKey(b.Key)
+	if err != nil {
+		return fmt.Errorf("roll issuer certificate %s: %w", t, err)
+	}
+	ds, old, _, err := openStore(sharedDir, deployment)
+	if err != nil {
+		return fmt.Errorf("roll issuer certificate %s: %w", t, err)
+	}
+	if ds.Lync == nil {
+		return fmt.Errorf("roll issuer certificate %s: deployment %s is not a Lync pool", t, deployment)
+	}
+	eff := effective.UTC()
+	ds.Lync.NextOAuthTokenIssuer = &IssuerCertificate{Thumbprint: t, Certificate: b.Cert.Raw, PrivateKey: string(keyPEM)}
+	ds.Lync.NextEffectiveDate = &eff
+	_, err = writeStore(sharedDir, ds, old)
+	return err
+}
