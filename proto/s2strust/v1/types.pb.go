@@ -228,9 +228,14 @@ type HostConfig struct {
 	Endpoint string `protobuf:"bytes,17,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// The deployments that trust this one (the "to" ends of trust edges from
 	// it), sorted by deployment: where this host's trust probes go.
-	TrustedBy     []*TrustTarget `protobuf:"bytes,18,rep,name=trusted_by,json=trustedBy,proto3" json:"trusted_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TrustedBy []*TrustTarget `protobuf:"bytes,18,rep,name=trusted_by,json=trustedBy,proto3" json:"trusted_by,omitempty"`
+	// How the token-issuer certificate rules are applied: empty for
+	// "standard" (the default: CN not exactly the default SIP domain, a SAN
+	// lacking an additional SIP domain and near expiry are warnings) or
+	// "strict" (they are errors). From the topology's certificateRules.
+	CertificateRules string `protobuf:"bytes,40,opt,name=certificate_rules,json=certificateRules,proto3" json:"certificate_rules,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *HostConfig) Reset() {
@@ -387,6 +392,13 @@ func (x *HostConfig) GetTrustedBy() []*TrustTarget {
 		return x.TrustedBy
 	}
 	return nil
+}
+
+func (x *HostConfig) GetCertificateRules() string {
+	if x != nil {
+		return x.CertificateRules
+	}
+	return ""
 }
 
 // TrustTarget is a deployment that accepts tokens issued by this one.
@@ -1451,7 +1463,7 @@ var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x05\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x06\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1475,7 +1487,8 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\rtopology_name\x18\x10 \x01(\tR\ftopologyName\x12\x1a\n" +
 	"\bendpoint\x18\x11 \x01(\tR\bendpoint\x127\n" +
 	"\n" +
-	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\"\x96\x01\n" +
+	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\x12+\n" +
+	"\x11certificate_rules\x18( \x01(\tR\x10certificateRules\"\x96\x01\n" +
 	"\vTrustTarget\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
