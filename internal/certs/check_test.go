@@ -120,9 +120,12 @@ func TestCheck(t *testing.T) {
 			},
 		},
 		{
-			name:   "the domain only under a wildcard SAN qualifies",
-			modify: func(tm *Template) { tm.CommonName = "web.example.net"; tm.DNSNames = []string{"*.contoso.com", "fabrikam.com"} },
-			want:   []want{{RuleSubjectCN, SeverityWarning, []string{`"web.example.net"`}}},
+			name: "the domain only under a wildcard SAN qualifies",
+			modify: func(tm *Template) {
+				tm.CommonName = "web.example.net"
+				tm.DNSNames = []string{"*.contoso.com", "fabrikam.com"}
+			},
+			want: []want{{RuleSubjectCN, SeverityWarning, []string{`"web.example.net"`}}},
 		},
 		{
 			name:   "SAN lacks the default domain, the CN has it",
@@ -178,9 +181,14 @@ func TestCheck(t *testing.T) {
 			req: func(r *Requirements) { r.Product = pb.Product_PRODUCT_EXCHANGE },
 		},
 		{
-			name:   "SharePoint: expiry and key size still apply",
-			modify: func(tm *Template) { tm.CommonName = "sp"; tm.DNSNames = nil; tm.KeyBits = 1024; tm.NotAfter = checkNow.AddDate(0, 0, 12) },
-			req:    func(r *Requirements) { r.Product = pb.Product_PRODUCT_SHAREPOINT },
+			name: "SharePoint: expiry and key size still apply",
+			modify: func(tm *Template) {
+				tm.CommonName = "sp"
+				tm.DNSNames = nil
+				tm.KeyBits = 1024
+				tm.NotAfter = checkNow.AddDate(0, 0, 12)
+			},
+			req: func(r *Requirements) { r.Product = pb.Product_PRODUCT_SHAREPOINT },
 			want: []want{
 				{RuleKeySize, SeverityError, []string{"RSA key is 1024 bits"}},
 				{RuleExpiring, SeverityWarning, []string{"in 12 days"}},
