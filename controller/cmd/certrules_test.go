@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,20 @@ func TestApplyCertificateRules(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestSecretPutTooLarge: a PFX over the size limit is refused naming the
+// limit and its size, before anything is sent, and nothing is stored.
+func TestSecretPutTooLarge(t *testing.T) {
+	dir := t.TempDir()
+	startController(t, dir)
+	pw := writeFile(t, "pw", []byte("pw"))
+	for _, size := range []int{certs.MaxPFXSize + 1, 5 << 20} { // the second past gRPC's message limit
+		_, err := mustFail(t, dir, "secret", "put", "big", "--pfx", writeFile(t, "big.pfx", make([]byte, size)), "--password-file", pw)
+		wantContains(t, "error", err.Error(), "the file is "+strconv.Itoa(size)+" bytes, over the 1048576-byte limit of a PFX file")
+	}
+	if out := mustRun(t, dir, "secret", "list"); strings.Contains(out, "big") {
+		t.Errorf("a refused upload is listed:\n%s", out)
 	}
 }

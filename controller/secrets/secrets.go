@@ -79,8 +79,11 @@ func (s *Store) Put(ctx context.Context, name string, pfx []byte, password strin
 	if err := ValidName(name); err != nil {
 		return nil, false, invalid("name", name, err.Error())
 	}
-	b, err := certs.LoadPFX(pfx, password)
+	b, err := certs.LoadPFXContext(ctx, pfx, password)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, false, fmt.Errorf("open secret %s: %w", name, err)
+		}
 		// The error names the cause (wrong password, no private key, corrupt) and never the password.
 		return nil, false, invalid("pfx", fmt.Sprintf("%d bytes", len(pfx)), err.Error())
 	}
@@ -261,8 +264,11 @@ func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) (errs, 
 		if err != nil {
 			return nil, nil, err
 		}
-		b, err := certs.LoadPFX(p.PFX, p.Password)
+		b, err := certs.LoadPFXContext(ctx, p.PFX, p.Password)
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil, nil, fmt.Errorf("check secret %s: %w", name, err)
+			}
 			errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: err.Error()})
 			continue
 		}

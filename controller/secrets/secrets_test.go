@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -192,6 +193,8 @@ func TestPutRefused(t *testing.T) {
 		{name: "empty pfx", secret: "oauth", password: password, wantField: "pfx", wantMsg: "empty"},
 		{name: "bad name", secret: "oauth/2026", pfx: pfx, password: password, wantField: "name", wantMsg: "letters, digits"},
 		{name: "empty name", secret: "", pfx: pfx, password: password, wantField: "name", wantMsg: "1 to 128 characters"},
+		{name: "too large", secret: "oauth", pfx: append(bytes.Clone(pfx), make([]byte, certs.MaxPFXSize)...), password: password, wantField: "pfx",
+			wantMsg: "the file is " + strconv.Itoa(len(pfx)+certs.MaxPFXSize) + " bytes, over the 1048576-byte limit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
