@@ -57,9 +57,10 @@ func TestApplyCertificateRules(t *testing.T) {
 		}
 		return contosoFile(t, edits...)
 	}
-	// The warning points at the tokenIssuer line (14 in contoso.yaml) and
-	// names the secret, the certificate and the missing domain.
-	warning := regexp.MustCompile(`(?m)^warning: contoso\.yaml:14:\d+: deployments\[0\]\.tokenIssuer\.secret: "contoso-only": certificate ` +
+	// The warning points at the tokenIssuer line and names the secret, the
+	// certificate and the missing domain.
+	line := 1 + strings.Count(strings.Split(string(mustRead(t, withSecret(t, "contoso-only", false))), "tokenIssuer: {secret: contoso-only}")[0], "\n")
+	warning := regexp.MustCompile(`(?m)^warning: contoso\.yaml:` + strconv.Itoa(line) + `:\d+: deployments\[0\]\.tokenIssuer\.secret: "contoso-only": certificate ` +
 		narrow.thumbprint + ` \(CN=contoso\.com\): SAN does not list fabrikam\.com, an additional SIP domain \(rule san-additional-domain\)$`)
 
 	// A dry run shows the warning and stores nothing.

@@ -179,8 +179,8 @@ func passwordCandidates(password string) []pfxPassword {
 // is left of MaxPFXIterations after those pfxIterations saw. Its own
 // decryptions count against budget too, and ctx is checked before each. It
 // returns nil when go-pkcs12 may run: every safe is read and its content
-// within the bound, or the password is wrong (the library's MAC check then
-// fails before any derivation that is not counted).
+// within the bound. A safe that does not decrypt is either the wrong
+// password (refused as such) or one it cannot read (refused as corrupt).
 func checkEncryptedSafes(ctx context.Context, data []byte, password string, budget int64) error {
 	safes := encryptedSafes(data)
 	if len(safes) == 0 {
@@ -214,7 +214,10 @@ func checkEncryptedSafes(ctx context.Context, data []byte, password string, budg
 		}
 		if plain == nil {
 			if !passwordOpens(data, password) {
-				return nil // the library refuses the password at its MAC check
+				if password != "" && passwordOpens(data, "") {
+					return fmt.Errorf("decode PFX: %w: the file has no password", ErrWrongPassword)
+				}
+				return fmt.Errorf("decode PFX: %w", ErrWrongPassword)
 			}
 			return fmt.Errorf("decode PFX: %w: its encrypted safe %d cannot be read (%v)", ErrCorrupt, i+1, lastErr)
 		}
@@ -261,7 +264,13 @@ func decryptSafe(alg pkix.AlgorithmIdentifier, ciphertext []byte, pw pfxPassword
 		if n > budget {
 			return nil, 0, &errTooMuchWork{asked: n, left: budget}
 		}
-		keyLen := map[string]int{oidPBEWithSHAAnd3KeyTripleDES.String(): 24, oidPBEWithSHAAnd128BitRC2.String(): 16, oidPBEWithSHAAnd40BitRC2.String(): 5}[alg.Algorithm.String()]
+		keyLen := 24 // 3DES
+		switch {
+		case alg.Algorithm.Equal(oidPBEWithSHAAnd128BitRC2):
+			keyLen = 16
+		case alg.Algorithm.Equal(oidPBEWithSHAAnd40BitRC2):
+			keyLen = 5
+		}
 		key := pkcs12KDF(sha1.New, p.Salt, pw.bmp, p.Iterations, 1, keyLen)
 		iv = pkcs12KDF(sha1.New, p.Salt, pw.bmp, p.Iterations, 2, 8)
 		cost = n
