@@ -139,3 +139,15 @@ func TestSecretPutTooLarge(t *testing.T) {
 		t.Errorf("a refused upload is listed:\n%s", out)
 	}
 }
+
+// TestPrintWarnings: warnings quote certificate subjects and secret names,
+// which came from outside: control and bidi characters reach the terminal
+// escaped.
+func TestPrintWarnings(t *testing.T) {
+	var b strings.Builder
+	printWarnings(&b, []string{"certificate (CN=evil\x1b[2J\u202ecom): SAN does not list fabrikam.com", "second"})
+	want := "warning: certificate (CN=evil\\x1b[2J\\u202ecom): SAN does not list fabrikam.com\nwarning: second\n"
+	if b.String() != want {
+		t.Errorf("printWarnings wrote %q, want %q", b.String(), want)
+	}
+}
