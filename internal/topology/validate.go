@@ -33,6 +33,7 @@ func Validate(t *Topology) error {
 	v.deployments()
 	v.trusts()
 	v.removePartners()
+	v.certificateRules()
 	if len(v.vs) == 0 {
 		return nil
 	}
@@ -583,4 +584,18 @@ func isThumbprint(s string) bool {
 		}
 	}
 	return true
+}
+
+// certificateRules normalizes certificateRules to lower case, defaulting to
+// standard.
+func (v *validator) certificateRules() {
+	t := v.t
+	switch r := strings.ToLower(t.CertificateRules); r {
+	case "":
+		t.CertificateRules = CertificateRulesStandard
+	case CertificateRulesStandard, CertificateRulesStrict:
+		t.CertificateRules = r
+	default:
+		v.add("certificateRules", t.CertificateRules, "unknown certificate rules; accepted: %s (the default), %s", CertificateRulesStandard, CertificateRulesStrict)
+	}
 }

@@ -496,8 +496,12 @@ func TestIssuerByThumbprint(t *testing.T) {
 	}
 	// A certificate named by thumbprint never met the controller's checks,
 	// so the Front End checks it against the SIP domains: this Default
-	// certificate's CN is the host, not contoso.com (SPEC certificate rules).
-	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "must be the default SIP domain contoso.com")
+	// certificate's CN is the host, a name under contoso.com, which
+	// qualifies (Microsoft: the SIP domain in the subject) with a warning
+	// that it is not exactly the default SIP domain; strict rules refuse it.
+	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_OK, "not exactly the default SIP domain contoso.com (rule subject-cn)")
+	cfg.CertificateRules = certs.CertificateRulesStrict
+	wantItem(t, verify(t, fe01, cfg), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "rule subject-cn")
 }
 
 func TestTamperedStoreFailsVerify(t *testing.T) {
