@@ -43,7 +43,7 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			MetadataUrl:           tr.MetadataURL,
 			// A partner's realm is learned from its metadata, as the
 			// products do, unless the topology declares it.
-			Realm: realmOf(c, from),
+			Realm:       realmOf(c, from),
 			TrustLevel:  level,
 			Enabled:     *tr.Enabled,
 			TrustBroker: rp == pb.Product_PRODUCT_SHAREPOINT && pp == pb.Product_PRODUCT_LYNC,
