@@ -48,6 +48,8 @@ type Config struct {
 	// its agent disconnects (default 30s), so an agent restart does not
 	// move the role and re-send configurations to the whole deployment.
 	PrimaryGrace time.Duration
+	// Limits bound what each agent identity may cost the controller.
+	Limits AgentLimits
 }
 
 // compiled is one topology revision compiled for every host.
@@ -95,6 +97,9 @@ type Hub struct {
 	// stopping is set when the controller shuts down: streams that end then
 	// leave their presence keys to expire with the lease.
 	stopping atomic.Bool
+	// limits are cfg.Limits with defaults; agents the per-identity state.
+	limits AgentLimits
+	agents map[string]*agentState
 }
 
 // Stopping tells the hub the controller is shutting down: it ends the
@@ -133,6 +138,8 @@ func NewHub(cfg Config) *Hub {
 		recheckSig:        make(chan struct{}, 1),
 		secretThumbprints: map[string]string{},
 		ready:             make(chan struct{}),
+		limits:            cfg.Limits.withDefaults(),
+		agents:            map[string]*agentState{},
 	}
 }
 
