@@ -81,6 +81,7 @@ func (v *validator) header() {
 	switch {
 	case strings.TrimSpace(t.Name) == "":
 		v.add("name", t.Name, "missing; name the topology, e.g. contoso")
+	case v.addProblem("name", t.Name, textProblem(t.Name)):
 	case !isText(t.Name) || len(t.Name) > 253:
 		v.add("name", t.Name, "a topology name is up to 253 printable characters")
 	}
@@ -113,8 +114,8 @@ func (v *validator) header() {
 
 	if t.Realm == "" {
 		t.Realm = sd.Default
-	} else if !isText(t.Realm) || strings.IndexFunc(t.Realm, unicode.IsSpace) >= 0 {
-		v.add("realm", t.Realm, "a realm has no spaces or control characters; accepted: e.g. contoso.com, or leave it out to use the default SIP domain")
+	} else {
+		v.addProblem("realm", t.Realm, realmProblem(t.Realm, pb.Product_PRODUCT_UNSPECIFIED))
 	}
 }
 
@@ -198,6 +199,9 @@ func (v *validator) deployments() {
 		}
 
 		d.Version = products.NormalizeVersion(d.Version)
+		if v.addProblem(f("version"), d.Version, textProblem(d.Version)) {
+			ok = false
+		}
 		if ok {
 			v.version(f("version"), p, d)
 		}
@@ -221,9 +225,7 @@ func (v *validator) deployments() {
 				continue
 			}
 			seen[strings.ToLower(r)] = k
-			if strings.TrimSpace(r) == "" || !isText(r) {
-				v.add(rf, r, "a partner identity to remove is a printable name, e.g. app")
-			}
+			v.addProblem(rf, r, partnerIdentityProblem(r))
 		}
 	}
 }
@@ -294,6 +296,9 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no spaces or control characters", article(what))
 		return
 	}
+	if v.addProblem(field, raw, textProblem(raw)) {
+		return
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		var ue *url.Error
@@ -320,6 +325,8 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no #fragment", article(what))
 	case root && (u.RawQuery != "" || u.ForceQuery):
 		v.add(field, raw, "%s has no ?query", article(what))
+	default:
+		v.addProblem(field, raw, urlProblem(raw, what))
 	}
 }
 
@@ -331,8 +338,8 @@ func (v *validator) tokenIssuer(field string, ti *TokenIssuer) {
 	case ti.Secret == "" && ti.Thumbprint == "":
 		v.add(field, "", "empty; give secret (a PFX uploaded with `s2s-controller secret put`) or thumbprint (a certificate already on the hosts)")
 	}
-	if ti.Secret != "" && (!isText(ti.Secret) || strings.IndexFunc(ti.Secret, unicode.IsSpace) >= 0) {
-		v.add(field+".secret", ti.Secret, "a secret name has no spaces or control characters, e.g. oauth-2026")
+	if ti.Secret != "" {
+		v.addProblem(field+".secret", ti.Secret, secretNameProblem(ti.Secret))
 	}
 	if ti.Thumbprint != "" && !isThumbprint(ti.Thumbprint) {
 		v.add(field+".thumbprint", ti.Thumbprint, "a thumbprint is 40 hexadecimal digits, the certificate's SHA-1 as Windows shows it, e.g. 3B9A1F…")
