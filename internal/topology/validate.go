@@ -426,7 +426,7 @@ func (v *validator) deployment(field, name string) (int, bool) {
 func (v *validator) deploymentNames() string {
 	var names []string
 	for _, d := range v.t.Deployments {
-		if d.Name != "" {
+		if isLabel(d.Name) { // an invalid name is not offered, nor shown raw
 			names = append(names, d.Name)
 		}
 	}
