@@ -33,9 +33,11 @@ type AgentLimits struct {
 	// 4 KiB): long enough for any error text an agent reports.
 	MaxStringBytes int
 	// ReportsPerSecond and ReportBurst bound the status reports (and late
-	// answers) of one identity that reach etcd (defaults 1/s, bursts of 10).
-	// Reports above the rate are not refused: the newest one waits and is
-	// stored when the budget allows, the ones it replaced never are.
+	// NACKs) of one identity that reach etcd (defaults 5/s, bursts of 20:
+	// an honest agent reports when something changed, at most once per
+	// verification, far below that). Reports above the rate are not
+	// refused: the newest one waits and is stored when the budget allows;
+	// the ones it replaced never are.
 	ReportsPerSecond float64
 	ReportBurst      int
 	// HellosPerSecond and HelloBurst bound the streams one identity may
@@ -55,8 +57,8 @@ const (
 	DefaultReplaceTimeout       = 10 * time.Second
 	DefaultMaxMessageBytes      = 64 << 10
 	DefaultMaxStringBytes       = 4 << 10
-	DefaultReportsPerSecond     = 1
-	DefaultReportBurst          = 10
+	DefaultReportsPerSecond     = 5
+	DefaultReportBurst          = 20
 	DefaultHellosPerSecond      = 1
 	DefaultHelloBurst           = 10
 	DefaultSecretResendInterval = 10 * time.Second

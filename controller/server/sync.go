@@ -482,9 +482,11 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		s.hub.log.Debug("stale answer ignored", "host", c.host, "nonce", nonce, "version", version)
 		return nil
 	}
-	if late && !c.agent.reports.Allow() {
+	if late && !ok && !c.agent.reports.Allow() {
 		// An honest agent answers late only after a retry with backoff;
-		// answers faster than the report budget would each rewrite etcd.
+		// late NACKs faster than the report budget would each rewrite etcd.
+		// Dropping one loses nothing: the host stays NACKed. A late ACK is
+		// never dropped, and comes once: it clears the NACK it answers.
 		c.mu.Unlock()
 		s.hub.log.Debug("late answer over the report budget ignored", "host", c.host, "version", version)
 		return nil
