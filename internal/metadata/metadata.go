@@ -271,7 +271,7 @@ func Validate(d *Document, wantServiceName, wantRealm string) ([]*x509.Certifica
 	if d.ServiceName != wantServiceName {
 		return nil, fmt.Errorf("serviceName is %q, want %q", d.ServiceName, wantServiceName)
 	}
-	if d.Realm != wantRealm && d.Realm != "*" {
+	if wantRealm != "" && d.Realm != wantRealm && d.Realm != "*" {
 		return nil, fmt.Errorf("realm is %q, want %q", d.Realm, wantRealm)
 	}
 	var signing []*x509.Certificate

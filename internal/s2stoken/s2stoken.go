@@ -359,10 +359,12 @@ func (r Receiver) Validate(token string, now time.Time) (*Claims, error) {
 	if !strings.EqualFold(p.audHost, r.Hostname) {
 		return nil, reject(ReasonWrongHost, "aud host is %q, want %q", p.audHost, r.Hostname)
 	}
-	if p.audRealm != r.Realm {
+	// A receiver without a realm of its own (Exchange's blank AuthConfig
+	// realm) accepts tokens for any accepted domain.
+	if r.Realm != "" && p.audRealm != r.Realm {
 		return nil, reject(ReasonRealmMismatch, "aud realm is %q, want %q", p.audRealm, r.Realm)
 	}
-	if p.issRealm != r.Realm {
+	if r.Realm != "" && p.issRealm != r.Realm {
 		return nil, reject(ReasonRealmMismatch, "iss realm is %q, want %q", p.issRealm, r.Realm)
 	}
 

@@ -147,7 +147,7 @@ func (s *Sim) serveMetadata(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		doc = metadata.Build(sc.host.ServiceName, sc.realm, s.documentName(sc.host, r), sc.all)
+		doc = metadata.Build(sc.host.ServiceName, sc.published, s.documentName(sc.host, r), sc.all)
 	}
 	// metadata.Handler answers other methods with 405.
 	metadata.Handler(func() *metadata.Document { return doc }).ServeHTTP(w, r)
