@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/convergence"
+
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -287,7 +289,7 @@ func (h *harness) hostsCurrent(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, x := range hosts {
-		if x.GetConnected() && x.GetAppliedVersion() == h.rev && x.GetDesiredVersion() == h.rev && x.GetAppliedHash() == x.GetDesiredHash() {
+		if x.GetConnected() && convergence.Converged(x, h.rev) {
 			n++
 		}
 	}

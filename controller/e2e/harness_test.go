@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/convergence"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -330,7 +332,8 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-// converged reports whether every host of the fleet acked revision rev.
+// converged reports whether every host of the fleet has converged on
+// revision rev (convergence.Converged).
 func converged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64) (bool, string) {
 	resp, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
 	if err != nil {
@@ -340,9 +343,8 @@ func converged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64) (bo
 		return false, "no hosts"
 	}
 	for _, h := range resp.GetHosts() {
-		if h.GetAppliedVersion() != rev || h.GetDesiredVersion() != rev || h.GetAppliedHash() != h.GetDesiredHash() ||
-			h.GetLastResult().GetKind() != pb.ResultKind_RESULT_KIND_ACK {
-			return false, fmt.Sprintf("%s: desired %d applied %d result %v connected %v", h.GetHost(), h.GetDesiredVersion(), h.GetAppliedVersion(), h.GetLastResult(), h.GetConnected())
+		if why := convergence.Why(h, rev); why != "" {
+			return false, fmt.Sprintf("%s (result %v, connected %v)", why, h.GetLastResult(), h.GetConnected())
 		}
 	}
 	return true, ""

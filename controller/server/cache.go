@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/protobuf/proto"
 
@@ -37,6 +38,16 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64) error {
 		return err
 	}
 	h.mu.Lock()
+	// Hosts held on the revision that was current keep it compiled.
+	if old := h.topo; old != nil && old.revision != c.revision {
+		for _, rev := range h.targets {
+			if rev == old.revision {
+				h.revisions[old.revision] = old
+				break
+			}
+		}
+	}
+	delete(h.revisions, c.revision)
 	h.topo = c
 	h.desired = map[string]*desired{}
 	h.mu.Unlock()
@@ -69,7 +80,7 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 }
 
 // desiredFor returns the host's desired state, nil when the host is not in
-// the current topology.
+// its target revision.
 func (h *Hub) desiredFor(host string) *desired {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -80,10 +91,11 @@ func (h *Hub) desiredLocked(host string) *desired {
 	if d, ok := h.desired[host]; ok {
 		return d
 	}
-	if h.topo == nil {
+	c := h.targetLocked(host)
+	if c == nil {
 		return nil
 	}
-	base, ok := h.topo.hosts[host]
+	base, ok := c.hosts[host]
 	if !ok {
 		return nil
 	}
@@ -93,7 +105,98 @@ func (h *Hub) desiredLocked(host string) *desired {
 		// A secret replaced under the same name changes the desired state.
 		cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
 	}
-	d := &desired{version: h.topo.revision, hash: topology.Hash(cfg), config: cfg}
+	d := &desired{version: c.revision, hash: topology.Hash(cfg), config: cfg}
 	h.desired[host] = d
 	return d
+}
+
+// targetLocked returns the compiled revision host should run: its target
+// when one is set, otherwise the current revision. nil when the target
+// revision is not loaded (SetTargets loads every revision it names).
+// h.mu must be held.
+func (h *Hub) targetLocked(host string) *compiled {
+	if h.topo == nil {
+		return nil
+	}
+	rev, ok := h.targets[host]
+	if !ok || rev == h.topo.revision {
+		return h.topo
+	}
+	return h.revisions[rev]
+}
+
+// SetTargets sets the revision each named host should run; every other
+// host runs the current revision. It is the desired-state cache's one
+// input besides the topology, modelled on go-control-plane's snapshot
+// cache: a rollout names the hosts outside its released waves with the
+// revision they have, so they keep it while the current revision moves
+// on. nil (or an empty map) puts every host on the current revision.
+//
+// Every revision named is loaded from etcd before anything changes; an
+// unknown revision is an error naming it and changes nothing. Hosts whose
+// target moved get their new desired state at once.
+func (h *Hub) SetTargets(ctx context.Context, targets map[string]uint64) error {
+	h.mu.Lock()
+	have := map[uint64]*compiled{}
+	if h.topo != nil {
+		have[h.topo.revision] = h.topo
+	}
+	for rev, c := range h.revisions {
+		have[rev] = c
+	}
+	h.mu.Unlock()
+	for _, rev := range targets {
+		if _, ok := have[rev]; ok {
+			continue
+		}
+		rec, err := h.cfg.Store.TopologyRevision(ctx, rev)
+		if err != nil {
+			return fmt.Errorf("target revision %d: %w", rev, err)
+		}
+		c, err := compileDocument(rec)
+		if err != nil {
+			return fmt.Errorf("compile target revision %d: %w", rev, err)
+		}
+		have[rev] = c
+	}
+	h.mu.Lock()
+	old := h.targets
+	h.targets = make(map[string]uint64, len(targets))
+	h.revisions = map[uint64]*compiled{}
+	for host, rev := range targets {
+		h.targets[host] = rev
+		if h.topo == nil || rev != h.topo.revision {
+			h.revisions[rev] = have[rev]
+		}
+	}
+	var moved []string
+	for host, rev := range h.targets {
+		if old[host] != rev {
+			moved = append(moved, host)
+		}
+	}
+	for host := range old {
+		if _, ok := h.targets[host]; !ok {
+			moved = append(moved, host)
+		}
+	}
+	for _, host := range moved {
+		delete(h.desired, host)
+	}
+	h.mu.Unlock()
+	for _, host := range moved {
+		h.notify(host)
+	}
+	return nil
+}
+
+// Targets returns a copy of the per-host targets SetTargets set.
+func (h *Hub) Targets() map[string]uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]uint64, len(h.targets))
+	for k, v := range h.targets {
+		out[k] = v
+	}
+	return out
 }

@@ -53,6 +53,9 @@ type Config struct {
 	DeliverLyncIssuerToEveryHost bool
 	// Limits bound what each agent identity may cost the controller.
 	Limits AgentLimits
+	// Observer hears what happens on the Sync streams, beside the log
+	// (LogObserver), which always hears it.
+	Observer SyncObserver
 }
 
 // Hub holds the fleet's live state: the current compiled topology, the
@@ -62,9 +65,14 @@ type Hub struct {
 	cfg Config
 	log *slog.Logger
 
-	mu        sync.Mutex
-	topo      *compiled
-	desired   map[string]*desired  // cache, by host; reset when topology or primaries change
+	mu      sync.Mutex
+	topo    *compiled
+	desired map[string]*desired // cache, by host; reset when topology or primaries change
+	// targets is the revision a host should run when it is not the
+	// current one (a rollout holds it back); revisions holds those
+	// revisions compiled. See SetTargets.
+	targets   map[string]uint64
+	revisions map[uint64]*compiled
 	primaries map[string]string    // deployment → host
 	present   map[string]bool      // host → a presence key exists (any replica)
 	conns     map[string]*conn     // host → this replica's stream
@@ -87,6 +95,8 @@ type Hub struct {
 	// limits are cfg.Limits with defaults; agents the per-identity state.
 	limits AgentLimits
 	agents map[string]*agentState
+	// observer hears the Sync streams: the log and cfg.Observer.
+	observer SyncObserver
 }
 
 // Stopping tells the hub the controller is shutting down: it ends the
@@ -113,10 +123,17 @@ func NewHub(cfg Config) *Hub {
 	if cfg.PrimaryGrace == 0 {
 		cfg.PrimaryGrace = 30 * time.Second
 	}
+	var observer SyncObserver = LogObserver{Log: cfg.Logger}
+	if cfg.Observer != nil {
+		observer = Observers{observer, cfg.Observer}
+	}
 	return &Hub{
+		observer:          observer,
 		cfg:               cfg,
 		log:               cfg.Logger,
 		desired:           map[string]*desired{},
+		targets:           map[string]uint64{},
+		revisions:         map[uint64]*compiled{},
 		primaries:         map[string]string{},
 		present:           map[string]bool{},
 		conns:             map[string]*conn{},

@@ -250,7 +250,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	}); err != nil {
 		return err
 	}
-	h.log.Info("agent connected", "host", host, "peer", c.peer, "applied_version", hello.GetAppliedVersion(), "agent_version", hello.GetAgentVersion())
+	h.observer.Connected(host, c.peer, hello.GetAppliedVersion(), hello.GetAgentVersion())
 
 	recvErr := make(chan error, 1)
 	recvStarted = true
@@ -427,7 +427,7 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 	if err := stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_Desired{Desired: msg}}); err != nil {
 		return false, err
 	}
-	s.hub.log.Debug("pushed desired state", "host", c.host, "version", d.version, "hash", d.hash)
+	s.hub.observer.Pushed(c.host, d.version, d.hash)
 	return true, nil
 }
 
@@ -525,9 +525,9 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		st.LastResult = lr
 	})
 	if ok {
-		s.hub.log.Info("host acknowledged", "host", c.host, "version", version)
+		s.hub.observer.Acked(c.host, version, hash)
 	} else {
-		s.hub.log.Warn("host rejected configuration", "host", c.host, "version", version, "errors", len(errs))
+		s.hub.observer.Nacked(c.host, version, hash, len(errs))
 	}
 	c.wake() // a newer revision may have arrived meanwhile
 	return err
