@@ -53,6 +53,10 @@ type Config struct {
 	DeliverLyncIssuerToEveryHost bool
 	// Limits bound what each agent identity may cost the controller.
 	Limits AgentLimits
+	// Leadership, when set, makes only the leader choose primaries and
+	// fences its writes (leader election among replicas); nil: this
+	// replica chooses, as with one replica.
+	Leadership Leadership
 	// Observer hears what happens on the Sync streams, beside the log
 	// (LogObserver), which always hears it.
 	Observer SyncObserver
@@ -247,3 +251,12 @@ func (h *Hub) currentCompiled() *compiled {
 }
 
 func timestamp(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
+
+// Leadership is this replica's standing in the leader election.
+type Leadership interface {
+	// IsLeader reports whether this replica leads now.
+	IsLeader() bool
+	// Fence returns the comparisons that hold only while this replica
+	// leads; every write it makes as leader is conditioned on them.
+	Fence() []clientv3.Cmp
+}

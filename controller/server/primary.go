@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // adoptPrimary takes the primary recorded in etcd (by this or another
@@ -78,8 +81,13 @@ func (h *Hub) reselectFor(ctx context.Context, host string) {
 // reselect keeps a deployment's primary while it is present and otherwise
 // moves it to the first present host in topology order. A sticky primary
 // keeps a controller restart from re-sending configurations. The choice is
-// a compare-and-swap in etcd, so replicas sharing a cluster agree on it.
+// a compare-and-swap in etcd, so replicas sharing a cluster agree on it;
+// with Config.Leadership set only the leader chooses, its write fenced by
+// its leadership, and the others adopt what it records.
 func (h *Hub) reselect(ctx context.Context, dep string) {
+	if l := h.cfg.Leadership; l != nil && !l.IsLeader() {
+		return
+	}
 	h.reselectMu.Lock()
 	defer h.reselectMu.Unlock()
 	h.mu.Lock()
@@ -87,40 +95,20 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 		h.mu.Unlock()
 		return
 	}
-	hosts := h.topo.deployments[dep]
 	cur := h.primaries[dep]
-	now := h.cfg.Now()
-	alive := func(x string) bool {
-		if h.present[x] || h.conns[x] != nil {
-			return true
-		}
-		// The primary keeps its role for a grace period after its stream ends.
-		t, ok := h.gone[x]
-		return ok && x == cur && now.Sub(t) < h.cfg.PrimaryGrace
-	}
-	member := false
-	for _, x := range hosts {
-		if x == cur {
-			member = true
-		}
-	}
-	next := cur
-	if !member || !alive(cur) {
-		for _, x := range hosts {
-			if alive(x) {
-				next = x
-				break
-			}
-		}
-		if !member && next == cur {
-			next = ""
-		}
-	}
+	goneAt, wasGone := h.gone[cur]
+	next := choosePrimary(primaryChoice{
+		hosts:   h.topo.deployments[dep],
+		current: cur,
+		live:    func(x string) bool { return h.present[x] || h.conns[x] != nil },
+		goneAt:  goneAt, wasGone: wasGone,
+		now: h.cfg.Now(), grace: h.cfg.PrimaryGrace,
+	})
 	h.mu.Unlock()
 	if next == cur || next == "" {
 		return
 	}
-	won, stored, err := h.cfg.Store.SwapPrimary(ctx, dep, cur, next)
+	won, stored, err := h.swapPrimary(ctx, dep, cur, next)
 	if err != nil {
 		h.log.Error("record primary", "deployment", dep, "host", next, "error", err)
 		return
@@ -132,4 +120,102 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 		h.log.Info("primary chosen", "deployment", dep, "host", next, "previous", cur)
 	}
 	h.adoptPrimary(dep, next)
+}
+
+// primaryChoice is what choosing a deployment's primary depends on.
+type primaryChoice struct {
+	hosts   []string // the deployment's hosts in topology order
+	current string   // the recorded primary, "" for none
+	// live says whether a host's agent holds a stream on some replica.
+	live func(string) bool
+	// goneAt is when the current primary's stream ended here (wasGone).
+	goneAt  time.Time
+	wasGone bool
+	now     time.Time
+	grace   time.Duration
+}
+
+// choosePrimary keeps the current primary while it is a member and live,
+// or within its grace period after its stream ended; otherwise it picks
+// the first live host in topology order. It returns "" when the current
+// primary left the deployment and no host is live, and the current one
+// when it has nothing better.
+func choosePrimary(c primaryChoice) string {
+	alive := func(x string) bool {
+		if c.live(x) {
+			return true
+		}
+		// The primary keeps its role for a grace period after its stream ends.
+		return x == c.current && c.wasGone && c.now.Sub(c.goneAt) < c.grace
+	}
+	member := false
+	for _, x := range c.hosts {
+		if x == c.current {
+			member = true
+		}
+	}
+	if member && alive(c.current) {
+		return c.current
+	}
+	for _, x := range c.hosts {
+		if alive(x) {
+			return x
+		}
+	}
+	if !member {
+		return ""
+	}
+	return c.current
+}
+
+// swapPrimary records next as dep's primary if the stored one is still
+// prev, fenced by the leadership when there is one: a replica that lost
+// its leadership writes nothing. won is false when the stored primary is
+// not prev (stored is it then) or the fence failed (stored is prev).
+func (h *Hub) swapPrimary(ctx context.Context, dep, prev, next string) (won bool, stored string, err error) {
+	l := h.cfg.Leadership
+	if l == nil {
+		return h.cfg.Store.SwapPrimary(ctx, dep, prev, next)
+	}
+	st := h.cfg.Store
+	k := st.PrimaryPrefix() + dep
+	cmp := clientv3.Compare(clientv3.Value(k), "=", prev)
+	if prev == "" {
+		cmp = clientv3.Compare(clientv3.CreateRevision(k), "=", 0)
+	}
+	resp, err := st.Client().Txn(ctx).If(l.Fence()...).Then(
+		clientv3.OpTxn([]clientv3.Cmp{cmp}, []clientv3.Op{clientv3.OpPut(k, next)}, []clientv3.Op{clientv3.OpGet(k)}),
+	).Commit()
+	if err != nil {
+		return false, "", fmt.Errorf("record primary of %s: %w", dep, err)
+	}
+	if !resp.Succeeded {
+		h.log.Warn("not recording a primary: this replica is no longer the leader", "deployment", dep, "host", next)
+		return false, prev, nil
+	}
+	inner := resp.Responses[0].GetResponseTxn()
+	if inner.GetSucceeded() {
+		return true, next, nil
+	}
+	if kvs := inner.GetResponses()[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
+		stored = string(kvs[0].Value)
+	}
+	return false, stored, nil
+}
+
+// ReselectAll re-evaluates every deployment's primary: a replica that has
+// just become the leader calls it, since it ignored the changes it saw
+// while it was not.
+func (h *Hub) ReselectAll(ctx context.Context) {
+	h.mu.Lock()
+	var deps []string
+	if h.topo != nil {
+		for d := range h.topo.deployments {
+			deps = append(deps, d)
+		}
+	}
+	h.mu.Unlock()
+	for _, d := range deps {
+		h.reselect(ctx, d)
+	}
 }

@@ -116,16 +116,9 @@ func (h *Hub) follow(ctx context.Context) error {
 		return st.Client().Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(startRev+1))
 	}
 	topoWatch, presWatch, primWatch, secWatch := watch(st.TopologyPrefix()), watch(st.PresencePrefix()), watch(st.PrimaryPrefix()), watch(st.SecretsPrefix())
-	check := func(what string, wr clientv3.WatchResponse, ok bool) error {
-		if !ok {
-			return fmt.Errorf("%s watch closed", what)
-		}
-		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watch %s: %w", what, err)
-		}
-		return nil
-	}
 	for {
+		var evs []any
+		var err error
 		select {
 		case <-ctx.Done():
 			return nil
@@ -137,66 +130,113 @@ func (h *Hub) follow(ctx context.Context) error {
 			for dep := range due {
 				h.reselect(ctx, dep)
 			}
+			continue
 		case _, ok := <-ka:
 			if !ok {
 				return errors.New("presence lease lost: etcd unreachable for longer than its TTL")
 			}
+			continue
 		case wr, ok := <-topoWatch:
-			if err := check("topology", wr, ok); err != nil {
-				return err
-			}
-			for _, ev := range wr.Events {
-				if ev.Type != clientv3.EventTypePut || !st.IsCurrentTopologyKey(ev.Kv.Key) {
-					continue
-				}
-				if err := h.setTopology(ctx, ev.Kv.Value, ev.Kv.ModRevision); err != nil {
-					h.log.Error("compile stored topology", "revision", ev.Kv.ModRevision, "error", err)
-				}
-			}
+			evs, err = h.decode("topology", wr, ok)
 		case wr, ok := <-presWatch:
-			if err := check("presence", wr, ok); err != nil {
-				return err
+			evs, err = h.decode("presence", wr, ok)
+		case wr, ok := <-primWatch:
+			evs, err = h.decode("primary", wr, ok)
+		case wr, ok := <-secWatch:
+			evs, err = h.decode("secrets", wr, ok)
+		}
+		if err != nil {
+			return err
+		}
+		h.handle(ctx, evs)
+	}
+}
+
+// The typed events the watches turn into, one kind per key prefix.
+type (
+	// topologyEvent: a revision became current.
+	topologyEvent struct {
+		value []byte
+		rev   int64
+	}
+	// presenceEvent: some replica holds (or no longer holds) host's stream.
+	presenceEvent struct {
+		host    string
+		present bool
+	}
+	// primaryEvent: the deployment's primary recorded in etcd; host is ""
+	// when the record was deleted.
+	primaryEvent struct{ deployment, host string }
+	// secretEvent: a stored secret changed; thumbprint is "" when deleted.
+	secretEvent struct{ name, thumbprint string }
+)
+
+// decode turns one watch response on the named prefix into typed events.
+func (h *Hub) decode(what string, wr clientv3.WatchResponse, ok bool) ([]any, error) {
+	if !ok {
+		return nil, fmt.Errorf("%s watch closed", what)
+	}
+	if err := wr.Err(); err != nil {
+		return nil, fmt.Errorf("watch %s: %w", what, err)
+	}
+	st := h.cfg.Store
+	var out []any
+	for _, ev := range wr.Events {
+		put := ev.Type == clientv3.EventTypePut
+		switch what {
+		case "topology":
+			if put && st.IsCurrentTopologyKey(ev.Kv.Key) {
+				out = append(out, topologyEvent{value: ev.Kv.Value, rev: ev.Kv.ModRevision})
 			}
-			var gone []string
+		case "presence":
+			out = append(out, presenceEvent{host: st.HostFromPresenceKey(ev.Kv.Key), present: put})
+		case "primary":
+			e := primaryEvent{deployment: strings.TrimPrefix(string(ev.Kv.Key), st.PrimaryPrefix())}
+			if put {
+				e.host = string(ev.Kv.Value)
+			}
+			out = append(out, e)
+		case "secrets":
+			e := secretEvent{name: strings.TrimPrefix(string(ev.Kv.Key), st.SecretsPrefix())}
+			if put {
+				e.thumbprint = secretThumbprint(ev.Kv.Value)
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// handle applies typed events in order. Presence is recorded for the whole
+// batch before any primary is re-chosen, so one choice sees every change.
+func (h *Hub) handle(ctx context.Context, evs []any) {
+	var gone []string
+	for _, e := range evs {
+		if p, ok := e.(presenceEvent); ok {
 			h.mu.Lock()
-			for _, ev := range wr.Events {
-				host := st.HostFromPresenceKey(ev.Kv.Key)
-				if ev.Type == clientv3.EventTypePut {
-					h.present[host] = true
-				} else {
-					delete(h.present, host)
-					gone = append(gone, host)
-				}
+			if p.present {
+				h.present[p.host] = true
+			} else {
+				delete(h.present, p.host)
+				gone = append(gone, p.host)
 			}
 			h.mu.Unlock()
-			for _, host := range gone {
-				h.reselectFor(ctx, host)
-			}
-		case wr, ok := <-primWatch:
-			if err := check("primary", wr, ok); err != nil {
-				return err
-			}
-			for _, ev := range wr.Events {
-				dep := strings.TrimPrefix(string(ev.Kv.Key), st.PrimaryPrefix())
-				host := ""
-				if ev.Type == clientv3.EventTypePut {
-					host = string(ev.Kv.Value)
-				}
-				h.adoptPrimary(dep, host)
-			}
-		case wr, ok := <-secWatch:
-			if err := check("secrets", wr, ok); err != nil {
-				return err
-			}
-			for _, ev := range wr.Events {
-				name := strings.TrimPrefix(string(ev.Kv.Key), st.SecretsPrefix())
-				tp := ""
-				if ev.Type == clientv3.EventTypePut {
-					tp = secretThumbprint(ev.Kv.Value)
-				}
-				h.secretChanged(name, tp)
-			}
 		}
+	}
+	for _, e := range evs {
+		switch e := e.(type) {
+		case topologyEvent:
+			if err := h.setTopology(ctx, e.value, e.rev); err != nil {
+				h.log.Error("compile stored topology", "revision", e.rev, "error", err)
+			}
+		case primaryEvent:
+			h.adoptPrimary(e.deployment, e.host)
+		case secretEvent:
+			h.secretChanged(e.name, e.thumbprint)
+		}
+	}
+	for _, host := range gone {
+		h.reselectFor(ctx, host)
 	}
 }
 
