@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -15,6 +16,7 @@ import (
 type compiled struct {
 	revision    uint64
 	name        string
+	hash        string                    // the document's, as stored
 	hosts       map[string]*pb.HostConfig // by host, Primary unset
 	order       []string                  // hosts sorted
 	deployments map[string][]string       // deployment → hosts in topology order
@@ -27,8 +29,11 @@ type desired struct {
 	config  *pb.HostConfig
 }
 
-// setTopology compiles a stored topology and makes it current.
-func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64) error {
+// setTopology compiles a stored topology and makes it current, together
+// with the targets of latest, the newest rollout when the revision was
+// stored: a revision stored with a rollout reaches only the hosts the
+// rollout released, from the first moment it is current.
+func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64, latest *pb.Rollout) error {
 	rec, err := store.DecodeTopology(value, rev)
 	if err != nil {
 		return err
@@ -37,26 +42,48 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64) error {
 	if err != nil {
 		return err
 	}
-	h.mu.Lock()
-	// Hosts held on the revision that was current keep it compiled.
-	if old := h.topo; old != nil && old.revision != c.revision {
-		for _, rev := range h.targets {
-			if rev == old.revision {
-				h.revisions[old.revision] = old
-				break
-			}
-		}
+	targets := targetsOf(latest, c)
+	have, err := h.loadRevisions(ctx, targets, c)
+	if err != nil {
+		return err
 	}
-	delete(h.revisions, c.revision)
+	h.mu.Lock()
 	h.topo = c
+	h.latest = latest
+	h.installTargetsLocked(targets, have)
 	h.desired = map[string]*desired{}
 	h.mu.Unlock()
 	for d := range c.deployments {
 		h.reselect(ctx, d)
 	}
 	h.notifyAll()
-	h.log.Info("topology revision current", "revision", rev, "name", rec.Name, "hosts", len(c.order))
+	h.log.Info("topology revision current", "revision", rev, "name", rec.Name, "hosts", len(c.order), "held_back", len(targets))
 	return nil
+}
+
+// targetsOf is the per-host targets a rollout sets while c is current:
+// none (every host on c) unless the rollout rolls c's document out.
+func targetsOf(r *pb.Rollout, c *compiled) map[string]uint64 {
+	if r == nil || c == nil || r.GetDocumentHash() != c.hash {
+		return nil
+	}
+	return rollout.Targets(r)
+}
+
+// rolloutChanged takes the newest rollout's targets when it rolls out the
+// current revision. A rollout created for a revision not stored yet
+// changes nothing until that revision is current (setTopology).
+func (h *Hub) rolloutChanged(ctx context.Context, r *pb.Rollout) {
+	h.mu.Lock()
+	h.latest = r
+	c := h.topo
+	h.mu.Unlock()
+	if c == nil || r.GetDocumentHash() != c.hash {
+		return
+	}
+	if err := h.SetTargets(ctx, rollout.Targets(r)); err != nil {
+		h.log.Error("rollout targets", "rollout", r.GetName(), "error", err)
+	}
 }
 
 func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
@@ -68,7 +95,7 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &compiled{revision: rec.Revision, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}}
+	c := &compiled{revision: rec.Revision, name: rec.Name, hash: rec.Hash, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
 		c.order = append(c.order, cfg.GetHost())
@@ -137,49 +164,19 @@ func (h *Hub) targetLocked(host string) *compiled {
 // target moved get their new desired state at once.
 func (h *Hub) SetTargets(ctx context.Context, targets map[string]uint64) error {
 	h.mu.Lock()
-	have := map[uint64]*compiled{}
-	if h.topo != nil {
-		have[h.topo.revision] = h.topo
-	}
-	for rev, c := range h.revisions {
-		have[rev] = c
-	}
+	cur := h.topo
 	h.mu.Unlock()
-	for _, rev := range targets {
-		if _, ok := have[rev]; ok {
-			continue
-		}
-		rec, err := h.cfg.Store.TopologyRevision(ctx, rev)
-		if err != nil {
-			return fmt.Errorf("target revision %d: %w", rev, err)
-		}
-		c, err := compileDocument(rec)
-		if err != nil {
-			return fmt.Errorf("compile target revision %d: %w", rev, err)
-		}
-		have[rev] = c
+	have, err := h.loadRevisions(ctx, targets, cur)
+	if err != nil {
+		return err
 	}
 	h.mu.Lock()
-	old := h.targets
-	h.targets = make(map[string]uint64, len(targets))
-	h.revisions = map[uint64]*compiled{}
-	for host, rev := range targets {
-		h.targets[host] = rev
-		if h.topo == nil || rev != h.topo.revision {
-			h.revisions[rev] = have[rev]
-		}
+	if h.topo != cur {
+		// The topology moved meanwhile: its own targets were set with it.
+		h.mu.Unlock()
+		return nil
 	}
-	var moved []string
-	for host, rev := range h.targets {
-		if old[host] != rev {
-			moved = append(moved, host)
-		}
-	}
-	for host := range old {
-		if _, ok := h.targets[host]; !ok {
-			moved = append(moved, host)
-		}
-	}
+	moved := h.installTargetsLocked(targets, have)
 	for _, host := range moved {
 		delete(h.desired, host)
 	}
@@ -188,6 +185,64 @@ func (h *Hub) SetTargets(ctx context.Context, targets map[string]uint64) error {
 		h.notify(host)
 	}
 	return nil
+}
+
+// loadRevisions compiles every revision targets name that is not cur,
+// reusing those compiled already.
+func (h *Hub) loadRevisions(ctx context.Context, targets map[string]uint64, cur *compiled) (map[uint64]*compiled, error) {
+	h.mu.Lock()
+	have := map[uint64]*compiled{}
+	for rev, c := range h.revisions {
+		have[rev] = c
+	}
+	if h.topo != nil {
+		have[h.topo.revision] = h.topo
+	}
+	h.mu.Unlock()
+	if cur != nil {
+		have[cur.revision] = cur
+	}
+	for _, rev := range targets {
+		if _, ok := have[rev]; ok || rev == 0 {
+			continue // 0: a host new in the revision rolled out waits for its wave
+		}
+		rec, err := h.cfg.Store.TopologyRevision(ctx, rev)
+		if err != nil {
+			return nil, fmt.Errorf("target revision %d: %w", rev, err)
+		}
+		c, err := compileDocument(rec)
+		if err != nil {
+			return nil, fmt.Errorf("compile target revision %d: %w", rev, err)
+		}
+		have[rev] = c
+	}
+	return have, nil
+}
+
+// installTargetsLocked makes targets current and returns the hosts whose
+// target moved. h.mu must be held.
+func (h *Hub) installTargetsLocked(targets map[string]uint64, have map[uint64]*compiled) []string {
+	old := h.targets
+	h.targets = make(map[string]uint64, len(targets))
+	h.revisions = map[uint64]*compiled{}
+	for host, rev := range targets {
+		h.targets[host] = rev
+		if c := have[rev]; c != nil && (h.topo == nil || rev != h.topo.revision) {
+			h.revisions[rev] = c
+		}
+	}
+	var moved []string
+	for host, rev := range h.targets {
+		if o, ok := old[host]; !ok || o != rev {
+			moved = append(moved, host)
+		}
+	}
+	for host := range old {
+		if _, ok := h.targets[host]; !ok {
+			moved = append(moved, host)
+		}
+	}
+	return moved
 }
 
 // Targets returns a copy of the per-host targets SetTargets set.

@@ -61,10 +61,8 @@ func TestTargetRevisionPerHost(t *testing.T) {
 	fe01.waitPush(t, "of revision 1 to fe01", atRev(rev1))
 	ex01.waitPush(t, "of revision 1 to ex01", atRev(rev1))
 
-	// Hold ex01 on revision 1, then store revision 2.
-	if err := f.hub.SetTargets(ctx, map[string]uint64{"ex01.contoso.com": rev1}); err != nil {
-		t.Fatal(err)
-	}
+	// Store revision 2, then hold ex01 on revision 1 (a rollout does this
+	// through the targets of its waiting hosts).
 	doc2 := bytes.Replace(examples.Contoso, []byte("removePartners: [app]"), []byte("removePartners: [app, old]"), 1)
 	doc2 = bytes.Replace(doc2, []byte("hosts: [ex01.contoso.com, ex02.contoso.com]}"), []byte("hosts: [ex01.contoso.com, ex02.contoso.com], removePartners: [old]}"), 1)
 	rev2, changed, err := f.st.PutTopology(ctx, "contoso", doc2, "test", time.Now(), nil, nil)
@@ -72,17 +70,22 @@ func TestTargetRevisionPerHost(t *testing.T) {
 		t.Fatalf("store revision 2: changed %v, %v", changed, err)
 	}
 	fe01.waitPush(t, "of revision 2 to fe01", atRev(rev2))
-	waitFor(t, "ex01's desired state to stay at revision 1 while the current revision is 2", func() bool {
-		s := f.hub.snapshot()
-		return s.topo != nil && s.topo.revision == rev2 && s.desired["ex01.contoso.com"].version == rev1 && s.desired["fe01.contoso.com"].version == rev2
-	})
-	ex01.mu.Lock()
-	for _, d := range ex01.pushes {
-		if d.GetVersion() == rev2 {
-			t.Errorf("ex01 got revision %d while held at %d", rev2, rev1)
-		}
+	ex01.waitPush(t, "of revision 2 to ex01", atRev(rev2))
+	waitFor(t, "revision 2 current", func() bool { s := f.hub.snapshot(); return s.topo != nil && s.topo.revision == rev2 })
+	if err := f.hub.SetTargets(ctx, map[string]uint64{"ex01.contoso.com": rev1}); err != nil {
+		t.Fatal(err)
 	}
+	ex01.mu.Lock()
+	n := len(ex01.pushes)
 	ex01.mu.Unlock()
+	ex01.waitPush(t, "of revision 1 to ex01 once held back", func(d *pb.Desired) bool {
+		// waitPush holds ex01.mu while it asks.
+		return d.GetVersion() == rev1 && ex01.pushes[len(ex01.pushes)-1] == d && len(ex01.pushes) > n
+	})
+	s := f.hub.snapshot()
+	if s.desired["ex01.contoso.com"].version != rev1 || s.desired["fe01.contoso.com"].version != rev2 {
+		t.Errorf("desired: ex01 at %d, fe01 at %d; want %d and %d", s.desired["ex01.contoso.com"].version, s.desired["fe01.contoso.com"].version, rev1, rev2)
+	}
 
 	// An unknown revision is refused and changes nothing.
 	if err := f.hub.SetTargets(ctx, map[string]uint64{"ex01.contoso.com": rev2 + 1000}); err == nil {
@@ -96,7 +99,10 @@ func TestTargetRevisionPerHost(t *testing.T) {
 	if err := f.hub.SetTargets(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	ex01.waitPush(t, "of revision 2 to ex01 once released", atRev(rev2))
+	ex01.waitPush(t, "of revision 2 to ex01 once released", func(d *pb.Desired) bool {
+		// waitPush holds ex01.mu while it asks.
+		return d.GetVersion() == rev2 && ex01.pushes[len(ex01.pushes)-1] == d && len(ex01.pushes) > n+1
+	})
 	for _, e := range []string{"connected ex01.contoso.com", "pushed ex01.contoso.com", "acked ex01.contoso.com"} {
 		if !obs.has(e) {
 			t.Errorf("the observer did not hear %q", e)

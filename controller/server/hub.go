@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/rollout"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -77,6 +79,11 @@ type Hub struct {
 	// revisions compiled. See SetTargets.
 	targets   map[string]uint64
 	revisions map[uint64]*compiled
+	// latest is the newest rollout, whose targets apply while the
+	// current revision is the one it rolls out; rollouts reads them.
+	latest    *pb.Rollout
+	latestID  uint64
+	rollouts  *rollout.Store
 	primaries map[string]string    // deployment → host
 	present   map[string]bool      // host → a presence key exists (any replica)
 	conns     map[string]*conn     // host → this replica's stream
@@ -138,6 +145,7 @@ func NewHub(cfg Config) *Hub {
 		desired:           map[string]*desired{},
 		targets:           map[string]uint64{},
 		revisions:         map[uint64]*compiled{},
+		rollouts:          rollout.NewStore(cfg.Store),
 		primaries:         map[string]string{},
 		present:           map[string]bool{},
 		conns:             map[string]*conn{},

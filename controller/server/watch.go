@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/s2strust/s2strust/controller/secrets"
@@ -58,6 +60,7 @@ func (h *Hub) follow(ctx context.Context) error {
 		clientv3.OpGet(st.PrimaryPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(st.PresencePrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(st.SecretsPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(h.rollouts.Prefix(), append([]clientv3.OpOption{clientv3.WithPrefix()}, clientv3.WithLastKey()...)...),
 	).Commit()
 	if err != nil {
 		return fmt.Errorf("read controller state: %w", err)
@@ -102,8 +105,19 @@ func (h *Hub) follow(ctx context.Context) error {
 		c.presenceRev = rev
 		c.mu.Unlock()
 	}
+	var latest *pb.Rollout
+	if kvs := snap.Responses[4].GetResponseRange().GetKvs(); len(kvs) == 1 {
+		r, err := h.rollouts.Decode(kvs[0].Key, kvs[0].Value, kvs[0].ModRevision)
+		if err != nil {
+			return err
+		}
+		latest = r.Rollout
+		h.mu.Lock()
+		h.latestID = r.ID
+		h.mu.Unlock()
+	}
 	if len(topoKVs) == 1 {
-		if err := h.setTopology(ctx, topoKVs[0].Value, topoKVs[0].ModRevision); err != nil {
+		if err := h.setTopology(ctx, topoKVs[0].Value, topoKVs[0].ModRevision, latest); err != nil {
 			return err
 		}
 	}
@@ -116,6 +130,7 @@ func (h *Hub) follow(ctx context.Context) error {
 		return st.Client().Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(startRev+1))
 	}
 	topoWatch, presWatch, primWatch, secWatch := watch(st.TopologyPrefix()), watch(st.PresencePrefix()), watch(st.PrimaryPrefix()), watch(st.SecretsPrefix())
+	rollWatch := watch(h.rollouts.Prefix())
 	for {
 		var evs []any
 		var err error
@@ -144,6 +159,8 @@ func (h *Hub) follow(ctx context.Context) error {
 			evs, err = h.decode("primary", wr, ok)
 		case wr, ok := <-secWatch:
 			evs, err = h.decode("secrets", wr, ok)
+		case wr, ok := <-rollWatch:
+			evs, err = h.decode("rollouts", wr, ok)
 		}
 		if err != nil {
 			return err
@@ -169,6 +186,11 @@ type (
 	primaryEvent struct{ deployment, host string }
 	// secretEvent: a stored secret changed; thumbprint is "" when deleted.
 	secretEvent struct{ name, thumbprint string }
+	// rolloutEvent: a rollout was stored (created or advanced).
+	rolloutEvent struct {
+		id      uint64
+		rollout *pb.Rollout
+	}
 )
 
 // decode turns one watch response on the named prefix into typed events.
@@ -202,6 +224,16 @@ func (h *Hub) decode(what string, wr clientv3.WatchResponse, ok bool) ([]any, er
 				e.thumbprint = secretThumbprint(ev.Kv.Value)
 			}
 			out = append(out, e)
+		case "rollouts":
+			if !put {
+				continue
+			}
+			r, err := h.rollouts.Decode(ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision)
+			if err != nil {
+				h.log.Error("stored rollout unreadable", "key", string(ev.Kv.Key), "error", err)
+				continue
+			}
+			out = append(out, rolloutEvent{id: r.ID, rollout: r.Rollout})
 		}
 	}
 	return out, nil
@@ -226,13 +258,23 @@ func (h *Hub) handle(ctx context.Context, evs []any) {
 	for _, e := range evs {
 		switch e := e.(type) {
 		case topologyEvent:
-			if err := h.setTopology(ctx, e.value, e.rev); err != nil {
+			if err := h.setTopology(ctx, e.value, e.rev, h.rolloutAt(ctx, e.rev)); err != nil {
 				h.log.Error("compile stored topology", "revision", e.rev, "error", err)
 			}
 		case primaryEvent:
 			h.adoptPrimary(e.deployment, e.host)
 		case secretEvent:
 			h.secretChanged(e.name, e.thumbprint)
+		case rolloutEvent:
+			h.mu.Lock()
+			newest := h.latest == nil || h.latestID <= e.id
+			if newest {
+				h.latestID = e.id
+			}
+			h.mu.Unlock()
+			if newest {
+				h.rolloutChanged(ctx, e.rollout)
+			}
 		}
 	}
 	for _, host := range gone {
@@ -271,4 +313,22 @@ func (h *Hub) secretChanged(name, thumbprint string) {
 	for _, host := range hosts {
 		h.notify(host)
 	}
+}
+
+// rolloutAt reads the newest rollout as it was at etcd revision rev (when
+// a topology revision was stored), which the rollout watch may not have
+// delivered yet; the newest now when that history is compacted.
+func (h *Hub) rolloutAt(ctx context.Context, rev int64) *pb.Rollout {
+	r, err := h.rollouts.Get(ctx, 0, clientv3.WithRev(rev))
+	if err != nil {
+		if r, err = h.rollouts.Get(ctx, 0); err != nil {
+			return nil
+		}
+	}
+	h.mu.Lock()
+	if r.ID > h.latestID {
+		h.latestID = r.ID
+	}
+	h.mu.Unlock()
+	return r.Rollout
 }
