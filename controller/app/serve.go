@@ -4,7 +4,9 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/s2strust/s2strust/controller/rollout"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
@@ -62,6 +66,15 @@ type ServeConfig struct {
 	SecretKeyFile string
 	// Ready, when set, is called with the listening address once serving.
 	Ready func(addr string)
+	// ElectionTTL is the lease TTL of the controllers' leader election
+	// (default 10s): how long a dead leader holds on before another
+	// replica takes over its rollouts and primary choices.
+	ElectionTTL time.Duration
+	// RolloutInterval is how often the leader looks at the newest rollout
+	// when nothing wakes it (default 1s).
+	RolloutInterval time.Duration
+	// ReplicaID names this replica in the election (default random).
+	ReplicaID string
 }
 
 // TransportOptions are the controller's gRPC transport settings, shared
@@ -143,7 +156,17 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("load the secret key: %w", err)
 	}
 	sec := secrets.New(st, key, nil)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
+	id := cfg.ReplicaID
+	if id == "" {
+		id = randomID()
+	}
+	ttl := cfg.ElectionTTL
+	if ttl == 0 {
+		ttl = 10 * time.Second
+	}
+	elector := rollout.NewElector(cli, st.Key("election"), id, ttl, log)
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector})
+	engine := &rollout.Engine{Store: rollout.NewStore(st), Source: server.NewRolloutSource(hub), Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
 	access := server.Access{Insecure: cfg.Insecure, Logger: log}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
@@ -154,9 +177,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		opts = append(opts, creds)
 	}
 	gs := grpc.NewServer(opts...)
-	pb.RegisterTopologyServiceServer(gs, server.NewTopologyService(hub, sec))
+	topoSvc := server.NewTopologyService(hub, sec)
+	pb.RegisterTopologyServiceServer(gs, topoSvc)
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
+	pb.RegisterRolloutServiceServer(gs, server.NewRolloutService(hub, topoSvc))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -174,6 +199,19 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
+	g.Go(func() error {
+		select {
+		case <-hub.Ready():
+		case <-gctx.Done():
+			return nil
+		}
+		// Only the leader advances rollouts and chooses primaries; having
+		// ignored changes while it did not lead, it looks at all of them.
+		return elector.Run(gctx, func(lctx context.Context) {
+			hub.ReselectAll(lctx)
+			engine.Lead(lctx, nil)
+		})
+	})
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve gRPC on %s: %w", addr, err)
@@ -281,4 +319,10 @@ func loadServerTLS(f pki.Files) (*tls.Config, error) {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
 	}
 	return pki.ServerTLSConfig(cert, key, ca)
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

@@ -335,14 +335,15 @@ func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64,
 					now = append(now, fmt.Sprintf("%s: has not applied revision %d yet (applied %d, connected %s)", h.GetHost(), rev, h.GetAppliedVersion(), yesNo(h.GetConnected())))
 				}
 			}
-			if len(now) == 0 {
+			// No hosts yet: the controller has not taken the revision in.
+			if len(now) == 0 && len(resp.GetHosts()) > 0 {
 				return nil, nil
 			}
 			if strings.Join(now, "\n") != strings.Join(last, "\n") {
 				lastChange = time.Now()
 			}
 			last = now
-			if allNacked && time.Since(lastChange) > nackSettle {
+			if allNacked && len(now) > 0 && time.Since(lastChange) > nackSettle {
 				return last, nil
 			}
 		}

@@ -177,10 +177,17 @@ func (c *controller) hostTLS(host string) *tls.Config {
 type countingDriver struct {
 	driver.Driver
 	applies atomic.Int64
+	// fail, when set and it returns errors, fails Apply with them.
+	fail func(*pb.HostConfig) []*pb.ItemError
 }
 
 func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.SecretMaterial) []*pb.ItemError {
 	d.applies.Add(1)
+	if d.fail != nil {
+		if errs := d.fail(cfg); len(errs) > 0 {
+			return errs
+		}
+	}
 	return d.Driver.Apply(ctx, cfg, s)
 }
 
@@ -223,6 +230,8 @@ type agentOpts struct {
 	// resolve adds --resolve mappings to the network's: the one way a test
 	// may point a name at loopback (a loopback IP literal is refused).
 	resolve []string
+	// fail injects apply failures (see countingDriver).
+	fail func(*pb.HostConfig) []*pb.ItemError
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -256,7 +265,7 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if err != nil {
 		t.Fatal(err)
 	}
-	ag := &agent{t: t, host: host, stateDir: stateDir, simDir: simDir, product: product, drv: &countingDriver{Driver: s}, sim: s, opts: o}
+	ag := &agent{t: t, host: host, stateDir: stateDir, simDir: simDir, product: product, drv: &countingDriver{Driver: s, fail: o.fail}, sim: s, opts: o}
 	if o.driftInterval == 0 {
 		o.driftInterval = time.Hour
 	}

@@ -26,6 +26,9 @@ func (s *Store) Prefix() string { return s.st.Key("rollouts/") }
 
 const idWidth = 12
 
+// Key is the etcd key of rollout id.
+func (s *Store) Key(id uint64) string { return s.key(id) }
+
 func (s *Store) key(id uint64) string { return fmt.Sprintf("%s%0*d", s.Prefix(), idWidth, id) }
 
 // ParseName reads "rollouts/{id}"; "rollouts/-" (the newest) gives 0.
