@@ -17,11 +17,14 @@ import (
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/controller/convergence"
 	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/internal/simnet"
+	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 // fleetDoc is a topology of three deployments of ten hosts each; marker
-// names a stale partner of pool01, so each marker is a new revision.
+// names a stale partner of pool01 and exchange, so each marker is a new
+// revision that changes their hosts' configurations.
 func fleetDoc(marker string) []byte {
 	hosts := func(prefix string) string {
 		var hs []string
@@ -38,13 +41,13 @@ deployments:
   - {name: pool01, product: lync, version: "2015", poolFqdn: pool01.contoso.com, hosts: %s,
      tokenIssuer: {existing: Default}, removePartners: [%s],
      exchangeAutodiscoverUrl: https://autodiscover.contoso.com/autodiscover/autodiscover.svc}
-  - {name: exchange, product: exchange, version: "2019", autodiscoverFqdn: autodiscover.contoso.com, hosts: %s}
+  - {name: exchange, product: exchange, version: "2019", autodiscoverFqdn: autodiscover.contoso.com, hosts: %s, removePartners: [%s]}
   - {name: sharepoint, product: sharepoint, version: "2019", webAppUrl: https://sp.contoso.com, hosts: %s}
 trusts:
   - {from: exchange, to: pool01}
   - {from: pool01, to: exchange}
   - {from: pool01, to: sharepoint}
-`, hosts("fe"), marker, hosts("ex"), hosts("sp"))
+`, hosts("fe"), marker, hosts("ex"), marker, hosts("sp"))
 }
 
 // leaderOf returns the replica id holding the election: the oldest key
@@ -126,11 +129,20 @@ func TestRolloutAcrossReplicas(t *testing.T) {
 		}
 		return nil
 	}
+	top, err := topology.Load("fleet.yaml", fleetDoc("old1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	network, err := simnet.New(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(network.Close)
 	agents := map[string]*agent{}
 	for _, d := range []struct{ prefix, product string }{{"fe", "lync:2015"}, {"ex", "exchange:2019"}, {"sp", "sharepoint:2019"}} {
 		for i := 1; i <= 10; i++ {
 			host := fmt.Sprintf("%s%02d.contoso.com", d.prefix, i)
-			agents[host] = startAgent(t, b, host, d.product, filepath.Join(dir, "agents", host), filepath.Join(dir, "shared"), agentOpts{fail: fail})
+			agents[host] = startAgent(t, b, host, d.product, filepath.Join(dir, "agents", host), filepath.Join(dir, "shared"), agentOpts{fail: fail, network: network})
 		}
 	}
 	waitFor(t, waitTimeout, "all 30 hosts on the first revision", func() (bool, string) { return converged(ctx, fleet, first.GetRevision()) })

@@ -240,7 +240,8 @@ func (h *Hub) decode(what string, wr clientv3.WatchResponse, ok bool) ([]any, er
 }
 
 // handle applies typed events in order. Presence is recorded for the whole
-// batch before any primary is re-chosen, so one choice sees every change.
+// batch before any primary is re-chosen (for every host whose presence
+// changed), so one choice sees every change.
 func (h *Hub) handle(ctx context.Context, evs []any) {
 	var gone []string
 	for _, e := range evs {
@@ -248,6 +249,9 @@ func (h *Hub) handle(ctx context.Context, evs []any) {
 			h.mu.Lock()
 			if p.present {
 				h.present[p.host] = true
+				// The leader may be another replica than the stream's: it
+				// chooses a primary for a deployment that has none.
+				gone = append(gone, p.host)
 			} else {
 				delete(h.present, p.host)
 				gone = append(gone, p.host)
