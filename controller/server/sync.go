@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -391,7 +392,7 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 	}
 	c.mu.Unlock()
 	msg := &pb.Desired{Version: d.version, Nonce: s.hub.nextNonce(), Config: d.config, Hash: d.hash}
-	if name := d.config.GetTokenIssuer().GetSecret(); name != "" && s.hub.cfg.Secrets != nil {
+	if names := s.hub.secretsFor(d.config); len(names) > 0 && s.hub.cfg.Secrets != nil {
 		if wait := s.hub.secretsDue(c, d.hash); wait > 0 {
 			// Key material goes out once per change of the desired state;
 			// a host reconnecting without having applied it gets it again
@@ -406,12 +407,12 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 			return false, nil
 		}
 		sctx, cancel := storeCtx(ctx)
-		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, []string{name})
+		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, names)
 		cancel()
 		if err != nil {
 			// Without its secret the push would fail on the host and, once
 			// NACKed, never be sent again: end the stream and let the agent retry.
-			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", name, c.host, err)
+			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", strings.Join(names, ", "), c.host, err)
 		}
 		msg.Secrets = secrets
 		s.hub.secretsSent(c, d.hash)
@@ -564,17 +565,21 @@ func (s *AgentService) flushReport(ctx context.Context, c *conn) error {
 func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport) error {
 	ctx, cancel := storeCtx(ctx)
 	defer cancel()
-	if r.GetClock() != nil {
+	// The drift goes with the host's state too, so the fleet view lists
+	// it without reading every report; written only when it changes.
+	if err := s.persistState(ctx, c, func(st *pb.Host) {
+		st.Drift = r.GetDrift()
+		if r.GetClock() == nil {
+			return
+		}
 		offset := r.GetClock().AsTime().Sub(s.hub.cfg.Now()).Milliseconds()
 		// Recorded only when it moves by a second or more, so reports do not rewrite host state.
-		if err := s.persistState(ctx, c, func(st *pb.Host) {
-			if d := st.GetClockOffsetMs() - offset; st.GetLastSeen() == nil || d >= 1000 || d <= -1000 {
-				st.ClockOffsetMs = offset
-				st.LastSeen = timestamp(s.hub.cfg.Now())
-			}
-		}); err != nil {
-			return err
+		if d := st.GetClockOffsetMs() - offset; st.GetLastSeen() == nil || d >= 1000 || d <= -1000 {
+			st.ClockOffsetMs = offset
+			st.LastSeen = timestamp(s.hub.cfg.Now())
 		}
+	}); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	prev := c.report

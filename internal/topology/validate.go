@@ -112,10 +112,12 @@ func (v *validator) header() {
 		}
 	}
 
-	if t.Realm == "" {
-		t.Realm = sd.Default
-	} else {
-		v.addProblem("realm", t.Realm, realmProblem(t.Realm, pb.Product_PRODUCT_UNSPECIFIED))
+	// The realm is Lync's OAuth realm only, and set only when declared:
+	// Lync's own default is the default SIP domain, Exchange's realm is
+	// blank and SharePoint's is its farm id, and s2strust changes none of
+	// them unless the topology says so.
+	if t.Realm != "" {
+		v.addProblem("realm", t.Realm, realmProblem(t.Realm, pb.Product_PRODUCT_LYNC))
 	}
 }
 
