@@ -145,6 +145,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if err != nil {
 		return rpcError("apply "+cfg.TopologyName, err)
 	}
+	printWarnings(out, resp.GetWarnings())
 	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), resp.GetHostsTotal())
 	fleet := pb.NewFleetServiceClient(conn)
 	deadline := time.Now().Add(cfg.Timeout)
@@ -221,7 +222,7 @@ func demoSecrets(ctx context.Context, conn *grpc.ClientConn, t *topology.Topolog
 		if err != nil {
 			return rpcError("put secret "+name, err)
 		}
-		fmt.Fprintf(out, "uploaded token-issuer certificate %s (%s) as secret %q\n", resp.GetSecret().GetCertificate().GetThumbprint(), resp.GetSecret().GetCertificate().GetSubject(), name)
+		fmt.Fprintf(out, "uploaded token-issuer certificate %s (%s) as secret %q\n", safe(resp.GetSecret().GetCertificate().GetThumbprint()), safe(resp.GetSecret().GetCertificate().GetSubject()), name)
 	}
 	return nil
 }

@@ -433,3 +433,12 @@ func orDash(s string) string {
 	}
 	return safe(s)
 }
+
+// printWarnings prints each of an apply's warnings as "warning: …", with
+// control and bidirectional-formatting characters escaped: they quote
+// certificate subjects and secret names, which came from outside.
+func printWarnings(w io.Writer, warnings []string) {
+	for _, s := range warnings {
+		fmt.Fprintf(w, "warning: %s\n", safe(s))
+	}
+}
