@@ -354,8 +354,8 @@ func (v *validator) deploymentRealm(i int, p pb.Product, d *Deployment) {
 		}
 		return
 	}
-	if !isText(d.Realm) || strings.IndexFunc(d.Realm, unicode.IsSpace) >= 0 || d.Realm == "*" {
-		v.add(f+"realm", d.Realm, "a realm is a DNS name (e.g. contoso.com) or a GUID (a SharePoint farm id)")
+	// A realm set on a deployment is never "*", not even Exchange's.
+	if v.addProblem(f+"realm", d.Realm, realmProblem(d.Realm, pb.Product_PRODUCT_UNSPECIFIED)) {
 		return
 	}
 	if desc, _ := products.Describe(p); desc.RealmNeedsConfirmation && !d.ConfirmRealmChange {
