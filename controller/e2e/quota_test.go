@@ -348,10 +348,9 @@ func TestKeyMaterialIsSentOncePerChangeNotOncePerHello(t *testing.T) {
 	f := startFleetWith(t, examples.Contoso, agentOpts{}, func(c *app.ServeConfig) {
 		c.AgentLimits = server.AgentLimits{SecretResendInterval: time.Hour, HelloBurst: 100}
 	})
-	// fe01's agent goes before anything is applied; a client with its
-	// identity says hello again and again and never applies anything.
-	// The pool's PFX goes to its primary only (the CMS replicates it), so
-	// both Front Ends' agents go and the raw client becomes the primary.
+	// The pool's agents go before anything is applied; a client with
+	// fe01's identity, so the pool's primary and the one host that gets its
+	// token-issuer PFX, says hello again and again and never applies anything.
 	const host = "fe01.contoso.com"
 	f.agents[host].stop()
 	f.agents["fe02.contoso.com"].stop()
