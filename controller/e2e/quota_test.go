@@ -130,13 +130,22 @@ func TestAFloodingAgentCannotStarveTheFleet(t *testing.T) {
 		}
 		<-fctx.Done()
 	}()
-	// Another opens streams as fast as the controller answers them.
+	// Another opens streams as fast as the controller answers them, for the
+	// flood's length and at least until it has tried twice as many as the
+	// Hello budget admits (on a slow machine each accepted stream takes a
+	// while; refused ones are quick), within a hard bound.
+	hctx, stopHellos := context.WithTimeout(ctx, waitTimeout)
+	defer stopHellos()
+	enough := func() bool {
+		admitted := float64(lim.HelloBurst) + lim.HellosPerSecond*time.Since(began).Seconds() + 1
+		return opened.Load() >= int64(2*admitted)+1
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		conn := rawAgent(t, f.c, "rogue-hellos.contoso.com")
-		for fctx.Err() == nil {
-			sctx, cancel := context.WithCancel(fctx)
+		for hctx.Err() == nil && (fctx.Err() == nil || !enough()) {
+			sctx, cancel := context.WithCancel(hctx)
 			stream, err := pb.NewAgentServiceClient(conn).Sync(sctx)
 			if err == nil {
 				err = stream.Send(hello("rogue-hellos.contoso.com"))
