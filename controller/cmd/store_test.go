@@ -1,0 +1,135 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/controller/store"
+)
+
+// startControllerConfig is startController with more of the serve
+// configuration given; DataDir, Listen, Logger and Ready are set here.
+func startControllerConfig(t *testing.T, dir string, cfg app.ServeConfig) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	cfg.DataDir, cfg.Listen, cfg.Logger = dir, "127.0.0.1:0", testLogger()
+	cfg.Ready = func(a string) { ready <- a }
+	go func() { done <- app.Serve(ctx, cfg) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("controller did not start: %v", err)
+	case <-time.After(60 * time.Second):
+		cancel()
+		<-done
+		t.Fatal("controller did not start within 60s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("controller stopped with error: %v", err)
+		}
+	})
+}
+
+// Over the embedded etcd's space quota the controller refuses changes with
+// UNAVAILABLE naming the quota and the remedy, keeps answering reads, and
+// takes changes again after `s2s-controller store defrag`.
+func TestStoreQuotaAndDefrag(t *testing.T) {
+	dir := t.TempDir()
+	const quota = 1 << 20
+	startControllerConfig(t, dir, app.ServeConfig{EtcdQuotaBytes: quota})
+	iss := newIssuer(t, "pfx-Passw0rd", "contoso.com", "fabrikam.com")
+	mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
+	wantContains(t, "apply output", mustRun(t, dir, "apply", "-f", contosoFile(t)), "applied: revision")
+
+	// Fill the database as rewritten host reports would, straight through
+	// the embedded etcd's private socket (this test runs as its owner).
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + filepath.Join(etcdembed.SocketDir(filepath.Join(dir, "etcd")), "client.sock")},
+		DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := t.Context()
+	big := strings.Repeat("r", 200<<10)
+	for i := 0; ; i++ {
+		if i == 100 {
+			t.Fatal("no NOSPACE alarm after 100 writes of 200 KiB over a 1 MiB quota")
+		}
+		if _, err := cli.Put(ctx, store.DefaultPrefix+"filler", big); err != nil {
+			if !errors.Is(err, rpctypes.ErrNoSpace) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+
+	changed := contosoFile(t, "realm: contoso.com", "realm: fabrikam.com")
+	_, err = mustFail(t, dir, "apply", "-f", changed)
+	wantRPCError(t, err, "Unavailable", "nothing was changed", "etcd space quota of 1048576 bytes exceeded", "s2s-controller store defrag")
+	_, err = mustFail(t, dir, "secret", "put", "oauth-2027", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
+	wantRPCError(t, err, "Unavailable", "etcd space quota", "s2s-controller store defrag")
+	// Reads still work.
+	wantContains(t, "get topology", mustRun(t, dir, "get", "topology"), "realm: contoso.com")
+	mustRun(t, dir, "get", "hosts")
+
+	out := mustRun(t, dir, "store", "defrag")
+	wantContains(t, "defrag output", out, "compacted etcd history up to revision", "defragmented unix://", "disarmed 1 NOSPACE alarm(s)")
+	if _, err := cli.Delete(ctx, store.DefaultPrefix+"filler"); err != nil {
+		t.Fatal(err)
+	}
+	wantContains(t, "apply after defrag", mustRun(t, dir, "apply", "-f", changed), "applied: revision")
+	wantContains(t, "defrag again", mustRun(t, dir, "store", "defrag"), "disarmed 0 NOSPACE alarm(s)")
+
+	// Only an admin may maintain the store; an agent's identity may not.
+	agent := filepath.Join(t.TempDir(), "fe01")
+	mustRun(t, dir, "certs", "issue-agent", "--host", "fe01.contoso.com", "--out", agent)
+	_, err = mustFail(t, dir, "store", "defrag", "--cert", filepath.Join(agent, "agent.crt"), "--key", filepath.Join(agent, "agent.key"))
+	wantRPCError(t, err, "PermissionDenied", "needs an admin identity")
+}
+
+// A data directory where the embedded etcd cannot write stops serve at
+// once with an error naming the directory and the cause (for root too:
+// the etcd directory is a regular file), instead of a silent exit.
+func TestServeUnwritableEtcdDir(t *testing.T) {
+	dir := t.TempDir()
+	etcdDir := filepath.Join(dir, "etcd")
+	if err := os.WriteFile(etcdDir, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	root := NewRoot(&out)
+	root.SetArgs([]string{"--data-dir", dir, "serve", "--listen", "127.0.0.1:0"})
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		t.Fatal("serve on an unwritable etcd directory returned no error")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("serve did not give up on its own: %v", err)
+	}
+	if ExitCode(err) == 0 {
+		t.Error("exit code 0")
+	}
+	wantContains(t, "error", err.Error(), "create etcd data directory "+etcdDir, "not a directory")
+	if _, err := os.Stat(app.AddrFile(dir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed serve left %s (stat: %v)", app.AddrFile(dir), err)
+	}
+}
