@@ -1,6 +1,7 @@
 package app
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -44,6 +45,17 @@ func (c EtcdClientConfig) apply(cfg *clientv3.Config) error {
 			}
 			if _, err := os.Stat(f); err != nil {
 				return fmt.Errorf("%s %s: %w", flag, f, err)
+			}
+		}
+		if c.CA != "" {
+			b, err := os.ReadFile(c.CA)
+			if err != nil {
+				return fmt.Errorf("read --etcd-ca: %w", err)
+			}
+			// etcd's loader accepts a file without a certificate, and every
+			// connection would then fail with an obscure TLS error.
+			if !x509.NewCertPool().AppendCertsFromPEM(b) {
+				return fmt.Errorf("--etcd-ca %s holds no PEM certificate", c.CA)
 			}
 		}
 		tc, err := info.ClientConfig()

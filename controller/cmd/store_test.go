@@ -133,3 +133,62 @@ func TestServeUnwritableEtcdDir(t *testing.T) {
 		t.Errorf("a failed serve left %s (stat: %v)", app.AddrFile(dir), err)
 	}
 }
+
+// With --etcd-endpoints the controller logs in as an etcd user whose role
+// grants read and write on its prefix only (the README's role), and works
+// with nothing more; a wrong password stops serve naming the cause.
+func TestServeExternalEtcdPrefixScopedUser(t *testing.T) {
+	ctx := t.Context()
+	etcd, err := etcdembed.Start(ctx, filepath.Join(t.TempDir(), "external-etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last-in first-out: the controller stops before its etcd.
+	t.Cleanup(etcd.Close)
+	root, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	// etcdctl role add s2strust; role grant-permission s2strust --prefix=true readwrite /s2strust/;
+	// user add s2s-controller; user grant-role s2s-controller s2strust; (root user) auth enable
+	steps := []func() error{
+		func() error { _, err := root.RoleAdd(ctx, "s2strust"); return err },
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "s2strust", store.DefaultPrefix, clientv3.GetPrefixRangeEnd(store.DefaultPrefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := root.UserAdd(ctx, "s2s-controller", "etcd-Passw0rd"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "s2s-controller", "s2strust"); return err },
+		func() error { _, err := root.UserAdd(ctx, "root", "root-Passw0rd"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("etcd auth setup step %d: %v", i, err)
+		}
+	}
+
+	// A wrong password: serve refuses at once.
+	bad := writeFile(t, "etcd.pw", []byte("wrong\n"))
+	start := time.Now()
+	err = app.Serve(ctx, app.ServeConfig{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Logger: testLogger(), EtcdEndpoints: []string{etcd.Endpoint()},
+		EtcdClient: app.EtcdClientConfig{Username: "s2s-controller", PasswordFile: bad}})
+	if err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("serve with a wrong etcd password: got %v, want authentication failed", err)
+	}
+	t.Logf("wrong password refused after %v", time.Since(start))
+
+	dir := t.TempDir()
+	pw := writeFile(t, "etcd.pw", []byte("etcd-Passw0rd\n"))
+	startControllerConfig(t, dir, app.ServeConfig{EtcdEndpoints: []string{etcd.Endpoint()},
+		EtcdClient: app.EtcdClientConfig{Username: "s2s-controller", PasswordFile: pw}})
+	iss := newIssuer(t, "pfx-Passw0rd", "contoso.com", "fabrikam.com")
+	mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
+	wantContains(t, "apply output", mustRun(t, dir, "apply", "-f", contosoFile(t)), "applied: revision")
+	wantContains(t, "get topology", mustRun(t, dir, "get", "topology"), "realm: contoso.com")
+	// Maintaining the cluster is etcd's root's business, and the error says so.
+	_, err = mustFail(t, dir, "store", "defrag")
+	wantRPCError(t, err, "store defrag: FailedPrecondition", "permission denied", "etcdctl defrag")
+}

@@ -2,7 +2,12 @@ package store
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -31,6 +36,11 @@ func (s *Service) Defragment(ctx context.Context, _ *pb.DefragmentRequest) (*pb.
 		who = id.String()
 	}
 	res, err := s.store.Reclaim(ctx)
+	if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) {
+		// Not the caller's lack of rights but the controller's etcd user's.
+		return nil, status.Error(codes.FailedPrecondition, err.Error()+
+			": the controller's etcd user may not maintain the cluster (etcd allows compaction, defragmentation and alarms to its root role only); run `etcdctl compact`, `etcdctl defrag` and `etcdctl alarm disarm` as etcd's root")
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -34,9 +34,9 @@ type StoreServiceClient interface {
 	// defragments every member the controller is connected to, and disarms
 	// the NOSPACE alarms. Every step is safe to repeat, so a failed or
 	// interrupted call is simply retried; a failure names the step and the
-	// member (UNAVAILABLE when etcd cannot be reached, PERMISSION_DENIED
-	// from etcd when the controller's etcd user may not maintain the
-	// cluster). Space held by live keys stays.
+	// member (UNAVAILABLE when etcd cannot be reached, FAILED_PRECONDITION
+	// when the controller's etcd user may not maintain the cluster, as with
+	// a prefix-scoped role). Space held by live keys stays.
 	Defragment(ctx context.Context, in *DefragmentRequest, opts ...grpc.CallOption) (*DefragmentResponse, error)
 }
 
@@ -70,9 +70,9 @@ type StoreServiceServer interface {
 	// defragments every member the controller is connected to, and disarms
 	// the NOSPACE alarms. Every step is safe to repeat, so a failed or
 	// interrupted call is simply retried; a failure names the step and the
-	// member (UNAVAILABLE when etcd cannot be reached, PERMISSION_DENIED
-	// from etcd when the controller's etcd user may not maintain the
-	// cluster). Space held by live keys stays.
+	// member (UNAVAILABLE when etcd cannot be reached, FAILED_PRECONDITION
+	// when the controller's etcd user may not maintain the cluster, as with
+	// a prefix-scoped role). Space held by live keys stays.
 	Defragment(context.Context, *DefragmentRequest) (*DefragmentResponse, error)
 	mustEmbedUnimplementedStoreServiceServer()
 }
