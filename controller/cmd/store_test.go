@@ -60,7 +60,7 @@ func TestStoreQuotaAndDefrag(t *testing.T) {
 
 	// Fill the database as rewritten host reports would, straight through
 	// the embedded etcd's private socket (this test runs as its owner).
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + filepath.Join(etcdembed.SocketDir(filepath.Join(dir, "etcd")), "client.sock")},
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdembed.ClientEndpoint(filepath.Join(dir, "etcd"))},
 		DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -68,6 +69,16 @@ func Start(ctx context.Context, dir string) (*Server, error) {
 // directory; it has mode 0700.
 func SocketDir(dir string) string { return filepath.Join(dir, "sockets") }
 
+// ClientEndpoint is the client URL of the embedded etcd with its data in
+// dir, for tools and tests on the same host running as its owner.
+func ClientEndpoint(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		abs = dir
+	}
+	return "unix://" + filepath.Join(SocketDir(abs), "client.sock")
+}
+
 // StartConfig starts an embedded etcd and waits until it serves, or ctx
 // ends. A directory that cannot be created or written is refused before
 // etcd starts, naming the directory and the cause.
@@ -90,7 +101,7 @@ func StartConfig(ctx context.Context, c Config) (*Server, error) {
 	if err := checkWritable(abs); err != nil {
 		return nil, err
 	}
-	clientSock := filepath.Join(sockDir, "client.sock")
+	clientSock := strings.TrimPrefix(ClientEndpoint(abs), "unix://")
 	peerSock := filepath.Join(sockDir, "peer.sock")
 	// Sockets left by a killed process would make the listens fail; an
 	// older release's socket beside the data is removed for the same reason.
@@ -157,7 +168,7 @@ func StartConfig(ctx context.Context, c Config) (*Server, error) {
 		e.Close()
 		return nil, fmt.Errorf("start embedded etcd in %s: %w", abs, ctx.Err())
 	}
-	return &Server{etcd: e, endpoint: "unix://" + clientSock, quota: quota, closing: closing}, nil
+	return &Server{etcd: e, endpoint: ClientEndpoint(abs), quota: quota, closing: closing}, nil
 }
 
 // privateDir creates dir with mode 0700, or tightens an existing one to it.
