@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,28 +25,56 @@ import (
 // configuration given; DataDir, Listen, Logger and Ready are set here.
 func startControllerConfig(t *testing.T, dir string, cfg app.ServeConfig) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	cfg.DataDir, cfg.Listen, cfg.Logger = dir, "127.0.0.1:0", testLogger()
-	cfg.Ready = func(a string) { ready <- a }
-	go func() { done <- app.Serve(ctx, cfg) }()
+	ready, done, stop := serveInBackground(t, dir, cfg)
 	select {
 	case <-ready:
 	case err := <-done:
-		cancel()
+		stop()
 		t.Fatalf("controller did not start: %v", err)
 	case <-time.After(60 * time.Second):
-		cancel()
-		<-done
+		stop()
 		t.Fatal("controller did not start within 60s")
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("controller stopped with error: %v", err)
-		}
-	})
+}
+
+// waitReady waits for a controller started by serveInBackground to serve.
+func waitReady(t *testing.T, ready <-chan string) {
+	t.Helper()
+	select {
+	case <-ready:
+	case <-time.After(60 * time.Second):
+		t.Fatal("controller not ready within 60s")
+	}
+}
+
+// serveInBackground runs serve without waiting for it to be ready. ready
+// receives the address once serving; done its result should it end by
+// itself. stop stops it and reports an error it stopped with; it runs at
+// the end of the test too, and a second call does nothing.
+func serveInBackground(t *testing.T, dir string, cfg app.ServeConfig) (ready <-chan string, done <-chan error, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	readyc := make(chan string, 1)
+	donec := make(chan error, 1)
+	result := make(chan error, 1)
+	cfg.DataDir, cfg.Listen, cfg.Logger = dir, "127.0.0.1:0", testLogger()
+	cfg.Ready = func(a string) { readyc <- a }
+	go func() {
+		err := app.Serve(ctx, cfg)
+		result <- err
+		donec <- err
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-result; err != nil {
+				t.Errorf("controller stopped with error: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return readyc, donec, stop
 }
 
 // Over the embedded etcd's space quota the controller refuses changes with
@@ -53,7 +83,9 @@ func startControllerConfig(t *testing.T, dir string, cfg app.ServeConfig) {
 func TestStoreQuotaAndDefrag(t *testing.T) {
 	dir := t.TempDir()
 	const quota = 1 << 20
-	startControllerConfig(t, dir, app.ServeConfig{EtcdQuotaBytes: quota})
+	cfg := app.ServeConfig{EtcdQuotaBytes: quota}
+	ready, _, stop := serveInBackground(t, dir, cfg)
+	waitReady(t, ready)
 	iss := newIssuer(t, "pfx-Passw0rd", "contoso.com", "fabrikam.com")
 	mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
 	wantContains(t, "apply output", mustRun(t, dir, "apply", "-f", contosoFile(t)), "applied: revision")
@@ -89,11 +121,25 @@ func TestStoreQuotaAndDefrag(t *testing.T) {
 	wantContains(t, "get topology", mustRun(t, dir, "get", "topology"), "realm: contoso.com")
 	mustRun(t, dir, "get", "hosts")
 
+	// A controller restarted under the alarm cannot take its presence
+	// lease, so it is not ready for agents; its API still answers, and
+	// defrag through it is the way out.
+	stop()
+	ready, _, _ = serveInBackground(t, dir, cfg)
+	waitFor(t, "the restarted controller's address file", func() (bool, string) {
+		_, err := os.Stat(app.AddrFile(dir))
+		return err == nil, fmt.Sprint(err)
+	})
+	wantContains(t, "get topology after the restart", mustRun(t, dir, "get", "topology"), "realm: contoso.com")
+	_, err = mustFail(t, dir, "apply", "-f", changed)
+	wantRPCError(t, err, "Unavailable", "etcd space quota of 1048576 bytes exceeded")
+
 	out := mustRun(t, dir, "store", "defrag")
 	wantContains(t, "defrag output", out, "compacted etcd history up to revision", "defragmented unix://", "disarmed 1 NOSPACE alarm(s)")
 	if _, err := cli.Delete(ctx, store.DefaultPrefix+"filler"); err != nil {
 		t.Fatal(err)
 	}
+	waitReady(t, ready)
 	wantContains(t, "apply after defrag", mustRun(t, dir, "apply", "-f", changed), "applied: revision")
 	wantContains(t, "defrag again", mustRun(t, dir, "store", "defrag"), "disarmed 0 NOSPACE alarm(s)")
 
