@@ -157,3 +157,28 @@ func TestServeExternalEtcdClientTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Store flags that cannot work are refused before any etcd starts.
+func TestServeRefusesStoreFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  ServeConfig
+		want string
+	}{
+		{"negative quota", ServeConfig{EtcdQuotaBytes: -1}, "--etcd-quota-bytes -1"},
+		{"etcd client flags without endpoints", ServeConfig{EtcdClient: EtcdClientConfig{Username: "s2s"}}, "need --etcd-endpoints"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tt.cfg.DataDir, tt.cfg.Listen, tt.cfg.Logger = dir, "127.0.0.1:0", slog.New(slog.DiscardHandler)
+			err := Serve(context.Background(), tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.want)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "etcd")); !os.IsNotExist(err) {
+				t.Errorf("a refused serve started etcd (stat: %v)", err)
+			}
+		})
+	}
+}

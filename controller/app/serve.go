@@ -264,6 +264,9 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv
 		if !cfg.EtcdClient.empty() {
 			return nil, nil, nil, errors.New("--etcd-ca, --etcd-cert, --etcd-key, --etcd-username and --etcd-password-file need --etcd-endpoints: the embedded etcd listens on a private unix socket only")
 		}
+		if cfg.EtcdQuotaBytes < 0 {
+			return nil, nil, nil, fmt.Errorf("--etcd-quota-bytes %d: want a number of bytes above 0", cfg.EtcdQuotaBytes)
+		}
 		dir := filepath.Join(cfg.DataDir, "etcd")
 		var err error
 		emb, err = etcdembed.StartConfig(ctx, etcdembed.Config{Dir: dir, Logger: log,

@@ -17,6 +17,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 func TestStartPutGetRestart(t *testing.T) {
@@ -283,5 +284,45 @@ func TestQuotaAlarm(t *testing.T) {
 	}
 	if _, err := cli.Get(ctx, "big"); err != nil {
 		t.Fatalf("read under the NOSPACE alarm: %v", err)
+	}
+}
+
+// Auto-compaction runs: history older than the retention goes away, so
+// rewritten keys do not fill the database.
+func TestAutoCompaction(t *testing.T) {
+	srv, err := StartConfig(context.Background(), Config{Dir: t.TempDir(), CompactionRetention: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	first, err := cli.Put(ctx, "k", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// Keep writing so the compactor has newer revisions to keep.
+		if _, err := cli.Put(ctx, "k", "v2"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cli.Get(ctx, "k", clientv3.WithRev(first.Header.Revision))
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("revision of the first write not compacted within 30s with a retention of 1s")
+		}
+		<-tick.C
 	}
 }
