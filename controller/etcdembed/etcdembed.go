@@ -118,10 +118,10 @@ func StartConfig(ctx context.Context, c Config) (*Server, error) {
 	clientURL := url.URL{Scheme: "unix", Host: clientSock}
 	// etcd binds the listen URL's Host as the socket path. The advertised
 	// URL only names this member in the cluster (a single node dials no
-	// peer) and must survive the round trip through InitialCluster's text,
-	// which an absolute path in Host does not.
+	// peer); a fixed name survives the round trip through InitialCluster's
+	// comma-separated text, which a path with a comma would not.
 	peerURL := url.URL{Scheme: "unix", Host: peerSock}
-	advPeerURL := url.URL{Scheme: "unix", Path: peerSock}
+	advPeerURL := url.URL{Scheme: "unix", Host: "s2strust-peer"}
 	cfg.ListenClientUrls = []url.URL{clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{clientURL}
 	cfg.ListenPeerUrls = []url.URL{peerURL}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
 
@@ -324,5 +326,85 @@ func TestAutoCompaction(t *testing.T) {
 			t.Fatal("revision of the first write not compacted within 30s with a retention of 1s")
 		}
 		<-tick.C
+	}
+}
+
+// Paths with the separators of etcd's flag syntax (a comma, an equals
+// sign) work: nothing of the path goes through etcd's text forms.
+func TestStartPathWithSeparators(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a,b=c d")
+	srv, err := Start(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ClientEndpoint(dir)}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(context.Background(), "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A data directory made by an older release, whose raft peer listened on
+// loopback TCP, keeps its data and comes back on unix sockets only.
+func TestStartMigratesTCPPeerDataDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "etcd")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "s2strust"
+	cfg.Dir = filepath.Join(dir, "member-data")
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	oldSock := filepath.Join(dir, "etcd.sock")
+	client := url.URL{Scheme: "unix", Host: oldSock}
+	peer, _ := url.Parse("http://127.0.0.1:0")
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
+	cfg.InitialCluster = cfg.Name + "=" + peer.String()
+	old, err := embed.StartEtcd(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-old.Server.ReadyNotify()
+	oc, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + oldSock}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oc.Put(context.Background(), "k", "kept"); err != nil {
+		t.Fatal(err)
+	}
+	oc.Close()
+	old.Close()
+
+	before := tcpListeners(t)
+	srv, err := Start(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for inode, addr := range tcpListeners(t) {
+		if _, ok := before[inode]; !ok {
+			t.Errorf("the migrated etcd opened a TCP listener: %s", addr)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(context.Background(), "k")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "kept" {
+		t.Fatalf("data after migration: %v, %v", resp, err)
+	}
+	if _, err := cli.Put(context.Background(), "k", "new"); err != nil {
+		t.Fatalf("write after migration: %v", err)
+	}
+	if _, err := os.Stat(oldSock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("old socket %s left behind (stat: %v)", oldSock, err)
 	}
 }
