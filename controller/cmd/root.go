@@ -110,6 +110,12 @@ func newServe(g *globals) *cobra.Command {
 					cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, e)
 				}
 			}
+			// An external cluster's quota and compaction are its own flags'.
+			for _, f := range []string{"etcd-quota-bytes", "etcd-compaction-retention"} {
+				if len(cfg.EtcdEndpoints) > 0 && cmd.Flags().Changed(f) {
+					return fmt.Errorf("--%s applies to the embedded etcd only; with --etcd-endpoints set etcd's own --quota-backend-bytes and --auto-compaction-retention", f)
+				}
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return app.Serve(ctx, cfg)

@@ -238,3 +238,17 @@ func TestServeExternalEtcdPrefixScopedUser(t *testing.T) {
 	_, err = mustFail(t, dir, "store", "defrag")
 	wantRPCError(t, err, "store defrag: FailedPrecondition", "permission denied", "etcdctl defrag")
 }
+
+// The embedded etcd's quota and compaction flags are refused with an
+// external cluster, whose own settings they would seem to change.
+func TestServeEmbeddedOnlyFlagsRefusedWithEndpoints(t *testing.T) {
+	for _, flag := range []string{"--etcd-quota-bytes=1048576", "--etcd-compaction-retention=5m"} {
+		dir := t.TempDir()
+		_, err := mustFail(t, dir, "serve", "--listen", "127.0.0.1:0", "--etcd-endpoints", "https://etcd1:2379", flag)
+		name := strings.SplitN(flag, "=", 2)[0]
+		wantContains(t, "error", err.Error(), name+" applies to the embedded etcd only", "--quota-backend-bytes")
+		if _, err := os.Stat(filepath.Join(dir, "pki")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a refused serve created its PKI (stat: %v)", err)
+		}
+	}
+}
