@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -73,7 +74,7 @@ type Worker struct {
 	p      *proc
 	nextID uint64
 	hello  json.RawMessage
-	starts int
+	starts atomic.Int64
 }
 
 // NewWorker returns a worker that starts nothing until its first call.
@@ -134,11 +135,7 @@ func (w *Worker) Hello(ctx context.Context, out any) error {
 }
 
 // Starts is how many worker processes were started so far.
-func (w *Worker) Starts() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.starts
-}
+func (w *Worker) Starts() int { return int(w.starts.Load()) }
 
 // Close stops the worker: its standard input is closed so that the script
 // can leave cleanly, and its process tree is killed if it has not left
@@ -163,6 +160,10 @@ func (w *Worker) Close() error {
 }
 
 func (w *Worker) wrap(op string, err error) error {
+	var rec *errRecord
+	if errors.As(err, &rec) {
+		return &Error{Product: w.cfg.Product, Op: op, Record: rec.rec}
+	}
 	var e *Error
 	if errors.As(err, &e) {
 		e.Op = op
@@ -189,7 +190,7 @@ func (w *Worker) start(ctx context.Context) error {
 		return fmt.Errorf("start %s: %w", exe, err)
 	}
 	w.p = p
-	w.starts++
+	w.starts.Add(1)
 	w.log.Debug("powershell worker started", "pid", p.cmd.Process.Pid, "script", w.cfg.Script)
 	hello, err := w.roundTrip(ctx, "init", w.cfg.Init, w.cfg.StartTimeout)
 	if err != nil {

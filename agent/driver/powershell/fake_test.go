@@ -1,0 +1,173 @@
+package powershell
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The fake worker: this test binary, started by the driver as its
+// "powershell" executable (TestMain switches on S2S_FAKE_WORKER), so that
+// process start, the pipes, death, restart and the timeout's tree kill are
+// all real. It answers from the golden files in testdata/golden/<script>/,
+// and only when the request's args are exactly the golden request's.
+func TestMain(m *testing.M) {
+	switch mode := os.Getenv("S2S_FAKE_WORKER"); mode {
+	case "":
+		os.Exit(m.Run())
+	case "sleeper":
+		// A grandchild that outlives nothing: the tree kill must end it.
+		time.Sleep(time.Hour)
+		os.Exit(0)
+	default:
+		os.Exit(fakeWorker(mode))
+	}
+}
+
+// fakeEnv is the environment that makes the test binary a fake worker.
+func fakeEnv(t *testing.T, mode string) (log string) {
+	t.Helper()
+	log = filepath.Join(t.TempDir(), "fake.log")
+	t.Setenv("S2S_FAKE_WORKER", mode)
+	t.Setenv("S2S_FAKE_LOG", log)
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("S2S_FAKE_GOLDEN", filepath.Join(wd, "testdata", "golden"))
+	return log
+}
+
+type golden struct {
+	Request  json.RawMessage `json:"request"`
+	Response json.RawMessage `json:"response"`
+	// Error, when set, is the structured error the worker answers instead.
+	Error *ErrorRecord `json:"error,omitempty"`
+}
+
+func fakeWorker(mode string) int {
+	logf, err := os.OpenFile(os.Getenv("S2S_FAKE_LOG"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 9
+	}
+	defer logf.Close()
+	// The command line, one argument a line, then every request line.
+	fmt.Fprintf(logf, "ARGS %q\n", os.Args[1:])
+	script := ""
+	if n := len(os.Args); n > 0 {
+		script = strings.TrimSuffix(filepath.Base(os.Args[n-1]), ".ps1")
+	}
+	if mode == "die-at-start" {
+		fmt.Fprintln(os.Stderr, "Import-Module : the specified module 'SkypeForBusiness' was not loaded")
+		return 3
+	}
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 1<<20)
+	out := bufio.NewWriter(os.Stdout)
+	answer := func(v any) {
+		b, _ := json.Marshal(v)
+		out.Write(b)
+		out.WriteString("\r\n") // as Windows writes it
+		out.Flush()
+	}
+	for in.Scan() {
+		line := in.Bytes()
+		fmt.Fprintf(logf, "REQ %s\n", line)
+		var req struct {
+			ID   uint64          `json:"id"`
+			Op   string          `json:"op"`
+			Args json.RawMessage `json:"args"`
+		}
+		if err := json.Unmarshal(line, &req); err != nil {
+			answer(map[string]any{"id": 0, "ok": false, "error": ErrorRecord{Message: "bad request line"}})
+			continue
+		}
+		fail := func(rec ErrorRecord) { answer(map[string]any{"id": req.ID, "ok": false, "error": rec}) }
+		switch {
+		case req.Op == "init" && mode == "no-module":
+			fail(ErrorRecord{Cmdlet: "Import-Module", FullyQualifiedErrorID: "S2SModuleNotInstalled", Category: "ObjectNotFound",
+				Message: "neither the SkypeForBusiness nor the Lync module is installed on this host (Get-Module -ListAvailable found none)"})
+			continue
+		case req.Op == "init" && mode == "session-refused":
+			fail(ErrorRecord{Cmdlet: "New-PSSession", FullyQualifiedErrorID: "AccessDenied,PSSessionOpenFailed", Category: "OpenError",
+				Message: "Connecting to remote server ex01.contoso.com failed with the following error message : Access is denied."})
+			continue
+		case req.Op == "exit":
+			fmt.Fprintln(os.Stderr, "Invoke-S2SWorker : the pipeline has been stopped")
+			return 4
+		case req.Op == "hang":
+			// Start a grandchild, report its pid, then never answer.
+			c := exec.Command(os.Args[0])
+			c.Env = append(os.Environ(), "S2S_FAKE_WORKER=sleeper")
+			if err := c.Start(); err == nil {
+				fmt.Fprintf(logf, "GRANDCHILD %d\n", c.Process.Pid)
+			}
+			time.Sleep(time.Hour)
+		case req.Op == "garbage":
+			out.WriteString("WARNING: The names of some imported commands include unapproved verbs\n")
+			out.Flush()
+			continue
+		case req.Op == "huge":
+			out.WriteString(`{"id":` + strconv.FormatUint(req.ID, 10) + `,"ok":true,"result":"` + strings.Repeat("x", 5000) + "\"}\n")
+			out.Flush()
+			continue
+		case req.Op == "wrong-id":
+			answer(map[string]any{"id": req.ID + 7, "ok": true})
+			continue
+		case req.Op == "answer-then-exit":
+			answer(map[string]any{"id": req.ID, "ok": true, "result": "bye"})
+			return 0
+		}
+		g, err := readGolden(script, req.Op)
+		if err != nil {
+			fail(ErrorRecord{FullyQualifiedErrorID: "S2SUnknownOperation", Category: "InvalidOperation", Message: "this worker has no operation " + req.Op})
+			continue
+		}
+		if !jsonEqual(req.Args, g.Request) {
+			fail(ErrorRecord{FullyQualifiedErrorID: "FakeArgsMismatch", Message: fmt.Sprintf("args %s, golden %s", req.Args, g.Request)})
+			continue
+		}
+		if g.Error != nil {
+			fail(*g.Error)
+			continue
+		}
+		answer(map[string]any{"id": req.ID, "ok": true, "result": g.Response})
+	}
+	return 0
+}
+
+func readGolden(script, op string) (*golden, error) {
+	b, err := os.ReadFile(filepath.Join(os.Getenv("S2S_FAKE_GOLDEN"), script, op+".json"))
+	if err != nil {
+		return nil, err
+	}
+	var g golden
+	if err := json.Unmarshal(b, &g); err != nil {
+		return nil, fmt.Errorf("golden %s/%s: %w", script, op, err)
+	}
+	return &g, nil
+}
+
+func jsonEqual(a, b json.RawMessage) bool {
+	norm := func(r json.RawMessage) string {
+		if len(bytes.TrimSpace(r)) == 0 {
+			return "null"
+		}
+		var v any
+		if err := json.Unmarshal(r, &v); err != nil {
+			return "invalid:" + string(r)
+		}
+		out, _ := json.Marshal(v)
+		return string(out)
+	}
+	return norm(a) == norm(b)
+}
