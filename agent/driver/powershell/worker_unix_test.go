@@ -37,4 +37,3 @@ func TestWorkerTimeoutKillsTree(t *testing.T) {
 		t.Fatalf("the call after the timeout: %v", err)
 	}
 }
-

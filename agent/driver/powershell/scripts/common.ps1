@@ -161,10 +161,21 @@ function Get-S2SHostFacts {
     # (3DES for Windows Server 2016 and older, AES-256 after).
     # https://learn.microsoft.com/dotnet/api/system.environment.osversion
     return [ordered]@{
-        osVersion         = [System.Environment]::OSVersion.Version.ToString()
-        psVersion         = $PSVersionTable.PSVersion.ToString()
-        computerName      = [System.Net.Dns]::GetHostEntry('').HostName
+        osVersion    = [System.Environment]::OSVersion.Version.ToString()
+        psVersion    = $PSVersionTable.PSVersion.ToString()
+        computerName = [System.Net.Dns]::GetHostEntry('').HostName
+        productNames = (Get-S2SProductNames)
     }
+}
+
+function Get-S2SProductNames {
+    # The products' names as Programs and Features lists them: they tell
+    # 2019 from Subscription Edition where the builds share a major version.
+    # https://learn.microsoft.com/windows/win32/msi/uninstall-registry-key
+    $names = @(Get-ItemProperty -Path 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\*' -ErrorAction SilentlyContinue |
+        Where-Object { $null -ne $_.PSObject.Properties['DisplayName'] -and ([string]$_.DisplayName -match '^(Microsoft )?(Lync Server|Skype for Business Server|Exchange Server|SharePoint Server)') } |
+        ForEach-Object { [string]$_.DisplayName } | Sort-Object -Unique)
+    return , (ConvertTo-S2SStringList $names)
 }
 
 function Invoke-S2SMetadataGet {

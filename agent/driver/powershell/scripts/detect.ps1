@@ -42,13 +42,7 @@ $operations = @{
         } elseif ($null -ne $spmod) {
             $found.Add([ordered]@{ product = 'sharepoint'; source = 'module SharePointServer'; version = [string]$spmod.Version; displayName = '' })
         }
-        # The products' names as Programs and Features lists them: they tell
-        # 2019 from Subscription Edition where the builds share a major version.
-        # https://learn.microsoft.com/windows/win32/msi/uninstall-registry-key
-        $names = @(Get-ItemProperty -Path 'HKLM:\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall\*' -ErrorAction SilentlyContinue |
-            Where-Object { $null -ne $_.PSObject.Properties['DisplayName'] -and ([string]$_.DisplayName -match '^(Microsoft )?(Lync Server|Skype for Business Server|Exchange Server|SharePoint Server)') } |
-            ForEach-Object { [string]$_.DisplayName } | Sort-Object -Unique)
-        return [ordered]@{ products = $found.ToArray(); displayNames = (ConvertTo-S2SStringList $names) }
+        return [ordered]@{ products = $found.ToArray(); productNames = (Get-S2SProductNames) }
     }
 }
 

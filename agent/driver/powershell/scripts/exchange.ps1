@@ -104,6 +104,12 @@ $operations = @{
         Assert-S2SCommand 'Get-ExchangeCertificate'
         $certs = @(Get-ExchangeCertificate)
         return , @($certs | ForEach-Object {
+                # The DER comes from the computer's own store: the worker
+                # runs on this server, the remote session's copy is
+                # deserialized.
+                $local = Get-S2SLocalCertificate -Thumbprint ([string](Get-S2SProp $_ 'Thumbprint'))
+                $raw = ''
+                if ($null -ne $local) { $raw = [System.Convert]::ToBase64String($local.RawData) }
                 [ordered]@{
                     thumbprint         = [string](Get-S2SProp $_ 'Thumbprint')
                     subject            = [string](Get-S2SProp $_ 'Subject')
@@ -113,6 +119,7 @@ $operations = @{
                     hasPrivateKey      = [bool](Get-S2SProp $_ 'HasPrivateKey')
                     certificateDomains = (ConvertTo-S2SStringList (Get-S2SProp $_ 'CertificateDomains'))
                     services           = [string](Get-S2SProp $_ 'Services')
+                    rawData            = $raw
                 }
             })
     }
@@ -131,7 +138,32 @@ $operations = @{
         $url = [string](Get-S2SRequiredArg $a 'authMetadataUrl')
         $path = Get-S2SExchangeScript
         $out = & $path -ApplicationType $type -AuthMetadataUrl $url 2>&1 | Out-String
-        return [ordered]@{ output = $out.Trim() }
+        # The script names the partner itself: find it by its URL, and
+        # disable it when the topology says so (the script has no -Enabled).
+        $app = @(Get-PartnerApplication | Where-Object { [string](Get-S2SProp $_ 'AuthMetadataUrl') -eq $url }) | Select-Object -First 1
+        if ($null -eq $app) {
+            $ex = New-Object System.Management.Automation.ItemNotFoundException -ArgumentList ('Configure-EnterprisePartnerApplication.ps1 ran but no partner application has AuthMetadataUrl ' + $url + ': ' + $out.Trim())
+            throw (New-Object System.Management.Automation.ErrorRecord -ArgumentList $ex, 'S2SPartnerNotCreated', ([System.Management.Automation.ErrorCategory]::ObjectNotFound), 'Configure-EnterprisePartnerApplication.ps1')
+        }
+        $enabled = Get-S2SArg $a 'enabled'
+        if ($null -ne $enabled -and -not [bool]$enabled) {
+            Set-PartnerApplication -Identity ([string]$app.Name) -Enabled $false -Confirm:$false
+            $app = Get-PartnerApplication -Identity ([string]$app.Name)
+        }
+        return (ConvertTo-S2SExchangePartner $app)
+    }
+
+    'new-partner-application' = {
+        param($a)
+        # For partners other than Lync and SharePoint: the AuthMetadataUrl
+        # parameter set, -Name -AuthMetadataUrl [-Enabled].
+        # https://learn.microsoft.com/powershell/module/exchangepowershell/new-partnerapplication
+        Assert-S2SCommand 'New-PartnerApplication'
+        $p = @{ Name = [string](Get-S2SRequiredArg $a 'name'); AuthMetadataUrl = [string](Get-S2SRequiredArg $a 'authMetadataUrl'); Confirm = $false }
+        $enabled = Get-S2SArg $a 'enabled'
+        if ($null -ne $enabled) { $p.Enabled = [bool]$enabled }
+        $app = New-PartnerApplication @p
+        return (ConvertTo-S2SExchangePartner $app)
     }
 
     'set-partner-application' = {
@@ -165,7 +197,9 @@ $operations = @{
     'set-auth-config' = {
         param($a)
         # One of Set-AuthConfig's parameter sets per call:
-        # AuthConfigSettings (-Realm), NewCertificateParameter
+        # AuthConfigSettings (-Realm; that set has no -Force),
+        # CurrentCertificateParameter (-CertificateThumbprint -Force),
+        # NewCertificateParameter
         # (-NewCertificateThumbprint -NewCertificateEffectiveDate [datetime]
         # -Force), PublishAuthCertificateParameter (-PublishCertificate, or
         # -ClearPreviousCertificate).
@@ -184,10 +218,19 @@ $operations = @{
                 $p.NewCertificateEffectiveDate = (ConvertTo-S2SDate ([string](Get-S2SRequiredArg $a 'effectiveDate')))
                 $p.Force = $true
             }
+            'current-certificate' {
+                $t = [string](Get-S2SRequiredArg $a 'thumbprint')
+                if (-not (Test-S2SThumbprint $t)) {
+                    $ex = New-Object System.ArgumentException -ArgumentList 'thumbprint must be 40 hexadecimal digits'
+                    throw (New-Object System.Management.Automation.ErrorRecord -ArgumentList $ex, 'S2SBadArgument', ([System.Management.Automation.ErrorCategory]::InvalidArgument), 'Set-AuthConfig')
+                }
+                $p.CertificateThumbprint = $t
+                $p.Force = $true
+            }
             'publish' { $p.PublishCertificate = $true }
             'clear-previous' { $p.ClearPreviousCertificate = $true }
             default {
-                $ex = New-Object System.ArgumentException -ArgumentList 'action must be realm, new-certificate, publish or clear-previous'
+                $ex = New-Object System.ArgumentException -ArgumentList 'action must be realm, current-certificate, new-certificate, publish or clear-previous'
                 throw (New-Object System.Management.Automation.ErrorRecord -ArgumentList $ex, 'S2SBadArgument', ([System.Management.Automation.ErrorCategory]::InvalidArgument), 'Set-AuthConfig')
             }
         }

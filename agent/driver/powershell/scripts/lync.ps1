@@ -182,7 +182,9 @@ $operations = @{
         # (the default is the default SIP domain); -ExchangeAutodiscoverUrl.
         # https://learn.microsoft.com/powershell/module/skypeforbusiness/set-csoauthconfiguration
         Assert-S2SCommand 'Set-CsOAuthConfiguration'
-        $p = @{ Identity = 'Global'; ServiceName = [string](Get-S2SRequiredArg $a 'serviceName'); Force = $true; Confirm = $false }
+        $p = @{ Identity = 'Global'; Force = $true; Confirm = $false }
+        $sn = Get-S2SArg $a 'serviceName'
+        if ($sn) { $p.ServiceName = [string]$sn }
         $realm = Get-S2SArg $a 'realm'
         if ($realm) { $p.Realm = [string]$realm }
         $ad = Get-S2SArg $a 'exchangeAutodiscoverUrl'
@@ -195,6 +197,8 @@ $operations = @{
         param($a)
         # The CMS parameter set: -Identity Global -Type OAuthTokenIssuer
         # -Path -Password; with -Roll -EffectiveDate to stage a rollover.
+        # That parameter set has no -PrivateKeyExportable (only the Local set
+        # has it), so none is passed.
         # -Password is typed System.String on this cmdlet (not SecureString),
         # so the one-time password is bound from the request as is; it is on
         # no command line and in no log.

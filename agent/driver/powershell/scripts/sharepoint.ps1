@@ -110,16 +110,17 @@ $operations = @{
     'get-app-principal-permission' = {
         param($a)
         # The site subscription (tenant) scoped content permission of the
-        # partner's app principal.
+        # partner's app principal, and whether its app-only policy is allowed.
         # https://learn.microsoft.com/previous-versions/office/sharepoint-server/jj175803(v=office.15)
+        # https://learn.microsoft.com/previous-versions/office/sharepoint-server/jj173604(v=office.15)
         Assert-S2SCommand 'Get-SPAppPrincipal'
         $x = Get-S2SAppPrincipal $a
         if ($null -eq $x.principal) {
-            return [ordered]@{ nameIdentifier = $x.nameIdentifier; found = $false; right = '' }
+            return [ordered]@{ nameIdentifier = $x.nameIdentifier; found = $false; right = ''; appOnly = $false }
         }
         $m = New-Object Microsoft.SharePoint.SPAppPrincipalPermissionsManager -ArgumentList $x.site.RootWeb
         $right = $m.GetAppPrincipalSiteSubscriptionContentPermission($x.principal)
-        return [ordered]@{ nameIdentifier = $x.nameIdentifier; found = $true; right = [string]$right }
+        return [ordered]@{ nameIdentifier = $x.nameIdentifier; found = $true; right = [string]$right; appOnly = [bool]$m.IsAppOnlyPolicyAllowed($x.principal) }
     }
 
     'new-trusted-issuer' = {
@@ -148,7 +149,9 @@ $operations = @{
             MetadataEndPoint = (New-Object System.Uri -ArgumentList ([string](Get-S2SRequiredArg $a 'metadataEndPoint')))
             Confirm          = $false
         }
-        if ([bool](Get-S2SArg $a 'isTrustBroker' $false)) { $p.IsTrustBroker = $true }
+        # A switch: -IsTrustBroker:$false turns it off.
+        $tb = Get-S2SArg $a 'isTrustBroker'
+        if ($null -ne $tb) { $p.IsTrustBroker = [bool]$tb }
         $null = Set-SPTrustedSecurityTokenIssuer @p
         return (ConvertTo-S2SIssuer (Get-SPTrustedSecurityTokenIssuer -Identity $p.Identity))
     }
@@ -200,6 +203,41 @@ $operations = @{
         $c.AllowMetadataOverHttp = [bool](Get-S2SArg $a 'allowMetadataOverHttp' $false)
         $c.Update()
         return [ordered]@{ updated = $true }
+    }
+
+    'import-signing-certificate' = {
+        param($a)
+        # Replaces the farm STS's signing certificate
+        # (-ImportSigningCertificate <X509Certificate2>), built here from the
+        # one-time key file with its password as a SecureString.
+        # https://learn.microsoft.com/powershell/module/sharepoint-server/set-spsecuritytokenserviceconfig
+        # https://learn.microsoft.com/dotnet/api/system.security.cryptography.x509certificates.x509certificate2.-ctor
+        Assert-S2SCommand 'Set-SPSecurityTokenServiceConfig'
+        $path = [string](Get-S2SRequiredArg $a 'pfxPath')
+        try {
+            $pw = New-S2SSecureString -Plain ([string](Get-S2SRequiredArg $a 'pfxPassword'))
+            $flags = [System.Security.Cryptography.X509Certificates.X509KeyStorageFlags]::MachineKeySet -bor [System.Security.Cryptography.X509Certificates.X509KeyStorageFlags]::PersistKeySet
+            $cert = New-Object System.Security.Cryptography.X509Certificates.X509Certificate2 -ArgumentList $path, $pw, $flags
+            Set-SPSecurityTokenServiceConfig -ImportSigningCertificate $cert -Confirm:$false
+            return [ordered]@{ thumbprint = [string]$cert.Thumbprint }
+        } finally {
+            Remove-S2SKeyFile -Path $path
+        }
+    }
+
+    'set-signing-certificate' = {
+        param($a)
+        # A certificate already in the computer's store, by thumbprint: the
+        # SigningCertificateReference parameter set.
+        # https://learn.microsoft.com/powershell/module/sharepoint-server/set-spsecuritytokenserviceconfig
+        Assert-S2SCommand 'Set-SPSecurityTokenServiceConfig'
+        $t = [string](Get-S2SRequiredArg $a 'thumbprint')
+        if (-not (Test-S2SThumbprint $t)) {
+            $ex = New-Object System.ArgumentException -ArgumentList 'thumbprint must be 40 hexadecimal digits'
+            throw (New-Object System.Management.Automation.ErrorRecord -ArgumentList $ex, 'S2SBadArgument', ([System.Management.Automation.ErrorCategory]::InvalidArgument), 'Set-SPSecurityTokenServiceConfig')
+        }
+        Set-SPSecurityTokenServiceConfig -SigningCertificateThumbprint $t -Confirm:$false
+        return [ordered]@{ thumbprint = $t }
     }
 
     'queue-signing-certificate' = {
