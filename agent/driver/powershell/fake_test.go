@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	pkcs12 "software.sslmate.com/src/go-pkcs12"
 )
 
 // The fake worker: this test binary, started by the driver as its
@@ -132,6 +135,9 @@ func fakeWorker(mode string) int {
 			fail(ErrorRecord{FullyQualifiedErrorID: "S2SUnknownOperation", Category: "InvalidOperation", Message: "this worker has no operation " + req.Op})
 			continue
 		}
+		if pfx := checkKeyFile(req.Args); pfx != "" {
+			fmt.Fprintf(logf, "PFX %s\n", pfx)
+		}
 		if !jsonEqual(req.Args, g.Request) {
 			fail(ErrorRecord{FullyQualifiedErrorID: "FakeArgsMismatch", Message: fmt.Sprintf("args %s, golden %s", req.Args, g.Request)})
 			continue
@@ -140,7 +146,11 @@ func fakeWorker(mode string) int {
 			fail(*g.Error)
 			continue
 		}
-		answer(map[string]any{"id": req.ID, "ok": true, "result": g.Response})
+		resp := regexp.MustCompile(`"\$env:([A-Z0-9_]+)"`).ReplaceAllFunc(g.Response, func(m []byte) []byte {
+			b, _ := json.Marshal(os.Getenv(string(m[6 : len(m)-1])))
+			return b
+		})
+		answer(map[string]any{"id": req.ID, "ok": true, "result": json.RawMessage(resp)})
 	}
 	return 0
 }
@@ -157,17 +167,68 @@ func readGolden(script, op string) (*golden, error) {
 	return &g, nil
 }
 
-func jsonEqual(a, b json.RawMessage) bool {
-	norm := func(r json.RawMessage) string {
+// jsonEqual compares a request's args with the golden request. In the
+// golden file "<any>" matches any string (the one-time key file's path and
+// password) and "$env:NAME" the test's value of NAME (a generated
+// certificate's thumbprint).
+func jsonEqual(got, golden json.RawMessage) bool {
+	decode := func(r json.RawMessage) any {
 		if len(bytes.TrimSpace(r)) == 0 {
-			return "null"
+			return nil
 		}
 		var v any
 		if err := json.Unmarshal(r, &v); err != nil {
 			return "invalid:" + string(r)
 		}
-		out, _ := json.Marshal(v)
-		return string(out)
+		return v
 	}
-	return norm(a) == norm(b)
+	g := decode(golden)
+	if m, ok := g.(map[string]any); ok {
+		for k, v := range m {
+			if s, ok := v.(string); ok && strings.HasPrefix(s, "$env:") {
+				m[k] = os.Getenv(strings.TrimPrefix(s, "$env:"))
+			}
+		}
+		if gm, ok := decode(got).(map[string]any); ok {
+			for k, v := range m {
+				if v == "<any>" {
+					if s, ok := gm[k].(string); ok && s != "" {
+						m[k] = s
+					}
+				}
+			}
+		}
+	}
+	a, _ := json.Marshal(decode(got))
+	b, _ := json.Marshal(g)
+	return string(a) == string(b)
+}
+
+// checkKeyFile describes the key file a request names: its permissions,
+// whether its password opens it, and its encryption (PBES2 AES or 3DES).
+func checkKeyFile(args json.RawMessage) string {
+	var a struct {
+		PfxPath     string `json:"pfxPath"`
+		PfxPassword string `json:"pfxPassword"`
+	}
+	if json.Unmarshal(args, &a) != nil || a.PfxPath == "" {
+		return ""
+	}
+	fi, err := os.Stat(a.PfxPath)
+	if err != nil {
+		return "missing " + err.Error()
+	}
+	data, _ := os.ReadFile(a.PfxPath)
+	opens := "opens"
+	if _, _, _, err := pkcs12.DecodeChain(data, a.PfxPassword); err != nil {
+		opens = "does-not-open: " + err.Error()
+	}
+	enc := "unknown"
+	switch {
+	case bytes.Contains(data, []byte{0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d}):
+		enc = string(PFXModernAES) // PBES2, 1.2.840.113549.1.5.13
+	case bytes.Contains(data, []byte{0x06, 0x0a, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01, 0x03}):
+		enc = string(PFXLegacy3DES) // pbeWithSHAAnd3-KeyTripleDES-CBC
+	}
+	return fmt.Sprintf("%s mode=%o %s %s", a.PfxPath, fi.Mode().Perm(), opens, enc)
 }
