@@ -130,7 +130,7 @@ func fakeWorker(mode string) int {
 			answer(map[string]any{"id": req.ID, "ok": true, "result": "bye"})
 			return 0
 		}
-		g, err := readGolden(script, req.Op)
+		g, err := findGolden(script, req.Op, req.Args)
 		if err != nil {
 			fail(ErrorRecord{FullyQualifiedErrorID: "S2SUnknownOperation", Category: "InvalidOperation", Message: "this worker has no operation " + req.Op})
 			continue
@@ -138,8 +138,8 @@ func fakeWorker(mode string) int {
 		if pfx := checkKeyFile(req.Args); pfx != "" {
 			fmt.Fprintf(logf, "PFX %s\n", pfx)
 		}
-		if !jsonEqual(req.Args, g.Request) {
-			fail(ErrorRecord{FullyQualifiedErrorID: "FakeArgsMismatch", Message: fmt.Sprintf("args %s, golden %s", req.Args, g.Request)})
+		if g == nil {
+			fail(ErrorRecord{FullyQualifiedErrorID: "FakeArgsMismatch", Message: fmt.Sprintf("no golden %s/%s request matches args %s", script, req.Op, req.Args)})
 			continue
 		}
 		if g.Error != nil {
@@ -155,16 +155,33 @@ func fakeWorker(mode string) int {
 	return 0
 }
 
-func readGolden(script, op string) (*golden, error) {
-	b, err := os.ReadFile(filepath.Join(os.Getenv("S2S_FAKE_GOLDEN"), script, op+".json"))
-	if err != nil {
-		return nil, err
+// findGolden returns the golden exchange of script's op whose request
+// matches args: <op>.json or one of its variants <op>@<variant>.json. It
+// returns an error when the op has no golden file at all, and nil, nil when
+// none matches.
+func findGolden(script, op string, args json.RawMessage) (*golden, error) {
+	dir := filepath.Join(os.Getenv("S2S_FAKE_GOLDEN"), script)
+	files, _ := filepath.Glob(filepath.Join(dir, op+"@*.json"))
+	if _, err := os.Stat(filepath.Join(dir, op+".json")); err == nil {
+		files = append(files, filepath.Join(dir, op+".json"))
 	}
-	var g golden
-	if err := json.Unmarshal(b, &g); err != nil {
-		return nil, fmt.Errorf("golden %s/%s: %w", script, op, err)
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no golden file for %s/%s", script, op)
 	}
-	return &g, nil
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var g golden
+		if err := json.Unmarshal(b, &g); err != nil {
+			return nil, fmt.Errorf("golden %s: %w", f, err)
+		}
+		if jsonEqual(args, g.Request) {
+			return &g, nil
+		}
+	}
+	return nil, nil
 }
 
 // jsonEqual compares a request's args with the golden request. In the

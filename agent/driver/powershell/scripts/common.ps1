@@ -255,3 +255,30 @@ function ConvertTo-S2SCertificate {
         rawData       = [System.Convert]::ToBase64String($Certificate.RawData)
     }
 }
+
+function Invoke-S2SRealmDiscovery {
+    param([Parameter(Mandatory = $true)] $Arguments)
+    # Realm autodiscovery: a request with an empty Bearer Authorization
+    # header is answered 401 with WWW-Authenticate: Bearer client_id=…,
+    # realm=… (SharePoint names its farm's realm), trusted_issuers=….
+    # [MS-XOAUTH] 3.1.5.1 and 3.2.5.4:
+    # https://learn.microsoft.com/openspecs/exchange_server_protocols/ms-xoauth/bca538e1-4a02-45af-a41c-441645506c93
+    # https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/invoke-webrequest?view=powershell-5.1
+    $url = [string](Get-S2SRequiredArg $Arguments 'url')
+    $status = 0
+    $header = ''
+    try {
+        $r = Invoke-WebRequest -Uri $url -UseBasicParsing -Method Get -Headers @{ Authorization = 'Bearer ' } -TimeoutSec 30 -MaximumRedirection 0
+        $status = [int]$r.StatusCode
+        $header = [string]$r.Headers['WWW-Authenticate']
+    } catch {
+        $resp = $null
+        if ($null -ne $_.Exception.PSObject.Properties['Response']) { $resp = $_.Exception.Response }
+        if ($null -eq $resp) {
+            return [ordered]@{ url = $url; status = 0; wwwAuthenticate = ''; error = [string]$_.Exception.Message }
+        }
+        $status = [int]$resp.StatusCode
+        $header = [string]$resp.Headers['WWW-Authenticate']
+    }
+    return [ordered]@{ url = $url; status = $status; wwwAuthenticate = $header; error = '' }
+}

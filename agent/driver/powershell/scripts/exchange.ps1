@@ -290,6 +290,11 @@ $operations = @{
         return [ordered]@{ resultType = $resultType; detail = $detail; text = ($r | Out-String).Trim() }
     }
 
+    'realm-discovery' = {
+        param($a)
+        return (Invoke-S2SRealmDiscovery -Arguments $a)
+    }
+
     'metadata-get' = {
         param($a)
         return (Invoke-S2SMetadataGet -Arguments $a)

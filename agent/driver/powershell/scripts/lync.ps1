@@ -267,6 +267,11 @@ $operations = @{
         }
     }
 
+    'realm-discovery' = {
+        param($a)
+        return (Invoke-S2SRealmDiscovery -Arguments $a)
+    }
+
     'metadata-get' = {
         param($a)
         return (Invoke-S2SMetadataGet -Arguments $a)

@@ -262,27 +262,7 @@ $operations = @{
 
     'realm-discovery' = {
         param($a)
-        # SharePoint answers a request with an empty bearer token with 401
-        # and WWW-Authenticate: Bearer realm="<realm>",client_id="00000003-…".
-        # https://learn.microsoft.com/sharepoint/dev/sp-add-ins/handle-security-tokens-in-provider-hosted-low-trust-sharepoint-add-ins
-        # https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/invoke-webrequest?view=powershell-5.1
-        $url = [string](Get-S2SRequiredArg $a 'url')
-        $status = 0
-        $header = ''
-        try {
-            $r = Invoke-WebRequest -Uri $url -UseBasicParsing -Method Get -Headers @{ Authorization = 'Bearer ' } -TimeoutSec 30 -MaximumRedirection 0
-            $status = [int]$r.StatusCode
-            $header = [string]$r.Headers['WWW-Authenticate']
-        } catch {
-            $resp = $null
-            if ($null -ne $_.Exception.PSObject.Properties['Response']) { $resp = $_.Exception.Response }
-            if ($null -eq $resp) {
-                return [ordered]@{ url = $url; status = 0; wwwAuthenticate = ''; error = [string]$_.Exception.Message }
-            }
-            $status = [int]$resp.StatusCode
-            $header = [string]$resp.Headers['WWW-Authenticate']
-        }
-        return [ordered]@{ url = $url; status = $status; wwwAuthenticate = $header; error = '' }
+        return (Invoke-S2SRealmDiscovery -Arguments $a)
     }
 
     'metadata-get' = {
