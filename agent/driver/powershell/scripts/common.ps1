@@ -76,7 +76,8 @@ function ConvertTo-S2SDate {
     # Dates travel as ISO 8601 in UTC and reach the cmdlets as [datetime],
     # never as strings a locale would reinterpret.
     param([Parameter(Mandatory = $true)] [string] $Value)
-    return [datetime]::Parse($Value, [System.Globalization.CultureInfo]::InvariantCulture, [System.Globalization.DateTimeStyles]::AdjustToUniversal -bor [System.Globalization.DateTimeStyles]::AssumeUniversal)
+    $styles = [System.Globalization.DateTimeStyles]::AdjustToUniversal -bor [System.Globalization.DateTimeStyles]::AssumeUniversal
+    return [datetime]::Parse($Value, [System.Globalization.CultureInfo]::InvariantCulture, $styles)
 }
 
 function ConvertFrom-S2SDate {
