@@ -64,4 +64,3 @@ func TestReadPassword(t *testing.T) {
 		t.Fatal("empty standard input accepted")
 	}
 }
-
