@@ -146,6 +146,13 @@ func (c *comparer) wantIssuer() (thumbprint, source string) {
 			}
 		}
 		t, _ := certs.NormalizeThumbprint(c.cfg.GetTokenIssuer().GetSecretThumbprint())
+		if t == "" {
+			t = c.st.ImportedSecrets[src.Secret]
+		}
+		if t == "" && !c.primary {
+			// The primary imports it; this host trusts its replica.
+			t = c.st.Issuer.Current
+		}
 		return t, "secret " + src.Secret
 	case *pb.TokenIssuer_Thumbprint:
 		t, _ := certs.NormalizeThumbprint(src.Thumbprint)
@@ -218,12 +225,9 @@ func (c *comparer) localIssuer(r result, thumbprint string) result {
 		r.problem = fmt.Sprintf("host %s: the local certificate store %s the issuer certificate %s", c.host(), what, thumbprint)
 		if lc == nil {
 			r.problem += " with its private key"
-		}
-		if !c.primary {
-			// Lync's CMS (Exchange's AuthAdmin servicelet, SharePoint's
-			// farm) replicates the deployment's issuer to every server.
-			r.pending = true
-			r.problem += "; the product has not replicated it to this host yet"
+			if other := c.sameSubject(); other != "" {
+				r.problem += "; it holds " + other + " instead"
+			}
 		}
 		return r
 	case lc.Cert == nil:
@@ -246,6 +250,25 @@ func (c *comparer) localIssuer(r result, thumbprint string) result {
 	}
 	r.warning = strings.Join(warns, "; ")
 	return r
+}
+
+// sameSubject names the local certificates with the subject of the
+// deployment's issuer: what a host whose copy was swapped holds instead.
+func (c *comparer) sameSubject() string {
+	ic := c.st.IssuerCertificate
+	if ic == nil {
+		return ""
+	}
+	var out []string
+	for _, lc := range c.st.Certificates {
+		if lc.Cert != nil && lc.Thumbprint != c.st.Issuer.Current && lc.Cert.Subject.CommonName == ic.Subject.CommonName {
+			out = append(out, lc.Thumbprint)
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return strings.Join(out, ", ") + " with the same subject CN=" + ic.Subject.CommonName
 }
 
 func (c *comparer) importIssuer(secret, thumbprint string) []Op {

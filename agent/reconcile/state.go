@@ -40,6 +40,10 @@ type State struct {
 	OAuth OAuth
 	// Issuer is the deployment's token-issuer certificates.
 	Issuer Issuer
+	// IssuerCertificate is the current issuer's certificate as the
+	// deployment records it, when the driver can read it: it names what a
+	// host that lacks it holds instead.
+	IssuerCertificate *x509.Certificate
 	// Partners are the registered partner applications (Lync, Exchange) or
 	// trusted security token issuers (SharePoint), sorted by name.
 	Partners []Partner
@@ -54,6 +58,11 @@ type State struct {
 	// DefaultThumbprint is Lync's Get-CsCertificate -Type Default on this
 	// host; empty on other products.
 	DefaultThumbprint string
+	// ImportedSecrets maps the PFX secrets this host imported to their
+	// certificates' thumbprints, where the driver remembers them; the
+	// controller's recorded thumbprint (TokenIssuer.secret_thumbprint) is
+	// preferred.
+	ImportedSecrets map[string]string
 }
 
 // OAuth is a product's own OAuth settings.

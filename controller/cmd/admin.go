@@ -162,6 +162,14 @@ func newGet(g *globals) *cobra.Command {
 	return c
 }
 
+// Exit codes of status.
+const (
+	// exitTrust: a trust edge is not working.
+	exitTrust = 3
+	// exitDrift: a host's actual state moved away from what it applied.
+	exitDrift = 4
+)
+
 func newStatus(g *globals) *cobra.Command {
 	var trust bool
 	c := &cobra.Command{
@@ -176,23 +184,38 @@ func newStatus(g *globals) *cobra.Command {
 					if err != nil {
 						return rpcError("trust report", err)
 					}
+					hosts, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+					if err != nil {
+						return rpcError("list hosts", err)
+					}
 					printTrust(g.out, rep.GetEdges())
+					printDrift(g.out, hosts.GetHosts())
+					fmt.Fprintln(g.out)
+					printRealms(g.out, rep.GetRealms())
 					for _, e := range rep.GetEdges() {
 						if !e.GetOk() {
-							return &exitError{code: 3, err: fmt.Errorf("trust edge %s → %s is not working", e.GetFrom(), e.GetTo())}
+							return &exitError{code: exitTrust, err: fmt.Errorf("trust edge %s → %s is not working", e.GetFrom(), e.GetTo())}
 						}
 					}
-					return nil
+					return driftError(hosts.GetHosts())
 				}
 				details, err := fetchStatus(ctx, fleet)
 				if err != nil {
 					return err
 				}
 				printStatus(g.out, details)
-				return nil
+				hosts := make([]*pb.Host, 0, len(details))
+				for _, d := range details {
+					hosts = append(hosts, d.host)
+				}
+				return driftError(hosts)
 			})
 		},
 	}
+	c.Long = fmt.Sprintf(`Per host: desired and applied version, last ack or nack, drift, realms and what the host verified.
+With --trust: one row per trust edge, then every host's drift and each deployment's realms.
+
+Exits %d when a trust edge is not working (--trust), %d when a host has drift that was not corrected.`, exitTrust, exitDrift)
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
 	return c
 }

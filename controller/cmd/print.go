@@ -34,10 +34,10 @@ func printPlan(w io.Writer, resp *pb.ApplyTopologyResponse) {
 
 func printHosts(w io.Writer, hosts []*pb.Host) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tPRODUCT\tPRIMARY\tCONNECTED\tDESIRED\tAPPLIED\tLAST RESULT")
+	fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tPRODUCT\tPRIMARY\tCONNECTED\tDESIRED\tAPPLIED\tDRIFT\tLAST RESULT")
 	for _, h := range hosts {
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\t%s\n", h.GetHost(), h.GetDeployment(), products.Name(h.GetProduct()), h.GetProductVersion(),
-			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), h.GetDesiredVersion(), h.GetAppliedVersion(), resultText(h.GetLastResult()))
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\t%s\t%s\n", h.GetHost(), h.GetDeployment(), products.Name(h.GetProduct()), h.GetProductVersion(),
+			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), h.GetDesiredVersion(), h.GetAppliedVersion(), driftText(h.GetDrift()), resultText(h.GetLastResult()))
 	}
 	tw.Flush()
 }
@@ -114,6 +114,7 @@ func printStatus(w io.Writer, details []hostDetail) {
 			fmt.Fprintln(w, "no status report yet")
 			continue
 		}
+		fmt.Fprintln(w, realmLine(h, r))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ITEM\tSTATE\tDETAIL")
 		items := append([]*pb.ItemStatus(nil), r.GetItems()...)
@@ -273,7 +274,7 @@ func printOAuth(w io.Writer, product pb.Product, o *pb.OAuthConfiguration) {
 // edges that are not working.
 func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM\tTO\tREGISTERED AS\tIDENTIFIER\tTRUST\tENABLED\tKEY IN METADATA\tKEY IN PARTNER CACHE\tREALM\tISSUER EXPIRES\tSKEW\tPROBES\tRESULT")
+	fmt.Fprintln(tw, "FROM\tTO\tREGISTERED AS\tIDENTIFIER\tTRUST\tENABLED\tKEY IN METADATA\tKEY IN PARTNER CACHE\tREGISTERED REALM\tISSUER EXPIRES\tSKEW\tPROBES\tRESULT")
 	for _, e := range edges {
 		reg := e.GetRegistration()
 		name, id, level, enabled := "-", "-", "-", "-"
@@ -283,9 +284,14 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 				level = "n/a"
 			}
 		}
-		realm := e.GetFromRealm()
-		if !e.GetRealmsMatch() {
-			realm = fmt.Sprintf("MISMATCH %s/%s", e.GetFromRealm(), e.GetToRealm())
+		// The realm the receiver registered the issuer with; the
+		// problems below say what does not match.
+		realm := reg.GetRealm()
+		if realm == "" {
+			realm = "-"
+		}
+		if reg != nil && !e.GetRealmsMatch() {
+			realm = "MISMATCH " + realm
 		}
 		expires := "-"
 		if e.GetIssuerNotAfter() != nil {
@@ -313,4 +319,110 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 			fmt.Fprintf(w, "  %s → %s: %s\n", e.GetFrom(), e.GetTo(), p)
 		}
 	}
+}
+
+// openDrift is the drift a host still has: what auto-correct did not correct.
+func openDrift(ds []*pb.Drift) []*pb.Drift {
+	var out []*pb.Drift
+	for _, d := range ds {
+		if !d.GetCorrected() {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// driftText is the DRIFT column: the number of items not as applied, "-"
+// for none, and how many auto-correct corrected.
+func driftText(ds []*pb.Drift) string {
+	open := len(openDrift(ds))
+	corrected := len(ds) - open
+	switch {
+	case open == 0 && corrected == 0:
+		return "-"
+	case corrected == 0:
+		return fmt.Sprint(open)
+	}
+	return fmt.Sprintf("%d (%d corrected)", open, corrected)
+}
+
+// printDrift prints a line per host that has drift, naming the items.
+func printDrift(w io.Writer, hosts []*pb.Host) {
+	for _, h := range hosts {
+		for _, d := range h.GetDrift() {
+			c := ""
+			if d.GetCorrected() {
+				c = " (corrected)"
+			}
+			fmt.Fprintf(w, "  DRIFT on %s (%s): %s: %s%s\n", h.GetHost(), h.GetDeployment(), d.GetItem(), d.GetActual(), c)
+		}
+	}
+}
+
+// driftError names every host with drift not corrected, nil when none.
+func driftError(hosts []*pb.Host) error {
+	var parts []string
+	for _, h := range hosts {
+		var items []string
+		for _, d := range openDrift(h.GetDrift()) {
+			items = append(items, d.GetItem())
+		}
+		if len(items) > 0 {
+			parts = append(parts, fmt.Sprintf("%s (%s)", h.GetHost(), strings.Join(items, ", ")))
+		}
+	}
+	if len(parts) == 0 {
+		return nil
+	}
+	return &exitError{code: exitDrift, err: fmt.Errorf("drift on %s", strings.Join(parts, ", "))}
+}
+
+// realmLine is a host's effective realm: the one in its product's OAuth
+// settings and the one its own metadata document shows. They differ by
+// product: Lync's is the default SIP domain, Exchange's is blank (its
+// metadata says "*"), SharePoint's is the farm id.
+func realmLine(h *pb.Host, r *pb.StatusReport) string {
+	configured := r.GetOauth().GetRealm()
+	if configured == "" {
+		configured = "(blank)"
+		if h.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
+			configured = "(blank: tokens for any accepted domain)"
+		}
+	}
+	doc := "not fetched"
+	for _, m := range r.GetMetadata() {
+		if m.GetPartner() != "" || m.GetDeployment() != h.GetDeployment() {
+			continue
+		}
+		switch {
+		case !m.GetOk():
+			doc = "not valid"
+		case m.GetRealm() == "" && m.GetIssuer() == "":
+			doc = "realm not reported"
+		default:
+			doc = fmt.Sprintf("realm %s, issuer %s", orDash(m.GetRealm()), orDash(m.GetIssuer()))
+		}
+	}
+	return fmt.Sprintf("Realm: %s; own metadata: %s", configured, doc)
+}
+
+// printRealms prints each deployment's effective realm, from the trust report.
+func printRealms(w io.Writer, realms []*pb.DeploymentRealm) {
+	if len(realms) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEPLOYMENT\tPRODUCT\tREPORTED BY\tCONFIGURED REALM\tMETADATA REALM\tMETADATA ISSUER")
+	for _, r := range realms {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.GetDeployment(), products.Name(r.GetProduct()), orDash(r.GetHost()),
+			orDash(r.GetConfiguredRealm()), orDash(r.GetMetadataRealm()), orDash(r.GetMetadataIssuer()))
+	}
+	tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -218,6 +218,9 @@ type agentOpts struct {
 	// resolver and trust store, so it serves and downloads metadata and
 	// runs trust probes.
 	network *simnet.Network
+	// resolve adds --resolve mappings to the network's: the one way a test
+	// may point a name at loopback (a loopback IP literal is refused).
+	resolve []string
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -230,7 +233,7 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	scfg := sim.Config{Host: host, StateDir: filepath.Join(stateDir, "sim"), SharedDir: simDir,
 		Products: []*pb.DetectedProduct{{Product: p, Version: ver}}}
 	if n := o.network; n != nil {
-		resolve, err := metadata.ParseResolve(n.Resolve())
+		resolve, err := metadata.ParseResolve(append(n.Resolve(), o.resolve...))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -96,18 +96,19 @@ func TestEveryTrustEdgeIsProvedWithARealToken(t *testing.T) {
 }
 
 func TestBrokenMetadataURLsFailOnlyTheirEdgesAndConverge(t *testing.T) {
-	f := startFleet(t, examples.Contoso, agentOpts{driftInterval: 500 * time.Millisecond})
-	// A port nothing listens on.
+	// A port nothing listens on, reached by name through a --resolve
+	// mapping (the metadata client refuses a loopback IP literal).
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	closed := l.Addr().String()
 	l.Close()
+	f := startFleet(t, examples.Contoso, agentOpts{driftInterval: 500 * time.Millisecond, resolve: []string{"closed.contoso.com=" + closed}})
 	broken := bytes.Replace(examples.Contoso, []byte("{from: sharepoint, to: pool01}"),
 		[]byte("{from: sharepoint, to: pool01, metadataUrl: \"https://sp.contoso.com/_layouts/15/not-metadata\"}"), 1)
 	broken = bytes.Replace(broken, []byte("{from: exchange, to: sharepoint}"),
-		[]byte(fmt.Sprintf("{from: exchange, to: sharepoint, metadataUrl: \"https://%s/autodiscover/metadata/json/1\"}", closed)), 1)
+		[]byte("{from: exchange, to: sharepoint, metadataUrl: \"https://closed.contoso.com/autodiscover/metadata/json/1\"}"), 1)
 	rev := f.apply(broken)
 
 	fleetAPI := pb.NewFleetServiceClient(f.conn)
@@ -231,6 +232,24 @@ func TestDriftIsReportedAndProbesFail(t *testing.T) {
 			got[d.GetItem()] = true
 		}
 		return got["partner/microsoft.sharepoint"] && got["partner/microsoft.exchange"], fmt.Sprintf("drift %v", h.GetStatus().GetDrift())
+	})
+	// The fleet view counts the drift, and the trust row shows the level
+	// the pool really has, naming the difference.
+	hosts, err := fleetAPI.ListHosts(context.Background(), &pb.ListHostsRequest{Deployment: "pool01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hosts.GetHosts() {
+		if h.GetHost() == primary && len(h.GetDrift()) < 2 {
+			t.Errorf("ListHosts shows drift %v on %s, want both partners", h.GetDrift(), primary)
+		}
+	}
+	f.waitEdges("exchange→pool01 to show the lowered trust level", func(k string, e *pb.TrustEdge) bool {
+		if k != "exchange→pool01" {
+			return true
+		}
+		return e.GetRegistration().GetTrustLevel() == pb.TrustLevel_TRUST_LEVEL_APPLICATION && !e.GetOk() &&
+			strings.Contains(strings.Join(e.GetProblems(), "\n"), "ApplicationTrustLevel Application, the topology wants Full")
 	})
 }
 

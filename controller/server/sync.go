@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -236,14 +237,14 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 	}
 	c.mu.Unlock()
 	msg := &pb.Desired{Version: d.version, Nonce: s.hub.nextNonce(), Config: d.config, Hash: d.hash}
-	if name := d.config.GetTokenIssuer().GetSecret(); name != "" && s.hub.cfg.Secrets != nil {
+	if names := s.hub.secretsFor(d.config); len(names) > 0 && s.hub.cfg.Secrets != nil {
 		sctx, cancel := storeCtx(ctx)
-		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, []string{name})
+		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, names)
 		cancel()
 		if err != nil {
 			// Without its secret the push would fail on the host and, once
 			// NACKed, never be sent again: end the stream and let the agent retry.
-			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", name, c.host, err)
+			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", strings.Join(names, ", "), c.host, err)
 		}
 		msg.Secrets = secrets
 	}
@@ -339,17 +340,21 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport) error {
 	ctx, cancel := storeCtx(ctx)
 	defer cancel()
-	if r.GetClock() != nil {
+	// The drift goes with the host's state too, so the fleet view lists
+	// it without reading every report; written only when it changes.
+	if err := s.persistState(ctx, c, func(st *pb.Host) {
+		st.Drift = r.GetDrift()
+		if r.GetClock() == nil {
+			return
+		}
 		offset := r.GetClock().AsTime().Sub(s.hub.cfg.Now()).Milliseconds()
 		// Recorded only when it moves by a second or more, so reports do not rewrite host state.
-		if err := s.persistState(ctx, c, func(st *pb.Host) {
-			if d := st.GetClockOffsetMs() - offset; st.GetLastSeen() == nil || d >= 1000 || d <= -1000 {
-				st.ClockOffsetMs = offset
-				st.LastSeen = timestamp(s.hub.cfg.Now())
-			}
-		}); err != nil {
-			return err
+		if d := st.GetClockOffsetMs() - offset; st.GetLastSeen() == nil || d >= 1000 || d <= -1000 {
+			st.ClockOffsetMs = offset
+			st.LastSeen = timestamp(s.hub.cfg.Now())
 		}
+	}); err != nil {
+		return err
 	}
 	c.mu.Lock()
 	prev := c.report

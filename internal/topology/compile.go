@@ -41,10 +41,11 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			Product:               pp,
 			ApplicationIdentifier: products.ServiceName(pp),
 			MetadataUrl:           tr.MetadataURL,
-			Realm:                 c.Realm,
-			TrustLevel:            level,
-			Enabled:               *tr.Enabled,
-			TrustBroker:           rp == pb.Product_PRODUCT_SHAREPOINT && pp == pb.Product_PRODUCT_LYNC,
+			// A partner's realm is learned from its metadata, as the
+			// products do: none is declared per deployment.
+			TrustLevel:  level,
+			Enabled:     *tr.Enabled,
+			TrustBroker: rp == pb.Product_PRODUCT_SHAREPOINT && pp == pb.Product_PRODUCT_LYNC,
 		}
 		if p.MetadataUrl == "" {
 			p.MetadataUrl = metadataURL(from)
@@ -55,6 +56,7 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			Product:     rp,
 			ServiceName: products.ServiceName(rp),
 			Hosts:       cloneStrings(to.Hosts),
+			MetadataUrl: metadataURL(to),
 		})
 	}
 
@@ -71,7 +73,7 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				Product:                 p,
 				ProductVersion:          d.Version,
 				DeploymentHosts:         cloneStrings(d.Hosts),
-				Realm:                   c.Realm,
+				Realm:                   realmOf(c, p),
 				ServiceName:             products.ServiceName(p),
 				DefaultSipDomain:        c.SIPDomains.Default,
 				AdditionalSipDomains:    cloneStrings(c.SIPDomains.Additional),
@@ -113,6 +115,16 @@ func Hash(cfg *pb.HostConfig) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// realmOf is the realm s2strust sets on a deployment of product p: the
+// topology's realm for Lync's OAuth configuration, nothing elsewhere (the
+// product keeps its own).
+func realmOf(t *Topology, p pb.Product) string {
+	if p == pb.Product_PRODUCT_LYNC {
+		return t.Realm
+	}
+	return ""
 }
 
 // mustProduct is a validated deployment's product.

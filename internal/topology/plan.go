@@ -121,10 +121,21 @@ func diffHost(f, t *pb.HostConfig) []*pb.PlanItem {
 		add(ItemHost, ActionUpdate, strings.Join(changes, "; "))
 	}
 
+	// A realm s2strust sets is a disruptive change: tokens minted for the
+	// old realm stop being accepted (on SharePoint, existing app principals
+	// break); the plan says so.
+	disruptive := func() {
+		it := items[len(items)-1]
+		it.Disruptive = true
+		it.Detail += " [disruptive: changes the realm of " + t.Deployment + "]"
+	}
 	if fresh {
 		add(ItemOAuthConfiguration, ActionCreate, oauthCommand(t, nil))
 	} else if changes := oauthChanges(f, t); len(changes) > 0 {
 		add(ItemOAuthConfiguration, ActionUpdate, oauthCommand(t, f)+" ("+strings.Join(changes, "; ")+")")
+		if f.GetRealm() != t.Realm && t.Realm != "" {
+			disruptive()
+		}
 	}
 
 	var fti *pb.TokenIssuer
@@ -241,7 +252,7 @@ func oauthCommand(t, f *pb.HostConfig) string {
 		if changed(f.GetServiceName(), t.ServiceName) {
 			b.WriteString(" -ServiceName " + t.ServiceName)
 		}
-		if changed(f.GetRealm(), t.Realm) {
+		if t.Realm != "" && changed(f.GetRealm(), t.Realm) {
 			b.WriteString(" -Realm " + t.Realm)
 		}
 		if changed(f.GetExchangeAutodiscoverUrl(), t.ExchangeAutodiscoverUrl) {
@@ -253,8 +264,14 @@ func oauthCommand(t, f *pb.HostConfig) string {
 			}
 		}
 	case pb.Product_PRODUCT_EXCHANGE:
+		if t.Realm == "" {
+			return "keep the organization's own realm (Get-AuthConfig Realm blank: tokens for any accepted domain)"
+		}
 		b.WriteString("Set-AuthConfig -Realm " + t.Realm)
 	case pb.Product_PRODUCT_SHAREPOINT:
+		if t.Realm == "" {
+			return "keep the farm's own realm (Get-SPAuthenticationRealm: the farm id)"
+		}
 		b.WriteString("Set-SPAuthenticationRealm -Realm " + t.Realm)
 	default:
 		b.WriteString("set realm " + t.Realm)

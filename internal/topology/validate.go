@@ -111,9 +111,11 @@ func (v *validator) header() {
 		}
 	}
 
-	if t.Realm == "" {
-		t.Realm = sd.Default
-	} else if !isText(t.Realm) || strings.IndexFunc(t.Realm, unicode.IsSpace) >= 0 {
+	// The realm is Lync's OAuth realm only, and set only when declared:
+	// Lync's own default is the default SIP domain, Exchange's realm is
+	// blank and SharePoint's is its farm id, and s2strust changes none of
+	// them unless the topology says so.
+	if t.Realm != "" && !isText(t.Realm) || strings.IndexFunc(t.Realm, unicode.IsSpace) >= 0 {
 		v.add("realm", t.Realm, "a realm has no spaces or control characters; accepted: e.g. contoso.com, or leave it out to use the default SIP domain")
 	}
 }

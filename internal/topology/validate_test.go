@@ -342,7 +342,8 @@ func TestValidateNormalizes(t *testing.T) {
 	d := top.Deployments[0]
 	checks := []struct{ what, got, want string }{
 		{"default SIP domain", top.SIPDomains.Default, "fabrikam.com"},
-		{"realm", top.Realm, "fabrikam.com"},
+		// Not defaulted: s2strust sets no realm the topology does not declare.
+		{"realm", top.Realm, ""},
 		{"product", d.Product, "lync"},
 		{"version", d.Version, "SE"},
 		{"pool", d.PoolFQDN, "sfb.fabrikam.com"},

@@ -280,7 +280,11 @@ type PlanItem struct {
 	// create, update or remove.
 	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
 	// A human-readable description of the change.
-	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Whether the change interrupts service: a realm change (tokens minted
+	// for the old realm stop being accepted; on SharePoint it breaks the
+	// farm's existing app principals).
+	Disruptive    bool `protobuf:"varint,4,opt,name=disruptive,proto3" json:"disruptive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -334,6 +338,13 @@ func (x *PlanItem) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *PlanItem) GetDisruptive() bool {
+	if x != nil {
+		return x.Disruptive
+	}
+	return false
 }
 
 // GetTopologyRequest selects a revision.
@@ -650,11 +661,14 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\aproduct\x18\x03 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12\x1b\n" +
 	"\tfrom_hash\x18\x04 \x01(\tR\bfromHash\x12\x17\n" +
 	"\ato_hash\x18\x05 \x01(\tR\x06toHash\x12+\n" +
-	"\x05items\x18\x06 \x03(\v2\x15.s2strust.v1.PlanItemR\x05items\"N\n" +
+	"\x05items\x18\x06 \x03(\v2\x15.s2strust.v1.PlanItemR\x05items\"n\n" +
 	"\bPlanItem\x12\x12\n" +
 	"\x04item\x18\x01 \x01(\tR\x04item\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"0\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1e\n" +
+	"\n" +
+	"disruptive\x18\x04 \x01(\bR\n" +
+	"disruptive\"0\n" +
 	"\x12GetTopologyRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"P\n" +
 	"\x13GetTopologyResponse\x129\n" +

@@ -1445,7 +1445,13 @@ type MetadataCheck struct {
 	// Why the document could not be downloaded or is not valid.
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	// Thumbprints of the signing certificates in the document.
-	Thumbprints   []string `protobuf:"bytes,6,rep,name=thumbprints,proto3" json:"thumbprints,omitempty"`
+	Thumbprints []string `protobuf:"bytes,6,rep,name=thumbprints,proto3" json:"thumbprints,omitempty"`
+	// The document's realm: its "realm" field ("*" in Exchange's), or the
+	// part of its issuer after "@" when it has none (SharePoint's); empty
+	// when the document could not be read.
+	Realm string `protobuf:"bytes,7,opt,name=realm,proto3" json:"realm,omitempty"`
+	// The document's issuer, "<serviceName>@<realm>" as the products publish it.
+	Issuer        string `protobuf:"bytes,8,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1520,6 +1526,20 @@ func (x *MetadataCheck) GetThumbprints() []string {
 		return x.Thumbprints
 	}
 	return nil
+}
+
+func (x *MetadataCheck) GetRealm() string {
+	if x != nil {
+		return x.Realm
+	}
+	return ""
+}
+
+func (x *MetadataCheck) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
 }
 
 // TrustProbe is one S2S actor token minted on this host and presented to a
@@ -1738,7 +1758,7 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"disruptive\x18\x05 \x01(\bR\n" +
 	"disruptive\x12!\n" +
-	"\fprimary_only\x18\x06 \x01(\bR\vprimaryOnly\"\xa3\x01\n" +
+	"\fprimary_only\x18\x06 \x01(\bR\vprimaryOnly\"\xd1\x01\n" +
 	"\rMetadataCheck\x12\x18\n" +
 	"\apartner\x18\x01 \x01(\tR\apartner\x12\x1e\n" +
 	"\n" +
@@ -1747,7 +1767,9 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x03url\x18\x03 \x01(\tR\x03url\x12\x0e\n" +
 	"\x02ok\x18\x04 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12 \n" +
-	"\vthumbprints\x18\x06 \x03(\tR\vthumbprints\"\xbf\x01\n" +
+	"\vthumbprints\x18\x06 \x03(\tR\vthumbprints\x12\x14\n" +
+	"\x05realm\x18\a \x01(\tR\x05realm\x12\x16\n" +
+	"\x06issuer\x18\b \x01(\tR\x06issuer\"\xbf\x01\n" +
 	"\n" +
 	"TrustProbe\x12#\n" +
 	"\rto_deployment\x18\x01 \x01(\tR\ftoDeployment\x12\x1f\n" +
