@@ -8,7 +8,7 @@ import (
 	"log/slog"
 )
 
-var errNotWindows = errors.New("Windows services exist on Windows only; on this system the agent runs under systemd: install deploy/systemd/s2s-agent.service and run systemctl enable --now s2s-agent")
+var errNotWindows = errors.New("the service commands manage a Windows service; on this system the agent runs under systemd: install deploy/systemd/s2s-agent.service and run systemctl enable --now s2s-agent")
 
 func install(Spec) error      { return errNotWindows }
 func uninstall() error        { return errNotWindows }

@@ -71,6 +71,12 @@ func (d *Driver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Me
 }
 
 func (d *Driver) fetchMetadata(ctx context.Context, w *Worker, url, serviceName, realm string) ([]string, error) {
+	// No fetch from this host itself, link-local or the like on a topology
+	// author's say-so. PowerShell resolves names itself, so only what the
+	// URL shows can be checked here, not where its name resolves.
+	if err := metadata.CheckURLDestination(url, nil); err != nil {
+		return nil, err
+	}
 	var r metadataGet
 	if err := w.Call(ctx, "metadata-get", map[string]any{"url": url}, &r); err != nil {
 		return nil, err
@@ -147,6 +153,9 @@ type realmDiscovery struct {
 // without it cannot tell the farm's realm).
 // https://learn.microsoft.com/openspecs/exchange_server_protocols/ms-xoauth/bca538e1-4a02-45af-a41c-441645506c93
 func (d *Driver) RealmDiscovery(ctx context.Context, w *Worker, url string) (string, error) {
+	if err := metadata.CheckURLDestination(url, nil); err != nil {
+		return "", fmt.Errorf("realm discovery: %w", err)
+	}
 	var r realmDiscovery
 	if err := w.Call(ctx, "realm-discovery", map[string]any{"url": url}, &r); err != nil {
 		return "", err
