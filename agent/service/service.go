@@ -163,6 +163,8 @@ func Command() *cobra.Command {
 	install.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the account's password from standard input (never from the command line)")
 	cmd.AddCommand(install,
 		&cobra.Command{Use: "uninstall", Short: "Stop and remove the service", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error { return uninstall() }},
+		&cobra.Command{Use: "set-recovery", Short: "Set the installed service's restart-on-failure actions (the MSI runs this after installing the service)", Args: cobra.NoArgs,
+			RunE: func(*cobra.Command, []string) error { return setRecovery() }},
 		&cobra.Command{Use: "start", Short: "Start the service", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error { return start() }},
 		&cobra.Command{Use: "stop", Short: "Stop the service", Args: cobra.NoArgs, RunE: func(*cobra.Command, []string) error { return stop() }},
 		&cobra.Command{Use: "status", Short: "Show the service's state", Args: cobra.NoArgs, RunE: func(cmd *cobra.Command, _ []string) error {

@@ -12,6 +12,7 @@ var errNotWindows = errors.New("the service commands manage a Windows service; o
 
 func install(Spec) error      { return errNotWindows }
 func uninstall() error        { return errNotWindows }
+func setRecovery() error      { return errNotWindows }
 func start() error            { return errNotWindows }
 func stop() error             { return errNotWindows }
 func status() (string, error) { return "", errNotWindows }

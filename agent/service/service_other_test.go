@@ -11,7 +11,7 @@ import (
 )
 
 func TestCommandOutsideWindows(t *testing.T) {
-	for _, sub := range []string{"install", "uninstall", "start", "stop", "status"} {
+	for _, sub := range []string{"install", "uninstall", "set-recovery", "start", "stop", "status"} {
 		cmd := Command()
 		cmd.SetArgs([]string{sub})
 		cmd.SetOut(&bytes.Buffer{})

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/windows/svc"
@@ -55,17 +56,44 @@ func install(spec Spec) error {
 		return fmt.Errorf("service install: create service %s: %w", Name, err)
 	}
 	defer s.Close()
+	if err := applyRecovery(s); err != nil {
+		s.Delete()
+		return fmt.Errorf("service install: %w", err)
+	}
+	if err := eventlog.InstallAsEventCreate(Name, eventlog.Error|eventlog.Warning|eventlog.Info); err != nil {
+		s.Delete()
+		return fmt.Errorf("service install: register the event log source %s: %w", Name, err)
+	}
+	return nil
+}
+
+// applyRecovery sets the restart-on-failure actions.
+func applyRecovery(s *mgr.Service) error {
 	var actions []mgr.RecoveryAction
 	for _, r := range RecoveryActions {
 		actions = append(actions, mgr.RecoveryAction{Type: mgr.ServiceRestart, Delay: r.Delay})
 	}
 	if err := s.SetRecoveryActions(actions, uint32(RecoveryReset/time.Second)); err != nil {
-		s.Delete()
-		return fmt.Errorf("service install: set the recovery actions: %w", err)
+		return fmt.Errorf("set the recovery actions of %s: %w", Name, err)
 	}
-	if err := eventlog.InstallAsEventCreate(Name, eventlog.Error|eventlog.Warning|eventlog.Info); err != nil {
-		s.Delete()
-		return fmt.Errorf("service install: register the event log source %s: %w", Name, err)
+	return nil
+}
+
+// setRecovery sets the recovery actions of the installed service: the MSI
+// installs the service with ServiceInstall, which cannot express them.
+func setRecovery() error {
+	m, s, err := open()
+	if err != nil {
+		return fmt.Errorf("service set-recovery: %w", err)
+	}
+	defer m.Disconnect()
+	defer s.Close()
+	if err := applyRecovery(s); err != nil {
+		return fmt.Errorf("service set-recovery: %w", err)
+	}
+	// The event log source too, which the MSI does not register either.
+	if err := eventlog.InstallAsEventCreate(Name, eventlog.Error|eventlog.Warning|eventlog.Info); err != nil && !strings.Contains(err.Error(), "exists") {
+		return fmt.Errorf("service set-recovery: register the event log source %s: %w", Name, err)
 	}
 	return nil
 }
