@@ -251,3 +251,56 @@ func parseAuthParams(s string) (map[string]string, string, error) {
 		params[name] = val
 	}
 }
+
+// ExStorageResult is Test-CsExStorageConnectivity's outcome.
+type ExStorageResult struct {
+	OK     bool   `json:"ok"`
+	Output string `json:"output"`
+	Error  string `json:"error"`
+}
+
+// TestExStorageConnectivity runs Lync's Exchange storage test for sipURI
+// from this Front End, with -DeleteItem so that it leaves nothing in the
+// mailbox. An HTTP 401 in the error means Exchange refused Lync's token.
+func (d *Driver) TestExStorageConnectivity(ctx context.Context, cfg *pb.HostConfig, sipURI string) (*ExStorageResult, error) {
+	if cfg.GetProduct() != pb.Product_PRODUCT_LYNC {
+		return nil, fmt.Errorf("Test-CsExStorageConnectivity runs on Lync / Skype for Business hosts, not on %s host %s", products.DisplayName(cfg.GetProduct()), cfg.GetHost())
+	}
+	w, _, err := d.start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var r ExStorageResult
+	if err := w.Call(ctx, "test-exstorage-connectivity", map[string]any{"sipUri": sipURI}, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// OAuthConnectivityResult is Test-OAuthConnectivity's outcome.
+type OAuthConnectivityResult struct {
+	ResultType string `json:"resultType"`
+	Detail     string `json:"detail"`
+	Text       string `json:"text"`
+}
+
+// TestOAuthConnectivity runs Exchange's OAuth test against a partner:
+// service EWS, AutoD or Generic, the partner's URI and a test mailbox.
+func (d *Driver) TestOAuthConnectivity(ctx context.Context, cfg *pb.HostConfig, service, targetURI, mailbox string) (*OAuthConnectivityResult, error) {
+	if cfg.GetProduct() != pb.Product_PRODUCT_EXCHANGE {
+		return nil, fmt.Errorf("Test-OAuthConnectivity runs on Exchange hosts, not on %s host %s", products.DisplayName(cfg.GetProduct()), cfg.GetHost())
+	}
+	w, _, err := d.start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	args := map[string]any{"service": service, "targetUri": targetURI}
+	if mailbox != "" {
+		args["mailbox"] = mailbox
+	}
+	var r OAuthConnectivityResult
+	if err := w.Call(ctx, "test-oauth-connectivity", args, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}

@@ -199,12 +199,6 @@ func readLync(ctx context.Context, w *Worker, cfg *pb.HostConfig, st *reconcile.
 	if err := w.Call(ctx, "get-certificates", nil, &cs); err != nil {
 		return err
 	}
-	type dated struct {
-		c         csCertificate
-		effective time.Time
-		notAfter  time.Time
-	}
-	var issuers []dated
 	for _, c := range append(append([]csCertificate(nil), cs.OAuthTokenIssuer...), cs.Default...) {
 		if c.InLocalStore {
 			lc, err := localCert(c.Thumbprint, c.RawData, c.HasPrivateKey)
@@ -215,34 +209,13 @@ func readLync(ctx context.Context, w *Worker, cfg *pb.HostConfig, st *reconcile.
 		}
 	}
 	for _, c := range cs.OAuthTokenIssuer {
-		eff, err := parseTime("effectiveDate", c.EffectiveDate)
-		if err != nil {
-			return fmt.Errorf("get-certificates: %w", err)
-		}
-		na, err := parseTime("notAfter", c.NotAfter)
-		if err != nil {
-			return fmt.Errorf("get-certificates: %w", err)
-		}
-		issuers = append(issuers, dated{c, eff, na})
-	}
-	// During a roll Get-CsCertificate lists the current issuer and the
-	// next (a future EffectiveDate); after it, the previous one too.
-	slices.SortFunc(issuers, func(a, b dated) int { return a.effective.Compare(b.effective) })
-	var prevNotAfter, curNotAfter time.Time
-	for _, d := range issuers {
-		t := normThumb(d.c.Thumbprint)
-		if d.effective.After(now) {
-			if st.Issuer.Next == "" {
-				st.Issuer.Next, st.Issuer.NextEffective = t, d.effective
+		for field, v := range map[string]string{"effectiveDate": c.EffectiveDate, "notAfter": c.NotAfter} {
+			if _, err := parseTime(field, v); err != nil {
+				return fmt.Errorf("get-certificates: %w", err)
 			}
-			continue
 		}
-		if st.Issuer.Current != "" {
-			st.Issuer.Previous, prevNotAfter = st.Issuer.Current, curNotAfter
-		}
-		st.Issuer.Current, curNotAfter = t, d.notAfter
 	}
-	st.Issuer.PreviousNotAfter = prevNotAfter
+	st.Issuer = lyncIssuers(cs.OAuthTokenIssuer, now)
 	if len(cs.Default) > 0 {
 		st.DefaultThumbprint = normThumb(cs.Default[0].Thumbprint)
 	}
@@ -359,4 +332,39 @@ func readSharePoint(ctx context.Context, w *Worker, cfg *pb.HostConfig, st *reco
 		}
 	}
 	return nil
+}
+
+// lyncIssuers reads Get-CsCertificate -Type OAuthTokenIssuer's list: the
+// current issuer is the latest already effective, the next one the first
+// with an EffectiveDate still ahead (a -Roll), the previous one the
+// current one's predecessor, kept until it expires. Dates were checked by
+// the caller.
+func lyncIssuers(list []csCertificate, now time.Time) reconcile.Issuer {
+	type dated struct {
+		thumb     string
+		effective time.Time
+		notAfter  time.Time
+	}
+	var ds []dated
+	for _, c := range list {
+		eff, _ := parseTime("effectiveDate", c.EffectiveDate)
+		na, _ := parseTime("notAfter", c.NotAfter)
+		ds = append(ds, dated{normThumb(c.Thumbprint), eff, na})
+	}
+	slices.SortFunc(ds, func(a, b dated) int { return a.effective.Compare(b.effective) })
+	var is reconcile.Issuer
+	var curNotAfter time.Time
+	for _, d := range ds {
+		if d.effective.After(now) {
+			if is.Next == "" {
+				is.Next, is.NextEffective = d.thumb, d.effective
+			}
+			continue
+		}
+		if is.Current != "" {
+			is.Previous, is.PreviousNotAfter = is.Current, curNotAfter
+		}
+		is.Current, curNotAfter = d.thumb, d.notAfter
+	}
+	return is
 }
