@@ -278,7 +278,12 @@ func (d *Driver) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.O
 	if err != nil {
 		return fmt.Errorf("%s on host %s: %w", op.Cmdlet, cfg.GetHost(), err)
 	}
-	run := func() error { return w.Call(ctx, call.op, call.args, nil) }
+	run := func() error {
+		if err := w.Call(ctx, call.op, call.args, nil); err != nil {
+			return fmt.Errorf("host %s: %w", cfg.GetHost(), err)
+		}
+		return nil
+	}
 	if call.keyFile {
 		return d.withKeyFile(op, secrets, f.OSVersion, func(kf *keyFile) error {
 			call.args["pfxPath"] = kf.Path

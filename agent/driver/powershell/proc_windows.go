@@ -41,6 +41,9 @@ func prepareTree(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{CreationFlags: windows.CREATE_NEW_PROCESS_GROUP, HideWindow: true}
 }
 
+// attach puts the started worker into the job. Anything it started before
+// this (PowerShell takes far longer to load than this takes) would escape
+// the job; taskkill /T in kill covers that case.
 func (t *processTree) attach(cmd *exec.Cmd) error {
 	h, err := windows.OpenProcess(windows.PROCESS_SET_QUOTA|windows.PROCESS_TERMINATE, false, uint32(cmd.Process.Pid))
 	if err != nil {
@@ -51,12 +54,16 @@ func (t *processTree) attach(cmd *exec.Cmd) error {
 }
 
 func (t *processTree) kill(cmd *exec.Cmd) error {
-	if err := windows.TerminateJobObject(t.job, 1); err == nil {
-		return nil
-	}
-	// taskkill /T ends the tree by parentage when the job cannot be used.
+	// taskkill /T first, by parentage, while the worker is still there to
+	// find its children by; then the job, which ends whatever is in it.
 	// https://learn.microsoft.com/windows-server/administration/windows-commands/taskkill
-	return exec.Command("taskkill", "/T", "/F", "/PID", strconv.Itoa(cmd.Process.Pid)).Run()
+	tk := exec.Command("taskkill", "/T", "/F", "/PID", strconv.Itoa(cmd.Process.Pid))
+	tk.SysProcAttr = &syscall.SysProcAttr{HideWindow: true}
+	tkErr := tk.Run()
+	if err := windows.TerminateJobObject(t.job, 1); err != nil {
+		return fmt.Errorf("terminate the worker's job: %w (taskkill: %v)", err, tkErr)
+	}
+	return nil
 }
 
 func (t *processTree) release() {

@@ -75,7 +75,19 @@ type Worker struct {
 	nextID uint64
 	hello  json.RawMessage
 	starts atomic.Int64
+	// After a failed start the worker is not started again before
+	// retryAt: a shell that cannot load (a module missing, a session
+	// refused) is not hammered by every caller. The delay doubles from
+	// minRetry to maxRetry and resets on success.
+	startErr error
+	retryAt  time.Time
+	delay    time.Duration
 }
+
+const (
+	minRetry = time.Second
+	maxRetry = time.Minute
+)
 
 // NewWorker returns a worker that starts nothing until its first call.
 func NewWorker(cfg WorkerConfig) *Worker {
@@ -106,7 +118,10 @@ func (w *Worker) Call(ctx context.Context, op string, args, out any) error {
 			return w.wrap(op, err)
 		}
 	}
+	began := time.Now()
 	raw, err := w.roundTrip(ctx, op, args, w.cfg.CallTimeout)
+	// The op's name only: its arguments may hold a key file's password.
+	w.log.Debug("powershell call", "op", op, "duration", time.Since(began), "ok", err == nil)
 	if err != nil {
 		return w.wrap(op, err)
 	}
@@ -178,6 +193,20 @@ type errRecord struct{ rec *ErrorRecord }
 func (e *errRecord) Error() string { return e.rec.Message }
 
 func (w *Worker) start(ctx context.Context) error {
+	if w.startErr != nil && time.Now().Before(w.retryAt) {
+		return w.startErr
+	}
+	err := w.startOnce(ctx)
+	if err == nil {
+		w.startErr, w.delay = nil, 0
+		return nil
+	}
+	w.delay = min(max(2*w.delay, minRetry), maxRetry)
+	w.startErr, w.retryAt = err, time.Now().Add(w.delay)
+	return err
+}
+
+func (w *Worker) startOnce(ctx context.Context) error {
 	exe, err := exec.LookPath(w.cfg.Executable)
 	if err != nil {
 		return fmt.Errorf("start %s: --powershell %q: %w", w.cfg.Executable, w.cfg.Executable, err)

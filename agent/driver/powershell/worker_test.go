@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 func testWorker(t *testing.T, product string, mod func(*WorkerConfig)) *Worker {
@@ -151,4 +153,31 @@ func TestWorkerCancel(t *testing.T) {
 	if !errors.Is(e, context.Canceled) {
 		t.Fatalf("%v does not wrap context.Canceled", err)
 	}
+}
+
+func TestWorkerStartBackoff(t *testing.T) {
+	fakeEnv(t, "no-module")
+	w := testWorker(t, ProductLync, nil)
+	for i := 0; i < 3; i++ {
+		err := w.Call(context.Background(), "get-partner-applications", nil, nil)
+		wantError(t, err, "Import-Module", "S2SModuleNotInstalled")
+	}
+	if n := w.Starts(); n != 1 {
+		t.Fatalf("%d starts for three calls in quick succession, want 1 (the failed start is not retried at once)", n)
+	}
+}
+
+func TestWorkerNoLeak(t *testing.T) {
+	fakeEnv(t, "normal")
+	w := testWorker(t, ProductLync, nil)
+	if err := w.Call(context.Background(), "exit", nil, nil); err == nil {
+		t.Fatal("exit: no error")
+	}
+	if err := w.Call(context.Background(), "init", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	goleak.VerifyNone(t)
 }
