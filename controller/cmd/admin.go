@@ -58,6 +58,7 @@ func newApply(g *globals) *cobra.Command {
 					return rpcError("apply "+file, err)
 				}
 				printPlan(g.out, resp)
+				printWarnings(g.out, resp.GetWarnings())
 				switch {
 				case dryRun:
 					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())

@@ -145,6 +145,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if err != nil {
 		return rpcError("apply "+cfg.TopologyName, err)
 	}
+	printWarnings(out, resp.GetWarnings())
 	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), resp.GetHostsTotal())
 	fleet := pb.NewFleetServiceClient(conn)
 	deadline := time.Now().Add(cfg.Timeout)

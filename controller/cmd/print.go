@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
 
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -425,4 +427,28 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printWarnings prints each of an apply's warnings as "warning: …", with
+// control and bidirectional-formatting characters escaped: they quote
+// certificate subjects and secret names, which came from outside.
+func printWarnings(w io.Writer, warnings []string) {
+	for _, s := range warnings {
+		fmt.Fprintf(w, "warning: %s\n", escapeControls(s))
+	}
+}
+
+// escapeControls writes each control or format character of s (bidi
+// overrides included) as a Go escape, leaving the rest as it is.
+func escapeControls(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -123,12 +123,6 @@ func (f *fleet) received() map[string]int64 {
 	return out
 }
 
-// lyncIssuerToPrimaryOnly is the controller's
-// server.Config.DeliverLyncIssuerToPrimaryOnly: false until the sim's
-// Front Ends other than the primary verify their CMS replica of the token
-// issuer instead of importing the PFX. Flip it with that default.
-const lyncIssuerToPrimaryOnly = false
-
 func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 	f := startFleet(t, examples.Contoso, agentOpts{})
 	ctx := context.Background()
@@ -191,18 +185,14 @@ func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 		}
 	}
 
-	// Key material goes only to the hosts that need it: the pool's token
-	// issuer to the Lync Front Ends, and with
-	// server.Config.DeliverLyncIssuerToPrimaryOnly to the pool's primary
-	// only (Import-CsCertificate -Identity Global runs once; the CMS
-	// replicates it to every Front End).
+	// Key material goes only to the host that needs it: the pool's token
+	// issuer to the pool's primary only (Import-CsCertificate -Identity
+	// Global runs once; the CMS replicates it to every Front End, which
+	// verifies its replica).
 	poolPrimary := f.primaryOf("pool01")
-	needers := "the Lync Front Ends"
-	if lyncIssuerToPrimaryOnly {
-		needers = "the pool's primary " + poolPrimary
-	}
+	needers := "the pool's primary " + poolPrimary
 	for h, a := range f.agents {
-		need := strings.HasPrefix(h, "fe") && (!lyncIssuerToPrimaryOnly || h == poolPrimary)
+		need := h == poolPrimary
 		if got := a.secretsSeen.Load(); need != (got > 0) {
 			t.Errorf("%s received key material in %d pushes; only %s need the pool's token issuer", h, got, needers)
 		}

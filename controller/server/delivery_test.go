@@ -158,13 +158,13 @@ func primaryIs(want bool) func(*pb.Desired) bool {
 
 // TestLyncIssuerDelivery checks which pushes carry the pool's token-issuer
 // PFX: every Front End's by default (today's sim imports it on each), only
-// the pool's primary's with DeliverLyncIssuerToPrimaryOnly, as the CMS
+// the pool's primary's by default (DeliverLyncIssuerToEveryHost unset), as the CMS
 // replicates what Import-CsCertificate -Identity Global imported once.
 // When the primary moves, the new one gets the key material.
 func TestLyncIssuerDelivery(t *testing.T) {
 	for _, primaryOnly := range []bool{false, true} {
 		t.Run(fmt.Sprintf("primary-only=%v", primaryOnly), func(t *testing.T) {
-			f := startHub(t, Config{Secrets: fakeSecrets{}, DeliverLyncIssuerToPrimaryOnly: primaryOnly, PrimaryGrace: 100 * time.Millisecond, PresenceTTL: 5 * time.Second})
+			f := startHub(t, Config{Secrets: fakeSecrets{}, DeliverLyncIssuerToEveryHost: !primaryOnly, PrimaryGrace: 100 * time.Millisecond, PresenceTTL: 5 * time.Second})
 			fe01 := f.connect(t, "fe01.contoso.com")
 			first := fe01.waitPush(t, "to fe01 as the pool's primary", primaryIs(true))
 			fe02 := f.connect(t, "fe02.contoso.com")

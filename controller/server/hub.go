@@ -48,14 +48,14 @@ type Config struct {
 	// its agent disconnects (default 30s), so an agent restart does not
 	// move the role and re-send configurations to the whole deployment.
 	PrimaryGrace time.Duration
-	// DeliverLyncIssuerToPrimaryOnly sends a Lync pool's token-issuer PFX
-	// to the pool's primary only: Import-CsCertificate -Identity Global
+	// A Lync pool's token-issuer PFX goes to the pool's primary only: Import-CsCertificate -Identity Global
 	// runs once and the Central Management Store replicates the
 	// certificate to every Front End, so the others need no key material
 	// (https://learn.microsoft.com/en-ca/skypeforbusiness/manage/authentication/assign-a-server-to-server-certificate).
-	// Off by default until the sim's other Front Ends verify their replica
-	// instead of importing the PFX themselves.
-	DeliverLyncIssuerToPrimaryOnly bool
+	// Every Front End still verifies its local replica (thumbprint and
+	// private key present). DeliverLyncIssuerToEveryHost sends it to every
+	// Front End instead (the behaviour before s2strust modelled the CMS).
+	DeliverLyncIssuerToEveryHost bool
 }
 
 // compiled is one topology revision compiled for every host.
@@ -587,13 +587,13 @@ func (h *Hub) desiredLocked(host string) *desired {
 
 // secretsFor names the secrets a push of cfg carries: the deployment's
 // token-issuer secret, except on a Lync Front End that is not the pool's
-// primary when DeliverLyncIssuerToPrimaryOnly is set.
+// primary unless DeliverLyncIssuerToEveryHost is set.
 func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
 	name := cfg.GetTokenIssuer().GetSecret()
 	if name == "" {
 		return nil
 	}
-	if h.cfg.DeliverLyncIssuerToPrimaryOnly && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
+	if !h.cfg.DeliverLyncIssuerToEveryHost && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
 		return nil
 	}
 	return []string{name}

@@ -110,6 +110,15 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 				e.Registration = pa
 			}
 		}
+		if e.Registration == nil {
+			// Exchange's Configure-EnterprisePartnerApplication.ps1 names
+			// partners itself: they are found by identifier and metadata URL.
+			for _, pa := range toRep.GetPartners() {
+				if strings.EqualFold(pa.GetApplicationIdentifier(), p.GetApplicationIdentifier()) && strings.EqualFold(pa.GetMetadataUrl(), p.GetMetadataUrl()) {
+					e.Registration, e.PartnerName, partnerName = pa, pa.GetName(), pa.GetName()
+				}
+			}
+		}
 		e.ToRealm = toRep.GetOauth().GetRealm()
 		if e.Registration == nil {
 			problem("%s has no partner %s", to, partnerName)

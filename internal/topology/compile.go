@@ -42,7 +42,8 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			ApplicationIdentifier: products.ServiceName(pp),
 			MetadataUrl:           tr.MetadataURL,
 			// A partner's realm is learned from its metadata, as the
-			// products do: none is declared per deployment.
+			// products do, unless the topology declares it.
+			Realm:       realmOf(c, from),
 			TrustLevel:  level,
 			Enabled:     *tr.Enabled,
 			TrustBroker: rp == pb.Product_PRODUCT_SHAREPOINT && pp == pb.Product_PRODUCT_LYNC,
@@ -57,6 +58,7 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			ServiceName: products.ServiceName(rp),
 			Hosts:       cloneStrings(to.Hosts),
 			MetadataUrl: metadataURL(to),
+			Realm:       realmOf(c, to),
 		})
 	}
 
@@ -73,13 +75,15 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				Product:                 p,
 				ProductVersion:          d.Version,
 				DeploymentHosts:         cloneStrings(d.Hosts),
-				Realm:                   realmOf(c, p),
+				Realm:                   realmOf(c, d),
+				ConfirmRealmChange:      d.ConfirmRealmChange,
 				ServiceName:             products.ServiceName(p),
 				DefaultSipDomain:        c.SIPDomains.Default,
 				AdditionalSipDomains:    cloneStrings(c.SIPDomains.Additional),
 				MetadataUrl:             metadataURL(d),
 				Endpoint:                endpoint(d),
 				RemovePartners:          cloneStrings(d.RemovePartners),
+				CertificateRules:        hostCertificateRules(c.CertificateRules),
 				ExchangeAutodiscoverUrl: d.ExchangeAutodiscoverURL,
 				TopologyName:            c.Name,
 			}
@@ -87,6 +91,8 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			case d.TokenIssuer == nil:
 			case d.TokenIssuer.Secret != "":
 				cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: d.TokenIssuer.Secret}}
+			case d.TokenIssuer.Existing != "":
+				cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Existing{Existing: d.TokenIssuer.Existing}}
 			default:
 				cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Thumbprint{Thumbprint: d.TokenIssuer.Thumbprint}}
 			}
@@ -117,11 +123,13 @@ func Hash(cfg *pb.HostConfig) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// realmOf is the realm s2strust sets on a deployment of product p: the
-// topology's realm for Lync's OAuth configuration, nothing elsewhere (the
-// product keeps its own).
-func realmOf(t *Topology, p pb.Product) string {
-	if p == pb.Product_PRODUCT_LYNC {
+// realmOf is the realm s2strust sets on deployment d: its own declared
+// realm, else (Lync only) the topology's; "" leaves the product's own.
+func realmOf(t *Topology, d *Deployment) string {
+	if d.Realm != "" {
+		return d.Realm
+	}
+	if mustProduct(d) == pb.Product_PRODUCT_LYNC {
 		return t.Realm
 	}
 	return ""
@@ -153,4 +161,15 @@ func metadataURL(d *Deployment) string {
 		return d.MetadataURL
 	}
 	return products.MetadataURL(mustProduct(d), endpoint(d))
+}
+
+// hostCertificateRules is HostConfig.certificate_rules for a topology's
+// normalized certificateRules: empty for the default, standard, so that a
+// topology that does not use the field compiles to the same bytes (and
+// hashes) as before the field existed.
+func hostCertificateRules(rules string) string {
+	if rules == CertificateRulesStandard {
+		return ""
+	}
+	return rules
 }

@@ -107,12 +107,12 @@ func TestCompileContoso(t *testing.T) {
 		MetadataUrl:          exchangeMetadata,
 		Partners: []*pb.Partner{
 			{Name: "LyncEnterprise-pool01", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ApplicationIdentifier: products.LyncID,
-				MetadataUrl: lyncMetadata, TrustLevel: full, Enabled: true},
+				MetadataUrl: lyncMetadata, Realm: "contoso.com", TrustLevel: full, Enabled: true},
 		},
 		TopologyName: "contoso",
 		Endpoint:     "autodiscover.contoso.com",
 		TrustedBy: []*pb.TrustTarget{
-			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}, MetadataUrl: lyncMetadata},
+			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}, MetadataUrl: lyncMetadata, Realm: "contoso.com"},
 			{Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp01.contoso.com"}, MetadataUrl: sharepointMetadata},
 		},
 	})
@@ -133,12 +133,12 @@ func TestCompileContoso(t *testing.T) {
 			{Name: "exchange", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ApplicationIdentifier: products.ExchangeID,
 				MetadataUrl: exchangeMetadata, TrustLevel: full, Enabled: true},
 			{Name: "pool01", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ApplicationIdentifier: products.LyncID,
-				MetadataUrl: lyncMetadata, TrustLevel: full, Enabled: true, TrustBroker: true},
+				MetadataUrl: lyncMetadata, Realm: "contoso.com", TrustLevel: full, Enabled: true, TrustBroker: true},
 		},
 		TopologyName: "contoso",
 		Endpoint:     "https://sp.contoso.com",
 		TrustedBy: []*pb.TrustTarget{
-			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}, MetadataUrl: lyncMetadata},
+			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}, MetadataUrl: lyncMetadata, Realm: "contoso.com"},
 		},
 	})
 

@@ -174,6 +174,7 @@ func hostChanges(f, t *pb.HostConfig) []string {
 		}
 	}
 	diff("topology", f.TopologyName, t.TopologyName)
+	diff("certificate rules", f.CertificateRules, t.CertificateRules)
 	diff("deployment", f.Deployment, t.Deployment)
 	diff("product", products.Name(f.Product), products.Name(t.Product))
 	diff("version", f.ProductVersion, t.ProductVersion)
@@ -225,7 +226,11 @@ func probeChanges(f, t []*pb.TrustTarget) []string {
 }
 
 func describeTarget(t *pb.TrustTarget) string {
-	return fmt.Sprintf("%s deployment %s at %s", products.Name(t.Product), t.Deployment, strings.Join(t.Hosts, ", "))
+	s := fmt.Sprintf("%s deployment %s at %s", products.Name(t.Product), t.Deployment, strings.Join(t.Hosts, ", "))
+	if t.Realm != "" {
+		s += " in realm " + t.Realm
+	}
+	return s
 }
 
 func oauthChanges(f, t *pb.HostConfig) []string {
@@ -285,12 +290,19 @@ func describeIssuer(ti *pb.TokenIssuer) string {
 		return "secret " + ti.GetSecret()
 	case ti.GetThumbprint() != "":
 		return "thumbprint " + ti.GetThumbprint()
+	case ti.GetExisting() != "":
+		return "the " + ti.GetExisting() + " certificate"
 	}
 	return "none"
 }
 
 func issuerCommand(p pb.Product, ti *pb.TokenIssuer) string {
 	secret, thumb := ti.GetSecret(), ti.GetThumbprint()
+	if ti.GetExisting() != "" {
+		// The thumbprint is the primary's to read: its agent's plan
+		// (status --plan) shows the exact command.
+		return "$x = (Get-CsCertificate -Type " + ti.GetExisting() + ").Thumbprint; Set-CsCertificate -Identity global -Type OAuthTokenIssuer -Thumbprint $x (on the pool's primary)"
+	}
 	switch p {
 	case pb.Product_PRODUCT_LYNC:
 		if secret != "" {

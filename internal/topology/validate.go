@@ -33,6 +33,7 @@ func Validate(t *Topology) error {
 	v.deployments()
 	v.trusts()
 	v.removePartners()
+	v.certificateRules()
 	if len(v.vs) == 0 {
 		return nil
 	}
@@ -214,6 +215,14 @@ func (v *validator) deployments() {
 		}
 		if d.TokenIssuer != nil {
 			v.tokenIssuer(f("tokenIssuer"), d.TokenIssuer)
+			if d.TokenIssuer.Existing != "" && ok {
+				if desc, _ := products.Describe(p); !desc.DefaultCertificate {
+					v.add(f("tokenIssuer.existing"), d.TokenIssuer.Existing, "%s has no certificate of type %s; name the token issuer by secret or thumbprint", products.DisplayName(p), d.TokenIssuer.Existing)
+				}
+			}
+		}
+		if ok {
+			v.deploymentRealm(i, p, d)
 		}
 		seen := map[string]int{}
 		for k, r := range d.RemovePartners {
@@ -325,13 +334,52 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 	}
 }
 
+// deploymentRealm checks a deployment's own realm: a DNS name or a GUID;
+// on Exchange and SharePoint only with confirmRealmChange, because it
+// replaces the product's own realm (Exchange's blank one accepts tokens for
+// every accepted domain; SharePoint's farm id is what its app principals
+// are registered in).
+func (v *validator) deploymentRealm(i int, p pb.Product, d *Deployment) {
+	f := fmt.Sprintf("deployments[%d].", i)
+	if d.Realm == "" {
+		if d.ConfirmRealmChange {
+			v.add(f+"confirmRealmChange", "true", "confirms a realm change, but deployment %q declares no realm", d.Name)
+		}
+		return
+	}
+	if !isText(d.Realm) || strings.IndexFunc(d.Realm, unicode.IsSpace) >= 0 || d.Realm == "*" {
+		v.add(f+"realm", d.Realm, "a realm is a DNS name (e.g. contoso.com) or a GUID (a SharePoint farm id)")
+		return
+	}
+	if desc, _ := products.Describe(p); desc.RealmNeedsConfirmation && !d.ConfirmRealmChange {
+		what := "Exchange's AuthConfig realm is normally blank (tokens for every accepted domain are accepted); -Realm is only for a non-accepted domain"
+		if p == pb.Product_PRODUCT_SHAREPOINT {
+			what = "SharePoint's realm is the farm id, and changing it on a live farm breaks its existing app principals"
+		}
+		v.add(f+"realm", d.Realm, "%s deployment %q: %s; add confirmRealmChange: true to the deployment to change it", products.Name(p), d.Name, what)
+	}
+}
+
 func (v *validator) tokenIssuer(field string, ti *TokenIssuer) {
 	ti.Thumbprint = normalizeThumbprint(ti.Thumbprint)
+	given := 0
+	for _, s := range []string{ti.Secret, ti.Thumbprint, ti.Existing} {
+		if s != "" {
+			given++
+		}
+	}
 	switch {
-	case ti.Secret != "" && ti.Thumbprint != "":
-		v.add(field, "", "give either secret or thumbprint, not both")
-	case ti.Secret == "" && ti.Thumbprint == "":
-		v.add(field, "", "empty; give secret (a PFX uploaded with `s2s-controller secret put`) or thumbprint (a certificate already on the hosts)")
+	case given > 1:
+		v.add(field, "", "give one of secret, thumbprint and existing, not several")
+	case given == 0:
+		v.add(field, "", "empty; give secret (a PFX uploaded with `s2s-controller secret put`), thumbprint (a certificate already on the hosts) or existing: Default (Lync's Default certificate)")
+	}
+	if ti.Existing != "" {
+		if strings.EqualFold(ti.Existing, "Default") {
+			ti.Existing = "Default"
+		} else {
+			v.add(field+".existing", ti.Existing, "unknown certificate type; accepted: Default")
+		}
 	}
 	if ti.Secret != "" && (!isText(ti.Secret) || strings.IndexFunc(ti.Secret, unicode.IsSpace) >= 0) {
 		v.add(field+".secret", ti.Secret, "a secret name has no spaces or control characters, e.g. oauth-2026")
@@ -536,4 +584,18 @@ func isThumbprint(s string) bool {
 		}
 	}
 	return true
+}
+
+// certificateRules normalizes certificateRules to lower case, defaulting to
+// standard.
+func (v *validator) certificateRules() {
+	t := v.t
+	switch r := strings.ToLower(t.CertificateRules); r {
+	case "":
+		t.CertificateRules = CertificateRulesStandard
+	case CertificateRulesStandard, CertificateRulesStrict:
+		t.CertificateRules = r
+	default:
+		v.add("certificateRules", t.CertificateRules, "unknown certificate rules; accepted: %s (the default), %s", CertificateRulesStandard, CertificateRulesStrict)
+	}
 }

@@ -214,9 +214,9 @@ func TestValidate(t *testing.T) {
 
 		// Token issuers.
 		{"token issuer with both", func(t *Topology) { t.Deployments[lync].TokenIssuer.Thumbprint = strings.Repeat("ab", 20) },
-			[]string{`deployments[0].tokenIssuer: give either secret or thumbprint, not both`}},
+			[]string{`deployments[0].tokenIssuer: give one of secret, thumbprint and existing, not several`}},
 		{"empty token issuer", func(t *Topology) { t.Deployments[lync].TokenIssuer = &TokenIssuer{} },
-			[]string{"deployments[0].tokenIssuer: empty; give secret (a PFX uploaded with `s2s-controller secret put`) or thumbprint (a certificate already on the hosts)"}},
+			[]string{"deployments[0].tokenIssuer: empty; give secret (a PFX uploaded with `s2s-controller secret put`), thumbprint (a certificate already on the hosts) or existing: Default (Lync's Default certificate)"}},
 		{"short thumbprint", func(t *Topology) { t.Deployments[lync].TokenIssuer = &TokenIssuer{Thumbprint: "3b 9a 1f"} },
 			[]string{`deployments[0].tokenIssuer.thumbprint: "3B9A1F": a thumbprint is 40 hexadecimal digits, the certificate's SHA-1 as Windows shows it, e.g. 3B9A1F…`}},
 		{"thumbprint not hex", func(t *Topology) { t.Deployments[lync].TokenIssuer = &TokenIssuer{Thumbprint: strings.Repeat("g", 40)} },

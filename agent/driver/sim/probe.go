@@ -114,12 +114,15 @@ func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Metad
 	param := urlParameter(cfg.GetProduct())
 	bounded(len(checks), func(i int) {
 		c := checks[i]
-		_, list, err := s.fetchList(ctx, c.res.GetUrl(), c.serviceName, c.realm)
+		doc, list, err := s.fetchList(ctx, c.res.GetUrl(), c.serviceName, c.realm)
 		if err != nil {
 			c.res.Error = fmt.Errorf(metadataError, param, err).Error()
 			return
 		}
 		c.res.Ok = true
+		if doc != nil {
+			c.res.Realm, c.res.Issuer = doc.EffectiveRealm(), doc.Issuer
+		}
 		for _, cert := range list {
 			c.res.Thumbprints = append(c.res.Thumbprints, certs.Thumbprint(cert))
 		}
