@@ -19,6 +19,24 @@
 #   https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/convertto-json?view=powershell-5.1
 # - No secret is written anywhere: key-file passwords arrive in the request
 #   and go straight into a SecureString or the cmdlet's parameter.
+#
+# PowerShell's own cmdlets the scripts use, beside the products' (each of
+# those is cited where it is called):
+#   ConvertFrom-Json  https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/convertfrom-json?view=powershell-5.1
+#   ConvertTo-Json    https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/convertto-json?view=powershell-5.1
+#   Select-Object     https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/select-object?view=powershell-5.1
+#   Sort-Object       https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/sort-object?view=powershell-5.1
+#   Out-String        https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/out-string?view=powershell-5.1
+#   New-Object        https://learn.microsoft.com/powershell/module/microsoft.powershell.utility/new-object?view=powershell-5.1
+#   Where-Object      https://learn.microsoft.com/powershell/module/microsoft.powershell.core/where-object?view=powershell-5.1
+#   ForEach-Object    https://learn.microsoft.com/powershell/module/microsoft.powershell.core/foreach-object?view=powershell-5.1
+#   Set-StrictMode    https://learn.microsoft.com/powershell/module/microsoft.powershell.core/set-strictmode?view=powershell-5.1
+#   Join-Path         https://learn.microsoft.com/powershell/module/microsoft.powershell.management/join-path?view=powershell-5.1
+#   Test-Path         https://learn.microsoft.com/powershell/module/microsoft.powershell.management/test-path?view=powershell-5.1
+#   Get-Item          https://learn.microsoft.com/powershell/module/microsoft.powershell.management/get-item?view=powershell-5.1
+#   Get-ChildItem     https://learn.microsoft.com/powershell/module/microsoft.powershell.management/get-childitem?view=powershell-5.1
+#   Get-ItemProperty  https://learn.microsoft.com/powershell/module/microsoft.powershell.management/get-itemproperty?view=powershell-5.1
+#   Remove-Item       https://learn.microsoft.com/powershell/module/microsoft.powershell.management/remove-item?view=powershell-5.1
 
 Set-StrictMode -Version 2.0
 $ErrorActionPreference = 'Stop'

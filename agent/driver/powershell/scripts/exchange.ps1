@@ -259,9 +259,10 @@ $operations = @{
         param($a)
         # Advised after partner changes; disruptive, so the controller paces
         # it across a rollout. /noforce: no forced termination of IIS
-        # processes that do not stop in time. Microsoft's page for
-        # iisreset.exe was not found in our searches; the switch is as the
-        # tool's own /? describes it.
+        # processes that do not stop in time. No Microsoft reference page for
+        # iisreset.exe was found in our searches (only IIS team blog posts
+        # such as https://blogs.msdn.microsoft.com/friis/2013/10/08/iisreset-internals/);
+        # the switch is as the tool's own /? describes it.
         $exe = Join-Path ([System.Environment]::GetFolderPath('System')) 'iisreset.exe'
         $out = & $exe '/noforce' 2>&1 | Out-String
         return [ordered]@{ exitCode = [int]$LASTEXITCODE; output = $out.Trim() }
