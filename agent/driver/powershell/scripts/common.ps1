@@ -62,7 +62,9 @@ $script:S2SJsonDepth = 8
 function Get-S2SArg {
     # Returns a request argument, or $Default when the request has none
     # (strict mode refuses reading an absent property directly).
-    param([Parameter(Mandatory = $true)] $Arguments, [Parameter(Mandatory = $true)] [string] $Name, $Default = $null)
+    # $Arguments is not Mandatory: a request without args binds $null, which
+    # a Mandatory parameter would refuse.
+    param([AllowNull()] $Arguments, [Parameter(Mandatory = $true)] [string] $Name, $Default = $null)
     if ($null -eq $Arguments) { return $Default }
     $p = $Arguments.PSObject.Properties[$Name]
     if ($null -eq $p) { return $Default }
@@ -70,7 +72,7 @@ function Get-S2SArg {
 }
 
 function Get-S2SRequiredArg {
-    param([Parameter(Mandatory = $true)] $Arguments, [Parameter(Mandatory = $true)] [string] $Name)
+    param([AllowNull()] $Arguments, [Parameter(Mandatory = $true)] [string] $Name)
     $v = Get-S2SArg -Arguments $Arguments -Name $Name
     if ($null -eq $v -or ($v -is [string] -and $v.Length -eq 0)) {
         $ex = New-Object System.ArgumentException -ArgumentList "the request has no value for argument $Name"
@@ -167,7 +169,8 @@ function Invoke-S2SWorker {
                 throw (New-Object System.Management.Automation.ErrorRecord -ArgumentList $ex, 'S2SUnknownOperation', ([System.Management.Automation.ErrorCategory]::InvalidOperation), $op)
             }
             $opArgs = Get-S2SArg -Arguments $req -Name 'args'
-            $result = & $Operations[$op] $opArgs
+            $operation = $Operations[$op]
+            $result = & $operation $opArgs
             Write-S2SLine -Object ([ordered]@{ id = $id; ok = $true; result = $result })
         } catch {
             Write-S2SLine -Object ([ordered]@{ id = $id; ok = $false; error = (ConvertTo-S2SErrorRecord -Record $_) })
