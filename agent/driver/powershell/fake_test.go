@@ -130,6 +130,16 @@ func fakeWorker(mode string) int {
 			answer(map[string]any{"id": req.ID, "ok": true, "result": "bye"})
 			return 0
 		}
+		if mode == "stateful" && req.Op != "init" {
+			if res, rec, ok := statefulAnswer(script, req.Op, req.Args); ok {
+				if rec != nil {
+					fail(*rec)
+				} else {
+					answer(map[string]any{"id": req.ID, "ok": true, "result": res})
+				}
+				continue
+			}
+		}
 		g, err := findGolden(script, req.Op, req.Args)
 		if err != nil {
 			fail(ErrorRecord{FullyQualifiedErrorID: "S2SUnknownOperation", Category: "InvalidOperation", Message: "this worker has no operation " + req.Op})
