@@ -86,3 +86,29 @@ func TestLyncIssuerRoll(t *testing.T) {
 		t.Fatalf("issuer during a roll: %+v", st)
 	}
 }
+
+func TestExchangeRotationSteps(t *testing.T) {
+	fakeEnv(t, "normal")
+	d := testDriver(t, "ex01.acme-s2s.example")
+	cfg := exchangeConfig()
+	ctx := context.Background()
+	eff := time.Date(2026, 6, 3, 0, 0, 0, 0, time.UTC)
+	if err := d.StageAuthCertificate(ctx, cfg, "55555555 55555555 55555555 55555555 55555555", eff); err != nil {
+		t.Fatalf("stage: %v", err)
+	}
+	if err := d.PublishAuthCertificate(ctx, cfg); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if err := d.ClearPreviousAuthCertificate(ctx, cfg); err != nil {
+		t.Fatalf("clear previous: %v", err)
+	}
+	if err := d.RefreshPartnerMetadata(ctx, cfg, "LyncEnterprise-acme"); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	if err := d.StageAuthCertificate(ctx, cfg, "not a thumbprint", eff); err == nil || !strings.Contains(err.Error(), "ex01.acme-s2s.example") {
+		t.Fatalf("a bad thumbprint: %v", err)
+	}
+	if err := d.PublishAuthCertificate(ctx, lyncConfig()); err == nil || !strings.Contains(err.Error(), "fe01.acme-s2s.example") {
+		t.Fatalf("an Exchange step on a Lync host: %v", err)
+	}
+}
