@@ -179,7 +179,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 			fmt.Fprintf(&b, " %v", waitErr)
 		}
 		for _, f := range failures {
-			fmt.Fprintf(&b, "\n  %s", f)
+			fmt.Fprintf(&b, "\n  %s", safe(f))
 		}
 		return &exitError{code: 2, err: fmt.Errorf("%s", b.String())}
 	}

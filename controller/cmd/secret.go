@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -70,7 +71,7 @@ func newSecret(g *globals) *cobra.Command {
 					verb = "unchanged"
 				}
 				ci := resp.GetSecret().GetCertificate()
-				fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, args[0], ci.GetThumbprint(), ci.GetSubject())
+				fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, safe(args[0]), safe(ci.GetThumbprint()), safe(ci.GetSubject()))
 				return nil
 			})
 		},
@@ -92,7 +93,7 @@ func newSecret(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "NAME\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER")
 				for _, s := range resp.GetSecrets() {
 					ci := s.GetCertificate()
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), ci.GetThumbprint(), ci.GetSubject(), strings.Join(ci.GetDnsNames(), ","),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", safe(s.GetName()), safe(ci.GetThumbprint()), safe(ci.GetSubject()), strings.Join(termsafe.Strings(ci.GetDnsNames()), ","),
 						ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"))
 				}
 				return tw.Flush()

@@ -27,7 +27,8 @@ const maxDERDepth = 24
 // follows an OCTET STRING inside a SEQUENCE: that is the shape of MacData
 // (macSalt, iterations), of PKCS#12 PBE parameters (salt, iterations) and of
 // PBKDF2 parameters (salt, iterationCount), the places RFC 7292 and RFC 8018
-// keep iteration counts. Encrypted content is opaque and holds none. It stops
+// keep iteration counts. Encrypted content is opaque to it: what an
+// encrypted safe declares inside, checkEncryptedSafes counts. It stops
 // counting once the total passes limit, and quietly skips what does not
 // parse: go-pkcs12 reports malformed input properly.
 func pfxIterations(der []byte, limit int64) int64 {

@@ -196,17 +196,18 @@ func TestCanonicalInvalid(t *testing.T) {
 }
 
 // TestYAMLRoundTripsAwkwardText checks that YAML quotes what it must: free
-// text that YAML would otherwise read as something else.
+// text (the topology name) that YAML would otherwise read as something
+// else. Values refused as hostile (backticks, line separators) are in
+// TestInjectionMatrix instead.
 func TestYAMLRoundTripsAwkwardText(t *testing.T) {
 	awkward := []string{
 		"null", "~", "true", "yes", "No", "2019", "0x1F", "1e5", "0o17", ".inf", "-.Inf", ".NaN", ".nan", "- a", "a: b", "#x", "a #b",
-		"'q'", `"dq"`, " lead", "trail ", "[x]", "{x}", "&a", "*a", "!tag", "%x", "@x", "`x", "|", ">", "---", "...",
-		"<<", "=", "?", ":", ",", "é", "日本", "a\u2028b", "a\u00a0b", "\\", "a\\nb", "\uFEFFbom",
+		"'q'", `"dq"`, " lead", "trail ", "[x]", "{x}", "&a", "*a", "!tag", "%x", "@x", "|", ">", "---", "...",
+		"<<", "=", "?", ":", ",", "é", "日本", "a\u00a0b", "\\", "a\\nb", "\uFEFFbom",
 	}
 	for _, s := range awkward {
 		top := contoso(t)
 		top.Name = s
-		top.Deployments[0].RemovePartners = []string{s}
 		if err := Validate(top); err != nil {
 			t.Errorf("%q is not valid text: %v", s, err)
 			continue
@@ -226,7 +227,7 @@ func TestYAMLRoundTripsAwkwardText(t *testing.T) {
 			continue
 		}
 		if got, _ := again.Canonical(); !bytes.Equal(got, want) {
-			t.Errorf("%q does not survive YAML: name %q, removePartners %q", s, again.Name, again.Deployments[0].RemovePartners)
+			t.Errorf("%q does not survive YAML: name %q", s, again.Name)
 		}
 	}
 }
