@@ -2,9 +2,11 @@ package powershell
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/agent/reconcile"
+	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -211,7 +214,7 @@ func (d *Driver) Read(ctx context.Context, cfg *pb.HostConfig) (*reconcile.State
 		return nil, err
 	}
 	v, _ := productVersion(cfg.GetProduct(), map[pb.Product]string{pb.Product_PRODUCT_LYNC: f.ModuleVersion, pb.Product_PRODUCT_EXCHANGE: f.ExchangeBuild, pb.Product_PRODUCT_SHAREPOINT: f.FarmBuild}[cfg.GetProduct()], f.ProductNames)
-	st := &reconcile.State{Product: cfg.GetProduct(), Version: v}
+	st := &reconcile.State{Product: cfg.GetProduct(), Version: v, ImportedSecrets: d.importedSecrets()}
 	switch cfg.GetProduct() {
 	case pb.Product_PRODUCT_LYNC:
 		err = readLync(ctx, w, cfg, st, d.cfg.Now())
@@ -285,11 +288,47 @@ func (d *Driver) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.O
 		return nil
 	}
 	if call.keyFile {
-		return d.withKeyFile(op, secrets, f.OSVersion, func(kf *keyFile) error {
+		var thumbprint string
+		err := d.withKeyFile(op, secrets, f.OSVersion, func(kf *keyFile) error {
 			call.args["pfxPath"] = kf.Path
 			call.args["pfxPassword"] = kf.Password
+			thumbprint = kf.Thumbprint
 			return run()
 		})
+		if err != nil {
+			return err
+		}
+		return d.rememberImport(op.Secret, thumbprint)
 	}
 	return run()
+}
+
+// importedFile remembers which certificate each imported secret held
+// (reconcile.State.ImportedSecrets), for hosts whose configuration does
+// not carry the controller's recorded thumbprint.
+func (d *Driver) importedFile() string { return filepath.Join(d.cfg.StateDir, "imported-secrets.json") }
+
+func (d *Driver) importedSecrets() map[string]string {
+	b, err := os.ReadFile(d.importedFile())
+	if err != nil {
+		return nil
+	}
+	var m map[string]string
+	if json.Unmarshal(b, &m) != nil {
+		return nil
+	}
+	return m
+}
+
+func (d *Driver) rememberImport(secret, thumbprint string) error {
+	m := d.importedSecrets()
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[secret] = thumbprint
+	b, _ := json.Marshal(m)
+	if err := atomicfile.Write(d.importedFile(), b, 0o600); err != nil {
+		return fmt.Errorf("remember the import of secret %s: %w", secret, err)
+	}
+	return nil
 }

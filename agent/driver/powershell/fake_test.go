@@ -130,6 +130,16 @@ func fakeWorker(mode string) int {
 			answer(map[string]any{"id": req.ID, "ok": true, "result": "bye"})
 			return 0
 		}
+		if mode == "conformance" {
+			root, host := conformanceContext(os.Args[len(os.Args)-1])
+			res, rec := conformanceAnswer(root, host, script, req.Op, req.Args)
+			if rec != nil {
+				fail(*rec)
+			} else {
+				answer(map[string]any{"id": req.ID, "ok": true, "result": res})
+			}
+			continue
+		}
 		if mode == "stateful" && req.Op != "init" {
 			if res, rec, ok := statefulAnswer(script, req.Op, req.Args); ok {
 				if rec != nil {

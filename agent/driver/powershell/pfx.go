@@ -82,6 +82,8 @@ func EncodeForWindows(b *certs.Bundle, osVersion, password string) ([]byte, PFXE
 type keyFile struct {
 	Path     string
 	Password string
+	// Thumbprint is the certificate's.
+	Thumbprint string
 }
 
 // writeKeyFile re-encodes b for the host's Windows under a fresh random
@@ -108,7 +110,7 @@ func writeKeyFile(dir string, b *certs.Bundle, osVersion string) (*keyFile, erro
 		os.Remove(p)
 		return nil, fmt.Errorf("write key file %s: %w", p, err)
 	}
-	return &keyFile{Path: p, Password: password}, nil
+	return &keyFile{Path: p, Password: password, Thumbprint: certs.Thumbprint(b.Cert)}, nil
 }
 
 // Remove deletes the key file; a file already gone is fine.
