@@ -104,7 +104,8 @@ func (d *Driver) worker(product string) *Worker {
 	}
 	w := NewWorker(WorkerConfig{
 		Product: product, Executable: d.cfg.Executable, Script: filepath.Join(d.cfg.StateDir, "scripts", scriptOf[product]),
-		Init: init, CallTimeout: d.cfg.CallTimeout, StartTimeout: d.cfg.StartTimeout, MaxResponse: d.cfg.MaxResponse, Logger: d.log,
+		BeforeStart: func() error { return writeScripts(filepath.Join(d.cfg.StateDir, "scripts")) },
+		Init:        init, CallTimeout: d.cfg.CallTimeout, StartTimeout: d.cfg.StartTimeout, MaxResponse: d.cfg.MaxResponse, Logger: d.log,
 	})
 	d.workers[product] = w
 	return w

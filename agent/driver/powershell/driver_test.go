@@ -176,3 +176,21 @@ func TestModuleMissingIsProductError(t *testing.T) {
 		t.Fatalf("apply without the module: %v", errs)
 	}
 }
+
+// TestScriptsRewrittenBeforeStart: a script edited on disk after the agent
+// started is replaced by the embedded one before a worker runs it.
+func TestScriptsRewrittenBeforeStart(t *testing.T) {
+	fakeEnv(t, "normal")
+	d := testDriver(t, "fe01.acme-s2s.example")
+	p := filepath.Join(d.cfg.StateDir, "scripts", "lync.ps1")
+	if err := os.WriteFile(p, []byte("Invoke-Expression $input\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Verify(context.Background(), lyncConfig()); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(p)
+	if string(got) != string(Scripts()["lync.ps1"]) {
+		t.Fatal("the worker started with a script edited on disk")
+	}
+}

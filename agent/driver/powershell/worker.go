@@ -50,6 +50,10 @@ type WorkerConfig struct {
 	Executable string
 	// Script is the path of the embedded script written to the state directory.
 	Script string
+	// BeforeStart, when set, runs before every start: the driver rewrites
+	// the scripts there, so that a worker never runs a copy edited on disk
+	// since the agent started.
+	BeforeStart func() error
 	// Init is the argument of the "init" operation sent first after every
 	// start (e.g. this server's FQDN for the Exchange remote session).
 	Init any
@@ -207,6 +211,11 @@ func (w *Worker) start(ctx context.Context) error {
 }
 
 func (w *Worker) startOnce(ctx context.Context) error {
+	if w.cfg.BeforeStart != nil {
+		if err := w.cfg.BeforeStart(); err != nil {
+			return err
+		}
+	}
 	exe, err := exec.LookPath(w.cfg.Executable)
 	if err != nil {
 		return fmt.Errorf("start %s: --powershell %q: %w", w.cfg.Executable, w.cfg.Executable, err)
