@@ -115,7 +115,14 @@ func (d *Driver) worker(product string) *Worker {
 // script (which loads none of them).
 func (d *Driver) Detect(ctx context.Context) ([]*pb.DetectedProduct, error) {
 	var r detectResult
-	if err := d.worker(productDetect).Call(ctx, "detect", nil, &r); err != nil {
+	w := d.worker(productDetect)
+	err := w.Call(ctx, "detect", nil, &r)
+	// Detection runs once per connection: no process is kept for it.
+	d.mu.Lock()
+	delete(d.workers, productDetect)
+	d.mu.Unlock()
+	w.Close()
+	if err != nil {
 		return nil, err
 	}
 	var out []*pb.DetectedProduct
