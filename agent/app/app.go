@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -38,6 +37,10 @@ type Config struct {
 	// TLS overrides the files (the demo passes its identities in memory).
 	TLS      *tls.Config
 	Insecure bool
+	// ControllerDialer, when set, makes the connections to the controller
+	// (tests resolve the controller's name to loopback with it); the TLS
+	// server name stays the host of Controller.
+	ControllerDialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Driver is "sim" (the only one on this platform for now).
 	Driver   string
 	StateDir string
@@ -214,7 +217,7 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 		}
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	case cfg.TLS != nil:
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)))
+		opts = append(opts, grpc.WithTransportCredentials(pki.ClientCredentials(cfg.TLS)))
 	default:
 		if cfg.CA == "" || cfg.Cert == "" || cfg.Key == "" {
 			return nil, fmt.Errorf("--ca, --cert and --key are required (or --insecure against a controller run with --insecure)")
@@ -223,9 +226,16 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(t)))
+		opts = append(opts, grpc.WithTransportCredentials(pki.ClientCredentials(t)))
 	}
-	conn, err := grpc.NewClient(cfg.Controller, opts...)
+	if cfg.ControllerDialer != nil {
+		opts = append(opts, grpc.WithContextDialer(cfg.ControllerDialer))
+	}
+	target := cfg.Controller
+	if cfg.ControllerDialer != nil {
+		target = "passthrough:///" + target // the dialer resolves; no DNS lookup first
+	}
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to controller %s: %w", cfg.Controller, err)
 	}

@@ -4,7 +4,6 @@ package app
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,7 +29,6 @@ import (
 	"github.com/s2strust/s2strust/controller/server"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/atomicfile"
-	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/secretbox"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -51,6 +49,8 @@ type ServeConfig struct {
 	// Insecure serves plaintext, on loopback only.
 	Insecure bool
 	Logger   *slog.Logger
+	// TLS is the serving identity (--tls-san, --tls-cert, --tls-key, --client-ca).
+	TLS ServeTLS
 	// PresenceTTL is the agents' presence lease TTL (default 10s).
 	PresenceTTL time.Duration
 	// StreamsPerSecond bounds new agent streams (default 500/s).
@@ -106,24 +106,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	defer lis.Close()
 
-	var creds grpc.ServerOption
 	if cfg.Insecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on this host can act as admin or as any agent; loopback only")
-	} else {
-		host, _, _ := net.SplitHostPort(lis.Addr().String())
-		names := []string{host}
-		if hn, err := os.Hostname(); err == nil && strings.Contains(hn, ".") {
-			names = append(names, hn)
-		}
-		_, files, err := pki.EnsureDevPKI(PKIDir(cfg.DataDir), names, time.Now())
-		if err != nil {
-			return fmt.Errorf("prepare PKI in %s: %w", PKIDir(cfg.DataDir), err)
-		}
-		tlsCfg, err := loadServerTLS(files)
-		if err != nil {
-			return err
-		}
-		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 
 	cli, closeStore, err := openStore(ctx, cfg, log)
@@ -139,6 +123,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	key, err := secretbox.LoadOrCreateKey(keyFile)
 	if err != nil {
 		return fmt.Errorf("load the secret key: %w", err)
+	}
+	var creds grpc.ServerOption
+	if !cfg.Insecure {
+		tlsCfg, err := serverTLS(ctx, cfg, lis, st, key, log)
+		if err != nil {
+			return err
+		}
+		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 	sec := secrets.New(st, key, nil)
 	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec})
@@ -263,20 +255,4 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv
 			emb.Close()
 		}
 	}, nil
-}
-
-func loadServerTLS(f pki.Files) (*tls.Config, error) {
-	cert, err := os.ReadFile(f.ServerCert())
-	if err != nil {
-		return nil, fmt.Errorf("read server certificate: %w", err)
-	}
-	key, err := os.ReadFile(f.ServerKey())
-	if err != nil {
-		return nil, fmt.Errorf("read server key: %w", err)
-	}
-	ca, err := os.ReadFile(f.CACert())
-	if err != nil {
-		return nil, fmt.Errorf("read CA certificate: %w", err)
-	}
-	return pki.ServerTLSConfig(cert, key, ca)
 }

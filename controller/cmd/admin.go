@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -28,10 +29,36 @@ func rpcError(what string, err error) error {
 		return &exitError{code: 1, err: fmt.Errorf("%s: %w", what, err)}
 	}
 	msg := fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())
-	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection") {
-		msg += "\n(is `s2s-controller serve` running for this --data-dir? or pass --controller ADDR)"
+	if st.Code() == codes.Unavailable {
+		switch why := tlsProblem(st.Message()); {
+		case why != "":
+			msg = fmt.Sprintf("%s: %s", what, why)
+		case strings.Contains(st.Message(), "connection"):
+			msg += "\n(is `s2s-controller serve` running for this --data-dir? or pass --controller ADDR)"
+		}
 	}
 	return &exitError{code: 1, err: errors.New(msg)}
+}
+
+// tlsProblem picks out of an UNAVAILABLE status what the client's TLS
+// handshake found wrong: the explanation pki.ClientCredentials put into the
+// handshake error, or the controller's refusal of our own certificate,
+// which TLS 1.3 reports only after the handshake, as an alert.
+func tlsProblem(msg string) string {
+	if i := strings.Index(msg, "tls handshake with "); i >= 0 {
+		return strings.TrimRight(msg[i:], `"`)
+	}
+	if strings.Contains(msg, "remote error: tls:") {
+		return pki.ExplainTLSError(errors.New(msg))
+	}
+	// The alert can lose the race with the closing connection; what is
+	// left is a reset connection right after a completed handshake.
+	for _, s := range []string{"broken pipe", "connection reset by peer", "error reading server preface: EOF"} {
+		if strings.Contains(msg, s) {
+			return "the controller closed the connection right after the TLS handshake (" + s + "): it most likely refused this client's certificate (expired, revoked or from another CA); its log says which"
+		}
+	}
+	return ""
 }
 
 func newApply(g *globals) *cobra.Command {

@@ -114,11 +114,20 @@ func newServe(g *globals) *cobra.Command {
 			return app.Serve(ctx, cfg)
 		},
 	}
+	addTLSFlags(c, &cfg.TLS)
 	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:7443", "gRPC listen address")
 	c.Flags().StringVar(&endpoints, "etcd-endpoints", "", "use this etcd cluster (comma-separated URLs) instead of the embedded one")
 	c.Flags().StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/s2strust/", "key prefix in etcd")
 	c.Flags().StringVar(&cfg.SecretKeyFile, "secret-key", "", "AES-256 key file sealing secrets in etcd, never stored in etcd (default <data-dir>/secret.key)")
 	return c
+}
+
+// addTLSFlags adds serve's serving-identity flags.
+func addTLSFlags(c *cobra.Command, t *app.ServeTLS) {
+	c.Flags().StringSliceVar(&t.SANs, "tls-san", nil, "names and IP addresses the controller is reached at, added to the development CA's serving certificate (comma-separated; reissued when the list changes), e.g. controller.contoso.com,10.0.0.5")
+	c.Flags().StringVar(&t.CertFile, "tls-cert", "", "serve this certificate (PEM, from your organisation's CA; must carry the URI SAN "+pki.ControllerURI+") instead of the development CA's")
+	c.Flags().StringVar(&t.KeyFile, "tls-key", "", "the private key (PEM) of --tls-cert")
+	c.Flags().StringVar(&t.ClientCAFile, "client-ca", "", "more CA certificates (PEM) trusted for agent and admin client certificates, besides the fleet's CA")
 }
 
 func newCerts(g *globals) *cobra.Command {
@@ -155,7 +164,7 @@ func newCerts(g *globals) *cobra.Command {
 			if len(httpsNames) > 0 {
 				// The sim's HTTPS endpoint: the host itself and its deployment's endpoint names.
 				names := append([]string{strings.ToLower(host)}, httpsNames...)
-				hc, hk, err := ca.IssueServer(names, time.Now(), ttl)
+				hc, hk, err := ca.IssueHTTPS(names, time.Now(), ttl)
 				if err != nil {
 					return err
 				}

@@ -218,6 +218,9 @@ type agentOpts struct {
 	// resolver and trust store, so it serves and downloads metadata and
 	// runs trust probes.
 	network *simnet.Network
+	// identityFrom, when set, is the controller whose CA issues the
+	// agent's certificate (another replica's), instead of the one dialled.
+	identityFrom *controller
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -247,7 +250,11 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(c.hostTLS(host))))
+	issuer := c
+	if o.identityFrom != nil {
+		issuer = o.identityFrom
+	}
+	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(issuer.hostTLS(host))))
 	if err != nil {
 		t.Fatal(err)
 	}

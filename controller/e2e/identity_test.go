@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentapp "github.com/s2strust/s2strust/agent/app"
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/deploy/examples"
+	"github.com/s2strust/s2strust/internal/pki"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// loopbackDialer resolves every name to the controller's loopback address,
+// as DNS would resolve ctl.example.test to the controller's machine.
+func loopbackDialer(addr string) func(ctx context.Context, _ string) (net.Conn, error) {
+	return func(ctx context.Context, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+}
+
+func hostConnected(ctx context.Context, conn pb.FleetServiceClient, host string) (bool, string) {
+	resp, err := conn.ListHosts(ctx, &pb.ListHostsRequest{})
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, h := range resp.GetHosts() {
+		if h.GetHost() == host {
+			return h.GetConnected(), fmt.Sprintf("%s connected %v", host, h.GetConnected())
+		}
+	}
+	return false, host + " not listed"
+}
+
+// TestServeTLSSAN: a controller serving --tls-san ctl.example.test is
+// reached by the admin client and by an agent under that name; restarted
+// without the flag, its certificate no longer names it and the client's
+// error says so instead of asking whether serve is running.
+func TestServeTLSSAN(t *testing.T) {
+	dir := t.TempDir()
+	sans := []string{"ctl.example.test"}
+	c := startControllerWith(t, filepath.Join(dir, "controller"), "127.0.0.1:0", func(cfg *app.ServeConfig) { cfg.TLS.SANs = sans })
+	_, port, _ := net.SplitHostPort(c.addr)
+	name := "ctl.example.test:" + port
+	ctx := context.Background()
+
+	admin, err := app.Dial(app.ClientConfig{DataDir: c.dir, Addr: name, Dialer: loopbackDialer(c.addr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	fleet := pb.NewFleetServiceClient(admin)
+	if _, err := pb.NewSecretServiceClient(admin).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pb.NewTopologyServiceClient(admin).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso}); err != nil {
+		t.Fatalf("apply as ctl.example.test: %v", err)
+	}
+
+	// The agent, as s2s-agent run does it: its identity in files, the
+	// controller by name.
+	host := "fe01.contoso.com"
+	ca := c.ca()
+	certPEM, keyPEM, err := ca.IssueHost(host, time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idDir := filepath.Join(dir, "agent")
+	if err := pki.WriteIdentity(idDir, "agent", certPEM, keyPEM, ca.CertPEM()); err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- agentapp.Run(actx, agentapp.Config{Controller: name, ControllerDialer: loopbackDialer(c.addr), Host: host,
+			CA: filepath.Join(idDir, "ca.crt"), Cert: filepath.Join(idDir, "agent.crt"), Key: filepath.Join(idDir, "agent.key"),
+			Driver: "sim", SimProducts: []string{"lync:2015"}, StateDir: filepath.Join(dir, "agent-state"),
+			DriftInterval: time.Hour, Logger: testLogger(t).With("agent", host)})
+	}()
+	waitFor(t, waitTimeout, host+" connected through ctl.example.test", func() (bool, string) { return hostConnected(ctx, fleet, host) })
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("agent: %v", err)
+	}
+
+	// Without the flag the serving certificate is reissued without the name.
+	sans = nil
+	c = c.restart()
+	_, port, _ = net.SplitHostPort(c.addr)
+	admin2, err := app.Dial(app.ClientConfig{DataDir: c.dir, Addr: "ctl.example.test:" + port, Dialer: loopbackDialer(c.addr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin2.Close()
+	_, err = pb.NewFleetServiceClient(admin2).ListHosts(ctx, &pb.ListHostsRequest{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `certificate does not name \"ctl.example.test\" (it names localhost`) || !strings.Contains(err.Error(), "--tls-san ctl.example.test") {
+		t.Errorf("list hosts as ctl.example.test without --tls-san: %v, want UNAVAILABLE saying the certificate does not name it", err)
+	}
+	// By its loopback address it still answers.
+	if _, err := pb.NewFleetServiceClient(c.admin()).ListHosts(ctx, &pb.ListHostsRequest{}); err != nil {
+		t.Errorf("list hosts by address: %v", err)
+	}
+}
+
+func TestServeRefusesBadTLSSAN(t *testing.T) {
+	for _, bad := range []string{"bad name", "-lead.example.test", "ctl_example.test"} {
+		dir := t.TempDir()
+		err := app.Serve(context.Background(), app.ServeConfig{DataDir: dir, Listen: "127.0.0.1:0", Logger: testLogger(t), TLS: app.ServeTLS{SANs: []string{bad}}})
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("--tls-san %q", bad)) {
+			t.Errorf("serve --tls-san %q: %v, want an error naming the value", bad, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "pki", "server.crt")); !os.IsNotExist(err) {
+			t.Errorf("serve --tls-san %q left a server certificate behind (%v)", bad, err)
+		}
+	}
+}
+
+// TestReplicasShareOneCA: two replicas on one etcd cluster use the CA the
+// first one stored; an agent whose certificate replica A issued syncs with
+// replica B after A is gone.
+func TestReplicasShareOneCA(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	etcd, err := etcdembed.Start(ctx, filepath.Join(dir, "external-etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	key := filepath.Join(dir, "secret.key")
+	external := func(c *app.ServeConfig) {
+		c.EtcdEndpoints = []string{etcd.Endpoint()}
+		c.SecretKeyFile = key
+	}
+	a := startControllerWith(t, filepath.Join(dir, "a"), "127.0.0.1:0", external)
+	b := startControllerWith(t, filepath.Join(dir, "b"), "127.0.0.1:0", external)
+	if !bytes.Equal(a.ca().CertPEM(), b.ca().CertPEM()) {
+		t.Fatal("replicas a and b use different CAs")
+	}
+	if _, err := pb.NewSecretServiceClient(a.admin()).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pb.NewTopologyServiceClient(a.admin()).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso}); err != nil {
+		t.Fatal(err)
+	}
+	// The CA key is sealed in etcd, never there in the clear.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(ctx, "/s2strust/pki/ca")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("read the stored CA: %v, %v", resp, err)
+	}
+	caKey, err := a.ca().KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(resp.Kvs[0].Value, caKey) || bytes.Contains(resp.Kvs[0].Value, []byte("PRIVATE KEY")) {
+		t.Error("the stored CA holds its private key in the clear")
+	}
+	a.stop()
+	host := "ex01.contoso.com"
+	startAgent(t, b, host, "exchange:2019", filepath.Join(dir, "agents", host), filepath.Join(dir, "sim"), agentOpts{identityFrom: a})
+	waitFor(t, waitTimeout, host+" (identity from a) connected to b", func() (bool, string) {
+		return hostConnected(ctx, pb.NewFleetServiceClient(b.admin()), host)
+	})
+
+	// A replica with another secret key cannot open the CA and says why.
+	other := filepath.Join(dir, "other.key")
+	err = app.Serve(ctx, app.ServeConfig{DataDir: filepath.Join(dir, "c"), Listen: "127.0.0.1:0", Logger: testLogger(t),
+		EtcdEndpoints: []string{etcd.Endpoint()}, SecretKeyFile: other})
+	if err == nil || !strings.Contains(err.Error(), "same --secret-key") {
+		t.Errorf("replica with another secret key: %v, want an error about --secret-key", err)
+	}
+}
