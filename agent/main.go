@@ -64,6 +64,35 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	_ = run.MarkFlagRequired("host")
-	root.AddCommand(run)
+	root.AddCommand(run, newEnroll())
 	return root
+}
+
+func newEnroll() *cobra.Command {
+	var cfg app.EnrollConfig
+	c := &cobra.Command{
+		Use:   "enroll --controller ADDR --host FQDN --token T --ca-pin sha256:... --state-dir DIR",
+		Short: "Get this host's identity with a join token: the key is made here and never leaves the host",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			notAfter, err := app.Enroll(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "enrolled %s: identity in %s, valid until %s; now run: s2s-agent run --controller %s --host %s --state-dir %s ...\n",
+				cfg.Host, app.IdentityDir(cfg.StateDir), notAfter.UTC().Format(time.RFC3339), cfg.Controller, cfg.Host, cfg.StateDir)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&cfg.Controller, "controller", "", "controller address HOST:PORT (required)")
+	f.StringVar(&cfg.Host, "host", "", "this host's FQDN, as the token names it (required)")
+	f.StringVar(&cfg.Token, "token", "", "join token from `s2s-controller token create` (required)")
+	f.StringVar(&cfg.CAPin, "ca-pin", "", "the CA pin printed with the token, sha256:<hex> (required)")
+	f.StringVar(&cfg.StateDir, "state-dir", "./s2s-agent-state", "the agent's state directory; the identity goes to <state-dir>/identity")
+	for _, n := range []string{"controller", "host", "token", "ca-pin"} {
+		_ = c.MarkFlagRequired(n)
+	}
+	return c
 }

@@ -219,8 +219,11 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 	case cfg.TLS != nil:
 		opts = append(opts, grpc.WithTransportCredentials(pki.ClientCredentials(cfg.TLS)))
 	default:
+		if ca, cert, key, ok := enrolledFiles(cfg); ok {
+			cfg.CA, cfg.Cert, cfg.Key = ca, cert, key
+		}
 		if cfg.CA == "" || cfg.Cert == "" || cfg.Key == "" {
-			return nil, fmt.Errorf("--ca, --cert and --key are required (or --insecure against a controller run with --insecure)")
+			return nil, fmt.Errorf("--ca, --cert and --key are required, unless `s2s-agent enroll` stored an identity in --state-dir (or --insecure against a controller run with --insecure)")
 		}
 		t, err := loadTLS(cfg.CA, cfg.Cert, cfg.Key, cfg.Controller)
 		if err != nil {

@@ -4,6 +4,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,7 @@ import (
 	"github.com/s2strust/s2strust/controller/server"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/atomicfile"
+	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/secretbox"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -51,6 +53,8 @@ type ServeConfig struct {
 	Logger   *slog.Logger
 	// TLS is the serving identity (--tls-san, --tls-cert, --tls-key, --client-ca).
 	TLS ServeTLS
+	// HostCertTTL is the lifetime of certificates issued at enrollment.
+	HostCertTTL time.Duration
 	// PresenceTTL is the agents' presence lease TTL (default 10s).
 	PresenceTTL time.Duration
 	// StreamsPerSecond bounds new agent streams (default 500/s).
@@ -125,9 +129,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("load the secret key: %w", err)
 	}
 	var creds grpc.ServerOption
+	var ca *pki.CA
 	if !cfg.Insecure {
-		tlsCfg, err := serverTLS(ctx, cfg, lis, st, key, log)
-		if err != nil {
+		var tlsCfg *tls.Config
+		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, log); err != nil {
 			return err
 		}
 		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
@@ -148,6 +153,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
+	if ca != nil {
+		enroll := server.NewEnrollment(st, ca, cfg.HostCertTTL, log)
+		pb.RegisterEnrollmentServiceServer(gs, enroll)
+		pb.RegisterJoinTokenServiceServer(gs, enroll.JoinTokens())
+	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)

@@ -58,9 +58,9 @@ const startTimeout = 30 * time.Second
 // data dir under that CA, and the serving certificate — the development
 // CA's for the listen address, the host name and --tls-san, or the
 // organisation's own.
-func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store.Store, secretKey []byte, log *slog.Logger) (*tls.Config, error) {
+func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store.Store, secretKey []byte, log *slog.Logger) (*tls.Config, *pki.CA, error) {
 	if err := cfg.TLS.check(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
@@ -75,7 +75,7 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 		return pki.NewCA(pki.DevCAName, now)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("prepare the fleet's CA: %w", err)
+		return nil, nil, fmt.Errorf("prepare the fleet's CA: %w", err)
 	}
 	if created {
 		log.Info("stored the fleet's CA in etcd, sealed with the secret key", "ca", ca.Cert.Subject.CommonName)
@@ -91,7 +91,7 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 	names = append(names, cfg.TLS.SANs...)
 	files, replaced, err := pki.InstallDevPKI(dir, ca, names, now)
 	if err != nil {
-		return nil, fmt.Errorf("prepare PKI in %s: %w", dir, err)
+		return nil, nil, fmt.Errorf("prepare PKI in %s: %w", dir, err)
 	}
 	if replaced {
 		log.Warn("the data dir held another CA than the fleet's (stored in etcd by the first replica); identities it issued no longer verify", "dir", dir)
@@ -102,30 +102,38 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 	}
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return nil, fmt.Errorf("read server certificate: %w", err)
+		return nil, nil, fmt.Errorf("read server certificate: %w", err)
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("read server key: %w", err)
+		return nil, nil, fmt.Errorf("read server key: %w", err)
 	}
 	if cfg.TLS.CertFile != "" {
 		if err := checkControllerCert(certPEM); err != nil {
-			return nil, fmt.Errorf("--tls-cert %s: %w", certFile, err)
+			return nil, nil, fmt.Errorf("--tls-cert %s: %w", certFile, err)
 		}
 	}
 	clientCA := ca.CertPEM()
 	if cfg.TLS.ClientCAFile != "" {
 		more, err := os.ReadFile(cfg.TLS.ClientCAFile)
 		if err != nil {
-			return nil, fmt.Errorf("read --client-ca: %w", err)
+			return nil, nil, fmt.Errorf("read --client-ca: %w", err)
 		}
 		clientCA = append(append(clientCA, '\n'), more...)
 	}
 	tlsCfg, err := pki.ServerTLSConfig(certPEM, keyPEM, clientCA)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return tlsCfg, nil
+	// A client certificate is asked for, verified when given, and required
+	// by every method but enrollment and health (server.Policy).
+	tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
+	// The chain includes the fleet's CA, so an enrolling agent that knows
+	// only the CA's pin can check the controller (pki.EnrollTLSConfig).
+	if cfg.TLS.CertFile == "" {
+		tlsCfg.Certificates[0].Certificate = append(tlsCfg.Certificates[0].Certificate, ca.Cert.Raw)
+	}
+	return tlsCfg, ca, nil
 }
 
 // checkControllerCert refuses an operator's serving certificate that

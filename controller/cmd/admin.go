@@ -29,6 +29,11 @@ func rpcError(what string, err error) error {
 		return &exitError{code: 1, err: fmt.Errorf("%s: %w", what, err)}
 	}
 	msg := fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())
+	if st.Code() == codes.Unauthenticated && strings.Contains(st.Message(), "no verified client certificate") {
+		// The TLS client sends a certificate only if the controller's CA
+		// list names its issuer, so a foreign one never arrives.
+		msg += "\n(the controller got no client certificate it trusts: --cert is from another CA than the controller's, or none was given)"
+	}
 	if st.Code() == codes.Unavailable {
 		switch why := tlsProblem(st.Message()); {
 		case why != "":

@@ -89,7 +89,7 @@ func NewRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.client.Key, "key", "", "admin key (default: <data-dir>/pki/admin.key)")
 	pf.BoolVar(&g.client.Insecure, "insecure", false, "plaintext, loopback only (serve) or to such a controller (admin commands)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g))
+	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newToken(g))
 	return root
 }
 
@@ -181,7 +181,7 @@ func newCerts(g *globals) *cobra.Command {
 	issue.Flags().StringSliceVar(&httpsNames, "https-name", nil, "sim driver: also issue an HTTPS certificate for the host and these names (its deployment's pool, autodiscover or web application name)")
 	issue.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "certificate lifetime")
 	_ = issue.MarkFlagRequired("host")
-	c.AddCommand(issue, newIssueTokenIssuer())
+	c.AddCommand(issue, newIssueTokenIssuer(), newIssueAdmin(g))
 	return c
 }
 

@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,6 +43,51 @@ func TestAdminTLSErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = mustFail(t, dir, "get", "hosts", "--cert", certFile, "--key", keyFile)
-	wantRPCError(t, err, "refused this client's certificate")
+	wantRPCError(t, err, "Unauthenticated", "--cert is from another CA than the controller's")
 	wantNotContains(t, "error", err.Error(), "is `s2s-controller serve` running")
+}
+
+// TestRolesAndTokens: a viewer can list hosts and cannot apply; only an
+// admin makes join tokens, printed with the CA pin.
+func TestRolesAndTokens(t *testing.T) {
+	dir := t.TempDir()
+	startController(t, dir)
+	out := filepath.Join(t.TempDir(), "ids")
+	got := mustRun(t, dir, "certs", "issue-admin", "--name", "alice", "--role", "viewer", "--out", out)
+	wantContains(t, "issue-admin", got, "alice (role viewer)")
+	for _, f := range []string{"alice.crt", "alice.key", "ca.crt"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := mustFail(t, dir, "certs", "issue-admin", "--name", "bob", "--role", "root", "--out", out); err == nil || !strings.Contains(err.Error(), `role "root"`) {
+		t.Errorf("issue-admin --role root: %v, want an error naming the role", err)
+	}
+	viewer := []string{"--ca", filepath.Join(out, "ca.crt"), "--cert", filepath.Join(out, "alice.crt"), "--key", filepath.Join(out, "alice.key")}
+	mustRun(t, dir, append([]string{"get", "hosts"}, viewer...)...)
+	_, err := mustFail(t, dir, append([]string{"apply", "-f", contosoFile(t)}, viewer...)...)
+	wantRPCError(t, err, "PermissionDenied", "needs the role admin", "admin/alice/viewer has the role viewer")
+	_, err = mustFail(t, dir, append([]string{"token", "create", "--host", "fe01.contoso.com"}, viewer...)...)
+	wantRPCError(t, err, "PermissionDenied", "needs the role admin")
+
+	js := mustRun(t, dir, "token", "create", "--host", "fe01.contoso.com", "--ttl", "30m", "-o", "json")
+	var tok struct {
+		Token string `json:"token"`
+		CAPin string `json:"caPin"`
+		Host  string `json:"host"`
+	}
+	if err := json.Unmarshal([]byte(js), &tok); err != nil {
+		t.Fatalf("token create -o json: %v\n%s", err, js)
+	}
+	ca, err := pki.LoadDevCA(app.PKIDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Token == "" || tok.CAPin != pki.CAPin(ca.Cert) || tok.Host != "fe01.contoso.com" {
+		t.Errorf("token create -o json = %s; want a token, the CA's pin %s and the host", js, pki.CAPin(ca.Cert))
+	}
+	text := mustRun(t, dir, "token", "create", "--host", "fe01.contoso.com")
+	wantContains(t, "token create", text, "ca pin: "+pki.CAPin(ca.Cert), "s2s-agent enroll --controller ADDR --host fe01.contoso.com --token ")
+	_, err = mustFail(t, dir, "token", "create", "--host", "fe01.contoso.com", "--ttl", "48h")
+	wantRPCError(t, err, "InvalidArgument", "ttl")
 }

@@ -221,6 +221,8 @@ type agentOpts struct {
 	// identityFrom, when set, is the controller whose CA issues the
 	// agent's certificate (another replica's), instead of the one dialled.
 	identityFrom *controller
+	// clientTLS, when set, is the agent's identity (an enrolled one).
+	clientTLS *tls.Config
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -254,7 +256,11 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if o.identityFrom != nil {
 		issuer = o.identityFrom
 	}
-	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(issuer.hostTLS(host))))
+	clientTLS := o.clientTLS
+	if clientTLS == nil {
+		clientTLS = issuer.hostTLS(host)
+	}
+	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/deploy/examples"
-	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -71,24 +70,23 @@ func TestServeTLSSAN(t *testing.T) {
 		t.Fatalf("apply as ctl.example.test: %v", err)
 	}
 
-	// The agent, as s2s-agent run does it: its identity in files, the
-	// controller by name.
+	// The agent, as s2s-agent enroll and run do it: enrolled with a join
+	// token, then running on the stored identity, the controller by name.
 	host := "fe01.contoso.com"
-	ca := c.ca()
-	certPEM, keyPEM, err := ca.IssueHost(host, time.Now(), time.Hour)
+	tok, err := pb.NewJoinTokenServiceClient(admin).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: host})
 	if err != nil {
 		t.Fatal(err)
 	}
-	idDir := filepath.Join(dir, "agent")
-	if err := pki.WriteIdentity(idDir, "agent", certPEM, keyPEM, ca.CertPEM()); err != nil {
-		t.Fatal(err)
+	stateDir := filepath.Join(dir, "agent-state")
+	if _, err := agentapp.Enroll(ctx, agentapp.EnrollConfig{Controller: name, Dialer: loopbackDialer(c.addr), Host: host,
+		Token: tok.GetToken(), CAPin: tok.GetCaPin(), StateDir: stateDir}); err != nil {
+		t.Fatalf("enroll through ctl.example.test: %v", err)
 	}
 	actx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
 		done <- agentapp.Run(actx, agentapp.Config{Controller: name, ControllerDialer: loopbackDialer(c.addr), Host: host,
-			CA: filepath.Join(idDir, "ca.crt"), Cert: filepath.Join(idDir, "agent.crt"), Key: filepath.Join(idDir, "agent.key"),
-			Driver: "sim", SimProducts: []string{"lync:2015"}, StateDir: filepath.Join(dir, "agent-state"),
+			Driver: "sim", SimProducts: []string{"lync:2015"}, StateDir: stateDir,
 			DriftInterval: time.Hour, Logger: testLogger(t).With("agent", host)})
 	}()
 	waitFor(t, waitTimeout, host+" connected through ctl.example.test", func() (bool, string) { return hostConnected(ctx, fleet, host) })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -14,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/s2strust/s2strust/controller/store"
-	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/topology"
 )
 
@@ -82,38 +80,15 @@ type Access struct {
 	// CallTimeout bounds each unary call (default 5s), so that a store
 	// without quorum gives a clear Unavailable instead of a hang.
 	CallTimeout time.Duration
-}
-
-// open services any authenticated client may call.
-func openMethod(full string) bool {
-	return strings.HasPrefix(full, "/grpc.health.v1.Health/") || strings.HasPrefix(full, "/grpc.reflection.")
-}
-
-func (a Access) authorize(ctx context.Context, full string) error {
-	if a.Insecure || openMethod(full) {
-		return nil
-	}
-	id, err := pki.IdentityFromContext(ctx)
-	if err != nil {
-		return status.Errorf(codes.Unauthenticated, "%s: %v", full, err)
-	}
-	if strings.HasPrefix(full, "/s2strust.v1.AgentService/") {
-		if id.Kind != pki.KindHost {
-			return status.Errorf(codes.PermissionDenied, "%s needs an agent identity, not %s", full, id)
-		}
-		return nil // the handler checks the host name
-	}
-	if id.Kind != pki.KindAdmin {
-		return status.Errorf(codes.PermissionDenied, "%s needs an admin identity; %s may only call AgentService", full, id)
-	}
-	return nil
+	// Audit, when set, records every refused call (who, from where, what).
+	Audit func(ctx context.Context, method string, err error)
 }
 
 // UnaryInterceptor authorizes calls, maps errors to statuses and logs
 // failures once.
 func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := a.authorize(ctx, info.FullMethod); err != nil {
-		a.log().Warn("call refused", "method", info.FullMethod, "error", err)
+	if _, err := a.authorize(ctx, info.FullMethod); err != nil {
+		a.refused(ctx, info.FullMethod, err)
 		return nil, err
 	}
 	timeout := a.CallTimeout
@@ -132,8 +107,8 @@ func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 
 // StreamInterceptor is the streaming counterpart of UnaryInterceptor.
 func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := a.authorize(ss.Context(), info.FullMethod); err != nil {
-		a.log().Warn("call refused", "method", info.FullMethod, "error", err)
+	if _, err := a.authorize(ss.Context(), info.FullMethod); err != nil {
+		a.refused(ss.Context(), info.FullMethod, err)
 		return err
 	}
 	err := handler(srv, ss)
@@ -142,6 +117,15 @@ func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Stre
 		a.logFailure(info.FullMethod, err)
 	}
 	return err
+}
+
+// refused logs a refused call and, when the access has an audit hook,
+// records it.
+func (a Access) refused(ctx context.Context, method string, err error) {
+	a.log().Warn("call refused", "method", method, "from", peerAddr(ctx), "error", err)
+	if a.Audit != nil {
+		a.Audit(ctx, method, err)
+	}
 }
 
 func (a Access) logFailure(method string, err error) {

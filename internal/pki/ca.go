@@ -178,7 +178,20 @@ func (ca *CA) IssueAdmin(name string, now time.Time, ttl time.Duration) (certPEM
 	if err := validateAdminName(name); err != nil {
 		return nil, nil, fmt.Errorf("issue admin certificate: %w", err)
 	}
-	certPEM, keyPEM, err = ca.issueWithNewKey(clientTemplate(Identity{Kind: KindAdmin, Name: name}), now, ttl)
+	return ca.IssueAdminRole(name, RoleAdmin, now, ttl)
+}
+
+// IssueAdminRole issues an admin certificate (as IssueAdmin does) with the
+// given role: spiffe://s2strust/admin/<name> for RoleAdmin,
+// spiffe://s2strust/admin/<name>/<role> for RoleOperator and RoleViewer.
+func (ca *CA) IssueAdminRole(name string, role Role, now time.Time, ttl time.Duration) (certPEM, keyPEM []byte, err error) {
+	if err := validateAdminName(name); err != nil {
+		return nil, nil, fmt.Errorf("issue admin certificate: %w", err)
+	}
+	if role < RoleViewer || role > RoleAdmin {
+		return nil, nil, fmt.Errorf("issue admin certificate for %q: role %d is not admin, operator or viewer", name, role)
+	}
+	certPEM, keyPEM, err = ca.issueWithNewKey(clientTemplate(Identity{Kind: KindAdmin, Name: name, Role: role}), now, ttl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue admin certificate for %q: %w", name, err)
 	}

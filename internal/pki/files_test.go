@@ -61,7 +61,7 @@ func TestEnsureDevPKI(t *testing.T) {
 		t.Error("ca.crt is not the returned CA")
 	}
 	admin := parseCertPEM(t, first[files.AdminCert()])
-	if id, err := IdentityFromCert(admin); err != nil || id != (Identity{KindAdmin, DevAdminName}) {
+	if id, err := IdentityFromCert(admin); err != nil || id != (Identity{KindAdmin, DevAdminName, RoleAdmin}) {
 		t.Errorf("admin identity %v, %v", id, err)
 	}
 	server := parseCertPEM(t, first[files.ServerCert()])
