@@ -139,7 +139,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	sec := secrets.New(st, key, nil)
 	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec})
-	access := server.Access{Insecure: cfg.Insecure, Logger: log}
+	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: server.NewRefusalAuditor(st, log).Record}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(access.StreamInterceptor),
@@ -152,6 +152,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterTopologyServiceServer(gs, server.NewTopologyService(hub, sec))
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
+	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	if ca != nil {
 		enroll := server.NewEnrollment(st, ca, cfg.HostCertTTL, log)

@@ -190,7 +190,7 @@ func newGet(g *globals) *cobra.Command {
 			})
 		},
 	}
-	c.AddCommand(topo, hosts, revs)
+	c.AddCommand(topo, hosts, revs, newGetAudit(g))
 	return c
 }
 

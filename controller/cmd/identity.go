@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/internal/pki"
@@ -91,4 +96,89 @@ func newIssueAdmin(g *globals) *cobra.Command {
 	c.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "certificate lifetime")
 	_ = c.MarkFlagRequired("name")
 	return c
+}
+
+// newGetAudit reads the audit trail, every page.
+func newGetAudit(g *globals) *cobra.Command {
+	var since, who, output string
+	c := &cobra.Command{
+		Use:   "audit [--since 24h|2026-01-02T15:04:05Z] [--who admin/alice]",
+		Short: "List the audit trail: who changed what, from where, when, with what result, at which revision",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			req := &pb.ListAuditRecordsRequest{Who: who, PageSize: 1000}
+			if since != "" {
+				t, err := parseSince(since, time.Now())
+				if err != nil {
+					return err
+				}
+				req.Since = timestamppb.New(t)
+			}
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				var all []*pb.AuditRecord
+				client := pb.NewAuditServiceClient(conn)
+				for {
+					resp, err := client.ListAuditRecords(ctx, req)
+					if err != nil {
+						return rpcError("list audit records", err)
+					}
+					all = append(all, resp.GetRecords()...)
+					if resp.GetNextPageToken() == "" {
+						break
+					}
+					req.PageToken = resp.GetNextPageToken()
+				}
+				if output == "json" {
+					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(&pb.ListAuditRecordsResponse{Records: all})
+					fmt.Fprintf(g.out, "%s\n", b)
+					return nil
+				}
+				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "REVISION\tWHEN\tWHO\tFROM\tKIND\tWHAT\tRESULT")
+				for _, r := range all {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetRevision(), r.GetWhen().AsTime().UTC().Format(time.RFC3339),
+						terminalSafe(r.GetWho()), terminalSafe(r.GetFrom()), terminalSafe(r.GetKind()), terminalSafe(r.GetWhat()), terminalSafe(r.GetResult()))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	c.Flags().StringVar(&since, "since", "", "only records from this long ago (e.g. 24h) or since this RFC 3339 time")
+	c.Flags().StringVar(&who, "who", "", "only records of this identity, e.g. admin/alice or host/fe01.contoso.com")
+	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return c
+}
+
+// parseSince reads --since: a duration back from now, or an RFC 3339 time.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("--since %q: want a positive duration", s)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--since %q: want a duration such as 24h or an RFC 3339 time such as 2026-01-02T15:04:05Z", s)
+	}
+	return t, nil
+}
+
+// terminalSafe escapes control and bidirectional-formatting characters,
+// so that a value from the store cannot move the cursor or reorder what an
+// operator reads.
+func terminalSafe(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == utf8.RuneError, unicode.IsControl(r), unicode.Is(unicode.Bidi_Control, r):
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }

@@ -91,3 +91,65 @@ func TestRolesAndTokens(t *testing.T) {
 	_, err = mustFail(t, dir, "token", "create", "--host", "fe01.contoso.com", "--ttl", "48h")
 	wantRPCError(t, err, "InvalidArgument", "ttl")
 }
+
+// TestGetAudit: every change made here appears in `get audit` with its
+// identity, and the apply's record was written at the revision it made.
+func TestGetAudit(t *testing.T) {
+	dir := t.TempDir()
+	startController(t, dir)
+	iss := newIssuer(t, "Corr3ct-horse-battery", "contoso.com", "fabrikam.com")
+	mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
+	applied := mustRun(t, dir, "apply", "-f", contosoFile(t))
+	mustRun(t, dir, "token", "create", "--host", "fe01.contoso.com")
+	out := filepath.Join(t.TempDir(), "ids")
+	mustRun(t, dir, "certs", "issue-admin", "--name", "vera", "--role", "viewer", "--out", out)
+	viewer := []string{"--ca", filepath.Join(out, "ca.crt"), "--cert", filepath.Join(out, "vera.crt"), "--key", filepath.Join(out, "vera.key")}
+	mustFail(t, dir, append([]string{"secret", "put", "x", "--pfx", iss.pfxFile, "--password-file", iss.pwFile}, viewer...)...)
+
+	var list struct {
+		Records []struct {
+			Kind, Who, What, Result, From string
+			Revision                      string
+		} `json:"records"`
+	}
+	js := mustRun(t, dir, "get", "audit", "-o", "json")
+	if err := json.Unmarshal([]byte(js), &list); err != nil {
+		t.Fatalf("get audit -o json: %v\n%s", err, js)
+	}
+	var rev string
+	for _, line := range strings.Split(applied, "\n") {
+		if r, ok := strings.CutPrefix(line, "applied: revision "); ok {
+			rev = r
+		}
+	}
+	want := []struct{ kind, who, what, result, rev string }{
+		{"secret", "admin/admin", "put secret oauth-2026 (certificate " + iss.thumbprint, "ok", ""},
+		{"topology", "admin/admin", "apply topology contoso", "ok", rev},
+		{"token", "admin/admin", "create join token for fe01.contoso.com", "ok", ""},
+		{"refused", "admin/vera/viewer", "call /s2strust.v1.SecretService/PutSecret", "refused: ", ""},
+	}
+	if len(list.Records) != len(want) {
+		t.Fatalf("get audit lists %d records, want %d:\n%s", len(list.Records), len(want), js)
+	}
+	for i, w := range want {
+		r := list.Records[i]
+		if r.Kind != w.kind || r.Who != w.who || !strings.HasPrefix(r.What, w.what) || !strings.HasPrefix(r.Result, w.result) || r.From == "" {
+			t.Errorf("record %d = %+v, want kind %s by %s, what %q…, result %q…, and an address", i, r, w.kind, w.who, w.what, w.result)
+		}
+		if w.rev != "" && r.Revision != w.rev {
+			t.Errorf("record %d at revision %s, want the apply's revision %s (one transaction)", i, r.Revision, w.rev)
+		}
+	}
+	if strings.Contains(js, iss.password) {
+		t.Error("the audit trail holds the PFX password")
+	}
+	table := mustRun(t, dir, "get", "audit", "--who", "admin/vera/viewer")
+	if rows := tableRows(t, table); len(rows) != 1 || rows[0]["KIND"] != "refused" {
+		t.Errorf("get audit --who admin/vera/viewer:\n%s\nwant the one refusal", table)
+	}
+	if rows := tableRows(t, mustRun(t, dir, "get", "audit", "--since", "2099-01-01T00:00:00Z")); len(rows) != 0 {
+		t.Errorf("get audit --since the future lists %d records", len(rows))
+	}
+	_, err := mustFail(t, dir, "get", "audit", "--since", "yesterday")
+	wantContains(t, "error", err.Error(), `--since "yesterday"`)
+}

@@ -161,6 +161,47 @@ func TestEnrollWithJoinToken(t *testing.T) {
 	}
 	f.waitConverged(f.apply(examples.Contoso))
 
+	// The trail holds every token event, refusals included, and pages.
+	auditc := pb.NewAuditServiceClient(admin)
+	trail, err := auditc.ListAuditRecords(ctx, &pb.ListAuditRecordsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paged []*pb.AuditRecord
+	req := &pb.ListAuditRecordsRequest{PageSize: 2}
+	for pages := 0; ; pages++ {
+		if pages > 50 {
+			t.Fatal("paging does not end")
+		}
+		resp, err := auditc.ListAuditRecords(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paged = append(paged, resp.GetRecords()...)
+		if resp.GetNextPageToken() == "" {
+			break
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+	if len(paged) != len(trail.GetRecords()) {
+		t.Errorf("paged through %d records, one page holds %d", len(paged), len(trail.GetRecords()))
+	}
+	var enrolled, refused int
+	for i, r := range trail.GetRecords() {
+		if i > 0 && r.GetRevision() <= trail.GetRecords()[i-1].GetRevision() {
+			t.Errorf("record %d at revision %d is not after %d", i, r.GetRevision(), trail.GetRecords()[i-1].GetRevision())
+		}
+		if r.GetKind() == "token" && r.GetWho() == "host/"+host && r.GetResult() == "ok" {
+			enrolled++
+		}
+		if r.GetKind() == "token" && strings.HasPrefix(r.GetResult(), "refused") {
+			refused++
+		}
+	}
+	if enrolled != 1 || refused < 4 {
+		t.Errorf("audit trail: %d enrollments of %s, %d refusals; want 1 and at least 4:\n%v", enrolled, host, refused, trail.GetRecords())
+	}
+
 	// Tokens for bad input are refused naming the field.
 	for _, req := range []*pb.CreateJoinTokenRequest{{Host: "not a host"}, {Host: "fe01"}, {Host: host, Ttl: durationpb.New(48 * time.Hour)}} {
 		if _, err := tokens.CreateJoinToken(ctx, req); status.Code(err) != codes.InvalidArgument {

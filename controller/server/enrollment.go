@@ -16,6 +16,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -72,6 +73,9 @@ type Enrollment struct {
 	hostCertTTL time.Duration
 	now         func() time.Time
 	log         *slog.Logger
+	// refusals bounds the audit records of refused enrollments, which
+	// anyone can cause; beyond it they are only logged.
+	refusals *rate.Limiter
 }
 
 // NewEnrollment returns the services issuing host identities from ca.
@@ -84,7 +88,7 @@ func NewEnrollment(st *store.Store, ca *pki.CA, hostCertTTL time.Duration, log *
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Enrollment{st: st, ca: ca, hostCertTTL: hostCertTTL, now: time.Now, log: log}
+	return &Enrollment{st: st, ca: ca, hostCertTTL: hostCertTTL, now: time.Now, log: log, refusals: rate.NewLimiter(20, 100)}
 }
 
 // JoinTokens returns the admin half, for registration.
@@ -118,8 +122,8 @@ func (e joinTokenServer) CreateJoinToken(ctx context.Context, req *pb.CreateJoin
 	if err != nil {
 		return nil, fmt.Errorf("create join token for %s: grant lease: %w", host, err)
 	}
-	audit := auditJSON(map[string]any{"kind": "token-create", "who": who, "from": peerAddr(ctx), "when": now.UTC(), "host": host,
-		"expires": now.Add(ttl).UTC(), "result": "ok"})
+	audit := auditJSON(map[string]any{"kind": "token", "who": who, "from": peerAddr(ctx), "when": now.UTC(), "host": host,
+		"what": fmt.Sprintf("create join token for %s, valid until %s", host, now.Add(ttl).UTC().Format(time.RFC3339)), "result": "ok"})
 	if _, err := cli.Txn(ctx).Then(
 		clientv3.OpPut(tokenKey(e.st, token), string(rec), clientv3.WithLease(lease.ID)),
 		clientv3.OpPut(store.AuditKey(e.st, "token", now), audit),
@@ -181,8 +185,9 @@ func (e *Enrollment) Enroll(ctx context.Context, req *pb.EnrollRequest) (*pb.Enr
 		return nil, err
 	}
 	// Consumed with the audit record, only if nobody used it meanwhile.
-	audit := auditJSON(map[string]any{"kind": "token-use", "who": "host/" + host, "from": peerAddr(ctx), "when": now.UTC(), "host": host,
-		"tokenCreatedBy": rec.CreatedBy, "serial": leaf.SerialNumber.Text(16), "notAfter": leaf.NotAfter.UTC(), "result": "enrolled"})
+	audit := auditJSON(map[string]any{"kind": "token", "who": "host/" + host, "from": peerAddr(ctx), "when": now.UTC(), "host": host,
+		"what":   fmt.Sprintf("enroll %s with a join token made by %s", host, rec.CreatedBy),
+		"result": "ok", "changes": []string{"issued certificate serial " + leaf.SerialNumber.Text(16) + ", valid until " + leaf.NotAfter.UTC().Format(time.RFC3339)}})
 	txn, err := e.st.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
 		Then(clientv3.OpDelete(key), clientv3.OpPut(store.AuditKey(e.st, "token", now), audit)).
@@ -200,7 +205,11 @@ func (e *Enrollment) Enroll(ctx context.Context, req *pb.EnrollRequest) (*pb.Enr
 // audit records a refused enrollment; best effort, as the refusal stands
 // whether or not the store takes the record.
 func (e *Enrollment) audit(ctx context.Context, now time.Time, host, result string) {
-	rec := auditJSON(map[string]any{"kind": "token-use", "who": "anonymous", "from": peerAddr(ctx), "when": now.UTC(), "host": host, "result": result})
+	if !e.refusals.Allow() {
+		return // logged by the caller
+	}
+	rec := auditJSON(map[string]any{"kind": "token", "who": "anonymous", "from": peerAddr(ctx), "when": now.UTC(), "host": host,
+		"what": "enroll " + host + " with a join token", "result": result})
 	if _, err := e.st.Client().Put(ctx, store.AuditKey(e.st, "token", now), rec); err != nil {
 		e.log.Warn("audit record of a refused enrollment not stored", "host", host, "error", err)
 	}

@@ -50,6 +50,7 @@ var Policy = map[string]rule{
 	pb.TopologyService_GetTopology_FullMethodName:                 {who: admin, role: pki.RoleViewer},
 	pb.TopologyService_ListTopologyRevisions_FullMethodName:       {who: admin, role: pki.RoleViewer},
 	pb.SecretService_ListSecrets_FullMethodName:                   {who: admin, role: pki.RoleViewer},
+	pb.AuditService_ListAuditRecords_FullMethodName:               {who: admin, role: pki.RoleViewer},
 	rpb.ServerReflection_ServerReflectionInfo_FullMethodName:      {who: admin, role: pki.RoleViewer},
 	rpbalpha.ServerReflection_ServerReflectionInfo_FullMethodName: {who: admin, role: pki.RoleViewer},
 
