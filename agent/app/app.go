@@ -97,12 +97,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	conn, err := dial(cfg)
+	conn, ren, err := dial(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	g, ctx := errgroup.WithContext(ctx)
+	if ren != nil {
+		g.Go(func() error { return ren.Run(ctx, conn) })
+	}
 	if srv, ok := drv.(interface{ Serve(context.Context) error }); ok {
 		g.Go(func() error { return srv.Serve(ctx) })
 	}
@@ -197,9 +200,10 @@ func newDriver(cfg Config, host string) (driver.Driver, error) {
 	return nil, fmt.Errorf("--driver %q: want sim or powershell", cfg.Driver)
 }
 
-func dial(cfg Config) (*grpc.ClientConn, error) {
+func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
+	var ren *renewer
 	if cfg.Controller == "" {
-		return nil, fmt.Errorf("--controller is required, e.g. controller.contoso.com:7443")
+		return nil, nil, fmt.Errorf("--controller is required, e.g. controller.contoso.com:7443")
 	}
 	opts := []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4 << 20)),
@@ -213,7 +217,7 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 		// itself serves plaintext on loopback only.
 		host, _, err := net.SplitHostPort(cfg.Controller)
 		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
-			return nil, fmt.Errorf("--controller %q: --insecure connects to a loopback address only (127.0.0.1 or ::1)", cfg.Controller)
+			return nil, nil, fmt.Errorf("--controller %q: --insecure connects to a loopback address only (127.0.0.1 or ::1)", cfg.Controller)
 		}
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	case cfg.TLS != nil:
@@ -223,11 +227,18 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 			cfg.CA, cfg.Cert, cfg.Key = ca, cert, key
 		}
 		if cfg.CA == "" || cfg.Cert == "" || cfg.Key == "" {
-			return nil, fmt.Errorf("--ca, --cert and --key are required, unless `s2s-agent enroll` stored an identity in --state-dir (or --insecure against a controller run with --insecure)")
+			return nil, nil, fmt.Errorf("--ca, --cert and --key are required, unless `s2s-agent enroll` stored an identity in --state-dir (or --insecure against a controller run with --insecure)")
 		}
 		t, err := loadTLS(cfg.CA, cfg.Cert, cfg.Key, cfg.Controller)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		caPEM, err := os.ReadFile(cfg.CA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read --ca: %w", err)
+		}
+		if ren, err = newRenewer(strings.ToLower(strings.TrimSuffix(cfg.Host, ".")), cfg.StateDir, t, caPEM, log); err != nil {
+			return nil, nil, err
 		}
 		opts = append(opts, grpc.WithTransportCredentials(pki.ClientCredentials(t)))
 	}
@@ -240,9 +251,9 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 	}
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to controller %s: %w", cfg.Controller, err)
+		return nil, nil, fmt.Errorf("connect to controller %s: %w", cfg.Controller, err)
 	}
-	return conn, nil
+	return conn, ren, nil
 }
 
 func loadTLS(caFile, certFile, keyFile, addr string) (*tls.Config, error) {

@@ -92,18 +92,8 @@ func Enroll(ctx context.Context, cfg EnrollConfig) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("enroll %s: the controller's answer: %w", host, err)
 	}
 	dir := IdentityDir(cfg.StateDir)
-	if err := pki.WriteIdentity(dir, "agent", resp.GetCertificatePem(), keyPEM, resp.GetCaPem()); err != nil {
-		return time.Time{}, err
-	}
-	// Owner-only: the directory, the key and the certificates alike.
-	for _, p := range []string{dir, filepath.Join(dir, "agent.key"), filepath.Join(dir, "agent.crt"), filepath.Join(dir, "ca.crt")} {
-		mode := os.FileMode(0o600)
-		if p == dir {
-			mode = 0o700
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			return time.Time{}, fmt.Errorf("enroll %s: %w", host, err)
-		}
+	if err := storeIdentity(cfg.StateDir, resp.GetCertificatePem(), keyPEM, resp.GetCaPem()); err != nil {
+		return time.Time{}, fmt.Errorf("enroll %s: %w", host, err)
 	}
 	if cfg.Logger != nil {
 		cfg.Logger.Info("enrolled", "host", host, "controller", cfg.Controller, "dir", dir, "not_after", leaf.NotAfter.UTC())
@@ -141,16 +131,47 @@ func checkEnrolled(resp *pb.EnrollResponse, host, pin string) (*x509.Certificate
 	return leaf, nil
 }
 
-// enrolledFiles returns the identity files enroll stored, when --ca,
-// --cert and --key are all unset and they exist.
+// enrolledFiles returns the identity that enroll or a renewal stored in
+// the state dir: when --ca, --cert and --key are all unset and it exists,
+// or when it is a later certificate for the same host than --cert (a
+// renewal of it).
 func enrolledFiles(cfg Config) (ca, cert, key string, ok bool) {
-	if cfg.CA != "" || cfg.Cert != "" || cfg.Key != "" || cfg.StateDir == "" {
+	if cfg.StateDir == "" {
 		return "", "", "", false
 	}
 	dir := IdentityDir(cfg.StateDir)
 	ca, cert, key = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "agent.crt"), filepath.Join(dir, "agent.key")
-	if _, err := os.Stat(cert); err != nil {
+	stored := readLeaf(cert)
+	if stored == nil {
+		return "", "", "", false
+	}
+	if cfg.CA == "" && cfg.Cert == "" && cfg.Key == "" {
+		return ca, cert, key, true
+	}
+	given := readLeaf(cfg.Cert)
+	if given == nil || !stored.NotAfter.After(given.NotAfter) {
+		return "", "", "", false
+	}
+	gid, err1 := pki.IdentityFromCert(given)
+	sid, err2 := pki.IdentityFromCert(stored)
+	if err1 != nil || err2 != nil || gid != sid {
 		return "", "", "", false
 	}
 	return ca, cert, key, true
+}
+
+func readLeaf(file string) *x509.Certificate {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil
+	}
+	return c
 }

@@ -128,18 +128,22 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("load the secret key: %w", err)
 	}
+	ids, idsRev, err := server.NewIdentities(ctx, st, log)
+	if err != nil {
+		return err
+	}
 	var creds grpc.ServerOption
 	var ca *pki.CA
 	if !cfg.Insecure {
 		var tlsCfg *tls.Config
-		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, log); err != nil {
+		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, ids.Check, log); err != nil {
 			return err
 		}
 		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 	sec := secrets.New(st, key, nil)
 	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec})
-	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: server.NewRefusalAuditor(st, log).Record}
+	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: server.NewRefusalAuditor(st, log).Record, Identities: ids}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(access.StreamInterceptor),
@@ -158,6 +162,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		enroll := server.NewEnrollment(st, ca, cfg.HostCertTTL, log)
 		pb.RegisterEnrollmentServiceServer(gs, enroll)
 		pb.RegisterJoinTokenServiceServer(gs, enroll.JoinTokens())
+		pb.RegisterHostIdentityServiceServer(gs, server.NewHostIdentityService(ids, hub, ca, cfg.HostCertTTL))
 	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -175,6 +180,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
+	g.Go(func() error { return ids.Run(gctx, idsRev) })
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve gRPC on %s: %w", addr, err)

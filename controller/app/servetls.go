@@ -58,7 +58,7 @@ const startTimeout = 30 * time.Second
 // data dir under that CA, and the serving certificate — the development
 // CA's for the listen address, the host name and --tls-san, or the
 // organisation's own.
-func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store.Store, secretKey []byte, log *slog.Logger) (*tls.Config, *pki.CA, error) {
+func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store.Store, secretKey []byte, denied func(*x509.Certificate) error, log *slog.Logger) (*tls.Config, *pki.CA, error) {
 	if err := cfg.TLS.check(); err != nil {
 		return nil, nil, err
 	}
@@ -128,6 +128,13 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 	// A client certificate is asked for, verified when given, and required
 	// by every method but enrollment and health (server.Policy).
 	tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
+	// A revoked host's certificate fails the handshake itself.
+	tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.VerifiedChains) > 0 && len(cs.VerifiedChains[0]) > 0 {
+			return denied(cs.VerifiedChains[0][0])
+		}
+		return nil
+	}
 	// The chain includes the fleet's CA, so an enrolling agent that knows
 	// only the CA's pin can check the controller (pki.EnrollTLSConfig).
 	if cfg.TLS.CertFile == "" {

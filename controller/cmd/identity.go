@@ -182,3 +182,70 @@ func terminalSafe(s string) string {
 	}
 	return b.String()
 }
+
+func newHost(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "host", Short: "Host identities: list them with their expiry, revoke one"}
+	revoke := &cobra.Command{
+		Use:   "revoke FQDN",
+		Short: "Revoke a host's identity: its streams end at once and its certificate is refused from then on",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewHostIdentityServiceClient(conn).RevokeHost(ctx, &pb.RevokeHostRequest{Host: args[0]})
+				if err != nil {
+					return rpcError("revoke host "+args[0], err)
+				}
+				at := resp.GetRevokedAt().AsTime().UTC().Format(time.RFC3339)
+				if resp.GetAlreadyRevoked() {
+					fmt.Fprintf(g.out, "%s was already revoked at %s\n", terminalSafe(args[0]), at)
+					return nil
+				}
+				fmt.Fprintf(g.out, "revoked %s at %s: its certificates issued until now are refused; enroll it again with a new join token\n", terminalSafe(args[0]), at)
+				return nil
+			})
+		},
+	}
+	var output string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List host identities: expiry, last seen, revoked, deployment (or unassigned), connected",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewHostIdentityServiceClient(conn).ListHostIdentities(ctx, &pb.ListHostIdentitiesRequest{})
+				if err != nil {
+					return rpcError("list host identities", err)
+				}
+				switch output {
+				case "json":
+					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
+					fmt.Fprintf(g.out, "%s\n", b)
+					return nil
+				case "table", "":
+				default:
+					return fmt.Errorf("-o %q: want table or json", output)
+				}
+				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tCONNECTED\tEXPIRES\tLAST SEEN\tREVOKED")
+				ts := func(t interface{ AsTime() time.Time }, set bool) string {
+					if !set {
+						return "-"
+					}
+					return t.AsTime().UTC().Format(time.RFC3339)
+				}
+				for _, h := range resp.GetHosts() {
+					dep := h.GetDeployment()
+					if dep == "" {
+						dep = "(unassigned)"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", terminalSafe(h.GetHost()), terminalSafe(dep), yesNo(h.GetConnected()),
+						ts(h.GetNotAfter(), h.NotAfter != nil), ts(h.GetLastSeen(), h.LastSeen != nil), ts(h.GetRevokedAt(), h.RevokedAt != nil))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	list.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	c.AddCommand(revoke, list)
+	return c
+}

@@ -89,7 +89,7 @@ func NewRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.client.Key, "key", "", "admin key (default: <data-dir>/pki/admin.key)")
 	pf.BoolVar(&g.client.Insecure, "insecure", false, "plaintext, loopback only (serve) or to such a controller (admin commands)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newToken(g))
+	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newToken(g), newHost(g))
 	return root
 }
 
@@ -114,7 +114,7 @@ func newServe(g *globals) *cobra.Command {
 			return app.Serve(ctx, cfg)
 		},
 	}
-	addTLSFlags(c, &cfg.TLS)
+	addTLSFlags(c, &cfg)
 	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:7443", "gRPC listen address")
 	c.Flags().StringVar(&endpoints, "etcd-endpoints", "", "use this etcd cluster (comma-separated URLs) instead of the embedded one")
 	c.Flags().StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/s2strust/", "key prefix in etcd")
@@ -123,7 +123,9 @@ func newServe(g *globals) *cobra.Command {
 }
 
 // addTLSFlags adds serve's serving-identity flags.
-func addTLSFlags(c *cobra.Command, t *app.ServeTLS) {
+func addTLSFlags(c *cobra.Command, cfg *app.ServeConfig) {
+	t := &cfg.TLS
+	c.Flags().DurationVar(&cfg.HostCertTTL, "host-cert-ttl", 7*24*time.Hour, "lifetime of host certificates issued at enrollment and renewal (agents renew when a third is left)")
 	c.Flags().StringSliceVar(&t.SANs, "tls-san", nil, "names and IP addresses the controller is reached at, added to the development CA's serving certificate (comma-separated; reissued when the list changes), e.g. controller.contoso.com,10.0.0.5")
 	c.Flags().StringVar(&t.CertFile, "tls-cert", "", "serve this certificate (PEM, from your organisation's CA; must carry the URI SAN "+pki.ControllerURI+") instead of the development CA's")
 	c.Flags().StringVar(&t.KeyFile, "tls-key", "", "the private key (PEM) of --tls-cert")

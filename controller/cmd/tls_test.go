@@ -153,3 +153,18 @@ func TestGetAudit(t *testing.T) {
 	_, err := mustFail(t, dir, "get", "audit", "--since", "yesterday")
 	wantContains(t, "error", err.Error(), `--since "yesterday"`)
 }
+
+func TestHostRevokeAndList(t *testing.T) {
+	dir := t.TempDir()
+	startController(t, dir)
+	got := mustRun(t, dir, "host", "revoke", "FE01.contoso.com")
+	wantContains(t, "host revoke", got, "revoked FE01.contoso.com at ")
+	got = mustRun(t, dir, "host", "revoke", "fe01.contoso.com")
+	wantContains(t, "host revoke again", got, "was already revoked")
+	rows := tableRows(t, mustRun(t, dir, "host", "list"))
+	if len(rows) != 1 || rows[0]["HOST"] != "fe01.contoso.com" || rows[0]["DEPLOYMENT"] != "(unassigned)" || rows[0]["REVOKED"] == "-" {
+		t.Errorf("host list = %v, want fe01.contoso.com unassigned and revoked", rows)
+	}
+	_, err := mustFail(t, dir, "host", "revoke", "fe01")
+	wantRPCError(t, err, "InvalidArgument", "fe01")
+}

@@ -132,7 +132,8 @@ func decodeAudit(val []byte, rev int64) *pb.AuditRecord {
 }
 
 // RefusalAuditor records calls refused for the caller's identity or role
-// (PERMISSION_DENIED with a verified identity) as audit records. Anonymous
+// (PERMISSION_DENIED, or UNAUTHENTICATED for a revoked certificate, from a
+// verified identity) as audit records. Anonymous
 // refusals are not recorded: anyone could fill the store with them. Records
 // are rate-limited for the same reason; what is dropped is logged.
 type RefusalAuditor struct {
@@ -151,7 +152,7 @@ func NewRefusalAuditor(st *store.Store, log *slog.Logger) *RefusalAuditor {
 
 // Record is an Access.Audit hook.
 func (r *RefusalAuditor) Record(ctx context.Context, method string, err error) {
-	if status.Code(err) != codes.PermissionDenied {
+	if c := status.Code(err); c != codes.PermissionDenied && c != codes.Unauthenticated {
 		return
 	}
 	id, idErr := pki.IdentityFromContext(ctx)

@@ -35,8 +35,10 @@ const (
 	MaxJoinTokenTTL = 24 * time.Hour
 	// minJoinTokenTTL is etcd's smallest useful lease.
 	minJoinTokenTTL = 10 * time.Second
-	// DefaultHostCertTTL is the lifetime of an enrolled host's certificate.
-	DefaultHostCertTTL = 365 * 24 * time.Hour
+	// DefaultHostCertTTL is the lifetime of a certificate issued at
+	// enrollment or renewal: short, as agents renew a third of it before
+	// expiry over their own connection.
+	DefaultHostCertTTL = 7 * 24 * time.Hour
 
 	tokenBytes    = 32
 	maxTokenLen   = 128

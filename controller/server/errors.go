@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/topology"
 )
 
@@ -82,6 +83,9 @@ type Access struct {
 	CallTimeout time.Duration
 	// Audit, when set, records every refused call (who, from where, what).
 	Audit func(ctx context.Context, method string, err error)
+	// Identities, when set, refuses revoked host certificates at every
+	// call and ends a host's streams when it is revoked.
+	Identities *Identities
 }
 
 // UnaryInterceptor authorizes calls, maps errors to statuses and logs
@@ -107,11 +111,29 @@ func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 
 // StreamInterceptor is the streaming counterpart of UnaryInterceptor.
 func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if _, err := a.authorize(ss.Context(), info.FullMethod); err != nil {
+	id, err := a.authorize(ss.Context(), info.FullMethod)
+	if err != nil {
 		a.refused(ss.Context(), info.FullMethod, err)
 		return err
 	}
-	err := handler(srv, ss)
+	if leaf := pki.LeafFromContext(ss.Context()); a.Identities != nil && id.Kind == pki.KindHost && leaf != nil {
+		// A revocation ends the stream through its context, at once.
+		ctx, cancel := context.WithCancelCause(ss.Context())
+		defer cancel(nil)
+		release := a.Identities.track(id.Name, leaf, cancel)
+		defer release()
+		a.Identities.seen(ctx, id.Name, leaf)
+		if err := a.Identities.Check(leaf); err != nil { // revoked between authorize and track
+			return status.Error(codes.Unauthenticated, err.Error())
+		}
+		err = handler(srv, ctxStream{ss, ctx})
+		if errors.Is(context.Cause(ctx), ErrRevoked) {
+			a.log().Warn("stream ended: host revoked", "host", id.Name, "from", peerAddr(ctx))
+			return status.Errorf(codes.Unauthenticated, "%s: %v", id, ErrRevoked)
+		}
+	} else {
+		err = handler(srv, ss)
+	}
 	if err != nil {
 		err = toStatus(err)
 		a.logFailure(info.FullMethod, err)
@@ -127,6 +149,15 @@ func (a Access) refused(ctx context.Context, method string, err error) {
 		a.Audit(ctx, method, err)
 	}
 }
+
+// ctxStream is a server stream with a context of our own, so that the
+// access layer can end it.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s ctxStream) Context() context.Context { return s.ctx }
 
 func (a Access) logFailure(method string, err error) {
 	switch status.Code(err) {

@@ -42,7 +42,8 @@ var Policy = map[string]rule{
 	healthpb.Health_List_FullMethodName:        {who: anyone},
 	pb.EnrollmentService_Enroll_FullMethodName: {who: anyone},
 
-	pb.AgentService_Sync_FullMethodName: {who: agent},
+	pb.AgentService_Sync_FullMethodName:                        {who: agent},
+	pb.HostIdentityService_RenewHostCertificate_FullMethodName: {who: agent},
 
 	pb.FleetService_ListHosts_FullMethodName:                      {who: admin, role: pki.RoleViewer},
 	pb.FleetService_GetHost_FullMethodName:                        {who: admin, role: pki.RoleViewer},
@@ -50,12 +51,14 @@ var Policy = map[string]rule{
 	pb.TopologyService_GetTopology_FullMethodName:                 {who: admin, role: pki.RoleViewer},
 	pb.TopologyService_ListTopologyRevisions_FullMethodName:       {who: admin, role: pki.RoleViewer},
 	pb.SecretService_ListSecrets_FullMethodName:                   {who: admin, role: pki.RoleViewer},
+	pb.HostIdentityService_ListHostIdentities_FullMethodName:      {who: admin, role: pki.RoleViewer},
 	pb.AuditService_ListAuditRecords_FullMethodName:               {who: admin, role: pki.RoleViewer},
 	rpb.ServerReflection_ServerReflectionInfo_FullMethodName:      {who: admin, role: pki.RoleViewer},
 	rpbalpha.ServerReflection_ServerReflectionInfo_FullMethodName: {who: admin, role: pki.RoleViewer},
 
 	pb.TopologyService_ApplyTopology_FullMethodName:    {who: admin, role: pki.RoleAdmin},
 	pb.SecretService_PutSecret_FullMethodName:          {who: admin, role: pki.RoleAdmin},
+	pb.HostIdentityService_RevokeHost_FullMethodName:   {who: admin, role: pki.RoleAdmin},
 	pb.JoinTokenService_CreateJoinToken_FullMethodName: {who: admin, role: pki.RoleAdmin},
 }
 
@@ -82,6 +85,11 @@ func (a Access) authorize(ctx context.Context, full string) (pki.Identity, error
 	case agent:
 		if id.Kind != pki.KindHost {
 			return id, status.Errorf(codes.PermissionDenied, "%s needs an agent identity, not %s", full, id)
+		}
+		if a.Identities != nil {
+			if err := a.Identities.Check(pki.LeafFromContext(ctx)); err != nil {
+				return id, status.Errorf(codes.Unauthenticated, "%s: %v", full, err)
+			}
 		}
 	case admin:
 		if id.Kind != pki.KindAdmin {

@@ -378,3 +378,8 @@ func CheckServerName(name string) error {
 	_, _, err := parseServerNames([]string{name})
 	return err
 }
+
+// IssuedAt is when this package issued cert: its NotBefore plus the
+// backdate that issue applies (to within the second that X.509 times
+// keep). A deny list compares it with the time of a revocation.
+func IssuedAt(cert *x509.Certificate) time.Time { return cert.NotBefore.Add(backdate) }

@@ -328,3 +328,28 @@ func validateDNSName(name string) error {
 	}
 	return nil
 }
+
+// LeafFromContext returns the verified client certificate of a gRPC call
+// (the leaf that IdentityFromContext reads), or nil when there is none.
+func LeafFromContext(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	var info credentials.TLSInfo
+	switch ai := p.AuthInfo.(type) {
+	case credentials.TLSInfo:
+		info = ai
+	case *credentials.TLSInfo:
+		if ai == nil {
+			return nil
+		}
+		info = *ai
+	default:
+		return nil
+	}
+	if len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return info.State.VerifiedChains[0][0]
+}
