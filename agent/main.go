@@ -43,7 +43,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	f := run.Flags()
-	f.StringVar(&cfg.Controller, "controller", "127.0.0.1:7443", "controller address HOST:PORT")
+	f.StringVar(&cfg.Controller, "controller", "127.0.0.1:7443", "controller address HOST:PORT, or several replicas A:7443,B:7443 (tried in order; the agent moves to the next when one dies); a DNS name may resolve to several")
 	f.StringVar(&cfg.Host, "host", "", "this host's FQDN, as its certificate names it (required)")
 	f.StringVar(&cfg.CA, "ca", "", "CA certificate (PEM) that issued the controller's certificate")
 	f.StringVar(&cfg.Cert, "cert", "", "this agent's certificate (PEM)")

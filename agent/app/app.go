@@ -202,8 +202,9 @@ func newDriver(cfg Config, host string) (driver.Driver, error) {
 
 func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 	var ren *renewer
-	if cfg.Controller == "" {
-		return nil, nil, fmt.Errorf("--controller is required, e.g. controller.contoso.com:7443")
+	addrs, err := controllerAddrs(cfg.Controller)
+	if err != nil {
+		return nil, nil, err
 	}
 	opts := []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4 << 20)),
@@ -215,8 +216,8 @@ func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 	case cfg.Insecure:
 		// Plaintext only to a controller on this host, as the controller
 		// itself serves plaintext on loopback only.
-		host, _, err := net.SplitHostPort(cfg.Controller)
-		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+		host, _, err := net.SplitHostPort(addrs[0])
+		if ip := net.ParseIP(host); err != nil || len(addrs) > 1 || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
 			return nil, nil, fmt.Errorf("--controller %q: --insecure connects to a loopback address only (127.0.0.1 or ::1)", cfg.Controller)
 		}
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -229,9 +230,12 @@ func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 		if cfg.CA == "" || cfg.Cert == "" || cfg.Key == "" {
 			return nil, nil, fmt.Errorf("--ca, --cert and --key are required, unless `s2s-agent enroll` stored an identity in --state-dir (or --insecure against a controller run with --insecure)")
 		}
-		t, err := loadTLS(cfg.CA, cfg.Cert, cfg.Key, cfg.Controller)
+		t, err := loadTLS(cfg.CA, cfg.Cert, cfg.Key, addrs[0])
 		if err != nil {
 			return nil, nil, err
+		}
+		if len(addrs) > 1 {
+			t.ServerName = "" // each replica's address names its own
 		}
 		caPEM, err := os.ReadFile(cfg.CA)
 		if err != nil {
@@ -245,8 +249,13 @@ func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 	if cfg.ControllerDialer != nil {
 		opts = append(opts, grpc.WithContextDialer(cfg.ControllerDialer))
 	}
-	target := cfg.Controller
-	if cfg.ControllerDialer != nil {
+	target := addrs[0]
+	switch {
+	case len(addrs) > 1:
+		var ropts []grpc.DialOption
+		target, ropts = replicaTarget(addrs)
+		opts = append(opts, ropts...)
+	case cfg.ControllerDialer != nil:
 		target = "passthrough:///" + target // the dialer resolves; no DNS lookup first
 	}
 	conn, err := grpc.NewClient(target, opts...)

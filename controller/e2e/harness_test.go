@@ -218,9 +218,6 @@ type agentOpts struct {
 	// resolver and trust store, so it serves and downloads metadata and
 	// runs trust probes.
 	network *simnet.Network
-	// identityFrom, when set, is the controller whose CA issues the
-	// agent's certificate (another replica's), instead of the one dialled.
-	identityFrom *controller
 	// clientTLS, when set, is the agent's identity (an enrolled one).
 	clientTLS *tls.Config
 }
@@ -252,13 +249,9 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if err != nil {
 		t.Fatal(err)
 	}
-	issuer := c
-	if o.identityFrom != nil {
-		issuer = o.identityFrom
-	}
 	clientTLS := o.clientTLS
 	if clientTLS == nil {
-		clientTLS = issuer.hostTLS(host)
+		clientTLS = c.hostTLS(host)
 	}
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
 	if err != nil {

@@ -171,10 +171,41 @@ func TestReplicasShareOneCA(t *testing.T) {
 	if bytes.Contains(resp.Kvs[0].Value, caKey) || bytes.Contains(resp.Kvs[0].Value, []byte("PRIVATE KEY")) {
 		t.Error("the stored CA holds its private key in the clear")
 	}
-	a.stop()
+	// An agent enrolled at replica A, given both replicas, moves to B when A dies.
 	host := "ex01.contoso.com"
-	startAgent(t, b, host, "exchange:2019", filepath.Join(dir, "agents", host), filepath.Join(dir, "sim"), agentOpts{identityFrom: a})
-	waitFor(t, waitTimeout, host+" (identity from a) connected to b", func() (bool, string) {
+	tok, err := pb.NewJoinTokenServiceClient(a.admin()).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(dir, "agents", host)
+	if _, err := agentapp.Enroll(ctx, agentapp.EnrollConfig{Controller: a.addr, Host: host, Token: tok.GetToken(), CAPin: tok.GetCaPin(), StateDir: stateDir}); err != nil {
+		t.Fatalf("enroll at replica a: %v", err)
+	}
+	started := time.Now()
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- agentapp.Run(actx, agentapp.Config{Controller: a.addr + "," + b.addr, Host: host, Driver: "sim", SimProducts: []string{"exchange:2019"},
+			StateDir: stateDir, DriftInterval: time.Hour, Logger: testLogger(t).With("agent", host)})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
+	idsB := pb.NewHostIdentityServiceClient(b.admin())
+	openedSince := func(t0 time.Time) func() (bool, string) {
+		return func() (bool, string) {
+			h, s := identityOf(ctx, idsB, host)
+			return h != nil && h.GetLastSeen().AsTime().After(t0), s
+		}
+	}
+	waitFor(t, waitTimeout, host+" opened a stream", openedSince(started))
+	killed := time.Now()
+	a.stop()
+	waitFor(t, waitTimeout, host+" opened a stream at replica b after a was stopped", openedSince(killed))
+	waitFor(t, waitTimeout, host+" connected at b", func() (bool, string) {
 		return hostConnected(ctx, pb.NewFleetServiceClient(b.admin()), host)
 	})
 
