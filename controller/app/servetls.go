@@ -31,6 +31,12 @@ type ServeTLS struct {
 	// ClientCAFile holds more CA certificates trusted for client
 	// certificates (--client-ca), besides the fleet's CA.
 	ClientCAFile string
+	// CACertFile and CAKeyFile are an operator-provided (intermediate) CA
+	// that becomes the fleet's CA (--ca-cert, --ca-key) instead of one the
+	// first replica makes. It is stored in etcd sealed like a made one, so
+	// other replicas may start without the flags; a replica given another
+	// CA than the stored one refuses to start.
+	CACertFile, CAKeyFile string
 }
 
 // check refuses a bad combination or value, naming the flag and value.
@@ -42,6 +48,9 @@ func (t ServeTLS) check() error {
 	}
 	if (t.CertFile == "") != (t.KeyFile == "") {
 		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if (t.CACertFile == "") != (t.CAKeyFile == "") {
+		return errors.New("--ca-cert and --ca-key go together")
 	}
 	if t.CertFile != "" && len(t.SANs) > 0 {
 		return errors.New("--tls-san names what the development CA issues; with --tls-cert the names are those of your certificate")
@@ -66,7 +75,17 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 	defer cancel()
 	dir := PKIDir(cfg.DataDir)
 	now := time.Now()
+	var operatorCA *pki.CA
+	if cfg.TLS.CACertFile != "" {
+		var err error
+		if operatorCA, err = loadOperatorCA(cfg.TLS.CACertFile, cfg.TLS.CAKeyFile, now); err != nil {
+			return nil, nil, err
+		}
+	}
 	ca, created, err := SharedCA(ctx, st, secretKey, func() (*pki.CA, error) {
+		if operatorCA != nil {
+			return operatorCA, nil
+		}
 		// A data dir from before the CA was shared keeps its CA, so the
 		// agents it issued stay valid.
 		if local, err := pki.LoadDevCA(dir); err != nil || local != nil {
@@ -76,6 +95,10 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("prepare the fleet's CA: %w", err)
+	}
+	if operatorCA != nil && !operatorCA.Cert.Equal(ca.Cert) {
+		return nil, nil, fmt.Errorf("--ca-cert %s (%q) is not the fleet's CA stored in etcd (%q): every replica must use the same CA",
+			cfg.TLS.CACertFile, operatorCA.Cert.Subject.String(), ca.Cert.Subject.String())
 	}
 	if created {
 		log.Info("stored the fleet's CA in etcd, sealed with the secret key", "ca", ca.Cert.Subject.CommonName)
@@ -141,6 +164,29 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 		tlsCfg.Certificates[0].Certificate = append(tlsCfg.Certificates[0].Certificate, ca.Cert.Raw)
 	}
 	return tlsCfg, ca, nil
+}
+
+// loadOperatorCA loads --ca-cert/--ca-key: a CA certificate (the first
+// in the file; an intermediate's bundle may follow it) and its key, valid
+// now.
+func loadOperatorCA(certFile, keyFile string, now time.Time) (*pki.CA, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("read --ca-cert: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("read --ca-key: %w", err)
+	}
+	ca, err := pki.LoadCA(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-cert %s: %w", certFile, err)
+	}
+	if now.Before(ca.Cert.NotBefore) || now.After(ca.Cert.NotAfter) {
+		return nil, fmt.Errorf("--ca-cert %s: not valid now (valid %s to %s)", certFile,
+			ca.Cert.NotBefore.UTC().Format(time.RFC3339), ca.Cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return ca, nil
 }
 
 // checkControllerCert refuses an operator's serving certificate that

@@ -129,6 +129,8 @@ func addTLSFlags(c *cobra.Command, cfg *app.ServeConfig) {
 	c.Flags().StringSliceVar(&t.SANs, "tls-san", nil, "names and IP addresses the controller is reached at, added to the development CA's serving certificate (comma-separated; reissued when the list changes), e.g. controller.contoso.com,10.0.0.5")
 	c.Flags().StringVar(&t.CertFile, "tls-cert", "", "serve this certificate (PEM, from your organisation's CA; must carry the URI SAN "+pki.ControllerURI+") instead of the development CA's")
 	c.Flags().StringVar(&t.KeyFile, "tls-key", "", "the private key (PEM) of --tls-cert")
+	c.Flags().StringVar(&t.CACertFile, "ca-cert", "", "an operator-provided (intermediate) CA certificate (PEM) to issue every identity from, instead of a CA the first replica makes; stored in etcd sealed, shared by every replica")
+	c.Flags().StringVar(&t.CAKeyFile, "ca-key", "", "the private key (PEM) of --ca-cert")
 	c.Flags().StringVar(&t.ClientCAFile, "client-ca", "", "more CA certificates (PEM) trusted for agent and admin client certificates, besides the fleet's CA")
 }
 

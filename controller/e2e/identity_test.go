@@ -3,6 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -20,6 +22,8 @@ import (
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/deploy/examples"
+	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -215,5 +219,68 @@ func TestReplicasShareOneCA(t *testing.T) {
 		EtcdEndpoints: []string{etcd.Endpoint()}, SecretKeyFile: other})
 	if err == nil || !strings.Contains(err.Error(), "same --secret-key") {
 		t.Errorf("replica with another secret key: %v, want an error about --secret-key", err)
+	}
+}
+
+// writeOperatorCA writes an intermediate CA under a new root, as an
+// organisation's PKI would hand one out, and returns its files.
+func writeOperatorCA(t *testing.T, dir, name string) (certFile, keyFile string, cert *x509.Certificate) {
+	t.Helper()
+	now := time.Now()
+	root, err := certs.Generate(certs.Template{CommonName: name + " root", IsCA: true, ECDSA: true, NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(2, 0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := certs.Generate(certs.Template{CommonName: name + " issuing CA", IsCA: true, ECDSA: true, Issuer: root, NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(1, 0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(inter.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: inter.Cert.Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile, inter.Cert
+}
+
+// TestOperatorCA: with --ca-cert/--ca-key the fleet's identities come
+// from the organisation's intermediate CA; a replica given another CA than
+// the stored one refuses to start, naming both.
+func TestOperatorCA(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, inter := writeOperatorCA(t, dir, "contoso")
+	withCA := func(cfg *app.ServeConfig) { cfg.TLS.CACertFile, cfg.TLS.CAKeyFile = certFile, keyFile }
+	c := startControllerWith(t, filepath.Join(dir, "controller"), "127.0.0.1:0", withCA)
+	if !c.ca().Cert.Equal(inter) {
+		t.Fatalf("the data dir's CA is %q, want the operator's %q", c.ca().Cert.Subject, inter.Subject)
+	}
+	ctx := context.Background()
+	tok, err := pb.NewJoinTokenServiceClient(c.admin()).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: "fe01.contoso.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.GetCaPin() != pki.CAPin(inter) {
+		t.Errorf("token pin %s, want the operator CA's %s", tok.GetCaPin(), pki.CAPin(inter))
+	}
+	if _, err := agentapp.Enroll(ctx, agentapp.EnrollConfig{Controller: c.addr, Host: "fe01.contoso.com", Token: tok.GetToken(), CAPin: tok.GetCaPin(), StateDir: filepath.Join(dir, "agent")}); err != nil {
+		t.Fatalf("enroll under the operator CA: %v", err)
+	}
+	c.stop()
+
+	otherCert, otherKey, _ := writeOperatorCA(t, dir, "fabrikam")
+	err = app.Serve(ctx, app.ServeConfig{DataDir: c.dir, Listen: "127.0.0.1:0", Logger: testLogger(t),
+		TLS: app.ServeTLS{CACertFile: otherCert, CAKeyFile: otherKey}})
+	if err == nil || !strings.Contains(err.Error(), "fabrikam issuing CA") || !strings.Contains(err.Error(), "contoso issuing CA") {
+		t.Errorf("serve with another operator CA: %v, want a refusal naming both CAs", err)
+	}
+	err = app.Serve(ctx, app.ServeConfig{DataDir: c.dir, Listen: "127.0.0.1:0", Logger: testLogger(t), TLS: app.ServeTLS{CACertFile: otherCert}})
+	if err == nil || !strings.Contains(err.Error(), "--ca-cert and --ca-key go together") {
+		t.Errorf("serve with --ca-cert alone: %v", err)
 	}
 }
