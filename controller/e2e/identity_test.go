@@ -212,10 +212,20 @@ func TestReplicasShareOneCA(t *testing.T) {
 	waitFor(t, waitTimeout, host+" connected at b", func() (bool, string) {
 		return hostConnected(ctx, pb.NewFleetServiceClient(b.admin()), host)
 	})
+	// Revoked through another replica, C: B's watch of the deny list ends
+	// the stream there.
+	c := startControllerWith(t, filepath.Join(dir, "c"), "127.0.0.1:0", external)
+	if _, err := pb.NewHostIdentityServiceClient(c.admin()).RevokeHost(ctx, &pb.RevokeHostRequest{Host: host}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, host+" disconnected from b after its revocation at c", func() (bool, string) {
+		ok, s := hostConnected(ctx, pb.NewFleetServiceClient(b.admin()), host)
+		return !ok, s
+	})
 
 	// A replica with another secret key cannot open the CA and says why.
 	other := filepath.Join(dir, "other.key")
-	err = app.Serve(ctx, app.ServeConfig{DataDir: filepath.Join(dir, "c"), Listen: "127.0.0.1:0", Logger: testLogger(t),
+	err = app.Serve(ctx, app.ServeConfig{DataDir: filepath.Join(dir, "d"), Listen: "127.0.0.1:0", Logger: testLogger(t),
 		EtcdEndpoints: []string{etcd.Endpoint()}, SecretKeyFile: other})
 	if err == nil || !strings.Contains(err.Error(), "same --secret-key") {
 		t.Errorf("replica with another secret key: %v, want an error about --secret-key", err)

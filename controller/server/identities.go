@@ -64,14 +64,13 @@ func NewIdentities(ctx context.Context, st *store.Store, log *slog.Logger) (*Ide
 		log = slog.Default()
 	}
 	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]map[int]tracked{}}
-	resp, err := st.Client().Get(ctx, st.Key("revoked/"), clientv3.WithPrefix())
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a store without quorum fails the start, clearly
+	defer cancel()
+	rev, err := ids.reload(ctx)
 	if err != nil {
 		return nil, 0, fmt.Errorf("load the deny list: %w", err)
 	}
-	for _, kv := range resp.Kvs {
-		ids.apply(string(kv.Key), kv.Value)
-	}
-	return ids, resp.Header.Revision, nil
+	return ids, rev, nil
 }
 
 // Run watches the deny list from after revision rev until ctx ends.
@@ -82,6 +81,12 @@ func (ids *Identities) Run(ctx context.Context, rev int64) error {
 		for wr := range wch {
 			if err := wr.Err(); err != nil {
 				ids.log.Warn("deny list watch", "error", err)
+				if wr.CompactRevision > 0 {
+					// History is gone: read the whole list again and go on from there.
+					if r, err := ids.reload(ctx); err == nil {
+						rev = r
+					}
+				}
 				break
 			}
 			for _, ev := range wr.Events {
@@ -101,6 +106,18 @@ func (ids *Identities) Run(ctx context.Context, rev int64) error {
 		}
 	}
 	return nil
+}
+
+// reload reads the whole deny list and returns its revision.
+func (ids *Identities) reload(ctx context.Context) (int64, error) {
+	resp, err := ids.st.Client().Get(ctx, ids.st.Key("revoked/"), clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	for _, kv := range resp.Kvs {
+		ids.apply(string(kv.Key), kv.Value)
+	}
+	return resp.Header.Revision, nil
 }
 
 // apply records one deny-list entry and ends the streams it revokes.
