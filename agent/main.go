@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s2strust/s2strust/agent/app"
+	"github.com/s2strust/s2strust/agent/diagnose"
 )
 
 func main() {
@@ -65,6 +66,18 @@ func newRoot() *cobra.Command {
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	_ = run.MarkFlagRequired("host")
 	root.AddCommand(run, newEnroll())
+	root.AddCommand(&cobra.Command{
+		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
+		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
+		// diagnose parses its own flags (and --help), and sets the exit code.
+		DisableFlagParsing: true,
+		Run: func(cmd *cobra.Command, args []string) {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			code := diagnose.Main(ctx, args, os.Stdout, os.Stderr)
+			stop()
+			os.Exit(code)
+		},
+	})
 	return root
 }
 

@@ -72,7 +72,15 @@ type Agent struct {
 	last     *pb.StatusReport // the latest report, re-sent on reconnect
 	// secrets of the last good state, in memory only, for auto-correct.
 	secrets []*pb.SecretMaterial
+	// leftToPrimary is set once a non-primary host with auto-correct has
+	// said that it leaves correcting its drift to the primary, and cleared
+	// when the drift is gone. Used by the engine goroutine only.
+	leftToPrimary bool
 }
+
+// leftToPrimaryNote is the Expected of drift a non-primary host leaves to
+// its deployment's primary to correct.
+const leftToPrimaryNote = "as applied; auto-correct is left to the deployment's primary host"
 
 // New loads the agent's state and returns an agent.
 func New(cfg Config) (*Agent, error) {
@@ -492,7 +500,22 @@ func (a *Agent) checkDrift(ctx context.Context) {
 		return
 	}
 	drift := driftOf(rep)
-	if len(drift) > 0 && a.cfg.AutoCorrect {
+	if len(drift) == 0 {
+		a.leftToPrimary = false
+	}
+	if len(drift) > 0 && a.cfg.AutoCorrect && !good.config.GetPrimary() {
+		// The drifted settings are the deployment's (the CMS, the Exchange
+		// organization, the farm), which only the primary applies: an
+		// Apply here would change nothing. The primary corrects them; its
+		// own drift check sees them too.
+		if !a.leftToPrimary {
+			a.leftToPrimary = true
+			a.log.Warn("drift found; this host is not its deployment's primary, which corrects it", "items", len(drift), "deployment", good.config.GetDeployment(), "first", drift[0].GetItem()+": "+drift[0].GetActual())
+		}
+		for _, d := range drift {
+			d.Expected = leftToPrimaryNote
+		}
+	} else if len(drift) > 0 && a.cfg.AutoCorrect {
 		a.log.Warn("drift found; correcting", "items", len(drift))
 		a.mu.Lock()
 		secrets := a.secrets

@@ -158,3 +158,89 @@ func TestReconnectStopsWhileWaiting(t *testing.T) {
 		t.Fatal("Run did not return within 10s of the context ending while waiting to reconnect")
 	}
 }
+
+// driftingDriver reports one item not as applied while drifted is set and
+// counts Apply calls.
+type driftingDriver struct {
+	fakeDriver
+	drifted atomic.Bool
+	applies atomic.Int64
+}
+
+func (d *driftingDriver) Apply(context.Context, *pb.HostConfig, []*pb.SecretMaterial) []*pb.ItemError {
+	d.applies.Add(1)
+	return nil
+}
+
+func (d *driftingDriver) Verify(context.Context, *pb.HostConfig) (*pb.StatusReport, error) {
+	if d.drifted.Load() {
+		return &pb.StatusReport{Items: []*pb.ItemStatus{{Item: "partner/microsoft.exchange", State: pb.ItemState_ITEM_STATE_FAILED, Message: "partner missing"}}}, nil
+	}
+	return &pb.StatusReport{Items: []*pb.ItemStatus{{Item: "partner/microsoft.exchange", State: pb.ItemState_ITEM_STATE_OK}}}, nil
+}
+
+// countingLog counts log lines containing want.
+type countingLog struct {
+	want []byte
+	n    atomic.Int64
+}
+
+func (w *countingLog) Write(p []byte) (int, error) {
+	if bytes.Contains(p, w.want) {
+		w.n.Add(1)
+	}
+	return len(p), nil
+}
+
+// TestAutoCorrectOnASecondaryLeavesItToThePrimary checks that a host that
+// is not its deployment's primary does not try to correct drift (its Apply
+// changes no deployment-scope setting), says so once per drift and notes it
+// in its report; the primary corrects.
+func TestAutoCorrectOnASecondaryLeavesItToThePrimary(t *testing.T) {
+	for _, primary := range []bool{false, true} {
+		dir := t.TempDir()
+		cfg := testConfig("2015")
+		cfg.Primary = primary
+		if _, err := saveState(dir, 1, "h1", cfg); err != nil {
+			t.Fatal(err)
+		}
+		drv := &driftingDriver{}
+		logs := &countingLog{want: []byte("not its deployment's primary")}
+		a, err := New(Config{Host: cfg.GetHost(), Conn: &downConn{}, Driver: drv, StateDir: dir, AutoCorrect: true,
+			Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		drv.drifted.Store(true)
+		for range 3 {
+			a.checkDrift(context.Background())
+		}
+		if !primary {
+			if n := drv.applies.Load(); n != 0 {
+				t.Errorf("secondary: Apply ran %d times for drift the primary corrects", n)
+			}
+			if n := logs.n.Load(); n != 1 {
+				t.Errorf("secondary: said %d times that the primary corrects, want once", n)
+			}
+			d := a.last.GetDrift()
+			if len(d) != 1 || d[0].GetExpected() != leftToPrimaryNote || d[0].GetCorrected() {
+				t.Errorf("secondary: reported drift %v, want one uncorrected item noting the primary", d)
+			}
+			// Drift gone, then back: said once more.
+			drv.drifted.Store(false)
+			a.checkDrift(context.Background())
+			drv.drifted.Store(true)
+			a.checkDrift(context.Background())
+			if n := logs.n.Load(); n != 2 {
+				t.Errorf("secondary: said %d times over two drifts, want twice", n)
+			}
+			continue
+		}
+		if n := drv.applies.Load(); n != 3 {
+			t.Errorf("primary: Apply ran %d times for 3 drift checks, want 3", n)
+		}
+		if n := logs.n.Load(); n != 0 {
+			t.Errorf("primary: said %d times that another host corrects", n)
+		}
+	}
+}

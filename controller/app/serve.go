@@ -59,6 +59,8 @@ type ServeConfig struct {
 	PresenceTTL time.Duration
 	// StreamsPerSecond bounds new agent streams (default 500/s).
 	StreamsPerSecond float64
+	// AgentLimits bound what each agent identity may cost (see server.AgentLimits).
+	AgentLimits server.AgentLimits
 	// SecretKeyFile is the AES-256 key sealing secrets in etcd (default
 	// <data-dir>/secret.key); replicas sharing an etcd cluster need the same one.
 	SecretKeyFile string
@@ -142,7 +144,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 	sec := secrets.New(st, key, nil)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec})
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
 	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: server.NewRefusalAuditor(st, log).Record, Identities: ids}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -26,9 +27,10 @@ import (
 func rpcError(what string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
-		return &exitError{code: 1, err: fmt.Errorf("%s: %w", what, err)}
+		return &exitError{code: 1, err: fmt.Errorf("%s: %w", termsafe.Text(what), err)}
 	}
-	msg := fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())
+	// The message may quote what an agent, a metadata server or a file said.
+	msg := fmt.Sprintf("%s: %s: %s", termsafe.Text(what), st.Code(), termsafe.Text(st.Message()))
 	if st.Code() == codes.Unauthenticated && strings.Contains(st.Message(), "no verified client certificate") {
 		// The TLS client sends a certificate only if the controller's CA
 		// list names its issuer, so a foreign one never arrives.
@@ -37,7 +39,7 @@ func rpcError(what string, err error) error {
 	if st.Code() == codes.Unavailable {
 		switch why := tlsProblem(st.Message()); {
 		case why != "":
-			msg = fmt.Sprintf("%s: %s", what, why)
+			msg = fmt.Sprintf("%s: %s", termsafe.Text(what), termsafe.Text(why))
 		case strings.Contains(st.Message(), "connection"):
 			msg += "\n(is `s2s-controller serve` running for this --data-dir? or pass --controller ADDR)"
 		}
@@ -90,6 +92,7 @@ func newApply(g *globals) *cobra.Command {
 					return rpcError("apply "+file, err)
 				}
 				printPlan(g.out, resp)
+				printWarnings(g.out, resp.GetWarnings())
 				switch {
 				case dryRun:
 					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())
@@ -131,14 +134,16 @@ func newGet(g *globals) *cobra.Command {
 						return err
 					}
 					b, _ := json.MarshalIndent(v, "", "  ")
-					fmt.Fprintf(g.out, "%s\n", b)
+					fmt.Fprintf(g.out, "%s\n", termsafe.Text(string(b)))
 				case "yaml", "":
 					y, err := yaml.JSONToYAML(doc)
 					if err != nil {
 						return err
 					}
+					// A valid topology holds nothing to escape; an older
+					// revision stored before the value checks may.
 					fmt.Fprintf(g.out, "# revision %d, applied %s by %s\n%s", resp.GetTopology().GetRevision(),
-						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), resp.GetTopology().GetAppliedBy(), y)
+						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(resp.GetTopology().GetAppliedBy()), termsafe.Text(string(y)))
 				default:
 					return fmt.Errorf("-o %q: want yaml or json", output)
 				}
@@ -163,7 +168,8 @@ func newGet(g *globals) *cobra.Command {
 				switch hostsOut {
 				case "json":
 					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
-					fmt.Fprintf(g.out, "%s\n", b)
+					// Inside JSON strings the escapes are JSON's own: same data.
+					fmt.Fprintf(g.out, "%s\n", termsafe.Text(string(b)))
 				case "table", "":
 					printHosts(g.out, resp.GetHosts())
 				default:
@@ -194,6 +200,14 @@ func newGet(g *globals) *cobra.Command {
 	return c
 }
 
+// Exit codes of status.
+const (
+	// exitTrust: a trust edge is not working.
+	exitTrust = 3
+	// exitDrift: a host's actual state moved away from what it applied.
+	exitDrift = 4
+)
+
 func newStatus(g *globals) *cobra.Command {
 	var trust bool
 	c := &cobra.Command{
@@ -208,23 +222,38 @@ func newStatus(g *globals) *cobra.Command {
 					if err != nil {
 						return rpcError("trust report", err)
 					}
+					hosts, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+					if err != nil {
+						return rpcError("list hosts", err)
+					}
 					printTrust(g.out, rep.GetEdges())
+					printDrift(g.out, hosts.GetHosts())
+					fmt.Fprintln(g.out)
+					printRealms(g.out, rep.GetRealms())
 					for _, e := range rep.GetEdges() {
 						if !e.GetOk() {
-							return &exitError{code: 3, err: fmt.Errorf("trust edge %s → %s is not working", e.GetFrom(), e.GetTo())}
+							return &exitError{code: exitTrust, err: fmt.Errorf("trust edge %s → %s is not working", safe(e.GetFrom()), safe(e.GetTo()))}
 						}
 					}
-					return nil
+					return driftError(hosts.GetHosts())
 				}
 				details, err := fetchStatus(ctx, fleet)
 				if err != nil {
 					return err
 				}
 				printStatus(g.out, details)
-				return nil
+				hosts := make([]*pb.Host, 0, len(details))
+				for _, d := range details {
+					hosts = append(hosts, d.host)
+				}
+				return driftError(hosts)
 			})
 		},
 	}
+	c.Long = fmt.Sprintf(`Per host: desired and applied version, last ack or nack, drift, realms and what the host verified.
+With --trust: one row per trust edge, then every host's drift and each deployment's realms.
+
+Exits %d when a trust edge is not working (--trust), %d when a host has drift that was not corrected.`, exitTrust, exitDrift)
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
 	return c
 }

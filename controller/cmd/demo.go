@@ -48,16 +48,16 @@ func newDemo(g *globals) *cobra.Command {
 	var file string
 	c := &cobra.Command{
 		Use:   "demo",
-		Short: "Run a whole simulated fleet: embedded etcd, a controller and a sim agent per host of the example topology",
+		Short: "Run a whole simulated fleet: embedded etcd, a controller and a sim agent per host of a topology (default: the example)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.Out = g.out
 			if file != "" {
 				b, err := os.ReadFile(file)
 				if err != nil {
-					return fmt.Errorf("read topology: %w", err)
+					return fmt.Errorf("read topology file %s: %w", file, err)
 				}
-				cfg.Topology, cfg.TopologyName = b, filepath.Base(file)
+				cfg.Topology, cfg.TopologyName = b, file
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -68,7 +68,10 @@ func newDemo(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&cfg.Once, "once", false, "exit after verification: 0 when every host acked and verified")
-	c.Flags().StringVarP(&file, "file", "f", "", "topology to run (default: the embedded deploy/examples/contoso.yaml)")
+	c.Flags().StringVarP(&file, "topology", "f", "", "topology file to run, YAML or JSON: a sim agent for each of its hosts (default: the embedded deploy/examples/contoso.yaml)")
+	// --file was the flag's first name; scripts that use it keep working.
+	c.Flags().StringVar(&file, "file", "", "the same as --topology")
+	_ = c.Flags().MarkHidden("file")
 	c.Flags().StringVar(&cfg.Dir, "dir", "", "keep the demo's files here (default: a temporary directory, removed at exit)")
 	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:0", "controller listen address")
 	c.Flags().DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "how long to wait for every host to ack")
@@ -84,7 +87,8 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	}
 	t, err := topology.Load(cfg.TopologyName, cfg.Topology)
 	if err != nil {
-		return err
+		// topology.Load's errors name the file and every field at fault.
+		return fmt.Errorf("demo topology: %w", err)
 	}
 	dir := cfg.Dir
 	if dir == "" {
@@ -141,14 +145,15 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if err != nil {
 		return rpcError("apply "+cfg.TopologyName, err)
 	}
+	printWarnings(out, resp.GetWarnings())
 	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), resp.GetHostsTotal())
 	fleet := pb.NewFleetServiceClient(conn)
 	deadline := time.Now().Add(cfg.Timeout)
 	failures, waitErr := waitConverged(ctx, fleet, resp.GetRevision(), cfg.Timeout)
-	var edges []*pb.TrustEdge
+	var trust *pb.GetTrustReportResponse
 	if waitErr == nil && len(failures) == 0 {
 		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetRevision())
-		edges, failures, waitErr = waitTrusted(ctx, fleet, time.Until(deadline))
+		trust, failures, waitErr = waitTrusted(ctx, fleet, time.Until(deadline))
 	}
 	details, err := fetchStatus(ctx, fleet)
 	if err != nil {
@@ -156,9 +161,11 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	}
 	fmt.Fprintln(out)
 	printStatus(out, details)
-	if edges != nil {
+	if trust != nil {
 		fmt.Fprintf(out, "\nTrust report (s2s-controller status --trust):\n\n")
-		printTrust(out, edges)
+		printTrust(out, trust.GetEdges())
+		fmt.Fprintln(out)
+		printRealms(out, trust.GetRealms())
 		fmt.Fprintln(out)
 	}
 	pkiDir := app.PKIDir(dataDir)
@@ -172,7 +179,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 			fmt.Fprintf(&b, " %v", waitErr)
 		}
 		for _, f := range failures {
-			fmt.Fprintf(&b, "\n  %s", f)
+			fmt.Fprintf(&b, "\n  %s", safe(f))
 		}
 		return &exitError{code: 2, err: fmt.Errorf("%s", b.String())}
 	}
@@ -270,7 +277,7 @@ func startDemoAgents(ctx context.Context, g *errgroup.Group, t *topology.Topolog
 
 // waitTrusted polls the trust report until every edge is ok or timeout
 // passes; it returns the last report and one line per failing edge.
-func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.Duration) ([]*pb.TrustEdge, []string, error) {
+func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.Duration) (*pb.GetTrustReportResponse, []string, error) {
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -284,15 +291,15 @@ func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.
 				}
 			}
 			if len(failing) == 0 {
-				return resp.GetEdges(), nil, nil
+				return resp, nil, nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return resp.GetEdges(), failing, fmt.Errorf("not every trust edge works within %s", timeout)
+			return resp, failing, fmt.Errorf("not every trust edge works within %s", timeout)
 		}
 		select {
 		case <-ctx.Done():
-			return resp.GetEdges(), failing, ctx.Err()
+			return resp, failing, ctx.Err()
 		case <-tick.C:
 		}
 	}

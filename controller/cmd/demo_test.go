@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -88,4 +89,95 @@ func lineWith(text string, parts ...string) bool {
 		}
 	}
 	return false
+}
+
+// smallTopology is one Lync pool and one Exchange organization, with
+// versions, names and a SIP domain unlike the contoso example's.
+const smallTopology = `apiVersion: s2strust/v1
+kind: TrustTopology
+name: small
+sipDomains: {default: example.org}
+deployments:
+  - {name: lync, product: lync, version: "2019", poolFqdn: pool.example.org, hosts: [fe1.example.org],
+     tokenIssuer: {secret: issuer}}
+  - {name: mail, product: exchange, version: "2016", autodiscoverFqdn: autodiscover.example.org, hosts: [mx1.example.org]}
+trusts:
+  - {from: mail, to: lync}
+  - {from: lync, to: mail}
+`
+
+// TestDemoOnceOnAnyTopology runs `demo --once --topology F` on a topology
+// of its own: a sim agent runs for each of its hosts, as its product and
+// version, behind the HTTPS names of its deployments.
+func TestDemoOnceOnAnyTopology(t *testing.T) {
+	file := writeFile(t, "small.yaml", []byte(smallTopology))
+	var out bytes.Buffer
+	root := NewRoot(&out)
+	root.SetArgs([]string{"demo", "--once", "--topology", file, "--dir", t.TempDir(), "--timeout", "60s"})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatalf("demo --once --topology %s: %v\n%s", file, err, out.String())
+	}
+	got := out.String()
+	hostsTable := got[strings.Index(got, "HOST "):]
+	rows := tableRows(t, hostsTable)
+	want := map[string]string{"fe1.example.org": "lync 2019", "mx1.example.org": "exchange 2016"}
+	if len(rows) != len(want) {
+		t.Fatalf("hosts table has %d rows, want %d:\n%s", len(rows), len(want), got)
+	}
+	for _, r := range rows {
+		if want[r["HOST"]] != r["PRODUCT"] || !strings.HasPrefix(r["LAST RESULT"], "ack v") || r["DRIFT"] != "-" {
+			t.Errorf("host row %v, want %s acked as %q without drift", r, r["HOST"], want[r["HOST"]])
+		}
+	}
+	for _, w := range []string{
+		`applied topology "small"`,
+		"Identity                            : microsoft.exchange",
+		"AuthMetadataUrl       : https://pool.example.org/metadata/json/1",
+		"own metadata (mail)  https://autodiscover.example.org/autodiscover/metadata/json/1  ok",
+		"every trust edge's probe passed",
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("demo output lacks %q:\n%s", w, got)
+		}
+	}
+	if strings.Contains(got, "contoso") {
+		t.Errorf("the demo of the small topology mentions contoso:\n%s", got)
+	}
+	if !lineWith(got, "lync", "mail", "1/1 passed", "ok") || !lineWith(got, "mail", "lync", "1/1 passed", "ok") {
+		t.Errorf("the trust report lacks a passing row for each of the 2 edges:\n%s", got)
+	}
+}
+
+// TestDemoTopologyFileErrors checks that a missing or invalid topology file
+// is refused before anything starts, naming the file (and the field).
+func TestDemoTopologyFileErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope.yaml")
+	invalid := writeFile(t, "invalid.yaml", []byte(strings.Replace(smallTopology, `version: "2016"`, `version: "2010"`, 1)))
+	tests := []struct {
+		file  string
+		wants []string
+	}{
+		{missing, []string{"read topology file " + missing, "no such file"}},
+		{invalid, []string{"demo topology", invalid, "deployments[1].version", "2010"}},
+	}
+	for _, tc := range tests {
+		var out bytes.Buffer
+		root := NewRoot(&out)
+		root.SetErr(&out)
+		root.SetArgs([]string{"demo", "--once", "--topology", tc.file, "--dir", t.TempDir()})
+		err := root.ExecuteContext(t.Context())
+		if err == nil {
+			t.Fatalf("demo --topology %s succeeded:\n%s", tc.file, out.String())
+		}
+		for _, w := range tc.wants {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("demo --topology %s: error %q does not mention %q", tc.file, err, w)
+			}
+		}
+		if strings.Contains(out.String(), "controller listening") {
+			t.Errorf("demo --topology %s started a controller before refusing the file:\n%s", tc.file, out.String())
+		}
+	}
 }

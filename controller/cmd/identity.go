@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -140,7 +138,7 @@ func newGetAudit(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "REVISION\tWHEN\tWHO\tFROM\tKIND\tWHAT\tRESULT")
 				for _, r := range all {
 					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetRevision(), r.GetWhen().AsTime().UTC().Format(time.RFC3339),
-						terminalSafe(r.GetWho()), terminalSafe(r.GetFrom()), terminalSafe(r.GetKind()), terminalSafe(r.GetWhat()), terminalSafe(r.GetResult()))
+						termsafe.String(r.GetWho()), termsafe.String(r.GetFrom()), termsafe.String(r.GetKind()), termsafe.String(r.GetWhat()), termsafe.String(r.GetResult()))
 				}
 				return tw.Flush()
 			})
@@ -167,22 +165,6 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// terminalSafe escapes control and bidirectional-formatting characters,
-// so that a value from the store cannot move the cursor or reorder what an
-// operator reads.
-func terminalSafe(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case r == utf8.RuneError, unicode.IsControl(r), unicode.Is(unicode.Bidi_Control, r):
-			fmt.Fprintf(&b, "\\u%04x", r)
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
-}
-
 func newHost(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "host", Short: "Host identities: list them with their expiry, revoke one"}
 	revoke := &cobra.Command{
@@ -197,10 +179,10 @@ func newHost(g *globals) *cobra.Command {
 				}
 				at := resp.GetRevokedAt().AsTime().UTC().Format(time.RFC3339)
 				if resp.GetAlreadyRevoked() {
-					fmt.Fprintf(g.out, "%s was already revoked at %s\n", terminalSafe(args[0]), at)
+					fmt.Fprintf(g.out, "%s was already revoked at %s\n", termsafe.String(args[0]), at)
 					return nil
 				}
-				fmt.Fprintf(g.out, "revoked %s at %s: its certificates issued until now are refused; enroll it again with a new join token\n", terminalSafe(args[0]), at)
+				fmt.Fprintf(g.out, "revoked %s at %s: its certificates issued until now are refused; enroll it again with a new join token\n", termsafe.String(args[0]), at)
 				return nil
 			})
 		},
@@ -238,7 +220,7 @@ func newHost(g *globals) *cobra.Command {
 					if dep == "" {
 						dep = "(unassigned)"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", terminalSafe(h.GetHost()), terminalSafe(dep), yesNo(h.GetConnected()),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", termsafe.String(h.GetHost()), termsafe.String(dep), yesNo(h.GetConnected()),
 						ts(h.GetNotAfter(), h.NotAfter != nil), ts(h.GetLastSeen(), h.LastSeen != nil), ts(h.GetRevokedAt(), h.RevokedAt != nil))
 				}
 				return tw.Flush()

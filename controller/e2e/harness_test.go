@@ -220,6 +220,9 @@ type agentOpts struct {
 	network *simnet.Network
 	// clientTLS, when set, is the agent's identity (an enrolled one).
 	clientTLS *tls.Config
+	// resolve adds --resolve mappings to the network's: the one way a test
+	// may point a name at loopback (a loopback IP literal is refused).
+	resolve []string
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -232,7 +235,7 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	scfg := sim.Config{Host: host, StateDir: filepath.Join(stateDir, "sim"), SharedDir: simDir,
 		Products: []*pb.DetectedProduct{{Product: p, Version: ver}}}
 	if n := o.network; n != nil {
-		resolve, err := metadata.ParseResolve(n.Resolve())
+		resolve, err := metadata.ParseResolve(append(n.Resolve(), o.resolve...))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -18,7 +18,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -220,14 +219,6 @@ func (e *Enrollment) audit(ctx context.Context, now time.Time, host, result stri
 func auditJSON(rec map[string]any) string {
 	b, _ := json.Marshal(rec)
 	return string(b)
-}
-
-// peerAddr is the caller's network address, for logs and audit records.
-func peerAddr(ctx context.Context) string {
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return p.Addr.String()
-	}
-	return ""
 }
 
 func parsePEMCert(b []byte) (*x509.Certificate, error) {

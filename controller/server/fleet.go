@@ -83,6 +83,7 @@ func hostView(snap snapshot, host string, st *pb.Host) *pb.Host {
 		h.AppliedVersion, h.AppliedHash = st.GetAppliedVersion(), st.GetAppliedHash()
 		h.LastResult = st.GetLastResult()
 		h.AgentVersion, h.Driver = st.GetAgentVersion(), st.GetDriver()
+		h.Drift = st.GetDrift()
 	}
 	return h
 }

@@ -48,6 +48,16 @@ type Config struct {
 	// its agent disconnects (default 30s), so an agent restart does not
 	// move the role and re-send configurations to the whole deployment.
 	PrimaryGrace time.Duration
+	// A Lync pool's token-issuer PFX goes to the pool's primary only: Import-CsCertificate -Identity Global
+	// runs once and the Central Management Store replicates the
+	// certificate to every Front End, so the others need no key material
+	// (https://learn.microsoft.com/en-ca/skypeforbusiness/manage/authentication/assign-a-server-to-server-certificate).
+	// Every Front End still verifies its local replica (thumbprint and
+	// private key present). DeliverLyncIssuerToEveryHost sends it to every
+	// Front End instead (the behaviour before s2strust modelled the CMS).
+	DeliverLyncIssuerToEveryHost bool
+	// Limits bound what each agent identity may cost the controller.
+	Limits AgentLimits
 }
 
 // compiled is one topology revision compiled for every host.
@@ -95,6 +105,9 @@ type Hub struct {
 	// stopping is set when the controller shuts down: streams that end then
 	// leave their presence keys to expire with the lease.
 	stopping atomic.Bool
+	// limits are cfg.Limits with defaults; agents the per-identity state.
+	limits AgentLimits
+	agents map[string]*agentState
 }
 
 // Stopping tells the hub the controller is shutting down: it ends the
@@ -133,6 +146,8 @@ func NewHub(cfg Config) *Hub {
 		recheckSig:        make(chan struct{}, 1),
 		secretThumbprints: map[string]string{},
 		ready:             make(chan struct{}),
+		limits:            cfg.Limits.withDefaults(),
+		agents:            map[string]*agentState{},
 	}
 }
 
@@ -575,6 +590,20 @@ func (h *Hub) desiredLocked(host string) *desired {
 	d := &desired{version: h.topo.revision, hash: topology.Hash(cfg), config: cfg}
 	h.desired[host] = d
 	return d
+}
+
+// secretsFor names the secrets a push of cfg carries: the deployment's
+// token-issuer secret, except on a Lync Front End that is not the pool's
+// primary unless DeliverLyncIssuerToEveryHost is set.
+func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
+	name := cfg.GetTokenIssuer().GetSecret()
+	if name == "" {
+		return nil
+	}
+	if !h.cfg.DeliverLyncIssuerToEveryHost && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
+		return nil
+	}
+	return []string{name}
 }
 
 func (h *Hub) notify(host string) {

@@ -51,7 +51,19 @@ type Identities struct {
 	revoked map[string]time.Time
 	streams map[string]map[int]tracked
 	next    int
+	// written is when seen last stored each host's record, and for which
+	// certificate, so that an agent reconnecting in a loop costs no write
+	// per stream.
+	written map[string]seenWrite
 }
+
+type seenWrite struct {
+	serial string
+	at     time.Time
+}
+
+// seenEvery is how often a host's unchanged identity record is refreshed.
+const seenEvery = time.Minute
 
 type tracked struct {
 	issuedAt time.Time
@@ -63,7 +75,7 @@ func NewIdentities(ctx context.Context, st *store.Store, log *slog.Logger) (*Ide
 	if log == nil {
 		log = slog.Default()
 	}
-	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]map[int]tracked{}}
+	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]map[int]tracked{}, written: map[string]seenWrite{}}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a store without quorum fails the start, clearly
 	defer cancel()
 	rev, err := ids.reload(ctx)
@@ -179,8 +191,19 @@ func (ids *Identities) track(host string, cert *x509.Certificate, cancel context
 }
 
 // seen records the certificate a host connected with (best effort: the
-// record is for `host list`, not for any decision).
+// record is for `host list`, not for any decision): when the certificate
+// changed, else at most every seenEvery.
 func (ids *Identities) seen(ctx context.Context, host string, cert *x509.Certificate) {
+	serial := cert.SerialNumber.Text(16)
+	now := time.Now()
+	ids.mu.Lock()
+	w, ok := ids.written[host]
+	if ok && w.serial == serial && now.Sub(w.at) < seenEvery {
+		ids.mu.Unlock()
+		return
+	}
+	ids.written[host] = seenWrite{serial: serial, at: now}
+	ids.mu.Unlock()
 	rec, _ := json.Marshal(identityRecord{NotAfter: cert.NotAfter.UTC(), Serial: cert.SerialNumber.Text(16), LastSeen: time.Now().UTC()})
 	wctx, cancel := storeCtx(ctx)
 	defer cancel()

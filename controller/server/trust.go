@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -34,9 +36,10 @@ func (s *FleetService) GetTrustReport(ctx context.Context, _ *pb.GetTrustReportR
 			continue
 		}
 		for _, p := range cfg.GetPartners() {
-			resp.Edges = append(resp.Edges, buildEdge(snap, p.GetDeployment(), cfg.GetDeployment(), p.GetName(), !p.GetEnabled(), reports, states))
+			resp.Edges = append(resp.Edges, buildEdge(snap, p, cfg.GetDeployment(), reports, states))
 		}
 	}
+	resp.Realms = deploymentRealms(snap, reports)
 	slices.SortStableFunc(resp.Edges, func(a, b *pb.TrustEdge) int {
 		if a.GetFrom() != b.GetFrom() {
 			return cmpString(a.GetFrom(), b.GetFrom())
@@ -86,11 +89,13 @@ func (s *FleetService) allReports(ctx context.Context) (map[string]*pb.StatusRep
 	return reports, states, nil
 }
 
-// buildEdge assembles the row for from→to ("to" accepts tokens issued by "from").
+// buildEdge assembles the row for p.deployment→to ("to" accepts tokens
+// issued by p's deployment, registered as partner p).
 //
 // A disabled edge (enabled: false in the topology) works when "to" has the
 // partner registered but disabled, and refuses every probe token.
-func buildEdge(snap snapshot, from, to, partnerName string, disabled bool, reports map[string]*pb.StatusReport, states map[string]*pb.Host) *pb.TrustEdge {
+func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.StatusReport, states map[string]*pb.Host) *pb.TrustEdge {
+	from, partnerName, disabled := p.GetDeployment(), p.GetName(), !p.GetEnabled()
 	e := &pb.TrustEdge{From: from, To: to, PartnerName: partnerName, Disabled: disabled}
 	fromHosts, toHosts := snap.topo.deployments[from], snap.topo.deployments[to]
 	problem := func(format string, args ...any) { e.Problems = append(e.Problems, fmt.Sprintf(format, args...)) }
@@ -105,6 +110,15 @@ func buildEdge(snap snapshot, from, to, partnerName string, disabled bool, repor
 				e.Registration = pa
 			}
 		}
+		if e.Registration == nil {
+			// Exchange's Configure-EnterprisePartnerApplication.ps1 names
+			// partners itself: they are found by identifier and metadata URL.
+			for _, pa := range toRep.GetPartners() {
+				if strings.EqualFold(pa.GetApplicationIdentifier(), p.GetApplicationIdentifier()) && strings.EqualFold(pa.GetMetadataUrl(), p.GetMetadataUrl()) {
+					e.Registration, e.PartnerName, partnerName = pa, pa.GetName(), pa.GetName()
+				}
+			}
+		}
 		e.ToRealm = toRep.GetOauth().GetRealm()
 		if e.Registration == nil {
 			problem("%s has no partner %s", to, partnerName)
@@ -112,6 +126,12 @@ func buildEdge(snap snapshot, from, to, partnerName string, disabled bool, repor
 			problem("%s's partner %s is disabled", to, partnerName)
 		} else if e.Registration.GetEnabled() && disabled {
 			problem("%s's partner %s is enabled, but the topology disables this edge", to, partnerName)
+		}
+		// The row shows the level the receiver really has; only Lync
+		// reports one (ApplicationTrustLevel), so unspecified is no finding.
+		if got, want := e.Registration.GetTrustLevel(), p.GetTrustLevel(); e.Registration != nil &&
+			got != pb.TrustLevel_TRUST_LEVEL_UNSPECIFIED && want != pb.TrustLevel_TRUST_LEVEL_UNSPECIFIED && got != want {
+			problem("%s's partner %s has ApplicationTrustLevel %s, the topology wants %s", to, partnerName, products.TrustLevelName(got), products.TrustLevelName(want))
 		}
 	}
 
@@ -155,10 +175,11 @@ func buildEdge(snap snapshot, from, to, partnerName string, disabled bool, repor
 			problem("%s", f.Message)
 		}
 	}
-	e.RealmsMatch = e.FromRealm != "" && e.FromRealm == e.ToRealm && (e.Registration == nil || e.Registration.GetRealm() == "" || e.Registration.GetRealm() == e.FromRealm)
-	if fromRep != nil && toRep != nil && !e.RealmsMatch {
-		problem("realms differ: %s uses %q, %s uses %q", from, e.FromRealm, to, e.ToRealm)
+	realmProblems := realmChecks(snap, e, reports)
+	for _, rp := range realmProblems {
+		problem("%s", rp)
 	}
+	e.RealmsMatch = fromRep != nil && toRep != nil && len(realmProblems) == 0
 
 	for _, a := range fromHosts {
 		for _, b := range toHosts {
@@ -209,13 +230,134 @@ func buildEdge(snap snapshot, from, to, partnerName string, disabled bool, repor
 // primaryReport is the report of a deployment's primary, or of its first
 // host that reported.
 func primaryReport(snap snapshot, dep string, hosts []string, reports map[string]*pb.StatusReport) *pb.StatusReport {
-	if r := reports[snap.primaries[dep]]; r != nil {
-		return r
+	return reports[primaryHost(snap, dep, hosts, reports)]
+}
+
+// primaryHost is the deployment's primary when it has reported, else its
+// first host that reported, else "".
+func primaryHost(snap snapshot, dep string, hosts []string, reports map[string]*pb.StatusReport) string {
+	if p := snap.primaries[dep]; reports[p] != nil {
+		return p
 	}
 	for _, h := range hosts {
-		if r := reports[h]; r != nil {
-			return r
+		if reports[h] != nil {
+			return h
+		}
+	}
+	return ""
+}
+
+// realmChecks checks the realms of an edge as the products use them. The
+// realms of the three products need not be equal (Lync: the default SIP
+// domain; Exchange: blank, "*" in its metadata; SharePoint: the farm id);
+// what must hold is that the issuer's metadata document is consistent
+// (issuer = "<serviceName>@<realm>") and that the receiver registered the
+// issuer with the realm that document shows: New-CsPartnerApplication
+// -MetadataUrl takes it from there, and the receiver matches a token's
+// issuer against it.
+func realmChecks(snap snapshot, e *pb.TrustEdge, reports map[string]*pb.StatusReport) []string {
+	var out []string
+	from := e.GetFrom()
+	fromHosts := snap.topo.deployments[from]
+	var product pb.Product
+	if len(fromHosts) > 0 {
+		product = snap.topo.hosts[fromHosts[0]].GetProduct()
+	}
+	// The issuer's document as its own hosts fetched it, else as the
+	// receiver's hosts fetched it under the partner's name.
+	m := ownMetadata(snap, from, fromHosts, reports)
+	if m == nil {
+		for _, h := range snap.topo.deployments[e.GetTo()] {
+			for _, c := range reports[h].GetMetadata() {
+				if m == nil && c.GetOk() && c.GetPartner() == e.GetPartnerName() {
+					m = c
+				}
+			}
+		}
+	}
+	realm, source := metadataRealm(m), "metadata document shows"
+	if m != nil {
+		out = append(out, issuerProblems(from, product, m)...)
+	}
+	if realm == "" {
+		// Agents that do not report their metadata's realm yet: the
+		// issuer's configured realm is the best evidence there is.
+		realm, source = e.GetFromRealm(), "OAuth configuration has"
+	}
+	reg := e.GetRegistration()
+	// Realms are DNS names or GUIDs: case does not matter.
+	if reg != nil && realm != "" && reg.GetRealm() != "" && !strings.EqualFold(reg.GetRealm(), realm) {
+		out = append(out, fmt.Sprintf("%s registers %s with realm %q, but %s's %s realm %q: remove and recreate the partner, which then reads the realm from the metadata",
+			e.GetTo(), e.GetPartnerName(), reg.GetRealm(), from, source, realm))
+	}
+	return out
+}
+
+// issuerProblems checks that a deployment's metadata document names its
+// issuer as the products publish it: "<serviceName>@<realm>", with the
+// product's well-known service name and the document's realm. A document
+// fetched by an agent that reports neither realm nor issuer is not judged.
+func issuerProblems(dep string, product pb.Product, m *pb.MetadataCheck) []string {
+	issuer, realm := m.GetIssuer(), m.GetRealm()
+	if issuer == "" {
+		return nil
+	}
+	svc, ir, ok := strings.Cut(issuer, "@")
+	if !ok || svc == "" || ir == "" {
+		return []string{fmt.Sprintf("%s's metadata document names issuer %q, not <serviceName>@<realm>", dep, issuer)}
+	}
+	var out []string
+	if want := products.ServiceName(product); want != "" && !strings.EqualFold(svc, want) {
+		out = append(out, fmt.Sprintf("%s's metadata document names issuer %q, whose service name is not %s's %s", dep, issuer, products.DisplayName(product), want))
+	}
+	if realm != "" && !strings.EqualFold(ir, realm) {
+		out = append(out, fmt.Sprintf("%s's metadata document has realm %q but issuer %q", dep, realm, issuer))
+	}
+	return out
+}
+
+// metadataRealm is a document's realm: its realm field, or the part of its
+// issuer after "@" (SharePoint publishes no realm field).
+func metadataRealm(m *pb.MetadataCheck) string {
+	if r := m.GetRealm(); r != "" {
+		return r
+	}
+	if _, r, ok := strings.Cut(m.GetIssuer(), "@"); ok {
+		return r
+	}
+	return ""
+}
+
+// ownMetadata is a deployment's own metadata document as fetched by its
+// primary, or else by its first host that fetched it successfully.
+func ownMetadata(snap snapshot, dep string, hosts []string, reports map[string]*pb.StatusReport) *pb.MetadataCheck {
+	order := append([]string{snap.primaries[dep]}, hosts...)
+	for _, h := range order {
+		for _, m := range reports[h].GetMetadata() {
+			if m.GetPartner() == "" && m.GetOk() {
+				return m
+			}
 		}
 	}
 	return nil
+}
+
+// deploymentRealms lists each deployment's realms as its primary (or its
+// first host that reported) sees them, sorted by deployment.
+func deploymentRealms(snap snapshot, reports map[string]*pb.StatusReport) []*pb.DeploymentRealm {
+	var out []*pb.DeploymentRealm
+	for dep, hosts := range snap.topo.deployments {
+		r := &pb.DeploymentRealm{Deployment: dep}
+		if len(hosts) > 0 {
+			r.Product = snap.topo.hosts[hosts[0]].GetProduct()
+		}
+		r.Host = primaryHost(snap, dep, hosts, reports)
+		r.ConfiguredRealm = reports[r.Host].GetOauth().GetRealm()
+		if m := ownMetadata(snap, dep, hosts, reports); m != nil {
+			r.MetadataRealm, r.MetadataIssuer = metadataRealm(m), m.GetIssuer()
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b *pb.DeploymentRealm) int { return cmpString(a.GetDeployment(), b.GetDeployment()) })
+	return out
 }

@@ -11,12 +11,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/s2strust/s2strust/internal/products"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 // pool is a simulated Lync pool: a real HTTPS server whose certificate
@@ -25,6 +27,7 @@ type pool struct {
 	srv     *httptest.Server
 	roots   *x509.CertPool
 	doc     *Document
+	spDoc   *Document     // SharePoint-shaped
 	release chan struct{} // closed at test end to unblock /slow
 }
 
@@ -32,6 +35,7 @@ func newPool(t *testing.T) *pool {
 	t.Helper()
 	p := &pool{release: make(chan struct{})}
 	p.doc = Build(products.LyncID, realm, "pool01.contoso.com", signingCerts())
+	p.spDoc = BuildFor(pb.Product_PRODUCT_SHAREPOINT, "", farmID, "", signingCerts())
 	mux := http.NewServeMux()
 	mux.Handle("/metadata/json/1", Handler(func() *Document { return p.doc }))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -58,6 +62,16 @@ func newPool(t *testing.T) *pool {
 	mux.HandleFunc("/to-https", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/metadata/json/1", http.StatusMovedPermanently)
 	})
+	mux.HandleFunc("/to-other-host", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "https://pool02.contoso.com/metadata/json/1", http.StatusFound)
+	})
+	mux.HandleFunc("/to-link-local", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "https://169.254.169.254/latest/meta-data/", http.StatusFound)
+	})
+	mux.HandleFunc("/big-header", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Padding", strings.Repeat("a", MaxHeaderBytes))
+	})
+	mux.Handle("/_layouts/15/metadata/json/1", Handler(func() *Document { return p.spDoc }))
 	cert, key := newCert(t, "pool01.contoso.com", "pool01.contoso.com")
 	p.srv = httptest.NewUnstartedServer(mux)
 	// Failed handshakes are what several cases test; do not log them.
@@ -88,13 +102,19 @@ func TestFetch(t *testing.T) {
 	closed.Close()
 
 	const base = "https://pool01.contoso.com"
+	_, port, err := net.SplitHostPort(p.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	noResolve := func(o *FetcherOptions) { o.Resolve = nil }
 	tests := []struct {
-		name     string
-		url      string
-		opts     func(o *FetcherOptions)
-		realm    string
-		wantKind string // "ok", "download" or "invalid"
-		wantMsg  string // the whole message, or its start when it ends in "…"
+		name        string
+		url         string
+		opts        func(o *FetcherOptions)
+		serviceName string // default: Lync's
+		realm       string // default: realm; "-": any
+		wantKind    string // "ok", "sharepoint", "download" or "invalid"
+		wantMsg     string // the whole message, or its start when it ends in "…"
 	}{
 		{name: "metadata endpoint", url: base + "/metadata/json/1", wantKind: "ok"},
 		{name: "host key matched case-insensitively", url: "https://POOL01.contoso.com/metadata/json/1", wantKind: "ok"},
@@ -118,7 +138,38 @@ func TestFetch(t *testing.T) {
 		{name: "not a URL", url: "pool01.contoso.com", wantKind: "download",
 			wantMsg: "the metadata document could not be downloaded from pool01.contoso.com: not an https URL"},
 		{name: "redirect to http refused", url: base + "/to-http", wantKind: "download",
-			wantMsg: "the metadata document could not be downloaded from https://pool01.contoso.com/to-http: redirected to http://pool01.contoso.com/metadata/json/1, which is not an https URL"},
+			wantMsg: "the metadata document could not be downloaded from https://pool01.contoso.com/to-http: redirect to http://pool01.contoso.com/metadata/json/1 not followed: it is not an https URL"},
+		{name: "redirect to another host refused", url: base + "/to-other-host", wantKind: "download",
+			opts: func(o *FetcherOptions) { o.Resolve["pool02.contoso.com"] = p.addr() },
+			wantMsg: "the metadata document could not be downloaded from https://pool01.contoso.com/to-other-host: " +
+				"redirect to https://pool02.contoso.com/metadata/json/1 not followed: it leaves host pool01.contoso.com"},
+		{name: "redirect to cloud instance metadata refused", url: base + "/to-link-local", wantKind: "download",
+			wantMsg: "the metadata document could not be downloaded from https://pool01.contoso.com/to-link-local: " +
+				"redirect to https://169.254.169.254/latest/meta-data/ not followed: it leaves host pool01.contoso.com"},
+		{name: "oversize headers", url: base + "/big-header", wantKind: "download",
+			wantMsg: "the metadata document could not be downloaded from https://pool01.contoso.com/big-header: net/http: HTTP/1.x transport connection broken: net/http: server response headers exceeded 65536 bytes; aborted"},
+		{name: "sharepoint shape, any realm", url: base + "/_layouts/15/metadata/json/1", serviceName: products.SharePointID, realm: "-", wantKind: "sharepoint"},
+		{name: "sharepoint shape, its farm realm", url: base + "/_layouts/15/metadata/json/1", serviceName: products.SharePointID, realm: farmID, wantKind: "sharepoint"},
+		{name: "sharepoint shape, wrong serviceName", url: base + "/_layouts/15/metadata/json/1", realm: "-", wantKind: "invalid",
+			wantMsg: `https://pool01.contoso.com/_layouts/15/metadata/json/1 is not a valid metadata document: serviceName is "00000003-0000-0ff1-ce00-000000000000", want "00000004-0000-0ff1-ce00-000000000000"`},
+		{name: "loopback name refused", url: "https://localhost:" + port + "/metadata/json/1", opts: noResolve, wantKind: "download",
+			wantMsg: "the metadata document could not be downloaded from https://localhost:" + port + "/metadata/json/1: " +
+				"refused to fetch metadata from localhost: it resolves to …"}, // 127.0.0.1 or ::1: see TestFetchErrorsUnwrap
+		{name: "loopback literal refused", url: "https://127.0.0.1:" + port + "/metadata/json/1", opts: noResolve, wantKind: "download",
+			wantMsg: "the metadata document could not be downloaded from https://127.0.0.1:" + port + "/metadata/json/1: " +
+				"refused to fetch metadata from 127.0.0.1: it is a loopback address (this host itself)"},
+		{name: "IPv6 loopback literal refused", url: "https://[::1]:" + port + "/metadata/json/1", opts: noResolve, wantKind: "download",
+			wantMsg: "the metadata document could not be downloaded from https://[::1]:" + port + "/metadata/json/1: " +
+				"refused to fetch metadata from ::1: it is a loopback address (this host itself)"},
+		{name: "cloud instance metadata refused", url: "https://169.254.169.254/metadata/json/1", opts: noResolve, wantKind: "download",
+			wantMsg: "the metadata document could not be downloaded from https://169.254.169.254/metadata/json/1: " +
+				"refused to fetch metadata from 169.254.169.254: it is a link-local address (where cloud instance metadata is served)"},
+		{name: "outside the allowed networks", url: "https://10.1.2.3/metadata/json/1", wantKind: "download",
+			opts: func(o *FetcherOptions) { o.AllowedNetworks = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")} },
+			wantMsg: "the metadata document could not be downloaded from https://10.1.2.3/metadata/json/1: " +
+				"refused to fetch metadata from 10.1.2.3: it is outside the allowed metadata networks (192.168.0.0/16)"},
+		{name: "a Resolve mapping is exempt from the allowed networks", url: base + "/metadata/json/1", wantKind: "ok",
+			opts: func(o *FetcherOptions) { o.AllowedNetworks = []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")} }},
 		{name: "nothing listening", url: base + "/metadata/json/1", wantKind: "download",
 			opts: func(o *FetcherOptions) { o.Resolve = map[string]string{"pool01.contoso.com": deadAddr} },
 			wantMsg: "the metadata document could not be downloaded from https://pool01.contoso.com/metadata/json/1: pool01.contoso.com:443 resolved to " +
@@ -141,18 +192,30 @@ func TestFetch(t *testing.T) {
 				tt.opts(&o)
 			}
 			want := realm
-			if tt.realm != "" {
+			switch tt.realm {
+			case "":
+			case "-":
+				want = ""
+			default:
 				want = tt.realm
 			}
-			d, certs, err := NewFetcher(o).Fetch(context.Background(), tt.url, products.LyncID, want)
+			serviceName := products.LyncID
+			if tt.serviceName != "" {
+				serviceName = tt.serviceName
+			}
+			d, certs, err := NewFetcher(o).Fetch(context.Background(), tt.url, serviceName, want)
 			var dl *DownloadError
 			var inv *InvalidError
 			switch tt.wantKind {
-			case "ok":
+			case "ok", "sharepoint":
 				if err != nil {
 					t.Fatalf("Fetch: %v", err)
 				}
-				if !reflect.DeepEqual(d, p.doc) || len(certs) != 2 || !certs[0].Equal(signingCerts()[0]) {
+				wantDoc := p.doc
+				if tt.wantKind == "sharepoint" {
+					wantDoc = p.spDoc
+				}
+				if !reflect.DeepEqual(d, wantDoc) || len(certs) != 2 || !certs[0].Equal(signingCerts()[0]) {
 					t.Fatalf("Fetch returned %+v and %d certificates", d, len(certs))
 				}
 				return
@@ -194,6 +257,17 @@ func TestFetchErrorsUnwrap(t *testing.T) {
 	_, _, err = f.Fetch(ctx, "https://pool01.contoso.com/metadata/json/1", products.LyncID, realm)
 	if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "no answer within") {
 		t.Errorf("canceled: got %v, want context.Canceled without blaming the timeout", err)
+	}
+
+	// A refused destination is told apart, from Fetch and from DialContext
+	// (which the sim's trust probes dial through), naming name and address.
+	_, _, err = NewFetcher(FetcherOptions{}).Fetch(context.Background(), "https://localhost:1/metadata/json/1", products.LyncID, realm)
+	var de *DestinationError
+	if !errors.As(err, &de) || de.Host != "localhost" || !de.Addr.IsLoopback() || !strings.HasSuffix(err.Error(), ", a loopback address (this host itself)") {
+		t.Errorf("loopback name: errors.As(%v, *DestinationError) = %+v", err, de)
+	}
+	if _, err := NewFetcher(FetcherOptions{}).DialContext(context.Background(), "tcp", "169.254.169.254:80"); !errors.As(err, &de) || de.Addr.String() != "169.254.169.254" {
+		t.Errorf("DialContext to link-local: %v", err)
 	}
 
 	f = NewFetcher(FetcherOptions{RootCAs: x509.NewCertPool(), Resolve: map[string]string{"pool01.contoso.com": p.addr()}})

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"reflect"
@@ -21,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/s2strust/s2strust/internal/products"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -179,11 +181,12 @@ func TestValidate(t *testing.T) {
 	certs := signingCerts()
 	other := x5t(certs[1].Raw)
 	tests := []struct {
-		name    string
-		edit    func(d *Document)
-		realm   string // default realm
-		wantErr string // empty: valid
-		want    int    // signing certificates returned
+		name      string
+		edit      func(d *Document)
+		realm     string // default realm
+		wantErr   string // empty: valid
+		wantField string // the InvalidError's Field; empty: not checked
+		want      int    // signing certificates returned
 	}{
 		{name: "valid", want: 2},
 		{name: "realm star accepted", edit: func(d *Document) { d.Realm = "*" }, want: 2},
@@ -193,24 +196,43 @@ func TestValidate(t *testing.T) {
 			d.Keys[0].KeyInfo.X5T = base64.StdEncoding.EncodeToString(sum[:])
 		}, want: 2},
 		{name: "non-signing key checked but not returned", edit: func(d *Document) { d.Keys[1].Usage = "encryption" }, want: 1},
-		{name: "wrong serviceName", edit: func(d *Document) { d.ServiceName = products.ExchangeID },
-			wantErr: `serviceName is "00000002-0000-0ff1-ce00-000000000000", want "00000004-0000-0ff1-ce00-000000000000"`},
+		{name: "wrong serviceName", edit: func(d *Document) {
+			d.ServiceName = products.ExchangeID
+			d.Issuer = products.ExchangeID + "@contoso.com"
+		},
+			wantErr: `serviceName is "00000002-0000-0ff1-ce00-000000000000", want "00000004-0000-0ff1-ce00-000000000000"`, wantField: "serviceName"},
 		{name: "serviceName compared exactly", edit: func(d *Document) { d.ServiceName = strings.ToUpper(d.ServiceName) },
 			wantErr: `serviceName is "00000004-0000-0FF1-CE00-000000000000", want "00000004-0000-0ff1-ce00-000000000000"`},
 		{name: "wrong realm", edit: func(d *Document) { d.Realm = "fabrikam.com" },
-			wantErr: `realm is "fabrikam.com", want "contoso.com"`},
-		{name: "no keys", edit: func(d *Document) { d.Keys = nil }, wantErr: "no signing key"},
+			wantErr: `realm is "fabrikam.com", want "contoso.com"`, wantField: "realm"},
+		{name: "no keys", edit: func(d *Document) { d.Keys = nil }, wantErr: "no signing key", wantField: "keys"},
 		{name: "no signing keys", edit: func(d *Document) { d.Keys = d.Keys[:1]; d.Keys[0].Usage = "encryption" }, wantErr: "no signing key"},
 		{name: "bad base64", edit: func(d *Document) { d.Keys[1].KeyValue.Value = "not base64!" },
 			wantErr: "key 2: keyvalue is not base64: illegal base64 data at input byte 3"},
 		{name: "not a certificate", edit: func(d *Document) { d.Keys[0].KeyValue.Value = base64.StdEncoding.EncodeToString([]byte("hello")) },
-			wantErr: "key 1: certificate does not parse: "},
+			wantErr: "key 1: certificate does not parse: ", wantField: "keys[0].keyvalue"},
 		{name: "wrong key type", edit: func(d *Document) { d.Keys[0].KeyValue.Type = "rsa" },
 			wantErr: `key 1: keyvalue type is "rsa", want "x509Certificate"`},
 		{name: "x5t mismatch", edit: func(d *Document) { d.Keys[0].KeyInfo.X5T = other },
-			wantErr: `key 1: x5t "` + other + `" does not match its certificate (x5t "` + x5t(certs[0].Raw) + `")`},
+			wantErr: `key 1: x5t "` + other + `" does not match its certificate (x5t "` + x5t(certs[0].Raw) + `")`, wantField: "keys[0].keyinfo.x5t"},
 		{name: "x5t not a thumbprint", edit: func(d *Document) { d.Keys[0].KeyInfo.X5T = "abc" },
-			wantErr: `key 1: x5t "abc" is not a base64 SHA-1 thumbprint`},
+			wantErr: `key 1: x5t "abc" is not a base64 SHA-1 thumbprint`, wantField: "keys[0].keyinfo.x5t"},
+		{name: "x5t absent: computed, not required", edit: func(d *Document) { d.Keys[0].KeyInfo.X5T = ""; d.Keys[1].KeyInfo.X5T = "" }, want: 2},
+		{name: "usage and type in any case", edit: func(d *Document) {
+			d.Keys[0].Usage, d.Keys[0].KeyValue.Type = "Signing", "x509certificate"
+			d.Keys[1].Usage, d.Keys[1].KeyValue.Type = "SIGNING", "X509CERTIFICATE"
+		}, want: 2},
+		{name: "realm taken from issuer when absent", edit: func(d *Document) { d.Realm = "" }, want: 2},
+		{name: "realm from issuer compared", edit: func(d *Document) { d.Realm = ""; d.Issuer = products.LyncID + "@fabrikam.com" },
+			wantErr: `realm (from issuer "00000004-0000-0ff1-ce00-000000000000@fabrikam.com") is "fabrikam.com", want "contoso.com"`, wantField: "issuer"},
+		{name: "issuer star accepted for any realm", edit: func(d *Document) { d.Realm = ""; d.Issuer = products.LyncID + "@*" }, realm: "fabrikam.com", want: 2},
+		{name: "no realm anywhere", edit: func(d *Document) { d.Realm = ""; d.Issuer = "" },
+			wantErr: `the document names no realm`, wantField: "realm"},
+		{name: "issuer without realm", edit: func(d *Document) { d.Realm = ""; d.Issuer = products.LyncID },
+			wantErr: `the document names no realm`, wantField: "realm"},
+		{name: "issuer of another client", edit: func(d *Document) { d.Issuer = products.ExchangeID + "@contoso.com" },
+			wantErr:   `issuer "00000002-0000-0ff1-ce00-000000000000@contoso.com" names client id "00000002-0000-0ff1-ce00-000000000000", not the serviceName "00000004-0000-0ff1-ce00-000000000000"`,
+			wantField: "issuer"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -235,6 +257,13 @@ func TestValidate(t *testing.T) {
 			if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) {
 				t.Fatalf("Validate error = %v, want %q", err, tt.wantErr)
 			}
+			var inv *InvalidError
+			if !errors.As(err, &inv) {
+				t.Fatalf("Validate error %v is a %T, want an *InvalidError", err, err)
+			}
+			if tt.wantField != "" && inv.Field != tt.wantField {
+				t.Errorf("Field = %q, want %q", inv.Field, tt.wantField)
+			}
 			if got != nil {
 				t.Errorf("an invalid document returned certificates")
 			}
@@ -242,6 +271,13 @@ func TestValidate(t *testing.T) {
 	}
 	if _, err := Validate(nil, products.LyncID, realm); err == nil {
 		t.Error("Validate(nil) succeeded")
+	}
+	// The wanted realm "" means any: the receiver learns it from the document.
+	for _, r := range []string{"contoso.com", "*"} {
+		d := Build(products.LyncID, r, "pool01.contoso.com", certs)
+		if _, err := Validate(d, products.LyncID, ""); err != nil {
+			t.Errorf("realm %q, wanted any: %v", r, err)
+		}
 	}
 }
 
@@ -263,7 +299,7 @@ func TestParse(t *testing.T) {
 		{name: "oversize", data: oversize, wantErr: fmt.Sprintf("document is %d bytes, over the 262144-byte limit", len(oversize))},
 		{name: "HTML", data: []byte("<html><body>IIS</body></html>"), wantErr: "not JSON: invalid character '<' looking for beginning of value"},
 		{name: "empty", data: nil, wantErr: "not JSON: unexpected end of JSON input"},
-		{name: "wrong type", data: []byte(`{"keys":"none"}`), wantErr: "not JSON: json: cannot unmarshal string into Go struct field Document.keys of type []metadata.Key"},
+		{name: "wrong type", data: []byte(`{"keys":"none"}`), wantErr: "not JSON: json: cannot unmarshal string into Go struct field document.keys of type []metadata.Key"},
 		{name: "trailing garbage", data: append(append([]byte{}, valid...), "x"...), wantErr: "not JSON: invalid character 'x' after top-level value"},
 	}
 	for _, tt := range tests {
@@ -303,6 +339,17 @@ func FuzzParseDocument(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(valid)
+	for _, doc := range realDocuments(c) {
+		f.Add([]byte(doc))
+	}
+	for _, p := range []pb.Product{pb.Product_PRODUCT_EXCHANGE, pb.Product_PRODUCT_SHAREPOINT} {
+		b, err := json.Marshal(BuildFor(p, "", farmID, "host.contoso.com", []*x509.Certificate{c}))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte(`{"issuer":"00000003-0000-0ff1-ce00-000000000000@x","keys":[{"keyValue":{"type":"x509certificate","value":"AAAA"},"usage":"Signing"}]}`))
 	f.Add([]byte(`{"serviceName":"00000004-0000-0ff1-ce00-000000000000","realm":"*","keys":[{"usage":"signing","keyinfo":{"x5t":"abc"},"keyvalue":{"type":"x509Certificate","value":"AAAA"}}]}`))
 	f.Add([]byte(`{"keys":[{"keyvalue":{"type":"x509Certificate","value":"MIIB"}}]}`))
 	f.Add([]byte("<html></html>"))
@@ -316,16 +363,34 @@ func FuzzParseDocument(f *testing.F) {
 			return
 		}
 		_, _ = d.Certificates()
-		certs, err := Validate(d, products.LyncID, realm)
-		if err == nil && len(certs) == 0 {
-			t.Fatal("a valid document has no signing certificate")
+		_ = d.EffectiveRealm()
+		for _, want := range []string{realm, ""} {
+			certs, err := Validate(d, d.ServiceName, want)
+			if err == nil && len(certs) == 0 {
+				t.Fatal("a valid document has no signing certificate")
+			}
+			var inv *InvalidError
+			if err != nil && !errors.As(err, &inv) {
+				t.Fatalf("Validate error %v is a %T, not an *InvalidError", err, err)
+			}
+			if err == nil && want == "" && d.EffectiveRealm() == "" {
+				t.Fatal("a document naming no realm validated")
+			}
 		}
 		again, err := json.Marshal(d)
 		if err != nil {
 			t.Fatalf("re-encode: %v", err)
 		}
-		if _, err := Parse(again); err != nil && len(again) <= MaxSize {
-			t.Fatalf("re-encoded document does not parse: %v", err)
+		back, err := Parse(again)
+		if err != nil {
+			if len(again) <= MaxSize {
+				t.Fatalf("re-encoded document does not parse: %v", err)
+			}
+			return
+		}
+		// Writing a document in its shape loses nothing.
+		if !reflect.DeepEqual(back, d) {
+			t.Fatalf("re-encoded document differs:\n got %+v\nwant %+v", back, d)
 		}
 	})
 }

@@ -193,3 +193,65 @@ func ParseTrustLevel(s string) (pb.TrustLevel, bool) {
 	}
 	return pb.TrustLevel_TRUST_LEVEL_UNSPECIFIED, false
 }
+
+// Descriptor is what the shared reconciler and the drivers need to know of
+// one product, in one place instead of product switches across files. The
+// cmdlets are the products' own (see the Microsoft pages cited where the
+// reconciler and the PowerShell driver use them).
+type Descriptor struct {
+	Product pb.Product
+	// ServiceName is the product's well-known application identifier.
+	ServiceName string
+	// URLParameter names the partner metadata URL parameter of the
+	// product's cmdlets, as the seed's error message quotes it.
+	URLParameter string
+	// NewPartner, SetPartner and RemovePartner are the cmdlets (or, for
+	// Exchange's creation, the script) that register partners.
+	NewPartner, SetPartner, RemovePartner string
+	// SettingsName is how the product calls its OAuth settings.
+	SettingsName string
+	// IssuerName is how the product calls its current token-issuer setting.
+	IssuerName string
+	// TrustLevels: partners carry an ApplicationTrustLevel (Lync only).
+	TrustLevels bool
+	// PartnerEnabled: partners can be disabled (not SharePoint's issuers).
+	PartnerEnabled bool
+	// DefaultCertificate: the product has a certificate of type Default that
+	// `tokenIssuer: {existing: Default}` can name (Lync only).
+	DefaultCertificate bool
+	// RealmNeedsConfirmation: setting the realm needs confirmRealmChange
+	// (Exchange: -Realm is only for non-accepted domains; SharePoint:
+	// changing the realm breaks existing app principals).
+	RealmNeedsConfirmation bool
+	// MatchPartnersByURL: existing partners are matched by application
+	// identifier and metadata URL, never by name (Exchange, whose
+	// Configure-EnterprisePartnerApplication.ps1 chooses the name itself).
+	MatchPartnersByURL bool
+}
+
+var descriptors = map[pb.Product]Descriptor{
+	pb.Product_PRODUCT_LYNC: {
+		Product: pb.Product_PRODUCT_LYNC, ServiceName: LyncID, URLParameter: "MetadataUrl",
+		NewPartner: "New-CsPartnerApplication", SetPartner: "Set-CsPartnerApplication", RemovePartner: "Remove-CsPartnerApplication",
+		SettingsName: "CsOAuthConfiguration", IssuerName: "global OAuthTokenIssuer certificate",
+		TrustLevels: true, PartnerEnabled: true, DefaultCertificate: true,
+	},
+	pb.Product_PRODUCT_EXCHANGE: {
+		Product: pb.Product_PRODUCT_EXCHANGE, ServiceName: ExchangeID, URLParameter: "AuthMetadataUrl",
+		NewPartner: "Configure-EnterprisePartnerApplication.ps1", SetPartner: "Set-PartnerApplication", RemovePartner: "Remove-PartnerApplication",
+		SettingsName: "AuthConfig", IssuerName: "AuthConfig CurrentCertificateThumbprint",
+		PartnerEnabled: true, RealmNeedsConfirmation: true, MatchPartnersByURL: true,
+	},
+	pb.Product_PRODUCT_SHAREPOINT: {
+		Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: SharePointID, URLParameter: "MetadataEndPoint",
+		NewPartner: "New-SPTrustedSecurityTokenIssuer", SetPartner: "Set-SPTrustedSecurityTokenIssuer", RemovePartner: "Remove-SPTrustedSecurityTokenIssuer",
+		SettingsName: "SPAuthenticationRealm", IssuerName: "SecurityTokenServiceCertificate",
+		RealmNeedsConfirmation: true,
+	},
+}
+
+// Describe returns product p's descriptor; ok is false for an unknown product.
+func Describe(p pb.Product) (Descriptor, bool) {
+	d, ok := descriptors[p]
+	return d, ok
+}

@@ -41,10 +41,12 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			Product:               pp,
 			ApplicationIdentifier: products.ServiceName(pp),
 			MetadataUrl:           tr.MetadataURL,
-			Realm:                 c.Realm,
-			TrustLevel:            level,
-			Enabled:               *tr.Enabled,
-			TrustBroker:           rp == pb.Product_PRODUCT_SHAREPOINT && pp == pb.Product_PRODUCT_LYNC,
+			// A partner's realm is learned from its metadata, as the
+			// products do, unless the topology declares it.
+			Realm:       realmOf(c, from),
+			TrustLevel:  level,
+			Enabled:     *tr.Enabled,
+			TrustBroker: rp == pb.Product_PRODUCT_SHAREPOINT && pp == pb.Product_PRODUCT_LYNC,
 		}
 		if p.MetadataUrl == "" {
 			p.MetadataUrl = metadataURL(from)
@@ -55,6 +57,8 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			Product:     rp,
 			ServiceName: products.ServiceName(rp),
 			Hosts:       cloneStrings(to.Hosts),
+			MetadataUrl: metadataURL(to),
+			Realm:       realmOf(c, to),
 		})
 	}
 
@@ -71,13 +75,15 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				Product:                 p,
 				ProductVersion:          d.Version,
 				DeploymentHosts:         cloneStrings(d.Hosts),
-				Realm:                   c.Realm,
+				Realm:                   realmOf(c, d),
+				ConfirmRealmChange:      d.ConfirmRealmChange,
 				ServiceName:             products.ServiceName(p),
 				DefaultSipDomain:        c.SIPDomains.Default,
 				AdditionalSipDomains:    cloneStrings(c.SIPDomains.Additional),
 				MetadataUrl:             metadataURL(d),
 				Endpoint:                endpoint(d),
 				RemovePartners:          cloneStrings(d.RemovePartners),
+				CertificateRules:        hostCertificateRules(c.CertificateRules),
 				ExchangeAutodiscoverUrl: d.ExchangeAutodiscoverURL,
 				TopologyName:            c.Name,
 			}
@@ -85,6 +91,8 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			case d.TokenIssuer == nil:
 			case d.TokenIssuer.Secret != "":
 				cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: d.TokenIssuer.Secret}}
+			case d.TokenIssuer.Existing != "":
+				cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Existing{Existing: d.TokenIssuer.Existing}}
 			default:
 				cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Thumbprint{Thumbprint: d.TokenIssuer.Thumbprint}}
 			}
@@ -115,6 +123,18 @@ func Hash(cfg *pb.HostConfig) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// realmOf is the realm s2strust sets on deployment d: its own declared
+// realm, else (Lync only) the topology's; "" leaves the product's own.
+func realmOf(t *Topology, d *Deployment) string {
+	if d.Realm != "" {
+		return d.Realm
+	}
+	if mustProduct(d) == pb.Product_PRODUCT_LYNC {
+		return t.Realm
+	}
+	return ""
+}
+
 // mustProduct is a validated deployment's product.
 func mustProduct(d *Deployment) pb.Product {
 	p, _ := products.Parse(d.Product)
@@ -141,4 +161,15 @@ func metadataURL(d *Deployment) string {
 		return d.MetadataURL
 	}
 	return products.MetadataURL(mustProduct(d), endpoint(d))
+}
+
+// hostCertificateRules is HostConfig.certificate_rules for a topology's
+// normalized certificateRules: empty for the default, standard, so that a
+// topology that does not use the field compiles to the same bytes (and
+// hashes) as before the field existed.
+func hostCertificateRules(rules string) string {
+	if rules == CertificateRulesStandard {
+		return ""
+	}
+	return rules
 }

@@ -78,9 +78,9 @@ func TestCompileContoso(t *testing.T) {
 		TokenIssuer:          &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: "oauth-2026"}},
 		Partners: []*pb.Partner{
 			{Name: "microsoft.exchange", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ApplicationIdentifier: "00000002-0000-0ff1-ce00-000000000000",
-				MetadataUrl: exchangeMetadata, Realm: "contoso.com", TrustLevel: full, Enabled: true},
+				MetadataUrl: exchangeMetadata, TrustLevel: full, Enabled: true},
 			{Name: "microsoft.sharepoint", Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ApplicationIdentifier: "00000003-0000-0ff1-ce00-000000000000",
-				MetadataUrl: sharepointMetadata, Realm: "contoso.com", TrustLevel: full, Enabled: true},
+				MetadataUrl: sharepointMetadata, TrustLevel: full, Enabled: true},
 		},
 		RemovePartners:          []string{"app"},
 		ExchangeAutodiscoverUrl: "https://autodiscover.contoso.com/autodiscover/autodiscover.svc",
@@ -88,19 +88,19 @@ func TestCompileContoso(t *testing.T) {
 		Endpoint:                "pool01.contoso.com",
 		// Where the pool's tokens go: the deployments that trust it.
 		TrustedBy: []*pb.TrustTarget{
-			{Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ServiceName: products.ExchangeID, Hosts: []string{"ex01.contoso.com", "ex02.contoso.com"}},
-			{Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp01.contoso.com"}},
+			{Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ServiceName: products.ExchangeID, Hosts: []string{"ex01.contoso.com", "ex02.contoso.com"}, MetadataUrl: exchangeMetadata},
+			{Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp01.contoso.com"}, MetadataUrl: sharepointMetadata},
 		},
 	})
 
 	// Exchange registers the Lync pool.
 	checkConfig(t, byHost["ex02.contoso.com"], &pb.HostConfig{
-		Host:                 "ex02.contoso.com",
-		Deployment:           "exchange",
-		Product:              pb.Product_PRODUCT_EXCHANGE,
-		ProductVersion:       "2019",
-		DeploymentHosts:      []string{"ex01.contoso.com", "ex02.contoso.com"},
-		Realm:                "contoso.com",
+		Host:            "ex02.contoso.com",
+		Deployment:      "exchange",
+		Product:         pb.Product_PRODUCT_EXCHANGE,
+		ProductVersion:  "2019",
+		DeploymentHosts: []string{"ex01.contoso.com", "ex02.contoso.com"},
+		// Exchange keeps its own (blank) realm.
 		ServiceName:          products.ExchangeID,
 		DefaultSipDomain:     "contoso.com",
 		AdditionalSipDomains: []string{"fabrikam.com"},
@@ -112,33 +112,33 @@ func TestCompileContoso(t *testing.T) {
 		TopologyName: "contoso",
 		Endpoint:     "autodiscover.contoso.com",
 		TrustedBy: []*pb.TrustTarget{
-			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}},
-			{Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp01.contoso.com"}},
+			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}, MetadataUrl: lyncMetadata, Realm: "contoso.com"},
+			{Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp01.contoso.com"}, MetadataUrl: sharepointMetadata},
 		},
 	})
 
 	// SharePoint trusts two issuers, Lync as a trust broker.
 	checkConfig(t, byHost["sp01.contoso.com"], &pb.HostConfig{
-		Host:                 "sp01.contoso.com",
-		Deployment:           "sharepoint",
-		Product:              pb.Product_PRODUCT_SHAREPOINT,
-		ProductVersion:       "2019",
-		DeploymentHosts:      []string{"sp01.contoso.com"},
-		Realm:                "contoso.com",
+		Host:            "sp01.contoso.com",
+		Deployment:      "sharepoint",
+		Product:         pb.Product_PRODUCT_SHAREPOINT,
+		ProductVersion:  "2019",
+		DeploymentHosts: []string{"sp01.contoso.com"},
+		// SharePoint keeps its own realm, the farm id.
 		ServiceName:          products.SharePointID,
 		DefaultSipDomain:     "contoso.com",
 		AdditionalSipDomains: []string{"fabrikam.com"},
 		MetadataUrl:          sharepointMetadata,
 		Partners: []*pb.Partner{
 			{Name: "exchange", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ApplicationIdentifier: products.ExchangeID,
-				MetadataUrl: exchangeMetadata, Realm: "contoso.com", TrustLevel: full, Enabled: true},
+				MetadataUrl: exchangeMetadata, TrustLevel: full, Enabled: true},
 			{Name: "pool01", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ApplicationIdentifier: products.LyncID,
 				MetadataUrl: lyncMetadata, Realm: "contoso.com", TrustLevel: full, Enabled: true, TrustBroker: true},
 		},
 		TopologyName: "contoso",
 		Endpoint:     "https://sp.contoso.com",
 		TrustedBy: []*pb.TrustTarget{
-			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}},
+			{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com", "fe02.contoso.com"}, MetadataUrl: lyncMetadata, Realm: "contoso.com"},
 		},
 	})
 
@@ -158,12 +158,12 @@ func TestCompileOverrides(t *testing.T) {
 		t.Fatalf("missing hosts in %v", byHost)
 	}
 	checkConfig(t, fe, &pb.HostConfig{
-		Host:             "fe1.fabrikam.com",
-		Deployment:       "sfb",
-		Product:          pb.Product_PRODUCT_LYNC,
-		ProductVersion:   "SE",
-		DeploymentHosts:  []string{"fe1.fabrikam.com"},
-		Realm:            "fabrikam.com",
+		Host:            "fe1.fabrikam.com",
+		Deployment:      "sfb",
+		Product:         pb.Product_PRODUCT_LYNC,
+		ProductVersion:  "SE",
+		DeploymentHosts: []string{"fe1.fabrikam.com"},
+		// No realm declared: Lync keeps its default, the default SIP domain.
 		ServiceName:      products.LyncID,
 		DefaultSipDomain: "fabrikam.com",
 		MetadataUrl:      "https://sfb.fabrikam.com/metadata/json/1",
@@ -171,33 +171,33 @@ func TestCompileOverrides(t *testing.T) {
 		Partners: []*pb.Partner{{
 			Name: "microsoft.sharepoint", Deployment: "farm", Product: pb.Product_PRODUCT_SHAREPOINT, ApplicationIdentifier: products.SharePointID,
 			MetadataUrl: "https://sp-metadata.fabrikam.com/_layouts/15/metadata/json/1", // the edge's override
-			Realm:       "fabrikam.com", TrustLevel: pb.TrustLevel_TRUST_LEVEL_APPLICATION, Enabled: false,
+			TrustLevel:  pb.TrustLevel_TRUST_LEVEL_APPLICATION, Enabled: false,
 		}},
 		TopologyName: "fabrikam",
 		Endpoint:     "sfb.fabrikam.com",
 		TrustedBy: []*pb.TrustTarget{
-			{Deployment: "farm", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp1.fabrikam.com", "sp2.fabrikam.com"}},
+			{Deployment: "farm", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp1.fabrikam.com", "sp2.fabrikam.com"}, MetadataUrl: "https://intranet.fabrikam.com/_layouts/15/metadata/json/1"},
 		},
 	})
 	checkConfig(t, sp, &pb.HostConfig{
-		Host:             "sp2.fabrikam.com",
-		Deployment:       "farm",
-		Product:          pb.Product_PRODUCT_SHAREPOINT,
-		ProductVersion:   "2016",
-		DeploymentHosts:  []string{"sp1.fabrikam.com", "sp2.fabrikam.com"},
-		Realm:            "fabrikam.com",
+		Host:            "sp2.fabrikam.com",
+		Deployment:      "farm",
+		Product:         pb.Product_PRODUCT_SHAREPOINT,
+		ProductVersion:  "2016",
+		DeploymentHosts: []string{"sp1.fabrikam.com", "sp2.fabrikam.com"},
+		// SharePoint keeps its own realm.
 		ServiceName:      products.SharePointID,
 		DefaultSipDomain: "fabrikam.com",
 		MetadataUrl:      "https://intranet.fabrikam.com/_layouts/15/metadata/json/1", // the deployment's override
 		Partners: []*pb.Partner{{
 			Name: "sfb", Deployment: "sfb", Product: pb.Product_PRODUCT_LYNC, ApplicationIdentifier: products.LyncID,
 			MetadataUrl: "https://sfb.fabrikam.com/metadata/json/1",
-			Realm:       "fabrikam.com", TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true, TrustBroker: true,
+			TrustLevel:  pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true, TrustBroker: true,
 		}},
 		TopologyName: "fabrikam",
 		Endpoint:     "https://intranet.fabrikam.com/",
 		TrustedBy: []*pb.TrustTarget{
-			{Deployment: "sfb", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe1.fabrikam.com"}},
+			{Deployment: "sfb", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID, Hosts: []string{"fe1.fabrikam.com"}, MetadataUrl: "https://sfb.fabrikam.com/metadata/json/1"},
 		},
 	})
 }
@@ -242,7 +242,7 @@ func TestCompileDeterministic(t *testing.T) {
 
 	// Hashes are part of the protocol with agents: a change here re-pushes
 	// every host of every fleet, so it must be deliberate.
-	const fe01 = "f17b38a05197aa7e8cda8fa6918e9eaeba3fd2c5f37245653813fada98755ae0"
+	const fe01 = "2d9dee3c9333853c18c670fc9ae5ea27ca34af031729b8d8269922dbfcba3bc2"
 	if got := Hash(hostsOf(first)["fe01.contoso.com"]); got != fe01 {
 		t.Errorf("Hash(fe01.contoso.com) = %s, want %s: did the compiled configuration change on purpose?", got, fe01)
 	}

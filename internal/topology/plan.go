@@ -121,10 +121,21 @@ func diffHost(f, t *pb.HostConfig) []*pb.PlanItem {
 		add(ItemHost, ActionUpdate, strings.Join(changes, "; "))
 	}
 
+	// A realm s2strust sets is a disruptive change: tokens minted for the
+	// old realm stop being accepted (on SharePoint, existing app principals
+	// break); the plan says so.
+	disruptive := func() {
+		it := items[len(items)-1]
+		it.Disruptive = true
+		it.Detail += " [disruptive: changes the realm of " + t.Deployment + "]"
+	}
 	if fresh {
 		add(ItemOAuthConfiguration, ActionCreate, oauthCommand(t, nil))
 	} else if changes := oauthChanges(f, t); len(changes) > 0 {
 		add(ItemOAuthConfiguration, ActionUpdate, oauthCommand(t, f)+" ("+strings.Join(changes, "; ")+")")
+		if f.GetRealm() != t.Realm && t.Realm != "" {
+			disruptive()
+		}
 	}
 
 	var fti *pb.TokenIssuer
@@ -163,6 +174,7 @@ func hostChanges(f, t *pb.HostConfig) []string {
 		}
 	}
 	diff("topology", f.TopologyName, t.TopologyName)
+	diff("certificate rules", f.CertificateRules, t.CertificateRules)
 	diff("deployment", f.Deployment, t.Deployment)
 	diff("product", products.Name(f.Product), products.Name(t.Product))
 	diff("version", f.ProductVersion, t.ProductVersion)
@@ -214,7 +226,11 @@ func probeChanges(f, t []*pb.TrustTarget) []string {
 }
 
 func describeTarget(t *pb.TrustTarget) string {
-	return fmt.Sprintf("%s deployment %s at %s", products.Name(t.Product), t.Deployment, strings.Join(t.Hosts, ", "))
+	s := fmt.Sprintf("%s deployment %s at %s", products.Name(t.Product), t.Deployment, strings.Join(t.Hosts, ", "))
+	if t.Realm != "" {
+		s += " in realm " + t.Realm
+	}
+	return s
 }
 
 func oauthChanges(f, t *pb.HostConfig) []string {
@@ -241,7 +257,7 @@ func oauthCommand(t, f *pb.HostConfig) string {
 		if changed(f.GetServiceName(), t.ServiceName) {
 			b.WriteString(" -ServiceName " + t.ServiceName)
 		}
-		if changed(f.GetRealm(), t.Realm) {
+		if t.Realm != "" && changed(f.GetRealm(), t.Realm) {
 			b.WriteString(" -Realm " + t.Realm)
 		}
 		if changed(f.GetExchangeAutodiscoverUrl(), t.ExchangeAutodiscoverUrl) {
@@ -253,8 +269,14 @@ func oauthCommand(t, f *pb.HostConfig) string {
 			}
 		}
 	case pb.Product_PRODUCT_EXCHANGE:
+		if t.Realm == "" {
+			return "keep the organization's own realm (Get-AuthConfig Realm blank: tokens for any accepted domain)"
+		}
 		b.WriteString("Set-AuthConfig -Realm " + t.Realm)
 	case pb.Product_PRODUCT_SHAREPOINT:
+		if t.Realm == "" {
+			return "keep the farm's own realm (Get-SPAuthenticationRealm: the farm id)"
+		}
 		b.WriteString("Set-SPAuthenticationRealm -Realm " + t.Realm)
 	default:
 		b.WriteString("set realm " + t.Realm)
@@ -268,12 +290,19 @@ func describeIssuer(ti *pb.TokenIssuer) string {
 		return "secret " + ti.GetSecret()
 	case ti.GetThumbprint() != "":
 		return "thumbprint " + ti.GetThumbprint()
+	case ti.GetExisting() != "":
+		return "the " + ti.GetExisting() + " certificate"
 	}
 	return "none"
 }
 
 func issuerCommand(p pb.Product, ti *pb.TokenIssuer) string {
 	secret, thumb := ti.GetSecret(), ti.GetThumbprint()
+	if ti.GetExisting() != "" {
+		// The thumbprint is the primary's to read: its agent's plan
+		// (status --plan) shows the exact command.
+		return "$x = (Get-CsCertificate -Type " + ti.GetExisting() + ").Thumbprint; Set-CsCertificate -Identity global -Type OAuthTokenIssuer -Thumbprint $x (on the pool's primary)"
+	}
 	switch p {
 	case pb.Product_PRODUCT_LYNC:
 		if secret != "" {

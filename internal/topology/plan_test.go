@@ -89,7 +89,7 @@ func TestPlan(t *testing.T) {
 			t.Deployments[1].Hosts = t.Deployments[1].Hosts[:1]
 		}, []string{
 			"ex01.contoso.com: host update: deployment hosts ex01.contoso.com, ex02.contoso.com -> ex01.contoso.com",
-			"ex01.contoso.com: trust-probes update: probe lync deployment pool01 at fe01.contoso.com, fe02.contoso.com, fe03.contoso.com (was lync deployment pool01 at fe01.contoso.com, fe02.contoso.com)",
+			"ex01.contoso.com: trust-probes update: probe lync deployment pool01 at fe01.contoso.com, fe02.contoso.com, fe03.contoso.com in realm contoso.com (was lync deployment pool01 at fe01.contoso.com, fe02.contoso.com in realm contoso.com)",
 			"ex02.contoso.com: host remove: ex02.contoso.com is no longer in the topology (it was in exchange deployment exchange): s2strust stops managing it and changes nothing on it",
 			"fe01.contoso.com: host update: deployment hosts fe01.contoso.com, fe02.contoso.com -> fe01.contoso.com, fe02.contoso.com, fe03.contoso.com",
 			"fe01.contoso.com: trust-probes update: probe exchange deployment exchange at ex01.contoso.com (was exchange deployment exchange at ex01.contoso.com, ex02.contoso.com)",
@@ -102,7 +102,7 @@ func TestPlan(t *testing.T) {
 			"fe03.contoso.com: partner/microsoft.exchange create: New-CsPartnerApplication -Identity microsoft.exchange -MetadataUrl " + exchangeMetadata + " -ApplicationTrustLevel Full",
 			"fe03.contoso.com: partner/microsoft.sharepoint create: New-CsPartnerApplication -Identity microsoft.sharepoint -MetadataUrl " + sharepointMetadata + " -ApplicationTrustLevel Full",
 			"fe03.contoso.com: trust-probes create: probe exchange deployment exchange at ex01.contoso.com; probe sharepoint deployment sharepoint at sp01.contoso.com",
-			"sp01.contoso.com: trust-probes update: probe lync deployment pool01 at fe01.contoso.com, fe02.contoso.com, fe03.contoso.com (was lync deployment pool01 at fe01.contoso.com, fe02.contoso.com)",
+			"sp01.contoso.com: trust-probes update: probe lync deployment pool01 at fe01.contoso.com, fe02.contoso.com, fe03.contoso.com in realm contoso.com (was lync deployment pool01 at fe01.contoso.com, fe02.contoso.com in realm contoso.com)",
 		}},
 		{"realm, certificate and stale partners", func(t *Topology) {
 			t.Realm = "contoso.local"
@@ -112,23 +112,19 @@ func TestPlan(t *testing.T) {
 			t.Deployments = t.Deployments[:2]
 			t.Trusts = t.Trusts[:1]
 		}, []string{
-			"ex01.contoso.com: oauth-configuration update: Set-AuthConfig -Realm contoso.local (realm contoso.com -> contoso.local)",
 			"ex01.contoso.com: partner/LyncEnterprise-pool01 remove: Remove-PartnerApplication -Identity LyncEnterprise-pool01",
-			"ex01.contoso.com: trust-probes update: stop probing sharepoint deployment sharepoint",
-			"ex02.contoso.com: oauth-configuration update: Set-AuthConfig -Realm contoso.local (realm contoso.com -> contoso.local)",
+			"ex01.contoso.com: trust-probes update: probe lync deployment pool01 at fe01.contoso.com, fe02.contoso.com in realm contoso.local (was lync deployment pool01 at fe01.contoso.com, fe02.contoso.com in realm contoso.com); stop probing sharepoint deployment sharepoint",
 			"ex02.contoso.com: partner/LyncEnterprise-pool01 remove: Remove-PartnerApplication -Identity LyncEnterprise-pool01",
-			"ex02.contoso.com: trust-probes update: stop probing sharepoint deployment sharepoint",
+			"ex02.contoso.com: trust-probes update: probe lync deployment pool01 at fe01.contoso.com, fe02.contoso.com in realm contoso.local (was lync deployment pool01 at fe01.contoso.com, fe02.contoso.com in realm contoso.com); stop probing sharepoint deployment sharepoint",
 			"fe01.contoso.com: host update: no longer removes partner app",
-			"fe01.contoso.com: oauth-configuration update: Set-CsOAuthConfiguration -Realm contoso.local -ExchangeAutodiscoverUrl $null (realm contoso.com -> contoso.local; Exchange autodiscover URL https://autodiscover.contoso.com/autodiscover/autodiscover.svc -> (none))",
+			"fe01.contoso.com: oauth-configuration update: Set-CsOAuthConfiguration -Realm contoso.local -ExchangeAutodiscoverUrl $null (realm contoso.com -> contoso.local; Exchange autodiscover URL https://autodiscover.contoso.com/autodiscover/autodiscover.svc -> (none)) [disruptive: changes the realm of pool01]",
 			"fe01.contoso.com: token-issuer update: replace the token-issuer certificate (secret oauth-2026 -> thumbprint 3B9A1F00112233445566778899AABBCCDDEEFF01): Set-CsCertificate -Identity global -Type OAuthTokenIssuer -Thumbprint 3B9A1F00112233445566778899AABBCCDDEEFF01",
-			"fe01.contoso.com: partner/microsoft.exchange update: partner microsoft.exchange (realm contoso.com -> contoso.local)",
 			"fe01.contoso.com: partner/microsoft.sharepoint remove: Remove-CsPartnerApplication -Identity microsoft.sharepoint",
 			"fe01.contoso.com: partner/old-app remove: Remove-CsPartnerApplication -Identity old-app when present (listed in removePartners)",
 			"fe01.contoso.com: trust-probes update: stop probing exchange deployment exchange; stop probing sharepoint deployment sharepoint",
 			"fe02.contoso.com: host update: no longer removes partner app",
-			"fe02.contoso.com: oauth-configuration update: Set-CsOAuthConfiguration -Realm contoso.local -ExchangeAutodiscoverUrl $null (realm contoso.com -> contoso.local; Exchange autodiscover URL https://autodiscover.contoso.com/autodiscover/autodiscover.svc -> (none))",
+			"fe02.contoso.com: oauth-configuration update: Set-CsOAuthConfiguration -Realm contoso.local -ExchangeAutodiscoverUrl $null (realm contoso.com -> contoso.local; Exchange autodiscover URL https://autodiscover.contoso.com/autodiscover/autodiscover.svc -> (none)) [disruptive: changes the realm of pool01]",
 			"fe02.contoso.com: token-issuer update: replace the token-issuer certificate (secret oauth-2026 -> thumbprint 3B9A1F00112233445566778899AABBCCDDEEFF01): Set-CsCertificate -Identity global -Type OAuthTokenIssuer -Thumbprint 3B9A1F00112233445566778899AABBCCDDEEFF01",
-			"fe02.contoso.com: partner/microsoft.exchange update: partner microsoft.exchange (realm contoso.com -> contoso.local)",
 			"fe02.contoso.com: partner/microsoft.sharepoint remove: Remove-CsPartnerApplication -Identity microsoft.sharepoint",
 			"fe02.contoso.com: partner/old-app remove: Remove-CsPartnerApplication -Identity old-app when present (listed in removePartners)",
 			"fe02.contoso.com: trust-probes update: stop probing exchange deployment exchange; stop probing sharepoint deployment sharepoint",
@@ -242,7 +238,7 @@ func TestPlanSeesEveryField(t *testing.T) {
 	for i := range fields.Len() {
 		fd := fields.Get(i)
 		switch fd.Name() {
-		case "primary", "host": // not planned: the controller's choice, and the key
+		case "primary", "host", "confirm_realm_change": // not planned: the controller's choice, the key, and a confirmation
 		case "partners", "trusted_by":
 			pfields := fd.Message().Fields()
 			for j := range pfields.Len() {

@@ -27,6 +27,16 @@ const (
 	Kind       = "TrustTopology"
 )
 
+// The accepted values of Topology.CertificateRules.
+const (
+	// CertificateRulesStandard reports the softer certificate rules as
+	// warnings: what Microsoft requires is an error, its advice a warning.
+	CertificateRulesStandard = "standard"
+	// CertificateRulesStrict makes those warnings errors, as advised for
+	// estates with several SIP domains.
+	CertificateRulesStrict = "strict"
+)
+
 // MaxDocumentSize is the largest topology document Parse accepts.
 const MaxDocumentSize = 1 << 20
 
@@ -42,13 +52,22 @@ type Topology struct {
 	// SIPDomains are the organization's SIP domains. The default one is the
 	// default realm and must be the token-issuer certificate's subject.
 	SIPDomains SIPDomains `json:"sipDomains"`
-	// Realm is the OAuth realm every product shares; it defaults to the
-	// default SIP domain.
+	// Realm is Lync's OAuth realm (Set-CsOAuthConfiguration -Realm) for
+	// every Lync deployment that declares none of its own. Optional: Lync's
+	// own default is the default SIP domain, and s2strust sets no realm the
+	// topology does not declare. It never applies to Exchange or SharePoint,
+	// whose realms are their own (blank; the farm id).
 	Realm string `json:"realm,omitempty"`
 	// Deployments are the pools, organizations and farms of the topology.
 	Deployments []Deployment `json:"deployments"`
 	// Trusts are the trust edges between deployments.
 	Trusts []Trust `json:"trusts"`
+	// CertificateRules is how the token-issuer certificate rules apply:
+	// CertificateRulesStandard (the default) or CertificateRulesStrict,
+	// which makes the rules that are otherwise warnings (CN not exactly the
+	// default SIP domain, a SAN lacking an additional SIP domain, expiry
+	// within 30 days) errors.
+	CertificateRules string `json:"certificateRules,omitempty"`
 
 	// file is the name given to Parse, for error messages.
 	file string
@@ -96,16 +115,30 @@ type Deployment struct {
 	ExchangeAutodiscoverURL string `json:"exchangeAutodiscoverUrl,omitempty"`
 	// RemovePartners are stale partner identities to remove when present.
 	RemovePartners []string `json:"removePartners,omitempty"`
+	// Realm is the realm s2strust sets on this deployment: Lync's OAuth
+	// realm, Exchange's AuthConfig realm (only for a non-accepted domain),
+	// SharePoint's authentication realm. Optional; a change of it is
+	// disruptive, and on Exchange and SharePoint it needs
+	// ConfirmRealmChange (a live farm's app principals break).
+	Realm string `json:"realm,omitempty"`
+	// ConfirmRealmChange confirms that Realm may change an Exchange or
+	// SharePoint deployment's realm.
+	ConfirmRealmChange bool `json:"confirmRealmChange,omitempty"`
 }
 
-// TokenIssuer names a token-issuer certificate: exactly one of Secret and
-// Thumbprint.
+// TokenIssuer names a token-issuer certificate: exactly one of Secret,
+// Thumbprint and Existing.
 type TokenIssuer struct {
 	// Secret names a PFX uploaded to the controller once.
 	Secret string `json:"secret,omitempty"`
 	// Thumbprint selects a certificate already in the hosts' store, as
 	// Windows shows it; Validate normalizes it to 40 upper-case hex digits.
 	Thumbprint string `json:"thumbprint,omitempty"`
+	// Existing names a certificate the product already holds by its type:
+	// "Default" (Lync only) is the seed's path, the primary's
+	// `(Get-CsCertificate -Type Default).Thumbprint` assigned with
+	// `Set-CsCertificate -Identity global -Type OAuthTokenIssuer`.
+	Existing string `json:"existing,omitempty"`
 }
 
 // Trust is a trust edge: To accepts tokens issued by From.

@@ -33,6 +33,7 @@ func Validate(t *Topology) error {
 	v.deployments()
 	v.trusts()
 	v.removePartners()
+	v.certificateRules()
 	if len(v.vs) == 0 {
 		return nil
 	}
@@ -81,6 +82,7 @@ func (v *validator) header() {
 	switch {
 	case strings.TrimSpace(t.Name) == "":
 		v.add("name", t.Name, "missing; name the topology, e.g. contoso")
+	case v.addProblem("name", t.Name, textProblem(t.Name)):
 	case !isText(t.Name) || len(t.Name) > 253:
 		v.add("name", t.Name, "a topology name is up to 253 printable characters")
 	}
@@ -111,10 +113,12 @@ func (v *validator) header() {
 		}
 	}
 
-	if t.Realm == "" {
-		t.Realm = sd.Default
-	} else if !isText(t.Realm) || strings.IndexFunc(t.Realm, unicode.IsSpace) >= 0 {
-		v.add("realm", t.Realm, "a realm has no spaces or control characters; accepted: e.g. contoso.com, or leave it out to use the default SIP domain")
+	// The realm is Lync's OAuth realm only, and set only when declared:
+	// Lync's own default is the default SIP domain, Exchange's realm is
+	// blank and SharePoint's is its farm id, and s2strust changes none of
+	// them unless the topology says so.
+	if t.Realm != "" {
+		v.addProblem("realm", t.Realm, realmProblem(t.Realm, pb.Product_PRODUCT_LYNC))
 	}
 }
 
@@ -198,6 +202,9 @@ func (v *validator) deployments() {
 		}
 
 		d.Version = products.NormalizeVersion(d.Version)
+		if v.addProblem(f("version"), d.Version, textProblem(d.Version)) {
+			ok = false
+		}
 		if ok {
 			v.version(f("version"), p, d)
 		}
@@ -212,6 +219,14 @@ func (v *validator) deployments() {
 		}
 		if d.TokenIssuer != nil {
 			v.tokenIssuer(f("tokenIssuer"), d.TokenIssuer)
+			if d.TokenIssuer.Existing != "" && ok {
+				if desc, _ := products.Describe(p); !desc.DefaultCertificate {
+					v.add(f("tokenIssuer.existing"), d.TokenIssuer.Existing, "%s has no certificate of type %s; name the token issuer by secret or thumbprint", products.DisplayName(p), d.TokenIssuer.Existing)
+				}
+			}
+		}
+		if ok {
+			v.deploymentRealm(i, p, d)
 		}
 		seen := map[string]int{}
 		for k, r := range d.RemovePartners {
@@ -221,9 +236,7 @@ func (v *validator) deployments() {
 				continue
 			}
 			seen[strings.ToLower(r)] = k
-			if strings.TrimSpace(r) == "" || !isText(r) {
-				v.add(rf, r, "a partner identity to remove is a printable name, e.g. app")
-			}
+			v.addProblem(rf, r, partnerIdentityProblem(r))
 		}
 	}
 }
@@ -294,6 +307,9 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no spaces or control characters", article(what))
 		return
 	}
+	if v.addProblem(field, raw, textProblem(raw)) {
+		return
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		var ue *url.Error
@@ -320,19 +336,60 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no #fragment", article(what))
 	case root && (u.RawQuery != "" || u.ForceQuery):
 		v.add(field, raw, "%s has no ?query", article(what))
+	default:
+		v.addProblem(field, raw, urlProblem(raw, what))
+	}
+}
+
+// deploymentRealm checks a deployment's own realm: a DNS name or a GUID;
+// on Exchange and SharePoint only with confirmRealmChange, because it
+// replaces the product's own realm (Exchange's blank one accepts tokens for
+// every accepted domain; SharePoint's farm id is what its app principals
+// are registered in).
+func (v *validator) deploymentRealm(i int, p pb.Product, d *Deployment) {
+	f := fmt.Sprintf("deployments[%d].", i)
+	if d.Realm == "" {
+		if d.ConfirmRealmChange {
+			v.add(f+"confirmRealmChange", "true", "confirms a realm change, but deployment %q declares no realm", d.Name)
+		}
+		return
+	}
+	if why := realmProblem(d.Realm, p); why != "" {
+		v.addProblem(f+"realm", d.Realm, why)
+		return
+	}
+	if desc, _ := products.Describe(p); desc.RealmNeedsConfirmation && !d.ConfirmRealmChange {
+		what := "Exchange's AuthConfig realm is normally blank (tokens for every accepted domain are accepted); -Realm is only for a non-accepted domain"
+		if p == pb.Product_PRODUCT_SHAREPOINT {
+			what = "SharePoint's realm is the farm id, and changing it on a live farm breaks its existing app principals"
+		}
+		v.add(f+"realm", d.Realm, "%s deployment %q: %s; add confirmRealmChange: true to the deployment to change it", products.Name(p), d.Name, what)
 	}
 }
 
 func (v *validator) tokenIssuer(field string, ti *TokenIssuer) {
 	ti.Thumbprint = normalizeThumbprint(ti.Thumbprint)
-	switch {
-	case ti.Secret != "" && ti.Thumbprint != "":
-		v.add(field, "", "give either secret or thumbprint, not both")
-	case ti.Secret == "" && ti.Thumbprint == "":
-		v.add(field, "", "empty; give secret (a PFX uploaded with `s2s-controller secret put`) or thumbprint (a certificate already on the hosts)")
+	given := 0
+	for _, s := range []string{ti.Secret, ti.Thumbprint, ti.Existing} {
+		if s != "" {
+			given++
+		}
 	}
-	if ti.Secret != "" && (!isText(ti.Secret) || strings.IndexFunc(ti.Secret, unicode.IsSpace) >= 0) {
-		v.add(field+".secret", ti.Secret, "a secret name has no spaces or control characters, e.g. oauth-2026")
+	switch {
+	case given > 1:
+		v.add(field, "", "give one of secret, thumbprint and existing, not several")
+	case given == 0:
+		v.add(field, "", "empty; give secret (a PFX uploaded with `s2s-controller secret put`), thumbprint (a certificate already on the hosts) or existing: Default (Lync's Default certificate)")
+	}
+	if ti.Existing != "" {
+		if strings.EqualFold(ti.Existing, "Default") {
+			ti.Existing = "Default"
+		} else {
+			v.add(field+".existing", ti.Existing, "unknown certificate type; accepted: Default")
+		}
+	}
+	if ti.Secret != "" {
+		v.addProblem(field+".secret", ti.Secret, secretNameProblem(ti.Secret))
 	}
 	if ti.Thumbprint != "" && !isThumbprint(ti.Thumbprint) {
 		v.add(field+".thumbprint", ti.Thumbprint, "a thumbprint is 40 hexadecimal digits, the certificate's SHA-1 as Windows shows it, e.g. 3B9A1F…")
@@ -419,7 +476,7 @@ func (v *validator) deployment(field, name string) (int, bool) {
 func (v *validator) deploymentNames() string {
 	var names []string
 	for _, d := range v.t.Deployments {
-		if d.Name != "" {
+		if isLabel(d.Name) { // an invalid name is not offered, nor shown raw
 			names = append(names, d.Name)
 		}
 	}
@@ -534,4 +591,18 @@ func isThumbprint(s string) bool {
 		}
 	}
 	return true
+}
+
+// certificateRules normalizes certificateRules to lower case, defaulting to
+// standard.
+func (v *validator) certificateRules() {
+	t := v.t
+	switch r := strings.ToLower(t.CertificateRules); r {
+	case "":
+		t.CertificateRules = CertificateRulesStandard
+	case CertificateRulesStandard, CertificateRulesStrict:
+		t.CertificateRules = r
+	default:
+		v.add("certificateRules", t.CertificateRules, "unknown certificate rules; accepted: %s (the default), %s", CertificateRulesStandard, CertificateRulesStrict)
+	}
 }

@@ -48,6 +48,11 @@ type hostState struct {
 	ServiceName string `json:",omitempty"`
 	Endpoint    string `json:",omitempty"`
 	MetadataURL string `json:",omitempty"`
+	// DefaultSIPDomain is the topology's default SIP domain as last
+	// applied: a Lync pool's realm when its OAuth configuration sets none.
+	DefaultSIPDomain string `json:",omitempty"`
+	// IISResets counts the IIS resets run on this (Exchange) host.
+	IISResets int `json:",omitempty"`
 	// DefaultThumbprint is the host's own default certificate: Lync's
 	// Default, Exchange's Auth Certificate, SharePoint's STS certificate.
 	DefaultThumbprint string

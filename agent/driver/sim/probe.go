@@ -79,16 +79,16 @@ func urlParameter(p pb.Product) string {
 // fetchList downloads and validates a metadata document from this host's
 // vantage point: through Config.FetchMetadata when set, the host's Fetcher
 // otherwise.
-func (s *Sim) fetchList(ctx context.Context, url, serviceName, realm string) ([]*x509.Certificate, error) {
+func (s *Sim) fetchList(ctx context.Context, url, serviceName, realm string) (*metadata.Document, []*x509.Certificate, error) {
 	fetch := s.cfg.FetchMetadata
 	if fetch == nil {
 		fetch = s.fetchSigning
 	}
-	list, err := fetch(ctx, url, serviceName, realm)
+	doc, list, err := fetch(ctx, url, serviceName, realm)
 	if err == nil && len(list) == 0 {
 		err = errors.New("the document has no signing keys")
 	}
-	return list, err
+	return doc, list, err
 }
 
 // CheckMetadata downloads, from this host, the metadata document of its own
@@ -106,21 +106,23 @@ func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Metad
 		serviceName: serviceName(cfg), realm: cfg.GetRealm(),
 	}}
 	for _, p := range cfg.GetPartners() {
-		v := desiredView(cfg, p)
 		checks = append(checks, check{
-			res:         &pb.MetadataCheck{Partner: p.GetName(), Deployment: p.GetDeployment(), Url: v.URL},
-			serviceName: v.AppID, realm: v.Realm,
+			res:         &pb.MetadataCheck{Partner: p.GetName(), Deployment: p.GetDeployment(), Url: p.GetMetadataUrl()},
+			serviceName: p.GetApplicationIdentifier(), realm: p.GetRealm(),
 		})
 	}
 	param := urlParameter(cfg.GetProduct())
 	bounded(len(checks), func(i int) {
 		c := checks[i]
-		list, err := s.fetchList(ctx, c.res.GetUrl(), c.serviceName, c.realm)
+		doc, list, err := s.fetchList(ctx, c.res.GetUrl(), c.serviceName, c.realm)
 		if err != nil {
 			c.res.Error = fmt.Errorf(metadataError, param, err).Error()
 			return
 		}
 		c.res.Ok = true
+		if doc != nil {
+			c.res.Realm, c.res.Issuer = doc.EffectiveRealm(), doc.Issuer
+		}
 		for _, cert := range list {
 			c.res.Thumbprints = append(c.res.Thumbprints, certs.Thumbprint(cert))
 		}
@@ -174,24 +176,74 @@ func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
 		}
 		return out
 	}
-	realm := cfg.GetRealm()
-	if realm == "" {
-		realm = sc.realm
+	// A token for receiver B carries B's realm, which the issuer learns
+	// from B's metadata as the products do (B's declared realm when the
+	// topology names one); a receiver that publishes "*" (Exchange)
+	// accepts tokens for any accepted domain, so the issuer's own realm.
+	realm := sc.realm
+	realms := map[string]string{}
+	for _, t := range cfg.GetTrustedBy() {
+		realms[t.GetDeployment()] = s.targetRealm(ctx, t, "")
 	}
-	signer := s2stoken.Signer{ServiceName: serviceName(cfg), Realm: realm, Cert: sc.current, Key: sc.key}
 	now := s.cfg.Now()
 	bounded(len(targets), func(i int) {
 		t := targets[i]
 		t.res.IssuerThumbprint = sc.thumbprint
-		s.probe(ctx, signer, t.serviceName, now, t.res)
+		audRealm := realms[t.res.GetToDeployment()]
+		issRealm := realm
+		// A deployment without a realm of its own (Exchange) mints for the
+		// receiver's; a receiver that accepts any (Exchange's "*") gets
+		// the issuer's.
+		if issRealm == "" {
+			issRealm = audRealm
+		}
+		if audRealm == "" {
+			audRealm = issRealm
+		}
+		if issRealm == "" {
+			t.res.Reason, t.res.Detail = ReasonMintFailed, fmt.Sprintf("no realm to mint a token for deployment %s: its metadata publishes none and this deployment has none of its own", t.res.GetToDeployment())
+			return
+		}
+		signer := s2stoken.Signer{ServiceName: serviceName(cfg), Realm: issRealm, Cert: sc.current, Key: sc.key}
+		s.probe(ctx, signer, s2stoken.MintOptions{ReceiverServiceName: t.serviceName, ReceiverHost: t.res.GetTargetHost(),
+			ReceiverRealm: audRealm, Now: now, Lifetime: probeTokenLifetime, TrustedForDelegation: true}, t.res)
 	})
 	return out
 }
 
+// targetRealm is the realm to mint tokens for target t in: its declared
+// realm, else the one its metadata document publishes, else (a "*" or an
+// unreachable document) own.
+func (s *Sim) targetRealm(ctx context.Context, t *pb.TrustTarget, own string) string {
+	if r := t.GetRealm(); r != "" {
+		return r
+	}
+	if t.GetMetadataUrl() == "" {
+		return own
+	}
+	doc, _, err := s.fetchList(ctx, t.GetMetadataUrl(), t.GetServiceName(), "")
+	if err == nil && doc != nil {
+		if r := doc.EffectiveRealm(); r != "" && r != "*" {
+			return r
+		}
+		return own
+	}
+	// The document is out of reach: the realm this deployment learned when
+	// it registered the target as a partner, if it did.
+	if ps, err := s.deploymentView(s.snap.Load()); err == nil {
+		for _, v := range ps.partners() {
+			if strings.EqualFold(v.AppID, t.GetServiceName()) && v.Realm != "" && v.Realm != "*" {
+				return v.Realm
+			}
+		}
+	}
+	return own
+}
+
 // probe presents one actor token to res.TargetHost and records the answer.
 // The token itself never appears in a result.
-func (s *Sim) probe(ctx context.Context, signer s2stoken.Signer, receiverServiceName string, now time.Time, res *pb.TrustProbe) {
-	token, err := signer.MintActor(receiverServiceName, res.GetTargetHost(), now, probeTokenLifetime, true)
+func (s *Sim) probe(ctx context.Context, signer s2stoken.Signer, opts s2stoken.MintOptions, res *pb.TrustProbe) {
+	token, err := signer.MintActor(opts)
 	if err != nil {
 		res.Reason, res.Detail = ReasonMintFailed, err.Error()
 		return

@@ -147,7 +147,8 @@ func (s *Sim) serveMetadata(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		doc = metadata.Build(sc.host.ServiceName, sc.realm, s.documentName(sc.host, r), sc.all)
+		// Each product serves its own shape (see metadata.BuildFor).
+		doc = metadata.BuildFor(p, sc.host.ServiceName, sc.published, s.documentName(sc.host, r), sc.all)
 	}
 	// metadata.Handler answers other methods with 405.
 	metadata.Handler(func() *metadata.Document { return doc }).ServeHTTP(w, r)
@@ -219,7 +220,7 @@ func (s *Sim) serveProbe(w http.ResponseWriter, r *http.Request) {
 	recv := s2stoken.Receiver{ServiceName: h.ServiceName, Hostname: s.cfg.Host, Realm: realmOf(ps, h)}
 	for _, p := range partners {
 		recv.Partners = append(recv.Partners, s2stoken.Partner{
-			ApplicationIdentifier: p.ApplicationIdentifier, Enabled: p.Enabled, Certificates: p.Certificates,
+			ApplicationIdentifier: p.ApplicationIdentifier, Realm: p.Realm, Enabled: p.Enabled, Certificates: p.Certificates,
 		})
 	}
 	if _, err := recv.Validate(strings.TrimSpace(token), s.cfg.Now()); err != nil {

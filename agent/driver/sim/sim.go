@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
@@ -52,9 +53,6 @@ import (
 // metadataError is the products' own message for a partner whose metadata
 // cannot be used, quoted in the seed article; %s is the URL parameter.
 const metadataError = "the metadata document could not be downloaded from the URL in the %s parameter or downloaded data is not a valid metadata document: %w"
-
-// pendingSuffix ends the message of an item a non-primary host waits for.
-const pendingSuffix = " (waiting for the primary's change to replicate)"
 
 // Config configures a Sim.
 type Config struct {
@@ -80,7 +78,9 @@ type Config struct {
 	// metadata as New-CsPartnerApplication does, caching its signing
 	// certificates, and a failure fails that partner's item only. Nil, in
 	// the zero Config, stores partners without downloading anything.
-	FetchMetadata func(ctx context.Context, url, serviceName, realm string) ([]*x509.Certificate, error)
+	// An empty realm accepts the document's own (the receiver learns a
+	// partner's realm from its metadata).
+	FetchMetadata func(ctx context.Context, url, serviceName, realm string) (*metadata.Document, []*x509.Certificate, error)
 
 	// Listener is where Serve serves this host's HTTPS endpoints (its
 	// metadata document and the S2S probe endpoint); nil serves nothing.
@@ -223,160 +223,80 @@ func (s *Sim) checkProduct(cfg *pb.HostConfig) error {
 	return fmt.Errorf("host %s runs %s, not %s", s.cfg.Host, strings.Join(found, " and "), products.DisplayName(cfg.GetProduct()))
 }
 
-// deploymentItems are the names of every deployment-scope item of cfg.
-func deploymentItems(cfg *pb.HostConfig) []string {
-	items := []string{driver.ItemIssuerCertificate, driver.ItemOAuthConfiguration}
-	for _, n := range cfg.GetRemovePartners() {
-		items = append(items, driver.RemovePartnerItem(n))
-	}
-	for _, p := range cfg.GetPartners() {
-		items = append(items, driver.PartnerItem(p.GetName()))
-	}
-	return items
-}
-
-// failRest adds an error for each item that has none yet.
-func failRest(errs []*pb.ItemError, items []string, err error) []*pb.ItemError {
-	for _, it := range items {
-		if !slices.ContainsFunc(errs, func(e *pb.ItemError) bool { return e.GetItem() == it }) {
-			errs = append(errs, &pb.ItemError{Item: it, Message: err.Error()})
-		}
-	}
-	return errs
-}
-
-// Apply makes the host's store, and on the primary the deployment store,
-// match cfg. It goes on past a failing item and returns one error per
-// failed item. A non-primary host installs its issuer certificate only:
-// the deployment-scope items reach it by replication.
+// Apply makes the host's actual state match cfg through the shared
+// reconciler (package reconcile): it first lets the product do what it
+// does by itself (install the deployment on first use, give a Lync Front
+// End its Default certificate, replicate the deployment's issuer
+// certificates to this server), then reads, plans and executes. A
+// non-primary host runs host-scope operations only.
 func (s *Sim) Apply(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.SecretMaterial) []*pb.ItemError {
+	return s.ApplyPlan(ctx, cfg, secrets, false).Errors
+}
+
+// ApplyPlan is Apply returning the plan too; with monitor set it changes
+// nothing and returns what it would do.
+func (s *Sim) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.SecretMaterial, monitor bool) reconcile.Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.checkProduct(cfg); err != nil {
-		return []*pb.ItemError{{Item: driver.ItemProduct, Message: err.Error()}}
+		return reconcile.Result{Errors: []*pb.ItemError{{Item: driver.ItemProduct, Message: err.Error()}}}
 	}
-	if err := ctx.Err(); err != nil {
-		return failRest(nil, deploymentItems(cfg), fmt.Errorf("apply on host %s: %w", s.cfg.Host, err))
+	if !monitor {
+		if err := s.prepare(cfg); err != nil {
+			item := driver.ItemIssuerCertificate
+			if pe := (*reconcile.ProductError)(nil); errors.As(err, &pe) {
+				item = driver.ItemProduct
+			}
+			return reconcile.Result{Errors: []*pb.ItemError{{Item: item, Message: err.Error()}}}
+		}
+	}
+	return reconcile.Apply(ctx, s, cfg, secrets, s.cfg.Now(), monitor)
+}
+
+// prepare is what the product does on its own before s2strust looks: see Apply.
+func (s *Sim) prepare(cfg *pb.HostConfig) error {
+	if cfg.GetPrimary() {
+		// The deployment is installed before s2strust arrives; in the sim its
+		// primary stands in for setup.
+		if err := s.installDeployment(cfg); err != nil {
+			return err
+		}
 	}
 	ds, old, err := readStore(s.cfg.SharedDir, cfg.GetDeployment())
 	if err != nil {
-		return failRest(nil, deploymentItems(cfg), err)
+		return err
 	}
 	if ds == nil {
 		ds = &DeploymentStore{Deployment: cfg.GetDeployment()}
 	}
 	ps, err := ds.productStore(cfg.GetProduct())
 	if err != nil {
-		return []*pb.ItemError{{Item: driver.ItemProduct, Message: err.Error()}}
+		return &reconcile.ProductError{Err: err}
 	}
-
-	// Host scope: the issuer certificate in the local store.
-	var errs []*pb.ItemError
+	if g := ds.Lync; g != nil && cfg.GetPrimary() && g.NextOAuthTokenIssuer != nil && g.NextEffectiveDate != nil && !s.cfg.Now().Before(*g.NextEffectiveDate) {
+		// A roll (Set-CsCertificate -Roll -EffectiveDate) takes effect:
+		// the next certificate signs, the old one stays as the previous
+		// one, still published and accepted until it expires or
+		// Remove-CsCertificate -Previous removes it.
+		g.PreviousOAuthTokenIssuer, g.OAuthTokenIssuer = g.OAuthTokenIssuer, g.NextOAuthTokenIssuer
+		g.NextOAuthTokenIssuer, g.NextEffectiveDate = nil, nil
+		if _, err := writeStore(s.cfg.SharedDir, ds, old); err != nil {
+			return err
+		}
+	}
 	h := s.host.clone()
 	h.Deployment, h.Product = cfg.GetDeployment(), products.Name(cfg.GetProduct())
 	h.Realm, h.ServiceName, h.Endpoint, h.MetadataURL = cfg.GetRealm(), serviceName(cfg), cfg.GetEndpoint(), cfg.GetMetadataUrl()
-	issuer, err := s.applyIssuer(h, cfg, secrets, ps)
-	if err != nil {
-		errs = append(errs, &pb.ItemError{Item: driver.ItemIssuerCertificate, Message: err.Error()})
-	}
-	if err := s.saveHost(h); err != nil {
-		errs = failRest(errs, []string{driver.ItemIssuerCertificate}, err)
-		issuer = nil
-	}
-	if !cfg.GetPrimary() {
-		return errs
-	}
-
-	// Deployment scope, on the primary only.
-	errs = append(errs, s.reconcilePartners(ctx, cfg, ps)...)
-	for _, st := range ps.settings(cfg) {
-		if st.want != "" && *st.actual != st.want {
-			*st.actual = st.want
+	h.DefaultSIPDomain = cfg.GetDefaultSipDomain()
+	if cfg.GetProduct() == pb.Product_PRODUCT_LYNC {
+		if err := s.lyncDefault(h, cfg); err != nil {
+			return err
 		}
 	}
-	if issuer != nil && !issuer.equal(ps.issuer()) {
-		c := *issuer
-		ps.setIssuer(&c)
+	if err := s.replicate(h, ps); err != nil {
+		return err
 	}
-	if _, err := writeStore(s.cfg.SharedDir, ds, old); err != nil {
-		errs = failRest(errs, deploymentItems(cfg), err)
-	}
-	return errs
-}
-
-// applyIssuer puts the deployment's token-issuer certificate, with its
-// private key, into the working copy h of the host's store and returns it as
-// the deployment store should record it. It returns nil, nil on a
-// non-primary host that waits for the primary to publish the deployment's
-// default certificate.
-func (s *Sim) applyIssuer(h *hostState, cfg *pb.HostConfig, secrets []*pb.SecretMaterial, ps productStore) (*IssuerCertificate, error) {
-	switch src := cfg.GetTokenIssuer().GetSource().(type) {
-	case *pb.TokenIssuer_Secret:
-		name := src.Secret
-		i := slices.IndexFunc(secrets, func(m *pb.SecretMaterial) bool { return m.GetName() == name })
-		if i < 0 {
-			return nil, fmt.Errorf("import the token-issuer certificate on host %s: secret %s was not delivered", s.cfg.Host, name)
-		}
-		sm := secrets[i]
-		// certs.LoadPFX never puts the password into its errors.
-		b, err := certs.LoadPFX(sm.GetPfx(), sm.GetPassword())
-		if err != nil {
-			return nil, fmt.Errorf("import the token-issuer certificate from secret %s on host %s: %w", name, s.cfg.Host, err)
-		}
-		t := certs.Thumbprint(b.Cert)
-		if sm.GetThumbprint() != "" {
-			if want, err := certs.NormalizeThumbprint(sm.GetThumbprint()); err == nil && want != t {
-				return nil, fmt.Errorf("import the token-issuer certificate from secret %s on host %s: it holds certificate %s, but the controller recorded %s", name, s.cfg.Host, t, want)
-			}
-		}
-		keyPEM, err := encodeKey(b.Key)
-		if err != nil {
-			return nil, fmt.Errorf("import the token-issuer certificate from secret %s on host %s: %w", name, s.cfg.Host, err)
-		}
-		if _, err := s.install(h, b.Cert, keyPEM, friendlyIssuer); err != nil {
-			return nil, err
-		}
-		h.IssuerSecret, h.IssuerSecretThumbprint = name, t
-		return &IssuerCertificate{Thumbprint: t, Certificate: b.Cert.Raw}, nil
-
-	case *pb.TokenIssuer_Thumbprint:
-		t, err := certs.NormalizeThumbprint(src.Thumbprint)
-		if err != nil {
-			return nil, fmt.Errorf("token issuer of host %s: %w", s.cfg.Host, err)
-		}
-		lc := h.find(t)
-		if lc == nil {
-			return nil, fmt.Errorf("certificate %s is not in the local certificate store of host %s", t, s.cfg.Host)
-		}
-		if !lc.HasPrivateKey {
-			return nil, fmt.Errorf("certificate %s in the local certificate store of host %s has no private key", t, s.cfg.Host)
-		}
-		return &IssuerCertificate{Thumbprint: t, Certificate: lc.Certificate}, nil
-	}
-
-	// No token issuer named: the deployment's default certificate.
-	if g := ps.issuer(); g != nil && g.PrivateKey != "" {
-		if lc := h.find(g.Thumbprint); lc == nil || !lc.HasPrivateKey {
-			if err := s.installReplicated(h, g); err != nil {
-				return nil, err
-			}
-		}
-		held(h, g.Thumbprint)
-		return g, nil
-	}
-	if !cfg.GetPrimary() {
-		return nil, nil
-	}
-	lc := h.find(h.DefaultThumbprint)
-	if lc == nil || !lc.HasPrivateKey {
-		return nil, fmt.Errorf("the default certificate %s of host %s is not in its local certificate store with its private key", h.DefaultThumbprint, s.cfg.Host)
-	}
-	keyPEM, err := s.keyPEM(lc.Thumbprint)
-	if err != nil {
-		return nil, err
-	}
-	held(h, lc.Thumbprint)
-	return &IssuerCertificate{Thumbprint: lc.Thumbprint, Certificate: lc.Certificate, PrivateKey: string(keyPEM)}, nil
+	return s.saveHost(h)
 }
 
 // installReplicated installs the deployment's default issuer certificate,
@@ -422,125 +342,13 @@ func (s *Sim) defaultFriendlyName() string {
 	return friendlyIssuer
 }
 
-// desiredView is the partner as cfg wants it registered.
-func desiredView(cfg *pb.HostConfig, p *pb.Partner) partnerView {
-	realm := p.GetRealm()
-	if realm == "" {
-		realm = cfg.GetRealm()
-	}
-	trust := p.GetTrustLevel()
-	if trust == pb.TrustLevel_TRUST_LEVEL_UNSPECIFIED {
-		trust = pb.TrustLevel_TRUST_LEVEL_FULL
-	}
-	return partnerView{
-		Name: p.GetName(), AppID: p.GetApplicationIdentifier(), URL: p.GetMetadataUrl(),
-		Realm: realm, Trust: trust, Enabled: p.GetEnabled(), Broker: p.GetTrustBroker(),
-	}
-}
-
-// difference is one partner property that differs from the desired value.
-type difference struct {
-	field
-	actual, want string
-}
-
-func (d difference) String() string {
-	return fmt.Sprintf("%s is %s, want %s", d.name, show(d.actual), show(d.want))
-}
-
-func show(v string) string {
-	if v == "" {
-		return "(not set)"
-	}
-	return v
-}
-
-func diffPartner(fs []field, actual, want partnerView) []difference {
-	var ds []difference
-	for _, f := range fs {
-		if a, w := f.get(actual), f.get(want); a != w {
-			ds = append(ds, difference{f, a, w})
-		}
-	}
-	return ds
-}
-
-func joinDiffs(ds []difference) string {
-	s := make([]string, len(ds))
-	for i, d := range ds {
-		s[i] = d.String()
-	}
-	return strings.Join(s, "; ")
-}
-
-// reconcilePartners applies cfg's partners and removals to ps.
-func (s *Sim) reconcilePartners(ctx context.Context, cfg *pb.HostConfig, ps productStore) []*pb.ItemError {
-	var errs []*pb.ItemError
-	desired := map[string]bool{}
-	for _, p := range cfg.GetPartners() {
-		desired[strings.ToLower(p.GetName())] = true
-	}
-	for _, name := range cfg.GetRemovePartners() {
-		if desired[strings.ToLower(name)] {
-			errs = append(errs, &pb.ItemError{Item: driver.RemovePartnerItem(name),
-				Message: fmt.Sprintf("partner %s is listed for removal and is also a desired partner; it is left in place", name)})
-			continue
-		}
-		ps.remove(name)
-	}
-	for _, p := range cfg.GetPartners() {
-		item := driver.PartnerItem(p.GetName())
-		want := desiredView(cfg, p)
-		cur, ok := findPartner(ps, p.GetName())
-		diffs := diffPartner(ps.fields(), cur, want)
-		if !ok || slices.ContainsFunc(diffs, func(d difference) bool { return d.recreate }) {
-			// New-CsPartnerApplication: download first, so that a partner
-			// whose metadata fails is not removed for nothing.
-			certs, err := s.download(ctx, ps, want)
-			if err != nil {
-				errs = append(errs, &pb.ItemError{Item: item, Message: err.Error()})
-				continue
-			}
-			if ok {
-				ps.remove(cur.Name)
-			}
-			want.Certificates = certs
-			ps.upsert(want)
-			continue
-		}
-		// Set-CsPartnerApplication for what differs.
-		next := want
-		next.Certificates = cur.Certificates
-		urlChanged := slices.ContainsFunc(diffs, func(d difference) bool { return d.refetch })
-		if urlChanged || (s.cfg.FetchMetadata != nil && len(cur.Certificates) == 0) {
-			certs, err := s.download(ctx, ps, want)
-			if err != nil {
-				errs = append(errs, &pb.ItemError{Item: item, Message: err.Error()})
-				if urlChanged {
-					continue // the Set fails as a whole
-				}
-			} else {
-				next.Certificates = certs
-			}
-		}
-		if len(diffs) > 0 || !sameCertificates(next.Certificates, cur.Certificates) {
-			ps.upsert(next)
-		}
-	}
-	return errs
-}
-
-func sameCertificates(a, b [][]byte) bool {
-	return slices.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
-}
-
 // fetchSigning is Config.FetchMetadata over the host's Fetcher.
-func (s *Sim) fetchSigning(ctx context.Context, url, serviceName, realm string) ([]*x509.Certificate, error) {
-	_, list, err := s.fetcher.Fetch(ctx, url, serviceName, realm)
+func (s *Sim) fetchSigning(ctx context.Context, url, serviceName, realm string) (*metadata.Document, []*x509.Certificate, error) {
+	doc, list, err := s.fetcher.Fetch(ctx, url, serviceName, realm)
 	if err != nil {
-		return nil, fetchCause(err)
+		return nil, nil, fetchCause(err)
 	}
-	return list, nil
+	return doc, list, nil
 }
 
 // downloadFailure is a *metadata.DownloadError worded to follow the
@@ -563,26 +371,6 @@ func fetchCause(err error) error {
 		return downloadFailure{de}
 	}
 	return err
-}
-
-// download fetches a partner's metadata and returns its signing
-// certificates (DER); nil without a FetchMetadata.
-func (s *Sim) download(ctx context.Context, ps productStore, v partnerView) ([][]byte, error) {
-	if s.cfg.FetchMetadata == nil {
-		return nil, nil
-	}
-	list, err := s.cfg.FetchMetadata(ctx, v.URL, v.AppID, v.Realm)
-	if err == nil && len(list) == 0 {
-		err = errors.New("the document has no signing keys")
-	}
-	if err != nil {
-		return nil, fmt.Errorf(metadataError, ps.urlParameter(), err)
-	}
-	ders := make([][]byte, len(list))
-	for i, c := range list {
-		ders[i] = c.Raw
-	}
-	return ders, nil
 }
 
 // RefreshPartnerMetadata downloads a registered partner's metadata again and
@@ -611,234 +399,27 @@ func (s *Sim) RefreshPartnerMetadata(ctx context.Context, deployment, name strin
 	if !ok {
 		return fmt.Errorf("refresh metadata of partner %s: deployment %s has no such partner", name, deployment)
 	}
-	ders, err := s.download(ctx, ps, v)
+	p, _ := products.Parse(ds.Product)
+	desc, _ := products.Describe(p)
+	fresh, err := s.download(ctx, desc, v.URL, v.AppID, "")
 	if err != nil {
 		return fmt.Errorf("refresh metadata of partner %s: %w", name, err)
 	}
-	v.Certificates = ders
+	v.Certificates, v.Realm = fresh.Certificates, fresh.Realm
 	ps.upsert(v)
 	_, err = writeStore(s.cfg.SharedDir, ds, old)
 	return err
 }
 
-// itemState returns an item status: OK for an empty message, otherwise
-// FAILED, or PENDING for a deployment-scope item on a non-primary host,
-// which waits for the primary's change to replicate.
-func itemState(item, msg string, deploymentScope, primary bool) *pb.ItemStatus {
-	switch {
-	case msg == "":
-		return &pb.ItemStatus{Item: item, State: pb.ItemState_ITEM_STATE_OK}
-	case deploymentScope && !primary:
-		return &pb.ItemStatus{Item: item, State: pb.ItemState_ITEM_STATE_PENDING, Message: msg + pendingSuffix}
-	}
-	return &pb.ItemStatus{Item: item, State: pb.ItemState_ITEM_STATE_FAILED, Message: msg}
-}
-
 // Verify reads the deployment store as this host sees it and the host's
-// own store and compares them with cfg, item by item. Deployment-scope
-// differences are FAILED on the primary and PENDING elsewhere; the issuer
-// certificate must be in this host's own store with its private key. A
-// host-scope item is PENDING only while a non-primary host has yet to
-// install the deployment's replicated default certificate, which its next
-// Apply does. Verify changes nothing.
+// own store and compares them with cfg through the shared reconciler:
+// deployment-scope differences are FAILED on the primary and PENDING
+// elsewhere; the issuer certificate must be in this host's own store with
+// its private key. Verify changes nothing.
 func (s *Sim) Verify(ctx context.Context, cfg *pb.HostConfig) (*pb.StatusReport, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := &pb.StatusReport{Primary: cfg.GetPrimary()}
-	fail := func(err error) (*pb.StatusReport, error) {
-		r.Items = append(r.Items, &pb.ItemStatus{Item: driver.ItemProduct, State: pb.ItemState_ITEM_STATE_FAILED, Message: err.Error()})
-		return r, nil
-	}
-	if err := s.checkProduct(cfg); err != nil {
-		return fail(err)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("verify on host %s: %w", s.cfg.Host, err)
-	}
-	ds, _, err := readStore(s.cfg.SharedDir, cfg.GetDeployment())
-	if err != nil {
-		return nil, fmt.Errorf("verify on host %s: %w", s.cfg.Host, err)
-	}
-	if ds == nil {
-		ds = &DeploymentStore{Deployment: cfg.GetDeployment()}
-	}
-	ps, err := ds.productStore(cfg.GetProduct())
-	if err != nil {
-		return fail(err)
-	}
-	primary := cfg.GetPrimary()
-	r.Items = append(r.Items, itemState(driver.ItemProduct, "", false, primary))
-	r.Items = append(r.Items, s.verifyIssuer(cfg, ps, r))
-
-	var diffs []string
-	for _, st := range ps.settings(cfg) {
-		if st.want != "" && *st.actual != st.want {
-			diffs = append(diffs, fmt.Sprintf("%s is %s, want %s", st.name, show(*st.actual), st.want))
-		}
-	}
-	msg := ""
-	if len(diffs) > 0 {
-		msg = ps.settingsName() + ": " + strings.Join(diffs, "; ")
-	}
-	r.Items = append(r.Items, itemState(driver.ItemOAuthConfiguration, msg, true, primary))
-
-	desired := map[string]bool{}
-	for _, p := range cfg.GetPartners() {
-		desired[strings.ToLower(p.GetName())] = true
-	}
-	for _, name := range cfg.GetRemovePartners() {
-		item := driver.RemovePartnerItem(name)
-		switch _, found := findPartner(ps, name); {
-		case desired[strings.ToLower(name)]:
-			r.Items = append(r.Items, itemState(item, fmt.Sprintf("partner %s is listed for removal and is also a desired partner", name), false, primary))
-		case found:
-			r.Items = append(r.Items, itemState(item, fmt.Sprintf("partner %s is still registered", name), true, primary))
-		default:
-			r.Items = append(r.Items, itemState(item, "", true, primary))
-		}
-	}
-	for _, p := range cfg.GetPartners() {
-		item := driver.PartnerItem(p.GetName())
-		cur, ok := findPartner(ps, p.GetName())
-		msg := ""
-		switch diffs := diffPartner(ps.fields(), cur, desiredView(cfg, p)); {
-		case !ok:
-			msg = fmt.Sprintf("partner %s: not registered", p.GetName())
-		case len(diffs) > 0:
-			msg = fmt.Sprintf("partner %s: %s", p.GetName(), joinDiffs(diffs))
-		case s.cfg.FetchMetadata != nil && len(cur.Certificates) == 0:
-			msg = fmt.Sprintf("partner %s: no cached signing certificates; its metadata has not been downloaded", p.GetName())
-		}
-		r.Items = append(r.Items, itemState(item, msg, true, primary))
-	}
-
-	for _, v := range ps.partners() {
-		pa := &pb.PartnerApplication{
-			Identity: v.Name, Name: v.Name, ApplicationIdentifier: v.AppID, MetadataUrl: v.URL,
-			Realm: v.Realm, Enabled: v.Enabled, AcceptSecurityIdentifierInformation: v.Accept, TrustBroker: v.Broker,
-		}
-		if ps.trustLevels() {
-			pa.TrustLevel = v.Trust
-		}
-		for _, der := range v.Certificates {
-			if c, err := x509.ParseCertificate(der); err == nil {
-				pa.CachedThumbprints = append(pa.CachedThumbprints, certs.Thumbprint(c))
-			}
-		}
-		r.Partners = append(r.Partners, pa)
-	}
-	r.Oauth = ps.oauth()
-	return r, nil
-}
-
-// verifyIssuer checks the issuer-certificate item and fills
-// r.IssuerCertificate.
-func (s *Sim) verifyIssuer(cfg *pb.HostConfig, ps productStore, r *pb.StatusReport) *pb.ItemStatus {
-	item, primary, h := driver.ItemIssuerCertificate, cfg.GetPrimary(), s.host
-	g := ps.issuer()
-	if g != nil {
-		if lc := h.find(g.Thumbprint); lc != nil {
-			if c, err := x509.ParseCertificate(lc.Certificate); err == nil {
-				r.IssuerCertificate = certs.Info(c, lc.HasPrivateKey)
-			}
-		} else if c, err := x509.ParseCertificate(g.Certificate); err == nil {
-			r.IssuerCertificate = certs.Info(c, false)
-		}
-	}
-
-	var want string
-	replicated := false
-	switch src := cfg.GetTokenIssuer().GetSource().(type) {
-	case *pb.TokenIssuer_Secret:
-		if h.IssuerSecret != src.Secret || h.IssuerSecretThumbprint == "" {
-			return itemState(item, fmt.Sprintf("host %s has not imported the token-issuer certificate of secret %s", s.cfg.Host, src.Secret), false, primary)
-		}
-		want = h.IssuerSecretThumbprint
-	case *pb.TokenIssuer_Thumbprint:
-		t, err := certs.NormalizeThumbprint(src.Thumbprint)
-		if err != nil {
-			return itemState(item, fmt.Sprintf("token issuer of host %s: %v", s.cfg.Host, err), false, primary)
-		}
-		want = t
-	default:
-		switch {
-		case g != nil && g.PrivateKey != "":
-			want, replicated = g.Thumbprint, true
-		case primary:
-			want = h.DefaultThumbprint
-		default:
-			return itemState(item, "the deployment's default issuer certificate is not published yet", true, primary)
-		}
-	}
-
-	if g == nil || g.Thumbprint != want {
-		actual := "(not set)"
-		if g != nil {
-			actual = g.Thumbprint
-		}
-		return itemState(item, fmt.Sprintf("%s is %s, want %s", ps.issuerName(), actual, want), true, primary)
-	}
-
-	lc := h.find(want)
-	if lc == nil || !lc.HasPrivateKey {
-		if replicated && !slices.Contains(h.HeldIssuers, want) {
-			return &pb.ItemStatus{Item: item, State: pb.ItemState_ITEM_STATE_PENDING,
-				Message: fmt.Sprintf("host %s has not installed the deployment's issuer certificate %s yet; its next apply installs it", s.cfg.Host, want)}
-		}
-		msg := fmt.Sprintf("host %s: the local certificate store does not hold the issuer certificate %s with its private key", s.cfg.Host, want)
-		if lc != nil {
-			msg = fmt.Sprintf("host %s: the local certificate store holds the issuer certificate %s without its private key", s.cfg.Host, want)
-		} else if other := s.sameSubject(g); other != "" {
-			msg += "; it holds " + other + " instead"
-		}
-		return itemState(item, msg, false, primary)
-	}
-	cert, err := x509.ParseCertificate(lc.Certificate)
-	if err != nil {
-		return itemState(item, fmt.Sprintf("host %s: issuer certificate %s in the local store: %v", s.cfg.Host, want, err), false, primary)
-	}
-	req := certs.Requirements{Now: s.cfg.Now()}
-	if cfg.GetProduct() == pb.Product_PRODUCT_LYNC && cfg.GetTokenIssuer().GetThumbprint() != "" {
-		// A certificate named by thumbprint never passed the controller's
-		// checks against the SIP domains: the Front End checks it here.
-		req.DefaultSIPDomain, req.AdditionalSIPDomains = cfg.GetDefaultSipDomain(), cfg.GetAdditionalSipDomains()
-	}
-	findings := certs.Check(cert, true, req)
-	var errs, warns []string
-	for _, f := range findings {
-		if f.Severity == certs.SeverityError {
-			errs = append(errs, f.Message)
-		} else {
-			warns = append(warns, f.Message)
-		}
-	}
-	if len(errs) > 0 {
-		return itemState(item, fmt.Sprintf("host %s: %s", s.cfg.Host, strings.Join(errs, "; ")), false, primary)
-	}
-	st := itemState(item, "", false, primary)
-	st.Message = strings.Join(warns, "; ")
-	return st
-}
-
-// sameSubject describes the local certificates with the subject common name
-// of the deployment's issuer certificate: what a Front End whose copy was
-// swapped holds instead.
-func (s *Sim) sameSubject(g *IssuerCertificate) string {
-	gc, err := x509.ParseCertificate(g.Certificate)
-	if err != nil {
-		return ""
-	}
-	var out []string
-	for _, lc := range s.host.Certificates {
-		c, err := x509.ParseCertificate(lc.Certificate)
-		if err == nil && lc.Thumbprint != g.Thumbprint && c.Subject.CommonName == gc.Subject.CommonName {
-			out = append(out, lc.Thumbprint)
-		}
-	}
-	if len(out) == 0 {
-		return ""
-	}
-	return strings.Join(out, ", ") + " with the same subject CN=" + gc.Subject.CommonName
+	return reconcile.Verify(ctx, s, cfg, s.cfg.Now())
 }
 
 // LocalCertificate returns a certificate of this host's store by thumbprint
@@ -889,9 +470,12 @@ func (s *Sim) SigningCertificates(ctx context.Context) (current *x509.Certificat
 // deployment's current issuer, set whenever the deployment has one, even
 // when the rest fails.
 type signingState struct {
-	// host is the snapshot resolved, realm the deployment's realm.
+	// host is the snapshot resolved, realm the deployment's realm ("" for
+	// an Exchange organization, which accepts any), published the realm
+	// its metadata document carries.
 	host       *hostState
 	realm      string
+	published  string
 	thumbprint string
 	current    *x509.Certificate
 	key        crypto.Signer
@@ -909,13 +493,13 @@ func (s *Sim) signing() (*signingState, error) {
 	if err != nil {
 		return sc, fmt.Errorf("signing certificates of host %s: %w", s.cfg.Host, err)
 	}
-	sc.host, sc.realm = h, realmOf(ps, h)
+	sc.host, sc.realm, sc.published = h, realmOf(ps, h), publishedRealm(ps, h)
 	g := ps.issuer()
 	if g == nil {
 		return sc, fmt.Errorf("signing certificates of host %s: deployment %s has no token-issuer certificate yet", s.cfg.Host, h.Deployment)
 	}
 	sc.thumbprint = g.Thumbprint
-	lc := h.find(g.Thumbprint)
+	lc := replicaView(h, ps).find(g.Thumbprint)
 	if lc == nil || !lc.HasPrivateKey {
 		return sc, fmt.Errorf("signing certificates of host %s: the issuer certificate %s of deployment %s is not in the local store with its private key", s.cfg.Host, g.Thumbprint, h.Deployment)
 	}
@@ -923,7 +507,13 @@ func (s *Sim) signing() (*signingState, error) {
 	if err != nil {
 		return sc, fmt.Errorf("signing certificates of host %s: certificate %s: %w", s.cfg.Host, g.Thumbprint, err)
 	}
-	key, err := s.loadSigner(g.Thumbprint)
+	var key crypto.Signer
+	if h.find(g.Thumbprint) == nil {
+		// Replicated, not yet copied into this host's files.
+		key, err = decodeKey([]byte(g.PrivateKey))
+	} else {
+		key, err = s.loadSigner(g.Thumbprint)
+	}
 	if err != nil {
 		return sc, fmt.Errorf("signing certificates: %w", err)
 	}
@@ -960,13 +550,28 @@ func (s *Sim) deploymentView(h *hostState) (productStore, error) {
 	return ds.productStore(p)
 }
 
-// realmOf is the realm a deployment uses: its store's setting once the
-// primary has written it, the realm this host last applied before that.
+// realmOf is the realm a deployment uses as its product does: Lync's OAuth
+// realm, the default SIP domain when none is set; Exchange's AuthConfig
+// realm, blank by default (it accepts tokens for any accepted domain, and
+// its metadata says "*"); SharePoint's authentication realm, the farm id
+// by default.
 func realmOf(ps productStore, h *hostState) string {
 	if r := ps.oauth().GetRealm(); r != "" {
 		return r
 	}
-	return h.Realm
+	if _, ok := ps.(*LyncGlobal); ok {
+		return h.DefaultSIPDomain
+	}
+	return ""
+}
+
+// publishedRealm is the realm a deployment's metadata document carries:
+// "*" for an Exchange organization without a realm of its own.
+func publishedRealm(ps productStore, h *hostState) string {
+	if r := realmOf(ps, h); r != "" {
+		return r
+	}
+	return "*"
 }
 
 // PartnerState is a partner as a receiving deployment has registered it,

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -74,18 +76,21 @@ type fetcher struct {
 	calls []string
 }
 
-func (m *fetcher) fetch(_ context.Context, url, serviceName, realm string) ([]*x509.Certificate, error) {
+func (m *fetcher) fetch(_ context.Context, url, serviceName, realm string) (*metadata.Document, []*x509.Certificate, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.calls = append(m.calls, url)
 	if err := m.fail[url]; err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c, ok := m.f.signing[url]
 	if !ok {
-		return nil, fmt.Errorf("fetch %s: no such host", url)
+		return nil, nil, fmt.Errorf("fetch %s: no such host", url)
 	}
-	return []*x509.Certificate{c}, nil
+	if realm == "" {
+		realm = "contoso.com"
+	}
+	return &metadata.Document{ServiceName: serviceName, Realm: realm, Issuer: serviceName + "@" + realm}, []*x509.Certificate{c}, nil
 }
 
 func (m *fetcher) count() int {
@@ -142,10 +147,10 @@ func lyncConfig(host string, primary bool) *pb.HostConfig {
 		Primary:                 primary,
 		Partners: []*pb.Partner{
 			{Name: "microsoft.exchange", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE,
-				ApplicationIdentifier: products.ExchangeID, MetadataUrl: exchangeURL, Realm: realm,
+				ApplicationIdentifier: products.ExchangeID, MetadataUrl: exchangeURL,
 				TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true},
 			{Name: "microsoft.sharepoint", Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT,
-				ApplicationIdentifier: products.SharePointID, MetadataUrl: sharepointURL, Realm: realm,
+				ApplicationIdentifier: products.SharePointID, MetadataUrl: sharepointURL,
 				TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true},
 		},
 	}
@@ -253,7 +258,7 @@ func TestLyncSeedReconciliation(t *testing.T) {
 	ex := lyncPartner(g, "microsoft.exchange")
 	if ex == nil || ex.ApplicationIdentifier != products.ExchangeID || ex.ApplicationTrustLevel != "Full" || !ex.Enabled {
 		t.Errorf("microsoft.exchange = %+v, want recreated with %s at Full", ex, products.ExchangeID)
-	} else if !sameCertificates(ex.CachedCertificates, [][]byte{f.signing[exchangeURL].Raw}) {
+	} else if !slices.EqualFunc(ex.CachedCertificates, [][]byte{f.signing[exchangeURL].Raw}, func(a, b []byte) bool { return string(a) == string(b) }) {
 		t.Error("recreated microsoft.exchange did not cache its metadata's signing certificate")
 	}
 	shp := lyncPartner(g, "microsoft.sharepoint")
@@ -273,8 +278,10 @@ func TestLyncSeedReconciliation(t *testing.T) {
 	if g.OAuthConfiguration != want {
 		t.Errorf("CsOAuthConfiguration = %+v, want %+v", g.OAuthConfiguration, want)
 	}
-	if tp := certs.Thumbprint(f.issuer.Cert); g.OAuthTokenIssuer == nil || g.OAuthTokenIssuer.Thumbprint != tp || g.OAuthTokenIssuer.PrivateKey != "" {
-		t.Errorf("global OAuthTokenIssuer = %+v, want %s without a replicated key", g.OAuthTokenIssuer, tp)
+	// Import-CsCertificate -Identity Global: the CMS holds the certificate
+	// with its key and replicates both to every Front End.
+	if tp := certs.Thumbprint(f.issuer.Cert); g.OAuthTokenIssuer == nil || g.OAuthTokenIssuer.Thumbprint != tp || g.OAuthTokenIssuer.PrivateKey == "" {
+		t.Errorf("global OAuthTokenIssuer = %v, want %s with its key for the CMS to replicate", g.OAuthTokenIssuer != nil, tp)
 	}
 
 	r := verify(t, fe01, cfg)
@@ -371,7 +378,10 @@ func TestHostStoreHoldsNoKeyMaterial(t *testing.T) {
 	noErrors(t, fe01.Apply(context.Background(), lyncConfig("fe01.contoso.com", true), secrets(t)))
 	for _, p := range []string{filepath.Join(fe01.cfg.StateDir, hostFile), filepath.Join(e.shared, "pool01", storeFile)} {
 		_, data := fileState(t, p)
-		if strings.Contains(string(data), "PRIVATE KEY") || strings.Contains(string(data), issuerPassword) {
+		// The deployment store is the CMS, which holds the imported key to
+		// replicate it (as Lync's CMS does); the host store names keys kept
+		// in owner-only files. Neither holds the PFX or its password.
+		if strings.Contains(string(data), issuerPassword) || (strings.HasSuffix(p, hostFile) && strings.Contains(string(data), "PRIVATE KEY")) {
 			t.Errorf("%s holds key material or the PFX password", p)
 		}
 	}
@@ -445,7 +455,7 @@ func TestIssuerSecretWrongPassword(t *testing.T) {
 	r := verify(t, fe01, cfg)
 	wantItem(t, r, driver.PartnerItem("microsoft.exchange"), pb.ItemState_ITEM_STATE_OK, "")
 	wantItem(t, r, driver.ItemOAuthConfiguration, pb.ItemState_ITEM_STATE_OK, "")
-	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "has not imported the token-issuer certificate of secret oauth-2026")
+	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "is (not set), want the certificate of secret oauth-2026")
 
 	// A secret that was not delivered at all.
 	errs = fe01.Apply(context.Background(), cfg, nil)
@@ -465,7 +475,7 @@ func TestIssuerByThumbprint(t *testing.T) {
 	if len(errs) != 1 || errs[0].GetItem() != driver.ItemIssuerCertificate {
 		t.Fatalf("Apply errors = %v, want one on %s", errs, driver.ItemIssuerCertificate)
 	}
-	if want := "certificate 0123456789ABCDEF0123456789ABCDEF01234567 is not in the local certificate store of host fe01.contoso.com"; errs[0].GetMessage() != want {
+	if want := "Set-CsCertificate -Thumbprint 0123456789ABCDEF0123456789ABCDEF01234567 on host fe01.contoso.com: no certificate with that thumbprint in the local computer's Personal store"; errs[0].GetMessage() != want {
 		t.Errorf("message = %q, want %q", errs[0].GetMessage(), want)
 	}
 	wantItem(t, verify(t, fe01, cfg), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "is (not set), want 0123456789ABCDEF0123456789ABCDEF01234567")
@@ -486,8 +496,12 @@ func TestIssuerByThumbprint(t *testing.T) {
 	}
 	// A certificate named by thumbprint never met the controller's checks,
 	// so the Front End checks it against the SIP domains: this Default
-	// certificate's CN is the host, not contoso.com (SPEC certificate rules).
-	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "must be the default SIP domain contoso.com")
+	// certificate's CN is the host, a name under contoso.com, which
+	// qualifies (Microsoft: the SIP domain in the subject) with a warning
+	// that it is not exactly the default SIP domain; strict rules refuse it.
+	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_OK, "not exactly the default SIP domain contoso.com (rule subject-cn)")
+	cfg.CertificateRules = certs.CertificateRulesStrict
+	wantItem(t, verify(t, fe01, cfg), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "rule subject-cn")
 }
 
 func TestTamperedStoreFailsVerify(t *testing.T) {
@@ -650,13 +664,13 @@ func TestRestartKeepsTheHostStore(t *testing.T) {
 func exchangeConfig(host string, primary bool) *pb.HostConfig {
 	return &pb.HostConfig{
 		Host: host, Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ProductVersion: "2019",
-		DeploymentHosts: []string{"ex01.contoso.com", "ex02.contoso.com"}, Realm: realm, ServiceName: products.ExchangeID,
+		DeploymentHosts: []string{"ex01.contoso.com", "ex02.contoso.com"}, ServiceName: products.ExchangeID,
 		MetadataUrl: exchangeURL, Primary: primary,
 		Partners: []*pb.Partner{
 			{Name: "LyncEnterprise-pool01", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC,
-				ApplicationIdentifier: products.LyncID, MetadataUrl: lyncURL, Realm: realm, TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true},
+				ApplicationIdentifier: products.LyncID, MetadataUrl: lyncURL, TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true},
 			{Name: "SharePointEnterprise-sharepoint", Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT,
-				ApplicationIdentifier: products.SharePointID, MetadataUrl: sharepointURL, Realm: realm, TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true},
+				ApplicationIdentifier: products.SharePointID, MetadataUrl: sharepointURL, TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true},
 		},
 	}
 }
@@ -670,22 +684,29 @@ func TestExchangeEndToEnd(t *testing.T) {
 	ex02 := e.host("ex02.contoso.com", pb.Product_PRODUCT_EXCHANGE, "2019")
 	cfg1, cfg2 := exchangeConfig("ex01.contoso.com", true), exchangeConfig("ex02.contoso.com", false)
 
+	// Before the organization exists (setup has not run) ex02 waits.
 	noErrors(t, ex02.Apply(context.Background(), cfg2, nil))
-	wantItem(t, verify(t, ex02, cfg2), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_PENDING, "not published yet")
+	wantItem(t, verify(t, ex02, cfg2), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_PENDING, "no token-issuer certificate")
 
 	noErrors(t, ex01.Apply(context.Background(), cfg1, nil))
 	r1 := verify(t, ex01, cfg1)
 	allOK(t, r1)
-	auth := ex01.host.DefaultThumbprint
-	if r1.GetIssuerCertificate().GetSubject() != "CN=Microsoft Exchange Server Auth Certificate" || r1.GetOauth().GetIssuerThumbprint() != auth {
-		t.Errorf("issuer = %v, oauth = %v, want ex01's Auth Certificate %s", r1.GetIssuerCertificate(), r1.GetOauth(), auth)
+	ds0, err := ReadDeploymentStore(e.shared, "exchange")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if r1.GetOauth().GetServiceName() != products.ExchangeID || r1.GetOauth().GetRealm() != realm {
-		t.Errorf("report.Oauth = %v", r1.GetOauth())
+	auth := ds0.Exchange.AuthConfig.CurrentCertificateThumbprint
+	if r1.GetIssuerCertificate().GetSubject() != "CN=Microsoft Exchange Server Auth Certificate" || r1.GetOauth().GetIssuerThumbprint() != auth || auth == "" {
+		t.Errorf("issuer = %v, oauth = %v, want the organization's Auth Certificate %s", r1.GetIssuerCertificate(), r1.GetOauth(), auth)
 	}
-	// ex02 has the organization's settings but not yet the Auth Certificate.
+	// Exchange's realm stays blank: nothing sets it.
+	if r1.GetOauth().GetServiceName() != products.ExchangeID || r1.GetOauth().GetRealm() != "" {
+		t.Errorf("report.Oauth = %v, want Exchange's ServiceName and a blank realm", r1.GetOauth())
+	}
+	// ex02 has the organization's settings and the Auth Certificate the
+	// organization copies to every server.
 	r2 := verify(t, ex02, cfg2)
-	wantItem(t, r2, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_PENDING, "its next apply installs it")
+	wantItem(t, r2, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_OK, "")
 	wantItem(t, r2, driver.PartnerItem("LyncEnterprise-pool01"), pb.ItemState_ITEM_STATE_OK, "")
 	noErrors(t, ex02.Apply(context.Background(), cfg2, nil))
 	allOK(t, verify(t, ex02, cfg2))
@@ -707,10 +728,12 @@ func TestExchangeEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	org := ds.Exchange
-	if org == nil || org.AuthConfig.CurrentCertificateThumbprint != auth || org.AuthConfig.ServiceName != products.ExchangeID || org.AuthConfig.Realm != realm {
+	if org == nil || org.AuthConfig.CurrentCertificateThumbprint != auth || org.AuthConfig.ServiceName != products.ExchangeID || org.AuthConfig.Realm != "" {
 		t.Fatalf("AuthConfig = %+v", org)
 	}
-	if len(org.PartnerApplications) != 2 || org.PartnerApplications[0].Name != "LyncEnterprise-pool01" ||
+	// Configure-EnterprisePartnerApplication.ps1 chose the names; they are
+	// matched by identifier and metadata URL.
+	if len(org.PartnerApplications) != 2 || !strings.HasPrefix(org.PartnerApplications[0].Name, "LyncEnterprise-") ||
 		org.PartnerApplications[0].AuthMetadataURL != lyncURL || org.PartnerApplications[0].LinkedAccount == "" || len(org.PartnerApplications[0].CachedCertificates) != 1 {
 		t.Errorf("PartnerApplications = %+v", org.PartnerApplications)
 	}
@@ -744,14 +767,14 @@ func TestExchangeEndToEnd(t *testing.T) {
 func sharepointConfig() *pb.HostConfig {
 	return &pb.HostConfig{
 		Host: "sp01.contoso.com", Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ProductVersion: "2019",
-		DeploymentHosts: []string{"sp01.contoso.com"}, Realm: realm, ServiceName: products.SharePointID,
+		DeploymentHosts: []string{"sp01.contoso.com"}, ServiceName: products.SharePointID,
 		MetadataUrl: sharepointURL, Primary: true,
 		TokenIssuer: &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: "oauth-2026"}},
 		Partners: []*pb.Partner{
 			{Name: "exchange", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE,
-				ApplicationIdentifier: products.ExchangeID, MetadataUrl: exchangeURL, Realm: realm, Enabled: true},
+				ApplicationIdentifier: products.ExchangeID, MetadataUrl: exchangeURL, Enabled: true},
 			{Name: "pool01", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC,
-				ApplicationIdentifier: products.LyncID, MetadataUrl: lyncURL, Realm: realm, Enabled: true, TrustBroker: true},
+				ApplicationIdentifier: products.LyncID, MetadataUrl: lyncURL, Enabled: true, TrustBroker: true},
 		},
 	}
 }
@@ -770,7 +793,8 @@ func TestSharePointEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	farm := ds.SharePoint
-	if farm == nil || farm.AuthenticationRealm != realm || farm.SecurityTokenServiceCertificate.Thumbprint != certs.Thumbprint(fix(t).issuer.Cert) {
+	// The farm's realm stays its id: nothing sets it.
+	if farm == nil || farm.FarmID == "" || farm.AuthenticationRealm != farm.FarmID || farm.SecurityTokenServiceCertificate.Thumbprint != certs.Thumbprint(fix(t).issuer.Cert) {
 		t.Fatalf("farm = %+v", farm)
 	}
 	var got []string
@@ -791,7 +815,7 @@ func TestSharePointEndToEnd(t *testing.T) {
 	// A registered issuer name that is wrong (another realm) is recreated.
 	cfg.Partners[0].Realm = "fabrikam.com"
 	wantItem(t, verify(t, sp01, cfg), driver.PartnerItem("exchange"), pb.ItemState_ITEM_STATE_FAILED,
-		"partner exchange: RegisteredIssuerName is "+products.ExchangeID+"@"+realm+", want "+products.ExchangeID+"@fabrikam.com")
+		"partner exchange: Realm is "+realm+", want fabrikam.com")
 	noErrors(t, sp01.Apply(context.Background(), cfg, secrets(t)))
 	allOK(t, verify(t, sp01, cfg))
 	if err := SetTrustLevel(e.shared, "sharepoint", "pool01", pb.TrustLevel_TRUST_LEVEL_FULL); err == nil {
@@ -816,4 +840,95 @@ func TestConfigForAnotherDeploymentProduct(t *testing.T) {
 	if errs := sp.Apply(context.Background(), cfg, secrets(t)); len(errs) != 1 || errs[0].GetItem() != driver.ItemProduct {
 		t.Errorf("Apply with a path as deployment = %v", errs)
 	}
+}
+
+func sameCertificates(a, b [][]byte) bool {
+	return slices.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
+}
+
+// TestLyncRollKeepsPreviousUntilRemoved: after a roll the old certificate
+// stays as the previous one, published beside the current one, until it
+// expires; then the plan removes it with Remove-CsCertificate -Previous.
+func TestLyncRollKeepsPreviousUntilRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	clock := time.Now()
+	var mu sync.Mutex
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	fe01, err := New(Config{Host: "fe01.contoso.com", StateDir: t.TempDir(), SharedDir: e.shared, Now: now,
+		Products: []*pb.DetectedProduct{{Product: pb.Product_PRODUCT_LYNC, Version: "2015"}}, FetchMetadata: e.fetch.fetch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := lyncConfig("fe01.contoso.com", true)
+	noErrors(t, fe01.Apply(context.Background(), cfg, secrets(t)))
+	oldT := certs.Thumbprint(fix(t).issuer.Cert)
+
+	next, err := certs.Generate(certs.Template{CommonName: realm, DNSNames: []string{realm, "fabrikam.com"}, NotBefore: clock.Add(-time.Hour), NotAfter: clock.AddDate(2, 0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := RollIssuerCertificate(e.shared, "pool01", next, clock.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	// The roll is the operator's: the topology no longer names a secret.
+	cfg.TokenIssuer = nil
+	mu.Lock()
+	clock = clock.Add(2 * time.Minute)
+	mu.Unlock()
+	noErrors(t, fe01.Apply(context.Background(), cfg, nil))
+	g := readLync(t, e.shared)
+	if g.OAuthTokenIssuer.Thumbprint != certs.Thumbprint(next.Cert) || g.PreviousOAuthTokenIssuer == nil || g.PreviousOAuthTokenIssuer.Thumbprint != oldT {
+		t.Fatalf("after the roll: current %s, previous %v; want %s and %s", g.OAuthTokenIssuer.Thumbprint, g.PreviousOAuthTokenIssuer != nil, certs.Thumbprint(next.Cert), oldT)
+	}
+	_, _, all, err := fe01.SigningCertificates(context.Background())
+	if err != nil || len(all) != 2 {
+		t.Fatalf("published certificates = %d (%v), want the current and the previous", len(all), err)
+	}
+	if res := fe01.ApplyPlan(context.Background(), cfg, nil, true); slices.ContainsFunc(res.Ops, func(o reconcile.Op) bool { return o.Kind == reconcile.KindRemovePreviousIssuer }) {
+		t.Error("the previous certificate is removed before it expires")
+	}
+	// Once the previous certificate has expired, the plan removes it.
+	mu.Lock()
+	clock = fix(t).issuer.Cert.NotAfter.Add(time.Hour)
+	mu.Unlock()
+	res := fe01.ApplyPlan(context.Background(), cfg, nil, false)
+	i := slices.IndexFunc(res.Ops, func(o reconcile.Op) bool { return o.Kind == reconcile.KindRemovePreviousIssuer })
+	if i < 0 || res.Ops[i].Command() != "Remove-CsCertificate -Identity 'Global' -Type OAuthTokenIssuer -Previous -Confirm:$false" {
+		t.Fatalf("plan after expiry = %s, want Remove-CsCertificate -Previous", reconcile.Redacted(res.Ops))
+	}
+	if g := readLync(t, e.shared); g.PreviousOAuthTokenIssuer != nil {
+		t.Error("the previous certificate is still there after Remove-CsCertificate -Previous")
+	}
+}
+
+// TestSharePointQueuedSigningCertificate: a certificate queued with
+// Set-SPSecurityTokenServiceConfig -QueueSigningCertificate is published
+// beside the current one and shows as the next issuer, as rotation needs.
+func TestSharePointQueuedSigningCertificate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	sp01 := e.host("sp01.contoso.com", pb.Product_PRODUCT_SHAREPOINT, "2019")
+	cfg := sharepointConfig()
+	cfg.TokenIssuer = nil
+	noErrors(t, sp01.Apply(context.Background(), cfg, nil))
+	next, err := certs.Generate(certs.Template{CommonName: "SharePoint Security Token Service"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := StageNextIssuerCertificate(e.shared, "sharepoint", next.Cert, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	_, _, all, err := sp01.SigningCertificates(context.Background())
+	if err != nil || len(all) != 2 || !all[1].Equal(next.Cert) {
+		t.Fatalf("published = %d certificates (%v), want the current and the queued one", len(all), err)
+	}
+	st, err := sp01.Read(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Issuer.Next != certs.Thumbprint(next.Cert) || st.STS.QueuedSigningThumbprint != st.Issuer.Next {
+		t.Errorf("issuer %+v, STS %+v; want the queued certificate as next", st.Issuer, st.STS)
+	}
+	allOK(t, verify(t, sp01, cfg))
 }

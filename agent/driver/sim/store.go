@@ -70,8 +70,11 @@ type LyncGlobal struct {
 	// partners cache it before it signs anything.
 	NextOAuthTokenIssuer *IssuerCertificate `json:",omitempty"`
 	NextEffectiveDate    *time.Time         `json:",omitempty"`
-	PartnerApplications  []*CsPartnerApplication
-	OAuthConfiguration   CsOAuthConfiguration
+	// PreviousOAuthTokenIssuer is the certificate a roll replaced: still
+	// published, and accepted, until Remove-CsCertificate -Previous.
+	PreviousOAuthTokenIssuer *IssuerCertificate `json:",omitempty"`
+	PartnerApplications      []*CsPartnerApplication
+	OAuthConfiguration       CsOAuthConfiguration
 }
 
 // CsPartnerApplication is one Get-CsPartnerApplication object.
@@ -138,6 +141,26 @@ type SharePointFarm struct {
 	// SecurityTokenServiceCertificate is the farm's STS signing certificate
 	// (Set-SPSecurityTokenServiceConfig -ImportSigningCertificate).
 	SecurityTokenServiceCertificate *IssuerCertificate `json:",omitempty"`
+	// QueuedSigningCertificate is -QueueSigningCertificate's certificate,
+	// published beside the current one until it becomes current.
+	QueuedSigningCertificate *IssuerCertificate `json:",omitempty"`
+	// FarmID is the farm's id, lower case: its default realm.
+	FarmID string `json:",omitempty"`
+	// AllowOAuthOverHTTP and AllowMetadataOverHTTP are
+	// Get-SPSecurityTokenServiceConfig's AllowOAuthOverHttp and
+	// AllowMetadataOverHttp (false on a new farm).
+	AllowOAuthOverHTTP    bool `json:"AllowOAuthOverHttp"`
+	AllowMetadataOverHTTP bool `json:"AllowMetadataOverHttp"`
+	// AppPrincipalPermissions are the Set-SPAppPrincipalPermission grants.
+	AppPrincipalPermissions []SPAppPrincipalPermission `json:",omitempty"`
+}
+
+// SPAppPrincipalPermission is one app principal permission of a farm.
+type SPAppPrincipalPermission struct {
+	AppPrincipal string
+	Scope        string
+	Right        string
+	AppOnly      bool
 }
 
 // SPTrustedSecurityTokenIssuer is one Get-SPTrustedSecurityTokenIssuer object.
@@ -449,7 +472,7 @@ func (g *LyncGlobal) setIssuer(c *IssuerCertificate) {
 }
 
 func (g *LyncGlobal) issuers() []*IssuerCertificate {
-	out := nonNil(g.OAuthTokenIssuer, g.NextOAuthTokenIssuer)
+	out := nonNil(g.OAuthTokenIssuer, g.NextOAuthTokenIssuer, g.PreviousOAuthTokenIssuer)
 	return slices.CompactFunc(out, func(a, b *IssuerCertificate) bool { return a.Thumbprint == b.Thumbprint })
 }
 
@@ -646,7 +669,7 @@ func (f *SharePointFarm) oauth() *pb.OAuthConfiguration {
 func (f *SharePointFarm) issuer() *IssuerCertificate     { return f.SecurityTokenServiceCertificate }
 func (f *SharePointFarm) setIssuer(c *IssuerCertificate) { f.SecurityTokenServiceCertificate = c }
 func (f *SharePointFarm) issuers() []*IssuerCertificate {
-	return nonNil(f.SecurityTokenServiceCertificate)
+	return nonNil(f.SecurityTokenServiceCertificate, f.QueuedSigningCertificate)
 }
 func (f *SharePointFarm) issuerName() string { return "SecurityTokenServiceCertificate" }
 func (f *SharePointFarm) trustLevels() bool  { return false }

@@ -135,13 +135,13 @@ func trustConfigs() (fe, ex *pb.HostConfig) {
 	fe.Endpoint = "pool01.contoso.com"
 	fe.Partners = fe.Partners[:1] // microsoft.exchange
 	fe.TrustedBy = []*pb.TrustTarget{{Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE,
-		ServiceName: products.ExchangeID, Hosts: []string{"ex01.contoso.com"}}}
+		ServiceName: products.ExchangeID, Hosts: []string{"ex01.contoso.com"}, MetadataUrl: exchangeURL}}
 	ex = exchangeConfig("ex01.contoso.com", true)
 	ex.DeploymentHosts = []string{"ex01.contoso.com"}
 	ex.Endpoint = "autodiscover.contoso.com"
 	ex.Partners = ex.Partners[:1] // LyncEnterprise-pool01
 	ex.TrustedBy = []*pb.TrustTarget{{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC,
-		ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com"}}}
+		ServiceName: products.LyncID, Hosts: []string{"fe01.contoso.com"}, MetadataUrl: lyncURL}}
 	return fe, ex
 }
 
@@ -219,7 +219,13 @@ func TestTrustOverHTTPS(t *testing.T) {
 	allOK(t, rEX)
 
 	issuer := certs.Thumbprint(fix(t).issuer.Cert)
-	auth := ex01.host.DefaultThumbprint
+	org, err := ReadDeploymentStore(w.shared, "exchange")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := org.Exchange.AuthConfig.CurrentCertificateThumbprint
+	// The name Configure-EnterprisePartnerApplication.ps1 chose for the pool.
+	lyncOnEx := org.Exchange.PartnerApplications[0].Name
 	if p := rFE.GetPartners(); len(p) != 1 || !slices.Equal(p[0].GetCachedThumbprints(), []string{auth}) {
 		t.Errorf("fe01 partners = %v, want microsoft.exchange caching %s", p, auth)
 	}
@@ -265,11 +271,11 @@ func TestTrustOverHTTPS(t *testing.T) {
 		}
 
 		// Exchange disables the pool: its tokens are refused.
-		if err := SetPartnerEnabled(w.shared, "exchange", "LyncEnterprise-pool01", false); err != nil {
+		if err := SetPartnerEnabled(w.shared, "exchange", lyncOnEx, false); err != nil {
 			t.Fatal(err)
 		}
 		wantProbe(t, fe01.Probe(ctx, cfgFE), "ex01.contoso.com", false, string(s2stoken.ReasonPartnerDisabled))
-		if err := SetPartnerEnabled(w.shared, "exchange", "LyncEnterprise-pool01", true); err != nil {
+		if err := SetPartnerEnabled(w.shared, "exchange", lyncOnEx, true); err != nil {
 			t.Fatal(err)
 		}
 		wantProbe(t, fe01.Probe(ctx, cfgFE), "ex01.contoso.com", true)
@@ -331,7 +337,7 @@ func TestTrustOverHTTPS(t *testing.T) {
 		nt := certs.Thumbprint(next.Cert)
 		checkOK(t, ex01.CheckMetadata(ctx, cfgEX), map[string][]string{"": {auth, nt}, "LyncEnterprise-pool01": {issuer, nt}})
 		// Refreshing caches both, and the current key still signs.
-		if err := ex01.RefreshPartnerMetadata(ctx, "exchange", "LyncEnterprise-pool01"); err != nil {
+		if err := ex01.RefreshPartnerMetadata(ctx, "exchange", lyncOnEx); err != nil {
 			t.Fatal(err)
 		}
 		if p := verify(t, ex01, cfgEX).GetPartners(); len(p) != 1 || !slices.Equal(p[0].GetCachedThumbprints(), []string{issuer, nt}) {

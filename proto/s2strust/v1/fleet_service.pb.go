@@ -111,8 +111,10 @@ func (*GetTrustReportRequest) Descriptor() ([]byte, []int) {
 
 // GetTrustReportResponse lists the trust edges in topology order.
 type GetTrustReportResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Edges         []*TrustEdge           `protobuf:"bytes,1,rep,name=edges,proto3" json:"edges,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Edges []*TrustEdge           `protobuf:"bytes,1,rep,name=edges,proto3" json:"edges,omitempty"`
+	// Each deployment's effective realm, sorted by deployment.
+	Realms        []*DeploymentRealm `protobuf:"bytes,2,rep,name=realms,proto3" json:"realms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +156,108 @@ func (x *GetTrustReportResponse) GetEdges() []*TrustEdge {
 	return nil
 }
 
+func (x *GetTrustReportResponse) GetRealms() []*DeploymentRealm {
+	if x != nil {
+		return x.Realms
+	}
+	return nil
+}
+
+// DeploymentRealm is a deployment's realm as its primary (or, before the
+// primary reported, another of its hosts) sees it. The products differ:
+// Lync's OAuth realm defaults to the default SIP domain; Exchange's
+// Get-AuthConfig Realm is normally blank and its metadata says "*";
+// SharePoint's realm is the farm id.
+type DeploymentRealm struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Deployment string                 `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Product    Product                `protobuf:"varint,2,opt,name=product,proto3,enum=s2strust.v1.Product" json:"product,omitempty"`
+	// The host whose report the configured realm comes from; empty before any reported.
+	Host string `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	// The realm in the product's own OAuth settings (Get-CsOAuthConfiguration,
+	// Get-AuthConfig, Get-SPAuthenticationRealm); may be blank.
+	ConfiguredRealm string `protobuf:"bytes,4,opt,name=configured_realm,json=configuredRealm,proto3" json:"configured_realm,omitempty"`
+	// The realm of the deployment's own metadata document as its primary
+	// fetched it (or another of its hosts, when the primary could not).
+	MetadataRealm string `protobuf:"bytes,5,opt,name=metadata_realm,json=metadataRealm,proto3" json:"metadata_realm,omitempty"`
+	// The issuer of that document, "<serviceName>@<realm>".
+	MetadataIssuer string `protobuf:"bytes,6,opt,name=metadata_issuer,json=metadataIssuer,proto3" json:"metadata_issuer,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeploymentRealm) Reset() {
+	*x = DeploymentRealm{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeploymentRealm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeploymentRealm) ProtoMessage() {}
+
+func (x *DeploymentRealm) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeploymentRealm.ProtoReflect.Descriptor instead.
+func (*DeploymentRealm) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DeploymentRealm) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+func (x *DeploymentRealm) GetProduct() Product {
+	if x != nil {
+		return x.Product
+	}
+	return Product_PRODUCT_UNSPECIFIED
+}
+
+func (x *DeploymentRealm) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *DeploymentRealm) GetConfiguredRealm() string {
+	if x != nil {
+		return x.ConfiguredRealm
+	}
+	return ""
+}
+
+func (x *DeploymentRealm) GetMetadataRealm() string {
+	if x != nil {
+		return x.MetadataRealm
+	}
+	return ""
+}
+
+func (x *DeploymentRealm) GetMetadataIssuer() string {
+	if x != nil {
+		return x.MetadataIssuer
+	}
+	return ""
+}
+
 // TrustEdge reports whether "to" really accepts tokens issued by "from".
 type TrustEdge struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -170,10 +274,17 @@ type TrustEdge struct {
 	// document, as "from"'s hosts fetched it.
 	KeyInMetadata bool `protobuf:"varint,7,opt,name=key_in_metadata,json=keyInMetadata,proto3" json:"key_in_metadata,omitempty"`
 	// Whether it is in "to"'s cached copy of "from"'s metadata.
-	KeyInPartnerCache bool   `protobuf:"varint,8,opt,name=key_in_partner_cache,json=keyInPartnerCache,proto3" json:"key_in_partner_cache,omitempty"`
-	FromRealm         string `protobuf:"bytes,9,opt,name=from_realm,json=fromRealm,proto3" json:"from_realm,omitempty"`
-	ToRealm           string `protobuf:"bytes,10,opt,name=to_realm,json=toRealm,proto3" json:"to_realm,omitempty"`
-	RealmsMatch       bool   `protobuf:"varint,11,opt,name=realms_match,json=realmsMatch,proto3" json:"realms_match,omitempty"`
+	KeyInPartnerCache bool `protobuf:"varint,8,opt,name=key_in_partner_cache,json=keyInPartnerCache,proto3" json:"key_in_partner_cache,omitempty"`
+	// The realm in "from"'s own OAuth settings, as its primary reports it
+	// (blank on Exchange unless set for a non-accepted domain).
+	FromRealm string `protobuf:"bytes,9,opt,name=from_realm,json=fromRealm,proto3" json:"from_realm,omitempty"`
+	// The realm in "to"'s own OAuth settings, as its primary reports it.
+	ToRealm string `protobuf:"bytes,10,opt,name=to_realm,json=toRealm,proto3" json:"to_realm,omitempty"`
+	// Whether the realm checks passed. Realms need not be equal across
+	// products (the name is kept for wire compatibility): it means "from"'s
+	// metadata document is consistent (issuer = "<serviceName>@<realm>") and
+	// "to"'s registration of "from" carries the realm that document shows.
+	RealmsMatch bool `protobuf:"varint,11,opt,name=realms_match,json=realmsMatch,proto3" json:"realms_match,omitempty"`
 	// The largest clock difference between a "from" host and a "to" host, in milliseconds.
 	MaxClockSkewMs int64 `protobuf:"varint,12,opt,name=max_clock_skew_ms,json=maxClockSkewMs,proto3" json:"max_clock_skew_ms,omitempty"`
 	// Every probe from a "from" host to a "to" host.
@@ -191,7 +302,7 @@ type TrustEdge struct {
 
 func (x *TrustEdge) Reset() {
 	*x = TrustEdge{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -203,7 +314,7 @@ func (x *TrustEdge) String() string {
 func (*TrustEdge) ProtoMessage() {}
 
 func (x *TrustEdge) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -216,7 +327,7 @@ func (x *TrustEdge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustEdge.ProtoReflect.Descriptor instead.
 func (*TrustEdge) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{2}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TrustEdge) GetFrom() string {
@@ -342,7 +453,7 @@ type TrustProbeResult struct {
 
 func (x *TrustProbeResult) Reset() {
 	*x = TrustProbeResult{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +465,7 @@ func (x *TrustProbeResult) String() string {
 func (*TrustProbeResult) ProtoMessage() {}
 
 func (x *TrustProbeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +478,7 @@ func (x *TrustProbeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustProbeResult.ProtoReflect.Descriptor instead.
 func (*TrustProbeResult) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{3}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TrustProbeResult) GetFromHost() string {
@@ -395,7 +506,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +518,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +531,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListHostsRequest) GetDeployment() string {
@@ -440,7 +551,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +563,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +576,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -485,7 +596,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +608,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +621,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{6}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetHostRequest) GetHost() string {
@@ -531,7 +642,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +654,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +667,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -588,7 +699,7 @@ type LastResult struct {
 
 func (x *LastResult) Reset() {
 	*x = LastResult{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +711,7 @@ func (x *LastResult) String() string {
 func (*LastResult) ProtoMessage() {}
 
 func (x *LastResult) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +724,7 @@ func (x *LastResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LastResult.ProtoReflect.Descriptor instead.
 func (*LastResult) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{8}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LastResult) GetKind() ResultKind {
@@ -674,13 +785,16 @@ type Host struct {
 	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	// The host's clock minus the controller's, from its last status report.
 	ClockOffsetMs int64 `protobuf:"varint,15,opt,name=clock_offset_ms,json=clockOffsetMs,proto3" json:"clock_offset_ms,omitempty"`
+	// The drift in the host's latest status report, kept with its state so
+	// that listing hosts reads no reports.
+	Drift         []*Drift `protobuf:"bytes,16,rep,name=drift,proto3" json:"drift,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +806,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +819,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{9}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Host) GetHost() string {
@@ -813,14 +927,31 @@ func (x *Host) GetClockOffsetMs() int64 {
 	return 0
 }
 
+func (x *Host) GetDrift() []*Drift {
+	if x != nil {
+		return x.Drift
+	}
+	return nil
+}
+
 var File_s2strust_v1_fleet_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\n" +
 	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"\x17\n" +
-	"\x15GetTrustReportRequest\"F\n" +
+	"\x15GetTrustReportRequest\"|\n" +
 	"\x16GetTrustReportResponse\x12,\n" +
-	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\"\xea\x04\n" +
+	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\x124\n" +
+	"\x06realms\x18\x02 \x03(\v2\x1c.s2strust.v1.DeploymentRealmR\x06realms\"\xf0\x01\n" +
+	"\x0fDeploymentRealm\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\x12.\n" +
+	"\aproduct\x18\x02 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12)\n" +
+	"\x10configured_realm\x18\x04 \x01(\tR\x0fconfiguredRealm\x12%\n" +
+	"\x0emetadata_realm\x18\x05 \x01(\tR\rmetadataRealm\x12'\n" +
+	"\x0fmetadata_issuer\x18\x06 \x01(\tR\x0emetadataIssuer\"\xea\x04\n" +
 	"\tTrustEdge\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12!\n" +
@@ -860,7 +991,7 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12.\n" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
-	"\x04hash\x18\x05 \x01(\tR\x04hash\"\xbb\x04\n" +
+	"\x04hash\x18\x05 \x01(\tR\x04hash\"\xe5\x04\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -880,7 +1011,8 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\ragent_version\x18\f \x01(\tR\fagentVersion\x12\x16\n" +
 	"\x06driver\x18\r \x01(\tR\x06driver\x127\n" +
 	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12&\n" +
-	"\x0fclock_offset_ms\x18\x0f \x01(\x03R\rclockOffsetMs*T\n" +
+	"\x0fclock_offset_ms\x18\x0f \x01(\x03R\rclockOffsetMs\x12(\n" +
+	"\x05drift\x18\x10 \x03(\v2\x12.s2strust.v1.DriftR\x05drift*T\n" +
 	"\n" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -904,52 +1036,57 @@ func file_s2strust_v1_fleet_service_proto_rawDescGZIP() []byte {
 }
 
 var file_s2strust_v1_fleet_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_s2strust_v1_fleet_service_proto_goTypes = []any{
 	(ResultKind)(0),                // 0: s2strust.v1.ResultKind
 	(*GetTrustReportRequest)(nil),  // 1: s2strust.v1.GetTrustReportRequest
 	(*GetTrustReportResponse)(nil), // 2: s2strust.v1.GetTrustReportResponse
-	(*TrustEdge)(nil),              // 3: s2strust.v1.TrustEdge
-	(*TrustProbeResult)(nil),       // 4: s2strust.v1.TrustProbeResult
-	(*ListHostsRequest)(nil),       // 5: s2strust.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),      // 6: s2strust.v1.ListHostsResponse
-	(*GetHostRequest)(nil),         // 7: s2strust.v1.GetHostRequest
-	(*GetHostResponse)(nil),        // 8: s2strust.v1.GetHostResponse
-	(*LastResult)(nil),             // 9: s2strust.v1.LastResult
-	(*Host)(nil),                   // 10: s2strust.v1.Host
-	(*PartnerApplication)(nil),     // 11: s2strust.v1.PartnerApplication
-	(*timestamppb.Timestamp)(nil),  // 12: google.protobuf.Timestamp
-	(*TrustProbe)(nil),             // 13: s2strust.v1.TrustProbe
-	(*StatusReport)(nil),           // 14: s2strust.v1.StatusReport
-	(*ItemError)(nil),              // 15: s2strust.v1.ItemError
-	(Product)(0),                   // 16: s2strust.v1.Product
+	(*DeploymentRealm)(nil),        // 3: s2strust.v1.DeploymentRealm
+	(*TrustEdge)(nil),              // 4: s2strust.v1.TrustEdge
+	(*TrustProbeResult)(nil),       // 5: s2strust.v1.TrustProbeResult
+	(*ListHostsRequest)(nil),       // 6: s2strust.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),      // 7: s2strust.v1.ListHostsResponse
+	(*GetHostRequest)(nil),         // 8: s2strust.v1.GetHostRequest
+	(*GetHostResponse)(nil),        // 9: s2strust.v1.GetHostResponse
+	(*LastResult)(nil),             // 10: s2strust.v1.LastResult
+	(*Host)(nil),                   // 11: s2strust.v1.Host
+	(Product)(0),                   // 12: s2strust.v1.Product
+	(*PartnerApplication)(nil),     // 13: s2strust.v1.PartnerApplication
+	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
+	(*TrustProbe)(nil),             // 15: s2strust.v1.TrustProbe
+	(*StatusReport)(nil),           // 16: s2strust.v1.StatusReport
+	(*ItemError)(nil),              // 17: s2strust.v1.ItemError
+	(*Drift)(nil),                  // 18: s2strust.v1.Drift
 }
 var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
-	3,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
-	11, // 1: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
-	12, // 2: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
-	4,  // 3: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
-	13, // 4: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
-	10, // 5: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
-	10, // 6: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
-	14, // 7: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
-	0,  // 8: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
-	15, // 9: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
-	12, // 10: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
-	16, // 11: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
-	9,  // 12: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
-	12, // 13: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	5,  // 14: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
-	7,  // 15: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
-	1,  // 16: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
-	6,  // 17: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
-	8,  // 18: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
-	2,  // 19: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	4,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
+	3,  // 1: s2strust.v1.GetTrustReportResponse.realms:type_name -> s2strust.v1.DeploymentRealm
+	12, // 2: s2strust.v1.DeploymentRealm.product:type_name -> s2strust.v1.Product
+	13, // 3: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
+	14, // 4: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
+	5,  // 5: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
+	15, // 6: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
+	11, // 7: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
+	11, // 8: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
+	16, // 9: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
+	0,  // 10: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
+	17, // 11: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
+	14, // 12: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
+	12, // 13: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
+	10, // 14: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
+	14, // 15: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	18, // 16: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
+	6,  // 17: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
+	8,  // 18: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
+	1,  // 19: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
+	7,  // 20: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
+	9,  // 21: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
+	2,  // 22: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
+	20, // [20:23] is the sub-list for method output_type
+	17, // [17:20] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_fleet_service_proto_init() }
@@ -964,7 +1101,7 @@ func file_s2strust_v1_fleet_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_fleet_service_proto_rawDesc), len(file_s2strust_v1_fleet_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -110,6 +110,10 @@ type ApplyTopologyResponse struct {
 	HostsChanged uint32 `protobuf:"varint,5,opt,name=hosts_changed,json=hostsChanged,proto3" json:"hosts_changed,omitempty"`
 	// Whether plan lists only the first hosts that change.
 	PlanTruncated bool `protobuf:"varint,6,opt,name=plan_truncated,json=planTruncated,proto3" json:"plan_truncated,omitempty"`
+	// Certificate-rule warnings on the topology's token-issuer certificates
+	// (each "rule <id>: …", naming the field and the certificate): shown,
+	// not refused. With certificateRules: strict they are errors instead.
+	Warnings      []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,6 +188,13 @@ func (x *ApplyTopologyResponse) GetPlanTruncated() bool {
 		return x.PlanTruncated
 	}
 	return false
+}
+
+func (x *ApplyTopologyResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 // HostPlan is what a revision changes on one host.
@@ -280,7 +291,11 @@ type PlanItem struct {
 	// create, update or remove.
 	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
 	// A human-readable description of the change.
-	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Whether the change interrupts service: a realm change (tokens minted
+	// for the old realm stop being accepted; on SharePoint it breaks the
+	// farm's existing app principals).
+	Disruptive    bool `protobuf:"varint,4,opt,name=disruptive,proto3" json:"disruptive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -334,6 +349,13 @@ func (x *PlanItem) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *PlanItem) GetDisruptive() bool {
+	if x != nil {
+		return x.Disruptive
+	}
+	return false
 }
 
 // GetTopologyRequest selects a revision.
@@ -633,7 +655,7 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x17\n" +
 	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x120\n" +
 	"\x11expected_revision\x18\x04 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
-	"\x12_expected_revision\"\xe5\x01\n" +
+	"\x12_expected_revision\"\x81\x02\n" +
 	"\x15ApplyTopologyResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12)\n" +
@@ -641,7 +663,8 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\vhosts_total\x18\x04 \x01(\rR\n" +
 	"hostsTotal\x12#\n" +
 	"\rhosts_changed\x18\x05 \x01(\rR\fhostsChanged\x12%\n" +
-	"\x0eplan_truncated\x18\x06 \x01(\bR\rplanTruncated\"\xd1\x01\n" +
+	"\x0eplan_truncated\x18\x06 \x01(\bR\rplanTruncated\x12\x1a\n" +
+	"\bwarnings\x18\a \x03(\tR\bwarnings\"\xd1\x01\n" +
 	"\bHostPlan\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -650,11 +673,14 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\aproduct\x18\x03 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12\x1b\n" +
 	"\tfrom_hash\x18\x04 \x01(\tR\bfromHash\x12\x17\n" +
 	"\ato_hash\x18\x05 \x01(\tR\x06toHash\x12+\n" +
-	"\x05items\x18\x06 \x03(\v2\x15.s2strust.v1.PlanItemR\x05items\"N\n" +
+	"\x05items\x18\x06 \x03(\v2\x15.s2strust.v1.PlanItemR\x05items\"n\n" +
 	"\bPlanItem\x12\x12\n" +
 	"\x04item\x18\x01 \x01(\tR\x04item\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"0\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x1e\n" +
+	"\n" +
+	"disruptive\x18\x04 \x01(\bR\n" +
+	"disruptive\"0\n" +
 	"\x12GetTopologyRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"P\n" +
 	"\x13GetTopologyResponse\x129\n" +

@@ -203,7 +203,10 @@ type HostConfig struct {
 	ProductVersion string `protobuf:"bytes,4,opt,name=product_version,json=productVersion,proto3" json:"product_version,omitempty"`
 	// Every host of the deployment, in topology order.
 	DeploymentHosts []string `protobuf:"bytes,5,rep,name=deployment_hosts,json=deploymentHosts,proto3" json:"deployment_hosts,omitempty"`
-	// The OAuth realm shared by every product of the topology.
+	// The OAuth realm s2strust sets for this deployment, or empty to leave
+	// the product's own realm alone (Lync: the default SIP domain; Exchange:
+	// blank, tokens for any accepted domain; SharePoint: the farm id). Only
+	// a realm the topology declares for the deployment is ever set.
 	Realm string `protobuf:"bytes,6,opt,name=realm,proto3" json:"realm,omitempty"`
 	// The host's own well-known application identifier (its ServiceName).
 	ServiceName          string   `protobuf:"bytes,7,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
@@ -228,9 +231,17 @@ type HostConfig struct {
 	Endpoint string `protobuf:"bytes,17,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// The deployments that trust this one (the "to" ends of trust edges from
 	// it), sorted by deployment: where this host's trust probes go.
-	TrustedBy     []*TrustTarget `protobuf:"bytes,18,rep,name=trusted_by,json=trustedBy,proto3" json:"trusted_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TrustedBy []*TrustTarget `protobuf:"bytes,18,rep,name=trusted_by,json=trustedBy,proto3" json:"trusted_by,omitempty"`
+	// Whether the topology confirms a change of this deployment's realm
+	// (confirmRealmChange): required before an Exchange or SharePoint realm is set.
+	ConfirmRealmChange bool `protobuf:"varint,19,opt,name=confirm_realm_change,json=confirmRealmChange,proto3" json:"confirm_realm_change,omitempty"`
+	// How the token-issuer certificate rules are applied: empty for
+	// "standard" (the default: CN not exactly the default SIP domain, a SAN
+	// lacking an additional SIP domain and near expiry are warnings) or
+	// "strict" (they are errors). From the topology's certificateRules.
+	CertificateRules string `protobuf:"bytes,40,opt,name=certificate_rules,json=certificateRules,proto3" json:"certificate_rules,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *HostConfig) Reset() {
@@ -389,6 +400,20 @@ func (x *HostConfig) GetTrustedBy() []*TrustTarget {
 	return nil
 }
 
+func (x *HostConfig) GetConfirmRealmChange() bool {
+	if x != nil {
+		return x.ConfirmRealmChange
+	}
+	return false
+}
+
+func (x *HostConfig) GetCertificateRules() string {
+	if x != nil {
+		return x.CertificateRules
+	}
+	return ""
+}
+
 // TrustTarget is a deployment that accepts tokens issued by this one.
 type TrustTarget struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -397,7 +422,13 @@ type TrustTarget struct {
 	// Its application identifier: the client id in a token's audience.
 	ServiceName string `protobuf:"bytes,3,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
 	// Its hosts, each a token audience and a probe target.
-	Hosts         []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	Hosts []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Its auth metadata URL: the prober learns its realm there, as the
+	// products learn a partner's realm from its metadata.
+	MetadataUrl string `protobuf:"bytes,5,opt,name=metadata_url,json=metadataUrl,proto3" json:"metadata_url,omitempty"`
+	// Its realm when the topology declares one; empty when it is the
+	// product's own (learned from its metadata).
+	Realm         string `protobuf:"bytes,6,opt,name=realm,proto3" json:"realm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -460,6 +491,20 @@ func (x *TrustTarget) GetHosts() []string {
 	return nil
 }
 
+func (x *TrustTarget) GetMetadataUrl() string {
+	if x != nil {
+		return x.MetadataUrl
+	}
+	return ""
+}
+
+func (x *TrustTarget) GetRealm() string {
+	if x != nil {
+		return x.Realm
+	}
+	return ""
+}
+
 // TokenIssuer names the token-issuer certificate of a deployment.
 type TokenIssuer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -467,6 +512,7 @@ type TokenIssuer struct {
 	//
 	//	*TokenIssuer_Secret
 	//	*TokenIssuer_Thumbprint
+	//	*TokenIssuer_Existing
 	Source isTokenIssuer_Source `protobuf_oneof:"source"`
 	// For a secret: the thumbprint of the certificate it holds now, set by
 	// the controller so that replacing the secret changes the desired state.
@@ -530,6 +576,15 @@ func (x *TokenIssuer) GetThumbprint() string {
 	return ""
 }
 
+func (x *TokenIssuer) GetExisting() string {
+	if x != nil {
+		if x, ok := x.Source.(*TokenIssuer_Existing); ok {
+			return x.Existing
+		}
+	}
+	return ""
+}
+
 func (x *TokenIssuer) GetSecretThumbprint() string {
 	if x != nil {
 		return x.SecretThumbprint
@@ -551,9 +606,17 @@ type TokenIssuer_Thumbprint struct {
 	Thumbprint string `protobuf:"bytes,2,opt,name=thumbprint,proto3,oneof"`
 }
 
+type TokenIssuer_Existing struct {
+	// A certificate the product already holds, by its type: "Default"
+	// (Lync: Get-CsCertificate -Type Default on the primary).
+	Existing string `protobuf:"bytes,4,opt,name=existing,proto3,oneof"`
+}
+
 func (*TokenIssuer_Secret) isTokenIssuer_Source() {}
 
 func (*TokenIssuer_Thumbprint) isTokenIssuer_Source() {}
+
+func (*TokenIssuer_Existing) isTokenIssuer_Source() {}
 
 // Partner is one trusted partner application as the receiving product registers it.
 type Partner struct {
@@ -566,10 +629,12 @@ type Partner struct {
 	// The partner's well-known application identifier.
 	ApplicationIdentifier string `protobuf:"bytes,4,opt,name=application_identifier,json=applicationIdentifier,proto3" json:"application_identifier,omitempty"`
 	// The partner's auth metadata URL.
-	MetadataUrl string     `protobuf:"bytes,5,opt,name=metadata_url,json=metadataUrl,proto3" json:"metadata_url,omitempty"`
-	Realm       string     `protobuf:"bytes,6,opt,name=realm,proto3" json:"realm,omitempty"`
-	TrustLevel  TrustLevel `protobuf:"varint,7,opt,name=trust_level,json=trustLevel,proto3,enum=s2strust.v1.TrustLevel" json:"trust_level,omitempty"`
-	Enabled     bool       `protobuf:"varint,8,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	MetadataUrl string `protobuf:"bytes,5,opt,name=metadata_url,json=metadataUrl,proto3" json:"metadata_url,omitempty"`
+	// The partner's realm when the topology declares one for its
+	// deployment; empty when it is learned from the partner's metadata.
+	Realm      string     `protobuf:"bytes,6,opt,name=realm,proto3" json:"realm,omitempty"`
+	TrustLevel TrustLevel `protobuf:"varint,7,opt,name=trust_level,json=trustLevel,proto3,enum=s2strust.v1.TrustLevel" json:"trust_level,omitempty"`
+	Enabled    bool       `protobuf:"varint,8,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	// SharePoint only: register the issuer as a trust broker (Lync).
 	TrustBroker   bool `protobuf:"varint,9,opt,name=trust_broker,json=trustBroker,proto3" json:"trust_broker,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1155,7 +1220,13 @@ type StatusReport struct {
 	// deployment's and every partner's.
 	Metadata []*MetadataCheck `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty"`
 	// Trust probes from this host to every host that trusts its deployment.
-	Probes        []*TrustProbe `protobuf:"bytes,11,rep,name=probes,proto3" json:"probes,omitempty"`
+	Probes []*TrustProbe `protobuf:"bytes,11,rep,name=probes,proto3" json:"probes,omitempty"`
+	// The operations the agent planned from the actual state it read: in
+	// monitor mode what it would execute, otherwise what it last executed.
+	Plan []*PlannedOp `protobuf:"bytes,20,rep,name=plan,proto3" json:"plan,omitempty"`
+	// Whether the agent runs in monitor mode (--apply=false): it reads,
+	// verifies, probes and plans, and changes nothing.
+	Monitor       bool `protobuf:"varint,21,opt,name=monitor,proto3" json:"monitor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1267,6 +1338,113 @@ func (x *StatusReport) GetProbes() []*TrustProbe {
 	return nil
 }
 
+func (x *StatusReport) GetPlan() []*PlannedOp {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *StatusReport) GetMonitor() bool {
+	if x != nil {
+		return x.Monitor
+	}
+	return false
+}
+
+// PlannedOp is one operation of the shared reconciler's plan: a cmdlet
+// with its parameters, secrets redacted.
+type PlannedOp struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The configuration item it belongs to, e.g. "partner/microsoft.exchange".
+	Item string `protobuf:"bytes,1,opt,name=item,proto3" json:"item,omitempty"`
+	// The cmdlet or script, e.g. "New-CsPartnerApplication".
+	Cmdlet string `protobuf:"bytes,2,opt,name=cmdlet,proto3" json:"cmdlet,omitempty"`
+	// The whole command line as PowerShell would read it, values quoted
+	// literally, secrets shown as <redacted>.
+	Command string `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`
+	// Why it is needed, e.g. "ApplicationIdentifier is X, want Y".
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Whether it interrupts service (a realm change, an IIS reset).
+	Disruptive bool `protobuf:"varint,5,opt,name=disruptive,proto3" json:"disruptive,omitempty"`
+	// Whether only the deployment's primary runs it (deployment scope).
+	PrimaryOnly   bool `protobuf:"varint,6,opt,name=primary_only,json=primaryOnly,proto3" json:"primary_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlannedOp) Reset() {
+	*x = PlannedOp{}
+	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlannedOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlannedOp) ProtoMessage() {}
+
+func (x *PlannedOp) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
+func (*PlannedOp) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PlannedOp) GetItem() string {
+	if x != nil {
+		return x.Item
+	}
+	return ""
+}
+
+func (x *PlannedOp) GetCmdlet() string {
+	if x != nil {
+		return x.Cmdlet
+	}
+	return ""
+}
+
+func (x *PlannedOp) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *PlannedOp) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PlannedOp) GetDisruptive() bool {
+	if x != nil {
+		return x.Disruptive
+	}
+	return false
+}
+
+func (x *PlannedOp) GetPrimaryOnly() bool {
+	if x != nil {
+		return x.PrimaryOnly
+	}
+	return false
+}
+
 // MetadataCheck is one metadata download made by an agent from its host.
 type MetadataCheck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1279,14 +1457,20 @@ type MetadataCheck struct {
 	// Why the document could not be downloaded or is not valid.
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	// Thumbprints of the signing certificates in the document.
-	Thumbprints   []string `protobuf:"bytes,6,rep,name=thumbprints,proto3" json:"thumbprints,omitempty"`
+	Thumbprints []string `protobuf:"bytes,6,rep,name=thumbprints,proto3" json:"thumbprints,omitempty"`
+	// The document's realm: its "realm" field ("*" in Exchange's), or the
+	// part of its issuer after "@" when it has none (SharePoint's); empty
+	// when the document could not be read.
+	Realm string `protobuf:"bytes,7,opt,name=realm,proto3" json:"realm,omitempty"`
+	// The document's issuer, "<serviceName>@<realm>" as the products publish it.
+	Issuer        string `protobuf:"bytes,8,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MetadataCheck) Reset() {
 	*x = MetadataCheck{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	mi := &file_s2strust_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1482,7 @@ func (x *MetadataCheck) String() string {
 func (*MetadataCheck) ProtoMessage() {}
 
 func (x *MetadataCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	mi := &file_s2strust_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1495,7 @@ func (x *MetadataCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataCheck.ProtoReflect.Descriptor instead.
 func (*MetadataCheck) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MetadataCheck) GetPartner() string {
@@ -1356,6 +1540,20 @@ func (x *MetadataCheck) GetThumbprints() []string {
 	return nil
 }
 
+func (x *MetadataCheck) GetRealm() string {
+	if x != nil {
+		return x.Realm
+	}
+	return ""
+}
+
+func (x *MetadataCheck) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
 // TrustProbe is one S2S actor token minted on this host and presented to a
 // host that trusts its deployment, validated there against that product's
 // configured partner state.
@@ -1377,7 +1575,7 @@ type TrustProbe struct {
 
 func (x *TrustProbe) Reset() {
 	*x = TrustProbe{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[12]
+	mi := &file_s2strust_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1587,7 @@ func (x *TrustProbe) String() string {
 func (*TrustProbe) ProtoMessage() {}
 
 func (x *TrustProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[12]
+	mi := &file_s2strust_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1600,7 @@ func (x *TrustProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustProbe.ProtoReflect.Descriptor instead.
 func (*TrustProbe) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TrustProbe) GetToDeployment() string {
@@ -1451,7 +1649,7 @@ var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x05\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x06\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1475,19 +1673,24 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\rtopology_name\x18\x10 \x01(\tR\ftopologyName\x12\x1a\n" +
 	"\bendpoint\x18\x11 \x01(\tR\bendpoint\x127\n" +
 	"\n" +
-	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\"\x96\x01\n" +
+	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\x120\n" +
+	"\x14confirm_realm_change\x18\x13 \x01(\bR\x12confirmRealmChange\x12+\n" +
+	"\x11certificate_rules\x18( \x01(\tR\x10certificateRules\"\xcf\x01\n" +
 	"\vTrustTarget\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12.\n" +
 	"\aproduct\x18\x02 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12!\n" +
 	"\fservice_name\x18\x03 \x01(\tR\vserviceName\x12\x14\n" +
-	"\x05hosts\x18\x04 \x03(\tR\x05hosts\"\x80\x01\n" +
+	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x12!\n" +
+	"\fmetadata_url\x18\x05 \x01(\tR\vmetadataUrl\x12\x14\n" +
+	"\x05realm\x18\x06 \x01(\tR\x05realm\"\x9e\x01\n" +
 	"\vTokenIssuer\x12\x18\n" +
 	"\x06secret\x18\x01 \x01(\tH\x00R\x06secret\x12 \n" +
 	"\n" +
 	"thumbprint\x18\x02 \x01(\tH\x00R\n" +
-	"thumbprint\x12+\n" +
+	"thumbprint\x12\x1c\n" +
+	"\bexisting\x18\x04 \x01(\tH\x00R\bexisting\x12+\n" +
 	"\x11secret_thumbprint\x18\x03 \x01(\tR\x10secretThumbprintB\b\n" +
 	"\x06source\"\xd4\x02\n" +
 	"\aPartner\x12\x12\n" +
@@ -1544,7 +1747,7 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x04item\x18\x01 \x01(\tR\x04item\x12\x1a\n" +
 	"\bexpected\x18\x02 \x01(\tR\bexpected\x12\x16\n" +
 	"\x06actual\x18\x03 \x01(\tR\x06actual\x12\x1c\n" +
-	"\tcorrected\x18\x04 \x01(\bR\tcorrected\"\xa9\x04\n" +
+	"\tcorrected\x18\x04 \x01(\bR\tcorrected\"\xef\x04\n" +
 	"\fStatusReport\x12'\n" +
 	"\x0fapplied_version\x18\x01 \x01(\x04R\x0eappliedVersion\x12!\n" +
 	"\fapplied_hash\x18\x02 \x01(\tR\vappliedHash\x120\n" +
@@ -1557,7 +1760,18 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\aprimary\x18\t \x01(\bR\aprimary\x126\n" +
 	"\bmetadata\x18\n" +
 	" \x03(\v2\x1a.s2strust.v1.MetadataCheckR\bmetadata\x12/\n" +
-	"\x06probes\x18\v \x03(\v2\x17.s2strust.v1.TrustProbeR\x06probes\"\xa3\x01\n" +
+	"\x06probes\x18\v \x03(\v2\x17.s2strust.v1.TrustProbeR\x06probes\x12*\n" +
+	"\x04plan\x18\x14 \x03(\v2\x16.s2strust.v1.PlannedOpR\x04plan\x12\x18\n" +
+	"\amonitor\x18\x15 \x01(\bR\amonitor\"\xac\x01\n" +
+	"\tPlannedOp\x12\x12\n" +
+	"\x04item\x18\x01 \x01(\tR\x04item\x12\x16\n" +
+	"\x06cmdlet\x18\x02 \x01(\tR\x06cmdlet\x12\x18\n" +
+	"\acommand\x18\x03 \x01(\tR\acommand\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1e\n" +
+	"\n" +
+	"disruptive\x18\x05 \x01(\bR\n" +
+	"disruptive\x12!\n" +
+	"\fprimary_only\x18\x06 \x01(\bR\vprimaryOnly\"\xd1\x01\n" +
 	"\rMetadataCheck\x12\x18\n" +
 	"\apartner\x18\x01 \x01(\tR\apartner\x12\x1e\n" +
 	"\n" +
@@ -1566,7 +1780,9 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x03url\x18\x03 \x01(\tR\x03url\x12\x0e\n" +
 	"\x02ok\x18\x04 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12 \n" +
-	"\vthumbprints\x18\x06 \x03(\tR\vthumbprints\"\xbf\x01\n" +
+	"\vthumbprints\x18\x06 \x03(\tR\vthumbprints\x12\x14\n" +
+	"\x05realm\x18\a \x01(\tR\x05realm\x12\x16\n" +
+	"\x06issuer\x18\b \x01(\tR\x06issuer\"\xbf\x01\n" +
 	"\n" +
 	"TrustProbe\x12#\n" +
 	"\rto_deployment\x18\x01 \x01(\tR\ftoDeployment\x12\x1f\n" +
@@ -1607,7 +1823,7 @@ func file_s2strust_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_s2strust_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_s2strust_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_s2strust_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_s2strust_v1_types_proto_goTypes = []any{
 	(Product)(0),                  // 0: s2strust.v1.Product
 	(TrustLevel)(0),               // 1: s2strust.v1.TrustLevel
@@ -1623,9 +1839,10 @@ var file_s2strust_v1_types_proto_goTypes = []any{
 	(*CertificateInfo)(nil),       // 11: s2strust.v1.CertificateInfo
 	(*Drift)(nil),                 // 12: s2strust.v1.Drift
 	(*StatusReport)(nil),          // 13: s2strust.v1.StatusReport
-	(*MetadataCheck)(nil),         // 14: s2strust.v1.MetadataCheck
-	(*TrustProbe)(nil),            // 15: s2strust.v1.TrustProbe
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*PlannedOp)(nil),             // 14: s2strust.v1.PlannedOp
+	(*MetadataCheck)(nil),         // 15: s2strust.v1.MetadataCheck
+	(*TrustProbe)(nil),            // 16: s2strust.v1.TrustProbe
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_s2strust_v1_types_proto_depIdxs = []int32{
 	0,  // 0: s2strust.v1.HostConfig.product:type_name -> s2strust.v1.Product
@@ -1637,21 +1854,22 @@ var file_s2strust_v1_types_proto_depIdxs = []int32{
 	1,  // 6: s2strust.v1.Partner.trust_level:type_name -> s2strust.v1.TrustLevel
 	2,  // 7: s2strust.v1.ItemStatus.state:type_name -> s2strust.v1.ItemState
 	1,  // 8: s2strust.v1.PartnerApplication.trust_level:type_name -> s2strust.v1.TrustLevel
-	16, // 9: s2strust.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
-	16, // 10: s2strust.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
-	16, // 11: s2strust.v1.StatusReport.clock:type_name -> google.protobuf.Timestamp
+	17, // 9: s2strust.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
+	17, // 10: s2strust.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
+	17, // 11: s2strust.v1.StatusReport.clock:type_name -> google.protobuf.Timestamp
 	8,  // 12: s2strust.v1.StatusReport.items:type_name -> s2strust.v1.ItemStatus
 	9,  // 13: s2strust.v1.StatusReport.partners:type_name -> s2strust.v1.PartnerApplication
 	10, // 14: s2strust.v1.StatusReport.oauth:type_name -> s2strust.v1.OAuthConfiguration
 	11, // 15: s2strust.v1.StatusReport.issuer_certificate:type_name -> s2strust.v1.CertificateInfo
 	12, // 16: s2strust.v1.StatusReport.drift:type_name -> s2strust.v1.Drift
-	14, // 17: s2strust.v1.StatusReport.metadata:type_name -> s2strust.v1.MetadataCheck
-	15, // 18: s2strust.v1.StatusReport.probes:type_name -> s2strust.v1.TrustProbe
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	15, // 17: s2strust.v1.StatusReport.metadata:type_name -> s2strust.v1.MetadataCheck
+	16, // 18: s2strust.v1.StatusReport.probes:type_name -> s2strust.v1.TrustProbe
+	14, // 19: s2strust.v1.StatusReport.plan:type_name -> s2strust.v1.PlannedOp
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_types_proto_init() }
@@ -1662,6 +1880,7 @@ func file_s2strust_v1_types_proto_init() {
 	file_s2strust_v1_types_proto_msgTypes[2].OneofWrappers = []any{
 		(*TokenIssuer_Secret)(nil),
 		(*TokenIssuer_Thumbprint)(nil),
+		(*TokenIssuer_Existing)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1669,7 +1888,7 @@ func file_s2strust_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_types_proto_rawDesc), len(file_s2strust_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
