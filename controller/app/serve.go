@@ -134,6 +134,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
+	refusals := server.NewRefusalAuditor(st, log)
 	var creds grpc.ServerOption
 	var ca *pki.CA
 	if !cfg.Insecure {
@@ -141,11 +142,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, ids.Check, log); err != nil {
 			return err
 		}
-		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
+		creds = grpc.Creds(refusals.ServerCredentials(credentials.NewTLS(tlsCfg)))
 	}
 	sec := secrets.New(st, key, nil)
 	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
-	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: server.NewRefusalAuditor(st, log).Record, Identities: ids}
+	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(access.StreamInterceptor),

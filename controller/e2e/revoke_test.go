@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"crypto/x509"
 	"encoding/pem"
 	"os"
@@ -179,7 +180,29 @@ func TestRenewAndRevoke(t *testing.T) {
 	if err := syncOnce(t, c, agentapp.IdentityDir(fresh), host); err != nil {
 		t.Errorf("sync with the identity enrolled after the revocation: %v", err)
 	}
-	trail, err := pb.NewAuditServiceClient(admin).ListAuditRecords(ctx, &pb.ListAuditRecordsRequest{})
+	// An expired certificate of this CA is refused at the handshake, and
+	// the refusal is audited with the identity it claims.
+	freshLeaf := readLeafFile(t, filepath.Join(agentapp.IdentityDir(fresh), "agent.crt"))
+	waitFor(t, waitTimeout, "the fresh certificate to expire", func() (bool, string) { return time.Now().After(freshLeaf.NotAfter.Add(time.Second)), "" })
+	if err := syncOnce(t, c, agentapp.IdentityDir(fresh), host); status.Code(err) != codes.Unavailable {
+		t.Errorf("sync with an expired certificate: %v, want the handshake refused", err)
+	}
+	var trail *pb.ListAuditRecordsResponse
+	waitFor(t, waitTimeout, "the refused handshakes in the audit trail", func() (bool, string) {
+		trail, err = pb.NewAuditServiceClient(admin).ListAuditRecords(ctx, &pb.ListAuditRecordsRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var expired, revoked bool
+		for _, r := range trail.GetRecords() {
+			if r.GetKind() != "refused" || r.GetWhat() != "TLS handshake" {
+				continue
+			}
+			expired = expired || (r.GetWho() == "unverified host/"+host && strings.Contains(r.GetResult(), "expired"))
+			revoked = revoked || strings.Contains(r.GetResult(), "revoked")
+		}
+		return expired && revoked, fmt.Sprintf("expired %v, revoked %v in %d records", expired, revoked, len(trail.GetRecords()))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,15 +2,21 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -140,14 +146,18 @@ type RefusalAuditor struct {
 	st      *store.Store
 	log     *slog.Logger
 	limiter *rate.Limiter
+	// anonymous bounds the records anyone can cause without a verified
+	// identity (refused handshakes), more tightly.
+	anonymous *rate.Limiter
 }
 
-// NewRefusalAuditor writes refusal records into st, at most 20 a second.
+// NewRefusalAuditor writes refusal records into st: at most 20 a second
+// for verified identities, 2 a second for refused handshakes.
 func NewRefusalAuditor(st *store.Store, log *slog.Logger) *RefusalAuditor {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &RefusalAuditor{st: st, log: log, limiter: rate.NewLimiter(20, 100)}
+	return &RefusalAuditor{st: st, log: log, limiter: rate.NewLimiter(20, 100), anonymous: rate.NewLimiter(2, 20)}
 }
 
 // Record is an Access.Audit hook.
@@ -172,4 +182,70 @@ func (r *RefusalAuditor) Record(ctx context.Context, method string, err error) {
 	if _, err := r.st.Client().Put(wctx, store.AuditKey(r.st, "refused", now), string(rec)); err != nil {
 		r.log.Warn("refused call not audited", "method", method, "who", id.String(), "error", err)
 	}
+}
+
+// ServerCredentials wraps the controller's TLS credentials so that a
+// handshake refused over a client certificate — expired, from another CA,
+// revoked — leaves an audit record naming the identity the certificate
+// claims (unverified, so marked as such) and the peer's address.
+// Handshakes that fail for other reasons (a port scan, a client that
+// trusts another CA) are not recorded.
+func (r *RefusalAuditor) ServerCredentials(c credentials.TransportCredentials) credentials.TransportCredentials {
+	return auditingCreds{TransportCredentials: c, r: r}
+}
+
+type auditingCreds struct {
+	credentials.TransportCredentials
+	r *RefusalAuditor
+}
+
+func (c auditingCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		c.r.handshakeRefused(raw.RemoteAddr(), err)
+	}
+	return conn, info, err
+}
+
+func (c auditingCreds) Clone() credentials.TransportCredentials {
+	return auditingCreds{TransportCredentials: c.TransportCredentials.Clone(), r: c.r}
+}
+
+// handshakeRefused records a refused client certificate, rate-limited as
+// every refusal record is.
+func (r *RefusalAuditor) handshakeRefused(remote net.Addr, err error) {
+	var claimed string
+	var cve *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &cve) && len(cve.UnverifiedCertificates) > 0:
+		claimed = claimedIdentity(cve.UnverifiedCertificates[0])
+	case strings.Contains(err.Error(), "revoked"):
+		claimed = "a revoked host certificate"
+	default:
+		return
+	}
+	from := ""
+	if remote != nil {
+		from = remote.String()
+	}
+	if !r.anonymous.Allow() {
+		r.log.Warn("refused handshake not audited: too many refusals", "from", from, "error", err)
+		return
+	}
+	now := time.Now()
+	rec, _ := json.Marshal(auditEntry{Kind: "refused", Who: claimed, From: from, When: now.UTC(), What: "TLS handshake",
+		Result: "refused: " + err.Error()})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := r.st.Client().Put(ctx, store.AuditKey(r.st, "refused", now), string(rec)); err != nil {
+		r.log.Warn("refused handshake not audited", "from", from, "error", err)
+	}
+}
+
+// claimedIdentity names what an unverified certificate says it is.
+func claimedIdentity(c *x509.Certificate) string {
+	if id, err := pki.IdentityFromCert(c); err == nil {
+		return "unverified " + id.String()
+	}
+	return fmt.Sprintf("unverified certificate %q from %q", c.Subject.CommonName, c.Issuer.CommonName)
 }

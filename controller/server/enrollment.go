@@ -89,7 +89,7 @@ func NewEnrollment(st *store.Store, ca *pki.CA, hostCertTTL time.Duration, log *
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Enrollment{st: st, ca: ca, hostCertTTL: hostCertTTL, now: time.Now, log: log, refusals: rate.NewLimiter(20, 100)}
+	return &Enrollment{st: st, ca: ca, hostCertTTL: hostCertTTL, now: time.Now, log: log, refusals: rate.NewLimiter(2, 20)}
 }
 
 // JoinTokens returns the admin half, for registration.
