@@ -33,10 +33,10 @@ type rule struct {
 	role pki.Role // for admin: the least role
 }
 
-// Policy is the one table of who may call which method. A method missing
+// policy is the one table of who may call which method. A method missing
 // from it is refused for everyone, so a new RPC is closed until it is
 // given a rule here.
-var Policy = map[string]rule{
+var policy = map[string]rule{
 	healthpb.Health_Check_FullMethodName:       {who: anyone},
 	healthpb.Health_Watch_FullMethodName:       {who: anyone},
 	healthpb.Health_List_FullMethodName:        {who: anyone},
@@ -62,12 +62,12 @@ var Policy = map[string]rule{
 	pb.JoinTokenService_CreateJoinToken_FullMethodName: {who: admin, role: pki.RoleAdmin},
 }
 
-// authorize applies Policy to one call. It returns the caller's identity
+// authorize applies policy to one call. It returns the caller's identity
 // (the zero Identity for an anonymous call) and a status error when the
 // call is refused: UNAUTHENTICATED without a verified certificate where one
 // is needed, PERMISSION_DENIED naming what is needed otherwise.
 func (a Access) authorize(ctx context.Context, full string) (pki.Identity, error) {
-	r, known := Policy[full]
+	r, known := policy[full]
 	if a.Insecure {
 		return pki.Identity{}, nil
 	}

@@ -30,8 +30,8 @@ func TestPolicyCoversEveryMethod(t *testing.T) {
 			for j := 0; j < sd.Methods().Len(); j++ {
 				full := "/" + string(sd.FullName()) + "/" + string(sd.Methods().Get(j).Name())
 				n++
-				if _, ok := Policy[full]; !ok {
-					t.Errorf("%s has no rule in Policy", full)
+				if _, ok := policy[full]; !ok {
+					t.Errorf("%s has no rule in policy", full)
 				}
 			}
 		}
@@ -40,7 +40,7 @@ func TestPolicyCoversEveryMethod(t *testing.T) {
 	if n < 10 {
 		t.Fatalf("found only %d methods in the s2strust.v1 registry", n)
 	}
-	for m, r := range Policy {
+	for m, r := range policy {
 		if r.who == anyone && !strings.HasPrefix(m, "/grpc.health.v1.Health/") && m != "/s2strust.v1.EnrollmentService/Enroll" {
 			t.Errorf("%s is open to anyone (%s)", m, r.describe())
 		}
@@ -98,7 +98,7 @@ func TestRoles(t *testing.T) {
 			}
 			continue
 		}
-		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "needs the role "+Policy[tc.method].role.String()) {
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "needs the role "+policy[tc.method].role.String()) {
 			t.Errorf("%s calling %s: %v, want PERMISSION_DENIED naming the role required", tc.role, tc.method, err)
 		}
 	}
