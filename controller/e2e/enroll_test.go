@@ -121,6 +121,9 @@ func TestEnrollWithJoinToken(t *testing.T) {
 			t.Errorf("%s has mode %v, want owner-only", filepath.Join(idDir, f), fi.Mode().Perm())
 		}
 	}
+	if h, s := identityOf(ctx, pb.NewHostIdentityServiceClient(admin), host); h == nil || h.GetNotAfter() == nil || h.LastSeen != nil {
+		t.Errorf("host list right after enrollment: %s; want the expiry and no last seen yet", s)
+	}
 	wantRefused("the same token again", enroll(filepath.Join(dir, "again"), host, tok.GetToken(), tok.GetCaPin()))
 	// The other host's token was not used up by the refused attempt.
 	if err := enroll(filepath.Join(dir, "agents", "fe02.contoso.com"), "fe02.contoso.com", other.GetToken(), other.GetCaPin()); err != nil {

@@ -189,9 +189,14 @@ func (e *Enrollment) Enroll(ctx context.Context, req *pb.EnrollRequest) (*pb.Enr
 	audit := auditJSON(map[string]any{"kind": "token", "who": "host/" + host, "from": peerAddr(ctx), "when": now.UTC(), "host": host,
 		"what":   fmt.Sprintf("enroll %s with a join token made by %s", host, rec.CreatedBy),
 		"result": "ok", "changes": []string{"issued certificate serial " + leaf.SerialNumber.Text(16) + ", valid until " + leaf.NotAfter.UTC().Format(time.RFC3339)}})
+	// `host list` shows the identity's expiry from now on; last seen stays
+	// empty until the host connects.
+	idRec, _ := json.Marshal(identityRecord{NotAfter: leaf.NotAfter.UTC(), Serial: leaf.SerialNumber.Text(16)})
+	identity := string(idRec)
 	txn, err := e.st.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-		Then(clientv3.OpDelete(key), clientv3.OpPut(store.AuditKey(e.st, "token", now), audit)).
+		Then(clientv3.OpDelete(key), clientv3.OpPut(store.AuditKey(e.st, "token", now), audit),
+			clientv3.OpPut(e.st.Key("identities/"+host), identity)).
 		Commit()
 	if err != nil {
 		return nil, err

@@ -324,7 +324,10 @@ func (s *HostIdentityService) ListHostIdentities(ctx context.Context, _ *pb.List
 			continue
 		}
 		h := get(strings.TrimPrefix(string(kv.Key), st.Key("identities/")))
-		h.NotAfter, h.Serial, h.LastSeen = timestamppb.New(r.NotAfter), r.Serial, timestamppb.New(r.LastSeen)
+		h.NotAfter, h.Serial = timestamppb.New(r.NotAfter), r.Serial
+		if !r.LastSeen.IsZero() {
+			h.LastSeen = timestamppb.New(r.LastSeen)
+		}
 	}
 	rev, err := st.Client().Get(ctx, st.Key("revoked/"), clientv3.WithPrefix())
 	if err != nil {
