@@ -294,3 +294,50 @@ func TestOperatorCA(t *testing.T) {
 		t.Errorf("serve with --ca-cert alone: %v", err)
 	}
 }
+
+// TestFailoverResyncsWithoutReapplying: agents that know two replicas and
+// are current when theirs dies move to the other one, which sends them
+// nothing, and they apply nothing.
+func TestFailoverResyncsWithoutReapplying(t *testing.T) {
+	dir := t.TempDir()
+	etcd, err := etcdembed.Start(context.Background(), filepath.Join(dir, "external-etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	key := filepath.Join(dir, "secret.key")
+	external := func(c *app.ServeConfig) {
+		c.EtcdEndpoints = []string{etcd.Endpoint()}
+		c.SecretKeyFile = key
+	}
+	b := startControllerWith(t, filepath.Join(dir, "b"), "127.0.0.1:0", external)
+	f := startFleetWith(t, examples.Contoso, agentOpts{alsoReplicas: []string{b.addr}}, external)
+	f.waitConverged(f.apply(examples.Contoso))
+	before, sessions := f.received(), f.sessions()
+	applies := map[string]int64{}
+	for h, a := range f.agents {
+		applies[h] = a.drv.applies.Load()
+	}
+	f.c.stop()
+	fleetB := pb.NewFleetServiceClient(b.admin())
+	waitFor(t, waitTimeout, "every agent to move to replica b", func() (bool, string) {
+		for h, a := range f.agents {
+			if a.a.Sessions() <= sessions[h] {
+				return false, h + " has not reconnected"
+			}
+		}
+		resp, err := fleetB.ListHosts(context.Background(), &pb.ListHostsRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(resp.GetHosts()) == len(f.agents), fmt.Sprintf("b lists %d hosts", len(resp.GetHosts()))
+	})
+	if after := f.received(); !equalCounts(before, after) {
+		t.Errorf("pushes after failover: before %v, after %v; current agents must be sent nothing", before, after)
+	}
+	for h, a := range f.agents {
+		if n := a.drv.applies.Load(); n != applies[h] {
+			t.Errorf("%s applied %d times after failover, want none", h, n-applies[h])
+		}
+	}
+}
