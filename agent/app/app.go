@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/driver/powershell"
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/internal/metadata"
@@ -41,9 +43,11 @@ type Config struct {
 	// (tests resolve the controller's name to loopback with it); the TLS
 	// server name stays the host of Controller.
 	ControllerDialer func(ctx context.Context, addr string) (net.Conn, error)
-	// Driver is "sim" (the only one on this platform for now).
-	Driver   string
-	StateDir string
+	// Driver is "sim" or "powershell".
+	Driver string
+	// PowerShell is the powershell.exe the powershell driver runs.
+	PowerShell string
+	StateDir   string
 	// SimDir is where simulated deployment stores live; hosts of one
 	// deployment must share it (default: <state-dir>/sim-shared).
 	SimDir string
@@ -96,6 +100,10 @@ func Run(ctx context.Context, cfg Config) error {
 	drv, err := newDriver(cfg, host)
 	if err != nil {
 		return err
+	}
+	if c, ok := drv.(io.Closer); ok {
+		// The powershell driver's workers.
+		defer c.Close()
 	}
 	conn, ren, err := dial(cfg, log)
 	if err != nil {
@@ -195,7 +203,7 @@ func newDriver(cfg Config, host string) (driver.Driver, error) {
 		return sim.New(sim.Config{Host: host, StateDir: filepath.Join(cfg.StateDir, "sim"), SharedDir: shared, Products: detected,
 			Listener: lis, ServerTLS: tlsCfg, FetchOptions: opts, Fetcher: metadata.NewFetcher(opts)})
 	case "powershell":
-		return nil, fmt.Errorf("--driver powershell: not available in this build yet; use --driver sim")
+		return powershell.New(powershell.Config{Host: host, Executable: cfg.PowerShell, StateDir: filepath.Join(cfg.StateDir, "powershell"), Logger: cfg.Logger})
 	}
 	return nil, fmt.Errorf("--driver %q: want sim or powershell", cfg.Driver)
 }

@@ -58,6 +58,7 @@ var policy = map[string]rule{
 
 	pb.TopologyService_ApplyTopology_FullMethodName:    {who: admin, role: pki.RoleAdmin},
 	pb.SecretService_PutSecret_FullMethodName:          {who: admin, role: pki.RoleAdmin},
+	pb.StoreService_Defragment_FullMethodName:          {who: admin, role: pki.RoleAdmin},
 	pb.HostIdentityService_RevokeHost_FullMethodName:   {who: admin, role: pki.RoleAdmin},
 	pb.JoinTokenService_CreateJoinToken_FullMethodName: {who: admin, role: pki.RoleAdmin},
 }
