@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,7 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s2strust/s2strust/agent/app"
+	"github.com/s2strust/s2strust/agent/config"
 	"github.com/s2strust/s2strust/agent/diagnose"
+	"github.com/s2strust/s2strust/agent/service"
 )
 
 func main() {
@@ -28,29 +31,43 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "s2s-agent", Short: "The s2strust agent: applies and verifies this host's S2S OAuth trust", SilenceUsage: true, SilenceErrors: true}
 	var cfg app.Config
 	var verbose bool
+	var configFile string
 	run := &cobra.Command{
 		Use:   "run",
 		Short: "Connect to the controller and keep this host's trust configuration applied",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Flags typed on the command line, then agent.yaml, then defaults.
+			if configFile != "" {
+				if err := config.ApplyFile(cmd.Flags(), configFile); err != nil {
+					return err
+				}
+			}
 			level := slog.LevelInfo
 			if verbose {
 				level = slog.LevelDebug
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return app.Run(ctx, cfg)
+			// As a Windows service the service control manager stops it,
+			// and key events go to the event log.
+			return service.Run(ctx, log, func(ctx context.Context, log *slog.Logger) error {
+				cfg.Logger = log
+				return app.Run(ctx, cfg)
+			})
 		},
 	}
 	f := run.Flags()
-	f.StringVar(&cfg.Controller, "controller", "127.0.0.1:7443", "controller address HOST:PORT")
+	f.StringVar(&cfg.Controller, "controller", "127.0.0.1:7443", "controller address HOST:PORT, or several replicas A:7443,B:7443 (tried in order; the agent moves to the next when one dies); a DNS name may resolve to several")
 	f.StringVar(&cfg.Host, "host", "", "this host's FQDN, as its certificate names it (required)")
 	f.StringVar(&cfg.CA, "ca", "", "CA certificate (PEM) that issued the controller's certificate")
 	f.StringVar(&cfg.Cert, "cert", "", "this agent's certificate (PEM)")
 	f.StringVar(&cfg.Key, "key", "", "this agent's private key (PEM)")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "connect without TLS (only to a controller run with --insecure)")
+	f.StringVar(&configFile, "config", "", "agent.yaml: settings by flag name (e.g. state-dir: C:\\ProgramData\\s2strust\\state); flags given here override it")
 	f.StringVar(&cfg.Driver, "driver", "sim", "product driver: sim or powershell")
+	f.StringVar(&cfg.PowerShell, "powershell", "powershell.exe", "powershell driver: the Windows PowerShell 5.1 executable")
 	f.StringVar(&cfg.StateDir, "state-dir", "./s2s-agent-state", "where the last good configuration is kept")
 	f.StringVar(&cfg.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores, shared by the hosts of a deployment (default <state-dir>/sim-shared)")
 	f.StringSliceVar(&cfg.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION (e.g. lync:2015); repeatable")
@@ -64,8 +81,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSCert, "sim-tls-cert", "", "sim driver: HTTPS certificate (PEM) for --sim-listen, naming the host and its deployment's endpoint")
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
-	_ = run.MarkFlagRequired("host")
-	root.AddCommand(run)
+	root.AddCommand(run, service.Command(), newEnroll())
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
@@ -79,4 +95,33 @@ func newRoot() *cobra.Command {
 		},
 	})
 	return root
+}
+
+func newEnroll() *cobra.Command {
+	var cfg app.EnrollConfig
+	c := &cobra.Command{
+		Use:   "enroll --controller ADDR --host FQDN --token T --ca-pin sha256:... --state-dir DIR",
+		Short: "Get this host's identity with a join token: the key is made here and never leaves the host",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			notAfter, err := app.Enroll(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "enrolled %s: identity in %s, valid until %s; now run: s2s-agent run --controller %s --host %s --state-dir %s ...\n",
+				cfg.Host, app.IdentityDir(cfg.StateDir), notAfter.UTC().Format(time.RFC3339), cfg.Controller, cfg.Host, cfg.StateDir)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&cfg.Controller, "controller", "", "controller address HOST:PORT (required)")
+	f.StringVar(&cfg.Host, "host", "", "this host's FQDN, as the token names it (required)")
+	f.StringVar(&cfg.Token, "token", "", "join token from `s2s-controller token create` (required)")
+	f.StringVar(&cfg.CAPin, "ca-pin", "", "the CA pin printed with the token, sha256:<hex> (required)")
+	f.StringVar(&cfg.StateDir, "state-dir", "./s2s-agent-state", "the agent's state directory; the identity goes to <state-dir>/identity")
+	for _, n := range []string{"controller", "host", "token", "ca-pin"} {
+		_ = c.MarkFlagRequired(n)
+	}
+	return c
 }

@@ -52,17 +52,31 @@ type ServeConfig struct {
 	EtcdEndpoints []string
 	// EtcdPrefix is the key prefix in etcd.
 	EtcdPrefix string
+	// EtcdClient is how the controller authenticates to an external etcd
+	// (--etcd-endpoints): client TLS and an etcd user.
+	EtcdClient EtcdClientConfig
+	// EtcdQuotaBytes is the embedded etcd's space quota (0: etcdembed's default).
+	EtcdQuotaBytes int64
+	// EtcdCompactionRetention is the history the embedded etcd keeps
+	// (0: etcdembed's default; negative: no auto-compaction).
+	EtcdCompactionRetention time.Duration
 	// Insecure serves plaintext, on loopback only.
 	Insecure bool
 	Logger   *slog.Logger
+	// TLS is the serving identity (--tls-san, --tls-cert, --tls-key, --client-ca).
+	TLS ServeTLS
+	// HostCertTTL is the lifetime of certificates issued at enrollment.
+	HostCertTTL time.Duration
 	// PresenceTTL is the agents' presence lease TTL (default 10s).
 	PresenceTTL time.Duration
 	// StreamsPerSecond bounds new agent streams (default 500/s).
 	StreamsPerSecond float64
 	// AgentLimits bound what each agent identity may cost (see server.AgentLimits).
 	AgentLimits server.AgentLimits
-	// SecretKeyFile is the AES-256 key sealing secrets in etcd (default
-	// <data-dir>/secret.key); replicas sharing an etcd cluster need the same one.
+	// SecretKeyFile is the AES-256 key sealing secrets in etcd; replicas
+	// sharing an etcd cluster need the same one. Default: the systemd
+	// credential secret.key when $CREDENTIALS_DIRECTORY holds one, else
+	// <data-dir>/secret.key (see SecretKeyPath).
 	SecretKeyFile string
 	// Ready, when set, is called with the listening address once serving.
 	Ready func(addr string)
@@ -121,39 +135,39 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	defer lis.Close()
 
-	var creds grpc.ServerOption
 	if cfg.Insecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on this host can act as admin or as any agent; loopback only")
-	} else {
-		host, _, _ := net.SplitHostPort(lis.Addr().String())
-		names := []string{host}
-		if hn, err := os.Hostname(); err == nil && strings.Contains(hn, ".") {
-			names = append(names, hn)
-		}
-		_, files, err := pki.EnsureDevPKI(PKIDir(cfg.DataDir), names, time.Now())
-		if err != nil {
-			return fmt.Errorf("prepare PKI in %s: %w", PKIDir(cfg.DataDir), err)
-		}
-		tlsCfg, err := loadServerTLS(files)
-		if err != nil {
-			return err
-		}
-		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 
-	cli, closeStore, err := openStore(ctx, cfg, log)
+	cli, emb, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	st := store.New(cli, cfg.EtcdPrefix)
-	keyFile := cfg.SecretKeyFile
-	if keyFile == "" {
-		keyFile = filepath.Join(cfg.DataDir, "secret.key")
+	var quota int64
+	if emb != nil {
+		quota = emb.QuotaBytes()
 	}
+	st := store.New(cli, cfg.EtcdPrefix, store.WithQuotaBytes(quota))
+	keyFile := SecretKeyPath(cfg.SecretKeyFile, cfg.DataDir, os.Getenv)
 	key, err := secretbox.LoadOrCreateKey(keyFile)
 	if err != nil {
 		return fmt.Errorf("load the secret key: %w", err)
+	}
+	log.Info("secret key loaded", "file", keyFile)
+	ids, idsRev, err := server.NewIdentities(ctx, st, log)
+	if err != nil {
+		return err
+	}
+	refusals := server.NewRefusalAuditor(st, log)
+	var creds grpc.ServerOption
+	var ca *pki.CA
+	if !cfg.Insecure {
+		var tlsCfg *tls.Config
+		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, ids.Check, log); err != nil {
+			return err
+		}
+		creds = grpc.Creds(refusals.ServerCredentials(credentials.NewTLS(tlsCfg)))
 	}
 	sec := secrets.New(st, key, nil)
 	id := cfg.ReplicaID
@@ -167,7 +181,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	elector := rollout.NewElector(cli, st.Key("election"), id, ttl, log)
 	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector})
 	engine := &rollout.Engine{Store: rollout.NewStore(st), Source: server.NewRolloutSource(hub), Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
-	access := server.Access{Insecure: cfg.Insecure, Logger: log}
+	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(access.StreamInterceptor),
@@ -182,7 +196,15 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
 	pb.RegisterRolloutServiceServer(gs, server.NewRolloutService(hub, topoSvc))
+	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
+	if ca != nil {
+		enroll := server.NewEnrollment(st, ca, cfg.HostCertTTL, log)
+		pb.RegisterEnrollmentServiceServer(gs, enroll)
+		pb.RegisterJoinTokenServiceServer(gs, enroll.JoinTokens())
+		pb.RegisterHostIdentityServiceServer(gs, server.NewHostIdentityService(ids, hub, ca, cfg.HostCertTTL))
+	}
+	pb.RegisterStoreServiceServer(gs, store.NewService(st, log))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -199,6 +221,13 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
+	g.Go(func() error { return ids.Run(gctx, idsRev) })
+	if emb != nil {
+		// An embedded etcd that stops by itself (a full disk) stops the
+		// controller, with etcd's reason in the log, instead of leaving it
+		// serving on a dead store.
+		g.Go(func() error { return emb.Wait(gctx) })
+	}
 	g.Go(func() error {
 		select {
 		case <-hub.Ready():
@@ -272,53 +301,48 @@ func listen(addr string, insecure bool) (net.Listener, error) {
 	return lis, nil
 }
 
-func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, func(), error) {
+func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, *etcdembed.Server, func(), error) {
 	endpoints := cfg.EtcdEndpoints
 	var emb *etcdembed.Server
-	if len(endpoints) == 0 {
-		var err error
-		emb, err = etcdembed.Start(ctx, filepath.Join(cfg.DataDir, "etcd"))
-		if err != nil {
-			return nil, nil, err
-		}
-		endpoints = []string{emb.Endpoint()}
-		log.Info("embedded etcd started", "dir", filepath.Join(cfg.DataDir, "etcd"))
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:          endpoints,
+	ccfg := clientv3.Config{
 		DialTimeout:        5 * time.Second,
 		MaxCallSendMsgSize: MaxMessageSize,
 		MaxCallRecvMsgSize: 64 << 20,
 		Logger:             zap.NewNop(),
-	})
+	}
+	if len(endpoints) == 0 {
+		if !cfg.EtcdClient.empty() {
+			return nil, nil, nil, errors.New("--etcd-ca, --etcd-cert, --etcd-key, --etcd-username and --etcd-password-file need --etcd-endpoints: the embedded etcd listens on a private unix socket only")
+		}
+		if cfg.EtcdQuotaBytes < 0 {
+			return nil, nil, nil, fmt.Errorf("--etcd-quota-bytes %d: want a number of bytes above 0", cfg.EtcdQuotaBytes)
+		}
+		dir := filepath.Join(cfg.DataDir, "etcd")
+		var err error
+		emb, err = etcdembed.StartConfig(ctx, etcdembed.Config{Dir: dir, Logger: log,
+			QuotaBytes: cfg.EtcdQuotaBytes, CompactionRetention: cfg.EtcdCompactionRetention})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		endpoints = []string{emb.Endpoint()}
+		log.Info("embedded etcd started", "dir", dir, "quota_bytes", emb.QuotaBytes())
+	} else if err := cfg.EtcdClient.apply(&ccfg); err != nil {
+		return nil, nil, nil, err
+	}
+	ccfg.Endpoints = endpoints
+	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		if emb != nil {
 			emb.Close()
 		}
-		return nil, nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+		return nil, nil, nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}
-	return cli, func() {
+	return cli, emb, func() {
 		cli.Close() // clients before the server
 		if emb != nil {
 			emb.Close()
 		}
 	}, nil
-}
-
-func loadServerTLS(f pki.Files) (*tls.Config, error) {
-	cert, err := os.ReadFile(f.ServerCert())
-	if err != nil {
-		return nil, fmt.Errorf("read server certificate: %w", err)
-	}
-	key, err := os.ReadFile(f.ServerKey())
-	if err != nil {
-		return nil, fmt.Errorf("read server key: %w", err)
-	}
-	ca, err := os.ReadFile(f.CACert())
-	if err != nil {
-		return nil, fmt.Errorf("read CA certificate: %w", err)
-	}
-	return pki.ServerTLSConfig(cert, key, ca)
 }
 
 func randomID() string {

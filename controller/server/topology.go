@@ -61,7 +61,7 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	}
 	t, err := topology.Load(name, req.GetDocument())
 	if err != nil {
-		return nil, err
+		return nil, s.withCurrentRealms(ctx, req.GetDocument(), err)
 	}
 	var warnings []string
 	if s.checker != nil {
@@ -119,7 +119,7 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if err != nil {
 		return nil, err
 	}
-	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan))
+	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan))
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +178,7 @@ func boundedPlan(plan []*pb.HostPlan) *pb.ApplyTopologyResponse {
 }
 
 // auditRecord says who changed the topology to what; it is stored with the change.
-func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []byte {
+func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPlan) []byte {
 	var changes []string
 	for _, hp := range plan {
 		for _, it := range hp.GetItems() {
@@ -190,7 +190,8 @@ func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []b
 	if n := len(changes); n > maxChanges {
 		changes = append(changes[:maxChanges], fmt.Sprintf("… and %d more", n-maxChanges))
 	}
-	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "when": s.hub.cfg.Now().UTC(), "changes": changes}
+	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "from": from, "when": s.hub.cfg.Now().UTC(), "changes": changes,
+		"what": fmt.Sprintf("apply topology %s (%d changes)", name, len(changes)), "result": "ok"}
 	b, _ := json.Marshal(rec)
 	return b
 }
