@@ -12,6 +12,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/s2strust/s2strust/controller/app"
@@ -231,11 +234,29 @@ func TestRolloutAcrossReplicas(t *testing.T) {
 		}
 	}
 	// Resuming a finished rollout, undoing an older one: refused.
-	if _, err := rollouts.UndoRollout(ctx, &pb.UndoRolloutRequest{Name: second.GetRollout()}); err == nil || !strings.Contains(err.Error(), "is newer") {
+	if _, err := rollouts.UndoRollout(ctx, &pb.UndoRolloutRequest{Name: second.GetRollout()}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "is newer") {
 		t.Errorf("undo of an older rollout: %v", err)
 	}
-	if _, err := rollouts.PauseRollout(ctx, &pb.PauseRolloutRequest{Name: second.GetRollout()}); err == nil || !strings.Contains(err.Error(), "succeeded") {
+	if _, err := rollouts.PauseRollout(ctx, &pb.PauseRolloutRequest{Name: second.GetRollout()}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "succeeded") {
 		t.Errorf("pause of a succeeded rollout: %v", err)
+	}
+	if _, err := rollouts.GetRollout(ctx, &pb.GetRolloutRequest{Name: "rollout/1"}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"rollout/1"`) {
+		t.Errorf("a malformed name: %v", err)
+	}
+	// Bad strategies are refused naming field and value, and store nothing.
+	before := mustHosts(t, fleet)
+	for _, bad := range []*pb.RolloutStrategy{
+		{Waves: []*pb.RolloutWaveSpec{{Hosts: []string{"nope.contoso.com"}}}},
+		{Canary: proto.Bool(false)},
+	} {
+		_, err := topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: fleetDoc("old4"), Rollout: bad})
+		if status.Code(err) != codes.InvalidArgument || !(strings.Contains(err.Error(), "nope.contoso.com") || strings.Contains(err.Error(), "rollout.maxUnavailable")) {
+			t.Errorf("apply with strategy %v: %v, want INVALID_ARGUMENT naming the field and value", bad, err)
+		}
+	}
+	cur0, err := topo.GetTopology(ctx, &pb.GetTopologyRequest{})
+	if err != nil || cur0.GetTopology().GetRevision() != third.GetRevision() || len(mustHosts(t, fleet)) != len(before) {
+		t.Errorf("a refused apply changed the current revision: %v, %v", cur0.GetTopology().GetRevision(), err)
 	}
 
 	// 3. Undo brings every host back.

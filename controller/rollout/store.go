@@ -161,7 +161,7 @@ func (s *Store) Create(ctx context.Context, r *pb.Rollout, fence []clientv3.Cmp,
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
 		resp, err := s.st.Client().Txn(ctx).If(cmps...).Then(append(ops, clientv3.OpPut(k, string(b)))...).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("store %s: %w", r.Name, err)
+			return nil, fmt.Errorf("store %s: %w", r.Name, s.st.WriteErr(err))
 		}
 		if resp.Succeeded {
 			return &Stored{Rollout: r, ID: id, ModRev: resp.Header.Revision, CreateRev: resp.Header.Revision}, nil
@@ -184,7 +184,7 @@ func (s *Store) Update(ctx context.Context, cur *Stored, r *pb.Rollout, fence []
 	inner := clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", cur.ModRev)}, []clientv3.Op{clientv3.OpPut(k, string(b))}, nil)
 	resp, err := s.st.Client().Txn(ctx).If(fence...).Then(inner).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("store %s: %w", r.GetName(), err)
+		return nil, fmt.Errorf("store %s: %w", r.GetName(), s.st.WriteErr(err))
 	}
 	if !resp.Succeeded {
 		return nil, fmt.Errorf("store %s: %w", r.GetName(), ErrFenced)
