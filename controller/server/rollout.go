@@ -63,16 +63,8 @@ func (s *RolloutSource) Current(ctx context.Context) (uint64, string, error) {
 // It returns nil when the revision goes to every host at once: immediate,
 // or the first revision (no host has anything to protect yet).
 func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, doc []byte, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string) (*rollout.Stored, error) {
-	base, err := rollout.FromTopology(t.Rollout)
+	strategy, err := rolloutStrategy(t, next, override)
 	if err != nil {
-		return nil, err
-	}
-	strategy := rollout.Merge(base, override)
-	hosts := map[string]bool{}
-	for _, cfg := range next {
-		hosts[cfg.GetHost()] = true
-	}
-	if err := rollout.Validate(strategy, hosts); err != nil {
 		return nil, err
 	}
 	snap := h.snapshot()
@@ -94,6 +86,24 @@ func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, doc []byte, 
 	r := rollout.Plan("", strategy, f, snap.topo.revision, 0, h.cfg.Now())
 	r.CreatedBy, r.UndoOf, r.DocumentHash = who, undoOf, store.DocumentHash(doc)
 	return h.rollouts.Create(ctx, r, nil, func(name string) string { return "aborted: superseded by " + name })
+}
+
+// rolloutStrategy is the topology's rollout: section overridden by the
+// request's, checked against the hosts of the revision.
+func rolloutStrategy(t *topology.Topology, next []*pb.HostConfig, override *pb.RolloutStrategy) (*pb.RolloutStrategy, error) {
+	base, err := rollout.FromTopology(t.Rollout)
+	if err != nil {
+		return nil, err
+	}
+	strategy := rollout.Merge(base, override)
+	hosts := map[string]bool{}
+	for _, cfg := range next {
+		hosts[cfg.GetHost()] = true
+	}
+	if err := rollout.Validate(strategy, hosts); err != nil {
+		return nil, err
+	}
+	return strategy, nil
 }
 
 // RolloutService implements pb.RolloutServiceServer.

@@ -103,6 +103,10 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	plan := topology.Plan(prev, next)
 	resp := boundedPlan(plan)
 	resp.Warnings = warnings
+	// A bad rollout strategy is refused by a dry run too.
+	if _, err := rolloutStrategy(t, next, withImmediate(req)); err != nil {
+		return nil, err
+	}
 	if req.GetDryRun() {
 		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
