@@ -62,12 +62,14 @@ func newApply(g *globals) *cobra.Command {
 				printPlan(g.out, resp)
 				printWarnings(g.out, resp.GetWarnings())
 				switch {
+				case dryRun && resp.GetRevision() == 0:
+					fmt.Fprintln(g.out, "dry run: nothing stored (current revision 0)")
 				case dryRun:
-					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())
+					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d, version %d)\n", resp.GetSequence(), resp.GetRevision())
 				case resp.GetChanged():
-					fmt.Fprintf(g.out, "applied: revision %d\n", resp.GetRevision())
+					fmt.Fprintf(g.out, "applied: revision %d (version %d)\n", resp.GetSequence(), resp.GetRevision())
 				default:
-					fmt.Fprintf(g.out, "unchanged: revision %d is already this topology\n", resp.GetRevision())
+					fmt.Fprintf(g.out, "unchanged: revision %d (version %d) is already this topology\n", resp.GetSequence(), resp.GetRevision())
 				}
 				return nil
 			})
@@ -75,7 +77,7 @@ func newApply(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVarP(&file, "file", "f", "", "topology file, YAML or JSON (required)")
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "show the per-host plan and store nothing")
-	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current revision is this one (0: none yet)")
+	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current version (the VERSION column of `get revisions`) is this one (0: none yet)")
 	_ = c.MarkFlagRequired("file")
 	return c
 }

@@ -26,8 +26,9 @@ import (
 
 // SecretSource gives the key material a host configuration refers to.
 type SecretSource interface {
-	// Secrets returns the named secrets, decrypted.
-	Secrets(ctx context.Context, names []string) ([]*pb.SecretMaterial, error)
+	// SecretVersions returns the given versions of secrets (0: the
+	// newest), decrypted.
+	SecretVersions(ctx context.Context, refs []secrets.Ref) ([]*pb.SecretMaterial, error)
 }
 
 // Config holds the hub's dependencies.
@@ -67,6 +68,9 @@ type compiled struct {
 	hosts       map[string]*pb.HostConfig // by host, Primary unset
 	order       []string                  // hosts sorted
 	deployments map[string][]string       // deployment → hosts in topology order
+	// pins are the secret versions the revision's hosts use; a secret
+	// without a pin (a revision stored before pins) uses its newest.
+	pins map[string]store.SecretPin
 }
 
 // desired is what a host should have now.
@@ -448,7 +452,7 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &compiled{revision: rec.Revision, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}}
+	c := &compiled{revision: rec.Revision, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
 		c.order = append(c.order, cfg.GetHost())
@@ -584,8 +588,14 @@ func (h *Hub) desiredLocked(host string) *desired {
 	cfg := proto.Clone(base).(*pb.HostConfig)
 	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
 	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
-		// A secret replaced under the same name changes the desired state.
-		cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+		// The version the revision pins; storing a newer one changes
+		// nothing here. Without a pin, the newest version: replacing it
+		// changes the desired state.
+		if p, ok := h.topo.pins[name]; ok {
+			cfg.TokenIssuer.SecretThumbprint = p.Thumbprint
+		} else {
+			cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+		}
 	}
 	d := &desired{version: h.topo.revision, hash: topology.Hash(cfg), config: cfg}
 	h.desired[host] = d
@@ -595,7 +605,7 @@ func (h *Hub) desiredLocked(host string) *desired {
 // secretsFor names the secrets a push of cfg carries: the deployment's
 // token-issuer secret, except on a Lync Front End that is not the pool's
 // primary unless DeliverLyncIssuerToEveryHost is set.
-func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
+func (h *Hub) secretsFor(cfg *pb.HostConfig) []secrets.Ref {
 	name := cfg.GetTokenIssuer().GetSecret()
 	if name == "" {
 		return nil
@@ -603,7 +613,13 @@ func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
 	if !h.cfg.DeliverLyncIssuerToEveryHost && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
 		return nil
 	}
-	return []string{name}
+	ref := secrets.Ref{Name: name}
+	h.mu.Lock()
+	if h.topo != nil {
+		ref.Version = h.topo.pins[name].Version
+	}
+	h.mu.Unlock()
+	return []secrets.Ref{ref}
 }
 
 func (h *Hub) notify(host string) {

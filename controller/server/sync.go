@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -407,12 +406,12 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 			return false, nil
 		}
 		sctx, cancel := storeCtx(ctx)
-		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, names)
+		secrets, err := s.hub.cfg.Secrets.SecretVersions(sctx, names)
 		cancel()
 		if err != nil {
 			// Without its secret the push would fail on the host and, once
 			// NACKed, never be sent again: end the stream and let the agent retry.
-			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", strings.Join(names, ", "), c.host, err)
+			return false, status.Errorf(codes.Unavailable, "load secret %s version %d for host %s: %v", names[0].Name, names[0].Version, c.host, err)
 		}
 		msg.Secrets = secrets
 		s.hub.secretsSent(c, d.hash)

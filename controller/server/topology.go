@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,12 @@ const MaxDocumentSize = 1 << 20
 // is a failure to check at all.
 type TopologyChecker interface {
 	CheckTopology(ctx context.Context, t *topology.Topology) (errs, warnings []topology.FieldViolation, err error)
+}
+
+// SecretPinner chooses the secret versions a topology's hosts use, stored
+// with the revision (see package secrets).
+type SecretPinner interface {
+	Pins(ctx context.Context, t *topology.Topology) (map[string]store.SecretPin, error)
 }
 
 // MaxWarnings bounds the warnings an ApplyTopology answer lists; a last one
@@ -102,14 +109,23 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 		}
 		resp.Revision = curRev
+		if cur != nil {
+			resp.Sequence = cur.Sequence
+		}
 		return resp, nil
 	}
+	var pins map[string]store.SecretPin
+	if p, ok := s.checker.(SecretPinner); ok {
+		if pins, err = p.Pins(ctx, t); err != nil {
+			return nil, err
+		}
+	}
 	who := callerName(ctx)
-	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan))
+	rev, seq, changed, err := st.PutTopologyPinned(ctx, t.Name, doc, pins, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan))
 	if err != nil {
 		return nil, err
 	}
-	resp.Revision, resp.Changed = rev, changed
+	resp.Revision, resp.Sequence, resp.Changed = rev, seq, changed
 	return resp, nil
 }
 
@@ -218,7 +234,11 @@ func (s *TopologyService) ListTopologyRevisions(ctx context.Context, req *pb.Lis
 }
 
 func revisionProto(r *store.TopologyRecord, withDoc bool) *pb.TopologyRevision {
-	out := &pb.TopologyRevision{Revision: r.Revision, Name: r.Name, AppliedAt: timestamp(r.AppliedAt), AppliedBy: r.AppliedBy, Hash: r.Hash}
+	out := &pb.TopologyRevision{Revision: r.Revision, Sequence: r.Sequence, Name: r.Name, AppliedAt: timestamp(r.AppliedAt), AppliedBy: r.AppliedBy, Hash: r.Hash}
+	for name, p := range r.Secrets {
+		out.Secrets = append(out.Secrets, &pb.SecretVersion{Name: name, Version: p.Version, Thumbprint: p.Thumbprint})
+	}
+	sort.Slice(out.Secrets, func(i, j int) bool { return out.Secrets[i].GetName() < out.Secrets[j].GetName() })
 	if withDoc {
 		out.Document = string(r.Document)
 	}
