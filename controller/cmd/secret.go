@@ -55,7 +55,7 @@ certificate on every host at once and break every trust edge until the partners 
 metadata. Such a put is refused; with --new-version the PFX is stored as a new version that no
 host uses until a rotation (s2s-controller rotate issuer) or rollout takes it into use. Each
 topology revision records the secret versions it was applied with (get revisions, SECRETS).`,
-		Args:  cobra.ExactArgs(1),
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pfx, err := readPFX(pfxFile)
 			if err != nil {
