@@ -71,6 +71,8 @@ func (a *testAgent) waitPush(t *testing.T, what string, want func(*pb.Desired) b
 // applied, serving Sync on loopback.
 type hubFixture struct {
 	addr string
+	hub  *Hub
+	st   *store.Store
 }
 
 func startHub(t *testing.T, cfg Config) *hubFixture {
@@ -109,7 +111,7 @@ func startHub(t *testing.T, cfg Config) *hubFixture {
 		cli.Close()
 		srv.Close()
 	})
-	return &hubFixture{addr: lis.Addr().String()}
+	return &hubFixture{addr: lis.Addr().String(), hub: hub, st: st}
 }
 
 // connect opens host's Sync stream (the service trusts the hello's host

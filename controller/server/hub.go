@@ -64,6 +64,7 @@ type Config struct {
 // compiled is one topology revision compiled for every host.
 type compiled struct {
 	revision    uint64
+	sequence    uint64 // 0 for a record stored before sequence numbers
 	name        string
 	hosts       map[string]*pb.HostConfig // by host, Primary unset
 	order       []string                  // hosts sorted
@@ -318,6 +319,15 @@ func (h *Hub) follow(ctx context.Context) error {
 				} else {
 					delete(h.present, host)
 					gone = append(gone, host)
+					// A host whose stream ended on another replica (or whose
+					// lease expired) starts its grace now, as one ending here
+					// does; the re-check after the grace moves the primary.
+					if _, ok := h.gone[host]; !ok && h.conns[host] == nil {
+						h.gone[host] = h.cfg.Now()
+						if h.topo != nil && h.topo.hosts[host] != nil {
+							h.scheduleRecheckLocked(h.topo.hosts[host].GetDeployment())
+						}
+					}
 				}
 			}
 			h.mu.Unlock()
@@ -452,7 +462,7 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &compiled{revision: rec.Revision, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
+	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
 		c.order = append(c.order, cfg.GetHost())
@@ -658,20 +668,32 @@ type snapshot struct {
 	present   map[string]bool
 	connected map[string]bool
 	desired   map[string]*desired
+	pending   map[string]pendingPush // host → the push it has not answered, on this replica
+}
+
+// pendingPush is a push awaiting the host's answer.
+type pendingPush struct {
+	version uint64
+	since   time.Time
 }
 
 func (h *Hub) snapshot() snapshot {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}}
+	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}, pending: map[string]pendingPush{}}
 	for k, v := range h.primaries {
 		s.primaries[k] = v
 	}
 	for k := range h.present {
 		s.present[k] = true
 	}
-	for k := range h.conns {
+	for k, c := range h.conns {
 		s.connected[k] = true
+		c.mu.Lock()
+		if c.pending != nil {
+			s.pending[k] = pendingPush{version: c.pending.GetVersion(), since: c.pendingSince}
+		}
+		c.mu.Unlock()
 	}
 	if h.topo != nil {
 		for _, host := range h.topo.order {
