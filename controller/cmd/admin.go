@@ -200,6 +200,7 @@ func newStatus(g *globals) *cobra.Command {
 					printDrift(g.out, hosts.GetHosts())
 					fmt.Fprintln(g.out)
 					printRealms(g.out, rep.GetRealms())
+					printExpiryWarnings(g.out, rep.GetRealms())
 					for _, e := range rep.GetEdges() {
 						if !e.GetOk() {
 							return &exitError{code: exitTrust, err: fmt.Errorf("trust edge %s → %s is not working", safe(e.GetFrom()), safe(e.GetTo()))}
@@ -212,6 +213,11 @@ func newStatus(g *globals) *cobra.Command {
 					return err
 				}
 				printStatus(g.out, details)
+				rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+				if err != nil {
+					return rpcError("trust report", err)
+				}
+				printExpiryWarnings(g.out, rep.GetRealms())
 				hosts := make([]*pb.Host, 0, len(details))
 				for _, d := range details {
 					hosts = append(hosts, d.host)
@@ -222,6 +228,8 @@ func newStatus(g *globals) *cobra.Command {
 	}
 	c.Long = fmt.Sprintf(`Per host: desired and applied version, last ack or nack, drift, realms and what the host verified.
 With --trust: one row per trust edge, then every host's drift and each deployment's realms.
+Both warn of a token-issuer certificate (Lync's OAuthTokenIssuer, Exchange's auth certificate,
+SharePoint's STS certificate) that expires within 60 days, and more urgently within 30.
 
 Exits %d when a trust edge is not working (--trust), %d when a host has drift that was not corrected.`, exitTrust, exitDrift)
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")

@@ -336,6 +336,9 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 		expires := "-"
 		if e.GetIssuerNotAfter() != nil {
 			expires = e.GetIssuerNotAfter().AsTime().Format("2006-01-02")
+			if e.GetIssuerExpiryWarning() != "" {
+				expires += " SOON"
+			}
 		}
 		okProbes := 0
 		for _, p := range e.GetProbes() {
@@ -458,6 +461,17 @@ func printRealms(w io.Writer, realms []*pb.DeploymentRealm) {
 			orDash(r.GetConfiguredRealm()), orDash(r.GetMetadataRealm()), orDash(r.GetMetadataIssuer()))
 	}
 	tw.Flush()
+}
+
+// printExpiryWarnings prints a warning for each deployment whose
+// token-issuer certificate expires within 60 days; warnings change no
+// exit code.
+func printExpiryWarnings(w io.Writer, realms []*pb.DeploymentRealm) {
+	for _, r := range realms {
+		if x := r.GetIssuerExpiryWarning(); x != "" {
+			fmt.Fprintf(w, "warning: %s\n", safe(x))
+		}
+	}
 }
 
 func orDash(s string) string {

@@ -329,6 +329,17 @@ func (s *Store) getVersion(ctx context.Context, name string, v uint64) (*stored,
 	return decode(name, resp.Kvs[0].Value)
 }
 
+// Info describes one version of a secret's certificate (0: the newest)
+// without opening its sealed part, so it needs no key: the fleet view
+// reads expiry dates with it.
+func Info(ctx context.Context, st *store.Store, name string, version uint64) (*pb.CertificateInfo, error) {
+	s, err := (&Store{st: st}).getVersion(ctx, name, version)
+	if err != nil {
+		return nil, err
+	}
+	return s.info, nil
+}
+
 // DecodeInfo reads the certificate description of a stored secret value,
 // without opening its sealed part.
 func DecodeInfo(value []byte) (*pb.CertificateInfo, error) {
