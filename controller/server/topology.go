@@ -62,7 +62,7 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 	}
 	t, err := topology.Load(name, req.GetDocument())
 	if err != nil {
-		return nil, err
+		return nil, s.withCurrentRealms(ctx, req.GetDocument(), err)
 	}
 	var warnings []string
 	if s.checker != nil {

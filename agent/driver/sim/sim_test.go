@@ -901,3 +901,34 @@ func TestLyncRollKeepsPreviousUntilRemoved(t *testing.T) {
 		t.Error("the previous certificate is still there after Remove-CsCertificate -Previous")
 	}
 }
+
+// TestSharePointQueuedSigningCertificate: a certificate queued with
+// Set-SPSecurityTokenServiceConfig -QueueSigningCertificate is published
+// beside the current one and shows as the next issuer, as rotation needs.
+func TestSharePointQueuedSigningCertificate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	sp01 := e.host("sp01.contoso.com", pb.Product_PRODUCT_SHAREPOINT, "2019")
+	cfg := sharepointConfig()
+	cfg.TokenIssuer = nil
+	noErrors(t, sp01.Apply(context.Background(), cfg, nil))
+	next, err := certs.Generate(certs.Template{CommonName: "SharePoint Security Token Service"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := StageNextIssuerCertificate(e.shared, "sharepoint", next.Cert, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	_, _, all, err := sp01.SigningCertificates(context.Background())
+	if err != nil || len(all) != 2 || !all[1].Equal(next.Cert) {
+		t.Fatalf("published = %d certificates (%v), want the current and the queued one", len(all), err)
+	}
+	st, err := sp01.Read(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Issuer.Next != certs.Thumbprint(next.Cert) || st.STS.QueuedSigningThumbprint != st.Issuer.Next {
+		t.Errorf("issuer %+v, STS %+v; want the queued certificate as next", st.Issuer, st.STS)
+	}
+	allOK(t, verify(t, sp01, cfg))
+}

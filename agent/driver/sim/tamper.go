@@ -181,6 +181,10 @@ func StageNextIssuerCertificate(sharedDir, deployment string, cert *x509.Certifi
 		o.AuthCertificates = slices.DeleteFunc(o.AuthCertificates, func(c *IssuerCertificate) bool { return c.Thumbprint == t })
 		o.AuthCertificates = append(o.AuthCertificates, ic)
 		slices.SortFunc(o.AuthCertificates, func(a, b *IssuerCertificate) int { return cmp.Compare(a.Thumbprint, b.Thumbprint) })
+	case ds.SharePoint != nil:
+		// Set-SPSecurityTokenServiceConfig -QueueSigningCertificate: published
+		// beside the current signing certificate until it replaces it.
+		ds.SharePoint.QueuedSigningCertificate = ic
 	default:
 		return fmt.Errorf("stage next issuer certificate %s: a %s deployment has no next certificate", t, ds.Product)
 	}
