@@ -110,17 +110,47 @@ func readTopology(file string) ([]byte, error) {
 	return doc, nil
 }
 
+// versionOfRevision finds the version of the revision operators number n,
+// paging through the revisions newest first.
+func versionOfRevision(ctx context.Context, client pb.TopologyServiceClient, n uint64) (uint64, error) {
+	req := &pb.ListTopologyRevisionsRequest{PageSize: 1000}
+	for {
+		resp, err := client.ListTopologyRevisions(ctx, req)
+		if err != nil {
+			return 0, rpcError("list revisions", err)
+		}
+		revs := resp.GetRevisions()
+		for _, r := range revs {
+			if r.GetSequence() == n {
+				return r.GetRevision(), nil
+			}
+		}
+		if resp.GetNextPageToken() == "" || len(revs) == 0 || revs[len(revs)-1].GetSequence() < n {
+			return 0, fmt.Errorf("--revision %d: no such revision (see `get revisions`)", n)
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
 func newGet(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "get", Short: "Show the topology, its revisions or the hosts"}
-	var rev uint64
+	var rev, version uint64
 	var output string
 	topo := &cobra.Command{
 		Use:   "topology",
-		Short: "Print the current topology, or --revision N",
+		Short: "Print the current topology, or --revision N (or --version V)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewTopologyServiceClient(conn).GetTopology(ctx, &pb.GetTopologyRequest{Revision: rev})
+				client := pb.NewTopologyServiceClient(conn)
+				if rev > 0 {
+					v, err := versionOfRevision(ctx, client, rev)
+					if err != nil {
+						return err
+					}
+					version = v
+				}
+				resp, err := client.GetTopology(ctx, &pb.GetTopologyRequest{Revision: version})
 				if err != nil {
 					return rpcError("get topology", err)
 				}
@@ -140,7 +170,7 @@ func newGet(g *globals) *cobra.Command {
 					}
 					// A valid topology holds nothing to escape; an older
 					// revision stored before the value checks may.
-					fmt.Fprintf(g.out, "# revision %d, applied %s by %s\n%s", resp.GetTopology().GetRevision(),
+					fmt.Fprintf(g.out, "# revision %d (version %d), applied %s by %s\n%s", resp.GetTopology().GetSequence(), resp.GetTopology().GetRevision(),
 						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(resp.GetTopology().GetAppliedBy()), termsafe.Text(string(y)))
 				default:
 					return fmt.Errorf("-o %q: want yaml or json", output)
@@ -149,7 +179,9 @@ func newGet(g *globals) *cobra.Command {
 			})
 		},
 	}
-	topo.Flags().Uint64Var(&rev, "revision", 0, "a stored revision (default: current)")
+	topo.Flags().Uint64Var(&rev, "revision", 0, "a stored revision by its number 1, 2, 3 … (the REVISION column of `get revisions`; default: current)")
+	topo.Flags().Uint64Var(&version, "version", 0, "a stored revision by its version (the VERSION column of `get revisions`)")
+	topo.MarkFlagsMutuallyExclusive("revision", "version")
 	topo.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
 
 	var hostsOut string

@@ -362,10 +362,19 @@ func TestApplyGetStatus(t *testing.T) {
 	wantNotContains(t, "second apply", out, "applied:")
 
 	out = mustRun(t, dir, "get", "topology", "-o", "yaml")
-	wantContains(t, "topology yaml", out, "# revision "+rev+", applied ", "name: contoso\n", "pool01")
-	if !strings.HasPrefix(out, "# revision "+rev+", applied ") {
+	wantContains(t, "topology yaml", out, "# revision 1 (version "+rev+"), applied ", "name: contoso\n", "pool01")
+	if !strings.HasPrefix(out, "# revision 1 (version "+rev+"), applied ") {
 		t.Errorf("topology yaml does not start with its revision comment:\n%s", out)
 	}
+
+	// The same revision by its number and by its version.
+	for _, flag := range [][]string{{"--revision", "1"}, {"--version", rev}} {
+		if got := mustRun(t, dir, append([]string{"get", "topology"}, flag...)...); got != out {
+			t.Errorf("get topology %s:\n%s\nwant the current one:\n%s", flag, got, out)
+		}
+	}
+	_, err = mustFail(t, dir, "get", "topology", "--revision", "7")
+	wantContains(t, "error", err.Error(), "--revision 7: no such revision")
 
 	out = mustRun(t, dir, "get", "topology", "-o", "json")
 	var doc struct {

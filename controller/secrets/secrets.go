@@ -133,7 +133,7 @@ func (s *Store) PutVersion(ctx context.Context, name string, pfx []byte, passwor
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, false, err
 	}
-	usedBy, err := s.usedBy(ctx, name)
+	usedBy, pinned, err := s.usedBy(ctx, name)
 	if err != nil {
 		return nil, false, err
 	}
@@ -152,6 +152,13 @@ func (s *Store) PutVersion(ctx context.Context, name string, pfx []byte, passwor
 			return nil, false, status.Errorf(codes.FailedPrecondition,
 				"secret %s is in use by deployment %s of the current topology (version %d, certificate %s): it is not replaced in place; store the new certificate with `secret put %s --new-version` and roll it out with `s2s-controller rotate issuer`",
 				name, strings.Join(usedBy, ", "), cur.rec.version(), cur.info.GetThumbprint(), name)
+		}
+		if len(usedBy) > 0 && !pinned {
+			// A revision stored before versions uses the newest version of
+			// each secret: a new one would reach its hosts at once.
+			return nil, false, status.Errorf(codes.FailedPrecondition,
+				"secret %s is in use by deployment %s and the current topology revision, stored before secret versions, does not record which version it uses: apply the topology again (`s2s-controller apply -f FILE`), then store the new version",
+				name, strings.Join(usedBy, ", "))
 		}
 		version, curRev = cur.rec.version()+1, cur.modRev
 	}
@@ -200,19 +207,19 @@ func (s *Store) PutVersion(ctx context.Context, name string, pfx []byte, passwor
 }
 
 // usedBy names the deployments of the current topology whose token issuer
-// is the secret name.
-func (s *Store) usedBy(ctx context.Context, name string) ([]string, error) {
-	t, _, err := s.currentTopology(ctx)
+// is the secret name, and whether the current revision pins its version.
+func (s *Store) usedBy(ctx context.Context, name string) (deployments []string, pinned bool, err error) {
+	t, rec, err := s.currentTopology(ctx)
 	if err != nil || t == nil {
-		return nil, err
+		return nil, false, err
 	}
-	var out []string
 	for _, d := range t.Deployments {
 		if d.TokenIssuer != nil && d.TokenIssuer.Secret == name {
-			out = append(out, d.Name)
+			deployments = append(deployments, d.Name)
 		}
 	}
-	return out, nil
+	_, pinned = rec.Secrets[name]
+	return deployments, pinned, nil
 }
 
 // currentTopology loads the current topology and its record; nil, nil

@@ -129,3 +129,41 @@ func TestVersionOfOldRecord(t *testing.T) {
 		t.Fatalf("versions after the old record = %v, %v", got, err)
 	}
 }
+
+// A topology revision stored before versions pins nothing: its hosts use
+// the newest version, so a new version is refused until it is re-applied.
+func TestNewVersionNeedsAPinnedRevision(t *testing.T) {
+	e := newEnv(t)
+	s := e.secrets(t, "k")
+	ctx := testCtx(t)
+	pfx1, _ := goodPFX()
+	pfx2, _ := issuerPFX(t, "contoso.com", "fabrikam.com")
+	if _, _, err := s.Put(ctx, "oauth-2026", pfx1, password); err != nil {
+		t.Fatal(err)
+	}
+	topo, err := topology.Load("contoso.yaml", []byte(topologyYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := topo.Canonical()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.st.PutTopology(ctx, topo.Name, doc, "old controller", now, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = s.PutVersion(ctx, "oauth-2026", pfx2, password, true)
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "apply the topology again") {
+		t.Fatalf("new version under an unpinned revision: err = %v; want FAILED_PRECONDITION asking to re-apply", err)
+	}
+	pins, err := s.Pins(ctx, topo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, changed, err := e.st.PutTopologyPinned(ctx, topo.Name, doc, pins, "admin", now, nil, nil); err != nil || !changed {
+		t.Fatalf("re-apply with pins = %v, %v; want a new, pinned revision", changed, err)
+	}
+	if sec, _, err := s.PutVersion(ctx, "oauth-2026", pfx2, password, true); err != nil || sec.GetVersion() != 2 {
+		t.Fatalf("new version after the re-apply = %v, %v; want version 2", sec, err)
+	}
+}
