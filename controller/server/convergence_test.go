@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -186,6 +187,13 @@ func TestLostAckRecoveredFromHello(t *testing.T) {
 // its role for the grace period, and no host is re-sent anything.
 func TestPrimaryGraceHonouredOnKill(t *testing.T) {
 	f := startHub(t, Config{Secrets: fakeSecrets{}, PrimaryGrace: time.Hour})
+	// A second replica on the same etcd, with no agent of its own: it
+	// learns of fe01's end from the presence watch only.
+	replica := NewHub(Config{Store: f.st, Logger: slog.New(slog.DiscardHandler), PrimaryGrace: time.Hour})
+	rctx, rcancel := context.WithCancel(context.Background())
+	replicaDone := make(chan error, 1)
+	go func() { replicaDone <- replica.Run(rctx) }()
+	t.Cleanup(func() { rcancel(); <-replicaDone })
 	fe01 := f.connect(t, "fe01.contoso.com")
 	fe01.waitPush(t, "to fe01 as the primary", primaryIs(true))
 	fe02 := f.connect(t, "fe02.contoso.com")
@@ -213,7 +221,7 @@ func TestPrimaryGraceHonouredOnKill(t *testing.T) {
 	if _, err := cli.Put(ctx, f.st.Key("presence/barrier.contoso.com"), "test"); err != nil {
 		t.Fatal(err)
 	}
-	for !f.hub.snapshot().present["barrier.contoso.com"] {
+	for !f.hub.snapshot().present["barrier.contoso.com"] || !replica.snapshot().present["barrier.contoso.com"] {
 		if time.Now().After(deadline) {
 			t.Fatal("the hub never saw the barrier presence key")
 		}
@@ -221,6 +229,9 @@ func TestPrimaryGraceHonouredOnKill(t *testing.T) {
 	}
 	if p := f.hub.snapshot().primaries["pool01"]; p != "fe01.contoso.com" {
 		t.Fatalf("pool01's primary is %q right after fe01's agent was killed; want fe01 kept for the grace period", p)
+	}
+	if p := replica.snapshot().primaries["pool01"]; p != "fe01.contoso.com" {
+		t.Fatalf("the other replica has pool01's primary as %q right after fe01's agent was killed; want fe01 kept for the grace period", p)
 	}
 	prim, err := f.st.Primaries(ctx)
 	if err != nil || prim["pool01"] != "fe01.contoso.com" {

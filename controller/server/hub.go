@@ -316,6 +316,10 @@ func (h *Hub) follow(ctx context.Context) error {
 				host := st.HostFromPresenceKey(ev.Kv.Key)
 				if ev.Type == clientv3.EventTypePut {
 					h.present[host] = true
+					if h.conns[host] == nil {
+						// Back on another replica: a later disconnect starts a new grace.
+						delete(h.gone, host)
+					}
 				} else {
 					delete(h.present, host)
 					gone = append(gone, host)
