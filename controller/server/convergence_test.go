@@ -119,6 +119,14 @@ func TestNackIsNotFinalForever(t *testing.T) {
 	}
 	a.nack(t, d, "write /var/lib/s2s-agent/.state.json.tmp-123: read-only file system")
 	f.waitState(t, host, "stored NACK", nackOf(d))
+	// Within the stream the NACKed configuration is not pushed again
+	// (a push here would send on the nil stream and panic).
+	f.hub.mu.Lock()
+	c := f.hub.conns[host]
+	f.hub.mu.Unlock()
+	if pushed, err := NewAgentService(f.hub, 0, true).maybePush(context.Background(), nil, c); pushed || err != nil {
+		t.Fatalf("maybePush after a NACK on the same stream = %v, %v; want nothing pushed", pushed, err)
+	}
 
 	// Explicit retry on the same stream.
 	fleet := NewFleetService(f.hub)
