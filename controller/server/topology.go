@@ -121,7 +121,7 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 		}
 	}
 	who := callerName(ctx)
-	rev, seq, changed, err := st.PutTopologyPinned(ctx, t.Name, doc, pins, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan))
+	rev, seq, changed, err := st.PutTopologyPinned(ctx, t.Name, doc, pins, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan, pins))
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +165,7 @@ func boundedPlan(plan []*pb.HostPlan) *pb.ApplyTopologyResponse {
 }
 
 // auditRecord says who changed the topology to what; it is stored with the change.
-func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []byte {
+func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan, pins map[string]store.SecretPin) []byte {
 	var changes []string
 	for _, hp := range plan {
 		for _, it := range hp.GetItems() {
@@ -178,6 +178,10 @@ func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []b
 		changes = append(changes[:maxChanges], fmt.Sprintf("… and %d more", n-maxChanges))
 	}
 	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "when": s.hub.cfg.Now().UTC(), "changes": changes}
+	if len(pins) > 0 {
+		// The secret versions the revision uses, by name, version and thumbprint only.
+		rec["secrets"] = pins
+	}
 	b, _ := json.Marshal(rec)
 	return b
 }
