@@ -235,8 +235,9 @@ type Secret struct {
 	Certificate *CertificateInfo       `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	// The version described: 1, 2, 3 … per name; the newest in listings.
 	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
-	// The deployments of the current topology that use the secret, with
-	// the version each uses (see TopologyRevision.secrets).
+	// The deployments of the current topology whose token issuer it is;
+	// the version each uses is pinned by the topology revision (see
+	// TopologyRevision.secrets).
 	UsedBy        []string `protobuf:"bytes,4,rep,name=used_by,json=usedBy,proto3" json:"used_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
