@@ -27,7 +27,7 @@ func main() {
 func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "s2s-agent", Short: "The s2strust agent: applies and verifies this host's S2S OAuth trust", SilenceUsage: true, SilenceErrors: true}
 	var cfg app.Config
-	var verbose bool
+	var verbose, apply bool
 	run := &cobra.Command{
 		Use:   "run",
 		Short: "Connect to the controller and keep this host's trust configuration applied",
@@ -38,6 +38,7 @@ func newRoot() *cobra.Command {
 				level = slog.LevelDebug
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			cfg.Monitor = !apply
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return app.Run(ctx, cfg)
@@ -56,6 +57,7 @@ func newRoot() *cobra.Command {
 	f.StringSliceVar(&cfg.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION (e.g. lync:2015); repeatable")
 	f.DurationVar(&cfg.DriftInterval, "drift-interval", time.Minute, "how often the applied configuration is re-read to find drift")
 	f.BoolVar(&cfg.AutoCorrect, "auto-correct", false, "re-apply drifted items instead of only reporting them")
+	f.BoolVar(&apply, "apply", true, "apply the configuration; --apply=false is monitor mode: read, verify, probe and report the plan (the exact cmdlets, secrets redacted), change nothing, acknowledge nothing")
 	f.DurationVar(&cfg.VerifyInterval, "verify-interval", 2*time.Second, "how often a verification waiting on the deployment's primary is retried")
 	f.DurationVar(&cfg.PendingTimeout, "pending-timeout", 30*time.Second, "how long a verification may wait on the deployment's primary before it is NACKed (a later success still ACKs it)")
 	f.StringSliceVar(&cfg.Resolve, "resolve", nil, "resolve HOST to ADDR for metadata downloads and trust probes, as curl's --resolve: HOST=IP:PORT or HOST:PORT=IP:PORT; repeatable")

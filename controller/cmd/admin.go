@@ -171,7 +171,8 @@ const (
 )
 
 func newStatus(g *globals) *cobra.Command {
-	var trust bool
+	var trust, plan bool
+	var host string
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
@@ -179,6 +180,9 @@ func newStatus(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				fleet := pb.NewFleetServiceClient(conn)
+				if trust && (plan || host != "") {
+					return errors.New("--trust shows every edge: it takes neither --plan nor --host")
+				}
 				if trust {
 					rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
 					if err != nil {
@@ -199,9 +203,13 @@ func newStatus(g *globals) *cobra.Command {
 					}
 					return driftError(hosts.GetHosts())
 				}
-				details, err := fetchStatus(ctx, fleet)
+				details, err := fetchStatus(ctx, fleet, host)
 				if err != nil {
 					return err
+				}
+				if plan {
+					printPlans(g.out, details)
+					return nil
 				}
 				printStatus(g.out, details)
 				hosts := make([]*pb.Host, 0, len(details))
@@ -214,8 +222,14 @@ func newStatus(g *globals) *cobra.Command {
 	}
 	c.Long = fmt.Sprintf(`Per host: desired and applied version, last ack or nack, drift, realms and what the host verified.
 With --trust: one row per trust edge, then every host's drift and each deployment's realms.
+With --plan: per host, the operations its agent reported: for an agent in monitor mode
+(s2s-agent run --apply=false) the exact cmdlets it would run, otherwise those it last ran,
+each with its item, reason and whether it is primary-only or disruptive; secrets redacted.
+--host shows one host only.
 
 Exits %d when a trust edge is not working (--trust), %d when a host has drift that was not corrected.`, exitTrust, exitDrift)
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
+	c.Flags().BoolVar(&plan, "plan", false, "per host, the operations its agent would execute (monitor mode) or last executed")
+	c.Flags().StringVar(&host, "host", "", "show this host only")
 	return c
 }

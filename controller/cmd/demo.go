@@ -154,7 +154,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetRevision())
 		trust, failures, waitErr = waitTrusted(ctx, fleet, time.Until(deadline))
 	}
-	details, err := fetchStatus(ctx, fleet)
+	details, err := fetchStatus(ctx, fleet, "")
 	if err != nil {
 		return err
 	}

@@ -59,6 +59,18 @@ func yesNo(b bool) string {
 }
 
 func resultText(r *pb.LastResult) string {
+	if r.GetMonitor() {
+		// Not a failure: the agent runs read-only and answers so.
+		var parts []string
+		for _, e := range r.GetErrors() {
+			if e.GetItem() == "monitor" {
+				parts = append(parts, e.GetMessage())
+			} else {
+				parts = append(parts, e.GetItem()+": "+e.GetMessage())
+			}
+		}
+		return fmt.Sprintf("monitor v%d: %s", r.GetVersion(), strings.Join(parts, "; "))
+	}
 	switch r.GetKind() {
 	case pb.ResultKind_RESULT_KIND_ACK:
 		return fmt.Sprintf("ack v%d", r.GetVersion())
@@ -78,7 +90,16 @@ type hostDetail struct {
 	report *pb.StatusReport
 }
 
-func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient) ([]hostDetail, error) {
+// fetchStatus gets every host with its report, or only host when set.
+func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient, host string) ([]hostDetail, error) {
+	if host != "" {
+		host = strings.ToLower(strings.TrimSpace(host))
+		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Host: host})
+		if err != nil {
+			return nil, rpcError("get host "+host, err)
+		}
+		return []hostDetail{{host: d.GetHost(), report: d.GetStatus()}}, nil
+	}
 	list, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
 	if err != nil {
 		return nil, rpcError("list hosts", err)
@@ -108,6 +129,9 @@ func printStatus(w io.Writer, details []hostDetail) {
 		role := "secondary"
 		if h.GetPrimary() {
 			role = "primary"
+		}
+		if r.GetMonitor() {
+			role += ", monitor mode"
 		}
 		fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", h.GetHost(), h.GetDeployment(), products.DisplayName(h.GetProduct()), h.GetProductVersion(), role)
 		if r == nil {

@@ -692,7 +692,10 @@ type LastResult struct {
 	Errors  []*ItemError           `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
 	Time    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
 	// The hash of the configuration answered.
-	Hash          string `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
+	Hash string `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Whether the Nack came from an agent in monitor mode (see Nack.monitor):
+	// the host applied nothing by choice; errors say what it planned.
+	Monitor       bool `protobuf:"varint,6,opt,name=monitor,proto3" json:"monitor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -760,6 +763,13 @@ func (x *LastResult) GetHash() string {
 		return x.Hash
 	}
 	return ""
+}
+
+func (x *LastResult) GetMonitor() bool {
+	if x != nil {
+		return x.Monitor
+	}
+	return false
 }
 
 // Host is one host of the topology as the controller sees it.
@@ -984,14 +994,15 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\tR\x04host\"k\n" +
 	"\x0fGetHostResponse\x12%\n" +
 	"\x04host\x18\x01 \x01(\v2\x11.s2strust.v1.HostR\x04host\x121\n" +
-	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xc7\x01\n" +
+	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xe1\x01\n" +
 	"\n" +
 	"LastResult\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.s2strust.v1.ResultKindR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12.\n" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
-	"\x04hash\x18\x05 \x01(\tR\x04hash\"\xe5\x04\n" +
+	"\x04hash\x18\x05 \x01(\tR\x04hash\x12\x18\n" +
+	"\amonitor\x18\x06 \x01(\bR\amonitor\"\xe5\x04\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
