@@ -15,6 +15,7 @@ import (
 
 	"github.com/s2strust/s2strust/agent/app"
 	"github.com/s2strust/s2strust/agent/diagnose"
+	"github.com/s2strust/s2strust/agent/inspect"
 )
 
 func main() {
@@ -67,7 +68,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	_ = run.MarkFlagRequired("host")
-	root.AddCommand(run)
+	root.AddCommand(run, newInspect())
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
@@ -81,4 +82,34 @@ func newRoot() *cobra.Command {
 		},
 	})
 	return root
+}
+
+func newInspect() *cobra.Command {
+	var o inspect.Options
+	c := &cobra.Command{
+		Use:   "inspect --host FQDN [--driver sim|powershell] [--product P[:V]] [--deployment D] [-o table|json]",
+		Short: "Print this host's current S2S OAuth configuration as the products' own Get- cmdlets show it; changes nothing",
+		Long: `Print this host's current S2S OAuth configuration as the products' own cmdlets show it:
+Get-CsPartnerApplication, Get-CsOAuthConfiguration and Get-CsCertificate on Lync / Skype for Business;
+Get-PartnerApplication, Get-AuthConfig and Get-ExchangeCertificate on Exchange;
+Get-SPTrustedSecurityTokenIssuer, Get-SPAuthenticationRealm and Get-SPSecurityTokenServiceConfig on SharePoint.
+It reads through the same driver as "run" (the same flags) and changes nothing; no controller is needed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return inspect.Run(ctx, o, cmd.OutOrStdout())
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.Agent.Host, "host", "", "this host's FQDN (required)")
+	f.StringVar(&o.Agent.Driver, "driver", "sim", "product driver: sim or powershell")
+	f.StringVar(&o.Agent.StateDir, "state-dir", "./s2s-agent-state", "the agent's state directory (the sim keeps the host's store there)")
+	f.StringVar(&o.Agent.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores (default <state-dir>/sim-shared)")
+	f.StringSliceVar(&o.Agent.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION; repeatable")
+	f.StringVar(&o.Product, "product", "", "the product to inspect, PRODUCT[:VERSION] (default: the one product the driver finds)")
+	f.StringVar(&o.Deployment, "deployment", "", "the host's deployment (pool, organization or farm); required with the sim driver")
+	f.StringVarP(&o.Output, "output", "o", "table", "table or json")
+	_ = c.MarkFlagRequired("host")
+	return c
 }

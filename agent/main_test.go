@@ -1,0 +1,60 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/s2strust/s2strust/agent/driver/sim"
+	"github.com/s2strust/s2strust/internal/products"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// TestInspectCommand runs `s2s-agent inspect` as an administrator would on
+// a simulated Exchange server, in both output formats.
+func TestInspectCommand(t *testing.T) {
+	dir := t.TempDir()
+	state, shared := filepath.Join(dir, "state"), filepath.Join(dir, "shared")
+	s, err := sim.New(sim.Config{Host: "ex01.contoso.com", StateDir: filepath.Join(state, "sim"), SharedDir: shared,
+		Products: []*pb.DetectedProduct{{Product: pb.Product_PRODUCT_EXCHANGE, Version: "2019"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &pb.HostConfig{Host: "ex01.contoso.com", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ProductVersion: "2019",
+		DeploymentHosts: []string{"ex01.contoso.com"}, ServiceName: products.ExchangeID, Endpoint: "autodiscover.contoso.com",
+		MetadataUrl: "https://autodiscover.contoso.com/autodiscover/metadata/json/1", Primary: true}
+	if errs := s.Apply(context.Background(), cfg, nil); len(errs) > 0 {
+		t.Fatalf("apply: %v", errs)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		root := newRoot()
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(append([]string{"inspect", "--host", "ex01.contoso.com", "--state-dir", state, "--sim-dir", shared,
+			"--sim-product", "exchange:2019", "--deployment", "exchange"}, args...))
+		if err := root.ExecuteContext(context.Background()); err != nil {
+			t.Fatalf("s2s-agent inspect %s: %v\n%s", strings.Join(args, " "), err, out.String())
+		}
+		return out.String()
+	}
+	table := run()
+	for _, want := range []string{"PS> Get-PartnerApplication | Format-List\n\n(nothing)\n", "PS> Get-AuthConfig | Format-List\n\nCurrentCertificateThumbprint  : ",
+		"ServiceName                   : " + products.ExchangeID + "\n", "PS> Get-ExchangeCertificate | Format-List\n"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("inspect lacks %q:\n%s", want, table)
+		}
+	}
+	var doc struct {
+		Product  string
+		Sections []struct{ Command string }
+	}
+	out := run("-o", "json")
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || doc.Product != "exchange" || len(doc.Sections) != 3 || doc.Sections[1].Command != "Get-AuthConfig | Format-List" {
+		t.Errorf("inspect -o json: %+v (%v)\n%s", doc, err, out)
+	}
+}
