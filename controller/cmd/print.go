@@ -261,7 +261,7 @@ func printPartners(w io.Writer, product pb.Product, ps []*pb.PartnerApplication)
 				{"Name", p.GetName()},
 				{"RegisteredIssuerName", p.GetApplicationIdentifier() + "@" + p.GetRealm()},
 				{"MetadataEndPoint", p.GetMetadataUrl()},
-				{"IsSelfIssuer", "False"},
+				{"IsSelfIssuer", boolPS(!p.GetTrustBroker())}, // the complement of -IsTrustBroker
 				{"IsTrustBroker", boolPS(p.GetTrustBroker())},
 			})
 		}
