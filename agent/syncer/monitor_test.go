@@ -10,7 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/driver/sim"
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -68,6 +70,20 @@ func readTree(t *testing.T, root string) map[string]string {
 // Nack's first item says so, and neither the product's stores nor the
 // agent's own state change.
 func TestMonitorPlansAndChangesNothing(t *testing.T) {
+	t.Run("planner", func(t *testing.T) { testMonitor(t, func(s *sim.Sim) driver.Driver { return s }) })
+	// A driver that only reads and executes is planned by the shared
+	// reconciler, which executes nothing in monitor mode.
+	t.Run("backend only", func(t *testing.T) {
+		testMonitor(t, func(s *sim.Sim) driver.Driver {
+			return struct {
+				driver.Driver
+				reconcile.Backend
+			}{s, s}
+		})
+	})
+}
+
+func testMonitor(t *testing.T, wrap func(*sim.Sim) driver.Driver) {
 	dir := t.TempDir()
 	s := newSim(t, dir)
 	cfg := &pb.HostConfig{Host: "fe01.contoso.com", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ProductVersion: "2015",
@@ -79,7 +95,11 @@ func TestMonitorPlansAndChangesNothing(t *testing.T) {
 	before := readTree(t, dir)
 
 	agentDir := t.TempDir()
-	a, err := New(Config{Host: cfg.GetHost(), Conn: &downConn{}, Driver: s, StateDir: agentDir, Monitor: true,
+	drv := wrap(s)
+	if _, ok := drv.(Planner); ok != (drv == driver.Driver(s)) {
+		t.Fatalf("the wrapped driver %T is a Planner: %v", drv, ok)
+	}
+	a, err := New(Config{Host: cfg.GetHost(), Conn: &downConn{}, Driver: drv, StateDir: agentDir, Monitor: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

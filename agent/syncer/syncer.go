@@ -75,12 +75,37 @@ type Config struct {
 // (package reconcile) and can say what they execute or would execute:
 // the sim does. The agent reports the plan and needs it for monitor mode;
 // a driver that is no Planner is applied through Driver.Apply and reports
-// no plan. (It lives here, not in package driver, because package
-// reconcile imports driver.)
+// no plan, and in monitor mode is planned through reconcile.Apply when it
+// is a reconcile.Backend. (It lives here, not in package driver, because
+// package reconcile imports driver.)
 type Planner interface {
 	// ApplyPlan is Driver.Apply returning the operations too; with monitor
 	// set it executes nothing and returns what it would do.
 	ApplyPlan(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.SecretMaterial, monitor bool) reconcile.Result
+}
+
+// monitorPlanner is how monitor mode plans with d: its own ApplyPlan, or
+// for a driver that is only a reconcile.Backend the shared reconciler
+// with monitor set, which executes nothing. Nil when d can do neither.
+func monitorPlanner(d driver.Driver, now func() time.Time) Planner {
+	if p, ok := d.(Planner); ok {
+		return p
+	}
+	if b, ok := d.(reconcile.Backend); ok {
+		return backendPlanner{b: b, now: now}
+	}
+	return nil
+}
+
+// backendPlanner plans through the shared reconciler; it is used in
+// monitor mode only, where reconcile.Apply executes nothing.
+type backendPlanner struct {
+	b   reconcile.Backend
+	now func() time.Time
+}
+
+func (p backendPlanner) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.SecretMaterial, monitor bool) reconcile.Result {
+	return reconcile.Apply(ctx, p.b, cfg, secrets, p.now(), monitor)
 }
 
 // ItemMonitor is the item of a monitor Nack's first error.
@@ -119,7 +144,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, errors.New("agent: host, connection, driver and state directory are required")
 	}
 	if cfg.Monitor {
-		if _, ok := cfg.Driver.(Planner); !ok {
+		if monitorPlanner(cfg.Driver, cfg.Now) == nil {
 			return nil, fmt.Errorf("agent: monitor mode (--apply=false) needs a driver that plans; driver %s does not", cfg.Driver.Name())
 		}
 		if cfg.AutoCorrect {
@@ -543,7 +568,7 @@ func (a *Agent) setPlan(ops []reconcile.Op) {
 // product refused, or a check no operation fixes).
 func (a *Agent) monitor(ctx context.Context, d *pb.Desired, first bool) (outcome, []*pb.ItemError) {
 	cfg := d.GetConfig()
-	res := a.cfg.Driver.(Planner).ApplyPlan(ctx, cfg, d.GetSecrets(), true)
+	res := monitorPlanner(a.cfg.Driver, a.cfg.Now).ApplyPlan(ctx, cfg, d.GetSecrets(), true)
 	a.setPlan(res.Ops)
 	planned := map[string]bool{}
 	for _, o := range res.Ops {
@@ -624,7 +649,7 @@ func (a *Agent) checkDrift(ctx context.Context) {
 	if len(drift) == 0 {
 		a.leftToPrimary = false
 	}
-	if p, ok := a.cfg.Driver.(Planner); ok && a.cfg.Monitor {
+	if p := monitorPlanner(a.cfg.Driver, a.cfg.Now); p != nil && a.cfg.Monitor {
 		// What correcting the drift would take.
 		a.mu.Lock()
 		secrets := a.secrets
