@@ -122,9 +122,10 @@ func (d *discovery) conflict(format string, args ...any) {
 
 // seen is one deployment-scope view as one host reported it.
 type seen struct {
-	host    string
-	primary bool
-	rep     *pb.StatusReport
+	host     string
+	primary  bool
+	rep      *pb.StatusReport
+	detected []*pb.DetectedProduct
 }
 
 // discover builds the topology of the estate: see newDiscover's help.
@@ -158,7 +159,7 @@ func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret
 			continue
 		}
 		d.reported++
-		byDeployment[h.GetDeployment()] = append(byDeployment[h.GetDeployment()], seen{host: h.GetHost(), primary: h.GetPrimary(), rep: hd.report})
+		byDeployment[h.GetDeployment()] = append(byDeployment[h.GetDeployment()], seen{host: h.GetHost(), primary: h.GetPrimary(), rep: hd.report, detected: h.GetDetectedProducts()})
 	}
 	products0 := map[string]pb.Product{}
 	for _, dep := range cur.Deployments {
@@ -182,6 +183,7 @@ func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret
 			continue
 		}
 		p := products0[dep.Name]
+		nd.Version = d.version(&dep, p, views)
 		oauth, partners := d.agree(dep.Name, views)
 		// The realm, when the product has one other than its default.
 		if r, ok := oauth["Realm"]; ok && r != "" {
@@ -263,6 +265,40 @@ func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret
 		out.Trusts = append(out.Trusts, e.trust)
 	}
 	return d
+}
+
+// version is the product version the hosts of dep detected, when they
+// agree; otherwise, or when their drivers detect nothing, the declared one.
+func (d *discovery) version(dep *topology.Deployment, p pb.Product, views []seen) string {
+	vals := map[string][]string{}
+	for _, v := range views {
+		if len(v.detected) == 0 {
+			continue // the driver does not say
+		}
+		i := slices.IndexFunc(v.detected, func(dp *pb.DetectedProduct) bool { return dp.GetProduct() == p })
+		if i < 0 {
+			var runs []string
+			for _, dp := range v.detected {
+				runs = append(runs, products.Name(dp.GetProduct())+" "+dp.GetVersion())
+			}
+			d.conflict("deployment %s: host %s runs %s, not %s", dep.Name, v.host, strings.Join(runs, " and "), products.Name(p))
+			continue
+		}
+		ver := products.NormalizeVersion(v.detected[i].GetVersion())
+		vals[ver] = append(vals[ver], v.host)
+	}
+	switch {
+	case len(vals) > 1:
+		d.conflict("deployment %s: its hosts run different versions of %s: %s", dep.Name, products.Name(p), disagreement(vals))
+	case len(vals) == 1:
+		for ver := range vals {
+			if ver != products.NormalizeVersion(dep.Version) {
+				d.notes = append(d.notes, fmt.Sprintf("deployment %s: the topology says %s %s, its hosts run %s", dep.Name, products.Name(p), dep.Version, ver))
+			}
+			return ver
+		}
+	}
+	return dep.Version
 }
 
 // guid matches a farm id (SharePoint's default realm).

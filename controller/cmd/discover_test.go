@@ -31,8 +31,9 @@ func TestDiscoverListsConflicts(t *testing.T) {
 	legacy := &pb.PartnerApplication{Identity: "legacy", Name: "legacy", ApplicationIdentifier: "11111111-0000-0ff1-ce00-000000000000",
 		MetadataUrl: "https://legacy.contoso.com/metadata/json/1", TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true}
 	oauth := &pb.OAuthConfiguration{ServiceName: products.LyncID, Realm: "contoso.com", IssuerThumbprint: iss.thumbprint}
-	reportAs(t, dir, "fe01.contoso.com", &pb.StatusReport{Primary: true, Oauth: oauth, Partners: []*pb.PartnerApplication{exchange, sharePoint, legacy}})
-	reportAs(t, dir, "fe02.contoso.com", &pb.StatusReport{Oauth: oauth, Partners: []*pb.PartnerApplication{exchange, legacy}})
+	sfb2019 := &pb.DetectedProduct{Product: pb.Product_PRODUCT_LYNC, Version: "2019"}
+	reportAs(t, dir, "fe01.contoso.com", &pb.StatusReport{Primary: true, Oauth: oauth, Partners: []*pb.PartnerApplication{exchange, sharePoint, legacy}}, sfb2019)
+	reportAs(t, dir, "fe02.contoso.com", &pb.StatusReport{Oauth: oauth, Partners: []*pb.PartnerApplication{exchange, legacy}}, sfb2019)
 
 	discover := func(args ...string) (string, string, error) {
 		var out, errOut bytes.Buffer
@@ -60,6 +61,7 @@ func TestDiscoverListsConflicts(t *testing.T) {
 		"conflict: deployment exchange: none of its hosts (ex01.contoso.com, ex02.contoso.com) is connected and has reported",
 		"conflict: deployment sharepoint: none of its hosts (sp01.contoso.com) is connected and has reported",
 		"note: host ex01.contoso.com (exchange) has not reported\n",
+		"note: deployment pool01: the topology says lync 2015, its hosts run 2019\n",
 	} {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("discover's standard error lacks %q:\n%s", want, errOut)
@@ -74,6 +76,9 @@ func TestDiscoverListsConflicts(t *testing.T) {
 	}
 	if len(got.Trusts) != 1 || got.Trusts[0].From != "exchange" || got.Trusts[0].To != "pool01" {
 		t.Errorf("discovered trusts %+v, want only the undisputed exchange → pool01", got.Trusts)
+	}
+	if v := got.Deployments[0].Version; v != "2019" {
+		t.Errorf("pool01 discovered at version %q, want the 2019 its hosts detected", v)
 	}
 	if ti := got.Deployments[0].TokenIssuer; ti == nil || ti.Secret != "oauth-2026" || got.Deployments[0].Realm != "contoso.com" {
 		t.Errorf("pool01 discovered with issuer %+v realm %q, want the secret oauth-2026 holding its thumbprint and realm contoso.com", ti, got.Deployments[0].Realm)

@@ -84,6 +84,7 @@ func hostView(snap snapshot, host string, st *pb.Host) *pb.Host {
 		h.LastResult = st.GetLastResult()
 		h.AgentVersion, h.Driver = st.GetAgentVersion(), st.GetDriver()
 		h.Drift = st.GetDrift()
+		h.DetectedProducts = st.GetDetectedProducts()
 	}
 	return h
 }

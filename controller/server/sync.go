@@ -185,6 +185,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		st.Driver = hello.GetDriver()
 		st.AppliedVersion = hello.GetAppliedVersion()
 		st.AppliedHash = hello.GetAppliedHash()
+		st.DetectedProducts = hello.GetProducts()
 	}); err != nil {
 		return err
 	}

@@ -797,9 +797,11 @@ type Host struct {
 	ClockOffsetMs int64 `protobuf:"varint,15,opt,name=clock_offset_ms,json=clockOffsetMs,proto3" json:"clock_offset_ms,omitempty"`
 	// The drift in the host's latest status report, kept with its state so
 	// that listing hosts reads no reports.
-	Drift         []*Drift `protobuf:"bytes,16,rep,name=drift,proto3" json:"drift,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Drift []*Drift `protobuf:"bytes,16,rep,name=drift,proto3" json:"drift,omitempty"`
+	// The products and versions its agent's driver found, from its last Hello.
+	DetectedProducts []*DetectedProduct `protobuf:"bytes,17,rep,name=detected_products,json=detectedProducts,proto3" json:"detected_products,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -944,11 +946,18 @@ func (x *Host) GetDrift() []*Drift {
 	return nil
 }
 
+func (x *Host) GetDetectedProducts() []*DetectedProduct {
+	if x != nil {
+		return x.DetectedProducts
+	}
+	return nil
+}
+
 var File_s2strust_v1_fleet_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"\x17\n" +
+	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/agent_service.proto\x1a\x17s2strust/v1/types.proto\"\x17\n" +
 	"\x15GetTrustReportRequest\"|\n" +
 	"\x16GetTrustReportResponse\x12,\n" +
 	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\x124\n" +
@@ -1002,7 +1011,7 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04hash\x18\x05 \x01(\tR\x04hash\x12\x18\n" +
-	"\amonitor\x18\x06 \x01(\bR\amonitor\"\xe5\x04\n" +
+	"\amonitor\x18\x06 \x01(\bR\amonitor\"\xb0\x05\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -1023,7 +1032,8 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x06driver\x18\r \x01(\tR\x06driver\x127\n" +
 	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12&\n" +
 	"\x0fclock_offset_ms\x18\x0f \x01(\x03R\rclockOffsetMs\x12(\n" +
-	"\x05drift\x18\x10 \x03(\v2\x12.s2strust.v1.DriftR\x05drift*T\n" +
+	"\x05drift\x18\x10 \x03(\v2\x12.s2strust.v1.DriftR\x05drift\x12I\n" +
+	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts*T\n" +
 	"\n" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1068,6 +1078,7 @@ var file_s2strust_v1_fleet_service_proto_goTypes = []any{
 	(*StatusReport)(nil),           // 16: s2strust.v1.StatusReport
 	(*ItemError)(nil),              // 17: s2strust.v1.ItemError
 	(*Drift)(nil),                  // 18: s2strust.v1.Drift
+	(*DetectedProduct)(nil),        // 19: s2strust.v1.DetectedProduct
 }
 var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
 	4,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
@@ -1087,17 +1098,18 @@ var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
 	10, // 14: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
 	14, // 15: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
 	18, // 16: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
-	6,  // 17: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
-	8,  // 18: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
-	1,  // 19: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
-	7,  // 20: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
-	9,  // 21: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
-	2,  // 22: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	19, // 17: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
+	6,  // 18: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
+	8,  // 19: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
+	1,  // 20: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
+	7,  // 21: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
+	9,  // 22: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
+	2,  // 23: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
+	21, // [21:24] is the sub-list for method output_type
+	18, // [18:21] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_fleet_service_proto_init() }
@@ -1105,6 +1117,7 @@ func file_s2strust_v1_fleet_service_proto_init() {
 	if File_s2strust_v1_fleet_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_agent_service_proto_init()
 	file_s2strust_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
