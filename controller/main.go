@@ -7,11 +7,13 @@ import (
 	"os"
 
 	"github.com/s2strust/s2strust/controller/cmd"
+	"github.com/s2strust/s2strust/internal/termsafe"
 )
 
 func main() {
 	if err := cmd.NewRoot(os.Stdout).Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "s2s-controller:", err)
+		// An error may quote an agent, a metadata server or a file.
+		fmt.Fprintln(os.Stderr, "s2s-controller:", termsafe.Text(err.Error()))
 		os.Exit(cmd.ExitCode(err))
 	}
 }

@@ -233,10 +233,9 @@ func (c *comparer) localIssuer(r result, thumbprint string) result {
 	case lc.Cert == nil:
 		return r
 	}
-	req := certs.Requirements{Now: c.now}
-	if c.cfg.GetProduct() == pb.Product_PRODUCT_LYNC {
-		req.DefaultSIPDomain, req.AdditionalSIPDomains = c.cfg.GetDefaultSipDomain(), c.cfg.GetAdditionalSipDomains()
-	}
+	// The rules the controller applied at apply, checked again on the host
+	// (a certificate named by thumbprint or type never passed them there).
+	req := certs.RequirementsFor(c.cfg, c.now)
 	var errs, warns []string
 	for _, f := range certs.Check(lc.Cert, true, req) {
 		if f.Severity == certs.SeverityError {

@@ -55,6 +55,8 @@ type ServeConfig struct {
 	PresenceTTL time.Duration
 	// StreamsPerSecond bounds new agent streams (default 500/s).
 	StreamsPerSecond float64
+	// AgentLimits bound what each agent identity may cost (see server.AgentLimits).
+	AgentLimits server.AgentLimits
 	// SecretKeyFile is the AES-256 key sealing secrets in etcd (default
 	// <data-dir>/secret.key); replicas sharing an etcd cluster need the same one.
 	SecretKeyFile string
@@ -141,7 +143,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("load the secret key: %w", err)
 	}
 	sec := secrets.New(st, key, nil)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec})
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
 	access := server.Access{Insecure: cfg.Insecure, Logger: log}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -25,9 +26,10 @@ import (
 func rpcError(what string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
-		return &exitError{code: 1, err: fmt.Errorf("%s: %w", what, err)}
+		return &exitError{code: 1, err: fmt.Errorf("%s: %w", termsafe.Text(what), err)}
 	}
-	msg := fmt.Sprintf("%s: %s: %s", what, st.Code(), st.Message())
+	// The message may quote what an agent, a metadata server or a file said.
+	msg := fmt.Sprintf("%s: %s: %s", termsafe.Text(what), st.Code(), termsafe.Text(st.Message()))
 	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection") {
 		msg += "\n(is `s2s-controller serve` running for this --data-dir? or pass --controller ADDR)"
 	}
@@ -58,6 +60,7 @@ func newApply(g *globals) *cobra.Command {
 					return rpcError("apply "+file, err)
 				}
 				printPlan(g.out, resp)
+				printWarnings(g.out, resp.GetWarnings())
 				switch {
 				case dryRun:
 					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())
@@ -99,14 +102,16 @@ func newGet(g *globals) *cobra.Command {
 						return err
 					}
 					b, _ := json.MarshalIndent(v, "", "  ")
-					fmt.Fprintf(g.out, "%s\n", b)
+					fmt.Fprintf(g.out, "%s\n", termsafe.Text(string(b)))
 				case "yaml", "":
 					y, err := yaml.JSONToYAML(doc)
 					if err != nil {
 						return err
 					}
+					// A valid topology holds nothing to escape; an older
+					// revision stored before the value checks may.
 					fmt.Fprintf(g.out, "# revision %d, applied %s by %s\n%s", resp.GetTopology().GetRevision(),
-						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), resp.GetTopology().GetAppliedBy(), y)
+						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(resp.GetTopology().GetAppliedBy()), termsafe.Text(string(y)))
 				default:
 					return fmt.Errorf("-o %q: want yaml or json", output)
 				}
@@ -131,7 +136,8 @@ func newGet(g *globals) *cobra.Command {
 				switch hostsOut {
 				case "json":
 					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
-					fmt.Fprintf(g.out, "%s\n", b)
+					// Inside JSON strings the escapes are JSON's own: same data.
+					fmt.Fprintf(g.out, "%s\n", termsafe.Text(string(b)))
 				case "table", "":
 					printHosts(g.out, resp.GetHosts())
 				default:
@@ -198,7 +204,7 @@ func newStatus(g *globals) *cobra.Command {
 					printRealms(g.out, rep.GetRealms())
 					for _, e := range rep.GetEdges() {
 						if !e.GetOk() {
-							return &exitError{code: exitTrust, err: fmt.Errorf("trust edge %s → %s is not working", e.GetFrom(), e.GetTo())}
+							return &exitError{code: exitTrust, err: fmt.Errorf("trust edge %s → %s is not working", safe(e.GetFrom()), safe(e.GetTo()))}
 						}
 					}
 					return driftError(hosts.GetHosts())

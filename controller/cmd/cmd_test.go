@@ -511,12 +511,14 @@ func TestApplyRefused(t *testing.T) {
 		},
 		want: []string{"InvalidArgument", `deployments[1].version: "2010"`, `trusts[3].to: "nowhere": no such deployment`},
 	}, {
-		name: "token issuer without an additional SIP domain in its SAN",
+		// Only a warning under standard rules: see TestApplyCertificateRules.
+		name: "strict rules: token issuer without an additional SIP domain in its SAN",
 		file: func(t *testing.T) string {
-			return contosoFile(t, "tokenIssuer: {secret: oauth-2026}", "tokenIssuer: {secret: contoso-only}")
+			return contosoFile(t, "tokenIssuer: {secret: oauth-2026}", "tokenIssuer: {secret: contoso-only}",
+				"apiVersion: s2strust/v1\n", "apiVersion: s2strust/v1\ncertificateRules: strict\n")
 		},
 		want: []string{"InvalidArgument", "deployments[0].tokenIssuer.secret", `"contoso-only"`, narrow.thumbprint,
-			"subject alternative names do not include additional SIP domain fabrikam.com"},
+			"SAN does not list fabrikam.com", "(rule san-additional-domain)"},
 	}, {
 		name: "token issuer secret not uploaded",
 		file: func(t *testing.T) string {

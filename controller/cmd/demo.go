@@ -145,6 +145,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if err != nil {
 		return rpcError("apply "+cfg.TopologyName, err)
 	}
+	printWarnings(out, resp.GetWarnings())
 	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), resp.GetHostsTotal())
 	fleet := pb.NewFleetServiceClient(conn)
 	deadline := time.Now().Add(cfg.Timeout)
@@ -178,7 +179,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 			fmt.Fprintf(&b, " %v", waitErr)
 		}
 		for _, f := range failures {
-			fmt.Fprintf(&b, "\n  %s", f)
+			fmt.Fprintf(&b, "\n  %s", safe(f))
 		}
 		return &exitError{code: 2, err: fmt.Errorf("%s", b.String())}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
+	"github.com/s2strust/s2strust/internal/termsafe"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -31,12 +32,13 @@ that applying it plans no change anywhere: brownfield adoption. Start from a top
 the deployments and their hosts (it may declare no trusts), run the agents in monitor mode
 (s2s-agent run --apply=false), then run discover.
 
-From the current topology it keeps what no agent can see: the names, products, versions,
-hosts and endpoints of the deployments, the SIP domains and removePartners. From what the
+From the current topology it keeps what no agent can see: the names, products, hosts and
+endpoints of the deployments, the SIP domains, certificateRules and removePartners. From what the
 agents reported it takes the trust edges (each registered partner matched to the deployment
 whose metadata URL it names), trust levels, enabled flags, realms, Lync's
-ExchangeAutodiscoverUrl and the token issuer (a stored secret holding the certificate in use,
-else its thumbprint; Exchange's and SharePoint's own certificates are left to the product).
+ExchangeAutodiscoverUrl, the token issuer (a stored secret holding the certificate in use,
+else its thumbprint; Exchange's and SharePoint's own certificates are left to the product)
+and the product versions the hosts run.
 
 Conflicts are listed on standard error, never guessed: hosts of one deployment that disagree
 (the disputed setting is left out), partners whose metadata URL belongs to no deployment of the
@@ -66,13 +68,14 @@ there are conflicts, unless --allow-conflicts.`, exitConflicts),
 				if output == "yaml" {
 					fmt.Fprintf(g.out, "# discovered from the reports of %d of %d hosts; %d conflicts\n", d.reported, d.hosts, len(d.conflicts))
 				}
-				fmt.Fprintf(g.out, "%s", doc)
+				// Names and URLs came from agents: escaped before they reach a terminal.
+				fmt.Fprintf(g.out, "%s", termsafe.Text(string(doc)))
 				errw := cmd.ErrOrStderr()
 				for _, n := range d.notes {
-					fmt.Fprintln(errw, "note:", n)
+					fmt.Fprintln(errw, "note:", safe(n))
 				}
 				for _, c := range d.conflicts {
-					fmt.Fprintln(errw, "conflict:", c)
+					fmt.Fprintln(errw, "conflict:", safe(c))
 				}
 				if len(d.conflicts) > 0 && !allow {
 					return &exitError{code: exitConflicts, err: fmt.Errorf("discover: %d conflicts (listed above); resolve them, or pass --allow-conflicts to accept the topology without the disputed settings", len(d.conflicts))}
@@ -131,7 +134,8 @@ type seen struct {
 // discover builds the topology of the estate: see newDiscover's help.
 func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret) *discovery {
 	out := &topology.Topology{APIVersion: topology.APIVersion, Kind: topology.Kind, Name: cur.Name,
-		SIPDomains: topology.SIPDomains{Default: cur.SIPDomains.Default, Additional: slices.Clone(cur.SIPDomains.Additional)}}
+		SIPDomains:       topology.SIPDomains{Default: cur.SIPDomains.Default, Additional: slices.Clone(cur.SIPDomains.Additional)},
+		CertificateRules: cur.CertificateRules}
 	d := &discovery{topo: out}
 	// The current topology's compilation names every deployment's own
 	// metadata URL as its hosts are told it.

@@ -28,7 +28,7 @@ func printPlans(w io.Writer, details []hostDetail) {
 		if r.GetMonitor() {
 			mode = "MONITOR MODE: nothing applied"
 		}
-		fmt.Fprintf(w, "=== %s (%s, %s %s, %s) %s\n", h.GetHost(), h.GetDeployment(), products.DisplayName(h.GetProduct()), h.GetProductVersion(), role, mode)
+		fmt.Fprintf(w, "=== %s (%s, %s %s, %s) %s\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role, mode)
 		switch {
 		case r == nil:
 			fmt.Fprintln(w, "no status report yet")
@@ -47,7 +47,8 @@ func printPlans(w io.Writer, details []hostDetail) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ITEM\tFLAGS\tCOMMAND\tREASON")
 		for _, op := range r.GetPlan() {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", op.GetItem(), opFlags(op), op.GetCommand(), op.GetReason())
+			// What the agent sent is escaped before it reaches the terminal.
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", safe(op.GetItem()), opFlags(op), safe(op.GetCommand()), safe(op.GetReason()))
 		}
 		tw.Flush()
 	}

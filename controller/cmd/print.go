@@ -9,19 +9,24 @@ import (
 	"text/tabwriter"
 
 	"github.com/s2strust/s2strust/internal/products"
+	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
+
+// safe escapes what came from an agent, a metadata server or a file
+// before it reaches the terminal; every table and message below uses it.
+func safe(s string) string { return termsafe.String(s) }
 
 func printPlan(w io.Writer, resp *pb.ApplyTopologyResponse) {
 	for _, hp := range resp.GetPlan() {
 		if len(hp.GetItems()) == 0 {
 			continue
 		}
-		fmt.Fprintf(w, "%s (%s, %s):\n", hp.GetHost(), hp.GetDeployment(), products.Name(hp.GetProduct()))
+		fmt.Fprintf(w, "%s (%s, %s):\n", safe(hp.GetHost()), safe(hp.GetDeployment()), products.Name(hp.GetProduct()))
 		for _, it := range hp.GetItems() {
-			fmt.Fprintf(w, "  %-7s %s", it.GetAction(), it.GetItem())
+			fmt.Fprintf(w, "  %-7s %s", safe(it.GetAction()), safe(it.GetItem()))
 			if d := it.GetDetail(); d != "" {
-				fmt.Fprintf(w, ": %s", d)
+				fmt.Fprintf(w, ": %s", safe(d))
 			}
 			fmt.Fprintln(w)
 		}
@@ -36,7 +41,7 @@ func printHosts(w io.Writer, hosts []*pb.Host) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tPRODUCT\tPRIMARY\tCONNECTED\tDESIRED\tAPPLIED\tDRIFT\tLAST RESULT")
 	for _, h := range hosts {
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\t%s\t%s\n", h.GetHost(), h.GetDeployment(), products.Name(h.GetProduct()), h.GetProductVersion(),
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\t%s\t%s\n", safe(h.GetHost()), safe(h.GetDeployment()), products.Name(h.GetProduct()), safe(h.GetProductVersion()),
 			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), h.GetDesiredVersion(), h.GetAppliedVersion(), driftText(h.GetDrift()), resultText(h.GetLastResult()))
 	}
 	tw.Flush()
@@ -46,7 +51,7 @@ func printRevisions(w io.Writer, revs []*pb.TopologyRevision) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "REVISION\tNAME\tAPPLIED AT\tAPPLIED BY\tHASH")
 	for _, r := range revs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.12s\n", r.GetRevision(), r.GetName(), r.GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), r.GetAppliedBy(), r.GetHash())
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.12s\n", r.GetRevision(), safe(r.GetName()), r.GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(r.GetAppliedBy()), safe(r.GetHash()))
 	}
 	tw.Flush()
 }
@@ -64,9 +69,9 @@ func resultText(r *pb.LastResult) string {
 		var parts []string
 		for _, e := range r.GetErrors() {
 			if e.GetItem() == "monitor" {
-				parts = append(parts, e.GetMessage())
+				parts = append(parts, safe(e.GetMessage()))
 			} else {
-				parts = append(parts, e.GetItem()+": "+e.GetMessage())
+				parts = append(parts, safe(e.GetItem())+": "+safe(e.GetMessage()))
 			}
 		}
 		return fmt.Sprintf("monitor v%d: %s", r.GetVersion(), strings.Join(parts, "; "))
@@ -77,7 +82,7 @@ func resultText(r *pb.LastResult) string {
 	case pb.ResultKind_RESULT_KIND_NACK:
 		var parts []string
 		for _, e := range r.GetErrors() {
-			parts = append(parts, e.GetItem()+": "+e.GetMessage())
+			parts = append(parts, safe(e.GetItem())+": "+safe(e.GetMessage()))
 		}
 		return fmt.Sprintf("NACK v%d: %s", r.GetVersion(), strings.Join(parts, "; "))
 	}
@@ -133,7 +138,7 @@ func printStatus(w io.Writer, details []hostDetail) {
 		if r.GetMonitor() {
 			role += ", monitor mode"
 		}
-		fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", h.GetHost(), h.GetDeployment(), products.DisplayName(h.GetProduct()), h.GetProductVersion(), role)
+		fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
 		if r == nil {
 			fmt.Fprintln(w, "no status report yet")
 			continue
@@ -144,7 +149,7 @@ func printStatus(w io.Writer, details []hostDetail) {
 		items := append([]*pb.ItemStatus(nil), r.GetItems()...)
 		sort.SliceStable(items, func(i, j int) bool { return items[i].GetItem() < items[j].GetItem() })
 		for _, it := range items {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", it.GetItem(), stateText(it.GetState()), it.GetMessage())
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", safe(it.GetItem()), stateText(it.GetState()), safe(it.GetMessage()))
 		}
 		tw.Flush()
 		for _, dr := range r.GetDrift() {
@@ -152,7 +157,7 @@ func printStatus(w io.Writer, details []hostDetail) {
 			if dr.GetCorrected() {
 				c = " (corrected)"
 			}
-			fmt.Fprintf(w, "DRIFT %s: %s%s\n", dr.GetItem(), dr.GetActual(), c)
+			fmt.Fprintf(w, "DRIFT %s: %s%s\n", safe(dr.GetItem()), safe(dr.GetActual()), c)
 		}
 		printPartners(w, h.GetProduct(), r.GetPartners())
 		printOAuth(w, h.GetProduct(), r.GetOauth())
@@ -169,22 +174,22 @@ func printChecks(w io.Writer, r *pb.StatusReport) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FROM THIS HOST\tTARGET\tRESULT")
 	for _, m := range r.GetMetadata() {
-		what := "metadata of " + m.GetDeployment()
+		what := "metadata of " + safe(m.GetDeployment())
 		if m.GetPartner() == "" {
-			what = "own metadata (" + m.GetDeployment() + ")"
+			what = "own metadata (" + safe(m.GetDeployment()) + ")"
 		}
-		result := "ok: keys " + strings.Join(m.GetThumbprints(), ", ")
+		result := "ok: keys " + strings.Join(termsafe.Strings(m.GetThumbprints()), ", ")
 		if !m.GetOk() {
-			result = "FAILED: " + m.GetError()
+			result = "FAILED: " + safe(m.GetError())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", what, m.GetUrl(), result)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", what, safe(m.GetUrl()), result)
 	}
 	for _, p := range r.GetProbes() {
 		result := "token accepted"
 		if !p.GetOk() {
-			result = "FAILED: " + p.GetReason() + ": " + p.GetDetail()
+			result = "FAILED: " + safe(p.GetReason()) + ": " + safe(p.GetDetail())
 		}
-		fmt.Fprintf(tw, "trust probe to %s\t%s\t%s\n", p.GetToDeployment(), p.GetTargetHost(), result)
+		fmt.Fprintf(tw, "trust probe to %s\t%s\t%s\n", safe(p.GetToDeployment()), safe(p.GetTargetHost()), result)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -212,13 +217,14 @@ func boolPS(b bool) string {
 }
 
 // kv prints PowerShell's Format-List shape: names padded to one column.
+// Values are escaped here, once for every caller.
 func kv(w io.Writer, pairs [][2]string) {
 	width := 0
 	for _, p := range pairs {
 		width = max(width, len(p[0]))
 	}
 	for _, p := range pairs {
-		fmt.Fprintf(w, "%-*s : %s\n", width, p[0], p[1])
+		fmt.Fprintf(w, "%-*s : %s\n", width, p[0], safe(p[1]))
 	}
 	fmt.Fprintln(w)
 }
@@ -290,7 +296,7 @@ func printOAuth(w io.Writer, product pb.Product, o *pb.OAuthConfiguration) {
 			{"Realm", o.GetRealm()},
 		})
 	case pb.Product_PRODUCT_SHAREPOINT:
-		fmt.Fprintf(w, "PS> Get-SPAuthenticationRealm\n\n%s\n\n", o.GetRealm())
+		fmt.Fprintf(w, "PS> Get-SPAuthenticationRealm\n\n%s\n\n", safe(o.GetRealm()))
 	}
 }
 
@@ -303,14 +309,14 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 		reg := e.GetRegistration()
 		name, id, level, enabled := "-", "-", "-", "-"
 		if reg != nil {
-			name, id, level, enabled = reg.GetIdentity(), reg.GetApplicationIdentifier(), products.TrustLevelName(reg.GetTrustLevel()), boolPS(reg.GetEnabled())
+			name, id, level, enabled = safe(reg.GetIdentity()), safe(reg.GetApplicationIdentifier()), products.TrustLevelName(reg.GetTrustLevel()), boolPS(reg.GetEnabled())
 			if level == "" {
 				level = "n/a"
 			}
 		}
 		// The realm the receiver registered the issuer with; the
 		// problems below say what does not match.
-		realm := reg.GetRealm()
+		realm := safe(reg.GetRealm())
 		if realm == "" {
 			realm = "-"
 		}
@@ -334,13 +340,13 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 		if !e.GetOk() {
 			result = "FAILED"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%dms\t%d/%d passed\t%s\n", e.GetFrom(), e.GetTo(), name, id, level, enabled,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%dms\t%d/%d passed\t%s\n", safe(e.GetFrom()), safe(e.GetTo()), name, id, level, enabled,
 			yesNo(e.GetKeyInMetadata()), yesNo(e.GetKeyInPartnerCache()), realm, expires, e.GetMaxClockSkewMs(), okProbes, len(e.GetProbes()), result)
 	}
 	tw.Flush()
 	for _, e := range edges {
 		for _, p := range e.GetProblems() {
-			fmt.Fprintf(w, "  %s → %s: %s\n", e.GetFrom(), e.GetTo(), p)
+			fmt.Fprintf(w, "  %s → %s: %s\n", safe(e.GetFrom()), safe(e.GetTo()), safe(p))
 		}
 	}
 }
@@ -406,7 +412,7 @@ func driftError(hosts []*pb.Host) error {
 // product: Lync's is the default SIP domain, Exchange's is blank (its
 // metadata says "*"), SharePoint's is the farm id.
 func realmLine(h *pb.Host, r *pb.StatusReport) string {
-	configured := r.GetOauth().GetRealm()
+	configured := safe(r.GetOauth().GetRealm())
 	if configured == "" {
 		configured = "(blank)"
 		if h.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
@@ -424,7 +430,7 @@ func realmLine(h *pb.Host, r *pb.StatusReport) string {
 		case m.GetRealm() == "" && m.GetIssuer() == "":
 			doc = "realm not reported"
 		default:
-			doc = fmt.Sprintf("realm %s, issuer %s", orDash(m.GetRealm()), orDash(m.GetIssuer()))
+			doc = fmt.Sprintf("realm %s, issuer %s", orDash(safe(m.GetRealm())), orDash(safe(m.GetIssuer())))
 		}
 	}
 	return fmt.Sprintf("Realm: %s; own metadata: %s", configured, doc)
@@ -449,4 +455,13 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printWarnings prints each of an apply's warnings as "warning: …", with
+// control and bidirectional-formatting characters escaped: they quote
+// certificate subjects and secret names, which came from outside.
+func printWarnings(w io.Writer, warnings []string) {
+	for _, s := range warnings {
+		fmt.Fprintf(w, "warning: %s\n", safe(s))
+	}
 }

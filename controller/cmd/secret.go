@@ -3,15 +3,43 @@ package cmd
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
+	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
+
+// readPFX reads a PFX file of at most certs.MaxPFXSize bytes. A larger one
+// is refused here, naming its size and the limit, rather than sent for the
+// controller to refuse (or, past the message size limit, for gRPC to
+// refuse with a bare RESOURCE_EXHAUSTED); it is never read whole.
+func readPFX(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("read --pfx: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, certs.MaxPFXSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read --pfx: %w", err)
+	}
+	if len(data) > certs.MaxPFXSize {
+		size := "more than " + strconv.Itoa(certs.MaxPFXSize)
+		if fi, err := f.Stat(); err == nil {
+			size = strconv.FormatInt(fi.Size(), 10)
+		}
+		return nil, fmt.Errorf("read --pfx %s: the file is %s bytes, over the %d-byte limit of a PFX file (a token-issuer certificate with its key and chain takes a few kilobytes)", name, size, certs.MaxPFXSize)
+	}
+	return data, nil
+}
 
 func newSecret(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "secret", Short: "Upload and list token-issuer certificates (PFX), stored encrypted"}
@@ -21,9 +49,9 @@ func newSecret(g *globals) *cobra.Command {
 		Short: "Upload a PFX under NAME; topologies refer to it as tokenIssuer: {secret: NAME}",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pfx, err := os.ReadFile(pfxFile)
+			pfx, err := readPFX(pfxFile)
 			if err != nil {
-				return fmt.Errorf("read --pfx: %w", err)
+				return err
 			}
 			var password string
 			if pwFile != "" {
@@ -43,7 +71,7 @@ func newSecret(g *globals) *cobra.Command {
 					verb = "unchanged"
 				}
 				ci := resp.GetSecret().GetCertificate()
-				fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, args[0], ci.GetThumbprint(), ci.GetSubject())
+				fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, safe(args[0]), safe(ci.GetThumbprint()), safe(ci.GetSubject()))
 				return nil
 			})
 		},
@@ -65,7 +93,7 @@ func newSecret(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "NAME\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER")
 				for _, s := range resp.GetSecrets() {
 					ci := s.GetCertificate()
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.GetName(), ci.GetThumbprint(), ci.GetSubject(), strings.Join(ci.GetDnsNames(), ","),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", safe(s.GetName()), safe(ci.GetThumbprint()), safe(ci.GetSubject()), strings.Join(termsafe.Strings(ci.GetDnsNames()), ","),
 						ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"))
 				}
 				return tw.Flush()

@@ -52,8 +52,14 @@ const issuerPassword = "pfx-password-1"
 // serving HTTPS on its own loopback listener. opts applies to every agent.
 func startFleet(t *testing.T, doc []byte, opts agentOpts) *fleet {
 	t.Helper()
+	return startFleetWith(t, doc, opts, nil)
+}
+
+// startFleetWith is startFleet with a controller configuration adjust may change.
+func startFleetWith(t *testing.T, doc []byte, opts agentOpts, adjust func(*app.ServeConfig)) *fleet {
+	t.Helper()
 	dir := t.TempDir()
-	c := startController(t, filepath.Join(dir, "controller"), "127.0.0.1:0")
+	c := startControllerWith(t, filepath.Join(dir, "controller"), "127.0.0.1:0", adjust)
 	f := &fleet{t: t, dir: dir, c: c, conn: c.admin(), agents: map[string]*agent{}}
 	topo, err := topology.Load("contoso.yaml", doc)
 	if err != nil {

@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -94,6 +97,36 @@ func TestEveryTrustEdgeIsProvedWithARealToken(t *testing.T) {
 				t.Errorf("%s: probe %s → %s failed: %s", k, p.GetFromHost(), p.GetProbe().GetTargetHost(), p.GetProbe().GetReason())
 			}
 		}
+	}
+
+	// The edges pass across three realms, none of which s2strust set:
+	// Exchange's stays blank (its metadata says "*"), SharePoint's stays
+	// its farm id, Lync's is the declared contoso.com.
+	fl := pb.NewFleetServiceClient(f.conn)
+	for host, want := range map[string]func(string) bool{
+		"ex01.contoso.com": func(r string) bool { return r == "" },
+		"sp01.contoso.com": func(r string) bool { return len(r) == 36 && strings.Count(r, "-") == 4 && strings.ToLower(r) == r },
+		"fe01.contoso.com": func(r string) bool { return r == "contoso.com" },
+	} {
+		h, err := fl.GetHost(context.Background(), &pb.GetHostRequest{Host: host})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := h.GetStatus().GetOauth().GetRealm(); !want(r) {
+			t.Errorf("%s reports realm %q", host, r)
+		}
+	}
+
+	// A realm declared for Exchange without confirmRealmChange is refused,
+	// naming the deployment and the realm it has now; nothing is stored.
+	bad := bytes.Replace(examples.Contoso, []byte("autodiscoverFqdn: autodiscover.contoso.com,"), []byte("autodiscoverFqdn: autodiscover.contoso.com, realm: fabrikam.com,"), 1)
+	_, err := pb.NewTopologyServiceClient(f.conn).ApplyTopology(context.Background(), &pb.ApplyTopologyRequest{Document: bad, Filename: "contoso.yaml"})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `exchange deployment "exchange"`) ||
+		!regexp.MustCompile(`its current realm, as ex0[12]\.contoso\.com reports it: \(blank\)`).MatchString(err.Error()) {
+		t.Errorf("unconfirmed exchange realm: %v, want INVALID_ARGUMENT naming the deployment and its current (blank) realm", err)
+	}
+	if cur, err := pb.NewTopologyServiceClient(f.conn).GetTopology(context.Background(), &pb.GetTopologyRequest{}); err != nil || cur.GetTopology().GetRevision() != rev {
+		t.Errorf("after the refused apply the topology is %v (%v), want revision %d unchanged", cur.GetTopology().GetRevision(), err, rev)
 	}
 }
 

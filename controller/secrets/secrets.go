@@ -79,8 +79,11 @@ func (s *Store) Put(ctx context.Context, name string, pfx []byte, password strin
 	if err := ValidName(name); err != nil {
 		return nil, false, invalid("name", name, err.Error())
 	}
-	b, err := certs.LoadPFX(pfx, password)
+	b, err := certs.LoadPFXContext(ctx, pfx, password)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, false, fmt.Errorf("open secret %s: %w", name, err)
+		}
 		// The error names the cause (wrong password, no private key, corrupt) and never the password.
 		return nil, false, invalid("pfx", fmt.Sprintf("%d bytes", len(pfx)), err.Error())
 	}
@@ -225,17 +228,24 @@ func (s *Store) Secrets(ctx context.Context, names []string) ([]*pb.SecretMateri
 }
 
 // CheckTopology checks every token-issuer secret a topology names: it must
-// exist, and a Lync deployment's certificate must pass the rules of
-// SPEC "Certificate rules" against the topology's SIP domains (errors
-// refuse the topology; warnings such as near expiry do not).
-func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) ([]topology.FieldViolation, error) {
-	var out []topology.FieldViolation
+// exist and open, and its certificate is checked against the rules that
+// bind the deployment's product (certs.RuleAppliesTo: the SIP-domain rules
+// are Lync's) and the topology's SIP domains. Errors refuse the topology;
+// warnings (CN not exactly the default SIP domain, a SAN lacking an
+// additional SIP domain, expiry within 30 days) are shown to the operator
+// and refuse nothing, unless the topology says certificateRules: strict,
+// which makes them errors. Both point at the tokenIssuer.secret line of the
+// file and end with the rule id. err is for a failure to read the store.
+func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) (errs, warnings []topology.FieldViolation, err error) {
 	// Every violation points at the tokenIssuer line of the file.
 	defer func() {
-		for i := range out {
-			out[i].Line, out[i].Column = t.Position(out[i].Field)
+		for _, vs := range [][]topology.FieldViolation{errs, warnings} {
+			for i := range vs {
+				vs[i].Line, vs[i].Column = t.Position(vs[i].Field)
+			}
 		}
 	}()
+	now := s.now()
 	for i, d := range t.Deployments {
 		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" {
 			continue
@@ -244,45 +254,42 @@ func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) ([]topo
 		name := d.TokenIssuer.Secret
 		st, err := s.get(ctx, name)
 		if errors.Is(err, store.ErrNotFound) {
-			out = append(out, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
+			errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		p, err := s.open(name, st.rec)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		b, err := certs.LoadPFX(p.PFX, p.Password)
+		b, err := certs.LoadPFXContext(ctx, p.PFX, p.Password)
 		if err != nil {
-			out = append(out, topology.FieldViolation{Field: field, Value: name, Description: err.Error()})
+			if ctx.Err() != nil {
+				return nil, nil, fmt.Errorf("check secret %s: %w", name, err)
+			}
+			errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: err.Error()})
 			continue
 		}
-		req := certs.Requirements{DefaultSIPDomain: t.SIPDomains.Default, AdditionalSIPDomains: t.SIPDomains.Additional, Now: s.now()}
+		product, _ := products.Parse(d.Product)
+		req := certs.Requirements{
+			Product:              product,
+			DefaultSIPDomain:     t.SIPDomains.Default,
+			AdditionalSIPDomains: t.SIPDomains.Additional,
+			Strict:               t.CertificateRules == topology.CertificateRulesStrict,
+			Now:                  now,
+		}
 		for _, f := range certs.Check(b.Cert, b.Key != nil, req) {
-			if f.Severity != certs.SeverityError || !appliesTo(d.Product, f.Rule) {
-				continue
+			v := topology.FieldViolation{Field: field, Value: name, Description: f.Message}
+			if f.Severity == certs.SeverityError {
+				errs = append(errs, v)
+			} else {
+				warnings = append(warnings, v)
 			}
-			out = append(out, topology.FieldViolation{Field: field, Value: name, Description: f.Message + " (rule " + f.Rule + ")"})
 		}
 	}
-	return out, nil
-}
-
-// appliesTo says which certificate rules bind which product: the SIP
-// domain and web-server rules are Lync's; every product needs a valid
-// certificate with its private key.
-func appliesTo(product, rule string) bool {
-	p, _ := products.Parse(product)
-	if p == pb.Product_PRODUCT_LYNC {
-		return true
-	}
-	switch rule {
-	case "private-key", "not-yet-valid", "expired", "key-size":
-		return true
-	}
-	return false
+	return errs, warnings, nil
 }
 
 // CertificateOf parses a PFX's certificate; used by tests and the CLI.

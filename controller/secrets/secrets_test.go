@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -192,6 +193,8 @@ func TestPutRefused(t *testing.T) {
 		{name: "empty pfx", secret: "oauth", password: password, wantField: "pfx", wantMsg: "empty"},
 		{name: "bad name", secret: "oauth/2026", pfx: pfx, password: password, wantField: "name", wantMsg: "letters, digits"},
 		{name: "empty name", secret: "", pfx: pfx, password: password, wantField: "name", wantMsg: "1 to 128 characters"},
+		{name: "too large", secret: "oauth", pfx: append(bytes.Clone(pfx), make([]byte, certs.MaxPFXSize)...), password: password, wantField: "pfx",
+			wantMsg: "the file is " + strconv.Itoa(len(pfx)+certs.MaxPFXSize) + " bytes, over the 1048576-byte limit"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -293,39 +296,76 @@ trusts:
 `
 
 func TestCheckTopology(t *testing.T) {
-	topo, err := topology.Load("contoso.yaml", []byte(topologyYAML))
+	standard, err := topology.Load("contoso.yaml", []byte(topologyYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict, err := topology.Load("contoso.yaml", []byte(topologyYAML+"certificateRules: strict\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	good, _ := goodPFX()
 	noFabrikam, _ := issuerPFX(t, "contoso.com")
+	weak := pfxOf(t, certs.Template{CommonName: "contoso.com", DNSNames: []string{"contoso.com", "fabrikam.com"}, KeyBits: 1024,
+		NotBefore: now.Add(-24 * time.Hour), NotAfter: now.AddDate(1, 0, 0)})
+	expiring := pfxOf(t, certs.Template{CommonName: "contoso.com", DNSNames: []string{"contoso.com", "fabrikam.com"},
+		NotBefore: now.Add(-24 * time.Hour), NotAfter: now.AddDate(0, 0, 10)})
+	const lync, exchange = "deployments[0].tokenIssuer.secret", "deployments[1].tokenIssuer.secret"
 	tests := []struct {
-		name    string
-		put     map[string][]byte // secret name → PFX
-		want    map[string]string // field → substrings of its description, "|"-separated
-		wantLen int
+		name      string
+		topo      *topology.Topology
+		put       map[string][]byte // secret name → PFX
+		wantErrs  map[string]string // field → substrings of its description, "|"-separated
+		wantWarns map[string]string
 	}{
 		{
 			name: "both missing",
-			want: map[string]string{
-				"deployments[0].tokenIssuer.secret": "no such secret|s2s-controller secret put oauth-2026 --pfx FILE --password-file FILE",
-				"deployments[1].tokenIssuer.secret": "no such secret|secret put ex-issuer",
+			topo: standard,
+			wantErrs: map[string]string{
+				lync:     "no such secret|s2s-controller secret put oauth-2026 --pfx FILE --password-file FILE",
+				exchange: "no such secret|secret put ex-issuer",
 			},
-			wantLen: 2,
 		},
 		{
-			name:    "all good",
-			put:     map[string][]byte{"oauth-2026": good, "ex-issuer": good},
-			wantLen: 0,
+			name: "all good",
+			topo: standard,
+			put:  map[string][]byte{"oauth-2026": good, "ex-issuer": good},
 		},
 		{
-			name: "lync certificate lacks an additional domain",
+			name: "all good, strict",
+			topo: strict,
+			put:  map[string][]byte{"oauth-2026": good, "ex-issuer": good},
+		},
+		{
+			name: "lync certificate lacks an additional domain: a warning",
+			topo: standard,
 			// Exchange's certificate lacks it too, but the SIP domain rules bind Lync only.
-			put: map[string][]byte{"oauth-2026": noFabrikam, "ex-issuer": noFabrikam},
-			want: map[string]string{
-				"deployments[0].tokenIssuer.secret": "fabrikam.com|(rule san-additional-domain)",
-			},
-			wantLen: 1,
+			put:       map[string][]byte{"oauth-2026": noFabrikam, "ex-issuer": noFabrikam},
+			wantWarns: map[string]string{lync: "SAN does not list fabrikam.com|(rule san-additional-domain)"},
+		},
+		{
+			name:     "lync certificate lacks an additional domain, strict: an error",
+			topo:     strict,
+			put:      map[string][]byte{"oauth-2026": noFabrikam, "ex-issuer": noFabrikam},
+			wantErrs: map[string]string{lync: "SAN does not list fabrikam.com|certificateRules: strict|(rule san-additional-domain)"},
+		},
+		{
+			name:     "1024-bit keys are refused for every product",
+			topo:     standard,
+			put:      map[string][]byte{"oauth-2026": weak, "ex-issuer": weak},
+			wantErrs: map[string]string{lync: "RSA key is 1024 bits|(rule key-size)", exchange: "RSA key is 1024 bits|(rule key-size)"},
+		},
+		{
+			name:      "expiry within 30 days is a warning for every product",
+			topo:      standard,
+			put:       map[string][]byte{"oauth-2026": expiring, "ex-issuer": expiring},
+			wantWarns: map[string]string{lync: "in 10 days|(rule expiring)", exchange: "in 10 days|(rule expiring)"},
+		},
+		{
+			name:     "expiry within 30 days, strict: an error for every product",
+			topo:     strict,
+			put:      map[string][]byte{"oauth-2026": expiring, "ex-issuer": expiring},
+			wantErrs: map[string]string{lync: "in 10 days|(rule expiring)", exchange: "in 10 days|(rule expiring)"},
 		},
 	}
 	for _, tc := range tests {
@@ -338,33 +378,55 @@ func TestCheckTopology(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			vs, err := s.CheckTopology(ctx, topo)
+			errs, warns, err := s.CheckTopology(ctx, tc.topo)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(vs) != tc.wantLen {
-				t.Fatalf("CheckTopology = %v; want %d violations", vs, tc.wantLen)
-			}
-			for _, v := range vs {
-				want, ok := tc.want[v.Field]
-				if !ok {
-					t.Errorf("unexpected violation %v", v)
-					continue
-				}
-				for _, w := range strings.Split(want, "|") {
-					if !strings.Contains(v.Description, w) {
-						t.Errorf("%s: description %q does not say %q", v.Field, v.Description, w)
-					}
-				}
-				if v.Line == 0 {
-					t.Errorf("%s: no line number", v.Field)
-				}
-				if v.Value == "" {
-					t.Errorf("%s: the secret's name is not given as the value", v.Field)
-				}
-			}
+			checkViolations(t, "error", errs, tc.wantErrs)
+			checkViolations(t, "warning", warns, tc.wantWarns)
 		})
 	}
+}
+
+// checkViolations asserts one violation per field of want, each naming the
+// secret and its line, with want's substrings in its description.
+func checkViolations(t *testing.T, kind string, vs []topology.FieldViolation, want map[string]string) {
+	t.Helper()
+	if len(vs) != len(want) {
+		t.Fatalf("CheckTopology gave %s(s) %v; want %d", kind, vs, len(want))
+	}
+	for _, v := range vs {
+		w, ok := want[v.Field]
+		if !ok {
+			t.Errorf("unexpected %s %v", kind, v)
+			continue
+		}
+		for _, sub := range strings.Split(w, "|") {
+			if !strings.Contains(v.Description, sub) {
+				t.Errorf("%s %s: description %q does not say %q", kind, v.Field, v.Description, sub)
+			}
+		}
+		if v.Line == 0 {
+			t.Errorf("%s %s: no line number", kind, v.Field)
+		}
+		if v.Value == "" {
+			t.Errorf("%s %s: the secret's name is not given as the value", kind, v.Field)
+		}
+	}
+}
+
+// pfxOf makes a certificate from tmpl as a PFX under password.
+func pfxOf(t *testing.T, tmpl certs.Template) []byte {
+	t.Helper()
+	b, err := certs.Generate(tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pfx, err := certs.EncodePFX(b, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pfx
 }
 
 func TestCheckTopologyExpired(t *testing.T) {
@@ -388,7 +450,7 @@ func TestCheckTopologyExpired(t *testing.T) {
 	// Two years on, by the store's clock, both certificates have expired:
 	// the expiry rule binds every product.
 	later := secrets.New(e.st, key, func() time.Time { return now.AddDate(2, 0, 0) })
-	vs, err := later.CheckTopology(ctx, topo)
+	vs, _, err := later.CheckTopology(ctx, topo)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,8 @@ type Config struct {
 	// private key present). DeliverLyncIssuerToEveryHost sends it to every
 	// Front End instead (the behaviour before s2strust modelled the CMS).
 	DeliverLyncIssuerToEveryHost bool
+	// Limits bound what each agent identity may cost the controller.
+	Limits AgentLimits
 }
 
 // compiled is one topology revision compiled for every host.
@@ -103,6 +105,9 @@ type Hub struct {
 	// stopping is set when the controller shuts down: streams that end then
 	// leave their presence keys to expire with the lease.
 	stopping atomic.Bool
+	// limits are cfg.Limits with defaults; agents the per-identity state.
+	limits AgentLimits
+	agents map[string]*agentState
 }
 
 // Stopping tells the hub the controller is shutting down: it ends the
@@ -141,6 +146,8 @@ func NewHub(cfg Config) *Hub {
 		recheckSig:        make(chan struct{}, 1),
 		secretThumbprints: map[string]string{},
 		ready:             make(chan struct{}),
+		limits:            cfg.Limits.withDefaults(),
+		agents:            map[string]*agentState{},
 	}
 }
 

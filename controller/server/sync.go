@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -22,8 +24,20 @@ import (
 // conn is one agent's Sync stream on this replica.
 type conn struct {
 	host   string
+	peer   string // the remote address, for logs
+	agent  *agentState
 	wakeCh chan struct{} // capacity 1: wakes coalesce
 	cancel context.CancelFunc
+	// reportCh (capacity 1) tells the stream's loop a report is queued or
+	// its budget is back.
+	reportCh chan struct{}
+	// done is closed once the stream has ended and cleaned up, its receiver
+	// included; handlerDone once the handler has (see Sync).
+	done, handlerDone chan struct{}
+
+	// writeMu serializes the read-modify-write of the host's stored state,
+	// which the receiver and the stream's loop both do.
+	writeMu sync.Mutex
 
 	mu sync.Mutex
 	// What the agent last applied, from its Hello or Acks.
@@ -39,6 +53,12 @@ type conn struct {
 	// What was last persisted, to write only on change.
 	state  *pb.Host
 	report *pb.StatusReport
+	// queued is the newest report not yet stored: it waits for the
+	// identity's report budget; reportTimer fires when the budget is back.
+	queued      *pb.StatusReport
+	reportTimer *time.Timer
+	// pushTimer wakes the stream when key material may be sent again.
+	pushTimer *time.Timer
 	// presenceRev is the revision of this stream's presence write.
 	presenceRev int64
 }
@@ -79,18 +99,31 @@ func NewAgentService(hub *Hub, streamsPerSecond float64, insecure bool) *AgentSe
 }
 
 // Sync implements the agent protocol; see the proto for its contract.
+//
+// Every stream is bounded: it must say Hello within the Hello timeout;
+// each identity may open streams only at the Hello rate and holds one
+// stream at a time (a second one takes over once the first has ended);
+// every message is size-checked; reports reach etcd at most at the
+// identity's report rate.
 func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	ctx := stream.Context()
-	if err := s.streams.Wait(ctx); err != nil {
+	h := s.hub
+	lim := h.limits
+	hctx, hcancel := context.WithTimeout(ctx, lim.HelloTimeout)
+	defer hcancel()
+	if err := s.streams.Wait(hctx); err != nil {
 		return status.Error(codes.Unavailable, "too many new streams: retry with backoff")
 	}
 	select {
-	case <-s.hub.Ready():
-	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+	case <-h.Ready():
+	case <-hctx.Done():
+		return helloTimeout(ctx, lim)
 	}
-	first, err := stream.Recv()
+	first, err := recvHello(hctx, stream)
 	if err != nil {
+		if hctx.Err() != nil && ctx.Err() == nil {
+			return helloTimeout(ctx, lim)
+		}
 		return err
 	}
 	hello := first.GetHello()
@@ -107,18 +140,74 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			return status.Errorf(codes.PermissionDenied, "sync: identity %s is not an agent identity", id)
 		}
 		if id.Name != host {
-			return status.Errorf(codes.PermissionDenied, "sync: certificate names host %s, hello names %s: an agent may sync only as its own host", id.Name, host)
+			return status.Errorf(codes.PermissionDenied, "sync: certificate names host %s, hello names %s: an agent may sync only as its own host", id.Name, strconv.Quote(host))
 		}
 	}
 	if host == "" {
 		return status.Error(codes.InvalidArgument, "sync: hello.host is empty")
 	}
-	h := s.hub
+	if err := checkAgentMessage(first, host, lim); err != nil {
+		return err
+	}
+	ag := h.agent(host)
+	if !ag.hellos.Allow() {
+		return status.Errorf(codes.ResourceExhausted, "sync: host %s opened streams faster than %g per second (bursts of %d): retry with backoff",
+			host, lim.HellosPerSecond, lim.HelloBurst)
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	c := &conn{host: host, wakeCh: make(chan struct{}, 1), cancel: cancel,
+	c := &conn{host: host, peer: peerAddr(ctx), agent: ag, wakeCh: make(chan struct{}, 1), reportCh: make(chan struct{}, 1), cancel: cancel,
+		done: make(chan struct{}), handlerDone: make(chan struct{}),
 		appliedVersion: hello.GetAppliedVersion(), appliedHash: hello.GetAppliedHash()}
-	// Restore what this host last answered, so a NACKed version stays unsent across restarts.
+	recvStarted := false
+	// Runs last: a successor waiting for this stream starts only after
+	// everything below has cleaned up, the receiver included.
+	defer func() {
+		if recvStarted {
+			close(c.handlerDone)
+		} else {
+			close(c.done)
+		}
+	}()
+	if err := h.claim(sctx, c); err != nil {
+		return err
+	}
+	defer func() {
+		c.mu.Lock()
+		for _, t := range []*time.Timer{c.reportTimer, c.pushTimer} {
+			if t != nil {
+				t.Stop()
+			}
+		}
+		c.mu.Unlock()
+		h.mu.Lock()
+		if ag.active == c {
+			ag.active = nil
+		}
+		if h.conns[host] == c {
+			delete(h.conns, host)
+		}
+		// A successor waiting to take over keeps the presence key: it writes
+		// its own at once, and the primary does not move.
+		handover := ag.next != nil
+		h.mu.Unlock()
+		// When the controller itself stops, presence stays until the lease
+		// expires, so primaries survive a quick restart.
+		if !handover && !h.stopping.Load() {
+			cctx, ccancel := storeCtx(context.WithoutCancel(ctx))
+			c.mu.Lock()
+			rev := c.presenceRev
+			c.mu.Unlock()
+			if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
+				h.log.Warn("clear presence", "host", host, "error", err)
+			}
+			ccancel()
+			h.disconnected(context.WithoutCancel(ctx), host)
+		}
+	}()
+	// Restore what this host last answered, so a NACKed version stays
+	// unsent across restarts. Read only now: the stream this one replaced
+	// may have written it until it ended.
 	prev := &pb.Host{}
 	rctx, rcancel := storeCtx(sctx)
 	found, err := h.cfg.Store.GetProto(rctx, store.HostStateKey(host), prev)
@@ -137,33 +226,8 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		}
 	}
 	h.mu.Lock()
-	if old := h.conns[host]; old != nil {
-		old.cancel() // a newer stream for the same host replaces the old one
-	}
-	h.conns[host] = c
 	lease := h.lease
 	h.mu.Unlock()
-	defer func() {
-		h.mu.Lock()
-		mine := h.conns[host] == c
-		if mine {
-			delete(h.conns, host)
-		}
-		h.mu.Unlock()
-		// When the controller itself stops, presence stays until the lease
-		// expires, so primaries survive a quick restart.
-		if mine && !h.stopping.Load() {
-			cctx, ccancel := storeCtx(context.WithoutCancel(ctx))
-			c.mu.Lock()
-			rev := c.presenceRev
-			c.mu.Unlock()
-			if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
-				h.log.Warn("clear presence", "host", host, "error", err)
-			}
-			ccancel()
-			h.disconnected(context.WithoutCancel(ctx), host)
-		}
-	}()
 	pctx, pcancel := storeCtx(sctx)
 	rev, err := h.cfg.Store.SetPresent(pctx, host, h.cfg.ID, lease)
 	pcancel()
@@ -178,9 +242,9 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	delete(h.gone, host)
 	h.mu.Unlock()
 	h.reselectFor(sctx, host)
-	hctx, hcancel := storeCtx(sctx)
-	defer hcancel()
-	if err := s.persistState(hctx, c, func(st *pb.Host) {
+	hctx2, hcancel2 := storeCtx(sctx)
+	defer hcancel2()
+	if err := s.persistState(hctx2, c, func(st *pb.Host) {
 		st.AgentVersion = hello.GetAgentVersion()
 		st.Driver = hello.GetDriver()
 		st.AppliedVersion = hello.GetAppliedVersion()
@@ -189,12 +253,17 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	}); err != nil {
 		return err
 	}
-	h.log.Info("agent connected", "host", host, "applied_version", hello.GetAppliedVersion(), "agent_version", hello.GetAgentVersion())
+	h.log.Info("agent connected", "host", host, "peer", c.peer, "applied_version", hello.GetAppliedVersion(), "agent_version", hello.GetAgentVersion())
 
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- s.recvLoop(sctx, stream, c) }()
-	// The receiver cannot be waited for here: its Recv returns only once
-	// this handler has returned and gRPC has ended the stream.
+	recvStarted = true
+	go func() {
+		recvErr <- s.recvLoop(sctx, stream, c)
+		// Recv returns only once the handler has returned, so the handler
+		// cannot wait for this; the stream counts as gone after both.
+		<-c.handlerDone
+		close(c.done)
+	}()
 	pushed, err := s.maybePush(sctx, stream, c)
 	if err != nil {
 		return err
@@ -220,8 +289,94 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			if _, err := s.maybePush(sctx, stream, c); err != nil {
 				return err
 			}
+		case <-c.reportCh:
+			if err := s.flushReport(sctx, c); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// helloTimeout is the error of a stream that said no Hello in time.
+func helloTimeout(ctx context.Context, lim AgentLimits) error {
+	return status.Errorf(codes.DeadlineExceeded, "sync: no hello within %s of opening the stream from %s", lim.HelloTimeout, peerAddr(ctx))
+}
+
+// recvHello receives the stream's first message, giving up when ctx ends.
+// The receiving goroutine ends with the stream, which ends when Sync returns.
+func recvHello(ctx context.Context, stream pb.AgentService_SyncServer) (*pb.SyncRequest, error) {
+	type result struct {
+		m   *pb.SyncRequest
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return "unknown"
+}
+
+// claim makes c its identity's one stream. A stream already holding the
+// identity is ended first, and c takes over only once it is gone, so two
+// streams of one host never run side by side; a newer stream arriving
+// meanwhile supersedes c.
+func (h *Hub) claim(ctx context.Context, c *conn) error {
+	ag := c.agent
+	h.mu.Lock()
+	if w := ag.next; w != nil {
+		w.cancel() // an older stream still waiting to take over gives way
+	}
+	ag.next = c
+	old := ag.active
+	if old != nil {
+		old.cancel()
+	}
+	h.mu.Unlock()
+	giveUp := func(err error) error {
+		h.mu.Lock()
+		if ag.next == c {
+			ag.next = nil
+		}
+		h.mu.Unlock()
+		return err
+	}
+	if old != nil {
+		h.log.Warn("second stream for one host: it replaces the first once that has ended", "host", c.host, "first_peer", old.peer, "second_peer", c.peer)
+		t := time.NewTimer(h.limits.ReplaceTimeout)
+		defer t.Stop()
+		select {
+		case <-old.done:
+		case <-ctx.Done():
+			return giveUp(status.Errorf(codes.Aborted, "sync: a newer stream of host %s took over before this one started", c.host))
+		case <-t.C:
+			return giveUp(status.Errorf(codes.Unavailable, "sync: the previous stream of host %s (from %s) has not ended within %s; retry", c.host, old.peer, h.limits.ReplaceTimeout))
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ag.next != c || ctx.Err() != nil {
+		if ag.next == c {
+			ag.next = nil
+		}
+		return status.Errorf(codes.Aborted, "sync: a newer stream of host %s took over before this one started", c.host)
+	}
+	ag.next = nil
+	ag.active = c
+	h.conns[c.host] = c
+	return nil
 }
 
 // maybePush sends the desired state when the agent does not have it, no
@@ -241,6 +396,19 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 	c.mu.Unlock()
 	msg := &pb.Desired{Version: d.version, Nonce: s.hub.nextNonce(), Config: d.config, Hash: d.hash}
 	if names := s.hub.secretsFor(d.config); len(names) > 0 && s.hub.cfg.Secrets != nil {
+		if wait := s.hub.secretsDue(c, d.hash); wait > 0 {
+			// Key material goes out once per change of the desired state;
+			// a host reconnecting without having applied it gets it again
+			// only after the resend interval, however often it says Hello.
+			c.mu.Lock()
+			if c.pushTimer != nil {
+				c.pushTimer.Stop()
+			}
+			c.pushTimer = time.AfterFunc(wait, c.wake)
+			c.mu.Unlock()
+			s.hub.log.Debug("key material sent recently; push deferred", "host", c.host, "version", d.version, "retry_in", wait)
+			return false, nil
+		}
 		sctx, cancel := storeCtx(ctx)
 		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, names)
 		cancel()
@@ -250,6 +418,7 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", strings.Join(names, ", "), c.host, err)
 		}
 		msg.Secrets = secrets
+		s.hub.secretsSent(c, d.hash)
 	}
 	c.mu.Lock()
 	if c.pending != nil {
@@ -271,6 +440,9 @@ func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_Sync
 		if err != nil {
 			return err
 		}
+		if err := checkAgentMessage(req, c.host, s.hub.limits); err != nil {
+			return err
+		}
 		switch m := req.GetMessage().(type) {
 		case *pb.SyncRequest_Ack:
 			if err := s.onResult(ctx, c, m.Ack.GetVersion(), m.Ack.GetNonce(), m.Ack.GetHash(), nil, true, false); err != nil {
@@ -281,8 +453,14 @@ func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_Sync
 				return err
 			}
 		case *pb.SyncRequest_Status:
-			if err := s.onStatus(ctx, c, m.Status); err != nil {
-				return err
+			// The stream's loop stores it, within the identity's budget;
+			// a newer report replaces one still waiting.
+			c.mu.Lock()
+			c.queued = m.Status
+			c.mu.Unlock()
+			select {
+			case c.reportCh <- struct{}{}:
+			default:
 			}
 		case *pb.SyncRequest_Hello:
 			return status.Error(codes.InvalidArgument, "sync: hello may only open the stream")
@@ -308,6 +486,15 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		s.hub.log.Debug("stale answer ignored", "host", c.host, "nonce", nonce, "version", version)
 		return nil
 	}
+	if late && !ok && !c.agent.reports.Allow() {
+		// An honest agent answers late only after a retry with backoff;
+		// late NACKs faster than the report budget would each rewrite etcd.
+		// Dropping one loses nothing: the host stays NACKed. A late ACK is
+		// never dropped, and comes once: it clears the NACK it answers.
+		c.mu.Unlock()
+		s.hub.log.Debug("late answer over the report budget ignored", "host", c.host, "version", version)
+		return nil
+	}
 	if !late {
 		c.pending = nil
 	}
@@ -329,6 +516,15 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		} else {
 			lr.Kind, lr.Monitor = pb.ResultKind_RESULT_KIND_NACK, monitor
 		}
+		if late && st.GetLastResult() != nil {
+			// The same answer again is no news: keep its first time, so
+			// that it is not written again.
+			same := proto.Clone(st.GetLastResult()).(*pb.LastResult)
+			same.Time = lr.Time
+			if proto.Equal(same, lr) {
+				return
+			}
+		}
 		st.LastResult = lr
 	})
 	switch {
@@ -341,6 +537,35 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 	}
 	c.wake() // a newer revision may have arrived meanwhile
 	return err
+}
+
+// flushReport stores the queued report when the identity's report budget
+// allows, and otherwise waits for the budget with a timer.
+func (s *AgentService) flushReport(ctx context.Context, c *conn) error {
+	c.mu.Lock()
+	r := c.queued
+	if r == nil || c.reportTimer != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	lim := c.agent.reports
+	if !lim.Allow() {
+		wait := time.Duration((1 - lim.Tokens()) / float64(lim.Limit()) * float64(time.Second))
+		c.reportTimer = time.AfterFunc(max(wait, time.Millisecond), func() {
+			c.mu.Lock()
+			c.reportTimer = nil
+			c.mu.Unlock()
+			select {
+			case c.reportCh <- struct{}{}:
+			default:
+			}
+		})
+		c.mu.Unlock()
+		return nil
+	}
+	c.queued = nil
+	c.mu.Unlock()
+	return s.onStatus(ctx, c, r)
 }
 
 func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport) error {
@@ -389,6 +614,8 @@ func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport
 // persistState applies change to the host's stored state and writes it
 // only when it differs from what was last written.
 func (s *AgentService) persistState(ctx context.Context, c *conn, change func(*pb.Host)) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
 	c.mu.Lock()
 	var next *pb.Host
 	if c.state != nil {
@@ -409,4 +636,24 @@ func (s *AgentService) persistState(ctx context.Context, c *conn, change func(*p
 	c.state = next
 	c.mu.Unlock()
 	return nil
+}
+
+// secretsDue says how long a push of desired state hash carrying key
+// material to c's identity must wait: 0 unless the same state went out
+// with its key material less than the resend interval ago.
+func (h *Hub) secretsDue(c *conn, hash string) time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c.agent.secretHash != hash {
+		return 0
+	}
+	return max(0, h.limits.SecretResendInterval-h.cfg.Now().Sub(c.agent.secretAt))
+}
+
+// secretsSent records that key material for desired state hash went to
+// c's identity now.
+func (h *Hub) secretsSent(c *conn, hash string) {
+	h.mu.Lock()
+	c.agent.secretHash, c.agent.secretAt = hash, h.cfg.Now()
+	h.mu.Unlock()
 }

@@ -21,10 +21,16 @@ const MaxDocumentSize = 1 << 20
 
 // TopologyChecker runs checks beyond the topology's own validation that
 // need the controller's state, such as the token-issuer certificate
-// against the topology's SIP domains. It returns field violations.
+// against the topology's SIP domains. It returns field violations that
+// refuse the topology (errs) and ones that are only shown (warnings); err
+// is a failure to check at all.
 type TopologyChecker interface {
-	CheckTopology(ctx context.Context, t *topology.Topology) ([]topology.FieldViolation, error)
+	CheckTopology(ctx context.Context, t *topology.Topology) (errs, warnings []topology.FieldViolation, err error)
 }
+
+// MaxWarnings bounds the warnings an ApplyTopology answer lists; a last one
+// counts those left out.
+const MaxWarnings = topology.MaxViolations
 
 // TopologyService implements pb.TopologyServiceServer.
 type TopologyService struct {
@@ -49,16 +55,18 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 	}
 	t, err := topology.Load(name, req.GetDocument())
 	if err != nil {
-		return nil, err
+		return nil, s.withCurrentRealms(ctx, req.GetDocument(), err)
 	}
+	var warnings []string
 	if s.checker != nil {
-		vs, err := s.checker.CheckTopology(ctx, t)
+		vs, ws, err := s.checker.CheckTopology(ctx, t)
 		if err != nil {
 			return nil, err
 		}
 		if len(vs) > 0 {
 			return nil, &topology.Error{File: name, Violations: vs}
 		}
+		warnings = renderWarnings(name, ws)
 	}
 	next, err := topology.Compile(t)
 	if err != nil {
@@ -88,6 +96,7 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 	}
 	plan := topology.Plan(prev, next)
 	resp := boundedPlan(plan)
+	resp.Warnings = warnings
 	if req.GetDryRun() {
 		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
@@ -102,6 +111,20 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 	}
 	resp.Revision, resp.Changed = rev, changed
 	return resp, nil
+}
+
+// renderWarnings formats warnings as topology errors are formatted
+// (`file:line:col: field: "value": description`), at most MaxWarnings.
+func renderWarnings(file string, ws []topology.FieldViolation) []string {
+	out := make([]string, 0, min(len(ws), MaxWarnings+1))
+	for i, w := range ws {
+		if i == MaxWarnings {
+			out = append(out, fmt.Sprintf("%s: and %d more warnings", file, len(ws)-MaxWarnings))
+			break
+		}
+		out = append(out, (&topology.Error{File: file, Violations: []topology.FieldViolation{w}}).Error())
+	}
+	return out
 }
 
 // MaxPlanHosts bounds the hosts listed in an ApplyTopology answer.

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 // Severity says whether a Finding blocks a rollout.
@@ -35,19 +37,78 @@ func (s Severity) String() string {
 	}
 }
 
-// Rule ids, stable: reports and tests refer to them.
+// Rule ids, stable: reports, tests and operators refer to them, and every
+// Finding's message ends with "(rule <id>)".
+//
+// The rules are Microsoft's for the Lync / Skype for Business token issuer
+// (OAuthTokenIssuer) certificate:
+//   - "The OAuthTokenIssuer certificate can also be any Web server certificate
+//     that includes the name of your SIP domain in the Subject field", it must
+//     be the same on every Front End, and it "must be at least 2048 bits"
+//     (https://learn.microsoft.com/en-us/skypeforbusiness/manage/authentication/assign-a-server-to-server-certificate);
+//     the Default certificate qualifies, so a name in the SIP domain (the
+//     pool FQDN) is enough: RuleDefaultSIPDomain. That the CN be exactly the
+//     SIP domain is the seed author's advice, not Microsoft's: RuleSubjectCN
+//     is a warning.
+//   - Lync's OAuth realm is the default SIP domain, and "additional SIP
+//     namespaces are added to the Subject Alternative Name list of the OAuth
+//     certificate"
+//     (https://learn.microsoft.com/en-us/lyncserver/lync-server-2013-managing-server-to-server-authentication-oauth-and-partner-applications):
+//     RuleSANAdditionalDomain, a warning, since tokens for the default realm
+//     work without it.
+//   - "All server certificates must support server authorization (Server
+//     EKU)"
+//     (https://learn.microsoft.com/en-us/previous-versions/office/lync-server-2013/lync-server-2013-certificate-infrastructure-requirements):
+//     RuleServerAuth.
+//   - The token issuer signs with the private key, and Import-CsCertificate
+//     -Identity Global on one Front End has the Central Management Store
+//     replicate certificate and key to the others, which needs an exportable
+//     key: RulePrivateKey, RulePrivateKeyExportable.
 const (
-	RuleSubjectCN           = "subject-cn"
-	RuleSANDefaultDomain    = "san-default-domain"
+	RuleSubjectCN = "subject-cn"
+	// RuleDefaultSIPDomain: the default SIP domain, or a name under it,
+	// must be the subject CN or a SAN.
+	RuleDefaultSIPDomain    = "default-sip-domain"
 	RuleSANAdditionalDomain = "san-additional-domain"
 	RuleKeySize             = "key-size"
 	RulePrivateKey          = "private-key"
-	RuleNotYetValid         = "not-yet-valid"
-	RuleExpired             = "expired"
-	RuleExpiring            = "expiring"
-	RuleServerAuth          = "server-auth"
-	RuleSameOnAllFrontEnds  = "same-on-all-front-ends"
+	// RulePrivateKeyExportable: the key must be exportable. A PFX's key is
+	// exportable by construction (it was exported, and whoever opens the
+	// file holds it in the clear); non-exportability is a flag of a key
+	// container on a Windows host, so only a driver reading the host's
+	// store can know it (Requirements.KeyNotExportable).
+	RulePrivateKeyExportable = "private-key-exportable"
+	RuleNotYetValid          = "not-yet-valid"
+	RuleExpired              = "expired"
+	RuleExpiring             = "expiring"
+	RuleServerAuth           = "server-auth"
+	RuleSameOnAllFrontEnds   = "same-on-all-front-ends"
 )
+
+// RuleSANDefaultDomain is the id the SAN-lists-the-default-domain rule had
+// before RuleDefaultSIPDomain replaced it (a Default certificate lists the
+// pool, not the SIP domain, and qualifies).
+//
+// Deprecated: Check no longer reports it; use RuleDefaultSIPDomain.
+const RuleSANDefaultDomain = "san-default-domain"
+
+// RuleAppliesTo says whether rule binds the token-issuer certificate of a
+// deployment of product: the SIP-domain, server-authentication and
+// replication rules are Lync's (its certificate is a web server
+// certificate of the SIP domain, replicated by the CMS); every product needs
+// a valid RSA certificate of at least 2048 bits with its private key.
+// PRODUCT_UNSPECIFIED binds every rule.
+func RuleAppliesTo(product pb.Product, rule string) bool {
+	switch product {
+	case pb.Product_PRODUCT_UNSPECIFIED, pb.Product_PRODUCT_LYNC:
+		return true
+	}
+	switch rule {
+	case RulePrivateKey, RuleNotYetValid, RuleExpired, RuleExpiring, RuleKeySize:
+		return true
+	}
+	return false
+}
 
 // MinRSAKeyBits is the smallest RSA key the certificate rules accept.
 const MinRSAKeyBits = 2048
@@ -63,22 +124,34 @@ type Finding struct {
 	// Severity says whether the finding blocks.
 	Severity Severity
 	// Message is a complete sentence for an operator that names the
-	// certificate (thumbprint and subject), or the hosts, and what is wrong.
+	// certificate (thumbprint and subject), or the hosts, and what is wrong,
+	// and ends with "(rule <Rule>)".
 	Message string
 }
 
-// String formats the finding as "severity rule: message".
+// String formats the finding as "severity: message".
 func (f Finding) String() string {
-	return fmt.Sprintf("%s %s: %s", f.Severity, f.Rule, f.Message)
+	return fmt.Sprintf("%s: %s", f.Severity, f.Message)
 }
 
 // Requirements are what the deployment asks of its token-issuer certificate.
 type Requirements struct {
-	// DefaultSIPDomain must be the subject CN and a SAN. Empty skips the
-	// subject-cn and san-… rules (the caller has no SIP domain to check).
+	// Product is the deployment's product: only the rules RuleAppliesTo
+	// gives for it are checked. PRODUCT_UNSPECIFIED checks every rule.
+	Product pb.Product
+	// DefaultSIPDomain must be, or be a parent of, the subject CN or a SAN,
+	// and should be the CN. Empty skips the SIP-domain rules (the caller has
+	// no SIP domain to check).
 	DefaultSIPDomain string
-	// AdditionalSIPDomains must each be a SAN.
+	// AdditionalSIPDomains should each be a SAN.
 	AdditionalSIPDomains []string
+	// Strict makes the rules that are otherwise warnings (subject-cn,
+	// san-additional-domain, expiring) errors: a topology's
+	// certificateRules: strict.
+	Strict bool
+	// KeyNotExportable says the caller knows the private key cannot be
+	// exported from the host's key store; see RulePrivateKeyExportable.
+	KeyNotExportable bool
 	// Now is the time validity is judged at; zero means time.Now(). Pass the
 	// injected clock's time.
 	Now time.Time
@@ -87,32 +160,54 @@ type Requirements struct {
 	ExpiryWarning time.Duration
 }
 
-// Check applies the Lync / Skype for Business token-issuer certificate rules
-// (SPEC.md §2) to cert and returns what it breaks, in a fixed rule order; nil
-// means it breaks none. hasPrivateKey says whether the certificate came with
-// its private key. Host names compare case-insensitively; a wildcard SAN does
-// not stand for a SIP domain, which must be listed itself.
+// RequirementsFor is what a host's configuration asks of its deployment's
+// token-issuer certificate, judged at now: the product, the SIP domains
+// (for Lync, whose rules they are) and strict from certificate_rules. The
+// agent side checks with it what the controller checked at apply.
+func RequirementsFor(cfg *pb.HostConfig, now time.Time) Requirements {
+	req := Requirements{
+		Product: cfg.GetProduct(),
+		Strict:  cfg.GetCertificateRules() == CertificateRulesStrict,
+		Now:     now,
+	}
+	if req.Product == pb.Product_PRODUCT_LYNC {
+		req.DefaultSIPDomain = cfg.GetDefaultSipDomain()
+		req.AdditionalSIPDomains = append([]string(nil), cfg.GetAdditionalSipDomains()...)
+	}
+	return req
+}
+
+// CertificateRulesStrict is HostConfig.certificate_rules (and the topology's
+// certificateRules) for strict rules; empty or "standard" is the default.
+const CertificateRulesStrict = "strict"
+
+// Check applies the token-issuer certificate rules (see the Rule… ids) to
+// cert and returns what it breaks, in a fixed rule order; nil means it
+// breaks none. hasPrivateKey says whether the certificate came with its
+// private key. Host names compare case-insensitively; a wildcard SAN does
+// not stand for an additional SIP domain, which must be listed itself, but
+// it is a name under the default SIP domain.
 func Check(cert *x509.Certificate, hasPrivateKey bool, req Requirements) []Finding {
 	var fs []Finding
 	who := describe(cert)
 	add := func(rule string, sev Severity, format string, args ...any) {
-		fs = append(fs, Finding{
-			Rule:     rule,
-			Severity: sev,
-			Message:  "certificate " + who + ": " + fmt.Sprintf(format, args...),
-		})
+		if !RuleAppliesTo(req.Product, rule) {
+			return
+		}
+		msg := "certificate " + who + ": " + fmt.Sprintf(format, args...)
+		if sev == SeverityWarning && req.Strict {
+			sev = SeverityError
+			msg += "; certificateRules: strict makes this an error"
+		}
+		fs = append(fs, Finding{Rule: rule, Severity: sev, Message: msg + " (rule " + rule + ")"})
 	}
 
 	if def := req.DefaultSIPDomain; def != "" {
-		if !sameHost(cert.Subject.CommonName, def) {
-			cn := "empty"
-			if cert.Subject.CommonName != "" {
-				cn = fmt.Sprintf("%q", cert.Subject.CommonName)
-			}
-			add(RuleSubjectCN, SeverityError, "subject common name is %s; it must be the default SIP domain %s", cn, def)
-		}
-		if !slices.ContainsFunc(cert.DNSNames, func(n string) bool { return sameHost(n, def) }) {
-			add(RuleSANDefaultDomain, SeverityError, "subject alternative names do not include the default SIP domain %s", def)
+		cn := cert.Subject.CommonName
+		if !inDomain(cn, def) && !slices.ContainsFunc(cert.DNSNames, func(n string) bool { return inDomain(n, def) }) {
+			add(RuleDefaultSIPDomain, SeverityError, "neither the subject common name (%s) nor a subject alternative name is the default SIP domain %s or a name under it; use a web server certificate of the SIP domain, such as the pool's Default certificate", quoteOrEmpty(cn), def)
+		} else if !sameHost(cn, def) {
+			add(RuleSubjectCN, SeverityWarning, "subject common name is %s, not exactly the default SIP domain %s", quoteOrEmpty(cn), def)
 		}
 		seen := []string{def}
 		for _, d := range req.AdditionalSIPDomains {
@@ -121,7 +216,7 @@ func Check(cert *x509.Certificate, hasPrivateKey bool, req Requirements) []Findi
 			}
 			seen = append(seen, d)
 			if !slices.ContainsFunc(cert.DNSNames, func(n string) bool { return sameHost(n, d) }) {
-				add(RuleSANAdditionalDomain, SeverityError, "subject alternative names do not include additional SIP domain %s", d)
+				add(RuleSANAdditionalDomain, SeverityWarning, "SAN does not list %s, an additional SIP domain", d)
 			}
 		}
 	}
@@ -139,8 +234,11 @@ func Check(cert *x509.Certificate, hasPrivateKey bool, req Requirements) []Findi
 		add(RuleKeySize, SeverityError, "key algorithm %s is not RSA; an RSA key of at least %d bits is required", cert.PublicKeyAlgorithm, MinRSAKeyBits)
 	}
 
-	if !hasPrivateKey {
+	switch {
+	case !hasPrivateKey:
 		add(RulePrivateKey, SeverityError, "private key is missing; the token issuer signs with it, so import the certificate from a PFX that includes it")
+	case req.KeyNotExportable:
+		add(RulePrivateKeyExportable, SeverityError, "private key is not exportable, so the Central Management Store cannot replicate it to the other Front Ends; import it again from a PFX, marked exportable")
 	}
 
 	now := req.Now
@@ -172,6 +270,21 @@ func Check(cert *x509.Certificate, hasPrivateKey bool, req Requirements) []Findi
 		add(RuleServerAuth, SeverityError, "extended key usage (%s) lacks server authentication; the certificate must be usable as a web server certificate", ekuNames(cert))
 	}
 	return fs
+}
+
+// inDomain reports whether the DNS name name is domain or a name under it
+// (a wildcard such as *.contoso.com is under contoso.com).
+func inDomain(name, domain string) bool {
+	n := strings.ToLower(strings.TrimSuffix(name, "."))
+	d := strings.ToLower(strings.TrimSuffix(domain, "."))
+	return d != "" && (n == d || strings.HasSuffix(n, "."+d))
+}
+
+func quoteOrEmpty(s string) string {
+	if s == "" {
+		return "empty"
+	}
+	return fmt.Sprintf("%q", s)
 }
 
 // CheckSame applies the rule that every Front End of a deployment holds the
@@ -236,7 +349,7 @@ func CheckSame(thumbprintByHost map[string]string) []Finding {
 		} else {
 			msg = fmt.Sprintf("front end %s has %s, and no certificate is on a majority of the %d front ends (%s); every front end must have the same certificate", h, has, total, summarize(tallies))
 		}
-		fs = append(fs, Finding{Rule: RuleSameOnAllFrontEnds, Severity: SeverityError, Message: msg})
+		fs = append(fs, Finding{Rule: RuleSameOnAllFrontEnds, Severity: SeverityError, Message: msg + " (rule " + RuleSameOnAllFrontEnds + ")"})
 	}
 	return fs
 }

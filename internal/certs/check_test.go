@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 var checkNow = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
@@ -90,29 +92,73 @@ func TestCheck(t *testing.T) {
 			req:    func(r *Requirements) { r.AdditionalSIPDomains = []string{"CONTOSO.COM", ""} },
 		},
 		{
-			name:   "subject CN is the pool, not the SIP domain",
+			name:   "subject CN is the pool, not the SIP domain: a warning",
 			modify: func(tm *Template) { tm.CommonName = "lyncpool.contoso.com" },
-			want:   []want{{RuleSubjectCN, SeverityError, []string{`"lyncpool.contoso.com"`, "default SIP domain contoso.com"}}},
+			want:   []want{{RuleSubjectCN, SeverityWarning, []string{`subject common name is "lyncpool.contoso.com", not exactly the default SIP domain contoso.com`, "(rule subject-cn)"}}},
 		},
 		{
-			name:   "empty subject CN",
+			name:   "strict: the CN warning is an error",
+			modify: func(tm *Template) { tm.CommonName = "lyncpool.contoso.com" },
+			req:    func(r *Requirements) { r.Strict = true },
+			want:   []want{{RuleSubjectCN, SeverityError, []string{`"lyncpool.contoso.com"`, "certificateRules: strict makes this an error (rule subject-cn)"}}},
+		},
+		{
+			name:   "empty subject CN, the domain in the SAN",
 			modify: func(tm *Template) { tm.CommonName = "" },
-			want:   []want{{RuleSubjectCN, SeverityError, []string{"subject common name is empty", "no subject"}}},
+			want:   []want{{RuleSubjectCN, SeverityWarning, []string{"subject common name is empty", "no subject"}}},
 		},
 		{
-			name:   "SAN lacks the default domain",
+			// The seed's path: the pool's Default certificate as the issuer.
+			name: "a pool's Default certificate qualifies, with warnings",
+			modify: func(tm *Template) {
+				tm.CommonName = "pool01.contoso.com"
+				tm.DNSNames = []string{"pool01.contoso.com", "fe01.contoso.com", "fe02.contoso.com", "sip.contoso.com", "sip.fabrikam.com"}
+			},
+			want: []want{
+				{RuleSubjectCN, SeverityWarning, []string{`"pool01.contoso.com"`}},
+				{RuleSANAdditionalDomain, SeverityWarning, []string{"SAN does not list fabrikam.com", "(rule san-additional-domain)"}},
+			},
+		},
+		{
+			name: "the domain only under a wildcard SAN qualifies",
+			modify: func(tm *Template) {
+				tm.CommonName = "web.example.net"
+				tm.DNSNames = []string{"*.contoso.com", "fabrikam.com"}
+			},
+			want: []want{{RuleSubjectCN, SeverityWarning, []string{`"web.example.net"`}}},
+		},
+		{
+			name:   "SAN lacks the default domain, the CN has it",
 			modify: func(tm *Template) { tm.DNSNames = []string{"lyncpool.contoso.com", "fabrikam.com"} },
-			want:   []want{{RuleSANDefaultDomain, SeverityError, []string{"default SIP domain contoso.com"}}},
 		},
 		{
-			name:   "SAN lacks an additional domain",
+			name: "the default SIP domain nowhere",
+			modify: func(tm *Template) {
+				tm.CommonName = "contoso.com.example.net"
+				tm.DNSNames = []string{"notcontoso.com", "contoso.com.example.net", "fabrikam.com"}
+			},
+			want: []want{{RuleDefaultSIPDomain, SeverityError, []string{`neither the subject common name ("contoso.com.example.net") nor a subject alternative name is the default SIP domain contoso.com or a name under it`, "(rule default-sip-domain)"}}},
+		},
+		{
+			name:   "the default SIP domain nowhere, empty CN",
+			modify: func(tm *Template) { tm.CommonName = ""; tm.DNSNames = []string{"fabrikam.com"} },
+			want:   []want{{RuleDefaultSIPDomain, SeverityError, []string{"subject common name (empty)"}}},
+		},
+		{
+			name:   "SAN lacks an additional domain: a warning",
 			modify: func(tm *Template) { tm.DNSNames = []string{"contoso.com"} },
-			want:   []want{{RuleSANAdditionalDomain, SeverityError, []string{"subject alternative names do not include additional SIP domain fabrikam.com"}}},
+			want:   []want{{RuleSANAdditionalDomain, SeverityWarning, []string{"SAN does not list fabrikam.com, an additional SIP domain"}}},
 		},
 		{
-			name:   "a wildcard does not stand for the domain itself",
+			name:   "strict: SAN lacks an additional domain is an error",
+			modify: func(tm *Template) { tm.DNSNames = []string{"contoso.com"} },
+			req:    func(r *Requirements) { r.Strict = true },
+			want:   []want{{RuleSANAdditionalDomain, SeverityError, []string{"SAN does not list fabrikam.com", "strict"}}},
+		},
+		{
+			name:   "a wildcard does not stand for an additional domain itself",
 			modify: func(tm *Template) { tm.DNSNames = []string{"contoso.com", "*.fabrikam.com"} },
-			want:   []want{{RuleSANAdditionalDomain, SeverityError, []string{"additional SIP domain fabrikam.com"}}},
+			want:   []want{{RuleSANAdditionalDomain, SeverityWarning, []string{"SAN does not list fabrikam.com"}}},
 		},
 		{
 			name:   "one finding per missing additional domain",
@@ -121,9 +167,49 @@ func TestCheck(t *testing.T) {
 				r.AdditionalSIPDomains = []string{"northwind.com", "fabrikam.com", "tailspin.com", "Northwind.com"}
 			},
 			want: []want{
-				{RuleSANAdditionalDomain, SeverityError, []string{"additional SIP domain northwind.com"}},
-				{RuleSANAdditionalDomain, SeverityError, []string{"additional SIP domain tailspin.com"}},
+				{RuleSANAdditionalDomain, SeverityWarning, []string{"SAN does not list northwind.com"}},
+				{RuleSANAdditionalDomain, SeverityWarning, []string{"SAN does not list tailspin.com"}},
 			},
+		},
+		{
+			name: "Exchange: no SIP-domain or server-auth rules",
+			modify: func(tm *Template) {
+				tm.CommonName = "exchange.example.net"
+				tm.DNSNames = nil
+				tm.NoServerAuth = true
+			},
+			req: func(r *Requirements) { r.Product = pb.Product_PRODUCT_EXCHANGE },
+		},
+		{
+			name: "SharePoint: expiry and key size still apply",
+			modify: func(tm *Template) {
+				tm.CommonName = "sp"
+				tm.DNSNames = nil
+				tm.KeyBits = 1024
+				tm.NotAfter = checkNow.AddDate(0, 0, 12)
+			},
+			req: func(r *Requirements) { r.Product = pb.Product_PRODUCT_SHAREPOINT },
+			want: []want{
+				{RuleKeySize, SeverityError, []string{"RSA key is 1024 bits"}},
+				{RuleExpiring, SeverityWarning, []string{"in 12 days"}},
+			},
+		},
+		{
+			name: "key not exportable",
+			req:  func(r *Requirements) { r.KeyNotExportable = true },
+			want: []want{{RulePrivateKeyExportable, SeverityError, []string{"private key is not exportable", "(rule private-key-exportable)"}}},
+		},
+		{
+			name:   "strict: expiring within 30 days is an error",
+			modify: func(tm *Template) { tm.NotAfter = checkNow.AddDate(0, 0, 12) },
+			req:    func(r *Requirements) { r.Strict = true },
+			want:   []want{{RuleExpiring, SeverityError, []string{"in 12 days", "strict"}}},
+		},
+		{
+			name:   "strict does not soften errors",
+			modify: func(tm *Template) { tm.KeyBits = 1024 },
+			req:    func(r *Requirements) { r.Strict = true },
+			want:   []want{{RuleKeySize, SeverityError, []string{"RSA key is 1024 bits"}}},
 		},
 		{
 			name:   "no SIP domain known skips the name rules",
@@ -378,5 +464,42 @@ func TestInfo(t *testing.T) {
 	}
 	if Info(nil, true) != nil {
 		t.Error("Info(nil) is not nil")
+	}
+}
+
+func TestRequirementsFor(t *testing.T) {
+	lync := &pb.HostConfig{
+		Product:              pb.Product_PRODUCT_LYNC,
+		DefaultSipDomain:     "contoso.com",
+		AdditionalSipDomains: []string{"fabrikam.com"},
+	}
+	tests := []struct {
+		name  string
+		cfg   *pb.HostConfig
+		rules string
+		want  Requirements
+	}{
+		{"lync", lync, "", Requirements{Product: pb.Product_PRODUCT_LYNC, DefaultSIPDomain: "contoso.com", AdditionalSIPDomains: []string{"fabrikam.com"}, Now: checkNow}},
+		{"lync standard", lync, "standard", Requirements{Product: pb.Product_PRODUCT_LYNC, DefaultSIPDomain: "contoso.com", AdditionalSIPDomains: []string{"fabrikam.com"}, Now: checkNow}},
+		{"lync strict", lync, "strict", Requirements{Product: pb.Product_PRODUCT_LYNC, DefaultSIPDomain: "contoso.com", AdditionalSIPDomains: []string{"fabrikam.com"}, Strict: true, Now: checkNow}},
+		// The SIP-domain rules are Lync's: other products get none.
+		{"exchange strict", &pb.HostConfig{Product: pb.Product_PRODUCT_EXCHANGE, DefaultSipDomain: "contoso.com"}, "strict", Requirements{Product: pb.Product_PRODUCT_EXCHANGE, Strict: true, Now: checkNow}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := &pb.HostConfig{Product: tc.cfg.Product, DefaultSipDomain: tc.cfg.DefaultSipDomain, AdditionalSipDomains: tc.cfg.AdditionalSipDomains, CertificateRules: tc.rules}
+			got := RequirementsFor(cfg, checkNow)
+			if got.Product != tc.want.Product || got.DefaultSIPDomain != tc.want.DefaultSIPDomain ||
+				!slices.Equal(got.AdditionalSIPDomains, tc.want.AdditionalSIPDomains) || got.Strict != tc.want.Strict || !got.Now.Equal(tc.want.Now) {
+				t.Errorf("RequirementsFor = %+v; want %+v", got, tc.want)
+			}
+		})
+	}
+	// The agent's check of the seed's Default certificate under strict rules.
+	b := generate(t, Template{CommonName: "pool01.contoso.com", DNSNames: []string{"pool01.contoso.com", "sip.contoso.com"}, NotBefore: checkNow.AddDate(0, -1, 0), NotAfter: checkNow.AddDate(1, 0, 0)})
+	strict := &pb.HostConfig{Product: pb.Product_PRODUCT_LYNC, DefaultSipDomain: "contoso.com", AdditionalSipDomains: []string{"fabrikam.com"}, CertificateRules: "strict"}
+	fs := Check(b.Cert, true, RequirementsFor(strict, checkNow))
+	if len(fs) != 2 || fs[0].Rule != RuleSubjectCN || fs[1].Rule != RuleSANAdditionalDomain || !HasErrors(fs) || !strings.Contains(fs[1].Message, "fabrikam.com") {
+		t.Errorf("Check under strict rules = %v; want subject-cn and san-additional-domain (fabrikam.com) errors", fs)
 	}
 }

@@ -2,6 +2,7 @@ package certs
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/asn1"
@@ -49,8 +50,20 @@ const errLibNoKey = "pkcs12: private key missing"
 // it. The end-entity certificate is the one matching the private key, wherever
 // it sits in the file (some Windows exports list the chain first); the others become
 // the chain. Every error wraps exactly one of ErrWrongPassword,
-// ErrNoPrivateKey or ErrCorrupt and never contains the password.
+// ErrNoPrivateKey or ErrCorrupt and never contains the password. Its work is
+// bounded (MaxPFXSize, MaxPFXIterations); LoadPFXContext also stops at a
+// deadline.
 func LoadPFX(data []byte, password string) (*Bundle, error) {
+	return LoadPFXContext(context.Background(), data, password)
+}
+
+// LoadPFXContext is LoadPFX under ctx: it checks ctx before each key
+// derivation it runs itself and before handing the file to go-pkcs12, and
+// then returns ctx's error (wrapped, with no sentinel). The library's own
+// work cannot be interrupted, but it is bounded by MaxPFXIterations, which
+// counts every derivation the file asks for, those inside encrypted safes
+// included: about a second of CPU at most.
+func LoadPFXContext(ctx context.Context, data []byte, password string) (*Bundle, error) {
 	switch {
 	case len(data) == 0:
 		return nil, fmt.Errorf("decode PFX: %w: the file is empty", ErrCorrupt)
@@ -60,8 +73,15 @@ func LoadPFX(data []byte, password string) (*Bundle, error) {
 	if err := checkDER(data); err != nil {
 		return nil, fmt.Errorf("decode PFX: %w: %v", ErrCorrupt, err)
 	}
-	if n := pfxIterations(data, MaxPFXIterations); n > MaxPFXIterations {
+	n := pfxIterations(data, MaxPFXIterations)
+	if n > MaxPFXIterations {
 		return nil, fmt.Errorf("decode PFX: %w: its key derivations ask for more than %d iterations in all; export it again with ordinary settings", ErrCorrupt, MaxPFXIterations)
+	}
+	if err := checkEncryptedSafes(ctx, data, password, MaxPFXIterations-n); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("decode PFX: %w", err)
 	}
 	key, first, rest, err := pkcs12.DecodeChain(data, password)
 	if err != nil {
@@ -115,10 +135,10 @@ func classifyDecodeError(data []byte, password string, err error) error {
 			return fmt.Errorf("decode PFX: %w: the password has a character outside the Basic Multilingual Plane, which no PFX password can contain", ErrWrongPassword)
 		}
 	}
-	if password != "" {
-		if _, _, _, perr := pkcs12.DecodeChain(data, ""); perr == nil {
-			return fmt.Errorf("decode PFX: %w: the file has no password", ErrWrongPassword)
-		}
+	if password != "" && passwordOpens(data, "") {
+		// Asked without decrypting a key bag: the empty password was never
+		// checked against the bound (checkEncryptedSafes used password).
+		return fmt.Errorf("decode PFX: %w: the file has no password", ErrWrongPassword)
 	}
 	// The password is checked (by the MAC) before any bag is read, so from
 	// here on it was right. A Java-style trust store is a PFX of certificates

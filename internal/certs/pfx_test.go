@@ -159,7 +159,7 @@ func TestLoadPFXErrors(t *testing.T) {
 		{name: "truncated", data: good[:len(good)/2], password: password, want: ErrCorrupt, mention: "truncated"},
 		{name: "trailing data", data: append(bytes.Clone(good), 0, 0), password: password, want: ErrCorrupt, mention: "2 bytes of unexpected data follow"},
 		{name: "a DER structure that is not PKCS#12", data: []byte{0x30, 0x03, 0x02, 0x01, 0x07}, password: password, want: ErrCorrupt, mention: "not a valid PFX file: pkcs12:"},
-		{name: "too large", data: bytes.Repeat([]byte{0x30}, MaxPFXSize+1), password: password, want: ErrCorrupt, mention: "over the 1048576-byte limit"},
+		{name: "too large", data: bytes.Repeat([]byte{0x30}, MaxPFXSize+1), password: password, want: ErrCorrupt, mention: "decode PFX: not a valid PFX file: the file is 1048577 bytes, over the 1048576-byte limit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -248,6 +248,19 @@ func FuzzLoadPFX(f *testing.F) {
 	f.Add([]byte("garbage"), "")
 	f.Add([]byte{0x30, 0x80, 0x02, 0x01, 0x03}, "x")
 	f.Add(readFile(f, fixtureDER), fixturePassword)
+	// The shapes the loader decrypts itself: an RC2-40 certificate safe, and
+	// a key bag inside an encrypted safe.
+	b := generate(f, Template{CommonName: "contoso.com", ECDSA: true})
+	legacy, err := pkcs12.LegacyRC2.Encode(b.Key, b.Cert, nil, fixturePassword)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(legacy, fixturePassword)
+	modern, err := pkcs12.Modern2023.Encode(b.Key, b.Cert, nil, fixturePassword)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(nestedPFX(f, bagsOf(f, modern, fixturePassword), fixturePassword), fixturePassword)
 
 	f.Fuzz(func(t *testing.T, data []byte, password string) {
 		b, err := LoadPFX(data, password)

@@ -43,7 +43,7 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			MetadataUrl:           tr.MetadataURL,
 			// A partner's realm is learned from its metadata, as the
 			// products do, unless the topology declares it.
-			Realm: realmOf(c, from),
+			Realm:       realmOf(c, from),
 			TrustLevel:  level,
 			Enabled:     *tr.Enabled,
 			TrustBroker: rp == pb.Product_PRODUCT_SHAREPOINT && pp == pb.Product_PRODUCT_LYNC,
@@ -83,6 +83,7 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				MetadataUrl:             metadataURL(d),
 				Endpoint:                endpoint(d),
 				RemovePartners:          cloneStrings(d.RemovePartners),
+				CertificateRules:        hostCertificateRules(c.CertificateRules),
 				ExchangeAutodiscoverUrl: d.ExchangeAutodiscoverURL,
 				TopologyName:            c.Name,
 			}
@@ -160,4 +161,15 @@ func metadataURL(d *Deployment) string {
 		return d.MetadataURL
 	}
 	return products.MetadataURL(mustProduct(d), endpoint(d))
+}
+
+// hostCertificateRules is HostConfig.certificate_rules for a topology's
+// normalized certificateRules: empty for the default, standard, so that a
+// topology that does not use the field compiles to the same bytes (and
+// hashes) as before the field existed.
+func hostCertificateRules(rules string) string {
+	if rules == CertificateRulesStandard {
+		return ""
+	}
+	return rules
 }

@@ -174,6 +174,7 @@ func hostChanges(f, t *pb.HostConfig) []string {
 		}
 	}
 	diff("topology", f.TopologyName, t.TopologyName)
+	diff("certificate rules", f.CertificateRules, t.CertificateRules)
 	diff("deployment", f.Deployment, t.Deployment)
 	diff("product", products.Name(f.Product), products.Name(t.Product))
 	diff("version", f.ProductVersion, t.ProductVersion)

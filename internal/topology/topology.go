@@ -27,6 +27,16 @@ const (
 	Kind       = "TrustTopology"
 )
 
+// The accepted values of Topology.CertificateRules.
+const (
+	// CertificateRulesStandard reports the softer certificate rules as
+	// warnings: what Microsoft requires is an error, its advice a warning.
+	CertificateRulesStandard = "standard"
+	// CertificateRulesStrict makes those warnings errors, as advised for
+	// estates with several SIP domains.
+	CertificateRulesStrict = "strict"
+)
+
 // MaxDocumentSize is the largest topology document Parse accepts.
 const MaxDocumentSize = 1 << 20
 
@@ -52,6 +62,12 @@ type Topology struct {
 	Deployments []Deployment `json:"deployments"`
 	// Trusts are the trust edges between deployments.
 	Trusts []Trust `json:"trusts"`
+	// CertificateRules is how the token-issuer certificate rules apply:
+	// CertificateRulesStandard (the default) or CertificateRulesStrict,
+	// which makes the rules that are otherwise warnings (CN not exactly the
+	// default SIP domain, a SAN lacking an additional SIP domain, expiry
+	// within 30 days) errors.
+	CertificateRules string `json:"certificateRules,omitempty"`
 
 	// file is the name given to Parse, for error messages.
 	file string

@@ -33,6 +33,7 @@ func Validate(t *Topology) error {
 	v.deployments()
 	v.trusts()
 	v.removePartners()
+	v.certificateRules()
 	if len(v.vs) == 0 {
 		return nil
 	}
@@ -81,6 +82,7 @@ func (v *validator) header() {
 	switch {
 	case strings.TrimSpace(t.Name) == "":
 		v.add("name", t.Name, "missing; name the topology, e.g. contoso")
+	case v.addProblem("name", t.Name, textProblem(t.Name)):
 	case !isText(t.Name) || len(t.Name) > 253:
 		v.add("name", t.Name, "a topology name is up to 253 printable characters")
 	}
@@ -115,8 +117,8 @@ func (v *validator) header() {
 	// Lync's own default is the default SIP domain, Exchange's realm is
 	// blank and SharePoint's is its farm id, and s2strust changes none of
 	// them unless the topology says so.
-	if t.Realm != "" && !isText(t.Realm) || strings.IndexFunc(t.Realm, unicode.IsSpace) >= 0 {
-		v.add("realm", t.Realm, "a realm has no spaces or control characters; accepted: e.g. contoso.com, or leave it out to use the default SIP domain")
+	if t.Realm != "" {
+		v.addProblem("realm", t.Realm, realmProblem(t.Realm, pb.Product_PRODUCT_LYNC))
 	}
 }
 
@@ -200,6 +202,9 @@ func (v *validator) deployments() {
 		}
 
 		d.Version = products.NormalizeVersion(d.Version)
+		if v.addProblem(f("version"), d.Version, textProblem(d.Version)) {
+			ok = false
+		}
 		if ok {
 			v.version(f("version"), p, d)
 		}
@@ -231,9 +236,7 @@ func (v *validator) deployments() {
 				continue
 			}
 			seen[strings.ToLower(r)] = k
-			if strings.TrimSpace(r) == "" || !isText(r) {
-				v.add(rf, r, "a partner identity to remove is a printable name, e.g. app")
-			}
+			v.addProblem(rf, r, partnerIdentityProblem(r))
 		}
 	}
 }
@@ -304,6 +307,9 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no spaces or control characters", article(what))
 		return
 	}
+	if v.addProblem(field, raw, textProblem(raw)) {
+		return
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		var ue *url.Error
@@ -330,6 +336,8 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no #fragment", article(what))
 	case root && (u.RawQuery != "" || u.ForceQuery):
 		v.add(field, raw, "%s has no ?query", article(what))
+	default:
+		v.addProblem(field, raw, urlProblem(raw, what))
 	}
 }
 
@@ -346,8 +354,8 @@ func (v *validator) deploymentRealm(i int, p pb.Product, d *Deployment) {
 		}
 		return
 	}
-	if !isText(d.Realm) || strings.IndexFunc(d.Realm, unicode.IsSpace) >= 0 || d.Realm == "*" {
-		v.add(f+"realm", d.Realm, "a realm is a DNS name (e.g. contoso.com) or a GUID (a SharePoint farm id)")
+	if why := realmProblem(d.Realm, p); why != "" {
+		v.addProblem(f+"realm", d.Realm, why)
 		return
 	}
 	if desc, _ := products.Describe(p); desc.RealmNeedsConfirmation && !d.ConfirmRealmChange {
@@ -380,8 +388,8 @@ func (v *validator) tokenIssuer(field string, ti *TokenIssuer) {
 			v.add(field+".existing", ti.Existing, "unknown certificate type; accepted: Default")
 		}
 	}
-	if ti.Secret != "" && (!isText(ti.Secret) || strings.IndexFunc(ti.Secret, unicode.IsSpace) >= 0) {
-		v.add(field+".secret", ti.Secret, "a secret name has no spaces or control characters, e.g. oauth-2026")
+	if ti.Secret != "" {
+		v.addProblem(field+".secret", ti.Secret, secretNameProblem(ti.Secret))
 	}
 	if ti.Thumbprint != "" && !isThumbprint(ti.Thumbprint) {
 		v.add(field+".thumbprint", ti.Thumbprint, "a thumbprint is 40 hexadecimal digits, the certificate's SHA-1 as Windows shows it, e.g. 3B9A1F…")
@@ -468,7 +476,7 @@ func (v *validator) deployment(field, name string) (int, bool) {
 func (v *validator) deploymentNames() string {
 	var names []string
 	for _, d := range v.t.Deployments {
-		if d.Name != "" {
+		if isLabel(d.Name) { // an invalid name is not offered, nor shown raw
 			names = append(names, d.Name)
 		}
 	}
@@ -583,4 +591,18 @@ func isThumbprint(s string) bool {
 		}
 	}
 	return true
+}
+
+// certificateRules normalizes certificateRules to lower case, defaulting to
+// standard.
+func (v *validator) certificateRules() {
+	t := v.t
+	switch r := strings.ToLower(t.CertificateRules); r {
+	case "":
+		t.CertificateRules = CertificateRulesStandard
+	case CertificateRulesStandard, CertificateRulesStrict:
+		t.CertificateRules = r
+	default:
+		v.add("certificateRules", t.CertificateRules, "unknown certificate rules; accepted: %s (the default), %s", CertificateRulesStandard, CertificateRulesStrict)
+	}
 }

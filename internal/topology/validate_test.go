@@ -81,7 +81,7 @@ func TestValidate(t *testing.T) {
 		{"no name", func(t *Topology) { t.Name = " " },
 			[]string{`name: " ": missing; name the topology, e.g. contoso`}},
 		{"name with control character", func(t *Topology) { t.Name = "con\ntoso" },
-			[]string{`name: "con\ntoso": a topology name is up to 253 printable characters`}},
+			[]string{`name: "con\ntoso": has control characters (U+000A); accepted: printable text without them`}},
 
 		// SIP domains and realm.
 		{"no default sip domain", func(t *Topology) { t.SIPDomains.Default = ""; t.Realm = "contoso.com" },
@@ -98,7 +98,7 @@ func TestValidate(t *testing.T) {
 			`sipDomains.additional[3]: "bad_domain.com": not a valid domain name; accepted: a DNS domain such as fabrikam.com`,
 		}},
 		{"realm with a space", func(t *Topology) { t.Realm = "contoso com" },
-			[]string{`realm: "contoso com": a realm has no spaces or control characters; accepted: e.g. contoso.com, or leave it out to use the default SIP domain`}},
+			[]string{`realm: "contoso com": not a realm; accepted: a DNS name such as contoso.com, or a GUID such as a SharePoint farm id`}},
 
 		// Deployments.
 		{"no deployments", func(t *Topology) { t.Deployments = nil; t.Trusts = nil },
@@ -225,7 +225,7 @@ func TestValidate(t *testing.T) {
 			t.Deployments[exchange].TokenIssuer = &TokenIssuer{Thumbprint: "\u200e3b 9a 1f 00 11 22 33 44 55 66 77 88 99 aa bb cc dd ee ff 01\u200e"}
 		}, nil},
 		{"secret with a space", func(t *Topology) { t.Deployments[lync].TokenIssuer.Secret = "oauth 2026" },
-			[]string{`deployments[0].tokenIssuer.secret: "oauth 2026": a secret name has no spaces or control characters, e.g. oauth-2026`}},
+			[]string{`deployments[0].tokenIssuer.secret: "oauth 2026": a secret name is 1-128 letters, digits, '.', '-' or '_', starting with a letter or digit, e.g. oauth-2026`}},
 
 		// Trusts.
 		{"trust from nowhere", func(t *Topology) { t.Trusts[1].From = "sharepoint2" },
@@ -262,7 +262,7 @@ func TestValidate(t *testing.T) {
 		{"remove a partner twice", func(t *Topology) { t.Deployments[lync].RemovePartners = []string{"app", "APP", ""} },
 			[]string{
 				`deployments[0].removePartners[1]: "APP": listed twice (also removePartners[0])`,
-				`deployments[0].removePartners[2]: a partner identity to remove is a printable name, e.g. app`,
+				`deployments[0].removePartners[2]: a partner identity is 1-128 letters, digits, '.', '-' or '_', starting with a letter or digit, e.g. app or microsoft.exchange`,
 			}},
 	}
 	for _, tc := range tests {

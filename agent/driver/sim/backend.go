@@ -392,7 +392,6 @@ func (s *Sim) download(ctx context.Context, desc products.Descriptor, url, servi
 	return v, nil
 }
 
-
 // installDeployment is the product's installation of a deployment: the first host of
 // a deployment to apply anything finds the store as setup leaves it (an
 // Exchange organization with its self-signed Auth Certificate and a blank

@@ -262,7 +262,7 @@ func (s *Sim) prepare(cfg *pb.HostConfig) error {
 			return err
 		}
 	}
-	ds, _, err := readStore(s.cfg.SharedDir, cfg.GetDeployment())
+	ds, old, err := readStore(s.cfg.SharedDir, cfg.GetDeployment())
 	if err != nil {
 		return err
 	}
@@ -272,6 +272,17 @@ func (s *Sim) prepare(cfg *pb.HostConfig) error {
 	ps, err := ds.productStore(cfg.GetProduct())
 	if err != nil {
 		return &reconcile.ProductError{Err: err}
+	}
+	if g := ds.Lync; g != nil && cfg.GetPrimary() && g.NextOAuthTokenIssuer != nil && g.NextEffectiveDate != nil && !s.cfg.Now().Before(*g.NextEffectiveDate) {
+		// A roll (Set-CsCertificate -Roll -EffectiveDate) takes effect:
+		// the next certificate signs, the old one stays as the previous
+		// one, still published and accepted until it expires or
+		// Remove-CsCertificate -Previous removes it.
+		g.PreviousOAuthTokenIssuer, g.OAuthTokenIssuer = g.OAuthTokenIssuer, g.NextOAuthTokenIssuer
+		g.NextOAuthTokenIssuer, g.NextEffectiveDate = nil, nil
+		if _, err := writeStore(s.cfg.SharedDir, ds, old); err != nil {
+			return err
+		}
 	}
 	h := s.host.clone()
 	h.Deployment, h.Product = cfg.GetDeployment(), products.Name(cfg.GetProduct())

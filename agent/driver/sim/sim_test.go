@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
@@ -495,8 +496,12 @@ func TestIssuerByThumbprint(t *testing.T) {
 	}
 	// A certificate named by thumbprint never met the controller's checks,
 	// so the Front End checks it against the SIP domains: this Default
-	// certificate's CN is the host, not contoso.com (SPEC certificate rules).
-	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "must be the default SIP domain contoso.com")
+	// certificate's CN is the host, a name under contoso.com, which
+	// qualifies (Microsoft: the SIP domain in the subject) with a warning
+	// that it is not exactly the default SIP domain; strict rules refuse it.
+	wantItem(t, r, driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_OK, "not exactly the default SIP domain contoso.com (rule subject-cn)")
+	cfg.CertificateRules = certs.CertificateRulesStrict
+	wantItem(t, verify(t, fe01, cfg), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_FAILED, "rule subject-cn")
 }
 
 func TestTamperedStoreFailsVerify(t *testing.T) {
@@ -839,4 +844,91 @@ func TestConfigForAnotherDeploymentProduct(t *testing.T) {
 
 func sameCertificates(a, b [][]byte) bool {
 	return slices.EqualFunc(a, b, func(x, y []byte) bool { return string(x) == string(y) })
+}
+
+// TestLyncRollKeepsPreviousUntilRemoved: after a roll the old certificate
+// stays as the previous one, published beside the current one, until it
+// expires; then the plan removes it with Remove-CsCertificate -Previous.
+func TestLyncRollKeepsPreviousUntilRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	clock := time.Now()
+	var mu sync.Mutex
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	fe01, err := New(Config{Host: "fe01.contoso.com", StateDir: t.TempDir(), SharedDir: e.shared, Now: now,
+		Products: []*pb.DetectedProduct{{Product: pb.Product_PRODUCT_LYNC, Version: "2015"}}, FetchMetadata: e.fetch.fetch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := lyncConfig("fe01.contoso.com", true)
+	noErrors(t, fe01.Apply(context.Background(), cfg, secrets(t)))
+	oldT := certs.Thumbprint(fix(t).issuer.Cert)
+
+	next, err := certs.Generate(certs.Template{CommonName: realm, DNSNames: []string{realm, "fabrikam.com"}, NotBefore: clock.Add(-time.Hour), NotAfter: clock.AddDate(2, 0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := RollIssuerCertificate(e.shared, "pool01", next, clock.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	// The roll is the operator's: the topology no longer names a secret.
+	cfg.TokenIssuer = nil
+	mu.Lock()
+	clock = clock.Add(2 * time.Minute)
+	mu.Unlock()
+	noErrors(t, fe01.Apply(context.Background(), cfg, nil))
+	g := readLync(t, e.shared)
+	if g.OAuthTokenIssuer.Thumbprint != certs.Thumbprint(next.Cert) || g.PreviousOAuthTokenIssuer == nil || g.PreviousOAuthTokenIssuer.Thumbprint != oldT {
+		t.Fatalf("after the roll: current %s, previous %v; want %s and %s", g.OAuthTokenIssuer.Thumbprint, g.PreviousOAuthTokenIssuer != nil, certs.Thumbprint(next.Cert), oldT)
+	}
+	_, _, all, err := fe01.SigningCertificates(context.Background())
+	if err != nil || len(all) != 2 {
+		t.Fatalf("published certificates = %d (%v), want the current and the previous", len(all), err)
+	}
+	if res := fe01.ApplyPlan(context.Background(), cfg, nil, true); slices.ContainsFunc(res.Ops, func(o reconcile.Op) bool { return o.Kind == reconcile.KindRemovePreviousIssuer }) {
+		t.Error("the previous certificate is removed before it expires")
+	}
+	// Once the previous certificate has expired, the plan removes it.
+	mu.Lock()
+	clock = fix(t).issuer.Cert.NotAfter.Add(time.Hour)
+	mu.Unlock()
+	res := fe01.ApplyPlan(context.Background(), cfg, nil, false)
+	i := slices.IndexFunc(res.Ops, func(o reconcile.Op) bool { return o.Kind == reconcile.KindRemovePreviousIssuer })
+	if i < 0 || res.Ops[i].Command() != "Remove-CsCertificate -Identity 'Global' -Type OAuthTokenIssuer -Previous -Confirm:$false" {
+		t.Fatalf("plan after expiry = %s, want Remove-CsCertificate -Previous", reconcile.Redacted(res.Ops))
+	}
+	if g := readLync(t, e.shared); g.PreviousOAuthTokenIssuer != nil {
+		t.Error("the previous certificate is still there after Remove-CsCertificate -Previous")
+	}
+}
+
+// TestSharePointQueuedSigningCertificate: a certificate queued with
+// Set-SPSecurityTokenServiceConfig -QueueSigningCertificate is published
+// beside the current one and shows as the next issuer, as rotation needs.
+func TestSharePointQueuedSigningCertificate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	sp01 := e.host("sp01.contoso.com", pb.Product_PRODUCT_SHAREPOINT, "2019")
+	cfg := sharepointConfig()
+	cfg.TokenIssuer = nil
+	noErrors(t, sp01.Apply(context.Background(), cfg, nil))
+	next, err := certs.Generate(certs.Template{CommonName: "SharePoint Security Token Service"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := StageNextIssuerCertificate(e.shared, "sharepoint", next.Cert, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	_, _, all, err := sp01.SigningCertificates(context.Background())
+	if err != nil || len(all) != 2 || !all[1].Equal(next.Cert) {
+		t.Fatalf("published = %d certificates (%v), want the current and the queued one", len(all), err)
+	}
+	st, err := sp01.Read(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Issuer.Next != certs.Thumbprint(next.Cert) || st.STS.QueuedSigningThumbprint != st.Issuer.Next {
+		t.Errorf("issuer %+v, STS %+v; want the queued certificate as next", st.Issuer, st.STS)
+	}
+	allOK(t, verify(t, sp01, cfg))
 }

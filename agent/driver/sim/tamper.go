@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -180,9 +181,59 @@ func StageNextIssuerCertificate(sharedDir, deployment string, cert *x509.Certifi
 		o.AuthCertificates = slices.DeleteFunc(o.AuthCertificates, func(c *IssuerCertificate) bool { return c.Thumbprint == t })
 		o.AuthCertificates = append(o.AuthCertificates, ic)
 		slices.SortFunc(o.AuthCertificates, func(a, b *IssuerCertificate) int { return cmp.Compare(a.Thumbprint, b.Thumbprint) })
+	case ds.SharePoint != nil:
+		// Set-SPSecurityTokenServiceConfig -QueueSigningCertificate: published
+		// beside the current signing certificate until it replaces it.
+		ds.SharePoint.QueuedSigningCertificate = ic
 	default:
 		return fmt.Errorf("stage next issuer certificate %s: a %s deployment has no next certificate", t, ds.Product)
 	}
+	_, err = writeStore(sharedDir, ds, old)
+	return err
+}
+
+// Seed registers partners on cfg's deployment behind s2strust's back, as
+// an administrator's PowerShell would, installing the deployment first if
+// it is not: the brownfield estate the conformance suite starts from.
+func (s *Sim) Seed(cfg *pb.HostConfig, partners []reconcile.Partner) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.installDeployment(cfg); err != nil {
+		return err
+	}
+	ds, old, ps, err := openStore(s.cfg.SharedDir, cfg.GetDeployment())
+	if err != nil {
+		return err
+	}
+	for _, p := range partners {
+		ps.upsert(partnerView{Name: p.Name, AppID: p.ApplicationIdentifier, URL: p.MetadataURL, Realm: p.Realm,
+			Trust: p.TrustLevel, Enabled: p.Enabled, Broker: p.TrustBroker, productFields: true})
+	}
+	_, err = writeStore(s.cfg.SharedDir, ds, old)
+	return err
+}
+
+// RollIssuerCertificate stages b (with its key) as a Lync pool's next
+// OAuthTokenIssuer certificate effective at effective, as
+// `Set-CsCertificate -Identity global -Type OAuthTokenIssuer -Thumbprint
+// <new> -Roll -EffectiveDate <date>` does after the certificate was
+// imported; the primary's next apply after that date makes it current.
+func RollIssuerCertificate(sharedDir, deployment string, b *certs.Bundle, effective time.Time) error {
+	t := certs.Thumbprint(b.Cert)
+	keyPEM, err := encodeKey(b.Key)
+	if err != nil {
+		return fmt.Errorf("roll issuer certificate %s: %w", t, err)
+	}
+	ds, old, _, err := openStore(sharedDir, deployment)
+	if err != nil {
+		return fmt.Errorf("roll issuer certificate %s: %w", t, err)
+	}
+	if ds.Lync == nil {
+		return fmt.Errorf("roll issuer certificate %s: deployment %s is not a Lync pool", t, deployment)
+	}
+	eff := effective.UTC()
+	ds.Lync.NextOAuthTokenIssuer = &IssuerCertificate{Thumbprint: t, Certificate: b.Cert.Raw, PrivateKey: string(keyPEM)}
+	ds.Lync.NextEffectiveDate = &eff
 	_, err = writeStore(sharedDir, ds, old)
 	return err
 }

@@ -110,6 +110,10 @@ type ApplyTopologyResponse struct {
 	HostsChanged uint32 `protobuf:"varint,5,opt,name=hosts_changed,json=hostsChanged,proto3" json:"hosts_changed,omitempty"`
 	// Whether plan lists only the first hosts that change.
 	PlanTruncated bool `protobuf:"varint,6,opt,name=plan_truncated,json=planTruncated,proto3" json:"plan_truncated,omitempty"`
+	// Certificate-rule warnings on the topology's token-issuer certificates
+	// (each "rule <id>: …", naming the field and the certificate): shown,
+	// not refused. With certificateRules: strict they are errors instead.
+	Warnings      []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,6 +188,13 @@ func (x *ApplyTopologyResponse) GetPlanTruncated() bool {
 		return x.PlanTruncated
 	}
 	return false
+}
+
+func (x *ApplyTopologyResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 // HostPlan is what a revision changes on one host.
@@ -644,7 +655,7 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x17\n" +
 	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x120\n" +
 	"\x11expected_revision\x18\x04 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
-	"\x12_expected_revision\"\xe5\x01\n" +
+	"\x12_expected_revision\"\x81\x02\n" +
 	"\x15ApplyTopologyResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12)\n" +
@@ -652,7 +663,8 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\vhosts_total\x18\x04 \x01(\rR\n" +
 	"hostsTotal\x12#\n" +
 	"\rhosts_changed\x18\x05 \x01(\rR\fhostsChanged\x12%\n" +
-	"\x0eplan_truncated\x18\x06 \x01(\bR\rplanTruncated\"\xd1\x01\n" +
+	"\x0eplan_truncated\x18\x06 \x01(\bR\rplanTruncated\x12\x1a\n" +
+	"\bwarnings\x18\a \x03(\tR\bwarnings\"\xd1\x01\n" +
 	"\bHostPlan\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +

@@ -235,8 +235,13 @@ type HostConfig struct {
 	// Whether the topology confirms a change of this deployment's realm
 	// (confirmRealmChange): required before an Exchange or SharePoint realm is set.
 	ConfirmRealmChange bool `protobuf:"varint,19,opt,name=confirm_realm_change,json=confirmRealmChange,proto3" json:"confirm_realm_change,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// How the token-issuer certificate rules are applied: empty for
+	// "standard" (the default: CN not exactly the default SIP domain, a SAN
+	// lacking an additional SIP domain and near expiry are warnings) or
+	// "strict" (they are errors). From the topology's certificateRules.
+	CertificateRules string `protobuf:"bytes,40,opt,name=certificate_rules,json=certificateRules,proto3" json:"certificate_rules,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *HostConfig) Reset() {
@@ -400,6 +405,13 @@ func (x *HostConfig) GetConfirmRealmChange() bool {
 		return x.ConfirmRealmChange
 	}
 	return false
+}
+
+func (x *HostConfig) GetCertificateRules() string {
+	if x != nil {
+		return x.CertificateRules
+	}
+	return ""
 }
 
 // TrustTarget is a deployment that accepts tokens issued by this one.
@@ -1637,7 +1649,7 @@ var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x06\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x06\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1662,7 +1674,8 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\bendpoint\x18\x11 \x01(\tR\bendpoint\x127\n" +
 	"\n" +
 	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\x120\n" +
-	"\x14confirm_realm_change\x18\x13 \x01(\bR\x12confirmRealmChange\"\xcf\x01\n" +
+	"\x14confirm_realm_change\x18\x13 \x01(\bR\x12confirmRealmChange\x12+\n" +
+	"\x11certificate_rules\x18( \x01(\tR\x10certificateRules\"\xcf\x01\n" +
 	"\vTrustTarget\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
