@@ -3,6 +3,7 @@ package cmd
 import (
 	"context"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"sort"
@@ -70,13 +71,7 @@ there are conflicts, unless --allow-conflicts.`, exitConflicts),
 				}
 				// Names and URLs came from agents: escaped before they reach a terminal.
 				fmt.Fprintf(g.out, "%s", termsafe.Text(string(doc)))
-				errw := cmd.ErrOrStderr()
-				for _, n := range d.notes {
-					fmt.Fprintln(errw, "note:", safe(n))
-				}
-				for _, c := range d.conflicts {
-					fmt.Fprintln(errw, "conflict:", safe(c))
-				}
+				d.printFindings(cmd.ErrOrStderr())
 				if len(d.conflicts) > 0 && !allow {
 					return &exitError{code: exitConflicts, err: fmt.Errorf("discover: %d conflicts (listed above); resolve them, or pass --allow-conflicts to accept the topology without the disputed settings", len(d.conflicts))}
 				}
@@ -117,6 +112,16 @@ type discovery struct {
 	conflicts       []string
 	notes           []string
 	hosts, reported int
+}
+
+// printFindings prints the notes and conflicts, one a line.
+func (d *discovery) printFindings(w io.Writer) {
+	for _, n := range d.notes {
+		fmt.Fprintln(w, "note:", safe(n))
+	}
+	for _, c := range d.conflicts {
+		fmt.Fprintln(w, "conflict:", safe(c))
+	}
 }
 
 func (d *discovery) conflict(format string, args ...any) {
