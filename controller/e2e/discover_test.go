@@ -18,7 +18,8 @@ import (
 
 // TestDiscoverReproducesTheEstate checks brownfield discovery on a
 // converged fleet: fed back to apply --dry-run, discover's topology plans
-// no change; and from a topology that names only the deployments and their
+// no change; and, as an estate is adopted, with agents newly installed in
+// monitor mode and a topology that names only the deployments and their
 // hosts, discover finds from the agents' reports the trusts, realm, token
 // issuer and autodiscover URL the estate has, compiling to exactly what
 // the full topology does.
@@ -28,7 +29,7 @@ func TestDiscoverReproducesTheEstate(t *testing.T) {
 	f.waitConverged(rev)
 	f.waitEdges("every edge to pass", func(_ string, e *pb.TrustEdge) bool { return e.GetOk() })
 
-	discovered := f.discover(rev)
+	discovered := f.discover(func(h *pb.Host, r *pb.StatusReport) bool { return r.GetAppliedVersion() == rev })
 	file := filepath.Join(t.TempDir(), "discovered.yaml")
 	if err := os.WriteFile(file, discovered, 0o600); err != nil {
 		t.Fatal(err)
@@ -60,10 +61,17 @@ func TestDiscoverReproducesTheEstate(t *testing.T) {
 			t.Fatalf("the skeleton still holds %s:\n%s", absent, skeleton)
 		}
 	}
+	for h, a := range f.agents {
+		a.stop()
+		if err := os.Remove(filepath.Join(a.stateDir, "agent-state.json")); err != nil {
+			t.Fatal(err)
+		}
+		f.agents[h] = startAgent(t, f.c, h, a.product, a.stateDir, a.simDir, agentOpts{network: f.network, monitor: true})
+	}
 	rev2 := f.apply(skeleton)
-	f.waitConverged(rev2)
-
-	discovered = f.discover(rev2)
+	discovered = f.discover(func(h *pb.Host, r *pb.StatusReport) bool {
+		return r.GetMonitor() && h.GetLastResult().GetMonitor() && h.GetLastResult().GetVersion() == rev2
+	})
 	got, err := topology.Load("discovered.yaml", discovered)
 	if err != nil {
 		t.Fatalf("discovered topology: %v\n%s", err, discovered)
@@ -90,13 +98,13 @@ func TestDiscoverReproducesTheEstate(t *testing.T) {
 	}
 }
 
-// discover waits until every host has reported on revision rev, runs
-// s2s-controller discover and returns the topology it wrote, failing on
-// conflicts.
-func (f *fleet) discover(rev uint64) []byte {
+// discover waits until every host is connected and ready says its report
+// is the one to discover from, runs s2s-controller discover and returns
+// the topology it wrote, failing on conflicts.
+func (f *fleet) discover(ready func(*pb.Host, *pb.StatusReport) bool) []byte {
 	f.t.Helper()
 	fleetAPI := pb.NewFleetServiceClient(f.conn)
-	waitFor(f.t, waitTimeout, "every host to report on the revision", func() (bool, string) {
+	waitFor(f.t, waitTimeout, "every host to report", func() (bool, string) {
 		hosts, err := fleetAPI.ListHosts(context.Background(), &pb.ListHostsRequest{})
 		if err != nil {
 			return false, err.Error()
@@ -106,8 +114,9 @@ func (f *fleet) discover(rev uint64) []byte {
 			if err != nil {
 				return false, err.Error()
 			}
-			if got.GetStatus().GetAppliedVersion() != rev || !h.GetConnected() {
-				return false, fmt.Sprintf("%s: report on %d", h.GetHost(), got.GetStatus().GetAppliedVersion())
+			if !h.GetConnected() || got.GetStatus() == nil || !ready(got.GetHost(), got.GetStatus()) {
+				return false, fmt.Sprintf("%s: connected %v, last result %v, report applied %d monitor %v", h.GetHost(), h.GetConnected(),
+					got.GetHost().GetLastResult(), got.GetStatus().GetAppliedVersion(), got.GetStatus().GetMonitor())
 			}
 		}
 		return true, ""
