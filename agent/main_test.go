@@ -58,3 +58,18 @@ func TestInspectCommand(t *testing.T) {
 		t.Errorf("inspect -o json: %+v (%v)\n%s", doc, err, out)
 	}
 }
+
+// TestRunApplyFalseIsMonitorMode checks the flag's wiring: --apply=false
+// is monitor mode, which refuses --auto-correct before it connects.
+func TestRunApplyFalseIsMonitorMode(t *testing.T) {
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"run", "--host", "fe01.contoso.com", "--insecure", "--controller", "127.0.0.1:1", "--state-dir", t.TempDir(),
+		"--sim-product", "lync:2015", "--apply=false", "--auto-correct"})
+	err := root.ExecuteContext(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "monitor mode (--apply=false) changes nothing: choose one") {
+		t.Errorf("run --apply=false --auto-correct = %v, want the refusal naming both flags", err)
+	}
+}

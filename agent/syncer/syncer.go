@@ -67,7 +67,8 @@ type Config struct {
 	// and metrics count pushes with it).
 	OnDesired func(*pb.Desired)
 	// Monitor runs the agent read-only (see the package comment). The
-	// driver must be a Planner; AutoCorrect must be off.
+	// driver must be a Planner or a reconcile.Backend; AutoCorrect must be
+	// off.
 	Monitor bool
 }
 
