@@ -42,7 +42,7 @@ func printPlans(w io.Writer, details []hostDetail) {
 		case r.GetMonitor():
 			fmt.Fprintf(w, "%s it would execute:\n", count(len(r.GetPlan()), "operation"))
 		default:
-			fmt.Fprintf(w, "%s it last executed:\n", count(len(r.GetPlan()), "operation"))
+			fmt.Fprintf(w, "%s of its last apply that changed anything (a failed item's later operations did not run):\n", count(len(r.GetPlan()), "operation"))
 		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ITEM\tFLAGS\tCOMMAND\tREASON")
