@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,8 +15,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s2strust/s2strust/agent/app"
+	"github.com/s2strust/s2strust/agent/config"
 	"github.com/s2strust/s2strust/agent/diagnose"
 	"github.com/s2strust/s2strust/agent/inspect"
+	"github.com/s2strust/s2strust/agent/service"
 )
 
 func main() {
@@ -29,20 +32,32 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "s2s-agent", Short: "The s2strust agent: applies and verifies this host's S2S OAuth trust", SilenceUsage: true, SilenceErrors: true}
 	var cfg app.Config
 	var verbose, apply bool
+	var configFile string
 	run := &cobra.Command{
 		Use:   "run",
 		Short: "Connect to the controller and keep this host's trust configuration applied",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Flags typed on the command line, then agent.yaml, then defaults.
+			if configFile != "" {
+				if err := config.ApplyFile(cmd.Flags(), configFile); err != nil {
+					return err
+				}
+			}
 			level := slog.LevelInfo
 			if verbose {
 				level = slog.LevelDebug
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			cfg.Monitor = !apply
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return app.Run(ctx, cfg)
+			cfg.Monitor = !apply
+			// As a Windows service the service control manager stops it,
+			// and key events go to the event log.
+			return service.Run(ctx, log, func(ctx context.Context, log *slog.Logger) error {
+				cfg.Logger = log
+				return app.Run(ctx, cfg)
+			})
 		},
 	}
 	f := run.Flags()
@@ -52,13 +67,15 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.Cert, "cert", "", "this agent's certificate (PEM)")
 	f.StringVar(&cfg.Key, "key", "", "this agent's private key (PEM)")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "connect without TLS (only to a controller run with --insecure)")
+	f.StringVar(&configFile, "config", "", "agent.yaml: settings by flag name (e.g. state-dir: C:\\ProgramData\\s2strust\\state); flags given here override it")
 	f.StringVar(&cfg.Driver, "driver", "sim", "product driver: sim or powershell")
+	f.StringVar(&cfg.PowerShell, "powershell", "powershell.exe", "powershell driver: the Windows PowerShell 5.1 executable")
 	f.StringVar(&cfg.StateDir, "state-dir", "./s2s-agent-state", "where the last good configuration is kept")
 	f.StringVar(&cfg.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores, shared by the hosts of a deployment (default <state-dir>/sim-shared)")
 	f.StringSliceVar(&cfg.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION (e.g. lync:2015); repeatable")
 	f.DurationVar(&cfg.DriftInterval, "drift-interval", time.Minute, "how often the applied configuration is re-read to find drift")
 	f.BoolVar(&cfg.AutoCorrect, "auto-correct", false, "re-apply drifted items instead of only reporting them")
-	f.BoolVar(&apply, "apply", true, "apply the configuration; --apply=false is monitor mode: read, verify, probe and report the plan (the exact cmdlets, secrets redacted), change nothing, acknowledge nothing")
+	f.BoolVar(&apply, "apply", true, "apply the configuration; --apply=false (apply: false in agent.yaml) is monitor mode: read, verify, probe and report the plan (the exact cmdlets, secrets redacted), change nothing, acknowledge nothing")
 	f.DurationVar(&cfg.VerifyInterval, "verify-interval", 2*time.Second, "how often a verification waiting on the deployment's primary is retried")
 	f.DurationVar(&cfg.PendingTimeout, "pending-timeout", 30*time.Second, "how long a verification may wait on the deployment's primary before it is NACKed (a later success still ACKs it)")
 	f.StringSliceVar(&cfg.Resolve, "resolve", nil, "resolve HOST to ADDR for metadata downloads and trust probes, as curl's --resolve: HOST=IP:PORT or HOST:PORT=IP:PORT; repeatable")
@@ -67,8 +84,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSCert, "sim-tls-cert", "", "sim driver: HTTPS certificate (PEM) for --sim-listen, naming the host and its deployment's endpoint")
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
-	_ = run.MarkFlagRequired("host")
-	root.AddCommand(run, newInspect())
+	root.AddCommand(run, service.Command(), newInspect())
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
@@ -104,6 +120,7 @@ It reads through the same driver as "run" (the same flags) and changes nothing; 
 	f := c.Flags()
 	f.StringVar(&o.Agent.Host, "host", "", "this host's FQDN (required)")
 	f.StringVar(&o.Agent.Driver, "driver", "sim", "product driver: sim or powershell")
+	f.StringVar(&o.Agent.PowerShell, "powershell", "powershell.exe", "powershell driver: the Windows PowerShell 5.1 executable")
 	f.StringVar(&o.Agent.StateDir, "state-dir", "./s2s-agent-state", "the agent's state directory (the sim keeps the host's store there)")
 	f.StringVar(&o.Agent.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores (default <state-dir>/sim-shared)")
 	f.StringSliceVar(&o.Agent.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION; repeatable")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/s2strust/s2strust/agent/config"
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -71,5 +72,22 @@ func TestRunApplyFalseIsMonitorMode(t *testing.T) {
 	err := root.ExecuteContext(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "monitor mode (--apply=false) changes nothing: choose one") {
 		t.Errorf("run --apply=false --auto-correct = %v, want the refusal naming both flags", err)
+	}
+}
+
+// TestWindowsAgentYAML keeps the MSI's agent.yaml in step with the run
+// command's flags: every key it sets is a flag, and every value parses.
+func TestWindowsAgentYAML(t *testing.T) {
+	run, _, err := newRoot().Find([]string{"run"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := config.ApplyFile(run.Flags(), "../deploy/windows/agent.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	for flag, want := range map[string]string{"driver": "powershell", "state-dir": `C:\ProgramData\s2strust\state`, "drift-interval": "5m0s", "apply": "false"} {
+		if got := run.Flags().Lookup(flag).Value.String(); got != want {
+			t.Errorf("--%s from agent.yaml = %q, want %q", flag, got, want)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,9 +69,16 @@ func Run(ctx context.Context, o Options, w io.Writer) error {
 	}
 	// Inspect serves nothing and needs no vantage point of its own.
 	cfg.SimListen, cfg.SimListener = "", nil
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	drv, err := app.NewDriver(cfg)
 	if err != nil {
 		return err
+	}
+	if c, ok := drv.(io.Closer); ok {
+		// The powershell driver's workers.
+		defer c.Close()
 	}
 	backend, ok := drv.(reconcile.Backend)
 	if !ok {

@@ -157,7 +157,7 @@ func TestInspectRefusals(t *testing.T) {
 		{"other deployment", Options{Agent: cfg, Product: "lync:2015", Deployment: "pool02"}, "deployment pool02 has no simulated store"},
 		{"two products", Options{Agent: two, Deployment: "pool01"}, "host fe01.contoso.com runs lync:2015 and exchange:2019; name the one"},
 		{"another product", Options{Agent: cfg, Product: "exchange:2019", Deployment: "pool01"}, "read the configuration of host fe01.contoso.com"},
-		{"powershell", Options{Agent: app.Config{Host: cfg.Host, Driver: "powershell", StateDir: cfg.StateDir}, Product: "lync:2015"}, "--driver powershell"},
+		{"powershell missing", Options{Agent: app.Config{Host: cfg.Host, Driver: "powershell", PowerShell: filepath.Join(t.TempDir(), "powershell.exe"), StateDir: t.TempDir()}, Product: "lync:2015"}, "--powershell"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
