@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/driver/powershell"
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/products"
@@ -140,3 +141,9 @@ func testMonitor(t *testing.T, wrap func(*sim.Sim) driver.Driver) {
 		t.Errorf("monitor mode wrote %s (%v)", stateFile, err)
 	}
 }
+
+// Both drivers are Planners, so both report their plans.
+var (
+	_ Planner = (*sim.Sim)(nil)
+	_ Planner = (*powershell.Driver)(nil)
+)
