@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -84,7 +85,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSCert, "sim-tls-cert", "", "sim driver: HTTPS certificate (PEM) for --sim-listen, naming the host and its deployment's endpoint")
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(run, service.Command(), newInspect())
+	root.AddCommand(run, service.Command(), newInspect(run))
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
@@ -100,8 +101,12 @@ func newRoot() *cobra.Command {
 	return root
 }
 
-func newInspect() *cobra.Command {
+// newInspect is `s2s-agent inspect`. With --config it reads agent.yaml
+// as run does (through run's flags, so the file's other keys are no
+// error) and takes the settings that find the host from it.
+func newInspect(run *cobra.Command) *cobra.Command {
 	var o inspect.Options
+	var configFile string
 	c := &cobra.Command{
 		Use:   "inspect --host FQDN [--driver sim|powershell] [--product P[:V]] [--deployment D] [-o table|json]",
 		Short: "Print this host's current S2S OAuth configuration as the products' own Get- cmdlets show it; changes nothing",
@@ -112,12 +117,35 @@ Get-SPTrustedSecurityTokenIssuer, Get-SPAuthenticationRealm and Get-SPSecurityTo
 It reads through the same driver as "run" (the same flags) and changes nothing; no controller is needed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if err := config.ApplyFile(run.Flags(), configFile); err != nil {
+					return err
+				}
+				for _, name := range []string{"host", "driver", "powershell", "state-dir", "sim-dir", "sim-product"} {
+					if cmd.Flags().Changed(name) || !run.Flags().Changed(name) {
+						continue // typed here, or not in the file
+					}
+					vals := []string{run.Flags().Lookup(name).Value.String()}
+					if name == "sim-product" {
+						vals, _ = run.Flags().GetStringSlice(name)
+					}
+					for _, v := range vals {
+						if err := cmd.Flags().Set(name, v); err != nil {
+							return fmt.Errorf("configuration file %s: key %s: %w", configFile, name, err)
+						}
+					}
+				}
+			}
+			if o.Agent.Host == "" {
+				return errors.New("--host is required (or host in the --config file)")
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return inspect.Run(ctx, o, cmd.OutOrStdout())
 		},
 	}
 	f := c.Flags()
+	f.StringVar(&configFile, "config", "", "agent.yaml, as run reads it: host, driver, powershell, state-dir and the sim's settings are taken from it; flags given here override it")
 	f.StringVar(&o.Agent.Host, "host", "", "this host's FQDN (required)")
 	f.StringVar(&o.Agent.Driver, "driver", "sim", "product driver: sim or powershell")
 	f.StringVar(&o.Agent.PowerShell, "powershell", "powershell.exe", "powershell driver: the Windows PowerShell 5.1 executable")
@@ -127,6 +155,5 @@ It reads through the same driver as "run" (the same flags) and changes nothing; 
 	f.StringVar(&o.Product, "product", "", "the product to inspect, PRODUCT[:VERSION] (default: the one product the driver finds)")
 	f.StringVar(&o.Deployment, "deployment", "", "the host's deployment (pool, organization or farm); required with the sim driver")
 	f.StringVarP(&o.Output, "output", "o", "table", "table or json")
-	_ = c.MarkFlagRequired("host")
 	return c
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -49,6 +50,20 @@ func TestInspectCommand(t *testing.T) {
 		if !strings.Contains(table, want) {
 			t.Errorf("inspect lacks %q:\n%s", want, table)
 		}
+	}
+	// The service's agent.yaml finds the host as well; its other keys are no error.
+	yml := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(yml, []byte("host: ex01.contoso.com\ncontroller: controller.contoso.com:7443\nstate-dir: "+state+
+		"\nsim-dir: "+shared+"\nsim-product: [exchange:2019]\napply: false\ndrift-interval: 5m\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out2 bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out2)
+	root.SetErr(&out2)
+	root.SetArgs([]string{"inspect", "--config", yml, "--deployment", "exchange"})
+	if err := root.ExecuteContext(context.Background()); err != nil || out2.String() != table {
+		t.Errorf("inspect --config: %v\n%s\nwant the same as with flags:\n%s", err, out2.String(), table)
 	}
 	var doc struct {
 		Product  string
