@@ -147,3 +147,50 @@ var (
 	_ Planner = (*sim.Sim)(nil)
 	_ Planner = (*powershell.Driver)(nil)
 )
+
+// TestMonitorDriftCheckPlansTheCorrection: an agent restarted in monitor
+// mode on a host that applied its configuration before reports the drift
+// of that configuration and the operations correcting it would take, and
+// corrects nothing.
+func TestMonitorDriftCheckPlansTheCorrection(t *testing.T) {
+	dir := t.TempDir()
+	s := newSim(t, dir)
+	cfg := &pb.HostConfig{Host: "fe01.contoso.com", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ProductVersion: "2015",
+		DeploymentHosts: []string{"fe01.contoso.com"}, ServiceName: products.LyncID, DefaultSipDomain: "contoso.com",
+		Endpoint: "pool01.contoso.com", MetadataUrl: "https://pool01.contoso.com/metadata/json/1", Primary: true,
+		TokenIssuer: &pb.TokenIssuer{Source: &pb.TokenIssuer_Existing{Existing: "Default"}},
+		Partners: []*pb.Partner{{Name: "microsoft.exchange", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE,
+			ApplicationIdentifier: products.ExchangeID, MetadataUrl: "https://autodiscover.contoso.com/autodiscover/metadata/json/1",
+			TrustLevel: pb.TrustLevel_TRUST_LEVEL_FULL, Enabled: true}}}
+	_ = s.Apply(context.Background(), cfg, nil)
+	agentDir := t.TempDir()
+	if _, err := saveState(agentDir, 3, "h3", cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.RemovePartner(filepath.Join(dir, "shared"), "pool01", "microsoft.exchange"); err != nil {
+		t.Fatal(err)
+	}
+	before := readTree(t, dir)
+	a, err := New(Config{Host: cfg.GetHost(), Conn: &downConn{}, Driver: s, StateDir: agentDir, Monitor: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.checkDrift(context.Background())
+	rep := a.last
+	if d := rep.GetDrift(); len(d) != 1 || d[0].GetItem() != "partner/microsoft.exchange" || d[0].GetCorrected() {
+		t.Errorf("drift %v, want the removed partner, uncorrected", d)
+	}
+	if p := rep.GetPlan(); !rep.GetMonitor() || len(p) != 1 || p[0].GetCmdlet() != "New-CsPartnerApplication" {
+		t.Errorf("monitor %v plan %v, want the New-CsPartnerApplication that would correct it", rep.GetMonitor(), p)
+	}
+	after := readTree(t, dir)
+	for p, b := range before {
+		if after[p] != b {
+			t.Errorf("the drift check in monitor mode changed %s", p)
+		}
+	}
+	if v, h := a.Applied(); v != 3 || h != "h3" {
+		t.Errorf("Applied = %d %q, want the state it had", v, h)
+	}
+}
