@@ -49,7 +49,9 @@ func TestDiscoverListsConflicts(t *testing.T) {
 	var err error
 	waitFor(t, "both Front Ends' reports", func() (bool, string) {
 		out, errOut, err = discover()
-		return strings.Contains(errOut, "partner legacy"), errOut
+		// Reports are stored apart from the host state: wait for both.
+		return strings.Contains(errOut, "partner legacy") && strings.Contains(errOut, "disagree on partner microsoft.sharepoint") &&
+			strings.Contains(errOut, "its hosts run 2019"), errOut
 	})
 	if ExitCode(err) != exitConflicts {
 		t.Errorf("discover: exit %d (%v), want %d", ExitCode(err), err, exitConflicts)
