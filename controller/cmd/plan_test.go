@@ -54,6 +54,9 @@ func TestStatusPlan(t *testing.T) {
 		"=== sp01.contoso.com (sharepoint, ", "no operations planned: the host matches its configuration\n",
 		"=== fe01.contoso.com (pool01, ", "no status report yet\n")
 
+	wantContains(t, "status", mustRun(t, dir, "status"),
+		"Monitor mode: 2 operations planned, nothing applied (s2s-controller status --plan --host ex01.contoso.com)\n",
+		"Monitor mode: 0 operations planned, nothing applied (s2s-controller status --plan --host sp01.contoso.com)\n")
 	one := mustRun(t, dir, "status", "--plan", "--host", "SP01.contoso.com")
 	if !strings.HasPrefix(one, "=== sp01.contoso.com (") || strings.Count(one, "===") != 1 {
 		t.Errorf("status --plan --host sp01 shows other hosts:\n%s", one)

@@ -144,6 +144,9 @@ func printStatus(w io.Writer, details []hostDetail) {
 			continue
 		}
 		fmt.Fprintln(w, realmLine(h, r))
+		if r.GetMonitor() {
+			fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
+		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ITEM\tSTATE\tDETAIL")
 		items := append([]*pb.ItemStatus(nil), r.GetItems()...)
