@@ -34,7 +34,8 @@ the deployments and their hosts (it may declare no trusts), run the agents in mo
 (s2s-agent run --apply=false), then run discover.
 
 From the current topology it keeps what no agent can see: the names, products, hosts and
-endpoints of the deployments, the SIP domains, certificateRules and removePartners. From what the
+endpoints of the deployments, the SIP domains, removePartners, certificateRules and
+metadataNetworks. From what the
 agents reported it takes the trust edges (each registered partner matched to the deployment
 whose metadata URL it names), trust levels, enabled flags, realms, Lync's
 ExchangeAutodiscoverUrl, the token issuer (a stored secret holding the certificate in use,
@@ -44,7 +45,8 @@ and the product versions the hosts run.
 Conflicts are listed on standard error, never guessed: hosts of one deployment that disagree
 (the disputed setting is left out), partners whose metadata URL belongs to no deployment of the
 topology, a partner registered under another name than s2strust would give it, a deployment
-no connected host reported for. The topology is written either way; the command exits %d when
+no connected host reported for (its settings and the trusts into it are kept as the current
+topology declares them). The topology is written either way; the command exits %d when
 there are conflicts, unless --allow-conflicts.`, exitConflicts),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -138,9 +140,15 @@ type seen struct {
 
 // discover builds the topology of the estate: see newDiscover's help.
 func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret) *discovery {
-	out := &topology.Topology{APIVersion: topology.APIVersion, Kind: topology.Kind, Name: cur.Name,
-		SIPDomains:       topology.SIPDomains{Default: cur.SIPDomains.Default, Additional: slices.Clone(cur.SIPDomains.Additional)},
-		CertificateRules: cur.CertificateRules}
+	// What no agent can see is kept as the current topology declares it
+	// (names, hosts, endpoints, SIP domains, removePartners, certificate
+	// rules, metadata networks, and whatever the topology learns next): the
+	// result starts as a copy with the observed settings cleared.
+	out, err := copyTopology(cur)
+	if err != nil {
+		return &discovery{topo: cur, conflicts: []string{err.Error()}}
+	}
+	out.Realm, out.Trusts = "", []topology.Trust{}
 	d := &discovery{topo: out}
 	// The current topology's compilation names every deployment's own
 	// metadata URL as its hosts are told it.
@@ -181,16 +189,17 @@ func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret
 		partner *pb.PartnerApplication
 	}
 	var edges []edge
-	for _, dep := range cur.Deployments {
-		nd := topology.Deployment{Name: dep.Name, Product: dep.Product, Version: dep.Version, PoolFQDN: dep.PoolFQDN,
-			AutodiscoverFQDN: dep.AutodiscoverFQDN, WebAppURL: dep.WebAppURL, MetadataURL: dep.MetadataURL,
-			Hosts: slices.Clone(dep.Hosts), RemovePartners: slices.Clone(dep.RemovePartners)}
+	unreported := map[string]bool{}
+	for i, dep := range cur.Deployments {
+		nd := &out.Deployments[i]
 		views := byDeployment[dep.Name]
 		if len(views) == 0 {
-			d.conflict("deployment %s: none of its hosts (%s) is connected and has reported; its trusts, realm and issuer are unknown", dep.Name, strings.Join(dep.Hosts, ", "))
-			out.Deployments = append(out.Deployments, nd)
+			d.conflict("deployment %s: none of its hosts (%s) is connected and has reported; its settings and the trusts into it are kept as the current topology declares them", dep.Name, strings.Join(dep.Hosts, ", "))
+			nd.Realm = curRealm(cur, &dep) // the topology-wide realm is cleared above
+			realms[dep.Name], unreported[dep.Name] = nd.Realm, true
 			continue
 		}
+		nd.Realm, nd.ConfirmRealmChange, nd.TokenIssuer, nd.ExchangeAutodiscoverURL = "", false, nil, ""
 		p := products0[dep.Name]
 		nd.Version = d.version(&dep, p, views)
 		oauth, partners := d.agree(dep.Name, views)
@@ -261,7 +270,6 @@ func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret
 			}
 			edges = append(edges, edge{trust: tr, partner: pa})
 		}
-		out.Deployments = append(out.Deployments, nd)
 	}
 	for _, e := range edges {
 		// A partner's realm as registered must be its deployment's declared
@@ -272,6 +280,11 @@ func discover(cur *topology.Topology, details []hostDetail, secrets []*pb.Secret
 			continue
 		}
 		out.Trusts = append(out.Trusts, e.trust)
+	}
+	for _, tr := range cur.Trusts {
+		if unreported[tr.To] {
+			out.Trusts = append(out.Trusts, tr)
+		}
 	}
 	return d
 }
@@ -308,6 +321,19 @@ func (d *discovery) version(dep *topology.Deployment, p pb.Product, views []seen
 		}
 	}
 	return dep.Version
+}
+
+// copyTopology is a deep copy of the valid topology t.
+func copyTopology(t *topology.Topology) (*topology.Topology, error) {
+	doc, err := t.Canonical()
+	if err != nil {
+		return nil, fmt.Errorf("the current topology: %w", err)
+	}
+	c, err := topology.Load("current topology", doc)
+	if err != nil {
+		return nil, fmt.Errorf("the current topology: %w", err)
+	}
+	return c, nil
 }
 
 // guid matches a farm id (SharePoint's default realm).
