@@ -78,7 +78,11 @@ type Config struct {
 	SimTLSCert, SimTLSKey string
 	// SimServerTLS overrides SimTLSCert and SimTLSKey.
 	SimServerTLS *tls.Config
-	Logger       *slog.Logger
+	// Monitor runs the agent read-only (--apply=false): it reads,
+	// verifies, probes and reports the plan it would execute, and changes
+	// nothing (see package syncer).
+	Monitor bool
+	Logger  *slog.Logger
 }
 
 // Run runs the agent until ctx ends.
@@ -97,7 +101,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory %s: %w", cfg.StateDir, err)
 	}
-	drv, err := newDriver(cfg, host)
+	drv, err := NewDriver(cfg)
 	if err != nil {
 		return err
 	}
@@ -120,11 +124,12 @@ func Run(ctx context.Context, cfg Config) error {
 	a, err := syncer.New(syncer.Config{
 		Host: host, Conn: conn, Driver: drv, StateDir: cfg.StateDir, Logger: log,
 		DriftInterval: cfg.DriftInterval, AutoCorrect: cfg.AutoCorrect, VerifyInterval: cfg.VerifyInterval, PendingTimeout: cfg.PendingTimeout,
+		Monitor: cfg.Monitor,
 	})
 	if err != nil {
 		return err
 	}
-	log.Info("agent starting", "host", host, "controller", cfg.Controller, "driver", drv.Name(), "state_dir", cfg.StateDir)
+	log.Info("agent starting", "host", host, "controller", cfg.Controller, "driver", drv.Name(), "state_dir", cfg.StateDir, "monitor", cfg.Monitor)
 	g.Go(func() error { return a.Run(ctx) })
 	return g.Wait()
 }
@@ -176,7 +181,17 @@ func simServer(cfg Config) (net.Listener, *tls.Config, error) {
 	return lis, tlsCfg, nil
 }
 
-func newDriver(cfg Config, host string) (driver.Driver, error) {
+// NewDriver builds the product driver cfg names for cfg.Host: what `run`
+// uses, and `inspect` too, so both see the host the same way. The sim
+// serves HTTPS only when cfg names a listener.
+func NewDriver(cfg Config) (driver.Driver, error) {
+	host := strings.ToLower(strings.TrimSpace(cfg.Host))
+	if host == "" || !strings.Contains(host, ".") {
+		return nil, fmt.Errorf("--host %q: the host's fully qualified domain name is required, e.g. fe01.contoso.com", cfg.Host)
+	}
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("--state-dir is required")
+	}
 	switch cfg.Driver {
 	case "", "sim":
 		var detected []*pb.DetectedProduct

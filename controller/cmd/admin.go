@@ -271,7 +271,8 @@ const (
 )
 
 func newStatus(g *globals) *cobra.Command {
-	var trust bool
+	var trust, plan bool
+	var host string
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
@@ -279,6 +280,9 @@ func newStatus(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				fleet := pb.NewFleetServiceClient(conn)
+				if trust && (plan || host != "") {
+					return errors.New("--trust shows every edge: it takes neither --plan nor --host")
+				}
 				if trust {
 					rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
 					if err != nil {
@@ -300,9 +304,13 @@ func newStatus(g *globals) *cobra.Command {
 					}
 					return driftError(hosts.GetHosts())
 				}
-				details, err := fetchStatus(ctx, fleet)
+				details, err := fetchStatus(ctx, fleet, host)
 				if err != nil {
 					return err
+				}
+				if plan {
+					printPlans(g.out, details)
+					return nil
 				}
 				printStatus(g.out, details)
 				rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
@@ -323,7 +331,14 @@ With --trust: one row per trust edge, then every host's drift and each deploymen
 Both warn of a token-issuer certificate (Lync's OAuthTokenIssuer, Exchange's auth certificate,
 SharePoint's STS certificate) that expires within 60 days, and more urgently within 30.
 
+With --plan: per host, the operations its agent reported: for an agent in monitor mode
+(s2s-agent run --apply=false) the exact cmdlets it would run, otherwise those it last ran,
+each with its item, reason and whether it is primary-only or disruptive; secrets redacted.
+--host shows one host only.
+
 Exits %d when a trust edge is not working (--trust), %d when a host has drift that was not corrected.`, exitTrust, exitDrift)
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
+	c.Flags().BoolVar(&plan, "plan", false, "per host, the operations its agent would execute (monitor mode) or last executed")
+	c.Flags().StringVar(&host, "host", "", "show this host only")
 	return c
 }

@@ -155,12 +155,24 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetSequence())
 		trust, failures, waitErr = waitTrusted(ctx, fleet, time.Until(deadline))
 	}
-	details, err := fetchStatus(ctx, fleet)
+	details, err := fetchStatus(ctx, fleet, "")
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(out)
 	printStatus(out, details)
+	// What each deployment's primary ran: the shared reconciler's plan,
+	// the exact cmdlets (secrets redacted).
+	var primaries []hostDetail
+	for _, d := range details {
+		if d.host.GetPrimary() {
+			primaries = append(primaries, d)
+		}
+	}
+	if len(primaries) > 0 {
+		fmt.Fprintf(out, "\nWhat the deployments' primaries ran (s2s-controller status --plan):\n\n")
+		printPlans(out, primaries)
+	}
 	if trust != nil {
 		fmt.Fprintf(out, "\nTrust report (s2s-controller status --trust):\n\n")
 		printTrust(out, trust.GetEdges())

@@ -20,8 +20,9 @@ import (
 
 // reportAs opens a Sync stream to the controller of dataDir as host, with
 // an agent identity from its development CA, says hello and sends rep, as
-// an agent would. The stream stays open until the test ends.
-func reportAs(t *testing.T, dataDir, host string, rep *pb.StatusReport) {
+// an agent would, its Hello naming the products detected. The stream stays
+// open until the test ends.
+func reportAs(t *testing.T, dataDir, host string, rep *pb.StatusReport, detected ...*pb.DetectedProduct) {
 	t.Helper()
 	conn := agentConn(t, dataDir, host)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -44,7 +45,7 @@ func reportAs(t *testing.T, dataDir, host string, rep *pb.StatusReport) {
 		<-done
 	})
 	for _, m := range []*pb.SyncRequest{
-		{Message: &pb.SyncRequest_Hello{Hello: &pb.Hello{Host: host, AgentVersion: "test", Driver: "none"}}},
+		{Message: &pb.SyncRequest_Hello{Hello: &pb.Hello{Host: host, AgentVersion: "test", Driver: "none", Products: detected}}},
 		{Message: &pb.SyncRequest_Status{Status: rep}},
 	} {
 		if err := stream.Send(m); err != nil && !errors.Is(err, io.EOF) {

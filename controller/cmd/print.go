@@ -98,6 +98,18 @@ func yesNo(b bool) string {
 }
 
 func resultText(r *pb.LastResult) string {
+	if r.GetMonitor() {
+		// Not a failure: the agent runs read-only and answers so.
+		var parts []string
+		for _, e := range r.GetErrors() {
+			if e.GetItem() == "monitor" {
+				parts = append(parts, safe(e.GetMessage()))
+			} else {
+				parts = append(parts, safe(e.GetItem())+": "+safe(e.GetMessage()))
+			}
+		}
+		return fmt.Sprintf("monitor v%d: %s", r.GetVersion(), strings.Join(parts, "; "))
+	}
 	switch r.GetKind() {
 	case pb.ResultKind_RESULT_KIND_ACK:
 		return fmt.Sprintf("ack v%d", r.GetVersion())
@@ -117,7 +129,16 @@ type hostDetail struct {
 	report *pb.StatusReport
 }
 
-func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient) ([]hostDetail, error) {
+// fetchStatus gets every host with its report, or only host when set.
+func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient, host string) ([]hostDetail, error) {
+	if host != "" {
+		host = strings.ToLower(strings.TrimSpace(host))
+		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Host: host})
+		if err != nil {
+			return nil, rpcError("get host "+host, err)
+		}
+		return []hostDetail{{host: d.GetHost(), report: d.GetStatus()}}, nil
+	}
 	list, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
 	if err != nil {
 		return nil, rpcError("list hosts", err)
@@ -148,12 +169,18 @@ func printStatus(w io.Writer, details []hostDetail) {
 		if h.GetPrimary() {
 			role = "primary"
 		}
+		if r.GetMonitor() {
+			role += ", monitor mode"
+		}
 		fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
 		if r == nil {
 			fmt.Fprintln(w, "no status report yet")
 			continue
 		}
 		fmt.Fprintln(w, realmLine(h, r))
+		if r.GetMonitor() {
+			fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
+		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ITEM\tSTATE\tDETAIL")
 		items := append([]*pb.ItemStatus(nil), r.GetItems()...)
@@ -277,7 +304,7 @@ func printPartners(w io.Writer, product pb.Product, ps []*pb.PartnerApplication)
 				{"Name", p.GetName()},
 				{"RegisteredIssuerName", p.GetApplicationIdentifier() + "@" + p.GetRealm()},
 				{"MetadataEndPoint", p.GetMetadataUrl()},
-				{"IsSelfIssuer", "False"},
+				{"IsSelfIssuer", boolPS(!p.GetTrustBroker())}, // the complement of -IsTrustBroker
 				{"IsTrustBroker", boolPS(p.GetTrustBroker())},
 			})
 		}

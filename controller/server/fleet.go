@@ -149,6 +149,7 @@ func hostView(snap snapshot, host string, st *pb.Host, seq func(uint64) uint64, 
 		h.LastResult = st.GetLastResult()
 		h.AgentVersion, h.Driver = st.GetAgentVersion(), st.GetDriver()
 		h.Drift = st.GetDrift()
+		h.DetectedProducts = st.GetDetectedProducts()
 	}
 	return h
 }

@@ -224,7 +224,9 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	}
 	if found {
 		c.state = prev
-		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK {
+		// A monitor-mode answer is no failure: the version goes again to a
+		// new stream, which may be the agent restarted to apply.
+		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && !lr.GetMonitor() {
 			// The agent may still ACK it late, after a retry succeeds.
 			c.nacked = &pb.Desired{Version: lr.GetVersion(), Hash: lr.GetHash()}
 		}
@@ -266,6 +268,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		if lr := st.GetLastResult(); acked && (lr.GetKind() != pb.ResultKind_RESULT_KIND_ACK || lr.GetVersion() != d.version || lr.GetHash() != d.hash) {
 			st.LastResult = &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: d.version, Hash: d.hash, Time: timestamp(h.cfg.Now())}
 		}
+		st.DetectedProducts = hello.GetProducts()
 	}); err != nil {
 		return err
 	}
@@ -461,11 +464,11 @@ func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_Sync
 		}
 		switch m := req.GetMessage().(type) {
 		case *pb.SyncRequest_Ack:
-			if err := s.onResult(ctx, c, m.Ack.GetVersion(), m.Ack.GetNonce(), m.Ack.GetHash(), nil, true); err != nil {
+			if err := s.onResult(ctx, c, m.Ack.GetVersion(), m.Ack.GetNonce(), m.Ack.GetHash(), nil, true, false); err != nil {
 				return err
 			}
 		case *pb.SyncRequest_Nack:
-			if err := s.onResult(ctx, c, m.Nack.GetVersion(), m.Nack.GetNonce(), m.Nack.GetHash(), m.Nack.GetErrors(), false); err != nil {
+			if err := s.onResult(ctx, c, m.Nack.GetVersion(), m.Nack.GetNonce(), m.Nack.GetHash(), m.Nack.GetErrors(), false, m.Nack.GetMonitor()); err != nil {
 				return err
 			}
 		case *pb.SyncRequest_Status:
@@ -486,7 +489,7 @@ func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_Sync
 	}
 }
 
-func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, nonce, hash string, errs []*pb.ItemError, ok bool) error {
+func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, nonce, hash string, errs []*pb.ItemError, ok, monitor bool) error {
 	c.mu.Lock()
 	p := c.pending
 	late := false
@@ -530,7 +533,7 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 			lr.Kind = pb.ResultKind_RESULT_KIND_ACK
 			st.AppliedVersion, st.AppliedHash = p.GetVersion(), p.GetHash()
 		} else {
-			lr.Kind = pb.ResultKind_RESULT_KIND_NACK
+			lr.Kind, lr.Monitor = pb.ResultKind_RESULT_KIND_NACK, monitor
 		}
 		if late && st.GetLastResult() != nil {
 			// The same answer again is no news: keep its first time, so
@@ -543,9 +546,12 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		}
 		st.LastResult = lr
 	})
-	if ok {
+	switch {
+	case ok:
 		s.hub.log.Info("host acknowledged", "host", c.host, "version", version)
-	} else {
+	case monitor:
+		s.hub.log.Info("host in monitor mode: planned, applied nothing", "host", c.host, "version", version)
+	default:
 		s.hub.log.Warn("host rejected configuration", "host", c.host, "version", version, "errors", len(errs))
 	}
 	c.wake() // a newer revision may have arrived meanwhile

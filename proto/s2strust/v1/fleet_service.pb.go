@@ -830,7 +830,10 @@ type LastResult struct {
 	Errors  []*ItemError           `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
 	Time    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
 	// The hash of the configuration answered.
-	Hash          string `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
+	Hash string `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Whether the Nack came from an agent in monitor mode (see Nack.monitor):
+	// the host applied nothing by choice; errors say what it planned.
+	Monitor       bool `protobuf:"varint,6,opt,name=monitor,proto3" json:"monitor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -900,6 +903,13 @@ func (x *LastResult) GetHash() string {
 	return ""
 }
 
+func (x *LastResult) GetMonitor() bool {
+	if x != nil {
+		return x.Monitor
+	}
+	return false
+}
+
 // Host is one host of the topology as the controller sees it.
 type Host struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -937,8 +947,10 @@ type Host struct {
 	PendingVersion uint64                 `protobuf:"varint,32,opt,name=pending_version,json=pendingVersion,proto3" json:"pending_version,omitempty"`
 	PendingSince   *timestamppb.Timestamp `protobuf:"bytes,33,opt,name=pending_since,json=pendingSince,proto3" json:"pending_since,omitempty"`
 	PendingMs      int64                  `protobuf:"varint,34,opt,name=pending_ms,json=pendingMs,proto3" json:"pending_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The products and versions its agent's driver found, from its last Hello.
+	DetectedProducts []*DetectedProduct `protobuf:"bytes,17,rep,name=detected_products,json=detectedProducts,proto3" json:"detected_products,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -1118,11 +1130,18 @@ func (x *Host) GetPendingMs() int64 {
 	return 0
 }
 
+func (x *Host) GetDetectedProducts() []*DetectedProduct {
+	if x != nil {
+		return x.DetectedProducts
+	}
+	return nil
+}
+
 var File_s2strust_v1_fleet_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"&\n" +
+	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/agent_service.proto\x1a\x17s2strust/v1/types.proto\"&\n" +
 	"\x10RetryHostRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\"K\n" +
 	"\x11RetryHostResponse\x12\x18\n" +
@@ -1178,14 +1197,15 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\tR\x04host\"k\n" +
 	"\x0fGetHostResponse\x12%\n" +
 	"\x04host\x18\x01 \x01(\v2\x11.s2strust.v1.HostR\x04host\x121\n" +
-	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xc7\x01\n" +
+	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xe1\x01\n" +
 	"\n" +
 	"LastResult\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.s2strust.v1.ResultKindR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12.\n" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
-	"\x04hash\x18\x05 \x01(\tR\x04hash\"\xc4\x06\n" +
+	"\x04hash\x18\x05 \x01(\tR\x04hash\x12\x18\n" +
+	"\amonitor\x18\x06 \x01(\bR\amonitor\"\x8f\a\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -1212,7 +1232,8 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x0fpending_version\x18  \x01(\x04R\x0ependingVersion\x12?\n" +
 	"\rpending_since\x18! \x01(\v2\x1a.google.protobuf.TimestampR\fpendingSince\x12\x1d\n" +
 	"\n" +
-	"pending_ms\x18\" \x01(\x03R\tpendingMs*T\n" +
+	"pending_ms\x18\" \x01(\x03R\tpendingMs\x12I\n" +
+	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts*T\n" +
 	"\n" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1260,6 +1281,7 @@ var file_s2strust_v1_fleet_service_proto_goTypes = []any{
 	(*StatusReport)(nil),           // 18: s2strust.v1.StatusReport
 	(*ItemError)(nil),              // 19: s2strust.v1.ItemError
 	(*Drift)(nil),                  // 20: s2strust.v1.Drift
+	(*DetectedProduct)(nil),        // 21: s2strust.v1.DetectedProduct
 }
 var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
 	6,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
@@ -1281,19 +1303,20 @@ var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
 	15, // 16: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
 	20, // 17: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
 	15, // 18: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
-	8,  // 19: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
-	10, // 20: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
-	3,  // 21: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
-	1,  // 22: s2strust.v1.FleetService.RetryHost:input_type -> s2strust.v1.RetryHostRequest
-	9,  // 23: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
-	11, // 24: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
-	4,  // 25: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
-	2,  // 26: s2strust.v1.FleetService.RetryHost:output_type -> s2strust.v1.RetryHostResponse
-	23, // [23:27] is the sub-list for method output_type
-	19, // [19:23] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	21, // 19: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
+	8,  // 20: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
+	10, // 21: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
+	3,  // 22: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
+	1,  // 23: s2strust.v1.FleetService.RetryHost:input_type -> s2strust.v1.RetryHostRequest
+	9,  // 24: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
+	11, // 25: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
+	4,  // 26: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
+	2,  // 27: s2strust.v1.FleetService.RetryHost:output_type -> s2strust.v1.RetryHostResponse
+	24, // [24:28] is the sub-list for method output_type
+	20, // [20:24] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_fleet_service_proto_init() }
@@ -1301,6 +1324,7 @@ func file_s2strust_v1_fleet_service_proto_init() {
 	if File_s2strust_v1_fleet_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_agent_service_proto_init()
 	file_s2strust_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
