@@ -223,6 +223,15 @@ func NewDriver(cfg Config) (driver.Driver, error) {
 	return nil, fmt.Errorf("--driver %q: want sim or powershell", cfg.Driver)
 }
 
+// KeepaliveClientParameters make the agent ping a quiet controller
+// connection every 10 s (gRPC's floor for clients; the controller permits
+// pings every 5 s) and give it up when 10 s pass without an answer: a dead
+// controller or a blackholed path is noticed within about 20 s, and the
+// agent reconnects (to another replica, behind a load balancer).
+func KeepaliveClientParameters() keepalive.ClientParameters {
+	return keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
+}
+
 func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 	var ren *renewer
 	addrs, err := controllerAddrs(cfg.Controller)
@@ -231,7 +240,7 @@ func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 	}
 	opts := []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4 << 20)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(KeepaliveClientParameters()),
 		grpc.WithInitialWindowSize(64 << 10),
 		grpc.WithInitialConnWindowSize(64 << 10),
 	}

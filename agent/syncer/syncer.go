@@ -31,6 +31,7 @@ import (
 
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/reconcile"
+	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/statusreport"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -172,6 +173,15 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 30 * time.Second
+	}
+	// A kill mid-write leaves the state file's temporary copy behind;
+	// nothing writes here yet.
+	removed, err := atomicfile.CleanTemp(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if len(removed) > 0 {
+		cfg.Logger.Info("removed temporary files left by an interrupted write", "dir", cfg.StateDir, "files", strings.Join(removed, ", "))
 	}
 	good, err := loadState(cfg.StateDir)
 	if err != nil {
@@ -777,12 +787,15 @@ func mergeErrors(applyErrs []*pb.ItemError, items []*pb.ItemStatus) []*pb.ItemEr
 	return out
 }
 
+// sameErrors reports whether two NACKs say the same: errors that differ
+// only by the temporary file they name (a retry writes a new one) are
+// the same error, so they are not sent again.
 func sameErrors(a, b []*pb.ItemError) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		if !proto.Equal(a[i], b[i]) {
+		if a[i].GetItem() != b[i].GetItem() || atomicfile.NormalizeTemp(a[i].GetMessage()) != atomicfile.NormalizeTemp(b[i].GetMessage()) {
 			return false
 		}
 	}
