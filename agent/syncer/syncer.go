@@ -33,6 +33,7 @@ import (
 	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/statusreport"
+	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -131,9 +132,10 @@ type Agent struct {
 	// when the drift is gone. Used by the engine goroutine only.
 	leftToPrimary bool
 	// plan is what every report carries: in monitor mode the operations
-	// the agent would execute, otherwise those of the last apply that
-	// executed any. Guarded by mu.
-	plan []*pb.PlannedOp
+	// the agent would execute, otherwise those executed for the current
+	// configuration (planHash), over all its applies. Guarded by mu.
+	plan     []*pb.PlannedOp
+	planHash string
 }
 
 // leftToPrimaryNote is the Expected of drift a non-primary host leaves to
@@ -558,9 +560,33 @@ func (a *Agent) apply(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.Sec
 	}
 	res := p.ApplyPlan(ctx, cfg, secrets, false)
 	if len(res.Ops) > 0 {
-		a.setPlan(res.Ops)
+		a.addPlan(topology.Hash(cfg), res.Ops)
 	}
 	return res.Errors
+}
+
+// addPlan records ops as executed for the configuration of hash: the
+// operations of every apply of one configuration (its first apply and the
+// retries of what failed, e.g. a partner whose metadata came later) add up,
+// so the report shows all it took to converge on it; a new configuration
+// starts afresh.
+func (a *Agent) addPlan(hash string, ops []reconcile.Op) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if hash != a.planHash {
+		a.plan, a.planHash = nil, hash
+	}
+	seen := map[string]bool{}
+	for _, p := range a.plan {
+		seen[p.GetItem()+"\x00"+p.GetCommand()] = true
+	}
+	for _, o := range ops {
+		p := o.Proto()
+		if k := p.GetItem() + "\x00" + p.GetCommand(); !seen[k] {
+			seen[k] = true
+			a.plan = append(a.plan, p)
+		}
+	}
 }
 
 func (a *Agent) setPlan(ops []reconcile.Op) {
@@ -569,7 +595,7 @@ func (a *Agent) setPlan(ops []reconcile.Op) {
 		plan[i] = o.Proto()
 	}
 	a.mu.Lock()
-	a.plan = plan
+	a.plan, a.planHash = plan, ""
 	a.mu.Unlock()
 }
 

@@ -330,6 +330,7 @@ func newStatus(g *globals) *cobra.Command {
 With --trust: one row per trust edge, then every host's drift and each deployment's realms.
 Both warn of a token-issuer certificate (Lync's OAuthTokenIssuer, Exchange's auth certificate,
 SharePoint's STS certificate) that expires within 60 days, and more urgently within 30.
+
 With --plan: per host, the operations its agent reported: for an agent in monitor mode
 (s2s-agent run --apply=false) the exact cmdlets it would run, otherwise those it last ran,
 each with its item, reason and whether it is primary-only or disruptive; secrets redacted.

@@ -161,6 +161,18 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	}
 	fmt.Fprintln(out)
 	printStatus(out, details)
+	// What each deployment's primary ran: the shared reconciler's plan,
+	// the exact cmdlets (secrets redacted).
+	var primaries []hostDetail
+	for _, d := range details {
+		if d.host.GetPrimary() {
+			primaries = append(primaries, d)
+		}
+	}
+	if len(primaries) > 0 {
+		fmt.Fprintf(out, "\nWhat the deployments' primaries ran (s2s-controller status --plan):\n\n")
+		printPlans(out, primaries)
+	}
 	if trust != nil {
 		fmt.Fprintf(out, "\nTrust report (s2s-controller status --trust):\n\n")
 		printTrust(out, trust.GetEdges())

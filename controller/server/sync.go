@@ -224,7 +224,9 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	}
 	if found {
 		c.state = prev
-		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK {
+		// A monitor-mode answer is no failure: the version goes again to a
+		// new stream, which may be the agent restarted to apply.
+		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && !lr.GetMonitor() {
 			// The agent may still ACK it late, after a retry succeeds.
 			c.nacked = &pb.Desired{Version: lr.GetVersion(), Hash: lr.GetHash()}
 		}
@@ -263,10 +265,10 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		st.Driver = hello.GetDriver()
 		st.AppliedVersion = hello.GetAppliedVersion()
 		st.AppliedHash = hello.GetAppliedHash()
-		st.DetectedProducts = hello.GetProducts()
 		if lr := st.GetLastResult(); acked && (lr.GetKind() != pb.ResultKind_RESULT_KIND_ACK || lr.GetVersion() != d.version || lr.GetHash() != d.hash) {
 			st.LastResult = &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: d.version, Hash: d.hash, Time: timestamp(h.cfg.Now())}
 		}
+		st.DetectedProducts = hello.GetProducts()
 	}); err != nil {
 		return err
 	}

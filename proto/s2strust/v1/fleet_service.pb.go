@@ -936,8 +936,6 @@ type Host struct {
 	// The drift in the host's latest status report, kept with its state so
 	// that listing hosts reads no reports.
 	Drift []*Drift `protobuf:"bytes,16,rep,name=drift,proto3" json:"drift,omitempty"`
-	// The products and versions its agent's driver found, from its last Hello.
-	DetectedProducts []*DetectedProduct `protobuf:"bytes,17,rep,name=detected_products,json=detectedProducts,proto3" json:"detected_products,omitempty"`
 	// The sequence numbers (1, 2, 3 …) of desired_version and
 	// applied_version, which operators know revisions by; 0 when unknown.
 	DesiredSequence uint64 `protobuf:"varint,30,opt,name=desired_sequence,json=desiredSequence,proto3" json:"desired_sequence,omitempty"`
@@ -949,8 +947,10 @@ type Host struct {
 	PendingVersion uint64                 `protobuf:"varint,32,opt,name=pending_version,json=pendingVersion,proto3" json:"pending_version,omitempty"`
 	PendingSince   *timestamppb.Timestamp `protobuf:"bytes,33,opt,name=pending_since,json=pendingSince,proto3" json:"pending_since,omitempty"`
 	PendingMs      int64                  `protobuf:"varint,34,opt,name=pending_ms,json=pendingMs,proto3" json:"pending_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The products and versions its agent's driver found, from its last Hello.
+	DetectedProducts []*DetectedProduct `protobuf:"bytes,17,rep,name=detected_products,json=detectedProducts,proto3" json:"detected_products,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -1095,13 +1095,6 @@ func (x *Host) GetDrift() []*Drift {
 	return nil
 }
 
-func (x *Host) GetDetectedProducts() []*DetectedProduct {
-	if x != nil {
-		return x.DetectedProducts
-	}
-	return nil
-}
-
 func (x *Host) GetDesiredSequence() uint64 {
 	if x != nil {
 		return x.DesiredSequence
@@ -1135,6 +1128,13 @@ func (x *Host) GetPendingMs() int64 {
 		return x.PendingMs
 	}
 	return 0
+}
+
+func (x *Host) GetDetectedProducts() []*DetectedProduct {
+	if x != nil {
+		return x.DetectedProducts
+	}
+	return nil
 }
 
 var File_s2strust_v1_fleet_service_proto protoreflect.FileDescriptor
@@ -1226,14 +1226,14 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x06driver\x18\r \x01(\tR\x06driver\x127\n" +
 	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12&\n" +
 	"\x0fclock_offset_ms\x18\x0f \x01(\x03R\rclockOffsetMs\x12(\n" +
-	"\x05drift\x18\x10 \x03(\v2\x12.s2strust.v1.DriftR\x05drift\x12I\n" +
-	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts\x12)\n" +
+	"\x05drift\x18\x10 \x03(\v2\x12.s2strust.v1.DriftR\x05drift\x12)\n" +
 	"\x10desired_sequence\x18\x1e \x01(\x04R\x0fdesiredSequence\x12)\n" +
 	"\x10applied_sequence\x18\x1f \x01(\x04R\x0fappliedSequence\x12'\n" +
 	"\x0fpending_version\x18  \x01(\x04R\x0ependingVersion\x12?\n" +
 	"\rpending_since\x18! \x01(\v2\x1a.google.protobuf.TimestampR\fpendingSince\x12\x1d\n" +
 	"\n" +
-	"pending_ms\x18\" \x01(\x03R\tpendingMs*T\n" +
+	"pending_ms\x18\" \x01(\x03R\tpendingMs\x12I\n" +
+	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts*T\n" +
 	"\n" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1302,8 +1302,8 @@ var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
 	12, // 15: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
 	15, // 16: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
 	20, // 17: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
-	21, // 18: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
-	15, // 19: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
+	15, // 18: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
+	21, // 19: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
 	8,  // 20: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
 	10, // 21: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
 	3,  // 22: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
