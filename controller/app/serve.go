@@ -26,10 +26,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/controller/metrics"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/server"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/atomicfile"
+	"github.com/s2strust/s2strust/internal/metricshttp"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/secretbox"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -72,6 +74,12 @@ type ServeConfig struct {
 	SecretKeyFile string
 	// Ready, when set, is called with the listening address once serving.
 	Ready func(addr string)
+	// MetricsListen serves Prometheus metrics over HTTP on this address
+	// (--metrics-listen); empty serves none. A bare port or ":port" binds
+	// loopback only (see metricshttp.ResolveAddr).
+	MetricsListen string
+	// MetricsReady, when set, is called with the metrics URL once it is served.
+	MetricsReady func(url string)
 }
 
 // TransportOptions are the controller's gRPC transport settings, shared
@@ -117,6 +125,16 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 	defer lis.Close()
+	var metricsLis net.Listener
+	if cfg.MetricsListen != "" {
+		if metricsLis, err = metricshttp.Listen("--metrics-listen", cfg.MetricsListen); err != nil {
+			return err
+		}
+		defer metricsLis.Close()
+	}
+	// The metrics are kept whether served or not: counting costs little,
+	// and the code paths stay the same either way.
+	mets := metrics.New(metrics.Config{})
 
 	var creds grpc.ServerOption
 	if cfg.Insecure {
@@ -138,7 +156,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 
-	cli, emb, closeStore, err := openStore(ctx, cfg, log)
+	cli, emb, closeStore, err := openStore(ctx, cfg, log, mets.EtcdUnaryInterceptor())
 	if err != nil {
 		return err
 	}
@@ -155,7 +173,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	log.Info("secret key loaded", "file", keyFile)
 	sec := secrets.New(st, key, nil)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, Observer: mets})
 	access := server.Access{Insecure: cfg.Insecure, Logger: log}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
@@ -168,7 +186,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	gs := grpc.NewServer(opts...)
 	pb.RegisterTopologyServiceServer(gs, server.NewTopologyService(hub, sec))
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
-	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
+	fleet := server.NewFleetService(hub)
+	mets.SetFleet(fleet)
+	pb.RegisterFleetServiceServer(gs, fleet)
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	pb.RegisterStoreServiceServer(gs, store.NewService(st, log))
 	hs := health.NewServer()
@@ -199,6 +219,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		}
 		return nil
 	})
+	if metricsLis != nil {
+		g.Go(func() error { return metricshttp.Serve(gctx, metricsLis, mets.Registry(), log) })
+		url := metricshttp.URL(metricsLis)
+		log.Info("metrics served", "url", url)
+		if cfg.MetricsReady != nil {
+			cfg.MetricsReady(url)
+		}
+	}
 	g.Go(func() error {
 		select {
 		case <-hub.Ready():
@@ -253,7 +281,7 @@ func listen(addr string, insecure bool) (net.Listener, error) {
 	return lis, nil
 }
 
-func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, *etcdembed.Server, func(), error) {
+func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger, intercept grpc.UnaryClientInterceptor) (*clientv3.Client, *etcdembed.Server, func(), error) {
 	endpoints := cfg.EtcdEndpoints
 	var emb *etcdembed.Server
 	ccfg := clientv3.Config{
@@ -261,6 +289,7 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv
 		MaxCallSendMsgSize: MaxMessageSize,
 		MaxCallRecvMsgSize: 64 << 20,
 		Logger:             zap.NewNop(),
+		DialOptions:        []grpc.DialOption{grpc.WithChainUnaryInterceptor(intercept)},
 	}
 	if len(endpoints) == 0 {
 		if !cfg.EtcdClient.empty() {
