@@ -43,7 +43,9 @@ func exported(t *testing.T) map[string]string {
 	cm.Acked("fe01.contoso.com", 3)
 	cm.SetRollout(metrics.RolloutProgress{Active: true, Wave: 1, Waves: 2})
 	_ = cm.EtcdUnaryInterceptor()(context.Background(), "/etcdserverpb.KV/Range", nil, nil, nil,
-		func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return errors.New("unavailable") })
+		func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			return errors.New("unavailable")
+		})
 	am := agentmetrics.New("fe01.contoso.com", "sim", "0.1.0")
 	am.Applied(time.Second, agentmetrics.ResultOK)
 	am.Synced(time.Now())
