@@ -31,7 +31,10 @@ func ResolveAddr(flag, value string) (string, error) {
 	if v == "" {
 		return "", fmt.Errorf("%s is empty: want PORT, :PORT or HOST:PORT", flag)
 	}
-	if _, err := strconv.ParseUint(v, 10, 16); err == nil {
+	if strings.Trim(v, "0123456789") == "" {
+		if _, err := strconv.ParseUint(v, 10, 16); err != nil {
+			return "", fmt.Errorf("%s %q: port %q is not a number from 0 to 65535", flag, value, v)
+		}
 		return net.JoinHostPort("127.0.0.1", v), nil
 	}
 	host, port, err := net.SplitHostPort(v)
