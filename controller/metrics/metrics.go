@@ -277,6 +277,12 @@ type RolloutProgress struct {
 	HostsDone, HostsFailed, HostsPending int
 }
 
+// RolloutObserver is what the rollout controller reports its progress
+// to; Metrics implements it.
+type RolloutObserver interface {
+	SetRollout(RolloutProgress)
+}
+
 // SetRollout records the latest rollout's progress; the rollout
 // controller calls it whenever the progress changes.
 func (m *Metrics) SetRollout(p RolloutProgress) {
