@@ -55,14 +55,22 @@ func newFleetDescs() fleetDescs {
 	}
 }
 
-// fleetCollector reads the fleet view on each scrape. It holds no state
-// of its own: `status`, `status --trust` and the metrics agree by
-// construction.
+// fleetCollector reads the fleet view on scrape: `status`, `status
+// --trust` and the metrics agree by construction. Reading it costs two
+// range reads over every host, so scrapes closer together than
+// minInterval (an HA pair of Prometheus servers, a dashboard refreshing)
+// share one read.
 type fleetCollector struct {
-	d       fleetDescs
-	timeout time.Duration
-	mu      sync.Mutex
-	fleet   Fleet
+	d           fleetDescs
+	timeout     time.Duration
+	minInterval time.Duration
+	now         func() time.Time
+	mu          sync.Mutex
+	fleet       Fleet
+	// readMu serializes reads, so concurrent scrapes wait for one read.
+	readMu sync.Mutex
+	last   []prometheus.Metric // guarded by readMu
+	lastAt time.Time           // guarded by readMu
 }
 
 func (c *fleetCollector) setFleet(f Fleet) {
@@ -87,6 +95,20 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	if f == nil {
 		return
 	}
+	c.readMu.Lock()
+	if c.last == nil || c.now().Sub(c.lastAt) >= c.minInterval {
+		c.last, c.lastAt = c.read(f), c.now()
+	}
+	ms := c.last
+	c.readMu.Unlock()
+	for _, m := range ms {
+		ch <- m
+	}
+}
+
+// read reads the fleet view once and returns its gauges.
+func (c *fleetCollector) read(f Fleet) []prometheus.Metric {
+	var out []prometheus.Metric
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	hosts, err := f.ListHosts(ctx, &pb.ListHostsRequest{})
@@ -95,15 +117,15 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		trust, err = f.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
 	}
 	if err != nil {
-		ch <- prometheus.MustNewConstMetric(c.d.descFleetUp, prometheus.GaugeValue, 0)
-		return
+		out = append(out, prometheus.MustNewConstMetric(c.d.descFleetUp, prometheus.GaugeValue, 0))
+		return out
 	}
-	ch <- prometheus.MustNewConstMetric(c.d.descFleetUp, prometheus.GaugeValue, 1)
+	out = append(out, prometheus.MustNewConstMetric(c.d.descFleetUp, prometheus.GaugeValue, 1))
 	var rev uint64
 	for _, h := range hosts.GetHosts() {
 		l := []string{h.GetHost(), h.GetDeployment()}
 		gauge := func(d *prometheus.Desc, v float64) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+			out = append(out, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...))
 		}
 		gauge(c.d.descHostConnected, b2f(h.GetConnected()))
 		gauge(c.d.descHostNacked, b2f(h.GetLastResult().GetKind() == pb.ResultKind_RESULT_KIND_NACK))
@@ -113,13 +135,13 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		rev = max(rev, h.GetDesiredVersion())
 	}
 	if rev > 0 {
-		ch <- prometheus.MustNewConstMetric(c.d.descDesiredRevision, prometheus.GaugeValue, float64(rev))
+		out = append(out, prometheus.MustNewConstMetric(c.d.descDesiredRevision, prometheus.GaugeValue, float64(rev)))
 	}
 	expiry := map[string]float64{}
 	for _, e := range trust.GetEdges() {
 		l := []string{e.GetFrom(), e.GetTo()}
 		gauge := func(d *prometheus.Desc, v float64, extra ...string) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append(l, extra...)...)
+			out = append(out, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, append(l, extra...)...))
 		}
 		ok, failed := 0, 0
 		for _, p := range e.GetProbes() {
@@ -139,6 +161,7 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for dep, t := range expiry {
-		ch <- prometheus.MustNewConstMetric(c.d.descIssuerExpiry, prometheus.GaugeValue, t, dep)
+		out = append(out, prometheus.MustNewConstMetric(c.d.descIssuerExpiry, prometheus.GaugeValue, t, dep))
 	}
+	return out
 }

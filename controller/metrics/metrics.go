@@ -113,6 +113,10 @@ type Config struct {
 	Now func() time.Time
 	// FleetTimeout bounds reading the fleet view on a scrape (default 5s).
 	FleetTimeout time.Duration
+	// FleetInterval is the least time between two reads of the fleet view
+	// (default 5s); scrapes in between get the last read's values.
+	// Negative reads it on every scrape.
+	FleetInterval time.Duration
 }
 
 // Metrics is the controller's metrics on their own registry.
@@ -159,6 +163,9 @@ func New(cfg Config) *Metrics {
 	if cfg.FleetTimeout <= 0 {
 		cfg.FleetTimeout = 5 * time.Second
 	}
+	if cfg.FleetInterval == 0 {
+		cfg.FleetInterval = 5 * time.Second
+	}
 	m := &Metrics{
 		reg:     prometheus.NewRegistry(),
 		now:     cfg.Now,
@@ -196,7 +203,7 @@ func New(cfg Config) *Metrics {
 	for _, k := range append(ItemKinds(), "other", "none") {
 		m.nacks.WithLabelValues(k) // every kind reads 0 before its first NACK, so rate() sees the first one
 	}
-	m.fleet = &fleetCollector{d: newFleetDescs(), timeout: cfg.FleetTimeout}
+	m.fleet = &fleetCollector{d: newFleetDescs(), timeout: cfg.FleetTimeout, minInterval: cfg.FleetInterval, now: cfg.Now}
 	m.reg.MustRegister(m.streams, m.hellos, m.pushes, m.acks, m.nacks, m.commitToAck, m.etcdDuration, m.etcdErrors,
 		m.rolloutActive, m.rolloutStopped, m.rolloutWave, m.rolloutWaves, m.rolloutHosts, m.fleet,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -302,3 +302,38 @@ func TestRegistriesAreSeparate(t *testing.T) {
 		t.Errorf("lint: %v %v", problems, err)
 	}
 }
+
+// countingFleet counts reads of the fleet view.
+type countingFleet struct {
+	fakeFleet
+	mu    sync.Mutex
+	reads int
+}
+
+func (f *countingFleet) ListHosts(ctx context.Context, r *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	f.mu.Lock()
+	f.reads++
+	f.mu.Unlock()
+	return f.fakeFleet.ListHosts(ctx, r)
+}
+
+// Scrapes closer together than FleetInterval share one read of the fleet
+// view; a later scrape reads it again.
+func TestFleetReadsAreShared(t *testing.T) {
+	c := &clock{t: time.Unix(1000, 0)}
+	m := New(Config{Now: c.now, FleetInterval: 5 * time.Second})
+	f := &countingFleet{fakeFleet: fakeFleet{hosts: []*pb.Host{{Host: "fe01.contoso.com", Deployment: "pool01", Connected: true}}}}
+	m.SetFleet(f)
+	gather(t, m)
+	c.add(4 * time.Second)
+	f.hosts[0].Connected = false
+	fams := gather(t, m)
+	if v, _ := value(fams, "s2strust_host_connected", "host", "fe01.contoso.com", "deployment", "pool01"); f.reads != 1 || v != 1 {
+		t.Errorf("second scrape within the interval: %d reads, connected %v; want 1 read and the first read's 1", f.reads, v)
+	}
+	c.add(time.Second)
+	fams = gather(t, m)
+	if v, _ := value(fams, "s2strust_host_connected", "host", "fe01.contoso.com", "deployment", "pool01"); f.reads != 2 || v != 0 {
+		t.Errorf("scrape after the interval: %d reads, connected %v; want 2 reads and the new 0", f.reads, v)
+	}
+}
