@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -184,6 +185,55 @@ func TestMetricsEndpointsShowTheFleet(t *testing.T) {
 		w.eq(0, "s2strust_host_connected", "host", "sp01.contoso.com")
 		w.eq(1, "s2strust_host_connected", "host", "fe01.contoso.com")
 		w.eq(4, "s2strust_agent_streams")
+		return w.result()
+	})
+}
+
+// TestMetricsShowANackingHostAndItsFailingEdge breaks one edge's metadata
+// URL: the controller's metrics show the receiving pool's primary NACKing,
+// NACKed partner items counted as kind "partner", that edge failing and
+// Exchange's edges still proved — what the alerts fire on.
+func TestMetricsShowANackingHostAndItsFailingEdge(t *testing.T) {
+	urls := make(chan string, 1)
+	f := startFleetWith(t, examples.Contoso, agentOpts{driftInterval: 500 * time.Millisecond}, func(cfg *app.ServeConfig) {
+		cfg.MetricsListen = "127.0.0.1:0"
+		cfg.MetricsReady = func(url string) { urls <- url }
+	})
+	url := <-urls
+	broken := bytes.Replace(examples.Contoso, []byte("{from: sharepoint, to: pool01}"),
+		[]byte("{from: sharepoint, to: pool01, metadataUrl: \"https://sp.contoso.com/_layouts/15/not-metadata\"}"), 1)
+	f.apply(broken)
+	scrapeUntil(t, url, "the pool's primary to NACK and the broken edge to fail", func(s metricstest.Scrape) (bool, string) {
+		w := &want{s: s}
+		primary := ""
+		for _, m := range s.Series("s2strust_host_nacked", "deployment", "pool01") {
+			if m.GetGauge().GetValue() == 1 {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "host" {
+						primary = l.GetValue()
+					}
+				}
+			}
+		}
+		if primary == "" {
+			w.miss = append(w.miss, "no pool01 host NACKing")
+		}
+		w.atLeast(1, "s2strust_sync_nacks_total", "item_kind", "partner")
+		w.eq(0, "s2strust_sync_nacks_total", "item_kind", "other")
+		w.eq(0, "s2strust_trust_edge_ok", "from", "sharepoint", "to", "pool01")
+		// Exchange's edges do not depend on the broken registration.
+		w.eq(1, "s2strust_trust_edge_ok", "from", "exchange", "to", "pool01")
+		w.eq(1, "s2strust_trust_edge_ok", "from", "exchange", "to", "sharepoint")
+		for _, h := range []string{"ex01.contoso.com", "ex02.contoso.com", "sp01.contoso.com"} {
+			w.eq(0, "s2strust_host_nacked", "host", h)
+		}
+		if len(w.miss) > 0 {
+			for k, e := range f.trustReport() {
+				if !e.GetOk() {
+					w.miss = append(w.miss, fmt.Sprintf("%s: %v", k, e.GetProblems()))
+				}
+			}
+		}
 		return w.result()
 	})
 }
