@@ -18,6 +18,7 @@ type fleetDescs struct {
 	descHostUpToDate    *prometheus.Desc
 	descHostDrift       *prometheus.Desc
 	descHostApplied     *prometheus.Desc
+	descHostMonitor     *prometheus.Desc
 	descDesiredRevision *prometheus.Desc
 	descEdgeOK          *prometheus.Desc
 	descEdgeProbeOK     *prometheus.Desc
@@ -33,13 +34,15 @@ func newFleetDescs() fleetDescs {
 		descHostConnected: prometheus.NewDesc(Namespace+"_host_connected",
 			"1 when the host's agent has a Sync stream to a controller replica, else 0.", []string{"host", "deployment"}, nil),
 		descHostNacked: prometheus.NewDesc(Namespace+"_host_nacked",
-			"1 when the host's last answer to a push was a NACK, else 0.", []string{"host", "deployment"}, nil),
+			"1 when the host's last answer to a push was a NACK (not one from monitor mode), else 0.", []string{"host", "deployment"}, nil),
 		descHostUpToDate: prometheus.NewDesc(Namespace+"_host_up_to_date",
 			"1 when the host has applied its desired state, else 0.", []string{"host", "deployment"}, nil),
 		descHostDrift: prometheus.NewDesc(Namespace+"_host_drift_items",
 			"Items whose actual state drifted from what the host applied, as its agent last reported.", []string{"host", "deployment"}, nil),
 		descHostApplied: prometheus.NewDesc(Namespace+"_host_applied_revision",
 			"The topology revision the host last applied.", []string{"host", "deployment"}, nil),
+		descHostMonitor: prometheus.NewDesc(Namespace+"_host_monitor_mode",
+			"1 when the host's agent runs in monitor mode (--apply=false): it plans and applies nothing, and its NACKs are not failures.", []string{"host", "deployment"}, nil),
 		descDesiredRevision: prometheus.NewDesc(Namespace+"_topology_revision",
 			"The current topology revision.", nil, nil),
 		descEdgeOK: prometheus.NewDesc(Namespace+"_trust_edge_ok",
@@ -81,7 +84,7 @@ func (c *fleetCollector) setFleet(f Fleet) {
 
 // Describe implements prometheus.Collector.
 func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.d.descFleetUp, c.d.descHostConnected, c.d.descHostNacked, c.d.descHostUpToDate, c.d.descHostDrift, c.d.descHostApplied,
+	for _, d := range []*prometheus.Desc{c.d.descFleetUp, c.d.descHostConnected, c.d.descHostNacked, c.d.descHostUpToDate, c.d.descHostDrift, c.d.descHostApplied, c.d.descHostMonitor,
 		c.d.descDesiredRevision, c.d.descEdgeOK, c.d.descEdgeProbeOK, c.d.descEdgeProbes, c.d.descEdgeDisabled, c.d.descIssuerExpiry} {
 		ch <- d
 	}
@@ -128,7 +131,11 @@ func (c *fleetCollector) read(f Fleet) []prometheus.Metric {
 			out = append(out, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...))
 		}
 		gauge(c.d.descHostConnected, b2f(h.GetConnected()))
-		gauge(c.d.descHostNacked, b2f(h.GetLastResult().GetKind() == pb.ResultKind_RESULT_KIND_NACK))
+		// A monitor-mode agent NACKs every push by design (it applies
+		// nothing): that is not a failing host.
+		monitor := h.GetLastResult().GetMonitor()
+		gauge(c.d.descHostNacked, b2f(h.GetLastResult().GetKind() == pb.ResultKind_RESULT_KIND_NACK && !monitor))
+		gauge(c.d.descHostMonitor, b2f(monitor))
 		gauge(c.d.descHostUpToDate, b2f(h.GetDesiredHash() != "" && h.GetAppliedHash() == h.GetDesiredHash()))
 		gauge(c.d.descHostDrift, float64(len(h.GetDrift())))
 		gauge(c.d.descHostApplied, float64(h.GetAppliedVersion()))

@@ -231,6 +231,8 @@ func TestFleetGauges(t *testing.T) {
 				LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK}},
 			{Host: "ex01.contoso.com", Deployment: "exchange", DesiredVersion: 4, DesiredHash: "b", AppliedVersion: 3, AppliedHash: "c",
 				LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_NACK}, Drift: []*pb.Drift{{Item: "partner/x"}, {Item: "oauth-configuration"}}},
+			{Host: "sp01.contoso.com", Deployment: "sharepoint", Connected: true, DesiredVersion: 4, DesiredHash: "d",
+				LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_NACK, Monitor: true}},
 		},
 		edges: []*pb.TrustEdge{
 			{From: "pool01", To: "exchange", Ok: true, IssuerNotAfter: timestamppb.New(notAfter), Probes: []*pb.TrustProbeResult{probe(true), probe(true)}},
@@ -251,6 +253,10 @@ func TestFleetGauges(t *testing.T) {
 		{"s2strust_host_nacked", []string{"host", "fe01.contoso.com", "deployment", "pool01"}, 0},
 		{"s2strust_host_nacked", []string{"host", "ex01.contoso.com", "deployment", "exchange"}, 1},
 		{"s2strust_host_up_to_date", []string{"host", "fe01.contoso.com", "deployment", "pool01"}, 1},
+		// Monitor mode NACKs every push by design: not a failing host.
+		{"s2strust_host_nacked", []string{"host", "sp01.contoso.com", "deployment", "sharepoint"}, 0},
+		{"s2strust_host_monitor_mode", []string{"host", "sp01.contoso.com", "deployment", "sharepoint"}, 1},
+		{"s2strust_host_monitor_mode", []string{"host", "ex01.contoso.com", "deployment", "exchange"}, 0},
 		{"s2strust_host_up_to_date", []string{"host", "ex01.contoso.com", "deployment", "exchange"}, 0},
 		{"s2strust_host_drift_items", []string{"host", "ex01.contoso.com", "deployment", "exchange"}, 2},
 		{"s2strust_host_applied_revision", []string{"host", "ex01.contoso.com", "deployment", "exchange"}, 3},

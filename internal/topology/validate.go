@@ -1,10 +1,10 @@
 package topology
 
 import (
-	"net/netip"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
