@@ -114,9 +114,10 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 
 	dataDir := filepath.Join(dir, "controller")
 	ready := make(chan string, 1)
+	metricsURL := make(chan string, 1)
 	g.Go(func() error {
 		return app.Serve(gctx, app.ServeConfig{DataDir: dataDir, Listen: cfg.Listen, Logger: log.With("component", "controller"),
-			Ready: func(addr string) { ready <- addr }})
+			Ready: func(addr string) { ready <- addr }, MetricsListen: "127.0.0.1:0", MetricsReady: func(url string) { metricsURL <- url }})
 	})
 	var addr string
 	select {
@@ -125,6 +126,8 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return fmt.Errorf("controller did not start: %w", g.Wait())
 	}
 	fmt.Fprintf(out, "controller listening on %s (data in %s, logs in %s)\n", addr, dataDir, logFile.Name())
+	// Served before the controller is ready, so the URL is there by now.
+	fmt.Fprintf(out, "Prometheus metrics: curl %s\n", <-metricsURL)
 	conn, err := app.Dial(app.ClientConfig{DataDir: dataDir, Addr: addr})
 	if err != nil {
 		return err
