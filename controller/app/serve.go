@@ -30,10 +30,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/controller/metrics"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/server"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/atomicfile"
+	"github.com/s2strust/s2strust/internal/metricshttp"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/secretbox"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -89,6 +91,12 @@ type ServeConfig struct {
 	RolloutInterval time.Duration
 	// ReplicaID names this replica in the election (default random).
 	ReplicaID string
+	// MetricsListen serves Prometheus metrics over HTTP on this address
+	// (--metrics-listen); empty serves none. A bare port or ":port" binds
+	// loopback only (see metricshttp.ResolveAddr).
+	MetricsListen string
+	// MetricsReady, when set, is called with the metrics URL once it is served.
+	MetricsReady func(url string)
 }
 
 // TransportOptions are the controller's gRPC transport settings, shared
@@ -106,9 +114,25 @@ func TransportOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(4 << 10),
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(KeepaliveServerParameters()),
+		grpc.KeepaliveEnforcementPolicy(KeepaliveEnforcementPolicy()),
 	}
+}
+
+// KeepaliveServerParameters make the controller ping a quiet agent
+// connection every 10 s and drop it when 10 s pass without an answer: a
+// blackholed agent (a host powered off, a firewall dropping packets) is
+// noticed within about 20 s, not when TCP gives up minutes later, so its
+// stream ends, its presence goes and a pending push shows as such.
+func KeepaliveServerParameters() keepalive.ServerParameters {
+	return keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 10 * time.Second}
+}
+
+// KeepaliveEnforcementPolicy lets agents ping every 5 s or more, also
+// between streams (agent/app pings every 10 s); a client pinging more
+// often is sent GOAWAY.
+func KeepaliveEnforcementPolicy() keepalive.EnforcementPolicy {
+	return keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}
 }
 
 // AddrFile is where serve writes its listening address, for the admin commands.
@@ -134,12 +158,22 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 	defer lis.Close()
+	var metricsLis net.Listener
+	if cfg.MetricsListen != "" {
+		if metricsLis, err = metricshttp.Listen("--metrics-listen", cfg.MetricsListen); err != nil {
+			return err
+		}
+		defer metricsLis.Close()
+	}
+	// The metrics are kept whether served or not: counting costs little,
+	// and the code paths stay the same either way.
+	mets := metrics.New(metrics.Config{})
 
 	if cfg.Insecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on this host can act as admin or as any agent; loopback only")
 	}
 
-	cli, emb, closeStore, err := openStore(ctx, cfg, log)
+	cli, emb, closeStore, err := openStore(ctx, cfg, log, mets.EtcdUnaryInterceptor())
 	if err != nil {
 		return err
 	}
@@ -179,7 +213,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		ttl = 10 * time.Second
 	}
 	elector := rollout.NewElector(cli, st.Key("election"), id, ttl, log)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector})
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector, Observer: mets})
 	engine := &rollout.Engine{Store: rollout.NewStore(st), Source: server.NewRolloutSource(hub), Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
 	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{
@@ -194,7 +228,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	topoSvc := server.NewTopologyService(hub, sec)
 	pb.RegisterTopologyServiceServer(gs, topoSvc)
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
-	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
+	fleet := server.NewFleetService(hub)
+	mets.SetFleet(fleet)
+	pb.RegisterFleetServiceServer(gs, fleet)
 	pb.RegisterRolloutServiceServer(gs, server.NewRolloutService(hub, topoSvc))
 	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
@@ -247,6 +283,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		}
 		return nil
 	})
+	if metricsLis != nil {
+		g.Go(func() error { return metricshttp.Serve(gctx, metricsLis, mets.Registry(), log) })
+		url := metricshttp.URL(metricsLis)
+		log.Info("metrics served", "url", url)
+		if cfg.MetricsReady != nil {
+			cfg.MetricsReady(url)
+		}
+	}
 	g.Go(func() error {
 		select {
 		case <-hub.Ready():
@@ -301,7 +345,7 @@ func listen(addr string, insecure bool) (net.Listener, error) {
 	return lis, nil
 }
 
-func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, *etcdembed.Server, func(), error) {
+func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger, intercept grpc.UnaryClientInterceptor) (*clientv3.Client, *etcdembed.Server, func(), error) {
 	endpoints := cfg.EtcdEndpoints
 	var emb *etcdembed.Server
 	ccfg := clientv3.Config{
@@ -309,6 +353,7 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv
 		MaxCallSendMsgSize: MaxMessageSize,
 		MaxCallRecvMsgSize: 64 << 20,
 		Logger:             zap.NewNop(),
+		DialOptions:        []grpc.DialOption{grpc.WithChainUnaryInterceptor(intercept)},
 	}
 	if len(endpoints) == 0 {
 		if !cfg.EtcdClient.empty() {

@@ -116,9 +116,10 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 
 	dataDir := filepath.Join(dir, "controller")
 	ready := make(chan string, 1)
+	metricsURL := make(chan string, 1)
 	g.Go(func() error {
 		return app.Serve(gctx, app.ServeConfig{DataDir: dataDir, Listen: cfg.Listen, Logger: log.With("component", "controller"),
-			Ready: func(addr string) { ready <- addr }})
+			Ready: func(addr string) { ready <- addr }, MetricsListen: "127.0.0.1:0", MetricsReady: func(url string) { metricsURL <- url }})
 	})
 	var addr string
 	select {
@@ -127,6 +128,8 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return fmt.Errorf("controller did not start: %w", g.Wait())
 	}
 	fmt.Fprintf(out, "controller listening on %s (data in %s, logs in %s)\n", addr, dataDir, logFile.Name())
+	// Served before the controller is ready, so the URL is there by now.
+	fmt.Fprintf(out, "Prometheus metrics: curl %s\n", <-metricsURL)
 	conn, err := app.Dial(app.ClientConfig{DataDir: dataDir, Addr: addr})
 	if err != nil {
 		return err
@@ -148,21 +151,33 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return rpcError("apply "+cfg.TopologyName, err)
 	}
 	printWarnings(out, resp.GetWarnings())
-	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), resp.GetHostsTotal())
+	fmt.Fprintf(out, "applied topology %q as revision %d (version %d); waiting for %d hosts to apply and verify\n", t.Name, resp.GetSequence(), resp.GetRevision(), resp.GetHostsTotal())
 	fleet := pb.NewFleetServiceClient(conn)
 	deadline := time.Now().Add(cfg.Timeout)
 	failures, waitErr := waitConverged(ctx, fleet, resp.GetRevision(), cfg.Timeout)
 	var trust *pb.GetTrustReportResponse
 	if waitErr == nil && len(failures) == 0 {
-		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetRevision())
+		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetSequence())
 		trust, failures, waitErr = waitTrusted(ctx, fleet, time.Until(deadline))
 	}
-	details, err := fetchStatus(ctx, fleet)
+	details, err := fetchStatus(ctx, fleet, "")
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(out)
 	printStatus(out, details)
+	// What each deployment's primary ran: the shared reconciler's plan,
+	// the exact cmdlets (secrets redacted).
+	var primaries []hostDetail
+	for _, d := range details {
+		if d.host.GetPrimary() {
+			primaries = append(primaries, d)
+		}
+	}
+	if len(primaries) > 0 {
+		fmt.Fprintf(out, "\nWhat the deployments' primaries ran (s2s-controller status --plan):\n\n")
+		printPlans(out, primaries)
+	}
 	if trust != nil {
 		fmt.Fprintf(out, "\nTrust report (s2s-controller status --trust):\n\n")
 		printTrust(out, trust.GetEdges())
@@ -185,7 +200,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		}
 		return &exitError{code: 2, err: fmt.Errorf("%s", b.String())}
 	}
-	fmt.Fprintf(out, "every host applied revision %d and verified it; every trust edge's probe passed\n", resp.GetRevision())
+	fmt.Fprintf(out, "every host applied revision %d and verified it; every trust edge's probe passed\n", resp.GetSequence())
 	if cfg.Once {
 		return nil
 	}

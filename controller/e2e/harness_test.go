@@ -24,6 +24,8 @@ import (
 
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/driver/sim"
+	agentmetrics "github.com/s2strust/s2strust/agent/metrics"
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/controller/etcdembed"
@@ -194,6 +196,15 @@ func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.
 	return d.Driver.Apply(ctx, cfg, s)
 }
 
+// ApplyPlan forwards to the sim, counting applies: the wrapper must keep
+// the driver a syncer.Planner (which monitor mode needs).
+func (d *countingDriver) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, s []*pb.SecretMaterial, monitor bool) reconcile.Result {
+	if !monitor {
+		d.applies.Add(1)
+	}
+	return d.Driver.(syncer.Planner).ApplyPlan(ctx, cfg, s, monitor)
+}
+
 // CheckMetadata forwards to the sim: the wrapper must keep the driver a Prober.
 func (d *countingDriver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
 	return d.Driver.(driver.Prober).CheckMetadata(ctx, cfg)
@@ -241,6 +252,10 @@ type agentOpts struct {
 	resolve []string
 	// fail injects apply failures (see countingDriver).
 	fail func(*pb.HostConfig) []*pb.ItemError
+	// metrics, when set, gives each agent its metrics recorder.
+	metrics func(host string) agentmetrics.Recorder
+	// monitor runs the agent in monitor mode (--apply=false).
+	monitor bool
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -292,9 +307,14 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if o.driftInterval == 0 {
 		o.driftInterval = time.Hour
 	}
+	var rec agentmetrics.Recorder
+	if o.metrics != nil {
+		rec = o.metrics(host)
+	}
 	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
 		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
-		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond,
+		Monitor:     o.monitor,
+		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Metrics: rec,
 		OnDesired: func(d *pb.Desired) {
 			ag.received.Add(1)
 			if len(d.GetSecrets()) > 0 {

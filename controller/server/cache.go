@@ -15,11 +15,15 @@ import (
 // compiled is one topology revision compiled for every host.
 type compiled struct {
 	revision    uint64
+	sequence    uint64 // 0 for a record stored before sequence numbers
 	name        string
 	hash        string                    // the document's, as stored
 	hosts       map[string]*pb.HostConfig // by host, Primary unset
 	order       []string                  // hosts sorted
 	deployments map[string][]string       // deployment → hosts in topology order
+	// pins are the secret versions the revision's hosts use; a secret
+	// without a pin (a revision stored before pins) uses its newest.
+	pins map[string]store.SecretPin
 }
 
 // desired is what a host should have now.
@@ -53,6 +57,7 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64, latest *
 	h.installTargetsLocked(targets, have)
 	h.desired = map[string]*desired{}
 	h.mu.Unlock()
+	h.cfg.Observer.TopologyCurrent(rec.Revision, rec.AppliedAt)
 	for d := range c.deployments {
 		h.reselect(ctx, d)
 	}
@@ -95,7 +100,7 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &compiled{revision: rec.Revision, name: rec.Name, hash: rec.Hash, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}}
+	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
 		c.order = append(c.order, cfg.GetHost())
@@ -129,8 +134,14 @@ func (h *Hub) desiredLocked(host string) *desired {
 	cfg := proto.Clone(base).(*pb.HostConfig)
 	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
 	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
-		// A secret replaced under the same name changes the desired state.
-		cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+		// The version the host's target revision pins; storing a newer one
+		// changes nothing here. Without a pin, the newest version:
+		// replacing it changes the desired state.
+		if p, ok := c.pins[name]; ok {
+			cfg.TokenIssuer.SecretThumbprint = p.Thumbprint
+		} else {
+			cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+		}
 	}
 	d := &desired{version: c.revision, hash: topology.Hash(cfg), config: cfg}
 	h.desired[host] = d

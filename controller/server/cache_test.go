@@ -46,7 +46,7 @@ func (o *recordingObserver) has(event string) bool {
 // and moves on once its target does; the observer hears every step.
 func TestTargetRevisionPerHost(t *testing.T) {
 	obs := &recordingObserver{}
-	f := startHub(t, Config{Observer: obs, PrimaryGrace: time.Second})
+	f := startHub(t, Config{StreamObserver: obs, PrimaryGrace: time.Second})
 	ctx := context.Background()
 	rec, err := f.st.CurrentTopology(ctx)
 	if err != nil {

@@ -12,6 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/metrics"
+	"github.com/s2strust/s2strust/controller/secrets"
+
 	"github.com/s2strust/s2strust/controller/rollout"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,8 +26,9 @@ import (
 
 // SecretSource gives the key material a host configuration refers to.
 type SecretSource interface {
-	// Secrets returns the named secrets, decrypted.
-	Secrets(ctx context.Context, names []string) ([]*pb.SecretMaterial, error)
+	// SecretVersions returns the given versions of secrets (0: the
+	// newest), decrypted.
+	SecretVersions(ctx context.Context, refs []secrets.Ref) ([]*pb.SecretMaterial, error)
 }
 
 // Config holds the hub's dependencies.
@@ -59,9 +63,12 @@ type Config struct {
 	// fences its writes (leader election among replicas); nil: this
 	// replica chooses, as with one replica.
 	Leadership Leadership
-	// Observer hears what happens on the Sync streams, beside the log
-	// (LogObserver), which always hears it.
-	Observer SyncObserver
+	// Observer is told what happens on the Sync streams (the metrics);
+	// nil observes nothing.
+	Observer metrics.SyncObserver
+	// StreamObserver hears what happens on the Sync streams, beside the
+	// log (LogObserver), which always hears it.
+	StreamObserver SyncObserver
 }
 
 // Hub holds the fleet's live state: the current compiled topology, the
@@ -134,9 +141,12 @@ func NewHub(cfg Config) *Hub {
 	if cfg.PrimaryGrace == 0 {
 		cfg.PrimaryGrace = 30 * time.Second
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = metrics.NopSync{}
+	}
 	var observer SyncObserver = LogObserver{Log: cfg.Logger}
-	if cfg.Observer != nil {
-		observer = Observers{observer, cfg.Observer}
+	if cfg.StreamObserver != nil {
+		observer = Observers{observer, cfg.StreamObserver}
 	}
 	return &Hub{
 		observer:          observer,
@@ -181,7 +191,7 @@ func (h *Hub) closeStreams() {
 // secretsFor names the secrets a push of cfg carries: the deployment's
 // token-issuer secret, except on a Lync Front End that is not the pool's
 // primary unless DeliverLyncIssuerToEveryHost is set.
-func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
+func (h *Hub) secretsFor(cfg *pb.HostConfig) []secrets.Ref {
 	name := cfg.GetTokenIssuer().GetSecret()
 	if name == "" {
 		return nil
@@ -189,7 +199,14 @@ func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
 	if !h.cfg.DeliverLyncIssuerToEveryHost && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
 		return nil
 	}
-	return []string{name}
+	// The version the host's target revision pins.
+	ref := secrets.Ref{Name: name}
+	h.mu.Lock()
+	if c := h.targetLocked(cfg.GetHost()); c != nil {
+		ref.Version = c.pins[name].Version
+	}
+	h.mu.Unlock()
+	return []secrets.Ref{ref}
 }
 
 func (h *Hub) notify(host string) {
@@ -228,20 +245,32 @@ type snapshot struct {
 	present   map[string]bool
 	connected map[string]bool
 	desired   map[string]*desired
+	pending   map[string]pendingPush // host → the push it has not answered, on this replica
+}
+
+// pendingPush is a push awaiting the host's answer.
+type pendingPush struct {
+	version uint64
+	since   time.Time
 }
 
 func (h *Hub) snapshot() snapshot {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}}
+	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}, pending: map[string]pendingPush{}}
 	for k, v := range h.primaries {
 		s.primaries[k] = v
 	}
 	for k := range h.present {
 		s.present[k] = true
 	}
-	for k := range h.conns {
+	for k, c := range h.conns {
 		s.connected[k] = true
+		c.mu.Lock()
+		if c.pending != nil {
+			s.pending[k] = pendingPush{version: c.pending.GetVersion(), since: c.pendingSince}
+		}
+		c.mu.Unlock()
 	}
 	if h.topo != nil {
 		for _, host := range h.topo.order {

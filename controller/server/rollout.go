@@ -34,7 +34,7 @@ func (s *RolloutSource) Observe(ctx context.Context) (rollout.Observations, func
 		return nil, nil, err
 	}
 	for _, host := range snap.topo.order {
-		obs[host] = rollout.Observation{Host: hostView(snap, host, states[host]), Report: reports[host]}
+		obs[host] = rollout.Observation{Host: hostView(snap, host, states[host], func(uint64) uint64 { return 0 }, s.hub.cfg.Now()), Report: reports[host]}
 	}
 	disabled := map[[2]string]bool{}
 	for _, cfg := range snap.topo.hosts {

@@ -249,12 +249,25 @@ func (h *Hub) handle(ctx context.Context, evs []any) {
 			h.mu.Lock()
 			if p.present {
 				h.present[p.host] = true
+				if h.conns[p.host] == nil {
+					// Back on another replica: a later disconnect starts a new grace.
+					delete(h.gone, p.host)
+				}
 				// The leader may be another replica than the stream's: it
 				// chooses a primary for a deployment that has none.
 				gone = append(gone, p.host)
 			} else {
 				delete(h.present, p.host)
 				gone = append(gone, p.host)
+				// A host whose stream ended on another replica (or whose
+				// lease expired) starts its grace now, as one ending here
+				// does; the re-check after the grace moves the primary.
+				if _, ok := h.gone[p.host]; !ok && h.conns[p.host] == nil {
+					h.gone[p.host] = h.cfg.Now()
+					if h.topo != nil && h.topo.hosts[p.host] != nil {
+						h.scheduleRecheckLocked(h.topo.hosts[p.host].GetDeployment())
+					}
+				}
 			}
 			h.mu.Unlock()
 		}
