@@ -201,6 +201,11 @@ func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.
 func (d *countingDriver) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, s []*pb.SecretMaterial, monitor bool) reconcile.Result {
 	if !monitor {
 		d.applies.Add(1)
+		if d.fail != nil {
+			if errs := d.fail(cfg); len(errs) > 0 {
+				return reconcile.Result{Errors: errs}
+			}
+		}
 	}
 	return d.Driver.(syncer.Planner).ApplyPlan(ctx, cfg, s, monitor)
 }
