@@ -305,6 +305,23 @@ func TestRolloutAcrossReplicas(t *testing.T) {
 	if get(fifth.GetRollout()).GetState() == pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
 		t.Fatal("the rollout finished before the leader could be stopped")
 	}
+	// A watch of the rollout follows it to its end across the handover.
+	watch, err := rollouts.WatchRollout(ctx, &pb.WatchRolloutRequest{Name: fifth.GetRollout()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watched := make(chan []*pb.Rollout, 1)
+	go func() {
+		var seen []*pb.Rollout
+		for {
+			m, err := watch.Recv()
+			if err != nil {
+				watched <- seen
+				return
+			}
+			seen = append(seen, m.GetRollout())
+		}
+	}()
 	stoppedAt := time.Now()
 	a.stop()
 	waitFor(t, waitTimeout, "another replica to lead", func() (bool, string) {
@@ -316,6 +333,30 @@ func TestRolloutAcrossReplicas(t *testing.T) {
 	}
 	waitState(fifth.GetRollout(), pb.RolloutState_ROLLOUT_STATE_SUCCEEDED)
 	waitFor(t, waitTimeout, "all hosts on the fifth revision", func() (bool, string) { return converged(ctx, fleet, fifth.GetRevision()) })
+	select {
+	case seen := <-watched:
+		if len(seen) < 2 || seen[len(seen)-1].GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+			t.Errorf("the watch saw %d states (%v); want the rollout's progress ending succeeded", len(seen), seen)
+		}
+	case <-time.After(waitTimeout):
+		t.Error("the watch did not end with the rollout")
+	}
+	// History pages newest first: rollouts 4, 3 | 2, 1.
+	page, err := rollouts.ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page2, err := rollouts.ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: 2, PageToken: page.GetNextPageToken()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range append(page.GetRollouts(), page2.GetRollouts()...) {
+		names = append(names, r.GetName())
+	}
+	if fmt.Sprint(names) != "[rollouts/4 rollouts/3 rollouts/2 rollouts/1]" || page2.GetNextPageToken() != "" {
+		t.Errorf("history %v (next %q), want rollouts 4 to 1 in two pages", names, page2.GetNextPageToken())
+	}
 	var resent []string
 	for host, n := range done {
 		if got := agents[host].received.Load(); got != n {
