@@ -66,10 +66,13 @@ var policy = map[string]rule{
 	pb.StoreService_Defragment_FullMethodName:          {who: admin, role: pki.RoleAdmin},
 	pb.HostIdentityService_RevokeHost_FullMethodName:   {who: admin, role: pki.RoleAdmin},
 	pb.JoinTokenService_CreateJoinToken_FullMethodName: {who: admin, role: pki.RoleAdmin},
-	pb.RolloutService_PauseRollout_FullMethodName:      {who: admin, role: pki.RoleAdmin},
-	pb.RolloutService_ResumeRollout_FullMethodName:     {who: admin, role: pki.RoleAdmin},
-	pb.RolloutService_AbortRollout_FullMethodName:      {who: admin, role: pki.RoleAdmin},
-	pb.RolloutService_UndoRollout_FullMethodName:       {who: admin, role: pki.RoleAdmin},
+
+	// Operators run rollouts (SPEC "Security"; issue #9: "operator: also
+	// rollouts and host retry").
+	pb.RolloutService_PauseRollout_FullMethodName:  {who: admin, role: pki.RoleOperator},
+	pb.RolloutService_ResumeRollout_FullMethodName: {who: admin, role: pki.RoleOperator},
+	pb.RolloutService_AbortRollout_FullMethodName:  {who: admin, role: pki.RoleOperator},
+	pb.RolloutService_UndoRollout_FullMethodName:   {who: admin, role: pki.RoleOperator},
 }
 
 // authorize applies policy to one call. It returns the caller's identity

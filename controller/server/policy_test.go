@@ -74,6 +74,9 @@ func TestRoles(t *testing.T) {
 		secret = "/s2strust.v1.SecretService/PutSecret"
 		token  = "/s2strust.v1.JoinTokenService/CreateJoinToken"
 		refl   = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+		pause  = "/s2strust.v1.RolloutService/PauseRollout"
+		undo   = "/s2strust.v1.RolloutService/UndoRollout"
+		retry  = "/s2strust.v1.FleetService/RetryHost"
 	)
 	for _, tc := range []struct {
 		role   pki.Role
@@ -85,6 +88,12 @@ func TestRoles(t *testing.T) {
 		{pki.RoleViewer, apply, false},
 		{pki.RoleViewer, secret, false},
 		{pki.RoleOperator, list, true},
+		{pki.RoleOperator, pause, true},
+		{pki.RoleOperator, undo, true},
+		{pki.RoleOperator, retry, true},
+		{pki.RoleOperator, apply, false},
+		{pki.RoleViewer, pause, false},
+		{pki.RoleViewer, retry, false},
 		{pki.RoleOperator, secret, false},
 		{pki.RoleOperator, token, false},
 		{pki.RoleAdmin, apply, true},

@@ -95,7 +95,9 @@ func (s *Sim) ReplaceLocalIssuerCertificate() error {
 	if g == nil {
 		return fail(fmt.Errorf("deployment %s has no issuer certificate", h.Deployment))
 	}
-	lc := h.find(g.Thumbprint)
+	// The copy this host holds, or the one the product replicated to it
+	// and it has not yet written into its own files.
+	lc := replicaView(h, ps).find(g.Thumbprint)
 	if lc == nil {
 		return fail(fmt.Errorf("the local store does not hold the issuer certificate %s", g.Thumbprint))
 	}
@@ -121,6 +123,8 @@ func (s *Sim) ReplaceLocalIssuerCertificate() error {
 		return fail(err)
 	}
 	h.Certificates = slices.DeleteFunc(h.Certificates, func(c *localCertificate) bool { return c.Thumbprint == g.Thumbprint })
+	// The host had it: it is gone now, not still on its way.
+	held(h, g.Thumbprint)
 	if h.DefaultThumbprint == g.Thumbprint {
 		h.DefaultThumbprint = certs.Thumbprint(b.Cert)
 	}
