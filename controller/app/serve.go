@@ -62,6 +62,10 @@ type ServeConfig struct {
 	SecretKeyFile string
 	// Ready, when set, is called with the listening address once serving.
 	Ready func(addr string)
+	// UIListen serves the web dashboard on this address; off when empty.
+	UIListen string
+	// UIReady, when set, is called with the dashboard's URL once it listens.
+	UIReady func(url string)
 }
 
 // TransportOptions are the controller's gRPC transport settings, shared
@@ -109,6 +113,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	defer lis.Close()
 
 	var creds grpc.ServerOption
+	var tlsCfg *tls.Config
 	if cfg.Insecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on this host can act as admin or as any agent; loopback only")
 	} else {
@@ -121,7 +126,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		if err != nil {
 			return fmt.Errorf("prepare PKI in %s: %w", PKIDir(cfg.DataDir), err)
 		}
-		tlsCfg, err := loadServerTLS(files)
+		tlsCfg, err = loadServerTLS(files)
 		if err != nil {
 			return err
 		}
@@ -156,7 +161,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	gs := grpc.NewServer(opts...)
 	pb.RegisterTopologyServiceServer(gs, server.NewTopologyService(hub, sec))
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
-	pb.RegisterFleetServiceServer(gs, server.NewFleetService(hub))
+	fleet := server.NewFleetService(hub)
+	pb.RegisterFleetServiceServer(gs, fleet)
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -174,6 +180,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
+	if cfg.UIListen != "" {
+		g.Go(func() error { return serveUI(gctx, cfg, fleet, tlsCfg, log) })
+	}
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve gRPC on %s: %w", addr, err)

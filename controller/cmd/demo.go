@@ -41,6 +41,11 @@ type DemoConfig struct {
 	Timeout time.Duration
 	Out     io.Writer
 	Logger  *slog.Logger
+	// UIListen serves the web dashboard there while the demo runs (not
+	// with Once); off when empty.
+	UIListen string
+	// DashboardReady, when set, is called with the dashboard's login URL.
+	DashboardReady func(loginURL string)
 }
 
 func newDemo(g *globals) *cobra.Command {
@@ -75,6 +80,7 @@ func newDemo(g *globals) *cobra.Command {
 	c.Flags().StringVar(&cfg.Dir, "dir", "", "keep the demo's files here (default: a temporary directory, removed at exit)")
 	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:0", "controller listen address")
 	c.Flags().DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "how long to wait for every host to ack")
+	c.Flags().StringVar(&cfg.UIListen, "ui-listen", "127.0.0.1:0", "serve the web dashboard on this address while the demo runs (not with --once); empty: none")
 	return c
 }
 
@@ -113,10 +119,14 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	defer func() { cancel(); _ = g.Wait() }()
 
 	dataDir := filepath.Join(dir, "controller")
-	ready := make(chan string, 1)
+	ready, uiReady := make(chan string, 1), make(chan string, 1)
+	uiListen := cfg.UIListen
+	if cfg.Once {
+		uiListen = ""
+	}
 	g.Go(func() error {
 		return app.Serve(gctx, app.ServeConfig{DataDir: dataDir, Listen: cfg.Listen, Logger: log.With("component", "controller"),
-			Ready: func(addr string) { ready <- addr }})
+			Ready: func(addr string) { ready <- addr }, UIListen: uiListen, UIReady: func(u string) { uiReady <- u }})
 	})
 	var addr string
 	select {
@@ -125,6 +135,11 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return fmt.Errorf("controller did not start: %w", g.Wait())
 	}
 	fmt.Fprintf(out, "controller listening on %s (data in %s, logs in %s)\n", addr, dataDir, logFile.Name())
+	if uiListen != "" {
+		if err := demoDashboard(gctx, uiReady, dataDir, out, cfg.DashboardReady); err != nil {
+			return err
+		}
+	}
 	conn, err := app.Dial(app.ClientConfig{DataDir: dataDir, Addr: addr})
 	if err != nil {
 		return err
@@ -189,6 +204,29 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	}
 	fmt.Fprintln(out, "serving until Ctrl-C")
 	<-ctx.Done()
+	return nil
+}
+
+// demoLoginTTL is how long the demo's printed login token lasts.
+const demoLoginTTL = 15 * time.Minute
+
+// demoDashboard waits for the dashboard and prints its URL with a login
+// token, so that the fleet can be watched converging.
+func demoDashboard(ctx context.Context, uiReady <-chan string, dataDir string, out io.Writer, notify func(string)) error {
+	var dash string
+	select {
+	case dash = <-uiReady:
+	case <-ctx.Done():
+		return fmt.Errorf("dashboard did not start: %w", context.Cause(ctx))
+	}
+	u, err := app.NewLoginURL(dataDir, dash, demoLoginTTL)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "dashboard: %s\n  (the login token works once, for %s; for another: s2s-controller ui token --data-dir %s)\n", u, demoLoginTTL, dataDir)
+	if notify != nil {
+		notify(u)
+	}
 	return nil
 }
 
