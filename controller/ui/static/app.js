@@ -124,6 +124,10 @@
       const a = -Math.PI / 2 + (2 * Math.PI * i) / n;
       pos[d.name] = { x: cx + rx * Math.cos(a), y: cy + ry * Math.sin(a) };
     });
+    // Centre the drawing vertically: an odd number of nodes leaves more room below than above.
+    const ys = Object.values(pos).map(p => p.y);
+    const shift = cy - (Math.min(...ys) + Math.max(...ys)) / 2;
+    for (const k in pos) pos[k].y += shift;
     return pos;
   }
 
@@ -143,7 +147,7 @@
     const W = 640, H = 420;
     const defs = sv('defs');
     for (const s of ['ok', 'failed', 'pending', 'disabled']) {
-      const m = sv('marker', { id: 'arrow-' + s, viewBox: '0 0 10 10', refX: '9', refY: '5', markerWidth: '7', markerHeight: '7', orient: 'auto-start-reverse' });
+      const m = sv('marker', { id: 'arrow-' + s, viewBox: '0 0 10 10', refX: '9', refY: '5', markerWidth: '12', markerHeight: '12', markerUnits: 'userSpaceOnUse', orient: 'auto' });
       m.appendChild(sv('path', { d: 'M0,0 L10,5 L0,10 z', class: 'arrow state-' + s }));
       defs.appendChild(m);
     }
@@ -161,7 +165,7 @@
       // Both directions of a pair bend away from each other so both show.
       const back = has.has(e.to + '\u0000' + e.from);
       const dx = b.x - a.x, dy = b.y - a.y, len = Math.hypot(dx, dy) || 1;
-      const off = back ? 34 : 0;
+      const off = back ? 40 : 0;
       const c = { x: (a.x + b.x) / 2 - (dy / len) * off, y: (a.y + b.y) / 2 + (dx / len) * off };
       const s = toBox(a, c), t = toBox(b, c);
       const key = e.from + '\u0000' + e.to;
