@@ -266,4 +266,3 @@ func eval[T any](t *testing.T, ctx context.Context, expr string) T {
 	}
 	return v
 }
-

@@ -76,14 +76,20 @@ func NewSigner(key []byte) (*Signer, error) {
 
 // Mint returns a new token for purpose that expires at expires.
 func (s *Signer) Mint(purpose Purpose, expires time.Time) (string, error) {
-	b := make([]byte, payloadSize, tokenSize)
-	b[0], b[1] = tokenVersion, byte(purpose)
-	binary.BigEndian.PutUint64(b[2:10], uint64(expires.Unix()))
-	if _, err := rand.Read(b[10:payloadSize]); err != nil {
+	var id [idSize]byte
+	if _, err := rand.Read(id[:]); err != nil {
 		return "", fmt.Errorf("mint dashboard token: %w", err)
 	}
+	return s.sign(Token{Purpose: purpose, Expires: expires, ID: id}), nil
+}
+
+func (s *Signer) sign(t Token) string {
+	b := make([]byte, payloadSize, tokenSize)
+	b[0], b[1] = tokenVersion, byte(t.Purpose)
+	binary.BigEndian.PutUint64(b[2:10], uint64(t.Expires.Unix()))
+	copy(b[10:payloadSize], t.ID[:])
 	b = append(b, s.mac(b)...)
-	return base64.RawURLEncoding.EncodeToString(b), nil
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // MintLogin returns a login token valid for ttl from now (at most MaxLoginTTL).
@@ -107,7 +113,8 @@ func (s *Signer) Check(token string, purpose Purpose, now time.Time) (Token, err
 	if len(token) != base64.RawURLEncoding.EncodedLen(tokenSize) {
 		return Token{}, fmt.Errorf("dashboard token: %d characters, want %d", len(token), base64.RawURLEncoding.EncodedLen(tokenSize))
 	}
-	b, err := base64.RawURLEncoding.DecodeString(token)
+	// Strict: one token has one spelling, so a used token cannot come back re-spelled.
+	b, err := base64.RawURLEncoding.Strict().DecodeString(token)
 	if err != nil || len(b) != tokenSize {
 		return Token{}, errors.New("dashboard token: not base64url")
 	}
