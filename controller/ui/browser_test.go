@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +20,12 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/controller/cmd"
+	"github.com/s2strust/s2strust/controller/ui"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 // chromiumPath finds Debian's Chromium. Its absence fails the test: a
@@ -265,4 +269,104 @@ func eval[T any](t *testing.T, ctx context.Context, expr string) T {
 		t.Fatalf("evaluate %s: %v", expr, err)
 	}
 	return v
+}
+
+// hostile is what a compromised agent might report, hoping the page turns
+// it into markup.
+const hostile = `<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>`
+
+// TestDashboardEscapesWhatAgentsReport serves the dashboard over a fleet
+// whose names, drift and trust problems are HTML, and checks that the
+// page shows them as text and runs none of it; it also draws a failed, a
+// pending and a disabled edge.
+func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
+	now := time.Now()
+	fleet := &stubFleet{
+		hosts: []*pb.Host{{Host: "fe01.contoso.com", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ProductVersion: hostile,
+			Drift:      []*pb.Drift{{Item: hostile, Expected: "a", Actual: "b"}},
+			LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_NACK, Version: 1, Errors: []*pb.ItemError{{Item: "partner/x", Message: hostile}}}},
+			{Host: "ex01.contoso.com", Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE},
+			{Host: "sp01.contoso.com", Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT}},
+		report: &pb.StatusReport{Clock: timestamppb.New(now), IssuerCertificate: &pb.CertificateInfo{Thumbprint: "AB", Subject: hostile, NotAfter: timestamppb.New(now.Add(20 * 24 * time.Hour))}},
+		trust: &pb.GetTrustReportResponse{Edges: []*pb.TrustEdge{
+			{From: "exchange", To: "pool01", PartnerName: hostile, Problems: []string{hostile},
+				Probes: []*pb.TrustProbeResult{{FromHost: "ex01.contoso.com", Probe: &pb.TrustProbe{TargetHost: "fe01.contoso.com", Reason: "unknown-key", Detail: hostile}}}},
+			{From: "pool01", To: "exchange", Problems: []string{"not probed yet"}},
+			{From: "sharepoint", To: "pool01", Ok: true, Disabled: true},
+		}},
+	}
+	key := bytes.Repeat([]byte{3}, ui.KeySize)
+	h, err := ui.NewHandler(ui.Config{Fleet: fleet, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	signer, _ := ui.NewSigner(key)
+	tok, _ := signer.MintLogin(now, time.Minute)
+	bctx := browser(t, "")
+	bctx, cancel := context.WithTimeout(bctx, time.Minute)
+	defer cancel()
+	if err := chromedp.Do(bctx,
+		chromedp.Navigate(app.LoginURL(srv.URL+"/", tok)),
+		chromedp.WaitVisible(chromedp.CSS(`#hosts tbody tr[data-host="fe01.contoso.com"]`)),
+		chromedp.Click(chromedp.CSS(`#trust-graph .edge[data-from="exchange"][data-to="pool01"] .edge-label`)),
+		chromedp.WaitVisible(chromedp.CSS(`#edge-row`)),
+	); err != nil {
+		t.Fatalf("load the dashboard and click the failed edge: %v", err)
+	}
+	if n := eval[int](t, bctx, `document.querySelectorAll('img').length + document.querySelectorAll('script').length`); n != 1 {
+		t.Errorf("%d img and script elements in the page, want only the dashboard's own script: agent data became markup", n)
+	}
+	if p := eval[bool](t, bctx, `window.pwned !== undefined`); p {
+		t.Error("agent data ran as script")
+	}
+	for sel, want := range map[string]string{
+		`#hosts tbody tr[data-host="fe01.contoso.com"]`: hostile,
+		`#edge-detail .problems`:                        hostile,
+		`#edge-detail .probes`:                          "refused unknown-key (" + hostile + ")",
+		`#cert-table tbody`:                             hostile,
+	} {
+		if got := eval[string](t, bctx, fmt.Sprintf(`document.querySelector(%q).textContent`, sel)); !strings.Contains(got, want) {
+			t.Errorf("%s shows %q, want the text %q", sel, got, want)
+		}
+	}
+	states := eval[[]string](t, bctx, `[...document.querySelectorAll('#trust-graph .edge')].map(e => e.dataset.state)`)
+	if strings.Join(states, " ") != "failed pending disabled" {
+		t.Errorf("edge states drawn %v, want failed pending disabled", states)
+	}
+	if got := eval[string](t, bctx, `document.querySelector('#cert-table tbody td.num').className`); !strings.Contains(got, "bad") {
+		t.Errorf("a certificate expiring in 20 days is not marked: class %q", got)
+	}
+	if p := os.Getenv("S2S_UI_SCREENSHOT_FAILING"); p != "" {
+		shot, err := chromedp.Run(bctx, chromedp.CaptureScreenshot())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, shot, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// stubFleet answers with fixed data; every host has the same report.
+type stubFleet struct {
+	hosts  []*pb.Host
+	report *pb.StatusReport
+	trust  *pb.GetTrustReportResponse
+}
+
+func (f *stubFleet) ListHosts(context.Context, *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	return &pb.ListHostsResponse{Hosts: f.hosts}, nil
+}
+
+func (f *stubFleet) GetHost(_ context.Context, r *pb.GetHostRequest) (*pb.GetHostResponse, error) {
+	if r.GetHost() != "fe01.contoso.com" {
+		return &pb.GetHostResponse{}, nil
+	}
+	return &pb.GetHostResponse{Status: f.report}, nil
+}
+
+func (f *stubFleet) GetTrustReport(context.Context, *pb.GetTrustReportRequest) (*pb.GetTrustReportResponse, error) {
+	return f.trust, nil
 }

@@ -336,4 +336,3 @@ func TestViewShapesTheFleet(t *testing.T) {
 		t.Errorf("deployments %+v", v.Deployments)
 	}
 }
-

@@ -271,7 +271,8 @@
       tr.appendChild(el('td', {}, h.primary ? 'primary' : ''));
       tr.appendChild(el('td', { class: h.connected ? 'good' : 'bad' }, h.connected ? '● yes' : '○ no'));
       tr.appendChild(el('td', { class: 'num' }, h.desiredVersion || '–'));
-      tr.appendChild(el('td', { class: 'num ' + (h.inSync ? '' : 'warn') }, (h.appliedVersion || '–') + (h.inSync ? '' : ' (behind)')));
+      const behind = !h.inSync && h.desiredVersion > 0;
+      tr.appendChild(el('td', { class: 'num ' + (behind ? 'warn' : '') }, (h.appliedVersion || '–') + (behind ? ' (behind)' : '')));
       const open = h.drift.filter(d => !d.corrected);
       const dt = el('td', { class: open.length ? 'bad' : '' }, open.length ? open.length + ' item' + (open.length > 1 ? 's' : '') : (h.drift.length ? h.drift.length + ' corrected' : '–'));
       if (h.drift.length) dt.title = h.drift.map(d => d.item + ': ' + d.actual + ', want ' + d.expected + (d.corrected ? ' (corrected)' : '')).join('\n');
@@ -328,7 +329,10 @@
       r.appendChild(sv('text', { x: L - 10, y: y + 4, 'text-anchor': 'end', class: 'label' }, c.deployment));
       r.appendChild(sv('line', { x1: x(now), x2: x(t), y1: y, y2: y, class: 'bar' }));
       r.appendChild(sv('circle', { cx: x(t), cy: y, r: '6', class: 'end' }));
-      r.appendChild(sv('text', { x: x(t) - 10, y: y - 8, 'text-anchor': 'end', class: 'axis' }, date(c.notAfter) + ' · ' + (days < 0 ? 'EXPIRED' : days + ' d')));
+      // The date sits left of the marker, or right of it when that would run into the deployment's name.
+      const right = x(t) < L + 180;
+      r.appendChild(sv('text', { x: right ? x(t) + 12 : x(t) - 10, y: right ? y + 4 : y - 8, 'text-anchor': right ? 'start' : 'end', class: 'axis' },
+        date(c.notAfter) + ' · ' + (days < 0 ? 'EXPIRED' : days + ' d')));
       g.appendChild(r);
       const tr = el('tr', { 'data-deployment': c.deployment });
       tr.appendChild(el('td', {}, c.deployment));
