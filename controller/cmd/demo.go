@@ -223,7 +223,8 @@ func demoDashboard(ctx context.Context, uiReady <-chan string, dataDir string, o
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "dashboard: %s\n  (the login token works once, for %s; for another: s2s-controller ui token --data-dir %s)\n", u, demoLoginTTL, dataDir)
+	fmt.Fprintf(out, "dashboard: %s\n  (the login token works once, for %s; for another: s2s-controller ui token --data-dir %s;\n  the browser does not know the development CA %s: import it, or accept the warning)\n",
+		u, demoLoginTTL, dataDir, filepath.Join(app.PKIDir(dataDir), "ca.crt"))
 	if notify != nil {
 		notify(u)
 	}
