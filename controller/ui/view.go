@@ -23,8 +23,10 @@ type view struct {
 	Certificates []certRow    `json:"certificates"`
 	// Rollouts stays empty until the controller has a RolloutService.
 	Rollouts []struct{} `json:"rollouts"`
-	// ReportsOmitted counts hosts whose status report was not read (see maxReports).
+	// ReportsOmitted counts hosts whose status report was not read: those
+	// after the first ReportLimit.
 	ReportsOmitted int `json:"reportsOmitted"`
+	ReportLimit    int `json:"reportLimit"`
 }
 
 type deployment struct {
@@ -135,7 +137,7 @@ func buildView(ctx context.Context, fleet Fleet, now time.Time) (*view, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get the trust report: %w", err)
 	}
-	v := &view{Now: now, Deployments: []deployment{}, Hosts: []host{}, Edges: []edge{}, Certificates: []certRow{}, Rollouts: []struct{}{}}
+	v := &view{Now: now, Deployments: []deployment{}, Hosts: []host{}, Edges: []edge{}, Certificates: []certRow{}, Rollouts: []struct{}{}, ReportLimit: maxReports}
 	deps := map[string]*deployment{}
 	certs := map[[2]string]*certRow{}
 	cert := func(dep, thumb string) *certRow {

@@ -286,7 +286,7 @@
     }
     const note = $('hosts-note');
     note.hidden = !v.reportsOmitted;
-    note.textContent = v.reportsOmitted ? v.reportsOmitted + ' hosts show no report age: the dashboard reads at most the first reports per poll' : '';
+    note.textContent = v.reportsOmitted ? v.reportsOmitted + ' hosts after the first ' + v.reportLimit + ' show no report age: the dashboard reads that many reports per poll' : '';
   }
 
   // ---- certificate expiry timeline ----
