@@ -4,6 +4,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,7 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/s2strust/s2strust/agent/app"
+	"github.com/s2strust/s2strust/agent/config"
 	"github.com/s2strust/s2strust/agent/diagnose"
+	"github.com/s2strust/s2strust/agent/service"
 )
 
 func main() {
@@ -28,19 +31,31 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "s2s-agent", Short: "The s2strust agent: applies and verifies this host's S2S OAuth trust", SilenceUsage: true, SilenceErrors: true}
 	var cfg app.Config
 	var verbose bool
+	var configFile string
 	run := &cobra.Command{
 		Use:   "run",
 		Short: "Connect to the controller and keep this host's trust configuration applied",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// Flags typed on the command line, then agent.yaml, then defaults.
+			if configFile != "" {
+				if err := config.ApplyFile(cmd.Flags(), configFile); err != nil {
+					return err
+				}
+			}
 			level := slog.LevelInfo
 			if verbose {
 				level = slog.LevelDebug
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return app.Run(ctx, cfg)
+			// As a Windows service the service control manager stops it,
+			// and key events go to the event log.
+			return service.Run(ctx, log, func(ctx context.Context, log *slog.Logger) error {
+				cfg.Logger = log
+				return app.Run(ctx, cfg)
+			})
 		},
 	}
 	f := run.Flags()
@@ -50,7 +65,9 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.Cert, "cert", "", "this agent's certificate (PEM)")
 	f.StringVar(&cfg.Key, "key", "", "this agent's private key (PEM)")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "connect without TLS (only to a controller run with --insecure)")
+	f.StringVar(&configFile, "config", "", "agent.yaml: settings by flag name (e.g. state-dir: C:\\ProgramData\\s2strust\\state); flags given here override it")
 	f.StringVar(&cfg.Driver, "driver", "sim", "product driver: sim or powershell")
+	f.StringVar(&cfg.PowerShell, "powershell", "powershell.exe", "powershell driver: the Windows PowerShell 5.1 executable")
 	f.StringVar(&cfg.StateDir, "state-dir", "./s2s-agent-state", "where the last good configuration is kept")
 	f.StringVar(&cfg.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores, shared by the hosts of a deployment (default <state-dir>/sim-shared)")
 	f.StringSliceVar(&cfg.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION (e.g. lync:2015); repeatable")
@@ -64,8 +81,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSCert, "sim-tls-cert", "", "sim driver: HTTPS certificate (PEM) for --sim-listen, naming the host and its deployment's endpoint")
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
-	_ = run.MarkFlagRequired("host")
-	root.AddCommand(run)
+	root.AddCommand(run, service.Command())
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/driver/powershell"
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/internal/metadata"
@@ -38,9 +40,11 @@ type Config struct {
 	// TLS overrides the files (the demo passes its identities in memory).
 	TLS      *tls.Config
 	Insecure bool
-	// Driver is "sim" (the only one on this platform for now).
-	Driver   string
-	StateDir string
+	// Driver is "sim" or "powershell".
+	Driver string
+	// PowerShell is the powershell.exe the powershell driver runs.
+	PowerShell string
+	StateDir   string
 	// SimDir is where simulated deployment stores live; hosts of one
 	// deployment must share it (default: <state-dir>/sim-shared).
 	SimDir string
@@ -93,6 +97,10 @@ func Run(ctx context.Context, cfg Config) error {
 	drv, err := newDriver(cfg, host)
 	if err != nil {
 		return err
+	}
+	if c, ok := drv.(io.Closer); ok {
+		// The powershell driver's workers.
+		defer c.Close()
 	}
 	conn, err := dial(cfg)
 	if err != nil {
@@ -189,7 +197,7 @@ func newDriver(cfg Config, host string) (driver.Driver, error) {
 		return sim.New(sim.Config{Host: host, StateDir: filepath.Join(cfg.StateDir, "sim"), SharedDir: shared, Products: detected,
 			Listener: lis, ServerTLS: tlsCfg, FetchOptions: opts, Fetcher: metadata.NewFetcher(opts)})
 	case "powershell":
-		return nil, fmt.Errorf("--driver powershell: not available in this build yet; use --driver sim")
+		return powershell.New(powershell.Config{Host: host, Executable: cfg.PowerShell, StateDir: filepath.Join(cfg.StateDir, "powershell"), Logger: cfg.Logger})
 	}
 	return nil, fmt.Errorf("--driver %q: want sim or powershell", cfg.Driver)
 }

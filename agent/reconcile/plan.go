@@ -279,7 +279,9 @@ func (c *comparer) importIssuer(secret, thumbprint string) []Op {
 		// global certificate (with its key) to every Front End.
 		// https://learn.microsoft.com/powershell/module/skype/import-cscertificate
 		op.Cmdlet = "Import-CsCertificate"
-		op.Params = []Param{Str("Identity", "Global"), Raw("Type", "OAuthTokenIssuer"), Secret("Path"), Secret("Password"), Bool("PrivateKeyExportable", true)}
+		// The -Identity/-Type parameter set has no -PrivateKeyExportable,
+		// and its -Password is a plain string (never shown).
+		op.Params = []Param{Str("Identity", "Global"), Raw("Type", "OAuthTokenIssuer"), Secret("Path"), Secret("Password")}
 		return []Op{op}
 	case pb.Product_PRODUCT_EXCHANGE:
 		// https://learn.microsoft.com/powershell/module/exchange/import-exchangecertificate
@@ -312,8 +314,10 @@ func (c *comparer) assignIssuer(thumbprint string) []Op {
 		op.Params = []Param{Str("CertificateThumbprint", thumbprint), Switch("Force")}
 	case pb.Product_PRODUCT_SHAREPOINT:
 		// https://learn.microsoft.com/powershell/module/sharepoint-server/set-spsecuritytokenserviceconfig
+		// -ImportSigningCertificate takes a certificate object; a
+		// certificate already in the machine store is named by thumbprint.
 		op.Cmdlet = "Set-SPSecurityTokenServiceConfig"
-		op.Params = []Param{Str("ImportSigningCertificate", `Cert:\LocalMachine\My\`+thumbprint), Bool("Confirm", false)}
+		op.Params = []Param{Str("SigningCertificateThumbprint", thumbprint), Bool("Confirm", false)}
 	default:
 		return nil
 	}
@@ -355,7 +359,7 @@ func (c *comparer) oauth() result {
 		case pb.Product_PRODUCT_EXCHANGE:
 			// -Realm is for non-accepted domains only:
 			// https://learn.microsoft.com/powershell/module/exchange/set-authconfig
-			op.Cmdlet, op.Params = "Set-AuthConfig", []Param{Str("Realm", want), Switch("Force")}
+			op.Cmdlet, op.Params = "Set-AuthConfig", []Param{Str("Realm", want)}
 		case pb.Product_PRODUCT_SHAREPOINT:
 			// Changing a live farm's realm breaks its existing app principals:
 			// https://learn.microsoft.com/powershell/module/sharepoint-server/set-spauthenticationrealm
@@ -605,8 +609,10 @@ func (c *comparer) sharePoint() []result {
 		if len(diffs) > 0 {
 			r.problem = "SPSecurityTokenServiceConfig: " + strings.Join(diffs, "; ") + " (S2S endpoints require SSL)"
 			// https://learn.microsoft.com/powershell/module/sharepoint-server/set-spsecuritytokenserviceconfig
-			r.ops = []Op{{Item: r.item, Kind: KindSetSTS, Cmdlet: "Set-SPSecurityTokenServiceConfig", PrimaryOnly: true, Reason: strings.Join(diffs, "; "),
-				Params: []Param{Bool("AllowOAuthOverHttp", false), Bool("AllowMetadataOverHttp", false), Bool("Confirm", false)}}}
+			// They are properties of the configuration object, not cmdlet
+			// parameters: set and Update() it.
+			r.ops = []Op{{Item: r.item, Kind: KindSetSTS, PrimaryOnly: true, Reason: strings.Join(diffs, "; "),
+				Cmdlet: "$c = Get-SPSecurityTokenServiceConfig; $c.AllowOAuthOverHttp = $false; $c.AllowMetadataOverHttp = $false; $c.Update()"}}
 		}
 		out = append(out, r)
 	}

@@ -48,6 +48,14 @@ type ServeConfig struct {
 	EtcdEndpoints []string
 	// EtcdPrefix is the key prefix in etcd.
 	EtcdPrefix string
+	// EtcdClient is how the controller authenticates to an external etcd
+	// (--etcd-endpoints): client TLS and an etcd user.
+	EtcdClient EtcdClientConfig
+	// EtcdQuotaBytes is the embedded etcd's space quota (0: etcdembed's default).
+	EtcdQuotaBytes int64
+	// EtcdCompactionRetention is the history the embedded etcd keeps
+	// (0: etcdembed's default; negative: no auto-compaction).
+	EtcdCompactionRetention time.Duration
 	// Insecure serves plaintext, on loopback only.
 	Insecure bool
 	Logger   *slog.Logger
@@ -57,8 +65,10 @@ type ServeConfig struct {
 	StreamsPerSecond float64
 	// AgentLimits bound what each agent identity may cost (see server.AgentLimits).
 	AgentLimits server.AgentLimits
-	// SecretKeyFile is the AES-256 key sealing secrets in etcd (default
-	// <data-dir>/secret.key); replicas sharing an etcd cluster need the same one.
+	// SecretKeyFile is the AES-256 key sealing secrets in etcd; replicas
+	// sharing an etcd cluster need the same one. Default: the systemd
+	// credential secret.key when $CREDENTIALS_DIRECTORY holds one, else
+	// <data-dir>/secret.key (see SecretKeyPath).
 	SecretKeyFile string
 	// Ready, when set, is called with the listening address once serving.
 	Ready func(addr string)
@@ -133,20 +143,22 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 
-	cli, closeStore, err := openStore(ctx, cfg, log)
+	cli, emb, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	st := store.New(cli, cfg.EtcdPrefix)
-	keyFile := cfg.SecretKeyFile
-	if keyFile == "" {
-		keyFile = filepath.Join(cfg.DataDir, "secret.key")
+	var quota int64
+	if emb != nil {
+		quota = emb.QuotaBytes()
 	}
+	st := store.New(cli, cfg.EtcdPrefix, store.WithQuotaBytes(quota))
+	keyFile := SecretKeyPath(cfg.SecretKeyFile, cfg.DataDir, os.Getenv)
 	key, err := secretbox.LoadOrCreateKey(keyFile)
 	if err != nil {
 		return fmt.Errorf("load the secret key: %w", err)
 	}
+	log.Info("secret key loaded", "file", keyFile)
 	sec := secrets.New(st, key, nil)
 	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
 	access := server.Access{Insecure: cfg.Insecure, Logger: log}
@@ -164,6 +176,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	fleet := server.NewFleetService(hub)
 	pb.RegisterFleetServiceServer(gs, fleet)
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
+	pb.RegisterStoreServiceServer(gs, store.NewService(st, log))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -180,6 +193,12 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
+	if emb != nil {
+		// An embedded etcd that stops by itself (a full disk) stops the
+		// controller, with etcd's reason in the log, instead of leaving it
+		// serving on a dead store.
+		g.Go(func() error { return emb.Wait(gctx) })
+	}
 	if cfg.UIListen != "" {
 		g.Go(func() error { return serveUI(gctx, cfg, fleet, tlsCfg, log) })
 	}
@@ -243,32 +262,43 @@ func listen(addr string, insecure bool) (net.Listener, error) {
 	return lis, nil
 }
 
-func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, func(), error) {
+func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, *etcdembed.Server, func(), error) {
 	endpoints := cfg.EtcdEndpoints
 	var emb *etcdembed.Server
-	if len(endpoints) == 0 {
-		var err error
-		emb, err = etcdembed.Start(ctx, filepath.Join(cfg.DataDir, "etcd"))
-		if err != nil {
-			return nil, nil, err
-		}
-		endpoints = []string{emb.Endpoint()}
-		log.Info("embedded etcd started", "dir", filepath.Join(cfg.DataDir, "etcd"))
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:          endpoints,
+	ccfg := clientv3.Config{
 		DialTimeout:        5 * time.Second,
 		MaxCallSendMsgSize: MaxMessageSize,
 		MaxCallRecvMsgSize: 64 << 20,
 		Logger:             zap.NewNop(),
-	})
+	}
+	if len(endpoints) == 0 {
+		if !cfg.EtcdClient.empty() {
+			return nil, nil, nil, errors.New("--etcd-ca, --etcd-cert, --etcd-key, --etcd-username and --etcd-password-file need --etcd-endpoints: the embedded etcd listens on a private unix socket only")
+		}
+		if cfg.EtcdQuotaBytes < 0 {
+			return nil, nil, nil, fmt.Errorf("--etcd-quota-bytes %d: want a number of bytes above 0", cfg.EtcdQuotaBytes)
+		}
+		dir := filepath.Join(cfg.DataDir, "etcd")
+		var err error
+		emb, err = etcdembed.StartConfig(ctx, etcdembed.Config{Dir: dir, Logger: log,
+			QuotaBytes: cfg.EtcdQuotaBytes, CompactionRetention: cfg.EtcdCompactionRetention})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		endpoints = []string{emb.Endpoint()}
+		log.Info("embedded etcd started", "dir", dir, "quota_bytes", emb.QuotaBytes())
+	} else if err := cfg.EtcdClient.apply(&ccfg); err != nil {
+		return nil, nil, nil, err
+	}
+	ccfg.Endpoints = endpoints
+	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		if emb != nil {
 			emb.Close()
 		}
-		return nil, nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
+		return nil, nil, nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
 	}
-	return cli, func() {
+	return cli, emb, func() {
 		cli.Close() // clients before the server
 		if emb != nil {
 			emb.Close()

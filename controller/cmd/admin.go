@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/goccy/go-yaml"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/s2strust/s2strust/internal/termsafe"
+	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -45,9 +48,9 @@ func newApply(g *globals) *cobra.Command {
 		Short: "Validate a trust topology and store it as a new revision (prints the per-host plan)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			doc, err := os.ReadFile(file)
+			doc, err := readTopology(file)
 			if err != nil {
-				return fmt.Errorf("read topology: %w", err)
+				return err
 			}
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				req := &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: dryRun}
@@ -78,6 +81,31 @@ func newApply(g *globals) *cobra.Command {
 	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current revision is this one (0: none yet)")
 	_ = c.MarkFlagRequired("file")
 	return c
+}
+
+// readTopology reads a topology file, refusing one over the topology size
+// limit before reading it whole or sending it: over the gRPC message limit
+// the controller could only answer a bare RESOURCE_EXHAUSTED.
+func readTopology(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("read topology: %w", err)
+	}
+	defer f.Close()
+	// One byte more than the limit tells a file over it from one at it,
+	// whatever Stat says (a pipe has no size).
+	doc, err := io.ReadAll(io.LimitReader(f, topology.MaxDocumentSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read topology %s: %w", file, err)
+	}
+	if len(doc) > topology.MaxDocumentSize {
+		size := "more than " + strconv.Itoa(topology.MaxDocumentSize) + " bytes"
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			size = strconv.FormatInt(fi.Size(), 10) + " bytes"
+		}
+		return nil, fmt.Errorf("topology %s is %s; the limit is %d bytes (1 MiB)", file, size, topology.MaxDocumentSize)
+	}
+	return doc, nil
 }
 
 func newGet(g *globals) *cobra.Command {

@@ -261,7 +261,7 @@ func demoSecrets(ctx context.Context, conn *grpc.ClientConn, t *topology.Topolog
 		if err != nil {
 			return rpcError("put secret "+name, err)
 		}
-		fmt.Fprintf(out, "uploaded token-issuer certificate %s (%s) as secret %q\n", resp.GetSecret().GetCertificate().GetThumbprint(), resp.GetSecret().GetCertificate().GetSubject(), name)
+		fmt.Fprintf(out, "uploaded token-issuer certificate %s (%s) as secret %q\n", safe(resp.GetSecret().GetCertificate().GetThumbprint()), safe(resp.GetSecret().GetCertificate().GetSubject()), name)
 	}
 	return nil
 }

@@ -360,7 +360,7 @@ func printDrift(w io.Writer, hosts []*pb.Host) {
 			if d.GetCorrected() {
 				c = " (corrected)"
 			}
-			fmt.Fprintf(w, "  DRIFT on %s (%s): %s: %s%s\n", h.GetHost(), h.GetDeployment(), d.GetItem(), d.GetActual(), c)
+			fmt.Fprintf(w, "  DRIFT on %s (%s): %s: %s%s\n", safe(h.GetHost()), safe(h.GetDeployment()), safe(d.GetItem()), safe(d.GetActual()), c)
 		}
 	}
 }
@@ -371,10 +371,10 @@ func driftError(hosts []*pb.Host) error {
 	for _, h := range hosts {
 		var items []string
 		for _, d := range openDrift(h.GetDrift()) {
-			items = append(items, d.GetItem())
+			items = append(items, safe(d.GetItem()))
 		}
 		if len(items) > 0 {
-			parts = append(parts, fmt.Sprintf("%s (%s)", h.GetHost(), strings.Join(items, ", ")))
+			parts = append(parts, fmt.Sprintf("%s (%s)", safe(h.GetHost()), strings.Join(items, ", ")))
 		}
 	}
 	if len(parts) == 0 {
@@ -420,17 +420,18 @@ func printRealms(w io.Writer, realms []*pb.DeploymentRealm) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEPLOYMENT\tPRODUCT\tREPORTED BY\tCONFIGURED REALM\tMETADATA REALM\tMETADATA ISSUER")
 	for _, r := range realms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.GetDeployment(), products.Name(r.GetProduct()), orDash(r.GetHost()),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", safe(r.GetDeployment()), products.Name(r.GetProduct()), orDash(r.GetHost()),
 			orDash(r.GetConfiguredRealm()), orDash(r.GetMetadataRealm()), orDash(r.GetMetadataIssuer()))
 	}
 	tw.Flush()
 }
 
+// orDash shows s escaped, or "-" when it is empty.
 func orDash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return safe(s)
 }
 
 // printWarnings prints each of an apply's warnings as "warning: …", with

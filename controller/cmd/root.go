@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/pki"
@@ -89,7 +90,7 @@ func NewRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.client.Key, "key", "", "admin key (default: <data-dir>/pki/admin.key)")
 	pf.BoolVar(&g.client.Insecure, "insecure", false, "plaintext, loopback only (serve) or to such a controller (admin commands)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newUI(g))
+	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newStore(g), newUI(g))
 	return root
 }
 
@@ -109,6 +110,12 @@ func newServe(g *globals) *cobra.Command {
 					cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, e)
 				}
 			}
+			// An external cluster's quota and compaction are its own flags'.
+			for _, f := range []string{"etcd-quota-bytes", "etcd-compaction-retention"} {
+				if len(cfg.EtcdEndpoints) > 0 && cmd.Flags().Changed(f) {
+					return fmt.Errorf("--%s applies to the embedded etcd only; with --etcd-endpoints set etcd's own --quota-backend-bytes and --auto-compaction-retention", f)
+				}
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return app.Serve(ctx, cfg)
@@ -118,7 +125,14 @@ func newServe(g *globals) *cobra.Command {
 	c.Flags().StringVar(&endpoints, "etcd-endpoints", "", "use this etcd cluster (comma-separated URLs) instead of the embedded one")
 	c.Flags().StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/s2strust/", "key prefix in etcd")
 	c.Flags().StringVar(&cfg.UIListen, "ui-listen", "", "serve the web dashboard on this address, e.g. 127.0.0.1:7444 (off by default; a bare :PORT means loopback); log in with `ui token`")
-	c.Flags().StringVar(&cfg.SecretKeyFile, "secret-key", "", "AES-256 key file sealing secrets in etcd, never stored in etcd (default <data-dir>/secret.key)")
+	c.Flags().StringVar(&cfg.SecretKeyFile, "secret-key", "", "AES-256 key file sealing secrets in etcd, never stored in etcd; back it up apart from the data (default: $CREDENTIALS_DIRECTORY/secret.key when systemd passes that credential, else <data-dir>/secret.key)")
+	c.Flags().StringVar(&cfg.EtcdClient.CA, "etcd-ca", "", "with --etcd-endpoints: CA certificate verifying the etcd servers")
+	c.Flags().StringVar(&cfg.EtcdClient.Cert, "etcd-cert", "", "with --etcd-endpoints: the controller's etcd client certificate")
+	c.Flags().StringVar(&cfg.EtcdClient.Key, "etcd-key", "", "with --etcd-endpoints: the key of --etcd-cert")
+	c.Flags().StringVar(&cfg.EtcdClient.Username, "etcd-username", "", "with --etcd-endpoints: the controller's etcd user (a role scoped to --etcd-prefix)")
+	c.Flags().StringVar(&cfg.EtcdClient.PasswordFile, "etcd-password-file", "", "with --etcd-username: file holding that user's password")
+	c.Flags().Int64Var(&cfg.EtcdQuotaBytes, "etcd-quota-bytes", etcdembed.DefaultQuotaBytes, "embedded etcd: space quota of its database; over it writes are refused until `s2s-controller store defrag`")
+	c.Flags().DurationVar(&cfg.EtcdCompactionRetention, "etcd-compaction-retention", etcdembed.DefaultCompactionRetention, "embedded etcd: history kept by periodic auto-compaction (negative: none)")
 	return c
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/products"
@@ -138,7 +139,7 @@ func (c *controller) ca() *pki.CA {
 // etcd opens a client to the controller's embedded etcd.
 func (c *controller) etcd() *clientv3.Client {
 	c.t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + filepath.Join(c.dir, "etcd", "etcd.sock")}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdembed.ClientEndpoint(filepath.Join(c.dir, "etcd"))}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -130,13 +130,22 @@ func TestAFloodingAgentCannotStarveTheFleet(t *testing.T) {
 		}
 		<-fctx.Done()
 	}()
-	// Another opens streams as fast as the controller answers them.
+	// Another opens streams as fast as the controller answers them, for the
+	// flood's length and at least until it has tried twice as many as the
+	// Hello budget admits (on a slow machine each accepted stream takes a
+	// while; refused ones are quick), within a hard bound.
+	hctx, stopHellos := context.WithTimeout(ctx, waitTimeout)
+	defer stopHellos()
+	enough := func() bool {
+		admitted := float64(lim.HelloBurst) + lim.HellosPerSecond*time.Since(began).Seconds() + 1
+		return opened.Load() >= int64(2*admitted)+1
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		conn := rawAgent(t, f.c, "rogue-hellos.contoso.com")
-		for fctx.Err() == nil {
-			sctx, cancel := context.WithCancel(fctx)
+		for hctx.Err() == nil && (fctx.Err() == nil || !enough()) {
+			sctx, cancel := context.WithCancel(hctx)
 			stream, err := pb.NewAgentServiceClient(conn).Sync(sctx)
 			if err == nil {
 				err = stream.Send(hello("rogue-hellos.contoso.com"))
@@ -348,10 +357,9 @@ func TestKeyMaterialIsSentOncePerChangeNotOncePerHello(t *testing.T) {
 	f := startFleetWith(t, examples.Contoso, agentOpts{}, func(c *app.ServeConfig) {
 		c.AgentLimits = server.AgentLimits{SecretResendInterval: time.Hour, HelloBurst: 100}
 	})
-	// fe01's agent goes before anything is applied; a client with its
-	// identity says hello again and again and never applies anything.
-	// The pool's PFX goes to its primary only (the CMS replicates it), so
-	// both Front Ends' agents go and the raw client becomes the primary.
+	// The pool's agents go before anything is applied; a client with
+	// fe01's identity, so the pool's primary and the one host that gets its
+	// token-issuer PFX, says hello again and again and never applies anything.
 	const host = "fe01.contoso.com"
 	f.agents[host].stop()
 	f.agents["fe02.contoso.com"].stop()

@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/s2strust/s2strust/agent/driver/sim"
+	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/certs"
@@ -330,7 +331,7 @@ func TestSecretsAreSealedAtRestAndNeverShown(t *testing.T) {
 	rev := f.apply(examples.Contoso)
 	f.waitConverged(rev)
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"unix://" + filepath.Join(f.c.dir, "etcd", "etcd.sock")}, DialTimeout: 5 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdembed.ClientEndpoint(filepath.Join(f.c.dir, "etcd"))}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

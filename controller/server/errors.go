@@ -26,7 +26,7 @@ func invalid(field, value, want string) error {
 // toStatus maps an error to a gRPC status, in one place: invalid input to
 // INVALID_ARGUMENT with google.rpc.BadRequest, conflicts to
 // FAILED_PRECONDITION, missing records to NOT_FOUND, a store without
-// quorum to UNAVAILABLE.
+// quorum or over its space quota to UNAVAILABLE.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -52,6 +52,13 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, rpctypes.ErrNoSpace):
+		// etcd's own RESOURCE_EXHAUSTED would read as the caller's fault.
+		var nse *store.NoSpaceError
+		if !errors.As(err, &nse) {
+			err = &store.NoSpaceError{Err: err}
+		}
+		return status.Error(codes.Unavailable, "the store refuses changes, nothing was changed (reads still work): "+err.Error())
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, rpctypes.ErrNoLeader),
 		errors.Is(err, rpctypes.ErrTimeout), errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail),
 		errors.Is(err, rpctypes.ErrGRPCNoLeader), isUnavailable(err):

@@ -47,17 +47,22 @@ var ErrNotFound = errors.New("not found")
 type Store struct {
 	cli    *clientv3.Client
 	prefix string
+	quota  int64
 }
 
 // New returns a Store using cli, with every key under prefix.
-func New(cli *clientv3.Client, prefix string) *Store {
+func New(cli *clientv3.Client, prefix string, opts ...Option) *Store {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{cli: cli, prefix: prefix}
+	s := &Store{cli: cli, prefix: prefix}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Client is the underlying etcd client.
@@ -162,7 +167,7 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 			Then(ops...).
 			Commit()
 		if err != nil {
-			return 0, false, fmt.Errorf("store topology: %w", err)
+			return 0, false, fmt.Errorf("store topology: %w", s.writeErr(err))
 		}
 		if !resp.Succeeded {
 			if expected != nil {
@@ -193,7 +198,7 @@ func AuditKey(s *Store, kind string, now time.Time) string {
 // between.
 func (s *Store) recordRevision(ctx context.Context, rev uint64, val []byte) error {
 	if _, err := s.cli.Put(ctx, s.revKey(rev), string(val)); err != nil {
-		return fmt.Errorf("record topology revision %d: %w", rev, err)
+		return fmt.Errorf("record topology revision %d: %w", rev, s.writeErr(err))
 	}
 	return nil
 }
@@ -265,7 +270,7 @@ func (s *Store) PutProto(ctx context.Context, rel string, m proto.Message) error
 		return fmt.Errorf("encode %s: %w", rel, err)
 	}
 	if _, err := s.cli.Put(ctx, s.Key(rel), string(b)); err != nil {
-		return fmt.Errorf("write %s: %w", rel, err)
+		return fmt.Errorf("write %s: %w", rel, s.writeErr(err))
 	}
 	return nil
 }
@@ -334,7 +339,7 @@ func (s *Store) SwapPrimary(ctx context.Context, deployment, prev, next string) 
 	}
 	resp, err := s.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(k, next)).Else(clientv3.OpGet(k)).Commit()
 	if err != nil {
-		return false, "", fmt.Errorf("record primary of %s: %w", deployment, err)
+		return false, "", fmt.Errorf("record primary of %s: %w", deployment, s.writeErr(err))
 	}
 	if resp.Succeeded {
 		return true, next, nil
@@ -355,7 +360,7 @@ func (s *Store) Present(ctx context.Context) (map[string]string, error) {
 func (s *Store) SetPresent(ctx context.Context, host, owner string, lease clientv3.LeaseID) (int64, error) {
 	resp, err := s.cli.Put(ctx, s.Key("presence/"+host), owner, clientv3.WithLease(lease))
 	if err != nil {
-		return 0, fmt.Errorf("record presence of %s: %w", host, err)
+		return 0, fmt.Errorf("record presence of %s: %w", host, s.writeErr(err))
 	}
 	return resp.Header.Revision, nil
 }
@@ -366,7 +371,7 @@ func (s *Store) ClearPresent(ctx context.Context, host string, rev int64) error 
 	k := s.Key("presence/" + host)
 	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(clientv3.OpDelete(k)).Commit()
 	if err != nil {
-		return fmt.Errorf("clear presence of %s: %w", host, err)
+		return fmt.Errorf("clear presence of %s: %w", host, s.writeErr(err))
 	}
 	return nil
 }

@@ -41,42 +41,22 @@ func Parse(name string) (pb.Product, bool) {
 
 // Name is the topology name of a product.
 func Name(p pb.Product) string {
-	switch p {
-	case pb.Product_PRODUCT_LYNC:
-		return "lync"
-	case pb.Product_PRODUCT_EXCHANGE:
-		return "exchange"
-	case pb.Product_PRODUCT_SHAREPOINT:
-		return "sharepoint"
+	if d, ok := descriptors[p]; ok {
+		return d.Name
 	}
 	return "unknown"
 }
 
 // DisplayName is the product's name as administrators know it.
 func DisplayName(p pb.Product) string {
-	switch p {
-	case pb.Product_PRODUCT_LYNC:
-		return "Lync / Skype for Business Server"
-	case pb.Product_PRODUCT_EXCHANGE:
-		return "Exchange Server"
-	case pb.Product_PRODUCT_SHAREPOINT:
-		return "SharePoint Server"
+	if d, ok := descriptors[p]; ok {
+		return d.DisplayName
 	}
 	return "unknown product"
 }
 
 // ServiceName is the product's well-known application identifier.
-func ServiceName(p pb.Product) string {
-	switch p {
-	case pb.Product_PRODUCT_LYNC:
-		return LyncID
-	case pb.Product_PRODUCT_EXCHANGE:
-		return ExchangeID
-	case pb.Product_PRODUCT_SHAREPOINT:
-		return SharePointID
-	}
-	return ""
-}
+func ServiceName(p pb.Product) string { return descriptors[p].ServiceName }
 
 // NormalizeVersion maps the accepted spellings of a version to the canonical
 // one ("Subscription Edition" and "vNext" to "SE"); unknown input is returned trimmed.
@@ -112,29 +92,18 @@ func CheckVersion(p pb.Product, v string) error {
 // metadata. endpoint is the pool FQDN (Lync), the autodiscover FQDN
 // (Exchange) or the web application URL (SharePoint).
 func MetadataURL(p pb.Product, endpoint string) string {
-	switch p {
-	case pb.Product_PRODUCT_LYNC:
-		return "https://" + endpoint + "/metadata/json/1"
-	case pb.Product_PRODUCT_EXCHANGE:
-		return "https://" + endpoint + "/autodiscover/metadata/json/1"
-	case pb.Product_PRODUCT_SHAREPOINT:
-		return strings.TrimRight(endpoint, "/") + "/_layouts/15/metadata/json/1"
+	d, ok := descriptors[p]
+	switch {
+	case !ok:
+		return ""
+	case d.EndpointIsURL:
+		return strings.TrimRight(endpoint, "/") + d.MetadataPath
 	}
-	return ""
+	return "https://" + endpoint + d.MetadataPath
 }
 
 // MetadataPath is the URL path at which product p serves its metadata.
-func MetadataPath(p pb.Product) string {
-	switch p {
-	case pb.Product_PRODUCT_LYNC:
-		return "/metadata/json/1"
-	case pb.Product_PRODUCT_EXCHANGE:
-		return "/autodiscover/metadata/json/1"
-	case pb.Product_PRODUCT_SHAREPOINT:
-		return "/_layouts/15/metadata/json/1"
-	}
-	return ""
-}
+func MetadataPath(p pb.Product) string { return descriptors[p].MetadataPath }
 
 // PartnerName is the name under which a receiving product registers a
 // partner of product partner from deployment partnerDeployment: Lync uses
@@ -200,6 +169,14 @@ func ParseTrustLevel(s string) (pb.TrustLevel, bool) {
 // reconciler and the PowerShell driver use them).
 type Descriptor struct {
 	Product pb.Product
+	// Name is the topology's name for it; DisplayName administrators'.
+	Name, DisplayName string
+	// MetadataPath is where it serves its auth metadata document, under
+	// its endpoint (SPEC "Auth metadata documents").
+	MetadataPath string
+	// EndpointIsURL: the deployment's endpoint is a URL (SharePoint's web
+	// application), not a host name (Lync's pool, Exchange's autodiscover).
+	EndpointIsURL bool
 	// ServiceName is the product's well-known application identifier.
 	ServiceName string
 	// URLParameter names the partner metadata URL parameter of the
@@ -231,19 +208,22 @@ type Descriptor struct {
 
 var descriptors = map[pb.Product]Descriptor{
 	pb.Product_PRODUCT_LYNC: {
-		Product: pb.Product_PRODUCT_LYNC, ServiceName: LyncID, URLParameter: "MetadataUrl",
+		Product: pb.Product_PRODUCT_LYNC, Name: "lync", DisplayName: "Lync / Skype for Business Server",
+		MetadataPath: "/metadata/json/1", ServiceName: LyncID, URLParameter: "MetadataUrl",
 		NewPartner: "New-CsPartnerApplication", SetPartner: "Set-CsPartnerApplication", RemovePartner: "Remove-CsPartnerApplication",
 		SettingsName: "CsOAuthConfiguration", IssuerName: "global OAuthTokenIssuer certificate",
 		TrustLevels: true, PartnerEnabled: true, DefaultCertificate: true,
 	},
 	pb.Product_PRODUCT_EXCHANGE: {
-		Product: pb.Product_PRODUCT_EXCHANGE, ServiceName: ExchangeID, URLParameter: "AuthMetadataUrl",
+		Product: pb.Product_PRODUCT_EXCHANGE, Name: "exchange", DisplayName: "Exchange Server",
+		MetadataPath: "/autodiscover/metadata/json/1", ServiceName: ExchangeID, URLParameter: "AuthMetadataUrl",
 		NewPartner: "Configure-EnterprisePartnerApplication.ps1", SetPartner: "Set-PartnerApplication", RemovePartner: "Remove-PartnerApplication",
 		SettingsName: "AuthConfig", IssuerName: "AuthConfig CurrentCertificateThumbprint",
 		PartnerEnabled: true, RealmNeedsConfirmation: true, MatchPartnersByURL: true,
 	},
 	pb.Product_PRODUCT_SHAREPOINT: {
-		Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: SharePointID, URLParameter: "MetadataEndPoint",
+		Product: pb.Product_PRODUCT_SHAREPOINT, Name: "sharepoint", DisplayName: "SharePoint Server",
+		MetadataPath: "/_layouts/15/metadata/json/1", EndpointIsURL: true, ServiceName: SharePointID, URLParameter: "MetadataEndPoint",
 		NewPartner: "New-SPTrustedSecurityTokenIssuer", SetPartner: "Set-SPTrustedSecurityTokenIssuer", RemovePartner: "Remove-SPTrustedSecurityTokenIssuer",
 		SettingsName: "SPAuthenticationRealm", IssuerName: "SecurityTokenServiceCertificate",
 		RealmNeedsConfirmation: true,

@@ -354,8 +354,8 @@ func (v *validator) deploymentRealm(i int, p pb.Product, d *Deployment) {
 		}
 		return
 	}
-	if why := realmProblem(d.Realm, p); why != "" {
-		v.addProblem(f+"realm", d.Realm, why)
+	// A realm set on a deployment is never "*", not even Exchange's.
+	if v.addProblem(f+"realm", d.Realm, realmProblem(d.Realm, pb.Product_PRODUCT_UNSPECIFIED)) {
 		return
 	}
 	if desc, _ := products.Describe(p); desc.RealmNeedsConfirmation && !d.ConfirmRealmChange {

@@ -69,7 +69,8 @@ func violation(field, value, problem string) *FieldViolation {
 	return &FieldViolation{Field: field, Value: value, Description: problem}
 }
 
-// realmProblem says what is wrong with a realm for product p, or "".
+// realmProblem says what is wrong with a realm for product p, or "";
+// PRODUCT_UNSPECIFIED for a realm s2strust sets, which is never "*".
 // A realm is a DNS name (Lync's default is the default SIP domain) or a
 // GUID (SharePoint's default is the farm id; the hybrid realm is the
 // tenant id). Exchange publishes "*" in its metadata, so "*" is a realm
@@ -84,7 +85,7 @@ func realmProblem(s string, p pb.Product) string {
 	case s == "*" && p == pb.Product_PRODUCT_EXCHANGE:
 		return ""
 	case s == "*":
-		return `"*" is a realm only for exchange, which publishes it; accepted: a DNS name such as contoso.com or a GUID`
+		return `"*" is only what Exchange publishes in its metadata, not a realm to set; accepted: a DNS name such as contoso.com or a GUID`
 	case isGUID(s), isDNSName(strings.ToLower(s), false):
 		return ""
 	}
