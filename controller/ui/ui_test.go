@@ -275,6 +275,13 @@ func TestAdminCertificateNeedsNoToken(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("the page without a certificate: %s, want 200 (it asks for a token)", resp.Status)
 	}
+	// Over TLS the session cookie is Secure.
+	signer, _ := NewSigner(testKey())
+	tok, _ := signer.MintLogin(time.Now(), time.Minute)
+	login := postLogin(t, noCert, base, tok)
+	if c := login.Cookies(); login.StatusCode != http.StatusNoContent || len(c) != 1 || !c[0].Secure {
+		t.Errorf("login over TLS: %s, cookies %+v: want one Secure cookie", login.Status, c)
+	}
 }
 
 func TestServeRefusesPlaintextOffLoopback(t *testing.T) {
