@@ -135,8 +135,9 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return fmt.Errorf("controller did not start: %w", g.Wait())
 	}
 	fmt.Fprintf(out, "controller listening on %s (data in %s, logs in %s)\n", addr, dataDir, logFile.Name())
+	var dashboard string
 	if uiListen != "" {
-		if err := demoDashboard(gctx, uiReady, dataDir, out, cfg.DashboardReady); err != nil {
+		if dashboard, err = demoDashboard(gctx, uiReady, dataDir, out, cfg.DashboardReady); err != nil {
 			return err
 		}
 	}
@@ -202,6 +203,10 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if cfg.Once {
 		return nil
 	}
+	if dashboard != "" {
+		// The login URL scrolled away with the status above.
+		fmt.Fprintf(out, "dashboard: %s (log in with the URL printed at the start, or `s2s-controller ui token --data-dir %s`)\n", dashboard, dataDir)
+	}
 	fmt.Fprintln(out, "serving until Ctrl-C")
 	<-ctx.Done()
 	return nil
@@ -212,23 +217,23 @@ const demoLoginTTL = 15 * time.Minute
 
 // demoDashboard waits for the dashboard and prints its URL with a login
 // token, so that the fleet can be watched converging.
-func demoDashboard(ctx context.Context, uiReady <-chan string, dataDir string, out io.Writer, notify func(string)) error {
+func demoDashboard(ctx context.Context, uiReady <-chan string, dataDir string, out io.Writer, notify func(string)) (string, error) {
 	var dash string
 	select {
 	case dash = <-uiReady:
 	case <-ctx.Done():
-		return fmt.Errorf("dashboard did not start: %w", context.Cause(ctx))
+		return "", fmt.Errorf("dashboard did not start: %w", context.Cause(ctx))
 	}
 	u, err := app.NewLoginURL(dataDir, dash, demoLoginTTL)
 	if err != nil {
-		return err
+		return "", err
 	}
 	fmt.Fprintf(out, "dashboard: %s\n  (the login token works once, for %s; for another: s2s-controller ui token --data-dir %s;\n  the browser does not know the development CA %s: import it, or accept the warning)\n",
 		u, demoLoginTTL, dataDir, filepath.Join(app.PKIDir(dataDir), "ca.crt"))
 	if notify != nil {
 		notify(u)
 	}
-	return nil
+	return dash, nil
 }
 
 // demoSecrets makes and uploads a token-issuer certificate for every

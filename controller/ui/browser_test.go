@@ -149,6 +149,7 @@ func TestDashboardShowsTheDemoFleet(t *testing.T) {
 		t.Errorf("the demo does not print the dashboard's URL:\n%s", out.String())
 	}
 	dataDir := filepath.Join(dir, "controller")
+	dashboard, _, _ := strings.Cut(u, "#")
 	bctx := browser(t, spkiHash(t, filepath.Join(app.PKIDir(dataDir), "server.crt")))
 	bctx, cancelB := context.WithTimeout(bctx, 2*time.Minute)
 	defer cancelB()
@@ -208,6 +209,9 @@ func TestDashboardShowsTheDemoFleet(t *testing.T) {
 	box := `(r => [r.x, r.y, r.width, r.height])(document.querySelector(%q).getBoundingClientRect())`
 	svgBox := eval[[]float64](t, bctx, fmt.Sprintf(box, "#trust-graph"))
 	edgeBox := eval[[]float64](t, bctx, fmt.Sprintf(box, edgeSel))
+	if !waitFor(10*time.Second, func() bool { return strings.Contains(out.String(), "dashboard: "+dashboard+" (log in with") }) {
+		t.Errorf("the demo does not repeat the dashboard's URL once the fleet is up:\n%s", out.String())
+	}
 	shot, err := chromedp.Run(bctx, chromedp.CaptureScreenshot())
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
@@ -259,6 +263,20 @@ func checkGraphDrawn(t *testing.T, shot []byte, svgBox, edgeBox []float64) {
 	if green < 500 {
 		t.Errorf("trust graph area has %d pixels of a passing edge's green, want at least 500", green)
 	}
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+	return true
 }
 
 // eval evaluates a JavaScript expression in the page.
