@@ -37,6 +37,7 @@ const (
 	PurposeSession Purpose = 2
 )
 
+// String names the purpose, for error messages.
 func (p Purpose) String() string {
 	switch p {
 	case PurposeLogin:
