@@ -216,11 +216,8 @@ func TestDashboardShowsTheDemoFleet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
-	if p := os.Getenv("S2S_UI_SCREENSHOT"); p != "" {
-		if err := os.WriteFile(p, shot, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// Kept with `go test -artifacts -outputdir DIR`, for a person to look at.
+	saveArtifact(t, "dashboard.png", shot)
 	checkGraphDrawn(t, shot, svgBox, edgeBox)
 }
 
@@ -263,6 +260,15 @@ func checkGraphDrawn(t *testing.T, shot []byte, svgBox, edgeBox []float64) {
 	if green < 500 {
 		t.Errorf("trust graph area has %d pixels of a passing edge's green, want at least 500", green)
 	}
+}
+
+func saveArtifact(t *testing.T, name string, b []byte) {
+	t.Helper()
+	p := filepath.Join(t.ArtifactDir(), name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", p)
 }
 
 // waitFor polls cond until it holds or timeout passes.
@@ -356,15 +362,11 @@ func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
 	if got := eval[string](t, bctx, `document.querySelector('#cert-table tbody td.num').className`); !strings.Contains(got, "bad") {
 		t.Errorf("a certificate expiring in 20 days is not marked: class %q", got)
 	}
-	if p := os.Getenv("S2S_UI_SCREENSHOT_FAILING"); p != "" {
-		shot, err := chromedp.Run(bctx, chromedp.CaptureScreenshot())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, shot, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	shot, err := chromedp.Run(bctx, chromedp.CaptureScreenshot())
+	if err != nil {
+		t.Fatal(err)
 	}
+	saveArtifact(t, "dashboard-failing.png", shot)
 }
 
 // stubFleet answers with fixed data; every host has the same report.
