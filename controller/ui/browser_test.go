@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/s2strust/s2strust/controller/app"
@@ -390,3 +391,7 @@ func (f *stubFleet) GetHost(_ context.Context, r *pb.GetHostRequest) (*pb.GetHos
 func (f *stubFleet) GetTrustReport(context.Context, *pb.GetTrustReportRequest) (*pb.GetTrustReportResponse, error) {
 	return f.trust, nil
 }
+
+// TestMain checks that the dashboard, the demo fleet and the browser
+// leave no goroutine behind.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
