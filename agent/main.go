@@ -59,7 +59,7 @@ func newRoot() *cobra.Command {
 		},
 	}
 	f := run.Flags()
-	f.StringVar(&cfg.Controller, "controller", "127.0.0.1:7443", "controller address HOST:PORT")
+	f.StringVar(&cfg.Controller, "controller", "127.0.0.1:7443", "controller address HOST:PORT, or several replicas A:7443,B:7443 (tried in order; the agent moves to the next when one dies); a DNS name may resolve to several")
 	f.StringVar(&cfg.Host, "host", "", "this host's FQDN, as its certificate names it (required)")
 	f.StringVar(&cfg.CA, "ca", "", "CA certificate (PEM) that issued the controller's certificate")
 	f.StringVar(&cfg.Cert, "cert", "", "this agent's certificate (PEM)")
@@ -81,7 +81,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSCert, "sim-tls-cert", "", "sim driver: HTTPS certificate (PEM) for --sim-listen, naming the host and its deployment's endpoint")
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(run, service.Command())
+	root.AddCommand(run, service.Command(), newEnroll())
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
@@ -95,4 +95,33 @@ func newRoot() *cobra.Command {
 		},
 	})
 	return root
+}
+
+func newEnroll() *cobra.Command {
+	var cfg app.EnrollConfig
+	c := &cobra.Command{
+		Use:   "enroll --controller ADDR --host FQDN --token T --ca-pin sha256:... --state-dir DIR",
+		Short: "Get this host's identity with a join token: the key is made here and never leaves the host",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			notAfter, err := app.Enroll(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "enrolled %s: identity in %s, valid until %s; now run: s2s-agent run --controller %s --host %s --state-dir %s ...\n",
+				cfg.Host, app.IdentityDir(cfg.StateDir), notAfter.UTC().Format(time.RFC3339), cfg.Controller, cfg.Host, cfg.StateDir)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&cfg.Controller, "controller", "", "controller address HOST:PORT (required)")
+	f.StringVar(&cfg.Host, "host", "", "this host's FQDN, as the token names it (required)")
+	f.StringVar(&cfg.Token, "token", "", "join token from `s2s-controller token create` (required)")
+	f.StringVar(&cfg.CAPin, "ca-pin", "", "the CA pin printed with the token, sha256:<hex> (required)")
+	f.StringVar(&cfg.StateDir, "state-dir", "./s2s-agent-state", "the agent's state directory; the identity goes to <state-dir>/identity")
+	for _, n := range []string{"controller", "host", "token", "ca-pin"} {
+		_ = c.MarkFlagRequired(n)
+	}
+	return c
 }

@@ -17,7 +17,6 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -40,6 +39,10 @@ type Config struct {
 	// TLS overrides the files (the demo passes its identities in memory).
 	TLS      *tls.Config
 	Insecure bool
+	// ControllerDialer, when set, makes the connections to the controller
+	// (tests resolve the controller's name to loopback with it); the TLS
+	// server name stays the host of Controller.
+	ControllerDialer func(ctx context.Context, addr string) (net.Conn, error)
 	// Driver is "sim" or "powershell".
 	Driver string
 	// PowerShell is the powershell.exe the powershell driver runs.
@@ -102,12 +105,15 @@ func Run(ctx context.Context, cfg Config) error {
 		// The powershell driver's workers.
 		defer c.Close()
 	}
-	conn, err := dial(cfg)
+	conn, ren, err := dial(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	g, ctx := errgroup.WithContext(ctx)
+	if ren != nil {
+		g.Go(func() error { return ren.Run(ctx, conn) })
+	}
 	if srv, ok := drv.(interface{ Serve(context.Context) error }); ok {
 		g.Go(func() error { return srv.Serve(ctx) })
 	}
@@ -202,9 +208,11 @@ func newDriver(cfg Config, host string) (driver.Driver, error) {
 	return nil, fmt.Errorf("--driver %q: want sim or powershell", cfg.Driver)
 }
 
-func dial(cfg Config) (*grpc.ClientConn, error) {
-	if cfg.Controller == "" {
-		return nil, fmt.Errorf("--controller is required, e.g. controller.contoso.com:7443")
+func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
+	var ren *renewer
+	addrs, err := controllerAddrs(cfg.Controller)
+	if err != nil {
+		return nil, nil, err
 	}
 	opts := []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4 << 20)),
@@ -216,28 +224,53 @@ func dial(cfg Config) (*grpc.ClientConn, error) {
 	case cfg.Insecure:
 		// Plaintext only to a controller on this host, as the controller
 		// itself serves plaintext on loopback only.
-		host, _, err := net.SplitHostPort(cfg.Controller)
-		if ip := net.ParseIP(host); err != nil || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
-			return nil, fmt.Errorf("--controller %q: --insecure connects to a loopback address only (127.0.0.1 or ::1)", cfg.Controller)
+		host, _, err := net.SplitHostPort(addrs[0])
+		if ip := net.ParseIP(host); err != nil || len(addrs) > 1 || (host != "localhost" && (ip == nil || !ip.IsLoopback())) {
+			return nil, nil, fmt.Errorf("--controller %q: --insecure connects to a loopback address only (127.0.0.1 or ::1)", cfg.Controller)
 		}
 		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	case cfg.TLS != nil:
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)))
+		opts = append(opts, grpc.WithTransportCredentials(pki.ClientCredentials(cfg.TLS)))
 	default:
+		if ca, cert, key, ok := enrolledFiles(cfg); ok {
+			cfg.CA, cfg.Cert, cfg.Key = ca, cert, key
+		}
 		if cfg.CA == "" || cfg.Cert == "" || cfg.Key == "" {
-			return nil, fmt.Errorf("--ca, --cert and --key are required (or --insecure against a controller run with --insecure)")
+			return nil, nil, fmt.Errorf("--ca, --cert and --key are required, unless `s2s-agent enroll` stored an identity in --state-dir (or --insecure against a controller run with --insecure)")
 		}
-		t, err := loadTLS(cfg.CA, cfg.Cert, cfg.Key, cfg.Controller)
+		t, err := loadTLS(cfg.CA, cfg.Cert, cfg.Key, addrs[0])
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(t)))
+		if len(addrs) > 1 {
+			t.ServerName = "" // each replica's address names its own
+		}
+		caPEM, err := os.ReadFile(cfg.CA)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read --ca: %w", err)
+		}
+		if ren, err = newRenewer(strings.ToLower(strings.TrimSuffix(cfg.Host, ".")), cfg.StateDir, t, caPEM, log); err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, grpc.WithTransportCredentials(pki.ClientCredentials(t)))
 	}
-	conn, err := grpc.NewClient(cfg.Controller, opts...)
+	if cfg.ControllerDialer != nil {
+		opts = append(opts, grpc.WithContextDialer(cfg.ControllerDialer))
+	}
+	target := addrs[0]
+	switch {
+	case len(addrs) > 1:
+		var ropts []grpc.DialOption
+		target, ropts = replicaTarget(addrs)
+		opts = append(opts, ropts...)
+	case cfg.ControllerDialer != nil:
+		target = "passthrough:///" + target // the dialer resolves; no DNS lookup first
+	}
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to controller %s: %w", cfg.Controller, err)
+		return nil, nil, fmt.Errorf("connect to controller %s: %w", cfg.Controller, err)
 	}
-	return conn, nil
+	return conn, ren, nil
 }
 
 func loadTLS(caFile, certFile, keyFile, addr string) (*tls.Config, error) {

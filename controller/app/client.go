@@ -1,12 +1,13 @@
 package app
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/s2strust/s2strust/internal/pki"
@@ -23,6 +24,10 @@ type ClientConfig struct {
 	CA, Cert, Key string
 	// Insecure connects without TLS.
 	Insecure bool
+	// Dialer, when set, makes the connections (tests resolve a name such
+	// as ctl.example.test to loopback with it); the TLS server name stays
+	// the address's host.
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // Dial connects to the controller as admin.
@@ -48,9 +53,16 @@ func Dial(c ClientConfig) (*grpc.ClientConn, error) {
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+		opts = append(opts, grpc.WithTransportCredentials(pki.ClientCredentials(tlsCfg)))
 	}
-	conn, err := grpc.NewClient(addr, opts...)
+	if c.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(c.Dialer))
+	}
+	target := addr
+	if c.Dialer != nil {
+		target = "passthrough:///" + addr // the dialer resolves; no DNS lookup first
+	}
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to controller %s: %w", addr, err)
 	}

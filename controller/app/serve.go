@@ -59,6 +59,10 @@ type ServeConfig struct {
 	// Insecure serves plaintext, on loopback only.
 	Insecure bool
 	Logger   *slog.Logger
+	// TLS is the serving identity (--tls-san, --tls-cert, --tls-key, --client-ca).
+	TLS ServeTLS
+	// HostCertTTL is the lifetime of certificates issued at enrollment.
+	HostCertTTL time.Duration
 	// PresenceTTL is the agents' presence lease TTL (default 10s).
 	PresenceTTL time.Duration
 	// StreamsPerSecond bounds new agent streams (default 500/s).
@@ -122,25 +126,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	defer lis.Close()
 
-	var creds grpc.ServerOption
-	var tlsCfg *tls.Config
 	if cfg.Insecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on this host can act as admin or as any agent; loopback only")
-	} else {
-		host, _, _ := net.SplitHostPort(lis.Addr().String())
-		names := []string{host}
-		if hn, err := os.Hostname(); err == nil && strings.Contains(hn, ".") {
-			names = append(names, hn)
-		}
-		_, files, err := pki.EnsureDevPKI(PKIDir(cfg.DataDir), names, time.Now())
-		if err != nil {
-			return fmt.Errorf("prepare PKI in %s: %w", PKIDir(cfg.DataDir), err)
-		}
-		tlsCfg, err = loadServerTLS(files)
-		if err != nil {
-			return err
-		}
-		creds = grpc.Creds(credentials.NewTLS(tlsCfg))
 	}
 
 	cli, emb, closeStore, err := openStore(ctx, cfg, log)
@@ -159,9 +146,23 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("load the secret key: %w", err)
 	}
 	log.Info("secret key loaded", "file", keyFile)
+	ids, idsRev, err := server.NewIdentities(ctx, st, log)
+	if err != nil {
+		return err
+	}
+	refusals := server.NewRefusalAuditor(st, log)
+	var creds grpc.ServerOption
+	var ca *pki.CA
+	var tlsCfg *tls.Config
+	if !cfg.Insecure {
+		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, ids.Check, log); err != nil {
+			return err
+		}
+		creds = grpc.Creds(refusals.ServerCredentials(credentials.NewTLS(tlsCfg)))
+	}
 	sec := secrets.New(st, key, nil)
 	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
-	access := server.Access{Insecure: cfg.Insecure, Logger: log}
+	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
 		grpc.ChainStreamInterceptor(access.StreamInterceptor),
@@ -175,7 +176,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	fleet := server.NewFleetService(hub)
 	pb.RegisterFleetServiceServer(gs, fleet)
+	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
+	if ca != nil {
+		enroll := server.NewEnrollment(st, ca, cfg.HostCertTTL, log)
+		pb.RegisterEnrollmentServiceServer(gs, enroll)
+		pb.RegisterJoinTokenServiceServer(gs, enroll.JoinTokens())
+		pb.RegisterHostIdentityServiceServer(gs, server.NewHostIdentityService(ids, hub, ca, cfg.HostCertTTL))
+	}
 	pb.RegisterStoreServiceServer(gs, store.NewService(st, log))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -193,6 +201,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
+	g.Go(func() error { return ids.Run(gctx, idsRev) })
 	if emb != nil {
 		// An embedded etcd that stops by itself (a full disk) stops the
 		// controller, with etcd's reason in the log, instead of leaving it
@@ -304,20 +313,4 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv
 			emb.Close()
 		}
 	}, nil
-}
-
-func loadServerTLS(f pki.Files) (*tls.Config, error) {
-	cert, err := os.ReadFile(f.ServerCert())
-	if err != nil {
-		return nil, fmt.Errorf("read server certificate: %w", err)
-	}
-	key, err := os.ReadFile(f.ServerKey())
-	if err != nil {
-		return nil, fmt.Errorf("read server key: %w", err)
-	}
-	ca, err := os.ReadFile(f.CACert())
-	if err != nil {
-		return nil, fmt.Errorf("read CA certificate: %w", err)
-	}
-	return pki.ServerTLSConfig(cert, key, ca)
 }

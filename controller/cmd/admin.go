@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/termsafe"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -33,10 +34,41 @@ func rpcError(what string, err error) error {
 	}
 	// The message may quote what an agent, a metadata server or a file said.
 	msg := fmt.Sprintf("%s: %s: %s", termsafe.Text(what), st.Code(), termsafe.Text(st.Message()))
-	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection") {
-		msg += "\n(is `s2s-controller serve` running for this --data-dir? or pass --controller ADDR)"
+	if st.Code() == codes.Unauthenticated && strings.Contains(st.Message(), "no verified client certificate") {
+		// The TLS client sends a certificate only if the controller's CA
+		// list names its issuer, so a foreign one never arrives.
+		msg += "\n(the controller got no client certificate it trusts: --cert is from another CA than the controller's, or none was given)"
+	}
+	if st.Code() == codes.Unavailable {
+		switch why := tlsProblem(st.Message()); {
+		case why != "":
+			msg = fmt.Sprintf("%s: %s", termsafe.Text(what), termsafe.Text(why))
+		case strings.Contains(st.Message(), "connection"):
+			msg += "\n(is `s2s-controller serve` running for this --data-dir? or pass --controller ADDR)"
+		}
 	}
 	return &exitError{code: 1, err: errors.New(msg)}
+}
+
+// tlsProblem picks out of an UNAVAILABLE status what the client's TLS
+// handshake found wrong: the explanation pki.ClientCredentials put into the
+// handshake error, or the controller's refusal of our own certificate,
+// which TLS 1.3 reports only after the handshake, as an alert.
+func tlsProblem(msg string) string {
+	if i := strings.Index(msg, "tls handshake with "); i >= 0 {
+		return strings.TrimRight(msg[i:], `"`)
+	}
+	if strings.Contains(msg, "remote error: tls:") {
+		return pki.ExplainTLSError(errors.New(msg))
+	}
+	// The alert can lose the race with the closing connection; what is
+	// left is a reset connection right after a completed handshake.
+	for _, s := range []string{"broken pipe", "connection reset by peer", "error reading server preface: EOF"} {
+		if strings.Contains(msg, s) {
+			return "the controller closed the connection right after the TLS handshake (" + s + "): it most likely refused this client's certificate (expired, revoked or from another CA); its log says which"
+		}
+	}
+	return ""
 }
 
 func newApply(g *globals) *cobra.Command {
@@ -192,7 +224,7 @@ func newGet(g *globals) *cobra.Command {
 			})
 		},
 	}
-	c.AddCommand(topo, hosts, revs)
+	c.AddCommand(topo, hosts, revs, newGetAudit(g))
 	return c
 }
 

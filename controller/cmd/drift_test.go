@@ -125,6 +125,14 @@ func TestDriftAndRealmsInStatus(t *testing.T) {
 		return true, out
 	})
 
+	// The drift rides on the host state; the reports themselves are stored
+	// apart (and rate-limited): wait until status shows both.
+	lyncRealm := "Realm: contoso.com; own metadata: realm contoso.com, issuer " + products.LyncID + "@contoso.com\n"
+	exRealm := "Realm: (blank: tokens for any accepted domain); own metadata: realm *, issuer " + products.ExchangeID + "@*\n"
+	waitFor(t, "both reports in status", func() (bool, string) {
+		out, _ := run(t, dir, "status")
+		return strings.Contains(out, lyncRealm) && strings.Contains(out, exRealm), out
+	})
 	out, err := mustFail(t, dir, "status")
 	if ExitCode(err) != exitDrift || err.Error() != "drift on fe01.contoso.com (partner/microsoft.exchange)" {
 		t.Errorf("status: exit %d, error %q; want %d naming fe01 and its drifted item only", ExitCode(err), err, exitDrift)

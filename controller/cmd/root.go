@@ -90,7 +90,7 @@ func NewRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.client.Key, "key", "", "admin key (default: <data-dir>/pki/admin.key)")
 	pf.BoolVar(&g.client.Insecure, "insecure", false, "plaintext, loopback only (serve) or to such a controller (admin commands)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newStore(g), newUI(g))
+	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newStore(g), newToken(g), newHost(g), newUI(g))
 	return root
 }
 
@@ -121,6 +121,7 @@ func newServe(g *globals) *cobra.Command {
 			return app.Serve(ctx, cfg)
 		},
 	}
+	addTLSFlags(c, &cfg)
 	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:7443", "gRPC listen address")
 	c.Flags().StringVar(&endpoints, "etcd-endpoints", "", "use this etcd cluster (comma-separated URLs) instead of the embedded one")
 	c.Flags().StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/s2strust/", "key prefix in etcd")
@@ -134,6 +135,18 @@ func newServe(g *globals) *cobra.Command {
 	c.Flags().Int64Var(&cfg.EtcdQuotaBytes, "etcd-quota-bytes", etcdembed.DefaultQuotaBytes, "embedded etcd: space quota of its database; over it writes are refused until `s2s-controller store defrag`")
 	c.Flags().DurationVar(&cfg.EtcdCompactionRetention, "etcd-compaction-retention", etcdembed.DefaultCompactionRetention, "embedded etcd: history kept by periodic auto-compaction (negative: none)")
 	return c
+}
+
+// addTLSFlags adds serve's serving-identity flags.
+func addTLSFlags(c *cobra.Command, cfg *app.ServeConfig) {
+	t := &cfg.TLS
+	c.Flags().DurationVar(&cfg.HostCertTTL, "host-cert-ttl", 7*24*time.Hour, "lifetime of host certificates issued at enrollment and renewal (agents renew when a third is left)")
+	c.Flags().StringSliceVar(&t.SANs, "tls-san", nil, "names and IP addresses the controller is reached at, added to the development CA's serving certificate (comma-separated; reissued when the list changes), e.g. controller.contoso.com,10.0.0.5")
+	c.Flags().StringVar(&t.CertFile, "tls-cert", "", "serve this certificate (PEM, from your organisation's CA; must carry the URI SAN "+pki.ControllerURI+") instead of the development CA's")
+	c.Flags().StringVar(&t.KeyFile, "tls-key", "", "the private key (PEM) of --tls-cert")
+	c.Flags().StringVar(&t.CACertFile, "ca-cert", "", "an operator-provided (intermediate) CA certificate (PEM) to issue every identity from, instead of a CA the first replica makes; stored in etcd sealed, shared by every replica")
+	c.Flags().StringVar(&t.CAKeyFile, "ca-key", "", "the private key (PEM) of --ca-cert")
+	c.Flags().StringVar(&t.ClientCAFile, "client-ca", "", "more CA certificates (PEM) trusted for agent and admin client certificates, besides the fleet's CA")
 }
 
 func newCerts(g *globals) *cobra.Command {
@@ -170,7 +183,7 @@ func newCerts(g *globals) *cobra.Command {
 			if len(httpsNames) > 0 {
 				// The sim's HTTPS endpoint: the host itself and its deployment's endpoint names.
 				names := append([]string{strings.ToLower(host)}, httpsNames...)
-				hc, hk, err := ca.IssueServer(names, time.Now(), ttl)
+				hc, hk, err := ca.IssueHTTPS(names, time.Now(), ttl)
 				if err != nil {
 					return err
 				}
@@ -187,7 +200,7 @@ func newCerts(g *globals) *cobra.Command {
 	issue.Flags().StringSliceVar(&httpsNames, "https-name", nil, "sim driver: also issue an HTTPS certificate for the host and these names (its deployment's pool, autodiscover or web application name)")
 	issue.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "certificate lifetime")
 	_ = issue.MarkFlagRequired("host")
-	c.AddCommand(issue, newIssueTokenIssuer())
+	c.AddCommand(issue, newIssueTokenIssuer(), newIssueAdmin(g))
 	return c
 }
 

@@ -17,6 +17,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/driver/sim"
@@ -219,6 +221,12 @@ type agentOpts struct {
 	// resolver and trust store, so it serves and downloads metadata and
 	// runs trust probes.
 	network *simnet.Network
+	// clientTLS, when set, is the agent's identity (an enrolled one).
+	clientTLS *tls.Config
+	// alsoReplicas are more controller addresses, after the one the agent
+	// is started with, that it fails over to in order (as s2s-agent's
+	// --controller a,b does).
+	alsoReplicas []string
 	// resolve adds --resolve mappings to the network's: the one way a test
 	// may point a name at loopback (a loopback IP literal is refused).
 	resolve []string
@@ -251,7 +259,21 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(c.hostTLS(host))))
+	clientTLS := o.clientTLS
+	if clientTLS == nil {
+		clientTLS = c.hostTLS(host)
+	}
+	target, dialOpts := c.addr, []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(clientTLS))}
+	if len(o.alsoReplicas) > 0 {
+		r := manual.NewBuilderWithScheme("e2e-replicas")
+		state := resolver.State{}
+		for _, a := range append([]string{c.addr}, o.alsoReplicas...) {
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+		}
+		r.InitialState(state)
+		target, dialOpts = r.Scheme()+":///replicas", append(dialOpts, grpc.WithResolvers(r))
+	}
+	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}

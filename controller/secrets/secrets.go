@@ -15,6 +15,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -127,7 +128,12 @@ func (s *Store) auditRecord(ctx context.Context, now time.Time, name string, inf
 	if v, ok := ctx.Value(callerKey{}).(string); ok {
 		who = v
 	}
-	rec := map[string]any{"kind": "secret", "who": who, "when": now.UTC(), "changes": []string{"put secret " + name + " (certificate " + info.GetThumbprint() + ", " + info.GetSubject() + ")"}}
+	from := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		from = p.Addr.String()
+	}
+	what := "put secret " + name + " (certificate " + info.GetThumbprint() + ", " + info.GetSubject() + ")"
+	rec := map[string]any{"kind": "secret", "who": who, "from": from, "when": now.UTC(), "what": what, "result": "ok", "changes": []string{what}}
 	b, _ := json.Marshal(rec)
 	return b
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -89,38 +88,18 @@ type Access struct {
 	// CallTimeout bounds each unary call (default 5s), so that a store
 	// without quorum gives a clear Unavailable instead of a hang.
 	CallTimeout time.Duration
-}
-
-// open services any authenticated client may call.
-func openMethod(full string) bool {
-	return strings.HasPrefix(full, "/grpc.health.v1.Health/") || strings.HasPrefix(full, "/grpc.reflection.")
-}
-
-func (a Access) authorize(ctx context.Context, full string) error {
-	if a.Insecure || openMethod(full) {
-		return nil
-	}
-	id, err := pki.IdentityFromContext(ctx)
-	if err != nil {
-		return status.Errorf(codes.Unauthenticated, "%s: %v", full, err)
-	}
-	if strings.HasPrefix(full, "/s2strust.v1.AgentService/") {
-		if id.Kind != pki.KindHost {
-			return status.Errorf(codes.PermissionDenied, "%s needs an agent identity, not %s", full, id)
-		}
-		return nil // the handler checks the host name
-	}
-	if id.Kind != pki.KindAdmin {
-		return status.Errorf(codes.PermissionDenied, "%s needs an admin identity; %s may only call AgentService", full, id)
-	}
-	return nil
+	// Audit, when set, records every refused call (who, from where, what).
+	Audit func(ctx context.Context, method string, err error)
+	// Identities, when set, refuses revoked host certificates at every
+	// call and ends a host's streams when it is revoked.
+	Identities *Identities
 }
 
 // UnaryInterceptor authorizes calls, maps errors to statuses and logs
 // failures once.
 func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := a.authorize(ctx, info.FullMethod); err != nil {
-		a.log().Warn("call refused", "method", info.FullMethod, "error", err)
+	if _, err := a.authorize(ctx, info.FullMethod); err != nil {
+		a.refused(ctx, info.FullMethod, err)
 		return nil, err
 	}
 	timeout := a.CallTimeout
@@ -139,17 +118,53 @@ func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 
 // StreamInterceptor is the streaming counterpart of UnaryInterceptor.
 func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if err := a.authorize(ss.Context(), info.FullMethod); err != nil {
-		a.log().Warn("call refused", "method", info.FullMethod, "error", err)
+	id, err := a.authorize(ss.Context(), info.FullMethod)
+	if err != nil {
+		a.refused(ss.Context(), info.FullMethod, err)
 		return err
 	}
-	err := handler(srv, ss)
+	if leaf := pki.LeafFromContext(ss.Context()); a.Identities != nil && id.Kind == pki.KindHost && leaf != nil {
+		// A revocation ends the stream through its context, at once.
+		ctx, cancel := context.WithCancelCause(ss.Context())
+		defer cancel(nil)
+		release := a.Identities.track(id.Name, leaf, cancel)
+		defer release()
+		a.Identities.seen(ctx, id.Name, leaf)
+		if err := a.Identities.Check(leaf); err != nil { // revoked between authorize and track
+			return status.Error(codes.Unauthenticated, err.Error())
+		}
+		err = handler(srv, ctxStream{ss, ctx})
+		if errors.Is(context.Cause(ctx), ErrRevoked) {
+			a.log().Warn("stream ended: host revoked", "host", id.Name, "from", peerAddr(ctx))
+			return status.Errorf(codes.Unauthenticated, "%s: %v", id, ErrRevoked)
+		}
+	} else {
+		err = handler(srv, ss)
+	}
 	if err != nil {
 		err = toStatus(err)
 		a.logFailure(info.FullMethod, err)
 	}
 	return err
 }
+
+// refused logs a refused call and, when the access has an audit hook,
+// records it.
+func (a Access) refused(ctx context.Context, method string, err error) {
+	a.log().Warn("call refused", "method", method, "from", peerAddr(ctx), "error", err)
+	if a.Audit != nil {
+		a.Audit(ctx, method, err)
+	}
+}
+
+// ctxStream is a server stream with a context of our own, so that the
+// access layer can end it.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s ctxStream) Context() context.Context { return s.ctx }
 
 func (a Access) logFailure(method string, err error) {
 	switch status.Code(err) {

@@ -171,7 +171,13 @@ func TestAuthorize(t *testing.T) {
 		{name: "host puts secret", ctx: host, method: secret, wantCode: codes.PermissionDenied, wantMsg: []string{secret, "needs an admin identity"}},
 		{name: "host health", ctx: host, method: health},
 		{name: "admin health", ctx: admin, method: health},
-		{name: "host reflection", ctx: host, method: reflectV},
+		{name: "host reflection", ctx: host, method: reflectV, wantCode: codes.PermissionDenied, wantMsg: []string{reflectV, "needs an admin identity"}},
+		{name: "anonymous health", ctx: unverified, method: health},
+		{name: "anonymous enrollment", ctx: unverified, method: "/s2strust.v1.EnrollmentService/Enroll"},
+		{name: "anonymous join token", ctx: unverified, method: "/s2strust.v1.JoinTokenService/CreateJoinToken", wantCode: codes.Unauthenticated},
+		{name: "host join token", ctx: host, method: "/s2strust.v1.JoinTokenService/CreateJoinToken", wantCode: codes.PermissionDenied},
+		{name: "unknown method", ctx: admin, method: "/s2strust.v1.TopologyService/DeleteEverything", wantCode: codes.PermissionDenied, wantMsg: []string{"no access rule"}},
+		{name: "anonymous reflection", ctx: unverified, method: reflectV, wantCode: codes.Unauthenticated},
 		{name: "admin reflection", ctx: admin, method: reflectV},
 		{name: "insecure apply", access: Access{Insecure: true}, ctx: noPeer, method: apply},
 		{name: "insecure sync", access: Access{Insecure: true}, ctx: noPeer, method: sync},
@@ -179,7 +185,7 @@ func TestAuthorize(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.access.authorize(tc.ctx, tc.method)
+			_, err := tc.access.authorize(tc.ctx, tc.method)
 			if got := status.Code(err); got != tc.wantCode {
 				t.Fatalf("authorize(%s) = %v; want code %s", tc.method, err, tc.wantCode)
 			}

@@ -105,7 +105,7 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 		return resp, nil
 	}
 	who := callerName(ctx)
-	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, t.Name, plan))
+	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan))
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func boundedPlan(plan []*pb.HostPlan) *pb.ApplyTopologyResponse {
 }
 
 // auditRecord says who changed the topology to what; it is stored with the change.
-func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []byte {
+func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPlan) []byte {
 	var changes []string
 	for _, hp := range plan {
 		for _, it := range hp.GetItems() {
@@ -161,7 +161,8 @@ func (s *TopologyService) auditRecord(who, name string, plan []*pb.HostPlan) []b
 	if n := len(changes); n > maxChanges {
 		changes = append(changes[:maxChanges], fmt.Sprintf("… and %d more", n-maxChanges))
 	}
-	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "when": s.hub.cfg.Now().UTC(), "changes": changes}
+	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "from": from, "when": s.hub.cfg.Now().UTC(), "changes": changes,
+		"what": fmt.Sprintf("apply topology %s (%d changes)", name, len(changes)), "result": "ok"}
 	b, _ := json.Marshal(rec)
 	return b
 }

@@ -259,6 +259,14 @@ func TestAdminCertificateNeedsNoToken(t *testing.T) {
 	if code, body := getFleet(t, client(adminCert, adminKey), base); code != http.StatusOK || !strings.Contains(body, "fe01.contoso.com") {
 		t.Errorf("fleet with an admin certificate: %d %s", code, body)
 	}
+	// The dashboard only reads: the least admin role, viewer, is enough.
+	viewerCert, viewerKey, err := ca.IssueAdminRole("bob", pki.RoleViewer, now, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := getFleet(t, client(viewerCert, viewerKey), base); code != http.StatusOK {
+		t.Errorf("fleet with a viewer's certificate: %d %s", code, body)
+	}
 	if code, _ := getFleet(t, client(hostCert, hostKey), base); code != http.StatusUnauthorized {
 		t.Errorf("fleet with an agent's certificate: %d, want 401", code)
 	}

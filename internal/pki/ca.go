@@ -113,32 +113,61 @@ func (ca *CA) KeyPEM() ([]byte, error) {
 	return b, nil
 }
 
-// IssueServer issues a serving certificate (ExtKeyUsage serverAuth) with a
-// new key for the given DNS names and IP literals, and the identity URI
-// spiffe://s2strust/server. DNS names are lower-cased; duplicates are
-// dropped. See issue for how now and ttl set the validity.
+// IssueServer issues the controller's serving certificate (ExtKeyUsage
+// serverAuth) with a new key for the given DNS names and IP literals. It is
+// the controller profile: the only certificate this package ever issues
+// with the identity URI spiffe://s2strust/server, which agents and admin
+// clients require of the controller (see ClientTLSConfig), so that no
+// host's certificate — not even a host's own HTTPS certificate from the
+// same CA (IssueHTTPS) — can stand in for the controller. DNS names are
+// lower-cased; duplicates are dropped. See issue for how now and ttl set
+// the validity.
 func (ca *CA) IssueServer(names []string, now time.Time, ttl time.Duration) (certPEM, keyPEM []byte, err error) {
-	dns, ips, err := parseServerNames(names)
+	tmpl, err := serverTemplate(names)
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue server certificate: %w", err)
 	}
-	cn := "s2strust server"
-	if len(dns) > 0 && len(dns[0]) <= maxNameLen {
-		cn = dns[0]
-	}
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: cn, Organization: []string{"s2strust"}},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:    dns,
-		IPAddresses: ips,
-		URIs:        []*url.URL{Identity{Kind: KindServer}.uri()},
-	}
+	tmpl.URIs = []*url.URL{Identity{Kind: KindServer}.uri()}
 	certPEM, keyPEM, err = ca.issueWithNewKey(tmpl, now, ttl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue server certificate for %s: %w", strings.Join(names, ", "), err)
 	}
 	return certPEM, keyPEM, nil
+}
+
+// IssueHTTPS issues a plain HTTPS serving certificate (ExtKeyUsage
+// serverAuth) with a new key for the given names, as a host's product
+// endpoints use (the sim's metadata document and S2S endpoint). It carries
+// no identity URI, so a controller client refuses it even when it names
+// the controller's address.
+func (ca *CA) IssueHTTPS(names []string, now time.Time, ttl time.Duration) (certPEM, keyPEM []byte, err error) {
+	tmpl, err := serverTemplate(names)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue https certificate: %w", err)
+	}
+	certPEM, keyPEM, err = ca.issueWithNewKey(tmpl, now, ttl)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue https certificate for %s: %w", strings.Join(names, ", "), err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+func serverTemplate(names []string) (*x509.Certificate, error) {
+	dns, ips, err := parseServerNames(names)
+	if err != nil {
+		return nil, err
+	}
+	cn := "s2strust server"
+	if len(dns) > 0 && len(dns[0]) <= maxNameLen {
+		cn = dns[0]
+	}
+	return &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn, Organization: []string{"s2strust"}},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:    dns,
+		IPAddresses: ips,
+	}, nil
 }
 
 // IssueAdmin issues a client certificate (ExtKeyUsage clientAuth) with a
@@ -149,7 +178,20 @@ func (ca *CA) IssueAdmin(name string, now time.Time, ttl time.Duration) (certPEM
 	if err := validateAdminName(name); err != nil {
 		return nil, nil, fmt.Errorf("issue admin certificate: %w", err)
 	}
-	certPEM, keyPEM, err = ca.issueWithNewKey(clientTemplate(Identity{Kind: KindAdmin, Name: name}), now, ttl)
+	return ca.IssueAdminRole(name, RoleAdmin, now, ttl)
+}
+
+// IssueAdminRole issues an admin certificate (as IssueAdmin does) with the
+// given role: spiffe://s2strust/admin/<name> for RoleAdmin,
+// spiffe://s2strust/admin/<name>/<role> for RoleOperator and RoleViewer.
+func (ca *CA) IssueAdminRole(name string, role Role, now time.Time, ttl time.Duration) (certPEM, keyPEM []byte, err error) {
+	if err := validateAdminName(name); err != nil {
+		return nil, nil, fmt.Errorf("issue admin certificate: %w", err)
+	}
+	if role < RoleViewer || role > RoleAdmin {
+		return nil, nil, fmt.Errorf("issue admin certificate for %q: role %d is not admin, operator or viewer", name, role)
+	}
+	certPEM, keyPEM, err = ca.issueWithNewKey(clientTemplate(Identity{Kind: KindAdmin, Name: name, Role: role}), now, ttl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue admin certificate for %q: %w", name, err)
 	}
@@ -327,3 +369,17 @@ func parseServerNames(names []string) (dns []string, ips []net.IP, err error) {
 	}
 	return dns, ips, nil
 }
+
+// CheckServerName checks one name for a serving certificate: an IP literal
+// or a DNS name (letters, digits, inner hyphens, dot-separated labels; a
+// trailing dot is allowed). It is how `serve --tls-san` refuses a bad
+// value before anything is issued.
+func CheckServerName(name string) error {
+	_, _, err := parseServerNames([]string{name})
+	return err
+}
+
+// IssuedAt is when this package issued cert: its NotBefore plus the
+// backdate that issue applies (to within the second that X.509 times
+// keep). A deny list compares it with the time of a revocation.
+func IssuedAt(cert *x509.Certificate) time.Time { return cert.NotBefore.Add(backdate) }

@@ -71,7 +71,8 @@ func (f Files) ServerKey() string { return filepath.Join(f.Dir, "server.key") }
 // and never touches an existing one; and it reissues server.crt/server.key
 // when they are missing, do not match, were not signed by the CA, are
 // within 30 days of expiry, or do not cover every requested name (the new
-// certificate covers exactly the requested names and the defaults).
+// certificate covers exactly the requested names and the defaults), or
+// name one that is no longer requested.
 // Calling it again with the same arguments changes nothing.
 //
 // It takes no lock: only one process may call it on a directory at a time.
@@ -202,7 +203,119 @@ func serverCertStale(ca *CA, files Files, names []string, now time.Time) string 
 			return fmt.Sprintf("does not cover %s", n)
 		}
 	}
+	// A name dropped from the list (a --tls-san removed) must stop being
+	// served: the certificate names exactly what was asked for.
+	dns, ips, _ := parseServerNames(names)
+	want := make(map[string]bool)
+	for _, d := range dns {
+		want[d] = true
+	}
+	for _, ip := range ips {
+		want[ip.String()] = true
+	}
+	for _, d := range leaf.DNSNames {
+		if !want[d] {
+			return fmt.Sprintf("names %s, no longer requested", d)
+		}
+	}
+	for _, ip := range leaf.IPAddresses {
+		if !want[ip.String()] {
+			return fmt.Sprintf("names %s, no longer requested", ip)
+		}
+	}
+	if id, err := IdentityFromCert(leaf); err != nil || id.Kind != KindServer {
+		return "does not carry the controller identity"
+	}
 	return ""
+}
+
+// LoadDevCA loads the CA of a development PKI directory, or returns nil
+// and no error when the directory has none (no ca.crt).
+func LoadDevCA(dir string) (*CA, error) {
+	files := Files{Dir: dir}
+	caPEM, err := os.ReadFile(files.CACert())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load dev ca: %w", err)
+	}
+	keyPEM, err := os.ReadFile(files.CAKey())
+	if err != nil {
+		return nil, fmt.Errorf("load dev ca: %w", err)
+	}
+	ca, err := LoadCA(caPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load dev ca in %s: %w", dir, err)
+	}
+	return ca, nil
+}
+
+// InstallDevPKI makes dir hold a development PKI under the given CA, one
+// that came from elsewhere (the CA that every replica shares through the
+// store). It writes ca.key and ca.crt when they are missing or hold another
+// CA (ca.crt last, as EnsureDevPKI does), reissues admin.crt when it is
+// missing or was not signed by ca, and reissues the server certificate
+// under the same rules as EnsureDevPKI. replaced reports whether another
+// CA was on disk before, so the caller can say that identities it issued
+// no longer verify.
+func InstallDevPKI(dir string, ca *CA, serverNames []string, now time.Time) (files Files, replaced bool, err error) {
+	files = Files{Dir: dir}
+	if dir == "" {
+		return files, false, errors.New("install dev pki: empty directory")
+	}
+	names := append(append([]string(nil), serverNames...), defaultServerNames...)
+	if _, _, err := parseServerNames(names); err != nil {
+		return files, false, fmt.Errorf("install dev pki in %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return files, false, fmt.Errorf("install dev pki: create directory: %w", err)
+	}
+	onDisk, err := os.ReadFile(files.CACert())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return files, false, fmt.Errorf("install dev pki: %w", err)
+	}
+	if string(onDisk) != string(ca.CertPEM()) {
+		replaced = len(onDisk) > 0
+		keyPEM, err := ca.KeyPEM()
+		if err != nil {
+			return files, false, fmt.Errorf("install dev pki in %s: %w", dir, err)
+		}
+		if err := atomicfile.Write(files.CAKey(), keyPEM, keyMode); err != nil {
+			return files, false, fmt.Errorf("install dev pki in %s: %w", dir, err)
+		}
+		if err := atomicfile.Write(files.CACert(), ca.CertPEM(), certMode); err != nil {
+			return files, false, fmt.Errorf("install dev pki in %s: %w", dir, err)
+		}
+	}
+	if !signedBy(files.AdminCert(), ca) {
+		if err := writeDevAdmin(ca, files, now); err != nil {
+			return files, replaced, fmt.Errorf("install dev pki in %s: %w", dir, err)
+		}
+	}
+	if reason := serverCertStale(ca, files, names, now); reason != "" {
+		if err := writeDevServer(ca, files, names, now); err != nil {
+			return files, replaced, fmt.Errorf("install dev pki in %s: reissue server certificate (%s): %w", dir, reason, err)
+		}
+	}
+	return files, replaced, nil
+}
+
+// signedBy reports whether the PEM certificate in file was signed by ca.
+func signedBy(file string, ca *CA) bool {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return false
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return false
+	}
+	return c.CheckSignatureFrom(ca.Cert) == nil
 }
 
 // WriteIdentity writes an issued identity into dir (created 0700 if

@@ -61,7 +61,7 @@ func TestEnsureDevPKI(t *testing.T) {
 		t.Error("ca.crt is not the returned CA")
 	}
 	admin := parseCertPEM(t, first[files.AdminCert()])
-	if id, err := IdentityFromCert(admin); err != nil || id != (Identity{KindAdmin, DevAdminName}) {
+	if id, err := IdentityFromCert(admin); err != nil || id != (Identity{KindAdmin, DevAdminName, RoleAdmin}) {
 		t.Errorf("admin identity %v, %v", id, err)
 	}
 	server := parseCertPEM(t, first[files.ServerCert()])
@@ -279,4 +279,72 @@ func TestWriteIdentityCABundle(t *testing.T) {
 	if err := WriteIdentity(t.TempDir(), "admin", certPEM, keyPEM, bundle); err != nil {
 		t.Errorf("WriteIdentity with a CA bundle: %v", err)
 	}
+}
+
+// TestEnsureDevPKIDropsRemovedName: a name no longer asked for (a
+// --tls-san removed) stops being served.
+func TestEnsureDevPKIDropsRemovedName(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	if _, _, err := EnsureDevPKI(dir, []string{"ctl.example.test"}, now); err != nil {
+		t.Fatal(err)
+	}
+	files := Files{Dir: dir}
+	if c := parseCertPEM(t, mustReadFile(t, files.ServerCert())); c.VerifyHostname("ctl.example.test") != nil {
+		t.Fatalf("server certificate names %v, want ctl.example.test among them", c.DNSNames)
+	}
+	if _, _, err := EnsureDevPKI(dir, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if c := parseCertPEM(t, mustReadFile(t, files.ServerCert())); c.VerifyHostname("ctl.example.test") == nil {
+		t.Errorf("server certificate still names ctl.example.test (%v) after it was dropped", c.DNSNames)
+	}
+}
+
+// TestInstallDevPKI: a data dir with its own CA takes the shared one: CA,
+// admin and server certificate all move to it.
+func TestInstallDevPKI(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	own, files, err := EnsureDevPKI(dir, nil, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := newTestCA(t, now)
+	_, replaced, err := InstallDevPKI(dir, shared, []string{"ctl.example.test"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !replaced {
+		t.Error("InstallDevPKI did not report the replaced CA")
+	}
+	loaded, err := LoadDevCA(dir)
+	if err != nil || !loaded.Cert.Equal(shared.Cert) {
+		t.Fatalf("LoadDevCA after install: %v, %v; want the shared CA", loaded, err)
+	}
+	for _, f := range []string{files.AdminCert(), files.ServerCert()} {
+		c := parseCertPEM(t, mustReadFile(t, f))
+		if c.CheckSignatureFrom(shared.Cert) != nil || c.CheckSignatureFrom(own.Cert) == nil {
+			t.Errorf("%s is not signed by the shared CA", f)
+		}
+	}
+	before := mustReadFile(t, files.AdminCert())
+	if _, replaced, err := InstallDevPKI(dir, shared, []string{"ctl.example.test"}, now); err != nil || replaced {
+		t.Fatalf("second InstallDevPKI: replaced %v, %v", replaced, err)
+	}
+	if !bytes.Equal(before, mustReadFile(t, files.AdminCert())) {
+		t.Error("second InstallDevPKI reissued the admin certificate")
+	}
+	if ca, err := LoadDevCA(t.TempDir()); ca != nil || err != nil {
+		t.Errorf("LoadDevCA of an empty dir: %v, %v; want nil, nil", ca, err)
+	}
+}
+
+func mustReadFile(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -69,7 +69,7 @@ func FuzzSignHostCSR(f *testing.F) {
 			return
 		}
 		id, err := IdentityFromCert(parseCertPEM(t, certPEM))
-		if err != nil || id != (Identity{KindHost, "web01.contoso.com"}) {
+		if err != nil || id != (Identity{KindHost, "web01.contoso.com", RoleNone}) {
 			t.Fatalf("signed certificate identifies %v, %v", id, err)
 		}
 	})

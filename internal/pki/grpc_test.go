@@ -70,8 +70,8 @@ func TestIdentityFromContextGRPC(t *testing.T) {
 		certPEM, keyPEM []byte
 		want            Identity
 	}{
-		{"admin", adminCert, adminKey, Identity{KindAdmin, "alice"}},
-		{"host", hostCert, hostKey, Identity{KindHost, "ex01.contoso.com"}},
+		{"admin", adminCert, adminKey, Identity{KindAdmin, "alice", RoleAdmin}},
+		{"host", hostCert, hostKey, Identity{KindHost, "ex01.contoso.com", RoleNone}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clientCfg, err := ClientTLSConfig(tc.certPEM, tc.keyPEM, ca.CertPEM(), "localhost")

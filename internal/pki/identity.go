@@ -66,12 +66,59 @@ func (k Kind) String() string {
 	}
 }
 
+// Role is what an administrator may do. Roles are ordered: each may do
+// everything the ones below it may.
+type Role int
+
+// The admin roles. RoleNone is the role of every non-admin identity.
+const (
+	RoleNone Role = iota
+	// RoleViewer may call the read-only APIs.
+	RoleViewer
+	// RoleOperator may also run rollouts and retry hosts.
+	RoleOperator
+	// RoleAdmin may do everything, including secrets and join tokens.
+	RoleAdmin
+)
+
+// String returns "viewer", "operator", "admin" or "none".
+func (r Role) String() string {
+	switch r {
+	case RoleViewer:
+		return "viewer"
+	case RoleOperator:
+		return "operator"
+	case RoleAdmin:
+		return "admin"
+	default:
+		return "none"
+	}
+}
+
+// ParseRole parses "viewer", "operator" or "admin".
+func ParseRole(s string) (Role, error) {
+	switch s {
+	case "viewer":
+		return RoleViewer, nil
+	case "operator":
+		return RoleOperator, nil
+	case "admin":
+		return RoleAdmin, nil
+	}
+	return RoleNone, fmt.Errorf("role %q: want admin, operator or viewer", s)
+}
+
 // Identity is the authenticated principal behind a certificate. Name is the
 // admin name for KindAdmin, the lower-case FQDN for KindHost and empty for
-// KindServer.
+// KindServer. Role is the admin's role (RoleNone for other kinds).
+//
+// An admin's role is part of its identity URI: spiffe://s2strust/admin/<name>
+// is role admin (the form every admin certificate had before roles), and
+// spiffe://s2strust/admin/<name>/<role> names role operator or viewer.
 type Identity struct {
 	Kind Kind
 	Name string
+	Role Role
 }
 
 // String returns "admin/<name>", "host/<fqdn>", "server" or "unknown"; it is
@@ -79,7 +126,12 @@ type Identity struct {
 // and audit records.
 func (i Identity) String() string {
 	switch i.Kind {
-	case KindAdmin, KindHost:
+	case KindAdmin:
+		if i.Role != RoleAdmin {
+			return i.Kind.String() + "/" + i.Name + "/" + i.Role.String()
+		}
+		return i.Kind.String() + "/" + i.Name
+	case KindHost:
 		return i.Kind.String() + "/" + i.Name
 	case KindServer:
 		return "server"
@@ -92,9 +144,12 @@ func (i Identity) String() string {
 // validated.
 func (i Identity) uri() *url.URL {
 	u := &url.URL{Scheme: "spiffe", Host: TrustDomain}
-	if i.Kind == KindServer {
+	switch {
+	case i.Kind == KindServer:
 		u.Path = "/server"
-	} else {
+	case i.Kind == KindAdmin && i.Role != RoleAdmin:
+		u.Path = "/admin/" + i.Name + "/" + i.Role.String()
+	default:
 		u.Path = "/" + i.Kind.String() + "/" + i.Name
 	}
 	return u
@@ -147,7 +202,13 @@ func parseIdentityURI(u *url.URL) (Identity, error) {
 		if err := validateAdminName(segs[1]); err != nil {
 			return Identity{}, fmt.Errorf("uri %q: %w", u, err)
 		}
-		return Identity{Kind: KindAdmin, Name: segs[1]}, nil
+		return Identity{Kind: KindAdmin, Name: segs[1], Role: RoleAdmin}, nil
+	case len(segs) == 3 && segs[0] == "admin" && (segs[2] == "operator" || segs[2] == "viewer"):
+		if err := validateAdminName(segs[1]); err != nil {
+			return Identity{}, fmt.Errorf("uri %q: %w", u, err)
+		}
+		role, _ := ParseRole(segs[2])
+		return Identity{Kind: KindAdmin, Name: segs[1], Role: role}, nil
 	case len(segs) == 2 && segs[0] == "host":
 		fqdn, err := normalizeFQDN(segs[1])
 		if err != nil {
@@ -158,7 +219,7 @@ func parseIdentityURI(u *url.URL) (Identity, error) {
 		}
 		return Identity{Kind: KindHost, Name: fqdn}, nil
 	default:
-		return Identity{}, fmt.Errorf("uri %q: path is not /admin/<name>, /host/<fqdn> or /server", u)
+		return Identity{}, fmt.Errorf("uri %q: path is not /admin/<name>, /admin/<name>/operator, /admin/<name>/viewer, /host/<fqdn> or /server", u)
 	}
 }
 
@@ -266,4 +327,29 @@ func validateDNSName(name string) error {
 		return fmt.Errorf("top-level label %q is numeric", last)
 	}
 	return nil
+}
+
+// LeafFromContext returns the verified client certificate of a gRPC call
+// (the leaf that IdentityFromContext reads), or nil when there is none.
+func LeafFromContext(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	var info credentials.TLSInfo
+	switch ai := p.AuthInfo.(type) {
+	case credentials.TLSInfo:
+		info = ai
+	case *credentials.TLSInfo:
+		if ai == nil {
+			return nil
+		}
+		info = *ai
+	default:
+		return nil
+	}
+	if len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return info.State.VerifiedChains[0][0]
 }

@@ -177,7 +177,7 @@ func TestIssuedCertificates(t *testing.T) {
 		identity Identity
 	}{
 		{"server", srvPEM, srvKey, x509.ExtKeyUsageServerAuth, "controller.example.com", Identity{Kind: KindServer}},
-		{"admin", adminPEM, adminKey, x509.ExtKeyUsageClientAuth, "alice", Identity{Kind: KindAdmin, Name: "alice"}},
+		{"admin", adminPEM, adminKey, x509.ExtKeyUsageClientAuth, "alice", Identity{Kind: KindAdmin, Name: "alice", Role: RoleAdmin}},
 		{"host", hostPEM, hostKey, x509.ExtKeyUsageClientAuth, "ex01.contoso.com", Identity{Kind: KindHost, Name: "ex01.contoso.com"}},
 	} {
 		t.Run(p.name, func(t *testing.T) {
@@ -288,11 +288,11 @@ func TestIdentityFromCert(t *testing.T) {
 		want    Identity
 		wantErr string
 	}{
-		{"admin", certWithURIs(t, ca, "alice", "spiffe://s2strust/admin/alice"), Identity{KindAdmin, "alice"}, ""},
-		{"host", certWithURIs(t, ca, "ex01.contoso.com", "spiffe://s2strust/host/ex01.contoso.com"), Identity{KindHost, "ex01.contoso.com"}, ""},
+		{"admin", certWithURIs(t, ca, "alice", "spiffe://s2strust/admin/alice"), Identity{KindAdmin, "alice", RoleAdmin}, ""},
+		{"host", certWithURIs(t, ca, "ex01.contoso.com", "spiffe://s2strust/host/ex01.contoso.com"), Identity{KindHost, "ex01.contoso.com", RoleNone}, ""},
 		{"server", certWithURIs(t, ca, "controller", "spiffe://s2strust/server"), Identity{Kind: KindServer}, ""},
-		{"CN is ignored", certWithURIs(t, ca, "admin", "spiffe://s2strust/host/ex01.contoso.com"), Identity{KindHost, "ex01.contoso.com"}, ""},
-		{"other URI schemes are ignored", certWithURIs(t, ca, "x", "https://example.com/admin/root", "spiffe://s2strust/admin/alice"), Identity{KindAdmin, "alice"}, ""},
+		{"CN is ignored", certWithURIs(t, ca, "admin", "spiffe://s2strust/host/ex01.contoso.com"), Identity{KindHost, "ex01.contoso.com", RoleNone}, ""},
+		{"other URI schemes are ignored", certWithURIs(t, ca, "x", "https://example.com/admin/root", "spiffe://s2strust/admin/alice"), Identity{KindAdmin, "alice", RoleAdmin}, ""},
 		{"no URI", certWithURIs(t, ca, "admin"), Identity{}, "no spiffe URI SAN"},
 		{"only a non-spiffe URI", certWithURIs(t, ca, "admin", "https://s2strust/admin/admin"), Identity{}, "no spiffe URI SAN"},
 		{"two identities", certWithURIs(t, ca, "x", "spiffe://s2strust/host/ex01.contoso.com", "spiffe://s2strust/admin/alice"), Identity{}, "want exactly one"},
@@ -328,8 +328,8 @@ func TestIdentityString(t *testing.T) {
 		id   Identity
 		want string
 	}{
-		{Identity{KindAdmin, "alice"}, "admin/alice"},
-		{Identity{KindHost, "ex01.contoso.com"}, "host/ex01.contoso.com"},
+		{Identity{KindAdmin, "alice", RoleAdmin}, "admin/alice"},
+		{Identity{KindHost, "ex01.contoso.com", RoleNone}, "host/ex01.contoso.com"},
 		{Identity{Kind: KindServer}, "server"},
 		{Identity{}, "unknown"},
 	} {
@@ -364,7 +364,7 @@ func TestSignHostCSR(t *testing.T) {
 	}
 	c := parseCertPEM(t, certPEM)
 	id, err := IdentityFromCert(c)
-	if err != nil || id != (Identity{KindHost, "web01.contoso.com"}) {
+	if err != nil || id != (Identity{KindHost, "web01.contoso.com", RoleNone}) {
 		t.Errorf("IdentityFromCert = %v, %v; want host/web01.contoso.com", id, err)
 	}
 	if c.Subject.CommonName != "web01.contoso.com" || len(c.Subject.Organization) != 1 || c.Subject.Organization[0] != "s2strust" {
@@ -531,8 +531,8 @@ func TestHandshake(t *testing.T) {
 		wantServerErr string // "" means the server must accept
 		wantClientErr string // "" means the client must accept, unless the server refused
 	}{
-		{name: "admin", client: client(t, adminCert, adminKey, ca.CertPEM(), "localhost"), wantID: Identity{KindAdmin, "alice"}},
-		{name: "host by IP", client: client(t, hostCert, hostKey, ca.CertPEM(), "127.0.0.1"), wantID: Identity{KindHost, "ex01.contoso.com"}},
+		{name: "admin", client: client(t, adminCert, adminKey, ca.CertPEM(), "localhost"), wantID: Identity{KindAdmin, "alice", RoleAdmin}},
+		{name: "host by IP", client: client(t, hostCert, hostKey, ca.CertPEM(), "127.0.0.1"), wantID: Identity{KindHost, "ex01.contoso.com", RoleNone}},
 		{name: "no client certificate", client: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, ServerName: "localhost"},
 			wantServerErr: "certificate"},
 		{name: "client certificate from another CA", client: client(t, foreignCert, foreignKey, ca.CertPEM(), "localhost"),

@@ -278,41 +278,50 @@ func (w *Worker) roundTrip(ctx context.Context, op string, args any, timeout tim
 		w.stop()
 		return nil, fmt.Errorf("no answer within %s; the worker's process tree was killed", timeout)
 	case r := <-p.lines:
-		if r.err != nil {
-			w.stop()
-			return nil, r.err
-		}
-		var resp response
-		dec := json.NewDecoder(bytes.NewReader(r.line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&resp); err != nil || dec.More() {
-			w.stop()
-			return nil, fmt.Errorf("the worker answered with something that is not a JSON response (%s); the worker was stopped", preview(r.line))
-		}
-		if resp.ID != id {
-			w.stop()
-			return nil, fmt.Errorf("the worker answered request %d while request %d was outstanding; the worker was stopped", resp.ID, id)
-		}
-		if !resp.OK {
-			rec := resp.Error
-			if rec == nil {
-				rec = &ErrorRecord{Message: "the worker reported a failure without an error record"}
-			}
-			return nil, &errRecord{rec}
-		}
-		return resp.Result, nil
+		return w.answer(r, id)
 	case <-p.done:
+		// It may have answered just before it left: standard output is
+		// read to its end before the answer is given up for lost.
+		select {
+		case <-p.eof:
+		case <-time.After(stopGrace):
+		}
 		select {
 		case r := <-p.lines:
-			// It answered, then left: keep the answer's bytes for the
-			// error, the process is gone either way.
 			if r.err == nil {
-				return nil, w.died(fmt.Errorf("after answering %s", preview(r.line)))
+				return w.answer(r, id)
 			}
 		default:
 		}
 		return nil, w.died(nil)
 	}
+}
+
+// answer decodes the worker's answer r to request id.
+func (w *Worker) answer(r lineResult, id uint64) (json.RawMessage, error) {
+	if r.err != nil {
+		w.stop()
+		return nil, r.err
+	}
+	var resp response
+	dec := json.NewDecoder(bytes.NewReader(r.line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&resp); err != nil || dec.More() {
+		w.stop()
+		return nil, fmt.Errorf("the worker answered with something that is not a JSON response (%s); the worker was stopped", preview(r.line))
+	}
+	if resp.ID != id {
+		w.stop()
+		return nil, fmt.Errorf("the worker answered request %d while request %d was outstanding; the worker was stopped", resp.ID, id)
+	}
+	if !resp.OK {
+		rec := resp.Error
+		if rec == nil {
+			rec = &ErrorRecord{Message: "the worker reported a failure without an error record"}
+		}
+		return nil, &errRecord{rec}
+	}
+	return resp.Result, nil
 }
 
 // died reports a worker that exited (or whose pipe broke because it exited).
@@ -350,11 +359,13 @@ func preview(b []byte) string {
 
 // proc is one running worker process.
 type proc struct {
-	cmd    *exec.Cmd
-	tree   *processTree
-	stdin  io.WriteCloser
-	lines  chan lineResult
-	done   chan struct{}
+	cmd   *exec.Cmd
+	tree  *processTree
+	stdin io.WriteCloser
+	lines chan lineResult
+	done  chan struct{}
+	// eof is closed when standard output has been read to its end.
+	eof    chan struct{}
 	stderr *tailBuffer
 	// waitErr is set before done is closed.
 	waitErr error
@@ -410,7 +421,7 @@ func startProc(exe string, args []string, maxLine int) (*proc, error) {
 		outR.Close()
 		return nil, fmt.Errorf("put the worker in its own process tree: %w", err)
 	}
-	p := &proc{cmd: cmd, tree: tree, stdin: inW, lines: make(chan lineResult, 1), done: make(chan struct{}), stderr: stderr}
+	p := &proc{cmd: cmd, tree: tree, stdin: inW, lines: make(chan lineResult, 1), done: make(chan struct{}), eof: make(chan struct{}), stderr: stderr}
 	go p.read(outR, maxLine)
 	go func() {
 		p.waitErr = cmd.Wait()
@@ -422,6 +433,7 @@ func startProc(exe string, args []string, maxLine int) (*proc, error) {
 // read delivers standard output line by line, each at most maxLine bytes,
 // until EOF or the first oversized line.
 func (p *proc) read(r *os.File, maxLine int) {
+	defer close(p.eof)
 	defer r.Close()
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {

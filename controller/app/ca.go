@@ -1,0 +1,93 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/secretbox"
+)
+
+// caKey is where the fleet's CA lives in the store (under the prefix).
+const caKey = "pki/ca"
+
+// sealedCA is the stored form of the fleet's CA: the certificate in the
+// clear, the private key sealed with the secret key (AES-256-GCM, bound to
+// the etcd key name), so etcd alone never yields the key.
+type sealedCA struct {
+	CertPEM   string    `json:"certPem"`
+	SealedKey []byte    `json:"sealedKey"`
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// SharedCA returns the CA that every controller replica on this store
+// uses. The first replica to start stores one, made by candidate, with a
+// compare-and-swap on the key's creation; every later one (and every
+// replica that lost the race) loads the stored CA. A CA that the secret key
+// does not open is an error naming the key: replicas need the same
+// --secret-key.
+func SharedCA(ctx context.Context, st *store.Store, secretKey []byte, candidate func() (*pki.CA, error)) (ca *pki.CA, created bool, err error) {
+	key := st.Key(caKey)
+	resp, err := st.Client().Get(ctx, key)
+	if err != nil {
+		return nil, false, fmt.Errorf("read the shared CA at %s: %w", key, err)
+	}
+	if len(resp.Kvs) > 0 {
+		ca, err := openCA(key, resp.Kvs[0].Value, secretKey)
+		return ca, false, err
+	}
+	cand, err := candidate()
+	if err != nil {
+		return nil, false, err
+	}
+	keyPEM, err := cand.KeyPEM()
+	if err != nil {
+		return nil, false, fmt.Errorf("store the shared CA: %w", err)
+	}
+	sealed, err := secretbox.Seal(secretKey, keyPEM, []byte(key))
+	if err != nil {
+		return nil, false, fmt.Errorf("store the shared CA: %w", err)
+	}
+	val, err := json.Marshal(sealedCA{CertPEM: string(cand.CertPEM()), SealedKey: sealed, CreatedAt: time.Now().UTC()})
+	if err != nil {
+		return nil, false, fmt.Errorf("store the shared CA: %w", err)
+	}
+	txn, err := st.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return nil, false, fmt.Errorf("store the shared CA at %s: %w", key, err)
+	}
+	if txn.Succeeded {
+		return cand, true, nil
+	}
+	kvs := txn.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return nil, false, fmt.Errorf("store the shared CA at %s: lost the race but found no CA", key)
+	}
+	ca, err = openCA(key, kvs[0].Value, secretKey)
+	return ca, false, err
+}
+
+func openCA(key string, val, secretKey []byte) (*pki.CA, error) {
+	var s sealedCA
+	if err := json.Unmarshal(val, &s); err != nil {
+		return nil, fmt.Errorf("shared CA at %s: decode: %w", key, err)
+	}
+	keyPEM, err := secretbox.Open(secretKey, s.SealedKey, []byte(key))
+	if err != nil {
+		return nil, fmt.Errorf("shared CA at %s: %w (every replica on one etcd cluster needs the same --secret-key file)", key, err)
+	}
+	ca, err := pki.LoadCA([]byte(s.CertPEM), keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("shared CA at %s: %w", key, err)
+	}
+	return ca, nil
+}

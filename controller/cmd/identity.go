@@ -1,0 +1,233 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/termsafe"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+func newToken(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "token", Short: "Join tokens: one-time credentials with which a new host enrolls"}
+	var host, output string
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:   "create --host FQDN",
+		Short: "Make a single-use join token for one host (prints the token and the CA pin)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("-o %q: want text or json", output)
+			}
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewJoinTokenServiceClient(conn).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: host, Ttl: durationpb.New(ttl)})
+				if err != nil {
+					return rpcError("create join token for "+host, err)
+				}
+				if output == "json" {
+					b, _ := protojson.MarshalOptions{Indent: "  "}.Marshal(resp)
+					fmt.Fprintf(g.out, "%s\n", b)
+					return nil
+				}
+				fmt.Fprintf(g.out, "join token for %s, valid once until %s:\n  token:  %s\n  ca pin: %s\n", resp.GetHost(),
+					resp.GetExpiresAt().AsTime().UTC().Format(time.RFC3339), resp.GetToken(), resp.GetCaPin())
+				fmt.Fprintf(g.out, "on the host:\n  s2s-agent enroll --controller ADDR --host %s --token %s --ca-pin %s --state-dir DIR\n",
+					resp.GetHost(), resp.GetToken(), resp.GetCaPin())
+				return nil
+			})
+		},
+	}
+	create.Flags().StringVar(&host, "host", "", "the host's FQDN (required)")
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (at most 24h)")
+	create.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	_ = create.MarkFlagRequired("host")
+	c.AddCommand(create)
+	return c
+}
+
+// newIssueAdmin issues an admin identity with a role from the data dir's CA.
+func newIssueAdmin(g *globals) *cobra.Command {
+	var name, role, outDir string
+	var ttl time.Duration
+	c := &cobra.Command{
+		Use:   "issue-admin --name NAME --role admin|operator|viewer --out DIR",
+		Short: "Issue an admin identity with a role (writes NAME.crt, NAME.key, ca.crt)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := pki.ParseRole(role)
+			if err != nil {
+				return fmt.Errorf("--role: %w", err)
+			}
+			ca, err := pki.LoadDevCA(app.PKIDir(g.client.DataDir))
+			if err != nil {
+				return err
+			}
+			if ca == nil {
+				return errors.New("no CA in " + app.PKIDir(g.client.DataDir) + " (start `s2s-controller serve` once to create it)")
+			}
+			certPEM, keyPEM, err := ca.IssueAdminRole(name, r, time.Now(), ttl)
+			if err != nil {
+				return err
+			}
+			if err := pki.WriteIdentity(outDir, name, certPEM, keyPEM, ca.CertPEM()); err != nil {
+				return err
+			}
+			cmd.Printf("issued admin identity %s (role %s) into %s (%s.crt, %s.key, ca.crt)\n", name, r, outDir, name, name)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&name, "name", "", "the administrator's name: letters, digits, '.', '-', '_' (required)")
+	c.Flags().StringVar(&role, "role", "viewer", "admin (everything), operator (also rollouts and host retry) or viewer (read-only)")
+	c.Flags().StringVar(&outDir, "out", ".", "output directory")
+	c.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "certificate lifetime")
+	_ = c.MarkFlagRequired("name")
+	return c
+}
+
+// newGetAudit reads the audit trail, every page.
+func newGetAudit(g *globals) *cobra.Command {
+	var since, who, output string
+	c := &cobra.Command{
+		Use:   "audit [--since 24h|2026-01-02T15:04:05Z] [--who admin/alice]",
+		Short: "List the audit trail: who changed what, from where, when, with what result, at which revision",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			req := &pb.ListAuditRecordsRequest{Who: who, PageSize: 1000}
+			if since != "" {
+				t, err := parseSince(since, time.Now())
+				if err != nil {
+					return err
+				}
+				req.Since = timestamppb.New(t)
+			}
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				var all []*pb.AuditRecord
+				client := pb.NewAuditServiceClient(conn)
+				for {
+					resp, err := client.ListAuditRecords(ctx, req)
+					if err != nil {
+						return rpcError("list audit records", err)
+					}
+					all = append(all, resp.GetRecords()...)
+					if resp.GetNextPageToken() == "" {
+						break
+					}
+					req.PageToken = resp.GetNextPageToken()
+				}
+				if output == "json" {
+					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(&pb.ListAuditRecordsResponse{Records: all})
+					fmt.Fprintf(g.out, "%s\n", b)
+					return nil
+				}
+				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "REVISION\tWHEN\tWHO\tFROM\tKIND\tWHAT\tRESULT")
+				for _, r := range all {
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetRevision(), r.GetWhen().AsTime().UTC().Format(time.RFC3339),
+						termsafe.String(r.GetWho()), termsafe.String(r.GetFrom()), termsafe.String(r.GetKind()), termsafe.String(r.GetWhat()), termsafe.String(r.GetResult()))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	c.Flags().StringVar(&since, "since", "", "only records from this long ago (e.g. 24h) or since this RFC 3339 time")
+	c.Flags().StringVar(&who, "who", "", "only records of this identity, e.g. admin/alice or host/fe01.contoso.com")
+	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return c
+}
+
+// parseSince reads --since: a duration back from now, or an RFC 3339 time.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("--since %q: want a positive duration", s)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--since %q: want a duration such as 24h or an RFC 3339 time such as 2026-01-02T15:04:05Z", s)
+	}
+	return t, nil
+}
+
+func newHost(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "host", Short: "Host identities: list them with their expiry, revoke one"}
+	revoke := &cobra.Command{
+		Use:   "revoke FQDN",
+		Short: "Revoke a host's identity: its streams end at once and its certificate is refused from then on",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewHostIdentityServiceClient(conn).RevokeHost(ctx, &pb.RevokeHostRequest{Host: args[0]})
+				if err != nil {
+					return rpcError("revoke host "+args[0], err)
+				}
+				at := resp.GetRevokedAt().AsTime().UTC().Format(time.RFC3339)
+				if resp.GetAlreadyRevoked() {
+					fmt.Fprintf(g.out, "%s was already revoked at %s\n", termsafe.String(args[0]), at)
+					return nil
+				}
+				fmt.Fprintf(g.out, "revoked %s at %s: its certificates issued until now are refused; enroll it again with a new join token\n", termsafe.String(args[0]), at)
+				return nil
+			})
+		},
+	}
+	var output string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List host identities: expiry, last seen, revoked, deployment (or unassigned), connected",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewHostIdentityServiceClient(conn).ListHostIdentities(ctx, &pb.ListHostIdentitiesRequest{})
+				if err != nil {
+					return rpcError("list host identities", err)
+				}
+				switch output {
+				case "json":
+					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
+					fmt.Fprintf(g.out, "%s\n", b)
+					return nil
+				case "table", "":
+				default:
+					return fmt.Errorf("-o %q: want table or json", output)
+				}
+				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tCONNECTED\tEXPIRES\tLAST SEEN\tREVOKED")
+				ts := func(t interface{ AsTime() time.Time }, set bool) string {
+					if !set {
+						return "-"
+					}
+					return t.AsTime().UTC().Format(time.RFC3339)
+				}
+				for _, h := range resp.GetHosts() {
+					dep := h.GetDeployment()
+					if dep == "" {
+						dep = "(unassigned)"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", termsafe.String(h.GetHost()), termsafe.String(dep), yesNo(h.GetConnected()),
+						ts(h.GetNotAfter(), h.NotAfter != nil), ts(h.GetLastSeen(), h.LastSeen != nil), ts(h.GetRevokedAt(), h.RevokedAt != nil))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	list.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	c.AddCommand(revoke, list)
+	return c
+}

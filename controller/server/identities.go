@@ -1,0 +1,354 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/pki"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// ErrRevoked is the cause with which a revoked host's streams end.
+var ErrRevoked = errors.New("the host's certificate was revoked")
+
+// revocation is the stored form of a deny-list entry, revoked/<fqdn>.
+type revocation struct {
+	RevokedAt time.Time `json:"revokedAt"`
+	By        string    `json:"by"`
+}
+
+// identityRecord is what the controller last saw of a host's certificate,
+// identities/<fqdn>.
+type identityRecord struct {
+	NotAfter time.Time `json:"notAfter"`
+	Serial   string    `json:"serial"`
+	LastSeen time.Time `json:"lastSeen"`
+}
+
+// Identities is the deny list of host identities, kept in etcd and
+// watched, so that every replica refuses a revoked certificate at the
+// handshake and at every call, and ends the host's streams as soon as the
+// revocation is written. It also records each host's certificate expiry.
+type Identities struct {
+	st  *store.Store
+	log *slog.Logger
+
+	mu      sync.Mutex
+	revoked map[string]time.Time
+	streams map[string]map[int]tracked
+	next    int
+	// written is when seen last stored each host's record, and for which
+	// certificate, so that an agent reconnecting in a loop costs no write
+	// per stream.
+	written map[string]seenWrite
+}
+
+type seenWrite struct {
+	serial string
+	at     time.Time
+}
+
+// seenEvery is how often a host's unchanged identity record is refreshed.
+const seenEvery = time.Minute
+
+type tracked struct {
+	issuedAt time.Time
+	cancel   context.CancelCauseFunc
+}
+
+// NewIdentities loads the deny list from st; Run keeps it current.
+func NewIdentities(ctx context.Context, st *store.Store, log *slog.Logger) (*Identities, int64, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]map[int]tracked{}, written: map[string]seenWrite{}}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a store without quorum fails the start, clearly
+	defer cancel()
+	rev, err := ids.reload(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("load the deny list: %w", err)
+	}
+	return ids, rev, nil
+}
+
+// Run watches the deny list from after revision rev until ctx ends.
+func (ids *Identities) Run(ctx context.Context, rev int64) error {
+	prefix := ids.st.Key("revoked/")
+	for ctx.Err() == nil {
+		wch := ids.st.Client().Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		for wr := range wch {
+			if err := wr.Err(); err != nil {
+				ids.log.Warn("deny list watch", "error", err)
+				if wr.CompactRevision > 0 {
+					// History is gone: read the whole list again and go on from there.
+					if r, err := ids.reload(ctx); err == nil {
+						rev = r
+					}
+				}
+				break
+			}
+			for _, ev := range wr.Events {
+				rev = ev.Kv.ModRevision
+				if ev.Type == clientv3.EventTypeDelete {
+					ids.mu.Lock()
+					delete(ids.revoked, strings.TrimPrefix(string(ev.Kv.Key), prefix))
+					ids.mu.Unlock()
+					continue
+				}
+				ids.apply(string(ev.Kv.Key), ev.Kv.Value)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second): // the watch broke (no leader): resume from rev
+		}
+	}
+	return nil
+}
+
+// reload reads the whole deny list and returns its revision.
+func (ids *Identities) reload(ctx context.Context) (int64, error) {
+	resp, err := ids.st.Client().Get(ctx, ids.st.Key("revoked/"), clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	for _, kv := range resp.Kvs {
+		ids.apply(string(kv.Key), kv.Value)
+	}
+	return resp.Header.Revision, nil
+}
+
+// apply records one deny-list entry and ends the streams it revokes.
+func (ids *Identities) apply(key string, val []byte) {
+	host := strings.TrimPrefix(key, ids.st.Key("revoked/"))
+	var r revocation
+	if err := json.Unmarshal(val, &r); err != nil {
+		ids.log.Warn("undecodable deny list entry: revoking the host from now", "host", host, "error", err)
+		r.RevokedAt = time.Now()
+	}
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	ids.revoked[host] = r.RevokedAt
+	for _, t := range ids.streams[host] {
+		if !t.issuedAt.After(r.RevokedAt) {
+			t.cancel(ErrRevoked)
+		}
+	}
+}
+
+// Check refuses a host certificate issued before its host was revoked;
+// other certificates pass.
+func (ids *Identities) Check(cert *x509.Certificate) error {
+	if cert == nil {
+		return nil
+	}
+	id, err := pki.IdentityFromCert(cert)
+	if err != nil || id.Kind != pki.KindHost {
+		return nil
+	}
+	ids.mu.Lock()
+	at, ok := ids.revoked[id.Name]
+	ids.mu.Unlock()
+	if ok && !pki.IssuedAt(cert).After(at) {
+		return fmt.Errorf("the certificate of %s (serial %s) was revoked at %s", id, cert.SerialNumber.Text(16), at.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// track registers a host's stream so that a revocation ends it; release
+// unregisters it.
+func (ids *Identities) track(host string, cert *x509.Certificate, cancel context.CancelCauseFunc) (release func()) {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	n := ids.next
+	ids.next++
+	if ids.streams[host] == nil {
+		ids.streams[host] = map[int]tracked{}
+	}
+	ids.streams[host][n] = tracked{issuedAt: pki.IssuedAt(cert), cancel: cancel}
+	return func() {
+		ids.mu.Lock()
+		defer ids.mu.Unlock()
+		delete(ids.streams[host], n)
+		if len(ids.streams[host]) == 0 {
+			delete(ids.streams, host)
+		}
+	}
+}
+
+// seen records the certificate a host connected with (best effort: the
+// record is for `host list`, not for any decision): when the certificate
+// changed, else at most every seenEvery.
+func (ids *Identities) seen(ctx context.Context, host string, cert *x509.Certificate) {
+	serial := cert.SerialNumber.Text(16)
+	now := time.Now()
+	ids.mu.Lock()
+	w, ok := ids.written[host]
+	if ok && w.serial == serial && now.Sub(w.at) < seenEvery {
+		ids.mu.Unlock()
+		return
+	}
+	ids.written[host] = seenWrite{serial: serial, at: now}
+	ids.mu.Unlock()
+	rec, _ := json.Marshal(identityRecord{NotAfter: cert.NotAfter.UTC(), Serial: cert.SerialNumber.Text(16), LastSeen: time.Now().UTC()})
+	wctx, cancel := storeCtx(ctx)
+	defer cancel()
+	if _, err := ids.st.Client().Put(wctx, ids.st.Key("identities/"+host), string(rec)); err != nil {
+		ids.log.Debug("record host identity", "host", host, "error", err)
+	}
+}
+
+// HostIdentityService implements pb.HostIdentityServiceServer.
+type HostIdentityService struct {
+	pb.UnimplementedHostIdentityServiceServer
+	ids *Identities
+	hub *Hub
+	ca  *pki.CA
+	ttl time.Duration
+}
+
+// NewHostIdentityService renews from ca (certificates valid ttl, default
+// DefaultHostCertTTL), revokes into ids and lists with the hub's view.
+func NewHostIdentityService(ids *Identities, hub *Hub, ca *pki.CA, ttl time.Duration) *HostIdentityService {
+	if ttl <= 0 {
+		ttl = DefaultHostCertTTL
+	}
+	return &HostIdentityService{ids: ids, hub: hub, ca: ca, ttl: ttl}
+}
+
+// RenewHostCertificate implements the RPC; see the proto for its contract.
+func (s *HostIdentityService) RenewHostCertificate(ctx context.Context, req *pb.RenewHostCertificateRequest) (*pb.RenewHostCertificateResponse, error) {
+	id, err := pki.IdentityFromContext(ctx)
+	if err != nil || id.Kind != pki.KindHost {
+		return nil, status.Error(codes.PermissionDenied, "renew: only an agent renews, its own certificate")
+	}
+	if len(req.GetCsr()) > maxCSRLen {
+		return nil, invalid("csr", fmt.Sprintf("%d bytes", len(req.GetCsr())), fmt.Sprintf("at most %d bytes", maxCSRLen))
+	}
+	if err := pki.CheckHostCSR(req.GetCsr(), id.Name); err != nil {
+		return nil, invalid("csr", id.Name, err.Error())
+	}
+	now := time.Now()
+	certPEM, err := s.ca.SignHostCSR(req.GetCsr(), id.Name, now, s.ttl)
+	if err != nil {
+		return nil, invalid("csr", id.Name, err.Error())
+	}
+	leaf, err := parsePEMCert(certPEM)
+	if err != nil {
+		return nil, err
+	}
+	// LastSeen stays what the last connection set: it says when the host
+	// last opened a stream, which a renewal is not.
+	st := s.ids.st
+	var prev identityRecord
+	if got, err := st.Client().Get(ctx, st.Key("identities/"+id.Name)); err == nil && len(got.Kvs) > 0 {
+		_ = json.Unmarshal(got.Kvs[0].Value, &prev)
+	}
+	rec, _ := json.Marshal(identityRecord{NotAfter: leaf.NotAfter.UTC(), Serial: leaf.SerialNumber.Text(16), LastSeen: prev.LastSeen})
+	audit := auditJSON(map[string]any{"kind": "identity", "who": id.String(), "from": peerAddr(ctx), "when": now.UTC(), "host": id.Name,
+		"what": "renew the certificate of " + id.Name, "result": "ok",
+		"changes": []string{"issued serial " + leaf.SerialNumber.Text(16) + ", valid until " + leaf.NotAfter.UTC().Format(time.RFC3339)}})
+	if _, err := st.Client().Txn(ctx).Then(
+		clientv3.OpPut(st.Key("identities/"+id.Name), string(rec)),
+		clientv3.OpPut(store.AuditKey(st, "identity", now), audit),
+	).Commit(); err != nil {
+		return nil, err
+	}
+	return &pb.RenewHostCertificateResponse{CertificatePem: certPEM, CaPem: s.ca.CertPEM(), NotAfter: timestamppb.New(leaf.NotAfter)}, nil
+}
+
+// RevokeHost implements the RPC; see the proto for its contract.
+func (s *HostIdentityService) RevokeHost(ctx context.Context, req *pb.RevokeHostRequest) (*pb.RevokeHostResponse, error) {
+	host, err := pki.NormalizeHost(req.GetHost())
+	if err != nil {
+		return nil, invalid("host", req.GetHost(), err.Error())
+	}
+	st := s.ids.st
+	key := st.Key("revoked/" + host)
+	now := time.Now()
+	who := callerName(ctx)
+	val, _ := json.Marshal(revocation{RevokedAt: now.UTC(), By: who})
+	audit := auditJSON(map[string]any{"kind": "identity", "who": who, "from": peerAddr(ctx), "when": now.UTC(), "host": host,
+		"what": "revoke host " + host, "result": "ok"})
+	txn, err := st.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val)), clientv3.OpPut(store.AuditKey(st, "identity", now), audit)).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return nil, err
+	}
+	if !txn.Succeeded {
+		var r revocation
+		if kvs := txn.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			_ = json.Unmarshal(kvs[0].Value, &r)
+		}
+		return &pb.RevokeHostResponse{RevokedAt: timestamppb.New(r.RevokedAt), AlreadyRevoked: true}, nil
+	}
+	s.ids.apply(key, val) // at once here; the watch brings it to every other replica
+	s.hub.log.Warn("host revoked", "host", host, "by", who)
+	return &pb.RevokeHostResponse{RevokedAt: timestamppb.New(now)}, nil
+}
+
+// ListHostIdentities implements the RPC; see the proto for its contract.
+func (s *HostIdentityService) ListHostIdentities(ctx context.Context, _ *pb.ListHostIdentitiesRequest) (*pb.ListHostIdentitiesResponse, error) {
+	st := s.ids.st
+	byHost := map[string]*pb.HostIdentity{}
+	get := func(h string) *pb.HostIdentity {
+		if byHost[h] == nil {
+			byHost[h] = &pb.HostIdentity{Host: h}
+		}
+		return byHost[h]
+	}
+	resp, err := st.Client().Get(ctx, st.Key("identities/"), clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range resp.Kvs {
+		var r identityRecord
+		if json.Unmarshal(kv.Value, &r) != nil {
+			continue
+		}
+		h := get(strings.TrimPrefix(string(kv.Key), st.Key("identities/")))
+		h.NotAfter, h.Serial = timestamppb.New(r.NotAfter), r.Serial
+		if !r.LastSeen.IsZero() {
+			h.LastSeen = timestamppb.New(r.LastSeen)
+		}
+	}
+	rev, err := st.Client().Get(ctx, st.Key("revoked/"), clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	for _, kv := range rev.Kvs {
+		var r revocation
+		_ = json.Unmarshal(kv.Value, &r)
+		get(strings.TrimPrefix(string(kv.Key), st.Key("revoked/"))).RevokedAt = timestamppb.New(r.RevokedAt)
+	}
+	snap := s.hub.snapshot()
+	if snap.topo != nil {
+		for _, host := range snap.topo.order {
+			get(host).Deployment = snap.topo.hosts[host].GetDeployment()
+		}
+	}
+	out := &pb.ListHostIdentitiesResponse{}
+	for host, h := range byHost {
+		h.Connected = snap.connected[host] || snap.present[host]
+		out.Hosts = append(out.Hosts, h)
+	}
+	sort.Slice(out.Hosts, func(i, j int) bool { return out.Hosts[i].GetHost() < out.Hosts[j].GetHost() })
+	return out, nil
+}
