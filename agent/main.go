@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/s2strust/s2strust/agent/app"
 	"github.com/s2strust/s2strust/agent/config"
 	"github.com/s2strust/s2strust/agent/diagnose"
+	"github.com/s2strust/s2strust/agent/inspect"
 	"github.com/s2strust/s2strust/agent/service"
 )
 
@@ -30,7 +32,7 @@ func main() {
 func newRoot() *cobra.Command {
 	root := &cobra.Command{Use: "s2s-agent", Short: "The s2strust agent: applies and verifies this host's S2S OAuth trust", SilenceUsage: true, SilenceErrors: true}
 	var cfg app.Config
-	var verbose bool
+	var verbose, apply bool
 	var configFile string
 	run := &cobra.Command{
 		Use:   "run",
@@ -50,6 +52,7 @@ func newRoot() *cobra.Command {
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			cfg.Monitor = !apply
 			// As a Windows service the service control manager stops it,
 			// and key events go to the event log.
 			return service.Run(ctx, log, func(ctx context.Context, log *slog.Logger) error {
@@ -73,6 +76,7 @@ func newRoot() *cobra.Command {
 	f.StringSliceVar(&cfg.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION (e.g. lync:2015); repeatable")
 	f.DurationVar(&cfg.DriftInterval, "drift-interval", time.Minute, "how often the applied configuration is re-read to find drift")
 	f.BoolVar(&cfg.AutoCorrect, "auto-correct", false, "re-apply drifted items instead of only reporting them")
+	f.BoolVar(&apply, "apply", true, "apply the configuration; --apply=false (apply: false in agent.yaml) is monitor mode: read, verify, probe and report the plan (the exact cmdlets, secrets redacted), change nothing, acknowledge nothing")
 	f.DurationVar(&cfg.VerifyInterval, "verify-interval", 2*time.Second, "how often a verification waiting on the deployment's primary is retried")
 	f.DurationVar(&cfg.PendingTimeout, "pending-timeout", 30*time.Second, "how long a verification may wait on the deployment's primary before it is NACKed (a later success still ACKs it)")
 	f.StringSliceVar(&cfg.Resolve, "resolve", nil, "resolve HOST to ADDR for metadata downloads and trust probes, as curl's --resolve: HOST=IP:PORT or HOST:PORT=IP:PORT; repeatable")
@@ -81,7 +85,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimTLSCert, "sim-tls-cert", "", "sim driver: HTTPS certificate (PEM) for --sim-listen, naming the host and its deployment's endpoint")
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(run, service.Command(), newEnroll())
+	root.AddCommand(run, service.Command(), newEnroll(), newInspect(run))
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
@@ -95,6 +99,63 @@ func newRoot() *cobra.Command {
 		},
 	})
 	return root
+}
+
+// newInspect is `s2s-agent inspect`. With --config it reads agent.yaml
+// as run does (through run's flags, so the file's other keys are no
+// error) and takes the settings that find the host from it.
+func newInspect(run *cobra.Command) *cobra.Command {
+	var o inspect.Options
+	var configFile string
+	c := &cobra.Command{
+		Use:   "inspect --host FQDN [--driver sim|powershell] [--product P[:V]] [--deployment D] [-o table|json]",
+		Short: "Print this host's current S2S OAuth configuration as the products' own Get- cmdlets show it; changes nothing",
+		Long: `Print this host's current S2S OAuth configuration as the products' own cmdlets show it:
+Get-CsPartnerApplication, Get-CsOAuthConfiguration and Get-CsCertificate on Lync / Skype for Business;
+Get-PartnerApplication, Get-AuthConfig and Get-ExchangeCertificate on Exchange;
+Get-SPTrustedSecurityTokenIssuer, Get-SPAuthenticationRealm and Get-SPSecurityTokenServiceConfig on SharePoint.
+It reads through the same driver as "run" (the same flags) and changes nothing; no controller is needed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				if err := config.ApplyFile(run.Flags(), configFile); err != nil {
+					return err
+				}
+				for _, name := range []string{"host", "driver", "powershell", "state-dir", "sim-dir", "sim-product"} {
+					if cmd.Flags().Changed(name) || !run.Flags().Changed(name) {
+						continue // typed here, or not in the file
+					}
+					vals := []string{run.Flags().Lookup(name).Value.String()}
+					if name == "sim-product" {
+						vals, _ = run.Flags().GetStringSlice(name)
+					}
+					for _, v := range vals {
+						if err := cmd.Flags().Set(name, v); err != nil {
+							return fmt.Errorf("configuration file %s: key %s: %w", configFile, name, err)
+						}
+					}
+				}
+			}
+			if o.Agent.Host == "" {
+				return errors.New("--host is required (or host in the --config file)")
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return inspect.Run(ctx, o, cmd.OutOrStdout())
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&configFile, "config", "", "agent.yaml, as run reads it: host, driver, powershell, state-dir and the sim's settings are taken from it; flags given here override it")
+	f.StringVar(&o.Agent.Host, "host", "", "this host's FQDN (required)")
+	f.StringVar(&o.Agent.Driver, "driver", "sim", "product driver: sim or powershell")
+	f.StringVar(&o.Agent.PowerShell, "powershell", "powershell.exe", "powershell driver: the Windows PowerShell 5.1 executable")
+	f.StringVar(&o.Agent.StateDir, "state-dir", "./s2s-agent-state", "the agent's state directory (the sim keeps the host's store there)")
+	f.StringVar(&o.Agent.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores (default <state-dir>/sim-shared)")
+	f.StringSliceVar(&o.Agent.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION; repeatable")
+	f.StringVar(&o.Product, "product", "", "the product to inspect, PRODUCT[:VERSION] (default: the one product the driver finds)")
+	f.StringVar(&o.Deployment, "deployment", "", "the host's deployment (pool, organization or farm); required with the sim driver")
+	f.StringVarP(&o.Output, "output", "o", "table", "table or json")
+	return c
 }
 
 func newEnroll() *cobra.Command {

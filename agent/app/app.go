@@ -78,7 +78,11 @@ type Config struct {
 	SimTLSCert, SimTLSKey string
 	// SimServerTLS overrides SimTLSCert and SimTLSKey.
 	SimServerTLS *tls.Config
-	Logger       *slog.Logger
+	// Monitor runs the agent read-only (--apply=false): it reads,
+	// verifies, probes and reports the plan it would execute, and changes
+	// nothing (see package syncer).
+	Monitor bool
+	Logger  *slog.Logger
 }
 
 // Run runs the agent until ctx ends.
@@ -97,7 +101,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory %s: %w", cfg.StateDir, err)
 	}
-	drv, err := newDriver(cfg, host)
+	drv, err := NewDriver(cfg)
 	if err != nil {
 		return err
 	}
@@ -120,11 +124,12 @@ func Run(ctx context.Context, cfg Config) error {
 	a, err := syncer.New(syncer.Config{
 		Host: host, Conn: conn, Driver: drv, StateDir: cfg.StateDir, Logger: log,
 		DriftInterval: cfg.DriftInterval, AutoCorrect: cfg.AutoCorrect, VerifyInterval: cfg.VerifyInterval, PendingTimeout: cfg.PendingTimeout,
+		Monitor: cfg.Monitor,
 	})
 	if err != nil {
 		return err
 	}
-	log.Info("agent starting", "host", host, "controller", cfg.Controller, "driver", drv.Name(), "state_dir", cfg.StateDir)
+	log.Info("agent starting", "host", host, "controller", cfg.Controller, "driver", drv.Name(), "state_dir", cfg.StateDir, "monitor", cfg.Monitor)
 	g.Go(func() error { return a.Run(ctx) })
 	return g.Wait()
 }
@@ -176,7 +181,17 @@ func simServer(cfg Config) (net.Listener, *tls.Config, error) {
 	return lis, tlsCfg, nil
 }
 
-func newDriver(cfg Config, host string) (driver.Driver, error) {
+// NewDriver builds the product driver cfg names for cfg.Host: what `run`
+// uses, and `inspect` too, so both see the host the same way. The sim
+// serves HTTPS only when cfg names a listener.
+func NewDriver(cfg Config) (driver.Driver, error) {
+	host := strings.ToLower(strings.TrimSpace(cfg.Host))
+	if host == "" || !strings.Contains(host, ".") {
+		return nil, fmt.Errorf("--host %q: the host's fully qualified domain name is required, e.g. fe01.contoso.com", cfg.Host)
+	}
+	if cfg.StateDir == "" {
+		return nil, fmt.Errorf("--state-dir is required")
+	}
 	switch cfg.Driver {
 	case "", "sim":
 		var detected []*pb.DetectedProduct
@@ -208,6 +223,15 @@ func newDriver(cfg Config, host string) (driver.Driver, error) {
 	return nil, fmt.Errorf("--driver %q: want sim or powershell", cfg.Driver)
 }
 
+// KeepaliveClientParameters make the agent ping a quiet controller
+// connection every 10 s (gRPC's floor for clients; the controller permits
+// pings every 5 s) and give it up when 10 s pass without an answer: a dead
+// controller or a blackholed path is noticed within about 20 s, and the
+// agent reconnects (to another replica, behind a load balancer).
+func KeepaliveClientParameters() keepalive.ClientParameters {
+	return keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
+}
+
 func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 	var ren *renewer
 	addrs, err := controllerAddrs(cfg.Controller)
@@ -216,7 +240,7 @@ func dial(cfg Config, log *slog.Logger) (*grpc.ClientConn, *renewer, error) {
 	}
 	opts := []grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4 << 20)),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(KeepaliveClientParameters()),
 		grpc.WithInitialWindowSize(64 << 10),
 		grpc.WithInitialConnWindowSize(64 << 10),
 	}

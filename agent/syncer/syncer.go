@@ -2,6 +2,14 @@
 // stream open to the controller, applies each desired state through the
 // product driver, verifies it, answers ack or nack, reports status, and
 // goes on checking for drift while the controller is away.
+//
+// In monitor mode (Config.Monitor, `s2s-agent run --apply=false`) the agent
+// reads, verifies, probes and plans, and changes nothing: it reports the
+// plan it would execute (each operation's cmdlet and parameters, secrets
+// redacted) and answers every Desired with a monitor Nack (Nack.monitor,
+// first item "monitor": "N operations planned"), never with an Ack, since
+// it applied nothing. It commits no configuration to its state directory
+// either, so a later run in apply mode starts from what it last applied.
 package syncer
 
 import (
@@ -22,7 +30,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/reconcile"
+	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/statusreport"
+	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -57,7 +68,51 @@ type Config struct {
 	// OnDesired, when set, is called for every Desired received (tests
 	// and metrics count pushes with it).
 	OnDesired func(*pb.Desired)
+	// Monitor runs the agent read-only (see the package comment). The
+	// driver must be a Planner or a reconcile.Backend; AutoCorrect must be
+	// off.
+	Monitor bool
 }
+
+// Planner is implemented by drivers that run the shared reconciler
+// (package reconcile) and can say what they execute or would execute:
+// the sim does. The agent reports the plan and needs it for monitor mode;
+// a driver that is no Planner is applied through Driver.Apply and reports
+// no plan, and in monitor mode is planned through reconcile.Apply when it
+// is a reconcile.Backend. (It lives here, not in package driver, because
+// package reconcile imports driver.)
+type Planner interface {
+	// ApplyPlan is Driver.Apply returning the operations too; with monitor
+	// set it executes nothing and returns what it would do.
+	ApplyPlan(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.SecretMaterial, monitor bool) reconcile.Result
+}
+
+// monitorPlanner is how monitor mode plans with d: its own ApplyPlan, or
+// for a driver that is only a reconcile.Backend the shared reconciler
+// with monitor set, which executes nothing. Nil when d can do neither.
+func monitorPlanner(d driver.Driver, now func() time.Time) Planner {
+	if p, ok := d.(Planner); ok {
+		return p
+	}
+	if b, ok := d.(reconcile.Backend); ok {
+		return backendPlanner{b: b, now: now}
+	}
+	return nil
+}
+
+// backendPlanner plans through the shared reconciler; it is used in
+// monitor mode only, where reconcile.Apply executes nothing.
+type backendPlanner struct {
+	b   reconcile.Backend
+	now func() time.Time
+}
+
+func (p backendPlanner) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.SecretMaterial, monitor bool) reconcile.Result {
+	return reconcile.Apply(ctx, p.b, cfg, secrets, p.now(), monitor)
+}
+
+// ItemMonitor is the item of a monitor Nack's first error.
+const ItemMonitor = "monitor"
 
 // Agent runs the agent protocol.
 type Agent struct {
@@ -76,6 +131,11 @@ type Agent struct {
 	// said that it leaves correcting its drift to the primary, and cleared
 	// when the drift is gone. Used by the engine goroutine only.
 	leftToPrimary bool
+	// plan is what every report carries: in monitor mode the operations
+	// the agent would execute, otherwise those executed for the current
+	// configuration (planHash), over all its applies. Guarded by mu.
+	plan     []*pb.PlannedOp
+	planHash string
 }
 
 // leftToPrimaryNote is the Expected of drift a non-primary host leaves to
@@ -86,6 +146,14 @@ const leftToPrimaryNote = "as applied; auto-correct is left to the deployment's 
 func New(cfg Config) (*Agent, error) {
 	if cfg.Host == "" || cfg.Conn == nil || cfg.Driver == nil || cfg.StateDir == "" {
 		return nil, errors.New("agent: host, connection, driver and state directory are required")
+	}
+	if cfg.Monitor {
+		if monitorPlanner(cfg.Driver, cfg.Now) == nil {
+			return nil, fmt.Errorf("agent: monitor mode (--apply=false) needs a driver that plans; driver %s does not", cfg.Driver.Name())
+		}
+		if cfg.AutoCorrect {
+			return nil, errors.New("agent: --auto-correct changes the host, monitor mode (--apply=false) changes nothing: choose one")
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -107,6 +175,15 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 30 * time.Second
+	}
+	// A kill mid-write leaves the state file's temporary copy behind;
+	// nothing writes here yet.
+	removed, err := atomicfile.CleanTemp(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if len(removed) > 0 {
+		cfg.Logger.Info("removed temporary files left by an interrupted write", "dir", cfg.StateDir, "files", strings.Join(removed, ", "))
 	}
 	good, err := loadState(cfg.StateDir)
 	if err != nil {
@@ -313,9 +390,10 @@ type prober interface {
 type outcome int
 
 const (
-	done    outcome = iota // applied, verified and acknowledged
-	waiting                // verification waits on the deployment's primary
-	failed                 // apply or verification failed
+	done      outcome = iota // applied, verified and acknowledged
+	waiting                  // verification waits on the deployment's primary
+	failed                   // apply or verification failed
+	monitored                // monitor mode: planned and verified, nothing applied
 )
 
 // engine owns applying and verifying: desired states from the controller,
@@ -368,6 +446,18 @@ func (a *Agent) engine(ctx context.Context) error {
 			if a.observe(ctx, d.GetConfig()) && probe == nil {
 				probe = time.After(probeGap)
 			}
+		case monitored:
+			// Answered again only when the plan's outcome changes; the plan
+			// is re-read at every drift interval, so a change made by hand
+			// shows up in the report.
+			if !nacked || !sameErrors(lastNack, errs) {
+				a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Nack{Nack: &pb.Nack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash(), Errors: errs, Monitor: true}}})
+				nacked, lastNack = true, errs
+			}
+			cur, retry = d, time.After(a.cfg.DriftInterval)
+			if a.observe(ctx, d.GetConfig()) && probe == nil {
+				probe = time.After(probeGap)
+			}
 		}
 	}
 	// Verify the last good state at start: it reports what the host has
@@ -408,6 +498,9 @@ func (a *Agent) engine(ctx context.Context) error {
 // process applies and verifies one desired state and, when it is good,
 // commits and acknowledges it.
 func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome, []*pb.ItemError) {
+	if a.cfg.Monitor {
+		return a.monitor(ctx, d, first)
+	}
 	v, h := a.Applied()
 	if first && h == d.GetHash() && h != "" {
 		// Same configuration under a newer revision: nothing to apply.
@@ -424,7 +517,7 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 	}
 	// Apply is idempotent, so a retry applies what is still missing, such
 	// as a host-scope item that needed the primary's change first.
-	applyErrs := a.cfg.Driver.Apply(ctx, d.GetConfig(), d.GetSecrets())
+	applyErrs := a.apply(ctx, d.GetConfig(), d.GetSecrets())
 	rep, err := a.cfg.Driver.Verify(ctx, d.GetConfig())
 	if err != nil {
 		return failed, append(applyErrs, &pb.ItemError{Item: "verify", Message: err.Error()})
@@ -456,6 +549,96 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 	a.log.Info("configuration applied and verified", "version", d.GetVersion())
 	a.ack(d)
 	return done, nil
+}
+
+// apply applies cfg through the driver, keeping the operations it
+// executed for the reports when the driver is a Planner.
+func (a *Agent) apply(ctx context.Context, cfg *pb.HostConfig, secrets []*pb.SecretMaterial) []*pb.ItemError {
+	p, ok := a.cfg.Driver.(Planner)
+	if !ok {
+		return a.cfg.Driver.Apply(ctx, cfg, secrets)
+	}
+	res := p.ApplyPlan(ctx, cfg, secrets, false)
+	if len(res.Ops) > 0 {
+		a.addPlan(topology.Hash(cfg), res.Ops)
+	}
+	return res.Errors
+}
+
+// addPlan records ops as executed for the configuration of hash: the
+// operations of every apply of one configuration (its first apply and the
+// retries of what failed, e.g. a partner whose metadata came later) add up,
+// so the report shows all it took to converge on it; a new configuration
+// starts afresh.
+func (a *Agent) addPlan(hash string, ops []reconcile.Op) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if hash != a.planHash {
+		a.plan, a.planHash = nil, hash
+	}
+	seen := map[string]bool{}
+	for _, p := range a.plan {
+		seen[p.GetItem()+"\x00"+p.GetCommand()] = true
+	}
+	for _, o := range ops {
+		p := o.Proto()
+		if k := p.GetItem() + "\x00" + p.GetCommand(); !seen[k] {
+			seen[k] = true
+			a.plan = append(a.plan, p)
+		}
+	}
+}
+
+func (a *Agent) setPlan(ops []reconcile.Op) {
+	plan := make([]*pb.PlannedOp, len(ops))
+	for i, o := range ops {
+		plan[i] = o.Proto()
+	}
+	a.mu.Lock()
+	a.plan, a.planHash = plan, ""
+	a.mu.Unlock()
+}
+
+// monitor plans and verifies d without changing anything, reports the
+// plan and returns the monitor Nack's errors: the "monitor" item first,
+// then the items that would fail even if the plan were executed (the
+// product refused, or a check no operation fixes).
+func (a *Agent) monitor(ctx context.Context, d *pb.Desired, first bool) (outcome, []*pb.ItemError) {
+	cfg := d.GetConfig()
+	res := monitorPlanner(a.cfg.Driver, a.cfg.Now).ApplyPlan(ctx, cfg, d.GetSecrets(), true)
+	a.setPlan(res.Ops)
+	planned := map[string]bool{}
+	for _, o := range res.Ops {
+		planned[o.Item] = true
+	}
+	n := len(res.Ops)
+	ops := "operations"
+	if n == 1 {
+		ops = "operation"
+	}
+	errs := []*pb.ItemError{{Item: ItemMonitor, Message: fmt.Sprintf("%d %s planned, nothing applied (monitor mode, --apply=false)", n, ops)}}
+	seen := map[string]bool{}
+	for _, e := range res.Errors {
+		if !seen[e.GetItem()] {
+			seen[e.GetItem()] = true
+			errs = append(errs, e)
+		}
+	}
+	rep, err := a.cfg.Driver.Verify(ctx, cfg)
+	if err != nil {
+		return monitored, append(errs, &pb.ItemError{Item: "verify", Message: err.Error()})
+	}
+	for _, it := range rep.GetItems() {
+		if it.GetState() == pb.ItemState_ITEM_STATE_FAILED && !planned[it.GetItem()] && !seen[it.GetItem()] {
+			seen[it.GetItem()] = true
+			errs = append(errs, &pb.ItemError{Item: it.GetItem(), Message: it.GetMessage()})
+		}
+	}
+	if first {
+		a.log.Info("monitor mode: planned, applied nothing", "version", d.GetVersion(), "operations", n, "plan", reconcile.Redacted(res.Ops))
+	}
+	a.report(rep, nil)
+	return monitored, errs
 }
 
 // observe checks metadata and runs trust probes for cfg (nil: the last
@@ -503,6 +686,13 @@ func (a *Agent) checkDrift(ctx context.Context) {
 	if len(drift) == 0 {
 		a.leftToPrimary = false
 	}
+	if p := monitorPlanner(a.cfg.Driver, a.cfg.Now); p != nil && a.cfg.Monitor {
+		// What correcting the drift would take.
+		a.mu.Lock()
+		secrets := a.secrets
+		a.mu.Unlock()
+		a.setPlan(p.ApplyPlan(ctx, good.config, secrets, true).Ops)
+	}
 	if len(drift) > 0 && a.cfg.AutoCorrect && !good.config.GetPrimary() {
 		// The drifted settings are the deployment's (the CMS, the Exchange
 		// organization, the farm), which only the primary applies: an
@@ -520,7 +710,7 @@ func (a *Agent) checkDrift(ctx context.Context) {
 		a.mu.Lock()
 		secrets := a.secrets
 		a.mu.Unlock()
-		_ = a.cfg.Driver.Apply(ctx, good.config, secrets)
+		_ = a.apply(ctx, good.config, secrets)
 		after, err := a.cfg.Driver.Verify(ctx, good.config)
 		if err == nil {
 			still := map[string]bool{}
@@ -560,7 +750,9 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	rep = proto.Clone(rep).(*pb.StatusReport)
 	rep.AppliedVersion, rep.AppliedHash = a.Applied()
 	rep.Drift = drift
+	rep.Monitor = a.cfg.Monitor
 	a.mu.Lock()
+	rep.Plan = a.plan
 	same := a.last != nil && statusreport.Same(a.last, rep)
 	rep.Clock = timestamppb.New(a.cfg.Now())
 	if !same {
@@ -621,12 +813,15 @@ func mergeErrors(applyErrs []*pb.ItemError, items []*pb.ItemStatus) []*pb.ItemEr
 	return out
 }
 
+// sameErrors reports whether two NACKs say the same: errors that differ
+// only by the temporary file they name (a retry writes a new one) are
+// the same error, so they are not sent again.
 func sameErrors(a, b []*pb.ItemError) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		if !proto.Equal(a[i], b[i]) {
+		if a[i].GetItem() != b[i].GetItem() || atomicfile.NormalizeTemp(a[i].GetMessage()) != atomicfile.NormalizeTemp(b[i].GetMessage()) {
 			return false
 		}
 	}

@@ -97,9 +97,25 @@ func TransportOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(4 << 10),
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(KeepaliveServerParameters()),
+		grpc.KeepaliveEnforcementPolicy(KeepaliveEnforcementPolicy()),
 	}
+}
+
+// KeepaliveServerParameters make the controller ping a quiet agent
+// connection every 10 s and drop it when 10 s pass without an answer: a
+// blackholed agent (a host powered off, a firewall dropping packets) is
+// noticed within about 20 s, not when TCP gives up minutes later, so its
+// stream ends, its presence goes and a pending push shows as such.
+func KeepaliveServerParameters() keepalive.ServerParameters {
+	return keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 10 * time.Second}
+}
+
+// KeepaliveEnforcementPolicy lets agents ping every 5 s or more, also
+// between streams (agent/app pings every 10 s); a client pinging more
+// often is sent GOAWAY.
+func KeepaliveEnforcementPolicy() keepalive.EnforcementPolicy {
+	return keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}
 }
 
 // AddrFile is where serve writes its listening address, for the admin commands.

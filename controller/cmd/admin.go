@@ -97,12 +97,14 @@ func newApply(g *globals) *cobra.Command {
 				printPlan(g.out, resp)
 				printWarnings(g.out, resp.GetWarnings())
 				switch {
+				case dryRun && resp.GetRevision() == 0:
+					fmt.Fprintln(g.out, "dry run: nothing stored (current revision 0)")
 				case dryRun:
-					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d)\n", resp.GetRevision())
+					fmt.Fprintf(g.out, "dry run: nothing stored (current revision %d, version %d)\n", resp.GetSequence(), resp.GetRevision())
 				case resp.GetChanged():
-					fmt.Fprintf(g.out, "applied: revision %d\n", resp.GetRevision())
+					fmt.Fprintf(g.out, "applied: revision %d (version %d)\n", resp.GetSequence(), resp.GetRevision())
 				default:
-					fmt.Fprintf(g.out, "unchanged: revision %d is already this topology\n", resp.GetRevision())
+					fmt.Fprintf(g.out, "unchanged: revision %d (version %d) is already this topology\n", resp.GetSequence(), resp.GetRevision())
 				}
 				return nil
 			})
@@ -110,7 +112,7 @@ func newApply(g *globals) *cobra.Command {
 	}
 	c.Flags().StringVarP(&file, "file", "f", "", "topology file, YAML or JSON (required)")
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "show the per-host plan and store nothing")
-	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current revision is this one (0: none yet)")
+	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current version (the VERSION column of `get revisions`) is this one (0: none yet)")
 	_ = c.MarkFlagRequired("file")
 	return c
 }
@@ -140,17 +142,47 @@ func readTopology(file string) ([]byte, error) {
 	return doc, nil
 }
 
+// versionOfRevision finds the version of the revision operators number n,
+// paging through the revisions newest first.
+func versionOfRevision(ctx context.Context, client pb.TopologyServiceClient, n uint64) (uint64, error) {
+	req := &pb.ListTopologyRevisionsRequest{PageSize: 1000}
+	for {
+		resp, err := client.ListTopologyRevisions(ctx, req)
+		if err != nil {
+			return 0, rpcError("list revisions", err)
+		}
+		revs := resp.GetRevisions()
+		for _, r := range revs {
+			if r.GetSequence() == n {
+				return r.GetRevision(), nil
+			}
+		}
+		if resp.GetNextPageToken() == "" || len(revs) == 0 || revs[len(revs)-1].GetSequence() < n {
+			return 0, fmt.Errorf("--revision %d: no such revision (see `get revisions`)", n)
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+}
+
 func newGet(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "get", Short: "Show the topology, its revisions or the hosts"}
-	var rev uint64
+	var rev, version uint64
 	var output string
 	topo := &cobra.Command{
 		Use:   "topology",
-		Short: "Print the current topology, or --revision N",
+		Short: "Print the current topology, or --revision N (or --version V)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewTopologyServiceClient(conn).GetTopology(ctx, &pb.GetTopologyRequest{Revision: rev})
+				client := pb.NewTopologyServiceClient(conn)
+				if rev > 0 {
+					v, err := versionOfRevision(ctx, client, rev)
+					if err != nil {
+						return err
+					}
+					version = v
+				}
+				resp, err := client.GetTopology(ctx, &pb.GetTopologyRequest{Revision: version})
 				if err != nil {
 					return rpcError("get topology", err)
 				}
@@ -170,7 +202,7 @@ func newGet(g *globals) *cobra.Command {
 					}
 					// A valid topology holds nothing to escape; an older
 					// revision stored before the value checks may.
-					fmt.Fprintf(g.out, "# revision %d, applied %s by %s\n%s", resp.GetTopology().GetRevision(),
+					fmt.Fprintf(g.out, "# revision %d (version %d), applied %s by %s\n%s", resp.GetTopology().GetSequence(), resp.GetTopology().GetRevision(),
 						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(resp.GetTopology().GetAppliedBy()), termsafe.Text(string(y)))
 				default:
 					return fmt.Errorf("-o %q: want yaml or json", output)
@@ -179,7 +211,9 @@ func newGet(g *globals) *cobra.Command {
 			})
 		},
 	}
-	topo.Flags().Uint64Var(&rev, "revision", 0, "a stored revision (default: current)")
+	topo.Flags().Uint64Var(&rev, "revision", 0, "a stored revision by its number 1, 2, 3 … (the REVISION column of `get revisions`; default: current)")
+	topo.Flags().Uint64Var(&version, "version", 0, "a stored revision by its version (the VERSION column of `get revisions`)")
+	topo.MarkFlagsMutuallyExclusive("revision", "version")
 	topo.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
 
 	var hostsOut string
@@ -237,7 +271,8 @@ const (
 )
 
 func newStatus(g *globals) *cobra.Command {
-	var trust bool
+	var trust, plan bool
+	var host string
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
@@ -245,6 +280,9 @@ func newStatus(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				fleet := pb.NewFleetServiceClient(conn)
+				if trust && (plan || host != "") {
+					return errors.New("--trust shows every edge: it takes neither --plan nor --host")
+				}
 				if trust {
 					rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
 					if err != nil {
@@ -258,6 +296,7 @@ func newStatus(g *globals) *cobra.Command {
 					printDrift(g.out, hosts.GetHosts())
 					fmt.Fprintln(g.out)
 					printRealms(g.out, rep.GetRealms())
+					printExpiryWarnings(g.out, rep.GetRealms())
 					for _, e := range rep.GetEdges() {
 						if !e.GetOk() {
 							return &exitError{code: exitTrust, err: fmt.Errorf("trust edge %s → %s is not working", safe(e.GetFrom()), safe(e.GetTo()))}
@@ -265,11 +304,20 @@ func newStatus(g *globals) *cobra.Command {
 					}
 					return driftError(hosts.GetHosts())
 				}
-				details, err := fetchStatus(ctx, fleet)
+				details, err := fetchStatus(ctx, fleet, host)
 				if err != nil {
 					return err
 				}
+				if plan {
+					printPlans(g.out, details)
+					return nil
+				}
 				printStatus(g.out, details)
+				rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+				if err != nil {
+					return rpcError("trust report", err)
+				}
+				printExpiryWarnings(g.out, rep.GetRealms())
 				hosts := make([]*pb.Host, 0, len(details))
 				for _, d := range details {
 					hosts = append(hosts, d.host)
@@ -280,8 +328,17 @@ func newStatus(g *globals) *cobra.Command {
 	}
 	c.Long = fmt.Sprintf(`Per host: desired and applied version, last ack or nack, drift, realms and what the host verified.
 With --trust: one row per trust edge, then every host's drift and each deployment's realms.
+Both warn of a token-issuer certificate (Lync's OAuthTokenIssuer, Exchange's auth certificate,
+SharePoint's STS certificate) that expires within 60 days, and more urgently within 30.
+
+With --plan: per host, the operations its agent reported: for an agent in monitor mode
+(s2s-agent run --apply=false) the exact cmdlets it would run, otherwise those it last ran,
+each with its item, reason and whether it is primary-only or disruptive; secrets redacted.
+--host shows one host only.
 
 Exits %d when a trust edge is not working (--trust), %d when a host has drift that was not corrected.`, exitTrust, exitDrift)
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
+	c.Flags().BoolVar(&plan, "plan", false, "per host, the operations its agent would execute (monitor mode) or last executed")
+	c.Flags().StringVar(&host, "host", "", "show this host only")
 	return c
 }

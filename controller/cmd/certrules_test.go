@@ -78,7 +78,7 @@ func TestApplyCertificateRules(t *testing.T) {
 	if strings.Count(out, "warning: ") != 1 {
 		t.Errorf("apply printed other warnings than the SAN's:\n%s", out)
 	}
-	m := regexp.MustCompile(`(?m)^applied: revision (\d+)$`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`(?m)^applied: revision \d+ \(version (\d+)\)$`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("apply with a warning printed no `applied: revision N`:\n%s", out)
 	}
@@ -114,7 +114,7 @@ func TestApplyCertificateRules(t *testing.T) {
 				}
 				wantNotContains(t, "error", err.Error(), "Passw0rd")
 				rows := tableRows(t, mustRun(t, dir, "get", "revisions"))
-				if len(rows) != 1 || rows[0]["REVISION"] != rev {
+				if len(rows) != 1 || rows[0]["VERSION"] != rev {
 					t.Errorf("after a refused apply, revisions are %v, want only %s", rows, rev)
 				}
 				if got := mustRun(t, dir, "get", "topology", "-o", "json"); got != stored {

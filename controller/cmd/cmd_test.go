@@ -262,12 +262,12 @@ func TestSecretPutAndList(t *testing.T) {
 	}
 
 	out := mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
-	want := fmt.Sprintf("stored secret oauth-2026: certificate %s (CN=contoso.com)\n", iss.thumbprint)
+	want := fmt.Sprintf("stored secret oauth-2026 version 1: certificate %s (CN=contoso.com)\n", iss.thumbprint)
 	if out != want {
 		t.Errorf("first put printed %q, want %q", out, want)
 	}
 	out = mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
-	want = fmt.Sprintf("unchanged secret oauth-2026: certificate %s (CN=contoso.com)\n", iss.thumbprint)
+	want = fmt.Sprintf("unchanged secret oauth-2026 version 1: certificate %s (CN=contoso.com)\n", iss.thumbprint)
 	if out != want {
 		t.Errorf("second put printed %q, want %q", out, want)
 	}
@@ -350,22 +350,31 @@ func TestApplyGetStatus(t *testing.T) {
 	wantRPCError(t, err, "NotFound")
 
 	out = mustRun(t, dir, "apply", "-f", file)
-	m := regexp.MustCompile(`(?m)^applied: revision (\d+)$`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`(?m)^applied: revision \d+ \(version (\d+)\)$`).FindStringSubmatch(out)
 	if m == nil {
-		t.Fatalf("apply printed no `applied: revision N`:\n%s", out)
+		t.Fatalf("apply printed no `applied: revision N (version V)`:\n%s", out)
 	}
 	rev := m[1]
 	wantContains(t, "apply output", out, "fe01.contoso.com (pool01, lync):\n", "5 of 5 hosts change\n")
 
 	out = mustRun(t, dir, "apply", "-f", file)
-	wantContains(t, "second apply", out, "0 of 5 hosts change\n", "unchanged: revision "+rev+" is already this topology\n")
+	wantContains(t, "second apply", out, "0 of 5 hosts change\n", "unchanged: revision 1 (version "+rev+") is already this topology\n")
 	wantNotContains(t, "second apply", out, "applied:")
 
 	out = mustRun(t, dir, "get", "topology", "-o", "yaml")
-	wantContains(t, "topology yaml", out, "# revision "+rev+", applied ", "name: contoso\n", "pool01")
-	if !strings.HasPrefix(out, "# revision "+rev+", applied ") {
+	wantContains(t, "topology yaml", out, "# revision 1 (version "+rev+"), applied ", "name: contoso\n", "pool01")
+	if !strings.HasPrefix(out, "# revision 1 (version "+rev+"), applied ") {
 		t.Errorf("topology yaml does not start with its revision comment:\n%s", out)
 	}
+
+	// The same revision by its number and by its version.
+	for _, flag := range [][]string{{"--revision", "1"}, {"--version", rev}} {
+		if got := mustRun(t, dir, append([]string{"get", "topology"}, flag...)...); got != out {
+			t.Errorf("get topology %s:\n%s\nwant the current one:\n%s", flag, got, out)
+		}
+	}
+	_, err = mustFail(t, dir, "get", "topology", "--revision", "7")
+	wantContains(t, "error", err.Error(), "--revision 7: no such revision")
 
 	out = mustRun(t, dir, "get", "topology", "-o", "json")
 	var doc struct {
@@ -387,7 +396,7 @@ func TestApplyGetStatus(t *testing.T) {
 
 	out = mustRun(t, dir, "get", "revisions")
 	rows := tableRows(t, out)
-	if len(rows) != 1 || rows[0]["REVISION"] != rev || rows[0]["NAME"] != "contoso" || !strings.Contains(rows[0]["APPLIED BY"], "admin") {
+	if len(rows) != 1 || rows[0]["VERSION"] != rev || rows[0]["NAME"] != "contoso" || !strings.Contains(rows[0]["APPLIED BY"], "admin") {
 		t.Errorf("get revisions: want one revision %s of contoso applied by the admin:\n%s", rev, out)
 	}
 
@@ -477,9 +486,9 @@ func TestApplyRefused(t *testing.T) {
 	mustRun(t, dir, "secret", "put", "contoso-only", "--pfx", narrow.pfxFile, "--password-file", narrow.pwFile)
 
 	out := mustRun(t, dir, "apply", "-f", contosoFile(t))
-	m := regexp.MustCompile(`(?m)^applied: revision (\d+)$`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`(?m)^applied: revision \d+ \(version (\d+)\)$`).FindStringSubmatch(out)
 	if m == nil {
-		t.Fatalf("apply printed no `applied: revision N`:\n%s", out)
+		t.Fatalf("apply printed no `applied: revision N (version V)`:\n%s", out)
 	}
 	rev := m[1]
 	stored := mustRun(t, dir, "get", "topology", "-o", "json")
@@ -551,7 +560,7 @@ func TestApplyRefused(t *testing.T) {
 			wantNotContains(t, "error", err.Error(), "pfx-Passw0rd", "narrow-Passw0rd")
 
 			rows := tableRows(t, mustRun(t, dir, "get", "revisions"))
-			if len(rows) != 1 || rows[0]["REVISION"] != rev {
+			if len(rows) != 1 || rows[0]["VERSION"] != rev {
 				t.Errorf("after a refused apply, revisions are %v, want only %s", rows, rev)
 			}
 			if got := mustRun(t, dir, "get", "topology", "-o", "json"); got != stored {
@@ -562,7 +571,7 @@ func TestApplyRefused(t *testing.T) {
 
 	// The right expected revision applies.
 	out = mustRun(t, dir, "apply", "-f", contosoFile(t, "removePartners: [app]", "removePartners: [app, old]"), "--expected-revision", rev)
-	if !regexp.MustCompile(`(?m)^applied: revision \d+$`).MatchString(out) || strings.Contains(out, "applied: revision "+rev+"\n") {
+	if !regexp.MustCompile(`(?m)^applied: revision \d+ \(version \d+\)$`).MatchString(out) || strings.Contains(out, "(version "+rev+")\n") {
 		t.Errorf("apply --expected-revision %s: want a new revision:\n%s", rev, out)
 	}
 	if rows := tableRows(t, mustRun(t, dir, "get", "revisions")); len(rows) != 2 {

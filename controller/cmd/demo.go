@@ -162,21 +162,33 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return rpcError("apply "+cfg.TopologyName, err)
 	}
 	printWarnings(out, resp.GetWarnings())
-	fmt.Fprintf(out, "applied topology %q as revision %d; waiting for %d hosts to apply and verify\n", t.Name, resp.GetRevision(), resp.GetHostsTotal())
+	fmt.Fprintf(out, "applied topology %q as revision %d (version %d); waiting for %d hosts to apply and verify\n", t.Name, resp.GetSequence(), resp.GetRevision(), resp.GetHostsTotal())
 	fleet := pb.NewFleetServiceClient(conn)
 	deadline := time.Now().Add(cfg.Timeout)
 	failures, waitErr := waitConverged(ctx, fleet, resp.GetRevision(), cfg.Timeout)
 	var trust *pb.GetTrustReportResponse
 	if waitErr == nil && len(failures) == 0 {
-		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetRevision())
+		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetSequence())
 		trust, failures, waitErr = waitTrusted(ctx, fleet, time.Until(deadline))
 	}
-	details, err := fetchStatus(ctx, fleet)
+	details, err := fetchStatus(ctx, fleet, "")
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(out)
 	printStatus(out, details)
+	// What each deployment's primary ran: the shared reconciler's plan,
+	// the exact cmdlets (secrets redacted).
+	var primaries []hostDetail
+	for _, d := range details {
+		if d.host.GetPrimary() {
+			primaries = append(primaries, d)
+		}
+	}
+	if len(primaries) > 0 {
+		fmt.Fprintf(out, "\nWhat the deployments' primaries ran (s2s-controller status --plan):\n\n")
+		printPlans(out, primaries)
+	}
 	if trust != nil {
 		fmt.Fprintf(out, "\nTrust report (s2s-controller status --trust):\n\n")
 		printTrust(out, trust.GetEdges())
@@ -199,7 +211,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		}
 		return &exitError{code: 2, err: fmt.Errorf("%s", b.String())}
 	}
-	fmt.Fprintf(out, "every host applied revision %d and verified it; every trust edge's probe passed\n", resp.GetRevision())
+	fmt.Fprintf(out, "every host applied revision %d and verified it; every trust edge's probe passed\n", resp.GetSequence())
 	if cfg.Once {
 		return nil
 	}

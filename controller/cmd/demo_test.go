@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +180,39 @@ func TestDemoTopologyFileErrors(t *testing.T) {
 		if strings.Contains(out.String(), "controller listening") {
 			t.Errorf("demo --topology %s started a controller before refusing the file:\n%s", tc.file, out.String())
 		}
+	}
+}
+
+// TestDemoOnceWithTheDefaultCertificate runs the demo on the contoso
+// example with the seed's Default-certificate path, tokenIssuer
+// {existing: Default}: the pool's primary assigns its Default certificate
+// (CN the pool) as the global OAuthTokenIssuer, every edge passes, and the
+// plan shows the exact Set-CsCertificate with the Default's thumbprint.
+func TestDemoOnceWithTheDefaultCertificate(t *testing.T) {
+	doc := bytes.Replace(examples.Contoso, []byte("tokenIssuer: {secret: oauth-2026}"), []byte("tokenIssuer: {existing: Default}"), 1)
+	if bytes.Equal(doc, examples.Contoso) {
+		t.Fatal("the contoso example no longer names tokenIssuer: {secret: oauth-2026}")
+	}
+	file := writeFile(t, "contoso-default.yaml", doc)
+	var out bytes.Buffer
+	root := NewRoot(&out)
+	root.SetArgs([]string{"demo", "--once", "--topology", file, "--dir", t.TempDir(), "--timeout", "90s"})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatalf("demo --once --topology %s: %v\n%s", file, err, out.String())
+	}
+	got := out.String()
+	m := regexp.MustCompile(`Set-CsCertificate -Identity 'global' -Type OAuthTokenIssuer -Thumbprint '([0-9A-F]{40})'`).FindStringSubmatch(got)
+	if m == nil {
+		t.Fatalf("the demo's plans show no Set-CsCertificate of the Default certificate:\n%s", got)
+	}
+	// That thumbprint is the pool's issuer now: the trust report's rows
+	// from pool01 name it, and every edge passed.
+	if !strings.Contains(got, m[1]) || !strings.Contains(got, "every trust edge's probe passed") {
+		t.Errorf("the issuer %s assigned is not the one the fleet trusts:\n%s", m[1], got)
+	}
+	if !lineWith(got, "pool01", "exchange", "passed", "ok") || !lineWith(got, "pool01", "sharepoint", "passed", "ok") {
+		t.Errorf("pool01's edges do not pass with its Default certificate:\n%s", got)
 	}
 }

@@ -20,8 +20,43 @@ import (
 
 // reportAs opens a Sync stream to the controller of dataDir as host, with
 // an agent identity from its development CA, says hello and sends rep, as
-// an agent would. The stream stays open until the test ends.
-func reportAs(t *testing.T, dataDir, host string, rep *pb.StatusReport) {
+// an agent would, its Hello naming the products detected. The stream stays
+// open until the test ends.
+func reportAs(t *testing.T, dataDir, host string, rep *pb.StatusReport, detected ...*pb.DetectedProduct) {
+	t.Helper()
+	conn := agentConn(t, dataDir, host)
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := pb.NewAgentServiceClient(conn).Sync(ctx)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, err := stream.Recv(); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	for _, m := range []*pb.SyncRequest{
+		{Message: &pb.SyncRequest_Hello{Hello: &pb.Hello{Host: host, AgentVersion: "test", Driver: "none", Products: detected}}},
+		{Message: &pb.SyncRequest_Status{Status: rep}},
+	} {
+		if err := stream.Send(m); err != nil && !errors.Is(err, io.EOF) {
+			t.Fatalf("send as %s: %v", host, err)
+		}
+	}
+}
+
+// agentConn is a connection to the controller of dataDir with an agent
+// identity for host from its development CA; closed when the test ends.
+func agentConn(t *testing.T, dataDir, host string) *grpc.ClientConn {
 	t.Helper()
 	files := pki.Files{Dir: app.PKIDir(dataDir)}
 	caPEM, caKey := mustRead(t, files.CACert()), mustRead(t, files.CAKey())
@@ -45,35 +80,8 @@ func reportAs(t *testing.T, dataDir, host string, rep *pb.StatusReport) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stream, err := pb.NewAgentServiceClient(conn).Sync(ctx)
-	if err != nil {
-		cancel()
-		conn.Close()
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			if _, err := stream.Recv(); err != nil {
-				return
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		conn.Close()
-	})
-	for _, m := range []*pb.SyncRequest{
-		{Message: &pb.SyncRequest_Hello{Hello: &pb.Hello{Host: host, AgentVersion: "test", Driver: "none"}}},
-		{Message: &pb.SyncRequest_Status{Status: rep}},
-	} {
-		if err := stream.Send(m); err != nil && !errors.Is(err, io.EOF) {
-			t.Fatalf("send as %s: %v", host, err)
-		}
-	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // TestDriftAndRealmsInStatus checks what an operator sees of drift and

@@ -166,7 +166,8 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 }
 
 func newHost(g *globals) *cobra.Command {
-	c := &cobra.Command{Use: "host", Short: "Host identities: list them with their expiry, revoke one"}
+	c := &cobra.Command{Use: "host", Short: "Hosts: list their identities with expiry, revoke one, retry a rejected configuration"}
+	c.AddCommand(newHostRetry(g))
 	revoke := &cobra.Command{
 		Use:   "revoke FQDN",
 		Short: "Revoke a host's identity: its streams end at once and its certificate is refused from then on",

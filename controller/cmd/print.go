@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/s2strust/s2strust/internal/products"
 	"github.com/s2strust/s2strust/internal/termsafe"
@@ -39,19 +41,51 @@ func printPlan(w io.Writer, resp *pb.ApplyTopologyResponse) {
 
 func printHosts(w io.Writer, hosts []*pb.Host) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tPRODUCT\tPRIMARY\tCONNECTED\tDESIRED\tAPPLIED\tDRIFT\tLAST RESULT")
+	fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tPRODUCT\tPRIMARY\tCONNECTED\tREVISION\tDESIRED\tAPPLIED\tPENDING\tDRIFT\tLAST RESULT")
 	for _, h := range hosts {
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%d\t%d\t%s\t%s\n", safe(h.GetHost()), safe(h.GetDeployment()), products.Name(h.GetProduct()), safe(h.GetProductVersion()),
-			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), h.GetDesiredVersion(), h.GetAppliedVersion(), driftText(h.GetDrift()), resultText(h.GetLastResult()))
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", safe(h.GetHost()), safe(h.GetDeployment()), products.Name(h.GetProduct()), safe(h.GetProductVersion()),
+			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), revisionText(h), h.GetDesiredVersion(), h.GetAppliedVersion(), pendingText(h), driftText(h.GetDrift()), resultText(h.GetLastResult()))
 	}
 	tw.Flush()
 }
 
+// revisionText is the host's desired revision as operators number them
+// (1, 2, 3 …), and the one it has applied when that differs.
+func revisionText(h *pb.Host) string {
+	d, a := h.GetDesiredSequence(), h.GetAppliedSequence()
+	switch {
+	case d == 0:
+		return "-"
+	case a == d:
+		return strconv.FormatUint(d, 10)
+	case a == 0:
+		return fmt.Sprintf("%d (applied none)", d)
+	default:
+		return fmt.Sprintf("%d (applied %d)", d, a)
+	}
+}
+
+// pendingText says how long the push awaiting the host's answer has been
+// pending, "-" when none is.
+func pendingText(h *pb.Host) string {
+	if h.GetPendingVersion() == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("v%d for %s", h.GetPendingVersion(), (time.Duration(h.GetPendingMs()) * time.Millisecond).Round(time.Second))
+}
+
 func printRevisions(w io.Writer, revs []*pb.TopologyRevision) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REVISION\tNAME\tAPPLIED AT\tAPPLIED BY\tHASH")
+	fmt.Fprintln(tw, "REVISION\tVERSION\tNAME\tAPPLIED AT\tAPPLIED BY\tHASH\tSECRETS")
 	for _, r := range revs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%.12s\n", r.GetRevision(), safe(r.GetName()), r.GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(r.GetAppliedBy()), safe(r.GetHash()))
+		var secs []string
+		for _, s := range r.GetSecrets() {
+			secs = append(secs, fmt.Sprintf("%s v%d", safe(s.GetName()), s.GetVersion()))
+		}
+		if len(secs) == 0 {
+			secs = []string{"-"}
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.12s\t%s\n", r.GetSequence(), r.GetRevision(), safe(r.GetName()), r.GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(r.GetAppliedBy()), safe(r.GetHash()), strings.Join(secs, ", "))
 	}
 	tw.Flush()
 }
@@ -64,6 +98,18 @@ func yesNo(b bool) string {
 }
 
 func resultText(r *pb.LastResult) string {
+	if r.GetMonitor() {
+		// Not a failure: the agent runs read-only and answers so.
+		var parts []string
+		for _, e := range r.GetErrors() {
+			if e.GetItem() == "monitor" {
+				parts = append(parts, safe(e.GetMessage()))
+			} else {
+				parts = append(parts, safe(e.GetItem())+": "+safe(e.GetMessage()))
+			}
+		}
+		return fmt.Sprintf("monitor v%d: %s", r.GetVersion(), strings.Join(parts, "; "))
+	}
 	switch r.GetKind() {
 	case pb.ResultKind_RESULT_KIND_ACK:
 		return fmt.Sprintf("ack v%d", r.GetVersion())
@@ -83,7 +129,16 @@ type hostDetail struct {
 	report *pb.StatusReport
 }
 
-func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient) ([]hostDetail, error) {
+// fetchStatus gets every host with its report, or only host when set.
+func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient, host string) ([]hostDetail, error) {
+	if host != "" {
+		host = strings.ToLower(strings.TrimSpace(host))
+		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Host: host})
+		if err != nil {
+			return nil, rpcError("get host "+host, err)
+		}
+		return []hostDetail{{host: d.GetHost(), report: d.GetStatus()}}, nil
+	}
 	list, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
 	if err != nil {
 		return nil, rpcError("list hosts", err)
@@ -114,12 +169,18 @@ func printStatus(w io.Writer, details []hostDetail) {
 		if h.GetPrimary() {
 			role = "primary"
 		}
+		if r.GetMonitor() {
+			role += ", monitor mode"
+		}
 		fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
 		if r == nil {
 			fmt.Fprintln(w, "no status report yet")
 			continue
 		}
 		fmt.Fprintln(w, realmLine(h, r))
+		if r.GetMonitor() {
+			fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
+		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ITEM\tSTATE\tDETAIL")
 		items := append([]*pb.ItemStatus(nil), r.GetItems()...)
@@ -243,7 +304,7 @@ func printPartners(w io.Writer, product pb.Product, ps []*pb.PartnerApplication)
 				{"Name", p.GetName()},
 				{"RegisteredIssuerName", p.GetApplicationIdentifier() + "@" + p.GetRealm()},
 				{"MetadataEndPoint", p.GetMetadataUrl()},
-				{"IsSelfIssuer", "False"},
+				{"IsSelfIssuer", boolPS(!p.GetTrustBroker())}, // the complement of -IsTrustBroker
 				{"IsTrustBroker", boolPS(p.GetTrustBroker())},
 			})
 		}
@@ -302,6 +363,9 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 		expires := "-"
 		if e.GetIssuerNotAfter() != nil {
 			expires = e.GetIssuerNotAfter().AsTime().Format("2006-01-02")
+			if e.GetIssuerExpiryWarning() != "" {
+				expires += " SOON"
+			}
 		}
 		okProbes := 0
 		for _, p := range e.GetProbes() {
@@ -424,6 +488,17 @@ func printRealms(w io.Writer, realms []*pb.DeploymentRealm) {
 			orDash(r.GetConfiguredRealm()), orDash(r.GetMetadataRealm()), orDash(r.GetMetadataIssuer()))
 	}
 	tw.Flush()
+}
+
+// printExpiryWarnings prints a warning for each deployment whose
+// token-issuer certificate expires within 60 days; warnings change no
+// exit code.
+func printExpiryWarnings(w io.Writer, realms []*pb.DeploymentRealm) {
+	for _, r := range realms {
+		if x := r.GetIssuerExpiryWarning(); x != "" {
+			fmt.Fprintf(w, "warning: %s\n", safe(x))
+		}
+	}
 }
 
 // orDash shows s escaped, or "-" when it is empty.

@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"bytes"
+	"path/filepath"
 	"strings"
 	"testing"
 	"unicode"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -107,6 +109,35 @@ func TestPrintersEscapeHostileText(t *testing.T) {
 		printTrust(b, []*pb.TrustEdge{e, hostile(&pb.TrustEdge{RealmsMatch: true})})
 	})
 	run("plan", func(b *bytes.Buffer) { printPlan(b, hostile(&pb.ApplyTopologyResponse{})) })
+	run("hosts in monitor mode", func(b *bytes.Buffer) {
+		h := hostile(&pb.Host{})
+		h.LastResult.Kind, h.LastResult.Monitor = pb.ResultKind_RESULT_KIND_NACK, true
+		h.LastResult.Errors = append(h.LastResult.Errors, &pb.ItemError{Item: "monitor", Message: hostileText})
+		printHosts(b, []*pb.Host{h})
+	})
+	for _, monitor := range []bool{false, true} {
+		run("status --plan", func(b *bytes.Buffer) {
+			r := hostile(&pb.StatusReport{})
+			r.Monitor = monitor
+			printPlans(b, []hostDetail{{host: hostile(&pb.Host{}), report: r}})
+		})
+	}
+	run("discover's findings", func(b *bytes.Buffer) {
+		cur, err := topology.Load("contoso.yaml", mustRead(t, filepath.Join("..", "..", "deploy", "examples", "contoso.yaml")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var details []hostDetail
+		for _, h := range []string{"fe01.contoso.com", "fe02.contoso.com"} {
+			details = append(details, hostDetail{host: &pb.Host{Host: h, Deployment: "pool01", Connected: true, Product: pb.Product_PRODUCT_LYNC,
+				DetectedProducts: []*pb.DetectedProduct{{Product: pb.Product_PRODUCT_LYNC, Version: h}}}, report: hostile(&pb.StatusReport{})})
+		}
+		d := discover(cur, details, nil)
+		if len(d.conflicts) == 0 {
+			t.Fatal("no conflicts from hostile reports")
+		}
+		d.printFindings(b)
+	})
 	run("revisions", func(b *bytes.Buffer) { printRevisions(b, []*pb.TopologyRevision{hostile(&pb.TopologyRevision{})}) })
 	checkSafe(t, "an error from the controller", rpcError("apply contoso.yaml", status.Error(codes.InvalidArgument, hostileText)).Error(), true)
 }

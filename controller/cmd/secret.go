@@ -44,10 +44,18 @@ func readPFX(name string) ([]byte, error) {
 func newSecret(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "secret", Short: "Upload and list token-issuer certificates (PFX), stored encrypted"}
 	var pfxFile, pwFile string
+	var newVersion bool
 	put := &cobra.Command{
-		Use:   "put NAME --pfx FILE --password-file FILE",
+		Use:   "put NAME --pfx FILE --password-file FILE [--new-version]",
 		Short: "Upload a PFX under NAME; topologies refer to it as tokenIssuer: {secret: NAME}",
-		Args:  cobra.ExactArgs(1),
+		Long: `Upload a PFX under NAME as its next version; topologies refer to it as tokenIssuer: {secret: NAME}.
+
+A secret the current topology uses is never replaced in place: that would swap the token-issuer
+certificate on every host at once and break every trust edge until the partners refresh their
+metadata. Such a put is refused; with --new-version the PFX is stored as a new version that no
+host uses until a rotation (s2s-controller rotate issuer) or rollout takes it into use. Each
+topology revision records the secret versions it was applied with (get revisions, SECRETS).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pfx, err := readPFX(pfxFile)
 			if err != nil {
@@ -62,7 +70,7 @@ func newSecret(g *globals) *cobra.Command {
 				password = strings.TrimRight(string(b), "\r\n")
 			}
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, &pb.PutSecretRequest{Name: args[0], Pfx: pfx, Password: password})
+				resp, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, &pb.PutSecretRequest{Name: args[0], Pfx: pfx, Password: password, NewVersion: newVersion})
 				if err != nil {
 					return rpcError("put secret "+args[0], err)
 				}
@@ -70,13 +78,19 @@ func newSecret(g *globals) *cobra.Command {
 				if !resp.GetChanged() {
 					verb = "unchanged"
 				}
-				ci := resp.GetSecret().GetCertificate()
-				fmt.Fprintf(g.out, "%s secret %s: certificate %s (%s)\n", verb, safe(args[0]), safe(ci.GetThumbprint()), safe(ci.GetSubject()))
+				sec := resp.GetSecret()
+				ci := sec.GetCertificate()
+				fmt.Fprintf(g.out, "%s secret %s version %d: certificate %s (%s)\n", verb, safe(args[0]), sec.GetVersion(), safe(ci.GetThumbprint()), safe(ci.GetSubject()))
+				if resp.GetChanged() && len(sec.GetUsedBy()) > 0 {
+					fmt.Fprintf(g.out, "no host uses version %d yet: deployment %s keeps the version its topology revision records until a rotation or rollout uses this one\n",
+						sec.GetVersion(), strings.Join(termsafe.Strings(sec.GetUsedBy()), ", "))
+				}
 				return nil
 			})
 		},
 	}
 	put.Flags().StringVar(&pfxFile, "pfx", "", "PKCS#12 file with the certificate and its private key (required)")
+	put.Flags().BoolVar(&newVersion, "new-version", false, "store a new version of a secret in use, changing no host until a rotation or rollout uses it")
 	put.Flags().StringVar(&pwFile, "password-file", "", "file holding the PFX password (not a flag value, so it stays out of shell history)")
 	_ = put.MarkFlagRequired("pfx")
 	list := &cobra.Command{
@@ -90,11 +104,15 @@ func newSecret(g *globals) *cobra.Command {
 					return rpcError("list secrets", err)
 				}
 				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER")
+				fmt.Fprintln(tw, "NAME\tVERSION\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER\tUSED BY")
 				for _, s := range resp.GetSecrets() {
 					ci := s.GetCertificate()
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", safe(s.GetName()), safe(ci.GetThumbprint()), safe(ci.GetSubject()), strings.Join(termsafe.Strings(ci.GetDnsNames()), ","),
-						ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"))
+					used := strings.Join(termsafe.Strings(s.GetUsedBy()), ",")
+					if used == "" {
+						used = "-"
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", safe(s.GetName()), s.GetVersion(), safe(ci.GetThumbprint()), safe(ci.GetSubject()), strings.Join(termsafe.Strings(ci.GetDnsNames()), ","),
+						ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"), used)
 				}
 				return tw.Flush()
 			})

@@ -118,12 +118,14 @@ func TestGetAudit(t *testing.T) {
 	}
 	var rev string
 	for _, line := range strings.Split(applied, "\n") {
-		if r, ok := strings.CutPrefix(line, "applied: revision "); ok {
-			rev = r
+		// "applied: revision 1 (version 4)": the audit record carries the
+		// etcd revision of its transaction, the version.
+		if _, v, ok := strings.Cut(line, "(version "); ok && strings.HasPrefix(line, "applied: revision ") {
+			rev = strings.TrimSuffix(v, ")")
 		}
 	}
 	want := []struct{ kind, who, what, result, rev string }{
-		{"secret", "admin/admin", "put secret oauth-2026 (certificate " + iss.thumbprint, "ok", ""},
+		{"secret", "admin/admin", "put secret oauth-2026 version 1 (certificate " + iss.thumbprint, "ok", ""},
 		{"topology", "admin/admin", "apply topology contoso", "ok", rev},
 		{"token", "admin/admin", "create join token for fe01.contoso.com", "ok", ""},
 		{"refused", "admin/vera/viewer", "call /s2strust.v1.SecretService/PutSecret", "refused: ", ""},

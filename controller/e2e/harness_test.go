@@ -22,6 +22,7 @@ import (
 
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/driver/sim"
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/controller/etcdembed"
@@ -185,6 +186,15 @@ func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.
 	return d.Driver.Apply(ctx, cfg, s)
 }
 
+// ApplyPlan forwards to the sim, counting applies: the wrapper must keep
+// the driver a syncer.Planner (which monitor mode needs).
+func (d *countingDriver) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, s []*pb.SecretMaterial, monitor bool) reconcile.Result {
+	if !monitor {
+		d.applies.Add(1)
+	}
+	return d.Driver.(syncer.Planner).ApplyPlan(ctx, cfg, s, monitor)
+}
+
 // CheckMetadata forwards to the sim: the wrapper must keep the driver a Prober.
 func (d *countingDriver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
 	return d.Driver.(driver.Prober).CheckMetadata(ctx, cfg)
@@ -230,6 +240,8 @@ type agentOpts struct {
 	// resolve adds --resolve mappings to the network's: the one way a test
 	// may point a name at loopback (a loopback IP literal is refused).
 	resolve []string
+	// monitor runs the agent in monitor mode (--apply=false).
+	monitor bool
 }
 
 func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir string, o agentOpts) *agent {
@@ -283,6 +295,7 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	}
 	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
 		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
+		Monitor:     o.monitor,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond,
 		OnDesired: func(d *pb.Desired) {
 			ag.received.Add(1)

@@ -18,7 +18,6 @@ import (
 
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/controller/etcdembed"
-	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/certs"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -378,47 +377,59 @@ func TestSecretsAreSealedAtRestAndNeverShown(t *testing.T) {
 	}
 }
 
-func TestReplacedSecretReachesItsHostsOnly(t *testing.T) {
+// TestSecretInUseIsNotSwappedInPlace: replacing the token-issuer
+// certificate under a name in use would change it on every Front End at
+// once and break every edge from pool01 until the partners refresh their
+// metadata. That put is refused; a new version is stored without any host
+// changing, and every edge keeps working.
+func TestSecretInUseIsNotSwappedInPlace(t *testing.T) {
 	f := startFleet(t, examples.Contoso, agentOpts{})
 	rev := f.apply(examples.Contoso)
 	f.waitConverged(rev)
-	exchangeBefore := f.received()["ex01.contoso.com"]
-
-	// The same secret name, a new certificate: the Lync hosts must get it.
-	pfx := f.putIssuerSecret("oauth-2026", "contoso.com", []string{"contoso.com", "fabrikam.com"}, "rotated-password")
-	cert, err := secrets.CertificateOf(pfx, "rotated-password")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := certs.Thumbprint(cert)
+	before := f.received()
 	fleetAPI := pb.NewFleetServiceClient(f.conn)
-	waitFor(t, waitTimeout, "both Front Ends to use the replaced certificate", func() (bool, string) {
+	thumbprints := func() map[string]string {
+		out := map[string]string{}
 		for _, fe := range []string{"fe01.contoso.com", "fe02.contoso.com"} {
 			h, err := fleetAPI.GetHost(context.Background(), &pb.GetHostRequest{Host: fe})
 			if err != nil {
-				return false, err.Error()
+				t.Fatal(err)
 			}
-			if got := h.GetStatus().GetIssuerCertificate().GetThumbprint(); got != want {
-				return false, fe + " uses " + got
-			}
-			if h.GetHost().GetAppliedHash() != h.GetHost().GetDesiredHash() {
-				return false, fe + " has not acked"
-			}
+			out[fe] = h.GetStatus().GetIssuerCertificate().GetThumbprint()
 		}
-		return true, ""
-	})
-	if got := f.received()["ex01.contoso.com"]; got != exchangeBefore {
-		t.Errorf("ex01 was sent %d desired states for a secret it does not use", got-exchangeBefore)
+		return out
 	}
-	// Swapping the signing certificate without a staged rotation breaks
-	// the partners that cached the old one, and the trust report says so.
-	f.waitEdges("pool01's outgoing edges to fail for a stale partner cache", func(_ string, e *pb.TrustEdge) bool {
-		if e.GetFrom() != "pool01" {
-			return e.GetOk()
+	old := thumbprints()
+
+	now := time.Now()
+	b, err := certs.Generate(certs.Template{CommonName: "contoso.com", DNSNames: []string{"contoso.com", "fabrikam.com"}, NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(1, 0, 0), KeyBits: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pfx, err := certs.EncodePFX(b, "rotated-password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretsAPI := pb.NewSecretServiceClient(f.conn)
+	_, err = secretsAPI.PutSecret(context.Background(), &pb.PutSecretRequest{Name: "oauth-2026", Pfx: pfx, Password: "rotated-password"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "deployment pool01") || !strings.Contains(err.Error(), "rotate issuer") {
+		t.Fatalf("put over the secret in use: %v; want FAILED_PRECONDITION naming pool01 and pointing at rotate issuer", err)
+	}
+	put, err := secretsAPI.PutSecret(context.Background(), &pb.PutSecretRequest{Name: "oauth-2026", Pfx: pfx, Password: "rotated-password", NewVersion: true})
+	if err != nil || put.GetSecret().GetVersion() != 2 || put.GetSecret().GetCertificate().GetThumbprint() != certs.Thumbprint(b.Cert) {
+		t.Fatalf("put --new-version = %v, %v; want version 2", put, err)
+	}
+	// Nothing moves: every edge keeps working on the old certificate, and
+	// no host is sent anything.
+	f.waitEdges("every edge to keep working", func(_ string, e *pb.TrustEdge) bool { return e.GetOk() })
+	if now := thumbprints(); now["fe01.contoso.com"] != old["fe01.contoso.com"] || now["fe02.contoso.com"] != old["fe02.contoso.com"] {
+		t.Errorf("Front Ends' certificates %v, were %v: a new version changed a host", now, old)
+	}
+	for h, n := range f.received() {
+		if n != before[h] {
+			t.Errorf("%s was sent %d desired states for a secret version no revision uses", h, n-before[h])
 		}
-		return !e.GetOk() && !e.GetKeyInPartnerCache() && e.GetKeyInMetadata() && e.GetIssuerThumbprint() == want &&
-			strings.Contains(strings.Join(e.GetProblems(), " "), "refresh the partner's metadata")
-	})
+	}
 
 	// Every change is audited with who made it.
 	cli := f.c.etcd()

@@ -1,6 +1,18 @@
 // Package secrets keeps token-issuer certificates (PFX and password) in
 // etcd, sealed with AES-256-GCM under a key kept outside etcd, and serves
 // them only to the hosts whose configuration names them.
+//
+// Secrets are versioned and never swapped in place: every put stores the
+// name's next version (1, 2, 3 …), and a name the current topology uses
+// takes a new version only when asked (--new-version). A topology revision
+// pins the version its hosts use (store.TopologyRecord.Secrets), recorded
+// when it is applied: a name new to the topology gets its newest version,
+// a name the current revision already uses keeps that revision's pin. So
+// storing a new version changes no host's desired state; a rotation or
+// rollout stores a revision with the new pin. The newest version lives
+// under secrets/<name> (what the hub watches and ListSecrets shows), every
+// version under secretversions/<name>/<version>; a record written before
+// versions existed is version 1.
 package secrets
 
 import (
@@ -15,7 +27,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -32,6 +46,17 @@ import (
 type record struct {
 	Info   json.RawMessage `json:"info"`
 	Sealed []byte          `json:"sealed"`
+	// Version is 0 in records written before versions existed: version 1.
+	Version uint64 `json:"version,omitempty"`
+}
+
+// version is the record's version, 1 for a record from before versions.
+func (r record) version() uint64 { return max(r.Version, 1) }
+
+// Ref names one version of a secret; Version 0 is the newest.
+type Ref struct {
+	Name    string
+	Version uint64
 }
 
 // plain is the sealed part.
@@ -55,7 +80,13 @@ func New(st *store.Store, key []byte, now func() time.Time) *Store {
 	return &Store{st: st, key: key, now: now}
 }
 
+// etcdKey is the key of a secret's newest version. Every version is sealed
+// with it as additional data: the ciphertext is bound to its name.
 func (s *Store) etcdKey(name string) string { return s.st.Key("secrets/" + name) }
+
+func (s *Store) versionKey(name string, v uint64) string {
+	return s.st.Key(fmt.Sprintf("secretversions/%s/%020d", name, v))
+}
 
 // ValidName reports whether name can name a secret.
 func ValidName(name string) error {
@@ -74,9 +105,19 @@ func invalid(field, value, want string) error {
 	return &topology.Error{Violations: []topology.FieldViolation{{Field: field, Value: value, Description: want}}}
 }
 
-// Put opens the PFX with its password, then stores it sealed. It returns
-// the certificate's description and whether anything changed.
+// Put opens the PFX with its password, then stores it sealed as the
+// name's next version. It returns the certificate's description and
+// whether anything changed. A name the current topology uses is refused
+// (FAILED_PRECONDITION): see PutVersion.
 func (s *Store) Put(ctx context.Context, name string, pfx []byte, password string) (*pb.Secret, bool, error) {
+	return s.PutVersion(ctx, name, pfx, password, false)
+}
+
+// PutVersion is Put; with newVersion set, a name the current topology uses
+// gets a new version too, which no host uses until a rotation or rollout
+// pins it. Putting the newest version's PFX and password again changes
+// nothing, so a retry is safe.
+func (s *Store) PutVersion(ctx context.Context, name string, pfx []byte, password string, newVersion bool) (*pb.Secret, bool, error) {
 	if err := ValidName(name); err != nil {
 		return nil, false, invalid("name", name, err.Error())
 	}
@@ -89,10 +130,38 @@ func (s *Store) Put(ctx context.Context, name string, pfx []byte, password strin
 		return nil, false, invalid("pfx", fmt.Sprintf("%d bytes", len(pfx)), err.Error())
 	}
 	info := certs.Info(b.Cert, b.Key != nil)
-	if cur, err := s.get(ctx, name); err == nil && proto.Equal(cur.info, info) {
-		if p, err := s.open(name, cur.rec); err == nil && string(p.PFX) == string(pfx) && p.Password == password {
-			return &pb.Secret{Name: name, Certificate: info}, false, nil
+	cur, err := s.get(ctx, name)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, false, err
+	}
+	usedBy, pinned, err := s.usedBy(ctx, name)
+	if err != nil {
+		return nil, false, err
+	}
+	var curRev int64
+	version := uint64(1)
+	if cur != nil {
+		if proto.Equal(cur.info, info) {
+			if p, err := s.open(name, cur.rec); err == nil && string(p.PFX) == string(pfx) && p.Password == password {
+				return &pb.Secret{Name: name, Certificate: info, Version: cur.rec.version(), UsedBy: usedBy}, false, nil
+			}
 		}
+		if len(usedBy) > 0 && !newVersion {
+			// Swapping the certificate in place would change the token
+			// issuer on every host at once, before any partner has the new
+			// key in its cached metadata: every trust edge would break.
+			return nil, false, status.Errorf(codes.FailedPrecondition,
+				"secret %s is in use by deployment %s of the current topology (version %d, certificate %s): it is not replaced in place; store the new certificate with `secret put %s --new-version` and roll it out with `s2s-controller rotate issuer`",
+				name, strings.Join(usedBy, ", "), cur.rec.version(), cur.info.GetThumbprint(), name)
+		}
+		if len(usedBy) > 0 && !pinned {
+			// A revision stored before versions uses the newest version of
+			// each secret: a new one would reach its hosts at once.
+			return nil, false, status.Errorf(codes.FailedPrecondition,
+				"secret %s is in use by deployment %s and the current topology revision, stored before secret versions, does not record which version it uses: apply the topology again (`s2s-controller apply -f FILE`), then store the new version",
+				name, strings.Join(usedBy, ", "))
+		}
+		version, curRev = cur.rec.version()+1, cur.modRev
 	}
 	ij, err := protojson.Marshal(info)
 	if err != nil {
@@ -106,24 +175,111 @@ func (s *Store) Put(ctx context.Context, name string, pfx []byte, password strin
 	if err != nil {
 		return nil, false, fmt.Errorf("seal secret %s: %w", name, err)
 	}
-	val, err := json.Marshal(record{Info: ij, Sealed: sealed})
+	val, err := json.Marshal(record{Info: ij, Sealed: sealed, Version: version})
 	if err != nil {
 		return nil, false, fmt.Errorf("encode secret %s: %w", name, err)
 	}
 	// The audit record is written in the same transaction as the secret.
 	now := s.now()
-	_, err = s.st.Client().Txn(ctx).Then(
+	ops := []clientv3.Op{
 		clientv3.OpPut(s.etcdKey(name), string(val)),
-		clientv3.OpPut(store.AuditKey(s.st, "secret", now), string(s.auditRecord(ctx, now, name, info))),
-	).Commit()
+		clientv3.OpPut(s.versionKey(name, version), string(val)),
+		clientv3.OpPut(store.AuditKey(s.st, "secret", now), string(s.auditRecord(ctx, now, name, version, info))),
+	}
+	if cur != nil && cur.rec.Version == 0 {
+		// A record from before versions is version 1: kept as such, so a
+		// revision that uses it still finds it.
+		old, err := json.Marshal(record{Info: cur.rec.Info, Sealed: cur.rec.Sealed, Version: 1})
+		if err != nil {
+			return nil, false, fmt.Errorf("encode secret %s: %w", name, err)
+		}
+		ops = append(ops, clientv3.OpPut(s.versionKey(name, 1), string(old)))
+	}
+	// Conditioned on the newest version read above: two puts racing never
+	// store the same version twice.
+	resp, err := s.st.Client().Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.etcdKey(name)), "=", curRev)).Then(ops...).Commit()
 	if err != nil {
 		return nil, false, fmt.Errorf("store secret %s: %w", name, err)
 	}
-	return &pb.Secret{Name: name, Certificate: info}, true, nil
+	if !resp.Succeeded {
+		return nil, false, status.Errorf(codes.Aborted, "secret %s changed while it was stored: retry", name)
+	}
+	return &pb.Secret{Name: name, Certificate: info, Version: version, UsedBy: usedBy}, true, nil
 }
 
-// auditRecord says who put which certificate under name; never key material.
-func (s *Store) auditRecord(ctx context.Context, now time.Time, name string, info *pb.CertificateInfo) []byte {
+// usedBy names the deployments of the current topology whose token issuer
+// is the secret name, and whether the current revision pins its version.
+func (s *Store) usedBy(ctx context.Context, name string) (deployments []string, pinned bool, err error) {
+	t, rec, err := s.currentTopology(ctx)
+	if err != nil || t == nil {
+		return nil, false, err
+	}
+	for _, d := range t.Deployments {
+		if d.TokenIssuer != nil && d.TokenIssuer.Secret == name {
+			deployments = append(deployments, d.Name)
+		}
+	}
+	_, pinned = rec.Secrets[name]
+	return deployments, pinned, nil
+}
+
+// currentTopology loads the current topology and its record; nil, nil
+// when none has been applied.
+func (s *Store) currentTopology(ctx context.Context) (*topology.Topology, *store.TopologyRecord, error) {
+	rec, err := s.st.CurrentTopology(ctx)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	t, err := topology.Load("stored revision", rec.Document)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load current topology revision %d: %w", rec.Revision, err)
+	}
+	return t, rec, nil
+}
+
+// Pins chooses the secret version each secret t names is to use, for
+// storing with t (store.PutTopologyPinned): the version the current
+// revision pins for that name, and for a name it does not pin, the newest
+// version. A name with no stored secret is left out (CheckTopology
+// refuses it).
+func (s *Store) Pins(ctx context.Context, t *topology.Topology) (map[string]store.SecretPin, error) {
+	_, cur, err := s.currentTopology(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pins := map[string]store.SecretPin{}
+	for _, d := range t.Deployments {
+		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" {
+			continue
+		}
+		name := d.TokenIssuer.Secret
+		if _, done := pins[name]; done {
+			continue
+		}
+		if cur != nil {
+			if p, ok := cur.Secrets[name]; ok {
+				pins[name] = p
+				continue
+			}
+		}
+		st, err := s.get(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		pins[name] = store.SecretPin{Version: st.rec.version(), Thumbprint: st.info.GetThumbprint()}
+	}
+	return pins, nil
+}
+
+// auditRecord says who put which certificate under name: the secret
+// appears by name, version and thumbprint only, never key material.
+func (s *Store) auditRecord(ctx context.Context, now time.Time, name string, version uint64, info *pb.CertificateInfo) []byte {
 	who := "unknown"
 	if v, ok := ctx.Value(callerKey{}).(string); ok {
 		who = v
@@ -132,8 +288,9 @@ func (s *Store) auditRecord(ctx context.Context, now time.Time, name string, inf
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		from = p.Addr.String()
 	}
-	what := "put secret " + name + " (certificate " + info.GetThumbprint() + ", " + info.GetSubject() + ")"
-	rec := map[string]any{"kind": "secret", "who": who, "from": from, "when": now.UTC(), "what": what, "result": "ok", "changes": []string{what}}
+	what := fmt.Sprintf("put secret %s version %d (certificate %s)", name, version, info.GetThumbprint())
+	rec := map[string]any{"kind": "secret", "who": who, "from": from, "when": now.UTC(), "what": what, "result": "ok",
+		"secret": name, "version": version, "thumbprint": info.GetThumbprint(), "changes": []string{what}}
 	b, _ := json.Marshal(rec)
 	return b
 }
@@ -147,10 +304,12 @@ func WithCaller(ctx context.Context, who string) context.Context {
 }
 
 type stored struct {
-	rec  record
-	info *pb.CertificateInfo
+	rec    record
+	info   *pb.CertificateInfo
+	modRev int64
 }
 
+// get reads the newest version of a secret.
 func (s *Store) get(ctx context.Context, name string) (*stored, error) {
 	resp, err := s.st.Client().Get(ctx, s.etcdKey(name))
 	if err != nil {
@@ -159,7 +318,39 @@ func (s *Store) get(ctx context.Context, name string) (*stored, error) {
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("secret %s: %w", name, store.ErrNotFound)
 	}
+	st, err := decode(name, resp.Kvs[0].Value)
+	if err != nil {
+		return nil, err
+	}
+	st.modRev = resp.Kvs[0].ModRevision
+	return st, nil
+}
+
+// getVersion reads one version of a secret (0: the newest).
+func (s *Store) getVersion(ctx context.Context, name string, v uint64) (*stored, error) {
+	latest, err := s.get(ctx, name)
+	if err != nil || v == 0 || latest.rec.version() == v {
+		return latest, err
+	}
+	resp, err := s.st.Client().Get(ctx, s.versionKey(name, v))
+	if err != nil {
+		return nil, fmt.Errorf("read secret %s version %d: %w", name, v, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("secret %s version %d: %w", name, v, store.ErrNotFound)
+	}
 	return decode(name, resp.Kvs[0].Value)
+}
+
+// Info describes one version of a secret's certificate (0: the newest)
+// without opening its sealed part, so it needs no key: the fleet view
+// reads expiry dates with it.
+func Info(ctx context.Context, st *store.Store, name string, version uint64) (*pb.CertificateInfo, error) {
+	s, err := (&Store{st: st}).getVersion(ctx, name, version)
+	if err != nil {
+		return nil, err
+	}
+	return s.info, nil
 }
 
 // DecodeInfo reads the certificate description of a stored secret value,
@@ -210,17 +401,41 @@ func (s *Store) List(ctx context.Context) ([]*pb.Secret, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, &pb.Secret{Name: name, Certificate: st.info})
+		out = append(out, &pb.Secret{Name: name, Certificate: st.info, Version: st.rec.version()})
+	}
+	t, _, err := s.currentTopology(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if t != nil {
+		for _, sec := range out {
+			for _, d := range t.Deployments {
+				if d.TokenIssuer != nil && d.TokenIssuer.Secret == sec.GetName() {
+					sec.UsedBy = append(sec.UsedBy, d.Name)
+				}
+			}
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
 	return out, nil
 }
 
-// Secrets returns the named secrets decrypted, for delivery to a host.
+// Secrets returns the newest version of the named secrets decrypted.
 func (s *Store) Secrets(ctx context.Context, names []string) ([]*pb.SecretMaterial, error) {
+	refs := make([]Ref, len(names))
+	for i, n := range names {
+		refs[i] = Ref{Name: n}
+	}
+	return s.SecretVersions(ctx, refs)
+}
+
+// SecretVersions returns the given versions of secrets decrypted, for
+// delivery to a host.
+func (s *Store) SecretVersions(ctx context.Context, refs []Ref) ([]*pb.SecretMaterial, error) {
 	var out []*pb.SecretMaterial
-	for _, name := range names {
-		st, err := s.get(ctx, name)
+	for _, ref := range refs {
+		name := ref.Name
+		st, err := s.getVersion(ctx, name, ref.Version)
 		if err != nil {
 			return nil, err
 		}
@@ -252,13 +467,18 @@ func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) (errs, 
 		}
 	}()
 	now := s.now()
+	// The version checked is the one the hosts will use.
+	pins, err := s.Pins(ctx, t)
+	if err != nil {
+		return nil, nil, err
+	}
 	for i, d := range t.Deployments {
 		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" {
 			continue
 		}
 		field := "deployments[" + strconv.Itoa(i) + "].tokenIssuer.secret"
 		name := d.TokenIssuer.Secret
-		st, err := s.get(ctx, name)
+		st, err := s.getVersion(ctx, name, pins[name].Version)
 		if errors.Is(err, store.ErrNotFound) {
 			errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
 			continue

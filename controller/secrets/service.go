@@ -22,7 +22,7 @@ func (s *Service) PutSecret(ctx context.Context, req *pb.PutSecretRequest) (*pb.
 	if id, err := pki.IdentityFromContext(ctx); err == nil {
 		who = id.String()
 	}
-	sec, changed, err := s.store.Put(WithCaller(ctx, who), req.GetName(), req.GetPfx(), req.GetPassword())
+	sec, changed, err := s.store.PutVersion(WithCaller(ctx, who), req.GetName(), req.GetPfx(), req.GetPassword(), req.GetNewVersion())
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -23,10 +24,10 @@ import (
 // fakeSecrets hands out a placeholder PFX for any name.
 type fakeSecrets struct{}
 
-func (fakeSecrets) Secrets(_ context.Context, names []string) ([]*pb.SecretMaterial, error) {
+func (fakeSecrets) SecretVersions(_ context.Context, refs []secrets.Ref) ([]*pb.SecretMaterial, error) {
 	var out []*pb.SecretMaterial
-	for _, n := range names {
-		out = append(out, &pb.SecretMaterial{Name: n, Pfx: []byte("pfx of " + n), Password: "pw"})
+	for _, r := range refs {
+		out = append(out, &pb.SecretMaterial{Name: r.Name, Pfx: []byte("pfx of " + r.Name), Password: "pw"})
 	}
 	return out, nil
 }
@@ -70,6 +71,8 @@ func (a *testAgent) waitPush(t *testing.T, what string, want func(*pb.Desired) b
 // applied, serving Sync on loopback.
 type hubFixture struct {
 	addr string
+	hub  *Hub
+	st   *store.Store
 }
 
 func startHub(t *testing.T, cfg Config) *hubFixture {
@@ -108,7 +111,7 @@ func startHub(t *testing.T, cfg Config) *hubFixture {
 		cli.Close()
 		srv.Close()
 	})
-	return &hubFixture{addr: lis.Addr().String()}
+	return &hubFixture{addr: lis.Addr().String(), hub: hub, st: st}
 }
 
 // connect opens host's Sync stream (the service trusts the hello's host

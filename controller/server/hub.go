@@ -26,8 +26,9 @@ import (
 
 // SecretSource gives the key material a host configuration refers to.
 type SecretSource interface {
-	// Secrets returns the named secrets, decrypted.
-	Secrets(ctx context.Context, names []string) ([]*pb.SecretMaterial, error)
+	// SecretVersions returns the given versions of secrets (0: the
+	// newest), decrypted.
+	SecretVersions(ctx context.Context, refs []secrets.Ref) ([]*pb.SecretMaterial, error)
 }
 
 // Config holds the hub's dependencies.
@@ -63,10 +64,14 @@ type Config struct {
 // compiled is one topology revision compiled for every host.
 type compiled struct {
 	revision    uint64
+	sequence    uint64 // 0 for a record stored before sequence numbers
 	name        string
 	hosts       map[string]*pb.HostConfig // by host, Primary unset
 	order       []string                  // hosts sorted
 	deployments map[string][]string       // deployment → hosts in topology order
+	// pins are the secret versions the revision's hosts use; a secret
+	// without a pin (a revision stored before pins) uses its newest.
+	pins map[string]store.SecretPin
 }
 
 // desired is what a host should have now.
@@ -311,9 +316,22 @@ func (h *Hub) follow(ctx context.Context) error {
 				host := st.HostFromPresenceKey(ev.Kv.Key)
 				if ev.Type == clientv3.EventTypePut {
 					h.present[host] = true
+					if h.conns[host] == nil {
+						// Back on another replica: a later disconnect starts a new grace.
+						delete(h.gone, host)
+					}
 				} else {
 					delete(h.present, host)
 					gone = append(gone, host)
+					// A host whose stream ended on another replica (or whose
+					// lease expired) starts its grace now, as one ending here
+					// does; the re-check after the grace moves the primary.
+					if _, ok := h.gone[host]; !ok && h.conns[host] == nil {
+						h.gone[host] = h.cfg.Now()
+						if h.topo != nil && h.topo.hosts[host] != nil {
+							h.scheduleRecheckLocked(h.topo.hosts[host].GetDeployment())
+						}
+					}
 				}
 			}
 			h.mu.Unlock()
@@ -448,7 +466,7 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &compiled{revision: rec.Revision, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}}
+	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
 		c.order = append(c.order, cfg.GetHost())
@@ -584,8 +602,14 @@ func (h *Hub) desiredLocked(host string) *desired {
 	cfg := proto.Clone(base).(*pb.HostConfig)
 	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
 	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
-		// A secret replaced under the same name changes the desired state.
-		cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+		// The version the revision pins; storing a newer one changes
+		// nothing here. Without a pin, the newest version: replacing it
+		// changes the desired state.
+		if p, ok := h.topo.pins[name]; ok {
+			cfg.TokenIssuer.SecretThumbprint = p.Thumbprint
+		} else {
+			cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+		}
 	}
 	d := &desired{version: h.topo.revision, hash: topology.Hash(cfg), config: cfg}
 	h.desired[host] = d
@@ -595,7 +619,7 @@ func (h *Hub) desiredLocked(host string) *desired {
 // secretsFor names the secrets a push of cfg carries: the deployment's
 // token-issuer secret, except on a Lync Front End that is not the pool's
 // primary unless DeliverLyncIssuerToEveryHost is set.
-func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
+func (h *Hub) secretsFor(cfg *pb.HostConfig) []secrets.Ref {
 	name := cfg.GetTokenIssuer().GetSecret()
 	if name == "" {
 		return nil
@@ -603,7 +627,13 @@ func (h *Hub) secretsFor(cfg *pb.HostConfig) []string {
 	if !h.cfg.DeliverLyncIssuerToEveryHost && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
 		return nil
 	}
-	return []string{name}
+	ref := secrets.Ref{Name: name}
+	h.mu.Lock()
+	if h.topo != nil {
+		ref.Version = h.topo.pins[name].Version
+	}
+	h.mu.Unlock()
+	return []secrets.Ref{ref}
 }
 
 func (h *Hub) notify(host string) {
@@ -642,20 +672,32 @@ type snapshot struct {
 	present   map[string]bool
 	connected map[string]bool
 	desired   map[string]*desired
+	pending   map[string]pendingPush // host → the push it has not answered, on this replica
+}
+
+// pendingPush is a push awaiting the host's answer.
+type pendingPush struct {
+	version uint64
+	since   time.Time
 }
 
 func (h *Hub) snapshot() snapshot {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}}
+	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}, pending: map[string]pendingPush{}}
 	for k, v := range h.primaries {
 		s.primaries[k] = v
 	}
 	for k := range h.present {
 		s.present[k] = true
 	}
-	for k := range h.conns {
+	for k, c := range h.conns {
 		s.connected[k] = true
+		c.mu.Lock()
+		if c.pending != nil {
+			s.pending[k] = pendingPush{version: c.pending.GetVersion(), since: c.pendingSince}
+		}
+		c.mu.Unlock()
 	}
 	if h.topo != nil {
 		for _, host := range h.topo.order {

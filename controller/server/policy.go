@@ -45,9 +45,11 @@ var policy = map[string]rule{
 	pb.AgentService_Sync_FullMethodName:                        {who: agent},
 	pb.HostIdentityService_RenewHostCertificate_FullMethodName: {who: agent},
 
-	pb.FleetService_ListHosts_FullMethodName:                      {who: admin, role: pki.RoleViewer},
-	pb.FleetService_GetHost_FullMethodName:                        {who: admin, role: pki.RoleViewer},
-	pb.FleetService_GetTrustReport_FullMethodName:                 {who: admin, role: pki.RoleViewer},
+	pb.FleetService_ListHosts_FullMethodName:      {who: admin, role: pki.RoleViewer},
+	pb.FleetService_GetHost_FullMethodName:        {who: admin, role: pki.RoleViewer},
+	pb.FleetService_GetTrustReport_FullMethodName: {who: admin, role: pki.RoleViewer},
+	// Operators may ask a host to retry a rejected configuration.
+	pb.FleetService_RetryHost_FullMethodName:                      {who: admin, role: pki.RoleOperator},
 	pb.TopologyService_GetTopology_FullMethodName:                 {who: admin, role: pki.RoleViewer},
 	pb.TopologyService_ListTopologyRevisions_FullMethodName:       {who: admin, role: pki.RoleViewer},
 	pb.SecretService_ListSecrets_FullMethodName:                   {who: admin, role: pki.RoleViewer},

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -43,8 +42,9 @@ type conn struct {
 	// What the agent last applied, from its Hello or Acks.
 	appliedVersion uint64
 	appliedHash    string
-	// The one unacknowledged push, if any.
-	pending *pb.Desired
+	// The one unacknowledged push, if any, and when it was sent.
+	pending      *pb.Desired
+	pendingSince time.Time
 	// The last NACKed push: not pushed again. An agent that later manages
 	// to apply it (a partner's metadata became reachable) may still ACK it.
 	nackedVersion uint64
@@ -190,6 +190,11 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		// A successor waiting to take over keeps the presence key: it writes
 		// its own at once, and the primary does not move.
 		handover := ag.next != nil
+		if !handover && !h.stopping.Load() {
+			// Marked gone before its presence key goes: the presence watch
+			// then finds a primary within its grace, and keeps it.
+			h.gone[host] = h.cfg.Now()
+		}
 		h.mu.Unlock()
 		// When the controller itself stops, presence stays until the lease
 		// expires, so primaries survive a quick restart.
@@ -205,9 +210,11 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			h.disconnected(context.WithoutCancel(ctx), host)
 		}
 	}()
-	// Restore what this host last answered, so a NACKed version stays
-	// unsent across restarts. Read only now: the stream this one replaced
-	// may have written it until it ended.
+	// Restore what this host last answered. Read only now: the stream this
+	// one replaced may have written it until it ended. A NACK from an
+	// earlier stream does not stop a push on this one: the agent may have
+	// been fixed and restarted (a read-only disk made writable), and the
+	// no-re-push rule holds within a stream.
 	prev := &pb.Host{}
 	rctx, rcancel := storeCtx(sctx)
 	found, err := h.cfg.Store.GetProto(rctx, store.HostStateKey(host), prev)
@@ -217,8 +224,9 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	}
 	if found {
 		c.state = prev
-		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK {
-			c.nackedVersion, c.nackedHash = lr.GetVersion(), lr.GetHash()
+		// A monitor-mode answer is no failure: the version goes again to a
+		// new stream, which may be the agent restarted to apply.
+		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && !lr.GetMonitor() {
 			// The agent may still ACK it late, after a retry succeeds.
 			c.nacked = &pb.Desired{Version: lr.GetVersion(), Hash: lr.GetHash()}
 		}
@@ -242,11 +250,25 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	h.reselectFor(sctx, host)
 	hctx2, hcancel2 := storeCtx(sctx)
 	defer hcancel2()
+	// The Hello names what the agent last applied and verified. When that
+	// is the desired state, the host has ACKed it, even if the ACK was lost
+	// (the controller died between the agent's apply and storing its ACK).
+	d := h.desiredFor(host)
+	acked := d != nil && hello.GetAppliedVersion() == d.version && hello.GetAppliedHash() == d.hash && d.hash != ""
+	if acked {
+		c.mu.Lock()
+		c.nacked = nil
+		c.mu.Unlock()
+	}
 	if err := s.persistState(hctx2, c, func(st *pb.Host) {
 		st.AgentVersion = hello.GetAgentVersion()
 		st.Driver = hello.GetDriver()
 		st.AppliedVersion = hello.GetAppliedVersion()
 		st.AppliedHash = hello.GetAppliedHash()
+		if lr := st.GetLastResult(); acked && (lr.GetKind() != pb.ResultKind_RESULT_KIND_ACK || lr.GetVersion() != d.version || lr.GetHash() != d.hash) {
+			st.LastResult = &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: d.version, Hash: d.hash, Time: timestamp(h.cfg.Now())}
+		}
+		st.DetectedProducts = hello.GetProducts()
 	}); err != nil {
 		return err
 	}
@@ -407,12 +429,12 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 			return false, nil
 		}
 		sctx, cancel := storeCtx(ctx)
-		secrets, err := s.hub.cfg.Secrets.Secrets(sctx, names)
+		secrets, err := s.hub.cfg.Secrets.SecretVersions(sctx, names)
 		cancel()
 		if err != nil {
 			// Without its secret the push would fail on the host and, once
 			// NACKed, never be sent again: end the stream and let the agent retry.
-			return false, status.Errorf(codes.Unavailable, "load secret %s for host %s: %v", strings.Join(names, ", "), c.host, err)
+			return false, status.Errorf(codes.Unavailable, "load secret %s version %d for host %s: %v", names[0].Name, names[0].Version, c.host, err)
 		}
 		msg.Secrets = secrets
 		s.hub.secretsSent(c, d.hash)
@@ -422,7 +444,7 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 		c.mu.Unlock()
 		return false, nil
 	}
-	c.pending = msg
+	c.pending, c.pendingSince = msg, s.hub.cfg.Now()
 	c.mu.Unlock()
 	if err := stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_Desired{Desired: msg}}); err != nil {
 		return false, err
@@ -442,11 +464,11 @@ func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_Sync
 		}
 		switch m := req.GetMessage().(type) {
 		case *pb.SyncRequest_Ack:
-			if err := s.onResult(ctx, c, m.Ack.GetVersion(), m.Ack.GetNonce(), m.Ack.GetHash(), nil, true); err != nil {
+			if err := s.onResult(ctx, c, m.Ack.GetVersion(), m.Ack.GetNonce(), m.Ack.GetHash(), nil, true, false); err != nil {
 				return err
 			}
 		case *pb.SyncRequest_Nack:
-			if err := s.onResult(ctx, c, m.Nack.GetVersion(), m.Nack.GetNonce(), m.Nack.GetHash(), m.Nack.GetErrors(), false); err != nil {
+			if err := s.onResult(ctx, c, m.Nack.GetVersion(), m.Nack.GetNonce(), m.Nack.GetHash(), m.Nack.GetErrors(), false, m.Nack.GetMonitor()); err != nil {
 				return err
 			}
 		case *pb.SyncRequest_Status:
@@ -467,7 +489,7 @@ func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_Sync
 	}
 }
 
-func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, nonce, hash string, errs []*pb.ItemError, ok bool) error {
+func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, nonce, hash string, errs []*pb.ItemError, ok, monitor bool) error {
 	c.mu.Lock()
 	p := c.pending
 	late := false
@@ -511,7 +533,7 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 			lr.Kind = pb.ResultKind_RESULT_KIND_ACK
 			st.AppliedVersion, st.AppliedHash = p.GetVersion(), p.GetHash()
 		} else {
-			lr.Kind = pb.ResultKind_RESULT_KIND_NACK
+			lr.Kind, lr.Monitor = pb.ResultKind_RESULT_KIND_NACK, monitor
 		}
 		if late && st.GetLastResult() != nil {
 			// The same answer again is no news: keep its first time, so
@@ -524,9 +546,12 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		}
 		st.LastResult = lr
 	})
-	if ok {
+	switch {
+	case ok:
 		s.hub.log.Info("host acknowledged", "host", c.host, "version", version)
-	} else {
+	case monitor:
+		s.hub.log.Info("host in monitor mode: planned, applied nothing", "host", c.host, "version", version)
+	default:
 		s.hub.log.Warn("host rejected configuration", "host", c.host, "version", version, "errors", len(errs))
 	}
 	c.wake() // a newer revision may have arrived meanwhile

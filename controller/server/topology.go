@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 
 	"google.golang.org/grpc/codes"
@@ -26,6 +27,12 @@ const MaxDocumentSize = 1 << 20
 // is a failure to check at all.
 type TopologyChecker interface {
 	CheckTopology(ctx context.Context, t *topology.Topology) (errs, warnings []topology.FieldViolation, err error)
+}
+
+// SecretPinner chooses the secret versions a topology's hosts use, stored
+// with the revision (see package secrets).
+type SecretPinner interface {
+	Pins(ctx context.Context, t *topology.Topology) (map[string]store.SecretPin, error)
 }
 
 // MaxWarnings bounds the warnings an ApplyTopology answer lists; a last one
@@ -102,14 +109,23 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 		}
 		resp.Revision = curRev
+		if cur != nil {
+			resp.Sequence = cur.Sequence
+		}
 		return resp, nil
 	}
+	var pins map[string]store.SecretPin
+	if p, ok := s.checker.(SecretPinner); ok {
+		if pins, err = p.Pins(ctx, t); err != nil {
+			return nil, err
+		}
+	}
 	who := callerName(ctx)
-	rev, changed, err := st.PutTopology(ctx, t.Name, doc, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan))
+	rev, seq, changed, err := st.PutTopologyPinned(ctx, t.Name, doc, pins, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins))
 	if err != nil {
 		return nil, err
 	}
-	resp.Revision, resp.Changed = rev, changed
+	resp.Revision, resp.Sequence, resp.Changed = rev, seq, changed
 	return resp, nil
 }
 
@@ -149,7 +165,7 @@ func boundedPlan(plan []*pb.HostPlan) *pb.ApplyTopologyResponse {
 }
 
 // auditRecord says who changed the topology to what; it is stored with the change.
-func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPlan) []byte {
+func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPlan, pins map[string]store.SecretPin) []byte {
 	var changes []string
 	for _, hp := range plan {
 		for _, it := range hp.GetItems() {
@@ -163,6 +179,10 @@ func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPla
 	}
 	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "from": from, "when": s.hub.cfg.Now().UTC(), "changes": changes,
 		"what": fmt.Sprintf("apply topology %s (%d changes)", name, len(changes)), "result": "ok"}
+	if len(pins) > 0 {
+		// The secret versions the revision uses, by name, version and thumbprint only.
+		rec["secrets"] = pins
+	}
 	b, _ := json.Marshal(rec)
 	return b
 }
@@ -219,7 +239,11 @@ func (s *TopologyService) ListTopologyRevisions(ctx context.Context, req *pb.Lis
 }
 
 func revisionProto(r *store.TopologyRecord, withDoc bool) *pb.TopologyRevision {
-	out := &pb.TopologyRevision{Revision: r.Revision, Name: r.Name, AppliedAt: timestamp(r.AppliedAt), AppliedBy: r.AppliedBy, Hash: r.Hash}
+	out := &pb.TopologyRevision{Revision: r.Revision, Sequence: r.Sequence, Name: r.Name, AppliedAt: timestamp(r.AppliedAt), AppliedBy: r.AppliedBy, Hash: r.Hash}
+	for name, p := range r.Secrets {
+		out.Secrets = append(out.Secrets, &pb.SecretVersion{Name: name, Version: p.Version, Thumbprint: p.Thumbprint})
+	}
+	sort.Slice(out.Secrets, func(i, j int) bool { return out.Secrets[i].GetName() < out.Secrets[j].GetName() })
 	if withDoc {
 		out.Document = string(r.Document)
 	}

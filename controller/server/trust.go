@@ -40,6 +40,11 @@ func (s *FleetService) GetTrustReport(ctx context.Context, _ *pb.GetTrustReportR
 		}
 	}
 	resp.Realms = deploymentRealms(snap, reports)
+	issuers, err := s.deploymentIssuers(ctx, snap, reports)
+	if err != nil {
+		return nil, err
+	}
+	addExpiry(resp, snap, issuers, s.hub.cfg.Now())
 	slices.SortStableFunc(resp.Edges, func(a, b *pb.TrustEdge) int {
 		if a.GetFrom() != b.GetFrom() {
 			return cmpString(a.GetFrom(), b.GetFrom())

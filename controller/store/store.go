@@ -6,14 +6,17 @@
 //
 //	topology/current          canonical JSON of the current topology; its ModRevision is the version
 //	topology/rev/<%020d>      every stored revision, written after the current key
+//	secrets/<name>            the newest version of a secret (sealed PFX and password)
+//	secretversions/<name>/<%020d>  every version of a secret, the newest included
 //	hosts/<fqdn>/state        pb.Host (binary), written only when it changes
 //	hosts/<fqdn>/report       pb.StatusReport (binary), written only when it changes
 //	primary/<deployment>      the host that applies deployment-scope items
 //	presence/<fqdn>           present while the host's agent has a stream; leased
-//	secrets/<name>            sealed PFX and password
 //
 // Versions are etcd revisions, so they only grow, also across controller
-// restarts and failovers.
+// restarts and failovers; they order revisions internally. Operators see a
+// second number beside each: the sequence 1, 2, 3 … of the topology's
+// revisions, stored in the revision's record (see TopologyRecord.Sequence).
 package store
 
 import (
@@ -79,12 +82,44 @@ func (s *Store) PresencePrefix() string { return s.Key("presence/") }
 
 // TopologyRecord is one stored topology revision.
 type TopologyRecord struct {
+	// Revision is the etcd revision of the change: versions pushed to
+	// agents, ordering revisions internally.
 	Revision  uint64    `json:"-"`
 	Name      string    `json:"name"`
 	Document  []byte    `json:"document"`
 	Hash      string    `json:"hash"`
 	AppliedAt time.Time `json:"appliedAt"`
 	AppliedBy string    `json:"appliedBy"`
+	// Sequence numbers the topology's revisions 1, 2, 3 … for operators.
+	// Records written before it existed have none stored; reading them
+	// fills it in by their order among the stored revisions, which is the
+	// number they would have had (migration by order, nothing rewritten).
+	Sequence uint64 `json:"sequence,omitempty"`
+	// Secrets pins, for each secret the topology names, the version its
+	// hosts use. Storing a new version of a secret changes no pin, so no
+	// host's desired state; a rotation or rollout stores a revision with a
+	// new pin. Records without pins use each secret's newest version.
+	Secrets map[string]SecretPin `json:"secrets,omitempty"`
+}
+
+// SecretPin is the version of a secret a topology revision uses, with the
+// thumbprint of its certificate (part of the hosts' desired state).
+type SecretPin struct {
+	Version    uint64 `json:"version"`
+	Thumbprint string `json:"thumbprint"`
+}
+
+// samePins reports whether two revisions pin the same secret versions.
+func samePins(a, b map[string]SecretPin) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Store) currentKey() string { return s.Key("topology/current") }
@@ -121,7 +156,57 @@ func (s *Store) CurrentTopology(ctx context.Context) (*TopologyRecord, error) {
 	if len(resp.Kvs) == 0 {
 		return nil, ErrNotFound
 	}
-	return DecodeTopology(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	rec, err := DecodeTopology(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.fillSequences(ctx, []*TopologyRecord{rec}); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// fillSequences gives records stored without a sequence number (written
+// before it existed) the number of their place among the stored
+// revisions. recs are sorted newest first; those without a number are
+// older than every one with a number, since every newer write stores it.
+func (s *Store) fillSequences(ctx context.Context, recs []*TopologyRecord) error {
+	var prev uint64
+	for i := len(recs) - 1; i >= 0; i-- {
+		r := recs[i]
+		if r.Sequence == 0 {
+			if prev == 0 {
+				n, err := s.revisionsBefore(ctx, r.Revision)
+				if err != nil {
+					return err
+				}
+				prev = n
+			}
+			r.Sequence = prev + 1
+		}
+		prev = r.Sequence
+	}
+	return nil
+}
+
+// revisionsBefore counts the stored revisions older than rev.
+func (s *Store) revisionsBefore(ctx context.Context, rev uint64) (uint64, error) {
+	resp, err := s.cli.Get(ctx, s.Key("topology/rev/"), clientv3.WithRange(s.revKey(rev)), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("number topology revision %d: %w", rev, err)
+	}
+	return uint64(resp.Count), nil
+}
+
+// SequenceOf returns the sequence number (1, 2, 3 …) operators know the
+// topology revision rev by, or ErrNotFound. Rollouts and the fleet view
+// show it beside the version.
+func (s *Store) SequenceOf(ctx context.Context, rev uint64) (uint64, error) {
+	rec, err := s.TopologyRevision(ctx, rev)
+	if err != nil {
+		return 0, err
+	}
+	return rec.Sequence, nil
 }
 
 // PutTopology stores doc as the new current topology and returns its
@@ -134,10 +219,18 @@ func (s *Store) CurrentTopology(ctx context.Context) (*TopologyRecord, error) {
 // audit/topology/<time>: a stored change never lacks its audit record. The
 // record's create revision is the topology revision.
 func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev uint64, changed bool, err error) {
+	rev, _, changed, err = s.PutTopologyPinned(ctx, name, doc, nil, appliedBy, now, expected, audit)
+	return rev, changed, err
+}
+
+// PutTopologyPinned is PutTopology for a document whose secrets are
+// pinned to versions (nil: none pinned). A document identical to the
+// current one with the same pins is not stored again. It also returns the
+// revision's sequence number: the current one's plus one.
+func (s *Store) PutTopologyPinned(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev, seq uint64, changed bool, err error) {
 	rec := TopologyRecord{Name: name, Document: doc, Hash: DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: appliedBy}
-	val, err := json.Marshal(rec)
-	if err != nil {
-		return 0, false, fmt.Errorf("encode topology: %w", err)
+	if len(pins) > 0 {
+		rec.Secrets = pins
 	}
 	// Without a precondition a lost race is retried on the new current, a
 	// bounded number of times.
@@ -145,17 +238,25 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 	for range attempts {
 		cur, err := s.CurrentTopology(ctx)
 		if err != nil && !errors.Is(err, ErrNotFound) {
-			return 0, false, err
+			return 0, 0, false, err
 		}
 		var curRev int64
+		var curSeq uint64
 		if cur != nil {
-			curRev = int64(cur.Revision)
+			curRev, curSeq = int64(cur.Revision), cur.Sequence
 		}
 		if expected != nil && uint64(curRev) != *expected {
-			return uint64(curRev), false, fmt.Errorf("expected revision %d, current is %d: %w", *expected, curRev, ErrConflict)
+			return uint64(curRev), curSeq, false, fmt.Errorf("expected revision %d, current is %d: %w", *expected, curRev, ErrConflict)
 		}
-		if cur != nil && cur.Hash == rec.Hash {
-			return cur.Revision, false, nil
+		if cur != nil && cur.Hash == rec.Hash && samePins(cur.Secrets, rec.Secrets) {
+			return cur.Revision, curSeq, false, nil
+		}
+		// The transaction below compares the current key's revision, so two
+		// applies never get the same number.
+		rec.Sequence = curSeq + 1
+		val, err := json.Marshal(rec)
+		if err != nil {
+			return 0, 0, false, fmt.Errorf("encode topology: %w", err)
 		}
 		// Compare on the revision read above so a concurrent apply is never lost.
 		ops := []clientv3.Op{clientv3.OpPut(s.currentKey(), string(val))}
@@ -167,21 +268,21 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 			Then(ops...).
 			Commit()
 		if err != nil {
-			return 0, false, fmt.Errorf("store topology: %w", s.writeErr(err))
+			return 0, 0, false, fmt.Errorf("store topology: %w", s.writeErr(err))
 		}
 		if !resp.Succeeded {
 			if expected != nil {
-				return 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
+				return 0, 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
 			}
 			continue
 		}
 		rev = uint64(resp.Header.Revision)
 		if err := s.recordRevision(ctx, rev, val); err != nil {
-			return rev, true, err
+			return rev, rec.Sequence, true, err
 		}
-		return rev, true, nil
+		return rev, rec.Sequence, true, nil
 	}
-	return 0, false, fmt.Errorf("topology changed concurrently %d times in a row: %w", attempts, ErrConflict)
+	return 0, 0, false, fmt.Errorf("topology changed concurrently %d times in a row: %w", attempts, ErrConflict)
 }
 
 // AuditKey is a fresh key for an audit record of the given kind: time
@@ -232,7 +333,14 @@ func (s *Store) TopologyRevision(ctx context.Context, rev uint64) (*TopologyReco
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("topology revision %d: %w", rev, ErrNotFound)
 	}
-	return DecodeTopology(resp.Kvs[0].Value, int64(rev))
+	rec, err := DecodeTopology(resp.Kvs[0].Value, int64(rev))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.fillSequences(ctx, []*TopologyRecord{rec}); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
 // ListTopologyRevisions lists up to limit revisions older than before (0:
@@ -259,6 +367,9 @@ func (s *Store) ListTopologyRevisions(ctx context.Context, limit int, before uin
 			return nil, err
 		}
 		out = append(out, rec)
+	}
+	if err := s.fillSequences(ctx, out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

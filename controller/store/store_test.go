@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -418,5 +419,112 @@ func TestPresence(t *testing.T) {
 	}
 	if _, ok := present[host]; ok {
 		t.Fatalf("after the current stream's clear, Present = %v; want %s gone", present, host)
+	}
+}
+
+func TestTopologySequence(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := testCtx(t)
+	var revs []uint64
+	for i := 1; i <= 3; i++ {
+		rev, seq, changed, err := st.PutTopologyPinned(ctx, "t", fmt.Appendf(nil, `{"v":%d}`, i), nil, "admin", t0, nil, nil)
+		if err != nil || !changed || seq != uint64(i) {
+			t.Fatalf("put %d = rev %d, seq %d, changed %v, %v; want seq %d", i, rev, seq, changed, err, i)
+		}
+		revs = append(revs, rev)
+	}
+	// The same document again keeps its number.
+	if rev, seq, changed, err := st.PutTopologyPinned(ctx, "t", []byte(`{"v":3}`), nil, "admin", t0, nil, nil); err != nil || changed || seq != 3 || rev != revs[2] {
+		t.Fatalf("put v3 again = rev %d, seq %d, changed %v, %v; want rev %d seq 3 unchanged", rev, seq, changed, err, revs[2])
+	}
+	list, err := st.ListTopologyRevisions(ctx, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range list {
+		got = append(got, fmt.Sprintf("%d@%d", r.Sequence, r.Revision))
+	}
+	want := fmt.Sprintf("3@%d 2@%d 1@%d", revs[2], revs[1], revs[0])
+	if strings.Join(got, " ") != want {
+		t.Fatalf("revisions = %v; want %s", got, want)
+	}
+	for i, rev := range revs {
+		if seq, err := st.SequenceOf(ctx, rev); err != nil || seq != uint64(i+1) {
+			t.Fatalf("SequenceOf(%d) = %d, %v; want %d", rev, seq, err, i+1)
+		}
+	}
+	if _, err := st.SequenceOf(ctx, revs[2]+100); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("SequenceOf(unknown) err = %v; want ErrNotFound", err)
+	}
+}
+
+// Records stored before sequence numbers existed load numbered by their
+// order, and the next apply continues from there.
+func TestTopologySequenceOfOldRecords(t *testing.T) {
+	st, cli := newStore(t)
+	ctx := testCtx(t)
+	var revs []uint64
+	for i := 1; i <= 2; i++ {
+		// An old controller's record: no sequence field.
+		val := fmt.Sprintf(`{"name":"t","document":%q,"hash":"h%d","appliedAt":"2026-03-01T11:00:00Z","appliedBy":"old"}`, base64.StdEncoding.EncodeToString(fmt.Appendf(nil, `{"v":%d}`, i)), i)
+		resp, err := cli.Put(ctx, st.Key("topology/current"), val)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev := uint64(resp.Header.Revision)
+		if _, err := cli.Put(ctx, st.Key(fmt.Sprintf("topology/rev/%020d", rev)), val); err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, rev)
+	}
+	cur, err := st.CurrentTopology(ctx)
+	if err != nil || cur.Sequence != 2 {
+		t.Fatalf("current = %+v, %v; want sequence 2", cur, err)
+	}
+	if r, err := st.TopologyRevision(ctx, revs[0]); err != nil || r.Sequence != 1 {
+		t.Fatalf("revision %d = %+v, %v; want sequence 1", revs[0], r, err)
+	}
+	rev, seq, _, err := st.PutTopologyPinned(ctx, "t", []byte(`{"v":3}`), nil, "admin", t0, nil, nil)
+	if err != nil || seq != 3 {
+		t.Fatalf("put after old records = seq %d, %v; want 3", seq, err)
+	}
+	list, err := st.ListTopologyRevisions(ctx, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range list {
+		got = append(got, fmt.Sprintf("%d@%d", r.Sequence, r.Revision))
+	}
+	if want := fmt.Sprintf("3@%d 2@%d 1@%d", rev, revs[1], revs[0]); strings.Join(got, " ") != want {
+		t.Fatalf("revisions = %v; want %s", got, want)
+	}
+	// A page starting past the newest still numbers by order.
+	page, err := st.ListTopologyRevisions(ctx, 1, rev)
+	if err != nil || len(page) != 1 || page[0].Sequence != 2 {
+		t.Fatalf("second page = %+v, %v; want sequence 2", page, err)
+	}
+}
+
+func TestTopologyPinsAreComparedOnPut(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := testCtx(t)
+	doc := []byte(`{"v":1}`)
+	pins := map[string]store.SecretPin{"oauth": {Version: 1, Thumbprint: "AA"}}
+	rev1, _, _, err := st.PutTopologyPinned(ctx, "t", doc, pins, "admin", t0, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev, _, changed, err := st.PutTopologyPinned(ctx, "t", doc, map[string]store.SecretPin{"oauth": {Version: 1, Thumbprint: "AA"}}, "admin", t0, nil, nil); err != nil || changed || rev != rev1 {
+		t.Fatalf("same pins = %d, %v, %v; want unchanged %d", rev, changed, err, rev1)
+	}
+	rev2, seq, changed, err := st.PutTopologyPinned(ctx, "t", doc, map[string]store.SecretPin{"oauth": {Version: 2, Thumbprint: "BB"}}, "admin", t0, nil, nil)
+	if err != nil || !changed || seq != 2 {
+		t.Fatalf("new pin = %d, seq %d, %v, %v; want a new revision 2", rev2, seq, changed, err)
+	}
+	cur, err := st.CurrentTopology(ctx)
+	if err != nil || cur.Secrets["oauth"].Version != 2 || cur.Revision != rev2 {
+		t.Fatalf("current = %+v, %v; want oauth pinned to version 2", cur, err)
 	}
 }

@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -132,7 +133,7 @@ func CheckURLDestination(rawURL string, allowed []netip.Prefix) error {
 // resolution and before connecting, an address that is forbidden or outside
 // allowed. It sees every address the dialer tries, so a name that resolves
 // partly to a forbidden address is refused only that address.
-func guardedControl(allowed []netip.Prefix) func(network, address string, _ syscall.RawConn) error {
+func guardedControl(allowed ...[]netip.Prefix) func(network, address string, _ syscall.RawConn) error {
 	return func(network, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
@@ -140,8 +141,10 @@ func guardedControl(allowed []netip.Prefix) func(network, address string, _ sysc
 		}
 		addr := ap.Addr().WithZone("")
 		reason := ForbiddenAddress(addr)
-		if reason == "" {
-			reason = outside(addr, allowed)
+		for _, a := range allowed {
+			if reason == "" {
+				reason = outside(addr, a)
+			}
 		}
 		if reason != "" {
 			return &DestinationError{Addr: addr, Reason: reason}
@@ -164,4 +167,36 @@ func nameDestination(hostport string, err error) error {
 	named := *de
 	named.Host = host
 	return &named
+}
+
+// allowedKey is the context key of WithAllowedNetworks.
+type allowedKey struct{}
+
+// WithAllowedNetworks narrows, for the fetches and dials made with the
+// returned context, where a name may lead to networks (on top of the
+// Fetcher's own AllowedNetworks): a topology's metadataNetworks, which the
+// host learns with its configuration. Empty networks narrow nothing.
+func WithAllowedNetworks(ctx context.Context, networks []netip.Prefix) context.Context {
+	if len(networks) == 0 {
+		return ctx
+	}
+	return context.WithValue(ctx, allowedKey{}, networks)
+}
+
+// ParseNetworks parses CIDR prefixes such as a topology's metadataNetworks.
+func ParseNetworks(cidrs []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("metadata network %q is not a CIDR prefix such as 10.20.0.0/16: %w", c, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func allowedFrom(ctx context.Context) []netip.Prefix {
+	n, _ := ctx.Value(allowedKey{}).([]netip.Prefix)
+	return n
 }

@@ -224,7 +224,7 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 func (f *Fetcher) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	to, ok := f.lookup(addr)
 	if !ok {
-		d := net.Dialer{Control: guardedControl(f.allowed)}
+		d := net.Dialer{Control: guardedControl(f.allowed, allowedFrom(ctx))}
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, nameDestination(addr, err)

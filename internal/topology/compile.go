@@ -77,6 +77,7 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				DeploymentHosts:         cloneStrings(d.Hosts),
 				Realm:                   realmOf(c, d),
 				ConfirmRealmChange:      d.ConfirmRealmChange,
+				MetadataNetworks:        cloneStrings(c.MetadataNetworks),
 				ServiceName:             products.ServiceName(p),
 				DefaultSipDomain:        c.SIPDomains.Default,
 				AdditionalSipDomains:    cloneStrings(c.SIPDomains.Additional),

@@ -183,6 +183,7 @@ func hostChanges(f, t *pb.HostConfig) []string {
 	diff("own metadata URL", f.MetadataUrl, t.MetadataUrl)
 	diff("default SIP domain", f.DefaultSipDomain, t.DefaultSipDomain)
 	diff("additional SIP domains", strings.Join(f.AdditionalSipDomains, ", "), strings.Join(t.AdditionalSipDomains, ", "))
+	diff("metadata networks", strings.Join(f.MetadataNetworks, ", "), strings.Join(t.MetadataNetworks, ", "))
 	for _, r := range f.RemovePartners {
 		if !slices.Contains(t.RemovePartners, r) {
 			c = append(c, fmt.Sprintf("no longer removes partner %s", r))

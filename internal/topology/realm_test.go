@@ -110,3 +110,51 @@ func TestExistingDefaultIssuer(t *testing.T) {
 		t.Errorf("existing OAuth: %v", err)
 	}
 }
+
+// TestMetadataDestinations: a metadata URL no partner's metadata can be at
+// (the cloud instance metadata service, loopback) is refused at apply,
+// naming the field; metadataNetworks narrows the allowed addresses further.
+func TestMetadataDestinations(t *testing.T) {
+	base := string(readFile(t, "contoso.yaml"))
+	edge := "  - {from: exchange, to: sharepoint}"
+	if !strings.Contains(base, edge) {
+		t.Fatal("contoso.yaml changed: no exchange → sharepoint edge")
+	}
+	for _, tc := range []struct{ name, doc, want string }{
+		{"instance metadata", strings.Replace(base, edge, "  - {from: exchange, to: sharepoint, metadataUrl: 'https://169.254.169.254/metadata/json/1'}", 1),
+			`trusts[4].metadataUrl: "https://169.254.169.254/metadata/json/1": a link-local address (where cloud instance metadata is served): no partner's metadata can be there`},
+		{"loopback", strings.Replace(base, edge, "  - {from: exchange, to: sharepoint, metadataUrl: 'https://127.0.0.1/metadata/json/1'}", 1),
+			`trusts[4].metadataUrl: "https://127.0.0.1/metadata/json/1": a loopback address (this host itself)`},
+		{"localhost", strings.Replace(base, edge, "  - {from: exchange, to: sharepoint, metadataUrl: 'https://localhost/metadata/json/1'}", 1),
+			`trusts[4].metadataUrl: "https://localhost/metadata/json/1": metadata URL "https://localhost/metadata/json/1": host localhost names this host itself (loopback)`},
+		{"outside metadataNetworks", strings.Replace(strings.Replace(base, edge, "  - {from: exchange, to: sharepoint, metadataUrl: 'https://10.9.0.5/metadata/json/1'}", 1),
+			"deployments:", "metadataNetworks: [10.20.0.0/16]\ndeployments:", 1),
+			`trusts[4].metadataUrl: "https://10.9.0.5/metadata/json/1": outside the allowed metadata networks (10.20.0.0/16)`},
+		{"not a prefix", strings.Replace(base, "deployments:", "metadataNetworks: [10.20.0.0/33]\ndeployments:", 1),
+			`metadataNetworks[0]: "10.20.0.0/33": not a CIDR prefix`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load("contoso.yaml", []byte(tc.doc))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	// A private address inside metadataNetworks is fine, and the networks
+	// reach every host's configuration.
+	doc := strings.Replace(strings.Replace(base, edge, "  - {from: exchange, to: sharepoint, metadataUrl: 'https://10.20.0.5/metadata/json/1'}", 1),
+		"deployments:", "metadataNetworks: [10.20.0.7/16]\ndeployments:", 1)
+	top, err := Load("contoso.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs, err := Compile(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfgs {
+		if strings.Join(c.GetMetadataNetworks(), ",") != "10.20.0.0/16" {
+			t.Errorf("%s: metadata networks %v, want [10.20.0.0/16]", c.GetHost(), c.GetMetadataNetworks())
+		}
+	}
+}

@@ -58,6 +58,11 @@ type Topology struct {
 	// topology does not declare. It never applies to Exchange or SharePoint,
 	// whose realms are their own (blank; the farm id).
 	Realm string `json:"realm,omitempty"`
+	// MetadataNetworks, when given, narrows where partners' metadata may be
+	// fetched from to these CIDR prefixes (on top of the addresses no
+	// metadata can legitimately come from: loopback, link-local, unspecified
+	// and multicast, always refused).
+	MetadataNetworks []string `json:"metadataNetworks,omitempty"`
 	// Deployments are the pools, organizations and farms of the topology.
 	Deployments []Deployment `json:"deployments"`
 	// Trusts are the trust edges between deployments.
@@ -234,6 +239,7 @@ func (t *Topology) clone() *Topology {
 	}
 	c := *t
 	c.SIPDomains.Additional = cloneStrings(t.SIPDomains.Additional)
+	c.MetadataNetworks = cloneStrings(t.MetadataNetworks)
 	if t.Deployments != nil {
 		c.Deployments = make([]Deployment, len(t.Deployments))
 		for i, d := range t.Deployments {

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -30,6 +32,7 @@ func Validate(t *Topology) error {
 	}
 	v := &validator{t: t, names: map[string]int{}}
 	v.header()
+	v.metadataNetworks()
 	v.deployments()
 	v.trusts()
 	v.removePartners()
@@ -51,6 +54,8 @@ type validator struct {
 	// partner maps receiver deployment index and lower-case partner name to
 	// the trust edge that registers it.
 	partner map[partnerKey]int
+	// networks are the parsed metadataNetworks.
+	networks []netip.Prefix
 }
 
 type partnerKey struct {
@@ -216,6 +221,7 @@ func (v *validator) deployments() {
 		}
 		if d.MetadataURL != "" {
 			v.httpsURL(f("metadataUrl"), d.MetadataURL, "metadata URL", false)
+			v.metadataDestination(f("metadataUrl"), d.MetadataURL)
 		}
 		if d.TokenIssuer != nil {
 			v.tokenIssuer(f("tokenIssuer"), d.TokenIssuer)
@@ -286,6 +292,7 @@ func (v *validator) productFields(i int, p pb.Product, d *Deployment) {
 			v.add(f("webAppUrl"), "", "missing; a sharepoint deployment needs its web application's URL, e.g. https://sp.contoso.com")
 		} else {
 			v.httpsURL(f("webAppUrl"), d.WebAppURL, "web application URL", true)
+			v.metadataDestination(f("webAppUrl"), d.WebAppURL)
 		}
 	}
 }
@@ -338,6 +345,38 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no ?query", article(what))
 	default:
 		v.addProblem(field, raw, urlProblem(raw, what))
+	}
+}
+
+// metadataNetworks parses the topology's metadataNetworks, naming each
+// prefix that is not one.
+func (v *validator) metadataNetworks() {
+	for i, c := range v.t.MetadataNetworks {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			v.add(fmt.Sprintf("metadataNetworks[%d]", i), c, "not a CIDR prefix; accepted: e.g. 10.20.0.0/16 or fd00:20::/48")
+			continue
+		}
+		v.t.MetadataNetworks[i] = p.Masked().String()
+		v.networks = append(v.networks, p.Masked())
+	}
+}
+
+// metadataDestination refuses a URL whose host is an IP literal no
+// partner's metadata can legitimately be at (loopback, link-local such as
+// 169.254.169.254, the cloud instance metadata service, unspecified,
+// multicast), or outside metadataNetworks; a name is checked again by the
+// agent after it resolves it.
+func (v *validator) metadataDestination(field, raw string) {
+	if err := metadata.CheckURLDestination(raw, v.networks); err != nil {
+		if de := (*metadata.DestinationError)(nil); errors.As(err, &de) {
+			v.add(field, raw, "%s: no partner's metadata can be there; accepted: a host name or an address on the partners' networks", de.Reason)
+			return
+		}
+		// The other refusals are the URL checks' to word.
+		if msg := err.Error(); strings.Contains(msg, "loopback") || strings.Contains(msg, "neither a host name") {
+			v.add(field, raw, "%v", err)
+		}
 	}
 }
 
@@ -435,6 +474,7 @@ func (v *validator) trusts() {
 		}
 		if tr.MetadataURL != "" {
 			v.httpsURL(f("metadataUrl"), tr.MetadataURL, "metadata URL", false)
+			v.metadataDestination(f("metadataUrl"), tr.MetadataURL)
 		}
 		if !fromOK || !toOK {
 			continue

@@ -18,6 +18,7 @@ import (
 	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -170,6 +171,7 @@ func (s *Sim) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.Op, 
 
 func (s *Sim) execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.Op, secrets []*pb.SecretMaterial, ds *DeploymentStore, ps productStore, h *hostState) error {
 	desc, _ := products.Describe(cfg.GetProduct())
+	ctx = narrowed(ctx, cfg)
 	switch op.Kind {
 	case reconcile.KindImportIssuer:
 		ic, err := s.importSecret(h, op.Secret, secrets)
@@ -531,4 +533,15 @@ func (s *Sim) lyncDefault(h *hostState, cfg *pb.HostConfig) error {
 	}
 	h.DefaultThumbprint = certs.Thumbprint(b.Cert)
 	return nil
+}
+
+// narrowed is ctx with the topology's metadataNetworks, so every metadata
+// download and probe made for cfg dials only there (validated at apply;
+// an unparsable prefix narrows nothing further).
+func narrowed(ctx context.Context, cfg *pb.HostConfig) context.Context {
+	networks, err := metadata.ParseNetworks(cfg.GetMetadataNetworks())
+	if err != nil {
+		return ctx
+	}
+	return metadata.WithAllowedNetworks(ctx, networks)
 }

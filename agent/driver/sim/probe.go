@@ -97,6 +97,7 @@ func (s *Sim) fetchList(ctx context.Context, url, serviceName, realm string) (*m
 // products' own error with its cause when it is not, and the thumbprints of
 // its signing certificates. It changes nothing.
 func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
+	ctx = narrowed(ctx, cfg)
 	type check struct {
 		res                *pb.MetadataCheck
 		serviceName, realm string
@@ -141,6 +142,7 @@ func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Metad
 // not hold its deployment's current token-issuer certificate with its key,
 // every probe fails with ReasonNoSigningKey. It changes nothing.
 func (s *Sim) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
+	ctx = narrowed(ctx, cfg)
 	type target struct {
 		res         *pb.TrustProbe
 		serviceName string

@@ -624,11 +624,20 @@ func (x *Ack) GetHash() string {
 
 // Nack says the host could not apply or verify a Desired; it keeps its last good state.
 type Nack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Nonce         string                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
-	Hash          string                 `protobuf:"bytes,3,opt,name=hash,proto3" json:"hash,omitempty"`
-	Errors        []*ItemError           `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Nonce   string                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Hash    string                 `protobuf:"bytes,3,opt,name=hash,proto3" json:"hash,omitempty"`
+	Errors  []*ItemError           `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty"`
+	// Whether the agent runs in monitor mode (s2s-agent run --apply=false):
+	// it applied nothing by choice, and answers every Desired this way,
+	// never with an Ack. The first error is then item "monitor", saying how
+	// many operations it planned (its status report carries the plan); any
+	// others are items that would fail even if it applied. The controller
+	// shows such a host as monitor-only, not as failing, and pushes the same
+	// version again on the agent's next stream, so that an agent restarted
+	// to apply receives it.
+	Monitor       bool `protobuf:"varint,5,opt,name=monitor,proto3" json:"monitor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -691,6 +700,13 @@ func (x *Nack) GetErrors() []*ItemError {
 	return nil
 }
 
+func (x *Nack) GetMonitor() bool {
+	if x != nil {
+		return x.Monitor
+	}
+	return false
+}
+
 var File_s2strust_v1_agent_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_agent_service_proto_rawDesc = "" +
@@ -735,12 +751,13 @@ const file_s2strust_v1_agent_service_proto_rawDesc = "" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x12\n" +
-	"\x04hash\x18\x03 \x01(\tR\x04hash\"z\n" +
+	"\x04hash\x18\x03 \x01(\tR\x04hash\"\x94\x01\n" +
 	"\x04Nack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x12\n" +
 	"\x04hash\x18\x03 \x01(\tR\x04hash\x12.\n" +
-	"\x06errors\x18\x04 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors2O\n" +
+	"\x06errors\x18\x04 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12\x18\n" +
+	"\amonitor\x18\x05 \x01(\bR\amonitor2O\n" +
 	"\fAgentService\x12?\n" +
 	"\x04Sync\x12\x18.s2strust.v1.SyncRequest\x1a\x19.s2strust.v1.SyncResponse(\x010\x01B;Z9github.com/s2strust/s2strust/proto/s2strust/v1;s2strustv1b\x06proto3"
 

@@ -72,6 +72,106 @@ func (ResultKind) EnumDescriptor() ([]byte, []int) {
 	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
 }
 
+// RetryHostRequest names a host.
+type RetryHostRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryHostRequest) Reset() {
+	*x = RetryHostRequest{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryHostRequest) ProtoMessage() {}
+
+func (x *RetryHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryHostRequest.ProtoReflect.Descriptor instead.
+func (*RetryHostRequest) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RetryHostRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+// RetryHostResponse says what was sent.
+type RetryHostResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version pushed, or already pending; 0 when the host is current.
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Whether the host already had its desired state applied.
+	UpToDate      bool `protobuf:"varint,2,opt,name=up_to_date,json=upToDate,proto3" json:"up_to_date,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryHostResponse) Reset() {
+	*x = RetryHostResponse{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryHostResponse) ProtoMessage() {}
+
+func (x *RetryHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryHostResponse.ProtoReflect.Descriptor instead.
+func (*RetryHostResponse) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RetryHostResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *RetryHostResponse) GetUpToDate() bool {
+	if x != nil {
+		return x.UpToDate
+	}
+	return false
+}
+
 // GetTrustReportRequest has no parameters.
 type GetTrustReportRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -81,7 +181,7 @@ type GetTrustReportRequest struct {
 
 func (x *GetTrustReportRequest) Reset() {
 	*x = GetTrustReportRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -93,7 +193,7 @@ func (x *GetTrustReportRequest) String() string {
 func (*GetTrustReportRequest) ProtoMessage() {}
 
 func (x *GetTrustReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[0]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -106,7 +206,7 @@ func (x *GetTrustReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrustReportRequest.ProtoReflect.Descriptor instead.
 func (*GetTrustReportRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{2}
 }
 
 // GetTrustReportResponse lists the trust edges in topology order.
@@ -121,7 +221,7 @@ type GetTrustReportResponse struct {
 
 func (x *GetTrustReportResponse) Reset() {
 	*x = GetTrustReportResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -133,7 +233,7 @@ func (x *GetTrustReportResponse) String() string {
 func (*GetTrustReportResponse) ProtoMessage() {}
 
 func (x *GetTrustReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[1]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -146,7 +246,7 @@ func (x *GetTrustReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrustReportResponse.ProtoReflect.Descriptor instead.
 func (*GetTrustReportResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{1}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetTrustReportResponse) GetEdges() []*TrustEdge {
@@ -182,13 +282,20 @@ type DeploymentRealm struct {
 	MetadataRealm string `protobuf:"bytes,5,opt,name=metadata_realm,json=metadataRealm,proto3" json:"metadata_realm,omitempty"`
 	// The issuer of that document, "<serviceName>@<realm>".
 	MetadataIssuer string `protobuf:"bytes,6,opt,name=metadata_issuer,json=metadataIssuer,proto3" json:"metadata_issuer,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The deployment's token-issuer certificate (Lync's OAuthTokenIssuer,
+	// Exchange's auth certificate, SharePoint's STS certificate), from its
+	// hosts' reports or, before any, from the secret the topology names.
+	IssuerThumbprint string                 `protobuf:"bytes,30,opt,name=issuer_thumbprint,json=issuerThumbprint,proto3" json:"issuer_thumbprint,omitempty"`
+	IssuerNotAfter   *timestamppb.Timestamp `protobuf:"bytes,31,opt,name=issuer_not_after,json=issuerNotAfter,proto3" json:"issuer_not_after,omitempty"`
+	// Set when it expires within 60 days (or has expired); see TrustEdge.
+	IssuerExpiryWarning string `protobuf:"bytes,32,opt,name=issuer_expiry_warning,json=issuerExpiryWarning,proto3" json:"issuer_expiry_warning,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *DeploymentRealm) Reset() {
 	*x = DeploymentRealm{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -200,7 +307,7 @@ func (x *DeploymentRealm) String() string {
 func (*DeploymentRealm) ProtoMessage() {}
 
 func (x *DeploymentRealm) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -213,7 +320,7 @@ func (x *DeploymentRealm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentRealm.ProtoReflect.Descriptor instead.
 func (*DeploymentRealm) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{2}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DeploymentRealm) GetDeployment() string {
@@ -258,6 +365,27 @@ func (x *DeploymentRealm) GetMetadataIssuer() string {
 	return ""
 }
 
+func (x *DeploymentRealm) GetIssuerThumbprint() string {
+	if x != nil {
+		return x.IssuerThumbprint
+	}
+	return ""
+}
+
+func (x *DeploymentRealm) GetIssuerNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuerNotAfter
+	}
+	return nil
+}
+
+func (x *DeploymentRealm) GetIssuerExpiryWarning() string {
+	if x != nil {
+		return x.IssuerExpiryWarning
+	}
+	return ""
+}
+
 // TrustEdge reports whether "to" really accepts tokens issued by "from".
 type TrustEdge struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -295,14 +423,17 @@ type TrustEdge struct {
 	Problems []string `protobuf:"bytes,15,rep,name=problems,proto3" json:"problems,omitempty"`
 	// Whether the topology declares the edge disabled (enabled: false): then
 	// "to" must refuse tokens from "from", and ok means it does.
-	Disabled      bool `protobuf:"varint,16,opt,name=disabled,proto3" json:"disabled,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Disabled bool `protobuf:"varint,16,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// Set when "from"'s signing certificate expires within 60 days (or has
+	// expired): "expires in N days (on DATE): …", a warning, not a problem.
+	IssuerExpiryWarning string `protobuf:"bytes,30,opt,name=issuer_expiry_warning,json=issuerExpiryWarning,proto3" json:"issuer_expiry_warning,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *TrustEdge) Reset() {
 	*x = TrustEdge{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +445,7 @@ func (x *TrustEdge) String() string {
 func (*TrustEdge) ProtoMessage() {}
 
 func (x *TrustEdge) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +458,7 @@ func (x *TrustEdge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustEdge.ProtoReflect.Descriptor instead.
 func (*TrustEdge) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{3}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TrustEdge) GetFrom() string {
@@ -442,6 +573,13 @@ func (x *TrustEdge) GetDisabled() bool {
 	return false
 }
 
+func (x *TrustEdge) GetIssuerExpiryWarning() string {
+	if x != nil {
+		return x.IssuerExpiryWarning
+	}
+	return ""
+}
+
 // TrustProbeResult is one probe with the host that made it.
 type TrustProbeResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -453,7 +591,7 @@ type TrustProbeResult struct {
 
 func (x *TrustProbeResult) Reset() {
 	*x = TrustProbeResult{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +603,7 @@ func (x *TrustProbeResult) String() string {
 func (*TrustProbeResult) ProtoMessage() {}
 
 func (x *TrustProbeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +616,7 @@ func (x *TrustProbeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustProbeResult.ProtoReflect.Descriptor instead.
 func (*TrustProbeResult) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TrustProbeResult) GetFromHost() string {
@@ -506,7 +644,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +656,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +669,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListHostsRequest) GetDeployment() string {
@@ -551,7 +689,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +701,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +714,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{6}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -596,7 +734,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +746,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +759,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetHostRequest) GetHost() string {
@@ -642,7 +780,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +792,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +805,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{8}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -692,14 +830,17 @@ type LastResult struct {
 	Errors  []*ItemError           `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
 	Time    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
 	// The hash of the configuration answered.
-	Hash          string `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
+	Hash string `protobuf:"bytes,5,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Whether the Nack came from an agent in monitor mode (see Nack.monitor):
+	// the host applied nothing by choice; errors say what it planned.
+	Monitor       bool `protobuf:"varint,6,opt,name=monitor,proto3" json:"monitor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LastResult) Reset() {
 	*x = LastResult{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +852,7 @@ func (x *LastResult) String() string {
 func (*LastResult) ProtoMessage() {}
 
 func (x *LastResult) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +865,7 @@ func (x *LastResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LastResult.ProtoReflect.Descriptor instead.
 func (*LastResult) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{9}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LastResult) GetKind() ResultKind {
@@ -762,6 +903,13 @@ func (x *LastResult) GetHash() string {
 	return ""
 }
 
+func (x *LastResult) GetMonitor() bool {
+	if x != nil {
+		return x.Monitor
+	}
+	return false
+}
+
 // Host is one host of the topology as the controller sees it.
 type Host struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -787,14 +935,27 @@ type Host struct {
 	ClockOffsetMs int64 `protobuf:"varint,15,opt,name=clock_offset_ms,json=clockOffsetMs,proto3" json:"clock_offset_ms,omitempty"`
 	// The drift in the host's latest status report, kept with its state so
 	// that listing hosts reads no reports.
-	Drift         []*Drift `protobuf:"bytes,16,rep,name=drift,proto3" json:"drift,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Drift []*Drift `protobuf:"bytes,16,rep,name=drift,proto3" json:"drift,omitempty"`
+	// The sequence numbers (1, 2, 3 …) of desired_version and
+	// applied_version, which operators know revisions by; 0 when unknown.
+	DesiredSequence uint64 `protobuf:"varint,30,opt,name=desired_sequence,json=desiredSequence,proto3" json:"desired_sequence,omitempty"`
+	AppliedSequence uint64 `protobuf:"varint,31,opt,name=applied_sequence,json=appliedSequence,proto3" json:"applied_sequence,omitempty"`
+	// The push awaiting the host's answer on this replica, if any: its
+	// version, when it was sent and for how long (by the controller's clock)
+	// it has been pending. A push pending long points at a dead or stuck
+	// agent.
+	PendingVersion uint64                 `protobuf:"varint,32,opt,name=pending_version,json=pendingVersion,proto3" json:"pending_version,omitempty"`
+	PendingSince   *timestamppb.Timestamp `protobuf:"bytes,33,opt,name=pending_since,json=pendingSince,proto3" json:"pending_since,omitempty"`
+	PendingMs      int64                  `protobuf:"varint,34,opt,name=pending_ms,json=pendingMs,proto3" json:"pending_ms,omitempty"`
+	// The products and versions its agent's driver found, from its last Hello.
+	DetectedProducts []*DetectedProduct `protobuf:"bytes,17,rep,name=detected_products,json=detectedProducts,proto3" json:"detected_products,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +967,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +980,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{10}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Host) GetHost() string {
@@ -934,15 +1095,63 @@ func (x *Host) GetDrift() []*Drift {
 	return nil
 }
 
+func (x *Host) GetDesiredSequence() uint64 {
+	if x != nil {
+		return x.DesiredSequence
+	}
+	return 0
+}
+
+func (x *Host) GetAppliedSequence() uint64 {
+	if x != nil {
+		return x.AppliedSequence
+	}
+	return 0
+}
+
+func (x *Host) GetPendingVersion() uint64 {
+	if x != nil {
+		return x.PendingVersion
+	}
+	return 0
+}
+
+func (x *Host) GetPendingSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PendingSince
+	}
+	return nil
+}
+
+func (x *Host) GetPendingMs() int64 {
+	if x != nil {
+		return x.PendingMs
+	}
+	return 0
+}
+
+func (x *Host) GetDetectedProducts() []*DetectedProduct {
+	if x != nil {
+		return x.DetectedProducts
+	}
+	return nil
+}
+
 var File_s2strust_v1_fleet_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"\x17\n" +
+	"\x1fs2strust/v1/fleet_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/agent_service.proto\x1a\x17s2strust/v1/types.proto\"&\n" +
+	"\x10RetryHostRequest\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\"K\n" +
+	"\x11RetryHostResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1c\n" +
+	"\n" +
+	"up_to_date\x18\x02 \x01(\bR\bupToDate\"\x17\n" +
 	"\x15GetTrustReportRequest\"|\n" +
 	"\x16GetTrustReportResponse\x12,\n" +
 	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\x124\n" +
-	"\x06realms\x18\x02 \x03(\v2\x1c.s2strust.v1.DeploymentRealmR\x06realms\"\xf0\x01\n" +
+	"\x06realms\x18\x02 \x03(\v2\x1c.s2strust.v1.DeploymentRealmR\x06realms\"\x97\x03\n" +
 	"\x0fDeploymentRealm\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
@@ -951,7 +1160,10 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12)\n" +
 	"\x10configured_realm\x18\x04 \x01(\tR\x0fconfiguredRealm\x12%\n" +
 	"\x0emetadata_realm\x18\x05 \x01(\tR\rmetadataRealm\x12'\n" +
-	"\x0fmetadata_issuer\x18\x06 \x01(\tR\x0emetadataIssuer\"\xea\x04\n" +
+	"\x0fmetadata_issuer\x18\x06 \x01(\tR\x0emetadataIssuer\x12+\n" +
+	"\x11issuer_thumbprint\x18\x1e \x01(\tR\x10issuerThumbprint\x12D\n" +
+	"\x10issuer_not_after\x18\x1f \x01(\v2\x1a.google.protobuf.TimestampR\x0eissuerNotAfter\x122\n" +
+	"\x15issuer_expiry_warning\x18  \x01(\tR\x13issuerExpiryWarning\"\x9e\x05\n" +
 	"\tTrustEdge\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12!\n" +
@@ -970,7 +1182,8 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x06probes\x18\r \x03(\v2\x1d.s2strust.v1.TrustProbeResultR\x06probes\x12\x0e\n" +
 	"\x02ok\x18\x0e \x01(\bR\x02ok\x12\x1a\n" +
 	"\bproblems\x18\x0f \x03(\tR\bproblems\x12\x1a\n" +
-	"\bdisabled\x18\x10 \x01(\bR\bdisabled\"^\n" +
+	"\bdisabled\x18\x10 \x01(\bR\bdisabled\x122\n" +
+	"\x15issuer_expiry_warning\x18\x1e \x01(\tR\x13issuerExpiryWarning\"^\n" +
 	"\x10TrustProbeResult\x12\x1b\n" +
 	"\tfrom_host\x18\x01 \x01(\tR\bfromHost\x12-\n" +
 	"\x05probe\x18\x02 \x01(\v2\x17.s2strust.v1.TrustProbeR\x05probe\"2\n" +
@@ -984,14 +1197,15 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\tR\x04host\"k\n" +
 	"\x0fGetHostResponse\x12%\n" +
 	"\x04host\x18\x01 \x01(\v2\x11.s2strust.v1.HostR\x04host\x121\n" +
-	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xc7\x01\n" +
+	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xe1\x01\n" +
 	"\n" +
 	"LastResult\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.s2strust.v1.ResultKindR\x04kind\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12.\n" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
-	"\x04hash\x18\x05 \x01(\tR\x04hash\"\xe5\x04\n" +
+	"\x04hash\x18\x05 \x01(\tR\x04hash\x12\x18\n" +
+	"\amonitor\x18\x06 \x01(\bR\amonitor\"\x8f\a\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -1012,16 +1226,24 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x06driver\x18\r \x01(\tR\x06driver\x127\n" +
 	"\tlast_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12&\n" +
 	"\x0fclock_offset_ms\x18\x0f \x01(\x03R\rclockOffsetMs\x12(\n" +
-	"\x05drift\x18\x10 \x03(\v2\x12.s2strust.v1.DriftR\x05drift*T\n" +
+	"\x05drift\x18\x10 \x03(\v2\x12.s2strust.v1.DriftR\x05drift\x12)\n" +
+	"\x10desired_sequence\x18\x1e \x01(\x04R\x0fdesiredSequence\x12)\n" +
+	"\x10applied_sequence\x18\x1f \x01(\x04R\x0fappliedSequence\x12'\n" +
+	"\x0fpending_version\x18  \x01(\x04R\x0ependingVersion\x12?\n" +
+	"\rpending_since\x18! \x01(\v2\x1a.google.protobuf.TimestampR\fpendingSince\x12\x1d\n" +
+	"\n" +
+	"pending_ms\x18\" \x01(\x03R\tpendingMs\x12I\n" +
+	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts*T\n" +
 	"\n" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fRESULT_KIND_ACK\x10\x01\x12\x14\n" +
-	"\x10RESULT_KIND_NACK\x10\x022\xfb\x01\n" +
+	"\x10RESULT_KIND_NACK\x10\x022\xc7\x02\n" +
 	"\fFleetService\x12J\n" +
 	"\tListHosts\x12\x1d.s2strust.v1.ListHostsRequest\x1a\x1e.s2strust.v1.ListHostsResponse\x12D\n" +
 	"\aGetHost\x12\x1b.s2strust.v1.GetHostRequest\x1a\x1c.s2strust.v1.GetHostResponse\x12Y\n" +
-	"\x0eGetTrustReport\x12\".s2strust.v1.GetTrustReportRequest\x1a#.s2strust.v1.GetTrustReportResponseB;Z9github.com/s2strust/s2strust/proto/s2strust/v1;s2strustv1b\x06proto3"
+	"\x0eGetTrustReport\x12\".s2strust.v1.GetTrustReportRequest\x1a#.s2strust.v1.GetTrustReportResponse\x12J\n" +
+	"\tRetryHost\x12\x1d.s2strust.v1.RetryHostRequest\x1a\x1e.s2strust.v1.RetryHostResponseB;Z9github.com/s2strust/s2strust/proto/s2strust/v1;s2strustv1b\x06proto3"
 
 var (
 	file_s2strust_v1_fleet_service_proto_rawDescOnce sync.Once
@@ -1036,57 +1258,65 @@ func file_s2strust_v1_fleet_service_proto_rawDescGZIP() []byte {
 }
 
 var file_s2strust_v1_fleet_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_s2strust_v1_fleet_service_proto_goTypes = []any{
 	(ResultKind)(0),                // 0: s2strust.v1.ResultKind
-	(*GetTrustReportRequest)(nil),  // 1: s2strust.v1.GetTrustReportRequest
-	(*GetTrustReportResponse)(nil), // 2: s2strust.v1.GetTrustReportResponse
-	(*DeploymentRealm)(nil),        // 3: s2strust.v1.DeploymentRealm
-	(*TrustEdge)(nil),              // 4: s2strust.v1.TrustEdge
-	(*TrustProbeResult)(nil),       // 5: s2strust.v1.TrustProbeResult
-	(*ListHostsRequest)(nil),       // 6: s2strust.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),      // 7: s2strust.v1.ListHostsResponse
-	(*GetHostRequest)(nil),         // 8: s2strust.v1.GetHostRequest
-	(*GetHostResponse)(nil),        // 9: s2strust.v1.GetHostResponse
-	(*LastResult)(nil),             // 10: s2strust.v1.LastResult
-	(*Host)(nil),                   // 11: s2strust.v1.Host
-	(Product)(0),                   // 12: s2strust.v1.Product
-	(*PartnerApplication)(nil),     // 13: s2strust.v1.PartnerApplication
-	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
-	(*TrustProbe)(nil),             // 15: s2strust.v1.TrustProbe
-	(*StatusReport)(nil),           // 16: s2strust.v1.StatusReport
-	(*ItemError)(nil),              // 17: s2strust.v1.ItemError
-	(*Drift)(nil),                  // 18: s2strust.v1.Drift
+	(*RetryHostRequest)(nil),       // 1: s2strust.v1.RetryHostRequest
+	(*RetryHostResponse)(nil),      // 2: s2strust.v1.RetryHostResponse
+	(*GetTrustReportRequest)(nil),  // 3: s2strust.v1.GetTrustReportRequest
+	(*GetTrustReportResponse)(nil), // 4: s2strust.v1.GetTrustReportResponse
+	(*DeploymentRealm)(nil),        // 5: s2strust.v1.DeploymentRealm
+	(*TrustEdge)(nil),              // 6: s2strust.v1.TrustEdge
+	(*TrustProbeResult)(nil),       // 7: s2strust.v1.TrustProbeResult
+	(*ListHostsRequest)(nil),       // 8: s2strust.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),      // 9: s2strust.v1.ListHostsResponse
+	(*GetHostRequest)(nil),         // 10: s2strust.v1.GetHostRequest
+	(*GetHostResponse)(nil),        // 11: s2strust.v1.GetHostResponse
+	(*LastResult)(nil),             // 12: s2strust.v1.LastResult
+	(*Host)(nil),                   // 13: s2strust.v1.Host
+	(Product)(0),                   // 14: s2strust.v1.Product
+	(*timestamppb.Timestamp)(nil),  // 15: google.protobuf.Timestamp
+	(*PartnerApplication)(nil),     // 16: s2strust.v1.PartnerApplication
+	(*TrustProbe)(nil),             // 17: s2strust.v1.TrustProbe
+	(*StatusReport)(nil),           // 18: s2strust.v1.StatusReport
+	(*ItemError)(nil),              // 19: s2strust.v1.ItemError
+	(*Drift)(nil),                  // 20: s2strust.v1.Drift
+	(*DetectedProduct)(nil),        // 21: s2strust.v1.DetectedProduct
 }
 var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
-	4,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
-	3,  // 1: s2strust.v1.GetTrustReportResponse.realms:type_name -> s2strust.v1.DeploymentRealm
-	12, // 2: s2strust.v1.DeploymentRealm.product:type_name -> s2strust.v1.Product
-	13, // 3: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
-	14, // 4: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
-	5,  // 5: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
-	15, // 6: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
-	11, // 7: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
-	11, // 8: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
-	16, // 9: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
-	0,  // 10: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
-	17, // 11: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
-	14, // 12: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
-	12, // 13: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
-	10, // 14: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
-	14, // 15: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	18, // 16: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
-	6,  // 17: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
-	8,  // 18: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
-	1,  // 19: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
-	7,  // 20: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
-	9,  // 21: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
-	2,  // 22: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	6,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
+	5,  // 1: s2strust.v1.GetTrustReportResponse.realms:type_name -> s2strust.v1.DeploymentRealm
+	14, // 2: s2strust.v1.DeploymentRealm.product:type_name -> s2strust.v1.Product
+	15, // 3: s2strust.v1.DeploymentRealm.issuer_not_after:type_name -> google.protobuf.Timestamp
+	16, // 4: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
+	15, // 5: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
+	7,  // 6: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
+	17, // 7: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
+	13, // 8: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
+	13, // 9: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
+	18, // 10: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
+	0,  // 11: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
+	19, // 12: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
+	15, // 13: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
+	14, // 14: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
+	12, // 15: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
+	15, // 16: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	20, // 17: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
+	15, // 18: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
+	21, // 19: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
+	8,  // 20: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
+	10, // 21: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
+	3,  // 22: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
+	1,  // 23: s2strust.v1.FleetService.RetryHost:input_type -> s2strust.v1.RetryHostRequest
+	9,  // 24: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
+	11, // 25: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
+	4,  // 26: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
+	2,  // 27: s2strust.v1.FleetService.RetryHost:output_type -> s2strust.v1.RetryHostResponse
+	24, // [24:28] is the sub-list for method output_type
+	20, // [20:24] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_fleet_service_proto_init() }
@@ -1094,6 +1324,7 @@ func file_s2strust_v1_fleet_service_proto_init() {
 	if File_s2strust_v1_fleet_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_agent_service_proto_init()
 	file_s2strust_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1101,7 +1332,7 @@ func file_s2strust_v1_fleet_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_fleet_service_proto_rawDesc), len(file_s2strust_v1_fleet_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	FleetService_ListHosts_FullMethodName      = "/s2strust.v1.FleetService/ListHosts"
 	FleetService_GetHost_FullMethodName        = "/s2strust.v1.FleetService/GetHost"
 	FleetService_GetTrustReport_FullMethodName = "/s2strust.v1.FleetService/GetTrustReport"
+	FleetService_RetryHost_FullMethodName      = "/s2strust.v1.FleetService/RetryHost"
 )
 
 // FleetServiceClient is the client API for FleetService service.
@@ -40,6 +41,14 @@ type FleetServiceClient interface {
 	// built from what the hosts at both ends last reported. Read-only, safe
 	// to retry.
 	GetTrustReport(ctx context.Context, in *GetTrustReportRequest, opts ...grpc.CallOption) (*GetTrustReportResponse, error)
+	// RetryHost sends a host its desired state again although it NACKed
+	// it, for when the cause was fixed on the host (a read-only disk, a
+	// missing module). The host must be connected to the replica answering
+	// (FAILED_PRECONDITION otherwise, naming where it is; a host that
+	// reconnects is sent its configuration again anyway). NOT_FOUND for a
+	// host not in the current topology. Safe to retry: a push already
+	// pending is not doubled.
+	RetryHost(ctx context.Context, in *RetryHostRequest, opts ...grpc.CallOption) (*RetryHostResponse, error)
 }
 
 type fleetServiceClient struct {
@@ -80,6 +89,16 @@ func (c *fleetServiceClient) GetTrustReport(ctx context.Context, in *GetTrustRep
 	return out, nil
 }
 
+func (c *fleetServiceClient) RetryHost(ctx context.Context, in *RetryHostRequest, opts ...grpc.CallOption) (*RetryHostResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryHostResponse)
+	err := c.cc.Invoke(ctx, FleetService_RetryHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FleetServiceServer is the server API for FleetService service.
 // All implementations must embed UnimplementedFleetServiceServer
 // for forward compatibility.
@@ -96,6 +115,14 @@ type FleetServiceServer interface {
 	// built from what the hosts at both ends last reported. Read-only, safe
 	// to retry.
 	GetTrustReport(context.Context, *GetTrustReportRequest) (*GetTrustReportResponse, error)
+	// RetryHost sends a host its desired state again although it NACKed
+	// it, for when the cause was fixed on the host (a read-only disk, a
+	// missing module). The host must be connected to the replica answering
+	// (FAILED_PRECONDITION otherwise, naming where it is; a host that
+	// reconnects is sent its configuration again anyway). NOT_FOUND for a
+	// host not in the current topology. Safe to retry: a push already
+	// pending is not doubled.
+	RetryHost(context.Context, *RetryHostRequest) (*RetryHostResponse, error)
 	mustEmbedUnimplementedFleetServiceServer()
 }
 
@@ -114,6 +141,9 @@ func (UnimplementedFleetServiceServer) GetHost(context.Context, *GetHostRequest)
 }
 func (UnimplementedFleetServiceServer) GetTrustReport(context.Context, *GetTrustReportRequest) (*GetTrustReportResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetTrustReport not implemented")
+}
+func (UnimplementedFleetServiceServer) RetryHost(context.Context, *RetryHostRequest) (*RetryHostResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryHost not implemented")
 }
 func (UnimplementedFleetServiceServer) mustEmbedUnimplementedFleetServiceServer() {}
 func (UnimplementedFleetServiceServer) testEmbeddedByValue()                      {}
@@ -190,6 +220,24 @@ func _FleetService_GetTrustReport_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_RetryHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FleetServiceServer).RetryHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FleetService_RetryHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FleetServiceServer).RetryHost(ctx, req.(*RetryHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FleetService_ServiceDesc is the grpc.ServiceDesc for FleetService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -208,6 +256,10 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetTrustReport",
 			Handler:    _FleetService_GetTrustReport_Handler,
+		},
+		{
+			MethodName: "RetryHost",
+			Handler:    _FleetService_RetryHost_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

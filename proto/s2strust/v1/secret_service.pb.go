@@ -25,9 +25,11 @@ const (
 type PutSecretRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The name a topology refers to as tokenIssuer: {secret: NAME}.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Pfx           []byte `protobuf:"bytes,2,opt,name=pfx,proto3" json:"pfx,omitempty"`
-	Password      string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	Name     string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Pfx      []byte `protobuf:"bytes,2,opt,name=pfx,proto3" json:"pfx,omitempty"`
+	Password string `protobuf:"bytes,3,opt,name=password,proto3" json:"password,omitempty"`
+	// Store a new version of a name in use (see PutSecret).
+	NewVersion    bool `protobuf:"varint,4,opt,name=new_version,json=newVersion,proto3" json:"new_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -81,6 +83,13 @@ func (x *PutSecretRequest) GetPassword() string {
 		return x.Password
 	}
 	return ""
+}
+
+func (x *PutSecretRequest) GetNewVersion() bool {
+	if x != nil {
+		return x.NewVersion
+	}
+	return false
 }
 
 // PutSecretResponse describes what was stored.
@@ -221,9 +230,15 @@ func (x *ListSecretsResponse) GetSecrets() []*Secret {
 
 // Secret describes a stored secret without its key material or password.
 type Secret struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Certificate   *CertificateInfo       `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Certificate *CertificateInfo       `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// The version described: 1, 2, 3 … per name; the newest in listings.
+	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// The deployments of the current topology whose token issuer it is;
+	// the version each uses is pinned by the topology revision (see
+	// TopologyRevision.secrets).
+	UsedBy        []string `protobuf:"bytes,4,rep,name=used_by,json=usedBy,proto3" json:"used_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -272,24 +287,42 @@ func (x *Secret) GetCertificate() *CertificateInfo {
 	return nil
 }
 
+func (x *Secret) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Secret) GetUsedBy() []string {
+	if x != nil {
+		return x.UsedBy
+	}
+	return nil
+}
+
 var File_s2strust_v1_secret_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_secret_service_proto_rawDesc = "" +
 	"\n" +
-	" s2strust/v1/secret_service.proto\x12\vs2strust.v1\x1a\x17s2strust/v1/types.proto\"T\n" +
+	" s2strust/v1/secret_service.proto\x12\vs2strust.v1\x1a\x17s2strust/v1/types.proto\"u\n" +
 	"\x10PutSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03pfx\x18\x02 \x01(\fR\x03pfx\x12\x1a\n" +
-	"\bpassword\x18\x03 \x01(\tR\bpassword\"Z\n" +
+	"\bpassword\x18\x03 \x01(\tR\bpassword\x12\x1f\n" +
+	"\vnew_version\x18\x04 \x01(\bR\n" +
+	"newVersion\"Z\n" +
 	"\x11PutSecretResponse\x12+\n" +
 	"\x06secret\x18\x01 \x01(\v2\x13.s2strust.v1.SecretR\x06secret\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\"\x14\n" +
 	"\x12ListSecretsRequest\"D\n" +
 	"\x13ListSecretsResponse\x12-\n" +
-	"\asecrets\x18\x01 \x03(\v2\x13.s2strust.v1.SecretR\asecrets\"\\\n" +
+	"\asecrets\x18\x01 \x03(\v2\x13.s2strust.v1.SecretR\asecrets\"\x8f\x01\n" +
 	"\x06Secret\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
-	"\vcertificate\x18\x02 \x01(\v2\x1c.s2strust.v1.CertificateInfoR\vcertificate2\xad\x01\n" +
+	"\vcertificate\x18\x02 \x01(\v2\x1c.s2strust.v1.CertificateInfoR\vcertificate\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12\x17\n" +
+	"\aused_by\x18\x04 \x03(\tR\x06usedBy2\xad\x01\n" +
 	"\rSecretService\x12J\n" +
 	"\tPutSecret\x12\x1d.s2strust.v1.PutSecretRequest\x1a\x1e.s2strust.v1.PutSecretResponse\x12P\n" +
 	"\vListSecrets\x12\x1f.s2strust.v1.ListSecretsRequest\x1a .s2strust.v1.ListSecretsResponseB;Z9github.com/s2strust/s2strust/proto/s2strust/v1;s2strustv1b\x06proto3"

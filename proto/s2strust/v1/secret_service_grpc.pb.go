@@ -30,10 +30,14 @@ const (
 // SecretService stores token-issuer certificates (PFX with password),
 // encrypted at rest. No response ever carries key material or a password.
 type SecretServiceClient interface {
-	// PutSecret stores or replaces a PFX under a name. The PFX must open with
-	// the password and hold a private key (INVALID_ARGUMENT otherwise, naming
-	// the cause); nothing is stored then. Putting the same PFX again is a
-	// no-op, so a retry is safe.
+	// PutSecret stores a PFX under a name, as the name's next version. The
+	// PFX must open with the password and hold a private key
+	// (INVALID_ARGUMENT otherwise, naming the cause); nothing is stored then.
+	// A name the current topology uses is never swapped in place: without
+	// new_version the call is refused with FAILED_PRECONDITION naming the
+	// deployments that use it; with new_version the PFX is stored as a new
+	// version and no host changes until a rotation or rollout uses it.
+	// Putting the newest version's PFX again is a no-op, so a retry is safe.
 	PutSecret(ctx context.Context, in *PutSecretRequest, opts ...grpc.CallOption) (*PutSecretResponse, error)
 	// ListSecrets describes every stored secret's certificate. Read-only.
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
@@ -74,10 +78,14 @@ func (c *secretServiceClient) ListSecrets(ctx context.Context, in *ListSecretsRe
 // SecretService stores token-issuer certificates (PFX with password),
 // encrypted at rest. No response ever carries key material or a password.
 type SecretServiceServer interface {
-	// PutSecret stores or replaces a PFX under a name. The PFX must open with
-	// the password and hold a private key (INVALID_ARGUMENT otherwise, naming
-	// the cause); nothing is stored then. Putting the same PFX again is a
-	// no-op, so a retry is safe.
+	// PutSecret stores a PFX under a name, as the name's next version. The
+	// PFX must open with the password and hold a private key
+	// (INVALID_ARGUMENT otherwise, naming the cause); nothing is stored then.
+	// A name the current topology uses is never swapped in place: without
+	// new_version the call is refused with FAILED_PRECONDITION naming the
+	// deployments that use it; with new_version the PFX is stored as a new
+	// version and no host changes until a rotation or rollout uses it.
+	// Putting the newest version's PFX again is a no-op, so a retry is safe.
 	PutSecret(context.Context, *PutSecretRequest) (*PutSecretResponse, error)
 	// ListSecrets describes every stored secret's certificate. Read-only.
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)

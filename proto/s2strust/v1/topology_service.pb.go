@@ -113,7 +113,11 @@ type ApplyTopologyResponse struct {
 	// Certificate-rule warnings on the topology's token-issuer certificates
 	// (each "rule <id>: …", naming the field and the certificate): shown,
 	// not refused. With certificateRules: strict they are errors instead.
-	Warnings      []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Warnings []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// The revision's sequence number (1, 2, 3 … of this topology) that
+	// operators know it by; revision (an etcd revision) orders versions
+	// internally and is what hosts report.
+	Sequence      uint64 `protobuf:"varint,20,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -195,6 +199,13 @@ func (x *ApplyTopologyResponse) GetWarnings() []string {
 		return x.Warnings
 	}
 	return nil
+}
+
+func (x *ApplyTopologyResponse) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
 }
 
 // HostPlan is what a revision changes on one host.
@@ -460,7 +471,11 @@ type TopologyRevision struct {
 	// The admin identity that applied it.
 	AppliedBy string `protobuf:"bytes,5,opt,name=applied_by,json=appliedBy,proto3" json:"applied_by,omitempty"`
 	// SHA-256 of the canonical document.
-	Hash          string `protobuf:"bytes,6,opt,name=hash,proto3" json:"hash,omitempty"`
+	Hash string `protobuf:"bytes,6,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Its sequence number: 1, 2, 3 … in the order revisions were stored.
+	Sequence uint64 `protobuf:"varint,20,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The secret versions the revision's hosts use, sorted by name.
+	Secrets       []*SecretVersion `protobuf:"bytes,21,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -537,6 +552,81 @@ func (x *TopologyRevision) GetHash() string {
 	return ""
 }
 
+func (x *TopologyRevision) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *TopologyRevision) GetSecrets() []*SecretVersion {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+// SecretVersion is the version of a secret a topology revision uses.
+type SecretVersion struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Version       uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Thumbprint    string                 `protobuf:"bytes,3,opt,name=thumbprint,proto3" json:"thumbprint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretVersion) Reset() {
+	*x = SecretVersion{}
+	mi := &file_s2strust_v1_topology_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretVersion) ProtoMessage() {}
+
+func (x *SecretVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_topology_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretVersion.ProtoReflect.Descriptor instead.
+func (*SecretVersion) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_topology_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SecretVersion) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SecretVersion) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SecretVersion) GetThumbprint() string {
+	if x != nil {
+		return x.Thumbprint
+	}
+	return ""
+}
+
 // ListTopologyRevisionsRequest pages through revisions.
 type ListTopologyRevisionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -550,7 +640,7 @@ type ListTopologyRevisionsRequest struct {
 
 func (x *ListTopologyRevisionsRequest) Reset() {
 	*x = ListTopologyRevisionsRequest{}
-	mi := &file_s2strust_v1_topology_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_topology_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +652,7 @@ func (x *ListTopologyRevisionsRequest) String() string {
 func (*ListTopologyRevisionsRequest) ProtoMessage() {}
 
 func (x *ListTopologyRevisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_topology_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_topology_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +665,7 @@ func (x *ListTopologyRevisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTopologyRevisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListTopologyRevisionsRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_topology_service_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_topology_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListTopologyRevisionsRequest) GetPageSize() int32 {
@@ -603,7 +693,7 @@ type ListTopologyRevisionsResponse struct {
 
 func (x *ListTopologyRevisionsResponse) Reset() {
 	*x = ListTopologyRevisionsResponse{}
-	mi := &file_s2strust_v1_topology_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_topology_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +705,7 @@ func (x *ListTopologyRevisionsResponse) String() string {
 func (*ListTopologyRevisionsResponse) ProtoMessage() {}
 
 func (x *ListTopologyRevisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_topology_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_topology_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +718,7 @@ func (x *ListTopologyRevisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTopologyRevisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListTopologyRevisionsResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_topology_service_proto_rawDescGZIP(), []int{8}
+	return file_s2strust_v1_topology_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListTopologyRevisionsResponse) GetRevisions() []*TopologyRevision {
@@ -655,7 +745,7 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x17\n" +
 	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x120\n" +
 	"\x11expected_revision\x18\x04 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
-	"\x12_expected_revision\"\x81\x02\n" +
+	"\x12_expected_revision\"\x9d\x02\n" +
 	"\x15ApplyTopologyResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12)\n" +
@@ -664,7 +754,8 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"hostsTotal\x12#\n" +
 	"\rhosts_changed\x18\x05 \x01(\rR\fhostsChanged\x12%\n" +
 	"\x0eplan_truncated\x18\x06 \x01(\bR\rplanTruncated\x12\x1a\n" +
-	"\bwarnings\x18\a \x03(\tR\bwarnings\"\xd1\x01\n" +
+	"\bwarnings\x18\a \x03(\tR\bwarnings\x12\x1a\n" +
+	"\bsequence\x18\x14 \x01(\x04R\bsequence\"\xd1\x01\n" +
 	"\bHostPlan\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -684,7 +775,7 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\x12GetTopologyRequest\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"P\n" +
 	"\x13GetTopologyResponse\x129\n" +
-	"\btopology\x18\x01 \x01(\v2\x1d.s2strust.v1.TopologyRevisionR\btopology\"\xcc\x01\n" +
+	"\btopology\x18\x01 \x01(\v2\x1d.s2strust.v1.TopologyRevisionR\btopology\"\x9e\x02\n" +
 	"\x10TopologyRevision\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -693,7 +784,15 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"applied_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tappliedAt\x12\x1d\n" +
 	"\n" +
 	"applied_by\x18\x05 \x01(\tR\tappliedBy\x12\x12\n" +
-	"\x04hash\x18\x06 \x01(\tR\x04hash\"Z\n" +
+	"\x04hash\x18\x06 \x01(\tR\x04hash\x12\x1a\n" +
+	"\bsequence\x18\x14 \x01(\x04R\bsequence\x124\n" +
+	"\asecrets\x18\x15 \x03(\v2\x1a.s2strust.v1.SecretVersionR\asecrets\"]\n" +
+	"\rSecretVersion\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x1e\n" +
+	"\n" +
+	"thumbprint\x18\x03 \x01(\tR\n" +
+	"thumbprint\"Z\n" +
 	"\x1cListTopologyRevisionsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -718,7 +817,7 @@ func file_s2strust_v1_topology_service_proto_rawDescGZIP() []byte {
 	return file_s2strust_v1_topology_service_proto_rawDescData
 }
 
-var file_s2strust_v1_topology_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_s2strust_v1_topology_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_s2strust_v1_topology_service_proto_goTypes = []any{
 	(*ApplyTopologyRequest)(nil),          // 0: s2strust.v1.ApplyTopologyRequest
 	(*ApplyTopologyResponse)(nil),         // 1: s2strust.v1.ApplyTopologyResponse
@@ -727,29 +826,31 @@ var file_s2strust_v1_topology_service_proto_goTypes = []any{
 	(*GetTopologyRequest)(nil),            // 4: s2strust.v1.GetTopologyRequest
 	(*GetTopologyResponse)(nil),           // 5: s2strust.v1.GetTopologyResponse
 	(*TopologyRevision)(nil),              // 6: s2strust.v1.TopologyRevision
-	(*ListTopologyRevisionsRequest)(nil),  // 7: s2strust.v1.ListTopologyRevisionsRequest
-	(*ListTopologyRevisionsResponse)(nil), // 8: s2strust.v1.ListTopologyRevisionsResponse
-	(Product)(0),                          // 9: s2strust.v1.Product
-	(*timestamppb.Timestamp)(nil),         // 10: google.protobuf.Timestamp
+	(*SecretVersion)(nil),                 // 7: s2strust.v1.SecretVersion
+	(*ListTopologyRevisionsRequest)(nil),  // 8: s2strust.v1.ListTopologyRevisionsRequest
+	(*ListTopologyRevisionsResponse)(nil), // 9: s2strust.v1.ListTopologyRevisionsResponse
+	(Product)(0),                          // 10: s2strust.v1.Product
+	(*timestamppb.Timestamp)(nil),         // 11: google.protobuf.Timestamp
 }
 var file_s2strust_v1_topology_service_proto_depIdxs = []int32{
 	2,  // 0: s2strust.v1.ApplyTopologyResponse.plan:type_name -> s2strust.v1.HostPlan
-	9,  // 1: s2strust.v1.HostPlan.product:type_name -> s2strust.v1.Product
+	10, // 1: s2strust.v1.HostPlan.product:type_name -> s2strust.v1.Product
 	3,  // 2: s2strust.v1.HostPlan.items:type_name -> s2strust.v1.PlanItem
 	6,  // 3: s2strust.v1.GetTopologyResponse.topology:type_name -> s2strust.v1.TopologyRevision
-	10, // 4: s2strust.v1.TopologyRevision.applied_at:type_name -> google.protobuf.Timestamp
-	6,  // 5: s2strust.v1.ListTopologyRevisionsResponse.revisions:type_name -> s2strust.v1.TopologyRevision
-	0,  // 6: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
-	4,  // 7: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
-	7,  // 8: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
-	1,  // 9: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
-	5,  // 10: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
-	8,  // 11: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
-	9,  // [9:12] is the sub-list for method output_type
-	6,  // [6:9] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	11, // 4: s2strust.v1.TopologyRevision.applied_at:type_name -> google.protobuf.Timestamp
+	7,  // 5: s2strust.v1.TopologyRevision.secrets:type_name -> s2strust.v1.SecretVersion
+	6,  // 6: s2strust.v1.ListTopologyRevisionsResponse.revisions:type_name -> s2strust.v1.TopologyRevision
+	0,  // 7: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
+	4,  // 8: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
+	8,  // 9: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
+	1,  // 10: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
+	5,  // 11: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
+	9,  // 12: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_topology_service_proto_init() }
@@ -765,7 +866,7 @@ func file_s2strust_v1_topology_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_topology_service_proto_rawDesc), len(file_s2strust_v1_topology_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

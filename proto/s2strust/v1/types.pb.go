@@ -235,6 +235,10 @@ type HostConfig struct {
 	// Whether the topology confirms a change of this deployment's realm
 	// (confirmRealmChange): required before an Exchange or SharePoint realm is set.
 	ConfirmRealmChange bool `protobuf:"varint,19,opt,name=confirm_realm_change,json=confirmRealmChange,proto3" json:"confirm_realm_change,omitempty"`
+	// The networks (CIDR prefixes) partners' metadata may be fetched from, as
+	// the topology's metadataNetworks narrows them; empty: any address that
+	// is not loopback, link-local, unspecified or multicast.
+	MetadataNetworks []string `protobuf:"bytes,20,rep,name=metadata_networks,json=metadataNetworks,proto3" json:"metadata_networks,omitempty"`
 	// How the token-issuer certificate rules are applied: empty for
 	// "standard" (the default: CN not exactly the default SIP domain, a SAN
 	// lacking an additional SIP domain and near expiry are warnings) or
@@ -405,6 +409,13 @@ func (x *HostConfig) GetConfirmRealmChange() bool {
 		return x.ConfirmRealmChange
 	}
 	return false
+}
+
+func (x *HostConfig) GetMetadataNetworks() []string {
+	if x != nil {
+		return x.MetadataNetworks
+	}
+	return nil
 }
 
 func (x *HostConfig) GetCertificateRules() string {
@@ -1649,7 +1660,7 @@ var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x06\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x06\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1675,6 +1686,7 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\x120\n" +
 	"\x14confirm_realm_change\x18\x13 \x01(\bR\x12confirmRealmChange\x12+\n" +
+	"\x11metadata_networks\x18\x14 \x03(\tR\x10metadataNetworks\x12+\n" +
 	"\x11certificate_rules\x18( \x01(\tR\x10certificateRules\"\xcf\x01\n" +
 	"\vTrustTarget\x12\x1e\n" +
 	"\n" +
