@@ -84,6 +84,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimListen, "sim-listen", "", "sim driver: serve this host's metadata document and S2S endpoint over HTTPS here, e.g. 127.0.0.1:8443")
 	f.StringVar(&cfg.SimTLSCert, "sim-tls-cert", "", "sim driver: HTTPS certificate (PEM) for --sim-listen, naming the host and its deployment's endpoint")
 	f.StringVar(&cfg.SimTLSKey, "sim-tls-key", "", "sim driver: HTTPS private key (PEM) for --sim-listen")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over HTTP at /metrics on this address (default: none); a bare PORT or :PORT binds 127.0.0.1, give HOST:PORT to expose them further")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	root.AddCommand(run, service.Command(), newEnroll(), newInspect(run))
 	root.AddCommand(&cobra.Command{

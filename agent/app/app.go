@@ -23,8 +23,10 @@ import (
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/driver/powershell"
 	"github.com/s2strust/s2strust/agent/driver/sim"
+	"github.com/s2strust/s2strust/agent/metrics"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/internal/metadata"
+	"github.com/s2strust/s2strust/internal/metricshttp"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -78,6 +80,12 @@ type Config struct {
 	SimTLSCert, SimTLSKey string
 	// SimServerTLS overrides SimTLSCert and SimTLSKey.
 	SimServerTLS *tls.Config
+	// MetricsListen serves Prometheus metrics over HTTP on this address
+	// (--metrics-listen); empty serves none. A bare port or ":port" binds
+	// loopback only (see metricshttp.ResolveAddr).
+	MetricsListen string
+	// MetricsReady, when set, is called with the metrics URL once it is served.
+	MetricsReady func(url string)
 	// Monitor runs the agent read-only (--apply=false): it reads,
 	// verifies, probes and reports the plan it would execute, and changes
 	// nothing (see package syncer).
@@ -101,10 +109,19 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state directory %s: %w", cfg.StateDir, err)
 	}
+	var metricsLis net.Listener
+	if cfg.MetricsListen != "" {
+		var err error
+		if metricsLis, err = metricshttp.Listen("--metrics-listen", cfg.MetricsListen); err != nil {
+			return err
+		}
+		defer metricsLis.Close()
+	}
 	drv, err := NewDriver(cfg)
 	if err != nil {
 		return err
 	}
+	mets := metrics.New(host, drv.Name(), syncer.Version)
 	if c, ok := drv.(io.Closer); ok {
 		// The powershell driver's workers.
 		defer c.Close()
@@ -125,12 +142,21 @@ func Run(ctx context.Context, cfg Config) error {
 		Host: host, Conn: conn, Driver: drv, StateDir: cfg.StateDir, Logger: log,
 		DriftInterval: cfg.DriftInterval, AutoCorrect: cfg.AutoCorrect, VerifyInterval: cfg.VerifyInterval, PendingTimeout: cfg.PendingTimeout,
 		Monitor: cfg.Monitor,
+		Metrics: mets,
 	})
 	if err != nil {
 		return err
 	}
 	log.Info("agent starting", "host", host, "controller", cfg.Controller, "driver", drv.Name(), "state_dir", cfg.StateDir, "monitor", cfg.Monitor)
 	g.Go(func() error { return a.Run(ctx) })
+	if metricsLis != nil {
+		g.Go(func() error { return metricshttp.Serve(ctx, metricsLis, mets.Registry(), log) })
+		url := metricshttp.URL(metricsLis)
+		log.Info("metrics served", "url", url)
+		if cfg.MetricsReady != nil {
+			cfg.MetricsReady(url)
+		}
+	}
 	return g.Wait()
 }
 

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/s2strust/s2strust/agent/driver"
+	"github.com/s2strust/s2strust/agent/metrics"
 	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/statusreport"
@@ -68,6 +69,8 @@ type Config struct {
 	// OnDesired, when set, is called for every Desired received (tests
 	// and metrics count pushes with it).
 	OnDesired func(*pb.Desired)
+	// Metrics records applies, reports and syncs; nil records nothing.
+	Metrics metrics.Recorder
 	// Monitor runs the agent read-only (see the package comment). The
 	// driver must be a Planner or a reconcile.Backend; AutoCorrect must be
 	// off.
@@ -175,6 +178,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.Nop{}
 	}
 	// A kill mid-write leaves the state file's temporary copy behind;
 	// nothing writes here yet.
@@ -336,9 +342,13 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		if !connected {
 			connected = true
 			a.sessions.Add(1)
+			a.cfg.Metrics.Connected(true)
+			defer a.cfg.Metrics.Connected(false)
 		}
 		if u := resp.GetUpToDate(); u != nil {
 			a.log.Info("controller has nothing new", "version", u.GetVersion())
+			// In sync with the controller as much as after an ACK.
+			a.cfg.Metrics.Synced(a.cfg.Now())
 		}
 		if d := resp.GetDesired(); d != nil {
 			if a.cfg.OnDesired != nil {
@@ -367,16 +377,19 @@ func (a *Agent) offer(d *pb.Desired) {
 // send sends on the current stream, if any. A message lost with its stream
 // is harmless: the next Hello says what was applied and the controller
 // pushes again.
-func (a *Agent) send(m *pb.SyncRequest) {
+// It reports whether m was queued on a stream.
+func (a *Agent) send(m *pb.SyncRequest) bool {
 	a.mu.Lock()
 	s := a.sess
 	a.mu.Unlock()
 	if s == nil {
-		return
+		return false
 	}
 	if err := s.send(m); err != nil {
 		a.log.Debug("send to controller failed", "error", err)
+		return false
 	}
+	return true
 }
 
 // prober is what a driver offers when it can check metadata and prove
@@ -517,13 +530,24 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 	}
 	// Apply is idempotent, so a retry applies what is still missing, such
 	// as a host-scope item that needed the primary's change first.
+	start := a.cfg.Now()
 	applyErrs := a.apply(ctx, d.GetConfig(), d.GetSecrets())
 	rep, err := a.cfg.Driver.Verify(ctx, d.GetConfig())
+	took := a.cfg.Now().Sub(start)
 	if err != nil {
+		a.cfg.Metrics.Applied(took, metrics.ResultFailed)
 		return failed, append(applyErrs, &pb.ItemError{Item: "verify", Message: err.Error()})
 	}
 	errs := mergeErrors(applyErrs, rep.GetItems())
 	pendingItems := itemsIn(rep, pb.ItemState_ITEM_STATE_PENDING)
+	switch {
+	case len(errs) > 0:
+		a.cfg.Metrics.Applied(took, metrics.ResultFailed)
+	case len(pendingItems) > 0:
+		a.cfg.Metrics.Applied(took, metrics.ResultPending)
+	default:
+		a.cfg.Metrics.Applied(took, metrics.ResultOK)
+	}
 	a.report(rep, nil)
 	if len(errs) > 0 {
 		if first {
@@ -759,6 +783,7 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 		a.last = rep
 	}
 	a.mu.Unlock()
+	a.cfg.Metrics.Reported(rep)
 	if !same {
 		a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
 	}
@@ -779,7 +804,9 @@ func (a *Agent) commit(d *pb.Desired) error {
 }
 
 func (a *Agent) ack(d *pb.Desired) {
-	a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Ack{Ack: &pb.Ack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash()}}})
+	if a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Ack{Ack: &pb.Ack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash()}}}) {
+		a.cfg.Metrics.Synced(a.cfg.Now())
+	}
 	// The report's applied version moves with the ack.
 	a.mu.Lock()
 	last := a.last

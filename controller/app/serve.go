@@ -26,10 +26,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/controller/metrics"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/server"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/atomicfile"
+	"github.com/s2strust/s2strust/internal/metricshttp"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/secretbox"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -80,6 +82,12 @@ type ServeConfig struct {
 	UIListen string
 	// UIReady, when set, is called with the dashboard's URL once it listens.
 	UIReady func(url string)
+	// MetricsListen serves Prometheus metrics over HTTP on this address
+	// (--metrics-listen); empty serves none. A bare port or ":port" binds
+	// loopback only (see metricshttp.ResolveAddr).
+	MetricsListen string
+	// MetricsReady, when set, is called with the metrics URL once it is served.
+	MetricsReady func(url string)
 }
 
 // TransportOptions are the controller's gRPC transport settings, shared
@@ -141,12 +149,22 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 	defer lis.Close()
+	var metricsLis net.Listener
+	if cfg.MetricsListen != "" {
+		if metricsLis, err = metricshttp.Listen("--metrics-listen", cfg.MetricsListen); err != nil {
+			return err
+		}
+		defer metricsLis.Close()
+	}
+	// The metrics are kept whether served or not: counting costs little,
+	// and the code paths stay the same either way.
+	mets := metrics.New(metrics.Config{})
 
 	if cfg.Insecure {
 		log.Warn("serving WITHOUT TLS (--insecure): anyone on this host can act as admin or as any agent; loopback only")
 	}
 
-	cli, emb, closeStore, err := openStore(ctx, cfg, log)
+	cli, emb, closeStore, err := openStore(ctx, cfg, log, mets.EtcdUnaryInterceptor())
 	if err != nil {
 		return err
 	}
@@ -177,7 +195,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		creds = grpc.Creds(refusals.ServerCredentials(credentials.NewTLS(tlsCfg)))
 	}
 	sec := secrets.New(st, key, nil)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits})
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, Observer: mets})
 	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
@@ -191,6 +209,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterTopologyServiceServer(gs, server.NewTopologyService(hub, sec))
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	fleet := server.NewFleetService(hub)
+	mets.SetFleet(fleet)
 	pb.RegisterFleetServiceServer(gs, fleet)
 	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
@@ -233,6 +252,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		}
 		return nil
 	})
+	if metricsLis != nil {
+		g.Go(func() error { return metricshttp.Serve(gctx, metricsLis, mets.Registry(), log) })
+		url := metricshttp.URL(metricsLis)
+		log.Info("metrics served", "url", url)
+		if cfg.MetricsReady != nil {
+			cfg.MetricsReady(url)
+		}
+	}
 	g.Go(func() error {
 		select {
 		case <-hub.Ready():
@@ -287,7 +314,7 @@ func listen(addr string, insecure bool) (net.Listener, error) {
 	return lis, nil
 }
 
-func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv3.Client, *etcdembed.Server, func(), error) {
+func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger, intercept grpc.UnaryClientInterceptor) (*clientv3.Client, *etcdembed.Server, func(), error) {
 	endpoints := cfg.EtcdEndpoints
 	var emb *etcdembed.Server
 	ccfg := clientv3.Config{
@@ -295,6 +322,7 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger) (*clientv
 		MaxCallSendMsgSize: MaxMessageSize,
 		MaxCallRecvMsgSize: 64 << 20,
 		Logger:             zap.NewNop(),
+		DialOptions:        []grpc.DialOption{grpc.WithChainUnaryInterceptor(intercept)},
 	}
 	if len(endpoints) == 0 {
 		if !cfg.EtcdClient.empty() {

@@ -120,13 +120,15 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 
 	dataDir := filepath.Join(dir, "controller")
 	ready, uiReady := make(chan string, 1), make(chan string, 1)
+	metricsURL := make(chan string, 1)
 	uiListen := cfg.UIListen
 	if cfg.Once {
 		uiListen = ""
 	}
 	g.Go(func() error {
 		return app.Serve(gctx, app.ServeConfig{DataDir: dataDir, Listen: cfg.Listen, Logger: log.With("component", "controller"),
-			Ready: func(addr string) { ready <- addr }, UIListen: uiListen, UIReady: func(u string) { uiReady <- u }})
+			Ready: func(addr string) { ready <- addr }, MetricsListen: "127.0.0.1:0", MetricsReady: func(url string) { metricsURL <- url },
+			UIListen: uiListen, UIReady: func(u string) { uiReady <- u }})
 	})
 	var addr string
 	select {
@@ -135,6 +137,8 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 		return fmt.Errorf("controller did not start: %w", g.Wait())
 	}
 	fmt.Fprintf(out, "controller listening on %s (data in %s, logs in %s)\n", addr, dataDir, logFile.Name())
+	// Served before the controller is ready, so the URL is there by now.
+	fmt.Fprintf(out, "Prometheus metrics: curl %s\n", <-metricsURL)
 	var dashboard string
 	if uiListen != "" {
 		if dashboard, err = demoDashboard(gctx, uiReady, dataDir, out, cfg.DashboardReady); err != nil {

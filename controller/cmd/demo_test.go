@@ -43,6 +43,7 @@ func TestDemoOnce(t *testing.T) {
 		"ServiceName             : 00000004-0000-0ff1-ce00-000000000000",
 		"go tool grpcurl -cacert ",
 		"every trust edge's probe passed",
+		"Prometheus metrics: curl http://127.0.0.1:",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("demo output lacks %q", want)

@@ -105,7 +105,13 @@ func gatherEstate(ctx context.Context, conn *grpc.ClientConn) (*topology.Topolog
 	if err != nil {
 		return nil, nil, nil, rpcError("list secrets", err)
 	}
-	return cur, details, sec.GetSecrets(), nil
+	// The versions the current revision pins come first: a listing shows
+	// each secret's newest version, which the hosts may not use yet.
+	var secrets []*pb.Secret
+	for _, v := range resp.GetTopology().GetSecrets() {
+		secrets = append(secrets, &pb.Secret{Name: v.GetName(), Version: v.GetVersion(), Certificate: &pb.CertificateInfo{Thumbprint: v.GetThumbprint()}})
+	}
+	return cur, details, append(secrets, sec.GetSecrets()...), nil
 }
 
 // discovery is what discover found.
@@ -357,7 +363,7 @@ func curRealm(t *topology.Topology, dep *topology.Deployment) string {
 func (d *discovery) issuer(dep *topology.Deployment, p pb.Product, thumbprint string, secrets []*pb.Secret) *topology.TokenIssuer {
 	var names []string
 	for _, s := range secrets {
-		if t, _ := certs.NormalizeThumbprint(s.GetCertificate().GetThumbprint()); t == thumbprint {
+		if t, _ := certs.NormalizeThumbprint(s.GetCertificate().GetThumbprint()); t == thumbprint && !slices.Contains(names, s.GetName()) {
 			names = append(names, s.GetName())
 		}
 	}

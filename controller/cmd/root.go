@@ -123,6 +123,7 @@ func newServe(g *globals) *cobra.Command {
 	}
 	addTLSFlags(c, &cfg)
 	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:7443", "gRPC listen address")
+	c.Flags().StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over HTTP at /metrics on this address (default: none); a bare PORT or :PORT binds 127.0.0.1, give HOST:PORT to expose them further")
 	c.Flags().StringVar(&endpoints, "etcd-endpoints", "", "use this etcd cluster (comma-separated URLs) instead of the embedded one")
 	c.Flags().StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/s2strust/", "key prefix in etcd")
 	c.Flags().StringVar(&cfg.UIListen, "ui-listen", "", "serve the web dashboard on this address, e.g. 127.0.0.1:7444 (off by default; a bare :PORT means loopback); log in with `ui token`")

@@ -22,6 +22,7 @@ import (
 
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/agent/driver/sim"
+	agentmetrics "github.com/s2strust/s2strust/agent/metrics"
 	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/controller/app"
@@ -240,6 +241,8 @@ type agentOpts struct {
 	// resolve adds --resolve mappings to the network's: the one way a test
 	// may point a name at loopback (a loopback IP literal is refused).
 	resolve []string
+	// metrics, when set, gives each agent its metrics recorder.
+	metrics func(host string) agentmetrics.Recorder
 	// monitor runs the agent in monitor mode (--apply=false).
 	monitor bool
 }
@@ -293,10 +296,14 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if o.driftInterval == 0 {
 		o.driftInterval = time.Hour
 	}
+	var rec agentmetrics.Recorder
+	if o.metrics != nil {
+		rec = o.metrics(host)
+	}
 	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
 		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
 		Monitor:     o.monitor,
-		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond,
+		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Metrics: rec,
 		OnDesired: func(d *pb.Desired) {
 			ag.received.Add(1)
 			if len(d.GetSecrets()) > 0 {

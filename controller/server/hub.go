@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/s2strust/s2strust/controller/metrics"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
@@ -59,6 +60,9 @@ type Config struct {
 	DeliverLyncIssuerToEveryHost bool
 	// Limits bound what each agent identity may cost the controller.
 	Limits AgentLimits
+	// Observer is told what happens on the Sync streams (the metrics);
+	// nil observes nothing.
+	Observer metrics.SyncObserver
 }
 
 // compiled is one topology revision compiled for every host.
@@ -138,6 +142,9 @@ func NewHub(cfg Config) *Hub {
 	}
 	if cfg.PrimaryGrace == 0 {
 		cfg.PrimaryGrace = 30 * time.Second
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = metrics.NopSync{}
 	}
 	return &Hub{
 		cfg:               cfg,
@@ -449,6 +456,7 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64) error {
 	h.topo = c
 	h.desired = map[string]*desired{}
 	h.mu.Unlock()
+	h.cfg.Observer.TopologyCurrent(rec.Revision, rec.AppliedAt)
 	for d := range c.deployments {
 		h.reselect(ctx, d)
 	}

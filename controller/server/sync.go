@@ -149,6 +149,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	if err := checkAgentMessage(first, host, lim); err != nil {
 		return err
 	}
+	h.cfg.Observer.Hello(host)
 	ag := h.agent(host)
 	if !ag.hellos.Allow() {
 		return status.Errorf(codes.ResourceExhausted, "sync: host %s opened streams faster than %g per second (bursts of %d): retry with backoff",
@@ -172,6 +173,8 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	if err := h.claim(sctx, c); err != nil {
 		return err
 	}
+	h.cfg.Observer.Connected(host)
+	defer h.cfg.Observer.Disconnected(host)
 	defer func() {
 		c.mu.Lock()
 		for _, t := range []*time.Timer{c.reportTimer, c.pushTimer} {
@@ -449,6 +452,7 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 	if err := stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_Desired{Desired: msg}}); err != nil {
 		return false, err
 	}
+	s.hub.cfg.Observer.Pushed(c.host, d.version)
 	s.hub.log.Debug("pushed desired state", "host", c.host, "version", d.version, "hash", d.hash)
 	return true, nil
 }
@@ -548,10 +552,13 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 	})
 	switch {
 	case ok:
+		s.hub.cfg.Observer.Acked(c.host, version)
 		s.hub.log.Info("host acknowledged", "host", c.host, "version", version)
 	case monitor:
+		// A monitor-mode answer applied nothing by design: not a NACK.
 		s.hub.log.Info("host in monitor mode: planned, applied nothing", "host", c.host, "version", version)
 	default:
+		s.hub.cfg.Observer.Nacked(c.host, version, errs)
 		s.hub.log.Warn("host rejected configuration", "host", c.host, "version", version, "errors", len(errs))
 	}
 	c.wake() // a newer revision may have arrived meanwhile

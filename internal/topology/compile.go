@@ -78,6 +78,8 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				Realm:                   realmOf(c, d),
 				ConfirmRealmChange:      d.ConfirmRealmChange,
 				MetadataNetworks:        cloneStrings(c.MetadataNetworks),
+				ProbeSipUri:             c.ProbeAccounts.GetSIPURI(),
+				ProbeMailbox:            c.ProbeAccounts.GetMailbox(),
 				ServiceName:             products.ServiceName(p),
 				DefaultSipDomain:        c.SIPDomains.Default,
 				AdditionalSipDomains:    cloneStrings(c.SIPDomains.Additional),

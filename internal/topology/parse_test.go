@@ -50,7 +50,7 @@ deployments:
 trusts:
   - {from: pool01, to: exchange, level: Full}
 `, strings.Join([]string{
-			`t.yaml:5:1: realms: unknown field "realms"; accepted: apiVersion, kind, name, sipDomains, realm, metadataNetworks, deployments, trusts, certificateRules`,
+			`t.yaml:5:1: realms: unknown field "realms"; accepted: apiVersion, kind, name, sipDomains, realm, metadataNetworks, probeAccounts, deployments, trusts, certificateRules`,
 			`t.yaml:8:5: deployments[0].PoolFqdn: unknown field "PoolFqdn"; did you mean "poolFqdn"? (field names are case-sensitive)`,
 			`t.yaml:9:39: deployments[0].tokenIssuer.password: unknown field "password"; accepted: secret, thumbprint, existing`,
 			`t.yaml:11:34: trusts[0].level: unknown field "level"; accepted: from, to, trustLevel, enabled, metadataUrl`,
@@ -61,7 +61,7 @@ trusts:
 		{"only comments", "# nothing yet\n---\n", `t.yaml: document is empty; expected a TrustTopology (apiVersion: s2strust/v1, kind: TrustTopology, name, sipDomains, deployments, trusts)`},
 		{"null", "~\n", `t.yaml: document is empty (null); expected a TrustTopology mapping`},
 		{"two documents", oneDeployment + "---\n" + oneDeployment, `t.yaml:12:1: found 2 YAML documents; a topology file holds exactly one`},
-		{"not a mapping", "- apiVersion: s2strust/v1\n", `t.yaml:1:1: expected a mapping of apiVersion, kind, name, sipDomains, realm, metadataNetworks, deployments, trusts, certificateRules, found a list`},
+		{"not a mapping", "- apiVersion: s2strust/v1\n", `t.yaml:1:1: expected a mapping of apiVersion, kind, name, sipDomains, realm, metadataNetworks, probeAccounts, deployments, trusts, certificateRules, found a list`},
 		{"syntax error", header + "deployments: [\n", `t.yaml:5:14: invalid YAML: sequence end token ']' not found`},
 		{"duplicate field", oneDeployment + "    hosts: [ex02.contoso.com]\n", `t.yaml:11:5: invalid YAML: mapping key "hosts" already defined at [10:5]`},
 		{"tab indentation", header + "deployments:\n\t- name: x\n", "t.yaml:6:1: invalid YAML: found character '\t' that cannot start any token"},

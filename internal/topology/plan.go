@@ -184,6 +184,8 @@ func hostChanges(f, t *pb.HostConfig) []string {
 	diff("default SIP domain", f.DefaultSipDomain, t.DefaultSipDomain)
 	diff("additional SIP domains", strings.Join(f.AdditionalSipDomains, ", "), strings.Join(t.AdditionalSipDomains, ", "))
 	diff("metadata networks", strings.Join(f.MetadataNetworks, ", "), strings.Join(t.MetadataNetworks, ", "))
+	diff("probe SIP URI", f.ProbeSipUri, t.ProbeSipUri)
+	diff("probe mailbox", f.ProbeMailbox, t.ProbeMailbox)
 	for _, r := range f.RemovePartners {
 		if !slices.Contains(t.RemovePartners, r) {
 			c = append(c, fmt.Sprintf("no longer removes partner %s", r))

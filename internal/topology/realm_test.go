@@ -158,3 +158,33 @@ func TestMetadataDestinations(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeAccounts: the products' test cmdlets' accounts reach every host;
+// values that are no SIP URI or mailbox, or could be read as code, are
+// refused naming the field.
+func TestProbeAccounts(t *testing.T) {
+	base := string(readFile(t, "contoso.yaml"))
+	with := func(v string) []byte { return []byte(strings.Replace(base, "deployments:", v+"\ndeployments:", 1)) }
+	top, err := Load("contoso.yaml", with("probeAccounts: {sipUri: 'sip:s2sprobe@contoso.com', mailbox: s2sprobe@contoso.com}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs, err := Compile(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfgs {
+		if c.GetProbeSipUri() != "sip:s2sprobe@contoso.com" || c.GetProbeMailbox() != "s2sprobe@contoso.com" {
+			t.Errorf("%s: probe accounts %q %q", c.GetHost(), c.GetProbeSipUri(), c.GetProbeMailbox())
+		}
+	}
+	for _, tc := range []struct{ doc, want string }{
+		{"probeAccounts: {sipUri: 's2sprobe@contoso.com'}", `probeAccounts.sipUri: "s2sprobe@contoso.com": a SIP URI is sip:user@domain`},
+		{"probeAccounts: {sipUri: 'sip:a$(b)@contoso.com'}", `probeAccounts.sipUri: "sip:a$(b)@contoso.com"`},
+		{"probeAccounts: {mailbox: 'x; Stop-Computer'}", `probeAccounts.mailbox: "x; Stop-Computer": a mailbox is user@domain`},
+	} {
+		if _, err := Load("contoso.yaml", with(tc.doc)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.doc, err, tc.want)
+		}
+	}
+}

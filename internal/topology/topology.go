@@ -63,6 +63,9 @@ type Topology struct {
 	// metadata can legitimately come from: loopback, link-local, unspecified
 	// and multicast, always refused).
 	MetadataNetworks []string `json:"metadataNetworks,omitempty"`
+	// ProbeAccounts are the test accounts the products' own test cmdlets
+	// prove trust with on real hosts (the sim mints tokens itself).
+	ProbeAccounts *ProbeAccounts `json:"probeAccounts,omitempty"`
 	// Deployments are the pools, organizations and farms of the topology.
 	Deployments []Deployment `json:"deployments"`
 	// Trusts are the trust edges between deployments.
@@ -129,6 +132,17 @@ type Deployment struct {
 	// ConfirmRealmChange confirms that Realm may change an Exchange or
 	// SharePoint deployment's realm.
 	ConfirmRealmChange bool `json:"confirmRealmChange,omitempty"`
+}
+
+// ProbeAccounts are test accounts for the products' own trust tests.
+type ProbeAccounts struct {
+	// SIPURI is a Lync user whose Exchange mailbox
+	// `Test-CsExStorageConnectivity -SipUri <it> -DeleteItem` writes and
+	// deletes a test item in (sip:user@domain).
+	SIPURI string `json:"sipUri,omitempty"`
+	// Mailbox is an Exchange mailbox `Test-OAuthConnectivity -Mailbox <it>`
+	// tests partners with (user@domain).
+	Mailbox string `json:"mailbox,omitempty"`
 }
 
 // TokenIssuer names a token-issuer certificate: exactly one of Secret,
@@ -240,6 +254,10 @@ func (t *Topology) clone() *Topology {
 	c := *t
 	c.SIPDomains.Additional = cloneStrings(t.SIPDomains.Additional)
 	c.MetadataNetworks = cloneStrings(t.MetadataNetworks)
+	if t.ProbeAccounts != nil {
+		pa := *t.ProbeAccounts
+		c.ProbeAccounts = &pa
+	}
 	if t.Deployments != nil {
 		c.Deployments = make([]Deployment, len(t.Deployments))
 		for i, d := range t.Deployments {
@@ -270,4 +288,20 @@ func cloneStrings(s []string) []string {
 		return nil
 	}
 	return append([]string{}, s...)
+}
+
+// GetSIPURI is SIPURI, "" for nil accounts.
+func (p *ProbeAccounts) GetSIPURI() string {
+	if p == nil {
+		return ""
+	}
+	return p.SIPURI
+}
+
+// GetMailbox is Mailbox, "" for nil accounts.
+func (p *ProbeAccounts) GetMailbox() string {
+	if p == nil {
+		return ""
+	}
+	return p.Mailbox
 }

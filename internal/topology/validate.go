@@ -33,6 +33,7 @@ func Validate(t *Topology) error {
 	v := &validator{t: t, names: map[string]int{}}
 	v.header()
 	v.metadataNetworks()
+	v.probeAccounts()
 	v.deployments()
 	v.trusts()
 	v.removePartners()
@@ -345,6 +346,32 @@ func (v *validator) httpsURL(field, raw, what string, root bool) {
 		v.add(field, raw, "%s has no ?query", article(what))
 	default:
 		v.addProblem(field, raw, urlProblem(raw, what))
+	}
+}
+
+// probeAccounts checks the test accounts: a sip: URI and a mailbox
+// address, each user@domain, nothing a cmdlet could read as code.
+func (v *validator) probeAccounts() {
+	pa := v.t.ProbeAccounts
+	if pa == nil {
+		return
+	}
+	if pa.SIPURI != "" {
+		rest, ok := strings.CutPrefix(strings.ToLower(pa.SIPURI), "sip:")
+		user, domain, at := strings.Cut(rest, "@")
+		switch {
+		case v.addProblem("probeAccounts.sipUri", pa.SIPURI, textProblem(pa.SIPURI)):
+		case !ok || !at || user == "" || !isDNSName(domain, false) || strings.ContainsAny(user, " '\"`$;|&()"):
+			v.add("probeAccounts.sipUri", pa.SIPURI, "a SIP URI is sip:user@domain, e.g. sip:s2sprobe@contoso.com")
+		}
+	}
+	if pa.Mailbox != "" {
+		user, domain, at := strings.Cut(strings.ToLower(pa.Mailbox), "@")
+		switch {
+		case v.addProblem("probeAccounts.mailbox", pa.Mailbox, textProblem(pa.Mailbox)):
+		case !at || user == "" || !isDNSName(domain, false) || strings.ContainsAny(user, " '\"`$;|&()"):
+			v.add("probeAccounts.mailbox", pa.Mailbox, "a mailbox is user@domain, e.g. s2sprobe@contoso.com")
+		}
 	}
 }
 

@@ -112,3 +112,29 @@ func TestExchangeRotationSteps(t *testing.T) {
 		t.Fatalf("an Exchange step on a Lync host: %v", err)
 	}
 }
+
+// TestExchangeProbesWithTheTopologysMailbox: an Exchange host proves its
+// edges with Test-OAuthConnectivity and the topology's test mailbox, once
+// per target deployment; without one it says which field to set.
+func TestExchangeProbesWithTheTopologysMailbox(t *testing.T) {
+	fakeEnv(t, "normal")
+	ex := testDriver(t, "ex01.acme-s2s.example")
+	cfg := exchangeConfig()
+	cfg.TrustedBy = []*pb.TrustTarget{{Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ServiceName: products.LyncID,
+		Hosts: []string{"fe01.acme-s2s.example", "fe02.acme-s2s.example"}, MetadataUrl: "https://pool01.acme-s2s.example/metadata/json/1"}}
+	for _, p := range ex.Probe(context.Background(), cfg) {
+		if p.GetOk() || p.GetReason() != "not-probed" || !strings.Contains(p.GetDetail(), "probeAccounts.mailbox") {
+			t.Errorf("probe of %s without a mailbox: %v", p.GetTargetHost(), p)
+		}
+	}
+	cfg.ProbeMailbox = "probe@acme-s2s.example"
+	probes := ex.Probe(context.Background(), cfg)
+	if len(probes) != 2 {
+		t.Fatalf("probes %v", probes)
+	}
+	for _, p := range probes {
+		if !p.GetOk() || p.GetDetail() != "Test-OAuthConnectivity: Success" {
+			t.Errorf("probe of %s with the mailbox: %v", p.GetTargetHost(), p)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/s2strust/s2strust/agent/driver"
@@ -105,16 +106,21 @@ func (d *Driver) fetchMetadata(ctx context.Context, w *Worker, url, serviceName,
 	return thumbs, nil
 }
 
-// Probe checks, from this host, the deployments that trust it. The
-// PowerShell products have no way to mint a token for another product's
-// validation the way the sim does; what can be checked without a test
-// user is SharePoint's realm discovery (an empty bearer request answered
-// 401 with the farm's realm and client id). Targets of the other products
-// are reported as not probed, with the cmdlet that probes them.
+// Probe checks, from this host, the deployments that trust it, with the
+// products' own tests: SharePoint's realm discovery (an empty bearer
+// request answered 401 with the farm's realm and client id); from a Lync
+// Front End to Exchange, Test-CsExStorageConnectivity with the topology's
+// probeAccounts.sipUri and -DeleteItem (it leaves nothing in the mailbox;
+// HTTP 401 means Exchange refuses Lync's token); from Exchange to its
+// partners, Test-OAuthConnectivity with probeAccounts.mailbox. A test the
+// topology names no account for is reported as not probed, naming the
+// field to set. Each test runs once per target deployment: the cmdlets
+// test the partner as a whole, not one of its servers.
 func (d *Driver) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
 	var out []*pb.TrustProbe
 	w, _, startErr := d.start(ctx, cfg)
 	for _, t := range cfg.GetTrustedBy() {
+		var once *pb.TrustProbe // the deployment-wide test's result, run once
 		for _, h := range t.GetHosts() {
 			p := &pb.TrustProbe{ToDeployment: t.GetDeployment(), TargetHost: h}
 			out = append(out, p)
@@ -129,10 +135,47 @@ func (d *Driver) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe
 				default:
 					p.Ok, p.Detail = true, "realm "+realm
 				}
+			case once != nil:
+				p.Ok, p.Reason, p.Detail = once.GetOk(), once.GetReason(), once.GetDetail()
 			case t.GetProduct() == pb.Product_PRODUCT_EXCHANGE && cfg.GetProduct() == pb.Product_PRODUCT_LYNC:
-				p.Reason, p.Detail = "not-probed", "Test-CsExStorageConnectivity -SipUri <a user> -DeleteItem needs a test user, which the topology does not name"
+				once = p
+				if cfg.GetProbeSipUri() == "" {
+					p.Reason, p.Detail = "not-probed", "Test-CsExStorageConnectivity -SipUri <a user> -DeleteItem needs a test user: set probeAccounts.sipUri in the topology"
+					continue
+				}
+				r, err := d.TestExStorageConnectivity(ctx, cfg, cfg.GetProbeSipUri())
+				switch {
+				case err != nil:
+					p.Reason, p.Detail = "test-failed", err.Error()
+				case !r.OK:
+					p.Reason, p.Detail = "refused", "Test-CsExStorageConnectivity: "+r.Error
+				default:
+					p.Ok, p.Detail = true, "Test-CsExStorageConnectivity: "+r.Output
+				}
+			case cfg.GetProduct() == pb.Product_PRODUCT_EXCHANGE:
+				once = p
+				if cfg.GetProbeMailbox() == "" {
+					p.Reason, p.Detail = "not-probed", "Test-OAuthConnectivity -Mailbox <a mailbox> needs a test mailbox: set probeAccounts.mailbox in the topology"
+					continue
+				}
+				// Microsoft's example tests Lync as -Service EWS against the
+				// partner's own name, not one of its servers:
+				// https://learn.microsoft.com/powershell/module/exchangepowershell/test-oauthconnectivity
+				target := "https://" + h + "/"
+				if u, err := url.Parse(t.GetMetadataUrl()); err == nil && u.Host != "" {
+					target = "https://" + u.Host + "/"
+				}
+				r, err := d.TestOAuthConnectivity(ctx, cfg, "EWS", target, cfg.GetProbeMailbox())
+				switch {
+				case err != nil:
+					p.Reason, p.Detail = "test-failed", err.Error()
+				case !strings.EqualFold(r.ResultType, "Success"):
+					p.Reason, p.Detail = "refused", "Test-OAuthConnectivity: "+r.ResultType+": "+r.Detail
+				default:
+					p.Ok, p.Detail = true, "Test-OAuthConnectivity: Success"
+				}
 			default:
-				p.Reason, p.Detail = "not-probed", "Test-OAuthConnectivity needs a test mailbox, which the topology does not name"
+				p.Reason, p.Detail = "not-probed", "no product test proves this edge from a "+products.DisplayName(cfg.GetProduct())+" host"
 			}
 		}
 	}

@@ -158,8 +158,14 @@ func TestCheckMetadataAndProbe(t *testing.T) {
 	if p := probes[0]; !p.GetOk() || !strings.Contains(p.GetDetail(), "9f11c5ea-2df9-4950-8dcf-da8cd7aa4eff") {
 		t.Errorf("realm discovery probe: %v", p)
 	}
-	if p := probes[1]; p.GetOk() || p.GetReason() != "not-probed" || !strings.Contains(p.GetDetail(), "Test-CsExStorageConnectivity") {
-		t.Errorf("exchange probe: %v", p)
+	if p := probes[1]; p.GetOk() || p.GetReason() != "not-probed" || !strings.Contains(p.GetDetail(), "Test-CsExStorageConnectivity") || !strings.Contains(p.GetDetail(), "probeAccounts.sipUri") {
+		t.Errorf("exchange probe without a test user: %v", p)
+	}
+	// With the topology's test user, Lync's own test proves the edge.
+	cfg.ProbeSipUri = "sip:probe@acme-s2s.example"
+	probes = d.Probe(context.Background(), cfg)
+	if p := probes[1]; !p.GetOk() || !strings.Contains(p.GetDetail(), "Test-CsExStorageConnectivity: Test passed.") {
+		t.Errorf("exchange probe with probeAccounts.sipUri: %v", p)
 	}
 }
 

@@ -239,6 +239,12 @@ type HostConfig struct {
 	// the topology's metadataNetworks narrows them; empty: any address that
 	// is not loopback, link-local, unspecified or multicast.
 	MetadataNetworks []string `protobuf:"bytes,20,rep,name=metadata_networks,json=metadataNetworks,proto3" json:"metadata_networks,omitempty"`
+	// The test accounts the products' own test cmdlets probe with, from the
+	// topology's probeAccounts: a SIP URI for Lync's
+	// Test-CsExStorageConnectivity, a mailbox for Exchange's
+	// Test-OAuthConnectivity. Empty: those probes are not run.
+	ProbeSipUri  string `protobuf:"bytes,21,opt,name=probe_sip_uri,json=probeSipUri,proto3" json:"probe_sip_uri,omitempty"`
+	ProbeMailbox string `protobuf:"bytes,22,opt,name=probe_mailbox,json=probeMailbox,proto3" json:"probe_mailbox,omitempty"`
 	// How the token-issuer certificate rules are applied: empty for
 	// "standard" (the default: CN not exactly the default SIP domain, a SAN
 	// lacking an additional SIP domain and near expiry are warnings) or
@@ -416,6 +422,20 @@ func (x *HostConfig) GetMetadataNetworks() []string {
 		return x.MetadataNetworks
 	}
 	return nil
+}
+
+func (x *HostConfig) GetProbeSipUri() string {
+	if x != nil {
+		return x.ProbeSipUri
+	}
+	return ""
+}
+
+func (x *HostConfig) GetProbeMailbox() string {
+	if x != nil {
+		return x.ProbeMailbox
+	}
+	return ""
 }
 
 func (x *HostConfig) GetCertificateRules() string {
@@ -1660,7 +1680,7 @@ var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x06\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\a\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1686,7 +1706,9 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"trusted_by\x18\x12 \x03(\v2\x18.s2strust.v1.TrustTargetR\ttrustedBy\x120\n" +
 	"\x14confirm_realm_change\x18\x13 \x01(\bR\x12confirmRealmChange\x12+\n" +
-	"\x11metadata_networks\x18\x14 \x03(\tR\x10metadataNetworks\x12+\n" +
+	"\x11metadata_networks\x18\x14 \x03(\tR\x10metadataNetworks\x12\"\n" +
+	"\rprobe_sip_uri\x18\x15 \x01(\tR\vprobeSipUri\x12#\n" +
+	"\rprobe_mailbox\x18\x16 \x01(\tR\fprobeMailbox\x12+\n" +
 	"\x11certificate_rules\x18( \x01(\tR\x10certificateRules\"\xcf\x01\n" +
 	"\vTrustTarget\x12\x1e\n" +
 	"\n" +
