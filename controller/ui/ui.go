@@ -23,6 +23,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/s2strust/s2strust/internal/metricshttp"
 	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -226,16 +227,12 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if addr == "" {
 		addr = DefaultListen
 	}
-	host, port, err := net.SplitHostPort(addr)
+	// The same rule as --metrics-listen: a bare PORT or :PORT is loopback.
+	addr, err = metricshttp.ResolveAddr("--ui-listen", addr)
 	if err != nil {
-		return fmt.Errorf("--ui-listen %q: want HOST:PORT: %w", addr, err)
+		return err
 	}
-	if host == "" {
-		// ":7444" means the default host, loopback: the dashboard is
-		// opened to the network only by naming an address.
-		host = "127.0.0.1"
-		addr = net.JoinHostPort(host, port)
-	}
+	host, _, _ := net.SplitHostPort(addr)
 	if cfg.TLS == nil {
 		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 			return fmt.Errorf("--ui-listen %q: without TLS the dashboard serves on a loopback address only (127.0.0.1 or ::1)", addr)

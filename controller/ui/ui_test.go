@@ -351,3 +351,28 @@ func TestViewShapesTheFleet(t *testing.T) {
 		t.Errorf("deployments %+v", v.Deployments)
 	}
 }
+
+// TestServeBarePortIsLoopback: like --metrics-listen, a port without a
+// host binds loopback, never every interface.
+func TestServeBarePortIsLoopback(t *testing.T) {
+	for _, addr := range []string{":0", "0"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		urls := make(chan string, 1)
+		done := make(chan error, 1)
+		go func() {
+			done <- Serve(ctx, ServeConfig{Config: Config{Fleet: oneHostFleet(), Key: testKey()}, Listen: addr, Ready: func(u string) { urls <- u }})
+		}()
+		select {
+		case u := <-urls:
+			if !strings.HasPrefix(u, "http://127.0.0.1:") {
+				t.Errorf("--ui-listen %q serves on %s, want loopback", addr, u)
+			}
+		case err := <-done:
+			t.Fatalf("--ui-listen %q: %v", addr, err)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}
+}
