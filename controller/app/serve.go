@@ -4,7 +4,9 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/s2strust/s2strust/controller/rollout"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
@@ -82,6 +86,15 @@ type ServeConfig struct {
 	UIListen string
 	// UIReady, when set, is called with the dashboard's URL once it listens.
 	UIReady func(url string)
+	// ElectionTTL is the lease TTL of the controllers' leader election
+	// (default 10s): how long a dead leader holds on before another
+	// replica takes over its rollouts and primary choices.
+	ElectionTTL time.Duration
+	// RolloutInterval is how often the leader looks at the newest rollout
+	// when nothing wakes it (default 1s).
+	RolloutInterval time.Duration
+	// ReplicaID names this replica in the election (default random).
+	ReplicaID string
 	// MetricsListen serves Prometheus metrics over HTTP on this address
 	// (--metrics-listen); empty serves none. A bare port or ":port" binds
 	// loopback only (see metricshttp.ResolveAddr).
@@ -195,7 +208,17 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		creds = grpc.Creds(refusals.ServerCredentials(credentials.NewTLS(tlsCfg)))
 	}
 	sec := secrets.New(st, key, nil)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, Observer: mets})
+	id := cfg.ReplicaID
+	if id == "" {
+		id = randomID()
+	}
+	ttl := cfg.ElectionTTL
+	if ttl == 0 {
+		ttl = 10 * time.Second
+	}
+	elector := rollout.NewElector(cli, st.Key("election"), id, ttl, log)
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector, Observer: mets})
+	engine := &rollout.Engine{Store: rollout.NewStore(st), Source: server.NewRolloutSource(hub), Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
 	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(access.UnaryInterceptor),
@@ -206,11 +229,13 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		opts = append(opts, creds)
 	}
 	gs := grpc.NewServer(opts...)
-	pb.RegisterTopologyServiceServer(gs, server.NewTopologyService(hub, sec))
+	topoSvc := server.NewTopologyService(hub, sec)
+	pb.RegisterTopologyServiceServer(gs, topoSvc)
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	fleet := server.NewFleetService(hub)
 	mets.SetFleet(fleet)
 	pb.RegisterFleetServiceServer(gs, fleet)
+	pb.RegisterRolloutServiceServer(gs, server.NewRolloutService(hub, topoSvc))
 	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	if ca != nil {
@@ -246,6 +271,19 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if cfg.UIListen != "" {
 		g.Go(func() error { return serveUI(gctx, cfg, fleet, tlsCfg, log) })
 	}
+	g.Go(func() error {
+		select {
+		case <-hub.Ready():
+		case <-gctx.Done():
+			return nil
+		}
+		// Only the leader advances rollouts and chooses primaries; having
+		// ignored changes while it did not lead, it looks at all of them.
+		return elector.Run(gctx, func(lctx context.Context) {
+			hub.ReselectAll(lctx)
+			engine.Lead(lctx, nil)
+		})
+	})
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve gRPC on %s: %w", addr, err)
@@ -357,4 +395,10 @@ func openStore(ctx context.Context, cfg ServeConfig, log *slog.Logger, intercept
 			emb.Close()
 		}
 	}, nil
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/convergence"
+
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -184,7 +186,7 @@ func (h *harness) applyFirst(ctx context.Context) error {
 		if n < len(h.layout.deployments) && hosts+len(h.layout.deployments[n]) <= maxHostsPerFirstApply {
 			continue
 		}
-		resp, err := h.topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: h.layout.documentOf(realm, n), Filename: "bench.yaml"})
+		resp, err := h.topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: h.layout.documentOf(realm, n), Filename: "bench.yaml", Immediate: true})
 		if err != nil {
 			return fmt.Errorf("apply the benchmark topology's first %d deployments: %w", n, err)
 		}
@@ -195,12 +197,13 @@ func (h *harness) applyFirst(ctx context.Context) error {
 }
 
 // applyNext applies the topology with a new realm, which changes every
-// host's configuration. It returns how long the RPC took.
+// host's configuration, at once (immediate: the bench measures the
+// fan-out to every host, not a rollout's waves). It returns how long the RPC took.
 func (h *harness) applyNext(ctx context.Context) (time.Duration, error) {
 	h.realms++
 	realm := fmt.Sprintf("r%d.bench.example", h.realms)
 	start := time.Now()
-	resp, err := h.topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: h.layout.document(realm), Filename: "bench.yaml"})
+	resp, err := h.topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: h.layout.document(realm), Filename: "bench.yaml", Immediate: true})
 	took := time.Since(start)
 	if err != nil {
 		return took, fmt.Errorf("apply the benchmark topology (realm %s): %w", realm, err)
@@ -287,7 +290,7 @@ func (h *harness) hostsCurrent(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, x := range hosts {
-		if x.GetConnected() && x.GetAppliedVersion() == h.rev && x.GetDesiredVersion() == h.rev && x.GetAppliedHash() == x.GetDesiredHash() {
+		if x.GetConnected() && convergence.Converged(x, h.rev) {
 			n++
 		}
 	}

@@ -10,6 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
@@ -75,6 +79,9 @@ func newApply(g *globals) *cobra.Command {
 	var file string
 	var dryRun bool
 	var expected int64
+	var immediate, wait, noCanary, manualGates bool
+	var maxUnavailable, failureThreshold uint32
+	var bakeTime time.Duration
 	c := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Validate a trust topology and store it as a new revision (prints the per-host plan)",
@@ -84,8 +91,16 @@ func newApply(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				req := &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: dryRun}
+			rolloutName := ""
+			if err := g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				req := &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: dryRun, Immediate: immediate,
+					Rollout: &pb.RolloutStrategy{MaxUnavailable: maxUnavailable, FailureThreshold: failureThreshold, ManualGates: manualGates}}
+				if noCanary {
+					req.Rollout.Canary = proto.Bool(false)
+				}
+				if cmd.Flags().Changed("bake-time") {
+					req.Rollout.BakeTime = durationpb.New(bakeTime)
+				}
 				if expected >= 0 {
 					e := uint64(expected)
 					req.ExpectedRevision = &e
@@ -96,6 +111,7 @@ func newApply(g *globals) *cobra.Command {
 				}
 				printPlan(g.out, resp)
 				printWarnings(g.out, resp.GetWarnings())
+				rolloutName = resp.GetRollout()
 				switch {
 				case dryRun && resp.GetRevision() == 0:
 					fmt.Fprintln(g.out, "dry run: nothing stored (current revision 0)")
@@ -106,10 +122,23 @@ func newApply(g *globals) *cobra.Command {
 				default:
 					fmt.Fprintf(g.out, "unchanged: revision %d (version %d) is already this topology\n", resp.GetSequence(), resp.GetRevision())
 				}
+				if resp.GetRollout() != "" {
+					fmt.Fprintf(g.out, "rollout: %s (s2s-controller rollout status %s -w)\n", resp.GetRollout(), strings.TrimPrefix(resp.GetRollout(), "rollouts/"))
+				}
 				return nil
-			})
+			}); err != nil || !wait || rolloutName == "" {
+				return err
+			}
+			return g.followRollout(cmd, rolloutName, false)
 		},
 	}
+	c.Flags().BoolVar(&immediate, "immediate", false, "send the revision to every host at once instead of rolling it out (labs)")
+	c.Flags().BoolVar(&wait, "wait", false, "follow the rollout; exit non-zero if it stops")
+	c.Flags().BoolVar(&noCanary, "no-canary", false, "no canary wave (overrides the topology's rollout: section)")
+	c.Flags().BoolVar(&manualGates, "manual-gates", false, "pause before every wave after the canary")
+	c.Flags().Uint32Var(&maxUnavailable, "max-unavailable", 0, "hosts of a wave changing at once (default: the topology's, else 1)")
+	c.Flags().Uint32Var(&failureThreshold, "failure-threshold", 0, "hosts of a wave that may fail before the rollout pauses")
+	c.Flags().DurationVar(&bakeTime, "bake-time", 0, "how long a wave stays healthy before the next starts")
 	c.Flags().StringVarP(&file, "file", "f", "", "topology file, YAML or JSON (required)")
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "show the per-host plan and store nothing")
 	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current version (the VERSION column of `get revisions`) is this one (0: none yet)")

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/convergence"
+
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -365,8 +367,8 @@ func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.
 	}
 }
 
-// waitConverged polls the fleet until every host acked revision rev (or a
-// later one), or timeout passes. A NACK is not final: agents retry and ACK
+// waitConverged polls the fleet until every host has converged on revision
+// rev (convergence.Converged), or timeout passes. A NACK is not final: agents retry and ACK
 // late once, say, a partner's metadata becomes reachable. So it gives up
 // early only when every host still missing has NACKed and nothing has
 // changed for nackSettle. It returns one line per host that failed.
@@ -385,7 +387,7 @@ func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64,
 			for _, h := range resp.GetHosts() {
 				lr := h.GetLastResult()
 				switch {
-				case h.GetAppliedVersion() >= rev && h.GetAppliedHash() == h.GetDesiredHash() && lr.GetKind() == pb.ResultKind_RESULT_KIND_ACK:
+				case convergence.Converged(h, rev):
 				case lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && lr.GetVersion() >= rev:
 					now = append(now, fmt.Sprintf("%s: %s", h.GetHost(), resultText(lr)))
 				default:
@@ -393,14 +395,15 @@ func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64,
 					now = append(now, fmt.Sprintf("%s: has not applied revision %d yet (applied %d, connected %s)", h.GetHost(), rev, h.GetAppliedVersion(), yesNo(h.GetConnected())))
 				}
 			}
-			if len(now) == 0 {
+			// No hosts yet: the controller has not taken the revision in.
+			if len(now) == 0 && len(resp.GetHosts()) > 0 {
 				return nil, nil
 			}
 			if strings.Join(now, "\n") != strings.Join(last, "\n") {
 				lastChange = time.Now()
 			}
 			last = now
-			if allNacked && time.Since(lastChange) > nackSettle {
+			if allNacked && len(now) > 0 && time.Since(lastChange) > nackSettle {
 				return last, nil
 			}
 		}

@@ -80,8 +80,9 @@ func TestSecretVersions(t *testing.T) {
 		t.Fatalf("after --new-version fe01 was answered %v; want up to date (no host changes)", resp)
 	}
 
-	// A changed topology keeps the version the current revision uses.
-	mustRun(t, dir, "apply", "-f", contosoFile(t, "removePartners: [app]", "removePartners: [app, old]"))
+	// A changed topology keeps the version the current revision uses
+	// (applied at once: fe01 is no agent that would pass a rollout's gate).
+	mustRun(t, dir, "apply", "--immediate", "-f", contosoFile(t, "removePartners: [app]", "removePartners: [app, old]"))
 	out = mustRun(t, dir, "get", "revisions")
 	rows := tableRows(t, out)
 	if len(rows) != 2 || rows[0]["REVISION"] != "2" || rows[0]["SECRETS"] != "oauth-2026 v2" {

@@ -101,7 +101,7 @@ func (f *fleet) putIssuerSecret(name, cn string, sans []string, password string)
 
 func (f *fleet) apply(doc []byte) uint64 {
 	f.t.Helper()
-	resp, err := pb.NewTopologyServiceClient(f.conn).ApplyTopology(context.Background(), &pb.ApplyTopologyRequest{Document: doc, Filename: "contoso.yaml"})
+	resp, err := pb.NewTopologyServiceClient(f.conn).ApplyTopology(context.Background(), &pb.ApplyTopologyRequest{Immediate: true, Document: doc, Filename: "contoso.yaml"})
 	if err != nil {
 		f.t.Fatalf("apply: %v", err)
 	}
@@ -327,7 +327,7 @@ func TestInvalidTopologyIsRefusedAndChangesNothing(t *testing.T) {
 	if _, err := pb.NewSecretServiceClient(conn).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
 		t.Fatal(err)
 	}
-	good, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso, Filename: "contoso.yaml"})
+	good, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: examples.Contoso, Filename: "contoso.yaml"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func TestInvalidTopologyIsRefusedAndChangesNothing(t *testing.T) {
 			if bytes.Equal(tc.doc, examples.Contoso) {
 				t.Fatal("test case did not change the document")
 			}
-			_, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: tc.doc, Filename: "contoso.yaml"})
+			_, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: tc.doc, Filename: "contoso.yaml"})
 			if status.Code(err) != codes.InvalidArgument {
 				t.Fatalf("code = %v (%v), want InvalidArgument", status.Code(err), err)
 			}
@@ -378,14 +378,14 @@ func TestInvalidTopologyIsRefusedAndChangesNothing(t *testing.T) {
 
 	t.Run("expected revision mismatch", func(t *testing.T) {
 		wrong := good.GetRevision() + 100
-		_, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso, ExpectedRevision: &wrong})
+		_, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: examples.Contoso, ExpectedRevision: &wrong})
 		if status.Code(err) != codes.FailedPrecondition {
 			t.Fatalf("code = %v, want FailedPrecondition", status.Code(err))
 		}
 	})
 	t.Run("dry run stores nothing and plans", func(t *testing.T) {
 		changed := bytes.Replace(examples.Contoso, []byte("removePartners: [app]"), []byte("removePartners: [app, legacy]"), 1)
-		resp, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: changed, DryRun: true})
+		resp, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: changed, DryRun: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -408,7 +408,7 @@ func TestInvalidTopologyIsRefusedAndChangesNothing(t *testing.T) {
 		}
 	})
 	t.Run("identical apply stores nothing", func(t *testing.T) {
-		resp, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso})
+		resp, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: examples.Contoso})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -501,7 +501,7 @@ func TestAccessControl(t *testing.T) {
 		if status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("agent calling ListHosts: %v, want PermissionDenied", err)
 		}
-		_, err = pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso})
+		_, err = pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: examples.Contoso})
 		if status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("agent calling ApplyTopology: %v, want PermissionDenied", err)
 		}
@@ -558,7 +558,7 @@ func TestControllersShareAnExternalEtcd(t *testing.T) {
 	if _, err := pb.NewSecretServiceClient(connA).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
 		t.Fatal(err)
 	}
-	applied, err := pb.NewTopologyServiceClient(connA).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso})
+	applied, err := pb.NewTopologyServiceClient(connA).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: examples.Contoso})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -619,7 +619,7 @@ trusts: []
 `)
 	a := startAgent(t, c, "ex01.contoso.com", "exchange:2019", filepath.Join(dir, "agent"), filepath.Join(dir, "sim"), agentOpts{})
 	api := pb.NewTopologyServiceClient(conn)
-	resp, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: single})
+	resp, err := api.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: single})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -631,7 +631,7 @@ trusts: []
 	waitFor(t, waitTimeout, "the API to answer Unavailable", func() (bool, string) {
 		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
-		_, err := api.ApplyTopology(cctx, &pb.ApplyTopologyRequest{Document: changed})
+		_, err := api.ApplyTopology(cctx, &pb.ApplyTopologyRequest{Immediate: true, Document: changed})
 		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "nothing was changed"), fmt.Sprintf("%v", err)
 	})
 	if v, _ := a.a.Applied(); v != resp.GetRevision() {
@@ -646,7 +646,7 @@ trusts: []
 	waitFor(t, waitTimeout, "the API to work again", func() (bool, string) {
 		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
-		r, err := api.ApplyTopology(cctx, &pb.ApplyTopologyRequest{Document: changed})
+		r, err := api.ApplyTopology(cctx, &pb.ApplyTopologyRequest{Immediate: true, Document: changed})
 		if err != nil {
 			return false, err.Error()
 		}

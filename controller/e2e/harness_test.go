@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/convergence"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -180,10 +182,17 @@ func (c *controller) hostTLS(host string) *tls.Config {
 type countingDriver struct {
 	driver.Driver
 	applies atomic.Int64
+	// fail, when set and it returns errors, fails Apply with them.
+	fail func(*pb.HostConfig) []*pb.ItemError
 }
 
 func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.SecretMaterial) []*pb.ItemError {
 	d.applies.Add(1)
+	if d.fail != nil {
+		if errs := d.fail(cfg); len(errs) > 0 {
+			return errs
+		}
+	}
 	return d.Driver.Apply(ctx, cfg, s)
 }
 
@@ -192,6 +201,11 @@ func (d *countingDriver) Apply(ctx context.Context, cfg *pb.HostConfig, s []*pb.
 func (d *countingDriver) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, s []*pb.SecretMaterial, monitor bool) reconcile.Result {
 	if !monitor {
 		d.applies.Add(1)
+		if d.fail != nil {
+			if errs := d.fail(cfg); len(errs) > 0 {
+				return reconcile.Result{Errors: errs}
+			}
+		}
 	}
 	return d.Driver.(syncer.Planner).ApplyPlan(ctx, cfg, s, monitor)
 }
@@ -241,6 +255,8 @@ type agentOpts struct {
 	// resolve adds --resolve mappings to the network's: the one way a test
 	// may point a name at loopback (a loopback IP literal is refused).
 	resolve []string
+	// fail injects apply failures (see countingDriver).
+	fail func(*pb.HostConfig) []*pb.ItemError
 	// metrics, when set, gives each agent its metrics recorder.
 	metrics func(host string) agentmetrics.Recorder
 	// monitor runs the agent in monitor mode (--apply=false).
@@ -292,7 +308,7 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 	if err != nil {
 		t.Fatal(err)
 	}
-	ag := &agent{t: t, host: host, stateDir: stateDir, simDir: simDir, product: product, drv: &countingDriver{Driver: s}, sim: s, opts: o}
+	ag := &agent{t: t, host: host, stateDir: stateDir, simDir: simDir, product: product, drv: &countingDriver{Driver: s, fail: o.fail}, sim: s, opts: o}
 	if o.driftInterval == 0 {
 		o.driftInterval = time.Hour
 	}
@@ -373,7 +389,8 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-// converged reports whether every host of the fleet acked revision rev.
+// converged reports whether every host of the fleet has converged on
+// revision rev (convergence.Converged).
 func converged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64) (bool, string) {
 	resp, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
 	if err != nil {
@@ -383,9 +400,8 @@ func converged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64) (bo
 		return false, "no hosts"
 	}
 	for _, h := range resp.GetHosts() {
-		if h.GetAppliedVersion() != rev || h.GetDesiredVersion() != rev || h.GetAppliedHash() != h.GetDesiredHash() ||
-			h.GetLastResult().GetKind() != pb.ResultKind_RESULT_KIND_ACK {
-			return false, fmt.Sprintf("%s: desired %d applied %d result %v connected %v", h.GetHost(), h.GetDesiredVersion(), h.GetAppliedVersion(), h.GetLastResult(), h.GetConnected())
+		if why := convergence.Why(h, rev); why != "" {
+			return false, fmt.Sprintf("%s (result %v, connected %v)", why, h.GetLastResult(), h.GetConnected())
 		}
 	}
 	return true, ""

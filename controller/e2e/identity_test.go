@@ -70,7 +70,7 @@ func TestServeTLSSAN(t *testing.T) {
 	if _, err := pb.NewSecretServiceClient(admin).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pb.NewTopologyServiceClient(admin).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso}); err != nil {
+	if _, err := pb.NewTopologyServiceClient(admin).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: examples.Contoso}); err != nil {
 		t.Fatalf("apply as ctl.example.test: %v", err)
 	}
 
@@ -155,7 +155,7 @@ func TestReplicasShareOneCA(t *testing.T) {
 	if _, err := pb.NewSecretServiceClient(a.admin()).PutSecret(ctx, secretRequest(t, "oauth-2026")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pb.NewTopologyServiceClient(a.admin()).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso}); err != nil {
+	if _, err := pb.NewTopologyServiceClient(a.admin()).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Immediate: true, Document: examples.Contoso}); err != nil {
 		t.Fatal(err)
 	}
 	// The CA key is sealed in etcd, never there in the clear.

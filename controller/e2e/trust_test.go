@@ -120,7 +120,7 @@ func TestEveryTrustEdgeIsProvedWithARealToken(t *testing.T) {
 	// A realm declared for Exchange without confirmRealmChange is refused,
 	// naming the deployment and the realm it has now; nothing is stored.
 	bad := bytes.Replace(examples.Contoso, []byte("autodiscoverFqdn: autodiscover.contoso.com,"), []byte("autodiscoverFqdn: autodiscover.contoso.com, realm: fabrikam.com,"), 1)
-	_, err := pb.NewTopologyServiceClient(f.conn).ApplyTopology(context.Background(), &pb.ApplyTopologyRequest{Document: bad, Filename: "contoso.yaml"})
+	_, err := pb.NewTopologyServiceClient(f.conn).ApplyTopology(context.Background(), &pb.ApplyTopologyRequest{Immediate: true, Document: bad, Filename: "contoso.yaml"})
 	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `exchange deployment "exchange"`) ||
 		!regexp.MustCompile(`its current realm, as ex0[12]\.contoso\.com reports it: \(blank\)`).MatchString(err.Error()) {
 		t.Errorf("unconfirmed exchange realm: %v, want INVALID_ARGUMENT naming the deployment and its current (blank) realm", err)

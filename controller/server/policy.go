@@ -56,6 +56,9 @@ var policy = map[string]rule{
 	pb.HostIdentityService_ListHostIdentities_FullMethodName:      {who: admin, role: pki.RoleViewer},
 	pb.AuditService_ListAuditRecords_FullMethodName:               {who: admin, role: pki.RoleViewer},
 	rpb.ServerReflection_ServerReflectionInfo_FullMethodName:      {who: admin, role: pki.RoleViewer},
+	pb.RolloutService_ListRollouts_FullMethodName:                 {who: admin, role: pki.RoleViewer},
+	pb.RolloutService_GetRollout_FullMethodName:                   {who: admin, role: pki.RoleViewer},
+	pb.RolloutService_WatchRollout_FullMethodName:                 {who: admin, role: pki.RoleViewer},
 	rpbalpha.ServerReflection_ServerReflectionInfo_FullMethodName: {who: admin, role: pki.RoleViewer},
 
 	pb.TopologyService_ApplyTopology_FullMethodName:    {who: admin, role: pki.RoleAdmin},
@@ -63,6 +66,10 @@ var policy = map[string]rule{
 	pb.StoreService_Defragment_FullMethodName:          {who: admin, role: pki.RoleAdmin},
 	pb.HostIdentityService_RevokeHost_FullMethodName:   {who: admin, role: pki.RoleAdmin},
 	pb.JoinTokenService_CreateJoinToken_FullMethodName: {who: admin, role: pki.RoleAdmin},
+	pb.RolloutService_PauseRollout_FullMethodName:      {who: admin, role: pki.RoleAdmin},
+	pb.RolloutService_ResumeRollout_FullMethodName:     {who: admin, role: pki.RoleAdmin},
+	pb.RolloutService_AbortRollout_FullMethodName:      {who: admin, role: pki.RoleAdmin},
+	pb.RolloutService_UndoRollout_FullMethodName:       {who: admin, role: pki.RoleAdmin},
 }
 
 // authorize applies policy to one call. It returns the caller's identity

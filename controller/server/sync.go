@@ -275,7 +275,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	}); err != nil {
 		return err
 	}
-	h.log.Info("agent connected", "host", host, "peer", c.peer, "applied_version", hello.GetAppliedVersion(), "agent_version", hello.GetAgentVersion())
+	h.observer.Connected(host, c.peer, hello.GetAppliedVersion(), hello.GetAgentVersion())
 
 	recvErr := make(chan error, 1)
 	recvStarted = true
@@ -453,7 +453,7 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 		return false, err
 	}
 	s.hub.cfg.Observer.Pushed(c.host, d.version)
-	s.hub.log.Debug("pushed desired state", "host", c.host, "version", d.version, "hash", d.hash)
+	s.hub.observer.Pushed(c.host, d.version, d.hash)
 	return true, nil
 }
 
@@ -553,13 +553,13 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 	switch {
 	case ok:
 		s.hub.cfg.Observer.Acked(c.host, version)
-		s.hub.log.Info("host acknowledged", "host", c.host, "version", version)
+		s.hub.observer.Acked(c.host, version, hash)
 	case monitor:
 		// A monitor-mode answer applied nothing by design: not a NACK.
 		s.hub.log.Info("host in monitor mode: planned, applied nothing", "host", c.host, "version", version)
 	default:
 		s.hub.cfg.Observer.Nacked(c.host, version, errs)
-		s.hub.log.Warn("host rejected configuration", "host", c.host, "version", version, "errors", len(errs))
+		s.hub.observer.Nacked(c.host, version, hash, len(errs))
 	}
 	c.wake() // a newer revision may have arrived meanwhile
 	return err

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/pki"
@@ -53,6 +54,11 @@ func NewTopologyService(hub *Hub, checker TopologyChecker) *TopologyService {
 
 // ApplyTopology implements the RPC; see the proto for its contract.
 func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopologyRequest) (*pb.ApplyTopologyResponse, error) {
+	return s.apply(ctx, req, "")
+}
+
+// apply is ApplyTopology; undoOf names the rollout an undo undoes.
+func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyRequest, undoOf string) (*pb.ApplyTopologyResponse, error) {
 	name := req.GetFilename()
 	if name == "" {
 		name = "topology"
@@ -104,6 +110,10 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 	plan := topology.Plan(prev, next)
 	resp := boundedPlan(plan)
 	resp.Warnings = warnings
+	// A bad rollout strategy is refused by a dry run too.
+	if _, err := rolloutStrategy(t, next, withImmediate(req)); err != nil {
+		return nil, err
+	}
 	if req.GetDryRun() {
 		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
@@ -121,12 +131,35 @@ func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopolo
 		}
 	}
 	who := callerName(ctx)
+	if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
+		return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
+	}
+	// The rollout is stored first: the revision is current only with it.
+	ro, err := s.hub.newRollout(ctx, t, doc, next, withImmediate(req), who, undoOf)
+	if err != nil {
+		return nil, err
+	}
 	rev, seq, changed, err := st.PutTopologyPinned(ctx, t.Name, doc, pins, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins))
 	if err != nil {
 		return nil, err
 	}
 	resp.Revision, resp.Sequence, resp.Changed = rev, seq, changed
+	if ro != nil && changed {
+		resp.Rollout = ro.Rollout.GetName()
+	}
 	return resp, nil
+}
+
+// withImmediate is the request's strategy with its immediate flag.
+func withImmediate(req *pb.ApplyTopologyRequest) *pb.RolloutStrategy {
+	s := &pb.RolloutStrategy{}
+	if req.GetRollout() != nil {
+		s = proto.Clone(req.GetRollout()).(*pb.RolloutStrategy)
+	}
+	if req.GetImmediate() {
+		s.Immediate = true
+	}
+	return s
 }
 
 // renderWarnings formats warnings as topology errors are formatted

@@ -39,6 +39,10 @@ func (e *NoSpaceError) Error() string {
 
 func (e *NoSpaceError) Unwrap() error { return e.Err }
 
+// WriteErr names the quota in a write refused over it, for writes made
+// with Client() directly (rollouts).
+func (s *Store) WriteErr(err error) error { return s.writeErr(err) }
+
 // writeErr names the quota in a write refused over it.
 func (s *Store) writeErr(err error) error {
 	var nse *NoSpaceError

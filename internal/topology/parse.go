@@ -257,6 +257,10 @@ func (w *walker) walk(path string, n ast.Node, t reflect.Type) {
 		if n.Type() != ast.BoolType {
 			w.violation(p, path, scalarText(n), "expected true or false, found "+describe(n))
 		}
+	case reflect.Int:
+		if n.Type() != ast.IntegerType {
+			w.violation(p, path, scalarText(n), "expected a whole number, found "+describe(n))
+		}
 	default:
 		// A field of a kind added to the types without a check here; the
 		// tests load documents with every field and would fail.

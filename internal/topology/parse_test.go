@@ -50,7 +50,7 @@ deployments:
 trusts:
   - {from: pool01, to: exchange, level: Full}
 `, strings.Join([]string{
-			`t.yaml:5:1: realms: unknown field "realms"; accepted: apiVersion, kind, name, sipDomains, realm, metadataNetworks, probeAccounts, deployments, trusts, certificateRules`,
+			`t.yaml:5:1: realms: unknown field "realms"; accepted: apiVersion, kind, name, sipDomains, realm, metadataNetworks, probeAccounts, deployments, trusts, certificateRules, rollout`,
 			`t.yaml:8:5: deployments[0].PoolFqdn: unknown field "PoolFqdn"; did you mean "poolFqdn"? (field names are case-sensitive)`,
 			`t.yaml:9:39: deployments[0].tokenIssuer.password: unknown field "password"; accepted: secret, thumbprint, existing`,
 			`t.yaml:11:34: trusts[0].level: unknown field "level"; accepted: from, to, trustLevel, enabled, metadataUrl`,
@@ -61,7 +61,7 @@ trusts:
 		{"only comments", "# nothing yet\n---\n", `t.yaml: document is empty; expected a TrustTopology (apiVersion: s2strust/v1, kind: TrustTopology, name, sipDomains, deployments, trusts)`},
 		{"null", "~\n", `t.yaml: document is empty (null); expected a TrustTopology mapping`},
 		{"two documents", oneDeployment + "---\n" + oneDeployment, `t.yaml:12:1: found 2 YAML documents; a topology file holds exactly one`},
-		{"not a mapping", "- apiVersion: s2strust/v1\n", `t.yaml:1:1: expected a mapping of apiVersion, kind, name, sipDomains, realm, metadataNetworks, probeAccounts, deployments, trusts, certificateRules, found a list`},
+		{"not a mapping", "- apiVersion: s2strust/v1\n", `t.yaml:1:1: expected a mapping of apiVersion, kind, name, sipDomains, realm, metadataNetworks, probeAccounts, deployments, trusts, certificateRules, rollout, found a list`},
 		{"syntax error", header + "deployments: [\n", `t.yaml:5:14: invalid YAML: sequence end token ']' not found`},
 		{"duplicate field", oneDeployment + "    hosts: [ex02.contoso.com]\n", `t.yaml:11:5: invalid YAML: mapping key "hosts" already defined at [10:5]`},
 		{"tab indentation", header + "deployments:\n\t- name: x\n", "t.yaml:6:1: invalid YAML: found character '\t' that cannot start any token"},
@@ -80,6 +80,11 @@ trusts:
 			`t.yaml:9:18: deployments[0].tokenIssuer: "oauth-2026": expected a mapping of secret, thumbprint, existing, found a string`,
 			`t.yaml:11:43: trusts[0].enabled: "yes": expected true or false, found a string`,
 			`t.yaml:12:45: trusts[1].enabled: "yes": expected true or false, found a string`,
+		}, "\n")},
+		{"rollout kinds", header + "rollout: {maxUnavailable: \"1\", canary: 1, waves: [{count: 2.5}]}\n", strings.Join([]string{
+			`t.yaml:5:27: rollout.maxUnavailable: "1": expected a whole number, found a string`,
+			`t.yaml:5:40: rollout.canary: "1": expected true or false, found a number`,
+			`t.yaml:5:59: rollout.waves[0].count: "2.5": expected a whole number, found a number`,
 		}, "\n")},
 		{"numbers that would change", header + "realm: 0x1F\n", `t.yaml:5:8: realm: "0x1F": expected a string, found a number; write it in quotes ("0x1F") if it is meant as text`},
 		{"anchors and aliases", header + `deployments:

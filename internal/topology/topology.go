@@ -76,6 +76,10 @@ type Topology struct {
 	// default SIP domain, a SAN lacking an additional SIP domain, expiry
 	// within 30 days) errors.
 	CertificateRules string `json:"certificateRules,omitempty"`
+	// Rollout is how a new revision reaches the fleet; nil for the
+	// controller's default strategy. controller/rollout checks it against
+	// the topology when a revision is applied.
+	Rollout *Rollout `json:"rollout,omitempty"`
 
 	// file is the name given to Parse, for error messages.
 	file string
@@ -288,6 +292,38 @@ func cloneStrings(s []string) []string {
 		return nil
 	}
 	return append([]string{}, s...)
+}
+
+// Rollout is the rollout strategy of a topology: ordered waves, a canary
+// host per deployment first. See controller/rollout for its semantics.
+type Rollout struct {
+	// Canary sends a new revision to one host per deployment first (the
+	// deployment's primary for deployment-scope changes); default true.
+	Canary *bool `json:"canary,omitempty"`
+	// Waves follow the canary in order, each naming hosts, a count or a
+	// percentage of the hosts left; hosts no wave takes form a last wave.
+	Waves []RolloutWave `json:"waves,omitempty"`
+	// MaxUnavailable bounds the hosts of a wave being changed at once.
+	MaxUnavailable int `json:"maxUnavailable,omitempty"`
+	// FailureThreshold is how many hosts of a wave may fail before the
+	// rollout stops; 0 stops it at the first.
+	FailureThreshold int `json:"failureThreshold,omitempty"`
+	// BakeTime is how long a wave must stay healthy before the next
+	// starts, as Go writes durations ("30s", "5m").
+	BakeTime string `json:"bakeTime,omitempty"`
+	// ManualGates pauses the rollout before each wave after the canary
+	// until an operator resumes it.
+	ManualGates bool `json:"manualGates,omitempty"`
+}
+
+// RolloutWave is one wave: exactly one of Hosts, Count and Percent.
+type RolloutWave struct {
+	// Hosts names the wave's hosts.
+	Hosts []string `json:"hosts,omitempty"`
+	// Count takes this many of the hosts left, in topology order.
+	Count int `json:"count,omitempty"`
+	// Percent takes this share of the fleet's hosts (rounded up).
+	Percent int `json:"percent,omitempty"`
 }
 
 // GetSIPURI is SIPURI, "" for nil accounts.

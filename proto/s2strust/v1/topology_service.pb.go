@@ -32,8 +32,12 @@ type ApplyTopologyRequest struct {
 	DryRun   bool   `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// When set, the apply succeeds only if the current revision is this one (0: none stored yet).
 	ExpectedRevision *uint64 `protobuf:"varint,4,opt,name=expected_revision,json=expectedRevision,proto3,oneof" json:"expected_revision,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Send the revision to every host at once instead of starting a rollout.
+	Immediate bool `protobuf:"varint,5,opt,name=immediate,proto3" json:"immediate,omitempty"`
+	// Overrides the topology's rollout: section, field by field where set.
+	Rollout       *RolloutStrategy `protobuf:"bytes,6,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyTopologyRequest) Reset() {
@@ -94,6 +98,20 @@ func (x *ApplyTopologyRequest) GetExpectedRevision() uint64 {
 	return 0
 }
 
+func (x *ApplyTopologyRequest) GetImmediate() bool {
+	if x != nil {
+		return x.Immediate
+	}
+	return false
+}
+
+func (x *ApplyTopologyRequest) GetRollout() *RolloutStrategy {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 // ApplyTopologyResponse reports the stored revision and the plan.
 type ApplyTopologyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -114,6 +132,9 @@ type ApplyTopologyResponse struct {
 	// (each "rule <id>: …", naming the field and the certificate): shown,
 	// not refused. With certificateRules: strict they are errors instead.
 	Warnings []string `protobuf:"bytes,7,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// The rollout started for the stored revision ("rollouts/{id}"); empty
+	// with immediate, dry_run or when nothing changed.
+	Rollout string `protobuf:"bytes,8,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	// The revision's sequence number (1, 2, 3 … of this topology) that
 	// operators know it by; revision (an etcd revision) orders versions
 	// internally and is what hosts report.
@@ -199,6 +220,13 @@ func (x *ApplyTopologyResponse) GetWarnings() []string {
 		return x.Warnings
 	}
 	return nil
+}
+
+func (x *ApplyTopologyResponse) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
 }
 
 func (x *ApplyTopologyResponse) GetSequence() uint64 {
@@ -739,13 +767,15 @@ var File_s2strust_v1_topology_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\n" +
-	"\"s2strust/v1/topology_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"\xaf\x01\n" +
+	"\"s2strust/v1/topology_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!s2strust/v1/rollout_service.proto\x1a\x17s2strust/v1/types.proto\"\x85\x02\n" +
 	"\x14ApplyTopologyRequest\x12\x1a\n" +
 	"\bdocument\x18\x01 \x01(\fR\bdocument\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x17\n" +
 	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x120\n" +
-	"\x11expected_revision\x18\x04 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
-	"\x12_expected_revision\"\x9d\x02\n" +
+	"\x11expected_revision\x18\x04 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01\x12\x1c\n" +
+	"\timmediate\x18\x05 \x01(\bR\timmediate\x126\n" +
+	"\arollout\x18\x06 \x01(\v2\x1c.s2strust.v1.RolloutStrategyR\arolloutB\x14\n" +
+	"\x12_expected_revision\"\xb7\x02\n" +
 	"\x15ApplyTopologyResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\bR\achanged\x12)\n" +
@@ -754,7 +784,8 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"hostsTotal\x12#\n" +
 	"\rhosts_changed\x18\x05 \x01(\rR\fhostsChanged\x12%\n" +
 	"\x0eplan_truncated\x18\x06 \x01(\bR\rplanTruncated\x12\x1a\n" +
-	"\bwarnings\x18\a \x03(\tR\bwarnings\x12\x1a\n" +
+	"\bwarnings\x18\a \x03(\tR\bwarnings\x12\x18\n" +
+	"\arollout\x18\b \x01(\tR\arollout\x12\x1a\n" +
 	"\bsequence\x18\x14 \x01(\x04R\bsequence\"\xd1\x01\n" +
 	"\bHostPlan\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -829,28 +860,30 @@ var file_s2strust_v1_topology_service_proto_goTypes = []any{
 	(*SecretVersion)(nil),                 // 7: s2strust.v1.SecretVersion
 	(*ListTopologyRevisionsRequest)(nil),  // 8: s2strust.v1.ListTopologyRevisionsRequest
 	(*ListTopologyRevisionsResponse)(nil), // 9: s2strust.v1.ListTopologyRevisionsResponse
-	(Product)(0),                          // 10: s2strust.v1.Product
-	(*timestamppb.Timestamp)(nil),         // 11: google.protobuf.Timestamp
+	(*RolloutStrategy)(nil),               // 10: s2strust.v1.RolloutStrategy
+	(Product)(0),                          // 11: s2strust.v1.Product
+	(*timestamppb.Timestamp)(nil),         // 12: google.protobuf.Timestamp
 }
 var file_s2strust_v1_topology_service_proto_depIdxs = []int32{
-	2,  // 0: s2strust.v1.ApplyTopologyResponse.plan:type_name -> s2strust.v1.HostPlan
-	10, // 1: s2strust.v1.HostPlan.product:type_name -> s2strust.v1.Product
-	3,  // 2: s2strust.v1.HostPlan.items:type_name -> s2strust.v1.PlanItem
-	6,  // 3: s2strust.v1.GetTopologyResponse.topology:type_name -> s2strust.v1.TopologyRevision
-	11, // 4: s2strust.v1.TopologyRevision.applied_at:type_name -> google.protobuf.Timestamp
-	7,  // 5: s2strust.v1.TopologyRevision.secrets:type_name -> s2strust.v1.SecretVersion
-	6,  // 6: s2strust.v1.ListTopologyRevisionsResponse.revisions:type_name -> s2strust.v1.TopologyRevision
-	0,  // 7: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
-	4,  // 8: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
-	8,  // 9: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
-	1,  // 10: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
-	5,  // 11: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
-	9,  // 12: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	10, // 0: s2strust.v1.ApplyTopologyRequest.rollout:type_name -> s2strust.v1.RolloutStrategy
+	2,  // 1: s2strust.v1.ApplyTopologyResponse.plan:type_name -> s2strust.v1.HostPlan
+	11, // 2: s2strust.v1.HostPlan.product:type_name -> s2strust.v1.Product
+	3,  // 3: s2strust.v1.HostPlan.items:type_name -> s2strust.v1.PlanItem
+	6,  // 4: s2strust.v1.GetTopologyResponse.topology:type_name -> s2strust.v1.TopologyRevision
+	12, // 5: s2strust.v1.TopologyRevision.applied_at:type_name -> google.protobuf.Timestamp
+	7,  // 6: s2strust.v1.TopologyRevision.secrets:type_name -> s2strust.v1.SecretVersion
+	6,  // 7: s2strust.v1.ListTopologyRevisionsResponse.revisions:type_name -> s2strust.v1.TopologyRevision
+	0,  // 8: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
+	4,  // 9: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
+	8,  // 10: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
+	1,  // 11: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
+	5,  // 12: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
+	9,  // 13: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_topology_service_proto_init() }
@@ -858,6 +891,7 @@ func file_s2strust_v1_topology_service_proto_init() {
 	if File_s2strust_v1_topology_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_rollout_service_proto_init()
 	file_s2strust_v1_types_proto_init()
 	file_s2strust_v1_topology_service_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}

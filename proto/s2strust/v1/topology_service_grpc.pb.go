@@ -37,7 +37,9 @@ type TopologyServiceClient interface {
 	// the per-host plan and stores nothing. With expected_revision set, a
 	// mismatch with the current revision is FAILED_PRECONDITION. Applying a
 	// document identical to the current one stores nothing and returns the
-	// current revision with changed=false, so a retry is safe.
+	// current revision with changed=false, so a retry is safe. A stored
+	// revision reaches the hosts through a rollout (see RolloutService)
+	// named in the response, or all at once with immediate.
 	ApplyTopology(ctx context.Context, in *ApplyTopologyRequest, opts ...grpc.CallOption) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. Read-only, safe to retry.
@@ -98,7 +100,9 @@ type TopologyServiceServer interface {
 	// the per-host plan and stores nothing. With expected_revision set, a
 	// mismatch with the current revision is FAILED_PRECONDITION. Applying a
 	// document identical to the current one stores nothing and returns the
-	// current revision with changed=false, so a retry is safe.
+	// current revision with changed=false, so a retry is safe. A stored
+	// revision reaches the hosts through a rollout (see RolloutService)
+	// named in the response, or all at once with immediate.
 	ApplyTopology(context.Context, *ApplyTopologyRequest) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. Read-only, safe to retry.

@@ -1,0 +1,197 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	"github.com/s2strust/s2strust/internal/termsafe"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// rolloutName accepts "7", "rollouts/7" or nothing (the newest).
+func rolloutName(args []string) string {
+	if len(args) == 0 || args[0] == "" {
+		return "rollouts/-"
+	}
+	if strings.HasPrefix(args[0], "rollouts/") {
+		return args[0]
+	}
+	return "rollouts/" + args[0]
+}
+
+func newRollout(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "rollout", Short: "Show and steer rollouts: how a revision reaches the fleet wave by wave"}
+	var watch bool
+	status := &cobra.Command{
+		Use:   "status [ID]",
+		Short: "Show a rollout (the newest by default) per wave and host; -w follows it live",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if watch {
+				return g.followRollout(cmd, rolloutName(args), true)
+			}
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewRolloutServiceClient(conn).GetRollout(ctx, &pb.GetRolloutRequest{Name: rolloutName(args)})
+				if err != nil {
+					return rpcError("rollout status", err)
+				}
+				printRollout(g.out, resp.GetRollout())
+				return nil
+			})
+		},
+	}
+	status.Flags().BoolVarP(&watch, "watch", "w", false, "follow the rollout until it finishes")
+	verb := func(use, short string, call func(context.Context, pb.RolloutServiceClient, string) (*pb.Rollout, error)) *cobra.Command {
+		return &cobra.Command{
+			Use: use + " [ID]", Short: short, Args: cobra.MaximumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+					r, err := call(ctx, pb.NewRolloutServiceClient(conn), rolloutName(args))
+					if err != nil {
+						return rpcError("rollout "+use, err)
+					}
+					printRollout(g.out, r)
+					return nil
+				})
+			},
+		}
+	}
+	pause := verb("pause", "Stop releasing hosts; released hosts keep their revision", func(ctx context.Context, c pb.RolloutServiceClient, n string) (*pb.Rollout, error) {
+		r, err := c.PauseRollout(ctx, &pb.PauseRolloutRequest{Name: n})
+		return r.GetRollout(), err
+	})
+	resume := verb("resume", "Continue a paused rollout (past a manual gate, or re-checking failed hosts)", func(ctx context.Context, c pb.RolloutServiceClient, n string) (*pb.Rollout, error) {
+		r, err := c.ResumeRollout(ctx, &pb.ResumeRolloutRequest{Name: n})
+		return r.GetRollout(), err
+	})
+	abort := verb("abort", "End a rollout for good; hosts stay where they are", func(ctx context.Context, c pb.RolloutServiceClient, n string) (*pb.Rollout, error) {
+		r, err := c.AbortRollout(ctx, &pb.AbortRolloutRequest{Name: n})
+		return r.GetRollout(), err
+	})
+	undo := verb("undo", "Roll back to the revision the rollout started from (a new rollout)", func(ctx context.Context, c pb.RolloutServiceClient, n string) (*pb.Rollout, error) {
+		r, err := c.UndoRollout(ctx, &pb.UndoRolloutRequest{Name: n})
+		return r.GetRollout(), err
+	})
+	history := &cobra.Command{
+		Use:   "history",
+		Short: "List rollouts, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+				resp, err := pb.NewRolloutServiceClient(conn).ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: 50})
+				if err != nil {
+					return rpcError("rollout history", err)
+				}
+				fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", "ROLLOUT", "REVISION", "STATE", "CREATED", "REASON")
+				for _, r := range resp.GetRollouts() {
+					fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", r.GetName(), fmt.Sprintf("%d→%d", r.GetFromRevision(), r.GetToRevision()),
+						rolloutState(r.GetState()), r.GetCreateTime().AsTime().Format("2006-01-02 15:04:05"), safe(r.GetReason()))
+				}
+				return nil
+			})
+		},
+	}
+	c.AddCommand(status, pause, resume, abort, undo, history)
+	return c
+}
+
+// errRolloutStopped is the exit of a followed rollout that did not succeed.
+var errRolloutStopped = errors.New("rollout stopped")
+
+// followRollout prints the rollout at each change until it finishes or
+// pauses; it returns an exit error unless it succeeded. A dropped stream
+// is reopened (each opens with the whole state).
+func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bool) error {
+	conn, err := g.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	stream, err := pb.NewRolloutServiceClient(conn).WatchRollout(ctx, &pb.WatchRolloutRequest{Name: name})
+	if err != nil {
+		return rpcError("watch "+name, err)
+	}
+	var last *pb.Rollout
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return rpcError("watch "+name, err)
+		}
+		last = resp.GetRollout()
+		printProgress(g.out, last)
+		if last.GetState() == pb.RolloutState_ROLLOUT_STATE_PAUSED {
+			break
+		}
+	}
+	if last == nil {
+		return &exitError{code: 1, err: fmt.Errorf("watch %s: no state received", name)}
+	}
+	printRollout(g.out, last)
+	if last.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
+		return &exitError{code: 2, err: fmt.Errorf("%s: %w: %s: %s", last.GetName(), errRolloutStopped, rolloutState(last.GetState()), safe(last.GetReason()))}
+	}
+	return nil
+}
+
+func rolloutState(s pb.RolloutState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "ROLLOUT_STATE_"))
+}
+
+func hostState(s pb.RolloutHostState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "ROLLOUT_HOST_STATE_"))
+}
+
+// printProgress prints one line per change: each wave's passed/total.
+func printProgress(w io.Writer, r *pb.Rollout) {
+	var waves []string
+	for i, wv := range r.GetWaves() {
+		passed := 0
+		for _, h := range wv.GetHosts() {
+			if h.GetState() == pb.RolloutHostState_ROLLOUT_HOST_STATE_PASSED {
+				passed++
+			}
+		}
+		mark := ""
+		if uint32(i) == r.GetCurrentWave() && r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING {
+			mark = "*"
+		}
+		waves = append(waves, fmt.Sprintf("%s%s %d/%d", mark, wv.GetTitle(), passed, len(wv.GetHosts())))
+	}
+	fmt.Fprintf(w, "%s %s: %s\n", r.GetName(), rolloutState(r.GetState()), strings.Join(waves, ", "))
+}
+
+// printRollout prints a rollout per wave and host.
+func printRollout(w io.Writer, r *pb.Rollout) {
+	fmt.Fprintf(w, "%s: revision %d → %d, %s", r.GetName(), r.GetFromRevision(), r.GetToRevision(), rolloutState(r.GetState()))
+	if r.GetReason() != "" {
+		fmt.Fprintf(w, " (%s)", termsafe.Text(r.GetReason()))
+	}
+	fmt.Fprintln(w)
+	for i, wv := range r.GetWaves() {
+		cur := ""
+		if uint32(i) == r.GetCurrentWave() && !strings.HasPrefix(rolloutState(r.GetState()), "succeeded") {
+			cur = " (current)"
+		}
+		fmt.Fprintf(w, "  %s%s\n", wv.GetTitle(), cur)
+		for _, h := range wv.GetHosts() {
+			detail := h.GetGate()
+			if h.GetCause() != "" {
+				detail = h.GetCause()
+			}
+			fmt.Fprintf(w, "    %-28s %-9s target %-4d %s\n", safe(h.GetHost()), hostState(h.GetState()), h.GetTargetRevision(), termsafe.Text(detail))
+		}
+	}
+}

@@ -1,0 +1,268 @@
+package server
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// compiled is one topology revision compiled for every host.
+type compiled struct {
+	revision    uint64
+	sequence    uint64 // 0 for a record stored before sequence numbers
+	name        string
+	hash        string                    // the document's, as stored
+	hosts       map[string]*pb.HostConfig // by host, Primary unset
+	order       []string                  // hosts sorted
+	deployments map[string][]string       // deployment → hosts in topology order
+	// pins are the secret versions the revision's hosts use; a secret
+	// without a pin (a revision stored before pins) uses its newest.
+	pins map[string]store.SecretPin
+}
+
+// desired is what a host should have now.
+type desired struct {
+	version uint64
+	hash    string
+	config  *pb.HostConfig
+}
+
+// setTopology compiles a stored topology and makes it current, together
+// with the targets of latest, the newest rollout when the revision was
+// stored: a revision stored with a rollout reaches only the hosts the
+// rollout released, from the first moment it is current.
+func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64, latest *pb.Rollout) error {
+	rec, err := store.DecodeTopology(value, rev)
+	if err != nil {
+		return err
+	}
+	c, err := compileDocument(rec)
+	if err != nil {
+		return err
+	}
+	targets := targetsOf(latest, c)
+	have, err := h.loadRevisions(ctx, targets, c)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.topo = c
+	h.latest = latest
+	h.installTargetsLocked(targets, have)
+	h.desired = map[string]*desired{}
+	h.mu.Unlock()
+	h.cfg.Observer.TopologyCurrent(rec.Revision, rec.AppliedAt)
+	for d := range c.deployments {
+		h.reselect(ctx, d)
+	}
+	h.notifyAll()
+	h.log.Info("topology revision current", "revision", rev, "name", rec.Name, "hosts", len(c.order), "held_back", len(targets))
+	return nil
+}
+
+// targetsOf is the per-host targets a rollout sets while c is current:
+// none (every host on c) unless the rollout rolls c's document out.
+func targetsOf(r *pb.Rollout, c *compiled) map[string]uint64 {
+	if r == nil || c == nil || r.GetDocumentHash() != c.hash {
+		return nil
+	}
+	return rollout.Targets(r)
+}
+
+// rolloutChanged takes the newest rollout's targets when it rolls out the
+// current revision. A rollout created for a revision not stored yet
+// changes nothing until that revision is current (setTopology).
+func (h *Hub) rolloutChanged(ctx context.Context, r *pb.Rollout) {
+	h.mu.Lock()
+	h.latest = r
+	c := h.topo
+	h.mu.Unlock()
+	if c == nil || r.GetDocumentHash() != c.hash {
+		return
+	}
+	if err := h.SetTargets(ctx, rollout.Targets(r)); err != nil {
+		h.log.Error("rollout targets", "rollout", r.GetName(), "error", err)
+	}
+}
+
+func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
+	t, err := topology.Load("stored revision", rec.Document)
+	if err != nil {
+		return nil, err
+	}
+	cfgs, err := topology.Compile(t)
+	if err != nil {
+		return nil, err
+	}
+	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
+	for _, cfg := range cfgs {
+		c.hosts[cfg.GetHost()] = cfg
+		c.order = append(c.order, cfg.GetHost())
+		if _, ok := c.deployments[cfg.GetDeployment()]; !ok {
+			c.deployments[cfg.GetDeployment()] = cfg.GetDeploymentHosts()
+		}
+	}
+	return c, nil
+}
+
+// desiredFor returns the host's desired state, nil when the host is not in
+// its target revision.
+func (h *Hub) desiredFor(host string) *desired {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.desiredLocked(host)
+}
+
+func (h *Hub) desiredLocked(host string) *desired {
+	if d, ok := h.desired[host]; ok {
+		return d
+	}
+	c := h.targetLocked(host)
+	if c == nil {
+		return nil
+	}
+	base, ok := c.hosts[host]
+	if !ok {
+		return nil
+	}
+	cfg := proto.Clone(base).(*pb.HostConfig)
+	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
+	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
+		// The version the host's target revision pins; storing a newer one
+		// changes nothing here. Without a pin, the newest version:
+		// replacing it changes the desired state.
+		if p, ok := c.pins[name]; ok {
+			cfg.TokenIssuer.SecretThumbprint = p.Thumbprint
+		} else {
+			cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+		}
+	}
+	d := &desired{version: c.revision, hash: topology.Hash(cfg), config: cfg}
+	h.desired[host] = d
+	return d
+}
+
+// targetLocked returns the compiled revision host should run: its target
+// when one is set, otherwise the current revision. nil when the target
+// revision is not loaded (SetTargets loads every revision it names).
+// h.mu must be held.
+func (h *Hub) targetLocked(host string) *compiled {
+	if h.topo == nil {
+		return nil
+	}
+	rev, ok := h.targets[host]
+	if !ok || rev == h.topo.revision {
+		return h.topo
+	}
+	return h.revisions[rev]
+}
+
+// SetTargets sets the revision each named host should run; every other
+// host runs the current revision. It is the desired-state cache's one
+// input besides the topology, modelled on go-control-plane's snapshot
+// cache: a rollout names the hosts outside its released waves with the
+// revision they have, so they keep it while the current revision moves
+// on. nil (or an empty map) puts every host on the current revision.
+//
+// Every revision named is loaded from etcd before anything changes; an
+// unknown revision is an error naming it and changes nothing. Hosts whose
+// target moved get their new desired state at once.
+func (h *Hub) SetTargets(ctx context.Context, targets map[string]uint64) error {
+	h.mu.Lock()
+	cur := h.topo
+	h.mu.Unlock()
+	have, err := h.loadRevisions(ctx, targets, cur)
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	if h.topo != cur {
+		// The topology moved meanwhile: its own targets were set with it.
+		h.mu.Unlock()
+		return nil
+	}
+	moved := h.installTargetsLocked(targets, have)
+	for _, host := range moved {
+		delete(h.desired, host)
+	}
+	h.mu.Unlock()
+	for _, host := range moved {
+		h.notify(host)
+	}
+	return nil
+}
+
+// loadRevisions compiles every revision targets name that is not cur,
+// reusing those compiled already.
+func (h *Hub) loadRevisions(ctx context.Context, targets map[string]uint64, cur *compiled) (map[uint64]*compiled, error) {
+	h.mu.Lock()
+	have := map[uint64]*compiled{}
+	for rev, c := range h.revisions {
+		have[rev] = c
+	}
+	if h.topo != nil {
+		have[h.topo.revision] = h.topo
+	}
+	h.mu.Unlock()
+	if cur != nil {
+		have[cur.revision] = cur
+	}
+	for _, rev := range targets {
+		if _, ok := have[rev]; ok || rev == 0 {
+			continue // 0: a host new in the revision rolled out waits for its wave
+		}
+		rec, err := h.cfg.Store.TopologyRevision(ctx, rev)
+		if err != nil {
+			return nil, fmt.Errorf("target revision %d: %w", rev, err)
+		}
+		c, err := compileDocument(rec)
+		if err != nil {
+			return nil, fmt.Errorf("compile target revision %d: %w", rev, err)
+		}
+		have[rev] = c
+	}
+	return have, nil
+}
+
+// installTargetsLocked makes targets current and returns the hosts whose
+// target moved. h.mu must be held.
+func (h *Hub) installTargetsLocked(targets map[string]uint64, have map[uint64]*compiled) []string {
+	old := h.targets
+	h.targets = make(map[string]uint64, len(targets))
+	h.revisions = map[uint64]*compiled{}
+	for host, rev := range targets {
+		h.targets[host] = rev
+		if c := have[rev]; c != nil && (h.topo == nil || rev != h.topo.revision) {
+			h.revisions[rev] = c
+		}
+	}
+	var moved []string
+	for host, rev := range h.targets {
+		if o, ok := old[host]; !ok || o != rev {
+			moved = append(moved, host)
+		}
+	}
+	for host := range old {
+		if _, ok := h.targets[host]; !ok {
+			moved = append(moved, host)
+		}
+	}
+	return moved
+}
+
+// Targets returns a copy of the per-host targets SetTargets set.
+func (h *Hub) Targets() map[string]uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]uint64, len(h.targets))
+	for k, v := range h.targets {
+		out[k] = v
+	}
+	return out
+}

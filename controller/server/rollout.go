@@ -1,0 +1,301 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// RolloutSource is the fleet as the rollout engine reads it: the hub's
+// live state merged with what each host last stored and reported.
+type RolloutSource struct{ hub *Hub }
+
+// NewRolloutSource returns the engine's view of the fleet.
+func NewRolloutSource(hub *Hub) *RolloutSource { return &RolloutSource{hub: hub} }
+
+// Observe implements rollout.Source.
+func (s *RolloutSource) Observe(ctx context.Context) (rollout.Observations, func(from, to string) bool, error) {
+	snap := s.hub.snapshot()
+	obs := rollout.Observations{}
+	if snap.topo == nil {
+		return obs, nil, nil
+	}
+	reports, states, err := (&FleetService{hub: s.hub}).allReports(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, host := range snap.topo.order {
+		obs[host] = rollout.Observation{Host: hostView(snap, host, states[host], func(uint64) uint64 { return 0 }, s.hub.cfg.Now()), Report: reports[host]}
+	}
+	disabled := map[[2]string]bool{}
+	for _, cfg := range snap.topo.hosts {
+		for _, p := range cfg.GetPartners() {
+			if !p.GetEnabled() {
+				disabled[[2]string{p.GetDeployment(), cfg.GetDeployment()}] = true
+			}
+		}
+	}
+	return obs, func(from, to string) bool { return disabled[[2]string{from, to}] }, nil
+}
+
+// Current implements rollout.Source.
+func (s *RolloutSource) Current(ctx context.Context) (uint64, string, error) {
+	cur, err := s.hub.cfg.Store.CurrentTopology(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	return cur.Revision, cur.Hash, nil
+}
+
+// newRollout plans and stores the rollout of document doc (topology t)
+// before the revision itself is stored: the hub holds every host back to
+// the target the rollout gives it from the moment the revision is current.
+// override, from the request, wins over the topology's rollout: section.
+// It returns nil when the revision goes to every host at once: immediate,
+// or the first revision (no host has anything to protect yet).
+func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, doc []byte, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string) (*rollout.Stored, error) {
+	strategy, err := rolloutStrategy(t, next, override)
+	if err != nil {
+		return nil, err
+	}
+	snap := h.snapshot()
+	if strategy.GetImmediate() || snap.topo == nil {
+		return nil, nil
+	}
+	if snap.topo.hash == store.DocumentHash(doc) {
+		return nil, nil // nothing changes: nothing to roll out
+	}
+	f := rollout.Fleet{Deployment: map[string]string{}, Primaries: snap.primaries, From: map[string]uint64{}}
+	for _, cfg := range next {
+		host := cfg.GetHost()
+		f.Order = append(f.Order, host)
+		f.Deployment[host] = cfg.GetDeployment()
+		if d := snap.desired[host]; d != nil {
+			f.From[host] = d.version
+		}
+	}
+	r := rollout.Plan("", strategy, f, snap.topo.revision, 0, h.cfg.Now())
+	r.CreatedBy, r.UndoOf, r.DocumentHash = who, undoOf, store.DocumentHash(doc)
+	return h.rollouts.Create(ctx, r, nil, func(name string) string { return "aborted: superseded by " + name })
+}
+
+// rolloutStrategy is the topology's rollout: section overridden by the
+// request's, checked against the hosts of the revision.
+func rolloutStrategy(t *topology.Topology, next []*pb.HostConfig, override *pb.RolloutStrategy) (*pb.RolloutStrategy, error) {
+	base, err := rollout.FromTopology(t.Rollout)
+	if err != nil {
+		return nil, err
+	}
+	strategy := rollout.Merge(base, override)
+	hosts := map[string]bool{}
+	for _, cfg := range next {
+		hosts[cfg.GetHost()] = true
+	}
+	if err := rollout.Validate(strategy, hosts); err != nil {
+		return nil, err
+	}
+	return strategy, nil
+}
+
+// RolloutService implements pb.RolloutServiceServer.
+type RolloutService struct {
+	pb.UnimplementedRolloutServiceServer
+	hub  *Hub
+	topo *TopologyService
+}
+
+// NewRolloutService returns the rollout API; topo stores undo revisions.
+func NewRolloutService(hub *Hub, topo *TopologyService) *RolloutService {
+	return &RolloutService{hub: hub, topo: topo}
+}
+
+// ListRollouts implements the RPC; see the proto for its contract.
+func (s *RolloutService) ListRollouts(ctx context.Context, req *pb.ListRolloutsRequest) (*pb.ListRolloutsResponse, error) {
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, invalid("page_size", strconv.Itoa(size), "0 (the default, 20) to 100")
+	case size == 0:
+		size = 20
+	case size > 100:
+		size = 100
+	}
+	var before uint64
+	if tok := req.GetPageToken(); tok != "" {
+		id, err := rollout.ParseName(tok)
+		if err != nil || id == 0 {
+			return nil, invalid("page_token", tok, "a next_page_token from a previous response")
+		}
+		before = id
+	}
+	list, err := s.hub.rollouts.List(ctx, size+1, before)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListRolloutsResponse{}
+	for i, r := range list {
+		if i == size {
+			resp.NextPageToken = rollout.Name(list[i-1].ID)
+			break
+		}
+		resp.Rollouts = append(resp.Rollouts, r.Rollout)
+	}
+	return resp, nil
+}
+
+func (s *RolloutService) get(ctx context.Context, name string) (*rollout.Stored, error) {
+	id, err := rollout.ParseName(name)
+	if err != nil {
+		return nil, err
+	}
+	return s.hub.rollouts.Get(ctx, id)
+}
+
+// GetRollout implements the RPC; see the proto for its contract.
+func (s *RolloutService) GetRollout(ctx context.Context, req *pb.GetRolloutRequest) (*pb.GetRolloutResponse, error) {
+	r, err := s.get(ctx, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetRolloutResponse{Rollout: r.Rollout}, nil
+}
+
+// change applies f to the named rollout with a compare-and-swap,
+// retrying when the engine advanced it meanwhile. A refused change
+// stores nothing.
+func (s *RolloutService) change(ctx context.Context, name string, f func(*pb.Rollout) error) (*pb.Rollout, error) {
+	for range 10 {
+		cur, err := s.get(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		r := proto.Clone(cur.Rollout).(*pb.Rollout)
+		if err := f(r); err != nil {
+			return nil, err
+		}
+		if proto.Equal(r, cur.Rollout) {
+			return r, nil
+		}
+		if _, err := s.hub.rollouts.Update(ctx, cur, r, nil); err != nil {
+			if errors.Is(err, store.ErrConflict) {
+				continue
+			}
+			return nil, err
+		}
+		return r, nil
+	}
+	return nil, fmt.Errorf("%s changed concurrently 10 times in a row: %w", name, store.ErrConflict)
+}
+
+// PauseRollout implements the RPC; see the proto for its contract.
+func (s *RolloutService) PauseRollout(ctx context.Context, req *pb.PauseRolloutRequest) (*pb.PauseRolloutResponse, error) {
+	who := callerName(ctx)
+	r, err := s.change(ctx, req.GetName(), func(r *pb.Rollout) error { return rollout.Pause(r, who, s.hub.cfg.Now()) })
+	if err != nil {
+		return nil, err
+	}
+	return &pb.PauseRolloutResponse{Rollout: r}, nil
+}
+
+// ResumeRollout implements the RPC; see the proto for its contract.
+func (s *RolloutService) ResumeRollout(ctx context.Context, req *pb.ResumeRolloutRequest) (*pb.ResumeRolloutResponse, error) {
+	r, err := s.change(ctx, req.GetName(), func(r *pb.Rollout) error { return rollout.Resume(r, s.hub.cfg.Now()) })
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ResumeRolloutResponse{Rollout: r}, nil
+}
+
+// AbortRollout implements the RPC; see the proto for its contract.
+func (s *RolloutService) AbortRollout(ctx context.Context, req *pb.AbortRolloutRequest) (*pb.AbortRolloutResponse, error) {
+	who := callerName(ctx)
+	r, err := s.change(ctx, req.GetName(), func(r *pb.Rollout) error { return rollout.Abort(r, "aborted by "+who, s.hub.cfg.Now()) })
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AbortRolloutResponse{Rollout: r}, nil
+}
+
+// UndoRollout implements the RPC; see the proto for its contract.
+func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutRequest) (*pb.UndoRolloutResponse, error) {
+	cur, err := s.get(ctx, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	newest, err := s.hub.rollouts.Get(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	r := cur.Rollout
+	if newest.ID != cur.ID {
+		return nil, fmt.Errorf("cannot undo %s: %s is newer; undo that one: %w", r.GetName(), newest.Rollout.GetName(), store.ErrConflict)
+	}
+	if r.GetFromRevision() == 0 {
+		return nil, fmt.Errorf("cannot undo %s: it has no previous revision: %w", r.GetName(), store.ErrConflict)
+	}
+	prev, err := s.hub.cfg.Store.TopologyRevision(ctx, r.GetFromRevision())
+	if err != nil {
+		return nil, fmt.Errorf("cannot undo %s: previous revision %d: %w", r.GetName(), r.GetFromRevision(), err)
+	}
+	strategy := r.GetStrategy()
+	if req.GetStrategy() != nil {
+		strategy = req.GetStrategy()
+	}
+	resp, err := s.topo.apply(ctx, &pb.ApplyTopologyRequest{Document: prev.Document, Filename: fmt.Sprintf("revision %d", prev.Revision), Rollout: strategy}, r.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if resp.GetRollout() == "" {
+		return nil, fmt.Errorf("cannot undo %s: revision %d is what the fleet runs already: %w", r.GetName(), r.GetFromRevision(), store.ErrConflict)
+	}
+	out, err := s.get(ctx, resp.GetRollout())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.UndoRolloutResponse{Rollout: out.Rollout}, nil
+}
+
+// WatchRollout implements the RPC; see the proto for its contract.
+func (s *RolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.RolloutService_WatchRolloutServer) error {
+	ctx := stream.Context()
+	cur, err := s.get(ctx, req.GetName())
+	if err != nil {
+		return toStatus(err)
+	}
+	if err := stream.Send(&pb.WatchRolloutResponse{Rollout: cur.Rollout}); err != nil {
+		return err
+	}
+	if rollout.Finished(cur.Rollout) {
+		return nil
+	}
+	key := s.hub.rollouts.Key(cur.ID)
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range s.hub.cfg.Store.Client().Watch(wctx, key, clientv3.WithRev(cur.ModRev+1)) {
+		if err := wr.Err(); err != nil {
+			return toStatus(fmt.Errorf("watch %s: %w", cur.Rollout.GetName(), err))
+		}
+		for _, ev := range wr.Events {
+			r, err := s.hub.rollouts.Decode(ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision)
+			if err != nil {
+				return toStatus(err)
+			}
+			if err := stream.Send(&pb.WatchRolloutResponse{Rollout: r.Rollout}); err != nil {
+				return err
+			}
+			if rollout.Finished(r.Rollout) {
+				return nil
+			}
+		}
+	}
+	return ctx.Err()
+}
