@@ -235,7 +235,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	fleet := server.NewFleetService(hub)
 	mets.SetFleet(fleet)
 	pb.RegisterFleetServiceServer(gs, fleet)
-	pb.RegisterRolloutServiceServer(gs, server.NewRolloutService(hub, topoSvc))
+	rollouts := server.NewRolloutService(hub, topoSvc)
+	pb.RegisterRolloutServiceServer(gs, rollouts)
 	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	if ca != nil {
@@ -269,7 +270,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		g.Go(func() error { return emb.Wait(gctx) })
 	}
 	if cfg.UIListen != "" {
-		g.Go(func() error { return serveUI(gctx, cfg, fleet, tlsCfg, log) })
+		g.Go(func() error { return serveUI(gctx, cfg, fleet, rollouts, tlsCfg, log) })
 	}
 	g.Go(func() error {
 		select {

@@ -30,7 +30,7 @@ func LoadUIKey(dataDir string) ([]byte, error) {
 
 // serveUI runs the dashboard on cfg.UIListen until ctx ends; tlsCfg is
 // the controller's own server configuration, nil under --insecure.
-func serveUI(ctx context.Context, cfg ServeConfig, fleet ui.Fleet, tlsCfg *tls.Config, log *slog.Logger) error {
+func serveUI(ctx context.Context, cfg ServeConfig, fleet ui.Fleet, rollouts ui.Rollouts, tlsCfg *tls.Config, log *slog.Logger) error {
 	key, err := LoadUIKey(cfg.DataDir)
 	if err != nil {
 		return err
@@ -43,7 +43,7 @@ func serveUI(ctx context.Context, cfg ServeConfig, fleet ui.Fleet, tlsCfg *tls.C
 		}
 	}()
 	return ui.Serve(ctx, ui.ServeConfig{
-		Config: ui.Config{Fleet: fleet, Key: key, Logger: log.With("component", "ui")},
+		Config: ui.Config{Fleet: fleet, Rollouts: rollouts, Key: key, Logger: log.With("component", "ui")},
 		Listen: cfg.UIListen, TLS: tlsCfg,
 		Ready: func(u string) {
 			served = u

@@ -42,6 +42,8 @@ type Fleet interface {
 // Config configures the dashboard handler.
 type Config struct {
 	Fleet Fleet
+	// Rollouts, when set, lists rollouts with their waves' progress.
+	Rollouts Rollouts
 	// Key signs login tokens and sessions (KeySize bytes).
 	Key []byte
 	// Secure says the dashboard is served over TLS, so its cookie is
@@ -174,7 +176,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) fleet(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	v, err := buildView(ctx, h.cfg.Fleet, h.cfg.Now())
+	v, err := buildView(ctx, h.cfg.Fleet, h.cfg.Rollouts, h.cfg.Now())
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return

@@ -324,7 +324,7 @@ func TestViewShapesTheFleet(t *testing.T) {
 			{From: "sharepoint", To: "exchange", Ok: true, Probes: []*pb.TrustProbeResult{{Probe: &pb.TrustProbe{Ok: true}}}},
 		}},
 	}
-	v, err := buildView(context.Background(), f, now)
+	v, err := buildView(context.Background(), f, nil, now)
 	if err != nil {
 		t.Fatal(err)
 	}

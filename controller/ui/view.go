@@ -21,8 +21,8 @@ type view struct {
 	Hosts        []host       `json:"hosts"`
 	Edges        []edge       `json:"edges"`
 	Certificates []certRow    `json:"certificates"`
-	// Rollouts stays empty until the controller has a RolloutService.
-	Rollouts []struct{} `json:"rollouts"`
+	// Rollouts are the newest rollouts, newest first.
+	Rollouts []rolloutRow `json:"rollouts"`
 	// ReportsOmitted counts hosts whose status report was not read: those
 	// after the first ReportLimit.
 	ReportsOmitted int `json:"reportsOmitted"`
@@ -128,7 +128,7 @@ const maxReports = 500
 
 // buildView asks the fleet service for hosts, their reports and the trust
 // report, and shapes them for the page.
-func buildView(ctx context.Context, fleet Fleet, now time.Time) (*view, error) {
+func buildView(ctx context.Context, fleet Fleet, rollouts Rollouts, now time.Time) (*view, error) {
 	hosts, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
@@ -137,7 +137,10 @@ func buildView(ctx context.Context, fleet Fleet, now time.Time) (*view, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get the trust report: %w", err)
 	}
-	v := &view{Now: now, Deployments: []deployment{}, Hosts: []host{}, Edges: []edge{}, Certificates: []certRow{}, Rollouts: []struct{}{}, ReportLimit: maxReports}
+	v := &view{Now: now, Deployments: []deployment{}, Hosts: []host{}, Edges: []edge{}, Certificates: []certRow{}, ReportLimit: maxReports}
+	if v.Rollouts, err = listRollouts(ctx, rollouts); err != nil {
+		return nil, err
+	}
 	deps := map[string]*deployment{}
 	certs := map[[2]string]*certRow{}
 	cert := func(dep, thumb string) *certRow {

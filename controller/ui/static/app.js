@@ -346,8 +346,33 @@
   }
 
   function renderRollouts(v) {
-    // The API lists no rollouts until the controller has a RolloutService.
+    const box = $('rollout-list');
+    clear(box);
     $('rollouts-empty').hidden = v.rollouts.length > 0;
+    for (const r of v.rollouts) {
+      const d = el('div', { class: 'rollout state-' + r.state, 'data-name': r.name, 'data-state': r.state });
+      const live = r.state === 'running' || r.state === 'paused';
+      d.appendChild(el('h3', {}, r.name + ': revision ' + r.fromRevision + ' → ' + r.toRevision + ' · ' + r.state +
+        (live && r.waves.length ? ' · wave ' + (r.currentWave + 1) + ' of ' + r.waves.length : '') + (r.createdBy ? ' · by ' + r.createdBy : '')));
+      if (r.reason) d.appendChild(el('p', { class: 'reason' }, r.reason));
+      for (const w of r.waves) {
+        const total = w.waiting + w.updating + w.passed + w.failed;
+        const line = el('div', { class: 'wave' });
+        line.appendChild(el('span', { class: 'wave-title' }, w.title));
+        const bar = el('div', { class: 'progress' });
+        for (const [k, n] of [['passed', w.passed], ['updating', w.updating], ['failed', w.failed], ['waiting', w.waiting]]) {
+          if (!n) continue;
+          const seg = el('span', { class: 'seg ' + k, title: n + ' ' + k });
+          seg.style.flexGrow = String(n);
+          bar.appendChild(seg);
+        }
+        line.appendChild(bar);
+        line.appendChild(el('span', { class: 'wave-count' }, w.passed + '/' + total + ' passed' + (w.updating ? ', ' + w.updating + ' updating' : '') + (w.failed ? ', ' + w.failed + ' failed' : '')));
+        d.appendChild(line);
+        for (const c of w.causes) d.appendChild(el('p', { class: 'cause bad' }, c));
+      }
+      box.appendChild(d);
+    }
   }
 
   login().catch(e => { $('login-error').textContent = 'login: ' + e.message; }).finally(poll);
