@@ -321,7 +321,14 @@ func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
 		}},
 	}
 	key := bytes.Repeat([]byte{3}, ui.KeySize)
-	h, err := ui.NewHandler(ui.Config{Fleet: fleet, Key: key})
+	rollouts := &stubRollouts{resp: &pb.ListRolloutsResponse{Rollouts: []*pb.Rollout{{
+		Name: "rollouts/7", FromRevision: 3, ToRevision: 4, State: pb.RolloutState_ROLLOUT_STATE_PAUSED, Reason: "paused: failure threshold reached",
+		Waves: []*pb.RolloutWave{
+			{Title: "canary", Hosts: []*pb.RolloutHost{{Host: "fe01.contoso.com", State: pb.RolloutHostState_ROLLOUT_HOST_STATE_FAILED, Cause: hostile}}},
+			{Title: "wave 1", Hosts: []*pb.RolloutHost{{Host: "ex01.contoso.com", State: pb.RolloutHostState_ROLLOUT_HOST_STATE_WAITING}}},
+		},
+	}}}}
+	h, err := ui.NewHandler(ui.Config{Fleet: fleet, Rollouts: rollouts, Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,10 +358,17 @@ func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
 		`#edge-detail .problems`:                        hostile,
 		`#edge-detail .probes`:                          "refused unknown-key (" + hostile + ")",
 		`#cert-table tbody`:                             hostile,
+		`#rollouts .rollout[data-name="rollouts/7"]`:    "fe01.contoso.com: " + hostile,
 	} {
 		if got := eval[string](t, bctx, fmt.Sprintf(`document.querySelector(%q).textContent`, sel)); !strings.Contains(got, want) {
 			t.Errorf("%s shows %q, want the text %q", sel, got, want)
 		}
+	}
+	if got := eval[string](t, bctx, `document.querySelector('#rollouts .rollout').innerText`); !strings.Contains(got, "rollouts/7: revision 3 → 4 · paused · wave 1 of 2") || !strings.Contains(got, "0/1 passed, 1 failed") {
+		t.Errorf("rollout shown as %q, want its revisions, state, wave and progress", got)
+	}
+	if n := eval[int](t, bctx, `document.querySelectorAll('#rollouts .wave .seg.failed').length`); n != 1 {
+		t.Errorf("%d failed segments in the rollout's progress bars, want 1", n)
 	}
 	states := eval[[]string](t, bctx, `[...document.querySelectorAll('#trust-graph .edge')].map(e => e.dataset.state)`)
 	if strings.Join(states, " ") != "failed pending disabled" {
@@ -395,3 +409,10 @@ func (f *stubFleet) GetTrustReport(context.Context, *pb.GetTrustReportRequest) (
 // TestMain checks that the dashboard, the demo fleet and the browser
 // leave no goroutine behind.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// stubRollouts answers ListRollouts with a fixed page.
+type stubRollouts struct{ resp *pb.ListRolloutsResponse }
+
+func (r *stubRollouts) ListRollouts(context.Context, *pb.ListRolloutsRequest) (*pb.ListRolloutsResponse, error) {
+	return r.resp, nil
+}
