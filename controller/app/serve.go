@@ -82,6 +82,10 @@ type ServeConfig struct {
 	SecretKeyFile string
 	// Ready, when set, is called with the listening address once serving.
 	Ready func(addr string)
+	// UIListen serves the web dashboard on this address; off when empty.
+	UIListen string
+	// UIReady, when set, is called with the dashboard's URL once it listens.
+	UIReady func(url string)
 	// ElectionTTL is the lease TTL of the controllers' leader election
 	// (default 10s): how long a dead leader holds on before another
 	// replica takes over its rollouts and primary choices.
@@ -196,8 +200,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	refusals := server.NewRefusalAuditor(st, log)
 	var creds grpc.ServerOption
 	var ca *pki.CA
+	var tlsCfg *tls.Config
 	if !cfg.Insecure {
-		var tlsCfg *tls.Config
 		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, ids.Check, log); err != nil {
 			return err
 		}
@@ -231,7 +235,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	fleet := server.NewFleetService(hub)
 	mets.SetFleet(fleet)
 	pb.RegisterFleetServiceServer(gs, fleet)
-	pb.RegisterRolloutServiceServer(gs, server.NewRolloutService(hub, topoSvc))
+	rollouts := server.NewRolloutService(hub, topoSvc)
+	pb.RegisterRolloutServiceServer(gs, rollouts)
 	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	if ca != nil {
@@ -263,6 +268,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		// controller, with etcd's reason in the log, instead of leaving it
 		// serving on a dead store.
 		g.Go(func() error { return emb.Wait(gctx) })
+	}
+	if cfg.UIListen != "" {
+		g.Go(func() error { return serveUI(gctx, cfg, fleet, rollouts, tlsCfg, log) })
 	}
 	g.Go(func() error {
 		select {

@@ -43,6 +43,11 @@ type DemoConfig struct {
 	Timeout time.Duration
 	Out     io.Writer
 	Logger  *slog.Logger
+	// UIListen serves the web dashboard there while the demo runs (not
+	// with Once); off when empty.
+	UIListen string
+	// DashboardReady, when set, is called with the dashboard's login URL.
+	DashboardReady func(loginURL string)
 }
 
 func newDemo(g *globals) *cobra.Command {
@@ -77,6 +82,7 @@ func newDemo(g *globals) *cobra.Command {
 	c.Flags().StringVar(&cfg.Dir, "dir", "", "keep the demo's files here (default: a temporary directory, removed at exit)")
 	c.Flags().StringVar(&cfg.Listen, "listen", "127.0.0.1:0", "controller listen address")
 	c.Flags().DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "how long to wait for every host to ack")
+	c.Flags().StringVar(&cfg.UIListen, "ui-listen", "127.0.0.1:0", "serve the web dashboard on this address while the demo runs (not with --once); empty: none")
 	return c
 }
 
@@ -115,11 +121,16 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	defer func() { cancel(); _ = g.Wait() }()
 
 	dataDir := filepath.Join(dir, "controller")
-	ready := make(chan string, 1)
+	ready, uiReady := make(chan string, 1), make(chan string, 1)
 	metricsURL := make(chan string, 1)
+	uiListen := cfg.UIListen
+	if cfg.Once {
+		uiListen = ""
+	}
 	g.Go(func() error {
 		return app.Serve(gctx, app.ServeConfig{DataDir: dataDir, Listen: cfg.Listen, Logger: log.With("component", "controller"),
-			Ready: func(addr string) { ready <- addr }, MetricsListen: "127.0.0.1:0", MetricsReady: func(url string) { metricsURL <- url }})
+			Ready: func(addr string) { ready <- addr }, MetricsListen: "127.0.0.1:0", MetricsReady: func(url string) { metricsURL <- url },
+			UIListen: uiListen, UIReady: func(u string) { uiReady <- u }})
 	})
 	var addr string
 	select {
@@ -130,6 +141,12 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	fmt.Fprintf(out, "controller listening on %s (data in %s, logs in %s)\n", addr, dataDir, logFile.Name())
 	// Served before the controller is ready, so the URL is there by now.
 	fmt.Fprintf(out, "Prometheus metrics: curl %s\n", <-metricsURL)
+	var dashboard string
+	if uiListen != "" {
+		if dashboard, err = demoDashboard(gctx, uiReady, dataDir, out, cfg.DashboardReady); err != nil {
+			return err
+		}
+	}
 	conn, err := app.Dial(app.ClientConfig{DataDir: dataDir, Addr: addr})
 	if err != nil {
 		return err
@@ -204,9 +221,37 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if cfg.Once {
 		return nil
 	}
+	if dashboard != "" {
+		// The login URL scrolled away with the status above.
+		fmt.Fprintf(out, "dashboard: %s (log in with the URL printed at the start, or `s2s-controller ui token --data-dir %s`)\n", dashboard, dataDir)
+	}
 	fmt.Fprintln(out, "serving until Ctrl-C")
 	<-ctx.Done()
 	return nil
+}
+
+// demoLoginTTL is how long the demo's printed login token lasts.
+const demoLoginTTL = 15 * time.Minute
+
+// demoDashboard waits for the dashboard and prints its URL with a login
+// token, so that the fleet can be watched converging.
+func demoDashboard(ctx context.Context, uiReady <-chan string, dataDir string, out io.Writer, notify func(string)) (string, error) {
+	var dash string
+	select {
+	case dash = <-uiReady:
+	case <-ctx.Done():
+		return "", fmt.Errorf("dashboard did not start: %w", context.Cause(ctx))
+	}
+	u, err := app.NewLoginURL(dataDir, dash, demoLoginTTL)
+	if err != nil {
+		return "", err
+	}
+	fmt.Fprintf(out, "dashboard: %s\n  (the login token works once, for %s; for another: s2s-controller ui token --data-dir %s;\n  the browser does not know the development CA %s: import it, or accept the warning)\n",
+		u, demoLoginTTL, dataDir, filepath.Join(app.PKIDir(dataDir), "ca.crt"))
+	if notify != nil {
+		notify(u)
+	}
+	return dash, nil
 }
 
 // demoSecrets makes and uploads a token-issuer certificate for every

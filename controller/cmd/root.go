@@ -90,7 +90,7 @@ func NewRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.client.Key, "key", "", "admin key (default: <data-dir>/pki/admin.key)")
 	pf.BoolVar(&g.client.Insecure, "insecure", false, "plaintext, loopback only (serve) or to such a controller (admin commands)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newDiscover(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newStore(g), newToken(g), newHost(g), newRollout(g))
+	root.AddCommand(newServe(g), newApply(g), newGet(g), newStatus(g), newDiscover(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newStore(g), newToken(g), newHost(g), newRollout(g), newUI(g))
 	return root
 }
 
@@ -126,6 +126,7 @@ func newServe(g *globals) *cobra.Command {
 	c.Flags().StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over HTTP at /metrics on this address (default: none); a bare PORT or :PORT binds 127.0.0.1, give HOST:PORT to expose them further")
 	c.Flags().StringVar(&endpoints, "etcd-endpoints", "", "use this etcd cluster (comma-separated URLs) instead of the embedded one")
 	c.Flags().StringVar(&cfg.EtcdPrefix, "etcd-prefix", "/s2strust/", "key prefix in etcd")
+	c.Flags().StringVar(&cfg.UIListen, "ui-listen", "", "serve the web dashboard on this address, e.g. 127.0.0.1:7444 (off by default; a bare PORT or :PORT means loopback); log in with `ui token`")
 	c.Flags().StringVar(&cfg.SecretKeyFile, "secret-key", "", "AES-256 key file sealing secrets in etcd, never stored in etcd; back it up apart from the data (default: $CREDENTIALS_DIRECTORY/secret.key when systemd passes that credential, else <data-dir>/secret.key)")
 	c.Flags().StringVar(&cfg.EtcdClient.CA, "etcd-ca", "", "with --etcd-endpoints: CA certificate verifying the etcd servers")
 	c.Flags().StringVar(&cfg.EtcdClient.Cert, "etcd-cert", "", "with --etcd-endpoints: the controller's etcd client certificate")
