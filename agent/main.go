@@ -20,6 +20,7 @@ import (
 	"github.com/s2strust/s2strust/agent/diagnose"
 	"github.com/s2strust/s2strust/agent/inspect"
 	"github.com/s2strust/s2strust/agent/service"
+	"github.com/s2strust/s2strust/internal/version"
 )
 
 func main() {
@@ -87,6 +88,12 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over HTTP at /metrics on this address (default: none); a bare PORT or :PORT binds 127.0.0.1, give HOST:PORT to expose them further")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	root.AddCommand(run, service.Command(), newEnroll(), newInspect(run))
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the agent's version",
+		Args:  cobra.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.String("s2s-agent")) },
+	})
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",

@@ -35,11 +35,12 @@ import (
 	"github.com/s2strust/s2strust/internal/atomicfile"
 	"github.com/s2strust/s2strust/internal/statusreport"
 	"github.com/s2strust/s2strust/internal/topology"
+	"github.com/s2strust/s2strust/internal/version"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 // Version is the agent's version, sent in its Hello.
-const Version = "0.1.0"
+const Version = version.Release
 
 // Config configures an agent.
 type Config struct {
