@@ -123,7 +123,10 @@ func (h *Hub) follow(ctx context.Context) error {
 	}
 	h.readyOnce.Do(func() { close(h.ready) })
 	h.notifyAll()
-	h.log.Info("controller state loaded", "revision", startRev, "primaries", len(h.primaries), "present", len(h.present))
+	h.mu.Lock()
+	primaries, present := len(h.primaries), len(h.present)
+	h.mu.Unlock()
+	h.log.Info("controller state loaded", "revision", startRev, "primaries", primaries, "present", present)
 
 	wctx := clientv3.WithRequireLeader(lctx)
 	watch := func(prefix string) clientv3.WatchChan {
