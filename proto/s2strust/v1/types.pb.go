@@ -245,6 +245,16 @@ type HostConfig struct {
 	// Test-OAuthConnectivity. Empty: those probes are not run.
 	ProbeSipUri  string `protobuf:"bytes,21,opt,name=probe_sip_uri,json=probeSipUri,proto3" json:"probe_sip_uri,omitempty"`
 	ProbeMailbox string `protobuf:"bytes,22,opt,name=probe_mailbox,json=probeMailbox,proto3" json:"probe_mailbox,omitempty"`
+	// The deployment's next token-issuer certificate, staged during a
+	// rotation (Lync: Set-CsCertificate -Roll -EffectiveDate; Exchange:
+	// Set-AuthConfig -NewCertificateThumbprint -NewCertificateEffectiveDate;
+	// SharePoint: Set-SPSecurityTokenServiceConfig -QueueSigningCertificate).
+	// Unset outside a rotation's staging phases.
+	NextTokenIssuer *NextTokenIssuer `protobuf:"bytes,23,opt,name=next_token_issuer,json=nextTokenIssuer,proto3" json:"next_token_issuer,omitempty"`
+	// Whether the deployment's previous token-issuer certificate is to be
+	// retired now (Lync: Remove-CsCertificate -Previous; Exchange:
+	// Set-AuthConfig -ClearPreviousCertificate): a rotation's last phase.
+	RetirePreviousIssuer bool `protobuf:"varint,24,opt,name=retire_previous_issuer,json=retirePreviousIssuer,proto3" json:"retire_previous_issuer,omitempty"`
 	// How the token-issuer certificate rules are applied: empty for
 	// "standard" (the default: CN not exactly the default SIP domain, a SAN
 	// lacking an additional SIP domain and near expiry are warnings) or
@@ -436,6 +446,20 @@ func (x *HostConfig) GetProbeMailbox() string {
 		return x.ProbeMailbox
 	}
 	return ""
+}
+
+func (x *HostConfig) GetNextTokenIssuer() *NextTokenIssuer {
+	if x != nil {
+		return x.NextTokenIssuer
+	}
+	return nil
+}
+
+func (x *HostConfig) GetRetirePreviousIssuer() bool {
+	if x != nil {
+		return x.RetirePreviousIssuer
+	}
+	return false
 }
 
 func (x *HostConfig) GetCertificateRules() string {
@@ -649,6 +673,73 @@ func (*TokenIssuer_Thumbprint) isTokenIssuer_Source() {}
 
 func (*TokenIssuer_Existing) isTokenIssuer_Source() {}
 
+// NextTokenIssuer is the certificate a rotation stages as the deployment's
+// next token issuer, published in its metadata beside the current one
+// before any token is signed with it.
+type NextTokenIssuer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The PFX secret (name@version as the controller resolved it).
+	Secret string `protobuf:"bytes,1,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The thumbprint of the certificate it holds.
+	SecretThumbprint string `protobuf:"bytes,2,opt,name=secret_thumbprint,json=secretThumbprint,proto3" json:"secret_thumbprint,omitempty"`
+	// When the product switches to it (Lync and Exchange take the date; a
+	// rotation activates explicitly at or after it).
+	Effective     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=effective,proto3" json:"effective,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NextTokenIssuer) Reset() {
+	*x = NextTokenIssuer{}
+	mi := &file_s2strust_v1_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NextTokenIssuer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NextTokenIssuer) ProtoMessage() {}
+
+func (x *NextTokenIssuer) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NextTokenIssuer.ProtoReflect.Descriptor instead.
+func (*NextTokenIssuer) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *NextTokenIssuer) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *NextTokenIssuer) GetSecretThumbprint() string {
+	if x != nil {
+		return x.SecretThumbprint
+	}
+	return ""
+}
+
+func (x *NextTokenIssuer) GetEffective() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Effective
+	}
+	return nil
+}
+
 // Partner is one trusted partner application as the receiving product registers it.
 type Partner struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -667,14 +758,21 @@ type Partner struct {
 	TrustLevel TrustLevel `protobuf:"varint,7,opt,name=trust_level,json=trustLevel,proto3,enum=s2strust.v1.TrustLevel" json:"trust_level,omitempty"`
 	Enabled    bool       `protobuf:"varint,8,opt,name=enabled,proto3" json:"enabled,omitempty"`
 	// SharePoint only: register the issuer as a trust broker (Lync).
-	TrustBroker   bool `protobuf:"varint,9,opt,name=trust_broker,json=trustBroker,proto3" json:"trust_broker,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TrustBroker bool `protobuf:"varint,9,opt,name=trust_broker,json=trustBroker,proto3" json:"trust_broker,omitempty"`
+	// The signing-certificate thumbprints the receiving host must hold in
+	// its cached copy of the partner's metadata (a rotation sets the
+	// partner's current and next certificates); when one is missing the
+	// host refreshes the metadata (Set-PartnerApplication
+	// -RefreshAuthMetadata, Set-SPTrustedSecurityTokenIssuer
+	// -MetadataEndPoint, Lync's partner refresh). Empty: no requirement.
+	ExpectedSigningThumbprints []string `protobuf:"bytes,10,rep,name=expected_signing_thumbprints,json=expectedSigningThumbprints,proto3" json:"expected_signing_thumbprints,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *Partner) Reset() {
 	*x = Partner{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[3]
+	mi := &file_s2strust_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +784,7 @@ func (x *Partner) String() string {
 func (*Partner) ProtoMessage() {}
 
 func (x *Partner) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[3]
+	mi := &file_s2strust_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +797,7 @@ func (x *Partner) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Partner.ProtoReflect.Descriptor instead.
 func (*Partner) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Partner) GetName() string {
@@ -765,6 +863,13 @@ func (x *Partner) GetTrustBroker() bool {
 	return false
 }
 
+func (x *Partner) GetExpectedSigningThumbprints() []string {
+	if x != nil {
+		return x.ExpectedSigningThumbprints
+	}
+	return nil
+}
+
 // ItemError is the failure of one configuration item.
 type ItemError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -777,7 +882,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[4]
+	mi := &file_s2strust_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +894,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[4]
+	mi := &file_s2strust_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +907,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ItemError) GetItem() string {
@@ -831,7 +936,7 @@ type ItemStatus struct {
 
 func (x *ItemStatus) Reset() {
 	*x = ItemStatus{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[5]
+	mi := &file_s2strust_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +948,7 @@ func (x *ItemStatus) String() string {
 func (*ItemStatus) ProtoMessage() {}
 
 func (x *ItemStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[5]
+	mi := &file_s2strust_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +961,7 @@ func (x *ItemStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemStatus.ProtoReflect.Descriptor instead.
 func (*ItemStatus) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ItemStatus) GetItem() string {
@@ -902,7 +1007,7 @@ type PartnerApplication struct {
 
 func (x *PartnerApplication) Reset() {
 	*x = PartnerApplication{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[6]
+	mi := &file_s2strust_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1019,7 @@ func (x *PartnerApplication) String() string {
 func (*PartnerApplication) ProtoMessage() {}
 
 func (x *PartnerApplication) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[6]
+	mi := &file_s2strust_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1032,7 @@ func (x *PartnerApplication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartnerApplication.ProtoReflect.Descriptor instead.
 func (*PartnerApplication) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PartnerApplication) GetIdentity() string {
@@ -1009,13 +1114,19 @@ type OAuthConfiguration struct {
 	ExchangeAutodiscoverUrl string                 `protobuf:"bytes,3,opt,name=exchange_autodiscover_url,json=exchangeAutodiscoverUrl,proto3" json:"exchange_autodiscover_url,omitempty"`
 	// The thumbprint of the current token-issuer certificate.
 	IssuerThumbprint string `protobuf:"bytes,4,opt,name=issuer_thumbprint,json=issuerThumbprint,proto3" json:"issuer_thumbprint,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The staged next certificate and when it becomes current; empty when
+	// none is staged.
+	NextIssuerThumbprint string                 `protobuf:"bytes,5,opt,name=next_issuer_thumbprint,json=nextIssuerThumbprint,proto3" json:"next_issuer_thumbprint,omitempty"`
+	NextIssuerEffective  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_issuer_effective,json=nextIssuerEffective,proto3" json:"next_issuer_effective,omitempty"`
+	// The previous certificate, still accepted after a roll until retired.
+	PreviousIssuerThumbprint string `protobuf:"bytes,7,opt,name=previous_issuer_thumbprint,json=previousIssuerThumbprint,proto3" json:"previous_issuer_thumbprint,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *OAuthConfiguration) Reset() {
 	*x = OAuthConfiguration{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[7]
+	mi := &file_s2strust_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1138,7 @@ func (x *OAuthConfiguration) String() string {
 func (*OAuthConfiguration) ProtoMessage() {}
 
 func (x *OAuthConfiguration) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[7]
+	mi := &file_s2strust_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1151,7 @@ func (x *OAuthConfiguration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OAuthConfiguration.ProtoReflect.Descriptor instead.
 func (*OAuthConfiguration) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OAuthConfiguration) GetServiceName() string {
@@ -1071,6 +1182,27 @@ func (x *OAuthConfiguration) GetIssuerThumbprint() string {
 	return ""
 }
 
+func (x *OAuthConfiguration) GetNextIssuerThumbprint() string {
+	if x != nil {
+		return x.NextIssuerThumbprint
+	}
+	return ""
+}
+
+func (x *OAuthConfiguration) GetNextIssuerEffective() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextIssuerEffective
+	}
+	return nil
+}
+
+func (x *OAuthConfiguration) GetPreviousIssuerThumbprint() string {
+	if x != nil {
+		return x.PreviousIssuerThumbprint
+	}
+	return ""
+}
+
 // CertificateInfo describes a certificate without any key material.
 type CertificateInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1087,7 +1219,7 @@ type CertificateInfo struct {
 
 func (x *CertificateInfo) Reset() {
 	*x = CertificateInfo{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[8]
+	mi := &file_s2strust_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1231,7 @@ func (x *CertificateInfo) String() string {
 func (*CertificateInfo) ProtoMessage() {}
 
 func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[8]
+	mi := &file_s2strust_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1244,7 @@ func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInfo.ProtoReflect.Descriptor instead.
 func (*CertificateInfo) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CertificateInfo) GetThumbprint() string {
@@ -1178,7 +1310,7 @@ type Drift struct {
 
 func (x *Drift) Reset() {
 	*x = Drift{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[9]
+	mi := &file_s2strust_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1322,7 @@ func (x *Drift) String() string {
 func (*Drift) ProtoMessage() {}
 
 func (x *Drift) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[9]
+	mi := &file_s2strust_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1335,7 @@ func (x *Drift) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drift.ProtoReflect.Descriptor instead.
 func (*Drift) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Drift) GetItem() string {
@@ -1264,7 +1396,7 @@ type StatusReport struct {
 
 func (x *StatusReport) Reset() {
 	*x = StatusReport{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[10]
+	mi := &file_s2strust_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1408,7 @@ func (x *StatusReport) String() string {
 func (*StatusReport) ProtoMessage() {}
 
 func (x *StatusReport) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[10]
+	mi := &file_s2strust_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1421,7 @@ func (x *StatusReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReport.ProtoReflect.Descriptor instead.
 func (*StatusReport) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StatusReport) GetAppliedVersion() uint64 {
@@ -1406,7 +1538,7 @@ type PlannedOp struct {
 
 func (x *PlannedOp) Reset() {
 	*x = PlannedOp{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	mi := &file_s2strust_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1550,7 @@ func (x *PlannedOp) String() string {
 func (*PlannedOp) ProtoMessage() {}
 
 func (x *PlannedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[11]
+	mi := &file_s2strust_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1563,7 @@ func (x *PlannedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlannedOp.ProtoReflect.Descriptor instead.
 func (*PlannedOp) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PlannedOp) GetItem() string {
@@ -1501,7 +1633,7 @@ type MetadataCheck struct {
 
 func (x *MetadataCheck) Reset() {
 	*x = MetadataCheck{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[12]
+	mi := &file_s2strust_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1645,7 @@ func (x *MetadataCheck) String() string {
 func (*MetadataCheck) ProtoMessage() {}
 
 func (x *MetadataCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[12]
+	mi := &file_s2strust_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1658,7 @@ func (x *MetadataCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataCheck.ProtoReflect.Descriptor instead.
 func (*MetadataCheck) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MetadataCheck) GetPartner() string {
@@ -1606,7 +1738,7 @@ type TrustProbe struct {
 
 func (x *TrustProbe) Reset() {
 	*x = TrustProbe{}
-	mi := &file_s2strust_v1_types_proto_msgTypes[13]
+	mi := &file_s2strust_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1750,7 @@ func (x *TrustProbe) String() string {
 func (*TrustProbe) ProtoMessage() {}
 
 func (x *TrustProbe) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_types_proto_msgTypes[13]
+	mi := &file_s2strust_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1763,7 @@ func (x *TrustProbe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustProbe.ProtoReflect.Descriptor instead.
 func (*TrustProbe) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_s2strust_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TrustProbe) GetToDeployment() string {
@@ -1680,7 +1812,7 @@ var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\a\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\b\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1708,7 +1840,9 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x14confirm_realm_change\x18\x13 \x01(\bR\x12confirmRealmChange\x12+\n" +
 	"\x11metadata_networks\x18\x14 \x03(\tR\x10metadataNetworks\x12\"\n" +
 	"\rprobe_sip_uri\x18\x15 \x01(\tR\vprobeSipUri\x12#\n" +
-	"\rprobe_mailbox\x18\x16 \x01(\tR\fprobeMailbox\x12+\n" +
+	"\rprobe_mailbox\x18\x16 \x01(\tR\fprobeMailbox\x12H\n" +
+	"\x11next_token_issuer\x18\x17 \x01(\v2\x1c.s2strust.v1.NextTokenIssuerR\x0fnextTokenIssuer\x124\n" +
+	"\x16retire_previous_issuer\x18\x18 \x01(\bR\x14retirePreviousIssuer\x12+\n" +
 	"\x11certificate_rules\x18( \x01(\tR\x10certificateRules\"\xcf\x01\n" +
 	"\vTrustTarget\x12\x1e\n" +
 	"\n" +
@@ -1726,7 +1860,11 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"thumbprint\x12\x1c\n" +
 	"\bexisting\x18\x04 \x01(\tH\x00R\bexisting\x12+\n" +
 	"\x11secret_thumbprint\x18\x03 \x01(\tR\x10secretThumbprintB\b\n" +
-	"\x06source\"\xd4\x02\n" +
+	"\x06source\"\x90\x01\n" +
+	"\x0fNextTokenIssuer\x12\x16\n" +
+	"\x06secret\x18\x01 \x01(\tR\x06secret\x12+\n" +
+	"\x11secret_thumbprint\x18\x02 \x01(\tR\x10secretThumbprint\x128\n" +
+	"\teffective\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\teffective\"\x96\x03\n" +
 	"\aPartner\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -1739,7 +1877,9 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\vtrust_level\x18\a \x01(\x0e2\x17.s2strust.v1.TrustLevelR\n" +
 	"trustLevel\x12\x18\n" +
 	"\aenabled\x18\b \x01(\bR\aenabled\x12!\n" +
-	"\ftrust_broker\x18\t \x01(\bR\vtrustBroker\"9\n" +
+	"\ftrust_broker\x18\t \x01(\bR\vtrustBroker\x12@\n" +
+	"\x1cexpected_signing_thumbprints\x18\n" +
+	" \x03(\tR\x1aexpectedSigningThumbprints\"9\n" +
 	"\tItemError\x12\x12\n" +
 	"\x04item\x18\x01 \x01(\tR\x04item\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"h\n" +
@@ -1760,12 +1900,15 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"&accept_security_identifier_information\x18\b \x01(\bR#acceptSecurityIdentifierInformation\x12!\n" +
 	"\ftrust_broker\x18\t \x01(\bR\vtrustBroker\x12-\n" +
 	"\x12cached_thumbprints\x18\n" +
-	" \x03(\tR\x11cachedThumbprints\"\xb6\x01\n" +
+	" \x03(\tR\x11cachedThumbprints\"\xfa\x02\n" +
 	"\x12OAuthConfiguration\x12!\n" +
 	"\fservice_name\x18\x01 \x01(\tR\vserviceName\x12\x14\n" +
 	"\x05realm\x18\x02 \x01(\tR\x05realm\x12:\n" +
 	"\x19exchange_autodiscover_url\x18\x03 \x01(\tR\x17exchangeAutodiscoverUrl\x12+\n" +
-	"\x11issuer_thumbprint\x18\x04 \x01(\tR\x10issuerThumbprint\"\x9c\x02\n" +
+	"\x11issuer_thumbprint\x18\x04 \x01(\tR\x10issuerThumbprint\x124\n" +
+	"\x16next_issuer_thumbprint\x18\x05 \x01(\tR\x14nextIssuerThumbprint\x12N\n" +
+	"\x15next_issuer_effective\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x13nextIssuerEffective\x12<\n" +
+	"\x1aprevious_issuer_thumbprint\x18\a \x01(\tR\x18previousIssuerThumbprint\"\x9c\x02\n" +
 	"\x0fCertificateInfo\x12\x1e\n" +
 	"\n" +
 	"thumbprint\x18\x01 \x01(\tR\n" +
@@ -1857,7 +2000,7 @@ func file_s2strust_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_s2strust_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_s2strust_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_s2strust_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_s2strust_v1_types_proto_goTypes = []any{
 	(Product)(0),                  // 0: s2strust.v1.Product
 	(TrustLevel)(0),               // 1: s2strust.v1.TrustLevel
@@ -1865,45 +2008,49 @@ var file_s2strust_v1_types_proto_goTypes = []any{
 	(*HostConfig)(nil),            // 3: s2strust.v1.HostConfig
 	(*TrustTarget)(nil),           // 4: s2strust.v1.TrustTarget
 	(*TokenIssuer)(nil),           // 5: s2strust.v1.TokenIssuer
-	(*Partner)(nil),               // 6: s2strust.v1.Partner
-	(*ItemError)(nil),             // 7: s2strust.v1.ItemError
-	(*ItemStatus)(nil),            // 8: s2strust.v1.ItemStatus
-	(*PartnerApplication)(nil),    // 9: s2strust.v1.PartnerApplication
-	(*OAuthConfiguration)(nil),    // 10: s2strust.v1.OAuthConfiguration
-	(*CertificateInfo)(nil),       // 11: s2strust.v1.CertificateInfo
-	(*Drift)(nil),                 // 12: s2strust.v1.Drift
-	(*StatusReport)(nil),          // 13: s2strust.v1.StatusReport
-	(*PlannedOp)(nil),             // 14: s2strust.v1.PlannedOp
-	(*MetadataCheck)(nil),         // 15: s2strust.v1.MetadataCheck
-	(*TrustProbe)(nil),            // 16: s2strust.v1.TrustProbe
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*NextTokenIssuer)(nil),       // 6: s2strust.v1.NextTokenIssuer
+	(*Partner)(nil),               // 7: s2strust.v1.Partner
+	(*ItemError)(nil),             // 8: s2strust.v1.ItemError
+	(*ItemStatus)(nil),            // 9: s2strust.v1.ItemStatus
+	(*PartnerApplication)(nil),    // 10: s2strust.v1.PartnerApplication
+	(*OAuthConfiguration)(nil),    // 11: s2strust.v1.OAuthConfiguration
+	(*CertificateInfo)(nil),       // 12: s2strust.v1.CertificateInfo
+	(*Drift)(nil),                 // 13: s2strust.v1.Drift
+	(*StatusReport)(nil),          // 14: s2strust.v1.StatusReport
+	(*PlannedOp)(nil),             // 15: s2strust.v1.PlannedOp
+	(*MetadataCheck)(nil),         // 16: s2strust.v1.MetadataCheck
+	(*TrustProbe)(nil),            // 17: s2strust.v1.TrustProbe
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_s2strust_v1_types_proto_depIdxs = []int32{
 	0,  // 0: s2strust.v1.HostConfig.product:type_name -> s2strust.v1.Product
 	5,  // 1: s2strust.v1.HostConfig.token_issuer:type_name -> s2strust.v1.TokenIssuer
-	6,  // 2: s2strust.v1.HostConfig.partners:type_name -> s2strust.v1.Partner
+	7,  // 2: s2strust.v1.HostConfig.partners:type_name -> s2strust.v1.Partner
 	4,  // 3: s2strust.v1.HostConfig.trusted_by:type_name -> s2strust.v1.TrustTarget
-	0,  // 4: s2strust.v1.TrustTarget.product:type_name -> s2strust.v1.Product
-	0,  // 5: s2strust.v1.Partner.product:type_name -> s2strust.v1.Product
-	1,  // 6: s2strust.v1.Partner.trust_level:type_name -> s2strust.v1.TrustLevel
-	2,  // 7: s2strust.v1.ItemStatus.state:type_name -> s2strust.v1.ItemState
-	1,  // 8: s2strust.v1.PartnerApplication.trust_level:type_name -> s2strust.v1.TrustLevel
-	17, // 9: s2strust.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
-	17, // 10: s2strust.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
-	17, // 11: s2strust.v1.StatusReport.clock:type_name -> google.protobuf.Timestamp
-	8,  // 12: s2strust.v1.StatusReport.items:type_name -> s2strust.v1.ItemStatus
-	9,  // 13: s2strust.v1.StatusReport.partners:type_name -> s2strust.v1.PartnerApplication
-	10, // 14: s2strust.v1.StatusReport.oauth:type_name -> s2strust.v1.OAuthConfiguration
-	11, // 15: s2strust.v1.StatusReport.issuer_certificate:type_name -> s2strust.v1.CertificateInfo
-	12, // 16: s2strust.v1.StatusReport.drift:type_name -> s2strust.v1.Drift
-	15, // 17: s2strust.v1.StatusReport.metadata:type_name -> s2strust.v1.MetadataCheck
-	16, // 18: s2strust.v1.StatusReport.probes:type_name -> s2strust.v1.TrustProbe
-	14, // 19: s2strust.v1.StatusReport.plan:type_name -> s2strust.v1.PlannedOp
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	6,  // 4: s2strust.v1.HostConfig.next_token_issuer:type_name -> s2strust.v1.NextTokenIssuer
+	0,  // 5: s2strust.v1.TrustTarget.product:type_name -> s2strust.v1.Product
+	18, // 6: s2strust.v1.NextTokenIssuer.effective:type_name -> google.protobuf.Timestamp
+	0,  // 7: s2strust.v1.Partner.product:type_name -> s2strust.v1.Product
+	1,  // 8: s2strust.v1.Partner.trust_level:type_name -> s2strust.v1.TrustLevel
+	2,  // 9: s2strust.v1.ItemStatus.state:type_name -> s2strust.v1.ItemState
+	1,  // 10: s2strust.v1.PartnerApplication.trust_level:type_name -> s2strust.v1.TrustLevel
+	18, // 11: s2strust.v1.OAuthConfiguration.next_issuer_effective:type_name -> google.protobuf.Timestamp
+	18, // 12: s2strust.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
+	18, // 13: s2strust.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
+	18, // 14: s2strust.v1.StatusReport.clock:type_name -> google.protobuf.Timestamp
+	9,  // 15: s2strust.v1.StatusReport.items:type_name -> s2strust.v1.ItemStatus
+	10, // 16: s2strust.v1.StatusReport.partners:type_name -> s2strust.v1.PartnerApplication
+	11, // 17: s2strust.v1.StatusReport.oauth:type_name -> s2strust.v1.OAuthConfiguration
+	12, // 18: s2strust.v1.StatusReport.issuer_certificate:type_name -> s2strust.v1.CertificateInfo
+	13, // 19: s2strust.v1.StatusReport.drift:type_name -> s2strust.v1.Drift
+	16, // 20: s2strust.v1.StatusReport.metadata:type_name -> s2strust.v1.MetadataCheck
+	17, // 21: s2strust.v1.StatusReport.probes:type_name -> s2strust.v1.TrustProbe
+	15, // 22: s2strust.v1.StatusReport.plan:type_name -> s2strust.v1.PlannedOp
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_types_proto_init() }
@@ -1922,7 +2069,7 @@ func file_s2strust_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_types_proto_rawDesc), len(file_s2strust_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
