@@ -48,6 +48,7 @@ var policy = map[string]rule{
 	pb.FleetService_ListHosts_FullMethodName:      {who: admin, role: pki.RoleViewer},
 	pb.FleetService_GetHost_FullMethodName:        {who: admin, role: pki.RoleViewer},
 	pb.FleetService_GetTrustReport_FullMethodName: {who: admin, role: pki.RoleViewer},
+	pb.FleetService_WatchHosts_FullMethodName:     {who: admin, role: pki.RoleViewer},
 	// Operators may ask a host to retry a rejected configuration.
 	pb.FleetService_RetryHost_FullMethodName:                      {who: admin, role: pki.RoleOperator},
 	pb.TopologyService_GetTopology_FullMethodName:                 {who: admin, role: pki.RoleViewer},

@@ -30,7 +30,8 @@ type ListAuditRecordsRequest struct {
 	// Only records of this identity, e.g. "admin/alice" or "host/fe01.contoso.com".
 	Who      string `protobuf:"bytes,2,opt,name=who,proto3" json:"who,omitempty"`
 	PageSize int32  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// From a previous response's next_page_token.
+	// From a previous response's next_page_token (opaque); a token that
+	// does not decode is refused (INVALID_ARGUMENT naming page_token).
 	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

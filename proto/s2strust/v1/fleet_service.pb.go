@@ -172,9 +172,15 @@ func (x *RetryHostResponse) GetUpToDate() bool {
 	return false
 }
 
-// GetTrustReportRequest has no parameters.
+// GetTrustReportRequest pages the trust report.
 type GetTrustReportRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many edges per page: default 100, at most 1000 (larger
+	// values are treated as 1000); negative is refused.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; a token that does not
+	// decode is refused (INVALID_ARGUMENT naming page_token).
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -209,12 +215,32 @@ func (*GetTrustReportRequest) Descriptor() ([]byte, []int) {
 	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{2}
 }
 
-// GetTrustReportResponse lists the trust edges in topology order.
+func (x *GetTrustReportRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *GetTrustReportRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// GetTrustReportResponse lists one page of trust edges, sorted by (from, to).
 type GetTrustReportResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Edges []*TrustEdge           `protobuf:"bytes,1,rep,name=edges,proto3" json:"edges,omitempty"`
-	// Each deployment's effective realm, sorted by deployment.
-	Realms        []*DeploymentRealm `protobuf:"bytes,2,rep,name=realms,proto3" json:"realms,omitempty"`
+	// Each deployment's effective realm, sorted by deployment; on the first
+	// page only (one per deployment, so bounded by the topology).
+	Realms []*DeploymentRealm `protobuf:"bytes,2,rep,name=realms,proto3" json:"realms,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the report was built from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,4,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -263,6 +289,85 @@ func (x *GetTrustReportResponse) GetRealms() []*DeploymentRealm {
 	return nil
 }
 
+func (x *GetTrustReportResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *GetTrustReportResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
+}
+
+// Staleness marks an answer built from the controller's last view of
+// etcd because etcd did not answer (no quorum, unreachable).
+type Staleness struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the view was last known to match etcd.
+	AsOf *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
+	// How old the view is, by the controller's clock, in milliseconds.
+	AgeMs int64 `protobuf:"varint,2,opt,name=age_ms,json=ageMs,proto3" json:"age_ms,omitempty"`
+	// Why etcd was not read, e.g. "etcd unavailable: context deadline exceeded".
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Staleness) Reset() {
+	*x = Staleness{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Staleness) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Staleness) ProtoMessage() {}
+
+func (x *Staleness) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Staleness.ProtoReflect.Descriptor instead.
+func (*Staleness) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Staleness) GetAsOf() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AsOf
+	}
+	return nil
+}
+
+func (x *Staleness) GetAgeMs() int64 {
+	if x != nil {
+		return x.AgeMs
+	}
+	return 0
+}
+
+func (x *Staleness) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // DeploymentRealm is a deployment's realm as its primary (or, before the
 // primary reported, another of its hosts) sees it. The products differ:
 // Lync's OAuth realm defaults to the default SIP domain; Exchange's
@@ -295,7 +400,7 @@ type DeploymentRealm struct {
 
 func (x *DeploymentRealm) Reset() {
 	*x = DeploymentRealm{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +412,7 @@ func (x *DeploymentRealm) String() string {
 func (*DeploymentRealm) ProtoMessage() {}
 
 func (x *DeploymentRealm) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +425,7 @@ func (x *DeploymentRealm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentRealm.ProtoReflect.Descriptor instead.
 func (*DeploymentRealm) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeploymentRealm) GetDeployment() string {
@@ -417,7 +522,8 @@ type TrustEdge struct {
 	MaxClockSkewMs int64 `protobuf:"varint,12,opt,name=max_clock_skew_ms,json=maxClockSkewMs,proto3" json:"max_clock_skew_ms,omitempty"`
 	// Every probe from a "from" host to a "to" host.
 	Probes []*TrustProbeResult `protobuf:"bytes,13,rep,name=probes,proto3" json:"probes,omitempty"`
-	// Whether every check and probe passed.
+	// Whether every check and probe passed (all of them, also those beyond
+	// the bounds below).
 	Ok bool `protobuf:"varint,14,opt,name=ok,proto3" json:"ok,omitempty"`
 	// The problems found, empty when ok.
 	Problems []string `protobuf:"bytes,15,rep,name=problems,proto3" json:"problems,omitempty"`
@@ -427,13 +533,17 @@ type TrustEdge struct {
 	// Set when "from"'s signing certificate expires within 60 days (or has
 	// expired): "expires in N days (on DATE): …", a warning, not a problem.
 	IssuerExpiryWarning string `protobuf:"bytes,30,opt,name=issuer_expiry_warning,json=issuerExpiryWarning,proto3" json:"issuer_expiry_warning,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// How many probes and problems the edge has; probes holds at most 100
+	// (failed ones first) and problems at most 50.
+	ProbesTotal   int32 `protobuf:"varint,31,opt,name=probes_total,json=probesTotal,proto3" json:"probes_total,omitempty"`
+	ProblemsTotal int32 `protobuf:"varint,32,opt,name=problems_total,json=problemsTotal,proto3" json:"problems_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TrustEdge) Reset() {
 	*x = TrustEdge{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -445,7 +555,7 @@ func (x *TrustEdge) String() string {
 func (*TrustEdge) ProtoMessage() {}
 
 func (x *TrustEdge) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -458,7 +568,7 @@ func (x *TrustEdge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustEdge.ProtoReflect.Descriptor instead.
 func (*TrustEdge) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TrustEdge) GetFrom() string {
@@ -580,6 +690,20 @@ func (x *TrustEdge) GetIssuerExpiryWarning() string {
 	return ""
 }
 
+func (x *TrustEdge) GetProbesTotal() int32 {
+	if x != nil {
+		return x.ProbesTotal
+	}
+	return 0
+}
+
+func (x *TrustEdge) GetProblemsTotal() int32 {
+	if x != nil {
+		return x.ProblemsTotal
+	}
+	return 0
+}
+
 // TrustProbeResult is one probe with the host that made it.
 type TrustProbeResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -591,7 +715,7 @@ type TrustProbeResult struct {
 
 func (x *TrustProbeResult) Reset() {
 	*x = TrustProbeResult{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +727,7 @@ func (x *TrustProbeResult) String() string {
 func (*TrustProbeResult) ProtoMessage() {}
 
 func (x *TrustProbeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +740,7 @@ func (x *TrustProbeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustProbeResult.ProtoReflect.Descriptor instead.
 func (*TrustProbeResult) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{6}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TrustProbeResult) GetFromHost() string {
@@ -633,18 +757,25 @@ func (x *TrustProbeResult) GetProbe() *TrustProbe {
 	return nil
 }
 
-// ListHostsRequest filters hosts.
+// ListHostsRequest filters and pages hosts.
 type ListHostsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only hosts of this deployment, when set.
-	Deployment    string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Deployment string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// At most this many hosts per page: default 500, at most 1000 (larger
+	// values are treated as 1000); negative is refused.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token, with the same
+	// deployment; a token that does not decode, or was issued for another
+	// filter, is refused (INVALID_ARGUMENT naming page_token).
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +787,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +800,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListHostsRequest) GetDeployment() string {
@@ -679,17 +810,36 @@ func (x *ListHostsRequest) GetDeployment() string {
 	return ""
 }
 
-// ListHostsResponse lists hosts.
+func (x *ListHostsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListHostsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListHostsResponse is one page of hosts.
 type ListHostsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hosts         []*Host                `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Hosts []*Host                `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the page comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +851,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +864,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{8}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -724,17 +874,34 @@ func (x *ListHostsResponse) GetHosts() []*Host {
 	return nil
 }
 
+func (x *ListHostsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListHostsResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
+}
+
 // GetHostRequest names a host.
 type GetHostRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host's FQDN (kept for older clients); ignored when name is set.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// The host's resource name, "hosts/{fqdn}".
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +913,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[9]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +926,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{9}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetHostRequest) GetHost() string {
@@ -769,18 +936,28 @@ func (x *GetHostRequest) GetHost() string {
 	return ""
 }
 
+func (x *GetHostRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // GetHostResponse is one host and its latest report.
 type GetHostResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
-	Status        *StatusReport          `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Host   *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Status *StatusReport          `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// Set when etcd did not answer and the host comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +969,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[10]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +982,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{10}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -818,6 +995,133 @@ func (x *GetHostResponse) GetHost() *Host {
 func (x *GetHostResponse) GetStatus() *StatusReport {
 	if x != nil {
 		return x.Status
+	}
+	return nil
+}
+
+func (x *GetHostResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
+}
+
+// WatchHostsRequest filters the hosts watched.
+type WatchHostsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only hosts of this deployment, when set.
+	Deployment    string `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchHostsRequest) Reset() {
+	*x = WatchHostsRequest{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchHostsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchHostsRequest) ProtoMessage() {}
+
+func (x *WatchHostsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchHostsRequest.ProtoReflect.Descriptor instead.
+func (*WatchHostsRequest) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchHostsRequest) GetDeployment() string {
+	if x != nil {
+		return x.Deployment
+	}
+	return ""
+}
+
+// WatchHostsResponse is part of the initial snapshot or one change.
+type WatchHostsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Hosts new or changed (all of them, in the snapshot), sorted by name.
+	Hosts []*Host `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Resource names ("hosts/{fqdn}") of hosts no longer in the topology.
+	Removed []string `protobuf:"bytes,2,rep,name=removed,proto3" json:"removed,omitempty"`
+	// Set on the last message of the initial snapshot.
+	InitialComplete bool `protobuf:"varint,3,opt,name=initial_complete,json=initialComplete,proto3" json:"initial_complete,omitempty"`
+	// Set while etcd does not answer: the hosts come from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,4,opt,name=stale,proto3" json:"stale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchHostsResponse) Reset() {
+	*x = WatchHostsResponse{}
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchHostsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchHostsResponse) ProtoMessage() {}
+
+func (x *WatchHostsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchHostsResponse.ProtoReflect.Descriptor instead.
+func (*WatchHostsResponse) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchHostsResponse) GetHosts() []*Host {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *WatchHostsResponse) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *WatchHostsResponse) GetInitialComplete() bool {
+	if x != nil {
+		return x.InitialComplete
+	}
+	return false
+}
+
+func (x *WatchHostsResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
 	}
 	return nil
 }
@@ -840,7 +1144,7 @@ type LastResult struct {
 
 func (x *LastResult) Reset() {
 	*x = LastResult{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[11]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +1156,7 @@ func (x *LastResult) String() string {
 func (*LastResult) ProtoMessage() {}
 
 func (x *LastResult) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[11]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +1169,7 @@ func (x *LastResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LastResult.ProtoReflect.Descriptor instead.
 func (*LastResult) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{11}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LastResult) GetKind() ResultKind {
@@ -912,11 +1216,14 @@ func (x *LastResult) GetMonitor() bool {
 
 // Host is one host of the topology as the controller sees it.
 type Host struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Host           string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
-	Deployment     string                 `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
-	Product        Product                `protobuf:"varint,3,opt,name=product,proto3,enum=s2strust.v1.Product" json:"product,omitempty"`
-	ProductVersion string                 `protobuf:"bytes,4,opt,name=product_version,json=productVersion,proto3" json:"product_version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The FQDN; name is the same host as a resource name.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// The resource name, "hosts/{fqdn}".
+	Name           string  `protobuf:"bytes,35,opt,name=name,proto3" json:"name,omitempty"`
+	Deployment     string  `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	Product        Product `protobuf:"varint,3,opt,name=product,proto3,enum=s2strust.v1.Product" json:"product,omitempty"`
+	ProductVersion string  `protobuf:"bytes,4,opt,name=product_version,json=productVersion,proto3" json:"product_version,omitempty"`
 	// Whether its agent has a Sync stream open.
 	Connected bool `protobuf:"varint,5,opt,name=connected,proto3" json:"connected,omitempty"`
 	// The revision its desired state comes from.
@@ -955,7 +1262,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[12]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1274,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[12]
+	mi := &file_s2strust_v1_fleet_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,12 +1287,19 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{12}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Host) GetHost() string {
 	if x != nil {
 		return x.Host
+	}
+	return ""
+}
+
+func (x *Host) GetName() string {
+	if x != nil {
+		return x.Name
 	}
 	return ""
 }
@@ -1147,11 +1461,20 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x11RetryHostResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x1c\n" +
 	"\n" +
-	"up_to_date\x18\x02 \x01(\bR\bupToDate\"\x17\n" +
-	"\x15GetTrustReportRequest\"|\n" +
+	"up_to_date\x18\x02 \x01(\bR\bupToDate\"S\n" +
+	"\x15GetTrustReportRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xd2\x01\n" +
 	"\x16GetTrustReportResponse\x12,\n" +
 	"\x05edges\x18\x01 \x03(\v2\x16.s2strust.v1.TrustEdgeR\x05edges\x124\n" +
-	"\x06realms\x18\x02 \x03(\v2\x1c.s2strust.v1.DeploymentRealmR\x06realms\"\x97\x03\n" +
+	"\x06realms\x18\x02 \x03(\v2\x1c.s2strust.v1.DeploymentRealmR\x06realms\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x04 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"k\n" +
+	"\tStaleness\x12/\n" +
+	"\x05as_of\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\x12\x15\n" +
+	"\x06age_ms\x18\x02 \x01(\x03R\x05ageMs\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x97\x03\n" +
 	"\x0fDeploymentRealm\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
@@ -1163,7 +1486,7 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x0fmetadata_issuer\x18\x06 \x01(\tR\x0emetadataIssuer\x12+\n" +
 	"\x11issuer_thumbprint\x18\x1e \x01(\tR\x10issuerThumbprint\x12D\n" +
 	"\x10issuer_not_after\x18\x1f \x01(\v2\x1a.google.protobuf.TimestampR\x0eissuerNotAfter\x122\n" +
-	"\x15issuer_expiry_warning\x18  \x01(\tR\x13issuerExpiryWarning\"\x9e\x05\n" +
+	"\x15issuer_expiry_warning\x18  \x01(\tR\x13issuerExpiryWarning\"\xe8\x05\n" +
 	"\tTrustEdge\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12!\n" +
@@ -1183,21 +1506,39 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x02ok\x18\x0e \x01(\bR\x02ok\x12\x1a\n" +
 	"\bproblems\x18\x0f \x03(\tR\bproblems\x12\x1a\n" +
 	"\bdisabled\x18\x10 \x01(\bR\bdisabled\x122\n" +
-	"\x15issuer_expiry_warning\x18\x1e \x01(\tR\x13issuerExpiryWarning\"^\n" +
+	"\x15issuer_expiry_warning\x18\x1e \x01(\tR\x13issuerExpiryWarning\x12!\n" +
+	"\fprobes_total\x18\x1f \x01(\x05R\vprobesTotal\x12%\n" +
+	"\x0eproblems_total\x18  \x01(\x05R\rproblemsTotal\"^\n" +
 	"\x10TrustProbeResult\x12\x1b\n" +
 	"\tfrom_host\x18\x01 \x01(\tR\bfromHost\x12-\n" +
-	"\x05probe\x18\x02 \x01(\v2\x17.s2strust.v1.TrustProbeR\x05probe\"2\n" +
+	"\x05probe\x18\x02 \x01(\v2\x17.s2strust.v1.TrustProbeR\x05probe\"n\n" +
 	"\x10ListHostsRequest\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
-	"deployment\"<\n" +
+	"deployment\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x92\x01\n" +
 	"\x11ListHostsResponse\x12'\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x11.s2strust.v1.HostR\x05hosts\"$\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x11.s2strust.v1.HostR\x05hosts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"8\n" +
 	"\x0eGetHostRequest\x12\x12\n" +
-	"\x04host\x18\x01 \x01(\tR\x04host\"k\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x99\x01\n" +
 	"\x0fGetHostResponse\x12%\n" +
 	"\x04host\x18\x01 \x01(\v2\x11.s2strust.v1.HostR\x04host\x121\n" +
-	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\"\xe1\x01\n" +
+	"\x06status\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x06status\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"3\n" +
+	"\x11WatchHostsRequest\x12\x1e\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\tR\n" +
+	"deployment\"\xb0\x01\n" +
+	"\x12WatchHostsResponse\x12'\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x11.s2strust.v1.HostR\x05hosts\x12\x18\n" +
+	"\aremoved\x18\x02 \x03(\tR\aremoved\x12)\n" +
+	"\x10initial_complete\x18\x03 \x01(\bR\x0finitialComplete\x12,\n" +
+	"\x05stale\x18\x04 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"\xe1\x01\n" +
 	"\n" +
 	"LastResult\x12+\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x17.s2strust.v1.ResultKindR\x04kind\x12\x18\n" +
@@ -1205,9 +1546,10 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04hash\x18\x05 \x01(\tR\x04hash\x12\x18\n" +
-	"\amonitor\x18\x06 \x01(\bR\amonitor\"\x8f\a\n" +
+	"\amonitor\x18\x06 \x01(\bR\amonitor\"\xa3\a\n" +
 	"\x04Host\x12\x12\n" +
-	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04name\x18# \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x02 \x01(\tR\n" +
 	"deployment\x12.\n" +
@@ -1238,11 +1580,13 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fRESULT_KIND_ACK\x10\x01\x12\x14\n" +
-	"\x10RESULT_KIND_NACK\x10\x022\xc7\x02\n" +
+	"\x10RESULT_KIND_NACK\x10\x022\x98\x03\n" +
 	"\fFleetService\x12J\n" +
 	"\tListHosts\x12\x1d.s2strust.v1.ListHostsRequest\x1a\x1e.s2strust.v1.ListHostsResponse\x12D\n" +
 	"\aGetHost\x12\x1b.s2strust.v1.GetHostRequest\x1a\x1c.s2strust.v1.GetHostResponse\x12Y\n" +
-	"\x0eGetTrustReport\x12\".s2strust.v1.GetTrustReportRequest\x1a#.s2strust.v1.GetTrustReportResponse\x12J\n" +
+	"\x0eGetTrustReport\x12\".s2strust.v1.GetTrustReportRequest\x1a#.s2strust.v1.GetTrustReportResponse\x12O\n" +
+	"\n" +
+	"WatchHosts\x12\x1e.s2strust.v1.WatchHostsRequest\x1a\x1f.s2strust.v1.WatchHostsResponse0\x01\x12J\n" +
 	"\tRetryHost\x12\x1d.s2strust.v1.RetryHostRequest\x1a\x1e.s2strust.v1.RetryHostResponseB;Z9github.com/s2strust/s2strust/proto/s2strust/v1;s2strustv1b\x06proto3"
 
 var (
@@ -1258,65 +1602,76 @@ func file_s2strust_v1_fleet_service_proto_rawDescGZIP() []byte {
 }
 
 var file_s2strust_v1_fleet_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_s2strust_v1_fleet_service_proto_goTypes = []any{
 	(ResultKind)(0),                // 0: s2strust.v1.ResultKind
 	(*RetryHostRequest)(nil),       // 1: s2strust.v1.RetryHostRequest
 	(*RetryHostResponse)(nil),      // 2: s2strust.v1.RetryHostResponse
 	(*GetTrustReportRequest)(nil),  // 3: s2strust.v1.GetTrustReportRequest
 	(*GetTrustReportResponse)(nil), // 4: s2strust.v1.GetTrustReportResponse
-	(*DeploymentRealm)(nil),        // 5: s2strust.v1.DeploymentRealm
-	(*TrustEdge)(nil),              // 6: s2strust.v1.TrustEdge
-	(*TrustProbeResult)(nil),       // 7: s2strust.v1.TrustProbeResult
-	(*ListHostsRequest)(nil),       // 8: s2strust.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),      // 9: s2strust.v1.ListHostsResponse
-	(*GetHostRequest)(nil),         // 10: s2strust.v1.GetHostRequest
-	(*GetHostResponse)(nil),        // 11: s2strust.v1.GetHostResponse
-	(*LastResult)(nil),             // 12: s2strust.v1.LastResult
-	(*Host)(nil),                   // 13: s2strust.v1.Host
-	(Product)(0),                   // 14: s2strust.v1.Product
-	(*timestamppb.Timestamp)(nil),  // 15: google.protobuf.Timestamp
-	(*PartnerApplication)(nil),     // 16: s2strust.v1.PartnerApplication
-	(*TrustProbe)(nil),             // 17: s2strust.v1.TrustProbe
-	(*StatusReport)(nil),           // 18: s2strust.v1.StatusReport
-	(*ItemError)(nil),              // 19: s2strust.v1.ItemError
-	(*Drift)(nil),                  // 20: s2strust.v1.Drift
-	(*DetectedProduct)(nil),        // 21: s2strust.v1.DetectedProduct
+	(*Staleness)(nil),              // 5: s2strust.v1.Staleness
+	(*DeploymentRealm)(nil),        // 6: s2strust.v1.DeploymentRealm
+	(*TrustEdge)(nil),              // 7: s2strust.v1.TrustEdge
+	(*TrustProbeResult)(nil),       // 8: s2strust.v1.TrustProbeResult
+	(*ListHostsRequest)(nil),       // 9: s2strust.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),      // 10: s2strust.v1.ListHostsResponse
+	(*GetHostRequest)(nil),         // 11: s2strust.v1.GetHostRequest
+	(*GetHostResponse)(nil),        // 12: s2strust.v1.GetHostResponse
+	(*WatchHostsRequest)(nil),      // 13: s2strust.v1.WatchHostsRequest
+	(*WatchHostsResponse)(nil),     // 14: s2strust.v1.WatchHostsResponse
+	(*LastResult)(nil),             // 15: s2strust.v1.LastResult
+	(*Host)(nil),                   // 16: s2strust.v1.Host
+	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
+	(Product)(0),                   // 18: s2strust.v1.Product
+	(*PartnerApplication)(nil),     // 19: s2strust.v1.PartnerApplication
+	(*TrustProbe)(nil),             // 20: s2strust.v1.TrustProbe
+	(*StatusReport)(nil),           // 21: s2strust.v1.StatusReport
+	(*ItemError)(nil),              // 22: s2strust.v1.ItemError
+	(*Drift)(nil),                  // 23: s2strust.v1.Drift
+	(*DetectedProduct)(nil),        // 24: s2strust.v1.DetectedProduct
 }
 var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
-	6,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
-	5,  // 1: s2strust.v1.GetTrustReportResponse.realms:type_name -> s2strust.v1.DeploymentRealm
-	14, // 2: s2strust.v1.DeploymentRealm.product:type_name -> s2strust.v1.Product
-	15, // 3: s2strust.v1.DeploymentRealm.issuer_not_after:type_name -> google.protobuf.Timestamp
-	16, // 4: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
-	15, // 5: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
-	7,  // 6: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
-	17, // 7: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
-	13, // 8: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
-	13, // 9: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
-	18, // 10: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
-	0,  // 11: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
-	19, // 12: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
-	15, // 13: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
-	14, // 14: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
-	12, // 15: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
-	15, // 16: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	20, // 17: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
-	15, // 18: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
-	21, // 19: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
-	8,  // 20: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
-	10, // 21: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
-	3,  // 22: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
-	1,  // 23: s2strust.v1.FleetService.RetryHost:input_type -> s2strust.v1.RetryHostRequest
-	9,  // 24: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
-	11, // 25: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
-	4,  // 26: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
-	2,  // 27: s2strust.v1.FleetService.RetryHost:output_type -> s2strust.v1.RetryHostResponse
-	24, // [24:28] is the sub-list for method output_type
-	20, // [20:24] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	7,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
+	6,  // 1: s2strust.v1.GetTrustReportResponse.realms:type_name -> s2strust.v1.DeploymentRealm
+	5,  // 2: s2strust.v1.GetTrustReportResponse.stale:type_name -> s2strust.v1.Staleness
+	17, // 3: s2strust.v1.Staleness.as_of:type_name -> google.protobuf.Timestamp
+	18, // 4: s2strust.v1.DeploymentRealm.product:type_name -> s2strust.v1.Product
+	17, // 5: s2strust.v1.DeploymentRealm.issuer_not_after:type_name -> google.protobuf.Timestamp
+	19, // 6: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
+	17, // 7: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
+	8,  // 8: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
+	20, // 9: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
+	16, // 10: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
+	5,  // 11: s2strust.v1.ListHostsResponse.stale:type_name -> s2strust.v1.Staleness
+	16, // 12: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
+	21, // 13: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
+	5,  // 14: s2strust.v1.GetHostResponse.stale:type_name -> s2strust.v1.Staleness
+	16, // 15: s2strust.v1.WatchHostsResponse.hosts:type_name -> s2strust.v1.Host
+	5,  // 16: s2strust.v1.WatchHostsResponse.stale:type_name -> s2strust.v1.Staleness
+	0,  // 17: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
+	22, // 18: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
+	17, // 19: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
+	18, // 20: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
+	15, // 21: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
+	17, // 22: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	23, // 23: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
+	17, // 24: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
+	24, // 25: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
+	9,  // 26: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
+	11, // 27: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
+	3,  // 28: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
+	13, // 29: s2strust.v1.FleetService.WatchHosts:input_type -> s2strust.v1.WatchHostsRequest
+	1,  // 30: s2strust.v1.FleetService.RetryHost:input_type -> s2strust.v1.RetryHostRequest
+	10, // 31: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
+	12, // 32: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
+	4,  // 33: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
+	14, // 34: s2strust.v1.FleetService.WatchHosts:output_type -> s2strust.v1.WatchHostsResponse
+	2,  // 35: s2strust.v1.FleetService.RetryHost:output_type -> s2strust.v1.RetryHostResponse
+	31, // [31:36] is the sub-list for method output_type
+	26, // [26:31] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_fleet_service_proto_init() }
@@ -1332,7 +1687,7 @@ func file_s2strust_v1_fleet_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_fleet_service_proto_rawDesc), len(file_s2strust_v1_fleet_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	FleetService_ListHosts_FullMethodName      = "/s2strust.v1.FleetService/ListHosts"
 	FleetService_GetHost_FullMethodName        = "/s2strust.v1.FleetService/GetHost"
 	FleetService_GetTrustReport_FullMethodName = "/s2strust.v1.FleetService/GetTrustReport"
+	FleetService_WatchHosts_FullMethodName     = "/s2strust.v1.FleetService/WatchHosts"
 	FleetService_RetryHost_FullMethodName      = "/s2strust.v1.FleetService/RetryHost"
 )
 
@@ -31,16 +32,36 @@ const (
 //
 // FleetService shows the hosts of the current topology and what each reported.
 type FleetServiceClient interface {
-	// ListHosts lists every host of the current topology, sorted by host
-	// name. Read-only, safe to retry.
+	// ListHosts lists the hosts of the current topology, sorted by host
+	// name, one page at a time (see ListHostsRequest.page_size); it reads
+	// the hosts' stored state, never their status reports. While etcd has
+	// no quorum it answers from this controller's last view, marked stale
+	// (ListHostsResponse.stale). Read-only, safe to retry; a page_token
+	// stays valid across retries and topology changes (the next page
+	// starts after the last host returned).
 	ListHosts(ctx context.Context, in *ListHostsRequest, opts ...grpc.CallOption) (*ListHostsResponse, error)
-	// GetHost returns one host with its latest status report. NOT_FOUND for a
-	// host not in the current topology. Read-only, safe to retry.
+	// GetHost returns one host with its latest status report, by resource
+	// name ("hosts/{fqdn}") or bare FQDN: one etcd read of the host's two
+	// keys, never a scan. NOT_FOUND for a host not in the current topology.
+	// While etcd has no quorum it answers from this controller's last
+	// view, marked stale. Read-only, safe to retry.
 	GetHost(ctx context.Context, in *GetHostRequest, opts ...grpc.CallOption) (*GetHostResponse, error)
 	// GetTrustReport returns one row per trust edge of the current topology,
-	// built from what the hosts at both ends last reported. Read-only, safe
-	// to retry.
+	// built from what the hosts at both ends last reported, sorted by
+	// (from, to) and paged (see GetTrustReportRequest.page_size). Each row
+	// is bounded: at most 100 probes (failed ones first) and 50 problems,
+	// with the totals beside them. While etcd has no quorum it answers from
+	// this controller's last view, marked stale. Read-only, safe to retry.
 	GetTrustReport(ctx context.Context, in *GetTrustReportRequest, opts ...grpc.CallOption) (*GetTrustReportResponse, error)
+	// WatchHosts streams the hosts of the current topology: first a
+	// snapshot of every host (in messages of at most 500 hosts, the last
+	// one with initial_complete set), then, as they change, the hosts that
+	// changed and the names of hosts that left the topology. A host is
+	// sent again only when something but its pending age changed. The
+	// stream ends with the controller (UNAVAILABLE) or the caller;
+	// resuming means opening a new stream, which starts with a new
+	// snapshot. While etcd has no quorum the messages carry stale.
+	WatchHosts(ctx context.Context, in *WatchHostsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchHostsResponse], error)
 	// RetryHost sends a host its desired state again although it NACKed
 	// it, for when the cause was fixed on the host (a read-only disk, a
 	// missing module). The host must be connected to the replica answering
@@ -89,6 +110,25 @@ func (c *fleetServiceClient) GetTrustReport(ctx context.Context, in *GetTrustRep
 	return out, nil
 }
 
+func (c *fleetServiceClient) WatchHosts(ctx context.Context, in *WatchHostsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchHostsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &FleetService_ServiceDesc.Streams[0], FleetService_WatchHosts_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchHostsRequest, WatchHostsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FleetService_WatchHostsClient = grpc.ServerStreamingClient[WatchHostsResponse]
+
 func (c *fleetServiceClient) RetryHost(ctx context.Context, in *RetryHostRequest, opts ...grpc.CallOption) (*RetryHostResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RetryHostResponse)
@@ -105,16 +145,36 @@ func (c *fleetServiceClient) RetryHost(ctx context.Context, in *RetryHostRequest
 //
 // FleetService shows the hosts of the current topology and what each reported.
 type FleetServiceServer interface {
-	// ListHosts lists every host of the current topology, sorted by host
-	// name. Read-only, safe to retry.
+	// ListHosts lists the hosts of the current topology, sorted by host
+	// name, one page at a time (see ListHostsRequest.page_size); it reads
+	// the hosts' stored state, never their status reports. While etcd has
+	// no quorum it answers from this controller's last view, marked stale
+	// (ListHostsResponse.stale). Read-only, safe to retry; a page_token
+	// stays valid across retries and topology changes (the next page
+	// starts after the last host returned).
 	ListHosts(context.Context, *ListHostsRequest) (*ListHostsResponse, error)
-	// GetHost returns one host with its latest status report. NOT_FOUND for a
-	// host not in the current topology. Read-only, safe to retry.
+	// GetHost returns one host with its latest status report, by resource
+	// name ("hosts/{fqdn}") or bare FQDN: one etcd read of the host's two
+	// keys, never a scan. NOT_FOUND for a host not in the current topology.
+	// While etcd has no quorum it answers from this controller's last
+	// view, marked stale. Read-only, safe to retry.
 	GetHost(context.Context, *GetHostRequest) (*GetHostResponse, error)
 	// GetTrustReport returns one row per trust edge of the current topology,
-	// built from what the hosts at both ends last reported. Read-only, safe
-	// to retry.
+	// built from what the hosts at both ends last reported, sorted by
+	// (from, to) and paged (see GetTrustReportRequest.page_size). Each row
+	// is bounded: at most 100 probes (failed ones first) and 50 problems,
+	// with the totals beside them. While etcd has no quorum it answers from
+	// this controller's last view, marked stale. Read-only, safe to retry.
 	GetTrustReport(context.Context, *GetTrustReportRequest) (*GetTrustReportResponse, error)
+	// WatchHosts streams the hosts of the current topology: first a
+	// snapshot of every host (in messages of at most 500 hosts, the last
+	// one with initial_complete set), then, as they change, the hosts that
+	// changed and the names of hosts that left the topology. A host is
+	// sent again only when something but its pending age changed. The
+	// stream ends with the controller (UNAVAILABLE) or the caller;
+	// resuming means opening a new stream, which starts with a new
+	// snapshot. While etcd has no quorum the messages carry stale.
+	WatchHosts(*WatchHostsRequest, grpc.ServerStreamingServer[WatchHostsResponse]) error
 	// RetryHost sends a host its desired state again although it NACKed
 	// it, for when the cause was fixed on the host (a read-only disk, a
 	// missing module). The host must be connected to the replica answering
@@ -141,6 +201,9 @@ func (UnimplementedFleetServiceServer) GetHost(context.Context, *GetHostRequest)
 }
 func (UnimplementedFleetServiceServer) GetTrustReport(context.Context, *GetTrustReportRequest) (*GetTrustReportResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetTrustReport not implemented")
+}
+func (UnimplementedFleetServiceServer) WatchHosts(*WatchHostsRequest, grpc.ServerStreamingServer[WatchHostsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchHosts not implemented")
 }
 func (UnimplementedFleetServiceServer) RetryHost(context.Context, *RetryHostRequest) (*RetryHostResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetryHost not implemented")
@@ -220,6 +283,17 @@ func _FleetService_GetTrustReport_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FleetService_WatchHosts_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchHostsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(FleetServiceServer).WatchHosts(m, &grpc.GenericServerStream[WatchHostsRequest, WatchHostsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FleetService_WatchHostsServer = grpc.ServerStreamingServer[WatchHostsResponse]
+
 func _FleetService_RetryHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RetryHostRequest)
 	if err := dec(in); err != nil {
@@ -262,6 +336,12 @@ var FleetService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _FleetService_RetryHost_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchHosts",
+			Handler:       _FleetService_WatchHosts_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "s2strust/v1/fleet_service.proto",
 }

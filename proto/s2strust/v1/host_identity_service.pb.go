@@ -228,9 +228,15 @@ func (x *RevokeHostResponse) GetAlreadyRevoked() bool {
 	return false
 }
 
-// ListHostIdentitiesRequest has no parameters.
+// ListHostIdentitiesRequest pages the host identities.
 type ListHostIdentitiesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many hosts per page: default 500, at most 1000 (larger
+	// values are treated as 1000); negative is refused.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; a token that does not
+	// decode is refused (INVALID_ARGUMENT naming page_token).
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -265,10 +271,26 @@ func (*ListHostIdentitiesRequest) Descriptor() ([]byte, []int) {
 	return file_s2strust_v1_host_identity_service_proto_rawDescGZIP(), []int{4}
 }
 
-// ListHostIdentitiesResponse lists hosts sorted by name.
+func (x *ListHostIdentitiesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListHostIdentitiesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListHostIdentitiesResponse is one page of hosts sorted by name.
 type ListHostIdentitiesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hosts         []*HostIdentity        `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Hosts []*HostIdentity        `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -308,6 +330,13 @@ func (x *ListHostIdentitiesResponse) GetHosts() []*HostIdentity {
 		return x.Hosts
 	}
 	return nil
+}
+
+func (x *ListHostIdentitiesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // HostIdentity is one host's identity as the controller last saw it.
@@ -424,10 +453,14 @@ const file_s2strust_v1_host_identity_service_proto_rawDesc = "" +
 	"\x12RevokeHostResponse\x129\n" +
 	"\n" +
 	"revoked_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12'\n" +
-	"\x0falready_revoked\x18\x02 \x01(\bR\x0ealreadyRevoked\"\x1b\n" +
-	"\x19ListHostIdentitiesRequest\"M\n" +
+	"\x0falready_revoked\x18\x02 \x01(\bR\x0ealreadyRevoked\"W\n" +
+	"\x19ListHostIdentitiesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"u\n" +
 	"\x1aListHostIdentitiesResponse\x12/\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x19.s2strust.v1.HostIdentityR\x05hosts\"\xa5\x02\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x19.s2strust.v1.HostIdentityR\x05hosts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa5\x02\n" +
 	"\fHostIdentity\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x127\n" +
 	"\tnot_after\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x16\n" +

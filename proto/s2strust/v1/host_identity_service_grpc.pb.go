@@ -42,7 +42,8 @@ type HostIdentityServiceClient interface {
 	// identity. Revoking a revoked host again is a no-op.
 	RevokeHost(ctx context.Context, in *RevokeHostRequest, opts ...grpc.CallOption) (*RevokeHostResponse, error)
 	// ListHostIdentities lists every host that holds or held an identity, or
-	// is in the topology, with its certificate's expiry. Read-only.
+	// is in the topology, with its certificate's expiry, sorted by host
+	// and paged (see ListHostIdentitiesRequest.page_size). Read-only.
 	ListHostIdentities(ctx context.Context, in *ListHostIdentitiesRequest, opts ...grpc.CallOption) (*ListHostIdentitiesResponse, error)
 }
 
@@ -102,7 +103,8 @@ type HostIdentityServiceServer interface {
 	// identity. Revoking a revoked host again is a no-op.
 	RevokeHost(context.Context, *RevokeHostRequest) (*RevokeHostResponse, error)
 	// ListHostIdentities lists every host that holds or held an identity, or
-	// is in the topology, with its certificate's expiry. Read-only.
+	// is in the topology, with its certificate's expiry, sorted by host
+	// and paged (see ListHostIdentitiesRequest.page_size). Read-only.
 	ListHostIdentities(context.Context, *ListHostIdentitiesRequest) (*ListHostIdentitiesResponse, error)
 	mustEmbedUnimplementedHostIdentityServiceServer()
 }

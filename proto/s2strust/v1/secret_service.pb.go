@@ -146,9 +146,15 @@ func (x *PutSecretResponse) GetChanged() bool {
 	return false
 }
 
-// ListSecretsRequest has no parameters.
+// ListSecretsRequest pages the secrets.
 type ListSecretsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many secrets per page: default 100, at most 1000 (larger
+	// values are treated as 1000); negative is refused.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; a token that does not
+	// decode is refused (INVALID_ARGUMENT naming page_token).
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -183,10 +189,26 @@ func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
 	return file_s2strust_v1_secret_service_proto_rawDescGZIP(), []int{2}
 }
 
-// ListSecretsResponse lists secrets, sorted by name.
+func (x *ListSecretsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSecretsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSecretsResponse is one page of secrets, sorted by name.
 type ListSecretsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Secrets       []*Secret              `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Secrets []*Secret              `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +248,13 @@ func (x *ListSecretsResponse) GetSecrets() []*Secret {
 		return x.Secrets
 	}
 	return nil
+}
+
+func (x *ListSecretsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // Secret describes a stored secret without its key material or password.
@@ -314,10 +343,14 @@ const file_s2strust_v1_secret_service_proto_rawDesc = "" +
 	"newVersion\"Z\n" +
 	"\x11PutSecretResponse\x12+\n" +
 	"\x06secret\x18\x01 \x01(\v2\x13.s2strust.v1.SecretR\x06secret\x12\x18\n" +
-	"\achanged\x18\x02 \x01(\bR\achanged\"\x14\n" +
-	"\x12ListSecretsRequest\"D\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"P\n" +
+	"\x12ListSecretsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"l\n" +
 	"\x13ListSecretsResponse\x12-\n" +
-	"\asecrets\x18\x01 \x03(\v2\x13.s2strust.v1.SecretR\asecrets\"\x8f\x01\n" +
+	"\asecrets\x18\x01 \x03(\v2\x13.s2strust.v1.SecretR\asecrets\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x8f\x01\n" +
 	"\x06Secret\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.s2strust.v1.CertificateInfoR\vcertificate\x12\x18\n" +

@@ -39,7 +39,8 @@ type SecretServiceClient interface {
 	// version and no host changes until a rotation or rollout uses it.
 	// Putting the newest version's PFX again is a no-op, so a retry is safe.
 	PutSecret(ctx context.Context, in *PutSecretRequest, opts ...grpc.CallOption) (*PutSecretResponse, error)
-	// ListSecrets describes every stored secret's certificate. Read-only.
+	// ListSecrets describes every stored secret's certificate, sorted by
+	// name and paged (see ListSecretsRequest.page_size). Read-only.
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
 }
 
@@ -87,7 +88,8 @@ type SecretServiceServer interface {
 	// version and no host changes until a rotation or rollout uses it.
 	// Putting the newest version's PFX again is a no-op, so a retry is safe.
 	PutSecret(context.Context, *PutSecretRequest) (*PutSecretResponse, error)
-	// ListSecrets describes every stored secret's certificate. Read-only.
+	// ListSecrets describes every stored secret's certificate, sorted by
+	// name and paged (see ListSecretsRequest.page_size). Read-only.
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }

@@ -658,9 +658,11 @@ func (x *SecretVersion) GetThumbprint() string {
 // ListTopologyRevisionsRequest pages through revisions.
 type ListTopologyRevisionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50, at most 1000; larger values are
+	// treated as 1000; negative is refused).
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// From a previous response's next_page_token.
+	// From a previous response's next_page_token (opaque); a token that
+	// does not decode is refused (INVALID_ARGUMENT naming page_token).
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
