@@ -236,7 +236,7 @@ func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 	before := f.received()
 	sessions := f.sessions()
 	cli := f.c.etcd()
-	snap, err := cli.Get(ctx, "/s2strust/hosts/", clientv3.WithPrefix())
+	snap, err := cli.Get(ctx, "/s2strust/host", clientv3.WithPrefix()) // hoststate/ and hostreport/
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +266,7 @@ func TestFleetAppliesVerifiesAndSurvivesRestarts(t *testing.T) {
 	// written only when they change.
 	cli = f.c.etcd()
 	defer cli.Close()
-	again, err := cli.Get(ctx, "/s2strust/hosts/", clientv3.WithPrefix())
+	again, err := cli.Get(ctx, "/s2strust/host", clientv3.WithPrefix()) // hoststate/ and hostreport/
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,7 +173,7 @@ func TestAFloodingAgentCannotStarveTheFleet(t *testing.T) {
 	// The newest report is stored in the end; the ones it replaced never were.
 	waitFor(t, waitTimeout, "the newest report to be stored", func() (bool, string) {
 		n := last.Load()
-		resp, err := cli.Get(ctx, "/s2strust/hosts/rogue-reports.contoso.com/report")
+		resp, err := cli.Get(ctx, "/s2strust/hostreport/rogue-reports.contoso.com")
 		if n == 0 || err != nil || len(resp.Kvs) == 0 {
 			return false, fmt.Sprint(err)
 		}
@@ -344,7 +344,7 @@ func TestOversizedAgentMessagesAreRefused(t *testing.T) {
 	// Nothing of it was stored.
 	cli := c.etcd()
 	defer cli.Close()
-	resp, err := cli.Get(context.Background(), "/s2strust/hosts/"+host+"/report")
+	resp, err := cli.Get(context.Background(), "/s2strust/hostreport/"+host)
 	if err != nil {
 		t.Fatal(err)
 	}

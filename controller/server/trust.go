@@ -64,32 +64,32 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// allReports reads every host's latest report and state in one range read.
+// allReports reads every host's latest report and state, in one
+// transaction of two range reads (one per prefix).
 func (s *FleetService) allReports(ctx context.Context) (map[string]*pb.StatusReport, map[string]*pb.Host, error) {
 	st := s.hub.cfg.Store
-	resp, err := st.Client().Get(ctx, st.Key("hosts/"), clientv3.WithPrefix())
+	resp, err := st.Client().Txn(ctx).Then(
+		clientv3.OpGet(st.HostReportPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(st.HostStatePrefix(), clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
 		return nil, nil, fmt.Errorf("read host reports: %w", err)
 	}
 	reports := map[string]*pb.StatusReport{}
 	states := map[string]*pb.Host{}
-	for _, kv := range resp.Kvs {
-		k := string(kv.Key)
-		switch {
-		case len(k) > len("/report") && k[len(k)-len("/report"):] == "/report":
-			r := &pb.StatusReport{}
-			if err := proto.Unmarshal(kv.Value, r); err != nil {
-				return nil, nil, fmt.Errorf("decode %s: %w", k, err)
-			}
-			host := k[len(st.Key("hosts/")) : len(k)-len("/report")]
-			reports[host] = r
-		case len(k) > len("/state") && k[len(k)-len("/state"):] == "/state":
-			h := &pb.Host{}
-			if err := proto.Unmarshal(kv.Value, h); err != nil {
-				return nil, nil, fmt.Errorf("decode %s: %w", k, err)
-			}
-			states[h.GetHost()] = h
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+		r := &pb.StatusReport{}
+		if err := proto.Unmarshal(kv.Value, r); err != nil {
+			return nil, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
+		reports[strings.TrimPrefix(string(kv.Key), st.HostReportPrefix())] = r
+	}
+	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+		h := &pb.Host{}
+		if err := proto.Unmarshal(kv.Value, h); err != nil {
+			return nil, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		states[strings.TrimPrefix(string(kv.Key), st.HostStatePrefix())] = h
 	}
 	return reports, states, nil
 }

@@ -44,6 +44,12 @@ func (h *Hub) follow(ctx context.Context) error {
 	if err := st.RepairHistory(ctx); err != nil {
 		return err
 	}
+	// Host state and reports of a controller before their split.
+	if n, err := st.MigrateHostLayout(ctx); err != nil {
+		return err
+	} else if n > 0 {
+		h.log.Info("moved host state and reports to their own key prefixes", "keys", n)
+	}
 	lease, err := st.Client().Grant(ctx, int64(h.cfg.PresenceTTL/time.Second))
 	if err != nil {
 		return fmt.Errorf("grant presence lease: %w", err)

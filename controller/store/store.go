@@ -8,10 +8,15 @@
 //	topology/rev/<%020d>      every stored revision, written after the current key
 //	secrets/<name>            the newest version of a secret (sealed PFX and password)
 //	secretversions/<name>/<%020d>  every version of a secret, the newest included
-//	hosts/<fqdn>/state        pb.Host (binary), written only when it changes
-//	hosts/<fqdn>/report       pb.StatusReport (binary), written only when it changes
+//	hoststate/<fqdn>          pb.Host (binary), written only when it changes
+//	hostreport/<fqdn>         pb.StatusReport (binary), written only when it changes
 //	primary/<deployment>      the host that applies deployment-scope items
 //	presence/<fqdn>           present while the host's agent has a stream; leased
+//
+// Host state and status reports live under separate prefixes, so that
+// listing hosts (a range over hoststate/) reads no report. Controllers
+// before that kept both under hosts/<fqdn>/state and hosts/<fqdn>/report:
+// MigrateHostLayout moves them, and the hub runs it before loading state.
 //
 // Versions are etcd revisions, so they only grow, also across controller
 // restarts and failovers; they order revisions internally. Operators see a
@@ -402,30 +407,138 @@ func (s *Store) GetProto(ctx context.Context, rel string, m proto.Message) (foun
 }
 
 // HostStateKey is the relative key of a host's state.
-func HostStateKey(host string) string { return "hosts/" + host + "/state" }
+func HostStateKey(host string) string { return "hoststate/" + host }
 
 // HostReportKey is the relative key of a host's latest status report.
-func HostReportKey(host string) string { return "hosts/" + host + "/report" }
+func HostReportKey(host string) string { return "hostreport/" + host }
 
-// HostStates reads every stored host state, by host.
+// HostStatePrefix is the full prefix of host state keys, for ranges and watches.
+func (s *Store) HostStatePrefix() string { return s.Key("hoststate/") }
+
+// HostReportPrefix is the full prefix of status report keys, for ranges and watches.
+func (s *Store) HostReportPrefix() string { return s.Key("hostreport/") }
+
+// HostStates reads every stored host state, by host (no report).
 func (s *Store) HostStates(ctx context.Context) (map[string]*pb.Host, error) {
-	resp, err := s.cli.Get(ctx, s.Key("hosts/"), clientv3.WithPrefix())
+	resp, err := s.cli.Get(ctx, s.HostStatePrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("read host states: %w", err)
 	}
-	out := make(map[string]*pb.Host)
+	out := make(map[string]*pb.Host, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		k := string(kv.Key)
-		if !strings.HasSuffix(k, "/state") {
-			continue
-		}
 		h := &pb.Host{}
 		if err := proto.Unmarshal(kv.Value, h); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", k, err)
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
-		out[h.GetHost()] = h
+		out[strings.TrimPrefix(string(kv.Key), s.HostStatePrefix())] = h
 	}
 	return out, nil
+}
+
+// HostStatesFrom reads up to limit stored host states of hosts at or after
+// from (by name), with the etcd revision of the read. A page of the fleet
+// view reads only its own hosts' states.
+func (s *Store) HostStatesFrom(ctx context.Context, from string, limit int) (map[string]*pb.Host, int64, error) {
+	p := s.HostStatePrefix()
+	resp, err := s.cli.Get(ctx, p+from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(p)), clientv3.WithLimit(int64(limit)))
+	if err != nil {
+		return nil, 0, fmt.Errorf("read host states: %w", err)
+	}
+	out := make(map[string]*pb.Host, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		h := &pb.Host{}
+		if err := proto.Unmarshal(kv.Value, h); err != nil {
+			return nil, 0, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out[strings.TrimPrefix(string(kv.Key), p)] = h
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// HostRecord reads one host's state and latest report in one etcd round
+// trip; either is nil when absent.
+func (s *Store) HostRecord(ctx context.Context, host string) (*pb.Host, *pb.StatusReport, error) {
+	resp, err := s.cli.Txn(ctx).Then(clientv3.OpGet(s.Key(HostStateKey(host))), clientv3.OpGet(s.Key(HostReportKey(host)))).Commit()
+	if err != nil {
+		return nil, nil, fmt.Errorf("read host %s: %w", host, err)
+	}
+	var st *pb.Host
+	var rep *pb.StatusReport
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
+		st = &pb.Host{}
+		if err := proto.Unmarshal(kvs[0].Value, st); err != nil {
+			return nil, nil, fmt.Errorf("decode %s: %w", kvs[0].Key, err)
+		}
+	}
+	if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) == 1 {
+		rep = &pb.StatusReport{}
+		if err := proto.Unmarshal(kvs[0].Value, rep); err != nil {
+			return nil, nil, fmt.Errorf("decode %s: %w", kvs[0].Key, err)
+		}
+	}
+	return st, rep, nil
+}
+
+// legacyHostsPrefix is where controllers before the split kept host state
+// and reports: hosts/<fqdn>/state and hosts/<fqdn>/report.
+const legacyHostsPrefix = "hosts/"
+
+// migrateBatch keys move per transaction (two operations each, within
+// etcd's default limit of 128 operations per transaction).
+const migrateBatch = 60
+
+// MigrateHostLayout moves host state and reports from the layout before
+// the split (hosts/<fqdn>/state, hosts/<fqdn>/report) to hoststate/<fqdn>
+// and hostreport/<fqdn>, and returns how many keys it moved. A key already
+// in the new layout is newer (written by a controller that has the split)
+// and wins; the old one is deleted. Each move is conditioned on the old
+// key being unchanged, so a write by an old replica meanwhile is moved by
+// the next run rather than lost. Safe to run concurrently and again: with
+// nothing left it costs one count-only read.
+func (s *Store) MigrateHostLayout(ctx context.Context) (int, error) {
+	old := s.Key(legacyHostsPrefix)
+	moved, raced := 0, 0
+	for {
+		resp, err := s.cli.Get(ctx, old, clientv3.WithPrefix(), clientv3.WithLimit(migrateBatch))
+		if err != nil {
+			return moved, fmt.Errorf("read host keys of the old layout: %w", err)
+		}
+		if len(resp.Kvs) == 0 {
+			return moved, nil
+		}
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, kv := range resp.Kvs {
+			rel := strings.TrimPrefix(string(kv.Key), old)
+			var next string
+			switch host, kind, _ := strings.Cut(rel, "/"); kind {
+			case "state":
+				next = s.Key(HostStateKey(host))
+			case "report":
+				next = s.Key(HostReportKey(host))
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
+			ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+			if next != "" { // anything else under hosts/ was never written by s2strust: dropped
+				ops = append(ops, clientv3.OpTxn(
+					[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(next), "=", 0)},
+					[]clientv3.Op{clientv3.OpPut(next, string(kv.Value))}, nil))
+			}
+		}
+		tr, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return moved, fmt.Errorf("move host keys to the new layout: %w", s.writeErr(err))
+		}
+		if tr.Succeeded {
+			moved, raced = moved+len(resp.Kvs), 0
+			continue
+		}
+		// An old replica rewrote one of them: read the batch again, a
+		// bounded number of times in a row.
+		if raced++; raced == 10 {
+			return moved, fmt.Errorf("move host keys to the new layout: rewritten concurrently %d times in a row (a controller of an older version still running?): %w", raced, ErrConflict)
+		}
+	}
 }
 
 // Primaries reads the primary host of every deployment.
