@@ -38,10 +38,12 @@ func NewFleetService(hub *Hub) *FleetService {
 
 // Page sizes of the fleet's lists (see the proto).
 const (
-	defaultHostPage  = 500
-	maxHostPage      = 1000
-	defaultTrustPage = 100
-	maxTrustPage     = 1000
+	defaultHostPage     = 500
+	maxHostPage         = 1000
+	defaultFullHostPage = 100 // with status reports
+	maxFullHostPage     = 200
+	defaultTrustPage    = 100
+	maxTrustPage        = 1000
 )
 
 // HostName is a host's resource name, "hosts/{fqdn}".
@@ -105,7 +107,11 @@ func sortedHosts(snap snapshot, deployment string) []string {
 
 // ListHosts implements the RPC; see the proto for its contract.
 func (s *FleetService) ListHosts(ctx context.Context, req *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	full := req.GetView() == pb.HostView_HOST_VIEW_FULL
 	size, err := pagetoken.Size(req.GetPageSize(), defaultHostPage, maxHostPage)
+	if full {
+		size, err = pagetoken.Size(req.GetPageSize(), defaultFullHostPage, maxFullHostPage)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +141,10 @@ func (s *FleetService) ListHosts(ctx context.Context, req *pb.ListHostsRequest) 
 	var states map[string]*pb.Host
 	stale, err := s.fromStore(ctx, func(ctx context.Context) error {
 		var err error
-		states, err = s.statesOf(ctx, page, req.GetDeployment() == "")
+		if states, err = s.statesOf(ctx, page, req.GetDeployment() == ""); err != nil || !full {
+			return err
+		}
+		resp.Statuses, err = s.reportsOf(ctx, page, req.GetDeployment() == "")
 		return err
 	})
 	if err != nil {
@@ -143,6 +152,18 @@ func (s *FleetService) ListHosts(ctx context.Context, req *pb.ListHostsRequest) 
 	}
 	if stale != nil {
 		states, resp.Stale = s.hub.view.statesOf(page), stale
+		if full {
+			resp.Statuses = map[string]*pb.StatusReport{}
+			for _, h := range page {
+				r, err := s.hub.view.report(h)
+				if err != nil {
+					return nil, err
+				}
+				if r != nil {
+					resp.Statuses[h] = r
+				}
+			}
+		}
 	}
 	seq := s.sequencer(ctx, snap, stale != nil)
 	now := s.hub.cfg.Now()
@@ -164,6 +185,22 @@ func (s *FleetService) statesOf(ctx context.Context, hosts []string, contiguous 
 		return st.HostStatesBetween(ctx, hosts[0], hosts[len(hosts)-1])
 	}
 	return st.HostStatesOf(ctx, hosts)
+}
+
+// reportsOf is statesOf for status reports.
+func (s *FleetService) reportsOf(ctx context.Context, hosts []string, contiguous bool) (map[string]*pb.StatusReport, error) {
+	st := s.hub.cfg.Store
+	if !contiguous {
+		return st.HostReportsOf(ctx, hosts)
+	}
+	out, err := st.HostReportsBetween(ctx, hosts[0], hosts[len(hosts)-1])
+	for h := range out {
+		// Reports of hosts no longer in the topology stay stored.
+		if _, in := slices.BinarySearch(hosts, h); !in {
+			delete(out, h)
+		}
+	}
+	return out, err
 }
 
 // GetHost implements the RPC; see the proto for its contract.

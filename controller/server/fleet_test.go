@@ -487,3 +487,45 @@ func TestBoundEdge(t *testing.T) {
 		t.Errorf("last problem %q does not count the rest", last)
 	}
 }
+
+// HOST_VIEW_FULL pages carry each host's report, and only their own
+// hosts' reports.
+func TestListHostsFullView(t *testing.T) {
+	f := startFleet(t, func(ctx context.Context, st *store.Store) {
+		// A host no longer in the topology, between two that are.
+		if err := st.PutProto(ctx, store.HostReportKey("ex01a.contoso.com"), &pb.StatusReport{AppliedVersion: 9}); err != nil {
+			t.Fatal(err)
+		}
+		for i, h := range contosoHosts {
+			if err := st.PutProto(ctx, store.HostReportKey(h), &pb.StatusReport{AppliedVersion: uint64(i + 1)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	for _, dep := range []string{"", "exchange"} {
+		req := &pb.ListHostsRequest{Deployment: dep, View: pb.HostView_HOST_VIEW_FULL, PageSize: 2}
+		got := map[string]uint64{}
+		for {
+			resp, err := f.fleet.ListHosts(callCtx(t), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.GetStatuses()) != len(resp.GetHosts()) {
+				t.Errorf("deployment %q: %d reports for %v", dep, len(resp.GetStatuses()), hostNames(resp.GetHosts()))
+			}
+			for h, r := range resp.GetStatuses() {
+				got[h] = r.GetAppliedVersion()
+			}
+			if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
+		}
+		want := map[string]uint64{"ex01.contoso.com": 1, "ex02.contoso.com": 2}
+		if dep == "" {
+			want["fe01.contoso.com"], want["fe02.contoso.com"], want["sp01.contoso.com"] = 3, 4, 5
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("deployment %q: reports %v, want %v", dep, got, want)
+		}
+	}
+}

@@ -441,30 +441,47 @@ func (s *Store) HostStates(ctx context.Context) (map[string]*pb.Host, error) {
 // last (by name, both included) in one range read. A page of the fleet
 // view reads only its own hosts' states.
 func (s *Store) HostStatesBetween(ctx context.Context, first, last string) (map[string]*pb.Host, error) {
-	p := s.HostStatePrefix()
-	resp, err := s.cli.Get(ctx, p+first, clientv3.WithRange(p+last+"\x00"))
-	if err != nil {
-		return nil, fmt.Errorf("read host states: %w", err)
-	}
-	return decodeStates(p, resp.Kvs)
+	return between(ctx, s, s.HostStatePrefix(), first, last, func() *pb.Host { return &pb.Host{} })
 }
 
 // HostStatesOf reads the stored states of the given hosts, one Get each,
 // in transactions of at most 100.
 func (s *Store) HostStatesOf(ctx context.Context, hosts []string) (map[string]*pb.Host, error) {
-	out := make(map[string]*pb.Host, len(hosts))
+	return of(ctx, s, s.HostStatePrefix(), hosts, func() *pb.Host { return &pb.Host{} })
+}
+
+// HostReportsBetween is HostStatesBetween for status reports.
+func (s *Store) HostReportsBetween(ctx context.Context, first, last string) (map[string]*pb.StatusReport, error) {
+	return between(ctx, s, s.HostReportPrefix(), first, last, func() *pb.StatusReport { return &pb.StatusReport{} })
+}
+
+// HostReportsOf is HostStatesOf for status reports.
+func (s *Store) HostReportsOf(ctx context.Context, hosts []string) (map[string]*pb.StatusReport, error) {
+	return of(ctx, s, s.HostReportPrefix(), hosts, func() *pb.StatusReport { return &pb.StatusReport{} })
+}
+
+func between[M proto.Message](ctx context.Context, s *Store, prefix, first, last string, mk func() M) (map[string]M, error) {
+	resp, err := s.cli.Get(ctx, prefix+first, clientv3.WithRange(prefix+last+"\x00"))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", strings.TrimPrefix(prefix, s.prefix), err)
+	}
+	return decodeAll(prefix, resp.Kvs, mk)
+}
+
+func of[M proto.Message](ctx context.Context, s *Store, prefix string, hosts []string, mk func() M) (map[string]M, error) {
+	out := make(map[string]M, len(hosts))
 	for len(hosts) > 0 {
 		n := min(len(hosts), 100)
 		ops := make([]clientv3.Op, n)
 		for i, h := range hosts[:n] {
-			ops[i] = clientv3.OpGet(s.Key(HostStateKey(h)))
+			ops[i] = clientv3.OpGet(prefix + h)
 		}
 		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
-			return nil, fmt.Errorf("read host states: %w", err)
+			return nil, fmt.Errorf("read %s: %w", strings.TrimPrefix(prefix, s.prefix), err)
 		}
 		for _, r := range resp.Responses {
-			m, err := decodeStates(s.HostStatePrefix(), r.GetResponseRange().GetKvs())
+			m, err := decodeAll(prefix, r.GetResponseRange().GetKvs(), mk)
 			if err != nil {
 				return nil, err
 			}
@@ -475,14 +492,14 @@ func (s *Store) HostStatesOf(ctx context.Context, hosts []string) (map[string]*p
 	return out, nil
 }
 
-func decodeStates(prefix string, kvs []*mvccpb.KeyValue) (map[string]*pb.Host, error) {
-	out := make(map[string]*pb.Host, len(kvs))
+func decodeAll[M proto.Message](prefix string, kvs []*mvccpb.KeyValue, mk func() M) (map[string]M, error) {
+	out := make(map[string]M, len(kvs))
 	for _, kv := range kvs {
-		h := &pb.Host{}
-		if err := proto.Unmarshal(kv.Value, h); err != nil {
+		m := mk()
+		if err := proto.Unmarshal(kv.Value, m); err != nil {
 			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
-		out[strings.TrimPrefix(string(kv.Key), prefix)] = h
+		out[strings.TrimPrefix(string(kv.Key), prefix)] = m
 	}
 	return out, nil
 }
