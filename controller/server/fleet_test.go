@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -21,8 +22,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/etcdembed"
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
+	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -527,5 +530,114 @@ func TestListHostsFullView(t *testing.T) {
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("deployment %q: reports %v, want %v", dep, got, want)
 		}
+	}
+}
+
+// ListHostIdentities pages the union of identities, revocations and the
+// topology's hosts in name order, whichever source a host comes from.
+func TestListHostIdentitiesPages(t *testing.T) {
+	f := startFleet(t, func(ctx context.Context, st *store.Store) {
+		// Identities of hosts outside the topology, sorting after and
+		// before its hosts, and a revoked one.
+		for _, h := range []string{"aa.contoso.com", "zz1.contoso.com", "zz2.contoso.com"} {
+			if _, err := st.Client().Put(ctx, st.Key("identities/"+h), `{"serial":"01"}`); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := st.Client().Put(ctx, st.Key("revoked/fe015.contoso.com"), `{}`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ids, _, err := NewIdentities(callCtx(t), f.st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := NewHostIdentityService(ids, f.hub, nil, 0)
+	want := append([]string{"aa.contoso.com"}, contosoHosts...)
+	want = append(want, "fe015.contoso.com", "zz1.contoso.com", "zz2.contoso.com")
+	slices.Sort(want)
+	for _, size := range []int32{1, 2, 3, 0} {
+		var got []string
+		req := &pb.ListHostIdentitiesRequest{PageSize: size}
+		for pages := 0; ; pages++ {
+			resp, err := svc.ListHostIdentities(callCtx(t), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if size > 0 && len(resp.GetHosts()) > int(size) || pages > 20 {
+				t.Fatalf("page size %d: page %d holds %d", size, pages, len(resp.GetHosts()))
+			}
+			for _, h := range resp.GetHosts() {
+				got = append(got, h.GetHost())
+			}
+			if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("page size %d: %v, want %v", size, got, want)
+		}
+	}
+	if _, err := svc.ListHostIdentities(callCtx(t), &pb.ListHostIdentitiesRequest{PageToken: "zz1.contoso.com"}); err == nil {
+		t.Error("a host name as page token was accepted")
+	}
+}
+
+// Revisions and the audit trail page with opaque tokens; the numbers
+// their tokens were before are refused naming page_token.
+func TestRevisionAndAuditTokens(t *testing.T) {
+	f := startFleet(t, nil)
+	ctx := callCtx(t)
+	for i := range 3 {
+		doc := strings.Replace(string(examples.Contoso), "name: contoso", fmt.Sprintf("name: contoso%d", i), 1)
+		if _, _, err := f.st.PutTopology(ctx, "contoso", []byte(doc), "test", time.Now(), nil, []byte(`{"kind":"topology","who":"test"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	topo := NewTopologyService(f.hub, nil)
+	var seqs []uint64
+	req := &pb.ListTopologyRevisionsRequest{PageSize: 1}
+	for {
+		resp, err := topo.ListTopologyRevisions(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.GetRevisions() {
+			seqs = append(seqs, r.GetSequence())
+		}
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" || len(seqs) > 10 {
+			break
+		}
+	}
+	if fmt.Sprint(seqs) != "[4 3 2 1]" {
+		t.Errorf("revisions paged: %v, want [4 3 2 1]", seqs)
+	}
+	audit := NewAuditService(f.st)
+	n := 0
+	areq := &pb.ListAuditRecordsRequest{PageSize: 2}
+	for pages := 0; pages < 10; pages++ {
+		resp, err := audit.ListAuditRecords(ctx, areq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(resp.GetRecords())
+		if areq.PageToken = resp.GetNextPageToken(); areq.PageToken == "" {
+			break
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d audit records paged, want 3", n)
+	}
+	var te *topology.Error
+	if _, err := topo.ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{PageToken: "12"}); !errors.As(err, &te) || te.Violations[0].Field != "page_token" {
+		t.Errorf("numeric revisions token: %v", err)
+	}
+	if _, err := audit.ListAuditRecords(ctx, &pb.ListAuditRecordsRequest{PageToken: "12"}); !errors.As(err, &te) || te.Violations[0].Field != "page_token" {
+		t.Errorf("numeric audit token: %v", err)
+	}
+	// A token of one list is not one of another.
+	tok := pagetoken.Encode("ListAuditRecords", "5")
+	if _, err := topo.ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{PageToken: tok}); !errors.As(err, &te) || !strings.Contains(err.Error(), "another list") {
+		t.Errorf("audit token for revisions: %v", err)
 	}
 }
