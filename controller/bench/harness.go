@@ -16,10 +16,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -272,20 +271,16 @@ func (h *harness) waitFleet(ctx context.Context, timeout time.Duration) (int, er
 
 func (h *harness) hostsCurrent(ctx context.Context) (int, error) {
 	var hosts []*pb.Host
-	resp, err := h.hostsvc.ListHosts(ctx, &pb.ListHostsRequest{})
-	switch {
-	case err == nil:
-		hosts = resp.GetHosts()
-	case status.Code(err) == codes.ResourceExhausted:
-		// Too large for one message: ask deployment by deployment.
-		for d := range h.layout.deployments {
-			r, err := h.hostsvc.ListHosts(ctx, &pb.ListHostsRequest{Deployment: fmt.Sprintf("ex%04d", d)})
-			if err != nil {
-				return 0, err
-			}
-			hosts = append(hosts, r.GetHosts()...)
+	// Paged: a page holds at most 1000 hosts.
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		resp, err := h.hostsvc.ListHosts(ctx, &pb.ListHostsRequest{PageSize: 1000, PageToken: token})
+		if err != nil {
+			return "", err
 		}
-	default:
+		hosts = append(hosts, resp.GetHosts()...)
+		return resp.GetNextPageToken(), nil
+	})
+	if err != nil {
 		return 0, err
 	}
 	n := 0

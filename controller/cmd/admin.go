@@ -252,10 +252,11 @@ func newGet(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewFleetServiceClient(conn).ListHosts(ctx, &pb.ListHostsRequest{})
+				resp, err := listHosts(ctx, pb.NewFleetServiceClient(conn), &pb.ListHostsRequest{})
 				if err != nil {
 					return rpcError("list hosts", err)
 				}
+				warnStale(cmd.ErrOrStderr(), resp.GetStale())
 				switch hostsOut {
 				case "json":
 					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
@@ -300,27 +301,34 @@ const (
 )
 
 func newStatus(g *globals) *cobra.Command {
-	var trust, plan bool
+	var trust, plan, watch bool
 	var host string
 	c := &cobra.Command{
 		Use:   "status",
 		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if watch {
+				if trust || plan {
+					return errors.New("-w follows the hosts: it takes neither --trust nor --plan")
+				}
+				return g.watchStatus(cmd, host)
+			}
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				fleet := pb.NewFleetServiceClient(conn)
 				if trust && (plan || host != "") {
 					return errors.New("--trust shows every edge: it takes neither --plan nor --host")
 				}
 				if trust {
-					rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+					rep, err := trustReport(ctx, fleet)
 					if err != nil {
 						return rpcError("trust report", err)
 					}
-					hosts, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+					hosts, err := listHosts(ctx, fleet, &pb.ListHostsRequest{})
 					if err != nil {
 						return rpcError("list hosts", err)
 					}
+					warnStale(cmd.ErrOrStderr(), stalest(rep.GetStale(), hosts.GetStale()))
 					printTrust(g.out, rep.GetEdges())
 					printDrift(g.out, hosts.GetHosts())
 					fmt.Fprintln(g.out)
@@ -342,10 +350,12 @@ func newStatus(g *globals) *cobra.Command {
 					return nil
 				}
 				printStatus(g.out, details)
-				rep, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+				rep, err := trustReport(ctx, fleet)
 				if err != nil {
 					return rpcError("trust report", err)
 				}
+				// Built from the same view as the hosts: stale when they are.
+				warnStale(cmd.ErrOrStderr(), rep.GetStale())
 				printExpiryWarnings(g.out, rep.GetRealms())
 				hosts := make([]*pb.Host, 0, len(details))
 				for _, d := range details {
@@ -369,5 +379,6 @@ Exits %d when a trust edge is not working (--trust), %d when a host has drift th
 	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
 	c.Flags().BoolVar(&plan, "plan", false, "per host, the operations its agent would execute (monitor mode) or last executed")
 	c.Flags().StringVar(&host, "host", "", "show this host only")
+	c.Flags().BoolVarP(&watch, "watch", "w", false, "follow the hosts live (WatchHosts): the table, then each change, until interrupted")
 	return c
 }

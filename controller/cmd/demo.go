@@ -345,7 +345,7 @@ func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.
 	defer tick.Stop()
 	for {
 		var failing []string
-		resp, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+		resp, err := trustReport(ctx, fleet)
 		if err == nil {
 			for _, e := range resp.GetEdges() {
 				if !e.GetOk() {
@@ -380,7 +380,7 @@ func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64,
 	var last []string
 	lastChange := time.Now()
 	for {
-		resp, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+		resp, err := listHosts(ctx, fleet, &pb.ListHostsRequest{})
 		if err == nil {
 			var now []string
 			allNacked := true

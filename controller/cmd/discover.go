@@ -101,7 +101,7 @@ func gatherEstate(ctx context.Context, conn *grpc.ClientConn) (*topology.Topolog
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	sec, err := pb.NewSecretServiceClient(conn).ListSecrets(ctx, &pb.ListSecretsRequest{})
+	sec, err := listSecrets(ctx, pb.NewSecretServiceClient(conn))
 	if err != nil {
 		return nil, nil, nil, rpcError("list secrets", err)
 	}

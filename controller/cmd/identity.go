@@ -195,7 +195,7 @@ func newHost(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewHostIdentityServiceClient(conn).ListHostIdentities(ctx, &pb.ListHostIdentitiesRequest{})
+				resp, err := listHostIdentities(ctx, pb.NewHostIdentityServiceClient(conn))
 				if err != nil {
 					return rpcError("list host identities", err)
 				}

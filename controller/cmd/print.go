@@ -133,23 +133,20 @@ type hostDetail struct {
 func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient, host string) ([]hostDetail, error) {
 	if host != "" {
 		host = strings.ToLower(strings.TrimSpace(host))
-		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Host: host})
+		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Name: "hosts/" + host})
 		if err != nil {
 			return nil, rpcError("get host "+host, err)
 		}
 		return []hostDetail{{host: d.GetHost(), report: d.GetStatus()}}, nil
 	}
-	list, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+	// One paged listing with the reports, not one GetHost per host.
+	list, err := listHosts(ctx, fleet, &pb.ListHostsRequest{View: pb.HostView_HOST_VIEW_FULL})
 	if err != nil {
 		return nil, rpcError("list hosts", err)
 	}
 	out := make([]hostDetail, 0, len(list.GetHosts()))
 	for _, h := range list.GetHosts() {
-		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Host: h.GetHost()})
-		if err != nil {
-			return nil, rpcError("get host "+h.GetHost(), err)
-		}
-		out = append(out, hostDetail{host: d.GetHost(), report: d.GetStatus()})
+		out = append(out, hostDetail{host: h, report: list.GetStatuses()[h.GetHost()]})
 	}
 	return out, nil
 }

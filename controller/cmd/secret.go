@@ -99,7 +99,7 @@ topology revision records the secret versions it was applied with (get revisions
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewSecretServiceClient(conn).ListSecrets(ctx, &pb.ListSecretsRequest{})
+				resp, err := listSecrets(ctx, pb.NewSecretServiceClient(conn))
 				if err != nil {
 					return rpcError("list secrets", err)
 				}

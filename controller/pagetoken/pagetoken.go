@@ -8,8 +8,10 @@ package pagetoken
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"fmt"
 	"strconv"
 
 	"github.com/s2strust/s2strust/internal/topology"
@@ -77,4 +79,27 @@ func Size(n int32, def, max int) (int, error) {
 // violation.
 func Invalid(field, value, want string) error {
 	return &topology.Error{Violations: []topology.FieldViolation{{Field: field, Value: value, Description: want}}}
+}
+
+// All walks a paged List from the first page: it calls page with "" and
+// then with each next_page_token page returns, until one returns "". A
+// token returned twice (a server that does not advance) ends it with an
+// error instead of a loop.
+func All(ctx context.Context, page func(ctx context.Context, token string) (next string, err error)) error {
+	seen := map[string]bool{}
+	token := ""
+	for {
+		next, err := page(ctx, token)
+		if err != nil {
+			return err
+		}
+		if next == "" {
+			return nil
+		}
+		if seen[next] {
+			return fmt.Errorf("the server returned page token %q twice: the listing does not advance", next)
+		}
+		seen[next] = true
+		token = next
+	}
 }

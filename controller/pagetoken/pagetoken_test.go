@@ -1,6 +1,7 @@
 package pagetoken
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -75,4 +76,25 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Decode(%q, %q) = %q, which encodes to %q", kind, tok, c, Encode(kind, c))
 		}
 	})
+}
+
+func TestAll(t *testing.T) {
+	pages := map[string]string{"": "a", "a": "b", "b": ""}
+	var got []string
+	err := All(context.Background(), func(_ context.Context, tok string) (string, error) {
+		got = append(got, tok)
+		return pages[tok], nil
+	})
+	if err != nil || strings.Join(got, ",") != ",a,b" {
+		t.Errorf("All asked for %q (%v), want the three pages", got, err)
+	}
+	n := 0
+	err = All(context.Background(), func(context.Context, string) (string, error) { n++; return "same", nil })
+	if err == nil || n != 2 {
+		t.Errorf("a token returned twice: %d calls, %v", n, err)
+	}
+	boom := errors.New("boom")
+	if err := All(context.Background(), func(context.Context, string) (string, error) { return "", boom }); !errors.Is(err, boom) {
+		t.Errorf("error of a page: %v", err)
+	}
 }

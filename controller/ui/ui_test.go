@@ -29,8 +29,12 @@ type fakeFleet struct {
 	err     error
 }
 
-func (f *fakeFleet) ListHosts(context.Context, *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
-	return &pb.ListHostsResponse{Hosts: f.hosts}, f.err
+func (f *fakeFleet) ListHosts(_ context.Context, r *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	resp := &pb.ListHostsResponse{Hosts: f.hosts}
+	if r.GetView() == pb.HostView_HOST_VIEW_FULL {
+		resp.Statuses = f.reports
+	}
+	return resp, f.err
 }
 
 func (f *fakeFleet) GetHost(_ context.Context, r *pb.GetHostRequest) (*pb.GetHostResponse, error) {

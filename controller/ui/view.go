@@ -3,11 +3,13 @@ package ui
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -122,18 +124,41 @@ type certRow struct {
 	Hosts []string `json:"hosts"`
 }
 
-// maxReports bounds the status reports one poll reads: GetHost is one
-// call per host. Beyond it the hosts table shows no report age.
+// maxReports bounds the status reports one poll reads (the first pages
+// of ListHosts ask for them, HOST_VIEW_FULL; the rest do not). Beyond it
+// the hosts table shows no report age.
 const maxReports = 500
 
 // buildView asks the fleet service for hosts, their reports and the trust
 // report, and shapes them for the page.
 func buildView(ctx context.Context, fleet Fleet, rollouts Rollouts, now time.Time) (*view, error) {
-	hosts, err := fleet.ListHosts(ctx, &pb.ListHostsRequest{})
+	hosts := &pb.ListHostsResponse{Statuses: map[string]*pb.StatusReport{}}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		req := &pb.ListHostsRequest{PageToken: token}
+		if len(hosts.Hosts) < maxReports {
+			req.View, req.PageSize = pb.HostView_HOST_VIEW_FULL, int32(maxReports-len(hosts.Hosts))
+		}
+		resp, err := fleet.ListHosts(ctx, req)
+		if err != nil {
+			return "", err
+		}
+		hosts.Hosts = append(hosts.Hosts, resp.GetHosts()...)
+		maps.Copy(hosts.Statuses, resp.GetStatuses())
+		return resp.GetNextPageToken(), nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
-	trust, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+	trust := &pb.GetTrustReportResponse{}
+	err = pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		resp, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		trust.Edges = append(trust.Edges, resp.GetEdges()...)
+		trust.Realms = append(trust.Realms, resp.GetRealms()...)
+		return resp.GetNextPageToken(), nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("get the trust report: %w", err)
 	}
@@ -163,8 +188,7 @@ func buildView(ctx context.Context, fleet Fleet, rollouts Rollouts, now time.Tim
 		row := hostRow(h)
 		if i >= maxReports {
 			v.ReportsOmitted++
-		} else if got, err := fleet.GetHost(ctx, &pb.GetHostRequest{Host: h.GetHost()}); err == nil && got.GetStatus() != nil {
-			rep := got.GetStatus()
+		} else if rep := hosts.GetStatuses()[h.GetHost()]; rep != nil {
 			row.ReportClock = timeOf(rep.GetClock())
 			row.Monitor = rep.GetMonitor()
 			if c := rep.GetIssuerCertificate(); c.GetThumbprint() != "" {

@@ -1,0 +1,101 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/s2strust/s2strust/controller/pagetoken"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// The commands read whole lists: these walk every page of one List RPC
+// (pagetoken.All) and return one response as if it had come in one page.
+
+// listHosts returns every host req selects (its page_token ignored), with
+// their reports for HOST_VIEW_FULL; stale is the stalest page's mark.
+func listHosts(ctx context.Context, fleet pb.FleetServiceClient, req *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	out := &pb.ListHostsResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		r := &pb.ListHostsRequest{Deployment: req.GetDeployment(), PageSize: req.GetPageSize(), View: req.GetView(), PageToken: token}
+		resp, err := fleet.ListHosts(ctx, r)
+		if err != nil {
+			return "", err
+		}
+		out.Hosts = append(out.Hosts, resp.GetHosts()...)
+		for h, s := range resp.GetStatuses() {
+			if out.Statuses == nil {
+				out.Statuses = map[string]*pb.StatusReport{}
+			}
+			out.Statuses[h] = s
+		}
+		out.Stale = stalest(out.Stale, resp.GetStale())
+		return resp.GetNextPageToken(), nil
+	})
+	return out, err
+}
+
+// trustReport returns every edge of the trust report, with the realms
+// of its first page.
+func trustReport(ctx context.Context, fleet pb.FleetServiceClient) (*pb.GetTrustReportResponse, error) {
+	out := &pb.GetTrustReportResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		resp, err := fleet.GetTrustReport(ctx, &pb.GetTrustReportRequest{PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		out.Edges = append(out.Edges, resp.GetEdges()...)
+		out.Realms = append(out.Realms, resp.GetRealms()...)
+		out.Stale = stalest(out.Stale, resp.GetStale())
+		return resp.GetNextPageToken(), nil
+	})
+	return out, err
+}
+
+// listSecrets returns every stored secret.
+func listSecrets(ctx context.Context, c pb.SecretServiceClient) (*pb.ListSecretsResponse, error) {
+	out := &pb.ListSecretsResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		resp, err := c.ListSecrets(ctx, &pb.ListSecretsRequest{PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		out.Secrets = append(out.Secrets, resp.GetSecrets()...)
+		return resp.GetNextPageToken(), nil
+	})
+	return out, err
+}
+
+// listHostIdentities returns every host identity.
+func listHostIdentities(ctx context.Context, c pb.HostIdentityServiceClient) (*pb.ListHostIdentitiesResponse, error) {
+	out := &pb.ListHostIdentitiesResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		resp, err := c.ListHostIdentities(ctx, &pb.ListHostIdentitiesRequest{PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		out.Hosts = append(out.Hosts, resp.GetHosts()...)
+		return resp.GetNextPageToken(), nil
+	})
+	return out, err
+}
+
+// stalest is the older of two stale marks (nil: fresh).
+func stalest(a, b *pb.Staleness) *pb.Staleness {
+	if a == nil || (b != nil && b.GetAgeMs() > a.GetAgeMs()) {
+		return b
+	}
+	return a
+}
+
+// warnStale says, when an answer came from the controller's last view
+// because etcd did not answer, how old that view is and why.
+func warnStale(w io.Writer, st *pb.Staleness) {
+	if st == nil {
+		return
+	}
+	age := (time.Duration(st.GetAgeMs()) * time.Millisecond).Round(time.Second)
+	fmt.Fprintf(w, "WARNING: STALE: etcd did not answer (%s); this is the controller's last view, as of %s (%s old)\n",
+		safe(st.GetReason()), st.GetAsOf().AsTime().Local().Format(time.DateTime), age)
+}

@@ -1,0 +1,88 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// status -w against a real controller: the table of every host, then the
+// host whose agent connects, until interrupted (no error then).
+func TestStatusWatch(t *testing.T) {
+	dir := t.TempDir()
+	startController(t, dir)
+	iss := newIssuer(t, "pfx-Passw0rd", "contoso.com", "fabrikam.com")
+	mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
+	mustRun(t, dir, "apply", "-f", contosoFile(t))
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out syncBuffer
+	root := NewRoot(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"--data-dir", dir, "status", "-w"})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	waitFor(t, "the hosts table", func() (bool, string) {
+		s := out.String()
+		return strings.Contains(s, "5 hosts: 0 connected") && strings.Contains(s, "sp01.contoso.com"), s
+	})
+	reportAs(t, dir, "sp01.contoso.com", &pb.StatusReport{})
+	waitFor(t, "sp01's change", func() (bool, string) {
+		s := out.String()
+		_, after, ok := strings.Cut(s, "changed:")
+		return ok && strings.Contains(after, "sp01.contoso.com"), s
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("status -w interrupted: %v, want no error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("status -w did not end when interrupted")
+	}
+	if _, after, _ := strings.Cut(out.String(), "changed:"); strings.Contains(after, "ex01.contoso.com") {
+		t.Errorf("a host that did not change was shown again:\n%s", out.String())
+	}
+}
+
+// followHosts warns once when the view turns stale and says when it is
+// current again; --host keeps one host.
+func TestFollowHostsStale(t *testing.T) {
+	msgs := []*pb.WatchHostsResponse{
+		{Hosts: []*pb.Host{{Host: "a.contoso.com"}, {Host: "b.contoso.com"}}, InitialComplete: true},
+		{Hosts: []*pb.Host{{Host: "b.contoso.com", Connected: true}}, Stale: &pb.Staleness{AsOf: timestamppb.Now(), AgeMs: 12000, Reason: "etcd did not answer: context deadline exceeded"}},
+		{Hosts: []*pb.Host{{Host: "a.contoso.com", Connected: true}}, Stale: &pb.Staleness{AsOf: timestamppb.Now(), AgeMs: 13000, Reason: "again"}},
+		{Removed: []string{"hosts/b.contoso.com"}},
+	}
+	var out, errw bytes.Buffer
+	i := 0
+	err := followHosts(&out, &errw, "b.contoso.com", func() (*pb.WatchHostsResponse, error) {
+		if i == len(msgs) {
+			return nil, context.Canceled
+		}
+		i++
+		return msgs[i-1], nil
+	}, func() error {
+		if i == len(msgs) {
+			return context.Canceled
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(errw.String(), "STALE"); n != 1 || !strings.Contains(errw.String(), "(12s old)") || !strings.Contains(errw.String(), "etcd answers again") {
+		t.Errorf("warnings:\n%s", errw.String())
+	}
+	if strings.Contains(out.String(), "a.contoso.com") || !strings.Contains(out.String(), "1 host: 0 connected") || !strings.Contains(out.String(), "b.contoso.com left the topology") {
+		t.Errorf("output:\n%s", out.String())
+	}
+}
