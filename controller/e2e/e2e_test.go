@@ -637,6 +637,14 @@ trusts: []
 	if v, _ := a.a.Applied(); v != resp.GetRevision() {
 		t.Errorf("during the outage the agent's applied version is %d, want its last good %d", v, resp.GetRevision())
 	}
+	// Reads answer from the controller's last view meanwhile, marked stale.
+	hosts, err := fleetAPI.ListHosts(ctx, &pb.ListHostsRequest{})
+	if err != nil || hosts.GetStale() == nil || hosts.GetStale().GetReason() == "" || len(hosts.GetHosts()) != 1 || hosts.GetHosts()[0].GetAppliedVersion() != resp.GetRevision() {
+		t.Errorf("ListHosts during the outage = %v, %v; want ex01 at revision %d, marked stale", hosts, err, resp.GetRevision())
+	}
+	if g, err := fleetAPI.GetHost(ctx, &pb.GetHostRequest{Name: "hosts/ex01.contoso.com"}); err != nil || g.GetStale() == nil || g.GetHost().GetAppliedVersion() != resp.GetRevision() {
+		t.Errorf("GetHost during the outage = %v, %v; want it marked stale", g, err)
+	}
 
 	etcd, err = etcdembed.Start(ctx, etcdDir)
 	if err != nil {
@@ -656,6 +664,10 @@ trusts: []
 	if rev2 <= resp.GetRevision() {
 		t.Fatalf("revision after the outage %d, before %d", rev2, resp.GetRevision())
 	}
+	waitFor(t, waitTimeout, "fleet reads to be current again", func() (bool, string) {
+		hosts, err := fleetAPI.ListHosts(ctx, &pb.ListHostsRequest{})
+		return err == nil && hosts.GetStale() == nil, fmt.Sprint(hosts.GetStale(), err)
+	})
 	waitFor(t, waitTimeout, "the host to ack the change made after the outage", func() (bool, string) { return converged(ctx, fleetAPI, rev2) })
 	select {
 	case err := <-c.done:
