@@ -641,3 +641,28 @@ func TestRevisionAndAuditTokens(t *testing.T) {
 		t.Errorf("audit token for revisions: %v", err)
 	}
 }
+
+// The view loads a prefix larger than one read page.
+func TestRangeAtPages(t *testing.T) {
+	f := startFleet(t, nil)
+	ctx := callCtx(t)
+	for i := range 2500 {
+		if _, err := f.st.Client().Put(ctx, f.st.Key(fmt.Sprintf("hostreport/h%05d.contoso.com", i)), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now, err := f.st.Client().Get(ctx, "none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Client().Put(ctx, f.st.Key("hostreport/later.contoso.com"), "x"); err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := rangeAt(ctx, f.st.Client(), f.st.HostReportPrefix(), now.Header.Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kvs) != 2500 || string(kvs[2499].Key) != f.st.Key("hostreport/h02499.contoso.com") {
+		t.Errorf("%d keys at the revision, want 2500 (the later one not among them)", len(kvs))
+	}
+}

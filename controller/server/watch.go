@@ -9,6 +9,7 @@ import (
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/s2strust/s2strust/controller/secrets"
@@ -69,8 +70,6 @@ func (h *Hub) follow(ctx context.Context) error {
 		clientv3.OpGet(st.PresencePrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(st.SecretsPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(h.rollouts.Prefix(), append([]clientv3.OpOption{clientv3.WithPrefix()}, clientv3.WithLastKey()...)...),
-		clientv3.OpGet(st.HostStatePrefix(), clientv3.WithPrefix()),
-		clientv3.OpGet(st.HostReportPrefix(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return fmt.Errorf("read controller state: %w", err)
@@ -131,8 +130,17 @@ func (h *Hub) follow(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := h.view.load(st.HostStatePrefix(), snap.Responses[5].GetResponseRange().GetKvs(),
-		st.HostReportPrefix(), snap.Responses[6].GetResponseRange().GetKvs(), h.cfg.Now()); err != nil {
+	// The hosts' state and reports as of the same revision, in pages (a
+	// large fleet's reports exceed one response).
+	states, err := rangeAt(ctx, st.Client(), st.HostStatePrefix(), startRev)
+	if err != nil {
+		return err
+	}
+	reports, err := rangeAt(ctx, st.Client(), st.HostReportPrefix(), startRev)
+	if err != nil {
+		return err
+	}
+	if err := h.view.load(st.HostStatePrefix(), states, st.HostReportPrefix(), reports, h.cfg.Now()); err != nil {
 		return err
 	}
 	h.readyOnce.Do(func() { close(h.ready) })
@@ -199,6 +207,24 @@ func (h *Hub) follow(ctx context.Context) error {
 		h.handle(ctx, evs)
 		// Presence, primaries and revisions show in the fleet view too.
 		h.view.bump()
+	}
+}
+
+// rangeAt reads every key under prefix as of etcd revision rev, 1000 at a time.
+func rangeAt(ctx context.Context, cli *clientv3.Client, prefix string, rev int64) ([]*mvccpb.KeyValue, error) {
+	var out []*mvccpb.KeyValue
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	for {
+		resp, err := cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(1000))
+		if err != nil {
+			return nil, fmt.Errorf("read %s at revision %d: %w", prefix, rev, err)
+		}
+		out = append(out, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 }
 
