@@ -3,10 +3,12 @@ package cmd
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -84,5 +86,49 @@ func TestFollowHostsStale(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "a.contoso.com") || !strings.Contains(out.String(), "1 host: 0 connected") || !strings.Contains(out.String(), "b.contoso.com left the topology") {
 		t.Errorf("output:\n%s", out.String())
+	}
+}
+
+// listOnlyFleet answers ListHosts in pages of one; any other call panics
+// (the embedded interface is nil).
+type listOnlyFleet struct {
+	pb.FleetServiceClient
+	hosts   []string
+	calls   int
+	reports bool
+}
+
+func (f *listOnlyFleet) ListHosts(_ context.Context, req *pb.ListHostsRequest, _ ...grpc.CallOption) (*pb.ListHostsResponse, error) {
+	f.calls++
+	i := 0
+	if req.GetPageToken() != "" {
+		i, _ = strconv.Atoi(req.GetPageToken())
+	}
+	resp := &pb.ListHostsResponse{Hosts: []*pb.Host{{Host: f.hosts[i]}}}
+	if req.GetView() == pb.HostView_HOST_VIEW_FULL {
+		f.reports = true
+		resp.Statuses = map[string]*pb.StatusReport{f.hosts[i]: {AppliedVersion: uint64(i + 1)}}
+	}
+	if i+1 < len(f.hosts) {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
+}
+
+// status reads every host with its report from the paged listing: no
+// GetHost per host.
+func TestFetchStatusPagesWithoutGetHost(t *testing.T) {
+	f := &listOnlyFleet{hosts: []string{"a.contoso.com", "b.contoso.com", "c.contoso.com"}}
+	details, err := fetchStatus(context.Background(), f, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(details) != 3 || f.calls != 3 || !f.reports {
+		t.Fatalf("%d hosts in %d calls (reports asked: %v), want 3 in 3 pages", len(details), f.calls, f.reports)
+	}
+	for i, d := range details {
+		if d.host.GetHost() != f.hosts[i] || d.report.GetAppliedVersion() != uint64(i+1) {
+			t.Errorf("host %d: %s with report %v", i, d.host.GetHost(), d.report)
+		}
 	}
 }
