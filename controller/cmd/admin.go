@@ -215,6 +215,7 @@ func newGet(g *globals) *cobra.Command {
 				if err != nil {
 					return rpcError("get topology", err)
 				}
+				warnStale(cmd.ErrOrStderr(), resp.GetStale())
 				doc := []byte(resp.GetTopology().GetDocument())
 				switch output {
 				case "json":

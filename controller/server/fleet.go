@@ -65,16 +65,20 @@ func hostFromName(name, host string) (string, error) {
 	return h, nil
 }
 
-// fromStore runs read against etcd, bounded by ReadTimeout. It returns
-// nil when etcd answered; a Staleness when it did not (or the hub has
-// lost etcd) and the caller is to answer from the hub's view; an error
-// when there is no view to answer from or read failed otherwise.
+// fromStore runs read against etcd, bounded by ReadTimeout (see readOrStale).
 func (s *FleetService) fromStore(ctx context.Context, read func(context.Context) error) (*pb.Staleness, error) {
-	v := s.hub.view
+	return readOrStale(ctx, s.hub, s.ReadTimeout, read)
+}
+
+// readOrStale runs read against etcd, bounded by timeout (2s when 0). It
+// returns nil when etcd answered; a Staleness when it did not (or the hub
+// has lost etcd) and the caller is to answer from the hub's view; an
+// error when there is no view to answer from or read failed otherwise.
+func readOrStale(ctx context.Context, hub *Hub, timeout time.Duration, read func(context.Context) error) (*pb.Staleness, error) {
+	v := hub.view
 	if lost, loaded := v.lostReason(); lost != "" && loaded {
-		return v.staleness(s.hub.cfg.Now(), "the controller lost etcd: "+lost), nil
+		return v.staleness(hub.cfg.Now(), "the controller lost etcd: "+lost), nil
 	}
-	timeout := s.ReadTimeout
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
@@ -87,8 +91,8 @@ func (s *FleetService) fromStore(ctx context.Context, read func(context.Context)
 	if _, loaded := v.lostReason(); ctx.Err() != nil || !loaded || status.Code(toStatus(err)) != codes.Unavailable {
 		return nil, err
 	}
-	s.hub.log.Warn("etcd did not answer a fleet read; answering from the last view", "error", err)
-	return v.staleness(s.hub.cfg.Now(), "etcd did not answer: "+err.Error()), nil
+	hub.log.Warn("etcd did not answer a read; answering from the last view", "error", err)
+	return v.staleness(hub.cfg.Now(), "etcd did not answer: "+err.Error()), nil
 }
 
 // sortedHosts is the current topology's hosts (of one deployment, when

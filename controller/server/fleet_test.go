@@ -317,6 +317,14 @@ func TestFleetReadsWhileEtcdIsDown(t *testing.T) {
 		if err != nil || tr.GetStale() == nil || len(tr.GetEdges()) == 0 {
 			t.Errorf("GetTrustReport with etcd down = %d edges, stale %v, %v", len(tr.GetEdges()), tr.GetStale(), err)
 		}
+		topo := NewTopologyService(f.hub, nil)
+		cur, err := topo.GetTopology(callCtx(t), &pb.GetTopologyRequest{})
+		if err != nil || cur.GetStale() == nil || cur.GetTopology().GetName() != "contoso" || cur.GetTopology().GetDocument() == "" {
+			t.Errorf("GetTopology with etcd down = %v, %v; want the current revision, stale", cur, err)
+		}
+		if _, err := topo.GetTopology(callCtx(t), &pb.GetTopologyRequest{Revision: 1}); status.Code(toStatus(err)) != codes.Unavailable {
+			t.Errorf("GetTopology of an old revision with etcd down: %v, want UNAVAILABLE", err)
+		}
 		if i == 0 {
 			eventually(t, "the hub to notice etcd is gone", func() (bool, string) {
 				lost, _ := f.hub.view.lostReason()

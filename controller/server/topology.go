@@ -225,18 +225,39 @@ func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPla
 func (s *TopologyService) GetTopology(ctx context.Context, req *pb.GetTopologyRequest) (*pb.GetTopologyResponse, error) {
 	var rec *store.TopologyRecord
 	var err error
-	if req.GetRevision() == 0 {
-		rec, err = s.hub.cfg.Store.CurrentTopology(ctx)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, status.Error(codes.NotFound, "no topology has been applied yet: run `s2s-controller apply -f FILE`")
+	value, rev := s.hub.view.currentTopology()
+	current := req.GetRevision() == 0 || (value != nil && req.GetRevision() == uint64(rev))
+	stale, err := readOrStale(ctx, s.hub, 0, func(ctx context.Context) error {
+		var err error
+		if req.GetRevision() == 0 {
+			rec, err = s.hub.cfg.Store.CurrentTopology(ctx)
+		} else {
+			rec, err = s.hub.cfg.Store.TopologyRevision(ctx, req.GetRevision())
 		}
-	} else {
-		rec, err = s.hub.cfg.Store.TopologyRevision(ctx, req.GetRevision())
+		return err
+	})
+	if stale != nil && !current {
+		// Only the current revision is in the last view.
+		stale, err = nil, fmt.Errorf("read topology revision %d: %s", req.GetRevision(), stale.GetReason())
+		err = status.Error(codes.Unavailable, "the store is unavailable (etcd has no quorum or cannot be reached): "+err.Error())
+	}
+	if errors.Is(err, store.ErrNotFound) && req.GetRevision() == 0 {
+		return nil, status.Error(codes.NotFound, "no topology has been applied yet: run `s2s-controller apply -f FILE`")
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetTopologyResponse{Topology: revisionProto(rec, true)}, nil
+	if stale != nil {
+		if value == nil {
+			return nil, status.Error(codes.NotFound, "no topology had been applied when the controller last read etcd")
+		}
+		// Its sequence number is stored with it (records from before
+		// sequence numbers show none while etcd is down).
+		if rec, err = store.DecodeTopology(value, rev); err != nil {
+			return nil, err
+		}
+	}
+	return &pb.GetTopologyResponse{Topology: revisionProto(rec, true), Stale: stale}, nil
 }
 
 // ListTopologyRevisions implements the RPC; see the proto for its contract.

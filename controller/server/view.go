@@ -35,6 +35,9 @@ type fleetView struct {
 	freshAt time.Time
 	// lost says why the view no longer follows etcd; "" while it does.
 	lost string
+	// topology is the stored value of topology/current and its revision.
+	topology    []byte
+	topologyRev int64
 	// changed is closed (and replaced) at every change of the view or of
 	// the hub's state the fleet view shows, waking WatchHosts streams.
 	changed chan struct{}
@@ -121,6 +124,21 @@ func (v *fleetView) apply(prefix string, reports bool, wr clientv3.WatchResponse
 		v.freshAt = now
 	}
 	v.bumpLocked()
+}
+
+// setTopology records the current topology as stored.
+func (v *fleetView) setTopology(value []byte, rev int64) {
+	v.mu.Lock()
+	v.topology, v.topologyRev = value, rev
+	v.mu.Unlock()
+}
+
+// currentTopology is the stored value of the current topology, nil
+// before one was applied.
+func (v *fleetView) currentTopology() ([]byte, int64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.topology, v.topologyRev
 }
 
 // confirm records that etcd answered while the view follows it.

@@ -126,6 +126,7 @@ func (h *Hub) follow(ctx context.Context) error {
 		h.mu.Unlock()
 	}
 	if len(topoKVs) == 1 {
+		h.view.setTopology(topoKVs[0].Value, topoKVs[0].ModRevision)
 		if err := h.setTopology(ctx, topoKVs[0].Value, topoKVs[0].ModRevision, latest); err != nil {
 			return err
 		}
@@ -334,6 +335,7 @@ func (h *Hub) handle(ctx context.Context, evs []any) {
 	for _, e := range evs {
 		switch e := e.(type) {
 		case topologyEvent:
+			h.view.setTopology(e.value, e.rev)
 			if err := h.setTopology(ctx, e.value, e.rev, h.rolloutAt(ctx, e.rev)); err != nil {
 				h.log.Error("compile stored topology", "revision", e.rev, "error", err)
 			}

@@ -445,8 +445,11 @@ func (x *GetTopologyRequest) GetRevision() uint64 {
 
 // GetTopologyResponse carries one stored revision.
 type GetTopologyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Topology      *TopologyRevision      `protobuf:"bytes,1,opt,name=topology,proto3" json:"topology,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Topology *TopologyRevision      `protobuf:"bytes,1,opt,name=topology,proto3" json:"topology,omitempty"`
+	// Set when etcd did not answer and the current revision comes from
+	// this controller's last view (only for revision 0 or the current one).
+	Stale         *Staleness `protobuf:"bytes,2,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -484,6 +487,13 @@ func (*GetTopologyResponse) Descriptor() ([]byte, []int) {
 func (x *GetTopologyResponse) GetTopology() *TopologyRevision {
 	if x != nil {
 		return x.Topology
+	}
+	return nil
+}
+
+func (x *GetTopologyResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
 	}
 	return nil
 }
@@ -769,7 +779,7 @@ var File_s2strust_v1_topology_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\n" +
-	"\"s2strust/v1/topology_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!s2strust/v1/rollout_service.proto\x1a\x17s2strust/v1/types.proto\"\x85\x02\n" +
+	"\"s2strust/v1/topology_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/fleet_service.proto\x1a!s2strust/v1/rollout_service.proto\x1a\x17s2strust/v1/types.proto\"\x85\x02\n" +
 	"\x14ApplyTopologyRequest\x12\x1a\n" +
 	"\bdocument\x18\x01 \x01(\fR\bdocument\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12\x17\n" +
@@ -806,9 +816,10 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"disruptive\x18\x04 \x01(\bR\n" +
 	"disruptive\"0\n" +
 	"\x12GetTopologyRequest\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"P\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"~\n" +
 	"\x13GetTopologyResponse\x129\n" +
-	"\btopology\x18\x01 \x01(\v2\x1d.s2strust.v1.TopologyRevisionR\btopology\"\x9e\x02\n" +
+	"\btopology\x18\x01 \x01(\v2\x1d.s2strust.v1.TopologyRevisionR\btopology\x12,\n" +
+	"\x05stale\x18\x02 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"\x9e\x02\n" +
 	"\x10TopologyRevision\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -864,7 +875,8 @@ var file_s2strust_v1_topology_service_proto_goTypes = []any{
 	(*ListTopologyRevisionsResponse)(nil), // 9: s2strust.v1.ListTopologyRevisionsResponse
 	(*RolloutStrategy)(nil),               // 10: s2strust.v1.RolloutStrategy
 	(Product)(0),                          // 11: s2strust.v1.Product
-	(*timestamppb.Timestamp)(nil),         // 12: google.protobuf.Timestamp
+	(*Staleness)(nil),                     // 12: s2strust.v1.Staleness
+	(*timestamppb.Timestamp)(nil),         // 13: google.protobuf.Timestamp
 }
 var file_s2strust_v1_topology_service_proto_depIdxs = []int32{
 	10, // 0: s2strust.v1.ApplyTopologyRequest.rollout:type_name -> s2strust.v1.RolloutStrategy
@@ -872,20 +884,21 @@ var file_s2strust_v1_topology_service_proto_depIdxs = []int32{
 	11, // 2: s2strust.v1.HostPlan.product:type_name -> s2strust.v1.Product
 	3,  // 3: s2strust.v1.HostPlan.items:type_name -> s2strust.v1.PlanItem
 	6,  // 4: s2strust.v1.GetTopologyResponse.topology:type_name -> s2strust.v1.TopologyRevision
-	12, // 5: s2strust.v1.TopologyRevision.applied_at:type_name -> google.protobuf.Timestamp
-	7,  // 6: s2strust.v1.TopologyRevision.secrets:type_name -> s2strust.v1.SecretVersion
-	6,  // 7: s2strust.v1.ListTopologyRevisionsResponse.revisions:type_name -> s2strust.v1.TopologyRevision
-	0,  // 8: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
-	4,  // 9: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
-	8,  // 10: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
-	1,  // 11: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
-	5,  // 12: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
-	9,  // 13: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
-	11, // [11:14] is the sub-list for method output_type
-	8,  // [8:11] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	12, // 5: s2strust.v1.GetTopologyResponse.stale:type_name -> s2strust.v1.Staleness
+	13, // 6: s2strust.v1.TopologyRevision.applied_at:type_name -> google.protobuf.Timestamp
+	7,  // 7: s2strust.v1.TopologyRevision.secrets:type_name -> s2strust.v1.SecretVersion
+	6,  // 8: s2strust.v1.ListTopologyRevisionsResponse.revisions:type_name -> s2strust.v1.TopologyRevision
+	0,  // 9: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
+	4,  // 10: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
+	8,  // 11: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
+	1,  // 12: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
+	5,  // 13: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
+	9,  // 14: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_topology_service_proto_init() }
@@ -893,6 +906,7 @@ func file_s2strust_v1_topology_service_proto_init() {
 	if File_s2strust_v1_topology_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_fleet_service_proto_init()
 	file_s2strust_v1_rollout_service_proto_init()
 	file_s2strust_v1_types_proto_init()
 	file_s2strust_v1_topology_service_proto_msgTypes[0].OneofWrappers = []any{}

@@ -42,7 +42,9 @@ type TopologyServiceClient interface {
 	// named in the response, or all at once with immediate.
 	ApplyTopology(ctx context.Context, in *ApplyTopologyRequest, opts ...grpc.CallOption) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
-	// when there is none. Read-only, safe to retry.
+	// when there is none. While etcd has no quorum the current revision
+	// comes from this controller's last view, marked stale. Read-only, safe
+	// to retry.
 	GetTopology(ctx context.Context, in *GetTopologyRequest, opts ...grpc.CallOption) (*GetTopologyResponse, error)
 	// ListTopologyRevisions lists stored revisions, newest first, without
 	// their documents. Read-only, safe to retry.
@@ -105,7 +107,9 @@ type TopologyServiceServer interface {
 	// named in the response, or all at once with immediate.
 	ApplyTopology(context.Context, *ApplyTopologyRequest) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
-	// when there is none. Read-only, safe to retry.
+	// when there is none. While etcd has no quorum the current revision
+	// comes from this controller's last view, marked stale. Read-only, safe
+	// to retry.
 	GetTopology(context.Context, *GetTopologyRequest) (*GetTopologyResponse, error)
 	// ListTopologyRevisions lists stored revisions, newest first, without
 	// their documents. Read-only, safe to retry.
