@@ -131,14 +131,24 @@ func (s *FleetService) ListHosts(ctx context.Context, req *pb.ListHostsRequest) 
 		}
 		after = last
 	}
-	snap := s.hub.snapshot()
 	resp := &pb.ListHostsResponse{}
-	all := sortedHosts(snap, req.GetDeployment())
-	i, _ := slices.BinarySearch(all, after)
-	if i < len(all) && all[i] == after {
-		i++
+	// The page's hosts from the current topology, then the hub's state of
+	// those hosts only (again if the topology changed in between).
+	var snap snapshot
+	var all, page []string
+	var i int
+	for topo := s.hub.currentCompiled(); ; {
+		all = sortedHosts(snapshot{topo: topo}, req.GetDeployment())
+		i, _ = slices.BinarySearch(all, after)
+		if i < len(all) && all[i] == after {
+			i++
+		}
+		page = all[i:min(i+size, len(all))]
+		if snap = s.hub.snapshotOf(page); snap.topo == topo {
+			break
+		}
+		topo = snap.topo
 	}
-	page := all[i:min(i+size, len(all))]
 	if len(page) == 0 {
 		return resp, nil
 	}
@@ -213,7 +223,7 @@ func (s *FleetService) GetHost(ctx context.Context, req *pb.GetHostRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
-	snap := s.hub.hostSnapshot(host)
+	snap := s.hub.snapshotOf([]string{host})
 	if snap.topo == nil || snap.topo.hosts[host] == nil {
 		return nil, status.Errorf(codes.NotFound, "host %q is not in the current topology", host)
 	}
@@ -236,27 +246,34 @@ func (s *FleetService) GetHost(ctx context.Context, req *pb.GetHostRequest) (*pb
 	return &pb.GetHostResponse{Host: hostView(snap, host, st, s.sequencer(ctx, snap, stale != nil), s.hub.cfg.Now()), Status: rep, Stale: stale}, nil
 }
 
-// hostSnapshot is snapshot for one host: what GetHost needs, in constant
-// time whatever the fleet's size.
-func (h *Hub) hostSnapshot(host string) snapshot {
+// snapshotOf is snapshot for some hosts only: what a page of ListHosts
+// or GetHost needs, in time proportional to them, whatever the fleet's
+// size.
+func (h *Hub) snapshotOf(hosts []string) snapshot {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	s := snapshot{topo: h.topo, primaries: map[string]string{}, present: map[string]bool{}, connected: map[string]bool{}, desired: map[string]*desired{}, pending: map[string]pendingPush{}}
-	if h.topo == nil || h.topo.hosts[host] == nil {
+	if h.topo == nil {
 		return s
 	}
-	dep := h.topo.hosts[host].GetDeployment()
-	s.primaries[dep] = h.primaries[dep]
-	s.present[host] = h.present[host]
-	if c := h.conns[host]; c != nil {
-		s.connected[host] = true
-		c.mu.Lock()
-		if c.pending != nil {
-			s.pending[host] = pendingPush{version: c.pending.GetVersion(), since: c.pendingSince}
+	for _, host := range hosts {
+		cfg := h.topo.hosts[host]
+		if cfg == nil {
+			continue
 		}
-		c.mu.Unlock()
+		dep := cfg.GetDeployment()
+		s.primaries[dep] = h.primaries[dep]
+		s.present[host] = h.present[host]
+		if c := h.conns[host]; c != nil {
+			s.connected[host] = true
+			c.mu.Lock()
+			if c.pending != nil {
+				s.pending[host] = pendingPush{version: c.pending.GetVersion(), since: c.pendingSince}
+			}
+			c.mu.Unlock()
+		}
+		s.desired[host] = h.desiredLocked(host)
 	}
-	s.desired[host] = h.desiredLocked(host)
 	return s
 }
 
