@@ -365,6 +365,13 @@ func TestWatchHosts(t *testing.T) {
 	if got := hostNames(initial); !slices.Equal(got, contosoHosts) {
 		t.Fatalf("snapshot %v, want %v", got, contosoHosts)
 	}
+	exchange, err := f.fleet.WatchHosts(ctx, &pb.WatchHostsRequest{Deployment: "exchange"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := exchange.Recv(); err != nil || !m.GetInitialComplete() || !slices.Equal(hostNames(m.GetHosts()), []string{"ex01.contoso.com", "ex02.contoso.com"}) {
+		t.Errorf("snapshot of exchange: %v, %v", m, err)
+	}
 	for _, h := range initial {
 		if h.GetConnected() || h.GetAppliedVersion() != 0 {
 			t.Errorf("snapshot of %s: connected %v, applied %d before any agent", h.GetHost(), h.GetConnected(), h.GetAppliedVersion())
