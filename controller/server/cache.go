@@ -100,15 +100,25 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
+	return newCompiled(rec, t, cfgs), nil
+}
+
+// newCompiled is the compiled form of record rec, whose document is t
+// (loaded, so normalized) compiled to cfgs.
+func newCompiled(rec *store.TopologyRecord, t *topology.Topology, cfgs []*pb.HostConfig) *compiled {
+	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash,
+		hosts: make(map[string]*pb.HostConfig, len(cfgs)), order: make([]string, 0, len(cfgs)),
+		deployments: make(map[string][]string, len(t.Deployments)), pins: rec.Secrets}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
 		c.order = append(c.order, cfg.GetHost())
-		if _, ok := c.deployments[cfg.GetDeployment()]; !ok {
-			c.deployments[cfg.GetDeployment()] = cfg.GetDeploymentHosts()
-		}
 	}
-	return c, nil
+	// The deployments' host lists come from the topology, once each: the
+	// host configurations no longer carry them.
+	for _, d := range t.Deployments {
+		c.deployments[d.Name] = d.Hosts
+	}
+	return c
 }
 
 // desiredFor returns the host's desired state, nil when the host is not in

@@ -29,12 +29,12 @@ func (s *FleetService) GetTrustReport(ctx context.Context, _ *pb.GetTrustReportR
 	if err != nil {
 		return nil, err
 	}
-	for _, host := range snap.topo.order {
-		cfg := snap.topo.hosts[host]
-		// One row per edge: walk each deployment's partners once, from its first host.
-		if cfg.GetDeploymentHosts()[0] != host {
+	for _, hosts := range snap.topo.deployments {
+		if len(hosts) == 0 {
 			continue
 		}
+		// One row per edge: walk each deployment's partners once, from its first host.
+		cfg := snap.topo.hosts[hosts[0]]
 		for _, p := range cfg.GetPartners() {
 			resp.Edges = append(resp.Edges, buildEdge(snap, p, cfg.GetDeployment(), reports, states))
 		}
@@ -186,17 +186,11 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 	}
 	e.RealmsMatch = fromRep != nil && toRep != nil && len(realmProblems) == 0
 
-	for _, a := range fromHosts {
-		for _, b := range toHosts {
-			sa, sb := states[a], states[b]
-			if sa.GetLastSeen() == nil || sb.GetLastSeen() == nil {
-				continue
-			}
-			d := sa.GetClockOffsetMs() - sb.GetClockOffsetMs()
-			if d < 0 {
-				d = -d
-			}
-			e.MaxClockSkewMs = max(e.MaxClockSkewMs, d)
+	// The largest skew between a host of each side is between one side's
+	// extreme offsets and the other's: linear, not a walk over every pair.
+	if fa, ok := offsetRange(fromHosts, states); ok {
+		if tb, ok := offsetRange(toHosts, states); ok {
+			e.MaxClockSkewMs = max(fa[1]-tb[0], tb[1]-fa[0], 0)
 		}
 	}
 	if e.MaxClockSkewMs >= MaxClockSkewMs {
@@ -221,7 +215,9 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 			}
 		}
 		if reports[a] != nil {
-			for _, b := range toHosts {
+			// The hosts of "to" that a probes: its configuration's sample
+			// (at most topology.MaxProbeTargets), not every host of "to".
+			for _, b := range probeTargets(snap, a, to) {
 				if !seen[b] {
 					problem("no probe result from %s to %s yet", a, b)
 				}
@@ -230,6 +226,36 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 	}
 	e.Ok = len(e.Problems) == 0
 	return e
+}
+
+// offsetRange is the smallest and largest clock offset of the hosts that
+// have been seen; false when none has.
+func offsetRange(hosts []string, states map[string]*pb.Host) ([2]int64, bool) {
+	var r [2]int64
+	ok := false
+	for _, h := range hosts {
+		st := states[h]
+		if st.GetLastSeen() == nil {
+			continue
+		}
+		o := st.GetClockOffsetMs()
+		if !ok {
+			r, ok = [2]int64{o, o}, true
+		}
+		r[0], r[1] = min(r[0], o), max(r[1], o)
+	}
+	return r, ok
+}
+
+// probeTargets is the hosts of deployment to that host probes, as its
+// configuration in the current revision names them.
+func probeTargets(snap snapshot, host, to string) []string {
+	for _, t := range snap.topo.hosts[host].GetTrustedBy() {
+		if t.GetDeployment() == to {
+			return t.GetHosts()
+		}
+	}
+	return nil
 }
 
 // primaryReport is the report of a deployment's primary, or of its first

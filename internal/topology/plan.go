@@ -22,7 +22,7 @@ const (
 // Plan item names.
 const (
 	// ItemHost is the host's membership of its deployment and the
-	// deployment's settings: product, version, hosts, endpoint, metadata URL,
+	// deployment's settings: product, version, endpoint, metadata URL,
 	// SIP domains.
 	ItemHost = "host"
 	// ItemOAuthConfiguration is the product's own OAuth settings: service
@@ -114,9 +114,11 @@ func diffHost(f, t *pb.HostConfig) []*pb.PlanItem {
 	fresh := f == nil || f.Product != t.Product
 
 	if f == nil {
-		add(ItemHost, ActionCreate, fmt.Sprintf("manage %s as a host of %s deployment %s (%s %s; deployment hosts %s; own metadata %s)",
+		// The deployment's other hosts are not listed: that would make a
+		// plan quadratic in the deployment's size.
+		add(ItemHost, ActionCreate, fmt.Sprintf("manage %s as a host of %s deployment %s (%s %s; own metadata %s)",
 			t.Host, products.Name(t.Product), t.Deployment, products.DisplayName(t.Product), t.ProductVersion,
-			strings.Join(t.DeploymentHosts, ", "), t.MetadataUrl))
+			t.MetadataUrl))
 	} else if changes := hostChanges(f, t); len(changes) > 0 {
 		add(ItemHost, ActionUpdate, strings.Join(changes, "; "))
 	}
@@ -178,7 +180,6 @@ func hostChanges(f, t *pb.HostConfig) []string {
 	diff("deployment", f.Deployment, t.Deployment)
 	diff("product", products.Name(f.Product), products.Name(t.Product))
 	diff("version", f.ProductVersion, t.ProductVersion)
-	diff("deployment hosts", strings.Join(f.DeploymentHosts, ", "), strings.Join(t.DeploymentHosts, ", "))
 	diff("endpoint", f.Endpoint, t.Endpoint)
 	diff("own metadata URL", f.MetadataUrl, t.MetadataUrl)
 	diff("default SIP domain", f.DefaultSipDomain, t.DefaultSipDomain)

@@ -501,8 +501,10 @@ func (s *Sim) replicate(h *hostState, ps productStore) error {
 }
 
 // lyncDefault gives a Lync Front End the Default certificate the
-// deployment wizard requests for it: CN the pool FQDN; SAN the pool, its
-// Front Ends and the sip.<domain> names of every SIP domain.
+// deployment wizard requests for it: CN the pool FQDN; SAN the pool, this
+// Front End and the sip.<domain> names of every SIP domain. (Each Front
+// End requests its own; the configuration no longer lists the pool's other
+// Front Ends, whose names the certificate does not need.)
 func (s *Sim) lyncDefault(h *hostState, cfg *pb.HostConfig) error {
 	pool := cfg.GetEndpoint()
 	if pool == "" {
@@ -513,7 +515,7 @@ func (s *Sim) lyncDefault(h *hostState, cfg *pb.HostConfig) error {
 			return nil
 		}
 	}
-	names := append([]string{pool}, cfg.GetDeploymentHosts()...)
+	names := []string{pool, cfg.GetHost()}
 	for _, d := range append([]string{cfg.GetDefaultSipDomain()}, cfg.GetAdditionalSipDomains()...) {
 		if d != "" {
 			names = append(names, "sip."+d)
