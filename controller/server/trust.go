@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -66,32 +67,46 @@ func cmpString(a, b string) int {
 
 // allReports reads every host's latest report and state in one range read.
 func (s *FleetService) allReports(ctx context.Context) (map[string]*pb.StatusReport, map[string]*pb.Host, error) {
-	st := s.hub.cfg.Store
+	rs, err := readHostRecords(ctx, s.hub.cfg.Store)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rs.reports, rs.states, nil
+}
+
+// hostRecords are every host's stored report and state, read at one etcd
+// revision, with the revision each was stored at.
+type hostRecords struct {
+	reports             map[string]*pb.StatusReport
+	states              map[string]*pb.Host
+	reportRev, stateRev map[string]int64
+}
+
+func readHostRecords(ctx context.Context, st *store.Store) (*hostRecords, error) {
 	resp, err := st.Client().Get(ctx, st.Key("hosts/"), clientv3.WithPrefix())
 	if err != nil {
-		return nil, nil, fmt.Errorf("read host reports: %w", err)
+		return nil, fmt.Errorf("read host reports: %w", err)
 	}
-	reports := map[string]*pb.StatusReport{}
-	states := map[string]*pb.Host{}
+	rs := &hostRecords{reports: map[string]*pb.StatusReport{}, states: map[string]*pb.Host{}, reportRev: map[string]int64{}, stateRev: map[string]int64{}}
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
 		switch {
 		case len(k) > len("/report") && k[len(k)-len("/report"):] == "/report":
 			r := &pb.StatusReport{}
 			if err := proto.Unmarshal(kv.Value, r); err != nil {
-				return nil, nil, fmt.Errorf("decode %s: %w", k, err)
+				return nil, fmt.Errorf("decode %s: %w", k, err)
 			}
 			host := k[len(st.Key("hosts/")) : len(k)-len("/report")]
-			reports[host] = r
+			rs.reports[host], rs.reportRev[host] = r, kv.ModRevision
 		case len(k) > len("/state") && k[len(k)-len("/state"):] == "/state":
 			h := &pb.Host{}
 			if err := proto.Unmarshal(kv.Value, h); err != nil {
-				return nil, nil, fmt.Errorf("decode %s: %w", k, err)
+				return nil, fmt.Errorf("decode %s: %w", k, err)
 			}
-			states[h.GetHost()] = h
+			rs.states[h.GetHost()], rs.stateRev[h.GetHost()] = h, kv.ModRevision
 		}
 	}
-	return reports, states, nil
+	return rs, nil
 }
 
 // buildEdge assembles the row for p.deployment→to ("to" accepts tokens
