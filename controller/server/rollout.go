@@ -29,12 +29,14 @@ func (s *RolloutSource) Observe(ctx context.Context) (rollout.Observations, func
 	if snap.topo == nil {
 		return obs, nil, nil
 	}
-	reports, states, err := (&FleetService{hub: s.hub}).allReports(ctx)
+	rs, err := readHostRecords(ctx, s.hub.cfg.Store)
 	if err != nil {
 		return nil, nil, err
 	}
+	seq := (&FleetService{hub: s.hub}).sequencer(ctx, snap)
 	for _, host := range snap.topo.order {
-		obs[host] = rollout.Observation{Host: hostView(snap, host, states[host], func(uint64) uint64 { return 0 }, s.hub.cfg.Now()), Report: reports[host]}
+		obs[host] = rollout.Observation{Host: hostView(snap, host, rs.states[host], seq, s.hub.cfg.Now()), Report: rs.reports[host],
+			StateRev: rs.stateRev[host], ReportRev: rs.reportRev[host]}
 	}
 	disabled := map[[2]string]bool{}
 	for _, cfg := range snap.topo.hosts {

@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -67,31 +68,47 @@ func cmpString(a, b string) int {
 // allReports reads every host's latest report and state, in one
 // transaction of two range reads (one per prefix).
 func (s *FleetService) allReports(ctx context.Context) (map[string]*pb.StatusReport, map[string]*pb.Host, error) {
-	st := s.hub.cfg.Store
+	rs, err := readHostRecords(ctx, s.hub.cfg.Store)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rs.reports, rs.states, nil
+}
+
+// hostRecords are every host's stored report and state, read at one etcd
+// revision, with the revision each was stored at.
+type hostRecords struct {
+	reports             map[string]*pb.StatusReport
+	states              map[string]*pb.Host
+	reportRev, stateRev map[string]int64
+}
+
+func readHostRecords(ctx context.Context, st *store.Store) (*hostRecords, error) {
 	resp, err := st.Client().Txn(ctx).Then(
 		clientv3.OpGet(st.HostReportPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(st.HostStatePrefix(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, nil, fmt.Errorf("read host reports: %w", err)
+		return nil, fmt.Errorf("read host reports: %w", err)
 	}
-	reports := map[string]*pb.StatusReport{}
-	states := map[string]*pb.Host{}
+	rs := &hostRecords{reports: map[string]*pb.StatusReport{}, states: map[string]*pb.Host{}, reportRev: map[string]int64{}, stateRev: map[string]int64{}}
 	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
 		r := &pb.StatusReport{}
 		if err := proto.Unmarshal(kv.Value, r); err != nil {
-			return nil, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
-		reports[strings.TrimPrefix(string(kv.Key), st.HostReportPrefix())] = r
+		host := strings.TrimPrefix(string(kv.Key), st.HostReportPrefix())
+		rs.reports[host], rs.reportRev[host] = r, kv.ModRevision
 	}
 	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
 		h := &pb.Host{}
 		if err := proto.Unmarshal(kv.Value, h); err != nil {
-			return nil, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
-		states[strings.TrimPrefix(string(kv.Key), st.HostStatePrefix())] = h
+		host := strings.TrimPrefix(string(kv.Key), st.HostStatePrefix())
+		rs.states[host], rs.stateRev[host] = h, kv.ModRevision
 	}
-	return reports, states, nil
+	return rs, nil
 }
 
 // buildEdge assembles the row for p.deployment→to ("to" accepts tokens
