@@ -105,6 +105,44 @@ type TopologyRecord struct {
 	// host's desired state; a rotation or rollout stores a revision with a
 	// new pin. Records without pins use each secret's newest version.
 	Secrets map[string]SecretPin `json:"secrets,omitempty"`
+	// Rotation is the phase of a certificate rotation this revision
+	// carries beside the operator's document (nil outside a rotation):
+	// the compiler lays it over the hosts' configurations. Hash covers
+	// it, so each phase is a revision of its own with its own rollout.
+	Rotation *RotationOverlay `json:"rotation,omitempty"`
+}
+
+// RotationOverlay is one phase of a token-issuer certificate rotation as
+// a revision stores it (see package controller/rotation, which lays it
+// over the compiled host configurations).
+type RotationOverlay struct {
+	// Rotation names it: "rotations/{id}".
+	Rotation   string `json:"rotation"`
+	Deployment string `json:"deployment"`
+	// Phase is "stage", "refresh", "activate" or "retire".
+	Phase string `json:"phase"`
+	// OldThumbprint is the certificate rotated from, NewThumbprint the one
+	// rotated to: secret NewSecret at NewVersion.
+	OldThumbprint string    `json:"oldThumbprint"`
+	NewSecret     string    `json:"newSecret"`
+	NewVersion    uint64    `json:"newVersion"`
+	NewThumbprint string    `json:"newThumbprint"`
+	Effective     time.Time `json:"effective"`
+}
+
+// RecordHash is the hash a revision is stored under: its document's
+// (DocumentHash) outside a rotation, the document's and the rotation
+// phase's together during one.
+func RecordHash(doc []byte, o *RotationOverlay) string {
+	if o == nil {
+		return DocumentHash(doc)
+	}
+	b, _ := json.Marshal(o)
+	sum := sha256.New()
+	sum.Write(doc)
+	sum.Write([]byte("\x00rotation\x00"))
+	sum.Write(b)
+	return hex.EncodeToString(sum.Sum(nil))
 }
 
 // SecretPin is the version of a secret a topology revision uses, with the
@@ -233,7 +271,14 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 // current one with the same pins is not stored again. It also returns the
 // revision's sequence number: the current one's plus one.
 func (s *Store) PutTopologyPinned(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev, seq uint64, changed bool, err error) {
-	rec := TopologyRecord{Name: name, Document: doc, Hash: DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: appliedBy}
+	return s.PutTopologyPhase(ctx, name, doc, pins, nil, appliedBy, now, expected, audit)
+}
+
+// PutTopologyPhase is PutTopologyPinned for a revision that carries a
+// rotation phase o (nil: none). A revision identical to the current one
+// (document, pins and phase) is not stored again.
+func (s *Store) PutTopologyPhase(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, o *RotationOverlay, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev, seq uint64, changed bool, err error) {
+	rec := TopologyRecord{Name: name, Document: doc, Hash: RecordHash(doc, o), AppliedAt: now.UTC(), AppliedBy: appliedBy, Rotation: o}
 	if len(pins) > 0 {
 		rec.Secrets = pins
 	}
