@@ -101,6 +101,9 @@ type ServeConfig struct {
 	MetricsListen string
 	// MetricsReady, when set, is called with the metrics URL once it is served.
 	MetricsReady func(url string)
+	// StreamObserver, when set, hears what happens on the agents' Sync
+	// streams (the benchmark counts pushes and stored ACKs with it).
+	StreamObserver server.SyncObserver
 }
 
 // TransportOptions are the controller's gRPC transport settings, shared
@@ -217,7 +220,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		ttl = 10 * time.Second
 	}
 	elector := rollout.NewElector(cli, st.Key("election"), id, ttl, log)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector, Observer: mets})
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector, Observer: mets, StreamObserver: cfg.StreamObserver})
 	engine := &rollout.Engine{Store: rollout.NewStore(st), Source: server.NewRolloutSource(hub), Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
 	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{

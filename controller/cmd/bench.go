@@ -16,7 +16,11 @@ func newBench(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure the scale targets: N simulated agents over real mTLS gRPC, beside a bare gRPC fan-out of the same payload",
-		Args:  cobra.NoArgs,
+		Long: `Measure the scale targets: N simulated agents (each its own mTLS connection and host
+certificate, run by child processes of this binary) against a controller in this process on
+embedded etcd, beside a bare gRPC fan-out of the same payload to the same agents. Each
+measurement is taken --runs times; the table shows the median and the spread.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
 				d, err := os.MkdirTemp("", "s2strust-bench-")
@@ -26,18 +30,38 @@ func newBench(g *globals) *cobra.Command {
 				defer os.RemoveAll(d)
 				dir = d
 			}
-			cfg.Dir, cfg.Out = dir, g.out
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			cfg.Dir, cfg.Out, cfg.ChildArgv = dir, g.out, []string{exe, "bench-agents"}
 			if g.verbose {
 				cfg.Logger = g.logger()
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			_, err := bench.Run(ctx, cfg)
+			_, err = bench.Run(ctx, cfg)
 			return err
 		},
 	}
 	c.Flags().IntVar(&cfg.Agents, "agents", 1000, "number of simulated agents (each its own TLS connection and certificate)")
 	c.Flags().IntVar(&cfg.Deployments, "deployments", 0, "deployments the hosts are spread over (default agents/100)")
+	c.Flags().IntVar(&cfg.Runs, "runs", 3, "times each measurement is taken")
 	c.Flags().StringVar(&dir, "dir", "", "data directory (default: a temporary one, removed at exit)")
 	return c
+}
+
+// newBenchAgents is the hidden subcommand bench starts its agents' child
+// processes with: it reads commands on standard input and writes events
+// on standard output until its input ends.
+func newBenchAgents() *cobra.Command {
+	return &cobra.Command{
+		Use:    "bench-agents",
+		Short:  "Run simulated agents for bench (started by bench itself)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return bench.ChildMain(os.Stdin, os.Stdout)
+		},
+	}
 }

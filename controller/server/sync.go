@@ -551,6 +551,9 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		st.LastResult = lr
 	})
 	switch {
+	case err != nil:
+		// Not recorded: the stream ends with err, and the agent's next
+		// Hello says what it has.
 	case ok:
 		s.hub.cfg.Observer.Acked(c.host, version)
 		s.hub.observer.Acked(c.host, version, hash)
