@@ -154,6 +154,20 @@ func diffHost(f, t *pb.HostConfig) []*pb.PlanItem {
 		add(ItemTokenIssuer, ActionRemove, fmt.Sprintf("stop managing the token-issuer certificate (%s); the certificate stays in place", describeIssuer(fti)))
 	}
 
+	var fnext *pb.NextTokenIssuer
+	if f != nil {
+		fnext = f.NextTokenIssuer
+	}
+	switch {
+	case t.NextTokenIssuer != nil && !proto.Equal(fnext, t.NextTokenIssuer):
+		add(ItemTokenIssuer, ActionUpdate, "stage the next token-issuer certificate ("+describeNext(t.NextTokenIssuer)+"): "+stageCommand(t.Product, t.NextTokenIssuer))
+	case t.NextTokenIssuer == nil && fnext != nil:
+		add(ItemTokenIssuer, ActionUpdate, "no next token-issuer certificate staged any more (was "+describeNext(fnext)+")")
+	}
+	if t.RetirePreviousIssuer && !f.GetRetirePreviousIssuer() {
+		add(ItemTokenIssuer, ActionUpdate, "retire the previous token-issuer certificate: "+retireCommand(t.Product))
+	}
+
 	items = append(items, partnerItems(f, t)...)
 
 	// Where trust probes go changes nothing on the host's product, but it
@@ -298,6 +312,41 @@ func describeIssuer(ti *pb.TokenIssuer) string {
 		return "the " + ti.GetExisting() + " certificate"
 	}
 	return "none"
+}
+
+func describeNext(n *pb.NextTokenIssuer) string {
+	d := "secret " + n.GetSecret()
+	if n.GetSecretThumbprint() != "" {
+		d += ", thumbprint " + n.GetSecretThumbprint()
+	}
+	if n.GetEffective() != nil {
+		d += ", effective " + n.GetEffective().AsTime().UTC().Format("2006-01-02T15:04:05Z")
+	}
+	return d
+}
+
+// stageCommand is how each product stages a next token-issuer certificate;
+// the agent's plan (status --plan) shows the exact commands.
+func stageCommand(p pb.Product, n *pb.NextTokenIssuer) string {
+	switch p {
+	case pb.Product_PRODUCT_LYNC:
+		return "Import-CsCertificate -Identity global -Type OAuthTokenIssuer -Roll -EffectiveDate <effective> -Path <PFX from secret " + n.GetSecret() + "> (on the pool's primary)"
+	case pb.Product_PRODUCT_EXCHANGE:
+		return "Import-ExchangeCertificate -FileData <PFX from secret " + n.GetSecret() + "> on every server, then Set-AuthConfig -NewCertificateThumbprint <its thumbprint> -NewCertificateEffectiveDate <effective> -Force"
+	case pb.Product_PRODUCT_SHAREPOINT:
+		return "Set-SPSecurityTokenServiceConfig -QueueSigningCertificate <certificate from secret " + n.GetSecret() + ">"
+	}
+	return "stage secret " + n.GetSecret()
+}
+
+func retireCommand(p pb.Product) string {
+	switch p {
+	case pb.Product_PRODUCT_LYNC:
+		return "Remove-CsCertificate -Identity global -Type OAuthTokenIssuer -Previous"
+	case pb.Product_PRODUCT_EXCHANGE:
+		return "Set-AuthConfig -ClearPreviousCertificate"
+	}
+	return "nothing to remove on " + products.Name(p)
 }
 
 func issuerCommand(p pb.Product, ti *pb.TokenIssuer) string {

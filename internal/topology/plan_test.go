@@ -268,6 +268,8 @@ func change(t *testing.T, m protoreflect.Message, fd protoreflect.FieldDescripto
 		m.Set(fd, protoreflect.ValueOfEnum(m.Get(fd).Enum()%3+1))
 	case fd.Kind() == protoreflect.BoolKind:
 		m.Set(fd, protoreflect.ValueOfBool(!m.Get(fd).Bool()))
+	case fd.Message() != nil && fd.Message().FullName() == "s2strust.v1.NextTokenIssuer":
+		m.Set(fd, protoreflect.ValueOfMessage((&pb.NextTokenIssuer{Secret: "next@2", SecretThumbprint: strings.Repeat("CD", 20)}).ProtoReflect()))
 	case fd.Message() != nil && fd.Message().FullName() == "s2strust.v1.TokenIssuer":
 		m.Set(fd, protoreflect.ValueOfMessage((&pb.TokenIssuer{Source: &pb.TokenIssuer_Thumbprint{Thumbprint: strings.Repeat("AB", 20)}}).ProtoReflect()))
 	default:
