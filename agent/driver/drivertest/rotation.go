@@ -261,4 +261,37 @@ func lyncStage(t *testing.T, w RotationWorld) {
 	if ops := plan(t, fe01, fe1, sec); len(ops) != 0 {
 		t.Errorf("plan once staged = %s", reconcile.Redacted(ops))
 	}
+
+	// The pool's metadata now publishes both: an Exchange organization that
+	// trusts it refreshes with -RefreshAuthMetadata on its primary.
+	next, _ := nextCert(t, w)
+	before, err := certs.Generate(certs.Template{CommonName: Realm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Publish(t, LyncURL, []*x509.Certificate{before.Cert})
+	ex := ExchangeConfig("ex01.contoso.com", true)
+	ex.Partners = ex.Partners[:1]
+	ex01 := w.Host(t, "ex01.contoso.com", pb.Product_PRODUCT_EXCHANGE, "2019")
+	noErrors(t, apply(t, ex01, ex, nil))
+	pt := certs.Thumbprint(before.Cert)
+	if c := cachedOf(t, verify(t, ex01, ex), LyncURL); !slices.Equal(c, []string{pt}) {
+		t.Errorf("ex01 caches %v for the pool, want %s", c, pt)
+	}
+	w.Publish(t, LyncURL, []*x509.Certificate{before.Cert, next})
+	ex.Partners[0].ExpectedSigningThumbprints = []string{pt, nt}
+	// Nothing changes the cached copy but a refresh.
+	if c := cachedOf(t, verify(t, ex01, ex), LyncURL); !slices.Equal(c, []string{pt}) {
+		t.Errorf("ex01 caches %v for the pool before refreshing, want %s", c, pt)
+	}
+	ops = plan(t, ex01, ex, nil)
+	if rf := opsOf(ops, reconcile.KindRefreshPartnerMetadata); len(rf) != 1 || !strings.HasSuffix(rf[0].Command(), "' -RefreshAuthMetadata -Confirm:$false") {
+		t.Errorf("ex01 refresh plan = %s", reconcile.Redacted(ops))
+	}
+	noErrors(t, apply(t, ex01, ex, nil))
+	r := verify(t, ex01, ex)
+	allOK(t, r)
+	if c := cachedOf(t, r, LyncURL); !hasAll(c, pt, nt) {
+		t.Errorf("ex01 caches %v for the pool after refreshing, want %s and %s", c, pt, nt)
+	}
 }
