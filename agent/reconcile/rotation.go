@@ -25,6 +25,12 @@ const (
 	ItemPreviousIssuer = "previous-issuer-certificate"
 )
 
+// EffectiveDateWait is in the message of an item that is PENDING because
+// the product itself changes it at a scheduled date (a Lync roll at its
+// EffectiveDate), not because another host has yet to act: an agent does
+// not give up waiting on it.
+const EffectiveDateWait = "waits for EffectiveDate"
+
 // nextWant is the thumbprint of the next token-issuer certificate the
 // configuration stages, "" when it stages none or its certificate is not
 // known here.
@@ -212,7 +218,7 @@ func (c *comparer) activate(want, source string) result {
 		// https://learn.microsoft.com/powershell/module/skype/set-cscertificate
 		r.pending = true
 		if eff := c.st.Issuer.NextEffective; eff.IsZero() || c.now.Before(eff) {
-			r.problem += fmt.Sprintf("; Lync makes it current at its EffectiveDate: waits for EffectiveDate %s", stamp(eff))
+			r.problem += fmt.Sprintf("; Lync makes it current at its EffectiveDate: %s %s", EffectiveDateWait, stamp(eff))
 		} else {
 			r.problem += fmt.Sprintf("; its EffectiveDate %s has passed: waits for the Central Management Store's roll", stamp(eff))
 		}
