@@ -39,6 +39,7 @@ func RunRotation(t *testing.T, newWorld func(t *testing.T) RotationWorld) {
 	}{
 		{"exchange auth certificate rotation: stage, refresh, activate, retire", exchangeRotation},
 		{"lync stages its next issuer once, on the primary", lyncStage},
+		{"sharepoint queues the next signing certificate, then imports it", sharePointRotation},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
@@ -293,5 +294,47 @@ func lyncStage(t *testing.T, w RotationWorld) {
 	allOK(t, r)
 	if c := cachedOf(t, r, LyncURL); !hasAll(c, pt, nt) {
 		t.Errorf("ex01 caches %v for the pool after refreshing, want %s and %s", c, pt, nt)
+	}
+}
+
+// sharePointRotation queues the farm's next STS signing certificate
+// (-QueueSigningCertificate), then makes it the signing one
+// (-ImportSigningCertificate); a farm keeps no previous certificate to
+// retire.
+func sharePointRotation(t *testing.T, w RotationWorld) {
+	cfg := SharePointConfig("sp01.contoso.com")
+	sp01 := w.Host(t, "sp01.contoso.com", pb.Product_PRODUCT_SHAREPOINT, "2019")
+	noErrors(t, apply(t, sp01, cfg, nil))
+	old := read(t, sp01, cfg).Issuer.Current
+	_, nt := nextCert(t, w)
+	sec := w.NextSecrets(t)
+	cfg.NextTokenIssuer = &pb.NextTokenIssuer{Secret: NextIssuerSecret, SecretThumbprint: nt}
+	wantItemState(t, verify(t, sp01, cfg), reconcile.ItemNextIssuer, pb.ItemState_ITEM_STATE_FAILED)
+	ops := plan(t, sp01, cfg, sec)
+	if st := opsOf(ops, reconcile.KindStageNextIssuer); len(ops) != 1 || len(st) != 1 || st[0].Command() != "Set-SPSecurityTokenServiceConfig -QueueSigningCertificate <redacted> -Confirm:$false" {
+		t.Errorf("stage plan = %s", reconcile.Redacted(ops))
+	}
+	noErrors(t, apply(t, sp01, cfg, sec))
+	r := verify(t, sp01, cfg)
+	allOK(t, r)
+	if o := r.GetOauth(); o.GetIssuerThumbprint() != old || o.GetNextIssuerThumbprint() != nt {
+		t.Errorf("oauth once queued = %v, want current %s and next %s", o, old, nt)
+	}
+
+	cfg.NextTokenIssuer = nil
+	cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: NextIssuerSecret}, SecretThumbprint: nt}
+	ops = plan(t, sp01, cfg, sec)
+	if act := opsOf(ops, reconcile.KindActivateNextIssuer); len(ops) != 1 || len(act) != 1 || act[0].Command() != "Set-SPSecurityTokenServiceConfig -ImportSigningCertificate <redacted> -Confirm:$false" {
+		t.Errorf("activation plan = %s", reconcile.Redacted(ops))
+	}
+	noErrors(t, apply(t, sp01, cfg, sec))
+	cfg.RetirePreviousIssuer = true
+	r = verify(t, sp01, cfg)
+	allOK(t, r)
+	if o := r.GetOauth(); o.GetIssuerThumbprint() != nt || o.GetNextIssuerThumbprint() != "" || o.GetPreviousIssuerThumbprint() != "" {
+		t.Errorf("oauth once activated = %v, want current %s alone", o, nt)
+	}
+	if ops := plan(t, sp01, cfg, sec); len(ops) != 0 {
+		t.Errorf("plan once activated = %s", reconcile.Redacted(ops))
 	}
 }

@@ -554,6 +554,22 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 	case "sharepoint/set-sts-http":
 		s.SharePoint.STS.AllowOAuthOverHTTP, s.SharePoint.STS.AllowMetadataOverHTTP = boolean("allowOAuthOverHttp", false), boolean("allowMetadataOverHttp", false)
 		return ok(map[string]bool{"updated": true})
+	case "sharepoint/queue-signing-certificate", "sharepoint/import-signing-certificate":
+		cert, rec := importPFX("Set-SPSecurityTokenServiceConfig", str("pfxPath"), str("pfxPassword"))
+		if rec != nil {
+			return nil, rec
+		}
+		c := &certificateFacts{Thumbprint: certs.Thumbprint(cert), Subject: cert.Subject.String(), HasPrivateKey: true, RawData: base64.StdEncoding.EncodeToString(cert.Raw)}
+		sts := &s.SharePoint.STS
+		if op == "queue-signing-certificate" {
+			sts.QueueSigningCertificate = c
+		} else {
+			sts.SigningCertificate = c
+			if q := sts.QueueSigningCertificate; q != nil && q.Thumbprint == c.Thumbprint {
+				sts.QueueSigningCertificate = nil
+			}
+		}
+		return ok(map[string]string{"thumbprint": c.Thumbprint})
 	}
 	return nil, &ErrorRecord{FullyQualifiedErrorID: "S2SUnknownOperation", Category: "InvalidOperation", Message: "the emulated " + script + " has no operation " + op}
 }
