@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -100,6 +101,9 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A rotation's phase, stored beside the document, is part of the
+	// hosts' desired state.
+	rotation.Overlay(cfgs, rec.Rotation)
 	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
