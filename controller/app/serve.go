@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/rotation"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
@@ -240,6 +241,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterFleetServiceServer(gs, fleet)
 	rollouts := server.NewRolloutService(hub, topoSvc)
 	pb.RegisterRolloutServiceServer(gs, rollouts)
+	rotations := server.NewRotationService(hub, topoSvc)
+	pb.RegisterRotationServiceServer(gs, rotations)
+	rotEngine := &rotation.Engine{Store: rotations.Rotations(), Rollouts: rollout.NewStore(st), Source: server.NewRotationSource(hub),
+		Applier: rotations, Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
 	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	if ca != nil {
@@ -285,7 +290,13 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		// ignored changes while it did not lead, it looks at all of them.
 		return elector.Run(gctx, func(lctx context.Context) {
 			hub.ReselectAll(lctx)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				rotEngine.Lead(lctx)
+			}()
 			engine.Lead(lctx, nil)
+			<-done
 		})
 	})
 	g.Go(func() error {

@@ -34,6 +34,7 @@ package rotation
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -104,17 +105,23 @@ func OverlayOf(r *pb.Rotation, p pb.RotationPhase) *store.RotationOverlay {
 	}
 }
 
-// splitRef reads "name@vN" as SecretRef writes it.
+// ParseSecretRef reads how an administrator names one version of a
+// secret: "name" (version 0: the newest), "name@vN" or "name@N".
+func ParseSecretRef(ref string) (string, uint64, error) {
+	name, v, ok := strings.Cut(ref, "@")
+	if !ok {
+		return ref, 0, nil
+	}
+	n, err := strconv.ParseUint(strings.TrimPrefix(v, "v"), 10, 64)
+	if err != nil || n == 0 || name == "" {
+		return "", 0, fmt.Errorf("a secret is NAME, NAME@vN or NAME@N with N a version from 1, not %q", ref)
+	}
+	return name, n, nil
+}
+
 func splitRef(ref string) (string, uint64) {
-	i := strings.LastIndex(ref, "@v")
-	if i < 0 {
-		return ref, 0
-	}
-	var v uint64
-	if _, err := fmt.Sscanf(ref[i+2:], "%d", &v); err != nil {
-		return ref, 0
-	}
-	return ref[:i], v
+	name, v, _ := ParseSecretRef(ref)
+	return name, v
 }
 
 // Overlay lays rotation phase o over the compiled configurations of its

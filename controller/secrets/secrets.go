@@ -57,6 +57,10 @@ func (r record) version() uint64 { return max(r.Version, 1) }
 type Ref struct {
 	Name    string
 	Version uint64
+	// As is the name the delivered material carries, Name when empty: a
+	// rotation's next certificate travels as "name@vN", beside the
+	// current version of the same secret.
+	As string
 }
 
 // plain is the sealed part.
@@ -353,6 +357,17 @@ func Info(ctx context.Context, st *store.Store, name string, version uint64) (*p
 	return s.info, nil
 }
 
+// Resolve gives the version number of one version of a secret (0: the
+// newest) with its certificate's description, without opening its sealed
+// part; store.ErrNotFound for an unknown name or version.
+func Resolve(ctx context.Context, st *store.Store, name string, version uint64) (uint64, *pb.CertificateInfo, error) {
+	s, err := (&Store{st: st}).getVersion(ctx, name, version)
+	if err != nil {
+		return 0, nil, err
+	}
+	return s.rec.version(), s.info, nil
+}
+
 // DecodeInfo reads the certificate description of a stored secret value,
 // without opening its sealed part.
 func DecodeInfo(value []byte) (*pb.CertificateInfo, error) {
@@ -443,7 +458,11 @@ func (s *Store) SecretVersions(ctx context.Context, refs []Ref) ([]*pb.SecretMat
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, &pb.SecretMaterial{Name: name, Pfx: p.PFX, Password: p.Password, Thumbprint: st.info.GetThumbprint()})
+		as := name
+		if ref.As != "" {
+			as = ref.As
+		}
+		out = append(out, &pb.SecretMaterial{Name: as, Pfx: p.PFX, Password: p.Password, Thumbprint: st.info.GetThumbprint()})
 	}
 	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -106,6 +107,9 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 // newCompiled is the compiled form of record rec, whose document is t
 // (loaded, so normalized) compiled to cfgs.
 func newCompiled(rec *store.TopologyRecord, t *topology.Topology, cfgs []*pb.HostConfig) *compiled {
+	// A rotation's phase, stored beside the document, is part of the
+	// hosts' desired state.
+	rotation.Overlay(cfgs, rec.Rotation)
 	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash,
 		hosts: make(map[string]*pb.HostConfig, len(cfgs)), order: make([]string, 0, len(cfgs)),
 		deployments: make(map[string][]string, len(t.Deployments)), pins: rec.Secrets}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/controller/metrics"
+	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/secrets"
 
 	"github.com/s2strust/s2strust/controller/rollout"
@@ -189,24 +190,31 @@ func (h *Hub) closeStreams() {
 }
 
 // secretsFor names the secrets a push of cfg carries: the deployment's
-// token-issuer secret, except on a Lync Front End that is not the pool's
-// primary unless DeliverLyncIssuerToEveryHost is set.
+// token-issuer secret and, during a rotation's staging, its next one
+// (carried under the name "name@vN" the configuration gives it), except on
+// a Lync Front End that is not the pool's primary unless
+// DeliverLyncIssuerToEveryHost is set.
 func (h *Hub) secretsFor(cfg *pb.HostConfig) []secrets.Ref {
-	name := cfg.GetTokenIssuer().GetSecret()
-	if name == "" {
-		return nil
-	}
 	if !h.cfg.DeliverLyncIssuerToEveryHost && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
 		return nil
 	}
-	// The version the host's target revision pins.
-	ref := secrets.Ref{Name: name}
-	h.mu.Lock()
-	if c := h.targetLocked(cfg.GetHost()); c != nil {
-		ref.Version = c.pins[name].Version
+	var refs []secrets.Ref
+	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
+		// The version the host's target revision pins.
+		ref := secrets.Ref{Name: name}
+		h.mu.Lock()
+		if c := h.targetLocked(cfg.GetHost()); c != nil {
+			ref.Version = c.pins[name].Version
+		}
+		h.mu.Unlock()
+		refs = append(refs, ref)
 	}
-	h.mu.Unlock()
-	return []secrets.Ref{ref}
+	if next := cfg.GetNextTokenIssuer().GetSecret(); next != "" {
+		if name, version, err := rotation.ParseSecretRef(next); err == nil {
+			refs = append(refs, secrets.Ref{Name: name, Version: version, As: next})
+		}
+	}
+	return refs
 }
 
 func (h *Hub) notify(host string) {

@@ -58,22 +58,28 @@ func (s *RolloutSource) Current(ctx context.Context) (uint64, string, error) {
 	return cur.Revision, cur.Hash, nil
 }
 
-// newRollout plans and stores the rollout of document doc (topology t)
+// newRollout plans and stores the rollout of the revision stored under
+// hash (store.RecordHash: topology t's document, with a rotation phase)
 // before the revision itself is stored: the hub holds every host back to
 // the target the rollout gives it from the moment the revision is current.
 // override, from the request, wins over the topology's rollout: section.
 // It returns nil when the revision goes to every host at once: immediate,
 // or the first revision (no host has anything to protect yet).
-func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, doc []byte, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string) (*rollout.Stored, error) {
+func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, hash string, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string) (*rollout.Stored, error) {
 	strategy, err := rolloutStrategy(t, next, override)
 	if err != nil {
 		return nil, err
 	}
+	return h.planRollout(ctx, strategy, hash, next, who, undoOf)
+}
+
+// planRollout is newRollout with the strategy decided.
+func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, hash string, next []*pb.HostConfig, who, undoOf string) (*rollout.Stored, error) {
 	snap := h.snapshot()
 	if strategy.GetImmediate() || snap.topo == nil {
 		return nil, nil
 	}
-	if snap.topo.hash == store.DocumentHash(doc) {
+	if snap.topo.hash == hash {
 		return nil, nil // nothing changes: nothing to roll out
 	}
 	f := rollout.Fleet{Deployment: map[string]string{}, Primaries: snap.primaries, From: map[string]uint64{}}
@@ -86,7 +92,7 @@ func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, doc []byte, 
 		}
 	}
 	r := rollout.Plan("", strategy, f, snap.topo.revision, 0, h.cfg.Now())
-	r.CreatedBy, r.UndoOf, r.DocumentHash = who, undoOf, store.DocumentHash(doc)
+	r.CreatedBy, r.UndoOf, r.DocumentHash = who, undoOf, hash
 	return h.rollouts.Create(ctx, r, nil, func(name string) string { return "aborted: superseded by " + name })
 }
 

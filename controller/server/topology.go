@@ -134,8 +134,11 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 		return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 	}
+	if err := s.hub.runningRotation(ctx); err != nil {
+		return nil, err
+	}
 	// The rollout is stored first: the revision is current only with it.
-	ro, err := s.hub.newRollout(ctx, t, doc, next, withImmediate(req), who, undoOf)
+	ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf)
 	if err != nil {
 		return nil, err
 	}

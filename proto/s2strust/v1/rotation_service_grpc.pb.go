@@ -44,8 +44,11 @@ type RotationServiceClient interface {
 	// secret, a certificate failing the certificate rules, an effective time
 	// later than 24 hours before the current certificate expires, the same
 	// certificate as the current one, a start time in the past) or
-	// FAILED_PRECONDITION (a rotation already scheduled or running, a
-	// rollout running), naming the field and value; nothing is stored then.
+	// FAILED_PRECONDITION (a rotation already scheduled or running, no
+	// topology, no report of the current certificate), naming the field and
+	// value; nothing is stored then. A rotation due while a rollout runs
+	// waits for it to finish. While a rotation runs, ApplyTopology is
+	// FAILED_PRECONDITION: abort the rollout of its phase to stop it.
 	// Retry with the same request_id: a rotation stored for it is returned
 	// as it is, never created twice.
 	CreateRotation(ctx context.Context, in *CreateRotationRequest, opts ...grpc.CallOption) (*CreateRotationResponse, error)
@@ -153,8 +156,11 @@ type RotationServiceServer interface {
 	// secret, a certificate failing the certificate rules, an effective time
 	// later than 24 hours before the current certificate expires, the same
 	// certificate as the current one, a start time in the past) or
-	// FAILED_PRECONDITION (a rotation already scheduled or running, a
-	// rollout running), naming the field and value; nothing is stored then.
+	// FAILED_PRECONDITION (a rotation already scheduled or running, no
+	// topology, no report of the current certificate), naming the field and
+	// value; nothing is stored then. A rotation due while a rollout runs
+	// waits for it to finish. While a rotation runs, ApplyTopology is
+	// FAILED_PRECONDITION: abort the rollout of its phase to stop it.
 	// Retry with the same request_id: a rotation stored for it is returned
 	// as it is, never created twice.
 	CreateRotation(context.Context, *CreateRotationRequest) (*CreateRotationResponse, error)
