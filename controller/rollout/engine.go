@@ -252,7 +252,7 @@ func step(r *pb.Rollout, obs Observations, disabled func(from, to string) bool, 
 				waiting = true
 				continue
 			}
-			h.State, h.TargetRevision, h.ReleaseTime, h.UpdateTime = pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING, r.GetToRevision(), ts, ts
+			h.State, h.TargetRevision, h.TargetSequence, h.ReleaseTime, h.UpdateTime = pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING, r.GetToRevision(), r.GetToSequence(), ts, ts
 			h.Gate, h.Cause = "released", ""
 			busy++
 		}
