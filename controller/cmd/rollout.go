@@ -20,8 +20,8 @@ func rolloutName(args []string) string {
 	if len(args) == 0 || args[0] == "" {
 		return "rollouts/-"
 	}
-	if strings.HasPrefix(args[0], "rollouts/") {
-		return args[0]
+	if strings.Contains(args[0], "/") {
+		return args[0] // a full name, checked (and named when wrong) by the controller
 	}
 	return "rollouts/" + args[0]
 }
@@ -123,6 +123,7 @@ func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bo
 		return rpcError("watch "+name, err)
 	}
 	var last *pb.Rollout
+	lastLine := ""
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -132,7 +133,12 @@ func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bo
 			return rpcError("watch "+name, err)
 		}
 		last = resp.GetRollout()
-		printProgress(g.out, last)
+		// A change within a wave (a gate's text) that moves no count
+		// prints no new line.
+		if line := progressLine(last); line != lastLine {
+			fmt.Fprintln(g.out, line)
+			lastLine = line
+		}
 		if last.GetState() == pb.RolloutState_ROLLOUT_STATE_PAUSED {
 			break
 		}
@@ -142,7 +148,11 @@ func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bo
 	}
 	printRollout(g.out, last)
 	if last.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
-		return &exitError{code: 2, err: fmt.Errorf("%s: %w: %s: %s", last.GetName(), errRolloutStopped, rolloutState(last.GetState()), safe(last.GetReason()))}
+		why := safe(last.GetReason())
+		if st := rolloutState(last.GetState()); !strings.HasPrefix(why, st) {
+			why = st + ": " + why
+		}
+		return &exitError{code: 2, err: fmt.Errorf("%s: %w: %s", last.GetName(), errRolloutStopped, why)}
 	}
 	return nil
 }
@@ -176,8 +186,9 @@ func hostState(s pb.RolloutHostState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "ROLLOUT_HOST_STATE_"))
 }
 
-// printProgress prints one line per change: each wave's passed/total.
-func printProgress(w io.Writer, r *pb.Rollout) {
+// progressLine is one line of a followed rollout: its state and each
+// wave's passed/total, the current wave marked.
+func progressLine(r *pb.Rollout) string {
 	var waves []string
 	for i, wv := range r.GetWaves() {
 		passed := 0
@@ -192,7 +203,7 @@ func printProgress(w io.Writer, r *pb.Rollout) {
 		}
 		waves = append(waves, fmt.Sprintf("%s%s %d/%d", mark, wv.GetTitle(), passed, len(wv.GetHosts())))
 	}
-	fmt.Fprintf(w, "%s %s (revision %s → %s): %s\n", r.GetName(), rolloutState(r.GetState()), seqText(r.GetFromSequence(), r.GetFromRevision()), seqText(r.GetToSequence(), r.GetToRevision()), strings.Join(waves, ", "))
+	return fmt.Sprintf("%s %s (revision %s → %s): %s", r.GetName(), rolloutState(r.GetState()), seqText(r.GetFromSequence(), r.GetFromRevision()), seqText(r.GetToSequence(), r.GetToRevision()), strings.Join(waves, ", "))
 }
 
 // printRollout prints a rollout per wave and host.

@@ -292,6 +292,12 @@ func (s *RolloutService) AbortRollout(ctx context.Context, req *pb.AbortRolloutR
 // UndoRollout implements the RPC; see the proto for its contract.
 func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutRequest) (*pb.UndoRolloutResponse, error) {
 	cur, err := s.get(ctx, req.GetName())
+	if id, _ := rollout.ParseName(req.GetName()); id == 0 && errors.Is(err, store.ErrNotFound) {
+		// No rollout yet: the fleet runs the first revision it was given
+		// (each later one starts a rollout), so there is nothing before it.
+		return nil, rollout.Precondition("cannot undo %q: no rollout yet, so there is no previous revision to go back to (the first revision goes to every host at once; a later apply starts a rollout)",
+			req.GetName())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -301,13 +307,16 @@ func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutReq
 	}
 	r := cur.Rollout
 	if newest.ID != cur.ID {
-		return nil, fmt.Errorf("cannot undo %s: %s is newer; undo that one: %w", r.GetName(), newest.Rollout.GetName(), store.ErrConflict)
+		return nil, rollout.Precondition("cannot undo %s: %s is newer; undo that one", r.GetName(), newest.Rollout.GetName())
 	}
 	if r.GetFromRevision() == 0 {
-		return nil, fmt.Errorf("cannot undo %s: it has no previous revision: %w", r.GetName(), store.ErrConflict)
+		return nil, rollout.Precondition("cannot undo %s: it has no previous revision", r.GetName())
 	}
 	r = s.withSequences(ctx, r)
 	prev, err := s.hub.cfg.Store.TopologyRevision(ctx, r.GetFromRevision())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, rollout.Precondition("cannot undo %s: its previous %s is no longer in the history", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot undo %s: previous %s: %w", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()), err)
 	}
@@ -320,7 +329,7 @@ func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutReq
 		return nil, err
 	}
 	if resp.GetRollout() == "" {
-		return nil, fmt.Errorf("cannot undo %s: %s is what the fleet runs already: %w", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()), store.ErrConflict)
+		return nil, rollout.Precondition("cannot undo %s: %s is what the fleet runs already", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()))
 	}
 	out, err := s.get(ctx, resp.GetRollout())
 	if err != nil {
