@@ -252,7 +252,7 @@ func step(r *pb.Rollout, obs Observations, disabled func(from, to string) bool, 
 				waiting = true
 				continue
 			}
-			h.State, h.TargetRevision, h.ReleaseTime, h.UpdateTime = pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING, r.GetToRevision(), ts, ts
+			h.State, h.TargetRevision, h.TargetSequence, h.ReleaseTime, h.UpdateTime = pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING, r.GetToRevision(), r.GetToSequence(), ts, ts
 			h.Gate, h.Cause = "released", ""
 			busy++
 		}
@@ -292,7 +292,21 @@ func Targets(r *pb.Rollout) map[string]uint64 {
 
 // precondition is a FAILED_PRECONDITION naming the rollout and its state.
 func precondition(r *pb.Rollout, verb string) error {
-	return fmt.Errorf("cannot %s %s: it is %s: %w", verb, r.GetName(), stateName(r.GetState()), store.ErrConflict)
+	return Precondition("cannot %s %s: it is %s", verb, r.GetName(), stateName(r.GetState()))
+}
+
+// preconditionError is a refusal because of the state things are in: its
+// text is the message alone, and it is a store.ErrConflict, which the API
+// answers with FAILED_PRECONDITION.
+type preconditionError struct{ msg string }
+
+func (e *preconditionError) Error() string { return e.msg }
+func (e *preconditionError) Unwrap() error { return store.ErrConflict }
+
+// Precondition returns a FAILED_PRECONDITION error with the formatted
+// message (which should name what is refused and the state in the way).
+func Precondition(format string, args ...any) error {
+	return &preconditionError{msg: fmt.Sprintf(format, args...)}
 }
 
 func stateName(s pb.RolloutState) string {

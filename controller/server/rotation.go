@@ -378,13 +378,18 @@ func (s *RotationService) ApplyPhase(ctx context.Context, r *pb.Rotation) (uint6
 	}
 	audit := rotationAudit(r, who, s.hub.cfg.Now(), pins)
 	expected := cur.Revision
-	rev, seq, _, err := st.PutTopologyPhase(ctx, t.Name, doc, pins, overlay, who, s.hub.cfg.Now(), &expected, audit)
+	var also store.WithTopology
+	var stored *pb.Rollout
+	if ro != nil {
+		also = s.hub.withRollout(ro, &stored)
+	}
+	rev, seq, _, err := st.PutTopologyWith(ctx, t.Name, doc, pins, overlay, who, s.hub.cfg.Now(), &expected, audit, also)
 	if err != nil {
 		return 0, 0, "", err
 	}
 	name := ""
-	if ro != nil {
-		name = ro.Rollout.GetName()
+	if stored != nil {
+		name = stored.GetName()
 	}
 	return rev, seq, name, nil
 }

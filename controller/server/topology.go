@@ -137,18 +137,25 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if err := s.hub.runningRotation(ctx); err != nil {
 		return nil, err
 	}
-	// The rollout is stored first: the revision is current only with it.
+	// The rollout is stored in the revision's own transaction: the
+	// revision is never current without it, and a failed apply leaves no
+	// rollout behind (nor aborts the running one).
 	ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf)
 	if err != nil {
 		return nil, err
 	}
-	rev, seq, changed, err := st.PutTopologyPinned(ctx, t.Name, doc, pins, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins))
+	var also store.WithTopology
+	var stored *pb.Rollout
+	if ro != nil {
+		also = s.hub.withRollout(ro, &stored)
+	}
+	rev, seq, changed, err := st.PutTopologyWith(ctx, t.Name, doc, pins, nil, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins), also)
 	if err != nil {
 		return nil, err
 	}
 	resp.Revision, resp.Sequence, resp.Changed = rev, seq, changed
-	if ro != nil && changed {
-		resp.Rollout = ro.Rollout.GetName()
+	if stored != nil && changed {
+		resp.Rollout = stored.GetName()
 	}
 	return resp, nil
 }

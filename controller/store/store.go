@@ -271,13 +271,24 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 // current one with the same pins is not stored again. It also returns the
 // revision's sequence number: the current one's plus one.
 func (s *Store) PutTopologyPinned(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev, seq uint64, changed bool, err error) {
-	return s.PutTopologyPhase(ctx, name, doc, pins, nil, appliedBy, now, expected, audit)
+	return s.PutTopologyWith(ctx, name, doc, pins, nil, appliedBy, now, expected, audit, nil)
 }
 
-// PutTopologyPhase is PutTopologyPinned for a revision that carries a
-// rotation phase o (nil: none). A revision identical to the current one
-// (document, pins and phase) is not stored again.
-func (s *Store) PutTopologyPhase(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, o *RotationOverlay, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev, seq uint64, changed bool, err error) {
+// WithTopology adds writes to the transaction that stores a topology
+// revision. It is called on each attempt with the current revision (nil:
+// none yet) and the new revision's sequence number; its comparisons guard
+// its operations, and the revision is stored together with them or, like
+// them, not at all. A refused comparison makes PutTopologyWith try again
+// on what is current then (also with expected set: only a changed current
+// revision is a conflict). An error from it ends the put, nothing stored.
+type WithTopology func(ctx context.Context, cur *TopologyRecord, seq uint64) ([]clientv3.Cmp, []clientv3.Op, error)
+
+// PutTopologyWith is PutTopologyPinned for a revision that carries a
+// rotation phase o (nil: none), storing also's writes in the same
+// transaction (also nil: none). A revision identical to the current one
+// (document, pins and phase) is not stored again, and also is then not
+// called.
+func (s *Store) PutTopologyWith(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, o *RotationOverlay, appliedBy string, now time.Time, expected *uint64, audit []byte, also WithTopology) (rev, seq uint64, changed bool, err error) {
 	rec := TopologyRecord{Name: name, Document: doc, Hash: RecordHash(doc, o), AppliedAt: now.UTC(), AppliedBy: appliedBy, Rotation: o}
 	if len(pins) > 0 {
 		rec.Secrets = pins
@@ -313,9 +324,19 @@ func (s *Store) PutTopologyPhase(ctx context.Context, name string, doc []byte, p
 		if audit != nil {
 			ops = append(ops, clientv3.OpPut(AuditKey(s, "topology", now), string(audit)))
 		}
+		var alsoCmps []clientv3.Cmp
+		if also != nil {
+			cmps, more, err := also(ctx, cur, rec.Sequence)
+			if err != nil {
+				return 0, 0, false, err
+			}
+			alsoCmps, ops = cmps, append(ops, more...)
+		}
+		// also's comparisons guard the whole write from inside, so that a
+		// refusal of theirs is told apart from a changed current revision.
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.currentKey()), "=", curRev)).
-			Then(ops...).
+			Then(clientv3.OpTxn(alsoCmps, ops, nil)).
 			Commit()
 		if err != nil {
 			return 0, 0, false, fmt.Errorf("store topology: %w", s.writeErr(err))
@@ -324,6 +345,9 @@ func (s *Store) PutTopologyPhase(ctx context.Context, name string, doc []byte, p
 			if expected != nil {
 				return 0, 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
 			}
+			continue
+		}
+		if !resp.Responses[0].GetResponseTxn().GetSucceeded() {
 			continue
 		}
 		rev = uint64(resp.Header.Revision)
