@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -310,4 +311,37 @@ func medianSpread(xs []float64) (med, lo, hi float64) {
 		med = (s[n/2-1] + s[n/2]) / 2
 	}
 	return med, s[0], s[n-1]
+}
+
+// TestApplyRefusesADocumentOverTheSizeLimit: at the API (as grpcurl would
+// send it, without the CLI's own check) a document over the limit is
+// INVALID_ARGUMENT naming the field, the document's size and the limit,
+// before it is parsed, for a dry run too; nothing is stored.
+func TestApplyRefusesADocumentOverTheSizeLimit(t *testing.T) {
+	ctx := context.Background()
+	f := startHub(t, Config{})
+	before, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := NewTopologyService(f.hub, nil)
+	doc := append(slices.Clone(examples.Contoso), strings.Repeat("#", MaxDocumentSize)...)
+	for _, dry := range []bool{true, false} {
+		_, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: doc, DryRun: dry})
+		var te *topology.Error
+		want := fmt.Sprintf(`document: "%d bytes": a topology document of at most %d bytes`, len(doc), MaxDocumentSize)
+		if !errors.As(err, &te) || !strings.Contains(err.Error(), want) {
+			t.Errorf("dry run %v: %v; want INVALID_ARGUMENT %q", dry, err, want)
+		}
+		if st := toStatus(err); status.Code(st) != codes.InvalidArgument {
+			t.Errorf("dry run %v: maps to %v, want INVALID_ARGUMENT", dry, st)
+		}
+	}
+	after, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Revision != before.Revision {
+		t.Errorf("a refused document stored revision %d", after.Revision)
+	}
 }

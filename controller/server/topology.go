@@ -19,8 +19,9 @@ import (
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
-// MaxDocumentSize bounds a topology document.
-const MaxDocumentSize = 1 << 20
+// MaxDocumentSize bounds a topology document: topology.MaxDocumentSize,
+// checked before anything is parsed.
+const MaxDocumentSize = topology.MaxDocumentSize
 
 // TopologyChecker runs checks beyond the topology's own validation that
 // need the controller's state, such as the token-issuer certificate
