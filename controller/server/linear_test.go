@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -344,4 +345,79 @@ func TestApplyRefusesADocumentOverTheSizeLimit(t *testing.T) {
 	if after.Revision != before.Revision {
 		t.Errorf("a refused document stored revision %d", after.Revision)
 	}
+}
+
+// TestTrustReportIsLinear: for deployments of 2,000 hosts that trust each
+// other, a healthy estate's edges are OK with each host's sampled probes
+// (not a probe to every host of the other side expected), a missing probe
+// is named, and the clock skew is the largest difference between a host of
+// each side, found from the offsets' ranges.
+func TestTrustReportIsLinear(t *testing.T) {
+	const n = 2000
+	c, err := compileDocument(&store.TopologyRecord{Revision: 1, Name: "contoso", Document: bigContoso(n, "contoso.com")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := snapshot{topo: c, primaries: map[string]string{"pool01": "fe00000.contoso.com", "exchange": "ex00000.contoso.com", "sharepoint": "sp01.contoso.com"}}
+	reports := healthyReports(snap)
+	got := edges(snap, reports)
+	if len(got) != 5 {
+		t.Fatalf("%d edges, want 5", len(got))
+	}
+	for k, e := range got {
+		if !e.GetOk() {
+			t.Errorf("%s: problems %v", k, e.GetProblems()[:min(3, len(e.GetProblems()))])
+		}
+	}
+	if p := len(got["pool01→exchange"].GetProbes()); p != n*topology.MaxProbeTargets {
+		t.Errorf("pool01→exchange lists %d probes, want %d (%d hosts × %d)", p, n*topology.MaxProbeTargets, n, topology.MaxProbeTargets)
+	}
+
+	// One probe result missing is named, and only it.
+	const from = "fe01234.contoso.com"
+	r := reports[from]
+	var missing string
+	for i, p := range r.GetProbes() {
+		if p.GetToDeployment() == "exchange" {
+			missing = p.GetTargetHost()
+			r.Probes = slices.Delete(r.Probes, i, i+1)
+			break
+		}
+	}
+	e := buildEdge(snap, partnerFor(t, snap, "pool01", "exchange"), "exchange", reports, nil)
+	want := fmt.Sprintf("no probe result from %s to %s yet", from, missing)
+	if len(e.GetProblems()) != 1 || e.GetProblems()[0] != want {
+		t.Errorf("problems %v, want only %q", e.GetProblems(), want)
+	}
+
+	// Clock skew: offsets from -3 to +4 minutes on one side, -1 to +2 on
+	// the other: the largest difference is 4 - (-1) = 5 minutes.
+	states := map[string]*pb.Host{}
+	seen := timestamp(time.Now())
+	for i, h := range snap.topo.deployments["pool01"] {
+		states[h] = &pb.Host{Host: h, LastSeen: seen, ClockOffsetMs: int64(-3*60000 + i*7*60000/(n-1))}
+	}
+	for i, h := range snap.topo.deployments["exchange"] {
+		states[h] = &pb.Host{Host: h, LastSeen: seen, ClockOffsetMs: int64(-60000 + i*3*60000/(n-1))}
+	}
+	states["ex00007.contoso.com"].LastSeen = nil // never seen: not counted
+	states["ex00007.contoso.com"].ClockOffsetMs = -3600000
+	e = buildEdge(snap, partnerFor(t, snap, "pool01", "exchange"), "exchange", healthyReports(snap), states)
+	if e.GetMaxClockSkewMs() != 5*60000 || !slices.ContainsFunc(e.GetProblems(), func(p string) bool {
+		return strings.Contains(p, "clock skew between pool01 and exchange hosts is 300s")
+	}) {
+		t.Errorf("clock skew %d ms, problems %v; want 300000 and a skew problem", e.GetMaxClockSkewMs(), e.GetProblems())
+	}
+}
+
+// partnerFor is the partner through which deployment to registers from.
+func partnerFor(t *testing.T, snap snapshot, from, to string) *pb.Partner {
+	t.Helper()
+	for _, p := range snap.topo.hosts[snap.topo.deployments[to][0]].GetPartners() {
+		if p.GetDeployment() == from {
+			return p
+		}
+	}
+	t.Fatalf("%s has no partner %s", to, from)
+	return nil
 }
