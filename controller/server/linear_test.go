@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -420,4 +421,25 @@ func partnerFor(t *testing.T, snap snapshot, from, to string) *pb.Partner {
 	}
 	t.Fatalf("%s has no partner %s", to, from)
 	return nil
+}
+
+// TestAuditRecordOfAHugeChange: the audit record of an apply lists its
+// first 2,000 changes and counts them all.
+func TestAuditRecordOfAHugeChange(t *testing.T) {
+	var plan []*pb.HostPlan
+	for i := range 3000 {
+		plan = append(plan, &pb.HostPlan{Host: fmt.Sprintf("h%05d.contoso.com", i), Items: []*pb.PlanItem{{Item: "oauth-configuration", Action: "update"}}})
+	}
+	svc := NewTopologyService(NewHub(Config{}), nil)
+	var rec struct {
+		What    string   `json:"what"`
+		Changes []string `json:"changes"`
+	}
+	if err := json.Unmarshal(svc.auditRecord("admin", "127.0.0.1", "contoso", plan, nil), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.What != "apply topology contoso (3000 changes)" || len(rec.Changes) != 2001 || rec.Changes[2000] != "… and 1000 more" ||
+		rec.Changes[0] != "h00000.contoso.com: update oauth-configuration" {
+		t.Errorf("audit record: what %q, %d changes, last %q", rec.What, len(rec.Changes), rec.Changes[len(rec.Changes)-1])
+	}
 }

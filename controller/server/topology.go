@@ -262,19 +262,24 @@ func boundedPlan(plan []*pb.HostPlan) *pb.ApplyTopologyResponse {
 
 // auditRecord says who changed the topology to what; it is stored with the change.
 func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPlan, pins map[string]store.SecretPin) []byte {
+	// Bounded like the answer: a record for a huge change lists its first
+	// items, and counts them all.
+	const maxChanges = 2000
 	var changes []string
+	total := 0
 	for _, hp := range plan {
 		for _, it := range hp.GetItems() {
-			changes = append(changes, hp.GetHost()+": "+it.GetAction()+" "+it.GetItem())
+			if total < maxChanges {
+				changes = append(changes, hp.GetHost()+": "+it.GetAction()+" "+it.GetItem())
+			}
+			total++
 		}
 	}
-	// Bounded like the answer: a record for a huge change lists its first items.
-	const maxChanges = 2000
-	if n := len(changes); n > maxChanges {
-		changes = append(changes[:maxChanges], fmt.Sprintf("… and %d more", n-maxChanges))
+	if total > maxChanges {
+		changes = append(changes, fmt.Sprintf("… and %d more", total-maxChanges))
 	}
 	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "from": from, "when": s.hub.cfg.Now().UTC(), "changes": changes,
-		"what": fmt.Sprintf("apply topology %s (%d changes)", name, len(changes)), "result": "ok"}
+		"what": fmt.Sprintf("apply topology %s (%d changes)", name, total), "result": "ok"}
 	if len(pins) > 0 {
 		// The secret versions the revision uses, by name, version and thumbprint only.
 		rec["secrets"] = pins
