@@ -234,6 +234,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	gs := grpc.NewServer(opts...)
 	topoSvc := server.NewTopologyService(hub, sec)
+	topoSvc.SetMaxResponseBytes(MaxMessageSize)
 	pb.RegisterTopologyServiceServer(gs, topoSvc)
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	fleet := server.NewFleetService(hub)

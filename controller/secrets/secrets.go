@@ -250,8 +250,13 @@ func (s *Store) currentTopology(ctx context.Context) (*topology.Topology, *store
 // version. A name with no stored secret is left out (CheckTopology
 // refuses it).
 func (s *Store) Pins(ctx context.Context, t *topology.Topology) (map[string]store.SecretPin, error) {
-	_, cur, err := s.currentTopology(ctx)
-	if err != nil {
+	// The current record's pins are all it takes: its document is not
+	// parsed (an apply would otherwise parse the current revision again).
+	cur, err := s.st.CurrentTopology(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		cur = nil
+	case err != nil:
 		return nil, err
 	}
 	pins := map[string]store.SecretPin{}

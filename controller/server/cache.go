@@ -43,7 +43,7 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64, latest *
 	if err != nil {
 		return err
 	}
-	c, err := compileDocument(rec)
+	c, err := h.compiledRecord(rec)
 	if err != nil {
 		return err
 	}
@@ -235,7 +235,7 @@ func (h *Hub) loadRevisions(ctx context.Context, targets map[string]uint64, cur 
 		if err != nil {
 			return nil, fmt.Errorf("target revision %d: %w", rev, err)
 		}
-		c, err := compileDocument(rec)
+		c, err := h.compileRecord(rec)
 		if err != nil {
 			return nil, fmt.Errorf("compile target revision %d: %w", rev, err)
 		}

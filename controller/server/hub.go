@@ -116,6 +116,13 @@ type Hub struct {
 	agents map[string]*agentState
 	// observer hears the Sync streams: the log and cfg.Observer.
 	observer SyncObserver
+	// fresh is the compilation of the document an apply is storing, so
+	// that the watch making it current does not parse and compile it
+	// again (see offerCompiled).
+	fresh *compiled
+	// compiles counts stored revisions parsed and compiled (not those
+	// an apply handed over): what compile-once saves is visible in tests.
+	compiles atomic.Int64
 }
 
 // Stopping tells the hub the controller is shutting down: it ends the

@@ -74,7 +74,10 @@ func Plan(from, to []*pb.HostConfig) []*pb.HostPlan {
 				Action: ActionRemove,
 				Detail: fmt.Sprintf("%s is no longer in the topology (it was in %s deployment %s): s2strust stops managing it and changes nothing on it", h, products.Name(f.Product), f.Deployment),
 			}}
-		} else {
+		} else if f == nil || hp.FromHash != hp.ToHash {
+			// Equal hashes mean equal configurations (primary aside):
+			// nothing to diff, which keeps a small change to a large
+			// fleet cheap to plan.
 			hp.Items = diffHost(f, t)
 		}
 		plans = append(plans, hp)
