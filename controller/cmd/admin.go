@@ -16,7 +16,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -258,7 +257,7 @@ func newGet(g *globals) *cobra.Command {
 				// The document itself, as the controller stores it.
 				return topoOut.print(g.out, json.RawMessage(doc), nil)
 			}
-			y, err := yaml.JSONToYAML(doc)
+			y, err := jsonToYAML(doc)
 			if err != nil {
 				return err
 			}

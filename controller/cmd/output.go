@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"unicode/utf8"
@@ -81,7 +82,7 @@ func (o *output) print(w io.Writer, v any, table func() error) error {
 		return err
 	}
 	if o.format == formatYAML {
-		if b, err = yaml.JSONToYAML(b); err != nil {
+		if b, err = jsonToYAML(b); err != nil {
 			return fmt.Errorf("print as yaml: %w", err)
 		}
 	} else {
@@ -89,9 +90,48 @@ func (o *output) print(w io.Writer, v any, table func() error) error {
 	}
 	// Strings came from agents and files. Inside JSON strings the escapes
 	// termsafe writes (\u202e, \u001b) are JSON's own, so the data stays
-	// the same; the YAML encoder quotes such strings likewise.
+	// the same; jsonToYAML left none to escape.
 	_, err = io.WriteString(w, termsafe.Text(string(b)))
 	return err
+}
+
+// jsonToYAML is the JSON document j as YAML, its keys in the same order.
+// A string holding what a terminal would act on (a control or
+// bidirectional character, a line break, a tab) is written double-quoted
+// with YAML's escapes, which mean the same string: the YAML encoder would
+// write it raw, and lose a tab or a carriage return.
+func jsonToYAML(j []byte) ([]byte, error) {
+	var v any
+	if err := yaml.UnmarshalWithOptions(j, &v, yaml.UseOrderedMap()); err != nil {
+		return nil, err
+	}
+	return yaml.Marshal(quoteUnsafe(v))
+}
+
+// yamlQuoted is a string written as a YAML double-quoted scalar; Go's
+// escapes (\x1b, \t, \u202e …) are YAML's too.
+type yamlQuoted string
+
+// MarshalYAML implements yaml.BytesMarshaler.
+func (q yamlQuoted) MarshalYAML() ([]byte, error) { return []byte(strconv.Quote(string(q))), nil }
+
+// quoteUnsafe replaces, at any depth, each string termsafe would escape.
+func quoteUnsafe(v any) any {
+	switch x := v.(type) {
+	case string:
+		if termsafe.String(x) != x {
+			return yamlQuoted(x)
+		}
+	case yaml.MapSlice:
+		for i := range x {
+			x[i].Value = quoteUnsafe(x[i].Value)
+		}
+	case []any:
+		for i := range x {
+			x[i] = quoteUnsafe(x[i])
+		}
+	}
+	return v
 }
 
 // jsonOptions give every field, set or not, under its proto3 JSON name

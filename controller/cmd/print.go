@@ -177,19 +177,26 @@ func printStatus(w io.Writer, details []hostDetail) {
 	}
 }
 
+// printSectionHeader is the "=== host (deployment, product, role)" line
+// that starts a host's section.
+func printSectionHeader(w io.Writer, d hostDetail) {
+	h := d.host
+	role := "secondary"
+	if h.GetPrimary() {
+		role = "primary"
+	}
+	if d.report.GetMonitor() {
+		role += ", monitor mode"
+	}
+	fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
+}
+
 // printHostSection is one host's "=== host" section: its realm, items,
 // drift, the partner applications and OAuth settings it reported, and
 // the checks it made.
 func printHostSection(w io.Writer, d hostDetail) {
 	h, r := d.host, d.report
-	role := "secondary"
-	if h.GetPrimary() {
-		role = "primary"
-	}
-	if r.GetMonitor() {
-		role += ", monitor mode"
-	}
-	fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
+	printSectionHeader(w, d)
 	if r == nil {
 		fmt.Fprintln(w, "no status report yet")
 		return

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -39,14 +40,17 @@ const clockWarning = time.Minute
 const (
 	stateNack         = "NACK"
 	stateDisconnected = "disconnected"
+	stateDrift        = "drift"
 	statePending      = "pending"
 	stateMonitor      = "monitor"
 	stateConverged    = "converged"
 )
 
-// hostState is the STATE of h: NACK when it rejected its desired revision,
-// disconnected when its agent has no stream, pending while it has not
-// converged, monitor for an agent in monitor mode, else converged.
+// fleetState is the STATE of h, one per host so that the summary's counts
+// add up: monitor for an agent in monitor mode, NACK when it rejected its
+// desired revision, disconnected when its agent has no stream, drift when
+// its state moved from what it applied and was not corrected, pending
+// while it has not converged, else converged.
 func fleetState(h *pb.Host) string {
 	lr := h.GetLastResult()
 	switch {
@@ -56,6 +60,8 @@ func fleetState(h *pb.Host) string {
 		return stateNack
 	case !h.GetConnected():
 		return stateDisconnected
+	case len(openDrift(h.GetDrift())) > 0:
+		return stateDrift
 	case !convergence.Converged(h, h.GetDesiredVersion()):
 		return statePending
 	}
@@ -66,7 +72,7 @@ func fleetState(h *pb.Host) string {
 // the host is not converged, drifted, or reported a failed item, metadata
 // download or probe.
 func needsDetail(d hostDetail) bool {
-	if fleetState(d.host) != stateConverged || len(openDrift(d.host.GetDrift())) > 0 || d.report == nil {
+	if fleetState(d.host) != stateConverged || d.report == nil {
 		return true
 	}
 	for _, it := range d.report.GetItems() {
@@ -159,8 +165,7 @@ func summarize(details []hostDetail, trust *pb.GetTrustReportResponse) summary {
 			s.Disconnected++
 		case stateMonitor:
 			s.Monitor++
-		}
-		if len(openDrift(d.host.GetDrift())) > 0 {
+		case stateDrift:
 			s.Drift++
 		}
 	}
@@ -241,6 +246,74 @@ func printStatusTable(w io.Writer, details []hostDetail, now time.Time) error {
 			driftText(h.GetDrift()), ageText(reportAge(d, now)), offsetText(h), resultText(h.GetLastResult()))
 	}
 	return t.flush()
+}
+
+// printHostProblems is a host's section in status: what is wrong with it
+// (its answer, items, drift and failed checks, the messages wrapped, never
+// cut), not what is right; get host H and status --details show all.
+func printHostProblems(w io.Writer, d hostDetail) {
+	h, r := d.host, d.report
+	printSectionHeader(w, d)
+	if r == nil {
+		fmt.Fprintln(w, "no status report yet")
+		return
+	}
+	fmt.Fprintln(w, realmLine(h, r))
+	if r.GetMonitor() {
+		fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
+	}
+	if lr := h.GetLastResult(); fleetState(h) == stateNack {
+		fmt.Fprintf(w, "NACK of version %d:\n", lr.GetVersion())
+		for _, e := range lr.GetErrors() {
+			wrapLine(w, "  ", e.GetItem()+": "+e.GetMessage())
+		}
+	}
+	items := append([]*pb.ItemStatus(nil), r.GetItems()...)
+	sort.SliceStable(items, func(i, j int) bool { return items[i].GetItem() < items[j].GetItem() })
+	for _, it := range items {
+		if it.GetState() != pb.ItemState_ITEM_STATE_OK && it.GetState() != pb.ItemState_ITEM_STATE_DRIFTED {
+			wrapLine(w, "", stateText(it.GetState())+" "+it.GetItem()+": "+it.GetMessage())
+		}
+	}
+	// The drift kept with the host's state, which is what status counts.
+	for _, dr := range h.GetDrift() {
+		c := ""
+		if dr.GetCorrected() {
+			c = " (corrected)"
+		}
+		wrapLine(w, "", "DRIFT "+dr.GetItem()+": "+dr.GetActual()+c)
+	}
+	for _, m := range r.GetMetadata() {
+		if !m.GetOk() {
+			wrapLine(w, "", "FAILED metadata of "+m.GetDeployment()+" from "+m.GetUrl()+": "+m.GetError())
+		}
+	}
+	for _, p := range r.GetProbes() {
+		if !p.GetOk() {
+			wrapLine(w, "", "FAILED trust probe to "+p.GetToDeployment()+" ("+p.GetTargetHost()+"): "+p.GetReason()+": "+p.GetDetail())
+		}
+	}
+}
+
+// wrapWidth is where status wraps a long message.
+const wrapWidth = 100
+
+// wrapLine prints s escaped, wrapped at spaces to wrapWidth, each line
+// after the first indented two more than indent.
+func wrapLine(w io.Writer, indent, s string) {
+	line, empty := indent, true
+	for _, word := range strings.Fields(safe(s)) {
+		if !empty && len(line)+1+len(word) > wrapWidth {
+			fmt.Fprintln(w, line)
+			line, empty = indent+"  ", true
+		}
+		if !empty {
+			line += " "
+		}
+		line += word
+		empty = false
+	}
+	fmt.Fprintln(w, line)
 }
 
 // printHostDetail is `get host H`: the host's fields as a list, then its
@@ -373,29 +446,7 @@ func newStatus(g *globals) *cobra.Command {
 				}
 				rep = &pb.GetTrustReportResponse{Edges: edges, Realms: rep.GetRealms()}
 			}
-			sum := summarize(details, rep)
-			doc := struct {
-				Summary summary      `json:"summary"`
-				Hosts   []jsonDetail `json:"hosts"`
-			}{sum, detailsJSON(details, now)}
-			if err := o.print(g.out, doc, func() error {
-				printSummary(g.out, sum)
-				fmt.Fprintln(g.out)
-				if err := printStatusTable(g.out, details, now); err != nil {
-					return err
-				}
-				shown := 0
-				for _, d := range details {
-					if all || host != "" || needsDetail(d) {
-						printHostSection(g.out, d)
-						shown++
-					}
-				}
-				if shown < len(details) {
-					fmt.Fprintf(g.out, "\n(%s without problems not shown in detail: status --details, or get host HOST)\n", count(len(details)-shown, "host"))
-				}
-				return nil
-			}); err != nil {
+			if err := printFleetStatus(g.out, o, details, rep, now, all || host != ""); err != nil {
 				return err
 			}
 			return statusError(details)
@@ -425,6 +476,38 @@ working.`, exitNack, exitDrift, exitDisconnected, exitTrust)
 	c.Flags().BoolVar(&all, "details", false, "show every host's section, not only those of hosts with a problem")
 	c.Flags().StringVar(&host, "host", "", "show this host only")
 	return c
+}
+
+// printFleetStatus is status without --trust or --plan: the summary, the
+// table, then the sections of the hosts with a problem (all: of every
+// host); or all of it as JSON or YAML.
+func printFleetStatus(w io.Writer, o *output, details []hostDetail, rep *pb.GetTrustReportResponse, now time.Time, all bool) error {
+	sum := summarize(details, rep)
+	doc := struct {
+		Summary summary      `json:"summary"`
+		Hosts   []jsonDetail `json:"hosts"`
+	}{sum, detailsJSON(details, now)}
+	return o.print(w, doc, func() error {
+		printSummary(w, sum)
+		fmt.Fprintln(w)
+		if err := printStatusTable(w, details, now); err != nil {
+			return err
+		}
+		shown := 0
+		for _, d := range details {
+			switch {
+			case all:
+				printHostSection(w, d)
+			case needsDetail(d):
+				printHostProblems(w, d)
+				shown++
+			}
+		}
+		if !all && shown < len(details) {
+			fmt.Fprintf(w, "\n(%s without problems not shown in detail: status --details, or get host HOST)\n", count(len(details)-shown, "host"))
+		}
+		return nil
+	})
 }
 
 // detailsJSON is details for -o json.
