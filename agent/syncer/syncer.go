@@ -74,6 +74,9 @@ type Config struct {
 	OnDesired func(*pb.Desired)
 	// Metrics records applies, reports and syncs; nil records nothing.
 	Metrics metrics.Recorder
+	// ClockCheckInterval is how often the agent looks for a step of its
+	// host's clock (default 10s); see clockWatch.
+	ClockCheckInterval time.Duration
 	// Monitor runs the agent read-only (see the package comment). The
 	// driver must be a Planner or a reconcile.Backend; AutoCorrect must be
 	// off.
@@ -172,6 +175,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.VerifyInterval <= 0 {
 		cfg.VerifyInterval = 2 * time.Second
+	}
+	if cfg.ClockCheckInterval <= 0 {
+		cfg.ClockCheckInterval = 10 * time.Second
 	}
 	if cfg.PendingTimeout <= 0 {
 		cfg.PendingTimeout = 30 * time.Second
@@ -417,6 +423,9 @@ const (
 func (a *Agent) engine(ctx context.Context) error {
 	drift := time.NewTicker(a.cfg.DriftInterval)
 	defer drift.Stop()
+	clock := time.NewTicker(a.cfg.ClockCheckInterval)
+	defer clock.Stop()
+	watch := newClockWatch(a.cfg.Now)
 	var (
 		cur      *pb.Desired // not yet acknowledged: waiting or failed
 		nacked   bool        // cur was NACKed; a later success ACKs it late
@@ -506,6 +515,11 @@ func (a *Agent) engine(ctx context.Context) error {
 		case <-drift.C:
 			if cur == nil {
 				a.checkDrift(ctx)
+			}
+		case <-clock.C:
+			if step := watch.check(); step >= clockStep || -step >= clockStep {
+				a.log.Warn("the host's clock was stepped; reporting it to the controller", "step", step.Round(time.Millisecond).String())
+				a.reportClock()
 			}
 		}
 	}
@@ -807,6 +821,55 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	if !same {
 		a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
 	}
+}
+
+// clockStep is the smallest step of the host's clock that is reported at
+// once: the controller records a host's clock offset when it moves by this
+// much.
+const clockStep = time.Second
+
+// clockWatch notices a step of the host's wall clock (an administrator or
+// a time service setting it, a virtual machine resumed) as the wall clock
+// moving apart from the process's monotonic clock, which steps do not
+// move. Without it the controller would learn of the new offset, and of a
+// skew that now breaks tokens, only with the next report that differs.
+type clockWatch struct {
+	now        func() time.Time
+	wall, mono time.Time
+}
+
+func newClockWatch(now func() time.Time) *clockWatch {
+	w := &clockWatch{now: now}
+	w.check()
+	return w
+}
+
+// check returns how far the wall clock moved apart from the monotonic one
+// since the last check (positive: forward).
+func (w *clockWatch) check() time.Duration {
+	// Round(0) drops the monotonic reading, so that Sub compares wall times.
+	wall, mono := w.now().Round(0), time.Now()
+	var step time.Duration
+	if !w.wall.IsZero() {
+		step = wall.Sub(w.wall) - mono.Sub(w.mono)
+	}
+	w.wall, w.mono = wall, mono
+	return step
+}
+
+// reportClock sends the latest report again with the clock as it reads
+// now, from which the controller measures the host's clock offset.
+func (a *Agent) reportClock() {
+	a.mu.Lock()
+	if a.last == nil {
+		a.mu.Unlock()
+		return
+	}
+	rep := proto.Clone(a.last).(*pb.StatusReport)
+	rep.Clock = timestamppb.New(a.cfg.Now())
+	a.last = rep
+	a.mu.Unlock()
+	a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
 }
 
 func (a *Agent) commit(d *pb.Desired) error {
