@@ -409,23 +409,34 @@ func (s *Store) open(name string, r record) (*plain, error) {
 
 // List describes every secret, sorted by name.
 func (s *Store) List(ctx context.Context) ([]*pb.Secret, error) {
+	out, _, err := s.ListPage(ctx, "", 0)
+	return out, err
+}
+
+// ListPage lists up to limit secrets (0: all) named after after, sorted
+// by name, and whether more follow.
+func (s *Store) ListPage(ctx context.Context, after string, limit int) ([]*pb.Secret, bool, error) {
 	p := s.st.Key("secrets/")
-	resp, err := s.st.Client().Get(ctx, p, clientv3.WithPrefix())
+	start := p
+	if after != "" {
+		start = p + after + "\x00"
+	}
+	resp, err := s.st.Client().Get(ctx, start, clientv3.WithRange(clientv3.GetPrefixRangeEnd(p)), clientv3.WithLimit(int64(limit)))
 	if err != nil {
-		return nil, fmt.Errorf("list secrets: %w", err)
+		return nil, false, fmt.Errorf("list secrets: %w", err)
 	}
 	var out []*pb.Secret
 	for _, kv := range resp.Kvs {
 		name := strings.TrimPrefix(string(kv.Key), p)
 		st, err := decode(name, kv.Value)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		out = append(out, &pb.Secret{Name: name, Certificate: st.info, Version: st.rec.version()})
 	}
 	t, _, err := s.currentTopology(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if t != nil {
 		for _, sec := range out {
@@ -437,7 +448,7 @@ func (s *Store) List(ctx context.Context) ([]*pb.Secret, error) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
-	return out, nil
+	return out, resp.More, nil
 }
 
 // Secrets returns the newest version of the named secrets decrypted.

@@ -23,6 +23,7 @@ import (
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/secretbox"
 	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 const password = "Tr0ub4dor&3-correct-horse"
@@ -173,6 +174,37 @@ func TestListSorted(t *testing.T) {
 	}
 	if strings.Join(names, ",") != "alpha,mid.dle,zeta" {
 		t.Errorf("List names = %v; want alpha, mid.dle, zeta", names)
+	}
+
+	// ListSecrets pages them, one per page, with an opaque token.
+	svc := secrets.NewService(s)
+	names = nil
+	req := &pb.ListSecretsRequest{PageSize: 1}
+	for pages := 0; ; pages++ {
+		resp, err := svc.ListSecrets(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetSecrets()) != 1 || pages > 3 {
+			t.Fatalf("page %d: %v", pages, resp.GetSecrets())
+		}
+		names = append(names, resp.GetSecrets()[0].GetName())
+		if resp.GetNextPageToken() == "" {
+			break
+		}
+		if strings.Contains(resp.GetNextPageToken(), resp.GetSecrets()[0].GetName()) {
+			t.Errorf("token %q is not opaque", resp.GetNextPageToken())
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+	if strings.Join(names, ",") != "alpha,mid.dle,zeta" {
+		t.Errorf("paged names = %v; want alpha, mid.dle, zeta", names)
+	}
+	for _, bad := range []*pb.ListSecretsRequest{{PageToken: "alpha"}, {PageSize: -1}} {
+		var te *topology.Error
+		if _, err := svc.ListSecrets(ctx, bad); !errors.As(err, &te) {
+			t.Errorf("ListSecrets(%v) = %v, want a field violation", bad, err)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package secrets
 import (
 	"context"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -30,10 +31,24 @@ func (s *Service) PutSecret(ctx context.Context, req *pb.PutSecretRequest) (*pb.
 }
 
 // ListSecrets implements the RPC; see the proto for its contract.
-func (s *Service) ListSecrets(ctx context.Context, _ *pb.ListSecretsRequest) (*pb.ListSecretsResponse, error) {
-	list, err := s.store.List(ctx)
+func (s *Service) ListSecrets(ctx context.Context, req *pb.ListSecretsRequest) (*pb.ListSecretsResponse, error) {
+	size, err := pagetoken.Size(req.GetPageSize(), 100, 1000)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ListSecretsResponse{Secrets: list}, nil
+	after := ""
+	if tok := req.GetPageToken(); tok != "" {
+		if after, err = pagetoken.Decode("ListSecrets", tok); err != nil {
+			return nil, err
+		}
+	}
+	list, more, err := s.store.ListPage(ctx, after, size)
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListSecretsResponse{Secrets: list}
+	if more && len(list) > 0 {
+		resp.NextPageToken = pagetoken.Encode("ListSecrets", list[len(list)-1].GetName())
+	}
+	return resp, nil
 }

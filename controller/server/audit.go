@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -55,18 +56,17 @@ func NewAuditService(st *store.Store) *AuditService { return &AuditService{st: s
 
 // ListAuditRecords implements the RPC; see the proto for its contract.
 func (s *AuditService) ListAuditRecords(ctx context.Context, req *pb.ListAuditRecordsRequest) (*pb.ListAuditRecordsResponse, error) {
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, invalid("page_size", strconv.Itoa(size), "zero (the default) or positive")
-	case size == 0:
-		size = defaultAuditPage
-	case size > maxAuditPage:
-		size = maxAuditPage
+	size, err := pagetoken.Size(req.GetPageSize(), defaultAuditPage, maxAuditPage)
+	if err != nil {
+		return nil, err
 	}
 	from := int64(0)
 	if t := req.GetPageToken(); t != "" {
-		n, err := strconv.ParseInt(t, 10, 64)
+		c, err := pagetoken.Decode("ListAuditRecords", t)
+		if err != nil {
+			return nil, err
+		}
+		n, err := strconv.ParseInt(c, 10, 64)
 		if err != nil || n <= 0 {
 			return nil, invalid("page_token", t, "a next_page_token from a previous response")
 		}
@@ -103,14 +103,14 @@ func (s *AuditService) ListAuditRecords(ctx context.Context, req *pb.ListAuditRe
 		}
 		if len(resp.Records) == size {
 			// Full: more may follow (a last page may then be empty).
-			resp.NextPageToken = strconv.FormatInt(from, 10)
+			resp.NextPageToken = pagetoken.Encode("ListAuditRecords", strconv.FormatInt(from, 10))
 			return resp, nil
 		}
 		if !got.More {
 			return resp, nil
 		}
 	}
-	resp.NextPageToken = strconv.FormatInt(from, 10)
+	resp.NextPageToken = pagetoken.Encode("ListAuditRecords", strconv.FormatInt(from, 10))
 	return resp, nil
 }
 

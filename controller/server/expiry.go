@@ -60,7 +60,7 @@ func IssuerExpiryWarning(dep string, product pb.Product, thumbprint string, notA
 // deploymentIssuers finds each deployment's token-issuer certificate: as
 // its primary (or first reporting host) reports it, else, for a
 // deployment whose issuer is a secret, the version its revision uses.
-func (s *FleetService) deploymentIssuers(ctx context.Context, snap snapshot, reports map[string]*pb.StatusReport) (map[string]*pb.CertificateInfo, error) {
+func (s *FleetService) deploymentIssuers(ctx context.Context, snap snapshot, reports map[string]*pb.StatusReport, stale bool) (map[string]*pb.CertificateInfo, error) {
 	out := map[string]*pb.CertificateInfo{}
 	for dep, hosts := range snap.topo.deployments {
 		if ci := primaryReport(snap, dep, hosts, reports).GetIssuerCertificate(); ci.GetNotAfter() != nil {
@@ -71,7 +71,8 @@ func (s *FleetService) deploymentIssuers(ctx context.Context, snap snapshot, rep
 			continue
 		}
 		name := snap.topo.hosts[hosts[0]].GetTokenIssuer().GetSecret()
-		if name == "" {
+		// Answering from the last view: etcd, where secrets are, is down.
+		if name == "" || stale {
 			continue
 		}
 		ci, err := secrets.Info(ctx, s.hub.cfg.Store, name, snap.topo.pins[name].Version)

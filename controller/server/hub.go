@@ -123,6 +123,8 @@ type Hub struct {
 	// compiles counts stored revisions parsed and compiled (not those
 	// an apply handed over): what compile-once saves is visible in tests.
 	compiles atomic.Int64
+	// view is the last view of the hosts' stored state and reports (view.go).
+	view *fleetView
 }
 
 // Stopping tells the hub the controller is shutting down: it ends the
@@ -174,6 +176,7 @@ func NewHub(cfg Config) *Hub {
 		ready:             make(chan struct{}),
 		limits:            cfg.Limits.withDefaults(),
 		agents:            map[string]*agentState{},
+		view:              newFleetView(),
 	}
 }
 

@@ -7,16 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -305,7 +308,20 @@ func (s *HostIdentityService) RevokeHost(ctx context.Context, req *pb.RevokeHost
 }
 
 // ListHostIdentities implements the RPC; see the proto for its contract.
-func (s *HostIdentityService) ListHostIdentities(ctx context.Context, _ *pb.ListHostIdentitiesRequest) (*pb.ListHostIdentitiesResponse, error) {
+// A page merges three sorted sources (identities/, revoked/, the
+// topology's hosts), each read from the cursor on and bounded by the
+// page size.
+func (s *HostIdentityService) ListHostIdentities(ctx context.Context, req *pb.ListHostIdentitiesRequest) (*pb.ListHostIdentitiesResponse, error) {
+	size, err := pagetoken.Size(req.GetPageSize(), 500, 1000)
+	if err != nil {
+		return nil, err
+	}
+	after := ""
+	if tok := req.GetPageToken(); tok != "" {
+		if after, err = pagetoken.Decode("ListHostIdentities", tok); err != nil {
+			return nil, err
+		}
+	}
 	st := s.ids.st
 	byHost := map[string]*pb.HostIdentity{}
 	get := func(h string) *pb.HostIdentity {
@@ -314,11 +330,25 @@ func (s *HostIdentityService) ListHostIdentities(ctx context.Context, _ *pb.List
 		}
 		return byHost[h]
 	}
-	resp, err := st.Client().Get(ctx, st.Key("identities/"), clientv3.WithPrefix())
+	more := false
+	from := func(rel string) ([]*mvccpb.KeyValue, error) {
+		p := st.Key(rel)
+		start := p
+		if after != "" {
+			start = p + after + "\x00"
+		}
+		resp, err := st.Client().Get(ctx, start, clientv3.WithRange(clientv3.GetPrefixRangeEnd(p)), clientv3.WithLimit(int64(size)))
+		if err != nil {
+			return nil, err
+		}
+		more = more || resp.More
+		return resp.Kvs, nil
+	}
+	ids, err := from("identities/")
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range resp.Kvs {
+	for _, kv := range ids {
 		var r identityRecord
 		if json.Unmarshal(kv.Value, &r) != nil {
 			continue
@@ -329,19 +359,32 @@ func (s *HostIdentityService) ListHostIdentities(ctx context.Context, _ *pb.List
 			h.LastSeen = timestamppb.New(r.LastSeen)
 		}
 	}
-	rev, err := st.Client().Get(ctx, st.Key("revoked/"), clientv3.WithPrefix())
+	rev, err := from("revoked/")
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range rev.Kvs {
+	for _, kv := range rev {
 		var r revocation
 		_ = json.Unmarshal(kv.Value, &r)
 		get(strings.TrimPrefix(string(kv.Key), st.Key("revoked/"))).RevokedAt = timestamppb.New(r.RevokedAt)
 	}
 	snap := s.hub.snapshot()
 	if snap.topo != nil {
-		for _, host := range snap.topo.order {
-			get(host).Deployment = snap.topo.hosts[host].GetDeployment()
+		i, _ := slices.BinarySearch(snap.topo.order, after)
+		if i < len(snap.topo.order) && snap.topo.order[i] == after {
+			i++
+		}
+		hosts := snap.topo.order[i:]
+		if len(hosts) > size {
+			hosts, more = hosts[:size], true
+		}
+		for _, host := range hosts {
+			get(host)
+		}
+		for host, h := range byHost {
+			if cfg := snap.topo.hosts[host]; cfg != nil {
+				h.Deployment = cfg.GetDeployment()
+			}
 		}
 	}
 	out := &pb.ListHostIdentitiesResponse{}
@@ -350,5 +393,12 @@ func (s *HostIdentityService) ListHostIdentities(ctx context.Context, _ *pb.List
 		out.Hosts = append(out.Hosts, h)
 	}
 	sort.Slice(out.Hosts, func(i, j int) bool { return out.Hosts[i].GetHost() < out.Hosts[j].GetHost() })
+	if len(out.Hosts) > size {
+		// The sources together hold more than a page: the rest on the next.
+		out.Hosts, more = out.Hosts[:size], true
+	}
+	if more && len(out.Hosts) > 0 {
+		out.NextPageToken = pagetoken.Encode("ListHostIdentities", out.Hosts[len(out.Hosts)-1].GetHost())
+	}
 	return out, nil
 }

@@ -33,7 +33,7 @@ func (s *RolloutSource) Observe(ctx context.Context) (rollout.Observations, func
 	if err != nil {
 		return nil, nil, err
 	}
-	seq := (&FleetService{hub: s.hub}).sequencer(ctx, snap)
+	seq := (&FleetService{hub: s.hub}).sequencer(ctx, snap, false)
 	for _, host := range snap.topo.order {
 		obs[host] = rollout.Observation{Host: hostView(snap, host, rs.states[host], seq, s.hub.cfg.Now()), Report: rs.reports[host],
 			StateRev: rs.stateRev[host], ReportRev: rs.reportRev[host]}
@@ -83,7 +83,7 @@ func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, has
 	if snap.topo.hash == hash {
 		return nil, nil // nothing changes: nothing to roll out
 	}
-	seq := (&FleetService{hub: h}).sequencer(ctx, snap)
+	seq := (&FleetService{hub: h}).sequencer(ctx, snap, false)
 	f := rollout.Fleet{Deployment: map[string]string{}, Primaries: snap.primaries, From: map[string]uint64{}, Sequences: map[uint64]uint64{}}
 	for _, cfg := range next {
 		host := cfg.GetHost()
@@ -164,7 +164,7 @@ func (s *RolloutService) withSequences(ctx context.Context, r *pb.Rollout) *pb.R
 	if !need {
 		return r
 	}
-	seq := (&FleetService{hub: s.hub}).sequencer(ctx, s.hub.snapshot())
+	seq := (&FleetService{hub: s.hub}).sequencer(ctx, s.hub.snapshot(), false)
 	fill := func(n *uint64, rev uint64) {
 		if *n == 0 && rev != 0 {
 			*n = seq(rev)

@@ -177,10 +177,13 @@ func (s *RotationService) plan(ctx context.Context, req *pb.CreateRotationReques
 		return nil, err
 	}
 	var host *pb.HostConfig
+	var depHosts []string
 	for _, c := range cfgs {
 		if c.GetDeployment() == dep {
-			host = c
-			break
+			if host == nil {
+				host = c
+			}
+			depHosts = append(depHosts, c.GetHost())
 		}
 	}
 	if s.hub.cfg.Secrets == nil {
@@ -225,7 +228,7 @@ func (s *RotationService) plan(ctx context.Context, req *pb.CreateRotationReques
 		if err != nil {
 			return nil, err
 		}
-		for _, h := range host.GetDeploymentHosts() {
+		for _, h := range depHosts {
 			rep := reports[h]
 			if tp := rep.GetIssuerCertificate().GetThumbprint(); tp != "" {
 				r.OldThumbprint, r.OldNotAfter = tp, rep.GetIssuerCertificate().GetNotAfter()

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/topology"
@@ -318,18 +319,17 @@ func (s *TopologyService) GetTopology(ctx context.Context, req *pb.GetTopologyRe
 
 // ListTopologyRevisions implements the RPC; see the proto for its contract.
 func (s *TopologyService) ListTopologyRevisions(ctx context.Context, req *pb.ListTopologyRevisionsRequest) (*pb.ListTopologyRevisionsResponse, error) {
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, invalid("page_size", strconv.Itoa(size), "a page size from 0 to 1000")
-	case size == 0:
-		size = 50
-	case size > 1000:
-		size = 1000
+	size, err := pagetoken.Size(req.GetPageSize(), 50, 1000)
+	if err != nil {
+		return nil, err
 	}
 	var before uint64
 	if tok := req.GetPageToken(); tok != "" {
-		n, err := strconv.ParseUint(tok, 10, 64)
+		c, err := pagetoken.Decode("ListTopologyRevisions", tok)
+		if err != nil {
+			return nil, err
+		}
+		n, err := strconv.ParseUint(c, 10, 64)
 		if err != nil {
 			return nil, invalid("page_token", tok, "a token from a previous response")
 		}
@@ -344,7 +344,7 @@ func (s *TopologyService) ListTopologyRevisions(ctx context.Context, req *pb.Lis
 		resp.Revisions = append(resp.Revisions, revisionProto(r, false))
 	}
 	if len(recs) == size {
-		resp.NextPageToken = strconv.FormatUint(recs[len(recs)-1].Revision, 10)
+		resp.NextPageToken = pagetoken.Encode("ListTopologyRevisions", strconv.FormatUint(recs[len(recs)-1].Revision, 10))
 	}
 	return resp, nil
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -19,17 +20,39 @@ import (
 // validation starts to fail: the products' default skew allowance.
 const MaxClockSkewMs = 5 * 60 * 1000
 
+// Bounds of one trust report row (see the proto).
+const (
+	maxEdgeProbes   = 100
+	maxEdgeProblems = 50
+)
+
+// trustEdgeRef is an edge of the topology before its row is built: "to"
+// accepts tokens of p.deployment, registered as partner p.
+type trustEdgeRef struct {
+	from, to string
+	p        *pb.Partner
+}
+
+func (r trustEdgeRef) cursor() string { return r.from + "\x00" + r.to + "\x00" + r.p.GetName() }
+
 // GetTrustReport implements the RPC; see the proto for its contract.
-func (s *FleetService) GetTrustReport(ctx context.Context, _ *pb.GetTrustReportRequest) (*pb.GetTrustReportResponse, error) {
+func (s *FleetService) GetTrustReport(ctx context.Context, req *pb.GetTrustReportRequest) (*pb.GetTrustReportResponse, error) {
+	size, err := pagetoken.Size(req.GetPageSize(), defaultTrustPage, maxTrustPage)
+	if err != nil {
+		return nil, err
+	}
+	after := ""
+	if tok := req.GetPageToken(); tok != "" {
+		if after, err = pagetoken.Decode("GetTrustReport", tok); err != nil {
+			return nil, err
+		}
+	}
 	snap := s.hub.snapshot()
 	resp := &pb.GetTrustReportResponse{}
 	if snap.topo == nil {
 		return resp, nil
 	}
-	reports, states, err := s.allReports(ctx)
-	if err != nil {
-		return nil, err
-	}
+	var refs []trustEdgeRef
 	for _, hosts := range snap.topo.deployments {
 		if len(hosts) == 0 {
 			continue
@@ -37,22 +60,73 @@ func (s *FleetService) GetTrustReport(ctx context.Context, _ *pb.GetTrustReportR
 		// One row per edge: walk each deployment's partners once, from its first host.
 		cfg := snap.topo.hosts[hosts[0]]
 		for _, p := range cfg.GetPartners() {
-			resp.Edges = append(resp.Edges, buildEdge(snap, p, cfg.GetDeployment(), reports, states))
+			refs = append(refs, trustEdgeRef{from: p.GetDeployment(), to: cfg.GetDeployment(), p: p})
 		}
 	}
-	resp.Realms = deploymentRealms(snap, reports)
-	issuers, err := s.deploymentIssuers(ctx, snap, reports)
+	slices.SortStableFunc(refs, func(a, b trustEdgeRef) int { return cmpString(a.cursor(), b.cursor()) })
+	i := 0
+	if after != "" {
+		i, _ = slices.BinarySearchFunc(refs, after, func(r trustEdgeRef, c string) int { return cmpString(r.cursor(), c) })
+		if i < len(refs) && refs[i].cursor() == after {
+			i++
+		}
+	}
+	page := refs[i:min(i+size, len(refs))]
+	if i+len(page) < len(refs) {
+		resp.NextPageToken = pagetoken.Encode("GetTrustReport", page[len(page)-1].cursor())
+	}
+	var reports map[string]*pb.StatusReport
+	var states map[string]*pb.Host
+	stale, err := s.fromStore(ctx, func(ctx context.Context) error {
+		var err error
+		reports, states, err = s.allReports(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if stale != nil {
+		if reports, states, err = s.hub.view.all(); err != nil {
+			return nil, err
+		}
+		resp.Stale = stale
+	}
+	for _, r := range page {
+		resp.Edges = append(resp.Edges, boundEdge(buildEdge(snap, r.p, r.to, reports, states)))
+	}
+	if req.GetPageToken() == "" {
+		resp.Realms = deploymentRealms(snap, reports)
+	}
+	issuers, err := s.deploymentIssuers(ctx, snap, reports, stale != nil)
 	if err != nil {
 		return nil, err
 	}
 	addExpiry(resp, snap, issuers, s.hub.cfg.Now())
-	slices.SortStableFunc(resp.Edges, func(a, b *pb.TrustEdge) int {
-		if a.GetFrom() != b.GetFrom() {
-			return cmpString(a.GetFrom(), b.GetFrom())
-		}
-		return cmpString(a.GetTo(), b.GetTo())
-	})
 	return resp, nil
+}
+
+// boundEdge keeps at most maxEdgeProbes probes (failed ones first) and
+// maxEdgeProblems problems of a row, with their totals; ok still speaks
+// for all of them.
+func boundEdge(e *pb.TrustEdge) *pb.TrustEdge {
+	e.ProbesTotal, e.ProblemsTotal = int32(len(e.Probes)), int32(len(e.Problems))
+	if len(e.Probes) > maxEdgeProbes {
+		slices.SortStableFunc(e.Probes, func(a, b *pb.TrustProbeResult) int {
+			switch fa, fb := !a.GetProbe().GetOk(), !b.GetProbe().GetOk(); {
+			case fa && !fb:
+				return -1
+			case fb && !fa:
+				return 1
+			}
+			return 0
+		})
+		e.Probes = e.Probes[:maxEdgeProbes]
+	}
+	if len(e.Problems) > maxEdgeProblems {
+		more := len(e.Problems) - (maxEdgeProblems - 1)
+		e.Problems = append(e.Problems[:maxEdgeProblems-1], fmt.Sprintf("… and %d more problems (problems_total %d)", more, e.ProblemsTotal))
+	}
+	return e
 }
 
 func cmpString(a, b string) int {

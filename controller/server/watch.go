@@ -19,12 +19,14 @@ import (
 // fails, it loads the state again and resumes: agents keep their streams
 // and the API answers Unavailable meanwhile.
 func (h *Hub) Run(ctx context.Context) error {
+	defer h.view.shutdown()
 	delay := 100 * time.Millisecond
 	for {
 		err := h.follow(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
+		h.view.markLost(err.Error())
 		h.log.Error("lost track of etcd; reloading", "error", err, "retry_in", delay)
 		t := time.NewTimer(delay)
 		select {
@@ -67,6 +69,8 @@ func (h *Hub) follow(ctx context.Context) error {
 		clientv3.OpGet(st.PresencePrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(st.SecretsPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(h.rollouts.Prefix(), append([]clientv3.OpOption{clientv3.WithPrefix()}, clientv3.WithLastKey()...)...),
+		clientv3.OpGet(st.HostStatePrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(st.HostReportPrefix(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return fmt.Errorf("read controller state: %w", err)
@@ -127,6 +131,10 @@ func (h *Hub) follow(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := h.view.load(st.HostStatePrefix(), snap.Responses[5].GetResponseRange().GetKvs(),
+		st.HostReportPrefix(), snap.Responses[6].GetResponseRange().GetKvs(), h.cfg.Now()); err != nil {
+		return err
+	}
 	h.readyOnce.Do(func() { close(h.ready) })
 	h.notifyAll()
 	h.mu.Lock()
@@ -140,6 +148,7 @@ func (h *Hub) follow(ctx context.Context) error {
 	}
 	topoWatch, presWatch, primWatch, secWatch := watch(st.TopologyPrefix()), watch(st.PresencePrefix()), watch(st.PrimaryPrefix()), watch(st.SecretsPrefix())
 	rollWatch := watch(h.rollouts.Prefix())
+	stateWatch, reportWatch := watch(st.HostStatePrefix()), watch(st.HostReportPrefix())
 	for {
 		var evs []any
 		var err error
@@ -159,6 +168,19 @@ func (h *Hub) follow(ctx context.Context) error {
 			if !ok {
 				return errors.New("presence lease lost: etcd unreachable for longer than its TTL")
 			}
+			h.view.confirm(h.cfg.Now())
+			continue
+		case wr, ok := <-stateWatch:
+			if _, err := h.decode("host state", wr, ok); err != nil {
+				return err
+			}
+			h.view.apply(st.HostStatePrefix(), false, wr, h.cfg.Now())
+			continue
+		case wr, ok := <-reportWatch:
+			if _, err := h.decode("host report", wr, ok); err != nil {
+				return err
+			}
+			h.view.apply(st.HostReportPrefix(), true, wr, h.cfg.Now())
 			continue
 		case wr, ok := <-topoWatch:
 			evs, err = h.decode("topology", wr, ok)
@@ -175,6 +197,8 @@ func (h *Hub) follow(ctx context.Context) error {
 			return err
 		}
 		h.handle(ctx, evs)
+		// Presence, primaries and revisions show in the fleet view too.
+		h.view.bump()
 	}
 }
 

@@ -83,9 +83,8 @@ func TestMigrateHostLayout(t *testing.T) {
 	}
 }
 
-// A page of states is read from a host on, at most limit of them, and
-// reads no report.
-func TestHostStatesFrom(t *testing.T) {
+// A page of states is read by range or by name, and reads no report.
+func TestHostStatesPage(t *testing.T) {
 	st, _ := newStore(t)
 	ctx := testCtx(t)
 	for _, h := range []string{"a.contoso.com", "b.contoso.com", "c.contoso.com", "d.contoso.com"} {
@@ -96,11 +95,18 @@ func TestHostStatesFrom(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, rev, err := st.HostStatesFrom(ctx, "b.contoso.com", 2)
-	if err != nil || rev == 0 {
+	got, err := st.HostStatesBetween(ctx, "b.contoso.com", "c.contoso.com")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 2 || got["b.contoso.com"] == nil || got["c.contoso.com"] == nil {
-		t.Errorf("HostStatesFrom(b, 2) = %v, want b and c", got)
+		t.Errorf("HostStatesBetween(b, c) = %v, want b and c", got)
+	}
+	got, err = st.HostStatesOf(ctx, []string{"d.contoso.com", "a.contoso.com", "x.contoso.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["a.contoso.com"] == nil || got["d.contoso.com"] == nil {
+		t.Errorf("HostStatesOf(d, a, x) = %v, want a and d", got)
 	}
 }

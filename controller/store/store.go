@@ -32,10 +32,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -504,24 +506,71 @@ func (s *Store) HostStates(ctx context.Context) (map[string]*pb.Host, error) {
 	return out, nil
 }
 
-// HostStatesFrom reads up to limit stored host states of hosts at or after
-// from (by name), with the etcd revision of the read. A page of the fleet
+// HostStatesBetween reads the stored states of the hosts from first to
+// last (by name, both included) in one range read. A page of the fleet
 // view reads only its own hosts' states.
-func (s *Store) HostStatesFrom(ctx context.Context, from string, limit int) (map[string]*pb.Host, int64, error) {
-	p := s.HostStatePrefix()
-	resp, err := s.cli.Get(ctx, p+from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(p)), clientv3.WithLimit(int64(limit)))
+func (s *Store) HostStatesBetween(ctx context.Context, first, last string) (map[string]*pb.Host, error) {
+	return between(ctx, s, s.HostStatePrefix(), first, last, func() *pb.Host { return &pb.Host{} })
+}
+
+// HostStatesOf reads the stored states of the given hosts, one Get each,
+// in transactions of at most 100.
+func (s *Store) HostStatesOf(ctx context.Context, hosts []string) (map[string]*pb.Host, error) {
+	return of(ctx, s, s.HostStatePrefix(), hosts, func() *pb.Host { return &pb.Host{} })
+}
+
+// HostReportsBetween is HostStatesBetween for status reports.
+func (s *Store) HostReportsBetween(ctx context.Context, first, last string) (map[string]*pb.StatusReport, error) {
+	return between(ctx, s, s.HostReportPrefix(), first, last, func() *pb.StatusReport { return &pb.StatusReport{} })
+}
+
+// HostReportsOf is HostStatesOf for status reports.
+func (s *Store) HostReportsOf(ctx context.Context, hosts []string) (map[string]*pb.StatusReport, error) {
+	return of(ctx, s, s.HostReportPrefix(), hosts, func() *pb.StatusReport { return &pb.StatusReport{} })
+}
+
+func between[M proto.Message](ctx context.Context, s *Store, prefix, first, last string, mk func() M) (map[string]M, error) {
+	resp, err := s.cli.Get(ctx, prefix+first, clientv3.WithRange(prefix+last+"\x00"))
 	if err != nil {
-		return nil, 0, fmt.Errorf("read host states: %w", err)
+		return nil, fmt.Errorf("read %s: %w", strings.TrimPrefix(prefix, s.prefix), err)
 	}
-	out := make(map[string]*pb.Host, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		h := &pb.Host{}
-		if err := proto.Unmarshal(kv.Value, h); err != nil {
-			return nil, 0, fmt.Errorf("decode %s: %w", kv.Key, err)
+	return decodeAll(prefix, resp.Kvs, mk)
+}
+
+func of[M proto.Message](ctx context.Context, s *Store, prefix string, hosts []string, mk func() M) (map[string]M, error) {
+	out := make(map[string]M, len(hosts))
+	for len(hosts) > 0 {
+		n := min(len(hosts), 100)
+		ops := make([]clientv3.Op, n)
+		for i, h := range hosts[:n] {
+			ops[i] = clientv3.OpGet(prefix + h)
 		}
-		out[strings.TrimPrefix(string(kv.Key), p)] = h
+		resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", strings.TrimPrefix(prefix, s.prefix), err)
+		}
+		for _, r := range resp.Responses {
+			m, err := decodeAll(prefix, r.GetResponseRange().GetKvs(), mk)
+			if err != nil {
+				return nil, err
+			}
+			maps.Copy(out, m)
+		}
+		hosts = hosts[n:]
 	}
-	return out, resp.Header.Revision, nil
+	return out, nil
+}
+
+func decodeAll[M proto.Message](prefix string, kvs []*mvccpb.KeyValue, mk func() M) (map[string]M, error) {
+	out := make(map[string]M, len(kvs))
+	for _, kv := range kvs {
+		m := mk()
+		if err := proto.Unmarshal(kv.Value, m); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+		}
+		out[strings.TrimPrefix(string(kv.Key), prefix)] = m
+	}
+	return out, nil
 }
 
 // HostRecord reads one host's state and latest report in one etcd round

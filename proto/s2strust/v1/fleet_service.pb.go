@@ -22,6 +22,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HostView is how much ListHosts returns of each host.
+type HostView int32
+
+const (
+	// The same as HOST_VIEW_BASIC.
+	HostView_HOST_VIEW_UNSPECIFIED HostView = 0
+	// The host's state, without its status report.
+	HostView_HOST_VIEW_BASIC HostView = 1
+	// The state and the latest status report.
+	HostView_HOST_VIEW_FULL HostView = 2
+)
+
+// Enum value maps for HostView.
+var (
+	HostView_name = map[int32]string{
+		0: "HOST_VIEW_UNSPECIFIED",
+		1: "HOST_VIEW_BASIC",
+		2: "HOST_VIEW_FULL",
+	}
+	HostView_value = map[string]int32{
+		"HOST_VIEW_UNSPECIFIED": 0,
+		"HOST_VIEW_BASIC":       1,
+		"HOST_VIEW_FULL":        2,
+	}
+)
+
+func (x HostView) Enum() *HostView {
+	p := new(HostView)
+	*p = x
+	return p
+}
+
+func (x HostView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HostView) Descriptor() protoreflect.EnumDescriptor {
+	return file_s2strust_v1_fleet_service_proto_enumTypes[0].Descriptor()
+}
+
+func (HostView) Type() protoreflect.EnumType {
+	return &file_s2strust_v1_fleet_service_proto_enumTypes[0]
+}
+
+func (x HostView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HostView.Descriptor instead.
+func (HostView) EnumDescriptor() ([]byte, []int) {
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
+}
+
 // ResultKind is how a host answered its last push.
 type ResultKind int32
 
@@ -56,11 +109,11 @@ func (x ResultKind) String() string {
 }
 
 func (ResultKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_s2strust_v1_fleet_service_proto_enumTypes[0].Descriptor()
+	return file_s2strust_v1_fleet_service_proto_enumTypes[1].Descriptor()
 }
 
 func (ResultKind) Type() protoreflect.EnumType {
-	return &file_s2strust_v1_fleet_service_proto_enumTypes[0]
+	return &file_s2strust_v1_fleet_service_proto_enumTypes[1]
 }
 
 func (x ResultKind) Number() protoreflect.EnumNumber {
@@ -69,7 +122,7 @@ func (x ResultKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ResultKind.Descriptor instead.
 func (ResultKind) EnumDescriptor() ([]byte, []int) {
-	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{0}
+	return file_s2strust_v1_fleet_service_proto_rawDescGZIP(), []int{1}
 }
 
 // RetryHostRequest names a host.
@@ -768,7 +821,10 @@ type ListHostsRequest struct {
 	// From a previous response's next_page_token, with the same
 	// deployment; a token that does not decode, or was issued for another
 	// filter, is refused (INVALID_ARGUMENT naming page_token).
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// HOST_VIEW_FULL adds each host's latest status report (statuses);
+	// its pages hold at most 200 hosts (default 100).
+	View          HostView `protobuf:"varint,4,opt,name=view,proto3,enum=s2strust.v1.HostView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -824,6 +880,13 @@ func (x *ListHostsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListHostsRequest) GetView() HostView {
+	if x != nil {
+		return x.View
+	}
+	return HostView_HOST_VIEW_UNSPECIFIED
+}
+
 // ListHostsResponse is one page of hosts.
 type ListHostsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -832,7 +895,10 @@ type ListHostsResponse struct {
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	// Set when etcd did not answer and the page comes from this
 	// controller's last view.
-	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
+	Stale *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
+	// With HOST_VIEW_FULL: the latest status report of each host of the
+	// page that has one, by host FQDN.
+	Statuses      map[string]*StatusReport `protobuf:"bytes,4,rep,name=statuses,proto3" json:"statuses,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -884,6 +950,13 @@ func (x *ListHostsResponse) GetNextPageToken() string {
 func (x *ListHostsResponse) GetStale() *Staleness {
 	if x != nil {
 		return x.Stale
+	}
+	return nil
+}
+
+func (x *ListHostsResponse) GetStatuses() map[string]*StatusReport {
+	if x != nil {
+		return x.Statuses
 	}
 	return nil
 }
@@ -1511,18 +1584,23 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x0eproblems_total\x18  \x01(\x05R\rproblemsTotal\"^\n" +
 	"\x10TrustProbeResult\x12\x1b\n" +
 	"\tfrom_host\x18\x01 \x01(\tR\bfromHost\x12-\n" +
-	"\x05probe\x18\x02 \x01(\v2\x17.s2strust.v1.TrustProbeR\x05probe\"n\n" +
+	"\x05probe\x18\x02 \x01(\v2\x17.s2strust.v1.TrustProbeR\x05probe\"\x99\x01\n" +
 	"\x10ListHostsRequest\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\tR\n" +
 	"deployment\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"\x92\x01\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12)\n" +
+	"\x04view\x18\x04 \x01(\x0e2\x15.s2strust.v1.HostViewR\x04view\"\xb4\x02\n" +
 	"\x11ListHostsResponse\x12'\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x11.s2strust.v1.HostR\x05hosts\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
-	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"8\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\x12H\n" +
+	"\bstatuses\x18\x04 \x03(\v2,.s2strust.v1.ListHostsResponse.StatusesEntryR\bstatuses\x1aV\n" +
+	"\rStatusesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.s2strust.v1.StatusReportR\x05value:\x028\x01\"8\n" +
 	"\x0eGetHostRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x99\x01\n" +
@@ -1575,7 +1653,11 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\rpending_since\x18! \x01(\v2\x1a.google.protobuf.TimestampR\fpendingSince\x12\x1d\n" +
 	"\n" +
 	"pending_ms\x18\" \x01(\x03R\tpendingMs\x12I\n" +
-	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts*T\n" +
+	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts*N\n" +
+	"\bHostView\x12\x19\n" +
+	"\x15HOST_VIEW_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fHOST_VIEW_BASIC\x10\x01\x12\x12\n" +
+	"\x0eHOST_VIEW_FULL\x10\x02*T\n" +
 	"\n" +
 	"ResultKind\x12\x1b\n" +
 	"\x17RESULT_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1601,77 +1683,82 @@ func file_s2strust_v1_fleet_service_proto_rawDescGZIP() []byte {
 	return file_s2strust_v1_fleet_service_proto_rawDescData
 }
 
-var file_s2strust_v1_fleet_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_s2strust_v1_fleet_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_s2strust_v1_fleet_service_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_s2strust_v1_fleet_service_proto_goTypes = []any{
-	(ResultKind)(0),                // 0: s2strust.v1.ResultKind
-	(*RetryHostRequest)(nil),       // 1: s2strust.v1.RetryHostRequest
-	(*RetryHostResponse)(nil),      // 2: s2strust.v1.RetryHostResponse
-	(*GetTrustReportRequest)(nil),  // 3: s2strust.v1.GetTrustReportRequest
-	(*GetTrustReportResponse)(nil), // 4: s2strust.v1.GetTrustReportResponse
-	(*Staleness)(nil),              // 5: s2strust.v1.Staleness
-	(*DeploymentRealm)(nil),        // 6: s2strust.v1.DeploymentRealm
-	(*TrustEdge)(nil),              // 7: s2strust.v1.TrustEdge
-	(*TrustProbeResult)(nil),       // 8: s2strust.v1.TrustProbeResult
-	(*ListHostsRequest)(nil),       // 9: s2strust.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),      // 10: s2strust.v1.ListHostsResponse
-	(*GetHostRequest)(nil),         // 11: s2strust.v1.GetHostRequest
-	(*GetHostResponse)(nil),        // 12: s2strust.v1.GetHostResponse
-	(*WatchHostsRequest)(nil),      // 13: s2strust.v1.WatchHostsRequest
-	(*WatchHostsResponse)(nil),     // 14: s2strust.v1.WatchHostsResponse
-	(*LastResult)(nil),             // 15: s2strust.v1.LastResult
-	(*Host)(nil),                   // 16: s2strust.v1.Host
-	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
-	(Product)(0),                   // 18: s2strust.v1.Product
-	(*PartnerApplication)(nil),     // 19: s2strust.v1.PartnerApplication
-	(*TrustProbe)(nil),             // 20: s2strust.v1.TrustProbe
-	(*StatusReport)(nil),           // 21: s2strust.v1.StatusReport
-	(*ItemError)(nil),              // 22: s2strust.v1.ItemError
-	(*Drift)(nil),                  // 23: s2strust.v1.Drift
-	(*DetectedProduct)(nil),        // 24: s2strust.v1.DetectedProduct
+	(HostView)(0),                  // 0: s2strust.v1.HostView
+	(ResultKind)(0),                // 1: s2strust.v1.ResultKind
+	(*RetryHostRequest)(nil),       // 2: s2strust.v1.RetryHostRequest
+	(*RetryHostResponse)(nil),      // 3: s2strust.v1.RetryHostResponse
+	(*GetTrustReportRequest)(nil),  // 4: s2strust.v1.GetTrustReportRequest
+	(*GetTrustReportResponse)(nil), // 5: s2strust.v1.GetTrustReportResponse
+	(*Staleness)(nil),              // 6: s2strust.v1.Staleness
+	(*DeploymentRealm)(nil),        // 7: s2strust.v1.DeploymentRealm
+	(*TrustEdge)(nil),              // 8: s2strust.v1.TrustEdge
+	(*TrustProbeResult)(nil),       // 9: s2strust.v1.TrustProbeResult
+	(*ListHostsRequest)(nil),       // 10: s2strust.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),      // 11: s2strust.v1.ListHostsResponse
+	(*GetHostRequest)(nil),         // 12: s2strust.v1.GetHostRequest
+	(*GetHostResponse)(nil),        // 13: s2strust.v1.GetHostResponse
+	(*WatchHostsRequest)(nil),      // 14: s2strust.v1.WatchHostsRequest
+	(*WatchHostsResponse)(nil),     // 15: s2strust.v1.WatchHostsResponse
+	(*LastResult)(nil),             // 16: s2strust.v1.LastResult
+	(*Host)(nil),                   // 17: s2strust.v1.Host
+	nil,                            // 18: s2strust.v1.ListHostsResponse.StatusesEntry
+	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(Product)(0),                   // 20: s2strust.v1.Product
+	(*PartnerApplication)(nil),     // 21: s2strust.v1.PartnerApplication
+	(*TrustProbe)(nil),             // 22: s2strust.v1.TrustProbe
+	(*StatusReport)(nil),           // 23: s2strust.v1.StatusReport
+	(*ItemError)(nil),              // 24: s2strust.v1.ItemError
+	(*Drift)(nil),                  // 25: s2strust.v1.Drift
+	(*DetectedProduct)(nil),        // 26: s2strust.v1.DetectedProduct
 }
 var file_s2strust_v1_fleet_service_proto_depIdxs = []int32{
-	7,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
-	6,  // 1: s2strust.v1.GetTrustReportResponse.realms:type_name -> s2strust.v1.DeploymentRealm
-	5,  // 2: s2strust.v1.GetTrustReportResponse.stale:type_name -> s2strust.v1.Staleness
-	17, // 3: s2strust.v1.Staleness.as_of:type_name -> google.protobuf.Timestamp
-	18, // 4: s2strust.v1.DeploymentRealm.product:type_name -> s2strust.v1.Product
-	17, // 5: s2strust.v1.DeploymentRealm.issuer_not_after:type_name -> google.protobuf.Timestamp
-	19, // 6: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
-	17, // 7: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
-	8,  // 8: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
-	20, // 9: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
-	16, // 10: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
-	5,  // 11: s2strust.v1.ListHostsResponse.stale:type_name -> s2strust.v1.Staleness
-	16, // 12: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
-	21, // 13: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
-	5,  // 14: s2strust.v1.GetHostResponse.stale:type_name -> s2strust.v1.Staleness
-	16, // 15: s2strust.v1.WatchHostsResponse.hosts:type_name -> s2strust.v1.Host
-	5,  // 16: s2strust.v1.WatchHostsResponse.stale:type_name -> s2strust.v1.Staleness
-	0,  // 17: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
-	22, // 18: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
-	17, // 19: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
-	18, // 20: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
-	15, // 21: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
-	17, // 22: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	23, // 23: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
-	17, // 24: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
-	24, // 25: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
-	9,  // 26: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
-	11, // 27: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
-	3,  // 28: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
-	13, // 29: s2strust.v1.FleetService.WatchHosts:input_type -> s2strust.v1.WatchHostsRequest
-	1,  // 30: s2strust.v1.FleetService.RetryHost:input_type -> s2strust.v1.RetryHostRequest
-	10, // 31: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
-	12, // 32: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
-	4,  // 33: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
-	14, // 34: s2strust.v1.FleetService.WatchHosts:output_type -> s2strust.v1.WatchHostsResponse
-	2,  // 35: s2strust.v1.FleetService.RetryHost:output_type -> s2strust.v1.RetryHostResponse
-	31, // [31:36] is the sub-list for method output_type
-	26, // [26:31] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	8,  // 0: s2strust.v1.GetTrustReportResponse.edges:type_name -> s2strust.v1.TrustEdge
+	7,  // 1: s2strust.v1.GetTrustReportResponse.realms:type_name -> s2strust.v1.DeploymentRealm
+	6,  // 2: s2strust.v1.GetTrustReportResponse.stale:type_name -> s2strust.v1.Staleness
+	19, // 3: s2strust.v1.Staleness.as_of:type_name -> google.protobuf.Timestamp
+	20, // 4: s2strust.v1.DeploymentRealm.product:type_name -> s2strust.v1.Product
+	19, // 5: s2strust.v1.DeploymentRealm.issuer_not_after:type_name -> google.protobuf.Timestamp
+	21, // 6: s2strust.v1.TrustEdge.registration:type_name -> s2strust.v1.PartnerApplication
+	19, // 7: s2strust.v1.TrustEdge.issuer_not_after:type_name -> google.protobuf.Timestamp
+	9,  // 8: s2strust.v1.TrustEdge.probes:type_name -> s2strust.v1.TrustProbeResult
+	22, // 9: s2strust.v1.TrustProbeResult.probe:type_name -> s2strust.v1.TrustProbe
+	0,  // 10: s2strust.v1.ListHostsRequest.view:type_name -> s2strust.v1.HostView
+	17, // 11: s2strust.v1.ListHostsResponse.hosts:type_name -> s2strust.v1.Host
+	6,  // 12: s2strust.v1.ListHostsResponse.stale:type_name -> s2strust.v1.Staleness
+	18, // 13: s2strust.v1.ListHostsResponse.statuses:type_name -> s2strust.v1.ListHostsResponse.StatusesEntry
+	17, // 14: s2strust.v1.GetHostResponse.host:type_name -> s2strust.v1.Host
+	23, // 15: s2strust.v1.GetHostResponse.status:type_name -> s2strust.v1.StatusReport
+	6,  // 16: s2strust.v1.GetHostResponse.stale:type_name -> s2strust.v1.Staleness
+	17, // 17: s2strust.v1.WatchHostsResponse.hosts:type_name -> s2strust.v1.Host
+	6,  // 18: s2strust.v1.WatchHostsResponse.stale:type_name -> s2strust.v1.Staleness
+	1,  // 19: s2strust.v1.LastResult.kind:type_name -> s2strust.v1.ResultKind
+	24, // 20: s2strust.v1.LastResult.errors:type_name -> s2strust.v1.ItemError
+	19, // 21: s2strust.v1.LastResult.time:type_name -> google.protobuf.Timestamp
+	20, // 22: s2strust.v1.Host.product:type_name -> s2strust.v1.Product
+	16, // 23: s2strust.v1.Host.last_result:type_name -> s2strust.v1.LastResult
+	19, // 24: s2strust.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	25, // 25: s2strust.v1.Host.drift:type_name -> s2strust.v1.Drift
+	19, // 26: s2strust.v1.Host.pending_since:type_name -> google.protobuf.Timestamp
+	26, // 27: s2strust.v1.Host.detected_products:type_name -> s2strust.v1.DetectedProduct
+	23, // 28: s2strust.v1.ListHostsResponse.StatusesEntry.value:type_name -> s2strust.v1.StatusReport
+	10, // 29: s2strust.v1.FleetService.ListHosts:input_type -> s2strust.v1.ListHostsRequest
+	12, // 30: s2strust.v1.FleetService.GetHost:input_type -> s2strust.v1.GetHostRequest
+	4,  // 31: s2strust.v1.FleetService.GetTrustReport:input_type -> s2strust.v1.GetTrustReportRequest
+	14, // 32: s2strust.v1.FleetService.WatchHosts:input_type -> s2strust.v1.WatchHostsRequest
+	2,  // 33: s2strust.v1.FleetService.RetryHost:input_type -> s2strust.v1.RetryHostRequest
+	11, // 34: s2strust.v1.FleetService.ListHosts:output_type -> s2strust.v1.ListHostsResponse
+	13, // 35: s2strust.v1.FleetService.GetHost:output_type -> s2strust.v1.GetHostResponse
+	5,  // 36: s2strust.v1.FleetService.GetTrustReport:output_type -> s2strust.v1.GetTrustReportResponse
+	15, // 37: s2strust.v1.FleetService.WatchHosts:output_type -> s2strust.v1.WatchHostsResponse
+	3,  // 38: s2strust.v1.FleetService.RetryHost:output_type -> s2strust.v1.RetryHostResponse
+	34, // [34:39] is the sub-list for method output_type
+	29, // [29:34] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_fleet_service_proto_init() }
@@ -1686,8 +1773,8 @@ func file_s2strust_v1_fleet_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_fleet_service_proto_rawDesc), len(file_s2strust_v1_fleet_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   16,
+			NumEnums:      2,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
