@@ -23,8 +23,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -48,6 +50,9 @@ type Config struct {
 	// bench-agents subcommand, or a test binary whose TestMain calls
 	// ChildMain. Required.
 	ChildArgv []string
+	// CPUProfile, when set, is a file the controller process's CPU profile
+	// of the commits is written to (go tool pprof reads it).
+	CPUProfile string
 	// Out receives the results table; nil discards it.
 	Out io.Writer
 	// Logger is the controller's logger; nil discards its logs.
@@ -182,6 +187,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.AgentRSS = rss / int64(cfg.Agents)
 	}
 
+	stopProfile := func() {}
+	if cfg.CPUProfile != "" {
+		if stopProfile, err = startCPUProfile(cfg.CPUProfile); err != nil {
+			return nil, err
+		}
+		defer func() { stopProfile() }()
+	}
 	for range cfg.Runs {
 		c, err := h.commit(ctx, timeout)
 		if err != nil {
@@ -197,6 +209,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("bench: confirm with ListHosts: %w", err)
 		}
 	}
+
+	stopProfile()
 
 	for range cfg.Runs {
 		rr, err := h.restart(ctx, timeout)
@@ -347,4 +361,21 @@ Method:
 - Agents and controller share the CPUs: every time above includes the
   agents' own TLS and protobuf work.
 `)
+}
+
+// startCPUProfile starts writing this process's CPU profile to file; the
+// function returned stops it.
+func startCPUProfile(file string) (func(), error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("bench: CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("bench: CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -47,6 +47,7 @@ measurement is taken --runs times; the table shows the median and the spread.`,
 	c.Flags().IntVar(&cfg.Agents, "agents", 1000, "number of simulated agents (each its own TLS connection and certificate)")
 	c.Flags().IntVar(&cfg.Deployments, "deployments", 0, "deployments the hosts are spread over (default agents/100)")
 	c.Flags().IntVar(&cfg.Runs, "runs", 3, "times each measurement is taken")
+	c.Flags().StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the controller's CPU profile of the commits to this file")
 	c.Flags().StringVar(&dir, "dir", "", "data directory (default: a temporary one, removed at exit)")
 	return c
 }

@@ -115,6 +115,8 @@ type Hub struct {
 	agents map[string]*agentState
 	// observer hears the Sync streams: the log and cfg.Observer.
 	observer SyncObserver
+	// writes batches the Sync streams' etcd writes.
+	writes *writer
 }
 
 // Stopping tells the hub the controller is shutting down: it ends the
@@ -166,6 +168,7 @@ func NewHub(cfg Config) *Hub {
 		ready:             make(chan struct{}),
 		limits:            cfg.Limits.withDefaults(),
 		agents:            map[string]*agentState{},
+		writes:            newWriter(cfg.Store),
 	}
 }
 

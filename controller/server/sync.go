@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"sync"
@@ -238,10 +239,12 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	lease := h.lease
 	h.mu.Unlock()
 	pctx, pcancel := storeCtx(sctx)
-	rev, err := h.cfg.Store.SetPresent(pctx, host, h.cfg.ID, lease)
+	// In the writer's transactions: a reconnecting fleet's presence
+	// writes go together, as its state writes do.
+	rev, err := h.writes.put(pctx, store.BatchPut{Key: store.PresenceKey(host), Value: []byte(h.cfg.ID), Lease: lease})
 	pcancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("record presence of %s: %w", host, err)
 	}
 	c.mu.Lock()
 	c.presenceRev = rev
@@ -631,7 +634,7 @@ func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport
 			return nil
 		}
 	}
-	if err := s.hub.cfg.Store.PutProto(ctx, store.HostReportKey(c.host), r); err != nil {
+	if err := s.hub.writes.putProto(ctx, store.HostReportKey(c.host), r); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -658,7 +661,7 @@ func (s *AgentService) persistState(ctx context.Context, c *conn, change func(*p
 		return nil
 	}
 	c.mu.Unlock()
-	if err := s.hub.cfg.Store.PutProto(ctx, store.HostStateKey(c.host), next); err != nil {
+	if err := s.hub.writes.putProto(ctx, store.HostStateKey(c.host), next); err != nil {
 		return err
 	}
 	c.mu.Lock()
