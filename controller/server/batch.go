@@ -31,6 +31,10 @@ type writer struct {
 	mu      sync.Mutex
 	queue   []*writeReq
 	running bool
+	// inFlight are the keys of the transactions in flight: a key's next
+	// write waits until its previous one has committed, so writes of one
+	// key are stored in the order they were queued.
+	inFlight map[string]bool
 }
 
 // writersInFlight is how many transactions the writer keeps in flight:
@@ -48,7 +52,7 @@ type writeResult struct {
 }
 
 func newWriter(st *store.Store) *writer {
-	return &writer{st: st, slots: make(chan struct{}, writersInFlight)}
+	return &writer{st: st, slots: make(chan struct{}, writersInFlight), inFlight: map[string]bool{}}
 }
 
 // putProto stores m under the relative key rel, and returns once the
@@ -82,7 +86,8 @@ func (w *writer) put(ctx context.Context, p store.BatchPut) (int64, error) {
 	}
 }
 
-// drain sends the queue to etcd in transactions until it is empty.
+// drain sends the queue to etcd in transactions until it is empty, or
+// what is left waits for keys in flight (their commit starts drain again).
 func (w *writer) drain() {
 	for {
 		w.slots <- struct{}{}
@@ -102,25 +107,29 @@ func (w *writer) drain() {
 	}
 }
 
-// takeLocked takes the longest prefix of the queue that fits one
-// transaction and writes no key twice (a later write of a key goes in a
-// later transaction, so writes of one key stay in order).
+// takeLocked takes, in queue order, up to store.MaxBatchOps writes for
+// one transaction: no key twice, and no key in flight or queued earlier
+// and not taken (a later write of a key goes in a later transaction, after
+// the earlier one has committed). It marks the keys taken in flight.
 func (w *writer) takeLocked() []*writeReq {
-	n := min(len(w.queue), store.MaxBatchOps)
-	seen := make(map[string]bool, n)
-	for i := range n {
-		k := w.queue[i].put.Key
-		if seen[k] {
-			n = i
-			break
+	var batch []*writeReq
+	var held map[string]bool // keys left in the queue
+	rest := w.queue[:0]
+	for _, r := range w.queue {
+		k := r.put.Key
+		if len(batch) == store.MaxBatchOps || w.inFlight[k] || held[k] {
+			if held == nil {
+				held = map[string]bool{}
+			}
+			held[k] = true
+			rest = append(rest, r)
+			continue
 		}
-		seen[k] = true
+		w.inFlight[k] = true
+		batch = append(batch, r)
 	}
-	batch := w.queue[:n:n]
-	w.queue = w.queue[n:]
-	if len(w.queue) == 0 {
-		w.queue = nil
-	}
+	clear(w.queue[len(rest):])
+	w.queue = rest
 	return batch
 }
 
@@ -132,6 +141,16 @@ func (w *writer) commit(batch []*writeReq) {
 	ctx, cancel := storeCtx(context.Background())
 	rev, err := w.st.PutBatch(ctx, puts)
 	cancel()
+	w.mu.Lock()
+	for _, r := range batch {
+		delete(w.inFlight, r.put.Key)
+	}
+	if len(w.queue) > 0 && !w.running {
+		// Writes held back for these keys may go now.
+		w.running = true
+		go w.drain()
+	}
+	w.mu.Unlock()
 	for _, r := range batch {
 		r.done <- writeResult{rev: rev, err: err}
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/pki"
@@ -107,8 +108,15 @@ func NewAgentService(hub *Hub, streamsPerSecond float64, insecure bool) *AgentSe
 // every message is size-checked; reports reach etcd at most at the
 // identity's report rate.
 func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
-	ctx := stream.Context()
 	h := s.hub
+	// A stopping controller ends every stream, those still saying Hello
+	// and those opened during the stop included (see Hub.Stopping).
+	ctx, cancelAll := context.WithCancel(stream.Context())
+	defer cancelAll()
+	defer context.AfterFunc(h.stopCtx, cancelAll)()
+	if h.stopping.Load() {
+		return status.Error(codes.Unavailable, "sync: the controller is stopping: reconnect with backoff")
+	}
 	lim := h.limits
 	hctx, hcancel := context.WithTimeout(ctx, lim.HelloTimeout)
 	defer hcancel()
@@ -310,6 +318,8 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			return err
 		case <-sctx.Done():
 			return status.FromContextError(sctx.Err()).Err()
+		case <-h.draining:
+			return s.drain(stream)
 		case <-c.wakeCh:
 			if _, err := s.maybePush(sctx, stream, c); err != nil {
 				return err
@@ -320,6 +330,15 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			}
 		}
 	}
+}
+
+// drain tells the agent when to come back, for a controller that stops,
+// and ends the stream.
+func (s *AgentService) drain(stream pb.AgentService_SyncServer) error {
+	h := s.hub
+	after := h.reconnectAfter(h.drainSeq.Add(1)-1, h.drainTotal.Load())
+	return stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_Drain{Drain: &pb.Drain{
+		ReconnectAfter: durationpb.New(after), Reason: "the controller is stopping"}}})
 }
 
 // helloTimeout is the error of a stream that said no Hello in time.
