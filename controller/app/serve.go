@@ -76,7 +76,7 @@ type ServeConfig struct {
 	HostCertTTL time.Duration
 	// PresenceTTL is the agents' presence lease TTL (default 10s).
 	PresenceTTL time.Duration
-	// StreamsPerSecond bounds new agent streams (default 500/s).
+	// StreamsPerSecond bounds new agent streams (default 1000/s).
 	StreamsPerSecond float64
 	// AgentLimits bound what each agent identity may cost (see server.AgentLimits).
 	AgentLimits server.AgentLimits

@@ -92,10 +92,11 @@ type AgentService struct {
 }
 
 // NewAgentService returns the Sync service. streamsPerSecond bounds new
-// streams (0: 500 per second, bursts of 1000).
+// streams (0: 1000 per second, bursts of 2000: the pace a stopping
+// controller tells its agents to come back at, DefaultReconnectRate).
 func NewAgentService(hub *Hub, streamsPerSecond float64, insecure bool) *AgentService {
 	if streamsPerSecond <= 0 {
-		streamsPerSecond = 500
+		streamsPerSecond = DefaultReconnectRate
 	}
 	return &AgentService{hub: hub, streams: rate.NewLimiter(rate.Limit(streamsPerSecond), int(2*streamsPerSecond)), insecure: insecure}
 }
