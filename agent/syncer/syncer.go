@@ -248,7 +248,15 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		delay := time.Duration(rand.Int64N(int64(bound) + 1))
 		attempt++
-		a.log.Warn("controller stream ended; reconnecting", "error", err, "retry_in", delay.Round(time.Millisecond))
+		var drain *drainedError
+		if errors.As(err, &drain) {
+			// The controller is stopping and said when to come back: it
+			// spreads its fleet's returns, so no jitter of ours.
+			delay, attempt = drain.after, 0
+			a.log.Info("controller stopping; reconnecting when it said", "reason", drain.reason, "retry_in", delay.Round(time.Millisecond))
+		} else {
+			a.log.Warn("controller stream ended; reconnecting", "error", err, "retry_in", delay.Round(time.Millisecond))
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -359,6 +367,9 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 			// In sync with the controller as much as after an ACK.
 			a.cfg.Metrics.Synced(a.cfg.Now())
 		}
+		if dr := resp.GetDrain(); dr != nil {
+			return connected, drainedBy(dr)
+		}
 		if d := resp.GetDesired(); d != nil {
 			if a.cfg.OnDesired != nil {
 				a.cfg.OnDesired(d)
@@ -366,6 +377,31 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 			a.offer(d)
 		}
 	}
+}
+
+// maxDrainDelay bounds the reconnect time a Drain may name: a controller
+// asking for longer is taken at this.
+const maxDrainDelay = 5 * time.Minute
+
+// drainedError ends a session the controller drained: reconnect after.
+type drainedError struct {
+	after  time.Duration
+	reason string
+}
+
+func (e *drainedError) Error() string {
+	return fmt.Sprintf("the controller is stopping (%s): reconnect in %s", e.reason, e.after)
+}
+
+// drainedBy is the end of a session by Drain d; its time is clamped to
+// [0, maxDrainDelay].
+func drainedBy(d *pb.Drain) *drainedError {
+	after := min(max(d.GetReconnectAfter().AsDuration(), 0), maxDrainDelay)
+	reason := d.GetReason()
+	if len(reason) > 200 {
+		reason = reason[:200] + "…" // only for the log, which quotes it
+	}
+	return &drainedError{after: after, reason: reason}
 }
 
 // offer hands the engine the newest desired state, replacing one not yet taken.

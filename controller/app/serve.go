@@ -42,6 +42,11 @@ import (
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
+// stopDeadline bounds a graceful stop of the gRPC server: agents' streams
+// are drained within a second (server.Hub.Stopping); admin calls still
+// running after this are cut off.
+const stopDeadline = 1500 * time.Millisecond
+
 // MaxMessageSize bounds every gRPC message the controller receives or sends.
 const MaxMessageSize = 4 << 20
 
@@ -72,7 +77,7 @@ type ServeConfig struct {
 	HostCertTTL time.Duration
 	// PresenceTTL is the agents' presence lease TTL (default 10s).
 	PresenceTTL time.Duration
-	// StreamsPerSecond bounds new agent streams (default 500/s).
+	// StreamsPerSecond bounds new agent streams (default 1000/s).
 	StreamsPerSecond float64
 	// AgentLimits bound what each agent identity may cost (see server.AgentLimits).
 	AgentLimits server.AgentLimits
@@ -329,19 +334,24 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		hub.Stopping()
+		start := time.Now()
 		hs.Shutdown()
+		// No new connections or streams from here on; the agents' streams
+		// are told when to come back and end (within a second), and
+		// whatever is left is closed at the stop deadline.
 		stopped := make(chan struct{})
 		go func() { gs.GracefulStop(); close(stopped) }()
-		t := time.NewTimer(5 * time.Second)
+		hub.Stopping()
+		t := time.NewTimer(max(stopDeadline-time.Since(start), 0))
 		defer t.Stop()
 		select {
 		case <-stopped:
 		case <-t.C:
-			log.Warn("graceful stop timed out; closing remaining streams")
+			log.Warn("graceful stop timed out; closing remaining streams and calls", "after", stopDeadline)
 			gs.Stop()
 			<-stopped
 		}
+		log.Info("gRPC server stopped", "took", time.Since(start).Round(time.Millisecond))
 		return nil
 	})
 	return g.Wait()

@@ -108,7 +108,7 @@ func (a *agent) run(ctx context.Context, addr string) {
 	const base, maxDelay = 500 * time.Millisecond, 30 * time.Second
 	attempt := 0
 	for {
-		connected, _ := a.session(ctx, conn)
+		connected, err := a.session(ctx, conn)
 		if ctx.Err() != nil {
 			return
 		}
@@ -117,7 +117,13 @@ func (a *agent) run(ctx context.Context, addr string) {
 		}
 		bound := min(base<<min(attempt, 16), maxDelay)
 		attempt++
-		t := time.NewTimer(time.Duration(rand.Int64N(int64(bound) + 1)))
+		delay := time.Duration(rand.Int64N(int64(bound) + 1))
+		var drain drained
+		if errors.As(err, &drain) {
+			// As agent/syncer: when the controller said, without jitter.
+			delay, attempt = min(max(time.Duration(drain), 0), 5*time.Minute), 0
+		}
+		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -149,6 +155,10 @@ func (a *agent) session(ctx context.Context, conn *grpc.ClientConn) (connected b
 			connected = true
 			a.ev.emit(event{E: "answer", I: a.idx, T: time.Now().UnixNano()})
 		}
+		if dr := resp.GetDrain(); dr != nil {
+			a.ev.emit(event{E: "drain", I: a.idx})
+			return connected, drained(dr.GetReconnectAfter().AsDuration())
+		}
 		d := resp.GetDesired()
 		if d == nil {
 			continue // UpToDate
@@ -161,6 +171,11 @@ func (a *agent) session(ctx context.Context, conn *grpc.ClientConn) (connected b
 		a.appliedVersion, a.appliedHash = d.GetVersion(), d.GetHash()
 	}
 }
+
+// drained ends a session the controller drained: reconnect after it.
+type drained time.Duration
+
+func (d drained) Error() string { return fmt.Sprintf("drained: reconnect in %s", time.Duration(d)) }
 
 // errNoAgents is returned for a configuration without agents.
 var errNoAgents = errors.New("bench: Agents must be at least 1")

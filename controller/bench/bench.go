@@ -23,8 +23,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -48,6 +50,16 @@ type Config struct {
 	// bench-agents subcommand, or a test binary whose TestMain calls
 	// ChildMain. Required.
 	ChildArgv []string
+	// AgentBinary, when set, is an s2s-agent binary the benchmark runs
+	// beside the simulated agents, as one more host with the sim driver,
+	// to measure a real agent's memory.
+	AgentBinary string
+	// CPUProfile, when set, is a file the controller process's CPU profile
+	// of the commits is written to (go tool pprof reads it).
+	CPUProfile string
+	// MemProfile, when set, is a file the controller process's heap
+	// profile is written to with every stream open and idle.
+	MemProfile string
 	// Out receives the results table; nil discards it.
 	Out io.Writer
 	// Logger is the controller's logger; nil discards its logs.
@@ -87,6 +99,9 @@ type Result struct {
 	// AgentRSS is the resident memory of the agents' processes per
 	// simulated agent.
 	AgentRSS int64
+	// RealAgentRSS is the peak resident memory of the real agent
+	// (AgentBinary) over the run; 0 when none ran.
+	RealAgentRSS int64
 	// RestartStop is how long each stop of the controller took,
 	// RestartStartup how long the new one took to serve, RestartResync the
 	// time from the stop until every agent had reconnected and had its
@@ -165,8 +180,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.FloorRSSPerStream, res.FloorGoPerStream, res.FloorGoroutinesPerStream = floor.mem.rss, floor.mem.goMem, floor.mem.goroutines
 
+	if cfg.AgentBinary != "" {
+		h.layout.real = realHost
+	}
 	if err := h.applyFirst(ctx); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
+	}
+	if cfg.AgentBinary != "" {
+		// Before the baseline: its stream is not one of the N measured.
+		if err := h.startReal(ctx, cfg.AgentBinary, filepath.Join(cfg.Dir, "agent"), timeout); err != nil {
+			return nil, err
+		}
 	}
 	before := sampleMemory()
 	if res.ConnectAll, err = h.connect(ctx, timeout); err != nil {
@@ -177,11 +201,23 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("bench: waiting for the fleet to settle: %w", err)
 	}
 	mem := memoryDelta(before, sampleMemory(), cfg.Agents)
+	if cfg.MemProfile != "" {
+		if err := writeHeapProfile(cfg.MemProfile); err != nil {
+			return nil, err
+		}
+	}
 	res.RSSPerStream, res.GoPerStream, res.GoroutinesPerStream, res.RSS = mem.rss, mem.goMem, mem.goroutines, mem.total
 	if rss, _, err := h.agents.memory(ctx); err == nil {
 		res.AgentRSS = rss / int64(cfg.Agents)
 	}
 
+	stopProfile := func() {}
+	if cfg.CPUProfile != "" {
+		if stopProfile, err = startCPUProfile(cfg.CPUProfile); err != nil {
+			return nil, err
+		}
+		defer func() { stopProfile() }()
+	}
 	for range cfg.Runs {
 		c, err := h.commit(ctx, timeout)
 		if err != nil {
@@ -198,6 +234,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 
+	stopProfile()
+
 	for range cfg.Runs {
 		rr, err := h.restart(ctx, timeout)
 		if err != nil {
@@ -211,6 +249,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Drains = append(res.Drains, rr.drains)
 	}
 
+	if h.real != nil {
+		if res.RealAgentRSS, err = h.real.peakRSS(); err != nil {
+			return nil, err
+		}
+	}
 	if err := h.close(); err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -307,11 +350,16 @@ func (r *Result) print(out io.Writer) {
 	fmt.Fprintf(w, "commit to all ACKs stored (max)\t%s\t%s\t\n", spread(r.Max), spread(r.FloorMax))
 	fmt.Fprintf(w, "ApplyTopology call\t%s\t\t\n", spread(r.ApplyRPC))
 	fmt.Fprintf(w, "controller CPU per commit\t%s\t\t\n", spread(r.CommitCPU))
-	fmt.Fprintf(w, "ListHosts: applied last revision\t%d/%d\t\t\n", r.HostsConfirmed, r.Agents)
+	fmt.Fprintf(w, "ListHosts: applied last revision\t%d/%d\t\t\n", r.HostsConfirmed, r.hostsWanted())
 	fmt.Fprintf(w, "RSS per idle stream\t%s\t%s\t<= %s: %s\n", kib(r.RSSPerStream), kib(r.FloorRSSPerStream), kib(targetBytesPerStream), verdict(r.RSSPerStream <= targetBytesPerStream))
 	fmt.Fprintf(w, "  Go heap and stacks per stream\t%s\t%s\t\n", kib(r.GoPerStream), kib(r.FloorGoPerStream))
 	fmt.Fprintf(w, "  goroutines per stream\t%.2f\t%.2f\t\n", r.GoroutinesPerStream, r.FloorGoroutinesPerStream)
 	fmt.Fprintf(w, "controller RSS, all streams open\t%s\t\t\n", mib(r.RSS))
+	if r.RealAgentRSS > 0 {
+		fmt.Fprintf(w, "agent RSS (s2s-agent, sim driver, peak)\t%s\t\t< %s: %s\n", mib(r.RealAgentRSS), mib(targetAgentRSS), verdict(r.RealAgentRSS < targetAgentRSS))
+	} else {
+		fmt.Fprintf(w, "agent RSS (s2s-agent, sim driver, peak)\tnot measured: no s2s-agent binary\t\t< %s\n", mib(targetAgentRSS))
+	}
 	fmt.Fprintf(w, "simulated agent RSS (children / agents)\t%s\t\t\n", kib(r.AgentRSS))
 	stop, _, _ := median(r.RestartStop)
 	fmt.Fprintf(w, "restart: graceful stop\t%s\t\t< %s: %s\n", spread(r.RestartStop), targetStop, verdict(stop < targetStop))
@@ -340,6 +388,8 @@ Method:
 - Memory: resident set of the controller's process after a GC with freed
   pages returned, with N idle streams minus before any agent connected,
   over N; Go heap and stacks likewise.
+- Agent RSS: the peak resident set (VmHWM) of one real s2s-agent with the
+  sim driver, one more host of the topology, over the whole run.
 - Restart: stop the controller (its graceful stop timed), start it on the
   same address and data directory; resync runs from the stop to the last
   agent's first answer. Desired re-sent are counted in the controller until
@@ -347,4 +397,42 @@ Method:
 - Agents and controller share the CPUs: every time above includes the
   agents' own TLS and protobuf work.
 `)
+}
+
+// startCPUProfile starts writing this process's CPU profile to file; the
+// function returned stops it.
+func startCPUProfile(file string) (func(), error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("bench: CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("bench: CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+// writeHeapProfile writes this process's heap profile to file.
+func writeHeapProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("bench: heap profile: %w", err)
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("bench: heap profile: %w", err)
+	}
+	return f.Close()
+}
+
+// hostsWanted is the number of hosts with an agent.
+func (r *Result) hostsWanted() int {
+	if r.RealAgentRSS > 0 {
+		return r.Agents + 1
+	}
+	return r.Agents
 }

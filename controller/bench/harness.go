@@ -9,6 +9,7 @@ import (
 	"github.com/s2strust/s2strust/internal/certs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/s2strust/s2strust/controller/convergence"
@@ -85,8 +86,11 @@ type harness struct {
 	agents    *fleet
 	acks      *ackRecorder // the controller's stored ACKs and pushes
 	issuer    *pb.SecretMaterial
-	rev       uint64 // the revision last applied
-	realms    int    // realms applied so far
+	caCert    []byte // the controller's CA, for the agents' identities
+	caKey     []byte
+	real      *realAgent // the s2s-agent process, when one runs
+	rev       uint64     // the revision last applied
+	realms    int        // realms applied so far
 }
 
 // newHarness starts a controller in dataDir, stores the deployments'
@@ -117,6 +121,7 @@ func (h *harness) init(ctx context.Context, argv []string, timeout time.Duration
 		}
 		pem[i] = b
 	}
+	h.caCert, h.caKey = pem[0], pem[1]
 	var err error
 	if h.serverTLS, err = pki.ServerTLSConfig(pem[2], pem[3], pem[0]); err != nil {
 		return err
@@ -256,14 +261,14 @@ func (h *harness) waitFleet(ctx context.Context, timeout time.Duration) (int, er
 	deadline := time.Now().Add(timeout)
 	for {
 		n, err := h.hostsCurrent(ctx)
-		if err == nil && n == len(h.layout.hosts) {
+		if err == nil && n == h.layout.want() {
 			return n, nil
 		}
 		if time.Now().After(deadline) {
 			if err != nil {
 				return n, fmt.Errorf("list hosts: %w", err)
 			}
-			return n, fmt.Errorf("after %s ListHosts shows %d of %d hosts connected at revision %d", timeout, n, len(h.layout.hosts), h.rev)
+			return n, fmt.Errorf("after %s ListHosts shows %d of %d hosts connected at revision %d", timeout, n, h.layout.want(), h.rev)
 		}
 		t := time.NewTimer(250 * time.Millisecond)
 		select {
@@ -283,8 +288,15 @@ func (h *harness) hostsCurrent(ctx context.Context) (int, error) {
 		hosts = resp.GetHosts()
 	case status.Code(err) == codes.ResourceExhausted:
 		// Too large for one message: ask deployment by deployment.
+		names := make([]string, 0, len(h.layout.deployments)+1)
 		for d := range h.layout.deployments {
-			r, err := h.hostsvc.ListHosts(ctx, &pb.ListHostsRequest{Deployment: fmt.Sprintf("ex%04d", d)})
+			names = append(names, fmt.Sprintf("ex%04d", d))
+		}
+		if h.layout.real != "" {
+			names = append(names, "real")
+		}
+		for _, d := range names {
+			r, err := h.hostsvc.ListHosts(ctx, &pb.ListHostsRequest{Deployment: d})
 			if err != nil {
 				return 0, err
 			}
@@ -345,9 +357,40 @@ func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartRu
 	return r, nil
 }
 
+// startReal starts the real agent (binary, s2s-agent) as realHost and
+// waits until the controller shows it applied the current revision.
+func (h *harness) startReal(ctx context.Context, binary, dir string, timeout time.Duration) error {
+	r, err := startRealAgent(binary, dir, h.ctrl.addr, h.caCert, h.caKey)
+	if err != nil {
+		return err
+	}
+	h.real = r
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := h.hostsvc.GetHost(ctx, &pb.GetHostRequest{Host: realHost})
+		if x := resp.GetHost(); err == nil && x.GetConnected() && convergence.Converged(x, h.rev) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: the real agent (%s) has not applied revision %d after %s (its log: %s): %v", binary, h.rev, timeout, filepath.Join(dir, "agent.log"), err)
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
 // close stops the agents and the controller.
 func (h *harness) close() error {
 	var errs []error
+	if h.real != nil {
+		errs = append(errs, h.real.stop())
+		h.real = nil
+	}
 	if h.agents != nil {
 		errs = append(errs, h.agents.close())
 		h.agents = nil

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"runtime"
@@ -48,22 +47,25 @@ func memoryDelta(before, after memSample, n int) memDelta {
 // residentBytes reads VmRSS of /proc/<pid>/status ("self" for this
 // process): 0 and an error where there is no /proc.
 func residentBytes(pid string) (int64, error) {
-	f, err := os.Open("/proc/" + pid + "/status")
+	b, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		return 0, fmt.Errorf("read the resident memory: %w", err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
+	return statusField(string(b), "VmRSS:")
+}
+
+// statusField reads a size field (in kB) of a /proc/<pid>/status text.
+func statusField(status, field string) (int64, error) {
+	for _, line := range strings.Split(status, "\n") {
+		rest, ok := strings.CutPrefix(line, field)
 		if !ok {
 			continue
 		}
 		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("read the resident memory: VmRSS %q: %w", rest, err)
+			return 0, fmt.Errorf("read the resident memory: %s %q: %w", field, rest, err)
 		}
 		return kb << 10, nil
 	}
-	return 0, fmt.Errorf("read the resident memory: no VmRSS in /proc/%s/status", pid)
+	return 0, fmt.Errorf("read the resident memory: no %s in /proc status", field)
 }

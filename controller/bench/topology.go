@@ -14,7 +14,13 @@ import (
 type fleetLayout struct {
 	hosts       []string
 	deployments [][]string // hosts of each deployment, in order
+	// real is the host a real agent (s2s-agent) runs as, in a deployment
+	// of its own; empty when none runs.
+	real string
 }
+
+// realHost is the host the real agent runs as.
+const realHost = "agent.real.bench.example"
 
 func newLayout(agents, deployments int) fleetLayout {
 	l := fleetLayout{hosts: make([]string, agents), deployments: make([][]string, deployments)}
@@ -43,6 +49,9 @@ func (l fleetLayout) documentOf(realm string, n int) []byte {
 			fmt.Fprintf(&b, "      - %s\n", h)
 		}
 	}
+	if l.real != "" {
+		fmt.Fprintf(&b, "  - name: real\n    product: exchange\n    version: \"2019\"\n    autodiscoverFqdn: autodiscover.real.%s\n    tokenIssuer: {secret: %s}\n    hosts: [%s]\n", realm, issuerSecret, l.real)
+	}
 	b.WriteString("trusts: []\n")
 	return b.Bytes()
 }
@@ -70,10 +79,22 @@ func (l fleetLayout) compiled(realm string, issuer *pb.SecretMaterial) (map[stri
 	}
 	out := make(map[string]*pb.Desired, len(cfgs))
 	for _, cfg := range cfgs {
+		if cfg.GetHost() == l.real {
+			continue // the floor has no real agent
+		}
 		if ti := cfg.GetTokenIssuer(); ti != nil {
 			ti.SecretThumbprint = issuer.GetThumbprint()
 		}
 		out[cfg.GetHost()] = &pb.Desired{Config: cfg, Hash: topology.Hash(cfg), Secrets: []*pb.SecretMaterial{issuer}}
 	}
 	return out, nil
+}
+
+// want is the number of hosts with an agent: the simulated ones and the
+// real one.
+func (l fleetLayout) want() int {
+	if l.real != "" {
+		return len(l.hosts) + 1
+	}
+	return len(l.hosts)
 }

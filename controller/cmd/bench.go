@@ -2,7 +2,9 @@ package cmd
 
 import (
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -35,6 +37,9 @@ measurement is taken --runs times; the table shows the median and the spread.`,
 				return err
 			}
 			cfg.Dir, cfg.Out, cfg.ChildArgv = dir, g.out, []string{exe, "bench-agents"}
+			if cfg.AgentBinary == "" {
+				cfg.AgentBinary = findAgentBinary(exe)
+			}
 			if g.verbose {
 				cfg.Logger = g.logger()
 			}
@@ -47,6 +52,9 @@ measurement is taken --runs times; the table shows the median and the spread.`,
 	c.Flags().IntVar(&cfg.Agents, "agents", 1000, "number of simulated agents (each its own TLS connection and certificate)")
 	c.Flags().IntVar(&cfg.Deployments, "deployments", 0, "deployments the hosts are spread over (default agents/100)")
 	c.Flags().IntVar(&cfg.Runs, "runs", 3, "times each measurement is taken")
+	c.Flags().StringVar(&cfg.AgentBinary, "agent-binary", "", "s2s-agent binary to run as one more host, to measure a real agent's memory (default: s2s-agent beside this binary, else on PATH)")
+	c.Flags().StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the controller's CPU profile of the commits to this file")
+	c.Flags().StringVar(&cfg.MemProfile, "memprofile", "", "write the controller's heap profile with every stream open and idle to this file")
 	c.Flags().StringVar(&dir, "dir", "", "data directory (default: a temporary one, removed at exit)")
 	return c
 }
@@ -64,4 +72,21 @@ func newBenchAgents() *cobra.Command {
 			return bench.ChildMain(os.Stdin, os.Stdout)
 		},
 	}
+}
+
+// findAgentBinary returns the s2s-agent beside the controller binary exe,
+// else the one on PATH, else "".
+func findAgentBinary(exe string) string {
+	if p := filepath.Join(filepath.Dir(exe), "s2s-agent"); isExecutable(p) {
+		return p
+	}
+	if p, err := exec.LookPath("s2s-agent"); err == nil {
+		return p
+	}
+	return ""
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }

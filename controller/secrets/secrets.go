@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -74,7 +75,25 @@ type Store struct {
 	st  *store.Store
 	key []byte
 	now func() time.Time
+
+	// opened caches secrets decrypted for delivery, by etcd key; an entry
+	// serves only while the key's mod revision is the one it was opened
+	// at, so a push reads the key (one small read) but decodes and opens
+	// it only after a change.
+	mu     sync.Mutex
+	opened map[string]openedSecret
 }
+
+// openedSecret is one stored secret record decrypted.
+type openedSecret struct {
+	modRev   int64
+	version  uint64
+	material *pb.SecretMaterial // shared: never modified
+}
+
+// maxOpened bounds the decrypted secrets kept; beyond it the cache starts
+// over (a topology names a few secrets, a rotation two versions of one).
+const maxOpened = 256
 
 // New returns a secret store sealing with key (32 bytes).
 func New(st *store.Store, key []byte, now func() time.Time) *Store {
@@ -461,26 +480,69 @@ func (s *Store) Secrets(ctx context.Context, names []string) ([]*pb.SecretMateri
 }
 
 // SecretVersions returns the given versions of secrets decrypted, for
-// delivery to a host.
+// delivery to a host. The messages returned are shared between callers
+// (see Store.opened) and must not be modified.
 func (s *Store) SecretVersions(ctx context.Context, refs []Ref) ([]*pb.SecretMaterial, error) {
 	var out []*pb.SecretMaterial
 	for _, ref := range refs {
-		name := ref.Name
-		st, err := s.getVersion(ctx, name, ref.Version)
+		m, err := s.material(ctx, ref.Name, ref.Version)
 		if err != nil {
 			return nil, err
 		}
-		p, err := s.open(name, st.rec)
-		if err != nil {
-			return nil, err
+		if ref.As != "" && ref.As != m.GetName() {
+			// Delivered under another name (a rotation's "name@vN"): a
+			// copy, the cached message being shared.
+			m = &pb.SecretMaterial{Name: ref.As, Pfx: m.GetPfx(), Password: m.GetPassword(), Thumbprint: m.GetThumbprint()}
 		}
-		as := name
-		if ref.As != "" {
-			as = ref.As
-		}
-		out = append(out, &pb.SecretMaterial{Name: as, Pfx: p.PFX, Password: p.Password, Thumbprint: st.info.GetThumbprint()})
+		out = append(out, m)
 	}
 	return out, nil
+}
+
+// material returns version v of secret name decrypted (0: the newest),
+// from the cache while the etcd record it was opened from is unchanged.
+func (s *Store) material(ctx context.Context, name string, v uint64) (*pb.SecretMaterial, error) {
+	latest, err := s.openKey(ctx, name, s.etcdKey(name), fmt.Sprintf("secret %s", name))
+	if err != nil || v == 0 || latest.version == v {
+		return latest.material, err
+	}
+	o, err := s.openKey(ctx, name, s.versionKey(name, v), fmt.Sprintf("secret %s version %d", name, v))
+	return o.material, err
+}
+
+// openKey reads the secret record under key and returns it decrypted.
+func (s *Store) openKey(ctx context.Context, name, key, what string) (openedSecret, error) {
+	resp, err := s.st.Client().Get(ctx, key)
+	if err != nil {
+		return openedSecret{}, fmt.Errorf("read %s: %w", what, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return openedSecret{}, fmt.Errorf("%s: %w", what, store.ErrNotFound)
+	}
+	kv := resp.Kvs[0]
+	s.mu.Lock()
+	o, ok := s.opened[key]
+	s.mu.Unlock()
+	if ok && o.modRev == kv.ModRevision {
+		return o, nil
+	}
+	st, err := decode(name, kv.Value)
+	if err != nil {
+		return openedSecret{}, err
+	}
+	p, err := s.open(name, st.rec)
+	if err != nil {
+		return openedSecret{}, err
+	}
+	o = openedSecret{modRev: kv.ModRevision, version: st.rec.version(),
+		material: &pb.SecretMaterial{Name: name, Pfx: p.PFX, Password: p.Password, Thumbprint: st.info.GetThumbprint()}}
+	s.mu.Lock()
+	if s.opened == nil || len(s.opened) >= maxOpened {
+		s.opened = map[string]openedSecret{}
+	}
+	s.opened[key] = o
+	s.mu.Unlock()
+	return o, nil
 }
 
 // CheckTopology checks every token-issuer secret a topology names: it must

@@ -25,6 +25,12 @@ type compiled struct {
 	// pins are the secret versions the revision's hosts use; a secret
 	// without a pin (a revision stored before pins) uses its newest.
 	pins map[string]store.SecretPin
+	// shared holds, by host, the desired state of a host that is not its
+	// deployment's primary, when it depends on nothing but the revision
+	// (no secret, or a pinned one): built once and shared, never modified,
+	// however often the desired-state cache is reset (every primary
+	// change). Guarded by the hub's mu.
+	shared map[string]*desired
 }
 
 // desired is what a host should have now.
@@ -145,9 +151,22 @@ func (h *Hub) desiredLocked(host string) *desired {
 	if !ok {
 		return nil
 	}
-	cfg := proto.Clone(base).(*pb.HostConfig)
-	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
-	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
+	primary := h.primaries[base.GetDeployment()] == host
+	name := base.GetTokenIssuer().GetSecret()
+	_, pinned := c.pins[name]
+	shareable := !primary && (name == "" || pinned)
+	if shareable {
+		if d := c.shared[host]; d != nil {
+			h.desired[host] = d
+			return d
+		}
+	}
+	cfg := base
+	if primary || name != "" {
+		cfg = proto.Clone(base).(*pb.HostConfig)
+		cfg.Primary = primary
+	}
+	if name != "" {
 		// The version the host's target revision pins; storing a newer one
 		// changes nothing here. Without a pin, the newest version:
 		// replacing it changes the desired state.
@@ -157,7 +176,15 @@ func (h *Hub) desiredLocked(host string) *desired {
 			cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
 		}
 	}
+	// cfg is base itself for a host with nothing of its own: every
+	// stream's push shares it, and nothing modifies it.
 	d := &desired{version: c.revision, hash: topology.Hash(cfg), config: cfg}
+	if shareable {
+		if c.shared == nil {
+			c.shared = map[string]*desired{}
+		}
+		c.shared[host] = d
+	}
 	h.desired[host] = d
 	return d
 }
