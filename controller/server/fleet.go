@@ -286,6 +286,9 @@ func (s *FleetService) sequencer(ctx context.Context, snap snapshot, stale bool)
 func (s *FleetService) rememberSeq(v, n uint64) {
 	s.seqMu.Lock()
 	defer s.seqMu.Unlock()
+	if s.seqs == nil {
+		s.seqs = map[uint64]uint64{}
+	}
 	if len(s.seqs) >= 4096 { // bounded: versions in use are few
 		clear(s.seqs)
 	}
