@@ -197,6 +197,13 @@ func exchangeRotation(t *testing.T, w RotationWorld) {
 		t.Errorf("ex01 activation plan = %s, want Set-AuthConfig -PublishCertificate and a disruptive IIS reset", reconcile.Redacted(ops))
 	}
 	noErrors(t, apply(t, ex01, ex1, sec))
+	// ex02's app pools still sign with the old certificate: it resets its
+	// own IIS (disruptive, host scope: the rollout paces the servers).
+	ops = plan(t, ex02, ex2, sec)
+	if rs := opsOf(ops, reconcile.KindResetIIS); len(ops) != 1 || len(rs) != 1 || !rs[0].Disruptive || rs[0].PrimaryOnly {
+		t.Errorf("ex02 plan after the publish = %s, want its own IIS reset", reconcile.Redacted(ops))
+	}
+	wantItemState(t, verify(t, ex02, ex2), reconcile.ItemIISReset, pb.ItemState_ITEM_STATE_FAILED)
 	noErrors(t, apply(t, ex02, ex2, sec))
 	for b, cfg := range map[reconcile.Backend]*pb.HostConfig{ex01: ex1, ex02: ex2} {
 		r := verify(t, b, cfg)

@@ -235,6 +235,9 @@ func (d *Driver) Read(ctx context.Context, cfg *pb.HostConfig) (*reconcile.State
 		}
 	case pb.Product_PRODUCT_EXCHANGE:
 		err = readExchange(ctx, w, st)
+		if err == nil {
+			st.IISIssuer = d.iisIssuer(st.Issuer.Current)
+		}
 	case pb.Product_PRODUCT_SHAREPOINT:
 		err = readSharePoint(ctx, w, cfg, st)
 	}
@@ -321,7 +324,48 @@ func (d *Driver) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.O
 		}
 		return d.rememberImport(op.Secret, thumbprint)
 	}
+	if op.Kind == reconcile.KindResetIIS && cfg.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
+		if err := run(); err != nil {
+			return err
+		}
+		// The app pools start again with the organization's current auth
+		// certificate.
+		var ac authConfig
+		if err := w.Call(ctx, "get-auth-config", nil, &ac); err != nil {
+			return fmt.Errorf("host %s: after the IIS reset: %w", cfg.GetHost(), err)
+		}
+		return d.rememberIISIssuer(normThumb(ac.CurrentCertificateThumbprint))
+	}
 	return run()
+}
+
+// iisIssuerFile remembers, on an Exchange server, the organization's
+// current auth certificate when this agent last reset IIS (or first read
+// the server): the certificate its app pools sign with
+// (reconcile.State.IISIssuer). Exchange shows no such thing itself.
+func (d *Driver) iisIssuerFile() string { return filepath.Join(d.cfg.StateDir, "iis-issuer.json") }
+
+// iisIssuer is the remembered certificate; on the first read it is the
+// current one, as the app pools started with it.
+func (d *Driver) iisIssuer(current string) string {
+	var v struct{ Thumbprint string }
+	if b, err := os.ReadFile(d.iisIssuerFile()); err == nil && json.Unmarshal(b, &v) == nil && v.Thumbprint != "" {
+		return v.Thumbprint
+	}
+	if current != "" {
+		if err := d.rememberIISIssuer(current); err != nil {
+			d.log.Warn("cannot remember the auth certificate IIS started with", "err", err)
+		}
+	}
+	return current
+}
+
+func (d *Driver) rememberIISIssuer(t string) error {
+	b, _ := json.Marshal(struct{ Thumbprint string }{t})
+	if err := atomicfile.Write(d.iisIssuerFile(), b, 0o600); err != nil {
+		return fmt.Errorf("remember the auth certificate IIS started with: %w", err)
+	}
+	return nil
 }
 
 // importedFile remembers which certificate each imported secret held
