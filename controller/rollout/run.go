@@ -35,9 +35,10 @@ type Engine struct {
 	// Interval is how often the engine looks when nothing wakes it
 	// (default 1s).
 	Interval time.Duration
-	// StoreGrace is how long a rollout may wait for its revision to be
-	// stored (default 1 minute): an apply that failed after creating its
-	// rollout leaves it to be aborted.
+	// StoreGrace is how long a rollout stored on its own, before its
+	// revision (as controllers did before the two shared a transaction),
+	// may wait for that revision (default 1 minute); after it, the rollout
+	// is aborted as never stored.
 	StoreGrace time.Duration
 	Log        *slog.Logger
 }

@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/topology"
@@ -128,5 +130,45 @@ func TestFailedApplyStoresNoRollout(t *testing.T) {
 	}
 	if cur.AppliedBy != "someone else" {
 		t.Errorf("current revision %d by %s, want the concurrent one", cur.Revision, cur.AppliedBy)
+	}
+}
+
+// TestEngineKnowsTheRevisionStoredWithItsRollout: the engine takes a
+// rollout's revision from the transaction that stored both, so a rollout
+// superseded by an immediate apply before the engine first looked is
+// aborted as superseded at once, naming the revision by its sequence
+// number, rather than waited on as a revision never stored.
+func TestEngineKnowsTheRevisionStoredWithItsRollout(t *testing.T) {
+	f := startHub(t, Config{})
+	ctx := context.Background()
+	waitFor(t, "the hub to load the first revision", func() bool { return f.hub.snapshot().topo != nil })
+	svc := NewTopologyService(f.hub, nil)
+	variant := func(partner string) []byte {
+		return []byte(strings.Replace(string(examples.Contoso), "removePartners: [app]", "removePartners: [app, "+partner+"]", 1))
+	}
+	second, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: variant("old1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	third, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: variant("old2"), Immediate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.GetRollout() != "" {
+		t.Fatalf("an immediate apply started %s", third.GetRollout())
+	}
+	e := &rollout.Engine{Store: f.hub.rollouts, Source: NewRolloutSource(f.hub), Log: f.hub.log}
+	if err := e.Advance(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.hub.rollouts.Get(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "aborted: superseded by revision 3 (version " + strconv.FormatUint(third.GetRevision(), 10) + ")"
+	if r.Rollout.GetState() != pb.RolloutState_ROLLOUT_STATE_ABORTED || r.Rollout.GetReason() != want ||
+		r.Rollout.GetToRevision() != second.GetRevision() || r.Rollout.GetToSequence() != 2 {
+		t.Errorf("rollouts/1 is %v %q, to revision %d (sequence %d); want aborted %q, to revision %d (sequence 2)",
+			r.Rollout.GetState(), r.Rollout.GetReason(), r.Rollout.GetToRevision(), r.Rollout.GetToSequence(), want, second.GetRevision())
 	}
 }

@@ -39,7 +39,9 @@ type TopologyServiceClient interface {
 	// document identical to the current one stores nothing and returns the
 	// current revision with changed=false, so a retry is safe. A stored
 	// revision reaches the hosts through a rollout (see RolloutService)
-	// named in the response, or all at once with immediate.
+	// named in the response, or all at once with immediate. The revision and
+	// its rollout are stored in one transaction: an apply that fails stores
+	// neither, and leaves the running rollout as it was.
 	ApplyTopology(ctx context.Context, in *ApplyTopologyRequest, opts ...grpc.CallOption) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. Read-only, safe to retry.
@@ -102,7 +104,9 @@ type TopologyServiceServer interface {
 	// document identical to the current one stores nothing and returns the
 	// current revision with changed=false, so a retry is safe. A stored
 	// revision reaches the hosts through a rollout (see RolloutService)
-	// named in the response, or all at once with immediate.
+	// named in the response, or all at once with immediate. The revision and
+	// its rollout are stored in one transaction: an apply that fails stores
+	// neither, and leaves the running rollout as it was.
 	ApplyTopology(context.Context, *ApplyTopologyRequest) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. Read-only, safe to retry.
