@@ -510,3 +510,40 @@ func TestJSONOutputIsSafeAndWhole(t *testing.T) {
 		t.Errorf("-o json gave back %q, want %q", got, hostileText)
 	}
 }
+
+// FuzzYAMLOutput: any string an agent or a file may hold comes back from
+// -o yaml as the same string, and the YAML holds nothing a terminal acts on.
+func FuzzYAMLOutput(f *testing.F) {
+	for _, s := range []string{"", "plain", hostileText, "a\tb\rc", "- x: y", "'\"", "#", "ü€\u2028", "\xff", "0x1f", "true", "null", "~", "012", "1e3", ": x", "&a", "*a", "!tag", "%x", "@x", "`x", " lead", "trail ", "{a}", "[b]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		j, err := json.Marshal(map[string]any{"k": s, "l": []string{s}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// JSON carries the string as valid UTF-8.
+		var want map[string]any
+		if err := json.Unmarshal(j, &want); err != nil {
+			t.Fatal(err)
+		}
+		y, err := jsonToYAML(j)
+		if err != nil {
+			t.Fatalf("jsonToYAML(%s): %v", j, err)
+		}
+		for _, r := range string(y) {
+			if r != '\n' && (r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' || r == '\u202e' || r == '\u200b') {
+				t.Fatalf("YAML of %q holds %U raw:\n%s", s, r, y)
+			}
+		}
+		var got map[string]any
+		if err := yaml.Unmarshal(y, &got); err != nil {
+			t.Fatalf("YAML of %q does not parse: %v\n%s", s, err, y)
+		}
+		k, _ := got["k"].(string)
+		l, _ := got["l"].([]any)
+		if k != want["k"] || len(l) != 1 || l[0] != want["k"] {
+			t.Fatalf("YAML of %q gave back %q, %q:\n%s", want["k"], got["k"], got["l"], y)
+		}
+	})
+}
