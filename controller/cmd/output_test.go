@@ -547,3 +547,63 @@ func FuzzYAMLOutput(f *testing.F) {
 		}
 	})
 }
+
+// TestClockStepShowsInStatus sends what an agent sends when its host's
+// clock is stepped (syncer.TestClockStepIsReported): its last report
+// again, unchanged but for the clock. status shows the new offset and
+// warns naming the host.
+func TestClockStepShowsInStatus(t *testing.T) {
+	dir := appliedContoso(t)
+	conn := agentConn(t, dir, "fe01.contoso.com")
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := pb.NewAgentServiceClient(conn).Sync(ctx)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if _, err := stream.Recv(); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	rep := &pb.StatusReport{Primary: true, Items: []*pb.ItemStatus{{Item: "oauth-configuration", State: pb.ItemState_ITEM_STATE_OK}}}
+	send := func(m *pb.SyncRequest) {
+		t.Helper()
+		if err := stream.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(&pb.SyncRequest{Message: &pb.SyncRequest_Hello{Hello: &pb.Hello{Host: "fe01.contoso.com", AgentVersion: "test", Driver: "none"}}})
+	rep.Clock = timestamppb.Now()
+	send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
+	clock := func() (string, string) {
+		out, _, _ := runIO(t, dir, "", "status", "--host", "fe01.contoso.com")
+		_, table, _ := strings.Cut(out, "\n\n")
+		for _, r := range tableRows(t, table) {
+			return r["CLOCK"], out
+		}
+		return "", out
+	}
+	waitFor(t, "fe01's clock measured", func() (bool, string) {
+		c, out := clock()
+		d, err := time.ParseDuration(c)
+		return err == nil && d.Abs() < time.Minute, out
+	})
+	rep.Clock = timestamppb.New(time.Now().Add(-7 * time.Minute))
+	send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
+	var out string
+	waitFor(t, "fe01's stepped clock", func() (bool, string) {
+		var c string
+		c, out = clock()
+		d, err := time.ParseDuration(c)
+		return err == nil && (d+7*time.Minute).Abs() < 2*time.Second, out
+	})
+	if !regexp.MustCompile(`(?m)^warning: clock of fe01\.contoso\.com \(pool01\) is (7m0s|6m59s|7m1s) behind the controller's$`).MatchString(out) {
+		t.Errorf("status does not warn of fe01's clock:\n%s", out)
+	}
+}
