@@ -361,7 +361,7 @@ func sixHosts(now time.Time) []hostDetail {
 	clean := func(name string, offsetMs int64) hostDetail {
 		h := &pb.Host{Host: name, Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, ProductVersion: "2015", Connected: true,
 			DesiredVersion: 9, AppliedVersion: 9, DesiredHash: "h9", AppliedHash: "h9", DesiredSequence: 2, AppliedSequence: 2,
-			LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: 9, Hash: "h9"}, ClockOffsetMs: offsetMs, LastSeen: timestamppb.New(now)}
+			LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: 9, Hash: "h9"}, ClockOffsetMs: offsetMs, LastSeen: timestamppb.New(now.Add(-10 * time.Second))}
 		r := &pb.StatusReport{AppliedVersion: 9, AppliedHash: "h9", Clock: timestamppb.New(now.Add(-4*time.Second + time.Duration(offsetMs)*time.Millisecond)),
 			Items:    []*pb.ItemStatus{{Item: "partner/microsoft.exchange", State: pb.ItemState_ITEM_STATE_OK}, {Item: "oauth-configuration", State: pb.ItemState_ITEM_STATE_OK}},
 			Partners: []*pb.PartnerApplication{{Identity: "microsoft.exchange", Name: "microsoft.exchange", Enabled: true}, {Identity: "microsoft.sharepoint", Name: "microsoft.sharepoint", Enabled: true}},
@@ -603,6 +603,10 @@ func TestClockStepShowsInStatus(t *testing.T) {
 		d, err := time.ParseDuration(c)
 		return err == nil && (d+7*time.Minute).Abs() < 2*time.Second, out
 	})
+	// The report, unchanged but for its clock, came a moment ago.
+	if !regexp.MustCompile(`(?m)^fe01\.contoso\.com .* [0-9]s +-(7m0s|6m59s|7m1s) `).MatchString(out) {
+		t.Errorf("status does not date fe01's report a few seconds back:\n%s", out)
+	}
 	if !regexp.MustCompile(`(?m)^warning: clock of fe01\.contoso\.com \(pool01\) is (7m0s|6m59s|7m1s) behind the controller's$`).MatchString(out) {
 		t.Errorf("status does not warn of fe01's clock:\n%s", out)
 	}

@@ -101,6 +101,13 @@ func reportAge(d hostDetail, now time.Time) time.Duration {
 		return -1
 	}
 	at := d.report.GetClock().AsTime().Add(-time.Duration(d.host.GetClockOffsetMs()) * time.Millisecond)
+	// The controller stores a report only when it changed, but records
+	// the offset (and when: last_seen) from every report: a report came at
+	// last_seen at the latest, and one whose clock was stepped since it
+	// was stored no longer dates by the new offset.
+	if ls := d.host.GetLastSeen(); ls != nil && (at.Before(ls.AsTime()) || at.After(now)) {
+		at = ls.AsTime()
+	}
 	return max(0, now.Sub(at))
 }
 
