@@ -217,7 +217,7 @@ func TestReadCommandsHaveOutput(t *testing.T) {
 	// printer is rollout.go's own.
 	notRead := map[string]bool{
 		"apply": true, "diff": true, "serve": true, "demo": true, "bench": true, "certs issue-agent": true, "certs issue-token-issuer": true,
-		"certs issue-admin": true, "secret put": true, "store defrag": true, "token create": true, "host revoke": true, "host retry": true,
+		"certs issue-admin": true, "secret put": true, "store defrag": true, "host revoke": true, "host retry": true,
 		"ui token": true, "rollout pause": true, "rollout resume": true, "rollout abort": true, "rollout undo": true,
 		"rollout status": true, "rollout history": true, "completion": true, "help": true,
 	}
