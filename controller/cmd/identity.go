@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -20,37 +19,32 @@ import (
 
 func newToken(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "token", Short: "Join tokens: one-time credentials with which a new host enrolls"}
-	var host, output string
+	var host string
 	var ttl time.Duration
 	create := &cobra.Command{
 		Use:   "create --host FQDN",
 		Short: "Make a single-use join token for one host (prints the token and the CA pin)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("-o %q: want text or json", output)
+	}
+	// text for people; json and yaml for the script that enrolls the host.
+	o := addOutput(create, "text", formatJSON, formatYAML)
+	create.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewJoinTokenServiceClient(conn).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: host, Ttl: durationpb.New(ttl)})
+			if err != nil {
+				return rpcError("create join token for "+host, err)
 			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewJoinTokenServiceClient(conn).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: host, Ttl: durationpb.New(ttl)})
-				if err != nil {
-					return rpcError("create join token for "+host, err)
-				}
-				if output == "json" {
-					b, _ := protojson.MarshalOptions{Indent: "  "}.Marshal(resp)
-					fmt.Fprintf(g.out, "%s\n", b)
-					return nil
-				}
+			return o.print(g.out, resp, func() error {
 				fmt.Fprintf(g.out, "join token for %s, valid once until %s:\n  token:  %s\n  ca pin: %s\n", resp.GetHost(),
 					resp.GetExpiresAt().AsTime().UTC().Format(time.RFC3339), resp.GetToken(), resp.GetCaPin())
-				fmt.Fprintf(g.out, "on the host:\n  s2s-agent enroll --controller ADDR --host %s --token %s --ca-pin %s --state-dir DIR\n",
+				_, err := fmt.Fprintf(g.out, "on the host:\n  s2s-agent enroll --controller ADDR --host %s --token %s --ca-pin %s --state-dir DIR\n",
 					resp.GetHost(), resp.GetToken(), resp.GetCaPin())
-				return nil
+				return err
 			})
-		},
+		})
 	}
 	create.Flags().StringVar(&host, "host", "", "the host's FQDN (required)")
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (at most 24h)")
-	create.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	_ = create.MarkFlagRequired("host")
 	c.AddCommand(create)
 	return c

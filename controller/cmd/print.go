@@ -205,14 +205,13 @@ func printHostSection(w io.Writer, d hostDetail) {
 	if r.GetMonitor() {
 		fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ITEM\tSTATE\tDETAIL")
+	t := newTable(w, "ITEM", "STATE", "DETAIL~")
 	items := append([]*pb.ItemStatus(nil), r.GetItems()...)
 	sort.SliceStable(items, func(i, j int) bool { return items[i].GetItem() < items[j].GetItem() })
 	for _, it := range items {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", safe(it.GetItem()), stateText(it.GetState()), safe(it.GetMessage()))
+		t.row(it.GetItem(), stateText(it.GetState()), it.GetMessage())
 	}
-	tw.Flush()
+	_ = t.flush()
 	for _, dr := range r.GetDrift() {
 		c := ""
 		if dr.GetCorrected() {
@@ -231,27 +230,26 @@ func printChecks(w io.Writer, r *pb.StatusReport) {
 	if len(r.GetMetadata()) == 0 && len(r.GetProbes()) == 0 {
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM THIS HOST\tTARGET\tRESULT")
+	t := newTable(w, "FROM THIS HOST", "TARGET", "RESULT~")
 	for _, m := range r.GetMetadata() {
-		what := "metadata of " + safe(m.GetDeployment())
+		what := "metadata of " + m.GetDeployment()
 		if m.GetPartner() == "" {
-			what = "own metadata (" + safe(m.GetDeployment()) + ")"
+			what = "own metadata (" + m.GetDeployment() + ")"
 		}
 		result := "ok: keys " + strings.Join(termsafe.Strings(m.GetThumbprints()), ", ")
 		if !m.GetOk() {
-			result = "FAILED: " + safe(m.GetError())
+			result = "FAILED: " + m.GetError()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", what, safe(m.GetUrl()), result)
+		t.row(what, m.GetUrl(), result)
 	}
 	for _, p := range r.GetProbes() {
 		result := "token accepted"
 		if !p.GetOk() {
-			result = "FAILED: " + safe(p.GetReason()) + ": " + safe(p.GetDetail())
+			result = "FAILED: " + p.GetReason() + ": " + p.GetDetail()
 		}
-		fmt.Fprintf(tw, "trust probe to %s\t%s\t%s\n", safe(p.GetToDeployment()), safe(p.GetTargetHost()), result)
+		t.row("trust probe to "+p.GetToDeployment(), p.GetTargetHost(), result)
 	}
-	tw.Flush()
+	_ = t.flush()
 	fmt.Fprintln(w)
 }
 
@@ -409,7 +407,7 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 	tw.Flush()
 	for _, e := range edges {
 		for _, p := range e.GetProblems() {
-			fmt.Fprintf(w, "  %s → %s: %s\n", safe(e.GetFrom()), safe(e.GetTo()), safe(p))
+			wrapLine(w, "  ", e.GetFrom()+" → "+e.GetTo()+": "+p)
 		}
 	}
 }

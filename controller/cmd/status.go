@@ -101,6 +101,13 @@ func reportAge(d hostDetail, now time.Time) time.Duration {
 		return -1
 	}
 	at := d.report.GetClock().AsTime().Add(-time.Duration(d.host.GetClockOffsetMs()) * time.Millisecond)
+	// The controller stores a report only when it changed, but records
+	// the offset (and when: last_seen) from every report: a report came at
+	// last_seen at the latest, and one whose clock was stepped since it
+	// was stored no longer dates by the new offset.
+	if ls := d.host.GetLastSeen(); ls != nil && (at.Before(ls.AsTime()) || at.After(now)) {
+		at = ls.AsTime()
+	}
 	return max(0, now.Sub(at))
 }
 
@@ -122,13 +129,15 @@ func ageText(d time.Duration) string {
 // clockKnown reports whether the controller has measured h's clock.
 func clockKnown(h *pb.Host) bool { return h.GetLastSeen() != nil }
 
-// offsetText is a host's clock offset, "+1.2s" ahead of the controller's
-// or "-3m0s" behind; "-" when not measured.
+// offsetText is a host's clock offset to the second (the controller
+// records it when it moves by a second; below that it is the report's
+// latency), "+2s" ahead of the controller's or "-3m0s" behind; "-" when
+// not measured.
 func offsetText(h *pb.Host) string {
 	if !clockKnown(h) {
 		return "-"
 	}
-	d := (time.Duration(h.GetClockOffsetMs()) * time.Millisecond).Round(100 * time.Millisecond)
+	d := (time.Duration(h.GetClockOffsetMs()) * time.Millisecond).Round(time.Second)
 	if d >= 0 {
 		return "+" + d.String()
 	}
@@ -342,7 +351,10 @@ func printHostDetail(w io.Writer, d hostDetail, now time.Time) {
 		{"Reported", reported},
 		{"Clock offset", offsetText(h)},
 	}
-	kv(w, pairs)
+	// kv ends with a blank line, as does Format-List; the section starts with one.
+	var b strings.Builder
+	kv(&b, pairs)
+	fmt.Fprint(w, strings.TrimSuffix(b.String(), "\n"))
 	printHostSection(w, d)
 }
 
