@@ -447,3 +447,34 @@ func TestAuditRecordOfAHugeChange(t *testing.T) {
 		t.Errorf("audit record: what %q, %d changes, last %q", rec.What, len(rec.Changes), rec.Changes[len(rec.Changes)-1])
 	}
 }
+
+// TestPrimaryMoveRecomputesTwoHosts: a new primary changes the desired
+// state of the old and the new primary only, so a move costs the same in a
+// deployment of any size.
+func TestPrimaryMoveRecomputesTwoHosts(t *testing.T) {
+	f := startHub(t, Config{})
+	svc := NewTopologyService(f.hub, nil)
+	applyAndWait(t, f, svc, bigContoso(50, "contoso.com"))
+	hosts := f.hub.currentCompiled().deployments["exchange"]
+	f.hub.adoptPrimary("exchange", hosts[3])
+	for _, h := range hosts {
+		if f.hub.desiredFor(h) == nil {
+			t.Fatalf("no desired state for %s", h)
+		}
+	}
+	f.hub.adoptPrimary("exchange", hosts[7])
+	f.hub.mu.Lock()
+	var dropped []string
+	for _, h := range hosts {
+		if _, ok := f.hub.desired[h]; !ok {
+			dropped = append(dropped, h)
+		}
+	}
+	f.hub.mu.Unlock()
+	if want := []string{hosts[3], hosts[7]}; !slices.Equal(dropped, want) {
+		t.Errorf("moving the primary from %s to %s recomputes %v, want only those two", hosts[3], hosts[7], dropped)
+	}
+	if !f.hub.desiredFor(hosts[7]).config.GetPrimary() || f.hub.desiredFor(hosts[3]).config.GetPrimary() {
+		t.Error("the primary flag did not move")
+	}
+}
