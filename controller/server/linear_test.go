@@ -478,3 +478,81 @@ func TestPrimaryMoveRecomputesTwoHosts(t *testing.T) {
 		t.Error("the primary flag did not move")
 	}
 }
+
+// TestApplyRefusesARevisionTooLargeToStore: a document under
+// MaxDocumentSize whose stored record would exceed the store's request
+// limit (the canonical form is stored base64-encoded) is refused before
+// anything is stored, naming the sizes and the limit: neither the
+// revision nor its rollout is stored. One just under the limit is stored.
+func TestApplyRefusesARevisionTooLargeToStore(t *testing.T) {
+	ctx := context.Background()
+	f := startHub(t, Config{})
+	svc := NewTopologyService(f.hub, nil)
+	before, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// stored is what checkStoredSize counts for n hosts per deployment.
+	stored := func(n int) int {
+		doc := bigContoso(n, "fabrikam.com")
+		top, err := topology.Load("big", doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		canon, err := top.Canonical()
+		if err != nil {
+			t.Fatal(err)
+		}
+		audit := svc.auditRecord(callerName(ctx), peerAddr(ctx), "contoso", mustPlan(t, f, doc), nil)
+		val, err := json.Marshal(store.TopologyRecord{Name: "contoso", Document: canon, Hash: store.DocumentHash(canon), AppliedBy: callerName(ctx), Sequence: 1 << 63})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(val) + len(audit) + storeRequestOverhead
+	}
+	// Sizes grow linearly in n: the largest n that fits, by interpolation.
+	a, b := stored(1000), stored(2000)
+	per := float64(b-a) / 1000
+	// Both stay a little away from the limit: the apply's own timestamp
+	// may encode a few bytes longer or shorter than the estimate's.
+	const slack = 64
+	fits := 1000 + int(float64(StoreRequestLimit-a)/per)
+	for stored(fits) > StoreRequestLimit-slack {
+		fits--
+	}
+	tooLarge := fits + 1
+	for stored(tooLarge) <= StoreRequestLimit+slack {
+		tooLarge++
+	}
+	doc := bigContoso(tooLarge, "fabrikam.com")
+	if len(doc) > MaxDocumentSize {
+		t.Fatalf("the document is %d bytes, over MaxDocumentSize: the test needs one under it", len(doc))
+	}
+	for _, dry := range []bool{true, false} {
+		_, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: doc, DryRun: dry})
+		var te *topology.Error
+		if !errors.As(err, &te) || !strings.Contains(err.Error(), fmt.Sprintf("over the store's limit of %d bytes", StoreRequestLimit)) ||
+			!strings.Contains(err.Error(), "document: ") || !strings.Contains(err.Error(), "bytes in canonical form") {
+			t.Fatalf("dry run %v: a %d-byte document (%d hosts per deployment): %v; want INVALID_ARGUMENT naming the sizes and the store's limit", dry, len(doc), tooLarge, err)
+		}
+	}
+	after, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Revision != before.Revision {
+		t.Errorf("a refused apply stored revision %d", after.Revision)
+	}
+	if list, err := f.hub.rollouts.List(ctx, 10, 0); err != nil || len(list) != 0 {
+		t.Errorf("a refused apply stored rollouts: %d, %v", len(list), err)
+	}
+	// The largest that fits is stored, with its rollout: the estimate is
+	// not short of what the store counts.
+	resp, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: bigContoso(fits, "fabrikam.com")})
+	if err != nil {
+		t.Fatalf("%d hosts per deployment, %d bytes stored by the estimate: %v", fits, stored(fits), err)
+	}
+	if !resp.GetChanged() || resp.GetRollout() == "" {
+		t.Errorf("apply of %d hosts per deployment: changed %v, rollout %q", fits, resp.GetChanged(), resp.GetRollout())
+	}
+}
