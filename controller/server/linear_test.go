@@ -270,7 +270,8 @@ func mustPlan(t *testing.T, f *hubFixture, doc []byte) []*pb.HostPlan {
 // a SharePoint farm), alternating its realm so that every host changes,
 // through a hub on a real embedded etcd; each run is timed until the hub
 // serves the revision. It reports the median and spread (min–max) of the
-// apply time and of the live heap after the apply, over b.N runs:
+// apply time, of the CPU time the process spent on it (the better figure
+// on a loaded machine) and of the live heap after the apply, over b.N runs:
 //
 //	go test ./controller/server/ -run '^$' -bench Apply5000 -benchtime 5x
 func BenchmarkApply5000(b *testing.B) {
@@ -278,13 +279,14 @@ func BenchmarkApply5000(b *testing.B) {
 	svc := NewTopologyService(f.hub, nil)
 	docs := [][]byte{bigContoso(5000, "fabrikam.com"), bigContoso(5000, "contoso.com")}
 	applyAndWait(b, f, svc, docs[1]) // the first apply adds 10,000 hosts: not measured
-	var secs, heap []float64
+	var secs, cpu, heap []float64
 	var ms runtime.MemStats
 	b.ResetTimer()
 	for i := range b.N {
-		start := time.Now()
+		start, cpu0 := time.Now(), processCPU()
 		resp := applyAndWait(b, f, svc, docs[i%2])
 		secs = append(secs, time.Since(start).Seconds())
+		cpu = append(cpu, (processCPU() - cpu0).Seconds())
 		if resp.GetHostsChanged() != resp.GetHostsTotal() {
 			b.Fatalf("run %d: %d of %d hosts changed, want all", i, resp.GetHostsChanged(), resp.GetHostsTotal())
 		}
@@ -296,11 +298,13 @@ func BenchmarkApply5000(b *testing.B) {
 	}
 	b.StopTimer()
 	med, lo, hi := medianSpread(secs)
+	cmed, clo, chi := medianSpread(cpu)
 	hmed, hlo, hhi := medianSpread(heap)
 	b.ReportMetric(med*1000, "ms/apply-median")
+	b.ReportMetric(cmed*1000, "cpu-ms/apply-median")
 	b.ReportMetric(hmed, "MiB-heap-median")
-	b.Logf("10,001 hosts (5,000 + 5,000 + 1), %d runs: apply until served %.0f ms median (%.0f–%.0f); live heap after the apply %.1f MiB median (%.1f–%.1f), the test process's: hub, its etcd client and the embedded etcd",
-		len(secs), med*1000, lo*1000, hi*1000, hmed, hlo, hhi)
+	b.Logf("10,001 hosts (5,000 + 5,000 + 1), %d runs: apply until served %.0f ms median (%.0f–%.0f), CPU %.0f ms median (%.0f–%.0f, all goroutines of the process, GC included); live heap after the apply %.1f MiB median (%.1f–%.1f), the test process's: hub, its etcd client and the embedded etcd",
+		len(secs), med*1000, lo*1000, hi*1000, cmed*1000, clo*1000, chi*1000, hmed, hlo, hhi)
 }
 
 // median and spread of xs.
@@ -441,5 +445,114 @@ func TestAuditRecordOfAHugeChange(t *testing.T) {
 	if rec.What != "apply topology contoso (3000 changes)" || len(rec.Changes) != 2001 || rec.Changes[2000] != "… and 1000 more" ||
 		rec.Changes[0] != "h00000.contoso.com: update oauth-configuration" {
 		t.Errorf("audit record: what %q, %d changes, last %q", rec.What, len(rec.Changes), rec.Changes[len(rec.Changes)-1])
+	}
+}
+
+// TestPrimaryMoveRecomputesTwoHosts: a new primary changes the desired
+// state of the old and the new primary only, so a move costs the same in a
+// deployment of any size.
+func TestPrimaryMoveRecomputesTwoHosts(t *testing.T) {
+	f := startHub(t, Config{})
+	svc := NewTopologyService(f.hub, nil)
+	applyAndWait(t, f, svc, bigContoso(50, "contoso.com"))
+	hosts := f.hub.currentCompiled().deployments["exchange"]
+	f.hub.adoptPrimary("exchange", hosts[3])
+	for _, h := range hosts {
+		if f.hub.desiredFor(h) == nil {
+			t.Fatalf("no desired state for %s", h)
+		}
+	}
+	f.hub.adoptPrimary("exchange", hosts[7])
+	f.hub.mu.Lock()
+	var dropped []string
+	for _, h := range hosts {
+		if _, ok := f.hub.desired[h]; !ok {
+			dropped = append(dropped, h)
+		}
+	}
+	f.hub.mu.Unlock()
+	if want := []string{hosts[3], hosts[7]}; !slices.Equal(dropped, want) {
+		t.Errorf("moving the primary from %s to %s recomputes %v, want only those two", hosts[3], hosts[7], dropped)
+	}
+	if !f.hub.desiredFor(hosts[7]).config.GetPrimary() || f.hub.desiredFor(hosts[3]).config.GetPrimary() {
+		t.Error("the primary flag did not move")
+	}
+}
+
+// TestApplyRefusesARevisionTooLargeToStore: a document under
+// MaxDocumentSize whose stored record would exceed the store's request
+// limit (the canonical form is stored base64-encoded) is refused before
+// anything is stored, naming the sizes and the limit: neither the
+// revision nor its rollout is stored. One just under the limit is stored.
+func TestApplyRefusesARevisionTooLargeToStore(t *testing.T) {
+	ctx := context.Background()
+	f := startHub(t, Config{})
+	svc := NewTopologyService(f.hub, nil)
+	before, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// stored is what checkStoredSize counts for n hosts per deployment.
+	stored := func(n int) int {
+		doc := bigContoso(n, "fabrikam.com")
+		top, err := topology.Load("big", doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		canon, err := top.Canonical()
+		if err != nil {
+			t.Fatal(err)
+		}
+		audit := svc.auditRecord(callerName(ctx), peerAddr(ctx), "contoso", mustPlan(t, f, doc), nil)
+		val, err := json.Marshal(store.TopologyRecord{Name: "contoso", Document: canon, Hash: store.DocumentHash(canon), AppliedBy: callerName(ctx), Sequence: 1 << 63})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(val) + len(audit) + storeRequestOverhead
+	}
+	// Sizes grow linearly in n: the largest n that fits, by interpolation.
+	a, b := stored(1000), stored(2000)
+	per := float64(b-a) / 1000
+	// Both stay a little away from the limit: the apply's own timestamp
+	// may encode a few bytes longer or shorter than the estimate's.
+	const slack = 64
+	fits := 1000 + int(float64(StoreRequestLimit-a)/per)
+	for stored(fits) > StoreRequestLimit-slack {
+		fits--
+	}
+	tooLarge := fits + 1
+	for stored(tooLarge) <= StoreRequestLimit+slack {
+		tooLarge++
+	}
+	doc := bigContoso(tooLarge, "fabrikam.com")
+	if len(doc) > MaxDocumentSize {
+		t.Fatalf("the document is %d bytes, over MaxDocumentSize: the test needs one under it", len(doc))
+	}
+	for _, dry := range []bool{true, false} {
+		_, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: doc, DryRun: dry})
+		var te *topology.Error
+		if !errors.As(err, &te) || !strings.Contains(err.Error(), fmt.Sprintf("over the store's limit of %d bytes", StoreRequestLimit)) ||
+			!strings.Contains(err.Error(), "document: ") || !strings.Contains(err.Error(), "bytes in canonical form") {
+			t.Fatalf("dry run %v: a %d-byte document (%d hosts per deployment): %v; want INVALID_ARGUMENT naming the sizes and the store's limit", dry, len(doc), tooLarge, err)
+		}
+	}
+	after, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Revision != before.Revision {
+		t.Errorf("a refused apply stored revision %d", after.Revision)
+	}
+	if list, err := f.hub.rollouts.List(ctx, 10, 0); err != nil || len(list) != 0 {
+		t.Errorf("a refused apply stored rollouts: %d, %v", len(list), err)
+	}
+	// The largest that fits is stored, with its rollout: the estimate is
+	// not short of what the store counts.
+	resp, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: bigContoso(fits, "fabrikam.com")})
+	if err != nil {
+		t.Fatalf("%d hosts per deployment, %d bytes stored by the estimate: %v", fits, stored(fits), err)
+	}
+	if !resp.GetChanged() || resp.GetRollout() == "" {
+		t.Errorf("apply of %d hosts per deployment: changed %v, rollout %q", fits, resp.GetChanged(), resp.GetRollout())
 	}
 }

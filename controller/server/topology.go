@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -102,6 +104,34 @@ func fitResponse(resp *pb.ApplyTopologyResponse, limit int) error {
 	return nil
 }
 
+// StoreRequestLimit is the largest request the store takes: etcd's
+// default --max-request-bytes (1.5 MiB), which the embedded etcd keeps.
+// A revision is written in one request: its record (the canonical
+// document, base64 in JSON, so about 4/3 of its size, with name, hash and
+// pins) and its audit record.
+const StoreRequestLimit = 3 << 19
+
+// storeRequestOverhead is room for the request's keys, comparison and
+// framing beside the two values.
+const storeRequestOverhead = 4 << 10
+
+// checkStoredSize refuses, naming its size and the limit, a revision
+// whose record and audit record would not fit one store request, before
+// anything is stored: the canonical form of a document under
+// MaxDocumentSize can still be too large once encoded.
+func checkStoredSize(name string, doc []byte, pins map[string]store.SecretPin, who string, now time.Time, audit []byte) error {
+	rec := store.TopologyRecord{Name: name, Document: doc, Hash: store.DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: who, Sequence: math.MaxUint64, Secrets: pins}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode topology: %w", err)
+	}
+	if n := len(val) + len(audit) + storeRequestOverhead; n > StoreRequestLimit {
+		return invalid("document", fmt.Sprintf("%d bytes in canonical form", len(doc)),
+			fmt.Sprintf("a topology the store can take in one request: stored, with its audit record, it takes %d bytes, over the store's limit of %d bytes (the canonical form is stored base64-encoded); split it or shorten it", n, StoreRequestLimit))
+	}
+	return nil
+}
+
 // ApplyTopology implements the RPC; see the proto for its contract.
 func (s *TopologyService) ApplyTopology(ctx context.Context, req *pb.ApplyTopologyRequest) (*pb.ApplyTopologyResponse, error) {
 	return s.apply(ctx, req, "")
@@ -172,7 +202,13 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if err := fitResponse(resp, s.responseLimit()); err != nil {
 		return nil, err
 	}
+	who := callerName(ctx)
 	if req.GetDryRun() {
+		// What a real apply would store, secret pins aside (a few bytes).
+		audit := s.auditRecord(who, peerAddr(ctx), t.Name, plan, nil)
+		if err := checkStoredSize(t.Name, doc, nil, who, s.hub.cfg.Now(), audit); err != nil {
+			return nil, err
+		}
 		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 		}
@@ -188,11 +224,16 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 			return nil, err
 		}
 	}
-	who := callerName(ctx)
 	if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 		return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 	}
 	if err := s.hub.runningRotation(ctx); err != nil {
+		return nil, err
+	}
+	audit := s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins)
+	// Before anything is stored: a revision the store would refuse as too
+	// large fails here, naming its size and the limit.
+	if err := checkStoredSize(t.Name, doc, pins, who, s.hub.cfg.Now(), audit); err != nil {
 		return nil, err
 	}
 	// The rollout is stored in the revision's own transaction: the
@@ -210,7 +251,7 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	// The hub takes this compilation when the revision becomes current,
 	// which may happen before PutTopologyWith returns.
 	offer := s.hub.offerCompiled(doc, t, next)
-	rev, seq, changed, err := st.PutTopologyWith(ctx, t.Name, doc, pins, nil, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins), also)
+	rev, seq, changed, err := st.PutTopologyWith(ctx, t.Name, doc, pins, nil, who, s.hub.cfg.Now(), req.ExpectedRevision, audit, also)
 	if err != nil || !changed {
 		s.hub.withdrawCompiled(offer)
 	}

@@ -179,7 +179,7 @@ func (s *Sim) selfCheck(cfg *pb.HostConfig) *pb.MetadataCheck {
 }
 
 // Probe mints an actor token with this host's current signing key for every
-// host of every deployment in cfg.TrustedBy and presents it at
+// host each deployment in cfg.TrustedBy lists and presents it at
 // https://<host>/s2s/probe, concurrently and each within probeTimeout. It
 // returns one result per target host, in cfg's order. When this host does
 // not hold its deployment's current token-issuer certificate with its key,

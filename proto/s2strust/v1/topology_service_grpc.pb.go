@@ -41,7 +41,12 @@ type TopologyServiceClient interface {
 	// revision reaches the hosts through a rollout (see RolloutService)
 	// named in the response, or all at once with immediate. The revision and
 	// its rollout are stored in one transaction: an apply that fails stores
-	// neither, and leaves the running rollout as it was.
+	// neither, and leaves the running rollout as it was. Limits are
+	// checked before anything is stored, each error naming the size and the
+	// limit: a document over 1 MiB, or one whose stored record would exceed
+	// the store's request limit, is INVALID_ARGUMENT (field "document"); an
+	// answer that cannot fit the message size limit even without its plan
+	// is RESOURCE_EXHAUSTED.
 	ApplyTopology(ctx context.Context, in *ApplyTopologyRequest, opts ...grpc.CallOption) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. Read-only, safe to retry.
@@ -106,7 +111,12 @@ type TopologyServiceServer interface {
 	// revision reaches the hosts through a rollout (see RolloutService)
 	// named in the response, or all at once with immediate. The revision and
 	// its rollout are stored in one transaction: an apply that fails stores
-	// neither, and leaves the running rollout as it was.
+	// neither, and leaves the running rollout as it was. Limits are
+	// checked before anything is stored, each error naming the size and the
+	// limit: a document over 1 MiB, or one whose stored record would exceed
+	// the store's request limit, is INVALID_ARGUMENT (field "document"); an
+	// answer that cannot fit the message size limit even without its plan
+	// is RESOURCE_EXHAUSTED.
 	ApplyTopology(context.Context, *ApplyTopologyRequest) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. Read-only, safe to retry.
