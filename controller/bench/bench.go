@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/s2strust/s2strust/controller/server"
 	"io"
 	"log/slog"
 	"os"
@@ -43,6 +44,11 @@ type Config struct {
 	// Runs is how many times each measurement is taken (default 3); the
 	// table shows the median and the spread.
 	Runs int
+	// ConnectRate paces the agents' first connections to the floor and to
+	// the controller, agents a second (default 1000, the controller's
+	// stream rate; negative: all at once). A restart's reconnections are
+	// paced by the controller's Drain instead.
+	ConnectRate float64
 	// Dir holds the controller's data directory; it should be empty.
 	Dir string
 	// ChildArgv is the command that runs ChildMain in a child process,
@@ -73,6 +79,8 @@ type Config struct {
 // hands its streams their push to the moment it has read the ACK.
 type Result struct {
 	Agents, Deployments, Runs, Children int
+	// ConnectRate is the pace of the first connections, agents a second.
+	ConnectRate float64
 
 	// ConnectAll is the time from starting every agent at once until the
 	// last one had its first answer from the controller.
@@ -165,7 +173,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer h.close()
-	res := &Result{Agents: cfg.Agents, Deployments: cfg.Deployments, Runs: cfg.Runs, Children: len(h.agents.children)}
+	switch {
+	case cfg.ConnectRate == 0:
+		h.connectRate = server.DefaultReconnectRate
+	case cfg.ConnectRate > 0:
+		h.connectRate = cfg.ConnectRate
+	}
+	res := &Result{ConnectRate: h.connectRate, Agents: cfg.Agents, Deployments: cfg.Deployments, Runs: cfg.Runs, Children: len(h.agents.children)}
 
 	// The floor first, so the controller's figures do not carry its garbage.
 	floor, err := runFloor(ctx, h, cfg.Runs, timeout)
@@ -341,7 +355,11 @@ func (r *Result) print(out io.Writer) {
 	fmt.Fprintf(out, "each figure: median of %d runs (min–max)\n\n", r.Runs)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "\tcontroller\tfloor (bare gRPC)\ttarget")
-	fmt.Fprintf(w, "connect all (last first answer)\t%s\t%s\t\n", ms(r.ConnectAll), ms(r.FloorConnectAll))
+	ramp := "all at once"
+	if r.ConnectRate > 0 {
+		ramp = fmt.Sprintf("%g/s", r.ConnectRate)
+	}
+	fmt.Fprintf(w, "connect all, %s (last first answer)\t%s\t%s\t\n", ramp, ms(r.ConnectAll), ms(r.FloorConnectAll))
 	fmt.Fprintf(w, "commit to first ACK stored\t%s\t%s\t\n", spread(r.First), spread(r.FloorFirst))
 	fmt.Fprintf(w, "commit to ACK stored p50\t%s\t%s\t\n", spread(r.P50), spread(r.FloorP50))
 	p99 := Median(r.P99)

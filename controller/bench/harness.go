@@ -89,8 +89,11 @@ type harness struct {
 	caCert    []byte // the controller's CA, for the agents' identities
 	caKey     []byte
 	real      *realAgent // the s2s-agent process, when one runs
-	rev       uint64     // the revision last applied
-	realms    int        // realms applied so far
+	// connectRate paces the agents' first connections, agents a second
+	// (0: all at once).
+	connectRate float64
+	rev         uint64 // the revision last applied
+	realms      int    // realms applied so far
 }
 
 // newHarness starts a controller in dataDir, stores the deployments'
@@ -217,7 +220,7 @@ func (h *harness) applyNext(ctx context.Context) (time.Duration, error) {
 func (h *harness) connect(ctx context.Context, timeout time.Duration) (time.Duration, error) {
 	answered := h.agents.expectAnswers()
 	start := time.Now()
-	if err := h.agents.start(ctx, h.ctrl.addr, pb.AgentService_Sync_FullMethodName); err != nil {
+	if err := h.agents.start(ctx, h.ctrl.addr, pb.AgentService_Sync_FullMethodName, h.connectRate); err != nil {
 		return 0, err
 	}
 	if err := answered.wait(ctx, timeout, "agents connected to the controller"); err != nil {
@@ -427,7 +430,7 @@ func runFloor(ctx context.Context, h *harness, runs int, timeout time.Duration) 
 	before := sampleMemory()
 	answered := h.agents.expectAnswers()
 	start := time.Now()
-	if err := h.agents.start(ctx, fs.addr(), floorMethod); err != nil {
+	if err := h.agents.start(ctx, fs.addr(), floorMethod, h.connectRate); err != nil {
 		return out, err
 	}
 	if err := answered.wait(ctx, timeout, "agents connected to the floor server"); err != nil {
