@@ -49,6 +49,8 @@ type Config struct {
 	// stream rate; negative: all at once). A restart's reconnections are
 	// paced by the controller's Drain instead.
 	ConnectRate float64
+	// Timeout bounds every wait (default one minute and 20ms per agent).
+	Timeout time.Duration
 	// Dir holds the controller's data directory; it should be empty.
 	Dir string
 	// ChildArgv is the command that runs ChildMain in a child process,
@@ -167,6 +169,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	// Deadlines: generous, and growing with the fleet.
 	timeout := time.Minute + time.Duration(cfg.Agents)*20*time.Millisecond
+	if cfg.Timeout > 0 {
+		timeout = cfg.Timeout
+	}
 
 	h, err := newHarness(ctx, filepath.Join(cfg.Dir, "controller"), cfg.Agents, cfg.Deployments, cfg.ChildArgv, timeout, log)
 	if err != nil {
