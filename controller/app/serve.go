@@ -121,9 +121,11 @@ func TransportOptions() []grpc.ServerOption {
 		// Small per-stream windows keep an idle agent stream cheap.
 		grpc.InitialWindowSize(64 << 10),
 		grpc.InitialConnWindowSize(64 << 10),
-		// Agents send little and rarely: small transport buffers, and write
-		// buffers shared rather than held per idle connection.
-		grpc.ReadBufferSize(4 << 10),
+		// Agents send little and rarely: no read buffer of gRPC's own (the
+		// TLS connection below buffers a record already; 4 KiB per idle
+		// connection otherwise), and write buffers shared rather than held
+		// per idle connection.
+		grpc.ReadBufferSize(0),
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(KeepaliveServerParameters()),

@@ -607,25 +607,34 @@ func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) (errs, 
 	if err != nil {
 		return nil, nil, err
 	}
+	type pfx struct {
+		b   *certs.Bundle
+		err error
+	}
+	loaded := map[Ref]pfx{}
 	for i, d := range t.Deployments {
 		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" {
 			continue
 		}
 		field := "deployments[" + strconv.Itoa(i) + "].tokenIssuer.secret"
 		name := d.TokenIssuer.Secret
-		st, err := s.getVersion(ctx, name, pins[name].Version)
-		if errors.Is(err, store.ErrNotFound) {
-			errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
-			continue
+		ref := Ref{Name: name, Version: pins[name].Version}
+		l, ok := loaded[ref]
+		if !ok {
+			// Once per secret version, however many deployments name it:
+			// opening a PFX is slow by design (its key derivation).
+			m, err := s.material(ctx, name, ref.Version)
+			if errors.Is(err, store.ErrNotFound) {
+				errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			l.b, l.err = certs.LoadPFXContext(ctx, m.GetPfx(), m.GetPassword())
+			loaded[ref] = l
 		}
-		if err != nil {
-			return nil, nil, err
-		}
-		p, err := s.open(name, st.rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		b, err := certs.LoadPFXContext(ctx, p.PFX, p.Password)
+		b, err := l.b, l.err
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, fmt.Errorf("check secret %s: %w", name, err)
