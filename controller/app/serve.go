@@ -106,6 +106,10 @@ type ServeConfig struct {
 	MetricsListen string
 	// MetricsReady, when set, is called with the metrics URL once it is served.
 	MetricsReady func(url string)
+	// GRPCStopped, when set, is called with how long the gRPC server's
+	// graceful stop took (every agent stream drained), before the store
+	// is closed.
+	GRPCStopped func(took time.Duration)
 	// StreamObserver, when set, hears what happens on the agents' Sync
 	// streams (the benchmark counts pushes and stored ACKs with it).
 	StreamObserver server.SyncObserver
@@ -341,7 +345,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 			gs.Stop()
 			<-stopped
 		}
-		log.Info("gRPC server stopped", "took", time.Since(start).Round(time.Millisecond))
+		took := time.Since(start)
+		log.Info("gRPC server stopped", "took", took.Round(time.Millisecond))
+		if cfg.GRPCStopped != nil {
+			cfg.GRPCStopped(took)
+		}
 		return nil
 	})
 	return g.Wait()

@@ -117,6 +117,9 @@ type Result struct {
 	// time from the stop until every agent had reconnected and had its
 	// first answer, RestartResyncP50 until half had.
 	RestartStop, RestartStartup, RestartResync, RestartResyncP50 []time.Duration
+	// RestartExit is how long the whole controller took to stop after its
+	// gRPC server had (RestartStop): the embedded etcd closing.
+	RestartExit []time.Duration
 	// ResentAfterRestart counts, per restart, the Desired messages the
 	// controller sent from the stop until the fleet was connected and
 	// current again; every agent was current, so it must be 0.
@@ -261,6 +264,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("bench: restart: %w", err)
 		}
 		res.RestartStop = append(res.RestartStop, rr.stop)
+		res.RestartExit = append(res.RestartExit, rr.exit)
 		res.RestartStartup = append(res.RestartStartup, rr.startup)
 		res.RestartResync = append(res.RestartResync, rr.resync)
 		res.RestartResyncP50 = append(res.RestartResyncP50, rr.resyncP50)
@@ -385,7 +389,8 @@ func (r *Result) print(out io.Writer) {
 	}
 	fmt.Fprintf(w, "simulated agent RSS (children / agents)\t%s\t\t\n", kib(r.AgentRSS))
 	stop, _, _ := median(r.RestartStop)
-	fmt.Fprintf(w, "restart: graceful stop\t%s\t\t< %s: %s\n", spread(r.RestartStop), targetStop, verdict(stop < targetStop))
+	fmt.Fprintf(w, "restart: graceful stop (streams drained)\t%s\t\t< %s: %s\n", spread(r.RestartStop), targetStop, verdict(stop < targetStop))
+	fmt.Fprintf(w, "  whole process stopped (etcd closed)\t%s\t\t\n", spread(r.RestartExit))
 	fmt.Fprintf(w, "restart: new controller serving\t%s\t\t\n", spread(r.RestartStartup))
 	fmt.Fprintf(w, "restart: half resynced\t%s\t\t\n", spread(r.RestartResyncP50))
 	resync, _, _ := median(r.RestartResync)
@@ -413,7 +418,8 @@ Method:
   over N; Go heap and stacks likewise.
 - Agent RSS: the peak resident set (VmHWM) of one real s2s-agent with the
   sim driver, one more host of the topology, over the whole run.
-- Restart: stop the controller (its graceful stop timed), start it on the
+- Restart: stop the controller (its gRPC graceful stop timed: every stream
+  drained and ended; and the whole process's stop), start it on the
   same address and data directory; resync runs from the stop to the last
   agent's first answer. Desired re-sent are counted in the controller until
   ListHosts shows the whole fleet connected and current again.

@@ -28,6 +28,8 @@ type controllerProc struct {
 	addr   string
 	cancel context.CancelFunc
 	done   chan error
+	// grpcStopped receives how long the gRPC server's graceful stop took.
+	grpcStopped chan time.Duration
 }
 
 // startController starts a controller on listen and waits until it serves.
@@ -35,15 +37,17 @@ func startController(ctx context.Context, dataDir, listen string, obs server.Syn
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
+	grpcStopped := make(chan time.Duration, 1)
 	go func() {
 		done <- app.Serve(cctx, app.ServeConfig{DataDir: dataDir, Listen: listen, Logger: log, StreamObserver: obs,
-			Ready: func(addr string) { ready <- addr }})
+			GRPCStopped: func(took time.Duration) { grpcStopped <- took },
+			Ready:       func(addr string) { ready <- addr }})
 	}()
 	t := time.NewTimer(2 * time.Minute)
 	defer t.Stop()
 	select {
 	case addr := <-ready:
-		return &controllerProc{addr: addr, cancel: cancel, done: done}, nil
+		return &controllerProc{addr: addr, cancel: cancel, done: done, grpcStopped: grpcStopped}, nil
 	case err := <-done:
 		cancel()
 		return nil, fmt.Errorf("start the controller in %s: %w", dataDir, err)
@@ -319,10 +323,12 @@ func (h *harness) hostsCurrent(ctx context.Context) (int, error) {
 
 // restartRun is what one controller restart cost.
 type restartRun struct {
-	stop, startup, resync time.Duration
-	resyncP50             time.Duration // half the agents had reconnected
-	resent                int64         // Desired the controllers sent meanwhile
-	drains                int64         // drain messages the agents received
+	// stop is the gRPC server's graceful stop (every stream drained),
+	// exit the whole controller's (its embedded etcd closed too).
+	stop, exit, startup, resync time.Duration
+	resyncP50                   time.Duration // half the agents had reconnected
+	resent                      int64         // Desired the controllers sent meanwhile
+	drains                      int64         // drain messages the agents received
 }
 
 // restart stops the controller, starts it again on the same address and
@@ -339,7 +345,12 @@ func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartRu
 	if err := h.ctrl.stop(); err != nil {
 		return r, err
 	}
-	r.stop = time.Since(start)
+	r.exit = time.Since(start)
+	select {
+	case r.stop = <-h.ctrl.grpcStopped:
+	default:
+		return r, errors.New("the controller stopped without stopping its gRPC server")
+	}
 	started := time.Now()
 	ctrl, err := startController(ctx, h.dataDir, h.ctrl.addr, h.acks, h.log)
 	if err != nil {
