@@ -107,6 +107,10 @@ type ServeConfig struct {
 	MetricsListen string
 	// MetricsReady, when set, is called with the metrics URL once it is served.
 	MetricsReady func(url string)
+	// GRPCStopped, when set, is called with how long the gRPC server's
+	// graceful stop took (every agent stream drained), before the store
+	// is closed.
+	GRPCStopped func(took time.Duration)
 	// StreamObserver, when set, hears what happens on the agents' Sync
 	// streams (the benchmark counts pushes and stored ACKs with it).
 	StreamObserver server.SyncObserver
@@ -122,9 +126,11 @@ func TransportOptions() []grpc.ServerOption {
 		// Small per-stream windows keep an idle agent stream cheap.
 		grpc.InitialWindowSize(64 << 10),
 		grpc.InitialConnWindowSize(64 << 10),
-		// Agents send little and rarely: small transport buffers, and write
-		// buffers shared rather than held per idle connection.
-		grpc.ReadBufferSize(4 << 10),
+		// Agents send little and rarely: no read buffer of gRPC's own (the
+		// TLS connection below buffers a record already; 4 KiB per idle
+		// connection otherwise), and write buffers shared rather than held
+		// per idle connection.
+		grpc.ReadBufferSize(0),
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(KeepaliveServerParameters()),
@@ -351,7 +357,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 			gs.Stop()
 			<-stopped
 		}
-		log.Info("gRPC server stopped", "took", time.Since(start).Round(time.Millisecond))
+		took := time.Since(start)
+		log.Info("gRPC server stopped", "took", took.Round(time.Millisecond))
+		if cfg.GRPCStopped != nil {
+			cfg.GRPCStopped(took)
+		}
 		return nil
 	})
 	return g.Wait()

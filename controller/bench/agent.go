@@ -85,7 +85,16 @@ type agent struct {
 // run keeps one stream open, reconnecting as the real agent does
 // (agent/syncer): exponential backoff from 500 ms to 30 s with full
 // jitter, reset once the controller answered.
-func (a *agent) run(ctx context.Context, addr string) {
+func (a *agent) run(ctx context.Context, addr string, delay time.Duration) {
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
 	// Each agent dials from its own loopback source address, so 2×N
 	// connections over a restart never run out of ephemeral ports.
 	local := &net.TCPAddr{IP: net.IPv4(127, byte(1+a.idx>>16), byte(a.idx>>8), byte(a.idx))}

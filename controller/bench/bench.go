@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/s2strust/s2strust/controller/server"
 	"io"
 	"log/slog"
 	"os"
@@ -43,6 +44,13 @@ type Config struct {
 	// Runs is how many times each measurement is taken (default 3); the
 	// table shows the median and the spread.
 	Runs int
+	// ConnectRate paces the agents' first connections to the floor and to
+	// the controller, agents a second (default 1000, the controller's
+	// stream rate; negative: all at once). A restart's reconnections are
+	// paced by the controller's Drain instead.
+	ConnectRate float64
+	// Timeout bounds every wait (default one minute and 20ms per agent).
+	Timeout time.Duration
 	// Dir holds the controller's data directory; it should be empty.
 	Dir string
 	// ChildArgv is the command that runs ChildMain in a child process,
@@ -73,6 +81,8 @@ type Config struct {
 // hands its streams their push to the moment it has read the ACK.
 type Result struct {
 	Agents, Deployments, Runs, Children int
+	// ConnectRate is the pace of the first connections, agents a second.
+	ConnectRate float64
 
 	// ConnectAll is the time from starting every agent at once until the
 	// last one had its first answer from the controller.
@@ -107,6 +117,9 @@ type Result struct {
 	// time from the stop until every agent had reconnected and had its
 	// first answer, RestartResyncP50 until half had.
 	RestartStop, RestartStartup, RestartResync, RestartResyncP50 []time.Duration
+	// RestartExit is how long the whole controller took to stop after its
+	// gRPC server had (RestartStop): the embedded etcd closing.
+	RestartExit []time.Duration
 	// ResentAfterRestart counts, per restart, the Desired messages the
 	// controller sent from the stop until the fleet was connected and
 	// current again; every agent was current, so it must be 0.
@@ -159,13 +172,22 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	// Deadlines: generous, and growing with the fleet.
 	timeout := time.Minute + time.Duration(cfg.Agents)*20*time.Millisecond
+	if cfg.Timeout > 0 {
+		timeout = cfg.Timeout
+	}
 
 	h, err := newHarness(ctx, filepath.Join(cfg.Dir, "controller"), cfg.Agents, cfg.Deployments, cfg.ChildArgv, timeout, log)
 	if err != nil {
 		return nil, err
 	}
 	defer h.close()
-	res := &Result{Agents: cfg.Agents, Deployments: cfg.Deployments, Runs: cfg.Runs, Children: len(h.agents.children)}
+	switch {
+	case cfg.ConnectRate == 0:
+		h.connectRate = server.DefaultReconnectRate
+	case cfg.ConnectRate > 0:
+		h.connectRate = cfg.ConnectRate
+	}
+	res := &Result{ConnectRate: h.connectRate, Agents: cfg.Agents, Deployments: cfg.Deployments, Runs: cfg.Runs, Children: len(h.agents.children)}
 
 	// The floor first, so the controller's figures do not carry its garbage.
 	floor, err := runFloor(ctx, h, cfg.Runs, timeout)
@@ -242,6 +264,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("bench: restart: %w", err)
 		}
 		res.RestartStop = append(res.RestartStop, rr.stop)
+		res.RestartExit = append(res.RestartExit, rr.exit)
 		res.RestartStartup = append(res.RestartStartup, rr.startup)
 		res.RestartResync = append(res.RestartResync, rr.resync)
 		res.RestartResyncP50 = append(res.RestartResyncP50, rr.resyncP50)
@@ -341,7 +364,11 @@ func (r *Result) print(out io.Writer) {
 	fmt.Fprintf(out, "each figure: median of %d runs (min–max)\n\n", r.Runs)
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "\tcontroller\tfloor (bare gRPC)\ttarget")
-	fmt.Fprintf(w, "connect all (last first answer)\t%s\t%s\t\n", ms(r.ConnectAll), ms(r.FloorConnectAll))
+	ramp := "all at once"
+	if r.ConnectRate > 0 {
+		ramp = fmt.Sprintf("%g/s", r.ConnectRate)
+	}
+	fmt.Fprintf(w, "connect all, %s (last first answer)\t%s\t%s\t\n", ramp, ms(r.ConnectAll), ms(r.FloorConnectAll))
 	fmt.Fprintf(w, "commit to first ACK stored\t%s\t%s\t\n", spread(r.First), spread(r.FloorFirst))
 	fmt.Fprintf(w, "commit to ACK stored p50\t%s\t%s\t\n", spread(r.P50), spread(r.FloorP50))
 	p99 := Median(r.P99)
@@ -362,7 +389,8 @@ func (r *Result) print(out io.Writer) {
 	}
 	fmt.Fprintf(w, "simulated agent RSS (children / agents)\t%s\t\t\n", kib(r.AgentRSS))
 	stop, _, _ := median(r.RestartStop)
-	fmt.Fprintf(w, "restart: graceful stop\t%s\t\t< %s: %s\n", spread(r.RestartStop), targetStop, verdict(stop < targetStop))
+	fmt.Fprintf(w, "restart: graceful stop (streams drained)\t%s\t\t< %s: %s\n", spread(r.RestartStop), targetStop, verdict(stop < targetStop))
+	fmt.Fprintf(w, "  whole process stopped (etcd closed)\t%s\t\t\n", spread(r.RestartExit))
 	fmt.Fprintf(w, "restart: new controller serving\t%s\t\t\n", spread(r.RestartStartup))
 	fmt.Fprintf(w, "restart: half resynced\t%s\t\t\n", spread(r.RestartResyncP50))
 	resync, _, _ := median(r.RestartResync)
@@ -390,7 +418,8 @@ Method:
   over N; Go heap and stacks likewise.
 - Agent RSS: the peak resident set (VmHWM) of one real s2s-agent with the
   sim driver, one more host of the topology, over the whole run.
-- Restart: stop the controller (its graceful stop timed), start it on the
+- Restart: stop the controller (its gRPC graceful stop timed: every stream
+  drained and ended; and the whole process's stop), start it on the
   same address and data directory; resync runs from the stop to the last
   agent's first answer. Desired re-sent are counted in the controller until
   ListHosts shows the whole fleet connected and current again.

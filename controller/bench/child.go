@@ -35,6 +35,9 @@ type command struct {
 	CAKey  []byte   `json:"ca_key,omitempty"`
 	Addr   string   `json:"addr,omitempty"`
 	Method string   `json:"method,omitempty"`
+	// Rate paces start: agent number i opens its first stream i/Rate
+	// seconds after the command (0: all at once).
+	Rate float64 `json:"rate,omitempty"`
 }
 
 // event is what a child tells the benchmark, one JSON object a line on
@@ -144,7 +147,11 @@ func (c *child) do(ctx context.Context, cmd command) error {
 		c.cancel, c.group = cancel, &errgroup.Group{}
 		for i, host := range c.hosts {
 			a := &agent{idx: c.first + i, host: host, tls: c.tls[i], method: cmd.Method, ev: c}
-			c.group.Go(func() error { a.run(actx, cmd.Addr); return nil })
+			var delay time.Duration
+			if cmd.Rate > 0 {
+				delay = time.Duration(float64(a.idx) / cmd.Rate * float64(time.Second))
+			}
+			c.group.Go(func() error { a.run(actx, cmd.Addr, delay); return nil })
 		}
 		c.emit(event{E: "started"})
 	case "stop":

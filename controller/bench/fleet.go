@@ -185,9 +185,10 @@ func (f *fleet) command(ctx context.Context, cmd command, reply string, timeout 
 	return f.await(ctx, reply, timeout)
 }
 
-// start connects every agent to method at addr, each with a fresh state.
-func (f *fleet) start(ctx context.Context, addr, method string) error {
-	return f.command(ctx, command{Op: "start", Addr: addr, Method: method}, "started", time.Minute)
+// start connects every agent to method at addr, each with a fresh state,
+// rate agents a second (0: all at once).
+func (f *fleet) start(ctx context.Context, addr, method string, rate float64) error {
+	return f.command(ctx, command{Op: "start", Addr: addr, Method: method, Rate: rate}, "started", time.Minute)
 }
 
 // stop disconnects every agent.

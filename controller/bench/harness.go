@@ -28,6 +28,8 @@ type controllerProc struct {
 	addr   string
 	cancel context.CancelFunc
 	done   chan error
+	// grpcStopped receives how long the gRPC server's graceful stop took.
+	grpcStopped chan time.Duration
 }
 
 // startController starts a controller on listen and waits until it serves.
@@ -35,15 +37,17 @@ func startController(ctx context.Context, dataDir, listen string, obs server.Syn
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
+	grpcStopped := make(chan time.Duration, 1)
 	go func() {
 		done <- app.Serve(cctx, app.ServeConfig{DataDir: dataDir, Listen: listen, Logger: log, StreamObserver: obs,
-			Ready: func(addr string) { ready <- addr }})
+			GRPCStopped: func(took time.Duration) { grpcStopped <- took },
+			Ready:       func(addr string) { ready <- addr }})
 	}()
 	t := time.NewTimer(2 * time.Minute)
 	defer t.Stop()
 	select {
 	case addr := <-ready:
-		return &controllerProc{addr: addr, cancel: cancel, done: done}, nil
+		return &controllerProc{addr: addr, cancel: cancel, done: done, grpcStopped: grpcStopped}, nil
 	case err := <-done:
 		cancel()
 		return nil, fmt.Errorf("start the controller in %s: %w", dataDir, err)
@@ -89,8 +93,11 @@ type harness struct {
 	caCert    []byte // the controller's CA, for the agents' identities
 	caKey     []byte
 	real      *realAgent // the s2s-agent process, when one runs
-	rev       uint64     // the revision last applied
-	realms    int        // realms applied so far
+	// connectRate paces the agents' first connections, agents a second
+	// (0: all at once).
+	connectRate float64
+	rev         uint64 // the revision last applied
+	realms      int    // realms applied so far
 }
 
 // newHarness starts a controller in dataDir, stores the deployments'
@@ -217,7 +224,7 @@ func (h *harness) applyNext(ctx context.Context) (time.Duration, error) {
 func (h *harness) connect(ctx context.Context, timeout time.Duration) (time.Duration, error) {
 	answered := h.agents.expectAnswers()
 	start := time.Now()
-	if err := h.agents.start(ctx, h.ctrl.addr, pb.AgentService_Sync_FullMethodName); err != nil {
+	if err := h.agents.start(ctx, h.ctrl.addr, pb.AgentService_Sync_FullMethodName, h.connectRate); err != nil {
 		return 0, err
 	}
 	if err := answered.wait(ctx, timeout, "agents connected to the controller"); err != nil {
@@ -316,10 +323,12 @@ func (h *harness) hostsCurrent(ctx context.Context) (int, error) {
 
 // restartRun is what one controller restart cost.
 type restartRun struct {
-	stop, startup, resync time.Duration
-	resyncP50             time.Duration // half the agents had reconnected
-	resent                int64         // Desired the controllers sent meanwhile
-	drains                int64         // drain messages the agents received
+	// stop is the gRPC server's graceful stop (every stream drained),
+	// exit the whole controller's (its embedded etcd closed too).
+	stop, exit, startup, resync time.Duration
+	resyncP50                   time.Duration // half the agents had reconnected
+	resent                      int64         // Desired the controllers sent meanwhile
+	drains                      int64         // drain messages the agents received
 }
 
 // restart stops the controller, starts it again on the same address and
@@ -336,7 +345,12 @@ func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartRu
 	if err := h.ctrl.stop(); err != nil {
 		return r, err
 	}
-	r.stop = time.Since(start)
+	r.exit = time.Since(start)
+	select {
+	case r.stop = <-h.ctrl.grpcStopped:
+	default:
+		return r, errors.New("the controller stopped without stopping its gRPC server")
+	}
 	started := time.Now()
 	ctrl, err := startController(ctx, h.dataDir, h.ctrl.addr, h.acks, h.log)
 	if err != nil {
@@ -427,7 +441,7 @@ func runFloor(ctx context.Context, h *harness, runs int, timeout time.Duration) 
 	before := sampleMemory()
 	answered := h.agents.expectAnswers()
 	start := time.Now()
-	if err := h.agents.start(ctx, fs.addr(), floorMethod); err != nil {
+	if err := h.agents.start(ctx, fs.addr(), floorMethod, h.connectRate); err != nil {
 		return out, err
 	}
 	if err := answered.wait(ctx, timeout, "agents connected to the floor server"); err != nil {

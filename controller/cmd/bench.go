@@ -52,6 +52,8 @@ measurement is taken --runs times; the table shows the median and the spread.`,
 	c.Flags().IntVar(&cfg.Agents, "agents", 1000, "number of simulated agents (each its own TLS connection and certificate)")
 	c.Flags().IntVar(&cfg.Deployments, "deployments", 0, "deployments the hosts are spread over (default agents/100)")
 	c.Flags().IntVar(&cfg.Runs, "runs", 3, "times each measurement is taken")
+	c.Flags().DurationVar(&cfg.Timeout, "timeout", 0, "bound on every wait (default 1m plus 20ms per agent)")
+	c.Flags().Float64Var(&cfg.ConnectRate, "connect-rate", 0, "agents a second that open their first connection (default 1000; negative: all at once)")
 	c.Flags().StringVar(&cfg.AgentBinary, "agent-binary", "", "s2s-agent binary to run as one more host, to measure a real agent's memory (default: s2s-agent beside this binary, else on PATH)")
 	c.Flags().StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the controller's CPU profile of the commits to this file")
 	c.Flags().StringVar(&cfg.MemProfile, "memprofile", "", "write the controller's heap profile with every stream open and idle to this file")

@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -82,6 +83,23 @@ type Store struct {
 	// it only after a change.
 	mu     sync.Mutex
 	opened map[string]openedSecret
+	// reads coalesces the reads of one key by concurrent pushes (see
+	// readKey), by etcd key.
+	reads map[string]*keyReads
+}
+
+// keyReads are the reads of one key: at most one in flight, and the
+// callers that came while it was (they share the next one).
+type keyReads struct {
+	inFlight bool
+	next     *keyRead
+}
+
+// keyRead is one read of a key, shared by every caller waiting for it.
+type keyRead struct {
+	done chan struct{}
+	kv   *mvccpb.KeyValue // nil: no such key
+	err  error
 }
 
 // openedSecret is one stored secret record decrypted.
@@ -510,16 +528,72 @@ func (s *Store) material(ctx context.Context, name string, v uint64) (*pb.Secret
 	return o.material, err
 }
 
+// readKey reads key from etcd for a caller, sharing the read with the
+// callers that arrive together: a read is shared only by callers that
+// came before it started, so each caller sees the key as it was at some
+// moment after its call (10,000 pushes at once read a secret a few times,
+// not 10,000 times, and none gets a value older than its call).
+func (s *Store) readKey(ctx context.Context, key string) (*mvccpb.KeyValue, error) {
+	s.mu.Lock()
+	if s.reads == nil {
+		s.reads = map[string]*keyReads{}
+	}
+	kr := s.reads[key]
+	if kr == nil {
+		kr = &keyReads{}
+		s.reads[key] = kr
+	}
+	if kr.next == nil {
+		kr.next = &keyRead{done: make(chan struct{})}
+	}
+	r := kr.next
+	if !kr.inFlight {
+		kr.inFlight, kr.next = true, nil
+		go s.runReads(key, kr, r)
+	}
+	s.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.kv, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// readTimeout bounds one shared read.
+const readTimeout = 5 * time.Second
+
+// runReads performs r, then the read the callers that came meanwhile wait
+// for, until none is waiting.
+func (s *Store) runReads(key string, kr *keyReads, r *keyRead) {
+	for r != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+		resp, err := s.st.Client().Get(ctx, key)
+		cancel()
+		if err == nil && len(resp.Kvs) > 0 {
+			r.kv = resp.Kvs[0]
+		}
+		r.err = err
+		close(r.done)
+		s.mu.Lock()
+		r, kr.next = kr.next, nil
+		if r == nil {
+			kr.inFlight = false
+			delete(s.reads, key)
+		}
+		s.mu.Unlock()
+	}
+}
+
 // openKey reads the secret record under key and returns it decrypted.
 func (s *Store) openKey(ctx context.Context, name, key, what string) (openedSecret, error) {
-	resp, err := s.st.Client().Get(ctx, key)
+	kv, err := s.readKey(ctx, key)
 	if err != nil {
 		return openedSecret{}, fmt.Errorf("read %s: %w", what, err)
 	}
-	if len(resp.Kvs) == 0 {
+	if kv == nil {
 		return openedSecret{}, fmt.Errorf("%s: %w", what, store.ErrNotFound)
 	}
-	kv := resp.Kvs[0]
 	s.mu.Lock()
 	o, ok := s.opened[key]
 	s.mu.Unlock()
@@ -569,25 +643,34 @@ func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) (errs, 
 	if err != nil {
 		return nil, nil, err
 	}
+	type pfx struct {
+		b   *certs.Bundle
+		err error
+	}
+	loaded := map[Ref]pfx{}
 	for i, d := range t.Deployments {
 		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" {
 			continue
 		}
 		field := "deployments[" + strconv.Itoa(i) + "].tokenIssuer.secret"
 		name := d.TokenIssuer.Secret
-		st, err := s.getVersion(ctx, name, pins[name].Version)
-		if errors.Is(err, store.ErrNotFound) {
-			errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
-			continue
+		ref := Ref{Name: name, Version: pins[name].Version}
+		l, ok := loaded[ref]
+		if !ok {
+			// Once per secret version, however many deployments name it:
+			// opening a PFX is slow by design (its key derivation).
+			m, err := s.material(ctx, name, ref.Version)
+			if errors.Is(err, store.ErrNotFound) {
+				errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			l.b, l.err = certs.LoadPFXContext(ctx, m.GetPfx(), m.GetPassword())
+			loaded[ref] = l
 		}
-		if err != nil {
-			return nil, nil, err
-		}
-		p, err := s.open(name, st.rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		b, err := certs.LoadPFXContext(ctx, p.PFX, p.Password)
+		b, err := l.b, l.err
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, fmt.Errorf("check secret %s: %w", name, err)

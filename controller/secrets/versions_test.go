@@ -2,16 +2,26 @@ package secrets_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/s2strust/s2strust/controller/secrets"
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/secretbox"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -222,5 +232,58 @@ func TestSecretVersionsCachedByModRevision(t *testing.T) {
 	other := e.secrets(t, "other-key")
 	if _, err := other.SecretVersions(ctx, []secrets.Ref{{Name: "oauth-2026"}}); err == nil {
 		t.Error("a store with another key opened the secret")
+	}
+}
+
+// Pushes reading one secret at once share their etcd reads, and each gets
+// the secret as stored.
+func TestConcurrentDeliveriesShareReads(t *testing.T) {
+	e := newEnv(t)
+	var ranges atomic.Int64
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if strings.HasSuffix(method, "/Range") {
+			ranges.Add(1)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.cli.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(count)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	key, err := secretbox.LoadOrCreateKey(filepath.Join(e.dir, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := secrets.New(store.New(cli, ""), key, func() time.Time { return now })
+	ctx := secrets.WithCaller(testCtx(t), "admin/alice")
+	pfx, _ := goodPFX()
+	if _, _, err := s.Put(ctx, "oauth-2026", pfx, password); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	before := ranges.Load()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := s.SecretVersions(ctx, []secrets.Ref{{Name: "oauth-2026", Version: 1}})
+			if err == nil && (len(m) != 1 || !bytes.Equal(m[0].GetPfx(), pfx)) {
+				err = fmt.Errorf("got %d secrets, PFX as stored: %v", len(m), len(m) == 1 && bytes.Equal(m[0].GetPfx(), pfx))
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("delivery %d: %v", i, err)
+		}
+	}
+	if got := ranges.Load() - before; got >= n {
+		t.Errorf("%d deliveries at once read etcd %d times; want the reads shared", n, got)
 	}
 }

@@ -164,6 +164,9 @@ func (h *Hub) desiredLocked(host string) *desired {
 	cfg := base
 	if primary || name != "" {
 		cfg = proto.Clone(base).(*pb.HostConfig)
+		// The deployment's host list, the largest part, stays shared: no
+		// one modifies it.
+		cfg.DeploymentHosts = base.DeploymentHosts
 		cfg.Primary = primary
 	}
 	if name != "" {
