@@ -1,0 +1,232 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/rotation"
+	"github.com/s2strust/s2strust/deploy/examples"
+	"github.com/s2strust/s2strust/internal/certs"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+)
+
+// putIssuerVersion stores a new version of secret name holding a fresh
+// certificate for cn/sans, and returns its thumbprint.
+func (f *fleet) putIssuerVersion(name, cn string, sans []string, notAfter time.Time) string {
+	f.t.Helper()
+	now := time.Now()
+	b, err := certs.Generate(certs.Template{CommonName: cn, DNSNames: sans, NotBefore: now.Add(-time.Hour), NotAfter: notAfter, KeyBits: 2048})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	pfx, err := certs.EncodePFX(b, issuerPassword)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	resp, err := pb.NewSecretServiceClient(f.conn).PutSecret(context.Background(), &pb.PutSecretRequest{Name: name, Pfx: pfx, Password: issuerPassword, NewVersion: true})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return resp.GetSecret().GetCertificate().GetThumbprint()
+}
+
+// trustPassesAt checks that the trust report passes. A problem that is
+// gone again within two seconds is a report that lagged behind another
+// (a host reports its verification before its next metadata checks and
+// probes, or before the other Front End's report of the same replicated
+// change): it is logged, not failed. One that stays fails the test.
+func (f *fleet) trustPassesAt(phase string) {
+	f.t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var bad []string
+		for k, e := range f.trustReport() {
+			if !e.GetOk() {
+				bad = append(bad, fmt.Sprintf("%s: %v", k, e.GetProblems()))
+			}
+		}
+		if len(bad) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("trust report during phase %s fails for 2s: %v", phase, bad)
+		}
+		f.t.Logf("trust report during phase %s, transient: %v", phase, bad)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestRotateIssuerOfTheLyncPool rotates pool01's token-issuer certificate
+// on the contoso fleet (Lync pool, Exchange organization, SharePoint
+// farm) through every phase, with the trust probes of every edge from and
+// to pool01 running all along: none fails, the trust report passes at
+// every look, the rotation survives a restart of the controller both
+// while it is only scheduled and half-way through, and the topology
+// names the new secret version at the end.
+func TestRotateIssuerOfTheLyncPool(t *testing.T) {
+	f := startFleetWith(t, examples.Contoso, agentOpts{driftInterval: 300 * time.Millisecond}, func(c *app.ServeConfig) {
+		c.RolloutInterval = 100 * time.Millisecond
+		c.ElectionTTL = 2 * time.Second
+	})
+	rev := f.apply(examples.Contoso)
+	f.waitConverged(rev)
+	f.waitEdges("every edge to pass before the rotation", func(_ string, e *pb.TrustEdge) bool { return e.GetOk() })
+	ctx := context.Background()
+	oldTP := f.trustReport()["pool01→exchange"].GetIssuerThumbprint()
+	newTP := f.putIssuerVersion("oauth-2026", "contoso.com", []string{"contoso.com", "fabrikam.com"}, time.Now().AddDate(2, 0, 0))
+
+	rot := pb.NewRotationServiceClient(f.conn)
+	start := time.Now().Add(2 * time.Second)
+	// The effective time leaves stage and refresh time to finish first.
+	eff := start.Add(45 * time.Second)
+	created, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2",
+		StartTime: timestamppb.New(start), EffectiveTime: timestamppb.New(eff), RequestId: "e2e-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.GetRotation()
+	if r.GetName() != "rotations/1" || r.GetState() != pb.RotationState_ROTATION_STATE_SCHEDULED || r.GetOldThumbprint() != oldTP ||
+		r.GetNewThumbprint() != newTP || r.GetOldSecret() != "oauth-2026@v1" || r.GetNewSecret() != "oauth-2026@v2" {
+		t.Fatalf("created %v", r)
+	}
+	// A retry with the same request id returns the same rotation; another
+	// request is refused while this one is scheduled.
+	again, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2", StartTime: timestamppb.New(start), RequestId: "e2e-1"})
+	if err != nil || again.GetRotation().GetName() != "rotations/1" {
+		t.Fatalf("retry: %v, %v", again, err)
+	}
+	_, err = rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2", RequestId: "e2e-2"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "rotations/1 of deployment pool01 is scheduled") {
+		t.Fatalf("a second rotation: %v, want FAILED_PRECONDITION naming rotations/1", err)
+	}
+
+	// The schedule is in etcd: a controller restarted before the start
+	// time starts it.
+	f.c = f.c.restart()
+	f.conn = f.c.admin()
+	rot = pb.NewRotationServiceClient(f.conn)
+
+	get := func() *pb.Rotation {
+		resp, err := rot.GetRotation(ctx, &pb.GetRotationRequest{Name: "rotations/1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetRotation()
+	}
+	// Follow it: at every look, the trust report passes and no probe on
+	// an edge from or to pool01 has failed. Restart the controller once
+	// the refresh phase runs.
+	restarted := false
+	var stageRev uint64
+	seen := map[pb.RotationPhase]bool{}
+	var last *pb.Rotation
+	waitFor(t, 3*waitTimeout, "the rotation to succeed", func() (bool, string) {
+		last = get()
+		seen[last.GetCurrentPhase()] = true
+		if last.GetProbeFailures() != 0 {
+			t.Fatalf("%d probe failures during the rotation (phase %s): %v", last.GetProbeFailures(), rotation.PhaseName(last.GetCurrentPhase()), last.GetRecentProbeFailures())
+		}
+		if last.GetState() == pb.RotationState_ROTATION_STATE_FAILED {
+			t.Fatalf("rotation failed: %s", last.GetReason())
+		}
+		f.trustPassesAt(rotation.PhaseName(last.GetCurrentPhase()))
+		if !restarted && last.GetCurrentPhase() == pb.RotationPhase_ROTATION_PHASE_REFRESH {
+			stageRev = last.GetPhases()[0].GetRevision()
+			restarted = true
+			f.c = f.c.restart()
+			f.conn = f.c.admin()
+			rot = pb.NewRotationServiceClient(f.conn)
+		}
+		return last.GetState() == pb.RotationState_ROTATION_STATE_SUCCEEDED, fmt.Sprintf("%s phase %s: %s", rotation.StateName(last.GetState()), rotation.PhaseName(last.GetCurrentPhase()), last.GetReason())
+	})
+	if !restarted {
+		t.Fatal("the rotation never showed its refresh phase")
+	}
+	for _, p := range rotation.Phases {
+		if !seen[p] {
+			t.Errorf("phase %s was never current at a look", rotation.PhaseName(p))
+		}
+	}
+	if got := last.GetPhases()[0].GetRevision(); got != stageRev {
+		t.Errorf("stage revision %d after the restart, was %d: the phase was stored again", got, stageRev)
+	}
+	var revs []uint64
+	for _, ps := range last.GetPhases() {
+		if ps.GetState() != pb.RotationPhaseState_ROTATION_PHASE_STATE_PASSED || ps.GetRollout() == "" || ps.GetStartTime() == nil || ps.GetEndTime() == nil || len(ps.GetHosts()) == 0 {
+			t.Errorf("phase %s: %v", rotation.PhaseName(ps.GetPhase()), ps)
+		}
+		for _, h := range ps.GetHosts() {
+			if !h.GetPassed() {
+				t.Errorf("phase %s: host %s did not pass: %s", rotation.PhaseName(ps.GetPhase()), h.GetHost(), h.GetGate())
+			}
+		}
+		revs = append(revs, ps.GetRevision())
+	}
+	if !(revs[0] < revs[1] && revs[1] < revs[2] && revs[2] < revs[3]) {
+		t.Errorf("phase revisions %v, want one new revision per phase", revs)
+	}
+	// Host by host: the stage and activate phases gate pool01's two Front
+	// Ends, the refresh phase the three hosts trusting pool01.
+	roles := func(ps *pb.RotationPhaseStatus) string {
+		var out []string
+		for _, h := range ps.GetHosts() {
+			out = append(out, h.GetHost()+"/"+h.GetRole())
+		}
+		return strings.Join(out, " ")
+	}
+	if got := roles(last.GetPhases()[0]); got != "fe01.contoso.com/issuer fe02.contoso.com/issuer" {
+		t.Errorf("stage gated %s", got)
+	}
+	if got := roles(last.GetPhases()[1]); got != "ex01.contoso.com/partner ex02.contoso.com/partner sp01.contoso.com/partner" {
+		t.Errorf("refresh gated %s", got)
+	}
+
+	// Every edge works on the new certificate; the document names the new
+	// version, and no previous certificate is left on pool01.
+	edges := f.waitEdges("every edge to pass on the new certificate", func(k string, e *pb.TrustEdge) bool {
+		return e.GetOk() && (!strings.HasPrefix(k, "pool01→") || e.GetIssuerThumbprint() == newTP)
+	})
+	for k, e := range edges {
+		if strings.HasPrefix(k, "pool01→") {
+			for _, p := range e.GetProbes() {
+				if p.GetProbe().GetIssuerThumbprint() != newTP {
+					t.Errorf("%s: probe %s → %s signed with %s", k, p.GetFromHost(), p.GetProbe().GetTargetHost(), p.GetProbe().GetIssuerThumbprint())
+				}
+			}
+		}
+	}
+	topo, err := pb.NewTopologyServiceClient(f.conn).GetTopology(ctx, &pb.GetTopologyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pin *pb.SecretVersion
+	for _, s := range topo.GetTopology().GetSecrets() {
+		if s.GetName() == "oauth-2026" {
+			pin = s
+		}
+	}
+	if topo.GetTopology().GetRevision() != revs[3] || pin.GetVersion() != 2 || pin.GetThumbprint() != newTP {
+		t.Errorf("current topology revision %d pins %v; want the retire phase's revision %d pinning oauth-2026 version 2", topo.GetTopology().GetRevision(), pin, revs[3])
+	}
+	for _, fe := range []string{"fe01.contoso.com", "fe02.contoso.com"} {
+		h, err := pb.NewFleetServiceClient(f.conn).GetHost(ctx, &pb.GetHostRequest{Host: fe})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o := h.GetStatus().GetOauth(); o.GetIssuerThumbprint() != newTP || o.GetPreviousIssuerThumbprint() != "" || o.GetNextIssuerThumbprint() != "" {
+			t.Errorf("%s: issuer %s, previous %q, next %q", fe, o.GetIssuerThumbprint(), o.GetPreviousIssuerThumbprint(), o.GetNextIssuerThumbprint())
+		}
+	}
+	// Applying the operator's document again is allowed after the rotation.
+	if _, err := pb.NewTopologyServiceClient(f.conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso, Filename: "contoso.yaml", DryRun: true}); err != nil {
+		t.Errorf("dry run after the rotation: %v", err)
+	}
+}
