@@ -84,6 +84,45 @@ func TestRotateIssuerOfTheLyncPool(t *testing.T) {
 	newTP := f.putIssuerVersion("oauth-2026", "contoso.com", []string{"contoso.com", "fabrikam.com"}, time.Now().AddDate(2, 0, 0))
 
 	rot := pb.NewRotationServiceClient(f.conn)
+
+	// Bad input: each refused naming the field and the value, nothing stored.
+	f.putIssuerSecret("wrong-domain", "wrong.example", []string{"wrong.example"}, issuerPassword)
+	now := time.Now()
+	for _, tc := range []struct {
+		name string
+		req  *pb.CreateRotationRequest
+		code codes.Code
+		want []string
+	}{
+		{"unknown deployment", &pb.CreateRotationRequest{Deployment: "pool99", Secret: "oauth-2026@v2"}, codes.InvalidArgument, []string{"deployment", "pool99", "is not a deployment of topology contoso", "pool01, exchange, sharepoint"}},
+		{"unknown secret", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "nope"}, codes.InvalidArgument, []string{"secret", "nope", "no such secret"}},
+		{"unknown version", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v9"}, codes.InvalidArgument, []string{"secret", "oauth-2026@v9", "no such secret or version"}},
+		{"malformed secret", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@vx"}, codes.InvalidArgument, []string{"secret", "oauth-2026@vx", "NAME@vN"}},
+		{"certificate rules", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "wrong-domain"}, codes.InvalidArgument, []string{"secret", "wrong-domain@v1", "contoso.com"}},
+		{"same certificate", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v1"}, codes.InvalidArgument, []string{"secret", "oauth-2026@v1", "the one deployment pool01 signs with now"}},
+		{"effective too late", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2", EffectiveTime: timestamppb.New(now.AddDate(1, 0, 0))}, codes.InvalidArgument, []string{"effective_time", "later than 24 hours before the current certificate", "expires"}},
+		{"start in the past", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2", StartTime: timestamppb.New(now.Add(-time.Hour))}, codes.InvalidArgument, []string{"start_time", now.Add(-time.Hour).UTC().Format(time.RFC3339), "is in the past"}},
+		{"effective before start", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2", StartTime: timestamppb.New(now.Add(time.Hour)), EffectiveTime: timestamppb.New(now.Add(time.Minute))}, codes.InvalidArgument, []string{"effective_time", "before the rotation starts"}},
+		{"wrong product", &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2", Product: pb.Product_PRODUCT_EXCHANGE}, codes.InvalidArgument, []string{"deployment", "pool01", "rotate issuer"}},
+	} {
+		_, err := rot.CreateRotation(ctx, tc.req)
+		if status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.code)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v, want it to contain %q", tc.name, err, w)
+			}
+		}
+	}
+	if list, err := rot.ListRotations(ctx, &pb.ListRotationsRequest{}); err != nil || len(list.GetRotations()) != 0 {
+		t.Fatalf("after the refused requests: %v, %v; want no rotation stored", list, err)
+	}
+	if cur, err := pb.NewTopologyServiceClient(f.conn).GetTopology(ctx, &pb.GetTopologyRequest{}); err != nil || cur.GetTopology().GetRevision() != rev {
+		t.Fatalf("after the refused requests the topology is %v (%v), want revision %d", cur.GetTopology().GetRevision(), err, rev)
+	}
+
 	start := time.Now().Add(2 * time.Second)
 	// The effective time leaves stage and refresh time to finish first.
 	eff := start.Add(45 * time.Second)
@@ -141,6 +180,15 @@ func TestRotateIssuerOfTheLyncPool(t *testing.T) {
 		if !restarted && last.GetCurrentPhase() == pb.RotationPhase_ROTATION_PHASE_REFRESH {
 			stageRev = last.GetPhases()[0].GetRevision()
 			restarted = true
+			// While it runs: another rotation and an apply are refused.
+			_, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "pool01", Secret: "oauth-2026@v2"})
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "rotations/1 of deployment pool01 is running (phase refresh)") {
+				t.Errorf("a rotation while rotations/1 runs: %v", err)
+			}
+			_, err = pb.NewTopologyServiceClient(f.conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso, Filename: "contoso.yaml", Immediate: true})
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "rotation rotations/1 of deployment pool01 is running") {
+				t.Errorf("apply while rotations/1 runs: %v", err)
+			}
 			f.c = f.c.restart()
 			f.conn = f.c.admin()
 			rot = pb.NewRotationServiceClient(f.conn)
