@@ -38,6 +38,32 @@ func (f *fleet) putIssuerVersion(name, cn string, sans []string, notAfter time.T
 	return resp.GetSecret().GetCertificate().GetThumbprint()
 }
 
+// followRotation looks at rotation name until it succeeds: at every look
+// no probe on an edge from or to its deployment has failed, it has not
+// failed, and the trust report passes; look sees it each time (and may
+// restart the controller: f.conn is read afresh).
+func (f *fleet) followRotation(name string, look func(*pb.Rotation)) *pb.Rotation {
+	f.t.Helper()
+	var last *pb.Rotation
+	waitFor(f.t, 3*waitTimeout, name+" to succeed", func() (bool, string) {
+		resp, err := pb.NewRotationServiceClient(f.conn).GetRotation(context.Background(), &pb.GetRotationRequest{Name: name})
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		last = resp.GetRotation()
+		if last.GetProbeFailures() != 0 {
+			f.t.Fatalf("%d probe failures during the rotation (phase %s): %v", last.GetProbeFailures(), rotation.PhaseName(last.GetCurrentPhase()), last.GetRecentProbeFailures())
+		}
+		if last.GetState() == pb.RotationState_ROTATION_STATE_FAILED {
+			f.t.Fatalf("rotation failed: %s", last.GetReason())
+		}
+		f.trustPassesAt(rotation.PhaseName(last.GetCurrentPhase()))
+		look(last)
+		return last.GetState() == pb.RotationState_ROTATION_STATE_SUCCEEDED, fmt.Sprintf("%s phase %s: %s", rotation.StateName(last.GetState()), rotation.PhaseName(last.GetCurrentPhase()), last.GetReason())
+	})
+	return last
+}
+
 // trustPassesAt checks that the trust report passes. A problem that is
 // gone again within two seconds is a report that lagged behind another
 // (a host reports its verification before its next metadata checks and
@@ -153,30 +179,14 @@ func TestRotateIssuerOfTheLyncPool(t *testing.T) {
 	f.conn = f.c.admin()
 	rot = pb.NewRotationServiceClient(f.conn)
 
-	get := func() *pb.Rotation {
-		resp, err := rot.GetRotation(ctx, &pb.GetRotationRequest{Name: "rotations/1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.GetRotation()
-	}
 	// Follow it: at every look, the trust report passes and no probe on
 	// an edge from or to pool01 has failed. Restart the controller once
 	// the refresh phase runs.
 	restarted := false
 	var stageRev uint64
 	seen := map[pb.RotationPhase]bool{}
-	var last *pb.Rotation
-	waitFor(t, 3*waitTimeout, "the rotation to succeed", func() (bool, string) {
-		last = get()
+	last := f.followRotation("rotations/1", func(last *pb.Rotation) {
 		seen[last.GetCurrentPhase()] = true
-		if last.GetProbeFailures() != 0 {
-			t.Fatalf("%d probe failures during the rotation (phase %s): %v", last.GetProbeFailures(), rotation.PhaseName(last.GetCurrentPhase()), last.GetRecentProbeFailures())
-		}
-		if last.GetState() == pb.RotationState_ROTATION_STATE_FAILED {
-			t.Fatalf("rotation failed: %s", last.GetReason())
-		}
-		f.trustPassesAt(rotation.PhaseName(last.GetCurrentPhase()))
 		if !restarted && last.GetCurrentPhase() == pb.RotationPhase_ROTATION_PHASE_REFRESH {
 			stageRev = last.GetPhases()[0].GetRevision()
 			restarted = true
@@ -191,9 +201,7 @@ func TestRotateIssuerOfTheLyncPool(t *testing.T) {
 			}
 			f.c = f.c.restart()
 			f.conn = f.c.admin()
-			rot = pb.NewRotationServiceClient(f.conn)
 		}
-		return last.GetState() == pb.RotationState_ROTATION_STATE_SUCCEEDED, fmt.Sprintf("%s phase %s: %s", rotation.StateName(last.GetState()), rotation.PhaseName(last.GetCurrentPhase()), last.GetReason())
 	})
 	if !restarted {
 		t.Fatal("the rotation never showed its refresh phase")
@@ -276,5 +284,61 @@ func TestRotateIssuerOfTheLyncPool(t *testing.T) {
 	// Applying the operator's document again is allowed after the rotation.
 	if _, err := pb.NewTopologyServiceClient(f.conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: examples.Contoso, Filename: "contoso.yaml", DryRun: true}); err != nil {
 		t.Errorf("dry run after the rotation: %v", err)
+	}
+}
+
+// TestRotateExchangeAuthCertificate rotates the Exchange organization's
+// auth certificate (the product's own, which the topology did not name)
+// to a secret: every phase passes with no probe failing, the activation's
+// rollout changes one Exchange server at a time (each an IIS reset), and
+// the document names the secret as exchange's token issuer at the end.
+func TestRotateExchangeAuthCertificate(t *testing.T) {
+	f := startFleetWith(t, examples.Contoso, agentOpts{driftInterval: 300 * time.Millisecond}, func(c *app.ServeConfig) {
+		c.RolloutInterval = 100 * time.Millisecond
+	})
+	rev := f.apply(examples.Contoso)
+	f.waitConverged(rev)
+	f.waitEdges("every edge to pass before the rotation", func(_ string, e *pb.TrustEdge) bool { return e.GetOk() })
+	ctx := context.Background()
+	oldTP := f.trustReport()["exchange→pool01"].GetIssuerThumbprint()
+	f.putIssuerSecret("ex-auth-2027", "Microsoft Exchange Server Auth Certificate", nil, issuerPassword)
+	rot := pb.NewRotationServiceClient(f.conn)
+	// Exchange's auth certificate is not Lync's issuer nor SharePoint's STS certificate.
+	_, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "exchange", Secret: "ex-auth-2027", Product: pb.Product_PRODUCT_SHAREPOINT})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "rotate auth-certificate") {
+		t.Fatalf("sts-certificate on exchange: %v", err)
+	}
+	created, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "exchange", Secret: "ex-auth-2027", Product: pb.Product_PRODUCT_EXCHANGE,
+		EffectiveTime: timestamppb.New(time.Now().Add(45 * time.Second))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := created.GetRotation()
+	if r.GetOldThumbprint() != oldTP || r.GetOldSecret() != "" || r.GetNewSecret() != "ex-auth-2027@v1" {
+		t.Fatalf("created %v", r)
+	}
+	newTP := r.GetNewThumbprint()
+	last := f.followRotation(r.GetName(), func(*pb.Rotation) {})
+
+	ac := last.GetPhases()[2]
+	ro, err := pb.NewRolloutServiceClient(f.conn).GetRollout(ctx, &pb.GetRolloutRequest{Name: ac.GetRollout()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := ro.GetRollout().GetStrategy(); s.GetMaxUnavailable() != 1 || s.GetImmediate() {
+		t.Errorf("activation rollout strategy %v, want one host at a time", s)
+	}
+	if got := len(ac.GetHosts()); got != 2 {
+		t.Errorf("activation gated %d hosts, want exchange's 2", got)
+	}
+	f.waitEdges("every edge to pass on the new auth certificate", func(k string, e *pb.TrustEdge) bool {
+		return e.GetOk() && (!strings.HasPrefix(k, "exchange→") || e.GetIssuerThumbprint() == newTP)
+	})
+	topo, err := pb.NewTopologyServiceClient(f.conn).GetTopology(ctx, &pb.GetTopologyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if doc := topo.GetTopology().GetDocument(); !strings.Contains(doc, `"secret": "ex-auth-2027"`) {
+		t.Errorf("the document after the rotation does not name ex-auth-2027:\n%s", doc)
 	}
 }
