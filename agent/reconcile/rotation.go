@@ -1,5 +1,34 @@
 package reconcile
 
+// Certificate rotation, as the agent carries it out and reports it (the
+// controller's rotation gates on these report fields):
+//
+//   - stage (HostConfig.next_token_issuer = NEW): item
+//     "next-issuer-certificate" is OK once the deployment records NEW as
+//     its next certificate and, on every Exchange server, the server holds
+//     NEW with its key (Import-ExchangeCertificate on each; the primary also
+//     runs Set-AuthConfig -NewCertificateThumbprint; Lync's primary
+//     Import-CsCertificate -Roll -EffectiveDate; SharePoint's primary
+//     -QueueSigningCertificate). Non-primaries are PENDING until their
+//     replica shows it. Report: oauth.next_issuer_thumbprint = NEW,
+//     oauth.next_issuer_effective; the self MetadataCheck (partner "", url
+//     https://<host><metadata path>) lists every key the host publishes.
+//   - refresh (Partner.expected_signing_thumbprints): item
+//     "partner/<name>" is OK once the cached copy holds every expected
+//     thumbprint (report partners[].cached_thumbprints); the primary
+//     refreshes, others are PENDING; a refresh that still misses one fails
+//     the item naming the partner, its URL and what it publishes.
+//   - activate (token_issuer = NEW while the deployment's next is NEW): item
+//     "issuer-certificate": Lync PENDING with EffectiveDateWait until its
+//     CMS rolls; Exchange Set-AuthConfig -PublishCertificate then a
+//     disruptive iisreset (item "iis-reset" on every other server whose app
+//     pools started with the old key, when the driver knows it); SharePoint
+//     -ImportSigningCertificate. Report: oauth.issuer_thumbprint = NEW,
+//     oauth.previous_issuer_thumbprint = OLD (Lync, Exchange).
+//   - retire (retire_previous_issuer): item "previous-issuer-certificate"
+//     OK once the deployment keeps no previous certificate
+//     (oauth.previous_issuer_thumbprint empty).
+
 import (
 	"context"
 	"fmt"
@@ -24,6 +53,12 @@ const (
 	// deployment keeps none.
 	ItemPreviousIssuer = "previous-issuer-certificate"
 )
+
+// EffectiveDateWait is in the message of an item that is PENDING because
+// the product itself changes it at a scheduled date (a Lync roll at its
+// EffectiveDate), not because another host has yet to act: an agent does
+// not give up waiting on it.
+const EffectiveDateWait = "waits for EffectiveDate"
 
 // nextWant is the thumbprint of the next token-issuer certificate the
 // configuration stages, "" when it stages none or its certificate is not
@@ -212,7 +247,7 @@ func (c *comparer) activate(want, source string) result {
 		// https://learn.microsoft.com/powershell/module/skype/set-cscertificate
 		r.pending = true
 		if eff := c.st.Issuer.NextEffective; eff.IsZero() || c.now.Before(eff) {
-			r.problem += fmt.Sprintf("; Lync makes it current at its EffectiveDate: waits for EffectiveDate %s", stamp(eff))
+			r.problem += fmt.Sprintf("; Lync makes it current at its EffectiveDate: %s %s", EffectiveDateWait, stamp(eff))
 		} else {
 			r.problem += fmt.Sprintf("; its EffectiveDate %s has passed: waits for the Central Management Store's roll", stamp(eff))
 		}

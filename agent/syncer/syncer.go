@@ -66,6 +66,8 @@ type Config struct {
 	// PendingTimeout is how long a verification may wait on the
 	// deployment's primary before the agent NACKs it (default 30s), so the
 	// controller can push a newer revision; a later success still ACKs it.
+	// A wait for a date the product acts on by itself (a Lync roll at its
+	// EffectiveDate, reconcile.EffectiveDateWait) is never NACKed.
 	PendingTimeout time.Duration
 	// OnDesired, when set, is called for every Desired received (tests
 	// and metrics count pushes with it).
@@ -438,7 +440,7 @@ func (a *Agent) engine(ctx context.Context) error {
 			if cur != d {
 				waitingSince = a.cfg.Now()
 			}
-			if !nacked && a.cfg.Now().Sub(waitingSince) > a.cfg.PendingTimeout {
+			if !nacked && a.cfg.Now().Sub(waitingSince) > a.cfg.PendingTimeout && !scheduledOnly(errs) {
 				a.nack(d, errs)
 				nacked, lastNack = true, errs
 			}
@@ -562,7 +564,12 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 		}
 		var pend []*pb.ItemError
 		for _, it := range rep.GetItems() {
-			if it.GetState() == pb.ItemState_ITEM_STATE_PENDING {
+			switch {
+			case it.GetState() != pb.ItemState_ITEM_STATE_PENDING:
+			case strings.Contains(it.GetMessage(), reconcile.EffectiveDateWait):
+				// The product changes it at its date, by itself.
+				pend = append(pend, &pb.ItemError{Item: it.GetItem(), Message: it.GetMessage()})
+			default:
 				pend = append(pend, &pb.ItemError{Item: it.GetItem(), Message: "waiting for the deployment's primary host to apply it: " + it.GetMessage()})
 			}
 		}
@@ -574,6 +581,18 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 	a.log.Info("configuration applied and verified", "version", d.GetVersion())
 	a.ack(d)
 	return done, nil
+}
+
+// scheduledOnly reports whether every pending item waits for a date the
+// product itself acts on (a Lync roll at its EffectiveDate): such a wait
+// is no stuck primary, so PendingTimeout does not NACK it.
+func scheduledOnly(pend []*pb.ItemError) bool {
+	for _, e := range pend {
+		if !strings.Contains(e.GetMessage(), reconcile.EffectiveDateWait) {
+			return false
+		}
+	}
+	return len(pend) > 0
 }
 
 // apply applies cfg through the driver, keeping the operations it

@@ -334,3 +334,145 @@ func setCached(shared, deployment string, der ...[]byte) error {
 	_, err = writeStore(shared, ds, old)
 	return err
 }
+
+// TestExchangeRotationOverHTTPS rotates an Exchange organization's auth
+// certificate (two servers) while its servers keep probing a Lync pool
+// that refreshes its copy of the organization's metadata: each server
+// imports the next certificate itself, the primary stages and publishes
+// it, and each server signs with the new key only after its own IIS reset
+// (the disruptive step a rollout paces). The pool accepts every probe.
+func TestExchangeRotationOverHTTPS(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	lnFE := w.listen("fe01.contoso.com", "pool01.contoso.com")
+	lnEX1 := w.listen("ex01.contoso.com", "autodiscover.contoso.com")
+	lnEX2 := w.listen("ex02.contoso.com")
+	fe01 := w.host(lnFE, pb.Product_PRODUCT_LYNC, "2015", "fe01.contoso.com", "pool01.contoso.com")
+	ex01 := w.host(lnEX1, pb.Product_PRODUCT_EXCHANGE, "2019", "ex01.contoso.com", "autodiscover.contoso.com")
+	ex02 := w.host(lnEX2, pb.Product_PRODUCT_EXCHANGE, "2019", "ex02.contoso.com")
+	ctx := context.Background()
+	cfgFE, ex1 := trustConfigs()
+	ex1.DeploymentHosts = []string{"ex01.contoso.com", "ex02.contoso.com"}
+	cfgFE.TrustedBy[0].Hosts = ex1.DeploymentHosts
+	org := func() (*pb.HostConfig, *pb.HostConfig) {
+		c2 := proto.Clone(ex1).(*pb.HostConfig)
+		c2.Host, c2.Primary = "ex02.contoso.com", false
+		return ex1, c2
+	}
+	_ = fe01.Apply(ctx, cfgFE, secrets(t)) // microsoft.exchange fails: Exchange publishes nothing yet
+	e1, e2 := org()
+	noErrors(t, ex01.Apply(ctx, e1, nil))
+	noErrors(t, ex02.Apply(ctx, e2, nil))
+	noErrors(t, fe01.Apply(ctx, cfgFE, secrets(t)))
+	old := verify(t, ex01, e1).GetOauth().GetIssuerThumbprint()
+	newB, newSecret := nextIssuer(t, time.Now())
+	nw := certs.Thumbprint(newB.Cert)
+	sec := []*pb.SecretMaterial{newSecret}
+	tally := newTally()
+	probe := func() map[string]string {
+		e1, e2 := org()
+		signed := map[string]string{}
+		for s, cfg := range map[*Sim]*pb.HostConfig{ex01: e1, ex02: e2} {
+			for _, p := range s.Probe(ctx, cfg) {
+				tally.sent[p.GetTargetHost()]++
+				if !p.GetOk() {
+					tally.failed[p.GetTargetHost()]++
+					tally.reasons[p.GetTargetHost()] = append(tally.reasons[p.GetTargetHost()], cfg.GetHost()+": "+p.GetReason()+": "+p.GetDetail())
+				}
+				signed[cfg.GetHost()] = p.GetIssuerThumbprint()
+			}
+		}
+		return signed
+	}
+	probe()
+
+	// 1. Stage: ex02 imports its own copy; the primary imports and stages.
+	stage := &pb.NextTokenIssuer{Secret: nextSecret, SecretThumbprint: nw, Effective: timestamppb.New(time.Now().Add(48 * time.Hour))}
+	ex1.NextTokenIssuer = stage
+	e1, e2 = org()
+	noErrors(t, ex02.Apply(ctx, e2, sec))
+	wantItem(t, verify(t, ex02, e2), reconcile.ItemNextIssuer, pb.ItemState_ITEM_STATE_PENDING, "AuthConfig NextCertificateThumbprint")
+	noErrors(t, ex01.Apply(ctx, e1, sec))
+	noErrors(t, ex02.Apply(ctx, e2, sec))
+	for s, cfg := range map[*Sim]*pb.HostConfig{ex01: e1, ex02: e2} {
+		r := verify(t, s, cfg)
+		allOK(t, r)
+		if r.GetOauth().GetNextIssuerThumbprint() != nw {
+			t.Errorf("%s oauth = %v, want next %s", cfg.GetHost(), r.GetOauth(), nw)
+		}
+		if c := selfCheck(t, s.CheckMetadata(ctx, cfg), cfg.GetHost()); !hasAll(c.GetThumbprints(), old, nw) {
+			t.Errorf("%s publishes %v, want %s and %s", cfg.GetHost(), c.GetThumbprints(), old, nw)
+		}
+	}
+	probe()
+
+	// 2. Refresh: the pool caches both.
+	cfgFE.Partners[0].ExpectedSigningThumbprints = []string{old, nw}
+	noErrors(t, fe01.Apply(ctx, cfgFE, secrets(t)))
+	r := verify(t, fe01, cfgFE)
+	allOK(t, r)
+	if p := r.GetPartners(); len(p) != 1 || !hasAll(p[0].GetCachedThumbprints(), old, nw) {
+		t.Errorf("fe01 partners = %v, want both keys cached", p)
+	}
+	probe()
+
+	// 3. Activate: the primary publishes and resets its IIS; ex02 still
+	// signs with the old key until its own reset.
+	ex1.NextTokenIssuer = nil
+	ex1.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: nextSecret}, SecretThumbprint: nw}
+	e1, e2 = org()
+	res := ex01.ApplyPlan(ctx, e1, sec, false)
+	noErrors(t, res.Errors)
+	if got := commands(res.Ops); !slices.Equal(got, []string{"Set-AuthConfig -PublishCertificate -Confirm:$false", "iisreset -noforce"}) {
+		t.Errorf("ex01 activation = %q", got)
+	}
+	if signed := probe(); signed["ex01.contoso.com"] != nw || signed["ex02.contoso.com"] != old {
+		t.Errorf("after the publish probes are signed with %v, want ex01 %s and ex02 (not reset) %s", signed, nw, old)
+	}
+	res = ex02.ApplyPlan(ctx, e2, sec, true)
+	if len(res.Ops) != 1 || res.Ops[0].Kind != reconcile.KindResetIIS || !res.Ops[0].Disruptive || res.Ops[0].PrimaryOnly {
+		t.Errorf("ex02 plan after the publish = %s, want its own disruptive IIS reset", reconcile.Redacted(res.Ops))
+	}
+	wantItem(t, verify(t, ex02, e2), reconcile.ItemIISReset, pb.ItemState_ITEM_STATE_FAILED, "started with auth certificate "+old)
+	noErrors(t, ex02.Apply(ctx, e2, sec))
+	if signed := probe(); signed["ex01.contoso.com"] != nw || signed["ex02.contoso.com"] != nw {
+		t.Errorf("after both resets probes are signed with %v, want %s", signed, nw)
+	}
+	for s, cfg := range map[*Sim]*pb.HostConfig{ex01: e1, ex02: e2} {
+		r := verify(t, s, cfg)
+		allOK(t, r)
+		if o := r.GetOauth(); o.GetIssuerThumbprint() != nw || o.GetPreviousIssuerThumbprint() != old {
+			t.Errorf("%s oauth = %v", cfg.GetHost(), o)
+		}
+	}
+
+	// 4. Retire.
+	ex1.RetirePreviousIssuer = true
+	cfgFE.Partners[0].ExpectedSigningThumbprints = []string{nw}
+	e1, e2 = org()
+	noErrors(t, ex01.Apply(ctx, e1, sec))
+	noErrors(t, ex02.Apply(ctx, e2, sec))
+	noErrors(t, fe01.Apply(ctx, cfgFE, secrets(t)))
+	for s, cfg := range map[*Sim]*pb.HostConfig{ex01: e1, ex02: e2} {
+		r := verify(t, s, cfg)
+		allOK(t, r)
+		if o := r.GetOauth(); o.GetPreviousIssuerThumbprint() != "" {
+			t.Errorf("%s still reports previous %s", cfg.GetHost(), o.GetPreviousIssuerThumbprint())
+		}
+		if c := selfCheck(t, s.CheckMetadata(ctx, cfg), cfg.GetHost()); !slices.Equal(c.GetThumbprints(), []string{nw}) {
+			t.Errorf("%s publishes %v after retiring, want %s only", cfg.GetHost(), c.GetThumbprints(), nw)
+		}
+	}
+	probe()
+	if h := "fe01.contoso.com"; tally.sent[h] < 10 || tally.failed[h] != 0 {
+		t.Errorf("probes to fe01: %d sent, %d failed (%v); want 0 failed", tally.sent[h], tally.failed[h], tally.reasons[h])
+	}
+}
+
+func commands(ops []reconcile.Op) []string {
+	out := make([]string, len(ops))
+	for i, o := range ops {
+		out[i] = o.Command()
+	}
+	return out
+}
