@@ -13,6 +13,7 @@ import (
 
 	"github.com/s2strust/s2strust/controller/app"
 	"github.com/s2strust/s2strust/controller/rotation"
+	"github.com/s2strust/s2strust/controller/server"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/certs"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -293,6 +294,16 @@ func TestRotateIssuerOfTheLyncPool(t *testing.T) {
 // rollout changes one Exchange server at a time (each an IIS reset), and
 // the document names the secret as exchange's token issuer at the end.
 func TestRotateExchangeAuthCertificate(t *testing.T) {
+	rotateProductCertificate(t, "exchange", pb.Product_PRODUCT_EXCHANGE, "ex-auth-2027", "Microsoft Exchange Server Auth Certificate", 2)
+}
+
+// TestRotateSharePointSTSCertificate is the same for the SharePoint
+// farm's STS signing certificate.
+func TestRotateSharePointSTSCertificate(t *testing.T) {
+	rotateProductCertificate(t, "sharepoint", pb.Product_PRODUCT_SHAREPOINT, "sp-sts-2027", "SharePoint Security Token Service", 1)
+}
+
+func rotateProductCertificate(t *testing.T, dep string, product pb.Product, secret, cn string, hosts int) {
 	f := startFleetWith(t, examples.Contoso, agentOpts{driftInterval: 300 * time.Millisecond}, func(c *app.ServeConfig) {
 		c.RolloutInterval = 100 * time.Millisecond
 	})
@@ -300,21 +311,21 @@ func TestRotateExchangeAuthCertificate(t *testing.T) {
 	f.waitConverged(rev)
 	f.waitEdges("every edge to pass before the rotation", func(_ string, e *pb.TrustEdge) bool { return e.GetOk() })
 	ctx := context.Background()
-	oldTP := f.trustReport()["exchange→pool01"].GetIssuerThumbprint()
-	f.putIssuerSecret("ex-auth-2027", "Microsoft Exchange Server Auth Certificate", nil, issuerPassword)
+	oldTP := f.trustReport()[dep+"→pool01"].GetIssuerThumbprint()
+	f.putIssuerSecret(secret, cn, nil, issuerPassword)
 	rot := pb.NewRotationServiceClient(f.conn)
-	// Exchange's auth certificate is not Lync's issuer nor SharePoint's STS certificate.
-	_, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "exchange", Secret: "ex-auth-2027", Product: pb.Product_PRODUCT_SHAREPOINT})
-	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "rotate auth-certificate") {
-		t.Fatalf("sts-certificate on exchange: %v", err)
+	// The product's command refuses another product's deployment.
+	_, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: dep, Secret: secret, Product: pb.Product_PRODUCT_LYNC})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "rotate "+server.RotateCommand(product)) {
+		t.Fatalf("a Lync rotation of %s: %v", dep, err)
 	}
-	created, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: "exchange", Secret: "ex-auth-2027", Product: pb.Product_PRODUCT_EXCHANGE,
+	created, err := rot.CreateRotation(ctx, &pb.CreateRotationRequest{Deployment: dep, Secret: secret, Product: product,
 		EffectiveTime: timestamppb.New(time.Now().Add(45 * time.Second))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := created.GetRotation()
-	if r.GetOldThumbprint() != oldTP || r.GetOldSecret() != "" || r.GetNewSecret() != "ex-auth-2027@v1" {
+	if r.GetOldThumbprint() != oldTP || r.GetOldSecret() != "" || r.GetNewSecret() != secret+"@v1" || r.GetOldNotAfter() == nil {
 		t.Fatalf("created %v", r)
 	}
 	newTP := r.GetNewThumbprint()
@@ -325,20 +336,20 @@ func TestRotateExchangeAuthCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := ro.GetRollout().GetStrategy(); s.GetMaxUnavailable() != 1 || s.GetImmediate() {
+	if s := ro.GetRollout().GetStrategy(); s.GetMaxUnavailable() > 1 || s.GetImmediate() {
 		t.Errorf("activation rollout strategy %v, want one host at a time", s)
 	}
-	if got := len(ac.GetHosts()); got != 2 {
-		t.Errorf("activation gated %d hosts, want exchange's 2", got)
+	if got := len(ac.GetHosts()); got != hosts {
+		t.Errorf("activation gated %d hosts, want %s's %d", got, dep, hosts)
 	}
-	f.waitEdges("every edge to pass on the new auth certificate", func(k string, e *pb.TrustEdge) bool {
-		return e.GetOk() && (!strings.HasPrefix(k, "exchange→") || e.GetIssuerThumbprint() == newTP)
+	f.waitEdges("every edge to pass on the new certificate", func(k string, e *pb.TrustEdge) bool {
+		return e.GetOk() && (!strings.HasPrefix(k, dep+"→") || e.GetIssuerThumbprint() == newTP)
 	})
 	topo, err := pb.NewTopologyServiceClient(f.conn).GetTopology(ctx, &pb.GetTopologyRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if doc := topo.GetTopology().GetDocument(); !strings.Contains(doc, `"secret": "ex-auth-2027"`) {
-		t.Errorf("the document after the rotation does not name ex-auth-2027:\n%s", doc)
+	if doc := topo.GetTopology().GetDocument(); !strings.Contains(doc, `"secret": "`+secret+`"`) {
+		t.Errorf("the document after the rotation does not name %s:\n%s", secret, doc)
 	}
 }
