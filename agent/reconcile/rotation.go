@@ -245,7 +245,8 @@ func (c *comparer) activate(want, source string) result {
 		// The CMS makes the rolled certificate current at its
 		// EffectiveDate by itself; nothing to run.
 		// https://learn.microsoft.com/powershell/module/skype/set-cscertificate
-		r.pending = true
+		// Every Front End waits for the date, not for the primary.
+		r.pending, r.deployment = true, false
 		if eff := c.st.Issuer.NextEffective; eff.IsZero() || c.now.Before(eff) {
 			r.problem += fmt.Sprintf("; Lync makes it current at its EffectiveDate: %s %s", EffectiveDateWait, stamp(eff))
 		} else {

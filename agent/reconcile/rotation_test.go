@@ -362,7 +362,10 @@ func TestRotationActivate(t *testing.T) {
 			if ops := Plan(in); len(ops) != 0 {
 				t.Errorf("plan = %q; Lync rolls by itself, nothing is re-imported", commands(ops))
 			}
-			wantStatus(t, Check(in), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_PENDING, "waits for EffectiveDate "+eff.Format(time.RFC3339))
+			wantStatus(t, Check(in), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_PENDING, EffectiveDateWait+" "+eff.Format(time.RFC3339))
+			if msg := statusOf(t, Check(in), driver.ItemIssuerCertificate).GetMessage(); strings.Contains(msg, PendingSuffix) {
+				t.Errorf("primary=%v: %q says it waits for the primary; it waits for the date", primary, msg)
+			}
 			// Rolled: the new one current, the old one previous.
 			st := rc.state(f.next)
 			st.Issuer = Issuer{Current: nt, Previous: old}
