@@ -138,6 +138,13 @@ func step(r *pb.Rotation, v View) Action {
 		name := "phase " + PhaseName(ps.GetPhase())
 		switch ps.GetState() {
 		case pb.RotationPhaseState_ROTATION_PHASE_STATE_PENDING:
+			// Activation happens at or after the effective time: Lync's CMS
+			// rolls by itself then, and a host told to activate earlier
+			// would wait on it (and NACK after its pending timeout).
+			if eff := r.GetEffectiveTime().AsTime(); ps.GetPhase() == pb.RotationPhase_ROTATION_PHASE_ACTIVATE && v.Now.Before(eff) {
+				r.Reason = fmt.Sprintf("%s: waits for the effective time %s", name, eff.UTC().Format(time.RFC3339))
+				return None
+			}
 			r.Reason = name + ": storing its revision"
 			return ApplyPhase
 		case pb.RotationPhaseState_ROTATION_PHASE_STATE_ROLLING_OUT, pb.RotationPhaseState_ROTATION_PHASE_STATE_VERIFYING:
@@ -416,8 +423,23 @@ func refreshGate(r *pb.Rotation, host string, p *pb.Partner, rep *pb.StatusRepor
 	if why := fresh(rep, rev); why != "" {
 		return false, why
 	}
+	var found *pb.PartnerApplication
 	for _, pa := range rep.GetPartners() {
-		if pa.GetName() != p.GetName() {
+		if pa.GetName() == p.GetName() || pa.GetIdentity() == p.GetName() {
+			found = pa
+		}
+	}
+	if found == nil {
+		// Exchange's Configure-EnterprisePartnerApplication.ps1 names
+		// partners itself: found by identifier and metadata URL.
+		for _, pa := range rep.GetPartners() {
+			if strings.EqualFold(pa.GetApplicationIdentifier(), p.GetApplicationIdentifier()) && strings.EqualFold(pa.GetMetadataUrl(), p.GetMetadataUrl()) {
+				found = pa
+			}
+		}
+	}
+	for _, pa := range []*pb.PartnerApplication{found} {
+		if pa == nil {
 			continue
 		}
 		if missing := holds(pa.GetCachedThumbprints(), r.GetOldThumbprint(), r.GetNewThumbprint()); len(missing) > 0 {

@@ -204,7 +204,7 @@ func TestRotationGoesThroughEveryPhaseOnTheHostsReports(t *testing.T) {
 			}
 		}
 	})
-	mustStep(t, r, f.view(t0, ro), ApplyPhase)
+	mustStep(t, r, f.view(t0, ro), None)
 	rf := phaseOf(r, pb.RotationPhase_ROTATION_PHASE_REFRESH)
 	if len(rf.GetHosts()) != 3 {
 		t.Fatalf("refresh gated on %v, want the 3 hosts trusting pool01", rf.GetHosts())
@@ -215,7 +215,12 @@ func TestRotationGoesThroughEveryPhaseOnTheHostsReports(t *testing.T) {
 		}
 	}
 
-	// activate: gated on probes signed with the new key.
+	// activate: not before the effective time, then gated on probes
+	// signed with the new key.
+	eff := t0.Add(time.Hour)
+	mustStep(t, r, f.view(eff.Add(-time.Second), ro), None)
+	wantReason(t, r, "phase activate: waits for the effective time 2026-12-02T06:00:00Z")
+	mustStep(t, r, f.view(eff, ro), ApplyPhase)
 	ro = f.applyPhase(t, r)
 	f.report(func(*pb.HostConfig, *pb.StatusReport) {})
 	mustStep(t, r, f.view(t0, ro), None)

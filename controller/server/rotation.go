@@ -11,10 +11,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/store"
@@ -361,18 +359,8 @@ func (s *RotationService) ApplyPhase(ctx context.Context, r *pb.Rotation) (uint6
 		return 0, 0, "", err
 	}
 	strategy.Immediate = false
-	if phase == pb.RotationPhase_ROTATION_PHASE_ACTIVATE {
-		if r.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
-			strategy.MaxUnavailable = 1 // one IIS reset at a time
-		}
-		// Lync switches at the effective date: its hosts wait for it.
-		deadline := rollout.DefaultProgressDeadline
-		if strategy.GetProgressDeadline() != nil {
-			deadline = strategy.GetProgressDeadline().AsDuration()
-		}
-		if wait := r.GetEffectiveTime().AsTime().Sub(s.hub.cfg.Now()); wait > 0 {
-			strategy.ProgressDeadline = durationpb.New(deadline + wait)
-		}
+	if phase == pb.RotationPhase_ROTATION_PHASE_ACTIVATE && r.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
+		strategy.MaxUnavailable = 1 // one IIS reset at a time
 	}
 	who := fmt.Sprintf("%s (created by %s)", r.GetName(), r.GetCreatedBy())
 	ro, err := s.hub.planRollout(ctx, strategy, hash, next, who, "")
