@@ -60,7 +60,8 @@ type Prober interface {
 	// seed-style error and its cause) and the signing thumbprints found.
 	CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck
 	// Probe mints an actor token with this host's current signing key for
-	// every host of every deployment in cfg.TrustedBy and presents it
-	// there; one result per target host.
+	// every host each deployment in cfg.TrustedBy lists (all of a small
+	// deployment, a bounded sample of a large one: the controller chooses)
+	// and presents it there; one result per target host.
 	Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe
 }

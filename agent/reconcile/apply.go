@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Backend is what a product driver implements: reading the actual state
@@ -69,7 +71,17 @@ func Apply(ctx context.Context, b Backend, cfg *pb.HostConfig, secrets []*pb.Sec
 			failed[op.Item] = true
 			continue
 		}
-		if err := b.Execute(ctx, cfg, op, secrets); err != nil {
+		err := error(nil)
+		if op.Secret != "" && slices.Contains(rotationSecretKinds, op.Kind) {
+			err = checkSecret(cfg, op, secrets, now)
+		}
+		if err == nil {
+			err = b.Execute(ctx, cfg, op, secrets)
+		}
+		if err == nil && op.Kind == KindRefreshPartnerMetadata && len(op.Partner.GetExpectedSigningThumbprints()) > 0 {
+			err = checkRefreshed(ctx, b, cfg, op)
+		}
+		if err != nil {
 			errs = append(errs, &pb.ItemError{Item: op.Item, Message: err.Error()})
 			failed[op.Item] = true
 		}
@@ -91,7 +103,14 @@ func readFailure(cfg *pb.HostConfig, err error) []*pb.ItemError {
 
 // Items lists every item of cfg, in plan order.
 func Items(cfg *pb.HostConfig) []string {
-	items := []string{driver.ItemIssuerCertificate, driver.ItemOAuthConfiguration}
+	items := []string{driver.ItemIssuerCertificate}
+	if cfg.GetNextTokenIssuer() != nil {
+		items = append(items, ItemNextIssuer)
+	}
+	if cfg.GetRetirePreviousIssuer() {
+		items = append(items, ItemPreviousIssuer)
+	}
+	items = append(items, driver.ItemOAuthConfiguration)
 	for _, n := range cfg.GetRemovePartners() {
 		items = append(items, driver.RemovePartnerItem(n))
 	}
@@ -139,6 +158,10 @@ func Describe(r *pb.StatusReport, p pb.Product, st *State) {
 	r.Oauth = &pb.OAuthConfiguration{
 		ServiceName: st.OAuth.ServiceName, Realm: st.OAuth.Realm,
 		ExchangeAutodiscoverUrl: st.OAuth.ExchangeAutodiscoverURL, IssuerThumbprint: st.Issuer.Current,
+		NextIssuerThumbprint: st.Issuer.Next, PreviousIssuerThumbprint: st.Issuer.Previous,
+	}
+	if st.Issuer.Next != "" && !st.Issuer.NextEffective.IsZero() {
+		r.Oauth.NextIssuerEffective = timestamppb.New(st.Issuer.NextEffective)
 	}
 	if lc := st.Find(st.Issuer.Current); lc != nil && lc.Cert != nil {
 		r.IssuerCertificate = certs.Info(lc.Cert, lc.HasPrivateKey)

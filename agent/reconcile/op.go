@@ -21,7 +21,8 @@ const (
 	// issuer (Lync: Set-CsCertificate -Identity global -Type OAuthTokenIssuer -Thumbprint).
 	KindAssignIssuer Kind = "assign-issuer"
 	// KindRemovePreviousIssuer removes the previous issuer certificate
-	// after a roll (Remove-CsCertificate -Identity Global -Type OAuthTokenIssuer -Previous).
+	// after a roll (Remove-CsCertificate -Identity Global -Type OAuthTokenIssuer
+	// -Previous; Exchange: Set-AuthConfig -ClearPreviousCertificate).
 	KindRemovePreviousIssuer Kind = "remove-previous-issuer"
 	// KindSetOAuth sets OAuth settings other than the realm
 	// (Set-CsOAuthConfiguration -ServiceName/-ExchangeAutodiscoverUrl).
@@ -41,6 +42,33 @@ const (
 	// KindResetIIS resets IIS on an Exchange server after a change, as
 	// Microsoft advises: disruptive, paced one server at a time.
 	KindResetIIS Kind = "reset-iis"
+
+	// The kinds of a certificate rotation (HostConfig.next_token_issuer,
+	// Partner.expected_signing_thumbprints, retire_previous_issuer).
+
+	// KindImportNextIssuer imports the next token-issuer certificate's PFX
+	// (Secret) into this server's own store: Exchange's
+	// Import-ExchangeCertificate, on every Exchange server of the
+	// organization, since each signs with its own copy of the key.
+	KindImportNextIssuer Kind = "import-next-issuer"
+	// KindStageNextIssuer stages the next certificate (Thumbprint, effective
+	// at EffectiveDate) as the deployment's next token issuer, published in
+	// its metadata beside the current one: Lync's Import-CsCertificate
+	// -Roll -EffectiveDate (from Secret; without a Secret, Set-CsCertificate
+	// -Thumbprint -Roll re-dates a staged one), Exchange's Set-AuthConfig
+	// -NewCertificateThumbprint -NewCertificateEffectiveDate, SharePoint's
+	// Set-SPSecurityTokenServiceConfig -QueueSigningCertificate (from Secret).
+	KindStageNextIssuer Kind = "stage-next-issuer"
+	// KindActivateNextIssuer makes the staged certificate the one that
+	// signs: Exchange's Set-AuthConfig -PublishCertificate, SharePoint's
+	// Set-SPSecurityTokenServiceConfig -ImportSigningCertificate (from
+	// Secret). Lync has none: its CMS rolls at the EffectiveDate by itself.
+	KindActivateNextIssuer Kind = "activate-next-issuer"
+	// KindRefreshPartnerMetadata downloads a registered partner's metadata
+	// again and caches its signing certificates (Name, Partner):
+	// Set-PartnerApplication -RefreshAuthMetadata, Set-CsPartnerApplication
+	// -MetadataUrl, Set-SPTrustedSecurityTokenIssuer -MetadataEndPoint.
+	KindRefreshPartnerMetadata Kind = "refresh-partner-metadata"
 )
 
 // Op is one operation of a plan. Its typed fields carry the data a driver

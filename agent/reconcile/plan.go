@@ -64,14 +64,12 @@ func Plan(in Input) []Op {
 	for _, r := range compare(in) {
 		ops = append(ops, r.ops...)
 	}
-	if in.Config.GetProduct() == pb.Product_PRODUCT_EXCHANGE && slices.ContainsFunc(ops, func(o Op) bool { return o.PrimaryOnly }) {
+	if in.Config.GetProduct() == pb.Product_PRODUCT_EXCHANGE && slices.ContainsFunc(ops, func(o Op) bool { return o.PrimaryOnly }) &&
+		!slices.ContainsFunc(ops, func(o Op) bool { return o.Kind == KindResetIIS }) {
 		// Microsoft advises an IIS reset after changing partner
 		// applications or the auth configuration, so that every app pool
 		// reads the new state.
-		ops = append(ops, Op{
-			Item: ItemIISReset, Kind: KindResetIIS, Cmdlet: "iisreset", Params: []Param{Switch("noforce")},
-			Reason: "Exchange reads partner applications and the auth configuration at app pool start", Disruptive: true,
-		})
+		ops = append(ops, resetIIS("Exchange reads partner applications and the auth configuration at app pool start"))
 	}
 	return ops
 }
@@ -107,11 +105,20 @@ func compare(in Input) []result {
 	c := comparer{cfg: cfg, st: st, desc: desc, secrets: in.Secrets, now: in.Now, primary: cfg.GetPrimary()}
 	var rs []result
 	rs = append(rs, c.issuer()...)
+	if cfg.GetNextTokenIssuer() != nil {
+		rs = append(rs, c.nextIssuer())
+	}
+	if cfg.GetRetirePreviousIssuer() {
+		rs = append(rs, c.retire())
+	}
 	rs = append(rs, c.oauth())
 	rs = append(rs, c.removals()...)
 	rs = append(rs, c.partners()...)
 	if cfg.GetProduct() == pb.Product_PRODUCT_SHAREPOINT {
 		rs = append(rs, c.sharePoint()...)
+	}
+	if r, ok := c.iisReset(); ok {
+		rs = append(rs, r)
 	}
 	if !c.primary {
 		// Deployment-scope changes are the primary's: drop their ops here.
@@ -174,7 +181,19 @@ func (c *comparer) issuer() []result {
 	ti := c.cfg.GetTokenIssuer()
 	want, source := c.wantIssuer()
 	cur := c.st.Issuer.Current
+	rolled := false
+	switch next := c.nextWant(); {
+	case want != "" && cur != want && next != "" && cur == next && c.st.Issuer.Previous == want:
+		// Staged and rolled already (Lync's CMS rolls at the EffectiveDate
+		// by itself): the wanted certificate is the previous one, still
+		// accepted; the next one signs.
+		rolled = true
+	case want != "" && cur != want && c.st.Issuer.Next == want:
+		// A rotation's activation: the wanted certificate is staged.
+		return []result{c.activate(want, source)}
+	}
 	switch {
+	case rolled:
 	case ti.GetSecret() != "" && (want == "" || cur != want):
 		r.problem = fmt.Sprintf("%s is %s, want the certificate of %s", c.desc.IssuerName, show(cur), source)
 		if want != "" {
@@ -197,17 +216,15 @@ func (c *comparer) issuer() []result {
 		return out
 	}
 	out[0] = c.localIssuer(r, cur)
-	if prev := c.st.Issuer.Previous; prev != "" && c.cfg.GetProduct() == pb.Product_PRODUCT_LYNC &&
+	if rolled && out[0].problem == "" && out[0].warning == "" {
+		out[0].warning = fmt.Sprintf("the next certificate %s became current at its EffectiveDate; %s is the previous one, still accepted", cur, want)
+	}
+	if prev := c.st.Issuer.Previous; prev != "" && c.cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !c.cfg.GetRetirePreviousIssuer() &&
 		!c.st.Issuer.PreviousNotAfter.IsZero() && c.now.After(c.st.Issuer.PreviousNotAfter) {
 		// After a roll Lync keeps the previous certificate until it
 		// expires; then it only clutters the store.
-		// https://learn.microsoft.com/powershell/module/skype/remove-cscertificate
-		out[0].ops = append(out[0].ops, Op{
-			Item: driver.ItemIssuerCertificate, Kind: KindRemovePreviousIssuer, Cmdlet: "Remove-CsCertificate",
-			Params:      []Param{Str("Identity", "Global"), Raw("Type", "OAuthTokenIssuer"), Switch("Previous"), Bool("Confirm", false)},
-			Reason:      fmt.Sprintf("the previous OAuthTokenIssuer certificate %s expired %s", prev, c.st.Issuer.PreviousNotAfter.UTC().Format(time.RFC3339)),
-			PrimaryOnly: true, Thumbprint: prev,
-		})
+		out[0].ops = append(out[0].ops, c.removePrevious(driver.ItemIssuerCertificate, prev,
+			fmt.Sprintf("the previous OAuthTokenIssuer certificate %s expired %s", prev, c.st.Issuer.PreviousNotAfter.UTC().Format(time.RFC3339))))
 	}
 	return out
 }
@@ -235,15 +252,7 @@ func (c *comparer) localIssuer(r result, thumbprint string) result {
 	}
 	// The rules the controller applied at apply, checked again on the host
 	// (a certificate named by thumbprint or type never passed them there).
-	req := certs.RequirementsFor(c.cfg, c.now)
-	var errs, warns []string
-	for _, f := range certs.Check(lc.Cert, true, req) {
-		if f.Severity == certs.SeverityError {
-			errs = append(errs, f.Message)
-		} else {
-			warns = append(warns, f.Message)
-		}
-	}
+	errs, warns := c.rules(&Certificate{Thumbprint: lc.Thumbprint, Cert: lc.Cert, HasPrivateKey: true})
 	if len(errs) > 0 {
 		r.problem = fmt.Sprintf("host %s: issuer certificate %s: %s", c.host(), thumbprint, strings.Join(errs, "; "))
 	}
@@ -493,6 +502,30 @@ func (c *comparer) partners() []result {
 			set.Params = append(set.Params, Bool("Confirm", false))
 			r.problem = fmt.Sprintf("partner %s: %s", p.GetName(), set.Reason)
 			r.ops = []Op{set}
+		}
+		if exp := p.GetExpectedSigningThumbprints(); len(exp) > 0 {
+			// A rotation of the partner's issuer: the cached copy of its
+			// metadata must hold its current and next certificates.
+			missing, bad := missingCached(cur.CachedThumbprints, exp)
+			var d string
+			switch {
+			case len(bad) > 0:
+				d = fmt.Sprintf("expected_signing_thumbprints has %s, which is not a thumbprint (40 hexadecimal digits)", strings.Join(bad, ", "))
+				r.deployment = false
+			case len(missing) > 0:
+				d = fmt.Sprintf("the cached metadata from %s holds %s, lacking expected %s", show(cur.MetadataURL), list(cur.CachedThumbprints), strings.Join(missing, ", "))
+				if !slices.Contains(set.Set, c.desc.URLParameter) {
+					// A new URL downloads the document anyway.
+					r.ops = append(r.ops, c.refreshOp(item, cur, p, d))
+				}
+			}
+			if d != "" {
+				if r.problem == "" {
+					r.problem = fmt.Sprintf("partner %s: %s", p.GetName(), d)
+				} else {
+					r.problem += "; " + d
+				}
+			}
 		}
 		out = append(out, r)
 	}

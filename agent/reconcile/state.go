@@ -63,6 +63,11 @@ type State struct {
 	// controller's recorded thumbprint (TokenIssuer.secret_thumbprint) is
 	// preferred.
 	ImportedSecrets map[string]string
+	// IISIssuer is, on an Exchange server, the current issuer certificate
+	// its IIS app pools started with (when the driver knows it): a server
+	// whose app pools started before Set-AuthConfig -PublishCertificate
+	// needs an IIS reset to sign with the new one. Empty: not known.
+	IISIssuer string
 }
 
 // OAuth is a product's own OAuth settings.

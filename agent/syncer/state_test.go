@@ -195,3 +195,23 @@ func TestDriftOf(t *testing.T) {
 		t.Errorf("driftOf an all-OK report = %v; want none", d)
 	}
 }
+
+// TestScheduledOnly: a wait for a Lync roll's EffectiveDate is not a stuck
+// primary; any other pending item is.
+func TestScheduledOnly(t *testing.T) {
+	roll := &pb.ItemError{Item: "issuer-certificate", Message: "staged; Lync makes it current at its EffectiveDate: waits for EffectiveDate 2027-01-01T00:00:00Z"}
+	primary := &pb.ItemError{Item: "partner/x", Message: "waiting for the deployment's primary host to apply it: partner x: not registered"}
+	for _, tc := range []struct {
+		pend []*pb.ItemError
+		want bool
+	}{
+		{nil, false},
+		{[]*pb.ItemError{roll}, true},
+		{[]*pb.ItemError{roll, primary}, false},
+		{[]*pb.ItemError{primary}, false},
+	} {
+		if got := scheduledOnly(tc.pend); got != tc.want {
+			t.Errorf("scheduledOnly(%v) = %v, want %v", tc.pend, got, tc.want)
+		}
+	}
+}

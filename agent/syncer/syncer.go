@@ -66,12 +66,17 @@ type Config struct {
 	// PendingTimeout is how long a verification may wait on the
 	// deployment's primary before the agent NACKs it (default 30s), so the
 	// controller can push a newer revision; a later success still ACKs it.
+	// A wait for a date the product acts on by itself (a Lync roll at its
+	// EffectiveDate, reconcile.EffectiveDateWait) is never NACKed.
 	PendingTimeout time.Duration
 	// OnDesired, when set, is called for every Desired received (tests
 	// and metrics count pushes with it).
 	OnDesired func(*pb.Desired)
 	// Metrics records applies, reports and syncs; nil records nothing.
 	Metrics metrics.Recorder
+	// ClockCheckInterval is how often the agent looks for a step of its
+	// host's clock (default 10s); see clockWatch.
+	ClockCheckInterval time.Duration
 	// Monitor runs the agent read-only (see the package comment). The
 	// driver must be a Planner or a reconcile.Backend; AutoCorrect must be
 	// off.
@@ -171,6 +176,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.VerifyInterval <= 0 {
 		cfg.VerifyInterval = 2 * time.Second
 	}
+	if cfg.ClockCheckInterval <= 0 {
+		cfg.ClockCheckInterval = 10 * time.Second
+	}
 	if cfg.PendingTimeout <= 0 {
 		cfg.PendingTimeout = 30 * time.Second
 	}
@@ -240,7 +248,15 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		delay := time.Duration(rand.Int64N(int64(bound) + 1))
 		attempt++
-		a.log.Warn("controller stream ended; reconnecting", "error", err, "retry_in", delay.Round(time.Millisecond))
+		var drain *drainedError
+		if errors.As(err, &drain) {
+			// The controller is stopping and said when to come back: it
+			// spreads its fleet's returns, so no jitter of ours.
+			delay, attempt = drain.after, 0
+			a.log.Info("controller stopping; reconnecting when it said", "reason", drain.reason, "retry_in", delay.Round(time.Millisecond))
+		} else {
+			a.log.Warn("controller stream ended; reconnecting", "error", err, "retry_in", delay.Round(time.Millisecond))
+		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -351,6 +367,9 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 			// In sync with the controller as much as after an ACK.
 			a.cfg.Metrics.Synced(a.cfg.Now())
 		}
+		if dr := resp.GetDrain(); dr != nil {
+			return connected, drainedBy(dr)
+		}
 		if d := resp.GetDesired(); d != nil {
 			if a.cfg.OnDesired != nil {
 				a.cfg.OnDesired(d)
@@ -358,6 +377,31 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 			a.offer(d)
 		}
 	}
+}
+
+// maxDrainDelay bounds the reconnect time a Drain may name: a controller
+// asking for longer is taken at this.
+const maxDrainDelay = 5 * time.Minute
+
+// drainedError ends a session the controller drained: reconnect after.
+type drainedError struct {
+	after  time.Duration
+	reason string
+}
+
+func (e *drainedError) Error() string {
+	return fmt.Sprintf("the controller is stopping (%s): reconnect in %s", e.reason, e.after)
+}
+
+// drainedBy is the end of a session by Drain d; its time is clamped to
+// [0, maxDrainDelay].
+func drainedBy(d *pb.Drain) *drainedError {
+	after := min(max(d.GetReconnectAfter().AsDuration(), 0), maxDrainDelay)
+	reason := d.GetReason()
+	if len(reason) > 200 {
+		reason = reason[:200] + "…" // only for the log, which quotes it
+	}
+	return &drainedError{after: after, reason: reason}
 }
 
 // offer hands the engine the newest desired state, replacing one not yet taken.
@@ -415,6 +459,9 @@ const (
 func (a *Agent) engine(ctx context.Context) error {
 	drift := time.NewTicker(a.cfg.DriftInterval)
 	defer drift.Stop()
+	clock := time.NewTicker(a.cfg.ClockCheckInterval)
+	defer clock.Stop()
+	watch := newClockWatch(a.cfg.Now)
 	var (
 		cur      *pb.Desired // not yet acknowledged: waiting or failed
 		nacked   bool        // cur was NACKed; a later success ACKs it late
@@ -438,7 +485,7 @@ func (a *Agent) engine(ctx context.Context) error {
 			if cur != d {
 				waitingSince = a.cfg.Now()
 			}
-			if !nacked && a.cfg.Now().Sub(waitingSince) > a.cfg.PendingTimeout {
+			if !nacked && a.cfg.Now().Sub(waitingSince) > a.cfg.PendingTimeout && !scheduledOnly(errs) {
 				a.nack(d, errs)
 				nacked, lastNack = true, errs
 			}
@@ -505,6 +552,11 @@ func (a *Agent) engine(ctx context.Context) error {
 			if cur == nil {
 				a.checkDrift(ctx)
 			}
+		case <-clock.C:
+			if step := watch.check(); step >= clockStep || -step >= clockStep {
+				a.log.Warn("the host's clock was stepped; reporting it to the controller", "step", step.Round(time.Millisecond).String())
+				a.reportClock()
+			}
 		}
 	}
 }
@@ -562,7 +614,12 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 		}
 		var pend []*pb.ItemError
 		for _, it := range rep.GetItems() {
-			if it.GetState() == pb.ItemState_ITEM_STATE_PENDING {
+			switch {
+			case it.GetState() != pb.ItemState_ITEM_STATE_PENDING:
+			case strings.Contains(it.GetMessage(), reconcile.EffectiveDateWait):
+				// The product changes it at its date, by itself.
+				pend = append(pend, &pb.ItemError{Item: it.GetItem(), Message: it.GetMessage()})
+			default:
 				pend = append(pend, &pb.ItemError{Item: it.GetItem(), Message: "waiting for the deployment's primary host to apply it: " + it.GetMessage()})
 			}
 		}
@@ -574,6 +631,18 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 	a.log.Info("configuration applied and verified", "version", d.GetVersion())
 	a.ack(d)
 	return done, nil
+}
+
+// scheduledOnly reports whether every pending item waits for a date the
+// product itself acts on (a Lync roll at its EffectiveDate): such a wait
+// is no stuck primary, so PendingTimeout does not NACK it.
+func scheduledOnly(pend []*pb.ItemError) bool {
+	for _, e := range pend {
+		if !strings.Contains(e.GetMessage(), reconcile.EffectiveDateWait) {
+			return false
+		}
+	}
+	return len(pend) > 0
 }
 
 // apply applies cfg through the driver, keeping the operations it
@@ -788,6 +857,55 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	if !same {
 		a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
 	}
+}
+
+// clockStep is the smallest step of the host's clock that is reported at
+// once: the controller records a host's clock offset when it moves by this
+// much.
+const clockStep = time.Second
+
+// clockWatch notices a step of the host's wall clock (an administrator or
+// a time service setting it, a virtual machine resumed) as the wall clock
+// moving apart from the process's monotonic clock, which steps do not
+// move. Without it the controller would learn of the new offset, and of a
+// skew that now breaks tokens, only with the next report that differs.
+type clockWatch struct {
+	now        func() time.Time
+	wall, mono time.Time
+}
+
+func newClockWatch(now func() time.Time) *clockWatch {
+	w := &clockWatch{now: now}
+	w.check()
+	return w
+}
+
+// check returns how far the wall clock moved apart from the monotonic one
+// since the last check (positive: forward).
+func (w *clockWatch) check() time.Duration {
+	// Round(0) drops the monotonic reading, so that Sub compares wall times.
+	wall, mono := w.now().Round(0), time.Now()
+	var step time.Duration
+	if !w.wall.IsZero() {
+		step = wall.Sub(w.wall) - mono.Sub(w.mono)
+	}
+	w.wall, w.mono = wall, mono
+	return step
+}
+
+// reportClock sends the latest report again with the clock as it reads
+// now, from which the controller measures the host's clock offset.
+func (a *Agent) reportClock() {
+	a.mu.Lock()
+	if a.last == nil {
+		a.mu.Unlock()
+		return
+	}
+	rep := proto.Clone(a.last).(*pb.StatusReport)
+	rep.Clock = timestamppb.New(a.cfg.Now())
+	a.last = rep
+	a.mu.Unlock()
+	a.send(&pb.SyncRequest{Message: &pb.SyncRequest_Status{Status: rep}})
 }
 
 func (a *Agent) commit(d *pb.Desired) error {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/rotation"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
@@ -40,6 +41,11 @@ import (
 	"github.com/s2strust/s2strust/internal/secretbox"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
+
+// stopDeadline bounds a graceful stop of the gRPC server: agents' streams
+// are drained within a second (server.Hub.Stopping); admin calls still
+// running after this are cut off.
+const stopDeadline = 1500 * time.Millisecond
 
 // MaxMessageSize bounds every gRPC message the controller receives or sends.
 const MaxMessageSize = 4 << 20
@@ -71,7 +77,7 @@ type ServeConfig struct {
 	HostCertTTL time.Duration
 	// PresenceTTL is the agents' presence lease TTL (default 10s).
 	PresenceTTL time.Duration
-	// StreamsPerSecond bounds new agent streams (default 500/s).
+	// StreamsPerSecond bounds new agent streams (default 1000/s).
 	StreamsPerSecond float64
 	// AgentLimits bound what each agent identity may cost (see server.AgentLimits).
 	AgentLimits server.AgentLimits
@@ -101,6 +107,13 @@ type ServeConfig struct {
 	MetricsListen string
 	// MetricsReady, when set, is called with the metrics URL once it is served.
 	MetricsReady func(url string)
+	// GRPCStopped, when set, is called with how long the gRPC server's
+	// graceful stop took (every agent stream drained), before the store
+	// is closed.
+	GRPCStopped func(took time.Duration)
+	// StreamObserver, when set, hears what happens on the agents' Sync
+	// streams (the benchmark counts pushes and stored ACKs with it).
+	StreamObserver server.SyncObserver
 }
 
 // TransportOptions are the controller's gRPC transport settings, shared
@@ -113,9 +126,11 @@ func TransportOptions() []grpc.ServerOption {
 		// Small per-stream windows keep an idle agent stream cheap.
 		grpc.InitialWindowSize(64 << 10),
 		grpc.InitialConnWindowSize(64 << 10),
-		// Agents send little and rarely: small transport buffers, and write
-		// buffers shared rather than held per idle connection.
-		grpc.ReadBufferSize(4 << 10),
+		// Agents send little and rarely: no read buffer of gRPC's own (the
+		// TLS connection below buffers a record already; 4 KiB per idle
+		// connection otherwise), and write buffers shared rather than held
+		// per idle connection.
+		grpc.ReadBufferSize(0),
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveParams(KeepaliveServerParameters()),
@@ -217,7 +232,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		ttl = 10 * time.Second
 	}
 	elector := rollout.NewElector(cli, st.Key("election"), id, ttl, log)
-	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector, Observer: mets})
+	hub := server.NewHub(server.Config{Store: st, Logger: log, PresenceTTL: cfg.PresenceTTL, Secrets: sec, Limits: cfg.AgentLimits, ID: id, Leadership: elector, Observer: mets, StreamObserver: cfg.StreamObserver})
 	engine := &rollout.Engine{Store: rollout.NewStore(st), Source: server.NewRolloutSource(hub), Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
 	access := server.Access{Insecure: cfg.Insecure, Logger: log, Audit: refusals.Record, Identities: ids}
 	opts := []grpc.ServerOption{
@@ -230,6 +245,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 	gs := grpc.NewServer(opts...)
 	topoSvc := server.NewTopologyService(hub, sec)
+	topoSvc.SetMaxResponseBytes(MaxMessageSize)
 	pb.RegisterTopologyServiceServer(gs, topoSvc)
 	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
 	fleet := server.NewFleetService(hub)
@@ -237,6 +253,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterFleetServiceServer(gs, fleet)
 	rollouts := server.NewRolloutService(hub, topoSvc)
 	pb.RegisterRolloutServiceServer(gs, rollouts)
+	rotations := server.NewRotationService(hub, topoSvc)
+	pb.RegisterRotationServiceServer(gs, rotations)
+	rotEngine := &rotation.Engine{Store: rotations.Rotations(), Rollouts: rollout.NewStore(st), Source: server.NewRotationSource(hub),
+		Applier: rotations, Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
 	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	if ca != nil {
@@ -282,7 +302,13 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		// ignored changes while it did not lead, it looks at all of them.
 		return elector.Run(gctx, func(lctx context.Context) {
 			hub.ReselectAll(lctx)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				rotEngine.Lead(lctx)
+			}()
 			engine.Lead(lctx, nil)
+			<-done
 		})
 	})
 	g.Go(func() error {
@@ -314,18 +340,27 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	})
 	g.Go(func() error {
 		<-gctx.Done()
-		hub.Stopping()
+		start := time.Now()
 		hs.Shutdown()
+		// No new connections or streams from here on; the agents' streams
+		// are told when to come back and end (within a second), and
+		// whatever is left is closed at the stop deadline.
 		stopped := make(chan struct{})
 		go func() { gs.GracefulStop(); close(stopped) }()
-		t := time.NewTimer(5 * time.Second)
+		hub.Stopping()
+		t := time.NewTimer(max(stopDeadline-time.Since(start), 0))
 		defer t.Stop()
 		select {
 		case <-stopped:
 		case <-t.C:
-			log.Warn("graceful stop timed out; closing remaining streams")
+			log.Warn("graceful stop timed out; closing remaining streams and calls", "after", stopDeadline)
 			gs.Stop()
 			<-stopped
+		}
+		took := time.Since(start)
+		log.Info("gRPC server stopped", "took", took.Round(time.Millisecond))
+		if cfg.GRPCStopped != nil {
+			cfg.GRPCStopped(took)
 		}
 		return nil
 	})

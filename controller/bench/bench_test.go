@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -18,11 +21,41 @@ import (
 // default, so the test stays quick; e.g. -agents 10000 for the SPEC's scale.
 var agentsFlag = flag.Int("agents", 0, "simulated agents (default: 50 for TestRun, 100 for the benchmark)")
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(ChildEnv) != "" {
+		// Started by Run as an agents' process.
+		if err := ChildMain(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// buildAgent builds s2s-agent into a temporary directory.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "s2s-agent")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/s2strust/s2strust/agent")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build s2s-agent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// childArgv runs this test binary as the agents' processes (see TestMain).
+func childArgv(t testing.TB) []string {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []string{exe}
+}
 
 func testLogger() *slog.Logger {
 	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: benchLogLevel()}))
 	}
 	return slog.New(slog.DiscardHandler)
 }
@@ -35,11 +68,11 @@ func agents(def int) int {
 }
 
 func TestRun(t *testing.T) {
-	n := agents(50)
+	n := agents(30)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	res, err := Run(ctx, Config{Agents: n, Dir: t.TempDir(), Out: &out, Logger: testLogger()})
+	res, err := Run(ctx, Config{Agents: n, Runs: 3, Dir: t.TempDir(), ChildArgv: childArgv(t), AgentBinary: buildAgent(t), Out: &out, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,38 +81,59 @@ func TestRun(t *testing.T) {
 	if res.Agents != n {
 		t.Errorf("Agents = %d, want %d", res.Agents, n)
 	}
-	if res.HostsConfirmed != n {
-		t.Errorf("ListHosts confirmed %d hosts at the new revision, want %d", res.HostsConfirmed, n)
-	}
-	if res.ResentAfterRestart != 0 {
-		t.Errorf("%d Desired re-sent after the restart to agents already current, want 0", res.ResentAfterRestart)
-	}
-	for name, d := range map[string]time.Duration{
-		"ConnectAll": res.ConnectAll, "P50": res.P50, "P99": res.P99, "Max": res.Max, "RestartResync": res.RestartResync,
-		"First": res.First, "FloorFirst": res.FloorFirst, "FloorConnectAll": res.FloorConnectAll, "FloorP50": res.FloorP50, "FloorP99": res.FloorP99, "FloorMax": res.FloorMax,
-	} {
-		if d <= 0 {
-			t.Errorf("%s = %s, want > 0", name, d)
+	for i, n := range res.ResentAfterRestart {
+		if n != 0 {
+			t.Errorf("restart %d: %d Desired re-sent to agents already current, want 0", i+1, n)
 		}
 	}
-	if !(res.P50 <= res.P99 && res.P99 <= res.Max) || !(res.FloorP50 <= res.FloorP99 && res.FloorP99 <= res.FloorMax) {
-		t.Errorf("percentiles out of order: controller %s/%s/%s, floor %s/%s/%s", res.P50, res.P99, res.Max, res.FloorP50, res.FloorP99, res.FloorMax)
+	if res.Children != 1 {
+		t.Errorf("%d agents ran in %d processes, want 1", n, res.Children)
 	}
-	// The restart's resync includes the new controller's startup.
-	if res.RestartResync < res.RestartStartup {
-		t.Errorf("RestartResync %s shorter than the controller's startup %s", res.RestartResync, res.RestartStartup)
+	runs := map[string][]time.Duration{
+		"P50": res.P50, "P99": res.P99, "Max": res.Max, "First": res.First, "ApplyRPC": res.ApplyRPC,
+		"FloorP50": res.FloorP50, "FloorP99": res.FloorP99, "FloorMax": res.FloorMax, "FloorFirst": res.FloorFirst,
+		"RestartStop": res.RestartStop, "RestartStartup": res.RestartStartup, "RestartResync": res.RestartResync, "RestartResyncP50": res.RestartResyncP50,
 	}
-	// An open TLS stream costs both sides memory; the agents' share is part of the total.
-	for name, m := range map[string][3]int64{
-		"controller": {res.BytesPerStream, res.TotalBytesPerStream, res.AgentBytesPerStream},
-		"floor":      {res.FloorBytesPerStream, res.FloorTotalBytesPerStream, res.FloorAgentBytesPerStream},
-	} {
-		server, total, agentShare := m[0], m[1], m[2]
-		if d := total - server - agentShare; server <= 0 || agentShare <= 0 || d < -1 || d > 1 {
-			t.Errorf("%s memory per stream: server %d + agents %d, total %d", name, server, agentShare, total)
+	for name, d := range runs {
+		if len(d) != 3 {
+			t.Errorf("%s has %d runs, want 3", name, len(d))
+		}
+		for i, v := range d {
+			if v <= 0 {
+				t.Errorf("%s run %d = %s, want > 0", name, i+1, v)
+			}
 		}
 	}
-	for _, want := range []string{"commit to ACK p99", "memory per idle stream", "restart: all resynced", "Desired re-sent", "floor (bare gRPC)"} {
+	if res.ConnectAll <= 0 || res.FloorConnectAll <= 0 {
+		t.Errorf("connect all: controller %s, floor %s; want both > 0", res.ConnectAll, res.FloorConnectAll)
+	}
+	for i := range res.P99 {
+		if !(res.First[i] <= res.P50[i] && res.P50[i] <= res.P99[i] && res.P99[i] <= res.Max[i]) {
+			t.Errorf("run %d: percentiles out of order: %s/%s/%s/%s", i+1, res.First[i], res.P50[i], res.P99[i], res.Max[i])
+		}
+		// Stored ACKs come after the commit inside the ApplyTopology call.
+		if res.P50[i] > res.Max[i] {
+			t.Errorf("run %d: p50 %s above max %s", i+1, res.P50[i], res.Max[i])
+		}
+	}
+	for i := range res.RestartResync {
+		// The resync runs from the stop, the new controller's startup included.
+		if res.RestartResync[i] < res.RestartStop[i]+res.RestartStartup[i] {
+			t.Errorf("restart %d: resync %s shorter than the stop %s and startup %s", i+1, res.RestartResync[i], res.RestartStop[i], res.RestartStartup[i])
+		}
+	}
+	// The controller's process holds the server's end of every stream.
+	if res.RSS <= 0 || res.GoPerStream <= 0 || res.FloorGoPerStream <= 0 || res.GoroutinesPerStream <= 0 {
+		t.Errorf("memory: RSS %d, Go per stream %d (floor %d), goroutines per stream %.2f; want all > 0", res.RSS, res.GoPerStream, res.FloorGoPerStream, res.GoroutinesPerStream)
+	}
+	// A real s2s-agent ran as one more host, and applied every revision.
+	if res.RealAgentRSS <= 0 || res.HostsConfirmed != n+1 {
+		t.Errorf("real agent: peak RSS %d, hosts confirmed %d; want > 0 and %d", res.RealAgentRSS, res.HostsConfirmed, n+1)
+	}
+	if res.AgentRSS <= 0 {
+		t.Errorf("agents' RSS per agent %d, want > 0", res.AgentRSS)
+	}
+	for _, want := range []string{"commit to ACK stored p99", "RSS per idle stream", "restart: all resynced", "Desired re-sent", "floor (bare gRPC)", "graceful stop", "median of 3 runs"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the table lacks %q", want)
 		}
@@ -87,8 +141,18 @@ func TestRun(t *testing.T) {
 }
 
 func TestRunRejectsNoAgents(t *testing.T) {
-	if _, err := Run(context.Background(), Config{Agents: 0, Dir: t.TempDir()}); err == nil {
+	if _, err := Run(context.Background(), Config{Agents: 0, Dir: t.TempDir(), ChildArgv: childArgv(t)}); err == nil {
 		t.Fatal("Run with no agents succeeded")
+	}
+}
+
+func TestMedian(t *testing.T) {
+	m, lo, hi := median([]time.Duration{3 * time.Second, time.Second, 2 * time.Second, 10 * time.Second})
+	if m != 2*time.Second || lo != time.Second || hi != 10*time.Second {
+		t.Errorf("median = %s (%s–%s), want 2s (1s–10s)", m, lo, hi)
+	}
+	if m, lo, hi := medianInt([]int64{5, 0, 7}); m != 5 || lo != 0 || hi != 7 {
+		t.Errorf("medianInt = %d (%d–%d), want 5 (0–7)", m, lo, hi)
 	}
 }
 
@@ -109,10 +173,11 @@ func TestPercentiles(t *testing.T) {
 func BenchmarkCommitToAllAcked(b *testing.B) {
 	n := agents(100)
 	ctx := context.Background()
-	if _, err := raiseFileLimit(uint64(2*n + 200)); err != nil {
+	if _, err := raiseFileLimit(uint64(n + 300)); err != nil {
 		b.Fatal(err)
 	}
-	h, err := newHarness(ctx, filepath.Join(b.TempDir(), "controller"), n, max(n/100, 1), slog.New(slog.DiscardHandler))
+	timeout := time.Minute + time.Duration(n)*20*time.Millisecond
+	h, err := newHarness(ctx, filepath.Join(b.TempDir(), "controller"), n, max(n/100, 1), childArgv(b), timeout, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -121,7 +186,6 @@ func BenchmarkCommitToAllAcked(b *testing.B) {
 			b.Error(err)
 		}
 	}()
-	timeout := time.Minute + time.Duration(n)*20*time.Millisecond
 	if err := h.applyFirst(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -135,13 +199,23 @@ func BenchmarkCommitToAllAcked(b *testing.B) {
 	iterations := 0
 	for b.Loop() {
 		iterations++
-		lat, _, err := h.commit(ctx, timeout)
+		c, err := h.commit(ctx, timeout)
 		if err != nil {
 			b.Fatal(err)
 		}
-		_, p99, _ := percentiles(lat)
+		_, p99, _ := percentiles(c.latencies)
 		p99s += p99
 	}
 	b.ReportMetric(float64(p99s.Milliseconds())/float64(iterations), "p99-ms/op")
 	b.ReportMetric(float64(n), "agents")
+}
+
+// benchLogLevel is the controller's log level under -v: warnings, or
+// S2STRUST_BENCH_LOG (debug, info) when set.
+func benchLogLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("S2STRUST_BENCH_LOG"))); err != nil {
+		return slog.LevelWarn
+	}
+	return l
 }

@@ -29,14 +29,17 @@ type floorServer struct {
 
 	mu      sync.Mutex
 	streams map[string]chan *pb.Desired // host → its stream's push slot
+	// onAck hears every ACK the floor reads: the floor "records" an ACK
+	// by reading it, the least a server can do with it.
+	onAck func(host string, version uint64)
 }
 
-func startFloor(tlsCfg *tls.Config) (*floorServer, error) {
+func startFloor(tlsCfg *tls.Config, onAck func(host string, version uint64)) (*floorServer, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("listen for the floor server: %w", err)
 	}
-	s := &floorServer{lis: lis, done: make(chan error, 1), streams: map[string]chan *pb.Desired{}}
+	s := &floorServer{lis: lis, done: make(chan error, 1), streams: map[string]chan *pb.Desired{}, onAck: onAck}
 	// The controller's transport options (controller/app), so the floor
 	// differs only in what the controller does per stream.
 	s.gs = grpc.NewServer(append(app.TransportOptions(), grpc.Creds(credentials.NewTLS(tlsCfg)))...)
@@ -79,9 +82,13 @@ func (s *floorServer) sync(stream grpc.ServerStream) error {
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
-			if err := stream.RecvMsg(&pb.SyncRequest{}); err != nil {
+			m := &pb.SyncRequest{}
+			if err := stream.RecvMsg(m); err != nil {
 				recvErr <- err
 				return
+			}
+			if a := m.GetAck(); a != nil {
+				s.onAck(host, a.GetVersion())
 			}
 		}
 	}()

@@ -3,18 +3,17 @@ package bench
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/s2strust/s2strust/controller/server"
+	"github.com/s2strust/s2strust/internal/certs"
 	"log/slog"
 	"os"
-	"runtime"
-	"sync"
+	"path/filepath"
 	"time"
 
 	"github.com/s2strust/s2strust/controller/convergence"
 
-	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	"github.com/s2strust/s2strust/controller/app"
@@ -28,22 +27,26 @@ type controllerProc struct {
 	addr   string
 	cancel context.CancelFunc
 	done   chan error
+	// grpcStopped receives how long the gRPC server's graceful stop took.
+	grpcStopped chan time.Duration
 }
 
 // startController starts a controller on listen and waits until it serves.
-func startController(ctx context.Context, dataDir, listen string, log *slog.Logger) (*controllerProc, error) {
+func startController(ctx context.Context, dataDir, listen string, obs server.SyncObserver, log *slog.Logger) (*controllerProc, error) {
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
+	grpcStopped := make(chan time.Duration, 1)
 	go func() {
-		done <- app.Serve(cctx, app.ServeConfig{DataDir: dataDir, Listen: listen, Logger: log,
-			Ready: func(addr string) { ready <- addr }})
+		done <- app.Serve(cctx, app.ServeConfig{DataDir: dataDir, Listen: listen, Logger: log, StreamObserver: obs,
+			GRPCStopped: func(took time.Duration) { grpcStopped <- took },
+			Ready:       func(addr string) { ready <- addr }})
 	}()
 	t := time.NewTimer(2 * time.Minute)
 	defer t.Stop()
 	select {
 	case addr := <-ready:
-		return &controllerProc{addr: addr, cancel: cancel, done: done}, nil
+		return &controllerProc{addr: addr, cancel: cancel, done: done, grpcStopped: grpcStopped}, nil
 	case err := <-done:
 		cancel()
 		return nil, fmt.Errorf("start the controller in %s: %w", dataDir, err)
@@ -71,8 +74,8 @@ func (c *controllerProc) stop() error {
 	return nil
 }
 
-// harness is a controller with a fleet of simulated agents, both in this
-// process, and the admin client that drives them.
+// harness is a controller in this process with a fleet of simulated
+// agents in child processes, and the admin client that drives them.
 type harness struct {
 	log     *slog.Logger
 	dataDir string
@@ -82,53 +85,51 @@ type harness struct {
 	topo    pb.TopologyServiceClient
 	hostsvc pb.FleetServiceClient
 
-	serverTLS *tls.Config   // the controller's, for the floor
-	agentTLS  []*tls.Config // one host identity per agent
+	serverTLS *tls.Config // the controller's, for the floor
 	agents    *fleet
-	rev       uint64 // the revision last applied
-	realms    int    // realms applied so far
+	acks      *ackRecorder // the controller's stored ACKs and pushes
+	issuer    *pb.SecretMaterial
+	caCert    []byte // the controller's CA, for the agents' identities
+	caKey     []byte
+	real      *realAgent // the s2s-agent process, when one runs
+	// connectRate paces the agents' first connections, agents a second
+	// (0: all at once).
+	connectRate float64
+	rev         uint64 // the revision last applied
+	realms      int    // realms applied so far
 }
 
-// newHarness starts a controller in dataDir and issues a certificate per
-// agent from its development CA.
-func newHarness(ctx context.Context, dataDir string, agents, deployments int, log *slog.Logger) (*harness, error) {
-	ctrl, err := startController(ctx, dataDir, "127.0.0.1:0", log)
+// newHarness starts a controller in dataDir, stores the deployments'
+// token-issuer secret, and starts the agents' processes (argv), which
+// issue a certificate per agent from the controller's development CA.
+func newHarness(ctx context.Context, dataDir string, agents, deployments int, argv []string, timeout time.Duration, log *slog.Logger) (*harness, error) {
+	h := &harness{log: log, dataDir: dataDir, layout: newLayout(agents, deployments)}
+	h.acks = newAckRecorder(h.layout.index())
+	ctrl, err := startController(ctx, dataDir, "127.0.0.1:0", h.acks, log)
 	if err != nil {
 		return nil, err
 	}
-	h := &harness{log: log, dataDir: dataDir, layout: newLayout(agents, deployments), ctrl: ctrl}
-	if err := h.init(); err != nil {
+	h.ctrl = ctrl
+	if err := h.init(ctx, argv, timeout); err != nil {
 		h.close()
 		return nil, err
 	}
 	return h, nil
 }
 
-func (h *harness) init() error {
+func (h *harness) init(ctx context.Context, argv []string, timeout time.Duration) error {
 	files := pki.Files{Dir: app.PKIDir(h.dataDir)}
-	read := func(path string) ([]byte, error) {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("read the controller's development PKI: %w", err)
-		}
-		return b, nil
-	}
 	var pem [4][]byte
 	for i, p := range []string{files.CACert(), files.CAKey(), files.ServerCert(), files.ServerKey()} {
-		b, err := read(p)
+		b, err := os.ReadFile(p)
 		if err != nil {
-			return err
+			return fmt.Errorf("read the controller's development PKI: %w", err)
 		}
 		pem[i] = b
 	}
-	ca, err := pki.LoadCA(pem[0], pem[1])
-	if err != nil {
-		return fmt.Errorf("load the controller's CA: %w", err)
-	}
+	h.caCert, h.caKey = pem[0], pem[1]
+	var err error
 	if h.serverTLS, err = pki.ServerTLSConfig(pem[2], pem[3], pem[0]); err != nil {
-		return err
-	}
-	if h.agentTLS, err = issueAgents(ca, h.layout.hosts); err != nil {
 		return err
 	}
 	h.admin, err = app.Dial(app.ClientConfig{DataDir: h.dataDir, Addr: h.ctrl.addr})
@@ -137,33 +138,36 @@ func (h *harness) init() error {
 	}
 	h.topo = pb.NewTopologyServiceClient(h.admin)
 	h.hostsvc = pb.NewFleetServiceClient(h.admin)
-	return nil
+	if err := h.putIssuer(ctx); err != nil {
+		return err
+	}
+	h.agents, err = startFleet(ctx, argv, h.layout.hosts, pem[0], pem[1], timeout)
+	return err
 }
 
-// issueAgents issues one host certificate per host, on every core.
-func issueAgents(ca *pki.CA, hosts []string) ([]*tls.Config, error) {
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	out := make([]*tls.Config, len(hosts))
-	var g errgroup.Group
-	g.SetLimit(runtime.GOMAXPROCS(0))
+// issuerSecret is the token-issuer secret every benchmark deployment
+// names, so every push carries key material read from the store.
+const issuerSecret = "bench-issuer"
+
+// putIssuer stores the deployments' token-issuer certificate.
+func (h *harness) putIssuer(ctx context.Context) error {
 	now := time.Now()
-	for i, host := range hosts {
-		g.Go(func() error {
-			certPEM, keyPEM, err := ca.IssueHost(host, now, 24*time.Hour)
-			if err != nil {
-				return fmt.Errorf("issue a certificate for %s: %w", host, err)
-			}
-			cfg, err := pki.ClientTLSConfig(certPEM, keyPEM, ca.CertPEM(), "127.0.0.1")
-			if err != nil {
-				return err
-			}
-			cfg.RootCAs = pool // one pool for all, as one agent process would have
-			out[i] = cfg
-			return nil
-		})
+	b, err := certs.Generate(certs.Template{CommonName: "bench.example", DNSNames: []string{"bench.example"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(1, 0, 0)})
+	if err != nil {
+		return fmt.Errorf("generate the benchmark's token-issuer certificate: %w", err)
 	}
-	return out, g.Wait()
+	const password = "bench-Passw0rd"
+	pfx, err := certs.EncodePFX(b, password)
+	if err != nil {
+		return err
+	}
+	resp, err := pb.NewSecretServiceClient(h.admin).PutSecret(ctx, &pb.PutSecretRequest{Name: issuerSecret, Pfx: pfx, Password: password})
+	if err != nil {
+		return fmt.Errorf("store the benchmark's token-issuer secret: %w", err)
+	}
+	h.issuer = &pb.SecretMaterial{Name: issuerSecret, Pfx: pfx, Password: password, Thumbprint: resp.GetSecret().GetCertificate().GetThumbprint()}
+	return nil
 }
 
 // maxHostsPerFirstApply bounds the hosts each step of applyFirst adds:
@@ -217,30 +221,43 @@ func (h *harness) applyNext(ctx context.Context) (time.Duration, error) {
 // connect starts the agents against the controller and returns the time
 // until every one of them had its first answer.
 func (h *harness) connect(ctx context.Context, timeout time.Duration) (time.Duration, error) {
-	h.agents = newFleet(pb.AgentService_Sync_FullMethodName, h.layout.hosts, h.agentTLS)
 	answered := h.agents.expectAnswers()
 	start := time.Now()
-	h.agents.start(ctx, h.ctrl.addr)
+	if err := h.agents.start(ctx, h.ctrl.addr, pb.AgentService_Sync_FullMethodName, h.connectRate); err != nil {
+		return 0, err
+	}
 	if err := answered.wait(ctx, timeout, "agents connected to the controller"); err != nil {
 		return 0, err
 	}
 	return h.agents.lastAnswer().Sub(start), nil
 }
 
-// commit applies a change touching every host and returns, per agent,
-// the time from the start of ApplyTopology to the agent's ACK of the new
-// revision, and how long the ApplyTopology call itself took.
-func (h *harness) commit(ctx context.Context, timeout time.Duration) ([]time.Duration, time.Duration, error) {
-	acked := h.agents.expectAcks(h.rev)
+// commitRun is one commit's figures.
+type commitRun struct {
+	latencies []time.Duration // per host, commit to ACK stored
+	apply     time.Duration   // the ApplyTopology call
+	cpu       time.Duration   // the controller process's CPU time until all were stored
+}
+
+// commit applies a change touching every host and returns, per host, the
+// time from the start of ApplyTopology to the controller having stored
+// its ACK of the new revision.
+func (h *harness) commit(ctx context.Context, timeout time.Duration) (commitRun, error) {
+	var r commitRun
+	acked := h.acks.expect(h.rev)
+	cpu0 := processCPU()
 	origin := time.Now()
 	took, err := h.applyNext(ctx)
+	r.apply = took
 	if err != nil {
-		return nil, took, err
+		return r, err
 	}
-	if err := acked.wait(ctx, timeout, fmt.Sprintf("agents ACKed revision %d", h.rev)); err != nil {
-		return nil, took, err
+	if err := acked.wait(ctx, timeout, fmt.Sprintf("ACKs of revision %d stored", h.rev)); err != nil {
+		return r, err
 	}
-	return h.agents.ackLatencies(origin), took, nil
+	r.cpu = processCPU() - cpu0
+	r.latencies = h.acks.latencies(origin)
+	return r, nil
 }
 
 // waitFleet waits until ListHosts shows every host connected and at the
@@ -250,14 +267,14 @@ func (h *harness) waitFleet(ctx context.Context, timeout time.Duration) (int, er
 	deadline := time.Now().Add(timeout)
 	for {
 		n, err := h.hostsCurrent(ctx)
-		if err == nil && n == len(h.layout.hosts) {
+		if err == nil && n == h.layout.want() {
 			return n, nil
 		}
 		if time.Now().After(deadline) {
 			if err != nil {
 				return n, fmt.Errorf("list hosts: %w", err)
 			}
-			return n, fmt.Errorf("after %s ListHosts shows %d of %d hosts connected at revision %d", timeout, n, len(h.layout.hosts), h.rev)
+			return n, fmt.Errorf("after %s ListHosts shows %d of %d hosts connected at revision %d", timeout, n, h.layout.want(), h.rev)
 		}
 		t := time.NewTimer(250 * time.Millisecond)
 		select {
@@ -292,35 +309,43 @@ func (h *harness) hostsCurrent(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// restartResult is what a controller restart cost.
-type restartResult struct {
-	stop, startup, resync time.Duration
-	resyncP50             time.Duration // half the agents had reconnected
-	resent                int64
+// restartRun is what one controller restart cost.
+type restartRun struct {
+	// stop is the gRPC server's graceful stop (every stream drained),
+	// exit the whole controller's (its embedded etcd closed too).
+	stop, exit, startup, resync time.Duration
+	resyncP50                   time.Duration // half the agents had reconnected
+	resent                      int64         // Desired the controllers sent meanwhile
+	drains                      int64         // drain messages the agents received
 }
 
 // restart stops the controller, starts it again on the same address and
 // data directory, and waits until every agent has reconnected. resync is
-// measured from the start of the new controller (its own startup
-// included) to the last agent's first answer; resent counts the Desired
-// messages agents received from the stop until ListHosts shows the whole
-// fleet connected and current again.
-func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartResult, error) {
-	var r restartResult
-	before := h.agents.desired.Load()
+// measured from the start of the stop (the agents are told to come back
+// from then on) to the last agent's first answer; resent counts the
+// Desired messages the controller sent from the stop until ListHosts
+// shows the whole fleet connected and current again.
+func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartRun, error) {
+	var r restartRun
+	pushed, drains := h.acks.pushed.Load(), h.agents.drains.Load()
+	answered := h.agents.expectAnswers()
 	start := time.Now()
 	if err := h.ctrl.stop(); err != nil {
 		return r, err
 	}
-	r.stop = time.Since(start)
-	answered := h.agents.expectAnswers()
-	start = time.Now()
-	ctrl, err := startController(ctx, h.dataDir, h.ctrl.addr, h.log)
+	r.exit = time.Since(start)
+	select {
+	case r.stop = <-h.ctrl.grpcStopped:
+	default:
+		return r, errors.New("the controller stopped without stopping its gRPC server")
+	}
+	started := time.Now()
+	ctrl, err := startController(ctx, h.dataDir, h.ctrl.addr, h.acks, h.log)
 	if err != nil {
 		return r, err
 	}
 	h.ctrl = ctrl
-	r.startup = time.Since(start)
+	r.startup = time.Since(started)
 	if err := answered.wait(ctx, timeout, "agents reconnected after the restart"); err != nil {
 		return r, err
 	}
@@ -329,18 +354,52 @@ func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartRe
 	if _, err := h.waitFleet(ctx, timeout); err != nil {
 		return r, err
 	}
-	r.resent = h.agents.desired.Load() - before
+	r.resent = h.acks.pushed.Load() - pushed
+	r.drains = h.agents.drains.Load() - drains
 	return r, nil
+}
+
+// startReal starts the real agent (binary, s2s-agent) as realHost and
+// waits until the controller shows it applied the current revision.
+func (h *harness) startReal(ctx context.Context, binary, dir string, timeout time.Duration) error {
+	r, err := startRealAgent(binary, dir, h.ctrl.addr, h.caCert, h.caKey)
+	if err != nil {
+		return err
+	}
+	h.real = r
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := h.hostsvc.GetHost(ctx, &pb.GetHostRequest{Host: realHost})
+		if x := resp.GetHost(); err == nil && x.GetConnected() && convergence.Converged(x, h.rev) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: the real agent (%s) has not applied revision %d after %s (its log: %s): %v", binary, h.rev, timeout, filepath.Join(dir, "agent.log"), err)
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // close stops the agents and the controller.
 func (h *harness) close() error {
-	if h.agents != nil {
-		h.agents.stop()
-	}
 	var errs []error
+	if h.real != nil {
+		errs = append(errs, h.real.stop())
+		h.real = nil
+	}
+	if h.agents != nil {
+		errs = append(errs, h.agents.close())
+		h.agents = nil
+	}
 	if h.admin != nil {
 		errs = append(errs, h.admin.Close())
+		h.admin = nil
 	}
 	errs = append(errs, h.ctrl.stop())
 	return errors.Join(errs...)
@@ -349,50 +408,53 @@ func (h *harness) close() error {
 // floorRun is what the floor measured.
 type floorRun struct {
 	connectAll time.Duration
-	latencies  []time.Duration
-	mem        streamMemory
+	commits    [][]time.Duration // per run, per host: push to ACK read
+	mem        memDelta
 }
 
 // runFloor connects the same agents, with the same identities, to a bare
-// gRPC server and fans one Desired per host out to them.
-func runFloor(ctx context.Context, h *harness, timeout time.Duration) (floorRun, error) {
+// gRPC server and fans one Desired per host out to them, runs times.
+func runFloor(ctx context.Context, h *harness, runs int, timeout time.Duration) (floorRun, error) {
 	var out floorRun
-	desired, err := h.layout.compiled("floor.bench.example", 2)
+	desired, err := h.layout.compiled("floor.bench.example", h.issuer)
 	if err != nil {
 		return out, err
 	}
-	i := 0
-	for _, d := range desired {
-		i++
-		d.Nonce = fmt.Sprintf("floor-%d", i)
-	}
-	fs, err := startFloor(h.serverTLS)
+	acks := newAckRecorder(h.layout.index())
+	fs, err := startFloor(h.serverTLS, acks.record)
 	if err != nil {
 		return out, err
 	}
 	defer fs.stop()
-	f := newFleet(floorMethod, h.layout.hosts, h.agentTLS)
-	var once sync.Once
-	stopAgents := func() { once.Do(f.stop) }
-	defer stopAgents()
 	before := sampleMemory()
-	answered := f.expectAnswers()
+	answered := h.agents.expectAnswers()
 	start := time.Now()
-	f.start(ctx, fs.addr())
+	if err := h.agents.start(ctx, fs.addr(), floorMethod, h.connectRate); err != nil {
+		return out, err
+	}
 	if err := answered.wait(ctx, timeout, "agents connected to the floor server"); err != nil {
 		return out, err
 	}
-	out.connectAll = f.lastAnswer().Sub(start)
-	out.mem = perStream(before, sampleMemory(), len(h.layout.hosts))
-	acked := f.expectAcks(1)
-	origin := time.Now()
-	if n := fs.fanOut(desired); n != len(desired) {
-		return out, fmt.Errorf("the floor server reached %d of %d streams", n, len(desired))
+	out.connectAll = h.agents.lastAnswer().Sub(start)
+	// Idle: every stream open, nothing outstanding.
+	out.mem = memoryDelta(before, sampleMemory(), len(h.layout.hosts))
+	for run := range runs {
+		version := uint64(run + 1)
+		for host, d := range desired {
+			d.Version, d.Nonce = version, fmt.Sprintf("floor-%d-%s", version, host)
+		}
+		acked := acks.expect(version - 1)
+		origin := time.Now()
+		if n := fs.fanOut(desired); n != len(desired) {
+			return out, fmt.Errorf("the floor server reached %d of %d streams", n, len(desired))
+		}
+		if err := acked.wait(ctx, timeout, "the floor read every ACK"); err != nil {
+			return out, err
+		}
+		out.commits = append(out.commits, acks.latencies(origin))
 	}
-	if err := acked.wait(ctx, timeout, "agents ACKed the floor's push"); err != nil {
+	if err := h.agents.stop(ctx); err != nil {
 		return out, err
 	}
-	out.latencies = f.ackLatencies(origin)
-	stopAgents()
 	return out, nil
 }

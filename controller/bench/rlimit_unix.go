@@ -5,7 +5,17 @@ package bench
 import (
 	"fmt"
 	"syscall"
+	"time"
 )
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // raiseFileLimit raises the open-file limit to need when it is lower:
 // within the hard limit, and beyond it when the process may raise that

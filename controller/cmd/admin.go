@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,12 +16,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/s2strust/s2strust/internal/pki"
 	"github.com/s2strust/s2strust/internal/termsafe"
@@ -83,17 +82,17 @@ func newApply(g *globals) *cobra.Command {
 	var maxUnavailable, failureThreshold uint32
 	var bakeTime time.Duration
 	c := &cobra.Command{
-		Use:   "apply -f FILE",
+		Use:   "apply -f FILE|-",
 		Short: "Validate a trust topology and store it as a new revision (prints the per-host plan)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			doc, err := readTopology(file)
+			doc, err := readTopology(cmd.InOrStdin(), file)
 			if err != nil {
 				return err
 			}
 			rolloutName := ""
 			if err := g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				req := &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: dryRun, Immediate: immediate,
+				req := &pb.ApplyTopologyRequest{Document: doc, Filename: topologyName(file), DryRun: dryRun, Immediate: immediate,
 					Rollout: &pb.RolloutStrategy{MaxUnavailable: maxUnavailable, FailureThreshold: failureThreshold, ManualGates: manualGates}}
 				if noCanary {
 					req.Rollout.Canary = proto.Bool(false)
@@ -107,7 +106,7 @@ func newApply(g *globals) *cobra.Command {
 				}
 				resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, req)
 				if err != nil {
-					return rpcError("apply "+file, err)
+					return rpcError("apply "+fileLabel(file), err)
 				}
 				printPlan(g.out, resp)
 				printWarnings(g.out, resp.GetWarnings())
@@ -139,34 +138,71 @@ func newApply(g *globals) *cobra.Command {
 	c.Flags().Uint32Var(&maxUnavailable, "max-unavailable", 0, "hosts of a wave changing at once (default: the topology's, else 1)")
 	c.Flags().Uint32Var(&failureThreshold, "failure-threshold", 0, "hosts of a wave that may fail before the rollout pauses")
 	c.Flags().DurationVar(&bakeTime, "bake-time", 0, "how long a wave stays healthy before the next starts")
-	c.Flags().StringVarP(&file, "file", "f", "", "topology file, YAML or JSON (required)")
+	c.Flags().StringVarP(&file, "file", "f", "", "topology file, YAML or JSON; - reads standard input (required)")
 	c.Flags().BoolVar(&dryRun, "dry-run", false, "show the per-host plan and store nothing")
 	c.Flags().Int64Var(&expected, "expected-revision", -1, "apply only if the current version (the VERSION column of `get revisions`) is this one (0: none yet)")
 	_ = c.MarkFlagRequired("file")
 	return c
 }
 
-// readTopology reads a topology file, refusing one over the topology size
-// limit before reading it whole or sending it: over the gRPC message limit
-// the controller could only answer a bare RESOURCE_EXHAUSTED.
-func readTopology(file string) ([]byte, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, fmt.Errorf("read topology: %w", err)
+// stdinName is what -f - is called in messages and the Filename sent.
+const stdinName = "(standard input)"
+
+// topologyName is the Filename sent to the controller, which names it in
+// its messages: the file's base name, or stdinName for "-".
+func topologyName(file string) string {
+	if file == "-" {
+		return stdinName
 	}
-	defer f.Close()
+	return filepath.Base(file)
+}
+
+// fileLabel is how file is named in the command's own messages.
+func fileLabel(file string) string {
+	if file == "-" {
+		return stdinName
+	}
+	return file
+}
+
+// readTopology reads a topology file, or standard input (in) when file is
+// "-", refusing one over the topology size limit before reading it whole
+// or sending it: over the gRPC message limit the controller could only
+// answer a bare RESOURCE_EXHAUSTED.
+func readTopology(in io.Reader, file string) ([]byte, error) {
+	var r io.Reader = in
+	var f *os.File
+	if file != "-" {
+		var err error
+		if f, err = os.Open(file); err != nil {
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return nil, fmt.Errorf("read topology file %s: %w", file, err)
+		}
+		defer f.Close()
+		r = f
+	} else {
+		file = stdinName
+	}
 	// One byte more than the limit tells a file over it from one at it,
 	// whatever Stat says (a pipe has no size).
-	doc, err := io.ReadAll(io.LimitReader(f, topology.MaxDocumentSize+1))
+	doc, err := io.ReadAll(io.LimitReader(r, topology.MaxDocumentSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read topology %s: %w", file, err)
 	}
 	if len(doc) > topology.MaxDocumentSize {
 		size := "more than " + strconv.Itoa(topology.MaxDocumentSize) + " bytes"
-		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-			size = strconv.FormatInt(fi.Size(), 10) + " bytes"
+		if f != nil {
+			if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+				size = strconv.FormatInt(fi.Size(), 10) + " bytes"
+			}
 		}
 		return nil, fmt.Errorf("topology %s is %s; the limit is %d bytes (1 MiB)", file, size, topology.MaxDocumentSize)
+	}
+	if len(bytes.TrimSpace(doc)) == 0 {
+		return nil, fmt.Errorf("topology %s is empty", file)
 	}
 	return doc, nil
 }
@@ -194,192 +230,111 @@ func versionOfRevision(ctx context.Context, client pb.TopologyServiceClient, n u
 }
 
 func newGet(g *globals) *cobra.Command {
-	c := &cobra.Command{Use: "get", Short: "Show the topology, its revisions or the hosts"}
+	c := &cobra.Command{Use: "get", Short: "Show the topology, its revisions, the hosts or one host"}
 	var rev, version uint64
-	var output string
 	topo := &cobra.Command{
 		Use:   "topology",
 		Short: "Print the current topology, or --revision N (or --version V)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				client := pb.NewTopologyServiceClient(conn)
-				if rev > 0 {
-					v, err := versionOfRevision(ctx, client, rev)
-					if err != nil {
-						return err
-					}
-					version = v
-				}
-				resp, err := client.GetTopology(ctx, &pb.GetTopologyRequest{Revision: version})
+	}
+	topoOut := addOutput(topo, formatYAML, formatJSON)
+	topo.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			client := pb.NewTopologyServiceClient(conn)
+			if rev > 0 {
+				v, err := versionOfRevision(ctx, client, rev)
 				if err != nil {
-					return rpcError("get topology", err)
+					return err
 				}
-				warnStale(cmd.ErrOrStderr(), resp.GetStale())
-				doc := []byte(resp.GetTopology().GetDocument())
-				switch output {
-				case "json":
-					var v any
-					if err := json.Unmarshal(doc, &v); err != nil {
-						return err
-					}
-					b, _ := json.MarshalIndent(v, "", "  ")
-					fmt.Fprintf(g.out, "%s\n", termsafe.Text(string(b)))
-				case "yaml", "":
-					y, err := yaml.JSONToYAML(doc)
-					if err != nil {
-						return err
-					}
-					// A valid topology holds nothing to escape; an older
-					// revision stored before the value checks may.
-					fmt.Fprintf(g.out, "# revision %d (version %d), applied %s by %s\n%s", resp.GetTopology().GetSequence(), resp.GetTopology().GetRevision(),
-						resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(resp.GetTopology().GetAppliedBy()), termsafe.Text(string(y)))
-				default:
-					return fmt.Errorf("-o %q: want yaml or json", output)
-				}
-				return nil
-			})
-		},
+				version = v
+			}
+			resp, err := client.GetTopology(ctx, &pb.GetTopologyRequest{Revision: version})
+			if err != nil {
+				return rpcError("get topology", err)
+			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
+			doc := []byte(resp.GetTopology().GetDocument())
+			if topoOut.format == formatJSON {
+				// The document itself, as the controller stores it.
+				return topoOut.print(g.out, json.RawMessage(doc), nil)
+			}
+			y, err := jsonToYAML(doc)
+			if err != nil {
+				return err
+			}
+			// A valid topology holds nothing to escape; an older
+			// revision stored before the value checks may.
+			fmt.Fprintf(g.out, "# revision %d (version %d), applied %s by %s\n%s", resp.GetTopology().GetSequence(), resp.GetTopology().GetRevision(),
+				resp.GetTopology().GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(resp.GetTopology().GetAppliedBy()), termsafe.Text(string(y)))
+			return nil
+		})
 	}
 	topo.Flags().Uint64Var(&rev, "revision", 0, "a stored revision by its number 1, 2, 3 … (the REVISION column of `get revisions`; default: current)")
 	topo.Flags().Uint64Var(&version, "version", 0, "a stored revision by its version (the VERSION column of `get revisions`)")
 	topo.MarkFlagsMutuallyExclusive("revision", "version")
-	topo.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
 
-	var hostsOut string
+	var deployment string
 	hosts := &cobra.Command{
-		Use:   "hosts",
-		Short: "List every host of the topology with its desired and applied version",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := listHosts(ctx, pb.NewFleetServiceClient(conn), &pb.ListHostsRequest{})
-				if err != nil {
-					return rpcError("list hosts", err)
-				}
-				warnStale(cmd.ErrOrStderr(), resp.GetStale())
-				switch hostsOut {
-				case "json":
-					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
-					// Inside JSON strings the escapes are JSON's own: same data.
-					fmt.Fprintf(g.out, "%s\n", termsafe.Text(string(b)))
-				case "table", "":
-					printHosts(g.out, resp.GetHosts())
-				default:
-					return fmt.Errorf("-o %q: want table or json", hostsOut)
-				}
-				return nil
-			})
-		},
+		Use:   "hosts [HOST]",
+		Short: "List every host of the topology with its desired and applied version (with HOST: that host in detail, as get host)",
+		Args:  cobra.MaximumNArgs(1),
 	}
-	hosts.Flags().StringVarP(&hostsOut, "output", "o", "table", "table or json")
+	hostsOut := addOutput(hosts, formatTable, formatJSON, formatYAML)
+	hosts.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 1 {
+			return g.getHost(cmd, args[0], hostsOut)
+		}
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := listHosts(ctx, pb.NewFleetServiceClient(conn), &pb.ListHostsRequest{Deployment: deployment})
+			if err != nil {
+				return rpcError("list hosts", err)
+			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
+			return hostsOut.print(g.out, resp, func() error { return printHosts(g.out, resp.GetHosts()) })
+		})
+	}
+	hosts.Flags().StringVar(&deployment, "deployment", "", "only the hosts of this deployment")
+
+	host := &cobra.Command{
+		Use:   "host HOST",
+		Short: "Show one host in detail: its state, last answer, drift, clock and what it verified",
+		Args:  cobra.ExactArgs(1),
+	}
+	hostOut := addOutput(host, formatTable, formatJSON, formatYAML)
+	host.RunE = func(cmd *cobra.Command, args []string) error { return g.getHost(cmd, args[0], hostOut) }
 
 	revs := &cobra.Command{
 		Use:   "revisions",
 		Short: "List stored topology revisions, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewTopologyServiceClient(conn).ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{})
-				if err != nil {
-					return rpcError("list revisions", err)
-				}
-				printRevisions(g.out, resp.GetRevisions())
-				return nil
-			})
-		},
 	}
-	c.AddCommand(topo, hosts, revs, newGetAudit(g))
+	revsOut := addOutput(revs, formatTable, formatJSON, formatYAML)
+	revs.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewTopologyServiceClient(conn).ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{})
+			if err != nil {
+				return rpcError("list revisions", err)
+			}
+			return revsOut.print(g.out, resp, func() error { return printRevisions(g.out, resp.GetRevisions()) })
+		})
+	}
+	c.AddCommand(topo, hosts, host, revs, newGetAudit(g))
 	return c
 }
 
-// Exit codes of status.
-const (
-	// exitTrust: a trust edge is not working.
-	exitTrust = 3
-	// exitDrift: a host's actual state moved away from what it applied.
-	exitDrift = 4
-)
-
-func newStatus(g *globals) *cobra.Command {
-	var trust, plan, watch bool
-	var host string
-	c := &cobra.Command{
-		Use:   "status",
-		Short: "Per host: desired and applied version, last ack or nack, and what the host verified",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if watch {
-				if trust || plan {
-					return errors.New("-w follows the hosts: it takes neither --trust nor --plan")
-				}
-				return g.watchStatus(cmd, host)
-			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				fleet := pb.NewFleetServiceClient(conn)
-				if trust && (plan || host != "") {
-					return errors.New("--trust shows every edge: it takes neither --plan nor --host")
-				}
-				if trust {
-					rep, err := trustReport(ctx, fleet)
-					if err != nil {
-						return rpcError("trust report", err)
-					}
-					hosts, err := listHosts(ctx, fleet, &pb.ListHostsRequest{})
-					if err != nil {
-						return rpcError("list hosts", err)
-					}
-					warnStale(cmd.ErrOrStderr(), stalest(rep.GetStale(), hosts.GetStale()))
-					printTrust(g.out, rep.GetEdges())
-					printDrift(g.out, hosts.GetHosts())
-					fmt.Fprintln(g.out)
-					printRealms(g.out, rep.GetRealms())
-					printExpiryWarnings(g.out, rep.GetRealms())
-					for _, e := range rep.GetEdges() {
-						if !e.GetOk() {
-							return &exitError{code: exitTrust, err: fmt.Errorf("trust edge %s → %s is not working", safe(e.GetFrom()), safe(e.GetTo()))}
-						}
-					}
-					return driftError(hosts.GetHosts())
-				}
-				details, err := fetchStatus(ctx, fleet, host)
-				if err != nil {
-					return err
-				}
-				if plan {
-					printPlans(g.out, details)
-					return nil
-				}
-				printStatus(g.out, details)
-				rep, err := trustReport(ctx, fleet)
-				if err != nil {
-					return rpcError("trust report", err)
-				}
-				// Built from the same view as the hosts: stale when they are.
-				warnStale(cmd.ErrOrStderr(), rep.GetStale())
-				printExpiryWarnings(g.out, rep.GetRealms())
-				hosts := make([]*pb.Host, 0, len(details))
-				for _, d := range details {
-					hosts = append(hosts, d.host)
-				}
-				return driftError(hosts)
-			})
-		},
-	}
-	c.Long = fmt.Sprintf(`Per host: desired and applied version, last ack or nack, drift, realms and what the host verified.
-With --trust: one row per trust edge, then every host's drift and each deployment's realms.
-Both warn of a token-issuer certificate (Lync's OAuthTokenIssuer, Exchange's auth certificate,
-SharePoint's STS certificate) that expires within 60 days, and more urgently within 30.
-
-With --plan: per host, the operations its agent reported: for an agent in monitor mode
-(s2s-agent run --apply=false) the exact cmdlets it would run, otherwise those it last ran,
-each with its item, reason and whether it is primary-only or disruptive; secrets redacted.
---host shows one host only.
-
-Exits %d when a trust edge is not working (--trust), %d when a host has drift that was not corrected.`, exitTrust, exitDrift)
-	c.Flags().BoolVar(&trust, "trust", false, "one row per trust edge: registration, keys, realms, expiry, clock skew and the probe result")
-	c.Flags().BoolVar(&plan, "plan", false, "per host, the operations its agent would execute (monitor mode) or last executed")
-	c.Flags().StringVar(&host, "host", "", "show this host only")
-	c.Flags().BoolVarP(&watch, "watch", "w", false, "follow the hosts live (WatchHosts): the table, then each change, until interrupted")
-	return c
+// getHost prints one host in detail, refusing a host the topology does not
+// have by name.
+func (g *globals) getHost(cmd *cobra.Command, name string, o *output) error {
+	return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+		details, stale, err := fetchStatusStale(ctx, pb.NewFleetServiceClient(conn), name)
+		if err != nil {
+			return err
+		}
+		warnStale(cmd.ErrOrStderr(), stale)
+		d := details[0]
+		return o.print(g.out, d.json(time.Now()), func() error {
+			printHostDetail(g.out, d, time.Now())
+			return nil
+		})
+	})
 }

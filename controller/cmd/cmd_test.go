@@ -392,7 +392,9 @@ func TestApplyGetStatus(t *testing.T) {
 		t.Errorf("get topology -o json: %+v, want contoso with pool01 (fe01, fe02) first of 3 deployments\n%s", doc, out)
 	}
 	_, err = mustFail(t, dir, "get", "topology", "-o", "xml")
-	wantContains(t, "error", err.Error(), `-o "xml"`, "yaml or json")
+	wantContains(t, "error", err.Error(), `-o "xml": want yaml or json`)
+	_, err = mustFail(t, dir, "get", "topology", "-o", "table")
+	wantContains(t, "error", err.Error(), `-o "table": want yaml or json`)
 
 	out = mustRun(t, dir, "get", "revisions")
 	rows := tableRows(t, out)
@@ -448,13 +450,26 @@ func TestApplyGetStatus(t *testing.T) {
 			t.Errorf("get hosts -o json host %d: %v, want %s not connected, desired %s", i, h, contosoHosts[i], rev)
 		}
 	}
-	_, err = mustFail(t, dir, "get", "hosts", "-o", "yaml")
-	wantContains(t, "error", err.Error(), `-o "yaml"`, "table or json")
+	out = mustRun(t, dir, "get", "hosts", "-o", "yaml")
+	if !strings.HasPrefix(out, "hosts:\n- host: ex01.contoso.com\n") || strings.Count(out, "\n- host: ") != 5 {
+		t.Errorf("get hosts -o yaml does not list the 5 hosts:\n%s", out)
+	}
+	_, err = mustFail(t, dir, "get", "hosts", "-o", "xml")
+	wantContains(t, "error", err.Error(), `-o "xml"`, "table, json or yaml")
 
-	out = mustRun(t, dir, "status")
-	hostsTable, _, _ := strings.Cut(out, "\n\n")
-	if rows := tableRows(t, hostsTable); len(rows) != 5 {
-		t.Errorf("status does not start with the 5-host table:\n%s", out)
+	// No agent is connected: status says so first, names the hosts and
+	// exits non-zero.
+	out, err = mustFail(t, dir, "status")
+	if ExitCode(err) != exitDisconnected || err.Error() != "disconnected: "+strings.Join(contosoHosts, ", ") {
+		t.Errorf("status: exit %d, error %q; want %d naming every host disconnected", ExitCode(err), err, exitDisconnected)
+	}
+	if !strings.HasPrefix(out, "5 hosts: 0 converged, 0 pending, 0 NACK, 0 drift, 5 disconnected\ntrust edges: 0 ok, 5 failing\n\n") {
+		t.Errorf("status does not start with its summary:\n%s", out)
+	}
+	_, hostsTable, _ := strings.Cut(out, "\n\n")
+	hostsTable, _, _ = strings.Cut(hostsTable, "\n\n")
+	if rows := tableRows(t, hostsTable); len(rows) != 5 || rows[0]["STATE"] != "disconnected" || rows[0]["REPORTED"] != "-" {
+		t.Errorf("status has no 5-host table after the summary, each host disconnected:\n%s", out)
 	}
 	for _, h := range contosoHosts {
 		re := regexp.MustCompile(`(?m)^=== ` + regexp.QuoteMeta(h) + ` \(.*\)\nno status report yet$`)

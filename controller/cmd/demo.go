@@ -25,6 +25,7 @@ import (
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/pki"
+	"github.com/s2strust/s2strust/internal/progress"
 	"github.com/s2strust/s2strust/internal/simnet"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -48,6 +49,9 @@ type DemoConfig struct {
 	UIListen string
 	// DashboardReady, when set, is called with the dashboard's login URL.
 	DashboardReady func(loginURL string)
+	// Progress, when set, shows the wait for the fleet to converge (a live
+	// line on a terminal, a line per change elsewhere): standard error.
+	Progress io.Writer
 }
 
 func newDemo(g *globals) *cobra.Command {
@@ -58,13 +62,13 @@ func newDemo(g *globals) *cobra.Command {
 		Short: "Run a whole simulated fleet: embedded etcd, a controller and a sim agent per host of a topology (default: the example)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.Out = g.out
+			cfg.Out, cfg.Progress = g.out, cmd.ErrOrStderr()
 			if file != "" {
-				b, err := os.ReadFile(file)
+				b, err := readTopology(cmd.InOrStdin(), file)
 				if err != nil {
-					return fmt.Errorf("read topology file %s: %w", file, err)
+					return err
 				}
-				cfg.Topology, cfg.TopologyName = b, file
+				cfg.Topology, cfg.TopologyName = b, fileLabel(file)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -75,7 +79,7 @@ func newDemo(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().BoolVar(&cfg.Once, "once", false, "exit after verification: 0 when every host acked and verified")
-	c.Flags().StringVarP(&file, "topology", "f", "", "topology file to run, YAML or JSON: a sim agent for each of its hosts (default: the embedded deploy/examples/contoso.yaml)")
+	c.Flags().StringVarP(&file, "topology", "f", "", "topology file to run, YAML or JSON (- reads standard input): a sim agent for each of its hosts (default: the embedded deploy/examples/contoso.yaml)")
 	// --file was the flag's first name; scripts that use it keep working.
 	c.Flags().StringVar(&file, "file", "", "the same as --topology")
 	_ = c.Flags().MarkHidden("file")
@@ -171,7 +175,18 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	fmt.Fprintf(out, "applied topology %q as revision %d (version %d); waiting for %d hosts to apply and verify\n", t.Name, resp.GetSequence(), resp.GetRevision(), resp.GetHostsTotal())
 	fleet := pb.NewFleetServiceClient(conn)
 	deadline := time.Now().Add(cfg.Timeout)
-	failures, waitErr := waitConverged(ctx, fleet, resp.GetRevision(), cfg.Timeout)
+	var counter *progress.Counter
+	if cfg.Progress != nil {
+		counter = progress.New(cfg.Progress, "hosts converged on revision "+fmt.Sprint(resp.GetSequence()), int(resp.GetHostsTotal()))
+	}
+	failures, waitErr := waitConverged(ctx, fleet, resp.GetRevision(), cfg.Timeout, func(done, total int, waiting string) {
+		if counter != nil {
+			counter.Set(done, total, waiting)
+		}
+	})
+	if counter != nil {
+		counter.Done()
+	}
 	var trust *pb.GetTrustReportResponse
 	if waitErr == nil && len(failures) == 0 {
 		fmt.Fprintf(out, "every host acked revision %d; waiting for every trust edge's probe\n", resp.GetSequence())
@@ -371,8 +386,10 @@ func waitTrusted(ctx context.Context, fleet pb.FleetServiceClient, timeout time.
 // rev (convergence.Converged), or timeout passes. A NACK is not final: agents retry and ACK
 // late once, say, a partner's metadata becomes reachable. So it gives up
 // early only when every host still missing has NACKed and nothing has
-// changed for nackSettle. It returns one line per host that failed.
-func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64, timeout time.Duration) ([]string, error) {
+// changed for nackSettle. It returns one line per host that failed. Each
+// poll's count of converged hosts goes to progress, with the first host
+// still awaited.
+func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64, timeout time.Duration, progress func(done, total int, waiting string)) ([]string, error) {
 	const nackSettle = 10 * time.Second
 	deadline := time.Now().Add(timeout)
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -384,16 +401,24 @@ func waitConverged(ctx context.Context, fleet pb.FleetServiceClient, rev uint64,
 		if err == nil {
 			var now []string
 			allNacked := true
+			done, waiting := 0, ""
 			for _, h := range resp.GetHosts() {
 				lr := h.GetLastResult()
+				if !convergence.Converged(h, rev) && waiting == "" {
+					waiting = "waiting for " + h.GetHost()
+				}
 				switch {
 				case convergence.Converged(h, rev):
+					done++
 				case lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && lr.GetVersion() >= rev:
 					now = append(now, fmt.Sprintf("%s: %s", h.GetHost(), resultText(lr)))
 				default:
 					allNacked = false
 					now = append(now, fmt.Sprintf("%s: has not applied revision %d yet (applied %d, connected %s)", h.GetHost(), rev, h.GetAppliedVersion(), yesNo(h.GetConnected())))
 				}
+			}
+			if len(resp.GetHosts()) > 0 {
+				progress(done, len(resp.GetHosts()), waiting)
 			}
 			// No hosts yet: the controller has not taken the revision in.
 			if len(now) == 0 && len(resp.GetHosts()) > 0 {

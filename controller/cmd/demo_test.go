@@ -18,8 +18,9 @@ import (
 // shape, the OAuth configuration, a passing trust report and the grpcurl
 // command line.
 func TestDemoOnce(t *testing.T) {
-	var out bytes.Buffer
+	var out, progress bytes.Buffer
 	root := NewRoot(&out)
+	root.SetErr(&progress)
 	root.SetArgs([]string{"demo", "--once", "--dir", t.TempDir(), "--timeout", "90s"})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -27,6 +28,11 @@ func TestDemoOnce(t *testing.T) {
 		t.Fatalf("demo --once: %v\n%s", err, out.String())
 	}
 	got := out.String()
+	// The wait shows its progress on standard error, a line per change
+	// (not a terminal here), never on standard output.
+	if !strings.HasSuffix(progress.String(), "5/5 hosts converged on revision 1\n") || strings.Contains(got, "hosts converged on revision") {
+		t.Errorf("demo's progress on standard error:\n%s\nwant lines ending with 5/5 hosts converged, none on standard output", progress.String())
+	}
 	for _, host := range []string{"fe01.contoso.com", "fe02.contoso.com", "ex01.contoso.com", "ex02.contoso.com", "sp01.contoso.com"} {
 		if !lineWith(got, host, "ack v") {
 			t.Errorf("no acked row for %s", host)

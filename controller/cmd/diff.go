@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/pmezard/go-difflib/difflib"
 	"github.com/spf13/cobra"
@@ -25,7 +24,7 @@ const exitDiff = 1
 func newDiff(g *globals) *cobra.Command {
 	var file string
 	c := &cobra.Command{
-		Use:   "diff -f FILE",
+		Use:   "diff -f FILE|-",
 		Short: "Show how a topology file differs from the current revision: the document and the per-host plan (exit 1 when it differs)",
 		Long: `Show how FILE differs from the topology revision the controller holds now: a unified diff of
 the two canonical documents, then the per-host plan applying FILE would make (as apply --dry-run).
@@ -33,11 +32,11 @@ Nothing is stored. Exits 0 when nothing differs, 1 when something does (like kub
 with another code on an error, e.g. an invalid file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			doc, err := readTopology(file)
+			doc, err := readTopology(cmd.InOrStdin(), file)
 			if err != nil {
 				return err
 			}
-			next, err := topology.Load(filepath.Base(file), doc)
+			next, err := topology.Load(topologyName(file), doc)
 			if err != nil {
 				return err
 			}
@@ -53,15 +52,15 @@ with another code on an error, e.g. an invalid file.`,
 				}
 				text, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
 					A: difflib.SplitLines(string(have)), B: difflib.SplitLines(string(want)),
-					FromFile: fmt.Sprintf("revision %d", rev), ToFile: file, Context: 3,
+					FromFile: fmt.Sprintf("revision %d", rev), ToFile: fileLabel(file), Context: 3,
 				})
 				if err != nil {
-					return fmt.Errorf("diff %s: %w", file, err)
+					return fmt.Errorf("diff %s: %w", fileLabel(file), err)
 				}
 				fmt.Fprint(g.out, termsafe.Text(text))
-				resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: doc, Filename: filepath.Base(file), DryRun: true})
+				resp, err := pb.NewTopologyServiceClient(conn).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: doc, Filename: topologyName(file), DryRun: true})
 				if err != nil {
-					return rpcError("diff "+file, err)
+					return rpcError("diff "+fileLabel(file), err)
 				}
 				printPlan(g.out, resp)
 				printWarnings(g.out, resp.GetWarnings())
@@ -72,13 +71,13 @@ with another code on an error, e.g. an invalid file.`,
 				return err
 			}
 			if differs {
-				return &exitError{code: exitDiff, err: fmt.Errorf("%s differs from the current revision", file)}
+				return &exitError{code: exitDiff, err: fmt.Errorf("%s differs from the current revision", fileLabel(file))}
 			}
-			fmt.Fprintf(g.out, "%s is the current revision: nothing differs\n", file)
+			fmt.Fprintf(g.out, "%s is the current revision: nothing differs\n", fileLabel(file))
 			return nil
 		},
 	}
-	c.Flags().StringVarP(&file, "file", "f", "", "topology file (YAML or JSON)")
+	c.Flags().StringVarP(&file, "file", "f", "", "topology file (YAML or JSON); - reads standard input")
 	_ = c.MarkFlagRequired("file")
 	return c
 }
@@ -102,13 +101,18 @@ func currentYAML(ctx context.Context, conn *grpc.ClientConn) ([]byte, uint64, er
 }
 
 func newVersion(g *globals) *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:   "version",
 		Short: "Print the controller's version",
 		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			fmt.Fprintln(g.out, version.String("s2s-controller"))
-			return nil
-		},
 	}
+	o := addOutput(c, formatTable, formatJSON, formatYAML)
+	c.RunE = func(*cobra.Command, []string) error {
+		info := version.Get("s2s-controller")
+		return o.print(g.out, info, func() error {
+			_, err := fmt.Fprintln(g.out, info)
+			return err
+		})
+	}
+	return c
 }

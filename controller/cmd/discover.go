@@ -23,7 +23,6 @@ import (
 const exitConflicts = 5
 
 func newDiscover(g *globals) *cobra.Command {
-	var output string
 	var allow bool
 	c := &cobra.Command{
 		Use:   "discover [-o yaml|json] [--allow-conflicts]",
@@ -49,39 +48,37 @@ no connected host reported for (its settings and the trusts into it are kept as 
 topology declares them). The topology is written either way; the command exits %d when
 there are conflicts, unless --allow-conflicts.`, exitConflicts),
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "yaml" && output != "json" {
-				return fmt.Errorf("-o %q: want yaml or json", output)
-			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				cur, details, secrets, err := gatherEstate(ctx, conn)
-				if err != nil {
-					return err
-				}
-				d := discover(cur, details, secrets)
-				var doc []byte
-				if output == "json" {
-					doc, err = d.topo.Canonical()
-				} else {
-					doc, err = d.topo.YAML()
-				}
-				if err != nil {
-					return fmt.Errorf("the discovered topology is not valid: %w", err)
-				}
-				if output == "yaml" {
-					fmt.Fprintf(g.out, "# discovered from the reports of %d of %d hosts; %d conflicts\n", d.reported, d.hosts, len(d.conflicts))
-				}
-				// Names and URLs came from agents: escaped before they reach a terminal.
-				fmt.Fprintf(g.out, "%s", termsafe.Text(string(doc)))
-				d.printFindings(cmd.ErrOrStderr())
-				if len(d.conflicts) > 0 && !allow {
-					return &exitError{code: exitConflicts, err: fmt.Errorf("discover: %d conflicts (listed above); resolve them, or pass --allow-conflicts to accept the topology without the disputed settings", len(d.conflicts))}
-				}
-				return nil
-			})
-		},
 	}
-	c.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
+	o := addOutput(c, formatYAML, formatJSON)
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		output := o.format
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			cur, details, secrets, err := gatherEstate(ctx, conn)
+			if err != nil {
+				return err
+			}
+			d := discover(cur, details, secrets)
+			var doc []byte
+			if output == "json" {
+				doc, err = d.topo.Canonical()
+			} else {
+				doc, err = d.topo.YAML()
+			}
+			if err != nil {
+				return fmt.Errorf("the discovered topology is not valid: %w", err)
+			}
+			if output == "yaml" {
+				fmt.Fprintf(g.out, "# discovered from the reports of %d of %d hosts; %d conflicts\n", d.reported, d.hosts, len(d.conflicts))
+			}
+			// Names and URLs came from agents: escaped before they reach a terminal.
+			fmt.Fprintf(g.out, "%s", termsafe.Text(string(doc)))
+			d.printFindings(cmd.ErrOrStderr())
+			if len(d.conflicts) > 0 && !allow {
+				return &exitError{code: exitConflicts, err: fmt.Errorf("discover: %d conflicts (listed above); resolve them, or pass --allow-conflicts to accept the topology without the disputed settings", len(d.conflicts))}
+			}
+			return nil
+		})
+	}
 	c.Flags().BoolVar(&allow, "allow-conflicts", false, "exit 0 even when conflicts were found (the disputed settings are left out)")
 	return c
 }

@@ -142,9 +142,11 @@ func TestDriftAndRealmsInStatus(t *testing.T) {
 		return strings.Contains(out, lyncRealm) && strings.Contains(out, exRealm), out
 	})
 	out, err := mustFail(t, dir, "status")
-	if ExitCode(err) != exitDrift || err.Error() != "drift on fe01.contoso.com (partner/microsoft.exchange)" {
-		t.Errorf("status: exit %d, error %q; want %d naming fe01 and its drifted item only", ExitCode(err), err, exitDrift)
+	// Drift outranks the three hosts with no agent.
+	if ExitCode(err) != exitDrift || err.Error() != "drift on fe01.contoso.com (partner/microsoft.exchange); disconnected: ex02.contoso.com, fe02.contoso.com, sp01.contoso.com" {
+		t.Errorf("status: exit %d, error %q; want %d naming fe01 and its drifted item only, then the hosts disconnected", ExitCode(err), err, exitDrift)
 	}
+	wantContains(t, "status", out, "5 hosts: 0 converged, 1 pending, 0 NACK, 1 drift, 3 disconnected\n")
 	wantContains(t, "status", out,
 		"DRIFT partner/microsoft.exchange: ApplicationTrustLevel is Application\n",
 		"Realm: contoso.com; own metadata: realm contoso.com, issuer "+products.LyncID+"@contoso.com\n",

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -21,37 +19,32 @@ import (
 
 func newToken(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "token", Short: "Join tokens: one-time credentials with which a new host enrolls"}
-	var host, output string
+	var host string
 	var ttl time.Duration
 	create := &cobra.Command{
 		Use:   "create --host FQDN",
 		Short: "Make a single-use join token for one host (prints the token and the CA pin)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "text" && output != "json" {
-				return fmt.Errorf("-o %q: want text or json", output)
+	}
+	// text for people; json and yaml for the script that enrolls the host.
+	o := addOutput(create, "text", formatJSON, formatYAML)
+	create.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewJoinTokenServiceClient(conn).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: host, Ttl: durationpb.New(ttl)})
+			if err != nil {
+				return rpcError("create join token for "+host, err)
 			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewJoinTokenServiceClient(conn).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{Host: host, Ttl: durationpb.New(ttl)})
-				if err != nil {
-					return rpcError("create join token for "+host, err)
-				}
-				if output == "json" {
-					b, _ := protojson.MarshalOptions{Indent: "  "}.Marshal(resp)
-					fmt.Fprintf(g.out, "%s\n", b)
-					return nil
-				}
+			return o.print(g.out, resp, func() error {
 				fmt.Fprintf(g.out, "join token for %s, valid once until %s:\n  token:  %s\n  ca pin: %s\n", resp.GetHost(),
 					resp.GetExpiresAt().AsTime().UTC().Format(time.RFC3339), resp.GetToken(), resp.GetCaPin())
-				fmt.Fprintf(g.out, "on the host:\n  s2s-agent enroll --controller ADDR --host %s --token %s --ca-pin %s --state-dir DIR\n",
+				_, err := fmt.Fprintf(g.out, "on the host:\n  s2s-agent enroll --controller ADDR --host %s --token %s --ca-pin %s --state-dir DIR\n",
 					resp.GetHost(), resp.GetToken(), resp.GetCaPin())
-				return nil
+				return err
 			})
-		},
+		})
 	}
 	create.Flags().StringVar(&host, "host", "", "the host's FQDN (required)")
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (at most 24h)")
-	create.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	_ = create.MarkFlagRequired("host")
 	c.AddCommand(create)
 	return c
@@ -98,55 +91,47 @@ func newIssueAdmin(g *globals) *cobra.Command {
 
 // newGetAudit reads the audit trail, every page.
 func newGetAudit(g *globals) *cobra.Command {
-	var since, who, output string
+	var since, who string
 	c := &cobra.Command{
 		Use:   "audit [--since 24h|2026-01-02T15:04:05Z] [--who admin/alice]",
 		Short: "List the audit trail: who changed what, from where, when, with what result, at which revision",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "json" {
-				return fmt.Errorf("-o %q: want table or json", output)
+	}
+	o := addOutput(c, formatTable, formatJSON, formatYAML)
+	c.RunE = func(cmd *cobra.Command, _ []string) error {
+		req := &pb.ListAuditRecordsRequest{Who: who, PageSize: 1000}
+		if since != "" {
+			t, err := parseSince(since, time.Now())
+			if err != nil {
+				return err
 			}
-			req := &pb.ListAuditRecordsRequest{Who: who, PageSize: 1000}
-			if since != "" {
-				t, err := parseSince(since, time.Now())
+			req.Since = timestamppb.New(t)
+		}
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			var all []*pb.AuditRecord
+			client := pb.NewAuditServiceClient(conn)
+			for {
+				resp, err := client.ListAuditRecords(ctx, req)
 				if err != nil {
-					return err
+					return rpcError("list audit records", err)
 				}
-				req.Since = timestamppb.New(t)
+				all = append(all, resp.GetRecords()...)
+				if resp.GetNextPageToken() == "" {
+					break
+				}
+				req.PageToken = resp.GetNextPageToken()
 			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				var all []*pb.AuditRecord
-				client := pb.NewAuditServiceClient(conn)
-				for {
-					resp, err := client.ListAuditRecords(ctx, req)
-					if err != nil {
-						return rpcError("list audit records", err)
-					}
-					all = append(all, resp.GetRecords()...)
-					if resp.GetNextPageToken() == "" {
-						break
-					}
-					req.PageToken = resp.GetNextPageToken()
-				}
-				if output == "json" {
-					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(&pb.ListAuditRecordsResponse{Records: all})
-					fmt.Fprintf(g.out, "%s\n", b)
-					return nil
-				}
-				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "REVISION\tWHEN\tWHO\tFROM\tKIND\tWHAT\tRESULT")
+			return o.print(g.out, &pb.ListAuditRecordsResponse{Records: all}, func() error {
+				t := newTable(g.out, "REVISION", "WHEN", "WHO", "FROM", "KIND", "WHAT~", "RESULT~")
 				for _, r := range all {
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.GetRevision(), r.GetWhen().AsTime().UTC().Format(time.RFC3339),
-						termsafe.String(r.GetWho()), termsafe.String(r.GetFrom()), termsafe.String(r.GetKind()), termsafe.String(r.GetWhat()), termsafe.String(r.GetResult()))
+					t.row(fmt.Sprint(r.GetRevision()), r.GetWhen().AsTime().UTC().Format(time.RFC3339), r.GetWho(), r.GetFrom(), r.GetKind(), r.GetWhat(), r.GetResult())
 				}
-				return tw.Flush()
+				return t.flush()
 			})
-		},
+		})
 	}
 	c.Flags().StringVar(&since, "since", "", "only records from this long ago (e.g. 24h) or since this RFC 3339 time")
 	c.Flags().StringVar(&who, "who", "", "only records of this identity, e.g. admin/alice or host/fe01.contoso.com")
-	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return c
 }
 
@@ -188,28 +173,20 @@ func newHost(g *globals) *cobra.Command {
 			})
 		},
 	}
-	var output string
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List host identities: expiry, last seen, revoked, deployment (or unassigned), connected",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := listHostIdentities(ctx, pb.NewHostIdentityServiceClient(conn))
-				if err != nil {
-					return rpcError("list host identities", err)
-				}
-				switch output {
-				case "json":
-					b, _ := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp)
-					fmt.Fprintf(g.out, "%s\n", b)
-					return nil
-				case "table", "":
-				default:
-					return fmt.Errorf("-o %q: want table or json", output)
-				}
-				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tCONNECTED\tEXPIRES\tLAST SEEN\tREVOKED")
+	}
+	listOut := addOutput(list, formatTable, formatJSON, formatYAML)
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := listHostIdentities(ctx, pb.NewHostIdentityServiceClient(conn))
+			if err != nil {
+				return rpcError("list host identities", err)
+			}
+			return listOut.print(g.out, resp, func() error {
+				t := newTable(g.out, "HOST", "DEPLOYMENT", "CONNECTED", "EXPIRES", "LAST SEEN", "REVOKED")
 				ts := func(t interface{ AsTime() time.Time }, set bool) string {
 					if !set {
 						return "-"
@@ -221,14 +198,12 @@ func newHost(g *globals) *cobra.Command {
 					if dep == "" {
 						dep = "(unassigned)"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", termsafe.String(h.GetHost()), termsafe.String(dep), yesNo(h.GetConnected()),
-						ts(h.GetNotAfter(), h.NotAfter != nil), ts(h.GetLastSeen(), h.LastSeen != nil), ts(h.GetRevokedAt(), h.RevokedAt != nil))
+					t.row(h.GetHost(), dep, yesNo(h.GetConnected()), ts(h.GetNotAfter(), h.NotAfter != nil), ts(h.GetLastSeen(), h.LastSeen != nil), ts(h.GetRevokedAt(), h.RevokedAt != nil))
 				}
-				return tw.Flush()
+				return t.flush()
 			})
-		},
+		})
 	}
-	list.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	c.AddCommand(revoke, list)
 	return c
 }

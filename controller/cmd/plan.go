@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -44,13 +43,12 @@ func printPlans(w io.Writer, details []hostDetail) {
 		default:
 			fmt.Fprintf(w, "%s of its last apply that changed anything (a failed item's later operations did not run):\n", count(len(r.GetPlan()), "operation"))
 		}
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ITEM\tFLAGS\tCOMMAND\tREASON")
+		// The command is shown whole, to be read or run; the reason may be cut.
+		t := newTable(w, "ITEM", "FLAGS", "COMMAND", "REASON~")
 		for _, op := range r.GetPlan() {
-			// What the agent sent is escaped before it reaches the terminal.
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", safe(op.GetItem()), opFlags(op), safe(op.GetCommand()), safe(op.GetReason()))
+			t.row(op.GetItem(), opFlags(op), op.GetCommand(), op.GetReason())
 		}
-		tw.Flush()
+		_ = t.flush()
 	}
 }
 

@@ -54,14 +54,18 @@ func TestStatusPlan(t *testing.T) {
 		"=== sp01.contoso.com (sharepoint, ", "no operations planned: the host matches its configuration\n",
 		"=== fe01.contoso.com (pool01, ", "no status report yet\n")
 
-	wantContains(t, "status", mustRun(t, dir, "status"),
+	out, err := mustFail(t, dir, "status") // three hosts have no agent
+	if ExitCode(err) != exitDisconnected {
+		t.Errorf("status: exit %d (%v), want %d", ExitCode(err), err, exitDisconnected)
+	}
+	wantContains(t, "status", out,
 		"Monitor mode: 2 operations planned, nothing applied (s2s-controller status --plan --host ex01.contoso.com)\n",
 		"Monitor mode: 0 operations planned, nothing applied (s2s-controller status --plan --host sp01.contoso.com)\n")
 	one := mustRun(t, dir, "status", "--plan", "--host", "SP01.contoso.com")
 	if !strings.HasPrefix(one, "=== sp01.contoso.com (") || strings.Count(one, "===") != 1 {
 		t.Errorf("status --plan --host sp01 shows other hosts:\n%s", one)
 	}
-	_, err := mustFail(t, dir, "status", "--plan", "--host", "nowhere.contoso.com")
+	_, err = mustFail(t, dir, "status", "--plan", "--host", "nowhere.contoso.com")
 	wantRPCError(t, err, "get host nowhere.contoso.com", "NotFound")
 	_, err = mustFail(t, dir, "status", "--trust", "--plan")
 	wantContains(t, "error", err.Error(), "--trust shows every edge: it takes neither --plan nor --host")

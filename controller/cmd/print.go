@@ -10,6 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/s2strust/s2strust/internal/products"
 	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -39,14 +42,14 @@ func printPlan(w io.Writer, resp *pb.ApplyTopologyResponse) {
 	fmt.Fprintf(w, "%d of %d hosts change\n", resp.GetHostsChanged(), resp.GetHostsTotal())
 }
 
-func printHosts(w io.Writer, hosts []*pb.Host) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tDEPLOYMENT\tPRODUCT\tPRIMARY\tCONNECTED\tREVISION\tDESIRED\tAPPLIED\tPENDING\tDRIFT\tLAST RESULT")
+func printHosts(w io.Writer, hosts []*pb.Host) error {
+	t := newTable(w, "HOST", "DEPLOYMENT", "PRODUCT", "PRIMARY", "CONNECTED", "REVISION", "DESIRED", "APPLIED", "PENDING", "DRIFT", "LAST RESULT~")
 	for _, h := range hosts {
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", safe(h.GetHost()), safe(h.GetDeployment()), products.Name(h.GetProduct()), safe(h.GetProductVersion()),
-			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), revisionText(h), h.GetDesiredVersion(), h.GetAppliedVersion(), pendingText(h), driftText(h.GetDrift()), resultText(h.GetLastResult()))
+		t.row(h.GetHost(), h.GetDeployment(), products.Name(h.GetProduct())+" "+h.GetProductVersion(),
+			yesNo(h.GetPrimary()), yesNo(h.GetConnected()), revisionText(h), fmt.Sprint(h.GetDesiredVersion()), fmt.Sprint(h.GetAppliedVersion()),
+			pendingText(h), driftText(h.GetDrift()), resultText(h.GetLastResult()))
 	}
-	tw.Flush()
+	return t.flush()
 }
 
 // revisionText is the host's desired revision as operators number them
@@ -74,20 +77,23 @@ func pendingText(h *pb.Host) string {
 	return fmt.Sprintf("v%d for %s", h.GetPendingVersion(), (time.Duration(h.GetPendingMs()) * time.Millisecond).Round(time.Second))
 }
 
-func printRevisions(w io.Writer, revs []*pb.TopologyRevision) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REVISION\tVERSION\tNAME\tAPPLIED AT\tAPPLIED BY\tHASH\tSECRETS")
+func printRevisions(w io.Writer, revs []*pb.TopologyRevision) error {
+	t := newTable(w, "REVISION", "VERSION", "NAME", "APPLIED AT", "APPLIED BY", "HASH", "SECRETS~")
 	for _, r := range revs {
 		var secs []string
 		for _, s := range r.GetSecrets() {
-			secs = append(secs, fmt.Sprintf("%s v%d", safe(s.GetName()), s.GetVersion()))
+			secs = append(secs, fmt.Sprintf("%s v%d", s.GetName(), s.GetVersion()))
 		}
 		if len(secs) == 0 {
 			secs = []string{"-"}
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%.12s\t%s\n", r.GetSequence(), r.GetRevision(), safe(r.GetName()), r.GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), safe(r.GetAppliedBy()), safe(r.GetHash()), strings.Join(secs, ", "))
+		hash := r.GetHash()
+		if len(hash) > 12 {
+			hash = hash[:12]
+		}
+		t.row(fmt.Sprint(r.GetSequence()), fmt.Sprint(r.GetRevision()), r.GetName(), r.GetAppliedAt().AsTime().Format("2006-01-02 15:04:05Z07:00"), r.GetAppliedBy(), hash, strings.Join(secs, ", "))
 	}
-	tw.Flush()
+	return t.flush()
 }
 
 func yesNo(b bool) string {
@@ -131,72 +137,95 @@ type hostDetail struct {
 
 // fetchStatus gets every host with its report, or only host when set.
 func fetchStatus(ctx context.Context, fleet pb.FleetServiceClient, host string) ([]hostDetail, error) {
+	details, _, err := fetchStatusStale(ctx, fleet, host)
+	return details, err
+}
+
+// fetchStatusStale is fetchStatus, and the stale mark of the answer (nil:
+// etcd answered).
+func fetchStatusStale(ctx context.Context, fleet pb.FleetServiceClient, host string) ([]hostDetail, *pb.Staleness, error) {
 	if host != "" {
 		host = strings.ToLower(strings.TrimSpace(host))
 		d, err := fleet.GetHost(ctx, &pb.GetHostRequest{Name: "hosts/" + host})
-		if err != nil {
-			return nil, rpcError("get host "+host, err)
+		if status.Code(err) == codes.NotFound {
+			return nil, nil, &exitError{code: 1, err: fmt.Errorf("%w (s2s-controller get hosts lists them)", rpcError("get host "+host, err))}
 		}
-		return []hostDetail{{host: d.GetHost(), report: d.GetStatus()}}, nil
+		if err != nil {
+			return nil, nil, rpcError("get host "+host, err)
+		}
+		return []hostDetail{{host: d.GetHost(), report: d.GetStatus()}}, d.GetStale(), nil
 	}
 	// One paged listing with the reports, not one GetHost per host.
 	list, err := listHosts(ctx, fleet, &pb.ListHostsRequest{View: pb.HostView_HOST_VIEW_FULL})
 	if err != nil {
-		return nil, rpcError("list hosts", err)
+		return nil, nil, rpcError("list hosts", err)
 	}
 	out := make([]hostDetail, 0, len(list.GetHosts()))
 	for _, h := range list.GetHosts() {
 		out = append(out, hostDetail{host: h, report: list.GetStatuses()[h.GetHost()]})
 	}
-	return out, nil
+	return out, list.GetStale(), nil
 }
 
 // printStatus prints the hosts table, then per host what it verified, in
 // the shape administrators know from Get-CsPartnerApplication and
-// Get-CsOAuthConfiguration.
+// Get-CsOAuthConfiguration: everything, as the demo shows it.
 func printStatus(w io.Writer, details []hostDetail) {
 	hosts := make([]*pb.Host, 0, len(details))
 	for _, d := range details {
 		hosts = append(hosts, d.host)
 	}
-	printHosts(w, hosts)
+	_ = printHosts(w, hosts)
 	for _, d := range details {
-		h, r := d.host, d.report
-		role := "secondary"
-		if h.GetPrimary() {
-			role = "primary"
-		}
-		if r.GetMonitor() {
-			role += ", monitor mode"
-		}
-		fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
-		if r == nil {
-			fmt.Fprintln(w, "no status report yet")
-			continue
-		}
-		fmt.Fprintln(w, realmLine(h, r))
-		if r.GetMonitor() {
-			fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
-		}
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ITEM\tSTATE\tDETAIL")
-		items := append([]*pb.ItemStatus(nil), r.GetItems()...)
-		sort.SliceStable(items, func(i, j int) bool { return items[i].GetItem() < items[j].GetItem() })
-		for _, it := range items {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", safe(it.GetItem()), stateText(it.GetState()), safe(it.GetMessage()))
-		}
-		tw.Flush()
-		for _, dr := range r.GetDrift() {
-			c := ""
-			if dr.GetCorrected() {
-				c = " (corrected)"
-			}
-			fmt.Fprintf(w, "DRIFT %s: %s%s\n", safe(dr.GetItem()), safe(dr.GetActual()), c)
-		}
-		printPartners(w, h.GetProduct(), r.GetPartners())
-		printOAuth(w, h.GetProduct(), r.GetOauth())
-		printChecks(w, r)
+		printHostSection(w, d)
 	}
+}
+
+// printSectionHeader is the "=== host (deployment, product, role)" line
+// that starts a host's section.
+func printSectionHeader(w io.Writer, d hostDetail) {
+	h := d.host
+	role := "secondary"
+	if h.GetPrimary() {
+		role = "primary"
+	}
+	if d.report.GetMonitor() {
+		role += ", monitor mode"
+	}
+	fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
+}
+
+// printHostSection is one host's "=== host" section: its realm, items,
+// drift, the partner applications and OAuth settings it reported, and
+// the checks it made.
+func printHostSection(w io.Writer, d hostDetail) {
+	h, r := d.host, d.report
+	printSectionHeader(w, d)
+	if r == nil {
+		fmt.Fprintln(w, "no status report yet")
+		return
+	}
+	fmt.Fprintln(w, realmLine(h, r))
+	if r.GetMonitor() {
+		fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
+	}
+	t := newTable(w, "ITEM", "STATE", "DETAIL~")
+	items := append([]*pb.ItemStatus(nil), r.GetItems()...)
+	sort.SliceStable(items, func(i, j int) bool { return items[i].GetItem() < items[j].GetItem() })
+	for _, it := range items {
+		t.row(it.GetItem(), stateText(it.GetState()), it.GetMessage())
+	}
+	_ = t.flush()
+	for _, dr := range r.GetDrift() {
+		c := ""
+		if dr.GetCorrected() {
+			c = " (corrected)"
+		}
+		fmt.Fprintf(w, "DRIFT %s: %s%s\n", safe(dr.GetItem()), safe(dr.GetActual()), c)
+	}
+	printPartners(w, h.GetProduct(), r.GetPartners())
+	printOAuth(w, h.GetProduct(), r.GetOauth())
+	printChecks(w, r)
 }
 
 // printChecks prints the metadata downloads and trust probes the host made
@@ -205,27 +234,26 @@ func printChecks(w io.Writer, r *pb.StatusReport) {
 	if len(r.GetMetadata()) == 0 && len(r.GetProbes()) == 0 {
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM THIS HOST\tTARGET\tRESULT")
+	t := newTable(w, "FROM THIS HOST", "TARGET", "RESULT~")
 	for _, m := range r.GetMetadata() {
-		what := "metadata of " + safe(m.GetDeployment())
+		what := "metadata of " + m.GetDeployment()
 		if m.GetPartner() == "" {
-			what = "own metadata (" + safe(m.GetDeployment()) + ")"
+			what = "own metadata (" + m.GetDeployment() + ")"
 		}
 		result := "ok: keys " + strings.Join(termsafe.Strings(m.GetThumbprints()), ", ")
 		if !m.GetOk() {
-			result = "FAILED: " + safe(m.GetError())
+			result = "FAILED: " + m.GetError()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", what, safe(m.GetUrl()), result)
+		t.row(what, m.GetUrl(), result)
 	}
 	for _, p := range r.GetProbes() {
 		result := "token accepted"
 		if !p.GetOk() {
-			result = "FAILED: " + safe(p.GetReason()) + ": " + safe(p.GetDetail())
+			result = "FAILED: " + p.GetReason() + ": " + p.GetDetail()
 		}
-		fmt.Fprintf(tw, "trust probe to %s\t%s\t%s\n", safe(p.GetToDeployment()), safe(p.GetTargetHost()), result)
+		t.row("trust probe to "+p.GetToDeployment(), p.GetTargetHost(), result)
 	}
-	tw.Flush()
+	_ = t.flush()
 	fmt.Fprintln(w)
 }
 
@@ -383,7 +411,7 @@ func printTrust(w io.Writer, edges []*pb.TrustEdge) {
 	tw.Flush()
 	for _, e := range edges {
 		for _, p := range e.GetProblems() {
-			fmt.Fprintf(w, "  %s → %s: %s\n", safe(e.GetFrom()), safe(e.GetTo()), safe(p))
+			wrapLine(w, "  ", e.GetFrom()+" → "+e.GetTo()+": "+p)
 		}
 	}
 }

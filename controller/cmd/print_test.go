@@ -5,12 +5,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 	"unicode"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -139,5 +141,26 @@ func TestPrintersEscapeHostileText(t *testing.T) {
 		d.printFindings(b)
 	})
 	run("revisions", func(b *bytes.Buffer) { printRevisions(b, []*pb.TopologyRevision{hostile(&pb.TopologyRevision{})}) })
+	now := time.Now()
+	nacked := func() hostDetail {
+		h := hostile(&pb.Host{DesiredVersion: 3, Connected: true})
+		h.LastResult.Kind, h.LastResult.Version = pb.ResultKind_RESULT_KIND_NACK, 3
+		r := hostile(&pb.StatusReport{})
+		r.Items[0].State = pb.ItemState_ITEM_STATE_FAILED
+		return hostDetail{host: h, report: r}
+	}
+	run("status table", func(b *bytes.Buffer) { _ = printStatusTable(b, []hostDetail{nacked()}, now) })
+	run("status summary", func(b *bytes.Buffer) {
+		h := nacked()
+		h.host.LastSeen, h.host.ClockOffsetMs = timestamppb.New(now), 10*60*1000
+		printSummary(b, summarize([]hostDetail{h, {host: &pb.Host{Host: "x", LastSeen: timestamppb.New(now)}}}, hostile(&pb.GetTrustReportResponse{})))
+	})
+	run("status problems", func(b *bytes.Buffer) { printHostProblems(b, nacked()) })
+	run("get host", func(b *bytes.Buffer) { printHostDetail(b, nacked(), now) })
+	run("secrets, audit, identities", func(b *bytes.Buffer) {
+		t := newTable(b, "A", "B~")
+		t.row(hostileText, hostileText)
+		_ = t.flush()
+	})
 	checkSafe(t, "an error from the controller", rpcError("apply contoso.yaml", status.Error(codes.InvalidArgument, hostileText)).Error(), true)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -19,8 +20,8 @@ func rolloutName(args []string) string {
 	if len(args) == 0 || args[0] == "" {
 		return "rollouts/-"
 	}
-	if strings.HasPrefix(args[0], "rollouts/") {
-		return args[0]
+	if strings.Contains(args[0], "/") {
+		return args[0] // a full name, checked (and named when wrong) by the controller
 	}
 	return "rollouts/" + args[0]
 }
@@ -90,7 +91,7 @@ func newRollout(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", "ROLLOUT", "REVISION", "STATE", "CREATED", "REASON")
 				for _, r := range resp.GetRollouts() {
-					fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", r.GetName(), fmt.Sprintf("%d→%d", r.GetFromRevision(), r.GetToRevision()),
+					fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", r.GetName(), seqText(r.GetFromSequence(), r.GetFromRevision())+"→"+seqText(r.GetToSequence(), r.GetToRevision()),
 						rolloutState(r.GetState()), r.GetCreateTime().AsTime().Format("2006-01-02 15:04:05"), safe(r.GetReason()))
 				}
 				return nil
@@ -122,6 +123,7 @@ func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bo
 		return rpcError("watch "+name, err)
 	}
 	var last *pb.Rollout
+	lastLine := ""
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -131,7 +133,12 @@ func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bo
 			return rpcError("watch "+name, err)
 		}
 		last = resp.GetRollout()
-		printProgress(g.out, last)
+		// A change within a wave (a gate's text) that moves no count
+		// prints no new line.
+		if line := progressLine(last); line != lastLine {
+			fmt.Fprintln(g.out, line)
+			lastLine = line
+		}
 		if last.GetState() == pb.RolloutState_ROLLOUT_STATE_PAUSED {
 			break
 		}
@@ -141,9 +148,34 @@ func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bo
 	}
 	printRollout(g.out, last)
 	if last.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED {
-		return &exitError{code: 2, err: fmt.Errorf("%s: %w: %s: %s", last.GetName(), errRolloutStopped, rolloutState(last.GetState()), safe(last.GetReason()))}
+		why := safe(last.GetReason())
+		if st := rolloutState(last.GetState()); !strings.HasPrefix(why, st) {
+			why = st + ": " + why
+		}
+		return &exitError{code: 2, err: fmt.Errorf("%s: %w: %s", last.GetName(), errRolloutStopped, why)}
 	}
 	return nil
+}
+
+// seqText names a revision by its sequence number (1, 2, 3 …, as `get
+// revisions` shows it); by its version when the sequence is unknown, "-"
+// when there is none yet.
+func seqText(seq, rev uint64) string {
+	switch {
+	case seq > 0:
+		return strconv.FormatUint(seq, 10)
+	case rev > 0:
+		return "v" + strconv.FormatUint(rev, 10)
+	}
+	return "-"
+}
+
+// versionText is an etcd version, "-" before it is known.
+func versionText(rev uint64) string {
+	if rev == 0 {
+		return "-"
+	}
+	return strconv.FormatUint(rev, 10)
 }
 
 func rolloutState(s pb.RolloutState) string {
@@ -154,8 +186,9 @@ func hostState(s pb.RolloutHostState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "ROLLOUT_HOST_STATE_"))
 }
 
-// printProgress prints one line per change: each wave's passed/total.
-func printProgress(w io.Writer, r *pb.Rollout) {
+// progressLine is one line of a followed rollout: its state and each
+// wave's passed/total, the current wave marked.
+func progressLine(r *pb.Rollout) string {
 	var waves []string
 	for i, wv := range r.GetWaves() {
 		passed := 0
@@ -170,12 +203,13 @@ func printProgress(w io.Writer, r *pb.Rollout) {
 		}
 		waves = append(waves, fmt.Sprintf("%s%s %d/%d", mark, wv.GetTitle(), passed, len(wv.GetHosts())))
 	}
-	fmt.Fprintf(w, "%s %s: %s\n", r.GetName(), rolloutState(r.GetState()), strings.Join(waves, ", "))
+	return fmt.Sprintf("%s %s (revision %s → %s): %s", r.GetName(), rolloutState(r.GetState()), seqText(r.GetFromSequence(), r.GetFromRevision()), seqText(r.GetToSequence(), r.GetToRevision()), strings.Join(waves, ", "))
 }
 
 // printRollout prints a rollout per wave and host.
 func printRollout(w io.Writer, r *pb.Rollout) {
-	fmt.Fprintf(w, "%s: revision %d → %d, %s", r.GetName(), r.GetFromRevision(), r.GetToRevision(), rolloutState(r.GetState()))
+	fmt.Fprintf(w, "%s: revision %s → %s (versions %d → %s), %s", r.GetName(), seqText(r.GetFromSequence(), r.GetFromRevision()), seqText(r.GetToSequence(), r.GetToRevision()),
+		r.GetFromRevision(), versionText(r.GetToRevision()), rolloutState(r.GetState()))
 	if r.GetReason() != "" {
 		fmt.Fprintf(w, " (%s)", termsafe.Text(r.GetReason()))
 	}
@@ -191,7 +225,7 @@ func printRollout(w io.Writer, r *pb.Rollout) {
 			if h.GetCause() != "" {
 				detail = h.GetCause()
 			}
-			fmt.Fprintf(w, "    %-28s %-9s target %-4d %s\n", safe(h.GetHost()), hostState(h.GetState()), h.GetTargetRevision(), termsafe.Text(detail))
+			fmt.Fprintf(w, "    %-28s %-9s revision %-4s %s\n", safe(h.GetHost()), hostState(h.GetState()), seqText(h.GetTargetSequence(), h.GetTargetRevision()), termsafe.Text(detail))
 		}
 	}
 }

@@ -90,7 +90,7 @@ func NewRoot(out io.Writer) *cobra.Command {
 	pf.StringVar(&g.client.Key, "key", "", "admin key (default: <data-dir>/pki/admin.key)")
 	pf.BoolVar(&g.client.Insecure, "insecure", false, "plaintext, loopback only (serve) or to such a controller (admin commands)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "debug logging")
-	root.AddCommand(newVersion(g), newServe(g), newApply(g), newDiff(g), newGet(g), newStatus(g), newDiscover(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newStore(g), newToken(g), newHost(g), newRollout(g), newUI(g))
+	root.AddCommand(newVersion(g), newServe(g), newApply(g), newDiff(g), newGet(g), newStatus(g), newDiscover(g), newCerts(g), newSecret(g), newDemo(g), newBench(g), newBenchAgents(), newStore(g), newToken(g), newHost(g), newRollout(g), newRotate(g), newUI(g))
 	return root
 }
 

@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -97,26 +96,28 @@ topology revision records the secret versions it was applied with (get revisions
 		Use:   "list",
 		Short: "List secrets: thumbprint, subject, SANs, validity (never the key or password)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := listSecrets(ctx, pb.NewSecretServiceClient(conn))
-				if err != nil {
-					return rpcError("list secrets", err)
-				}
-				tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tVERSION\tTHUMBPRINT\tSUBJECT\tSANS\tNOT BEFORE\tNOT AFTER\tUSED BY")
+	}
+	listOut := addOutput(list, formatTable, formatJSON, formatYAML)
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := listSecrets(ctx, pb.NewSecretServiceClient(conn))
+			if err != nil {
+				return rpcError("list secrets", err)
+			}
+			return listOut.print(g.out, resp, func() error {
+				t := newTable(g.out, "NAME", "VERSION", "THUMBPRINT", "SUBJECT~", "SANS~", "NOT BEFORE", "NOT AFTER", "USED BY~")
 				for _, s := range resp.GetSecrets() {
 					ci := s.GetCertificate()
 					used := strings.Join(termsafe.Strings(s.GetUsedBy()), ",")
 					if used == "" {
 						used = "-"
 					}
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", safe(s.GetName()), s.GetVersion(), safe(ci.GetThumbprint()), safe(ci.GetSubject()), strings.Join(termsafe.Strings(ci.GetDnsNames()), ","),
+					t.row(s.GetName(), fmt.Sprint(s.GetVersion()), ci.GetThumbprint(), ci.GetSubject(), strings.Join(termsafe.Strings(ci.GetDnsNames()), ","),
 						ci.GetNotBefore().AsTime().Format("2006-01-02"), ci.GetNotAfter().AsTime().Format("2006-01-02"), used)
 				}
-				return tw.Flush()
+				return t.flush()
 			})
-		},
+		})
 	}
 	c.AddCommand(put, list)
 	return c

@@ -69,7 +69,7 @@ func followHosts(out, errw io.Writer, only string, recv func() (*pb.WatchHostsRe
 				continue
 			}
 			synced = true
-			fmt.Fprintf(out, "%s %s\n", time.Now().Format(time.TimeOnly), summary(initial))
+			fmt.Fprintf(out, "%s %s\n", time.Now().Format(time.TimeOnly), watchSummary(initial))
 			printHosts(out, initial)
 			continue
 		}
@@ -85,8 +85,8 @@ func followHosts(out, errw io.Writer, only string, recv func() (*pb.WatchHostsRe
 	}
 }
 
-// summary is one line about a set of hosts.
-func summary(hosts []*pb.Host) string {
+// watchSummary is one line about a set of hosts.
+func watchSummary(hosts []*pb.Host) string {
 	connected, current, nacked := 0, 0, 0
 	for _, h := range hosts {
 		if h.GetConnected() {

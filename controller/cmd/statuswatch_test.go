@@ -132,3 +132,22 @@ func TestFetchStatusPagesWithoutGetHost(t *testing.T) {
 		}
 	}
 }
+
+// status -w follows the hosts' table: it refuses the views it does not
+// follow, before it dials the controller.
+func TestStatusWatchRefusedWith(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--trust"}, "-w follows the hosts: it takes neither --trust nor --plan"},
+		{[]string{"--plan"}, "-w follows the hosts: it takes neither --trust nor --plan"},
+		{[]string{"--details"}, "it takes no --details"},
+		{[]string{"-o", "json"}, "-w prints tables: it takes no -o json"},
+		{[]string{"-o", "yaml"}, "-w prints tables: it takes no -o yaml"},
+	} {
+		_, err := mustFail(t, dir, append([]string{"status", "-w"}, c.args...)...)
+		wantContains(t, "status -w "+strings.Join(c.args, " "), err.Error(), c.want)
+	}
+}

@@ -149,6 +149,13 @@ func TestGetAudit(t *testing.T) {
 	if rows := tableRows(t, table); len(rows) != 1 || rows[0]["KIND"] != "refused" {
 		t.Errorf("get audit --who admin/vera/viewer:\n%s\nwant the one refusal", table)
 	}
+	// The refusal's result is longer than a table cell: cut there, whole in -o json.
+	refusal := list.Records[len(list.Records)-1].Result
+	if rows := tableRows(t, table); len(refusal) <= maxCell || len(rows) != 1 || !strings.HasSuffix(rows[0]["RESULT"], "…") ||
+		!strings.HasPrefix(refusal, strings.TrimSuffix(rows[0]["RESULT"], "…")) || !strings.Contains(table, "-o json shows it whole") {
+		t.Errorf("get audit: the refusal's result %q is not cut with a note:\n%s", refusal, table)
+	}
+	wantContains(t, "get audit -o json", js, refusal)
 	if rows := tableRows(t, mustRun(t, dir, "get", "audit", "--since", "2099-01-01T00:00:00Z")); len(rows) != 0 {
 		t.Errorf("get audit --since the future lists %d records", len(rows))
 	}

@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,10 +35,13 @@ import (
 // fleetDoc is a topology of three deployments of ten hosts each; marker
 // names a stale partner of pool01 and exchange, so each marker is a new
 // revision that changes their hosts' configurations.
-func fleetDoc(marker string) []byte {
+func fleetDoc(marker string) []byte { return fleetDocN(marker, 10) }
+
+// fleetDocN is fleetDoc with n hosts per deployment.
+func fleetDocN(marker string, n int) []byte {
 	hosts := func(prefix string) string {
 		var hs []string
-		for i := 1; i <= 10; i++ {
+		for i := 1; i <= n; i++ {
 			hs = append(hs, fmt.Sprintf("%s%02d.contoso.com", prefix, i))
 		}
 		return "[" + strings.Join(hs, ", ") + "]"
@@ -381,4 +391,225 @@ func mustHosts(t *testing.T, fleet pb.FleetServiceClient) []*pb.Host {
 		t.Fatal(err)
 	}
 	return resp.GetHosts()
+}
+
+// childEnv carries a child controller's configuration (JSON) to the test
+// binary re-executed as that controller (see TestMain).
+const childEnv = "S2S_E2E_CHILD_CONTROLLER"
+
+// childConfig is what a child controller is started with.
+type childConfig struct {
+	DataDir, SecretKeyFile, ReplicaID string
+	EtcdEndpoints                     []string
+	ElectionTTL, RolloutInterval      time.Duration
+}
+
+// TestMain runs the tests, or, re-executed with childEnv set, a controller
+// in this process until it is killed: a replica a test can SIGKILL, which
+// dies without resigning its leadership or revoking its etcd lease.
+func TestMain(m *testing.M) {
+	if c := os.Getenv(childEnv); c != "" {
+		os.Exit(runChildController(c))
+	}
+	os.Exit(m.Run())
+}
+
+func runChildController(config string) int {
+	var c childConfig
+	if err := json.Unmarshal([]byte(config), &c); err != nil {
+		fmt.Fprintf(os.Stderr, "child controller: %s: %v\n", childEnv, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	err := app.Serve(ctx, app.ServeConfig{DataDir: c.DataDir, Listen: "127.0.0.1:0", EtcdEndpoints: c.EtcdEndpoints, SecretKeyFile: c.SecretKeyFile,
+		ReplicaID: c.ReplicaID, ElectionTTL: c.ElectionTTL, RolloutInterval: c.RolloutInterval, PresenceTTL: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("component", "controller", "replica", c.ReplicaID),
+		Ready:  func(addr string) { fmt.Printf("listening %s\n", addr) }})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "child controller: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// childController is a controller replica running in a child process.
+type childController struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan error
+}
+
+// startChildController re-executes the test binary as a controller
+// replica; its log goes into the package's log capture.
+func startChildController(t *testing.T, c childConfig) *childController {
+	t.Helper()
+	b, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(b))
+	cmd.Stderr = logCapture
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cc := &childController{cmd: cmd, done: make(chan error, 1)}
+	addrs := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
+				addrs <- a
+			}
+		}
+		cc.done <- cmd.Wait()
+	}()
+	t.Cleanup(cc.kill)
+	select {
+	case cc.addr = <-addrs:
+	case err := <-cc.done:
+		cc.done <- err
+		t.Fatalf("child controller %s exited before serving: %v", c.ReplicaID, err)
+	case <-time.After(60 * time.Second):
+		t.Fatalf("child controller %s did not serve within 60s", c.ReplicaID)
+	}
+	return cc
+}
+
+// kill ends the child with SIGKILL: nothing runs after it, no Resign, no
+// lease revoked, no stream closed cleanly.
+func (c *childController) kill() {
+	if c.cmd.ProcessState != nil {
+		return
+	}
+	_ = c.cmd.Process.Kill()
+	<-c.done
+}
+
+// TestRolloutSurvivesAKilledLeader kills the leading replica with SIGKILL
+// in the middle of a rollout: it does not resign, its election key stays
+// until its lease runs out. Another replica takes over within the lease
+// TTL and finishes the rollout from its state in etcd, re-sending nothing
+// to the hosts already done.
+func TestRolloutSurvivesAKilledLeader(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	etcd, err := etcdembed.Start(ctx, filepath.Join(dir, "etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.Endpoint()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	const ttl = 2 * time.Second
+	key := filepath.Join(dir, "secret.key")
+	a := startChildController(t, childConfig{DataDir: filepath.Join(dir, "a"), SecretKeyFile: key, ReplicaID: "a",
+		EtcdEndpoints: []string{etcd.Endpoint()}, ElectionTTL: ttl, RolloutInterval: 50 * time.Millisecond})
+	waitFor(t, waitTimeout, "replica a to lead", func() (bool, string) { l := leaderOf(t, cli); return l == "a", "leader " + l })
+	b := startControllerWith(t, filepath.Join(dir, "b"), "127.0.0.1:0", func(c *app.ServeConfig) {
+		c.EtcdEndpoints = []string{etcd.Endpoint()}
+		c.SecretKeyFile = key
+		c.ReplicaID = "b"
+		c.ElectionTTL = ttl
+		c.RolloutInterval = 50 * time.Millisecond
+	})
+	conn := b.admin()
+	topo, fleet, rollouts := pb.NewTopologyServiceClient(conn), pb.NewFleetServiceClient(conn), pb.NewRolloutServiceClient(conn)
+	const perDeployment = 4
+	first, err := topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: fleetDocN("old1", perDeployment), Filename: "fleet.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, err := topology.Load("fleet.yaml", fleetDocN("old1", perDeployment))
+	if err != nil {
+		t.Fatal(err)
+	}
+	network, err := simnet.New(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(network.Close)
+	agents := map[string]*agent{}
+	for _, d := range []struct{ prefix, product string }{{"fe", "lync:2015"}, {"ex", "exchange:2019"}, {"sp", "sharepoint:2019"}} {
+		for i := 1; i <= perDeployment; i++ {
+			host := fmt.Sprintf("%s%02d.contoso.com", d.prefix, i)
+			agents[host] = startAgent(t, b, host, d.product, filepath.Join(dir, "agents", host), filepath.Join(dir, "shared"), agentOpts{network: network})
+		}
+	}
+	waitFor(t, waitTimeout, "every host on the first revision", func() (bool, string) { return converged(ctx, fleet, first.GetRevision()) })
+
+	// The canary wave bakes for 3s: the leader is killed while it does.
+	second, err := topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: fleetDocN("old2", perDeployment), Filename: "fleet.yaml",
+		Rollout: &pb.RolloutStrategy{Waves: []*pb.RolloutWaveSpec{{Percent: 50}}, MaxUnavailable: 2, BakeTime: durationpb.New(3 * time.Second)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func() *pb.Rollout {
+		t.Helper()
+		r, err := rollouts.GetRollout(ctx, &pb.GetRolloutRequest{Name: second.GetRollout()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetRollout()
+	}
+	waitFor(t, waitTimeout, "the canary wave to pass", func() (bool, string) {
+		r := get()
+		return r.GetWaves()[0].GetPassedTime() != nil, fmt.Sprintf("%v wave %d %q", r.GetState(), r.GetCurrentWave(), r.GetReason())
+	})
+	a.kill()
+	killedAt := time.Now()
+	// Read at once: until a's lease runs out nobody else leads, so this is
+	// the state a left behind.
+	r := get()
+	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
+		t.Fatalf("the rollout is %v (%s) at the kill, want running", r.GetState(), r.GetReason())
+	}
+	if l := leaderOf(t, cli); l != "a" {
+		t.Fatalf("right after the kill the election is held by %q, want the dead a's key still there (not resigned)", l)
+	}
+	done := map[string]int64{}
+	for _, w := range r.GetWaves() {
+		for _, h := range w.GetHosts() {
+			if h.GetState() == pb.RolloutHostState_ROLLOUT_HOST_STATE_PASSED {
+				done[h.GetHost()] = agents[h.GetHost()].received.Load()
+			}
+		}
+	}
+	if len(done) < 3 || len(done) == len(agents) {
+		t.Fatalf("%d of %d hosts done at the kill, want the canary wave and not all", len(done), len(agents))
+	}
+	waitFor(t, waitTimeout, "replica b to lead", func() (bool, string) { l := leaderOf(t, cli); return l == "b", "leader " + l })
+	if took := time.Since(killedAt); took > ttl+2*time.Second {
+		t.Errorf("b took %s to lead after the kill, more than the %s lease TTL (and 2s of slack)", took, ttl)
+	}
+	waitFor(t, waitTimeout, "the rollout to finish under b", func() (bool, string) {
+		r := get()
+		return r.GetState() == pb.RolloutState_ROLLOUT_STATE_SUCCEEDED, fmt.Sprintf("%v wave %d %q", r.GetState(), r.GetCurrentWave(), r.GetReason())
+	})
+	waitFor(t, waitTimeout, "every host on the second revision", func() (bool, string) { return converged(ctx, fleet, second.GetRevision()) })
+	var resent []string
+	for host, n := range done {
+		if got := agents[host].received.Load(); got != n {
+			resent = append(resent, fmt.Sprintf("%s (%d pushes more)", host, got-n))
+		}
+	}
+	sort.Strings(resent)
+	if len(resent) > 0 {
+		t.Errorf("hosts done before the kill got pushes after it: %v", resent)
+	}
+	for _, w := range get().GetWaves() {
+		for _, h := range w.GetHosts() {
+			if h.GetState() != pb.RolloutHostState_ROLLOUT_HOST_STATE_PASSED || h.GetTargetRevision() != second.GetRevision() {
+				t.Errorf("%s: %v at revision %d, want passed at %d", h.GetHost(), h.GetState(), h.GetTargetRevision(), second.GetRevision())
+			}
+		}
+	}
 }

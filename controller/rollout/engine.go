@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -18,6 +19,43 @@ import (
 type Observation struct {
 	Host   *pb.Host
 	Report *pb.StatusReport
+	// StateRev and ReportRev are the etcd revisions at which the host's
+	// state (its last ACK or NACK among the rest) and its report were
+	// stored; 0 when unknown. Another host's report stored above this
+	// host's StateRev was made after this host's last answer, so its
+	// probes of this host saw the configuration answered.
+	StateRev, ReportRev int64
+}
+
+// inboundProbe is a probe another host sent to a host.
+type inboundProbe struct {
+	from  string
+	probe *pb.TrustProbe
+	// fresh: stored after the target's last answer.
+	fresh bool
+}
+
+// inbound indexes the probes of every report by their target host, in
+// the order of the probing hosts' names.
+func (obs Observations) inbound() map[string][]inboundProbe {
+	hosts := make([]string, 0, len(obs))
+	for h := range obs {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	out := map[string][]inboundProbe{}
+	for _, from := range hosts {
+		for _, p := range obs[from].Report.GetProbes() {
+			to := p.GetTargetHost()
+			if to == from {
+				continue
+			}
+			if t, ok := obs[to]; ok {
+				out[to] = append(out[to], inboundProbe{from: from, probe: p, fresh: obs[from].ReportRev > t.StateRev})
+			}
+		}
+	}
+	return out
 }
 
 // Observations are every host's observation, by host.
@@ -38,12 +76,21 @@ const (
 )
 
 // Gate decides whether host passed its gate for revision rev: it has
-// converged on rev (convergence.Converged), and its report of that
-// revision shows every item verified and every trust probe of its edges
-// accepted. disabled(to) says the topology disables the edge to deployment
-// to, where a refused probe is what should happen. text says what was
-// seen, for a pass as for the rest.
-func Gate(host string, rev uint64, obs Observations, disabled func(toDeployment string) bool) (Verdict, string) {
+// converged on rev (convergence.Converged), its report of that revision
+// shows every item verified and every trust probe of its edges accepted,
+// and no other host's probe of it fails: a host whose inbound edges are
+// broken does not pass, however well it probes its partners. An inbound
+// probe that failed counts as a failure only when its report was stored
+// after the host's last answer (it saw the configuration answered); an
+// older one is waited on, since the prober reports again when its result
+// changes. disabled(from, to) says the topology disables the edge from
+// deployment from to deployment to, where a refused probe is what should
+// happen. text says what was seen, for a pass as for the rest.
+func Gate(host string, rev uint64, obs Observations, disabled func(from, to string) bool) (Verdict, string) {
+	return gate(host, rev, obs, obs.inbound()[host], disabled)
+}
+
+func gate(host string, rev uint64, obs Observations, inbound []inboundProbe, disabled func(from, to string) bool) (Verdict, string) {
 	o, ok := obs[host]
 	if !ok || o.Host == nil {
 		return Wait, "no state known for the host yet"
@@ -54,14 +101,14 @@ func Gate(host string, rev uint64, obs Observations, disabled func(toDeployment 
 		for _, e := range lr.GetErrors() {
 			errs = append(errs, e.GetItem()+": "+e.GetMessage())
 		}
-		return Fail, fmt.Sprintf("NACK of revision %d: %s", rev, strings.Join(errs, "; "))
+		return Fail, fmt.Sprintf("NACK of %s: %s", revText(rev, h), strings.Join(errs, "; "))
 	}
 	if why := convergence.Why(h, rev); why != "" {
 		return Wait, strings.TrimPrefix(why, host+": ")
 	}
 	r := o.Report
 	if r == nil || r.GetAppliedVersion() != rev || r.GetAppliedHash() != h.GetDesiredHash() {
-		return Wait, fmt.Sprintf("acked; no report of revision %d yet", rev)
+		return Wait, fmt.Sprintf("acked; no report of %s yet", revText(rev, h))
 	}
 	var pending []string
 	for _, it := range r.GetItems() {
@@ -75,18 +122,52 @@ func Gate(host string, rev uint64, obs Observations, disabled func(toDeployment 
 	if len(pending) > 0 {
 		return Wait, "acked; waiting on " + strings.Join(pending, ", ")
 	}
+	off := func(from, to string) bool { return disabled != nil && disabled(from, to) }
 	probes := 0
 	for _, p := range r.GetProbes() {
-		off := disabled != nil && disabled(p.GetToDeployment())
-		switch {
-		case off && p.GetOk():
-			return Fail, fmt.Sprintf("probe to %s (%s) accepted, but the topology disables this edge", p.GetTargetHost(), p.GetToDeployment())
-		case !off && !p.GetOk():
-			return Fail, fmt.Sprintf("probe to %s (%s) failed: %s: %s", p.GetTargetHost(), p.GetToDeployment(), p.GetReason(), p.GetDetail())
+		if msg := probeProblem(off(h.GetDeployment(), p.GetToDeployment()), p); msg != "" {
+			return Fail, fmt.Sprintf("probe to %s (%s) %s", p.GetTargetHost(), p.GetToDeployment(), msg)
 		}
 		probes++
 	}
+	var stale []string
+	for _, in := range inbound {
+		from := obs[in.from].Host.GetDeployment()
+		msg := probeProblem(off(from, in.probe.GetToDeployment()), in.probe)
+		switch {
+		case msg == "":
+			probes++
+		case in.fresh:
+			return Fail, fmt.Sprintf("probe from %s (%s) to this host %s", in.from, from, msg)
+		default:
+			stale = append(stale, fmt.Sprintf("%s (%s; its last probe, from before this host's answer, %s)", in.from, from, msg))
+		}
+	}
+	if len(stale) > 0 {
+		return Wait, "acked; waiting on a new probe from " + strings.Join(stale, ", ")
+	}
 	return Pass, fmt.Sprintf("acked; %d items verified; %d probes passed", len(r.GetItems()), probes)
+}
+
+// revText names revision rev as operators know it: by its sequence number
+// when the host's view carries it, with the version beside it.
+func revText(rev uint64, h *pb.Host) string {
+	if h.GetDesiredVersion() == rev && h.GetDesiredSequence() > 0 {
+		return fmt.Sprintf("revision %d (version %d)", h.GetDesiredSequence(), rev)
+	}
+	return fmt.Sprintf("version %d", rev)
+}
+
+// probeProblem says what is wrong with probe p ("" when nothing): refused
+// over an enabled edge, or accepted over a disabled one.
+func probeProblem(disabled bool, p *pb.TrustProbe) string {
+	switch {
+	case disabled && p.GetOk():
+		return "accepted, but the topology disables this edge"
+	case !disabled && !p.GetOk():
+		return fmt.Sprintf("failed: %s: %s", p.GetReason(), p.GetDetail())
+	}
+	return ""
 }
 
 // Finished reports whether a rollout is over (succeeded or aborted).
@@ -113,6 +194,7 @@ func Step(r *pb.Rollout, obs Observations, disabled func(from, to string) bool, 
 func step(r *pb.Rollout, obs Observations, disabled func(from, to string) bool, now time.Time) {
 	s := r.GetStrategy()
 	ts := timestamppb.New(now)
+	inbound := obs.inbound()
 	for r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING {
 		if int(r.GetCurrentWave()) >= len(r.GetWaves()) {
 			r.State, r.Reason = pb.RolloutState_ROLLOUT_STATE_SUCCEEDED, ""
@@ -132,7 +214,7 @@ func step(r *pb.Rollout, obs Observations, disabled func(from, to string) bool, 
 		for _, h := range w.GetHosts() {
 			switch h.GetState() {
 			case pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING, pb.RolloutHostState_ROLLOUT_HOST_STATE_PASSED:
-				v, text := Gate(h.GetHost(), r.GetToRevision(), obs, func(to string) bool { return disabled != nil && disabled(h.GetDeployment(), to) })
+				v, text := gate(h.GetHost(), r.GetToRevision(), obs, inbound[h.GetHost()], disabled)
 				switch {
 				case v == Pass:
 					setHost(h, pb.RolloutHostState_ROLLOUT_HOST_STATE_PASSED, text, "", ts)
@@ -170,7 +252,7 @@ func step(r *pb.Rollout, obs Observations, disabled func(from, to string) bool, 
 				waiting = true
 				continue
 			}
-			h.State, h.TargetRevision, h.ReleaseTime, h.UpdateTime = pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING, r.GetToRevision(), ts, ts
+			h.State, h.TargetRevision, h.TargetSequence, h.ReleaseTime, h.UpdateTime = pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING, r.GetToRevision(), r.GetToSequence(), ts, ts
 			h.Gate, h.Cause = "released", ""
 			busy++
 		}
@@ -210,7 +292,21 @@ func Targets(r *pb.Rollout) map[string]uint64 {
 
 // precondition is a FAILED_PRECONDITION naming the rollout and its state.
 func precondition(r *pb.Rollout, verb string) error {
-	return fmt.Errorf("cannot %s %s: it is %s: %w", verb, r.GetName(), stateName(r.GetState()), store.ErrConflict)
+	return Precondition("cannot %s %s: it is %s", verb, r.GetName(), stateName(r.GetState()))
+}
+
+// preconditionError is a refusal because of the state things are in: its
+// text is the message alone, and it is a store.ErrConflict, which the API
+// answers with FAILED_PRECONDITION.
+type preconditionError struct{ msg string }
+
+func (e *preconditionError) Error() string { return e.msg }
+func (e *preconditionError) Unwrap() error { return store.ErrConflict }
+
+// Precondition returns a FAILED_PRECONDITION error with the formatted
+// message (which should name what is refused and the state in the way).
+func Precondition(format string, args ...any) error {
+	return &preconditionError{msg: fmt.Sprintf(format, args...)}
 }
 
 func stateName(s pb.RolloutState) string {

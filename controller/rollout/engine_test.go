@@ -39,9 +39,15 @@ type sim struct {
 
 func (s sim) observe(r *pb.Rollout) Observations {
 	obs := Observations{}
+	deployment := map[string]string{}
+	for _, w := range r.GetWaves() {
+		for _, h := range w.GetHosts() {
+			deployment[h.GetHost()] = h.GetDeployment()
+		}
+	}
 	for host, rev := range Targets(r) {
 		hash := fmt.Sprintf("h%d", rev)
-		h := &pb.Host{Host: host, DesiredVersion: rev, DesiredHash: hash, AppliedVersion: rev, AppliedHash: hash,
+		h := &pb.Host{Host: host, Deployment: deployment[host], DesiredVersion: rev, DesiredSequence: rev, DesiredHash: hash, AppliedVersion: rev, AppliedHash: hash,
 			LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: rev, Hash: hash}}
 		if msg, bad := s.fail[host]; bad && rev == r.GetToRevision() {
 			h.AppliedVersion, h.AppliedHash = 1, "h1"
@@ -176,7 +182,7 @@ func TestStepFailingCanary(t *testing.T) {
 	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_PAUSED || r.GetCurrentWave() != 0 {
 		t.Fatalf("state %v wave %d, want paused in wave 0", r.GetState(), r.GetCurrentWave())
 	}
-	for _, want := range []string{"paused: failure threshold reached", "exchange-2: NACK of revision 2: oauth-configuration: Set-AuthConfig: access denied"} {
+	for _, want := range []string{"paused: failure threshold reached", "exchange-2: NACK of revision 2 (version 2): oauth-configuration: Set-AuthConfig: access denied"} {
 		if !strings.Contains(r.GetReason(), want) {
 			t.Errorf("reason %q lacks %q", r.GetReason(), want)
 		}
@@ -363,5 +369,67 @@ rollout:
 	merged := Merge(s, &pb.RolloutStrategy{MaxUnavailable: 5, Canary: proto.Bool(true)})
 	if merged.GetMaxUnavailable() != 5 || !merged.GetCanary() || merged.GetFailureThreshold() != 1 {
 		t.Errorf("merge: %v", merged)
+	}
+}
+
+// TestGateInboundProbes: a host whose own probes pass but whose partners'
+// probes of it fail does not pass its gate. A failing probe stored after
+// the host's answer fails it, naming the prober and the cause; one stored
+// before is waited on (the prober reports again when its result changes);
+// a refused probe over an edge the topology disables is what should happen.
+func TestGateInboundProbes(t *testing.T) {
+	ok := func(host, dep string, stateRev, reportRev int64, probes ...*pb.TrustProbe) Observation {
+		h := &pb.Host{Host: host, Deployment: dep, DesiredVersion: 7, DesiredSequence: 3, DesiredHash: "h7", AppliedVersion: 7, AppliedHash: "h7",
+			LastResult: &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: 7, Hash: "h7"}}
+		return Observation{Host: h, StateRev: stateRev, ReportRev: reportRev, Report: &pb.StatusReport{AppliedVersion: 7, AppliedHash: "h7",
+			Items: []*pb.ItemStatus{{Item: "oauth-configuration", State: pb.ItemState_ITEM_STATE_OK}}, Probes: probes}}
+	}
+	own := &pb.TrustProbe{ToDeployment: "exchange", TargetHost: "ex01", Ok: true}
+	refused := &pb.TrustProbe{ToDeployment: "pool01", TargetHost: "fe01", Reason: "unknown-key", Detail: "signing key not in the cached metadata"}
+	accepted := &pb.TrustProbe{ToDeployment: "pool01", TargetHost: "fe01", Ok: true}
+	for _, tc := range []struct {
+		name     string
+		prober   Observation // ex01's
+		disabled bool        // the edge exchange → pool01
+		want     Verdict
+		text     string
+	}{
+		{"inbound probe accepted", ok("ex01", "exchange", 50, 60, accepted), false, Pass, "2 probes passed"},
+		{"inbound probe refused after the answer", ok("ex01", "exchange", 50, 60, refused), false, Fail,
+			"probe from ex01 (exchange) to this host failed: unknown-key: signing key not in the cached metadata"},
+		{"inbound probe refused before the answer", ok("ex01", "exchange", 50, 40, refused), false, Wait,
+			"waiting on a new probe from ex01 (exchange; its last probe, from before this host's answer, failed: unknown-key"},
+		{"refused over a disabled edge", ok("ex01", "exchange", 50, 60, refused), true, Pass, "2 probes passed"},
+		{"accepted over a disabled edge", ok("ex01", "exchange", 50, 60, accepted), true, Fail,
+			"probe from ex01 (exchange) to this host accepted, but the topology disables this edge"},
+	} {
+		obs := Observations{"fe01": ok("fe01", "pool01", 45, 55, own), "ex01": tc.prober}
+		v, text := Gate("fe01", 7, obs, func(from, to string) bool { return tc.disabled && from == "exchange" && to == "pool01" })
+		if v != tc.want || !strings.Contains(text, tc.text) {
+			t.Errorf("%s: %v %q, want %v %q", tc.name, v, text, tc.want, tc.text)
+		}
+	}
+
+	// In a rollout: the host released first fails its gate when its
+	// partner's probes of it fail, and the rollout stops at the threshold.
+	now := time.Unix(1000, 0)
+	r := Plan("rollouts/1", strategy(false, 1, 0, &pb.RolloutWaveSpec{Hosts: []string{"pool01-1"}}), fleet(), 1, 2, now)
+	s := sim{}
+	obs := func() Observations {
+		o := s.observe(r)
+		for h, ob := range o {
+			ob.StateRev, ob.ReportRev = 10, 20
+			if h == "exchange-1" {
+				ob.Report.Probes = append(ob.Report.Probes, &pb.TrustProbe{ToDeployment: "pool01", TargetHost: "pool01-1", Reason: "unknown-key", Detail: "no such key"})
+			}
+			o[h] = ob
+		}
+		return o
+	}
+	for i := 0; i < 10 && r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING; i++ {
+		Step(r, obs(), nil, now)
+	}
+	if r.GetState() != pb.RolloutState_ROLLOUT_STATE_PAUSED || !strings.Contains(r.GetReason(), "pool01-1: probe from exchange-1 (exchange) to this host failed: unknown-key: no such key") {
+		t.Errorf("rollout %v %q, want paused naming pool01-1's failed inbound probe", r.GetState(), r.GetReason())
 	}
 }

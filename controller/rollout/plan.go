@@ -24,6 +24,10 @@ type Fleet struct {
 	// From maps each host to the revision it runs now (its target); 0 for
 	// a host new in this revision.
 	From map[string]uint64
+	// Sequences maps revisions to the sequence numbers operators know
+	// them by (see store.TopologyRecord.Sequence); missing ones are shown
+	// as unknown.
+	Sequences map[uint64]uint64
 }
 
 // Plan lays out the waves of a rollout of revision to: wave 0 the canary
@@ -33,13 +37,15 @@ type Fleet struct {
 // waves are dropped. The strategy must have passed Validate.
 func Plan(name string, s *pb.RolloutStrategy, f Fleet, from, to uint64, now time.Time) *pb.Rollout {
 	r := &pb.Rollout{
-		Name: name, FromRevision: from, ToRevision: to, State: pb.RolloutState_ROLLOUT_STATE_RUNNING,
+		Name: name, FromRevision: from, ToRevision: to, FromSequence: f.Sequences[from], ToSequence: f.Sequences[to], State: pb.RolloutState_ROLLOUT_STATE_RUNNING,
 		Strategy: proto.Clone(s).(*pb.RolloutStrategy), CreateTime: timestamppb.New(now), UpdateTime: timestamppb.New(now),
 	}
 	taken := map[string]bool{}
 	host := func(h string) *pb.RolloutHost {
 		taken[h] = true
-		return &pb.RolloutHost{Host: h, Deployment: f.Deployment[h], FromRevision: f.From[h], TargetRevision: f.From[h], State: pb.RolloutHostState_ROLLOUT_HOST_STATE_WAITING}
+		seq := f.Sequences[f.From[h]]
+		return &pb.RolloutHost{Host: h, Deployment: f.Deployment[h], FromRevision: f.From[h], TargetRevision: f.From[h], FromSequence: seq, TargetSequence: seq,
+			State: pb.RolloutHostState_ROLLOUT_HOST_STATE_WAITING}
 	}
 	add := func(title string, hosts []string) {
 		w := &pb.RolloutWave{Title: title}

@@ -19,8 +19,9 @@ type Source interface {
 	// Observe returns every host's observation and which edges the
 	// current topology disables (disabled(from, to) for deployments).
 	Observe(ctx context.Context) (Observations, func(from, to string) bool, error)
-	// Current returns the current topology revision and its document hash.
-	Current(ctx context.Context) (rev uint64, hash string, err error)
+	// Current returns the current topology revision, its sequence number
+	// and its document hash.
+	Current(ctx context.Context) (rev, seq uint64, hash string, err error)
 }
 
 // Engine advances the newest rollout on the leader.
@@ -34,9 +35,10 @@ type Engine struct {
 	// Interval is how often the engine looks when nothing wakes it
 	// (default 1s).
 	Interval time.Duration
-	// StoreGrace is how long a rollout may wait for its revision to be
-	// stored (default 1 minute): an apply that failed after creating its
-	// rollout leaves it to be aborted.
+	// StoreGrace is how long a rollout stored on its own, before its
+	// revision (as controllers did before the two shared a transaction),
+	// may wait for that revision (default 1 minute); after it, the rollout
+	// is aborted as never stored.
 	StoreGrace time.Duration
 	Log        *slog.Logger
 }
@@ -83,22 +85,36 @@ func (e *Engine) Advance(ctx context.Context) error {
 	}
 	r := proto.Clone(cur.Rollout).(*pb.Rollout)
 	now := e.now()
-	rev, hash, err := e.Source.Current(ctx)
+	rev, seq, hash, err := e.Source.Current(ctx)
 	if err != nil {
 		return err
 	}
 	changed := false
-	switch {
-	case r.GetToRevision() == 0 && hash == r.GetDocumentHash():
-		r.ToRevision, changed = rev, true
-	case r.GetToRevision() == 0:
-		if now.Sub(r.GetCreateTime().AsTime()) < e.storeGrace() {
+	if r.GetToRevision() == 0 {
+		switch to, err := e.Store.storedWith(ctx, cur); {
+		case err != nil:
+			return err
+		case to != nil:
+			// Stored in one transaction with its revision (the apply's).
+			r.ToRevision, changed = to.Revision, true
+			if r.GetToSequence() == 0 {
+				r.ToSequence = to.Sequence
+			}
+		case hash == r.GetDocumentHash():
+			// A rollout stored before its revision (older controllers).
+			r.ToRevision, changed = rev, true
+			if r.GetToSequence() == 0 {
+				r.ToSequence = seq
+			}
+		case now.Sub(r.GetCreateTime().AsTime()) < e.storeGrace():
 			return nil // the apply that created it has not stored its revision yet
+		default:
+			_ = Abort(r, fmt.Sprintf("aborted: its revision was never stored (revision %d is current)", seq), now)
+			changed = true
 		}
-		_ = Abort(r, fmt.Sprintf("aborted: its revision was never stored (revision %d is current)", rev), now)
-		changed = true
-	case r.GetToRevision() != rev:
-		_ = Abort(r, fmt.Sprintf("aborted: superseded by revision %d", rev), now)
+	}
+	if r.GetToRevision() != 0 && r.GetToRevision() != rev && !Finished(r) {
+		_ = Abort(r, fmt.Sprintf("aborted: superseded by revision %d (version %d)", seq, rev), now)
 		changed = true
 	}
 	if r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING {

@@ -130,36 +130,11 @@ func (s *Store) List(ctx context.Context, limit int, before uint64) ([]*Stored, 
 // most one rollout is ever running. fence conditions the write (nil: none).
 func (s *Store) Create(ctx context.Context, r *pb.Rollout, fence []clientv3.Cmp, reason func(newName string) string) (*Stored, error) {
 	for range 10 {
-		prev, err := s.Get(ctx, 0)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return nil, err
-		}
-		id := uint64(1)
-		cmps := append([]clientv3.Cmp{}, fence...)
-		var ops []clientv3.Op
-		if prev != nil {
-			id = prev.ID + 1
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.key(prev.ID)), "=", prev.ModRev))
-			if !Finished(prev.Rollout) {
-				old := proto.Clone(prev.Rollout).(*pb.Rollout)
-				if err := Abort(old, reason(Name(id)), r.GetCreateTime().AsTime()); err != nil {
-					return nil, err
-				}
-				b, err := proto.Marshal(old)
-				if err != nil {
-					return nil, err
-				}
-				ops = append(ops, clientv3.OpPut(s.key(prev.ID), string(b)))
-			}
-		}
-		r.Name = Name(id)
-		b, err := proto.Marshal(r)
+		cmps, ops, id, err := s.CreateOps(ctx, r, reason)
 		if err != nil {
 			return nil, err
 		}
-		k := s.key(id)
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
-		resp, err := s.st.Client().Txn(ctx).If(cmps...).Then(append(ops, clientv3.OpPut(k, string(b)))...).Commit()
+		resp, err := s.st.Client().Txn(ctx).If(append(append([]clientv3.Cmp{}, fence...), cmps...)...).Then(ops...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("store %s: %w", r.Name, s.st.WriteErr(err))
 		}
@@ -168,6 +143,62 @@ func (s *Store) Create(ctx context.Context, r *pb.Rollout, fence []clientv3.Cmp,
 		}
 	}
 	return nil, fmt.Errorf("rollouts created concurrently 10 times in a row: %w", store.ErrConflict)
+}
+
+// CreateOps names r as the next rollout and returns the writes that store
+// it, aborting the newest rollout when it is unfinished, and the
+// comparisons under which they hold (no rollout created or changed since
+// they were read), for a caller's transaction: the apply that stores a
+// revision and its rollout together. A refused comparison asks for a new
+// call. reason gives the abort reason from r's name.
+func (s *Store) CreateOps(ctx context.Context, r *pb.Rollout, reason func(newName string) string) (cmps []clientv3.Cmp, ops []clientv3.Op, id uint64, err error) {
+	prev, err := s.Get(ctx, 0)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, nil, 0, err
+	}
+	id = 1
+	if prev != nil {
+		id = prev.ID + 1
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.key(prev.ID)), "=", prev.ModRev))
+		if !Finished(prev.Rollout) {
+			old := proto.Clone(prev.Rollout).(*pb.Rollout)
+			if err := Abort(old, reason(Name(id)), r.GetCreateTime().AsTime()); err != nil {
+				return nil, nil, 0, err
+			}
+			b, err := proto.Marshal(old)
+			if err != nil {
+				return nil, nil, 0, err
+			}
+			ops = append(ops, clientv3.OpPut(s.key(prev.ID), string(b)))
+		}
+	}
+	r.Name = Name(id)
+	b, err := proto.Marshal(r)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	k := s.key(id)
+	cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+	return cmps, append(ops, clientv3.OpPut(k, string(b))), id, nil
+}
+
+// storedWith returns the topology revision stored in the transaction that
+// created rollout cur (its create revision), nil when none was: the
+// rollout was created on its own, before its revision.
+func (s *Store) storedWith(ctx context.Context, cur *Stored) (*store.TopologyRecord, error) {
+	if cur.CreateRev <= 0 {
+		return nil, nil
+	}
+	rec, err := s.st.TopologyRevision(ctx, uint64(cur.CreateRev))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case rec.Hash != cur.Rollout.GetDocumentHash():
+		return nil, nil
+	}
+	return rec, nil
 }
 
 // ErrFenced says a write was refused because this replica no longer leads.

@@ -24,8 +24,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -57,6 +59,10 @@ func (r record) version() uint64 { return max(r.Version, 1) }
 type Ref struct {
 	Name    string
 	Version uint64
+	// As is the name the delivered material carries, Name when empty: a
+	// rotation's next certificate travels as "name@vN", beside the
+	// current version of the same secret.
+	As string
 }
 
 // plain is the sealed part.
@@ -70,7 +76,42 @@ type Store struct {
 	st  *store.Store
 	key []byte
 	now func() time.Time
+
+	// opened caches secrets decrypted for delivery, by etcd key; an entry
+	// serves only while the key's mod revision is the one it was opened
+	// at, so a push reads the key (one small read) but decodes and opens
+	// it only after a change.
+	mu     sync.Mutex
+	opened map[string]openedSecret
+	// reads coalesces the reads of one key by concurrent pushes (see
+	// readKey), by etcd key.
+	reads map[string]*keyReads
 }
+
+// keyReads are the reads of one key: at most one in flight, and the
+// callers that came while it was (they share the next one).
+type keyReads struct {
+	inFlight bool
+	next     *keyRead
+}
+
+// keyRead is one read of a key, shared by every caller waiting for it.
+type keyRead struct {
+	done chan struct{}
+	kv   *mvccpb.KeyValue // nil: no such key
+	err  error
+}
+
+// openedSecret is one stored secret record decrypted.
+type openedSecret struct {
+	modRev   int64
+	version  uint64
+	material *pb.SecretMaterial // shared: never modified
+}
+
+// maxOpened bounds the decrypted secrets kept; beyond it the cache starts
+// over (a topology names a few secrets, a rotation two versions of one).
+const maxOpened = 256
 
 // New returns a secret store sealing with key (32 bytes).
 func New(st *store.Store, key []byte, now func() time.Time) *Store {
@@ -246,8 +287,13 @@ func (s *Store) currentTopology(ctx context.Context) (*topology.Topology, *store
 // version. A name with no stored secret is left out (CheckTopology
 // refuses it).
 func (s *Store) Pins(ctx context.Context, t *topology.Topology) (map[string]store.SecretPin, error) {
-	_, cur, err := s.currentTopology(ctx)
-	if err != nil {
+	// The current record's pins are all it takes: its document is not
+	// parsed (an apply would otherwise parse the current revision again).
+	cur, err := s.st.CurrentTopology(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		cur = nil
+	case err != nil:
 		return nil, err
 	}
 	pins := map[string]store.SecretPin{}
@@ -353,6 +399,17 @@ func Info(ctx context.Context, st *store.Store, name string, version uint64) (*p
 	return s.info, nil
 }
 
+// Resolve gives the version number of one version of a secret (0: the
+// newest) with its certificate's description, without opening its sealed
+// part; store.ErrNotFound for an unknown name or version.
+func Resolve(ctx context.Context, st *store.Store, name string, version uint64) (uint64, *pb.CertificateInfo, error) {
+	s, err := (&Store{st: st}).getVersion(ctx, name, version)
+	if err != nil {
+		return 0, nil, err
+	}
+	return s.rec.version(), s.info, nil
+}
+
 // DecodeInfo reads the certificate description of a stored secret value,
 // without opening its sealed part.
 func DecodeInfo(value []byte) (*pb.CertificateInfo, error) {
@@ -441,22 +498,125 @@ func (s *Store) Secrets(ctx context.Context, names []string) ([]*pb.SecretMateri
 }
 
 // SecretVersions returns the given versions of secrets decrypted, for
-// delivery to a host.
+// delivery to a host. The messages returned are shared between callers
+// (see Store.opened) and must not be modified.
 func (s *Store) SecretVersions(ctx context.Context, refs []Ref) ([]*pb.SecretMaterial, error) {
 	var out []*pb.SecretMaterial
 	for _, ref := range refs {
-		name := ref.Name
-		st, err := s.getVersion(ctx, name, ref.Version)
+		m, err := s.material(ctx, ref.Name, ref.Version)
 		if err != nil {
 			return nil, err
 		}
-		p, err := s.open(name, st.rec)
-		if err != nil {
-			return nil, err
+		if ref.As != "" && ref.As != m.GetName() {
+			// Delivered under another name (a rotation's "name@vN"): a
+			// copy, the cached message being shared.
+			m = &pb.SecretMaterial{Name: ref.As, Pfx: m.GetPfx(), Password: m.GetPassword(), Thumbprint: m.GetThumbprint()}
 		}
-		out = append(out, &pb.SecretMaterial{Name: name, Pfx: p.PFX, Password: p.Password, Thumbprint: st.info.GetThumbprint()})
+		out = append(out, m)
 	}
 	return out, nil
+}
+
+// material returns version v of secret name decrypted (0: the newest),
+// from the cache while the etcd record it was opened from is unchanged.
+func (s *Store) material(ctx context.Context, name string, v uint64) (*pb.SecretMaterial, error) {
+	latest, err := s.openKey(ctx, name, s.etcdKey(name), fmt.Sprintf("secret %s", name))
+	if err != nil || v == 0 || latest.version == v {
+		return latest.material, err
+	}
+	o, err := s.openKey(ctx, name, s.versionKey(name, v), fmt.Sprintf("secret %s version %d", name, v))
+	return o.material, err
+}
+
+// readKey reads key from etcd for a caller, sharing the read with the
+// callers that arrive together: a read is shared only by callers that
+// came before it started, so each caller sees the key as it was at some
+// moment after its call (10,000 pushes at once read a secret a few times,
+// not 10,000 times, and none gets a value older than its call).
+func (s *Store) readKey(ctx context.Context, key string) (*mvccpb.KeyValue, error) {
+	s.mu.Lock()
+	if s.reads == nil {
+		s.reads = map[string]*keyReads{}
+	}
+	kr := s.reads[key]
+	if kr == nil {
+		kr = &keyReads{}
+		s.reads[key] = kr
+	}
+	if kr.next == nil {
+		kr.next = &keyRead{done: make(chan struct{})}
+	}
+	r := kr.next
+	if !kr.inFlight {
+		kr.inFlight, kr.next = true, nil
+		go s.runReads(key, kr, r)
+	}
+	s.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.kv, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// readTimeout bounds one shared read.
+const readTimeout = 5 * time.Second
+
+// runReads performs r, then the read the callers that came meanwhile wait
+// for, until none is waiting.
+func (s *Store) runReads(key string, kr *keyReads, r *keyRead) {
+	for r != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+		resp, err := s.st.Client().Get(ctx, key)
+		cancel()
+		if err == nil && len(resp.Kvs) > 0 {
+			r.kv = resp.Kvs[0]
+		}
+		r.err = err
+		close(r.done)
+		s.mu.Lock()
+		r, kr.next = kr.next, nil
+		if r == nil {
+			kr.inFlight = false
+			delete(s.reads, key)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// openKey reads the secret record under key and returns it decrypted.
+func (s *Store) openKey(ctx context.Context, name, key, what string) (openedSecret, error) {
+	kv, err := s.readKey(ctx, key)
+	if err != nil {
+		return openedSecret{}, fmt.Errorf("read %s: %w", what, err)
+	}
+	if kv == nil {
+		return openedSecret{}, fmt.Errorf("%s: %w", what, store.ErrNotFound)
+	}
+	s.mu.Lock()
+	o, ok := s.opened[key]
+	s.mu.Unlock()
+	if ok && o.modRev == kv.ModRevision {
+		return o, nil
+	}
+	st, err := decode(name, kv.Value)
+	if err != nil {
+		return openedSecret{}, err
+	}
+	p, err := s.open(name, st.rec)
+	if err != nil {
+		return openedSecret{}, err
+	}
+	o = openedSecret{modRev: kv.ModRevision, version: st.rec.version(),
+		material: &pb.SecretMaterial{Name: name, Pfx: p.PFX, Password: p.Password, Thumbprint: st.info.GetThumbprint()}}
+	s.mu.Lock()
+	if s.opened == nil || len(s.opened) >= maxOpened {
+		s.opened = map[string]openedSecret{}
+	}
+	s.opened[key] = o
+	s.mu.Unlock()
+	return o, nil
 }
 
 // CheckTopology checks every token-issuer secret a topology names: it must
@@ -483,25 +643,34 @@ func (s *Store) CheckTopology(ctx context.Context, t *topology.Topology) (errs, 
 	if err != nil {
 		return nil, nil, err
 	}
+	type pfx struct {
+		b   *certs.Bundle
+		err error
+	}
+	loaded := map[Ref]pfx{}
 	for i, d := range t.Deployments {
 		if d.TokenIssuer == nil || d.TokenIssuer.Secret == "" {
 			continue
 		}
 		field := "deployments[" + strconv.Itoa(i) + "].tokenIssuer.secret"
 		name := d.TokenIssuer.Secret
-		st, err := s.getVersion(ctx, name, pins[name].Version)
-		if errors.Is(err, store.ErrNotFound) {
-			errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
-			continue
+		ref := Ref{Name: name, Version: pins[name].Version}
+		l, ok := loaded[ref]
+		if !ok {
+			// Once per secret version, however many deployments name it:
+			// opening a PFX is slow by design (its key derivation).
+			m, err := s.material(ctx, name, ref.Version)
+			if errors.Is(err, store.ErrNotFound) {
+				errs = append(errs, topology.FieldViolation{Field: field, Value: name, Description: "no such secret: upload the PFX first with `s2s-controller secret put " + name + " --pfx FILE --password-file FILE`"})
+				continue
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			l.b, l.err = certs.LoadPFXContext(ctx, m.GetPfx(), m.GetPassword())
+			loaded[ref] = l
 		}
-		if err != nil {
-			return nil, nil, err
-		}
-		p, err := s.open(name, st.rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		b, err := certs.LoadPFXContext(ctx, p.PFX, p.Password)
+		b, err := l.b, l.err
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, nil, fmt.Errorf("check secret %s: %w", name, err)

@@ -1,17 +1,29 @@
 package secrets_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/s2strust/s2strust/controller/secrets"
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/secretbox"
 	"github.com/s2strust/s2strust/internal/topology"
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 func TestVersionsPinsAndAudit(t *testing.T) {
@@ -165,5 +177,113 @@ func TestNewVersionNeedsAPinnedRevision(t *testing.T) {
 	}
 	if sec, _, err := s.PutVersion(ctx, "oauth-2026", pfx2, password, true); err != nil || sec.GetVersion() != 2 {
 		t.Fatalf("new version after the re-apply = %v, %v; want version 2", sec, err)
+	}
+}
+
+// Delivery opens a secret once per stored record: the same record gives
+// the same decrypted material, a rewrite of it (a new version, or the
+// record written again) is read and opened anew.
+func TestSecretVersionsCachedByModRevision(t *testing.T) {
+	e := newEnv(t)
+	s := e.secrets(t, "k")
+	ctx := secrets.WithCaller(testCtx(t), "admin/alice")
+	pfx1, _ := goodPFX()
+	pfx2, _ := issuerPFX(t, "contoso.com", "fabrikam.com")
+	if _, _, err := s.Put(ctx, "oauth-2026", pfx1, password); err != nil {
+		t.Fatal(err)
+	}
+	get := func(v uint64) *pb.SecretMaterial {
+		t.Helper()
+		m, err := s.SecretVersions(ctx, []secrets.Ref{{Name: "oauth-2026", Version: v}})
+		if err != nil || len(m) != 1 {
+			t.Fatalf("SecretVersions(oauth-2026 v%d) = %v, %v", v, m, err)
+		}
+		return m[0]
+	}
+	a, b := get(0), get(1)
+	if a != b || !bytes.Equal(a.GetPfx(), pfx1) {
+		t.Fatalf("two reads of one record: %p and %p (PFX as put: %v); want one opened record", a, b, bytes.Equal(a.GetPfx(), pfx1))
+	}
+	if _, _, err := s.PutVersion(ctx, "oauth-2026", pfx2, password, true); err != nil {
+		t.Fatal(err)
+	}
+	if c := get(0); !bytes.Equal(c.GetPfx(), pfx2) {
+		t.Fatal("the newest version after a put is still the old PFX")
+	}
+	if old := get(1); !bytes.Equal(old.GetPfx(), pfx1) {
+		t.Fatal("version 1 after a new version is not the first PFX")
+	}
+	// The newest record written again, unchanged but at a new revision
+	// (as a restore would): opened again.
+	before := get(0)
+	key := e.st.Key("secrets/oauth-2026")
+	resp, err := e.cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatal(resp, err)
+	}
+	if _, err := e.cli.Put(ctx, key, string(resp.Kvs[0].Value)); err != nil {
+		t.Fatal(err)
+	}
+	if after := get(0); after == before || !bytes.Equal(after.GetPfx(), pfx2) {
+		t.Errorf("a record rewritten at a new revision: %p, was %p; want it opened anew, same PFX", after, before)
+	}
+	// A record that no longer opens (sealed under another key) fails, even
+	// though an earlier revision of it was cached.
+	other := e.secrets(t, "other-key")
+	if _, err := other.SecretVersions(ctx, []secrets.Ref{{Name: "oauth-2026"}}); err == nil {
+		t.Error("a store with another key opened the secret")
+	}
+}
+
+// Pushes reading one secret at once share their etcd reads, and each gets
+// the secret as stored.
+func TestConcurrentDeliveriesShareReads(t *testing.T) {
+	e := newEnv(t)
+	var ranges atomic.Int64
+	count := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if strings.HasSuffix(method, "/Range") {
+			ranges.Add(1)
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.cli.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(count)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	key, err := secretbox.LoadOrCreateKey(filepath.Join(e.dir, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := secrets.New(store.New(cli, ""), key, func() time.Time { return now })
+	ctx := secrets.WithCaller(testCtx(t), "admin/alice")
+	pfx, _ := goodPFX()
+	if _, _, err := s.Put(ctx, "oauth-2026", pfx, password); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	before := ranges.Load()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := s.SecretVersions(ctx, []secrets.Ref{{Name: "oauth-2026", Version: 1}})
+			if err == nil && (len(m) != 1 || !bytes.Equal(m[0].GetPfx(), pfx)) {
+				err = fmt.Errorf("got %d secrets, PFX as stored: %v", len(m), len(m) == 1 && bytes.Equal(m[0].GetPfx(), pfx))
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("delivery %d: %v", i, err)
+		}
+	}
+	if got := ranges.Load() - before; got >= n {
+		t.Errorf("%d deliveries at once read etcd %d times; want the reads shared", n, got)
 	}
 }

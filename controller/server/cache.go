@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -24,6 +25,12 @@ type compiled struct {
 	// pins are the secret versions the revision's hosts use; a secret
 	// without a pin (a revision stored before pins) uses its newest.
 	pins map[string]store.SecretPin
+	// shared holds, by host, the desired state of a host that is not its
+	// deployment's primary, when it depends on nothing but the revision
+	// (no secret, or a pinned one): built once and shared, never modified,
+	// however often the desired-state cache is reset (every primary
+	// change). Guarded by the hub's mu.
+	shared map[string]*desired
 }
 
 // desired is what a host should have now.
@@ -42,7 +49,7 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64, latest *
 	if err != nil {
 		return err
 	}
-	c, err := compileDocument(rec)
+	c, err := h.compiledRecord(rec)
 	if err != nil {
 		return err
 	}
@@ -100,15 +107,28 @@ func compileDocument(rec *store.TopologyRecord) (*compiled, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash, hosts: map[string]*pb.HostConfig{}, deployments: map[string][]string{}, pins: rec.Secrets}
+	return newCompiled(rec, t, cfgs), nil
+}
+
+// newCompiled is the compiled form of record rec, whose document is t
+// (loaded, so normalized) compiled to cfgs.
+func newCompiled(rec *store.TopologyRecord, t *topology.Topology, cfgs []*pb.HostConfig) *compiled {
+	// A rotation's phase, stored beside the document, is part of the
+	// hosts' desired state.
+	rotation.Overlay(cfgs, rec.Rotation)
+	c := &compiled{revision: rec.Revision, sequence: rec.Sequence, name: rec.Name, hash: rec.Hash,
+		hosts: make(map[string]*pb.HostConfig, len(cfgs)), order: make([]string, 0, len(cfgs)),
+		deployments: make(map[string][]string, len(t.Deployments)), pins: rec.Secrets}
 	for _, cfg := range cfgs {
 		c.hosts[cfg.GetHost()] = cfg
 		c.order = append(c.order, cfg.GetHost())
-		if _, ok := c.deployments[cfg.GetDeployment()]; !ok {
-			c.deployments[cfg.GetDeployment()] = cfg.GetDeploymentHosts()
-		}
 	}
-	return c, nil
+	// The deployments' host lists come from the topology, once each: the
+	// host configurations no longer carry them.
+	for _, d := range t.Deployments {
+		c.deployments[d.Name] = d.Hosts
+	}
+	return c
 }
 
 // desiredFor returns the host's desired state, nil when the host is not in
@@ -131,9 +151,25 @@ func (h *Hub) desiredLocked(host string) *desired {
 	if !ok {
 		return nil
 	}
-	cfg := proto.Clone(base).(*pb.HostConfig)
-	cfg.Primary = h.primaries[cfg.GetDeployment()] == host
-	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
+	primary := h.primaries[base.GetDeployment()] == host
+	name := base.GetTokenIssuer().GetSecret()
+	_, pinned := c.pins[name]
+	shareable := !primary && (name == "" || pinned)
+	if shareable {
+		if d := c.shared[host]; d != nil {
+			h.desired[host] = d
+			return d
+		}
+	}
+	cfg := base
+	if primary || name != "" {
+		cfg = proto.Clone(base).(*pb.HostConfig)
+		// The deployment's host list, the largest part, stays shared: no
+		// one modifies it.
+		cfg.DeploymentHosts = base.DeploymentHosts
+		cfg.Primary = primary
+	}
+	if name != "" {
 		// The version the host's target revision pins; storing a newer one
 		// changes nothing here. Without a pin, the newest version:
 		// replacing it changes the desired state.
@@ -143,7 +179,15 @@ func (h *Hub) desiredLocked(host string) *desired {
 			cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
 		}
 	}
+	// cfg is base itself for a host with nothing of its own: every
+	// stream's push shares it, and nothing modifies it.
 	d := &desired{version: c.revision, hash: topology.Hash(cfg), config: cfg}
+	if shareable {
+		if c.shared == nil {
+			c.shared = map[string]*desired{}
+		}
+		c.shared[host] = d
+	}
 	h.desired[host] = d
 	return d
 }
@@ -221,7 +265,7 @@ func (h *Hub) loadRevisions(ctx context.Context, targets map[string]uint64, cur 
 		if err != nil {
 			return nil, fmt.Errorf("target revision %d: %w", rev, err)
 		}
-		c, err := compileDocument(rec)
+		c, err := h.compileRecord(rec)
 		if err != nil {
 			return nil, fmt.Errorf("compile target revision %d: %w", rev, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -118,5 +119,59 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The desired state of a host that is not its deployment's primary is
+// built once per revision and shared across resets of the cache (every
+// primary change resets it): a host without key material shares the
+// compiled configuration itself, one with a pinned secret one copy
+// carrying the pinned thumbprint. The primary's carries its role, and an
+// unpinned secret's thumbprint is read anew.
+func TestDesiredStateSharedAcrossPrimaryChanges(t *testing.T) {
+	h := NewHub(Config{})
+	c, err := compileDocument(&store.TopologyRecord{Revision: 7, Name: "contoso", Document: examples.Contoso,
+		Secrets: map[string]store.SecretPin{"oauth-2026": {Version: 1, Thumbprint: "AB12"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.topo = c
+	h.primaries = map[string]string{"pool01": "fe01.contoso.com", "exchange": "ex01.contoso.com"}
+	first := map[string]*desired{}
+	for _, host := range c.order {
+		first[host] = h.desiredLocked(host)
+	}
+	if d := first["ex02.contoso.com"]; d.config != c.hosts["ex02.contoso.com"] {
+		t.Error("ex02 (no key material, not primary): its desired configuration is a copy; want the compiled one shared")
+	}
+	if d := first["fe02.contoso.com"]; d.config == c.hosts["fe02.contoso.com"] || d.config.GetTokenIssuer().GetSecretThumbprint() != "AB12" || d.config.GetPrimary() {
+		t.Errorf("fe02: %v; want a copy with the pinned thumbprint, not primary", d.config)
+	}
+	if d := first["fe01.contoso.com"]; !d.config.GetPrimary() || d.config.GetTokenIssuer().GetSecretThumbprint() != "AB12" {
+		t.Errorf("fe01 (primary): %v; want primary with the pinned thumbprint", d.config)
+	}
+	if c.hosts["fe01.contoso.com"].GetPrimary() || c.hosts["fe02.contoso.com"].GetTokenIssuer().GetSecretThumbprint() != "" {
+		t.Error("the compiled configurations were modified")
+	}
+
+	// The primaries move: the cache resets, the shared states stay.
+	h.primaries = map[string]string{"pool01": "fe02.contoso.com", "exchange": "ex02.contoso.com"}
+	h.desired = map[string]*desired{}
+	for _, host := range []string{"fe01.contoso.com", "ex01.contoso.com"} {
+		if d := h.desiredLocked(host); d == first[host] || d.config.GetPrimary() {
+			t.Errorf("%s after losing the primary role: %v (same as before: %v); want a non-primary state", host, d.config, d == first[host])
+		}
+	}
+	if d := h.desiredLocked("sp01.contoso.com"); d != first["sp01.contoso.com"] {
+		t.Error("sp01 (no role change) was built again; want its shared state")
+	}
+	if d := h.desiredLocked("fe02.contoso.com"); !d.config.GetPrimary() || d.hash == first["fe02.contoso.com"].hash {
+		t.Errorf("fe02 as the new primary: %v; want primary, with a new hash", d.config)
+	}
+	h.desired = map[string]*desired{}
+	if d := h.desiredLocked("fe01.contoso.com"); d != h.desiredLocked("fe01.contoso.com") {
+		t.Error("two reads of fe01 between resets differ")
 	}
 }

@@ -75,7 +75,7 @@ type hubFixture struct {
 	st   *store.Store
 }
 
-func startHub(t *testing.T, cfg Config) *hubFixture {
+func startHub(t testing.TB, cfg Config) *hubFixture {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := etcdembed.Start(ctx, t.TempDir())

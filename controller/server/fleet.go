@@ -307,6 +307,9 @@ func (s *FleetService) sequencer(ctx context.Context, snap snapshot, stale bool)
 func (s *FleetService) rememberSeq(v, n uint64) {
 	s.seqMu.Lock()
 	defer s.seqMu.Unlock()
+	if s.seqs == nil {
+		s.seqs = map[uint64]uint64{}
+	}
 	if len(s.seqs) >= 4096 { // bounded: versions in use are few
 		clear(s.seqs)
 	}
@@ -377,6 +380,9 @@ func hostView(snap snapshot, host string, st *pb.Host, seq func(uint64) uint64, 
 		h.AgentVersion, h.Driver = st.GetAgentVersion(), st.GetDriver()
 		h.Drift = st.GetDrift()
 		h.DetectedProducts = st.GetDetectedProducts()
+		// The host's clock as its reports measured it (status and the
+		// skew warnings show it).
+		h.ClockOffsetMs, h.LastSeen = st.GetClockOffsetMs(), st.GetLastSeen()
 	}
 	return h
 }

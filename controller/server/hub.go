@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/s2strust/s2strust/controller/metrics"
+	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/secrets"
 
 	"github.com/s2strust/s2strust/controller/rollout"
@@ -69,7 +70,23 @@ type Config struct {
 	// StreamObserver hears what happens on the Sync streams, beside the
 	// log (LogObserver), which always hears it.
 	StreamObserver SyncObserver
+	// ReconnectRate is the pace, in agents per second, at which a stopping
+	// controller tells its agents to come back (default
+	// DefaultReconnectRate), and ReconnectDelay when the first should
+	// (default DefaultReconnectDelay): a restart's resync then takes about
+	// ReconnectDelay + agents/ReconnectRate, whatever the agents' backoff.
+	ReconnectRate  float64
+	ReconnectDelay time.Duration
 }
+
+// Defaults of Config.ReconnectRate and Config.ReconnectDelay: a thousand
+// agents a second is what one two-core controller accepts with room to
+// spare (each is a TLS handshake, a read and two writes in shared
+// transactions), and a second covers a restart's startup.
+const (
+	DefaultReconnectRate  = 1000
+	DefaultReconnectDelay = time.Second
+)
 
 // Hub holds the fleet's live state: the current compiled topology, the
 // agents' streams, presence and primaries. It watches etcd with one watch
@@ -110,20 +127,75 @@ type Hub struct {
 	// stopping is set when the controller shuts down: streams that end then
 	// leave their presence keys to expire with the lease.
 	stopping atomic.Bool
+	// draining is closed when the controller shuts down: every stream sends
+	// its agent a Drain and ends. drainSeq numbers the streams drained,
+	// drainTotal is how many were open then.
+	draining   chan struct{}
+	drainOnce  sync.Once
+	drainSeq   atomic.Int64
+	drainTotal atomic.Int64
+	// stopCtx ends every stream, those in their Hello included, once the
+	// drain is over (stopStreams).
+	stopCtx     context.Context
+	stopStreams context.CancelFunc
 	// limits are cfg.Limits with defaults; agents the per-identity state.
 	limits AgentLimits
 	agents map[string]*agentState
 	// observer hears the Sync streams: the log and cfg.Observer.
 	observer SyncObserver
+	// fresh is the compilation of the document an apply is storing, so
+	// that the watch making it current does not parse and compile it
+	// again (see offerCompiled).
+	fresh *compiled
+	// compiles counts stored revisions parsed and compiled (not those
+	// an apply handed over): what compile-once saves is visible in tests.
+	compiles atomic.Int64
 	// view is the last view of the hosts' stored state and reports (view.go).
 	view *fleetView
+	// writes batches the Sync streams' etcd writes.
+	writes *writer
 }
 
-// Stopping tells the hub the controller is shutting down: it ends the
-// agent streams and leaves their presence keys to expire with the lease.
+// Stopping tells the hub the controller is shutting down. Every agent
+// stream is sent a Drain naming when to reconnect, spread over the fleet
+// at the ReconnectRate, and ends; streams still open after drainWait, or
+// opened meanwhile, are cancelled. Presence keys are left to expire with
+// the lease, so the primaries keep their roles across a restart. It
+// returns once every stream has ended or been cancelled.
 func (h *Hub) Stopping() {
 	h.stopping.Store(true)
-	h.closeStreams()
+	h.mu.Lock()
+	streams := make([]*conn, 0, len(h.conns))
+	for _, c := range h.conns {
+		streams = append(streams, c)
+	}
+	h.mu.Unlock()
+	h.drainTotal.Store(int64(len(streams)))
+	h.drainOnce.Do(func() { close(h.draining) })
+	t := time.NewTimer(drainWait)
+	defer t.Stop()
+wait:
+	for _, c := range streams {
+		select {
+		case <-c.done:
+		case <-t.C:
+			break wait
+		}
+	}
+	h.stopStreams()
+}
+
+// drainWait bounds how long Stopping waits for the streams to take their
+// Drain and end before it cancels them.
+const drainWait = time.Second
+
+// reconnectAfter is when the i-th stream drained of n should come back:
+// after ReconnectDelay (the new controller's startup), spread evenly over
+// the time the fleet takes to reconnect at ReconnectRate.
+func (h *Hub) reconnectAfter(i, n int64) time.Duration {
+	n = max(n, i+1)
+	window := time.Duration(float64(n) / h.cfg.ReconnectRate * float64(time.Second))
+	return h.cfg.ReconnectDelay + time.Duration(float64(window)*float64(i)/float64(n))
 }
 
 // NewHub returns a hub; call Run to start it.
@@ -146,6 +218,13 @@ func NewHub(cfg Config) *Hub {
 	if cfg.Observer == nil {
 		cfg.Observer = metrics.NopSync{}
 	}
+	if cfg.ReconnectRate <= 0 {
+		cfg.ReconnectRate = DefaultReconnectRate
+	}
+	if cfg.ReconnectDelay <= 0 {
+		cfg.ReconnectDelay = DefaultReconnectDelay
+	}
+	stopCtx, stopStreams := context.WithCancel(context.Background())
 	var observer SyncObserver = LogObserver{Log: cfg.Logger}
 	if cfg.StreamObserver != nil {
 		observer = Observers{observer, cfg.StreamObserver}
@@ -169,6 +248,10 @@ func NewHub(cfg Config) *Hub {
 		limits:            cfg.Limits.withDefaults(),
 		agents:            map[string]*agentState{},
 		view:              newFleetView(),
+		writes:            newWriter(cfg.Store),
+		draining:          make(chan struct{}),
+		stopCtx:           stopCtx,
+		stopStreams:       stopStreams,
 	}
 }
 
@@ -181,35 +264,32 @@ func randomID() string {
 // Ready is closed once the hub has loaded its state and serves agents.
 func (h *Hub) Ready() <-chan struct{} { return h.ready }
 
-// closeStreams ends every agent stream on this replica, so a shutdown does
-// not wait for them; agents reconnect with backoff.
-func (h *Hub) closeStreams() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, c := range h.conns {
-		c.cancel()
-	}
-}
-
 // secretsFor names the secrets a push of cfg carries: the deployment's
-// token-issuer secret, except on a Lync Front End that is not the pool's
-// primary unless DeliverLyncIssuerToEveryHost is set.
+// token-issuer secret and, during a rotation's staging, its next one
+// (carried under the name "name@vN" the configuration gives it), except on
+// a Lync Front End that is not the pool's primary unless
+// DeliverLyncIssuerToEveryHost is set.
 func (h *Hub) secretsFor(cfg *pb.HostConfig) []secrets.Ref {
-	name := cfg.GetTokenIssuer().GetSecret()
-	if name == "" {
-		return nil
-	}
 	if !h.cfg.DeliverLyncIssuerToEveryHost && cfg.GetProduct() == pb.Product_PRODUCT_LYNC && !cfg.GetPrimary() {
 		return nil
 	}
-	// The version the host's target revision pins.
-	ref := secrets.Ref{Name: name}
-	h.mu.Lock()
-	if c := h.targetLocked(cfg.GetHost()); c != nil {
-		ref.Version = c.pins[name].Version
+	var refs []secrets.Ref
+	if name := cfg.GetTokenIssuer().GetSecret(); name != "" {
+		// The version the host's target revision pins.
+		ref := secrets.Ref{Name: name}
+		h.mu.Lock()
+		if c := h.targetLocked(cfg.GetHost()); c != nil {
+			ref.Version = c.pins[name].Version
+		}
+		h.mu.Unlock()
+		refs = append(refs, ref)
 	}
-	h.mu.Unlock()
-	return []secrets.Ref{ref}
+	if next := cfg.GetNextTokenIssuer().GetSecret(); next != "" {
+		if name, version, err := rotation.ParseSecretRef(next); err == nil {
+			refs = append(refs, secrets.Ref{Name: name, Version: version, As: next})
+		}
+	}
+	return refs
 }
 
 func (h *Hub) notify(host string) {

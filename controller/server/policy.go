@@ -61,12 +61,17 @@ var policy = map[string]rule{
 	pb.RolloutService_GetRollout_FullMethodName:                   {who: admin, role: pki.RoleViewer},
 	pb.RolloutService_WatchRollout_FullMethodName:                 {who: admin, role: pki.RoleViewer},
 	rpbalpha.ServerReflection_ServerReflectionInfo_FullMethodName: {who: admin, role: pki.RoleViewer},
+	pb.RotationService_GetRotation_FullMethodName:                 {who: admin, role: pki.RoleViewer},
+	pb.RotationService_ListRotations_FullMethodName:               {who: admin, role: pki.RoleViewer},
+	pb.RotationService_WatchRotation_FullMethodName:               {who: admin, role: pki.RoleViewer},
 
 	pb.TopologyService_ApplyTopology_FullMethodName:    {who: admin, role: pki.RoleAdmin},
 	pb.SecretService_PutSecret_FullMethodName:          {who: admin, role: pki.RoleAdmin},
 	pb.StoreService_Defragment_FullMethodName:          {who: admin, role: pki.RoleAdmin},
 	pb.HostIdentityService_RevokeHost_FullMethodName:   {who: admin, role: pki.RoleAdmin},
 	pb.JoinTokenService_CreateJoinToken_FullMethodName: {who: admin, role: pki.RoleAdmin},
+	// A rotation puts a new certificate in use, as an apply naming it would.
+	pb.RotationService_CreateRotation_FullMethodName: {who: admin, role: pki.RoleAdmin},
 
 	// Operators run rollouts (SPEC "Security"; issue #9: "operator: also
 	// rollouts and host retry").
@@ -74,6 +79,8 @@ var policy = map[string]rule{
 	pb.RolloutService_ResumeRollout_FullMethodName: {who: admin, role: pki.RoleOperator},
 	pb.RolloutService_AbortRollout_FullMethodName:  {who: admin, role: pki.RoleOperator},
 	pb.RolloutService_UndoRollout_FullMethodName:   {who: admin, role: pki.RoleOperator},
+	// Cancelling a scheduled rotation changes no host.
+	pb.RotationService_CancelRotation_FullMethodName: {who: admin, role: pki.RoleOperator},
 }
 
 // authorize applies policy to one call. It returns the caller's identity

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -16,10 +17,14 @@ func (h *Hub) adoptPrimary(dep, host string) {
 		h.mu.Unlock()
 		return
 	}
+	prev := h.primaries[dep]
 	h.primaries[dep] = host
-	var hosts []string
-	if h.topo != nil {
-		hosts = h.topo.deployments[dep]
+	// Only the old and the new primary's configurations change (their
+	// primary flag): the other hosts of the deployment keep theirs, so a
+	// move costs the same for a deployment of any size.
+	hosts := []string{host}
+	if prev != "" {
+		hosts = append(hosts, prev)
 	}
 	for _, x := range hosts {
 		delete(h.desired, x)
@@ -99,6 +104,7 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 	goneAt, wasGone := h.gone[cur]
 	next := choosePrimary(primaryChoice{
 		hosts:   h.topo.deployments[dep],
+		member:  func(x string) bool { return h.topo.hosts[x].GetDeployment() == dep },
 		current: cur,
 		live:    func(x string) bool { return h.present[x] || h.conns[x] != nil },
 		goneAt:  goneAt, wasGone: wasGone,
@@ -124,8 +130,10 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 
 // primaryChoice is what choosing a deployment's primary depends on.
 type primaryChoice struct {
-	hosts   []string // the deployment's hosts in topology order
-	current string   // the recorded primary, "" for none
+	hosts []string // the deployment's hosts in topology order
+	// member says whether a host is one of hosts, in O(1); nil: searched.
+	member  func(string) bool
+	current string // the recorded primary, "" for none
 	// live says whether a host's agent holds a stream on some replica.
 	live func(string) bool
 	// goneAt is when the current primary's stream ended here (wasGone).
@@ -148,11 +156,11 @@ func choosePrimary(c primaryChoice) string {
 		// The primary keeps its role for a grace period after its stream ends.
 		return x == c.current && c.wasGone && c.now.Sub(c.goneAt) < c.grace
 	}
-	member := false
-	for _, x := range c.hosts {
-		if x == c.current {
-			member = true
-		}
+	var member bool
+	if c.member != nil {
+		member = c.current != "" && c.member(c.current)
+	} else {
+		member = slices.Contains(c.hosts, c.current)
 	}
 	if member && alive(c.current) {
 		return c.current

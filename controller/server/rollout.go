@@ -29,12 +29,14 @@ func (s *RolloutSource) Observe(ctx context.Context) (rollout.Observations, func
 	if snap.topo == nil {
 		return obs, nil, nil
 	}
-	reports, states, err := (&FleetService{hub: s.hub}).allReports(ctx)
+	rs, err := readHostRecords(ctx, s.hub.cfg.Store)
 	if err != nil {
 		return nil, nil, err
 	}
+	seq := (&FleetService{hub: s.hub}).sequencer(ctx, snap, false)
 	for _, host := range snap.topo.order {
-		obs[host] = rollout.Observation{Host: hostView(snap, host, states[host], func(uint64) uint64 { return 0 }, s.hub.cfg.Now()), Report: reports[host]}
+		obs[host] = rollout.Observation{Host: hostView(snap, host, rs.states[host], seq, s.hub.cfg.Now()), Report: rs.reports[host],
+			StateRev: rs.stateRev[host], ReportRev: rs.reportRev[host]}
 	}
 	disabled := map[[2]string]bool{}
 	for _, cfg := range snap.topo.hosts {
@@ -48,44 +50,74 @@ func (s *RolloutSource) Observe(ctx context.Context) (rollout.Observations, func
 }
 
 // Current implements rollout.Source.
-func (s *RolloutSource) Current(ctx context.Context) (uint64, string, error) {
+func (s *RolloutSource) Current(ctx context.Context) (uint64, uint64, string, error) {
 	cur, err := s.hub.cfg.Store.CurrentTopology(ctx)
 	if err != nil {
-		return 0, "", err
+		return 0, 0, "", err
 	}
-	return cur.Revision, cur.Hash, nil
+	return cur.Revision, cur.Sequence, cur.Hash, nil
 }
 
-// newRollout plans and stores the rollout of document doc (topology t)
-// before the revision itself is stored: the hub holds every host back to
-// the target the rollout gives it from the moment the revision is current.
-// override, from the request, wins over the topology's rollout: section.
-// It returns nil when the revision goes to every host at once: immediate,
-// or the first revision (no host has anything to protect yet).
-func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, doc []byte, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string) (*rollout.Stored, error) {
+// newRollout plans the rollout of the revision stored under hash
+// (store.RecordHash: topology t's document, with a rotation phase), to be
+// stored with the revision in one transaction (withRollout). The hub holds
+// every host back to the target the rollout gives it from the moment the
+// revision is current. override, from the request, wins over the
+// topology's rollout: section. It returns nil when the revision goes to
+// every host at once: immediate, or the first revision (no host has
+// anything to protect yet).
+func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, hash string, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string) (*pb.Rollout, error) {
 	strategy, err := rolloutStrategy(t, next, override)
 	if err != nil {
 		return nil, err
 	}
+	return h.planRollout(ctx, strategy, hash, next, who, undoOf)
+}
+
+// planRollout is newRollout with the strategy decided.
+func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, hash string, next []*pb.HostConfig, who, undoOf string) (*pb.Rollout, error) {
 	snap := h.snapshot()
 	if strategy.GetImmediate() || snap.topo == nil {
 		return nil, nil
 	}
-	if snap.topo.hash == store.DocumentHash(doc) {
+	if snap.topo.hash == hash {
 		return nil, nil // nothing changes: nothing to roll out
 	}
-	f := rollout.Fleet{Deployment: map[string]string{}, Primaries: snap.primaries, From: map[string]uint64{}}
+	seq := (&FleetService{hub: h}).sequencer(ctx, snap, false)
+	f := rollout.Fleet{Deployment: map[string]string{}, Primaries: snap.primaries, From: map[string]uint64{}, Sequences: map[uint64]uint64{}}
 	for _, cfg := range next {
 		host := cfg.GetHost()
 		f.Order = append(f.Order, host)
 		f.Deployment[host] = cfg.GetDeployment()
 		if d := snap.desired[host]; d != nil {
 			f.From[host] = d.version
+			f.Sequences[d.version] = seq(d.version)
 		}
 	}
+	f.Sequences[snap.topo.revision] = seq(snap.topo.revision)
 	r := rollout.Plan("", strategy, f, snap.topo.revision, 0, h.cfg.Now())
-	r.CreatedBy, r.UndoOf, r.DocumentHash = who, undoOf, store.DocumentHash(doc)
-	return h.rollouts.Create(ctx, r, nil, func(name string) string { return "aborted: superseded by " + name })
+	r.CreatedBy, r.UndoOf, r.DocumentHash = who, undoOf, hash
+	return r, nil
+}
+
+// withRollout returns the writes that create plan's rollout (superseding
+// the running one) in the transaction storing its revision: the revision
+// and its rollout are stored together or not at all. *stored is the
+// rollout as written by the last attempt.
+func (h *Hub) withRollout(plan *pb.Rollout, stored **pb.Rollout) store.WithTopology {
+	return func(ctx context.Context, cur *store.TopologyRecord, seq uint64) ([]clientv3.Cmp, []clientv3.Op, error) {
+		r := proto.Clone(plan).(*pb.Rollout)
+		if cur != nil {
+			r.FromRevision, r.FromSequence = cur.Revision, cur.Sequence
+		}
+		r.ToSequence = seq
+		cmps, ops, _, err := h.rollouts.CreateOps(ctx, r, func(name string) string { return "aborted: superseded by " + name })
+		if err != nil {
+			return nil, nil, err
+		}
+		*stored = r
+		return cmps, ops, nil
+	}
 }
 
 // rolloutStrategy is the topology's rollout: section overridden by the
@@ -118,6 +150,47 @@ func NewRolloutService(hub *Hub, topo *TopologyService) *RolloutService {
 	return &RolloutService{hub: hub, topo: topo}
 }
 
+// withSequences fills the sequence numbers a rollout stored before they
+// were (from_sequence and the rest 0) lacks, so that every answer names
+// revisions as operators know them. What is stored is left as it is.
+func (s *RolloutService) withSequences(ctx context.Context, r *pb.Rollout) *pb.Rollout {
+	missing := func(seq, rev uint64) bool { return seq == 0 && rev != 0 }
+	need := missing(r.GetFromSequence(), r.GetFromRevision()) || missing(r.GetToSequence(), r.GetToRevision())
+	for _, w := range r.GetWaves() {
+		for _, h := range w.GetHosts() {
+			need = need || missing(h.GetFromSequence(), h.GetFromRevision()) || missing(h.GetTargetSequence(), h.GetTargetRevision())
+		}
+	}
+	if !need {
+		return r
+	}
+	seq := (&FleetService{hub: s.hub}).sequencer(ctx, s.hub.snapshot(), false)
+	fill := func(n *uint64, rev uint64) {
+		if *n == 0 && rev != 0 {
+			*n = seq(rev)
+		}
+	}
+	out := proto.Clone(r).(*pb.Rollout)
+	fill(&out.FromSequence, out.GetFromRevision())
+	fill(&out.ToSequence, out.GetToRevision())
+	for _, w := range out.GetWaves() {
+		for _, h := range w.GetHosts() {
+			fill(&h.FromSequence, h.GetFromRevision())
+			fill(&h.TargetSequence, h.GetTargetRevision())
+		}
+	}
+	return out
+}
+
+// revisionName names a topology revision as operators know it, by its
+// sequence number, with the etcd version beside it.
+func revisionName(seq, rev uint64) string {
+	if seq == 0 {
+		return fmt.Sprintf("version %d", rev)
+	}
+	return fmt.Sprintf("revision %d (version %d)", seq, rev)
+}
+
 // ListRollouts implements the RPC; see the proto for its contract.
 func (s *RolloutService) ListRollouts(ctx context.Context, req *pb.ListRolloutsRequest) (*pb.ListRolloutsResponse, error) {
 	size := int(req.GetPageSize())
@@ -147,7 +220,7 @@ func (s *RolloutService) ListRollouts(ctx context.Context, req *pb.ListRolloutsR
 			resp.NextPageToken = rollout.Name(list[i-1].ID)
 			break
 		}
-		resp.Rollouts = append(resp.Rollouts, r.Rollout)
+		resp.Rollouts = append(resp.Rollouts, s.withSequences(ctx, r.Rollout))
 	}
 	return resp, nil
 }
@@ -166,7 +239,7 @@ func (s *RolloutService) GetRollout(ctx context.Context, req *pb.GetRolloutReque
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetRolloutResponse{Rollout: r.Rollout}, nil
+	return &pb.GetRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout)}, nil
 }
 
 // change applies f to the named rollout with a compare-and-swap,
@@ -183,7 +256,7 @@ func (s *RolloutService) change(ctx context.Context, name string, f func(*pb.Rol
 			return nil, err
 		}
 		if proto.Equal(r, cur.Rollout) {
-			return r, nil
+			return s.withSequences(ctx, r), nil
 		}
 		if _, err := s.hub.rollouts.Update(ctx, cur, r, nil); err != nil {
 			if errors.Is(err, store.ErrConflict) {
@@ -191,7 +264,7 @@ func (s *RolloutService) change(ctx context.Context, name string, f func(*pb.Rol
 			}
 			return nil, err
 		}
-		return r, nil
+		return s.withSequences(ctx, r), nil
 	}
 	return nil, fmt.Errorf("%s changed concurrently 10 times in a row: %w", name, store.ErrConflict)
 }
@@ -228,6 +301,12 @@ func (s *RolloutService) AbortRollout(ctx context.Context, req *pb.AbortRolloutR
 // UndoRollout implements the RPC; see the proto for its contract.
 func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutRequest) (*pb.UndoRolloutResponse, error) {
 	cur, err := s.get(ctx, req.GetName())
+	if id, _ := rollout.ParseName(req.GetName()); id == 0 && errors.Is(err, store.ErrNotFound) {
+		// No rollout yet: the fleet runs the first revision it was given
+		// (each later one starts a rollout), so there is nothing before it.
+		return nil, rollout.Precondition("cannot undo %q: no rollout yet, so there is no previous revision to go back to (the first revision goes to every host at once; a later apply starts a rollout)",
+			req.GetName())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -237,31 +316,35 @@ func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutReq
 	}
 	r := cur.Rollout
 	if newest.ID != cur.ID {
-		return nil, fmt.Errorf("cannot undo %s: %s is newer; undo that one: %w", r.GetName(), newest.Rollout.GetName(), store.ErrConflict)
+		return nil, rollout.Precondition("cannot undo %s: %s is newer; undo that one", r.GetName(), newest.Rollout.GetName())
 	}
 	if r.GetFromRevision() == 0 {
-		return nil, fmt.Errorf("cannot undo %s: it has no previous revision: %w", r.GetName(), store.ErrConflict)
+		return nil, rollout.Precondition("cannot undo %s: it has no previous revision", r.GetName())
 	}
+	r = s.withSequences(ctx, r)
 	prev, err := s.hub.cfg.Store.TopologyRevision(ctx, r.GetFromRevision())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, rollout.Precondition("cannot undo %s: its previous %s is no longer in the history", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()))
+	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot undo %s: previous revision %d: %w", r.GetName(), r.GetFromRevision(), err)
+		return nil, fmt.Errorf("cannot undo %s: previous %s: %w", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()), err)
 	}
 	strategy := r.GetStrategy()
 	if req.GetStrategy() != nil {
 		strategy = req.GetStrategy()
 	}
-	resp, err := s.topo.apply(ctx, &pb.ApplyTopologyRequest{Document: prev.Document, Filename: fmt.Sprintf("revision %d", prev.Revision), Rollout: strategy}, r.GetName())
+	resp, err := s.topo.apply(ctx, &pb.ApplyTopologyRequest{Document: prev.Document, Filename: fmt.Sprintf("revision %d", prev.Sequence), Rollout: strategy}, r.GetName())
 	if err != nil {
 		return nil, err
 	}
 	if resp.GetRollout() == "" {
-		return nil, fmt.Errorf("cannot undo %s: revision %d is what the fleet runs already: %w", r.GetName(), r.GetFromRevision(), store.ErrConflict)
+		return nil, rollout.Precondition("cannot undo %s: %s is what the fleet runs already", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()))
 	}
 	out, err := s.get(ctx, resp.GetRollout())
 	if err != nil {
 		return nil, err
 	}
-	return &pb.UndoRolloutResponse{Rollout: out.Rollout}, nil
+	return &pb.UndoRolloutResponse{Rollout: s.withSequences(ctx, out.Rollout)}, nil
 }
 
 // WatchRollout implements the RPC; see the proto for its contract.
@@ -271,7 +354,7 @@ func (s *RolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.Rol
 	if err != nil {
 		return toStatus(err)
 	}
-	if err := stream.Send(&pb.WatchRolloutResponse{Rollout: cur.Rollout}); err != nil {
+	if err := stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, cur.Rollout)}); err != nil {
 		return err
 	}
 	if rollout.Finished(cur.Rollout) {
@@ -289,7 +372,7 @@ func (s *RolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.Rol
 			if err != nil {
 				return toStatus(err)
 			}
-			if err := stream.Send(&pb.WatchRolloutResponse{Rollout: r.Rollout}); err != nil {
+			if err := stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout)}); err != nil {
 				return err
 			}
 			if rollout.Finished(r.Rollout) {

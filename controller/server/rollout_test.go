@@ -3,9 +3,13 @@ package server
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/s2strust/s2strust/controller/rollout"
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -47,5 +51,124 @@ func TestApplyRefusesBadRolloutStrategies(t *testing.T) {
 	}
 	if list, err := f.hub.rollouts.List(ctx, 10, 0); err != nil || len(list) != 0 {
 		t.Errorf("a refused apply stored rollouts: %v, %v", list, err)
+	}
+}
+
+// racingPinner stands in for the secret pinning step of an apply and, the
+// first time it runs, lets another apply store a revision meanwhile, as a
+// concurrent `apply` landing between this apply's reads and its write.
+type racingPinner struct {
+	st   *store.Store
+	doc  []byte
+	done bool
+}
+
+func (p *racingPinner) CheckTopology(context.Context, *topology.Topology) (errs, warnings []topology.FieldViolation, err error) {
+	return nil, nil, nil
+}
+
+func (p *racingPinner) Pins(ctx context.Context, _ *topology.Topology) (map[string]store.SecretPin, error) {
+	if !p.done {
+		p.done = true
+		if _, _, err := p.st.PutTopology(ctx, "contoso", p.doc, "someone else", time.Now(), nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+// TestFailedApplyStoresNoRollout: an apply whose revision is not stored
+// (here: refused because another apply stored one meanwhile) leaves no
+// rollout behind and does not supersede the running one; the revision and
+// its rollout are stored in one transaction.
+func TestFailedApplyStoresNoRollout(t *testing.T) {
+	f := startHub(t, Config{})
+	ctx := context.Background()
+	waitFor(t, "the hub to load the first revision", func() bool { return f.hub.snapshot().topo != nil })
+	variant := func(partner string) []byte {
+		return []byte(strings.Replace(string(examples.Contoso), "removePartners: [app]", "removePartners: [app, "+partner+"]", 1))
+	}
+	first, err := NewTopologyService(f.hub, nil).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: variant("old1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.GetRollout() != "rollouts/1" {
+		t.Fatalf("the second revision started rollout %q, want rollouts/1", first.GetRollout())
+	}
+	running, err := f.hub.rollouts.Get(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if running.CreateRev != int64(first.GetRevision()) || running.Rollout.GetFromSequence() != 1 || running.Rollout.GetToSequence() != 2 {
+		t.Errorf("rollouts/1 created at etcd revision %d (revision %d stored at %d), sequences %d → %d; want one transaction, 1 → 2",
+			running.CreateRev, first.GetSequence(), first.GetRevision(), running.Rollout.GetFromSequence(), running.Rollout.GetToSequence())
+	}
+
+	racer := &racingPinner{st: f.st, doc: variant("other")}
+	expected := first.GetRevision()
+	_, err = NewTopologyService(f.hub, racer).ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: variant("old2"), ExpectedRevision: &expected})
+	if !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "expected revision") {
+		t.Fatalf("apply over a revision stored meanwhile: %v, want a conflict naming the expected revision", err)
+	}
+	list, err := f.hub.rollouts.List(ctx, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].ID != 1 {
+		var names []string
+		for _, r := range list {
+			names = append(names, r.Rollout.GetName()+" "+r.Rollout.GetState().String()+" "+r.Rollout.GetReason())
+		}
+		t.Fatalf("after the failed apply the rollouts are %v, want rollouts/1 only", names)
+	}
+	if got := list[0].Rollout; got.GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING || list[0].ModRev != running.ModRev {
+		t.Errorf("the failed apply changed rollouts/1: %v %q", got.GetState(), got.GetReason())
+	}
+	cur, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.AppliedBy != "someone else" {
+		t.Errorf("current revision %d by %s, want the concurrent one", cur.Revision, cur.AppliedBy)
+	}
+}
+
+// TestEngineKnowsTheRevisionStoredWithItsRollout: the engine takes a
+// rollout's revision from the transaction that stored both, so a rollout
+// superseded by an immediate apply before the engine first looked is
+// aborted as superseded at once, naming the revision by its sequence
+// number, rather than waited on as a revision never stored.
+func TestEngineKnowsTheRevisionStoredWithItsRollout(t *testing.T) {
+	f := startHub(t, Config{})
+	ctx := context.Background()
+	waitFor(t, "the hub to load the first revision", func() bool { return f.hub.snapshot().topo != nil })
+	svc := NewTopologyService(f.hub, nil)
+	variant := func(partner string) []byte {
+		return []byte(strings.Replace(string(examples.Contoso), "removePartners: [app]", "removePartners: [app, "+partner+"]", 1))
+	}
+	second, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: variant("old1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	third, err := svc.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: variant("old2"), Immediate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.GetRollout() != "" {
+		t.Fatalf("an immediate apply started %s", third.GetRollout())
+	}
+	e := &rollout.Engine{Store: f.hub.rollouts, Source: NewRolloutSource(f.hub), Log: f.hub.log}
+	if err := e.Advance(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.hub.rollouts.Get(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "aborted: superseded by revision 3 (version " + strconv.FormatUint(third.GetRevision(), 10) + ")"
+	if r.Rollout.GetState() != pb.RolloutState_ROLLOUT_STATE_ABORTED || r.Rollout.GetReason() != want ||
+		r.Rollout.GetToRevision() != second.GetRevision() || r.Rollout.GetToSequence() != 2 {
+		t.Errorf("rollouts/1 is %v %q, to revision %d (sequence %d); want aborted %q, to revision %d (sequence 2)",
+			r.Rollout.GetState(), r.Rollout.GetReason(), r.Rollout.GetToRevision(), r.Rollout.GetToSequence(), want, second.GetRevision())
 	}
 }

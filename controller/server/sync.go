@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/pki"
@@ -90,10 +92,11 @@ type AgentService struct {
 }
 
 // NewAgentService returns the Sync service. streamsPerSecond bounds new
-// streams (0: 500 per second, bursts of 1000).
+// streams (0: 1000 per second, bursts of 2000: the pace a stopping
+// controller tells its agents to come back at, DefaultReconnectRate).
 func NewAgentService(hub *Hub, streamsPerSecond float64, insecure bool) *AgentService {
 	if streamsPerSecond <= 0 {
-		streamsPerSecond = 500
+		streamsPerSecond = DefaultReconnectRate
 	}
 	return &AgentService{hub: hub, streams: rate.NewLimiter(rate.Limit(streamsPerSecond), int(2*streamsPerSecond)), insecure: insecure}
 }
@@ -106,8 +109,15 @@ func NewAgentService(hub *Hub, streamsPerSecond float64, insecure bool) *AgentSe
 // every message is size-checked; reports reach etcd at most at the
 // identity's report rate.
 func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
-	ctx := stream.Context()
 	h := s.hub
+	// A stopping controller ends every stream, those still saying Hello
+	// and those opened during the stop included (see Hub.Stopping).
+	ctx, cancelAll := context.WithCancel(stream.Context())
+	defer cancelAll()
+	defer context.AfterFunc(h.stopCtx, cancelAll)()
+	if h.stopping.Load() {
+		return status.Error(codes.Unavailable, "sync: the controller is stopping: reconnect with backoff")
+	}
 	lim := h.limits
 	hctx, hcancel := context.WithTimeout(ctx, lim.HelloTimeout)
 	defer hcancel()
@@ -238,10 +248,12 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	lease := h.lease
 	h.mu.Unlock()
 	pctx, pcancel := storeCtx(sctx)
-	rev, err := h.cfg.Store.SetPresent(pctx, host, h.cfg.ID, lease)
+	// In the writer's transactions: a reconnecting fleet's presence
+	// writes go together, as its state writes do.
+	rev, err := h.writes.put(pctx, store.BatchPut{Key: store.PresenceKey(host), Value: []byte(h.cfg.ID), Lease: lease})
 	pcancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("record presence of %s: %w", host, err)
 	}
 	c.mu.Lock()
 	c.presenceRev = rev
@@ -307,6 +319,8 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			return err
 		case <-sctx.Done():
 			return status.FromContextError(sctx.Err()).Err()
+		case <-h.draining:
+			return s.drain(stream)
 		case <-c.wakeCh:
 			if _, err := s.maybePush(sctx, stream, c); err != nil {
 				return err
@@ -317,6 +331,15 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			}
 		}
 	}
+}
+
+// drain tells the agent when to come back, for a controller that stops,
+// and ends the stream.
+func (s *AgentService) drain(stream pb.AgentService_SyncServer) error {
+	h := s.hub
+	after := h.reconnectAfter(h.drainSeq.Add(1)-1, h.drainTotal.Load())
+	return stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_Drain{Drain: &pb.Drain{
+		ReconnectAfter: durationpb.New(after), Reason: "the controller is stopping"}}})
 }
 
 // helloTimeout is the error of a stream that said no Hello in time.
@@ -551,6 +574,9 @@ func (s *AgentService) onResult(ctx context.Context, c *conn, version uint64, no
 		st.LastResult = lr
 	})
 	switch {
+	case err != nil:
+		// Not recorded: the stream ends with err, and the agent's next
+		// Hello says what it has.
 	case ok:
 		s.hub.cfg.Observer.Acked(c.host, version)
 		s.hub.observer.Acked(c.host, version, hash)
@@ -628,7 +654,7 @@ func (s *AgentService) onStatus(ctx context.Context, c *conn, r *pb.StatusReport
 			return nil
 		}
 	}
-	if err := s.hub.cfg.Store.PutProto(ctx, store.HostReportKey(c.host), r); err != nil {
+	if err := s.hub.writes.putProto(ctx, store.HostReportKey(c.host), r); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -655,7 +681,7 @@ func (s *AgentService) persistState(ctx context.Context, c *conn, change func(*p
 		return nil
 	}
 	c.mu.Unlock()
-	if err := s.hub.cfg.Store.PutProto(ctx, store.HostStateKey(c.host), next); err != nil {
+	if err := s.hub.writes.putProto(ctx, store.HostStateKey(c.host), next); err != nil {
 		return err
 	}
 	c.mu.Lock()

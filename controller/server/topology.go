@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/pagetoken"
@@ -19,8 +22,9 @@ import (
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
-// MaxDocumentSize bounds a topology document.
-const MaxDocumentSize = 1 << 20
+// MaxDocumentSize bounds a topology document: topology.MaxDocumentSize,
+// checked before anything is parsed.
+const MaxDocumentSize = topology.MaxDocumentSize
 
 // TopologyChecker runs checks beyond the topology's own validation that
 // need the controller's state, such as the token-issuer certificate
@@ -46,11 +50,86 @@ type TopologyService struct {
 	pb.UnimplementedTopologyServiceServer
 	hub     *Hub
 	checker TopologyChecker
+	// maxResponse bounds an ApplyTopology answer, encoded (0: the default).
+	maxResponse int
 }
 
 // NewTopologyService returns the topology API. checker may be nil.
 func NewTopologyService(hub *Hub, checker TopologyChecker) *TopologyService {
 	return &TopologyService{hub: hub, checker: checker}
+}
+
+// DefaultMaxResponseBytes is the size an ApplyTopology answer is fitted to
+// unless SetMaxResponseBytes says otherwise: gRPC's default receive limit,
+// which the controller's own clients use too.
+const DefaultMaxResponseBytes = 4 << 20
+
+// SetMaxResponseBytes sets the largest ApplyTopology answer, encoded: the
+// message size limit of the server and its clients. n <= 0 restores the
+// default.
+func (s *TopologyService) SetMaxResponseBytes(n int) { s.maxResponse = n }
+
+func (s *TopologyService) responseLimit() int {
+	if s.maxResponse <= 0 {
+		return DefaultMaxResponseBytes
+	}
+	return s.maxResponse
+}
+
+// responseReserve is room kept in an ApplyTopology answer for what it gets
+// after the commit: revision, sequence, changed and the rollout's name.
+const responseReserve = 256
+
+// fitResponse makes resp fit limit bytes encoded, with responseReserve to
+// spare: it drops hosts from the end of the plan (plan_truncated) until it
+// fits. An answer that does not fit even without any plan (its warnings
+// alone are too large) is RESOURCE_EXHAUSTED naming both sizes; the caller
+// then stores nothing.
+func fitResponse(resp *pb.ApplyTopologyResponse, limit int) error {
+	budget := limit - responseReserve
+	size := proto.Size(resp)
+	for len(resp.Plan) > 0 && size > budget {
+		last := resp.Plan[len(resp.Plan)-1]
+		n := proto.Size(last)
+		// The field's tag and length prefix go with it.
+		size -= protowire.SizeTag(3) + protowire.SizeBytes(n)
+		resp.Plan = resp.Plan[:len(resp.Plan)-1]
+		resp.PlanTruncated = true
+	}
+	if size = proto.Size(resp); size > budget {
+		return status.Errorf(codes.ResourceExhausted,
+			"the answer to this apply would be %d bytes encoded even without its plan (its %d warnings, and %d bytes kept for the revision's number and rollout), over the limit of %d bytes for a message; nothing was stored",
+			size+responseReserve, len(resp.Warnings), responseReserve, limit)
+	}
+	return nil
+}
+
+// StoreRequestLimit is the largest request the store takes: etcd's
+// default --max-request-bytes (1.5 MiB), which the embedded etcd keeps.
+// A revision is written in one request: its record (the canonical
+// document, base64 in JSON, so about 4/3 of its size, with name, hash and
+// pins) and its audit record.
+const StoreRequestLimit = 3 << 19
+
+// storeRequestOverhead is room for the request's keys, comparison and
+// framing beside the two values.
+const storeRequestOverhead = 4 << 10
+
+// checkStoredSize refuses, naming its size and the limit, a revision
+// whose record and audit record would not fit one store request, before
+// anything is stored: the canonical form of a document under
+// MaxDocumentSize can still be too large once encoded.
+func checkStoredSize(name string, doc []byte, pins map[string]store.SecretPin, who string, now time.Time, audit []byte) error {
+	rec := store.TopologyRecord{Name: name, Document: doc, Hash: store.DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: who, Sequence: math.MaxUint64, Secrets: pins}
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode topology: %w", err)
+	}
+	if n := len(val) + len(audit) + storeRequestOverhead; n > StoreRequestLimit {
+		return invalid("document", fmt.Sprintf("%d bytes in canonical form", len(doc)),
+			fmt.Sprintf("a topology the store can take in one request: stored, with its audit record, it takes %d bytes, over the store's limit of %d bytes (the canonical form is stored base64-encoded); split it or shorten it", n, StoreRequestLimit))
+	}
+	return nil
 }
 
 // ApplyTopology implements the RPC; see the proto for its contract.
@@ -100,10 +179,13 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 		return nil, err
 	default:
 		curRev = cur.Revision
-		c, err := compileDocument(cur)
+		// The hub's compilation when it is current already: the current
+		// revision is not parsed and compiled again for the plan.
+		c, err := s.hub.currentFor(cur)
 		if err != nil {
 			return nil, fmt.Errorf("compile current revision %d: %w", cur.Revision, err)
 		}
+		prev = make([]*pb.HostConfig, 0, len(c.order))
 		for _, h := range c.order {
 			prev = append(prev, c.hosts[h])
 		}
@@ -115,7 +197,18 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if _, err := rolloutStrategy(t, next, withImmediate(req)); err != nil {
 		return nil, err
 	}
+	// The answer is sized now, before anything is stored: an answer too
+	// large to send would fail the call after the revision was stored.
+	if err := fitResponse(resp, s.responseLimit()); err != nil {
+		return nil, err
+	}
+	who := callerName(ctx)
 	if req.GetDryRun() {
+		// What a real apply would store, secret pins aside (a few bytes).
+		audit := s.auditRecord(who, peerAddr(ctx), t.Name, plan, nil)
+		if err := checkStoredSize(t.Name, doc, nil, who, s.hub.cfg.Now(), audit); err != nil {
+			return nil, err
+		}
 		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 			return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 		}
@@ -131,22 +224,43 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 			return nil, err
 		}
 	}
-	who := callerName(ctx)
 	if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
 		return nil, fmt.Errorf("expected revision %d, current is %d: %w", req.GetExpectedRevision(), curRev, store.ErrConflict)
 	}
-	// The rollout is stored first: the revision is current only with it.
-	ro, err := s.hub.newRollout(ctx, t, doc, next, withImmediate(req), who, undoOf)
+	if err := s.hub.runningRotation(ctx); err != nil {
+		return nil, err
+	}
+	audit := s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins)
+	// Before anything is stored: a revision the store would refuse as too
+	// large fails here, naming its size and the limit.
+	if err := checkStoredSize(t.Name, doc, pins, who, s.hub.cfg.Now(), audit); err != nil {
+		return nil, err
+	}
+	// The rollout is stored in the revision's own transaction: the
+	// revision is never current without it, and a failed apply leaves no
+	// rollout behind (nor aborts the running one).
+	ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf)
 	if err != nil {
 		return nil, err
 	}
-	rev, seq, changed, err := st.PutTopologyPinned(ctx, t.Name, doc, pins, who, s.hub.cfg.Now(), req.ExpectedRevision, s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins))
+	var also store.WithTopology
+	var stored *pb.Rollout
+	if ro != nil {
+		also = s.hub.withRollout(ro, &stored)
+	}
+	// The hub takes this compilation when the revision becomes current,
+	// which may happen before PutTopologyWith returns.
+	offer := s.hub.offerCompiled(doc, t, next)
+	rev, seq, changed, err := st.PutTopologyWith(ctx, t.Name, doc, pins, nil, who, s.hub.cfg.Now(), req.ExpectedRevision, audit, also)
+	if err != nil || !changed {
+		s.hub.withdrawCompiled(offer)
+	}
 	if err != nil {
 		return nil, err
 	}
 	resp.Revision, resp.Sequence, resp.Changed = rev, seq, changed
-	if ro != nil && changed {
-		resp.Rollout = ro.Rollout.GetName()
+	if stored != nil && changed {
+		resp.Rollout = stored.GetName()
 	}
 	return resp, nil
 }
@@ -200,19 +314,24 @@ func boundedPlan(plan []*pb.HostPlan) *pb.ApplyTopologyResponse {
 
 // auditRecord says who changed the topology to what; it is stored with the change.
 func (s *TopologyService) auditRecord(who, from, name string, plan []*pb.HostPlan, pins map[string]store.SecretPin) []byte {
+	// Bounded like the answer: a record for a huge change lists its first
+	// items, and counts them all.
+	const maxChanges = 2000
 	var changes []string
+	total := 0
 	for _, hp := range plan {
 		for _, it := range hp.GetItems() {
-			changes = append(changes, hp.GetHost()+": "+it.GetAction()+" "+it.GetItem())
+			if total < maxChanges {
+				changes = append(changes, hp.GetHost()+": "+it.GetAction()+" "+it.GetItem())
+			}
+			total++
 		}
 	}
-	// Bounded like the answer: a record for a huge change lists its first items.
-	const maxChanges = 2000
-	if n := len(changes); n > maxChanges {
-		changes = append(changes[:maxChanges], fmt.Sprintf("… and %d more", n-maxChanges))
+	if total > maxChanges {
+		changes = append(changes, fmt.Sprintf("… and %d more", total-maxChanges))
 	}
 	rec := map[string]any{"kind": "topology", "topology": name, "who": who, "from": from, "when": s.hub.cfg.Now().UTC(), "changes": changes,
-		"what": fmt.Sprintf("apply topology %s (%d changes)", name, len(changes)), "result": "ok"}
+		"what": fmt.Sprintf("apply topology %s (%d changes)", name, total), "result": "ok"}
 	if len(pins) > 0 {
 		// The secret versions the revision uses, by name, version and thumbprint only.
 		rec["secrets"] = pins

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/pagetoken"
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -52,12 +53,12 @@ func (s *FleetService) GetTrustReport(ctx context.Context, req *pb.GetTrustRepor
 		return resp, nil
 	}
 	var refs []trustEdgeRef
-	for _, host := range snap.topo.order {
-		cfg := snap.topo.hosts[host]
-		// One row per edge: walk each deployment's partners once, from its first host.
-		if cfg.GetDeploymentHosts()[0] != host {
+	for _, hosts := range snap.topo.deployments {
+		if len(hosts) == 0 {
 			continue
 		}
+		// One row per edge: walk each deployment's partners once, from its first host.
+		cfg := snap.topo.hosts[hosts[0]]
 		for _, p := range cfg.GetPartners() {
 			refs = append(refs, trustEdgeRef{from: p.GetDeployment(), to: cfg.GetDeployment(), p: p})
 		}
@@ -141,31 +142,47 @@ func cmpString(a, b string) int {
 // allReports reads every host's latest report and state, in one
 // transaction of two range reads (one per prefix).
 func (s *FleetService) allReports(ctx context.Context) (map[string]*pb.StatusReport, map[string]*pb.Host, error) {
-	st := s.hub.cfg.Store
+	rs, err := readHostRecords(ctx, s.hub.cfg.Store)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rs.reports, rs.states, nil
+}
+
+// hostRecords are every host's stored report and state, read at one etcd
+// revision, with the revision each was stored at.
+type hostRecords struct {
+	reports             map[string]*pb.StatusReport
+	states              map[string]*pb.Host
+	reportRev, stateRev map[string]int64
+}
+
+func readHostRecords(ctx context.Context, st *store.Store) (*hostRecords, error) {
 	resp, err := st.Client().Txn(ctx).Then(
 		clientv3.OpGet(st.HostReportPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(st.HostStatePrefix(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
-		return nil, nil, fmt.Errorf("read host reports: %w", err)
+		return nil, fmt.Errorf("read host reports: %w", err)
 	}
-	reports := map[string]*pb.StatusReport{}
-	states := map[string]*pb.Host{}
+	rs := &hostRecords{reports: map[string]*pb.StatusReport{}, states: map[string]*pb.Host{}, reportRev: map[string]int64{}, stateRev: map[string]int64{}}
 	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
 		r := &pb.StatusReport{}
 		if err := proto.Unmarshal(kv.Value, r); err != nil {
-			return nil, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
-		reports[strings.TrimPrefix(string(kv.Key), st.HostReportPrefix())] = r
+		host := strings.TrimPrefix(string(kv.Key), st.HostReportPrefix())
+		rs.reports[host], rs.reportRev[host] = r, kv.ModRevision
 	}
 	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
 		h := &pb.Host{}
 		if err := proto.Unmarshal(kv.Value, h); err != nil {
-			return nil, nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+			return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
 		}
-		states[strings.TrimPrefix(string(kv.Key), st.HostStatePrefix())] = h
+		host := strings.TrimPrefix(string(kv.Key), st.HostStatePrefix())
+		rs.states[host], rs.stateRev[host] = h, kv.ModRevision
 	}
-	return reports, states, nil
+	return rs, nil
 }
 
 // buildEdge assembles the row for p.deployment→to ("to" accepts tokens
@@ -260,17 +277,11 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 	}
 	e.RealmsMatch = fromRep != nil && toRep != nil && len(realmProblems) == 0
 
-	for _, a := range fromHosts {
-		for _, b := range toHosts {
-			sa, sb := states[a], states[b]
-			if sa.GetLastSeen() == nil || sb.GetLastSeen() == nil {
-				continue
-			}
-			d := sa.GetClockOffsetMs() - sb.GetClockOffsetMs()
-			if d < 0 {
-				d = -d
-			}
-			e.MaxClockSkewMs = max(e.MaxClockSkewMs, d)
+	// The largest skew between a host of each side is between one side's
+	// extreme offsets and the other's: linear, not a walk over every pair.
+	if fa, ok := offsetRange(fromHosts, states); ok {
+		if tb, ok := offsetRange(toHosts, states); ok {
+			e.MaxClockSkewMs = max(fa[1]-tb[0], tb[1]-fa[0], 0)
 		}
 	}
 	if e.MaxClockSkewMs >= MaxClockSkewMs {
@@ -295,7 +306,9 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 			}
 		}
 		if reports[a] != nil {
-			for _, b := range toHosts {
+			// The hosts of "to" that a probes: its configuration's sample
+			// (at most topology.MaxProbeTargets), not every host of "to".
+			for _, b := range probeTargets(snap, a, to) {
 				if !seen[b] {
 					problem("no probe result from %s to %s yet", a, b)
 				}
@@ -304,6 +317,36 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 	}
 	e.Ok = len(e.Problems) == 0
 	return e
+}
+
+// offsetRange is the smallest and largest clock offset of the hosts that
+// have been seen; false when none has.
+func offsetRange(hosts []string, states map[string]*pb.Host) ([2]int64, bool) {
+	var r [2]int64
+	ok := false
+	for _, h := range hosts {
+		st := states[h]
+		if st.GetLastSeen() == nil {
+			continue
+		}
+		o := st.GetClockOffsetMs()
+		if !ok {
+			r, ok = [2]int64{o, o}, true
+		}
+		r[0], r[1] = min(r[0], o), max(r[1], o)
+	}
+	return r, ok
+}
+
+// probeTargets is the hosts of deployment to that host probes, as its
+// configuration in the current revision names them.
+func probeTargets(snap snapshot, host, to string) []string {
+	for _, t := range snap.topo.hosts[host].GetTrustedBy() {
+		if t.GetDeployment() == to {
+			return t.GetHosts()
+		}
+	}
+	return nil
 }
 
 // primaryReport is the report of a deployment's primary, or of its first

@@ -71,11 +71,8 @@ func healthyReports(snap snapshot) map[string]*pb.StatusReport {
 // edges builds every edge of the snapshot, by "from→to".
 func edges(snap snapshot, reports map[string]*pb.StatusReport) map[string]*pb.TrustEdge {
 	out := map[string]*pb.TrustEdge{}
-	for _, host := range snap.topo.order {
-		cfg := snap.topo.hosts[host]
-		if cfg.GetDeploymentHosts()[0] != host {
-			continue
-		}
+	for _, hosts := range snap.topo.deployments {
+		cfg := snap.topo.hosts[hosts[0]]
 		for _, p := range cfg.GetPartners() {
 			e := buildEdge(snap, p, cfg.GetDeployment(), reports, nil)
 			out[e.GetFrom()+"→"+e.GetTo()] = e

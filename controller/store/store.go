@@ -107,6 +107,44 @@ type TopologyRecord struct {
 	// host's desired state; a rotation or rollout stores a revision with a
 	// new pin. Records without pins use each secret's newest version.
 	Secrets map[string]SecretPin `json:"secrets,omitempty"`
+	// Rotation is the phase of a certificate rotation this revision
+	// carries beside the operator's document (nil outside a rotation):
+	// the compiler lays it over the hosts' configurations. Hash covers
+	// it, so each phase is a revision of its own with its own rollout.
+	Rotation *RotationOverlay `json:"rotation,omitempty"`
+}
+
+// RotationOverlay is one phase of a token-issuer certificate rotation as
+// a revision stores it (see package controller/rotation, which lays it
+// over the compiled host configurations).
+type RotationOverlay struct {
+	// Rotation names it: "rotations/{id}".
+	Rotation   string `json:"rotation"`
+	Deployment string `json:"deployment"`
+	// Phase is "stage", "refresh", "activate" or "retire".
+	Phase string `json:"phase"`
+	// OldThumbprint is the certificate rotated from, NewThumbprint the one
+	// rotated to: secret NewSecret at NewVersion.
+	OldThumbprint string    `json:"oldThumbprint"`
+	NewSecret     string    `json:"newSecret"`
+	NewVersion    uint64    `json:"newVersion"`
+	NewThumbprint string    `json:"newThumbprint"`
+	Effective     time.Time `json:"effective"`
+}
+
+// RecordHash is the hash a revision is stored under: its document's
+// (DocumentHash) outside a rotation, the document's and the rotation
+// phase's together during one.
+func RecordHash(doc []byte, o *RotationOverlay) string {
+	if o == nil {
+		return DocumentHash(doc)
+	}
+	b, _ := json.Marshal(o)
+	sum := sha256.New()
+	sum.Write(doc)
+	sum.Write([]byte("\x00rotation\x00"))
+	sum.Write(b)
+	return hex.EncodeToString(sum.Sum(nil))
 }
 
 // SecretPin is the version of a secret a topology revision uses, with the
@@ -235,7 +273,25 @@ func (s *Store) PutTopology(ctx context.Context, name string, doc []byte, applie
 // current one with the same pins is not stored again. It also returns the
 // revision's sequence number: the current one's plus one.
 func (s *Store) PutTopologyPinned(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, appliedBy string, now time.Time, expected *uint64, audit []byte) (rev, seq uint64, changed bool, err error) {
-	rec := TopologyRecord{Name: name, Document: doc, Hash: DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: appliedBy}
+	return s.PutTopologyWith(ctx, name, doc, pins, nil, appliedBy, now, expected, audit, nil)
+}
+
+// WithTopology adds writes to the transaction that stores a topology
+// revision. It is called on each attempt with the current revision (nil:
+// none yet) and the new revision's sequence number; its comparisons guard
+// its operations, and the revision is stored together with them or, like
+// them, not at all. A refused comparison makes PutTopologyWith try again
+// on what is current then (also with expected set: only a changed current
+// revision is a conflict). An error from it ends the put, nothing stored.
+type WithTopology func(ctx context.Context, cur *TopologyRecord, seq uint64) ([]clientv3.Cmp, []clientv3.Op, error)
+
+// PutTopologyWith is PutTopologyPinned for a revision that carries a
+// rotation phase o (nil: none), storing also's writes in the same
+// transaction (also nil: none). A revision identical to the current one
+// (document, pins and phase) is not stored again, and also is then not
+// called.
+func (s *Store) PutTopologyWith(ctx context.Context, name string, doc []byte, pins map[string]SecretPin, o *RotationOverlay, appliedBy string, now time.Time, expected *uint64, audit []byte, also WithTopology) (rev, seq uint64, changed bool, err error) {
+	rec := TopologyRecord{Name: name, Document: doc, Hash: RecordHash(doc, o), AppliedAt: now.UTC(), AppliedBy: appliedBy, Rotation: o}
 	if len(pins) > 0 {
 		rec.Secrets = pins
 	}
@@ -270,9 +326,19 @@ func (s *Store) PutTopologyPinned(ctx context.Context, name string, doc []byte, 
 		if audit != nil {
 			ops = append(ops, clientv3.OpPut(AuditKey(s, "topology", now), string(audit)))
 		}
+		var alsoCmps []clientv3.Cmp
+		if also != nil {
+			cmps, more, err := also(ctx, cur, rec.Sequence)
+			if err != nil {
+				return 0, 0, false, err
+			}
+			alsoCmps, ops = cmps, append(ops, more...)
+		}
+		// also's comparisons guard the whole write from inside, so that a
+		// refusal of theirs is told apart from a changed current revision.
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.currentKey()), "=", curRev)).
-			Then(ops...).
+			Then(clientv3.OpTxn(alsoCmps, ops, nil)).
 			Commit()
 		if err != nil {
 			return 0, 0, false, fmt.Errorf("store topology: %w", s.writeErr(err))
@@ -281,6 +347,9 @@ func (s *Store) PutTopologyPinned(ctx context.Context, name string, doc []byte, 
 			if expected != nil {
 				return 0, 0, false, fmt.Errorf("topology changed concurrently: %w", ErrConflict)
 			}
+			continue
+		}
+		if !resp.Responses[0].GetResponseTxn().GetSucceeded() {
 			continue
 		}
 		rev = uint64(resp.Header.Revision)

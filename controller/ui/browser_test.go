@@ -384,15 +384,21 @@ func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
 	saveArtifact(t, "dashboard-failing.png", shot)
 }
 
-// stubFleet answers with fixed data; every host has the same report.
+// stubFleet answers with fixed data; fe01 has report, the others none.
 type stubFleet struct {
 	hosts  []*pb.Host
 	report *pb.StatusReport
 	trust  *pb.GetTrustReportResponse
 }
 
-func (f *stubFleet) ListHosts(context.Context, *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
-	return &pb.ListHostsResponse{Hosts: f.hosts}, nil
+// ListHosts answers in one page, with fe01's report for HOST_VIEW_FULL
+// (the dashboard reads the reports so, not by GetHost).
+func (f *stubFleet) ListHosts(_ context.Context, r *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	resp := &pb.ListHostsResponse{Hosts: f.hosts}
+	if r.GetView() == pb.HostView_HOST_VIEW_FULL {
+		resp.Statuses = map[string]*pb.StatusReport{"fe01.contoso.com": f.report}
+	}
+	return resp, nil
 }
 
 func (f *stubFleet) GetHost(_ context.Context, r *pb.GetHostRequest) (*pb.GetHostResponse, error) {

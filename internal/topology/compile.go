@@ -16,7 +16,11 @@ import (
 // partners, every deployment with a trust edge into its own, sorted by the
 // name the host's product registers them under; and as trusted_by, every
 // deployment its own has an edge into (where its trust probes go), sorted
-// by deployment name, disabled edges included. Primary is left false: the
+// by deployment name, disabled edges included, each with at most
+// MaxProbeTargets of its hosts (ProbeTargets). A host's configuration does
+// not list the other hosts of its deployment, so its size does not grow
+// with the deployment's and the whole compilation is linear in the number
+// of hosts. Primary is left false: the
 // controller chooses the primary among connected hosts. The result is
 // deterministic, so the same topology gives the same Hash for every host.
 // t is not modified; an invalid t is an *Error.
@@ -31,6 +35,9 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 	}
 	partners := make([][]*pb.Partner, len(c.Deployments))
 	trustedBy := make([][]*pb.TrustTarget, len(c.Deployments))
+	// rings[i] samples the probe targets of deployment i, built once per
+	// deployment that something trusts.
+	rings := make([]*probeRing, len(c.Deployments))
 	for _, tr := range c.Trusts {
 		from, to := &c.Deployments[index[tr.From]], &c.Deployments[index[tr.To]]
 		rp, pp := mustProduct(to), mustProduct(from)
@@ -52,11 +59,14 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 			p.MetadataUrl = metadataURL(from)
 		}
 		partners[index[tr.To]] = append(partners[index[tr.To]], p)
+		if rings[index[tr.To]] == nil {
+			rings[index[tr.To]] = newProbeRing(to.Hosts)
+		}
+		// Hosts is filled per source host below.
 		trustedBy[index[tr.From]] = append(trustedBy[index[tr.From]], &pb.TrustTarget{
 			Deployment:  to.Name,
 			Product:     rp,
 			ServiceName: products.ServiceName(rp),
-			Hosts:       cloneStrings(to.Hosts),
 			MetadataUrl: metadataURL(to),
 			Realm:       realmOf(c, to),
 		})
@@ -74,7 +84,6 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				Deployment:              d.Name,
 				Product:                 p,
 				ProductVersion:          d.Version,
-				DeploymentHosts:         cloneStrings(d.Hosts),
 				Realm:                   realmOf(c, d),
 				ConfirmRealmChange:      d.ConfirmRealmChange,
 				MetadataNetworks:        cloneStrings(c.MetadataNetworks),
@@ -105,7 +114,9 @@ func Compile(t *Topology) ([]*pb.HostConfig, error) {
 				cfg.Partners = append(cfg.Partners, proto.CloneOf(pt))
 			}
 			for _, tt := range trustedBy[i] {
-				cfg.TrustedBy = append(cfg.TrustedBy, proto.CloneOf(tt))
+				tt = proto.CloneOf(tt)
+				tt.Hosts = rings[index[tt.Deployment]].sample(h)
+				cfg.TrustedBy = append(cfg.TrustedBy, tt)
 			}
 			out = append(out, cfg)
 		}

@@ -69,7 +69,6 @@ func TestCompileContoso(t *testing.T) {
 		Deployment:           "pool01",
 		Product:              pb.Product_PRODUCT_LYNC,
 		ProductVersion:       "2015",
-		DeploymentHosts:      []string{"fe01.contoso.com", "fe02.contoso.com"},
 		Realm:                "contoso.com",
 		ServiceName:          "00000004-0000-0ff1-ce00-000000000000",
 		DefaultSipDomain:     "contoso.com",
@@ -95,11 +94,10 @@ func TestCompileContoso(t *testing.T) {
 
 	// Exchange registers the Lync pool.
 	checkConfig(t, byHost["ex02.contoso.com"], &pb.HostConfig{
-		Host:            "ex02.contoso.com",
-		Deployment:      "exchange",
-		Product:         pb.Product_PRODUCT_EXCHANGE,
-		ProductVersion:  "2019",
-		DeploymentHosts: []string{"ex01.contoso.com", "ex02.contoso.com"},
+		Host:           "ex02.contoso.com",
+		Deployment:     "exchange",
+		Product:        pb.Product_PRODUCT_EXCHANGE,
+		ProductVersion: "2019",
 		// Exchange keeps its own (blank) realm.
 		ServiceName:          products.ExchangeID,
 		DefaultSipDomain:     "contoso.com",
@@ -119,11 +117,10 @@ func TestCompileContoso(t *testing.T) {
 
 	// SharePoint trusts two issuers, Lync as a trust broker.
 	checkConfig(t, byHost["sp01.contoso.com"], &pb.HostConfig{
-		Host:            "sp01.contoso.com",
-		Deployment:      "sharepoint",
-		Product:         pb.Product_PRODUCT_SHAREPOINT,
-		ProductVersion:  "2019",
-		DeploymentHosts: []string{"sp01.contoso.com"},
+		Host:           "sp01.contoso.com",
+		Deployment:     "sharepoint",
+		Product:        pb.Product_PRODUCT_SHAREPOINT,
+		ProductVersion: "2019",
 		// SharePoint keeps its own realm, the farm id.
 		ServiceName:          products.SharePointID,
 		DefaultSipDomain:     "contoso.com",
@@ -158,11 +155,10 @@ func TestCompileOverrides(t *testing.T) {
 		t.Fatalf("missing hosts in %v", byHost)
 	}
 	checkConfig(t, fe, &pb.HostConfig{
-		Host:            "fe1.fabrikam.com",
-		Deployment:      "sfb",
-		Product:         pb.Product_PRODUCT_LYNC,
-		ProductVersion:  "SE",
-		DeploymentHosts: []string{"fe1.fabrikam.com"},
+		Host:           "fe1.fabrikam.com",
+		Deployment:     "sfb",
+		Product:        pb.Product_PRODUCT_LYNC,
+		ProductVersion: "SE",
 		// No realm declared: Lync keeps its default, the default SIP domain.
 		ServiceName:      products.LyncID,
 		DefaultSipDomain: "fabrikam.com",
@@ -180,11 +176,10 @@ func TestCompileOverrides(t *testing.T) {
 		},
 	})
 	checkConfig(t, sp, &pb.HostConfig{
-		Host:            "sp2.fabrikam.com",
-		Deployment:      "farm",
-		Product:         pb.Product_PRODUCT_SHAREPOINT,
-		ProductVersion:  "2016",
-		DeploymentHosts: []string{"sp1.fabrikam.com", "sp2.fabrikam.com"},
+		Host:           "sp2.fabrikam.com",
+		Deployment:     "farm",
+		Product:        pb.Product_PRODUCT_SHAREPOINT,
+		ProductVersion: "2016",
 		// SharePoint keeps its own realm.
 		ServiceName:      products.SharePointID,
 		DefaultSipDomain: "fabrikam.com",
@@ -241,8 +236,10 @@ func TestCompileDeterministic(t *testing.T) {
 	}
 
 	// Hashes are part of the protocol with agents: a change here re-pushes
-	// every host of every fleet, so it must be deliberate.
-	const fe01 = "2d9dee3c9333853c18c670fc9ae5ea27ca34af031729b8d8269922dbfcba3bc2"
+	// every host of every fleet, so it must be deliberate. (Changed when
+	// deployment_hosts stopped being filled: one re-push of every host, once,
+	// bought a revision linear in the deployments' sizes.)
+	const fe01 = "3b2fa4c0764128b6492eb98985fdf00bc08bf2d5752f3cfc050e2ac5ed54232d"
 	if got := Hash(hostsOf(first)["fe01.contoso.com"]); got != fe01 {
 		t.Errorf("Hash(fe01.contoso.com) = %s, want %s: did the compiled configuration change on purpose?", got, fe01)
 	}
@@ -282,11 +279,11 @@ func TestCompileInvalid(t *testing.T) {
 func TestCompileHostsShareNothing(t *testing.T) {
 	byHost := hostsOf(compileFile(t, "contoso.yaml"))
 	byHost["fe01.contoso.com"].Partners[0].MetadataUrl = "https://changed.contoso.com/"
-	byHost["fe01.contoso.com"].DeploymentHosts[0] = "changed.contoso.com"
+	byHost["fe01.contoso.com"].AdditionalSipDomains[0] = "changed.contoso.com"
 	byHost["fe01.contoso.com"].TokenIssuer.Source = nil
 	byHost["fe01.contoso.com"].TrustedBy[0].Hosts[0] = "changed.contoso.com"
 	fe02 := byHost["fe02.contoso.com"]
-	if fe02.Partners[0].MetadataUrl == "https://changed.contoso.com/" || fe02.DeploymentHosts[0] == "changed.contoso.com" ||
+	if fe02.Partners[0].MetadataUrl == "https://changed.contoso.com/" || fe02.AdditionalSipDomains[0] == "changed.contoso.com" ||
 		fe02.TokenIssuer.Source == nil || fe02.TrustedBy[0].Hosts[0] == "changed.contoso.com" {
 		t.Error("changing one host's configuration changed another's")
 	}

@@ -22,7 +22,7 @@ const (
 // Plan item names.
 const (
 	// ItemHost is the host's membership of its deployment and the
-	// deployment's settings: product, version, hosts, endpoint, metadata URL,
+	// deployment's settings: product, version, endpoint, metadata URL,
 	// SIP domains.
 	ItemHost = "host"
 	// ItemOAuthConfiguration is the product's own OAuth settings: service
@@ -74,7 +74,10 @@ func Plan(from, to []*pb.HostConfig) []*pb.HostPlan {
 				Action: ActionRemove,
 				Detail: fmt.Sprintf("%s is no longer in the topology (it was in %s deployment %s): s2strust stops managing it and changes nothing on it", h, products.Name(f.Product), f.Deployment),
 			}}
-		} else {
+		} else if f == nil || hp.FromHash != hp.ToHash {
+			// Equal hashes mean equal configurations (primary aside):
+			// nothing to diff, which keeps a small change to a large
+			// fleet cheap to plan.
 			hp.Items = diffHost(f, t)
 		}
 		plans = append(plans, hp)
@@ -114,9 +117,11 @@ func diffHost(f, t *pb.HostConfig) []*pb.PlanItem {
 	fresh := f == nil || f.Product != t.Product
 
 	if f == nil {
-		add(ItemHost, ActionCreate, fmt.Sprintf("manage %s as a host of %s deployment %s (%s %s; deployment hosts %s; own metadata %s)",
+		// The deployment's other hosts are not listed: that would make a
+		// plan quadratic in the deployment's size.
+		add(ItemHost, ActionCreate, fmt.Sprintf("manage %s as a host of %s deployment %s (%s %s; own metadata %s)",
 			t.Host, products.Name(t.Product), t.Deployment, products.DisplayName(t.Product), t.ProductVersion,
-			strings.Join(t.DeploymentHosts, ", "), t.MetadataUrl))
+			t.MetadataUrl))
 	} else if changes := hostChanges(f, t); len(changes) > 0 {
 		add(ItemHost, ActionUpdate, strings.Join(changes, "; "))
 	}
@@ -152,6 +157,20 @@ func diffHost(f, t *pb.HostConfig) []*pb.PlanItem {
 		add(ItemTokenIssuer, ActionRemove, fmt.Sprintf("stop managing the token-issuer certificate (%s); the certificate stays in place", describeIssuer(fti)))
 	}
 
+	var fnext *pb.NextTokenIssuer
+	if f != nil {
+		fnext = f.NextTokenIssuer
+	}
+	switch {
+	case t.NextTokenIssuer != nil && !proto.Equal(fnext, t.NextTokenIssuer):
+		add(ItemTokenIssuer, ActionUpdate, "stage the next token-issuer certificate ("+describeNext(t.NextTokenIssuer)+"): "+stageCommand(t.Product, t.NextTokenIssuer))
+	case t.NextTokenIssuer == nil && fnext != nil:
+		add(ItemTokenIssuer, ActionUpdate, "no next token-issuer certificate staged any more (was "+describeNext(fnext)+")")
+	}
+	if t.RetirePreviousIssuer && !f.GetRetirePreviousIssuer() {
+		add(ItemTokenIssuer, ActionUpdate, "retire the previous token-issuer certificate: "+retireCommand(t.Product))
+	}
+
 	items = append(items, partnerItems(f, t)...)
 
 	// Where trust probes go changes nothing on the host's product, but it
@@ -178,7 +197,6 @@ func hostChanges(f, t *pb.HostConfig) []string {
 	diff("deployment", f.Deployment, t.Deployment)
 	diff("product", products.Name(f.Product), products.Name(t.Product))
 	diff("version", f.ProductVersion, t.ProductVersion)
-	diff("deployment hosts", strings.Join(f.DeploymentHosts, ", "), strings.Join(t.DeploymentHosts, ", "))
 	diff("endpoint", f.Endpoint, t.Endpoint)
 	diff("own metadata URL", f.MetadataUrl, t.MetadataUrl)
 	diff("default SIP domain", f.DefaultSipDomain, t.DefaultSipDomain)
@@ -297,6 +315,41 @@ func describeIssuer(ti *pb.TokenIssuer) string {
 		return "the " + ti.GetExisting() + " certificate"
 	}
 	return "none"
+}
+
+func describeNext(n *pb.NextTokenIssuer) string {
+	d := "secret " + n.GetSecret()
+	if n.GetSecretThumbprint() != "" {
+		d += ", thumbprint " + n.GetSecretThumbprint()
+	}
+	if n.GetEffective() != nil {
+		d += ", effective " + n.GetEffective().AsTime().UTC().Format("2006-01-02T15:04:05Z")
+	}
+	return d
+}
+
+// stageCommand is how each product stages a next token-issuer certificate;
+// the agent's plan (status --plan) shows the exact commands.
+func stageCommand(p pb.Product, n *pb.NextTokenIssuer) string {
+	switch p {
+	case pb.Product_PRODUCT_LYNC:
+		return "Import-CsCertificate -Identity global -Type OAuthTokenIssuer -Roll -EffectiveDate <effective> -Path <PFX from secret " + n.GetSecret() + "> (on the pool's primary)"
+	case pb.Product_PRODUCT_EXCHANGE:
+		return "Import-ExchangeCertificate -FileData <PFX from secret " + n.GetSecret() + "> on every server, then Set-AuthConfig -NewCertificateThumbprint <its thumbprint> -NewCertificateEffectiveDate <effective> -Force"
+	case pb.Product_PRODUCT_SHAREPOINT:
+		return "Set-SPSecurityTokenServiceConfig -QueueSigningCertificate <certificate from secret " + n.GetSecret() + ">"
+	}
+	return "stage secret " + n.GetSecret()
+}
+
+func retireCommand(p pb.Product) string {
+	switch p {
+	case pb.Product_PRODUCT_LYNC:
+		return "Remove-CsCertificate -Identity global -Type OAuthTokenIssuer -Previous"
+	case pb.Product_PRODUCT_EXCHANGE:
+		return "Set-AuthConfig -ClearPreviousCertificate"
+	}
+	return "nothing to remove on " + products.Name(p)
 }
 
 func issuerCommand(p pb.Product, ti *pb.TokenIssuer) string {

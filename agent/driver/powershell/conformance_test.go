@@ -2,6 +2,7 @@ package powershell
 
 import (
 	"crypto/sha1"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"github.com/s2strust/s2strust/agent/driver/drivertest"
 	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/certs"
+	"github.com/s2strust/s2strust/internal/metadata"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -35,12 +37,87 @@ func TestConformance(t *testing.T) {
 	drivertest.Run(t, func(t *testing.T) drivertest.World { return newPSWorld(t) })
 }
 
+// TestRotationConformance runs the rotation scenarios against the
+// PowerShell driver over the emulated products.
+func TestRotationConformance(t *testing.T) {
+	t.Setenv("S2S_FAKE_WORKER", "conformance")
+	t.Setenv("S2S_FAKE_LOG", filepath.Join(t.TempDir(), "fake.log"))
+	drivertest.RunRotation(t, func(t *testing.T) drivertest.RotationWorld { return newPSWorld(t) })
+}
+
+func (w *psWorld) NextSecrets(t *testing.T) []*pb.SecretMaterial {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.next != nil {
+		return w.next
+	}
+	b, err := certs.Generate(certs.Template{CommonName: drivertest.Realm, DNSNames: []string{drivertest.Realm, "fabrikam.com"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().AddDate(2, 0, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pw = "N3xt-Horse-Battery"
+	pfx, err := certs.EncodePFX(b, pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.next = []*pb.SecretMaterial{{Name: drivertest.NextIssuerSecret, Pfx: pfx, Password: pw, Thumbprint: certs.Thumbprint(b.Cert)}}
+	return w.next
+}
+
+func (w *psWorld) Publish(t *testing.T, url string, list []*x509.Certificate) {
+	s := loadEmu(w.root)
+	if s.Published == nil {
+		s.Published = map[string][]string{}
+	}
+	var ders []string
+	for _, c := range list {
+		ders = append(ders, base64.StdEncoding.EncodeToString(c.Raw))
+	}
+	s.Published[url] = ders
+	s.save(w.root)
+}
+
+// publishedThumbprints are the thumbprints of what url publishes.
+func (s *emu) publishedThumbprints(url string) []string {
+	var out []string
+	for _, c := range s.publishedCerts(url) {
+		out = append(out, certs.Thumbprint(c))
+	}
+	return out
+}
+
+func (s *emu) publishedCerts(url string) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, d := range s.Published[url] {
+		der, _ := base64.StdEncoding.DecodeString(d)
+		if c, err := x509.ParseCertificate(der); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// importPFX opens a one-time key file as an import cmdlet does.
+func importPFX(cmdlet, path, password string) (*x509.Certificate, *ErrorRecord) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &ErrorRecord{Cmdlet: cmdlet, FullyQualifiedErrorID: "FileNotFound", Message: err.Error()}
+	}
+	_, cert, _, err := pkcs12.DecodeChain(data, password)
+	if err != nil {
+		return nil, &ErrorRecord{Cmdlet: cmdlet, FullyQualifiedErrorID: "InvalidPassword", Message: "the PFX could not be opened: " + err.Error()}
+	}
+	return cert, nil
+}
+
 // psWorld is an estate of PowerShell-driven hosts over emulated products.
 type psWorld struct {
 	root    string
 	mu      sync.Mutex
 	drivers map[string]*Driver
 	secrets []*pb.SecretMaterial
+	next    []*pb.SecretMaterial
 }
 
 func newPSWorld(t *testing.T) *psWorld {
@@ -150,6 +227,11 @@ type emu struct {
 	} `json:"sharepoint"`
 	Broken []string `json:"broken"`
 	Init   bool     `json:"init"`
+	// Published are the signing certificates (base64 DER) each metadata
+	// URL publishes, where the world set them.
+	Published map[string][]string `json:"published"`
+	// ExCerts are the certificates each Exchange server imported.
+	ExCerts map[string][]exchangeCertificate `json:"exCerts"`
 }
 
 func writeJSON(p string, v any) {
@@ -233,6 +315,15 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 	}
 	s := loadEmu(root)
 	broken := func(url string) bool { return slices.Contains(s.Broken, url) }
+	if op == "metadata-get" {
+		url := str("url")
+		id, realm, known := metadataOf(url)
+		if broken(url) || !known || len(s.Published[url]) == 0 {
+			return metadataGet{URL: url, Status: 404}, nil
+		}
+		body, _ := json.Marshal(metadata.Build(id, realm, hostOfURL(url), s.publishedCerts(url)))
+		return metadataGet{URL: url, Status: 200, Body: string(body)}, nil
+	}
 	ok := func(v any) (any, *ErrorRecord) { s.save(root); return v, nil }
 	missing := func(cmdlet, what string) (any, *ErrorRecord) {
 		return nil, &ErrorRecord{Cmdlet: cmdlet, FullyQualifiedErrorID: "ObjectNotFound", Category: "ObjectNotFound", Message: what + " was not found"}
@@ -308,6 +399,12 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 		c := csCertificate{Use: "OAuthTokenIssuer", Thumbprint: certs.Thumbprint(cert), Subject: cert.Subject.String(),
 			NotBefore: cert.NotBefore.UTC().Format(time.RFC3339), NotAfter: cert.NotAfter.UTC().Format(time.RFC3339),
 			EffectiveDate: time.Now().Add(-time.Minute).UTC().Format(time.RFC3339), RawData: base64.StdEncoding.EncodeToString(cert.Raw)}
+		if has("effectiveDate") {
+			// -Roll -EffectiveDate: kept beside the current one until then.
+			c.EffectiveDate = str("effectiveDate")
+			s.Lync.Issuer = append(slices.DeleteFunc(s.Lync.Issuer, func(x csCertificate) bool { return x.Thumbprint == c.Thumbprint }), c)
+			return ok(map[string]bool{"imported": true})
+		}
 		s.Lync.Issuer = []csCertificate{c}
 		return ok(map[string]bool{"imported": true})
 	case "lync/set-issuer-certificate":
@@ -320,14 +417,32 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 	case "exchange/get-auth-config":
 		return s.Exchange.Auth, nil
 	case "exchange/get-exchange-certificates":
-		return []exchangeCertificate{{Thumbprint: s.Exchange.Auth.CurrentCertificateThumbprint, Subject: "CN=Microsoft Exchange Server Auth Certificate", HasPrivateKey: true}}, nil
+		// This server's own imports, and the organization's auth
+		// certificate as setup left it on every server.
+		list := slices.Clone(s.ExCerts[host])
+		if cur := s.Exchange.Auth.CurrentCertificateThumbprint; !slices.ContainsFunc(list, func(c exchangeCertificate) bool { return c.Thumbprint == cur }) {
+			list = append(list, exchangeCertificate{Thumbprint: cur, Subject: "CN=Microsoft Exchange Server Auth Certificate", HasPrivateKey: true})
+		}
+		return list, nil
+	case "exchange/import-exchange-certificate":
+		cert, rec := importPFX("Import-ExchangeCertificate", str("pfxPath"), str("pfxPassword"))
+		if rec != nil {
+			return nil, rec
+		}
+		if s.ExCerts == nil {
+			s.ExCerts = map[string][]exchangeCertificate{}
+		}
+		c := exchangeCertificate{Thumbprint: certs.Thumbprint(cert), Subject: cert.Subject.String(), HasPrivateKey: true, RawData: base64.StdEncoding.EncodeToString(cert.Raw)}
+		s.ExCerts[host] = append(slices.DeleteFunc(s.ExCerts[host], func(x exchangeCertificate) bool { return x.Thumbprint == c.Thumbprint }), c)
+		return ok(map[string]string{"thumbprint": c.Thumbprint})
 	case "exchange/configure-partner-application":
 		url := str("authMetadataUrl")
 		id, _, known := metadataOf(url)
 		if broken(url) || !known {
 			return nil, productMetadataError("New-PartnerApplication", "AuthMetadataUrl", url)
 		}
-		p := exchangePartner{Name: str("applicationType") + "Enterprise-" + fakeThumb(url)[:8], ApplicationIdentifier: id, AuthMetadataURL: url, Enabled: boolean("enabled", true)}
+		p := exchangePartner{Name: str("applicationType") + "Enterprise-" + fakeThumb(url)[:8], ApplicationIdentifier: id, AuthMetadataURL: url, Enabled: boolean("enabled", true),
+			CertificateStrings: s.Published[url]}
 		s.Exchange.Partners = append(s.Exchange.Partners, p)
 		return ok(p)
 	case "exchange/set-partner-application":
@@ -336,9 +451,18 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 			return missing("Set-PartnerApplication", "partner application "+str("identity"))
 		}
 		p := &s.Exchange.Partners[i]
+		if boolean("refreshAuthMetadata", false) {
+			// -RefreshAuthMetadata downloads the document again.
+			if broken(p.AuthMetadataURL) {
+				return nil, productMetadataError("Set-PartnerApplication", "AuthMetadataUrl", p.AuthMetadataURL)
+			}
+			p.CertificateStrings = s.Published[p.AuthMetadataURL]
+			return ok(*p)
+		}
 		p.Enabled = boolean("enabled", p.Enabled)
 		if has("authMetadataUrl") {
 			p.AuthMetadataURL = str("authMetadataUrl")
+			p.CertificateStrings = s.Published[p.AuthMetadataURL]
 		}
 		return ok(*p)
 	case "exchange/remove-partner-application":
@@ -350,6 +474,22 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 			s.Exchange.Auth.Realm = str("realm")
 		case "current-certificate":
 			s.Exchange.Auth.PreviousCertificateThumbprint, s.Exchange.Auth.CurrentCertificateThumbprint = s.Exchange.Auth.CurrentCertificateThumbprint, str("thumbprint")
+		case "new-certificate":
+			// The certificate must be on the server the cmdlet runs on.
+			if !slices.ContainsFunc(s.ExCerts[host], func(c exchangeCertificate) bool { return strings.EqualFold(c.Thumbprint, str("thumbprint")) }) {
+				return nil, &ErrorRecord{Cmdlet: "Set-AuthConfig", FullyQualifiedErrorID: "CertificateNotFound", Category: "ObjectNotFound", Message: "certificate " + str("thumbprint") + " is not installed on " + host}
+			}
+			a := &s.Exchange.Auth
+			a.NextCertificateThumbprint, a.NextCertificateEffectiveDate = str("thumbprint"), str("effectiveDate")
+		case "publish":
+			a := &s.Exchange.Auth
+			if a.NextCertificateThumbprint == "" {
+				return nil, &ErrorRecord{Cmdlet: "Set-AuthConfig", FullyQualifiedErrorID: "NoNextCertificate", Category: "InvalidOperation", Message: "no next certificate is configured"}
+			}
+			a.PreviousCertificateThumbprint, a.CurrentCertificateThumbprint = a.CurrentCertificateThumbprint, a.NextCertificateThumbprint
+			a.NextCertificateThumbprint, a.NextCertificateEffectiveDate = "", ""
+		case "clear-previous":
+			s.Exchange.Auth.PreviousCertificateThumbprint = ""
 		}
 		return ok(map[string]bool{"updated": true})
 	case "exchange/iisreset":
@@ -380,6 +520,7 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 			return nil, productMetadataError("New-SPTrustedSecurityTokenIssuer", "MetadataEndPoint", url)
 		}
 		i := spIssuer{Name: str("name"), RegisteredIssuerName: id + "@" + realm, MetadataEndPoint: url, IsSelfIssuer: !boolean("isTrustBroker", false)}
+		i.setSigning(s.publishedThumbprints(url))
 		s.SharePoint.Issuers = append(s.SharePoint.Issuers, i)
 		return ok(i)
 	case "sharepoint/set-trusted-issuer":
@@ -387,7 +528,11 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 		if i < 0 {
 			return missing("Set-SPTrustedSecurityTokenIssuer", "trusted security token issuer "+str("name"))
 		}
+		if broken(str("metadataEndPoint")) {
+			return nil, productMetadataError("Set-SPTrustedSecurityTokenIssuer", "MetadataEndPoint", str("metadataEndPoint"))
+		}
 		s.SharePoint.Issuers[i].MetadataEndPoint = str("metadataEndPoint")
+		s.SharePoint.Issuers[i].setSigning(s.publishedThumbprints(str("metadataEndPoint")))
 		if has("isTrustBroker") {
 			s.SharePoint.Issuers[i].IsSelfIssuer = !boolean("isTrustBroker", false)
 		}
@@ -409,6 +554,22 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 	case "sharepoint/set-sts-http":
 		s.SharePoint.STS.AllowOAuthOverHTTP, s.SharePoint.STS.AllowMetadataOverHTTP = boolean("allowOAuthOverHttp", false), boolean("allowMetadataOverHttp", false)
 		return ok(map[string]bool{"updated": true})
+	case "sharepoint/queue-signing-certificate", "sharepoint/import-signing-certificate":
+		cert, rec := importPFX("Set-SPSecurityTokenServiceConfig", str("pfxPath"), str("pfxPassword"))
+		if rec != nil {
+			return nil, rec
+		}
+		c := &certificateFacts{Thumbprint: certs.Thumbprint(cert), Subject: cert.Subject.String(), HasPrivateKey: true, RawData: base64.StdEncoding.EncodeToString(cert.Raw)}
+		sts := &s.SharePoint.STS
+		if op == "queue-signing-certificate" {
+			sts.QueueSigningCertificate = c
+		} else {
+			sts.SigningCertificate = c
+			if q := sts.QueueSigningCertificate; q != nil && q.Thumbprint == c.Thumbprint {
+				sts.QueueSigningCertificate = nil
+			}
+		}
+		return ok(map[string]string{"thumbprint": c.Thumbprint})
 	}
 	return nil, &ErrorRecord{FullyQualifiedErrorID: "S2SUnknownOperation", Category: "InvalidOperation", Message: "the emulated " + script + " has no operation " + op}
 }
@@ -418,4 +579,20 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 func conformanceContext(scriptPath string) (root, host string) {
 	hostDir := filepath.Dir(filepath.Dir(filepath.Dir(scriptPath)))
 	return filepath.Dir(hostDir), filepath.Base(hostDir)
+}
+
+// setSigning records the issuer's signing certificates as read from its
+// metadata: the first as SigningCertificate, the rest as additional ones.
+func (i *spIssuer) setSigning(thumbs []string) {
+	i.SigningThumbprint, i.AdditionalThumbprints = "", nil
+	if len(thumbs) > 0 {
+		i.SigningThumbprint, i.AdditionalThumbprints = thumbs[0], thumbs[1:]
+	}
+}
+
+// hostOfURL is the host name of a URL.
+func hostOfURL(raw string) string {
+	h := strings.TrimPrefix(raw, "https://")
+	h, _, _ = strings.Cut(h, "/")
+	return h
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -226,8 +227,17 @@ func (d *Driver) Read(ctx context.Context, cfg *pb.HostConfig) (*reconcile.State
 	switch cfg.GetProduct() {
 	case pb.Product_PRODUCT_LYNC:
 		err = readLync(ctx, w, cfg, st, d.cfg.Now())
+		cache := d.lyncCache()
+		for i := range st.Partners {
+			if c, ok := cache[strings.ToLower(st.Partners[i].Name)]; ok && strings.EqualFold(c.URL, st.Partners[i].MetadataURL) {
+				st.Partners[i].CachedThumbprints = c.Thumbprints
+			}
+		}
 	case pb.Product_PRODUCT_EXCHANGE:
 		err = readExchange(ctx, w, st)
+		if err == nil {
+			st.IISIssuer = d.iisIssuer(st.Issuer.Current)
+		}
 	case pb.Product_PRODUCT_SHAREPOINT:
 		err = readSharePoint(ctx, w, cfg, st)
 	}
@@ -295,6 +305,12 @@ func (d *Driver) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.O
 		}
 		return nil
 	}
+	if cfg.GetProduct() == pb.Product_PRODUCT_LYNC && lyncDownloads(op) {
+		if err := run(); err != nil {
+			return err
+		}
+		return d.rememberLyncCache(ctx, w, op)
+	}
 	if call.keyFile {
 		var thumbprint string
 		err := d.withKeyFile(op, secrets, f.OSVersion, func(kf *keyFile) error {
@@ -308,7 +324,48 @@ func (d *Driver) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.O
 		}
 		return d.rememberImport(op.Secret, thumbprint)
 	}
+	if op.Kind == reconcile.KindResetIIS && cfg.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
+		if err := run(); err != nil {
+			return err
+		}
+		// The app pools start again with the organization's current auth
+		// certificate.
+		var ac authConfig
+		if err := w.Call(ctx, "get-auth-config", nil, &ac); err != nil {
+			return fmt.Errorf("host %s: after the IIS reset: %w", cfg.GetHost(), err)
+		}
+		return d.rememberIISIssuer(normThumb(ac.CurrentCertificateThumbprint))
+	}
 	return run()
+}
+
+// iisIssuerFile remembers, on an Exchange server, the organization's
+// current auth certificate when this agent last reset IIS (or first read
+// the server): the certificate its app pools sign with
+// (reconcile.State.IISIssuer). Exchange shows no such thing itself.
+func (d *Driver) iisIssuerFile() string { return filepath.Join(d.cfg.StateDir, "iis-issuer.json") }
+
+// iisIssuer is the remembered certificate; on the first read it is the
+// current one, as the app pools started with it.
+func (d *Driver) iisIssuer(current string) string {
+	var v struct{ Thumbprint string }
+	if b, err := os.ReadFile(d.iisIssuerFile()); err == nil && json.Unmarshal(b, &v) == nil && v.Thumbprint != "" {
+		return v.Thumbprint
+	}
+	if current != "" {
+		if err := d.rememberIISIssuer(current); err != nil {
+			d.log.Warn("cannot remember the auth certificate IIS started with", "err", err)
+		}
+	}
+	return current
+}
+
+func (d *Driver) rememberIISIssuer(t string) error {
+	b, _ := json.Marshal(struct{ Thumbprint string }{t})
+	if err := atomicfile.Write(d.iisIssuerFile(), b, 0o600); err != nil {
+		return fmt.Errorf("remember the auth certificate IIS started with: %w", err)
+	}
+	return nil
 }
 
 // importedFile remembers which certificate each imported secret held
@@ -337,6 +394,63 @@ func (d *Driver) rememberImport(secret, thumbprint string) error {
 	b, _ := json.Marshal(m)
 	if err := atomicfile.Write(d.importedFile(), b, 0o600); err != nil {
 		return fmt.Errorf("remember the import of secret %s: %w", secret, err)
+	}
+	return nil
+}
+
+// lyncDownloads says whether op has Lync download a partner's metadata:
+// creating it, re-pointing it, refreshing it.
+func lyncDownloads(op reconcile.Op) bool {
+	return op.Kind == reconcile.KindNewPartner || op.Kind == reconcile.KindRefreshPartnerMetadata ||
+		(op.Kind == reconcile.KindSetPartner && slices.Contains(op.Set, "MetadataUrl"))
+}
+
+// lyncCacheFile remembers, per Lync partner, the signing certificates its
+// metadata published when Lync last downloaded it at s2strust's request:
+// Get-CsPartnerApplication does not show the certificates Lync cached, so
+// this is the agent's record of them (reconcile.Partner.CachedThumbprints).
+func (d *Driver) lyncCacheFile() string {
+	return filepath.Join(d.cfg.StateDir, "lync-partner-cache.json")
+}
+
+type lyncCached struct {
+	URL         string   `json:"url"`
+	Thumbprints []string `json:"thumbprints"`
+}
+
+func (d *Driver) lyncCache() map[string]lyncCached {
+	b, err := os.ReadFile(d.lyncCacheFile())
+	if err != nil {
+		return nil
+	}
+	var m map[string]lyncCached
+	if json.Unmarshal(b, &m) != nil {
+		return nil
+	}
+	return m
+}
+
+// rememberLyncCache downloads, from this host, the document Lync just
+// downloaded for op's partner and records its signing certificates. A
+// refresh that cannot read the document fails; a new or re-pointed
+// partner is only not recorded.
+func (d *Driver) rememberLyncCache(ctx context.Context, w *Worker, op reconcile.Op) error {
+	url := op.Partner.GetMetadataUrl()
+	thumbs, err := d.fetchMetadata(ctx, w, url, op.Partner.GetApplicationIdentifier(), "")
+	if err != nil {
+		if op.Kind == reconcile.KindRefreshPartnerMetadata {
+			return fmt.Errorf("partner %s on host %s: read its metadata after the refresh: %w", op.Name, d.cfg.Host, err)
+		}
+		return nil
+	}
+	m := d.lyncCache()
+	if m == nil {
+		m = map[string]lyncCached{}
+	}
+	m[strings.ToLower(op.Name)] = lyncCached{URL: url, Thumbprints: thumbs}
+	b, _ := json.Marshal(m)
+	if err := atomicfile.Write(d.lyncCacheFile(), b, 0o600); err != nil {
+		return fmt.Errorf("remember the metadata of partner %s: %w", op.Name, err)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/s2strust/s2strust/agent/reconcile"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -136,5 +137,32 @@ func TestExchangeProbesWithTheTopologysMailbox(t *testing.T) {
 		if !p.GetOk() || p.GetDetail() != "Test-OAuthConnectivity: Success" {
 			t.Errorf("probe of %s with the mailbox: %v", p.GetTargetHost(), p)
 		}
+	}
+}
+
+// TestExchangeRotationOpsThroughExecute: the reconciler's rotation
+// operations reach the scripts with the requests the golden exchanges
+// record (the fake answers only a request it knows), and an unknown
+// request fails.
+func TestExchangeRotationOpsThroughExecute(t *testing.T) {
+	fakeEnv(t, "normal")
+	d := testDriver(t, "ex01.acme-s2s.example")
+	cfg := exchangeConfig()
+	ctx := context.Background()
+	eff := time.Date(2026, 6, 3, 0, 0, 0, 0, time.UTC)
+	partner := &pb.Partner{Name: "LyncEnterprise-acme", MetadataUrl: "https://pool01.acme-s2s.example/metadata/json/1"}
+	for _, op := range []reconcile.Op{
+		{Item: reconcile.ItemNextIssuer, Kind: reconcile.KindStageNextIssuer, Cmdlet: "Set-AuthConfig", Thumbprint: "5555555555555555555555555555555555555555", EffectiveDate: eff},
+		{Item: "issuer-certificate", Kind: reconcile.KindActivateNextIssuer, Cmdlet: "Set-AuthConfig"},
+		{Item: reconcile.ItemPreviousIssuer, Kind: reconcile.KindRemovePreviousIssuer, Cmdlet: "Set-AuthConfig"},
+		{Item: "partner/LyncEnterprise-acme", Kind: reconcile.KindRefreshPartnerMetadata, Cmdlet: "Set-PartnerApplication", Name: "LyncEnterprise-acme", Partner: partner},
+	} {
+		if err := d.Execute(ctx, cfg, op, nil); err != nil {
+			t.Errorf("%s: %v", op.Kind, err)
+		}
+	}
+	other := reconcile.Op{Kind: reconcile.KindStageNextIssuer, Cmdlet: "Set-AuthConfig", Thumbprint: "6666666666666666666666666666666666666666", EffectiveDate: eff}
+	if err := d.Execute(ctx, cfg, other, nil); err == nil {
+		t.Error("a request no golden exchange records was answered")
 	}
 }

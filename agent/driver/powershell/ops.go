@@ -60,8 +60,72 @@ func translate(cfg *pb.HostConfig, op reconcile.Op) (scriptCall, error) {
 			c.op = "set-signing-certificate"
 		}
 	case reconcile.KindRemovePreviousIssuer:
-		if p == pb.Product_PRODUCT_LYNC {
+		switch p {
+		case pb.Product_PRODUCT_LYNC:
 			c.op = "remove-previous-issuer-certificate"
+		case pb.Product_PRODUCT_EXCHANGE:
+			c.op = "set-auth-config"
+			a["action"] = "clear-previous"
+		}
+	case reconcile.KindImportNextIssuer:
+		if p == pb.Product_PRODUCT_EXCHANGE {
+			// Into this server's own store: every server of the
+			// organization imports its copy.
+			c.op, c.keyFile = "import-exchange-certificate", true
+		}
+	case reconcile.KindStageNextIssuer:
+		switch p {
+		case pb.Product_PRODUCT_LYNC:
+			if op.EffectiveDate.IsZero() {
+				break
+			}
+			a["effectiveDate"] = op.EffectiveDate.UTC().Format(time.RFC3339)
+			if op.Secret != "" {
+				// Import-CsCertificate -Roll -EffectiveDate.
+				c.op, c.keyFile = "import-issuer-certificate", true
+			} else {
+				// Set-CsCertificate -Thumbprint -Roll -EffectiveDate.
+				c.op = "set-issuer-certificate"
+				a["thumbprint"] = op.Thumbprint
+			}
+		case pb.Product_PRODUCT_EXCHANGE:
+			c.op = "set-auth-config"
+			a["action"] = "new-certificate"
+			a["thumbprint"] = op.Thumbprint
+			if !op.EffectiveDate.IsZero() {
+				a["effectiveDate"] = op.EffectiveDate.UTC().Format(time.RFC3339)
+			}
+		case pb.Product_PRODUCT_SHAREPOINT:
+			if op.Secret != "" {
+				c.op, c.keyFile = "queue-signing-certificate", true
+			}
+		}
+	case reconcile.KindActivateNextIssuer:
+		switch p {
+		case pb.Product_PRODUCT_EXCHANGE:
+			c.op = "set-auth-config"
+			a["action"] = "publish"
+		case pb.Product_PRODUCT_SHAREPOINT:
+			if op.Secret != "" {
+				c.op, c.keyFile = "import-signing-certificate", true
+			}
+		}
+	case reconcile.KindRefreshPartnerMetadata:
+		url := op.Partner.GetMetadataUrl()
+		switch p {
+		case pb.Product_PRODUCT_EXCHANGE:
+			c.op = "set-partner-application"
+			a["identity"] = op.Name
+			a["refreshAuthMetadata"] = true
+		case pb.Product_PRODUCT_LYNC:
+			// Setting the URL again downloads the document again.
+			c.op = "set-partner-application"
+			a["identity"] = op.Name
+			a["metadataUrl"] = url
+		case pb.Product_PRODUCT_SHAREPOINT:
+			c.op = "set-trusted-issuer"
+			a["name"] = op.Name
+			a["metadataEndPoint"] = url
 		}
 	case reconcile.KindSetOAuth:
 		if p == pb.Product_PRODUCT_LYNC {

@@ -52,6 +52,10 @@ func (d *Driver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Me
 		checks = append(checks, check{res: &pb.MetadataCheck{Partner: p.GetName(), Deployment: p.GetDeployment(), Url: p.GetMetadataUrl()},
 			serviceName: p.GetApplicationIdentifier(), realm: realm})
 	}
+	// Last, the host's own document as it serves it (partner "", its own
+	// name): what a rotation checks for the next key on every issuer host.
+	checks = append(checks, check{res: &pb.MetadataCheck{Deployment: cfg.GetDeployment(), Url: SelfMetadataURL(cfg)},
+		serviceName: products.ServiceName(cfg.GetProduct()), realm: own})
 	param := map[pb.Product]string{pb.Product_PRODUCT_LYNC: "MetadataUrl", pb.Product_PRODUCT_EXCHANGE: "AuthMetadataUrl", pb.Product_PRODUCT_SHAREPOINT: "MetadataEndPoint"}[cfg.GetProduct()]
 	out := make([]*pb.MetadataCheck, 0, len(checks))
 	w, _, startErr := d.start(ctx, cfg)
@@ -69,6 +73,12 @@ func (d *Driver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Me
 		c.res.Ok, c.res.Thumbprints = true, thumbs
 	}
 	return out
+}
+
+// SelfMetadataURL is the URL of the metadata document host cfg.Host
+// serves itself: https://<host><the product's metadata path>.
+func SelfMetadataURL(cfg *pb.HostConfig) string {
+	return "https://" + strings.ToLower(cfg.GetHost()) + products.MetadataPath(cfg.GetProduct())
 }
 
 func (d *Driver) fetchMetadata(ctx context.Context, w *Worker, url, serviceName, realm string) ([]string, error) {

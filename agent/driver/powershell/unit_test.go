@@ -139,8 +139,12 @@ func TestCheckMetadataAndProbe(t *testing.T) {
 	cfg.TrustedBy = []*pb.TrustTarget{{Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ServiceName: products.SharePointID, Hosts: []string{"sp01.acme-s2s.example"}},
 		{Deployment: "exchange", Product: pb.Product_PRODUCT_EXCHANGE, ServiceName: products.ExchangeID, Hosts: []string{"ex01.acme-s2s.example"}}}
 	checks := d.CheckMetadata(context.Background(), cfg)
-	if len(checks) != 3 {
-		t.Fatalf("%d metadata checks, want 3", len(checks))
+	if len(checks) != 4 {
+		t.Fatalf("%d metadata checks, want 3 and the self check", len(checks))
+	}
+	// The host's own document, from its own name.
+	if c := checks[3]; c.GetPartner() != "" || c.GetDeployment() != cfg.GetDeployment() || c.GetUrl() != "https://fe01.acme-s2s.example/metadata/json/1" {
+		t.Errorf("self check: %v", c)
 	}
 	if c := checks[0]; !c.GetOk() || len(c.GetThumbprints()) != 1 || c.GetThumbprints()[0] != certs.Thumbprint(b.Cert) {
 		t.Errorf("own metadata: %v", c)
@@ -180,6 +184,9 @@ func TestTranslateCoversEveryKind(t *testing.T) {
 			{Kind: reconcile.KindRemovePreviousIssuer}, {Kind: reconcile.KindSetOAuth, ServiceName: products.LyncID},
 			{Kind: reconcile.KindSetRealm, Realm: "r"}, {Kind: reconcile.KindNewPartner, Partner: partner},
 			{Kind: reconcile.KindSetPartner, Name: "p", Partner: partner, Set: []string{"Enabled"}}, {Kind: reconcile.KindRemovePartner, Name: "p"},
+			{Kind: reconcile.KindStageNextIssuer, Secret: "s", Thumbprint: "T", EffectiveDate: testNow},
+			{Kind: reconcile.KindStageNextIssuer, Thumbprint: "T", EffectiveDate: testNow},
+			{Kind: reconcile.KindRefreshPartnerMetadata, Name: "p", Partner: partner},
 		},
 		pb.Product_PRODUCT_EXCHANGE: {
 			{Kind: reconcile.KindImportIssuer, Secret: "s"}, {Kind: reconcile.KindAssignIssuer, Thumbprint: "T"},
@@ -187,12 +194,17 @@ func TestTranslateCoversEveryKind(t *testing.T) {
 			{Kind: reconcile.KindNewPartner, Partner: &pb.Partner{Name: "hr", Product: pb.Product_PRODUCT_UNSPECIFIED}},
 			{Kind: reconcile.KindSetPartner, Name: "p", Partner: partner}, {Kind: reconcile.KindRemovePartner, Name: "p"},
 			{Kind: reconcile.KindResetIIS},
+			{Kind: reconcile.KindImportNextIssuer, Secret: "s"}, {Kind: reconcile.KindStageNextIssuer, Thumbprint: "T", EffectiveDate: testNow},
+			{Kind: reconcile.KindStageNextIssuer, Thumbprint: "T"}, {Kind: reconcile.KindActivateNextIssuer},
+			{Kind: reconcile.KindRemovePreviousIssuer}, {Kind: reconcile.KindRefreshPartnerMetadata, Name: "p", Partner: partner},
 		},
 		pb.Product_PRODUCT_SHAREPOINT: {
 			{Kind: reconcile.KindImportIssuer, Secret: "s"}, {Kind: reconcile.KindAssignIssuer, Thumbprint: "T"},
 			{Kind: reconcile.KindSetRealm, Realm: "r"}, {Kind: reconcile.KindNewPartner, Partner: partner},
 			{Kind: reconcile.KindSetPartner, Name: "p", Partner: partner}, {Kind: reconcile.KindRemovePartner, Name: "p"},
 			{Kind: reconcile.KindSetAppPermission, AppID: products.ExchangeID}, {Kind: reconcile.KindSetSTS},
+			{Kind: reconcile.KindStageNextIssuer, Secret: "s"}, {Kind: reconcile.KindActivateNextIssuer, Secret: "s"},
+			{Kind: reconcile.KindRefreshPartnerMetadata, Name: "p", Partner: partner},
 		},
 	}
 	scripts := Scripts()

@@ -35,7 +35,7 @@ func (s *Sim) Read(ctx context.Context, cfg *pb.HostConfig) (*reconcile.State, e
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("read on host %s: %w", s.cfg.Host, err)
 	}
-	ds, _, err := readStore(s.cfg.SharedDir, cfg.GetDeployment())
+	ds, _, err := s.readStore(cfg.GetDeployment())
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +84,12 @@ func (s *Sim) state(ds *DeploymentStore, h *hostState) *reconcile.State {
 		}
 		st.DefaultThumbprint = h.DefaultThumbprint
 	case ds.Exchange != nil:
-		st.Issuer.Next, st.Issuer.Previous = ds.Exchange.AuthConfig.NextCertificateThumbprint, ds.Exchange.AuthConfig.PreviousCertificateThumbprint
+		ac := ds.Exchange.AuthConfig
+		st.Issuer.Next, st.Issuer.Previous = ac.NextCertificateThumbprint, ac.PreviousCertificateThumbprint
+		if ac.NextCertificateEffectiveDate != nil {
+			st.Issuer.NextEffective = *ac.NextCertificateEffectiveDate
+		}
+		st.IISIssuer = h.IISIssuer
 	case ds.SharePoint != nil:
 		f := ds.SharePoint
 		if f.QueuedSigningCertificate != nil {
@@ -147,7 +152,7 @@ func (s *Sim) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.Op, 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s on host %s: %w", op.Cmdlet, s.cfg.Host, err)
 	}
-	ds, old, err := readStore(s.cfg.SharedDir, cfg.GetDeployment())
+	ds, old, err := s.readStore(cfg.GetDeployment())
 	if err != nil {
 		return err
 	}
@@ -211,10 +216,55 @@ func (s *Sim) execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.Op, 
 		return nil
 
 	case reconcile.KindRemovePreviousIssuer:
+		if o := ds.Exchange; o != nil {
+			// Set-AuthConfig -ClearPreviousCertificate.
+			if o.AuthConfig.PreviousCertificateThumbprint == "" {
+				return fmt.Errorf("Set-AuthConfig -ClearPreviousCertificate on host %s: there is no previous certificate", s.cfg.Host)
+			}
+			o.AuthConfig.PreviousCertificateThumbprint = ""
+			o.AuthCertificates = slices.DeleteFunc(o.AuthCertificates, func(c *IssuerCertificate) bool {
+				return c.Thumbprint != o.AuthConfig.CurrentCertificateThumbprint && c.Thumbprint != o.AuthConfig.NextCertificateThumbprint
+			})
+			return nil
+		}
 		if ds.Lync == nil || ds.Lync.PreviousOAuthTokenIssuer == nil {
 			return fmt.Errorf("Remove-CsCertificate -Previous on host %s: there is no previous OAuthTokenIssuer certificate", s.cfg.Host)
 		}
 		ds.Lync.PreviousOAuthTokenIssuer = nil
+		return nil
+
+	case reconcile.KindImportNextIssuer:
+		// Import-ExchangeCertificate: into this server's store only; the
+		// organization learns of it when Set-AuthConfig names it.
+		ic, err := s.importPFX(h, op.Secret, secrets)
+		if err != nil {
+			return err
+		}
+		if op.Thumbprint != "" && ic.Thumbprint != op.Thumbprint {
+			return fmt.Errorf("import the next issuer certificate from secret %s on host %s: it holds certificate %s, but the controller recorded %s", op.Secret, s.cfg.Host, ic.Thumbprint, op.Thumbprint)
+		}
+		return nil
+
+	case reconcile.KindStageNextIssuer:
+		return s.stageNext(cfg, op, secrets, ds, ps, h)
+
+	case reconcile.KindActivateNextIssuer:
+		return s.activateNext(op, secrets, ds, h)
+
+	case reconcile.KindRefreshPartnerMetadata:
+		cur, ok := findPartner(ps, op.Name)
+		if !ok {
+			return fmt.Errorf("%s -Identity %s on host %s: no such partner", op.Cmdlet, op.Name, s.cfg.Host)
+		}
+		// The cached copy changes only here (and when a partner is created
+		// or re-pointed): a partner that never refreshes keeps what it
+		// downloaded.
+		fresh, err := s.download(ctx, desc, cur.URL, cur.AppID, "")
+		if err != nil {
+			return fmt.Errorf("%s -Identity %s on host %s: %w", op.Cmdlet, op.Name, s.cfg.Host, err)
+		}
+		cur.Certificates, cur.Realm = fresh.Certificates, fresh.Realm
+		ps.upsert(cur)
 		return nil
 
 	case reconcile.KindSetOAuth:
@@ -328,6 +378,9 @@ func (s *Sim) execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.Op, 
 
 	case reconcile.KindResetIIS:
 		h.IISResets++
+		if g := ps.issuer(); g != nil {
+			h.IISIssuer = g.Thumbprint
+		}
 		return nil
 	}
 	return fmt.Errorf("host %s: the sim cannot run %s (%s)", s.cfg.Host, op.Cmdlet, op.Kind)
@@ -337,6 +390,120 @@ func (s *Sim) execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.Op, 
 // does on the host it runs on) and returns it as the deployment records
 // it, key included: the product replicates it to the other servers.
 func (s *Sim) importSecret(h *hostState, name string, secrets []*pb.SecretMaterial) (*IssuerCertificate, error) {
+	ic, err := s.importPFX(h, name, secrets)
+	if err != nil {
+		return nil, err
+	}
+	h.IssuerSecret, h.IssuerSecretThumbprint = name, ic.Thumbprint
+	return ic, nil
+}
+
+// stageNext stages the next token-issuer certificate, as Lync's
+// Import-CsCertificate (or Set-CsCertificate) -Roll -EffectiveDate,
+// Exchange's Set-AuthConfig -NewCertificateThumbprint
+// -NewCertificateEffectiveDate or SharePoint's
+// Set-SPSecurityTokenServiceConfig -QueueSigningCertificate do. The
+// deployment then publishes it beside the current one.
+func (s *Sim) stageNext(cfg *pb.HostConfig, op reconcile.Op, secrets []*pb.SecretMaterial, ds *DeploymentStore, ps productStore, h *hostState) error {
+	if cur := ps.issuer(); cur != nil && cur.Thumbprint == op.Thumbprint {
+		return fmt.Errorf("%s on host %s: certificate %s is already the current one", op.Cmdlet, s.cfg.Host, op.Thumbprint)
+	}
+	eff := op.EffectiveDate.UTC()
+	switch {
+	case ds.Lync != nil:
+		if eff.IsZero() {
+			return fmt.Errorf("%s -Roll on host %s: -EffectiveDate is required", op.Cmdlet, s.cfg.Host)
+		}
+		g := ds.Lync
+		if op.Secret == "" {
+			// Set-CsCertificate -Thumbprint -Roll: re-dates the staged one.
+			if g.NextOAuthTokenIssuer == nil || g.NextOAuthTokenIssuer.Thumbprint != op.Thumbprint {
+				return fmt.Errorf("Set-CsCertificate -Thumbprint %s -Roll on host %s: that certificate is not staged", op.Thumbprint, s.cfg.Host)
+			}
+			g.NextEffectiveDate = &eff
+			return nil
+		}
+		// The CMS keeps it with its key and replicates it to every Front End.
+		ic, err := s.importPFX(h, op.Secret, secrets)
+		if err != nil {
+			return err
+		}
+		if ic.Thumbprint != op.Thumbprint {
+			return fmt.Errorf("%s on host %s: secret %s holds certificate %s, but the controller recorded %s", op.Cmdlet, s.cfg.Host, op.Secret, ic.Thumbprint, op.Thumbprint)
+		}
+		g.NextOAuthTokenIssuer, g.NextEffectiveDate = ic, &eff
+		return nil
+	case ds.Exchange != nil:
+		// The certificate must be on this server; the organization records
+		// the certificate, each server keeps its own key.
+		lc := h.find(op.Thumbprint)
+		if lc == nil || !lc.HasPrivateKey {
+			return fmt.Errorf("Set-AuthConfig -NewCertificateThumbprint %s on host %s: no certificate with that thumbprint and its private key in the local computer's Personal store", op.Thumbprint, s.cfg.Host)
+		}
+		o := ds.Exchange
+		o.AuthConfig.NextCertificateThumbprint = op.Thumbprint
+		o.AuthConfig.NextCertificateEffectiveDate = nil
+		if !eff.IsZero() {
+			o.AuthConfig.NextCertificateEffectiveDate = &eff
+		}
+		o.AuthCertificates = appendIssuer(o.AuthCertificates, &IssuerCertificate{Thumbprint: op.Thumbprint, Certificate: lc.Certificate})
+		slices.SortFunc(o.AuthCertificates, func(a, b *IssuerCertificate) int { return strings.Compare(a.Thumbprint, b.Thumbprint) })
+		return nil
+	case ds.SharePoint != nil:
+		// The farm's configuration database keeps it with its key.
+		ic, err := s.importPFX(h, op.Secret, secrets)
+		if err != nil {
+			return err
+		}
+		if ic.Thumbprint != op.Thumbprint {
+			return fmt.Errorf("%s on host %s: secret %s holds certificate %s, but the controller recorded %s", op.Cmdlet, s.cfg.Host, op.Secret, ic.Thumbprint, op.Thumbprint)
+		}
+		ds.SharePoint.QueuedSigningCertificate = ic
+		return nil
+	}
+	return fmt.Errorf("%s on host %s: a %s deployment has no next certificate", op.Cmdlet, s.cfg.Host, cfg.GetProduct())
+}
+
+// activateNext makes the staged certificate the one that signs: Exchange's
+// Set-AuthConfig -PublishCertificate (the current one becomes the
+// previous one), SharePoint's -ImportSigningCertificate of the queued one.
+func (s *Sim) activateNext(op reconcile.Op, secrets []*pb.SecretMaterial, ds *DeploymentStore, h *hostState) error {
+	switch {
+	case ds.Exchange != nil:
+		ac := &ds.Exchange.AuthConfig
+		if ac.NextCertificateThumbprint == "" {
+			return fmt.Errorf("Set-AuthConfig -PublishCertificate on host %s: no next certificate is configured", s.cfg.Host)
+		}
+		if op.Thumbprint != "" && ac.NextCertificateThumbprint != op.Thumbprint {
+			return fmt.Errorf("Set-AuthConfig -PublishCertificate on host %s: the next certificate is %s, not %s", s.cfg.Host, ac.NextCertificateThumbprint, op.Thumbprint)
+		}
+		if lc := h.find(ac.NextCertificateThumbprint); lc == nil || !lc.HasPrivateKey {
+			return fmt.Errorf("Set-AuthConfig -PublishCertificate on host %s: the next certificate %s is not installed on this server with its private key", s.cfg.Host, ac.NextCertificateThumbprint)
+		}
+		ac.PreviousCertificateThumbprint, ac.CurrentCertificateThumbprint = ac.CurrentCertificateThumbprint, ac.NextCertificateThumbprint
+		ac.NextCertificateThumbprint, ac.NextCertificateEffectiveDate = "", nil
+		return nil
+	case ds.SharePoint != nil:
+		ic, err := s.importSecret(h, op.Secret, secrets)
+		if err != nil {
+			return err
+		}
+		if op.Thumbprint != "" && ic.Thumbprint != op.Thumbprint {
+			return fmt.Errorf("%s on host %s: secret %s holds certificate %s, but the controller recorded %s", op.Cmdlet, s.cfg.Host, op.Secret, ic.Thumbprint, op.Thumbprint)
+		}
+		f := ds.SharePoint
+		f.SecurityTokenServiceCertificate = ic
+		if f.QueuedSigningCertificate != nil && f.QueuedSigningCertificate.Thumbprint == ic.Thumbprint {
+			f.QueuedSigningCertificate = nil
+		}
+		return nil
+	}
+	return fmt.Errorf("%s on host %s: this product activates a staged certificate by itself", op.Cmdlet, s.cfg.Host)
+}
+
+// importPFX imports a PFX secret into the host's store and returns it with
+// its key.
+func (s *Sim) importPFX(h *hostState, name string, secrets []*pb.SecretMaterial) (*IssuerCertificate, error) {
 	i := slices.IndexFunc(secrets, func(m *pb.SecretMaterial) bool { return m.GetName() == name })
 	if i < 0 {
 		return nil, fmt.Errorf("import the token-issuer certificate on host %s: secret %s was not delivered", s.cfg.Host, name)
@@ -356,7 +523,6 @@ func (s *Sim) importSecret(h *hostState, name string, secrets []*pb.SecretMateri
 		return nil, err
 	}
 	held(h, t)
-	h.IssuerSecret, h.IssuerSecretThumbprint = name, t
 	return &IssuerCertificate{Thumbprint: t, Certificate: b.Cert.Raw, PrivateKey: string(keyPEM)}, nil
 }
 
@@ -501,8 +667,10 @@ func (s *Sim) replicate(h *hostState, ps productStore) error {
 }
 
 // lyncDefault gives a Lync Front End the Default certificate the
-// deployment wizard requests for it: CN the pool FQDN; SAN the pool, its
-// Front Ends and the sip.<domain> names of every SIP domain.
+// deployment wizard requests for it: CN the pool FQDN; SAN the pool, this
+// Front End and the sip.<domain> names of every SIP domain. (Each Front
+// End requests its own; the configuration no longer lists the pool's other
+// Front Ends, whose names the certificate does not need.)
 func (s *Sim) lyncDefault(h *hostState, cfg *pb.HostConfig) error {
 	pool := cfg.GetEndpoint()
 	if pool == "" {
@@ -513,7 +681,7 @@ func (s *Sim) lyncDefault(h *hostState, cfg *pb.HostConfig) error {
 			return nil
 		}
 	}
-	names := append([]string{pool}, cfg.GetDeploymentHosts()...)
+	names := []string{pool, cfg.GetHost()}
 	for _, d := range append([]string{cfg.GetDefaultSipDomain()}, cfg.GetAdditionalSipDomains()...) {
 		if d != "" {
 			names = append(names, "sip."+d)

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -18,12 +19,18 @@ func TestConformance(t *testing.T) {
 	drivertest.Run(t, func(t *testing.T) drivertest.World { return newConformanceWorld(t) })
 }
 
+// TestRotationConformance runs the rotation scenarios against the sim.
+func TestRotationConformance(t *testing.T) {
+	drivertest.RunRotation(t, func(t *testing.T) drivertest.RotationWorld { return newConformanceWorld(t) })
+}
+
 // conformanceWorld is an estate of sim hosts sharing one directory of
 // deployment stores, with the fixtures' partner metadata.
 type conformanceWorld struct {
 	env   *env
 	mu    sync.Mutex
 	hosts map[string]*Sim
+	next  []*pb.SecretMaterial
 }
 
 func newConformanceWorld(t *testing.T) *conformanceWorld {
@@ -86,3 +93,23 @@ func (w *conformanceWorld) BreakMetadata(t *testing.T, url string, broken bool) 
 }
 
 func (w *conformanceWorld) Secrets(t *testing.T) []*pb.SecretMaterial { return secrets(t) }
+
+func (w *conformanceWorld) NextSecrets(t *testing.T) []*pb.SecretMaterial {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.next == nil {
+		_, m := nextIssuer(t, time.Now())
+		m.Name = drivertest.NextIssuerSecret
+		w.next = []*pb.SecretMaterial{m}
+	}
+	return w.next
+}
+
+func (w *conformanceWorld) Publish(t *testing.T, url string, list []*x509.Certificate) {
+	w.env.fetch.mu.Lock()
+	defer w.env.fetch.mu.Unlock()
+	if w.env.fetch.pub == nil {
+		w.env.fetch.pub = map[string][]*x509.Certificate{}
+	}
+	w.env.fetch.pub[url] = list
+}

@@ -53,6 +53,11 @@ type hostState struct {
 	DefaultSIPDomain string `json:",omitempty"`
 	// IISResets counts the IIS resets run on this (Exchange) host.
 	IISResets int `json:",omitempty"`
+	// IISIssuer is the organization's current auth certificate when this
+	// (Exchange) host's IIS app pools last started: they sign with it
+	// until the next IIS reset, even after Set-AuthConfig
+	// -PublishCertificate makes another one current.
+	IISIssuer string `json:",omitempty"`
 	// DefaultThumbprint is the host's own default certificate: Lync's
 	// Default, Exchange's Auth Certificate, SharePoint's STS certificate.
 	DefaultThumbprint string

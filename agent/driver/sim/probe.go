@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/s2strust/s2strust/agent/driver"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/metadata"
+	"github.com/s2strust/s2strust/internal/products"
 	"github.com/s2strust/s2strust/internal/s2stoken"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -95,7 +97,9 @@ func (s *Sim) fetchList(ctx context.Context, url, serviceName, realm string) (*m
 // deployment (cfg.MetadataUrl, as partner "") and of every partner of cfg,
 // concurrently, and reports for each whether it is reachable and valid, the
 // products' own error with its cause when it is not, and the thumbprints of
-// its signing certificates. It changes nothing.
+// its signing certificates. Last comes the host's self check: its own
+// document as it serves it (partner "", SelfMetadataURL). It changes
+// nothing.
 func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
 	ctx = narrowed(ctx, cfg)
 	type check struct {
@@ -128,15 +132,54 @@ func (s *Sim) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.Metad
 			c.res.Thumbprints = append(c.res.Thumbprints, certs.Thumbprint(cert))
 		}
 	})
-	out := make([]*pb.MetadataCheck, len(checks))
+	out := make([]*pb.MetadataCheck, len(checks), len(checks)+1)
 	for i, c := range checks {
 		out[i] = c.res
 	}
-	return out
+	return append(out, s.selfCheck(cfg))
+}
+
+// SelfMetadataURL is the URL of the metadata document a host serves
+// itself: https://<host><the product's metadata path>. A host's self check
+// (a MetadataCheck with partner "" and this URL) lists the keys it
+// publishes, the current issuer and any next and previous one.
+func SelfMetadataURL(cfg *pb.HostConfig) string {
+	return "https://" + strings.ToLower(cfg.GetHost()) + products.MetadataPath(cfg.GetProduct())
+}
+
+// selfCheck is the host's own metadata document as it serves it (through
+// its own handler, addressed by its own name): what a rotation checks for
+// the next key on every issuer host.
+func (s *Sim) selfCheck(cfg *pb.HostConfig) *pb.MetadataCheck {
+	u := SelfMetadataURL(&pb.HostConfig{Host: s.cfg.Host, Product: cfg.GetProduct()})
+	res := &pb.MetadataCheck{Deployment: cfg.GetDeployment(), Url: u}
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, u, nil))
+	param := urlParameter(cfg.GetProduct())
+	fail := func(err error) *pb.MetadataCheck {
+		res.Error = fmt.Errorf(metadataError, param, err).Error()
+		return res
+	}
+	if rec.Code != http.StatusOK {
+		return fail(fmt.Errorf("host %s answers %s with HTTP %d: %s", s.cfg.Host, u, rec.Code, strings.TrimSpace(rec.Body.String())))
+	}
+	doc, err := metadata.Parse(rec.Body.Bytes())
+	if err != nil {
+		return fail(err)
+	}
+	list, err := doc.Certificates()
+	if err != nil {
+		return fail(err)
+	}
+	res.Ok, res.Realm, res.Issuer = true, doc.EffectiveRealm(), doc.Issuer
+	for _, c := range list {
+		res.Thumbprints = append(res.Thumbprints, certs.Thumbprint(c))
+	}
+	return res
 }
 
 // Probe mints an actor token with this host's current signing key for every
-// host of every deployment in cfg.TrustedBy and presents it at
+// host each deployment in cfg.TrustedBy lists and presents it at
 // https://<host>/s2s/probe, concurrently and each within probeTimeout. It
 // returns one result per target host, in cfg's order. When this host does
 // not hold its deployment's current token-issuer certificate with its key,

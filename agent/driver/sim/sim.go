@@ -262,7 +262,7 @@ func (s *Sim) prepare(cfg *pb.HostConfig) error {
 			return err
 		}
 	}
-	ds, old, err := readStore(s.cfg.SharedDir, cfg.GetDeployment())
+	ds, old, err := s.readStore(cfg.GetDeployment())
 	if err != nil {
 		return err
 	}
@@ -273,13 +273,8 @@ func (s *Sim) prepare(cfg *pb.HostConfig) error {
 	if err != nil {
 		return &reconcile.ProductError{Err: err}
 	}
-	if g := ds.Lync; g != nil && cfg.GetPrimary() && g.NextOAuthTokenIssuer != nil && g.NextEffectiveDate != nil && !s.cfg.Now().Before(*g.NextEffectiveDate) {
-		// A roll (Set-CsCertificate -Roll -EffectiveDate) takes effect:
-		// the next certificate signs, the old one stays as the previous
-		// one, still published and accepted until it expires or
-		// Remove-CsCertificate -Previous removes it.
-		g.PreviousOAuthTokenIssuer, g.OAuthTokenIssuer = g.OAuthTokenIssuer, g.NextOAuthTokenIssuer
-		g.NextOAuthTokenIssuer, g.NextEffectiveDate = nil, nil
+	if cfg.GetPrimary() && old != nil {
+		// A roll the CMS made by itself (see readStore) is written down.
 		if _, err := writeStore(s.cfg.SharedDir, ds, old); err != nil {
 			return err
 		}
@@ -296,7 +291,30 @@ func (s *Sim) prepare(cfg *pb.HostConfig) error {
 	if err := s.replicate(h, ps); err != nil {
 		return err
 	}
+	if g := ps.issuer(); g != nil && h.IISIssuer == "" && cfg.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
+		// The app pools started (at boot) with the organization's current
+		// auth certificate.
+		h.IISIssuer = g.Thumbprint
+	}
 	return s.saveHost(h)
+}
+
+// readStore reads a deployment store as the product shows it now: a Lync
+// roll (Import-CsCertificate or Set-CsCertificate -Roll -EffectiveDate)
+// takes effect at its EffectiveDate by itself, the next certificate
+// signing and the old one kept as the previous one, still published and
+// accepted until Remove-CsCertificate -Previous (or its expiry). old is
+// the store as on disk, so a write records the roll.
+func (s *Sim) readStore(deployment string) (*DeploymentStore, []byte, error) {
+	ds, old, err := readStore(s.cfg.SharedDir, deployment)
+	if err != nil || ds == nil {
+		return ds, old, err
+	}
+	if g := ds.Lync; g != nil && g.NextOAuthTokenIssuer != nil && g.NextEffectiveDate != nil && !s.cfg.Now().Before(*g.NextEffectiveDate) {
+		g.PreviousOAuthTokenIssuer, g.OAuthTokenIssuer = g.OAuthTokenIssuer, g.NextOAuthTokenIssuer
+		g.NextOAuthTokenIssuer, g.NextEffectiveDate = nil, nil
+	}
+	return ds, old, nil
 }
 
 // installReplicated installs the deployment's default issuer certificate,
@@ -384,7 +402,7 @@ func (s *Sim) RefreshPartnerMetadata(ctx context.Context, deployment, name strin
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ds, old, err := readStore(s.cfg.SharedDir, deployment)
+	ds, old, err := s.readStore(deployment)
 	if err != nil {
 		return err
 	}
@@ -498,6 +516,13 @@ func (s *Sim) signing() (*signingState, error) {
 	if g == nil {
 		return sc, fmt.Errorf("signing certificates of host %s: deployment %s has no token-issuer certificate yet", s.cfg.Host, h.Deployment)
 	}
+	if ex, ok := ps.(*ExchangeOrganization); ok && h.IISIssuer != "" && h.IISIssuer != g.Thumbprint {
+		// The app pools sign with the auth certificate they started with
+		// until an IIS reset, even after -PublishCertificate.
+		if c := ex.certificate(h.IISIssuer); c != nil {
+			g = c
+		}
+	}
 	sc.thumbprint = g.Thumbprint
 	lc := replicaView(h, ps).find(g.Thumbprint)
 	if lc == nil || !lc.HasPrivateKey {
@@ -540,7 +565,7 @@ func (s *Sim) deploymentView(h *hostState) (productStore, error) {
 		return nil, errors.New("no configuration applied yet")
 	}
 	p, _ := products.Parse(h.Product)
-	ds, _, err := readStore(s.cfg.SharedDir, h.Deployment)
+	ds, _, err := s.readStore(h.Deployment)
 	if err != nil {
 		return nil, err
 	}
@@ -594,7 +619,7 @@ type PartnerState struct {
 // Partners returns the partners registered in a deployment's store, as any
 // of its hosts sees them; none when the store does not exist yet.
 func (s *Sim) Partners(ctx context.Context, deployment string) ([]PartnerState, error) {
-	ds, _, err := readStore(s.cfg.SharedDir, deployment)
+	ds, _, err := s.readStore(deployment)
 	if err != nil || ds == nil {
 		return nil, err
 	}

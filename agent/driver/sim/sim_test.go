@@ -74,6 +74,8 @@ type fetcher struct {
 	f     *testFixtures
 	fail  map[string]error
 	calls []string
+	// pub overrides what a URL publishes (a rotation's next key).
+	pub map[string][]*x509.Certificate
 }
 
 func (m *fetcher) fetch(_ context.Context, url, serviceName, realm string) (*metadata.Document, []*x509.Certificate, error) {
@@ -90,7 +92,11 @@ func (m *fetcher) fetch(_ context.Context, url, serviceName, realm string) (*met
 	if realm == "" {
 		realm = "contoso.com"
 	}
-	return &metadata.Document{ServiceName: serviceName, Realm: realm, Issuer: serviceName + "@" + realm}, []*x509.Certificate{c}, nil
+	list := []*x509.Certificate{c}
+	if l, ok := m.pub[url]; ok {
+		list = l
+	}
+	return &metadata.Document{ServiceName: serviceName, Realm: realm, Issuer: serviceName + "@" + realm}, list, nil
 }
 
 func (m *fetcher) count() int {

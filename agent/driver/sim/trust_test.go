@@ -39,6 +39,8 @@ type world struct {
 	ca      *certs.Bundle
 	roots   *x509.CertPool
 	resolve map[string]string
+	// now is every host's clock; nil means time.Now.
+	now func() time.Time
 }
 
 func newWorld(t *testing.T) *world {
@@ -105,6 +107,7 @@ func (w *world) host(ln net.Listener, p pb.Product, version string, names ...str
 		Listener:     ln,
 		ServerTLS:    w.serverTLS(names...),
 		FetchOptions: w.options(),
+		Now:          w.now,
 	})
 	if err != nil {
 		w.t.Fatal(err)
@@ -156,8 +159,12 @@ func itemErr(errs []*pb.ItemError, item string) string {
 
 func checkOK(t *testing.T, checks []*pb.MetadataCheck, want map[string][]string) {
 	t.Helper()
-	if len(checks) != len(want) {
-		t.Errorf("CheckMetadata returned %d checks, want %d: %v", len(checks), len(want), checks)
+	// The last check is the host's own document as it serves it: the same
+	// keys as its deployment's.
+	if len(checks) != len(want)+1 {
+		t.Errorf("CheckMetadata returned %d checks, want %d and the self check: %v", len(checks), len(want), checks)
+	} else if self := checks[len(checks)-1]; self.GetPartner() != "" || self.GetUrl() == checks[0].GetUrl() {
+		t.Errorf("last check = %v, want the self check", self)
 	}
 	for _, c := range checks {
 		w, ok := want[c.GetPartner()]

@@ -9,6 +9,7 @@ package s2strustv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -143,6 +144,7 @@ type SyncResponse struct {
 	//
 	//	*SyncResponse_Desired
 	//	*SyncResponse_UpToDate
+	//	*SyncResponse_Drain
 	Message       isSyncResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -203,6 +205,15 @@ func (x *SyncResponse) GetUpToDate() *UpToDate {
 	return nil
 }
 
+func (x *SyncResponse) GetDrain() *Drain {
+	if x != nil {
+		if x, ok := x.Message.(*SyncResponse_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isSyncResponse_Message interface {
 	isSyncResponse_Message()
 }
@@ -215,9 +226,74 @@ type SyncResponse_UpToDate struct {
 	UpToDate *UpToDate `protobuf:"bytes,2,opt,name=up_to_date,json=upToDate,proto3,oneof"`
 }
 
+type SyncResponse_Drain struct {
+	Drain *Drain `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
+}
+
 func (*SyncResponse_Desired) isSyncResponse_Message() {}
 
 func (*SyncResponse_UpToDate) isSyncResponse_Message() {}
+
+func (*SyncResponse_Drain) isSyncResponse_Message() {}
+
+// Drain tells the agent the controller is stopping (a restart, an
+// upgrade): the stream ends after it, and the agent opens the next one
+// after reconnect_after, not sooner and without its own backoff. The
+// controller spreads these times over its fleet, so a restart's resync is
+// paced by the controller rather than by every agent's backoff at once.
+type Drain struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long to wait before reconnecting, from receipt.
+	ReconnectAfter *durationpb.Duration `protobuf:"bytes,1,opt,name=reconnect_after,json=reconnectAfter,proto3" json:"reconnect_after,omitempty"`
+	// Why, for the agent's log.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Drain) Reset() {
+	*x = Drain{}
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Drain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Drain) ProtoMessage() {}
+
+func (x *Drain) ProtoReflect() protoreflect.Message {
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Drain.ProtoReflect.Descriptor instead.
+func (*Drain) Descriptor() ([]byte, []int) {
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Drain) GetReconnectAfter() *durationpb.Duration {
+	if x != nil {
+		return x.ReconnectAfter
+	}
+	return nil
+}
+
+func (x *Drain) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
 
 // UpToDate answers a Hello when the controller has nothing to send: the
 // agent already has its desired state (or must wait for a newer one). It
@@ -232,7 +308,7 @@ type UpToDate struct {
 
 func (x *UpToDate) Reset() {
 	*x = UpToDate{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -244,7 +320,7 @@ func (x *UpToDate) String() string {
 func (*UpToDate) ProtoMessage() {}
 
 func (x *UpToDate) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[2]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -257,7 +333,7 @@ func (x *UpToDate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpToDate.ProtoReflect.Descriptor instead.
 func (*UpToDate) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{2}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *UpToDate) GetVersion() uint64 {
@@ -286,7 +362,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +374,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[3]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +387,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{3}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Hello) GetHost() string {
@@ -367,7 +443,7 @@ type DetectedProduct struct {
 
 func (x *DetectedProduct) Reset() {
 	*x = DetectedProduct{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +455,7 @@ func (x *DetectedProduct) String() string {
 func (*DetectedProduct) ProtoMessage() {}
 
 func (x *DetectedProduct) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[4]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +468,7 @@ func (x *DetectedProduct) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetectedProduct.ProtoReflect.Descriptor instead.
 func (*DetectedProduct) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{4}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DetectedProduct) GetProduct() Product {
@@ -427,7 +503,7 @@ type Desired struct {
 
 func (x *Desired) Reset() {
 	*x = Desired{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +515,7 @@ func (x *Desired) String() string {
 func (*Desired) ProtoMessage() {}
 
 func (x *Desired) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[5]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +528,7 @@ func (x *Desired) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Desired.ProtoReflect.Descriptor instead.
 func (*Desired) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{5}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Desired) GetVersion() uint64 {
@@ -505,7 +581,7 @@ type SecretMaterial struct {
 
 func (x *SecretMaterial) Reset() {
 	*x = SecretMaterial{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +593,7 @@ func (x *SecretMaterial) String() string {
 func (*SecretMaterial) ProtoMessage() {}
 
 func (x *SecretMaterial) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[6]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +606,7 @@ func (x *SecretMaterial) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretMaterial.ProtoReflect.Descriptor instead.
 func (*SecretMaterial) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{6}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SecretMaterial) GetName() string {
@@ -573,7 +649,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +661,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[7]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +674,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{7}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Ack) GetVersion() uint64 {
@@ -644,7 +720,7 @@ type Nack struct {
 
 func (x *Nack) Reset() {
 	*x = Nack{}
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +732,7 @@ func (x *Nack) String() string {
 func (*Nack) ProtoMessage() {}
 
 func (x *Nack) ProtoReflect() protoreflect.Message {
-	mi := &file_s2strust_v1_agent_service_proto_msgTypes[8]
+	mi := &file_s2strust_v1_agent_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +745,7 @@ func (x *Nack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Nack.ProtoReflect.Descriptor instead.
 func (*Nack) Descriptor() ([]byte, []int) {
-	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{8}
+	return file_s2strust_v1_agent_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Nack) GetVersion() uint64 {
@@ -711,18 +787,22 @@ var File_s2strust_v1_agent_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_agent_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fs2strust/v1/agent_service.proto\x12\vs2strust.v1\x1a\x17s2strust/v1/types.proto\"\xc8\x01\n" +
+	"\x1fs2strust/v1/agent_service.proto\x12\vs2strust.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17s2strust/v1/types.proto\"\xc8\x01\n" +
 	"\vSyncRequest\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.s2strust.v1.HelloH\x00R\x05hello\x12$\n" +
 	"\x03ack\x18\x02 \x01(\v2\x10.s2strust.v1.AckH\x00R\x03ack\x12'\n" +
 	"\x04nack\x18\x03 \x01(\v2\x11.s2strust.v1.NackH\x00R\x04nack\x123\n" +
 	"\x06status\x18\x04 \x01(\v2\x19.s2strust.v1.StatusReportH\x00R\x06statusB\t\n" +
-	"\amessage\"\x82\x01\n" +
+	"\amessage\"\xae\x01\n" +
 	"\fSyncResponse\x120\n" +
 	"\adesired\x18\x01 \x01(\v2\x14.s2strust.v1.DesiredH\x00R\adesired\x125\n" +
 	"\n" +
-	"up_to_date\x18\x02 \x01(\v2\x15.s2strust.v1.UpToDateH\x00R\bupToDateB\t\n" +
-	"\amessage\"$\n" +
+	"up_to_date\x18\x02 \x01(\v2\x15.s2strust.v1.UpToDateH\x00R\bupToDate\x12*\n" +
+	"\x05drain\x18\x03 \x01(\v2\x12.s2strust.v1.DrainH\x00R\x05drainB\t\n" +
+	"\amessage\"c\n" +
+	"\x05Drain\x12B\n" +
+	"\x0freconnect_after\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereconnectAfter\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"$\n" +
 	"\bUpToDate\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\"\xde\x01\n" +
 	"\x05Hello\x12\x12\n" +
@@ -773,41 +853,45 @@ func file_s2strust_v1_agent_service_proto_rawDescGZIP() []byte {
 	return file_s2strust_v1_agent_service_proto_rawDescData
 }
 
-var file_s2strust_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_s2strust_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_s2strust_v1_agent_service_proto_goTypes = []any{
-	(*SyncRequest)(nil),     // 0: s2strust.v1.SyncRequest
-	(*SyncResponse)(nil),    // 1: s2strust.v1.SyncResponse
-	(*UpToDate)(nil),        // 2: s2strust.v1.UpToDate
-	(*Hello)(nil),           // 3: s2strust.v1.Hello
-	(*DetectedProduct)(nil), // 4: s2strust.v1.DetectedProduct
-	(*Desired)(nil),         // 5: s2strust.v1.Desired
-	(*SecretMaterial)(nil),  // 6: s2strust.v1.SecretMaterial
-	(*Ack)(nil),             // 7: s2strust.v1.Ack
-	(*Nack)(nil),            // 8: s2strust.v1.Nack
-	(*StatusReport)(nil),    // 9: s2strust.v1.StatusReport
-	(Product)(0),            // 10: s2strust.v1.Product
-	(*HostConfig)(nil),      // 11: s2strust.v1.HostConfig
-	(*ItemError)(nil),       // 12: s2strust.v1.ItemError
+	(*SyncRequest)(nil),         // 0: s2strust.v1.SyncRequest
+	(*SyncResponse)(nil),        // 1: s2strust.v1.SyncResponse
+	(*Drain)(nil),               // 2: s2strust.v1.Drain
+	(*UpToDate)(nil),            // 3: s2strust.v1.UpToDate
+	(*Hello)(nil),               // 4: s2strust.v1.Hello
+	(*DetectedProduct)(nil),     // 5: s2strust.v1.DetectedProduct
+	(*Desired)(nil),             // 6: s2strust.v1.Desired
+	(*SecretMaterial)(nil),      // 7: s2strust.v1.SecretMaterial
+	(*Ack)(nil),                 // 8: s2strust.v1.Ack
+	(*Nack)(nil),                // 9: s2strust.v1.Nack
+	(*StatusReport)(nil),        // 10: s2strust.v1.StatusReport
+	(*durationpb.Duration)(nil), // 11: google.protobuf.Duration
+	(Product)(0),                // 12: s2strust.v1.Product
+	(*HostConfig)(nil),          // 13: s2strust.v1.HostConfig
+	(*ItemError)(nil),           // 14: s2strust.v1.ItemError
 }
 var file_s2strust_v1_agent_service_proto_depIdxs = []int32{
-	3,  // 0: s2strust.v1.SyncRequest.hello:type_name -> s2strust.v1.Hello
-	7,  // 1: s2strust.v1.SyncRequest.ack:type_name -> s2strust.v1.Ack
-	8,  // 2: s2strust.v1.SyncRequest.nack:type_name -> s2strust.v1.Nack
-	9,  // 3: s2strust.v1.SyncRequest.status:type_name -> s2strust.v1.StatusReport
-	5,  // 4: s2strust.v1.SyncResponse.desired:type_name -> s2strust.v1.Desired
-	2,  // 5: s2strust.v1.SyncResponse.up_to_date:type_name -> s2strust.v1.UpToDate
-	4,  // 6: s2strust.v1.Hello.products:type_name -> s2strust.v1.DetectedProduct
-	10, // 7: s2strust.v1.DetectedProduct.product:type_name -> s2strust.v1.Product
-	11, // 8: s2strust.v1.Desired.config:type_name -> s2strust.v1.HostConfig
-	6,  // 9: s2strust.v1.Desired.secrets:type_name -> s2strust.v1.SecretMaterial
-	12, // 10: s2strust.v1.Nack.errors:type_name -> s2strust.v1.ItemError
-	0,  // 11: s2strust.v1.AgentService.Sync:input_type -> s2strust.v1.SyncRequest
-	1,  // 12: s2strust.v1.AgentService.Sync:output_type -> s2strust.v1.SyncResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 0: s2strust.v1.SyncRequest.hello:type_name -> s2strust.v1.Hello
+	8,  // 1: s2strust.v1.SyncRequest.ack:type_name -> s2strust.v1.Ack
+	9,  // 2: s2strust.v1.SyncRequest.nack:type_name -> s2strust.v1.Nack
+	10, // 3: s2strust.v1.SyncRequest.status:type_name -> s2strust.v1.StatusReport
+	6,  // 4: s2strust.v1.SyncResponse.desired:type_name -> s2strust.v1.Desired
+	3,  // 5: s2strust.v1.SyncResponse.up_to_date:type_name -> s2strust.v1.UpToDate
+	2,  // 6: s2strust.v1.SyncResponse.drain:type_name -> s2strust.v1.Drain
+	11, // 7: s2strust.v1.Drain.reconnect_after:type_name -> google.protobuf.Duration
+	5,  // 8: s2strust.v1.Hello.products:type_name -> s2strust.v1.DetectedProduct
+	12, // 9: s2strust.v1.DetectedProduct.product:type_name -> s2strust.v1.Product
+	13, // 10: s2strust.v1.Desired.config:type_name -> s2strust.v1.HostConfig
+	7,  // 11: s2strust.v1.Desired.secrets:type_name -> s2strust.v1.SecretMaterial
+	14, // 12: s2strust.v1.Nack.errors:type_name -> s2strust.v1.ItemError
+	0,  // 13: s2strust.v1.AgentService.Sync:input_type -> s2strust.v1.SyncRequest
+	1,  // 14: s2strust.v1.AgentService.Sync:output_type -> s2strust.v1.SyncResponse
+	14, // [14:15] is the sub-list for method output_type
+	13, // [13:14] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_agent_service_proto_init() }
@@ -825,6 +909,7 @@ func file_s2strust_v1_agent_service_proto_init() {
 	file_s2strust_v1_agent_service_proto_msgTypes[1].OneofWrappers = []any{
 		(*SyncResponse_Desired)(nil),
 		(*SyncResponse_UpToDate)(nil),
+		(*SyncResponse_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -832,7 +917,7 @@ func file_s2strust_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_s2strust_v1_agent_service_proto_rawDesc), len(file_s2strust_v1_agent_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,7 +37,8 @@ type AgentServiceClient interface {
 	// version and nonce; a NACKed version is not pushed to that host again.
 	// The agent sends StatusReport whenever what it sees changes. On any
 	// error the agent reconnects with backoff and says again what it applied;
-	// nothing already applied is sent again.
+	// nothing already applied is sent again. A controller that stops sends
+	// Drain first: the agent then reconnects after the time it names.
 	Sync(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SyncRequest, SyncResponse], error)
 }
 
@@ -77,7 +78,8 @@ type AgentServiceServer interface {
 	// version and nonce; a NACKed version is not pushed to that host again.
 	// The agent sends StatusReport whenever what it sees changes. On any
 	// error the agent reconnects with backoff and says again what it applied;
-	// nothing already applied is sent again.
+	// nothing already applied is sent again. A controller that stops sends
+	// Drain first: the agent then reconnects after the time it names.
 	Sync(grpc.BidiStreamingServer[SyncRequest, SyncResponse]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }

@@ -345,7 +345,13 @@ type Rollout struct {
 	// Set by ResumeRollout at a manual gate: the current wave may start.
 	GateOpen bool `protobuf:"varint,13,opt,name=gate_open,json=gateOpen,proto3" json:"gate_open,omitempty"`
 	// The topology document hash of to_revision.
-	DocumentHash  string `protobuf:"bytes,14,opt,name=document_hash,json=documentHash,proto3" json:"document_hash,omitempty"`
+	DocumentHash string `protobuf:"bytes,14,opt,name=document_hash,json=documentHash,proto3" json:"document_hash,omitempty"`
+	// The sequence numbers (1, 2, 3 … of the topology, as `get revisions`
+	// shows them) of from_revision and to_revision, which operators know
+	// revisions by; the etcd revisions above order them internally. 0 when
+	// unknown.
+	FromSequence  uint64 `protobuf:"varint,15,opt,name=from_sequence,json=fromSequence,proto3" json:"from_sequence,omitempty"`
+	ToSequence    uint64 `protobuf:"varint,16,opt,name=to_sequence,json=toSequence,proto3" json:"to_sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -478,6 +484,20 @@ func (x *Rollout) GetDocumentHash() string {
 	return ""
 }
 
+func (x *Rollout) GetFromSequence() uint64 {
+	if x != nil {
+		return x.FromSequence
+	}
+	return 0
+}
+
+func (x *Rollout) GetToSequence() uint64 {
+	if x != nil {
+		return x.ToSequence
+	}
+	return 0
+}
+
 // RolloutWave is one wave of a rollout.
 type RolloutWave struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -570,11 +590,15 @@ type RolloutHost struct {
 	// The gate's last verdict, e.g. "acked; verification ok; 2 probes ok".
 	Gate string `protobuf:"bytes,6,opt,name=gate,proto3" json:"gate,omitempty"`
 	// Why it failed, or what it waits on.
-	Cause         string                 `protobuf:"bytes,7,opt,name=cause,proto3" json:"cause,omitempty"`
-	ReleaseTime   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=release_time,json=releaseTime,proto3" json:"release_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Cause       string                 `protobuf:"bytes,7,opt,name=cause,proto3" json:"cause,omitempty"`
+	ReleaseTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=release_time,json=releaseTime,proto3" json:"release_time,omitempty"`
+	UpdateTime  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The sequence numbers of target_revision and from_revision (see
+	// Rollout.from_sequence); 0 when unknown.
+	TargetSequence uint64 `protobuf:"varint,10,opt,name=target_sequence,json=targetSequence,proto3" json:"target_sequence,omitempty"`
+	FromSequence   uint64 `protobuf:"varint,11,opt,name=from_sequence,json=fromSequence,proto3" json:"from_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RolloutHost) Reset() {
@@ -668,6 +692,20 @@ func (x *RolloutHost) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *RolloutHost) GetTargetSequence() uint64 {
+	if x != nil {
+		return x.TargetSequence
+	}
+	return 0
+}
+
+func (x *RolloutHost) GetFromSequence() uint64 {
+	if x != nil {
+		return x.FromSequence
+	}
+	return 0
 }
 
 // ListRolloutsRequest pages through rollouts.
@@ -1345,7 +1383,7 @@ const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"\x0fRolloutWaveSpec\x12\x14\n" +
 	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\rR\x05count\x12\x18\n" +
-	"\apercent\x18\x03 \x01(\rR\apercent\"\xad\x04\n" +
+	"\apercent\x18\x03 \x01(\rR\apercent\"\xf3\x04\n" +
 	"\aRollout\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\rfrom_revision\x18\x02 \x01(\x04R\ffromRevision\x12\x1f\n" +
@@ -1365,7 +1403,10 @@ const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"created_by\x18\v \x01(\tR\tcreatedBy\x12\x17\n" +
 	"\aundo_of\x18\f \x01(\tR\x06undoOf\x12\x1b\n" +
 	"\tgate_open\x18\r \x01(\bR\bgateOpen\x12#\n" +
-	"\rdocument_hash\x18\x0e \x01(\tR\fdocumentHash\"\x82\x02\n" +
+	"\rdocument_hash\x18\x0e \x01(\tR\fdocumentHash\x12#\n" +
+	"\rfrom_sequence\x18\x0f \x01(\x04R\ffromSequence\x12\x1f\n" +
+	"\vto_sequence\x18\x10 \x01(\x04R\n" +
+	"toSequence\"\x82\x02\n" +
 	"\vRolloutWave\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12.\n" +
 	"\x05hosts\x18\x02 \x03(\v2\x18.s2strust.v1.RolloutHostR\x05hosts\x129\n" +
@@ -1373,7 +1414,7 @@ const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12;\n" +
 	"\vpassed_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"passedTime\x125\n" +
-	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xea\x02\n" +
+	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xb8\x03\n" +
 	"\vRolloutHost\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
 	"\n" +
@@ -1386,7 +1427,10 @@ const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"\x05cause\x18\a \x01(\tR\x05cause\x12=\n" +
 	"\frelease_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vreleaseTime\x12;\n" +
 	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"Q\n" +
+	"updateTime\x12'\n" +
+	"\x0ftarget_sequence\x18\n" +
+	" \x01(\x04R\x0etargetSequence\x12#\n" +
+	"\rfrom_sequence\x18\v \x01(\x04R\ffromSequence\"Q\n" +
 	"\x13ListRolloutsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +

@@ -63,7 +63,8 @@ type RolloutServiceClient interface {
 	// rollout started from (stored again as a new revision, its document
 	// unchanged), with the same strategy unless one is given. An unfinished
 	// rollout being undone is aborted first. FAILED_PRECONDITION when there
-	// is no previous revision or a newer rollout exists. Not idempotent:
+	// is no previous revision (also: no rollout yet, for "rollouts/-") or a
+	// newer rollout exists. Not idempotent:
 	// retry only after GetRollout shows no undo started.
 	UndoRollout(ctx context.Context, in *UndoRolloutRequest, opts ...grpc.CallOption) (*UndoRolloutResponse, error)
 	// WatchRollout sends the rollout at once and again on every change
@@ -195,7 +196,8 @@ type RolloutServiceServer interface {
 	// rollout started from (stored again as a new revision, its document
 	// unchanged), with the same strategy unless one is given. An unfinished
 	// rollout being undone is aborted first. FAILED_PRECONDITION when there
-	// is no previous revision or a newer rollout exists. Not idempotent:
+	// is no previous revision (also: no rollout yet, for "rollouts/-") or a
+	// newer rollout exists. Not idempotent:
 	// retry only after GetRollout shows no undo started.
 	UndoRollout(context.Context, *UndoRolloutRequest) (*UndoRolloutResponse, error)
 	// WatchRollout sends the rollout at once and again on every change

@@ -120,8 +120,11 @@ type ApplyTopologyResponse struct {
 	// Whether a new revision was stored.
 	Changed bool `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
 	// What changes on each host that changes, against the current revision;
-	// at most 500 hosts (see plan_truncated), so the answer stays within the
-	// message size limit for any fleet.
+	// at most 500 hosts, and fewer when their plans would make the answer
+	// larger than the message size limit (see plan_truncated), so the answer
+	// fits for any fleet. The answer is sized before anything is stored: an
+	// apply whose answer cannot fit even without a plan fails with
+	// RESOURCE_EXHAUSTED naming the size and the limit, and stores nothing.
 	Plan []*HostPlan `protobuf:"bytes,3,rep,name=plan,proto3" json:"plan,omitempty"`
 	// How many hosts the topology has, and how many of them change.
 	HostsTotal   uint32 `protobuf:"varint,4,opt,name=hosts_total,json=hostsTotal,proto3" json:"hosts_total,omitempty"`

@@ -39,7 +39,14 @@ type TopologyServiceClient interface {
 	// document identical to the current one stores nothing and returns the
 	// current revision with changed=false, so a retry is safe. A stored
 	// revision reaches the hosts through a rollout (see RolloutService)
-	// named in the response, or all at once with immediate.
+	// named in the response, or all at once with immediate. The revision and
+	// its rollout are stored in one transaction: an apply that fails stores
+	// neither, and leaves the running rollout as it was. Limits are
+	// checked before anything is stored, each error naming the size and the
+	// limit: a document over 1 MiB, or one whose stored record would exceed
+	// the store's request limit, is INVALID_ARGUMENT (field "document"); an
+	// answer that cannot fit the message size limit even without its plan
+	// is RESOURCE_EXHAUSTED.
 	ApplyTopology(ctx context.Context, in *ApplyTopologyRequest, opts ...grpc.CallOption) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. While etcd has no quorum the current revision
@@ -104,7 +111,14 @@ type TopologyServiceServer interface {
 	// document identical to the current one stores nothing and returns the
 	// current revision with changed=false, so a retry is safe. A stored
 	// revision reaches the hosts through a rollout (see RolloutService)
-	// named in the response, or all at once with immediate.
+	// named in the response, or all at once with immediate. The revision and
+	// its rollout are stored in one transaction: an apply that fails stores
+	// neither, and leaves the running rollout as it was. Limits are
+	// checked before anything is stored, each error naming the size and the
+	// limit: a document over 1 MiB, or one whose stored record would exceed
+	// the store's request limit, is INVALID_ARGUMENT (field "document"); an
+	// answer that cannot fit the message size limit even without its plan
+	// is RESOURCE_EXHAUSTED.
 	ApplyTopology(context.Context, *ApplyTopologyRequest) (*ApplyTopologyResponse, error)
 	// GetTopology returns the current revision, or the given one. NOT_FOUND
 	// when there is none. While etcd has no quorum the current revision

@@ -201,7 +201,13 @@ type HostConfig struct {
 	Product    Product `protobuf:"varint,3,opt,name=product,proto3,enum=s2strust.v1.Product" json:"product,omitempty"`
 	// The product version as declared, e.g. "2015" or "2019".
 	ProductVersion string `protobuf:"bytes,4,opt,name=product_version,json=productVersion,proto3" json:"product_version,omitempty"`
-	// Every host of the deployment, in topology order.
+	// Deprecated: left empty since the controller stopped repeating every
+	// host of the deployment in each host's configuration (which made a
+	// revision O(n²) in a deployment's host count). Controllers before that
+	// filled it with every host of the deployment, in topology order; an
+	// agent reads nothing from it.
+	//
+	// Deprecated: Marked as deprecated in s2strust/v1/types.proto.
 	DeploymentHosts []string `protobuf:"bytes,5,rep,name=deployment_hosts,json=deploymentHosts,proto3" json:"deployment_hosts,omitempty"`
 	// The OAuth realm s2strust sets for this deployment, or empty to leave
 	// the product's own realm alone (Lync: the default SIP domain; Exchange:
@@ -322,6 +328,7 @@ func (x *HostConfig) GetProductVersion() string {
 	return ""
 }
 
+// Deprecated: Marked as deprecated in s2strust/v1/types.proto.
 func (x *HostConfig) GetDeploymentHosts() []string {
 	if x != nil {
 		return x.DeploymentHosts
@@ -476,7 +483,14 @@ type TrustTarget struct {
 	Product    Product                `protobuf:"varint,2,opt,name=product,proto3,enum=s2strust.v1.Product" json:"product,omitempty"`
 	// Its application identifier: the client id in a token's audience.
 	ServiceName string `protobuf:"bytes,3,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
-	// Its hosts, each a token audience and a probe target.
+	// The hosts of that deployment this host probes, each a token audience
+	// and a probe target: every host of it, in topology order, when it has
+	// at most 8 (the compiler's MaxProbeTargets); otherwise 8 of them, a
+	// deterministic sample that depends on this host's name and on the
+	// target hosts' names only (a ring of their hashes), sorted by name, so
+	// that the hosts of this deployment together spread their probes over
+	// the target's hosts, the work per host stays bounded at any size, and
+	// adding or removing one host changes the sample of few others.
 	Hosts []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	// Its auth metadata URL: the prober learns its realm there, as the
 	// products learn a partner's realm from its metadata.
@@ -1812,7 +1826,7 @@ var File_s2strust_v1_types_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\b\n" +
+	"\x17s2strust/v1/types.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\b\n" +
 	"\n" +
 	"HostConfig\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x1e\n" +
@@ -1820,8 +1834,8 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"deployment\x18\x02 \x01(\tR\n" +
 	"deployment\x12.\n" +
 	"\aproduct\x18\x03 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12'\n" +
-	"\x0fproduct_version\x18\x04 \x01(\tR\x0eproductVersion\x12)\n" +
-	"\x10deployment_hosts\x18\x05 \x03(\tR\x0fdeploymentHosts\x12\x14\n" +
+	"\x0fproduct_version\x18\x04 \x01(\tR\x0eproductVersion\x12-\n" +
+	"\x10deployment_hosts\x18\x05 \x03(\tB\x02\x18\x01R\x0fdeploymentHosts\x12\x14\n" +
 	"\x05realm\x18\x06 \x01(\tR\x05realm\x12!\n" +
 	"\fservice_name\x18\a \x01(\tR\vserviceName\x12,\n" +
 	"\x12default_sip_domain\x18\b \x01(\tR\x10defaultSipDomain\x124\n" +

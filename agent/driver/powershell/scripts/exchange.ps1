@@ -215,7 +215,9 @@ $operations = @{
                     throw (New-Object System.Management.Automation.ErrorRecord -ArgumentList $ex, 'S2SBadArgument', ([System.Management.Automation.ErrorCategory]::InvalidArgument), 'Set-AuthConfig')
                 }
                 $p.NewCertificateThumbprint = $t
-                $p.NewCertificateEffectiveDate = (ConvertTo-S2SDate ([string](Get-S2SRequiredArg $a 'effectiveDate')))
+                # -NewCertificateEffectiveDate is optional in that set.
+                $eff = Get-S2SArg $a 'effectiveDate'
+                if ($eff) { $p.NewCertificateEffectiveDate = (ConvertTo-S2SDate ([string]$eff)) }
                 $p.Force = $true
             }
             'current-certificate' {

@@ -153,7 +153,9 @@ $operations = @{
 
     'set-partner-application' = {
         param($a)
-        # The Identity parameter set, or MetadataUrl when the URL changes.
+        # The Identity parameter set, or MetadataUrl when the URL changes;
+        # the MetadataUrl set with the same URL has Lync download the
+        # partner's document again (a rotation's refresh).
         # https://learn.microsoft.com/powershell/module/skypeforbusiness/set-cspartnerapplication
         Assert-S2SCommand 'Set-CsPartnerApplication'
         $p = @{ Identity = [string](Get-S2SRequiredArg $a 'identity'); Force = $true; Confirm = $false }

@@ -141,7 +141,9 @@ $operations = @{
 
     'set-trusted-issuer' = {
         param($a)
-        # Re-points an issuer: MetadataEndPointParameterSet.
+        # Re-points an issuer: MetadataEndPointParameterSet. With the same
+        # URL it re-reads the issuer's metadata and signing certificate (a
+        # rotation's refresh).
         # https://learn.microsoft.com/powershell/module/sharepoint-server/set-sptrustedsecuritytokenissuer
         Assert-S2SCommand 'Set-SPTrustedSecurityTokenIssuer'
         $p = @{
