@@ -9,8 +9,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/controller/pagetoken"
+	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/products"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
