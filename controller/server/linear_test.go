@@ -504,11 +504,19 @@ func TestApplyRefusesARevisionTooLargeToStore(t *testing.T) {
 			t.Fatal(err)
 		}
 		audit := svc.auditRecord(callerName(ctx), peerAddr(ctx), "contoso", mustPlan(t, f, doc), nil)
+		next, err := topology.Compile(top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ro, err := f.hub.newRollout(ctx, top, store.DocumentHash(canon), next, &pb.RolloutStrategy{}, callerName(ctx), "")
+		if err != nil {
+			t.Fatal(err)
+		}
 		val, err := json.Marshal(store.TopologyRecord{Name: "contoso", Document: canon, Hash: store.DocumentHash(canon), AppliedBy: callerName(ctx), Sequence: 1 << 63})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return len(val) + len(audit) + storeRequestOverhead
+		return len(val) + len(audit) + f.hub.rolloutBytes(ctx, ro) + storeRequestOverhead
 	}
 	// Sizes grow linearly in n: the largest n that fits, by interpolation.
 	a, b := stored(1000), stored(2000)

@@ -100,6 +100,20 @@ func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, has
 	return r, nil
 }
 
+// rolloutBytes is what storing rollout r adds to its revision's
+// transaction: r itself and the running rollout it supersedes, rewritten
+// as aborted (nil r: nothing).
+func (h *Hub) rolloutBytes(ctx context.Context, r *pb.Rollout) int {
+	if r == nil {
+		return 0
+	}
+	n := proto.Size(r)
+	if cur, err := h.rollouts.Get(ctx, 0); err == nil && !rollout.Finished(cur.Rollout) {
+		n += proto.Size(cur.Rollout) + 256 // its abort reason
+	}
+	return n
+}
+
 // withRollout returns the writes that create plan's rollout (superseding
 // the running one) in the transaction storing its revision: the revision
 // and its rollout are stored together or not at all. *stored is the

@@ -119,15 +119,19 @@ const storeRequestOverhead = 4 << 10
 // whose record and audit record would not fit one store request, before
 // anything is stored: the canonical form of a document under
 // MaxDocumentSize can still be too large once encoded.
-func checkStoredSize(name string, doc []byte, pins map[string]store.SecretPin, who string, now time.Time, audit []byte) error {
+func checkStoredSize(name string, doc []byte, pins map[string]store.SecretPin, who string, now time.Time, audit []byte, rolloutBytes int) error {
 	rec := store.TopologyRecord{Name: name, Document: doc, Hash: store.DocumentHash(doc), AppliedAt: now.UTC(), AppliedBy: who, Sequence: math.MaxUint64, Secrets: pins}
 	val, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode topology: %w", err)
 	}
-	if n := len(val) + len(audit) + storeRequestOverhead; n > StoreRequestLimit {
+	if n := len(val) + len(audit) + rolloutBytes + storeRequestOverhead; n > StoreRequestLimit {
+		with := "with its audit record"
+		if rolloutBytes > 0 {
+			with = fmt.Sprintf("with its audit record and its rollout (%d bytes, the rollout it supersedes included)", rolloutBytes)
+		}
 		return invalid("document", fmt.Sprintf("%d bytes in canonical form", len(doc)),
-			fmt.Sprintf("a topology the store can take in one request: stored, with its audit record, it takes %d bytes, over the store's limit of %d bytes (the canonical form is stored base64-encoded); split it or shorten it", n, StoreRequestLimit))
+			fmt.Sprintf("a topology the store can take in one request: stored, %s, it takes %d bytes, over the store's limit of %d bytes (the canonical form is stored base64-encoded); split it or shorten it", with, n, StoreRequestLimit))
 	}
 	return nil
 }
@@ -206,7 +210,11 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if req.GetDryRun() {
 		// What a real apply would store, secret pins aside (a few bytes).
 		audit := s.auditRecord(who, peerAddr(ctx), t.Name, plan, nil)
-		if err := checkStoredSize(t.Name, doc, nil, who, s.hub.cfg.Now(), audit); err != nil {
+		ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkStoredSize(t.Name, doc, nil, who, s.hub.cfg.Now(), audit, s.hub.rolloutBytes(ctx, ro)); err != nil {
 			return nil, err
 		}
 		if req.ExpectedRevision != nil && req.GetExpectedRevision() != curRev {
@@ -231,16 +239,16 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 		return nil, err
 	}
 	audit := s.auditRecord(who, peerAddr(ctx), t.Name, plan, pins)
-	// Before anything is stored: a revision the store would refuse as too
-	// large fails here, naming its size and the limit.
-	if err := checkStoredSize(t.Name, doc, pins, who, s.hub.cfg.Now(), audit); err != nil {
-		return nil, err
-	}
 	// The rollout is stored in the revision's own transaction: the
 	// revision is never current without it, and a failed apply leaves no
 	// rollout behind (nor aborts the running one).
 	ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf)
 	if err != nil {
+		return nil, err
+	}
+	// Before anything is stored: a revision (with its rollout) the store
+	// would refuse as too large fails here, naming its size and the limit.
+	if err := checkStoredSize(t.Name, doc, pins, who, s.hub.cfg.Now(), audit, s.hub.rolloutBytes(ctx, ro)); err != nil {
 		return nil, err
 	}
 	var also store.WithTopology
