@@ -295,8 +295,13 @@ func (c *comparer) importIssuer(secret, thumbprint string) []Op {
 	case pb.Product_PRODUCT_EXCHANGE:
 		// https://learn.microsoft.com/powershell/module/exchange/import-exchangecertificate
 		// https://learn.microsoft.com/powershell/module/exchange/set-authconfig
+		// -PrivateKeyExportable $false, the cmdlet's default: what the
+		// driver's one import script runs (exchange.ps1
+		// import-exchange-certificate) and what a rotation's next
+		// certificate shows. The key comes from the delivered secret,
+		// never by exporting it from a server.
 		op.Cmdlet = "Import-ExchangeCertificate"
-		op.Params = []Param{Secret("FileData"), Secret("Password"), Bool("PrivateKeyExportable", true)}
+		op.Params = []Param{Secret("FileData"), Secret("Password"), Bool("PrivateKeyExportable", false)}
 		set := c.assignIssuer(thumbprint)
 		return append([]Op{op}, set...)
 	case pb.Product_PRODUCT_SHAREPOINT:

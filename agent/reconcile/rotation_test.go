@@ -517,3 +517,19 @@ func (b *fakeBackend) Execute(_ context.Context, _ *pb.HostConfig, op Op, _ []*p
 	}
 	return nil
 }
+
+// TestExchangeIssuerImportNotExportable: the current auth certificate is
+// imported as the driver's script imports it (and as a rotation's next one
+// is): its private key not exportable.
+func TestExchangeIssuerImportNotExportable(t *testing.T) {
+	rc := rotCase{t: t, p: pb.Product_PRODUCT_EXCHANGE, primary: true, now: time.Now()}
+	in := Input{Config: rc.cfg(), State: &State{Product: pb.Product_PRODUCT_EXCHANGE}, Now: rc.now}
+	ops := Plan(in)
+	i := slices.IndexFunc(ops, func(o Op) bool { return o.Kind == KindImportIssuer })
+	if i < 0 {
+		t.Fatalf("plan = %q, want an import of the issuer", commands(ops))
+	}
+	if got, want := ops[i].Command(), "Import-ExchangeCertificate -FileData <redacted> -Password <redacted> -PrivateKeyExportable:$false"; got != want {
+		t.Errorf("import = %q, want %q", got, want)
+	}
+}
