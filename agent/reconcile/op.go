@@ -39,9 +39,14 @@ const (
 	KindSetAppPermission Kind = "set-app-permission"
 	// KindSetSTS sets SharePoint's STS configuration.
 	KindSetSTS Kind = "set-sts"
-	// KindResetIIS resets IIS on an Exchange server after a change, as
+	// KindResetIIS resets IIS on an Exchange server after a change, and on
+	// every SharePoint server after the STS signing certificate changed, as
 	// Microsoft advises: disruptive, paced one server at a time.
 	KindResetIIS Kind = "reset-iis"
+	// KindRestartTimer restarts the SharePoint Timer Service (SPTimerV4)
+	// on a SharePoint server after the STS signing certificate changed,
+	// after KindResetIIS: disruptive, host scope.
+	KindRestartTimer Kind = "restart-timer"
 
 	// The kinds of a certificate rotation (HostConfig.next_token_issuer,
 	// Partner.expected_signing_thumbprints, retire_previous_issuer).

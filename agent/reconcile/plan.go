@@ -14,7 +14,8 @@ import (
 
 // Item names beyond the driver package's: SharePoint's app principal
 // permission for a partner deployment, its STS settings, and the IIS reset
-// Exchange needs after a change.
+// Exchange needs after a change (SharePoint, with a Timer Service restart,
+// after its STS signing certificate changed).
 const (
 	ItemSTSConfiguration = "sts-configuration"
 	ItemIISReset         = "iis-reset"
@@ -295,17 +296,40 @@ func (c *comparer) importIssuer(secret, thumbprint string) []Op {
 	case pb.Product_PRODUCT_EXCHANGE:
 		// https://learn.microsoft.com/powershell/module/exchange/import-exchangecertificate
 		// https://learn.microsoft.com/powershell/module/exchange/set-authconfig
+		// -PrivateKeyExportable $false, the cmdlet's default: what the
+		// driver's one import script runs (exchange.ps1
+		// import-exchange-certificate) and what a rotation's next
+		// certificate shows. The key comes from the delivered secret,
+		// never by exporting it from a server.
 		op.Cmdlet = "Import-ExchangeCertificate"
-		op.Params = []Param{Secret("FileData"), Secret("Password"), Bool("PrivateKeyExportable", true)}
+		op.Params = []Param{Secret("FileData"), Secret("Password"), Bool("PrivateKeyExportable", false)}
 		set := c.assignIssuer(thumbprint)
 		return append([]Op{op}, set...)
 	case pb.Product_PRODUCT_SHAREPOINT:
 		// https://learn.microsoft.com/powershell/module/sharepoint-server/set-spsecuritytokenserviceconfig
 		op.Cmdlet = "Set-SPSecurityTokenServiceConfig"
 		op.Params = []Param{Secret("ImportSigningCertificate"), Bool("Confirm", false)}
-		return []Op{op}
+		// Then, as Microsoft's "Replace the STS certificate" procedure
+		// does on every server, an IIS reset and a Timer Service restart
+		// here; the other servers restart once they see the new
+		// certificate (iisReset).
+		return append([]Op{op}, c.primaryRestartsSTS(op.Item)...)
 	}
 	return nil
+}
+
+// primaryRestartsSTS is, on a SharePoint farm's primary, the restarts that
+// follow its change of the STS signing certificate; nothing elsewhere (a
+// server that waits for the primary has nothing to restart yet).
+func (c *comparer) primaryRestartsSTS(item string) []Op {
+	if !c.primary {
+		return nil
+	}
+	return resetSTS(item, stsRestartReason(c.host()))
+}
+
+func stsRestartReason(host string) string {
+	return fmt.Sprintf("host %s: the IIS app pools and the SharePoint Timer Service sign with the STS certificate they started with until restarted", host)
 }
 
 func (c *comparer) assignIssuer(thumbprint string) []Op {
@@ -327,6 +351,7 @@ func (c *comparer) assignIssuer(thumbprint string) []Op {
 		// certificate already in the machine store is named by thumbprint.
 		op.Cmdlet = "Set-SPSecurityTokenServiceConfig"
 		op.Params = []Param{Str("SigningCertificateThumbprint", thumbprint), Bool("Confirm", false)}
+		return append([]Op{op}, c.primaryRestartsSTS(op.Item)...)
 	default:
 		return nil
 	}

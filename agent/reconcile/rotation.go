@@ -23,8 +23,12 @@ package reconcile
 //     CMS rolls; Exchange Set-AuthConfig -PublishCertificate then a
 //     disruptive iisreset (item "iis-reset" on every other server whose app
 //     pools started with the old key, when the driver knows it); SharePoint
-//     -ImportSigningCertificate. Report: oauth.issuer_thumbprint = NEW,
-//     oauth.previous_issuer_thumbprint = OLD (Lync, Exchange).
+//     -ImportSigningCertificate, then on every server of the farm a
+//     disruptive iisreset and SharePoint Timer Service restart (the
+//     primary's right after the import; item "iis-reset" on every other
+//     server whose processes started with the old certificate). Report:
+//     oauth.issuer_thumbprint = NEW, oauth.previous_issuer_thumbprint = OLD
+//     (Lync, Exchange).
 //   - retire (retire_previous_issuer): item "previous-issuer-certificate"
 //     OK once the deployment keeps no previous certificate
 //     (oauth.previous_issuer_thumbprint empty).
@@ -279,9 +283,13 @@ func (c *comparer) activate(want, source string) result {
 		// with -ImportSigningCertificate:
 		// https://learn.microsoft.com/sharepoint/administration/replace-the-sts-certificate
 		// https://learn.microsoft.com/powershell/module/sharepoint-server/set-spsecuritytokenserviceconfig
+		// The same page then resets IIS and restarts the Timer Service
+		// on every server: here on the primary, right after; elsewhere
+		// once the server sees the farm's new certificate (iisReset).
 		r.ops = append(r.ops, Op{Item: r.item, Kind: KindActivateNextIssuer, Cmdlet: "Set-SPSecurityTokenServiceConfig", Secret: s, Thumbprint: want, PrimaryOnly: true,
 			Params: []Param{Secret("ImportSigningCertificate"), Bool("Confirm", false)},
 			Reason: "make the queued signing certificate " + want + " the STS's signing certificate"})
+		r.ops = append(r.ops, c.primaryRestartsSTS(r.item)...)
 	}
 	return r
 }
@@ -322,14 +330,39 @@ func (c *comparer) removePrevious(item, prev, reason string) Op {
 
 // iisReset is, on an Exchange server whose IIS app pools started with
 // another issuer than the organization's current one, the reset that makes
-// them sign with it: host scope, disruptive.
+// them sign with it; on a SharePoint server whose IIS app pools and Timer
+// Service started with another STS signing certificate than the farm's,
+// the IIS reset and Timer Service restart that do. Host scope, disruptive.
 func (c *comparer) iisReset() (result, bool) {
 	cur, started := c.st.Issuer.Current, c.st.IISIssuer
-	if c.cfg.GetProduct() != pb.Product_PRODUCT_EXCHANGE || started == "" || cur == "" || started == cur {
+	if started == "" || cur == "" || started == cur {
 		return result{}, false
 	}
-	reason := fmt.Sprintf("host %s: the IIS app pools started with auth certificate %s; the organization's current one is %s", c.host(), started, cur)
-	return result{item: ItemIISReset, problem: reason, ops: []Op{resetIIS(reason)}}, true
+	switch c.cfg.GetProduct() {
+	case pb.Product_PRODUCT_EXCHANGE:
+		reason := fmt.Sprintf("host %s: the IIS app pools started with auth certificate %s; the organization's current one is %s", c.host(), started, cur)
+		return result{item: ItemIISReset, problem: reason, ops: []Op{resetIIS(reason)}}, true
+	case pb.Product_PRODUCT_SHAREPOINT:
+		reason := fmt.Sprintf("host %s: the IIS app pools and the SharePoint Timer Service started with STS signing certificate %s; the farm's current one is %s", c.host(), started, cur)
+		return result{item: ItemIISReset, problem: reason, ops: resetSTS(ItemIISReset, reason)}, true
+	}
+	return result{}, false
+}
+
+// resetSTS is what Microsoft's "Replace the STS certificate" procedure
+// runs on every server of the farm after -ImportSigningCertificate: an IIS
+// reset, then a restart of the SharePoint Timer Service (SPTimerV4). item:
+// the activation's own item on the primary (skipped when it fails), else
+// ItemIISReset.
+// https://learn.microsoft.com/sharepoint/administration/replace-the-sts-certificate
+func resetSTS(item, reason string) []Op {
+	iis := resetIIS(reason)
+	iis.Item = item
+	return []Op{
+		iis,
+		// https://learn.microsoft.com/powershell/module/microsoft.powershell.management/restart-service
+		{Item: item, Kind: KindRestartTimer, Cmdlet: "Restart-Service", Params: []Param{Str("Name", "SPTimerV4")}, Reason: reason, Disruptive: true},
+	}
 }
 
 func resetIIS(reason string) Op {

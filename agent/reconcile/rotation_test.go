@@ -424,13 +424,42 @@ func TestRotationActivate(t *testing.T) {
 		rc := rotCase{t: t, p: pb.Product_PRODUCT_SHAREPOINT, primary: true, now: now, eff: eff}
 		in := Input{Config: rc.activating(), State: staged(rc), Now: now}
 		ops := Plan(in)
-		if got := commands(ops); !slices.Equal(got, []string{"Set-SPSecurityTokenServiceConfig -ImportSigningCertificate <redacted> -Confirm:$false"}) || ops[0].Kind != KindActivateNextIssuer || ops[0].Secret != newSecret {
-			t.Errorf("plan = %q", got)
+		// Microsoft's procedure resets IIS and restarts the Timer Service
+		// on every server after the import: the primary right after it.
+		if got := commands(ops); !slices.Equal(got, []string{"Set-SPSecurityTokenServiceConfig -ImportSigningCertificate <redacted> -Confirm:$false", "iisreset -noforce", "Restart-Service -Name 'SPTimerV4'"}) ||
+			ops[0].Kind != KindActivateNextIssuer || ops[0].Secret != newSecret || ops[1].Kind != KindResetIIS || ops[2].Kind != KindRestartTimer ||
+			!ops[1].Disruptive || !ops[2].Disruptive || ops[1].Item != driver.ItemIssuerCertificate || ops[2].Item != driver.ItemIssuerCertificate {
+			t.Errorf("plan = %q %+v", got, ops)
 		}
 		st := rc.state(f.next)
 		st.Issuer = Issuer{Current: nt}
 		in = Input{Config: rc.activating(), State: st, Now: now}
 		allItemsOK(t, Check(in))
+
+		// Another server of the farm: nothing before the primary's import
+		// (no restart for nothing); after it, while its processes still
+		// started with the old certificate, its own IIS reset and Timer
+		// Service restart, disruptive and host scope.
+		rc.primary = false
+		in = Input{Config: rc.activating(), State: staged(rc), Now: now}
+		if ops := Plan(in); len(ops) != 0 {
+			t.Errorf("non-primary plan before the import = %q", commands(ops))
+		}
+		st = rc.state(f.next)
+		st.Issuer = Issuer{Current: nt}
+		st.IISIssuer = old
+		in = Input{Config: rc.activating(), State: st, Now: now}
+		ops = Plan(in)
+		if got := commands(ops); !slices.Equal(got, []string{"iisreset -noforce", "Restart-Service -Name 'SPTimerV4'"}) ||
+			slices.ContainsFunc(ops, func(o Op) bool { return o.PrimaryOnly || !o.Disruptive || o.Item != ItemIISReset }) {
+			t.Errorf("non-primary plan after the import = %q %+v", got, ops)
+		}
+		wantStatus(t, Check(in), ItemIISReset, pb.ItemState_ITEM_STATE_FAILED, "started with STS signing certificate "+old, "the farm's current one is "+nt)
+		st.IISIssuer = nt
+		allItemsOK(t, Check(in))
+		if ops := Plan(in); len(ops) != 0 {
+			t.Errorf("plan once restarted = %q", commands(ops))
+		}
 	})
 }
 
@@ -516,4 +545,20 @@ func (b *fakeBackend) Execute(_ context.Context, _ *pb.HostConfig, op Op, _ []*p
 		return errors.New("no such partner")
 	}
 	return nil
+}
+
+// TestExchangeIssuerImportNotExportable: the current auth certificate is
+// imported as the driver's script imports it (and as a rotation's next one
+// is): its private key not exportable.
+func TestExchangeIssuerImportNotExportable(t *testing.T) {
+	rc := rotCase{t: t, p: pb.Product_PRODUCT_EXCHANGE, primary: true, now: time.Now()}
+	in := Input{Config: rc.cfg(), State: &State{Product: pb.Product_PRODUCT_EXCHANGE}, Now: rc.now}
+	ops := Plan(in)
+	i := slices.IndexFunc(ops, func(o Op) bool { return o.Kind == KindImportIssuer })
+	if i < 0 {
+		t.Fatalf("plan = %q, want an import of the issuer", commands(ops))
+	}
+	if got, want := ops[i].Command(), "Import-ExchangeCertificate -FileData <redacted> -Password <redacted> -PrivateKeyExportable:$false"; got != want {
+		t.Errorf("import = %q, want %q", got, want)
+	}
 }

@@ -66,7 +66,11 @@ type State struct {
 	// IISIssuer is, on an Exchange server, the current issuer certificate
 	// its IIS app pools started with (when the driver knows it): a server
 	// whose app pools started before Set-AuthConfig -PublishCertificate
-	// needs an IIS reset to sign with the new one. Empty: not known.
+	// needs an IIS reset to sign with the new one. On a SharePoint server
+	// it is the STS signing certificate its IIS app pools and its Timer
+	// Service started with: after -ImportSigningCertificate every server
+	// of the farm needs an IIS reset and a Timer Service restart. Empty:
+	// not known.
 	IISIssuer string
 }
 

@@ -128,7 +128,7 @@ func newApply(g *globals) *cobra.Command {
 			}); err != nil || !wait || rolloutName == "" {
 				return err
 			}
-			return g.followRollout(cmd, rolloutName, false)
+			return g.followRollout(cmd, rolloutName)
 		},
 	}
 	c.Flags().BoolVar(&immediate, "immediate", false, "send the revision to every host at once instead of rolling it out (labs)")

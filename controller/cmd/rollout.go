@@ -35,7 +35,7 @@ func newRollout(g *globals) *cobra.Command {
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if watch {
-				return g.followRollout(cmd, rolloutName(args), true)
+				return g.followRollout(cmd, rolloutName(args))
 			}
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 				resp, err := pb.NewRolloutServiceClient(conn).GetRollout(ctx, &pb.GetRolloutRequest{Name: rolloutName(args)})
@@ -106,9 +106,12 @@ func newRollout(g *globals) *cobra.Command {
 var errRolloutStopped = errors.New("rollout stopped")
 
 // followRollout prints the rollout at each change until it finishes or
-// pauses; it returns an exit error unless it succeeded. A dropped stream
-// is reopened (each opens with the whole state).
-func (g *globals) followRollout(cmd *cobra.Command, name string, quietPauseOK bool) error {
+// pauses; it returns an exit error unless it succeeded, so `rollout status
+// -w` and `apply --wait` both exit 2 on a paused rollout (a manual gate
+// included: a script waiting on the rollout must not take a pause for
+// success). The watch is not reopened: a stream that ends early ends the
+// follow with the last state received.
+func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 	conn, err := g.dial()
 	if err != nil {
 		return err

@@ -322,9 +322,10 @@ func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
 	}
 	key := bytes.Repeat([]byte{3}, ui.KeySize)
 	rollouts := &stubRollouts{resp: &pb.ListRolloutsResponse{Rollouts: []*pb.Rollout{{
-		Name: "rollouts/7", FromRevision: 3, ToRevision: 4, State: pb.RolloutState_ROLLOUT_STATE_PAUSED, Reason: "paused: failure threshold reached",
+		Name: "rollouts/7", FromRevision: 30, ToRevision: 41, FromSequence: 3, ToSequence: 4, State: pb.RolloutState_ROLLOUT_STATE_PAUSED, Reason: "paused: failure threshold reached",
 		Waves: []*pb.RolloutWave{
-			{Title: "canary", Hosts: []*pb.RolloutHost{{Host: "fe01.contoso.com", State: pb.RolloutHostState_ROLLOUT_HOST_STATE_FAILED, Cause: hostile}}},
+			{Title: "canary", Hosts: []*pb.RolloutHost{{Host: "fe01.contoso.com", State: pb.RolloutHostState_ROLLOUT_HOST_STATE_FAILED, Cause: hostile,
+				FromRevision: 30, TargetRevision: 41, FromSequence: 3, TargetSequence: 4}}},
 			{Title: "wave 1", Hosts: []*pb.RolloutHost{{Host: "ex01.contoso.com", State: pb.RolloutHostState_ROLLOUT_HOST_STATE_WAITING}}},
 		},
 	}}}}
@@ -358,13 +359,13 @@ func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
 		`#edge-detail .problems`:                        hostile,
 		`#edge-detail .probes`:                          "refused unknown-key (" + hostile + ")",
 		`#cert-table tbody`:                             hostile,
-		`#rollouts .rollout[data-name="rollouts/7"]`:    "fe01.contoso.com: " + hostile,
+		`#rollouts .rollout[data-name="rollouts/7"]`:    "fe01.contoso.com (revision 3 → 4, versions 30 → 41): " + hostile,
 	} {
 		if got := eval[string](t, bctx, fmt.Sprintf(`document.querySelector(%q).textContent`, sel)); !strings.Contains(got, want) {
 			t.Errorf("%s shows %q, want the text %q", sel, got, want)
 		}
 	}
-	if got := eval[string](t, bctx, `document.querySelector('#rollouts .rollout').innerText`); !strings.Contains(got, "rollouts/7: revision 3 → 4 · paused · wave 1 of 2") || !strings.Contains(got, "0/1 passed, 1 failed") {
+	if got := eval[string](t, bctx, `document.querySelector('#rollouts .rollout').innerText`); !strings.Contains(got, "rollouts/7: revision 3 → 4 (versions 30 → 41) · paused · wave 1 of 2") || !strings.Contains(got, "0/1 passed, 1 failed") {
 		t.Errorf("rollout shown as %q, want its revisions, state, wave and progress", got)
 	}
 	if n := eval[int](t, bctx, `document.querySelectorAll('#rollouts .wave .seg.failed').length`); n != 1 {

@@ -3,6 +3,7 @@ package ui
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,7 +20,11 @@ type Rollouts interface {
 const shownRollouts = 5
 
 type rolloutRow struct {
-	Name         string     `json:"name"`
+	Name string `json:"name"`
+	// The revisions' sequence numbers (1, 2, 3 …, as the CLI and `get
+	// revisions` name them; 0 when unknown) and their etcd versions.
+	FromSequence uint64     `json:"fromSequence"`
+	ToSequence   uint64     `json:"toSequence"`
 	FromRevision uint64     `json:"fromRevision"`
 	ToRevision   uint64     `json:"toRevision"`
 	State        string     `json:"state"`
@@ -53,7 +58,7 @@ func listRollouts(ctx context.Context, rs Rollouts) ([]rolloutRow, error) {
 	}
 	for _, r := range resp.GetRollouts() {
 		row := rolloutRow{
-			Name: r.GetName(), FromRevision: r.GetFromRevision(), ToRevision: r.GetToRevision(),
+			Name: r.GetName(), FromSequence: r.GetFromSequence(), ToSequence: r.GetToSequence(), FromRevision: r.GetFromRevision(), ToRevision: r.GetToRevision(),
 			State: strings.ToLower(strings.TrimPrefix(r.GetState().String(), "ROLLOUT_STATE_")), Reason: r.GetReason(),
 			CurrentWave: r.GetCurrentWave(), CreatedBy: r.GetCreatedBy(), UndoOf: r.GetUndoOf(),
 			CreateTime: timeOf(r.GetCreateTime()), UpdateTime: timeOf(r.GetUpdateTime()), Waves: []waveRow{},
@@ -66,7 +71,9 @@ func listRollouts(ctx context.Context, rs Rollouts) ([]rolloutRow, error) {
 					wr.Passed++
 				case pb.RolloutHostState_ROLLOUT_HOST_STATE_FAILED:
 					wr.Failed++
-					wr.Causes = append(wr.Causes, h.GetHost()+": "+h.GetCause())
+					wr.Causes = append(wr.Causes, fmt.Sprintf("%s (revision %s → %s, versions %s → %s): %s", h.GetHost(),
+						seqText(h.GetFromSequence(), h.GetFromRevision()), seqText(h.GetTargetSequence(), h.GetTargetRevision()),
+						versionText(h.GetFromRevision()), versionText(h.GetTargetRevision()), h.GetCause()))
 				case pb.RolloutHostState_ROLLOUT_HOST_STATE_UPDATING:
 					wr.Updating++
 				default:
@@ -78,4 +85,25 @@ func listRollouts(ctx context.Context, rs Rollouts) ([]rolloutRow, error) {
 		rows = append(rows, row)
 	}
 	return rows, nil
+}
+
+// seqText names a revision by its sequence number, as the CLI does; by
+// its etcd version ("v12") when the sequence is unknown, "-" when there is
+// none.
+func seqText(seq, rev uint64) string {
+	switch {
+	case seq > 0:
+		return strconv.FormatUint(seq, 10)
+	case rev > 0:
+		return "v" + strconv.FormatUint(rev, 10)
+	}
+	return "-"
+}
+
+// versionText is an etcd version, "-" before it is known.
+func versionText(rev uint64) string {
+	if rev == 0 {
+		return "-"
+	}
+	return strconv.FormatUint(rev, 10)
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -378,5 +379,46 @@ func TestServeBarePortIsLoopback(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+	}
+}
+
+// fixedRollouts answers ListRollouts with a fixed page.
+type fixedRollouts struct{ resp *pb.ListRolloutsResponse }
+
+func (r fixedRollouts) ListRollouts(context.Context, *pb.ListRolloutsRequest) (*pb.ListRolloutsResponse, error) {
+	return r.resp, nil
+}
+
+// TestRolloutRowsNameRevisionsBySequence: the dashboard's rollouts carry
+// the revisions' sequence numbers beside their etcd versions, and a failed
+// host's cause names its revisions the way the CLI does (its version when
+// the sequence is unknown).
+func TestRolloutRowsNameRevisionsBySequence(t *testing.T) {
+	rs := fixedRollouts{resp: &pb.ListRolloutsResponse{Rollouts: []*pb.Rollout{{
+		Name: "rollouts/7", FromRevision: 30, ToRevision: 41, FromSequence: 3, ToSequence: 4, State: pb.RolloutState_ROLLOUT_STATE_PAUSED,
+		Waves: []*pb.RolloutWave{{Title: "canary", Hosts: []*pb.RolloutHost{
+			{Host: "fe01.contoso.com", State: pb.RolloutHostState_ROLLOUT_HOST_STATE_FAILED, Cause: "nack", FromRevision: 30, TargetRevision: 41, FromSequence: 3, TargetSequence: 4},
+			{Host: "fe02.contoso.com", State: pb.RolloutHostState_ROLLOUT_HOST_STATE_FAILED, Cause: "nack", TargetRevision: 41},
+		}}},
+	}}}}
+	rows, err := listRollouts(context.Background(), rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || rows[0].FromSequence != 3 || rows[0].ToSequence != 4 || rows[0].FromRevision != 30 || rows[0].ToRevision != 41 {
+		t.Fatalf("rows = %+v, want rollouts/7 from sequence 3 (version 30) to 4 (version 41)", rows)
+	}
+	b, err := json.Marshal(rows[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"fromSequence":3`, `"toSequence":4`, `"fromRevision":30`, `"toRevision":41`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("row JSON %s lacks %s", b, want)
+		}
+	}
+	want := []string{"fe01.contoso.com (revision 3 → 4, versions 30 → 41): nack", "fe02.contoso.com (revision - → v41, versions - → 41): nack"}
+	if got := rows[0].Waves[0].Causes; !slices.Equal(got, want) {
+		t.Errorf("causes = %q, want %q", got, want)
 	}
 }

@@ -306,16 +306,25 @@ func lyncStage(t *testing.T, w RotationWorld) {
 
 // sharePointRotation queues the farm's next STS signing certificate
 // (-QueueSigningCertificate), then makes it the signing one
-// (-ImportSigningCertificate); a farm keeps no previous certificate to
-// retire.
+// (-ImportSigningCertificate) and, as Microsoft's "Replace the STS
+// certificate" procedure does on every server of the farm, resets IIS and
+// restarts the SharePoint Timer Service: the primary right after its
+// import, the other server once it sees the new certificate. A farm keeps
+// no previous certificate to retire.
 func sharePointRotation(t *testing.T, w RotationWorld) {
-	cfg := SharePointConfig("sp01.contoso.com")
+	farm := []string{"sp01.contoso.com", "sp02.contoso.com"}
+	cfg, cfg2 := SharePointConfig("sp01.contoso.com"), SharePointConfig("sp02.contoso.com")
+	cfg2.Primary = false
+	cfg.DeploymentHosts, cfg2.DeploymentHosts = farm, farm
 	sp01 := w.Host(t, "sp01.contoso.com", pb.Product_PRODUCT_SHAREPOINT, "2019")
+	sp02 := w.Host(t, "sp02.contoso.com", pb.Product_PRODUCT_SHAREPOINT, "2019")
 	noErrors(t, apply(t, sp01, cfg, nil))
+	noErrors(t, apply(t, sp02, cfg2, nil))
 	old := read(t, sp01, cfg).Issuer.Current
 	_, nt := nextCert(t, w)
 	sec := w.NextSecrets(t)
 	cfg.NextTokenIssuer = &pb.NextTokenIssuer{Secret: NextIssuerSecret, SecretThumbprint: nt}
+	cfg2.NextTokenIssuer = cfg.NextTokenIssuer
 	wantItemState(t, verify(t, sp01, cfg), reconcile.ItemNextIssuer, pb.ItemState_ITEM_STATE_FAILED)
 	ops := plan(t, sp01, cfg, sec)
 	if st := opsOf(ops, reconcile.KindStageNextIssuer); len(ops) != 1 || len(st) != 1 || st[0].Command() != "Set-SPSecurityTokenServiceConfig -QueueSigningCertificate <redacted> -Confirm:$false" {
@@ -328,20 +337,38 @@ func sharePointRotation(t *testing.T, w RotationWorld) {
 		t.Errorf("oauth once queued = %v, want current %s and next %s", o, old, nt)
 	}
 
-	cfg.NextTokenIssuer = nil
-	cfg.TokenIssuer = &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: NextIssuerSecret}, SecretThumbprint: nt}
+	cfg.NextTokenIssuer, cfg2.NextTokenIssuer = nil, nil
+	issuer := &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: NextIssuerSecret}, SecretThumbprint: nt}
+	cfg.TokenIssuer, cfg2.TokenIssuer = issuer, issuer
+	// sp02 waits for the primary, restarting nothing for nothing.
+	if ops := plan(t, sp02, cfg2, sec); len(ops) != 0 {
+		t.Errorf("sp02 activation plan before the primary = %s", reconcile.Redacted(ops))
+	}
+	wantItemState(t, verify(t, sp02, cfg2), driver.ItemIssuerCertificate, pb.ItemState_ITEM_STATE_PENDING)
 	ops = plan(t, sp01, cfg, sec)
-	if act := opsOf(ops, reconcile.KindActivateNextIssuer); len(ops) != 1 || len(act) != 1 || act[0].Command() != "Set-SPSecurityTokenServiceConfig -ImportSigningCertificate <redacted> -Confirm:$false" {
-		t.Errorf("activation plan = %s", reconcile.Redacted(ops))
+	if act := opsOf(ops, reconcile.KindActivateNextIssuer); len(ops) != 3 || len(act) != 1 || act[0].Command() != "Set-SPSecurityTokenServiceConfig -ImportSigningCertificate <redacted> -Confirm:$false" ||
+		ops[1].Command() != "iisreset -noforce" || ops[2].Command() != "Restart-Service -Name 'SPTimerV4'" || !ops[1].Disruptive || !ops[2].Disruptive {
+		t.Errorf("activation plan = %s, want the import, then a disruptive IIS reset and Timer Service restart", reconcile.Redacted(ops))
 	}
 	noErrors(t, apply(t, sp01, cfg, sec))
-	cfg.RetirePreviousIssuer = true
-	r = verify(t, sp01, cfg)
-	allOK(t, r)
-	if o := r.GetOauth(); o.GetIssuerThumbprint() != nt || o.GetNextIssuerThumbprint() != "" || o.GetPreviousIssuerThumbprint() != "" {
-		t.Errorf("oauth once activated = %v, want current %s alone", o, nt)
+	// sp02's processes still sign with the old certificate: it restarts
+	// its own (disruptive, host scope: the rollout paces the servers).
+	ops = plan(t, sp02, cfg2, sec)
+	if len(ops) != 2 || len(opsOf(ops, reconcile.KindResetIIS)) != 1 || len(opsOf(ops, reconcile.KindRestartTimer)) != 1 ||
+		slices.ContainsFunc(ops, func(o reconcile.Op) bool { return o.PrimaryOnly || !o.Disruptive }) {
+		t.Errorf("sp02 plan after the import = %s, want its own IIS reset and Timer Service restart", reconcile.Redacted(ops))
 	}
-	if ops := plan(t, sp01, cfg, sec); len(ops) != 0 {
-		t.Errorf("plan once activated = %s", reconcile.Redacted(ops))
+	wantItemState(t, verify(t, sp02, cfg2), reconcile.ItemIISReset, pb.ItemState_ITEM_STATE_FAILED)
+	noErrors(t, apply(t, sp02, cfg2, sec))
+	cfg.RetirePreviousIssuer, cfg2.RetirePreviousIssuer = true, true
+	for b, c := range map[reconcile.Backend]*pb.HostConfig{sp01: cfg, sp02: cfg2} {
+		r = verify(t, b, c)
+		allOK(t, r)
+		if o := r.GetOauth(); o.GetIssuerThumbprint() != nt || o.GetNextIssuerThumbprint() != "" || o.GetPreviousIssuerThumbprint() != "" {
+			t.Errorf("%s oauth once activated = %v, want current %s alone", c.GetHost(), o, nt)
+		}
+		if ops := plan(t, b, c, sec); len(ops) != 0 {
+			t.Errorf("%s plan once activated = %s", c.GetHost(), reconcile.Redacted(ops))
+		}
 	}
 }

@@ -492,8 +492,10 @@ func conformanceAnswer(root, host, script, op string, raw json.RawMessage) (any,
 			s.Exchange.Auth.PreviousCertificateThumbprint = ""
 		}
 		return ok(map[string]bool{"updated": true})
-	case "exchange/iisreset":
+	case "exchange/iisreset", "sharepoint/iisreset":
 		return map[string]any{"exitCode": 0, "output": "Internet services successfully restarted"}, nil
+	case "sharepoint/restart-timer":
+		return map[string]string{"restarted": "SPTimerV4"}, nil
 
 	// SharePoint: the farm.
 	case "sharepoint/get-trusted-issuers":

@@ -14,7 +14,7 @@ import (
 var writeOps = []string{"new-partner-application", "set-partner-application", "remove-partner-application", "set-oauth-configuration",
 	"set-issuer-certificate", "import-issuer-certificate", "configure-partner-application", "set-auth-config", "import-exchange-certificate",
 	"iisreset", "new-trusted-issuer", "set-trusted-issuer", "remove-trusted-issuer", "set-app-principal-permission", "set-sts-http",
-	"import-signing-certificate", "set-authentication-realm", "set-signing-certificate"}
+	"import-signing-certificate", "set-authentication-realm", "set-signing-certificate", "restart-timer"}
 
 // TestConverge: against the stateful fake, apply makes the product match,
 // verify then reports every item OK, and a second apply changes nothing —

@@ -240,6 +240,9 @@ func (d *Driver) Read(ctx context.Context, cfg *pb.HostConfig) (*reconcile.State
 		}
 	case pb.Product_PRODUCT_SHAREPOINT:
 		err = readSharePoint(ctx, w, cfg, st)
+		if err == nil {
+			st.IISIssuer = d.iisIssuer(st.Issuer.Current)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the %s configuration on host %s: %w", products.DisplayName(cfg.GetProduct()), cfg.GetHost(), err)
@@ -336,13 +339,28 @@ func (d *Driver) Execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.O
 		}
 		return d.rememberIISIssuer(normThumb(ac.CurrentCertificateThumbprint))
 	}
+	if op.Kind == reconcile.KindRestartTimer && cfg.GetProduct() == pb.Product_PRODUCT_SHAREPOINT {
+		if err := run(); err != nil {
+			return err
+		}
+		// IIS was reset just before (reconcile.KindResetIIS): the app
+		// pools and the Timer Service now sign with the farm's current
+		// STS certificate.
+		st := &reconcile.State{}
+		if err := readSharePoint(ctx, w, cfg, st); err != nil {
+			return fmt.Errorf("host %s: after restarting the SharePoint Timer Service: %w", cfg.GetHost(), err)
+		}
+		return d.rememberIISIssuer(st.Issuer.Current)
+	}
 	return run()
 }
 
 // iisIssuerFile remembers, on an Exchange server, the organization's
 // current auth certificate when this agent last reset IIS (or first read
 // the server): the certificate its app pools sign with
-// (reconcile.State.IISIssuer). Exchange shows no such thing itself.
+// (reconcile.State.IISIssuer). Exchange shows no such thing itself. On a
+// SharePoint server it is the farm's STS signing certificate when this
+// agent last restarted IIS and the Timer Service (or first read it).
 func (d *Driver) iisIssuerFile() string { return filepath.Join(d.cfg.StateDir, "iis-issuer.json") }
 
 // iisIssuer is the remembered certificate; on the first read it is the

@@ -193,8 +193,10 @@ func statefulAnswer(script, op string, raw json.RawMessage) (any, *ErrorRecord, 
 			st.ExAuth.Realm = str("realm")
 		}
 		return done(map[string]bool{"updated": true})
-	case "exchange/iisreset":
+	case "exchange/iisreset", "sharepoint/iisreset":
 		return map[string]any{"exitCode": 0, "output": "Internet services successfully restarted"}, nil, true
+	case "sharepoint/restart-timer":
+		return map[string]string{"restarted": "SPTimerV4"}, nil, true
 
 	case "sharepoint/get-trusted-issuers":
 		return st.SPIssuers, nil, true

@@ -176,8 +176,12 @@ func translate(cfg *pb.HostConfig, op reconcile.Op) (scriptCall, error) {
 			a["allowMetadataOverHttp"] = false
 		}
 	case reconcile.KindResetIIS:
-		if p == pb.Product_PRODUCT_EXCHANGE {
+		if p == pb.Product_PRODUCT_EXCHANGE || p == pb.Product_PRODUCT_SHAREPOINT {
 			c.op = "iisreset"
+		}
+	case reconcile.KindRestartTimer:
+		if p == pb.Product_PRODUCT_SHAREPOINT {
+			c.op = "restart-timer"
 		}
 	}
 	if c.op == "" {

@@ -95,6 +95,7 @@ func (s *Sim) state(ds *DeploymentStore, h *hostState) *reconcile.State {
 		if f.QueuedSigningCertificate != nil {
 			st.Issuer.Next = f.QueuedSigningCertificate.Thumbprint
 		}
+		st.IISIssuer = h.IISIssuer
 		st.STS = &reconcile.STSConfig{AllowOAuthOverHTTP: f.AllowOAuthOverHTTP, AllowMetadataOverHTTP: f.AllowMetadataOverHTTP}
 		if f.QueuedSigningCertificate != nil {
 			st.STS.QueuedSigningThumbprint = f.QueuedSigningCertificate.Thumbprint
@@ -378,6 +379,20 @@ func (s *Sim) execute(ctx context.Context, cfg *pb.HostConfig, op reconcile.Op, 
 
 	case reconcile.KindResetIIS:
 		h.IISResets++
+		if g := ps.issuer(); g != nil && ds.SharePoint == nil {
+			h.IISIssuer = g.Thumbprint
+		}
+		return nil
+
+	case reconcile.KindRestartTimer:
+		// SharePoint's processes sign with the STS certificate they
+		// started with until both IIS and the Timer Service restarted:
+		// the sim counts the restart, which follows the IIS reset, as
+		// the moment the server takes the farm's current one.
+		if ds.SharePoint == nil {
+			return fmt.Errorf("%s on host %s: not a SharePoint server", op.Cmdlet, s.cfg.Host)
+		}
+		h.TimerRestarts++
 		if g := ps.issuer(); g != nil {
 			h.IISIssuer = g.Thumbprint
 		}
@@ -492,6 +507,9 @@ func (s *Sim) activateNext(op reconcile.Op, secrets []*pb.SecretMaterial, ds *De
 			return fmt.Errorf("%s on host %s: secret %s holds certificate %s, but the controller recorded %s", op.Cmdlet, s.cfg.Host, op.Secret, ic.Thumbprint, op.Thumbprint)
 		}
 		f := ds.SharePoint
+		if old := f.SecurityTokenServiceCertificate; old != nil && old.Thumbprint != ic.Thumbprint && f.replaced(old.Thumbprint) == nil {
+			f.ReplacedSigningCertificates = append(f.ReplacedSigningCertificates, old)
+		}
 		f.SecurityTokenServiceCertificate = ic
 		if f.QueuedSigningCertificate != nil && f.QueuedSigningCertificate.Thumbprint == ic.Thumbprint {
 			f.QueuedSigningCertificate = nil

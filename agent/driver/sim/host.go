@@ -56,8 +56,13 @@ type hostState struct {
 	// IISIssuer is the organization's current auth certificate when this
 	// (Exchange) host's IIS app pools last started: they sign with it
 	// until the next IIS reset, even after Set-AuthConfig
-	// -PublishCertificate makes another one current.
+	// -PublishCertificate makes another one current. On a SharePoint host
+	// it is the farm's STS signing certificate when its IIS app pools and
+	// Timer Service last started: they sign with it until both restart,
+	// even after -ImportSigningCertificate.
 	IISIssuer string `json:",omitempty"`
+	// TimerRestarts counts the SharePoint Timer Service restarts.
+	TimerRestarts int `json:",omitempty"`
 	// DefaultThumbprint is the host's own default certificate: Lync's
 	// Default, Exchange's Auth Certificate, SharePoint's STS certificate.
 	DefaultThumbprint string

@@ -476,3 +476,68 @@ func commands(ops []reconcile.Op) []string {
 	}
 	return out
 }
+
+// TestSharePointSigningFollowsRestarts: after the primary's
+// -ImportSigningCertificate, a farm server whose IIS app pools and Timer
+// Service started with the old STS certificate signs with it until its
+// own IIS reset and Timer Service restart; the primary, which restarts
+// right after its import, signs with the new one at once.
+func TestSharePointSigningFollowsRestarts(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	ln1, ln2 := w.listen("sp01.contoso.com", "sp.contoso.com"), w.listen("sp02.contoso.com")
+	sp01 := w.host(ln1, pb.Product_PRODUCT_SHAREPOINT, "2019", "sp01.contoso.com", "sp.contoso.com")
+	sp02 := w.host(ln2, pb.Product_PRODUCT_SHAREPOINT, "2019", "sp02.contoso.com")
+	ctx := context.Background()
+	farm := func() (*pb.HostConfig, *pb.HostConfig) {
+		c1 := &pb.HostConfig{Host: "sp01.contoso.com", Deployment: "sharepoint", Product: pb.Product_PRODUCT_SHAREPOINT, ProductVersion: "2019",
+			DeploymentHosts: []string{"sp01.contoso.com", "sp02.contoso.com"}, ServiceName: products.SharePointID,
+			MetadataUrl: "https://sp.contoso.com/_layouts/15/metadata/json/1", Endpoint: "https://sp.contoso.com", Primary: true, DefaultSipDomain: realm}
+		c2 := proto.Clone(c1).(*pb.HostConfig)
+		c2.Host, c2.Primary = "sp02.contoso.com", false
+		return c1, c2
+	}
+	signer := func(s *Sim) string {
+		t.Helper()
+		sc, err := s.signing()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sc.thumbprint
+	}
+	c1, c2 := farm()
+	noErrors(t, sp01.Apply(ctx, c1, nil))
+	noErrors(t, sp02.Apply(ctx, c2, nil))
+	old := verify(t, sp01, c1).GetOauth().GetIssuerThumbprint()
+	if old == "" || signer(sp01) != old || signer(sp02) != old {
+		t.Fatalf("before the rotation: issuer %q, sp01 signs with %s, sp02 with %s", old, signer(sp01), signer(sp02))
+	}
+	newB, newSecret := nextIssuer(t, time.Now())
+	nw := certs.Thumbprint(newB.Cert)
+	sec := []*pb.SecretMaterial{newSecret}
+	c1.NextTokenIssuer = &pb.NextTokenIssuer{Secret: nextSecret, SecretThumbprint: nw}
+	noErrors(t, sp01.Apply(ctx, c1, sec))
+
+	c1, c2 = farm()
+	issuer := &pb.TokenIssuer{Source: &pb.TokenIssuer_Secret{Secret: nextSecret}, SecretThumbprint: nw}
+	c1.TokenIssuer, c2.TokenIssuer = issuer, issuer
+	res := sp01.ApplyPlan(ctx, c1, sec, false)
+	noErrors(t, res.Errors)
+	if got, want := commands(res.Ops), []string{"Set-SPSecurityTokenServiceConfig -ImportSigningCertificate <redacted> -Confirm:$false", "iisreset -noforce", "Restart-Service -Name 'SPTimerV4'"}; !slices.Equal(got, want) {
+		t.Errorf("sp01 activation = %q, want %q", got, want)
+	}
+	if a, b := signer(sp01), signer(sp02); a != nw || b != old {
+		t.Errorf("after the import sp01 signs with %s and sp02 with %s, want %s and (not restarted) %s", a, b, nw, old)
+	}
+	wantItem(t, verify(t, sp02, c2), reconcile.ItemIISReset, pb.ItemState_ITEM_STATE_FAILED, "started with STS signing certificate "+old)
+	res = sp02.ApplyPlan(ctx, c2, sec, false)
+	noErrors(t, res.Errors)
+	if got, want := commands(res.Ops), []string{"iisreset -noforce", "Restart-Service -Name 'SPTimerV4'"}; !slices.Equal(got, want) {
+		t.Errorf("sp02 plan after the import = %q, want %q", got, want)
+	}
+	if b := signer(sp02); b != nw {
+		t.Errorf("after its restarts sp02 signs with %s, want %s", b, nw)
+	}
+	allOK(t, verify(t, sp02, c2))
+	allOK(t, verify(t, sp01, c1))
+}

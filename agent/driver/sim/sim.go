@@ -291,9 +291,9 @@ func (s *Sim) prepare(cfg *pb.HostConfig) error {
 	if err := s.replicate(h, ps); err != nil {
 		return err
 	}
-	if g := ps.issuer(); g != nil && h.IISIssuer == "" && cfg.GetProduct() == pb.Product_PRODUCT_EXCHANGE {
-		// The app pools started (at boot) with the organization's current
-		// auth certificate.
+	if g := ps.issuer(); g != nil && h.IISIssuer == "" && (cfg.GetProduct() == pb.Product_PRODUCT_EXCHANGE || cfg.GetProduct() == pb.Product_PRODUCT_SHAREPOINT) {
+		// The app pools (and SharePoint's Timer Service) started (at
+		// boot) with the deployment's current issuer certificate.
 		h.IISIssuer = g.Thumbprint
 	}
 	return s.saveHost(h)
@@ -523,8 +523,22 @@ func (s *Sim) signing() (*signingState, error) {
 			g = c
 		}
 	}
+	replaced := false
+	if f, ok := ps.(*SharePointFarm); ok && h.IISIssuer != "" && h.IISIssuer != g.Thumbprint {
+		// Likewise a SharePoint server's processes sign with the STS
+		// certificate they started with until IIS and the Timer Service
+		// restart, even after -ImportSigningCertificate.
+		if c := f.replaced(h.IISIssuer); c != nil && (c.PrivateKey != "" || h.find(c.Thumbprint) != nil && h.find(c.Thumbprint).HasPrivateKey) {
+			g, replaced = c, true
+		}
+	}
 	sc.thumbprint = g.Thumbprint
 	lc := replicaView(h, ps).find(g.Thumbprint)
+	if replaced && lc == nil && g.PrivateKey != "" && len(g.Certificate) > 0 {
+		// A replaced certificate the farm replicated (the farm's own
+		// default): this server's processes still hold it.
+		lc = &localCertificate{Thumbprint: g.Thumbprint, Certificate: g.Certificate, HasPrivateKey: true}
+	}
 	if lc == nil || !lc.HasPrivateKey {
 		return sc, fmt.Errorf("signing certificates of host %s: the issuer certificate %s of deployment %s is not in the local store with its private key", s.cfg.Host, g.Thumbprint, h.Deployment)
 	}

@@ -144,6 +144,12 @@ type SharePointFarm struct {
 	// QueuedSigningCertificate is -QueueSigningCertificate's certificate,
 	// published beside the current one until it becomes current.
 	QueuedSigningCertificate *IssuerCertificate `json:",omitempty"`
+	// ReplacedSigningCertificates are the STS signing certificates
+	// -ImportSigningCertificate replaced. No SharePoint property: the farm
+	// neither publishes nor keeps them, but a server whose IIS app pools
+	// and Timer Service started with one goes on signing with it until
+	// they restart (hostState.IISIssuer), and the sim needs its key.
+	ReplacedSigningCertificates []*IssuerCertificate `json:",omitempty"`
 	// FarmID is the farm's id, lower case: its default realm.
 	FarmID string `json:",omitempty"`
 	// AllowOAuthOverHTTP and AllowMetadataOverHTTP are
@@ -672,7 +678,18 @@ func (f *SharePointFarm) issuers() []*IssuerCertificate {
 	return nonNil(f.SecurityTokenServiceCertificate, f.QueuedSigningCertificate)
 }
 func (f *SharePointFarm) issuerName() string { return "SecurityTokenServiceCertificate" }
-func (f *SharePointFarm) trustLevels() bool  { return false }
+
+// replaced is the replaced signing certificate thumbprint names, nil when
+// there is none.
+func (f *SharePointFarm) replaced(thumbprint string) *IssuerCertificate {
+	for _, c := range f.ReplacedSigningCertificates {
+		if c.Thumbprint == thumbprint {
+			return c
+		}
+	}
+	return nil
+}
+func (f *SharePointFarm) trustLevels() bool { return false }
 
 // serviceName is the host's own application identifier.
 func serviceName(cfg *pb.HostConfig) string {

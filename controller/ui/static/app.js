@@ -345,6 +345,11 @@
     });
   }
 
+  // seqText and versionText are the CLI's (controller/cmd): a sequence
+  // number, else 'v' and the etcd version, else '-'.
+  function seqText(seq, rev) { return seq > 0 ? String(seq) : rev > 0 ? 'v' + rev : '-'; }
+  function versionText(rev) { return rev > 0 ? String(rev) : '-'; }
+
   function renderRollouts(v) {
     const box = $('rollout-list');
     clear(box);
@@ -352,7 +357,9 @@
     for (const r of v.rollouts) {
       const d = el('div', { class: 'rollout state-' + r.state, 'data-name': r.name, 'data-state': r.state });
       const live = r.state === 'running' || r.state === 'paused';
-      d.appendChild(el('h3', {}, r.name + ': revision ' + r.fromRevision + ' → ' + r.toRevision + ' · ' + r.state +
+      // Revisions by sequence number, as the CLI names them, their etcd versions beside.
+      d.appendChild(el('h3', {}, r.name + ': revision ' + seqText(r.fromSequence, r.fromRevision) + ' → ' + seqText(r.toSequence, r.toRevision) +
+        ' (versions ' + versionText(r.fromRevision) + ' → ' + versionText(r.toRevision) + ') · ' + r.state +
         (live && r.waves.length ? ' · wave ' + (r.currentWave + 1) + ' of ' + r.waves.length : '') + (r.createdBy ? ' · by ' + r.createdBy : '')));
       if (r.reason) d.appendChild(el('p', { class: 'reason' }, r.reason));
       for (const w of r.waves) {

@@ -227,6 +227,30 @@ $operations = @{
         }
     }
 
+    'iisreset' = {
+        param($a)
+        # Microsoft's "Replace the STS certificate" procedure resets IIS on
+        # every server of the farm after -ImportSigningCertificate, then
+        # restarts the Timer Service ('restart-timer'):
+        # https://learn.microsoft.com/sharepoint/administration/replace-the-sts-certificate
+        # Disruptive, so the controller paces it across a rollout. /noforce
+        # as in exchange.ps1's 'iisreset' (no Microsoft reference page for
+        # iisreset.exe's switches was found; the tool's own /? describes it).
+        $exe = Join-Path ([System.Environment]::GetFolderPath('System')) 'iisreset.exe'
+        $out = & $exe '/noforce' 2>&1 | Out-String
+        return [ordered]@{ exitCode = [int]$LASTEXITCODE; output = $out.Trim() }
+    }
+
+    'restart-timer' = {
+        param($a)
+        # The SharePoint Timer Service (SPTimerV4), restarted on every
+        # server after the STS certificate changed, as the same page does:
+        # https://learn.microsoft.com/sharepoint/administration/replace-the-sts-certificate
+        # https://learn.microsoft.com/powershell/module/microsoft.powershell.management/restart-service
+        Restart-Service -Name 'SPTimerV4' -ErrorAction Stop
+        return [ordered]@{ restarted = 'SPTimerV4' }
+    }
+
     'set-signing-certificate' = {
         param($a)
         # A certificate already in the computer's store, by thumbprint: the
