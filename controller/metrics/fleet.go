@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
+
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -114,10 +116,19 @@ func (c *fleetCollector) read(f Fleet) []prometheus.Metric {
 	var out []prometheus.Metric
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	hosts, err := f.ListHosts(ctx, &pb.ListHostsRequest{})
-	var trust *pb.GetTrustReportResponse
+	// Every page of both: a gauge per host and per edge of the fleet.
+	hosts, trust := &pb.ListHostsResponse{}, &pb.GetTrustReportResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		r, err := f.ListHosts(ctx, &pb.ListHostsRequest{PageSize: 1000, PageToken: token})
+		hosts.Hosts = append(hosts.Hosts, r.GetHosts()...)
+		return r.GetNextPageToken(), err
+	})
 	if err == nil {
-		trust, err = f.GetTrustReport(ctx, &pb.GetTrustReportRequest{})
+		err = pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+			r, err := f.GetTrustReport(ctx, &pb.GetTrustReportRequest{PageSize: 1000, PageToken: token})
+			trust.Edges = append(trust.Edges, r.GetEdges()...)
+			return r.GetNextPageToken(), err
+		})
 	}
 	if err != nil {
 		out = append(out, prometheus.MustNewConstMetric(c.d.descFleetUp, prometheus.GaugeValue, 0))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -341,5 +342,45 @@ func TestFleetReadsAreShared(t *testing.T) {
 	fams = gather(t, m)
 	if v, _ := value(fams, "s2strust_host_connected", "host", "fe01.contoso.com", "deployment", "pool01"); f.reads != 2 || v != 0 {
 		t.Errorf("scrape after the interval: %d reads, connected %v; want 2 reads and the new 0", f.reads, v)
+	}
+}
+
+// pagedFleet serves its hosts and edges one per page, as a controller
+// serves a fleet larger than a page.
+type pagedFleet struct{ fakeFleet }
+
+func (f pagedFleet) ListHosts(_ context.Context, r *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	i, _ := strconv.Atoi(r.GetPageToken())
+	resp := &pb.ListHostsResponse{Hosts: f.hosts[i : i+1]}
+	if i+1 < len(f.hosts) {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
+}
+
+func (f pagedFleet) GetTrustReport(_ context.Context, r *pb.GetTrustReportRequest) (*pb.GetTrustReportResponse, error) {
+	i, _ := strconv.Atoi(r.GetPageToken())
+	resp := &pb.GetTrustReportResponse{Edges: f.edges[i : i+1]}
+	if i+1 < len(f.edges) {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
+}
+
+// TestFleetGaugesReadEveryPage: a fleet of several pages has a gauge for
+// every host and every edge, not only the first page's.
+func TestFleetGaugesReadEveryPage(t *testing.T) {
+	m := New(Config{})
+	m.SetFleet(pagedFleet{fakeFleet{
+		hosts: []*pb.Host{{Host: "fe01.contoso.com", Deployment: "pool01", Connected: true}, {Host: "fe02.contoso.com", Deployment: "pool01", Connected: true},
+			{Host: "ex01.contoso.com", Deployment: "exchange", Connected: true}},
+		edges: []*pb.TrustEdge{{From: "pool01", To: "exchange", Ok: true}, {From: "exchange", To: "pool01", Ok: true}},
+	}})
+	fams := gather(t, m)
+	if n := len(fams["s2strust_host_connected"].GetMetric()); n != 3 {
+		t.Errorf("s2strust_host_connected has %d series, want one per host of every page (3)", n)
+	}
+	if n := len(fams["s2strust_trust_edge_ok"].GetMetric()); n != 2 {
+		t.Errorf("s2strust_trust_edge_ok has %d series, want one per edge of every page (2)", n)
 	}
 }
