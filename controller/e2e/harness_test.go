@@ -182,6 +182,8 @@ func (c *controller) hostTLS(host string) *tls.Config {
 type countingDriver struct {
 	driver.Driver
 	applies atomic.Int64
+	// probedAt is when the last round of trust probes ended (unix nanoseconds).
+	probedAt atomic.Int64
 	// fail, when set and it returns errors, fails Apply with them.
 	fail func(*pb.HostConfig) []*pb.ItemError
 }
@@ -215,9 +217,17 @@ func (d *countingDriver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) 
 	return d.Driver.(driver.Prober).CheckMetadata(ctx, cfg)
 }
 
-// Probe forwards to the sim.
+// Probe forwards to the sim, noting when it probed.
 func (d *countingDriver) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
-	return d.Driver.(driver.Prober).Probe(ctx, cfg)
+	out := d.Driver.(driver.Prober).Probe(ctx, cfg)
+	d.probedAt.Store(time.Now().UnixNano())
+	return out
+}
+
+// sinceProbe is how long ago the driver last probed; false before the first.
+func (d *countingDriver) sinceProbe() (time.Duration, bool) {
+	at := d.probedAt.Load()
+	return time.Since(time.Unix(0, at)), at != 0
 }
 
 // agent is an agent running in-process.
@@ -241,6 +251,8 @@ type agent struct {
 
 type agentOpts struct {
 	driftInterval time.Duration
+	// probeInterval is the agent's periodic probe interval (0: the default).
+	probeInterval time.Duration
 	autoCorrect   bool
 	// network, when set, gives the sim its HTTPS listener, certificate,
 	// resolver and trust store, so it serves and downloads metadata and
@@ -317,7 +329,7 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 		rec = o.metrics(host)
 	}
 	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
-		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
+		DriftInterval: o.driftInterval, ProbeInterval: o.probeInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
 		Monitor:     o.monitor,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Metrics: rec,
 		OnDesired: func(d *pb.Desired) {
