@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -157,31 +158,48 @@ func TestEveryReportCarriesTheLatestProbes(t *testing.T) {
 	}
 	ctx := context.Background()
 	a.checkDrift(ctx)
-	if p := a.last.GetProbes(); len(p) != 1 || p[0].GetReason() != "unreachable" || len(a.last.GetMetadata()) != 1 {
-		t.Fatalf("drift check report: probes %v metadata %v, want one of each", p, a.last.GetMetadata())
+	first := a.last
+	if p := first.GetProbes(); len(p) != 1 || p[0].GetReason() != "unreachable" || len(first.GetMetadata()) != 1 {
+		t.Fatalf("drift check report: probes %v metadata %v, want one of each", p, first.GetMetadata())
 	}
-	// A new configuration is applied and verified; its report comes before
-	// the probes of the new configuration and keeps the last ones.
+	// A new configuration is applied and verified: the report of its
+	// verification comes before the probes of the new configuration and
+	// keeps the last ones; the one going with the ACK (applied version 2)
+	// carries probes of the new configuration.
 	drv.set(func(d *probingDriver) { d.item = "partner/microsoft.exchange"; d.reason = "" })
-	rounds := drv.rounds.Load()
+	var reports []*pb.StatusReport
+	a.cfg.Metrics = reportsSeen(func(r *pb.StatusReport) { reports = append(reports, r) })
 	next := testConfig("2019")
 	if o, errs := a.process(ctx, &pb.Desired{Version: 2, Nonce: "n2", Hash: topology.Hash(next), Config: next}, true); o != done {
 		t.Fatalf("process: %v %v", o, errs)
 	}
-	if drv.rounds.Load() != rounds {
-		t.Fatal("process probed; the test wants a report of a verification alone")
+	if len(reports) < 2 {
+		t.Fatalf("%d reports while applying, want the verification's and the probes'", len(reports))
 	}
-	rep := a.last
-	if rep.GetAppliedVersion() != 2 || len(rep.GetItems()) != 1 || rep.GetItems()[0].GetItem() != "partner/microsoft.exchange" {
-		t.Fatalf("the report after the apply is not the new verification: %v", rep)
+	rep := reports[0]
+	if rep.GetAppliedVersion() != 1 || len(rep.GetItems()) != 1 || rep.GetItems()[0].GetItem() != "partner/microsoft.exchange" {
+		t.Fatalf("the first report while applying is not the new verification: %v", rep)
 	}
 	if p := rep.GetProbes(); len(p) != 1 || p[0].GetReason() != "unreachable" || len(rep.GetMetadata()) != 1 || !rep.GetMetadata()[0].GetOk() {
-		t.Errorf("the report after the apply has probes %v metadata %v, want the last round's", p, rep.GetMetadata())
+		t.Errorf("the verification's report has probes %v metadata %v, want the last round's", p, rep.GetMetadata())
 	}
-	// The next round replaces them.
+	// The failure carried on is dated by the report that first had it, so
+	// the controller counts it once.
+	failedSince := first.GetProbes()[0].GetSince()
+	if failedSince == nil || !proto.Equal(rep.GetProbes()[0].GetSince(), failedSince) || !proto.Equal(failedSince, first.GetClock()) {
+		t.Errorf("the failure's since: %v in the first report (clock %v), %v carried on; want the first report's clock in both", failedSince, first.GetClock(), rep.GetProbes()[0].GetSince())
+	}
+	// Before the ACK the new configuration is probed: a new result, dated anew.
+	passed := a.last
+	if p := passed.GetProbes(); len(p) != 1 || !p[0].GetOk() || passed.GetAppliedVersion() != 2 || !proto.Equal(p[0].GetSince(), passed.GetClock()) {
+		t.Errorf("the report with the ACK: probes %v, applied %d, clock %v; want the passing probe at version 2, since this report", p, passed.GetAppliedVersion(), passed.GetClock())
+	}
+	// A round with the same result keeps its date.
+	drv.set(func(d *probingDriver) { d.item = "oauth" })
 	a.observe(ctx, nil)
-	if p := a.last.GetProbes(); len(p) != 1 || !p[0].GetOk() || a.last.GetAppliedVersion() != 2 {
-		t.Errorf("after the next round: probes %v, applied %d; want the passing probe at version 2", p, a.last.GetAppliedVersion())
+	a.checkDrift(ctx)
+	if p := a.last.GetProbes(); len(p) != 1 || !proto.Equal(p[0].GetSince(), passed.GetClock()) || proto.Equal(a.last.GetClock(), passed.GetClock()) {
+		t.Errorf("after more rounds with the same result: since %v (report clock %v), want %v kept", p[0].GetSince(), a.last.GetClock(), passed.GetClock())
 	}
 }
 
@@ -191,3 +209,11 @@ func TestNegativeProbeIntervalRefused(t *testing.T) {
 		t.Errorf("New with ProbeInterval -1s = %v, want the refusal naming the value", err)
 	}
 }
+
+// reportsSeen is a metrics.Recorder that hands on every report.
+type reportsSeen func(*pb.StatusReport)
+
+func (f reportsSeen) Applied(time.Duration, string) {}
+func (f reportsSeen) Reported(r *pb.StatusReport)   { f(r) }
+func (f reportsSeen) Synced(time.Time)              {}
+func (f reportsSeen) Connected(bool)                {}

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -162,8 +163,10 @@ type Agent struct {
 	metadata []*pb.MetadataCheck
 	probes   []*pb.TrustProbe
 	// probedAt is when the last round of checks and probes ran, on the
-	// monotonic clock. Used by the engine goroutine only.
-	probedAt time.Time
+	// monotonic clock, and roundFailed whether something in it failed.
+	// Used by the engine goroutine only.
+	probedAt    time.Time
+	roundFailed bool
 }
 
 // leftToPrimaryNote is the Expected of drift a non-primary host leaves to
@@ -508,7 +511,7 @@ func (a *Agent) engine(ctx context.Context) error {
 		case done:
 			cur, retry = nil, nil
 			probeGap = a.cfg.VerifyInterval
-			if a.observe(ctx, nil) {
+			if a.roundFailed {
 				probe = time.After(probeGap)
 			}
 		case waiting:
@@ -680,6 +683,11 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 		return failed, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}}
 	}
 	a.log.Info("configuration applied and verified", "version", d.GetVersion())
+	// Check and probe what is now applied before answering: every report
+	// carries the latest probes, and the one that goes with the ACK must
+	// carry this configuration's, not those of the one before (a
+	// rollout's gate reads them).
+	a.observe(ctx, nil)
 	a.ack(d)
 	return done, nil
 }
@@ -816,10 +824,33 @@ func (a *Agent) observe(ctx context.Context, cfg *pb.HostConfig) (anyFailed bool
 func (a *Agent) probe(ctx context.Context, p prober, cfg *pb.HostConfig) ([]*pb.MetadataCheck, []*pb.TrustProbe) {
 	meta, probes := p.CheckMetadata(ctx, cfg), p.Probe(ctx, cfg)
 	a.probedAt = time.Now()
+	a.roundFailed = slices.ContainsFunc(meta, func(m *pb.MetadataCheck) bool { return !m.GetOk() }) ||
+		slices.ContainsFunc(probes, func(p *pb.TrustProbe) bool { return !p.GetOk() })
 	a.mu.Lock()
-	a.metadata, a.probes = meta, probes
+	a.metadata, a.probes = meta, keepSince(a.probes, probes)
 	a.mu.Unlock()
 	return meta, probes
+}
+
+// keepSince gives each probe of next whose result (ok and reason) is the
+// one prev had for its target prev's since; the others get theirs from
+// the first report that carries them (report).
+func keepSince(prev, next []*pb.TrustProbe) []*pb.TrustProbe {
+	type target struct{ deployment, host string }
+	was := make(map[target]*pb.TrustProbe, len(prev))
+	for _, p := range prev {
+		was[target{p.GetToDeployment(), p.GetTargetHost()}] = p
+	}
+	out := make([]*pb.TrustProbe, len(next))
+	for i, p := range next {
+		p = proto.Clone(p).(*pb.TrustProbe)
+		p.Since = nil
+		if w := was[target{p.GetToDeployment(), p.GetTargetHost()}]; w != nil && w.GetOk() == p.GetOk() && w.GetReason() == p.GetReason() {
+			p.Since = w.GetSince()
+		}
+		out[i] = p
+	}
+	return out
 }
 
 // checkDrift re-reads the applied configuration and reports what moved;
@@ -911,9 +942,21 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	rep.Monitor = a.cfg.Monitor
 	a.mu.Lock()
 	rep.Plan = a.plan
+	rep.Clock = timestamppb.New(a.cfg.Now())
+	// A result reported for the first time is dated by this report.
+	if slices.ContainsFunc(a.probes, func(p *pb.TrustProbe) bool { return p.GetSince() == nil }) {
+		dated := make([]*pb.TrustProbe, len(a.probes))
+		for i, p := range a.probes {
+			if p.GetSince() == nil {
+				p = proto.Clone(p).(*pb.TrustProbe)
+				p.Since = rep.Clock
+			}
+			dated[i] = p
+		}
+		a.probes = dated
+	}
 	rep.Metadata, rep.Probes = a.metadata, a.probes
 	same := a.last != nil && statusreport.Same(a.last, rep)
-	rep.Clock = timestamppb.New(a.cfg.Now())
 	if !same {
 		a.last = rep
 	}
