@@ -808,20 +808,14 @@ func (a *Agent) observe(ctx context.Context, cfg *pb.HostConfig) (anyFailed bool
 	if !ok || cfg == nil || last == nil {
 		return false
 	}
-	meta, probes := a.probe(ctx, p, cfg)
-	for _, m := range meta {
-		anyFailed = anyFailed || !m.GetOk()
-	}
-	for _, pr := range probes {
-		anyFailed = anyFailed || !pr.GetOk()
-	}
+	a.probe(ctx, p, cfg)
 	a.report(last, last.GetDrift())
-	return anyFailed
+	return a.roundFailed
 }
 
 // probe checks metadata and runs the trust probes for cfg, and keeps the
 // results as the latest, which every report from now on carries.
-func (a *Agent) probe(ctx context.Context, p prober, cfg *pb.HostConfig) ([]*pb.MetadataCheck, []*pb.TrustProbe) {
+func (a *Agent) probe(ctx context.Context, p prober, cfg *pb.HostConfig) {
 	meta, probes := p.CheckMetadata(ctx, cfg), p.Probe(ctx, cfg)
 	a.probedAt = time.Now()
 	a.roundFailed = slices.ContainsFunc(meta, func(m *pb.MetadataCheck) bool { return !m.GetOk() }) ||
@@ -829,7 +823,6 @@ func (a *Agent) probe(ctx context.Context, p prober, cfg *pb.HostConfig) ([]*pb.
 	a.mu.Lock()
 	a.metadata, a.probes = meta, keepSince(a.probes, probes)
 	a.mu.Unlock()
-	return meta, probes
 }
 
 // keepSince gives each probe of next whose result (ok and reason) is the
