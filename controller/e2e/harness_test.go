@@ -182,8 +182,9 @@ func (c *controller) hostTLS(host string) *tls.Config {
 type countingDriver struct {
 	driver.Driver
 	applies atomic.Int64
-	// probedAt is when the last round of trust probes ended (unix nanoseconds).
-	probedAt atomic.Int64
+	// roundAt and probedAt are when the last round of metadata checks
+	// and trust probes began and ended (unix nanoseconds).
+	roundAt, probedAt atomic.Int64
 	// fail, when set and it returns errors, fails Apply with them.
 	fail func(*pb.HostConfig) []*pb.ItemError
 }
@@ -214,6 +215,7 @@ func (d *countingDriver) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, s []
 
 // CheckMetadata forwards to the sim: the wrapper must keep the driver a Prober.
 func (d *countingDriver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
+	d.roundAt.Store(time.Now().UnixNano())
 	return d.Driver.(driver.Prober).CheckMetadata(ctx, cfg)
 }
 
@@ -224,9 +226,13 @@ func (d *countingDriver) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.Tr
 	return out
 }
 
-// sinceProbe is how long ago the driver last probed; false before the first.
+// sinceProbe is how long ago the driver last probed, 0 while a round
+// (checks, then probes) runs; false before the first.
 func (d *countingDriver) sinceProbe() (time.Duration, bool) {
 	at := d.probedAt.Load()
+	if at != 0 && d.roundAt.Load() > at {
+		return 0, true
+	}
 	return time.Since(time.Unix(0, at)), at != 0
 }
 

@@ -47,9 +47,10 @@ var rotationAgents = agentOpts{driftInterval: 300 * time.Millisecond, probeInter
 
 const (
 	rotationProbeInterval = 250 * time.Millisecond
-	// maxProbeGap bounds how long ago every host must have probed at each
-	// look: many probe intervals, for a loaded machine.
-	maxProbeGap = 20 * rotationProbeInterval
+	// maxProbeGap bounds how long ago every host must have finished a
+	// round of probes, unless one runs, at each look: many probe
+	// intervals, for an apply in between on a loaded machine.
+	maxProbeGap = 40 * rotationProbeInterval
 )
 
 // followRotation looks at rotation name until it succeeds. At every look
