@@ -20,6 +20,7 @@ import (
 	"github.com/s2strust/s2strust/agent/diagnose"
 	"github.com/s2strust/s2strust/agent/inspect"
 	"github.com/s2strust/s2strust/agent/service"
+	"github.com/s2strust/s2strust/agent/syncer"
 	"github.com/s2strust/s2strust/internal/version"
 )
 
@@ -76,6 +77,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.SimDir, "sim-dir", "", "sim driver: directory of the simulated deployment stores, shared by the hosts of a deployment (default <state-dir>/sim-shared)")
 	f.StringSliceVar(&cfg.SimProducts, "sim-product", nil, "sim driver: a product installed on this host, PRODUCT:VERSION (e.g. lync:2015); repeatable")
 	f.DurationVar(&cfg.DriftInterval, "drift-interval", time.Minute, "how often the applied configuration is re-read to find drift")
+	f.DurationVar(&cfg.ProbeInterval, "probe-interval", syncer.DefaultProbeInterval, "how often every trust edge's metadata and probes are checked again while nothing else checks them (jittered by ±10%); a changed result is reported at once")
 	f.BoolVar(&cfg.AutoCorrect, "auto-correct", false, "re-apply drifted items instead of only reporting them")
 	f.BoolVar(&apply, "apply", true, "apply the configuration; --apply=false (apply: false in agent.yaml) is monitor mode: read, verify, probe and report the plan (the exact cmdlets, secrets redacted), change nothing, acknowledge nothing")
 	f.DurationVar(&cfg.VerifyInterval, "verify-interval", 2*time.Second, "how often a verification waiting on the deployment's primary is retried")

@@ -90,6 +90,21 @@ func TestRunApplyFalseIsMonitorMode(t *testing.T) {
 	}
 }
 
+// TestRunRefusesNegativeProbeInterval: a negative --probe-interval stops
+// the agent before it connects, naming the value.
+func TestRunRefusesNegativeProbeInterval(t *testing.T) {
+	var out bytes.Buffer
+	root := newRoot()
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs([]string{"run", "--host", "fe01.contoso.com", "--insecure", "--controller", "127.0.0.1:1", "--state-dir", t.TempDir(),
+		"--sim-product", "lync:2015", "--probe-interval", "-30s"})
+	err := root.ExecuteContext(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "probe interval -30s is negative") {
+		t.Errorf("run --probe-interval -30s = %v, want the refusal naming the value", err)
+	}
+}
+
 // TestWindowsAgentYAML keeps the MSI's agent.yaml in step with the run
 // command's flags: every key it sets is a flag, and every value parses.
 func TestWindowsAgentYAML(t *testing.T) {
@@ -100,7 +115,7 @@ func TestWindowsAgentYAML(t *testing.T) {
 	if err := config.ApplyFile(run.Flags(), "../deploy/windows/agent.yaml"); err != nil {
 		t.Fatal(err)
 	}
-	for flag, want := range map[string]string{"driver": "powershell", "state-dir": `C:\ProgramData\s2strust\state`, "drift-interval": "5m0s", "apply": "false"} {
+	for flag, want := range map[string]string{"driver": "powershell", "state-dir": `C:\ProgramData\s2strust\state`, "drift-interval": "5m0s", "probe-interval": "1m0s", "apply": "false"} {
 		if got := run.Flags().Lookup(flag).Value.String(); got != want {
 			t.Errorf("--%s from agent.yaml = %q, want %q", flag, got, want)
 		}

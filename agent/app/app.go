@@ -56,6 +56,9 @@ type Config struct {
 	// SimProducts are the products the sim reports as installed, e.g. "lync:2015".
 	SimProducts   []string
 	DriftInterval time.Duration
+	// ProbeInterval is how often every edge is probed again while nothing
+	// else probes it (syncer.Config.ProbeInterval).
+	ProbeInterval time.Duration
 	AutoCorrect   bool
 	// VerifyInterval is how often a pending verification is retried.
 	VerifyInterval time.Duration
@@ -140,7 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	a, err := syncer.New(syncer.Config{
 		Host: host, Conn: conn, Driver: drv, StateDir: cfg.StateDir, Logger: log,
-		DriftInterval: cfg.DriftInterval, AutoCorrect: cfg.AutoCorrect, VerifyInterval: cfg.VerifyInterval, PendingTimeout: cfg.PendingTimeout,
+		DriftInterval: cfg.DriftInterval, ProbeInterval: cfg.ProbeInterval, AutoCorrect: cfg.AutoCorrect, VerifyInterval: cfg.VerifyInterval, PendingTimeout: cfg.PendingTimeout,
 		Monitor: cfg.Monitor,
 		Metrics: mets,
 	})

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -57,6 +58,14 @@ type Config struct {
 	Now func() time.Time
 	// DriftInterval is how often the applied configuration is re-read (default 1m).
 	DriftInterval time.Duration
+	// ProbeInterval is how often every edge's metadata checks and trust
+	// probes run again while nothing else runs them (default 1m), each
+	// wait jittered by ±10% so a fleet started together spreads its
+	// probes. An apply, a retry or a drift check that probed restarts the
+	// wait, so they never add up to more than one round per interval plus
+	// the rounds those do anyway. A round's result is reported when it
+	// changed; a failing probe is re-run sooner (see engine).
+	ProbeInterval time.Duration
 	// AutoCorrect re-applies drifted items; otherwise drift is only reported.
 	AutoCorrect bool
 	// VerifyInterval is how often a pending verification is retried (default 2s).
@@ -120,6 +129,9 @@ func (p backendPlanner) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, secre
 	return reconcile.Apply(ctx, p.b, cfg, secrets, p.now(), monitor)
 }
 
+// DefaultProbeInterval is Config.ProbeInterval's default.
+const DefaultProbeInterval = time.Minute
+
 // ItemMonitor is the item of a monitor Nack's first error.
 const ItemMonitor = "monitor"
 
@@ -145,6 +157,16 @@ type Agent struct {
 	// configuration (planHash), over all its applies. Guarded by mu.
 	plan     []*pb.PlannedOp
 	planHash string
+	// metadata and probes are the latest metadata checks and trust
+	// probes; every report carries them (see report), so a report of a
+	// verification alone does not drop them. Guarded by mu.
+	metadata []*pb.MetadataCheck
+	probes   []*pb.TrustProbe
+	// probedAt is when the last round of checks and probes ran, on the
+	// monotonic clock, and roundFailed whether something in it failed.
+	// Used by the engine goroutine only.
+	probedAt    time.Time
+	roundFailed bool
 }
 
 // leftToPrimaryNote is the Expected of drift a non-primary host leaves to
@@ -172,6 +194,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.DriftInterval <= 0 {
 		cfg.DriftInterval = time.Minute
+	}
+	if cfg.ProbeInterval < 0 {
+		return nil, fmt.Errorf("agent: probe interval %s is negative; give a positive duration such as 1m (0 takes the default %s)", cfg.ProbeInterval, DefaultProbeInterval)
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = DefaultProbeInterval
 	}
 	if cfg.VerifyInterval <= 0 {
 		cfg.VerifyInterval = 2 * time.Second
@@ -459,6 +487,11 @@ const (
 func (a *Agent) engine(ctx context.Context) error {
 	drift := time.NewTicker(a.cfg.DriftInterval)
 	defer drift.Stop()
+	// periodic runs every edge's checks and probes while nothing else
+	// does, so a change on a partner's side (a certificate it rolled, a
+	// partner registration removed by hand) shows within an interval.
+	periodic := time.NewTimer(jittered(a.cfg.ProbeInterval))
+	defer periodic.Stop()
 	clock := time.NewTicker(a.cfg.ClockCheckInterval)
 	defer clock.Stop()
 	watch := newClockWatch(a.cfg.Now)
@@ -478,7 +511,7 @@ func (a *Agent) engine(ctx context.Context) error {
 		case done:
 			cur, retry = nil, nil
 			probeGap = a.cfg.VerifyInterval
-			if a.observe(ctx, nil) {
+			if a.roundFailed {
 				probe = time.After(probeGap)
 			}
 		case waiting:
@@ -547,6 +580,22 @@ func (a *Agent) engine(ctx context.Context) error {
 			if a.observe(ctx, cfg) {
 				probeGap = min(probeGap*2, maxDelay)
 				probe = time.After(probeGap)
+			} else {
+				probeGap = a.cfg.VerifyInterval
+			}
+		case <-periodic.C:
+			if since := time.Since(a.probedAt); since < a.cfg.ProbeInterval-a.cfg.ProbeInterval/10 {
+				// Something else probed meanwhile: wait out the rest.
+				periodic.Reset(jittered(a.cfg.ProbeInterval) - since)
+				continue
+			}
+			periodic.Reset(jittered(a.cfg.ProbeInterval))
+			var cfg *pb.HostConfig
+			if cur != nil {
+				cfg = cur.GetConfig()
+			}
+			if a.observe(ctx, cfg) && probe == nil {
+				probe = time.After(probeGap)
 			}
 		case <-drift.C:
 			if cur == nil {
@@ -559,6 +608,11 @@ func (a *Agent) engine(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// jittered is d moved by a uniformly random amount of up to ±10%.
+func jittered(d time.Duration) time.Duration {
+	return d - d/10 + time.Duration(rand.Int64N(int64(d/5)+1))
 }
 
 // process applies and verifies one desired state and, when it is good,
@@ -629,6 +683,11 @@ func (a *Agent) process(ctx context.Context, d *pb.Desired, first bool) (outcome
 		return failed, []*pb.ItemError{{Item: "agent-state", Message: err.Error()}}
 	}
 	a.log.Info("configuration applied and verified", "version", d.GetVersion())
+	// Check and probe what is now applied before answering: every report
+	// carries the latest probes, and the one that goes with the ACK must
+	// carry this configuration's, not those of the one before (a
+	// rollout's gate reads them).
+	a.observe(ctx, nil)
 	a.ack(d)
 	return done, nil
 }
@@ -749,17 +808,42 @@ func (a *Agent) observe(ctx context.Context, cfg *pb.HostConfig) (anyFailed bool
 	if !ok || cfg == nil || last == nil {
 		return false
 	}
-	rep := proto.Clone(last).(*pb.StatusReport)
-	rep.Metadata = p.CheckMetadata(ctx, cfg)
-	rep.Probes = p.Probe(ctx, cfg)
-	for _, m := range rep.GetMetadata() {
-		anyFailed = anyFailed || !m.GetOk()
+	a.probe(ctx, p, cfg)
+	a.report(last, last.GetDrift())
+	return a.roundFailed
+}
+
+// probe checks metadata and runs the trust probes for cfg, and keeps the
+// results as the latest, which every report from now on carries.
+func (a *Agent) probe(ctx context.Context, p prober, cfg *pb.HostConfig) {
+	meta, probes := p.CheckMetadata(ctx, cfg), p.Probe(ctx, cfg)
+	a.probedAt = time.Now()
+	a.roundFailed = slices.ContainsFunc(meta, func(m *pb.MetadataCheck) bool { return !m.GetOk() }) ||
+		slices.ContainsFunc(probes, func(p *pb.TrustProbe) bool { return !p.GetOk() })
+	a.mu.Lock()
+	a.metadata, a.probes = meta, keepSince(a.probes, probes)
+	a.mu.Unlock()
+}
+
+// keepSince gives each probe of next whose result (ok and reason) is the
+// one prev had for its target prev's since; the others get theirs from
+// the first report that carries them (report).
+func keepSince(prev, next []*pb.TrustProbe) []*pb.TrustProbe {
+	type target struct{ deployment, host string }
+	was := make(map[target]*pb.TrustProbe, len(prev))
+	for _, p := range prev {
+		was[target{p.GetToDeployment(), p.GetTargetHost()}] = p
 	}
-	for _, pr := range rep.GetProbes() {
-		anyFailed = anyFailed || !pr.GetOk()
+	out := make([]*pb.TrustProbe, len(next))
+	for i, p := range next {
+		p = proto.Clone(p).(*pb.TrustProbe)
+		p.Since = nil
+		if w := was[target{p.GetToDeployment(), p.GetTargetHost()}]; w != nil && w.GetOk() == p.GetOk() && w.GetReason() == p.GetReason() {
+			p.Since = w.GetSince()
+		}
+		out[i] = p
 	}
-	a.report(rep, rep.GetDrift())
-	return anyFailed
+	return out
 }
 
 // checkDrift re-reads the applied configuration and reports what moved;
@@ -820,8 +904,7 @@ func (a *Agent) checkDrift(ctx context.Context) {
 		a.log.Warn("drift found", "items", len(drift), "first", drift[0].GetItem()+": "+drift[0].GetActual())
 	}
 	if p, ok := a.cfg.Driver.(prober); ok {
-		rep.Metadata = p.CheckMetadata(ctx, good.config)
-		rep.Probes = p.Probe(ctx, good.config)
+		a.probe(ctx, p, good.config)
 	}
 	a.report(rep, drift)
 }
@@ -839,7 +922,12 @@ func driftOf(rep *pb.StatusReport) []*pb.Drift {
 	return out
 }
 
-// report sends a status report when it differs from the last one.
+// report sends a status report when it differs from the last one. Its
+// metadata checks and trust probes are always the latest the agent has
+// (a verification does not run them): a report without them would show
+// the controller's trust report problems that are none ("no probe
+// result", a signing certificate missing from its metadata) until the
+// next probes.
 func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	rep = proto.Clone(rep).(*pb.StatusReport)
 	rep.AppliedVersion, rep.AppliedHash = a.Applied()
@@ -847,8 +935,21 @@ func (a *Agent) report(rep *pb.StatusReport, drift []*pb.Drift) {
 	rep.Monitor = a.cfg.Monitor
 	a.mu.Lock()
 	rep.Plan = a.plan
-	same := a.last != nil && statusreport.Same(a.last, rep)
 	rep.Clock = timestamppb.New(a.cfg.Now())
+	// A result reported for the first time is dated by this report.
+	if slices.ContainsFunc(a.probes, func(p *pb.TrustProbe) bool { return p.GetSince() == nil }) {
+		dated := make([]*pb.TrustProbe, len(a.probes))
+		for i, p := range a.probes {
+			if p.GetSince() == nil {
+				p = proto.Clone(p).(*pb.TrustProbe)
+				p.Since = rep.Clock
+			}
+			dated[i] = p
+		}
+		a.probes = dated
+	}
+	rep.Metadata, rep.Probes = a.metadata, a.probes
+	same := a.last != nil && statusreport.Same(a.last, rep)
 	if !same {
 		a.last = rep
 	}

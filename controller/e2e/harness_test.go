@@ -182,6 +182,9 @@ func (c *controller) hostTLS(host string) *tls.Config {
 type countingDriver struct {
 	driver.Driver
 	applies atomic.Int64
+	// roundAt and probedAt are when the last round of metadata checks
+	// and trust probes began and ended (unix nanoseconds).
+	roundAt, probedAt atomic.Int64
 	// fail, when set and it returns errors, fails Apply with them.
 	fail func(*pb.HostConfig) []*pb.ItemError
 }
@@ -212,12 +215,25 @@ func (d *countingDriver) ApplyPlan(ctx context.Context, cfg *pb.HostConfig, s []
 
 // CheckMetadata forwards to the sim: the wrapper must keep the driver a Prober.
 func (d *countingDriver) CheckMetadata(ctx context.Context, cfg *pb.HostConfig) []*pb.MetadataCheck {
+	d.roundAt.Store(time.Now().UnixNano())
 	return d.Driver.(driver.Prober).CheckMetadata(ctx, cfg)
 }
 
-// Probe forwards to the sim.
+// Probe forwards to the sim, noting when it probed.
 func (d *countingDriver) Probe(ctx context.Context, cfg *pb.HostConfig) []*pb.TrustProbe {
-	return d.Driver.(driver.Prober).Probe(ctx, cfg)
+	out := d.Driver.(driver.Prober).Probe(ctx, cfg)
+	d.probedAt.Store(time.Now().UnixNano())
+	return out
+}
+
+// sinceProbe is how long ago the driver last probed, 0 while a round
+// (checks, then probes) runs; false before the first.
+func (d *countingDriver) sinceProbe() (time.Duration, bool) {
+	at := d.probedAt.Load()
+	if at != 0 && d.roundAt.Load() > at {
+		return 0, true
+	}
+	return time.Since(time.Unix(0, at)), at != 0
 }
 
 // agent is an agent running in-process.
@@ -241,6 +257,8 @@ type agent struct {
 
 type agentOpts struct {
 	driftInterval time.Duration
+	// probeInterval is the agent's periodic probe interval (0: the default).
+	probeInterval time.Duration
 	autoCorrect   bool
 	// network, when set, gives the sim its HTTPS listener, certificate,
 	// resolver and trust store, so it serves and downloads metadata and
@@ -317,7 +335,7 @@ func startAgent(t *testing.T, c *controller, host, product, stateDir, simDir str
 		rec = o.metrics(host)
 	}
 	a, err := syncer.New(syncer.Config{Host: host, Conn: conn, Driver: ag.drv, StateDir: stateDir, Logger: testLogger(t).With("agent", host),
-		DriftInterval: o.driftInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
+		DriftInterval: o.driftInterval, ProbeInterval: o.probeInterval, AutoCorrect: o.autoCorrect, VerifyInterval: 50 * time.Millisecond, PendingTimeout: time.Second,
 		Monitor:     o.monitor,
 		BackoffBase: 20 * time.Millisecond, BackoffMax: 300 * time.Millisecond, Metrics: rec,
 		OnDesired: func(d *pb.Desired) {

@@ -224,8 +224,10 @@ func sortedHosts(obs rollout.Observations) []string {
 
 // countProbes counts the failed probes on edges from or to the rotated
 // deployment in every report newer than the one last counted for its
-// host. A probe of an edge the topology disables fails by design and is
-// not counted.
+// host. A failure an earlier report had already (its since no later than
+// the report last counted: every report carries the latest probes) is
+// not counted again. A probe of an edge the topology disables fails by
+// design and is not counted.
 func countProbes(r *pb.Rotation, v View) {
 	deployment := map[string]string{}
 	for _, cfg := range v.Configs {
@@ -245,10 +247,13 @@ func countProbes(r *pb.Rotation, v View) {
 		if m != nil && !clock.AsTime().After(m.GetClock().AsTime()) {
 			continue
 		}
+		var counted *timestamppb.Timestamp // the last report counted
 		if m == nil {
 			m = &pb.RotationProbeMark{Host: host}
 			marks[host] = m
 			r.ProbeMarks = append(r.ProbeMarks, m)
+		} else {
+			counted = m.GetClock()
 		}
 		m.Clock = clock
 		from := deployment[host]
@@ -258,6 +263,9 @@ func countProbes(r *pb.Rotation, v View) {
 				continue
 			}
 			if p.GetOk() || (v.Disabled != nil && v.Disabled(from, to)) {
+				continue
+			}
+			if since := p.GetSince(); since != nil && counted != nil && !since.AsTime().After(counted.AsTime()) {
 				continue
 			}
 			r.ProbeFailures++

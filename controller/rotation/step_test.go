@@ -324,6 +324,33 @@ func TestRotationCountsEachFailedProbeOnItsEdgesOnce(t *testing.T) {
 	if r.GetProbeFailures() != 33 || len(r.GetRecentProbeFailures()) != MaxRecentProbeFailures {
 		t.Fatalf("%d failures, %d recent", r.GetProbeFailures(), len(r.GetRecentProbeFailures()))
 	}
+	// A failure dated (since) by the report that first had it, carried on
+	// by newer reports (an agent's every report carries its latest
+	// probes), is counted once; a new failure after it is counted.
+	var firstSince *timestamppb.Timestamp
+	for i := range 3 {
+		f.report(func(cfg *pb.HostConfig, rep *pb.StatusReport) {
+			if cfg.GetHost() == "fe02.contoso.com" {
+				if i == 0 {
+					firstSince = rep.GetClock()
+				}
+				rep.Probes[0].Ok, rep.Probes[0].Since = false, firstSince
+			}
+		})
+		Step(r, view())
+	}
+	if r.GetProbeFailures() != 34 {
+		t.Fatalf("%d failures, want 34: fe02's one failure, carried by 3 reports, counted once", r.GetProbeFailures())
+	}
+	f.report(func(cfg *pb.HostConfig, rep *pb.StatusReport) {
+		if cfg.GetHost() == "fe02.contoso.com" {
+			rep.Probes[0].Ok, rep.Probes[0].Since = false, rep.GetClock()
+		}
+	})
+	Step(r, view())
+	if r.GetProbeFailures() != 35 {
+		t.Fatalf("%d failures, want 35: fe02's new failure counted", r.GetProbeFailures())
+	}
 }
 
 func TestRotationFailsWhenItsPhaseIsAbortedOrSuperseded(t *testing.T) {

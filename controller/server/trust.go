@@ -266,7 +266,7 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 			byHost[h] = r.GetIssuerCertificate().GetThumbprint()
 		}
 	}
-	if len(byHost) > 1 {
+	if len(byHost) > 1 && !rollingOver(byHost, reports, e.Registration) {
 		for _, f := range certs.CheckSame(byHost) {
 			problem("%s", f.Message)
 		}
@@ -317,6 +317,29 @@ func buildEdge(snap snapshot, p *pb.Partner, to string, reports map[string]*pb.S
 	}
 	e.Ok = len(e.Problems) == 0
 	return e
+}
+
+// rollingOver reports whether the issuing deployment's hosts differ in
+// certificate only as a scheduled roll does while it reaches them one
+// after the other (Lync's Set-CsCertificate -Roll at its EffectiveDate,
+// which each Front End's report shows when its agent next looks): every
+// host's certificate is the current, staged next or previous certificate
+// of every other host, and the receiver, when known, has every one of them
+// in its cached metadata, so tokens signed with either are accepted.
+func rollingOver(byHost map[string]string, reports map[string]*pb.StatusReport, reg *pb.PartnerApplication) bool {
+	for h, tp := range byHost {
+		if tp == "" || (reg != nil && !slices.ContainsFunc(reg.GetCachedThumbprints(), func(c string) bool { return strings.EqualFold(c, tp) })) {
+			return false
+		}
+		for other := range byHost {
+			o := reports[other].GetOauth()
+			known := []string{byHost[other], o.GetNextIssuerThumbprint(), o.GetPreviousIssuerThumbprint()}
+			if other != h && !slices.ContainsFunc(known, func(k string) bool { return k != "" && strings.EqualFold(k, tp) }) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // offsetRange is the smallest and largest clock offset of the hosts that

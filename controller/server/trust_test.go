@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -232,4 +233,57 @@ func TestTrustReportShowsTheReceiversRealTrustLevel(t *testing.T) {
 	if got := e.GetRegistration().GetTrustLevel(); got != pb.TrustLevel_TRUST_LEVEL_FULL || !e.GetOk() {
 		t.Errorf("with fe02 primary: trust level %s ok=%v problems=%q, want fe02's Full", got, e.GetOk(), e.GetProblems())
 	}
+}
+
+// TestTrustReportFrontEndsMidRoll: the two Front Ends of pool01 report
+// different certificates while a scheduled roll reaches them one after
+// the other (fe01 has rolled to DD44, fe02 still shows AA11 with DD44
+// staged). That is no problem when the receiver caches both; it is when
+// the receiver lacks one, or when a Front End's certificate is no step
+// of the roll.
+func TestTrustReportFrontEndsMidRoll(t *testing.T) {
+	const rule = "every front end must have the same certificate"
+	tests := []struct {
+		name   string
+		tamper func(map[string]*pb.StatusReport)
+		ok     bool
+	}{
+		{"both cached", func(map[string]*pb.StatusReport) {}, true},
+		{"receiver lacks the new one", func(r map[string]*pb.StatusReport) {
+			poolAt(r["ex01.contoso.com"]).CachedThumbprints = []string{"AA11"}
+		}, false},
+		{"not a step of the roll", func(r map[string]*pb.StatusReport) {
+			r["fe02.contoso.com"].Oauth.NextIssuerThumbprint = "EE55"
+		}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			snap := contosoSnapshot(t)
+			reports := healthyReports(snap)
+			fe01, fe02 := reports["fe01.contoso.com"], reports["fe02.contoso.com"]
+			fe01.IssuerCertificate.Thumbprint, fe01.Oauth.PreviousIssuerThumbprint = "DD44", "AA11"
+			fe01.Metadata[0].Thumbprints = []string{"DD44", "AA11"}
+			fe02.Oauth.NextIssuerThumbprint = "DD44"
+			poolAt(reports["ex01.contoso.com"]).CachedThumbprints = []string{"AA11", "DD44"}
+			tc.tamper(reports)
+			e := edges(snap, reports)["pool01→exchange"]
+			found := false
+			for _, p := range e.GetProblems() {
+				found = found || strings.Contains(p, rule)
+			}
+			if found == tc.ok {
+				t.Errorf("pool01→exchange problems %v; want the same-certificate rule reported: %v", e.GetProblems(), !tc.ok)
+			}
+		})
+	}
+}
+
+// poolAt is the receiver's registration of pool01 (the one caching its key).
+func poolAt(r *pb.StatusReport) *pb.PartnerApplication {
+	for _, p := range r.GetPartners() {
+		if slices.Contains(p.GetCachedThumbprints(), signingKey["pool01"]) {
+			return p
+		}
+	}
+	return nil
 }

@@ -1746,8 +1746,14 @@ type TrustProbe struct {
 	Detail string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
 	// The certificate the token was signed with.
 	IssuerThumbprint string `protobuf:"bytes,6,opt,name=issuer_thumbprint,json=issuerThumbprint,proto3" json:"issuer_thumbprint,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// When the agent first reported this result (ok and reason) for this
+	// target, on its clock: the clock of the first report carrying it. Every
+	// later report carries the latest probes with their since unchanged
+	// while the result stays, so a failure is counted once however many
+	// reports carry it (a rotation's probe_failures).
+	Since         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TrustProbe) Reset() {
@@ -1820,6 +1826,13 @@ func (x *TrustProbe) GetIssuerThumbprint() string {
 		return x.IssuerThumbprint
 	}
 	return ""
+}
+
+func (x *TrustProbe) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
 }
 
 var File_s2strust_v1_types_proto protoreflect.FileDescriptor
@@ -1973,7 +1986,7 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12 \n" +
 	"\vthumbprints\x18\x06 \x03(\tR\vthumbprints\x12\x14\n" +
 	"\x05realm\x18\a \x01(\tR\x05realm\x12\x16\n" +
-	"\x06issuer\x18\b \x01(\tR\x06issuer\"\xbf\x01\n" +
+	"\x06issuer\x18\b \x01(\tR\x06issuer\"\xf1\x01\n" +
 	"\n" +
 	"TrustProbe\x12#\n" +
 	"\rto_deployment\x18\x01 \x01(\tR\ftoDeployment\x12\x1f\n" +
@@ -1982,7 +1995,8 @@ const file_s2strust_v1_types_proto_rawDesc = "" +
 	"\x02ok\x18\x03 \x01(\bR\x02ok\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
 	"\x06detail\x18\x05 \x01(\tR\x06detail\x12+\n" +
-	"\x11issuer_thumbprint\x18\x06 \x01(\tR\x10issuerThumbprint*b\n" +
+	"\x11issuer_thumbprint\x18\x06 \x01(\tR\x10issuerThumbprint\x120\n" +
+	"\x05since\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05since*b\n" +
 	"\aProduct\x12\x17\n" +
 	"\x13PRODUCT_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPRODUCT_LYNC\x10\x01\x12\x14\n" +
@@ -2060,11 +2074,12 @@ var file_s2strust_v1_types_proto_depIdxs = []int32{
 	16, // 20: s2strust.v1.StatusReport.metadata:type_name -> s2strust.v1.MetadataCheck
 	17, // 21: s2strust.v1.StatusReport.probes:type_name -> s2strust.v1.TrustProbe
 	15, // 22: s2strust.v1.StatusReport.plan:type_name -> s2strust.v1.PlannedOp
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	18, // 23: s2strust.v1.TrustProbe.since:type_name -> google.protobuf.Timestamp
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_types_proto_init() }
