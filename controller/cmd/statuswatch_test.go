@@ -22,6 +22,12 @@ func TestStatusWatch(t *testing.T) {
 	iss := newIssuer(t, "pfx-Passw0rd", "contoso.com", "fabrikam.com")
 	mustRun(t, dir, "secret", "put", "oauth-2026", "--pfx", iss.pfxFile, "--password-file", iss.pwFile)
 	mustRun(t, dir, "apply", "-f", contosoFile(t))
+	// The controller serves the revision once its watch has taken it:
+	// only then does the watch's first snapshot hold the five hosts.
+	waitFor(t, "the applied revision's hosts", func() (bool, string) {
+		out, err := run(t, dir, "get", "hosts")
+		return err == nil && strings.Contains(out, "sp01.contoso.com"), out
+	})
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
