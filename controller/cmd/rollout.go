@@ -33,19 +33,25 @@ func newRollout(g *globals) *cobra.Command {
 		Use:   "status [ID]",
 		Short: "Show a rollout (the newest by default) per wave and host; -w follows it live",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if watch {
-				return g.followRollout(cmd, rolloutName(args))
+	}
+	statusOut := addOutput(status, formatTable, formatJSON, formatYAML)
+	status.RunE = func(cmd *cobra.Command, args []string) error {
+		if watch {
+			if statusOut.machine() {
+				return fmt.Errorf("-w prints progress lines: it takes no -o %s", statusOut.format)
 			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewRolloutServiceClient(conn).GetRollout(ctx, &pb.GetRolloutRequest{Name: rolloutName(args)})
-				if err != nil {
-					return rpcError("rollout status", err)
-				}
+			return g.followRollout(cmd, rolloutName(args))
+		}
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewRolloutServiceClient(conn).GetRollout(ctx, &pb.GetRolloutRequest{Name: rolloutName(args)})
+			if err != nil {
+				return rpcError("rollout status", err)
+			}
+			return statusOut.print(g.out, resp.GetRollout(), func() error {
 				printRollout(g.out, resp.GetRollout())
 				return nil
 			})
-		},
+		})
 	}
 	status.Flags().BoolVarP(&watch, "watch", "w", false, "follow the rollout until it finishes")
 	verb := func(use, short string, call func(context.Context, pb.RolloutServiceClient, string) (*pb.Rollout, error)) *cobra.Command {
@@ -83,20 +89,23 @@ func newRollout(g *globals) *cobra.Command {
 		Use:   "history",
 		Short: "List rollouts, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewRolloutServiceClient(conn).ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: 50})
-				if err != nil {
-					return rpcError("rollout history", err)
-				}
-				fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", "ROLLOUT", "REVISION", "STATE", "CREATED", "REASON")
+	}
+	historyOut := addOutput(history, formatTable, formatJSON, formatYAML)
+	history.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewRolloutServiceClient(conn).ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: 50})
+			if err != nil {
+				return rpcError("rollout history", err)
+			}
+			return historyOut.print(g.out, resp, func() error {
+				t := newTable(g.out, "ROLLOUT", "REVISION", "STATE", "CREATED", "REASON~")
 				for _, r := range resp.GetRollouts() {
-					fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", r.GetName(), seqText(r.GetFromSequence(), r.GetFromRevision())+"→"+seqText(r.GetToSequence(), r.GetToRevision()),
-						rolloutState(r.GetState()), r.GetCreateTime().AsTime().Format("2006-01-02 15:04:05"), safe(r.GetReason()))
+					t.row(r.GetName(), seqText(r.GetFromSequence(), r.GetFromRevision())+"→"+seqText(r.GetToSequence(), r.GetToRevision()),
+						rolloutState(r.GetState()), r.GetCreateTime().AsTime().Format("2006-01-02 15:04:05"), r.GetReason())
 				}
-				return nil
+				return t.flush()
 			})
-		},
+		})
 	}
 	c.AddCommand(status, pause, resume, abort, undo, history)
 	return c

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -287,6 +289,22 @@ func TestRolloutCommands(t *testing.T) {
 	if strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Errorf("rollout history:\n got %q\nwant %q", got, want)
 	}
+	// -o json and yaml print the whole answer; -w refuses them by name.
+	js := mustRun(t, dir, "rollout", "history", "-o", "json")
+	var l pb.ListRolloutsResponse
+	if err := protojson.Unmarshal([]byte(js), &l); err != nil || len(l.GetRollouts()) != 4 || l.GetRollouts()[0].GetName() != "rollouts/4" {
+		t.Errorf("rollout history -o json: want rollouts/4 … 1 (%v):\n%s", err, js)
+	}
+	js = mustRun(t, dir, "rollout", "status", "1", "-o", "json")
+	var r pb.Rollout
+	if err := protojson.Unmarshal([]byte(js), &r); err != nil || r.GetName() != "rollouts/1" || r.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED || len(r.GetWaves()) != 2 {
+		t.Errorf("rollout status 1 -o json: want rollouts/1 succeeded in 2 waves (%v):\n%s", err, js)
+	}
+	if j, y := parseBoth(t, js, mustRun(t, dir, "rollout", "status", "1", "-o", "yaml")); !sameShape(j, y) {
+		t.Errorf("rollout status -o yaml is not shaped as -o json")
+	}
+	_, err = mustFail(t, dir, "rollout", "status", "1", "-w", "-o", "json")
+	wantContains(t, "rollout status -w -o json", err.Error(), "-w prints progress lines: it takes no -o json")
 	if n := agents["sp01.contoso.com"].received.Load(); n < 3 {
 		t.Errorf("sp01 received %d pushes, want at least 3 (revision 1, the NACKed 3, its retry)", n)
 	}
