@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
+	"github.com/s2strust/s2strust/internal/progress"
 	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -136,6 +137,11 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 	}
 	var last *pb.Rollout
 	lastLine := ""
+	// The live counter (hosts passed of all the rollout's hosts) goes to
+	// standard error: standard output stays the progress lines and the
+	// final rollout, the same on a terminal and in a pipe.
+	counter := progress.New(cmd.ErrOrStderr(), "hosts passed", 0)
+	defer counter.Done()
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -145,6 +151,8 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 			return rpcError("watch "+name, err)
 		}
 		last = resp.GetRollout()
+		done, total := passedHosts(last)
+		counter.Set(done, total, counterNote(last))
 		// A change within a wave (a gate's text) that moves no count
 		// prints no new line.
 		if line := progressLine(last); line != lastLine {
@@ -155,6 +163,7 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 			break
 		}
 	}
+	counter.Done()
 	if last == nil {
 		return &exitError{code: 1, err: fmt.Errorf("watch %s: no state received", name)}
 	}
@@ -167,6 +176,30 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 		return &exitError{code: 2, err: fmt.Errorf("%s: %w: %s", last.GetName(), errRolloutStopped, why)}
 	}
 	return nil
+}
+
+// passedHosts is how many of the rollout's hosts passed, of all of them.
+func passedHosts(r *pb.Rollout) (done, total int) {
+	for _, wv := range r.GetWaves() {
+		for _, h := range wv.GetHosts() {
+			total++
+			if h.GetState() == pb.RolloutHostState_ROLLOUT_HOST_STATE_PASSED {
+				done++
+			}
+		}
+	}
+	return done, total
+}
+
+// counterNote is what the live counter says besides the count: the
+// current wave while the rollout runs, else its state.
+func counterNote(r *pb.Rollout) string {
+	if r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING {
+		if ws := r.GetWaves(); int(r.GetCurrentWave()) < len(ws) {
+			return "running " + ws[r.GetCurrentWave()].GetTitle()
+		}
+	}
+	return rolloutState(r.GetState())
 }
 
 // seqText names a revision by its sequence number (1, 2, 3 …, as `get

@@ -180,7 +180,7 @@ func TestRolloutCommands(t *testing.T) {
 
 	// apply --wait follows the rollout live, wave by wave, to its end.
 	out = mustRun(t, dir, "apply", "-f", stalePartner(t, "old1"), "--wait")
-	wantContains(t, "apply --wait", out, "applied: revision 2 (version ", "rollout: rollouts/1",
+	wantContains(t, "apply --wait", out, "5/5 hosts passed: succeeded\n", "applied: revision 2 (version ", "rollout: rollouts/1",
 		"rollouts/1 running (revision 1 → 2): *canary 0/3, wave 1 0/2\n", "canary 3/3, *wave 1 0/2\n",
 		"rollouts/1 succeeded (revision 1 → 2): canary 3/3, wave 1 2/2\n", "rollouts/1: revision 1 → 2 (versions ")
 	for _, h := range contosoHosts {
@@ -229,7 +229,16 @@ func TestRolloutCommands(t *testing.T) {
 	mustRun(t, dir, "host", "retry", "sp01.contoso.com")
 	out = mustRun(t, dir, "rollout", "resume", "2")
 	wantContains(t, "rollout resume", out, "rollouts/2: revision 2 → 3 (versions ", "), running\n")
-	out = mustRun(t, dir, "rollout", "status", "2", "-w")
+	out, errOut, err := runIO(t, dir, "", "rollout", "status", "2", "-w")
+	if err != nil {
+		t.Fatalf("rollout status 2 -w: %v\n%s%s", err, out, errOut)
+	}
+	// The live counter is on standard error only, plain lines (no
+	// terminal here), ending with every host passed.
+	wantNotContains(t, "rollout status -w's standard output", out, "hosts passed")
+	if counter := strings.Split(strings.TrimSpace(errOut), "\n"); counter[len(counter)-1] != "5/5 hosts passed: succeeded" || strings.Contains(errOut, "\r") {
+		t.Errorf("rollout status -w's standard error %q, want plain counter lines ending \"5/5 hosts passed: succeeded\"", errOut)
+	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	var progress []string
 	for _, l := range lines {
