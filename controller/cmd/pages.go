@@ -81,6 +81,33 @@ func listHostIdentities(ctx context.Context, c pb.HostIdentityServiceClient) (*p
 	return out, err
 }
 
+// revisionsPageSize is the page size `get revisions` asks for (0: the
+// controller's default, 50); tests make it small to cross pages.
+var revisionsPageSize int32
+
+// listRevisions returns the newest limit revisions (0: every one),
+// reading as many pages as that takes.
+func listRevisions(ctx context.Context, c pb.TopologyServiceClient, limit int) (*pb.ListTopologyRevisionsResponse, error) {
+	out := &pb.ListTopologyRevisionsResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		size := revisionsPageSize
+		if left := limit - len(out.Revisions); limit > 0 && (size == 0 || int(size) > left) {
+			size = int32(min(left, 1000))
+		}
+		resp, err := c.ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{PageSize: size, PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		out.Revisions = append(out.Revisions, resp.GetRevisions()...)
+		if limit > 0 && len(out.Revisions) >= limit {
+			out.Revisions = out.Revisions[:limit]
+			return "", nil
+		}
+		return resp.GetNextPageToken(), nil
+	})
+	return out, err
+}
+
 // stalest is the older of two stale marks (nil: fresh).
 func stalest(a, b *pb.Staleness) *pb.Staleness {
 	if a == nil || (b != nil && b.GetAgeMs() > a.GetAgeMs()) {

@@ -314,6 +314,24 @@ func TestRolloutCommands(t *testing.T) {
 	}
 	_, err = mustFail(t, dir, "rollout", "status", "1", "-w", "-o", "json")
 	wantContains(t, "rollout status -w -o json", err.Error(), "-w prints progress lines: it takes no -o json")
+	// get revisions reads every page (here of 2 revisions) newest first;
+	// --limit shows only the newest N.
+	revisionsPageSize = 2
+	defer func() { revisionsPageSize = 0 }()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{{nil, "5 4 3 2 1"}, {[]string{"--limit", "3"}, "5 4 3"}, {[]string{"--limit", "9"}, "5 4 3 2 1"}} {
+		var seqs []string
+		for _, row := range tableRows(t, mustRun(t, dir, append([]string{"get", "revisions"}, tc.args...)...)) {
+			seqs = append(seqs, row["REVISION"])
+		}
+		if strings.Join(seqs, " ") != tc.want {
+			t.Errorf("get revisions %v: revisions %q, want %s", tc.args, seqs, tc.want)
+		}
+	}
+	_, err = mustFail(t, dir, "get", "revisions", "--limit", "-1")
+	wantContains(t, "get revisions --limit -1", err.Error(), "--limit -1: want 0 (every revision) or a positive number")
 	if n := agents["sp01.contoso.com"].received.Load(); n < 3 {
 		t.Errorf("sp01 received %d pushes, want at least 3 (revision 1, the NACKed 3, its retry)", n)
 	}
