@@ -92,9 +92,14 @@ func newRollout(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	historyOut := addOutput(history, formatTable, formatJSON, formatYAML)
+	var historyLimit int
+	history.Flags().IntVar(&historyLimit, "limit", 0, "show only the newest N rollouts (default: every one)")
 	history.RunE = func(cmd *cobra.Command, _ []string) error {
+		if historyLimit < 0 {
+			return fmt.Errorf("--limit %d: want 0 (every rollout) or a positive number", historyLimit)
+		}
 		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-			resp, err := pb.NewRolloutServiceClient(conn).ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: 50})
+			resp, err := listRollouts(ctx, pb.NewRolloutServiceClient(conn), historyLimit)
 			if err != nil {
 				return rpcError("rollout history", err)
 			}

@@ -314,24 +314,33 @@ func TestRolloutCommands(t *testing.T) {
 	}
 	_, err = mustFail(t, dir, "rollout", "status", "1", "-w", "-o", "json")
 	wantContains(t, "rollout status -w -o json", err.Error(), "-w prints progress lines: it takes no -o json")
-	// get revisions reads every page (here of 2 revisions) newest first;
-	// --limit shows only the newest N.
-	revisionsPageSize = 2
-	defer func() { revisionsPageSize = 0 }()
+	// get revisions and rollout history read every page (here of 2)
+	// newest first; --limit shows only the newest N.
+	listPageSize = 2
+	defer func() { listPageSize = 0 }()
 	for _, tc := range []struct {
-		args []string
-		want string
-	}{{nil, "5 4 3 2 1"}, {[]string{"--limit", "3"}, "5 4 3"}, {[]string{"--limit", "9"}, "5 4 3 2 1"}} {
-		var seqs []string
-		for _, row := range tableRows(t, mustRun(t, dir, append([]string{"get", "revisions"}, tc.args...)...)) {
-			seqs = append(seqs, row["REVISION"])
+		args   []string
+		column string
+		want   string
+	}{
+		{[]string{"get", "revisions"}, "REVISION", "5 4 3 2 1"},
+		{[]string{"get", "revisions", "--limit", "3"}, "REVISION", "5 4 3"},
+		{[]string{"get", "revisions", "--limit", "9"}, "REVISION", "5 4 3 2 1"},
+		{[]string{"rollout", "history"}, "ROLLOUT", "rollouts/4 rollouts/3 rollouts/2 rollouts/1"},
+		{[]string{"rollout", "history", "--limit", "3"}, "ROLLOUT", "rollouts/4 rollouts/3 rollouts/2"},
+	} {
+		var got []string
+		for _, row := range tableRows(t, mustRun(t, dir, tc.args...)) {
+			got = append(got, row[tc.column])
 		}
-		if strings.Join(seqs, " ") != tc.want {
-			t.Errorf("get revisions %v: revisions %q, want %s", tc.args, seqs, tc.want)
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%v: %s %q, want %s", tc.args, tc.column, got, tc.want)
 		}
 	}
 	_, err = mustFail(t, dir, "get", "revisions", "--limit", "-1")
 	wantContains(t, "get revisions --limit -1", err.Error(), "--limit -1: want 0 (every revision) or a positive number")
+	_, err = mustFail(t, dir, "rollout", "history", "--limit", "-2")
+	wantContains(t, "rollout history --limit -2", err.Error(), "--limit -2: want 0 (every rollout) or a positive number")
 	if n := agents["sp01.contoso.com"].received.Load(); n < 3 {
 		t.Errorf("sp01 received %d pushes, want at least 3 (revision 1, the NACKed 3, its retry)", n)
 	}
