@@ -228,3 +228,46 @@ func TestListRolloutsPagesWithOpaqueTokens(t *testing.T) {
 		t.Errorf("page_size -1: %v, want page_size refused", err)
 	}
 }
+
+// TestListRotationsPagesWithOpaqueTokens: ListRotations pages newest
+// first with opaque tokens too; a rotation name as token is refused
+// naming page_token.
+func TestListRotationsPagesWithOpaqueTokens(t *testing.T) {
+	f := startHub(t, Config{})
+	ctx := context.Background()
+	svc := NewRotationService(f.hub, NewTopologyService(f.hub, nil))
+	for range 3 {
+		if _, err := svc.Rotations().Create(ctx, &pb.Rotation{Deployment: "pool01", State: pb.RotationState_ROTATION_STATE_CANCELLED}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	req := &pb.ListRotationsRequest{PageSize: 2}
+	for pages := 0; ; pages++ {
+		resp, err := svc.ListRotations(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetRotations()) > 2 || pages > 5 {
+			t.Fatalf("page %d holds %d rotations, want at most 2", pages, len(resp.GetRotations()))
+		}
+		for _, r := range resp.GetRotations() {
+			names = append(names, r.GetName())
+		}
+		if strings.Contains(resp.GetNextPageToken(), "rotations/") {
+			t.Errorf("next_page_token %q shows its cursor", resp.GetNextPageToken())
+		}
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+			break
+		}
+	}
+	if strings.Join(names, " ") != "rotations/3 rotations/2 rotations/1" {
+		t.Errorf("rotations paged two by two: %v, want rotations/3 rotations/2 rotations/1", names)
+	}
+	for _, tok := range []string{"rotations/2", pagetoken.Encode("ListRollouts", "2")} {
+		var te *topology.Error
+		if _, err := svc.ListRotations(ctx, &pb.ListRotationsRequest{PageToken: tok}); !errors.As(err, &te) || te.Violations[0].Field != "page_token" {
+			t.Errorf("page token %q: %v, want page_token refused", tok, err)
+		}
+	}
+}
