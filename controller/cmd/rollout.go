@@ -156,14 +156,16 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 			return rpcError("watch "+name, err)
 		}
 		last = resp.GetRollout()
-		done, total := passedHosts(last)
-		counter.Set(done, total, counterNote(last))
 		// A change within a wave (a gate's text) that moves no count
-		// prints no new line.
+		// prints no new line. On a terminal the live counter is taken off
+		// the screen first, so that the line does not run into it.
 		if line := progressLine(last); line != lastLine {
+			counter.Clear()
 			fmt.Fprintln(g.out, line)
 			lastLine = line
 		}
+		done, total := passedHosts(last)
+		counter.Set(done, total, counterNote(last))
 		if last.GetState() == pb.RolloutState_ROLLOUT_STATE_PAUSED {
 			break
 		}
