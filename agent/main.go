@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/goccy/go-yaml"
 	"github.com/spf13/cobra"
 
 	"github.com/s2strust/s2strust/agent/app"
@@ -90,12 +92,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over HTTP at /metrics on this address (default: none); a bare PORT or :PORT binds 127.0.0.1, give HOST:PORT to expose them further")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	root.AddCommand(run, service.Command(), newEnroll(), newInspect(run))
-	root.AddCommand(&cobra.Command{
-		Use:   "version",
-		Short: "Print the agent's version",
-		Args:  cobra.NoArgs,
-		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version.String("s2s-agent")) },
-	})
+	root.AddCommand(newVersion())
 	root.AddCommand(&cobra.Command{
 		Use:   "diagnose metadata URL [--product P] [--partner P] [--ca FILE] [--resolve HOST=ADDR]",
 		Short: "Check a partner's metadata URL from this host, as the products' cmdlets would see it",
@@ -194,5 +191,42 @@ func newEnroll() *cobra.Command {
 	for _, n := range []string{"controller", "host", "token", "ca-pin"} {
 		_ = c.MarkFlagRequired(n)
 	}
+	return c
+}
+
+// newVersion is `version [-o table|json|yaml]`: the agent's version.Info,
+// one line for people or field by field for scripts (as the controller's
+// version -o prints it).
+func newVersion() *cobra.Command {
+	var format string
+	c := &cobra.Command{
+		Use:   "version",
+		Short: "Print the agent's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			info := version.Get("s2s-agent")
+			var out []byte
+			switch format {
+			case "table":
+				out = []byte(info.String() + "\n")
+			case "json", "yaml":
+				b, err := json.MarshalIndent(info, "", "  ")
+				if err != nil {
+					return err
+				}
+				out = append(b, '\n')
+				if format == "yaml" {
+					if out, err = yaml.JSONToYAML(b); err != nil {
+						return fmt.Errorf("print as yaml: %w", err)
+					}
+				}
+			default:
+				return fmt.Errorf("-o %q: want table, json or yaml", format)
+			}
+			_, err := cmd.OutOrStdout().Write(out)
+			return err
+		},
+	}
+	c.Flags().StringVarP(&format, "output", "o", "table", "output format: table, json or yaml")
 	return c
 }

@@ -9,9 +9,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/goccy/go-yaml"
+
 	"github.com/s2strust/s2strust/agent/config"
 	"github.com/s2strust/s2strust/agent/driver/sim"
 	"github.com/s2strust/s2strust/internal/products"
+	"github.com/s2strust/s2strust/internal/version"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -119,5 +122,48 @@ func TestWindowsAgentYAML(t *testing.T) {
 		if got := run.Flags().Lookup(flag).Value.String(); got != want {
 			t.Errorf("--%s from agent.yaml = %q, want %q", flag, got, want)
 		}
+	}
+}
+
+// TestVersionOutput: version prints one line by default, the same fields
+// as JSON and YAML with -o, and refuses another format naming it and the
+// accepted ones.
+func TestVersionOutput(t *testing.T) {
+	exec := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		root := newRoot()
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs(args)
+		err := root.Execute()
+		return out.String(), err
+	}
+	want := version.Get("s2s-agent")
+	if out, err := exec("version"); err != nil || out != want.String()+"\n" {
+		t.Errorf("version: %q, %v; want %q", out, err, want.String())
+	}
+	for _, f := range []string{"json", "yaml"} {
+		out, err := exec("version", "-o", f)
+		if err != nil {
+			t.Fatalf("version -o %s: %v", f, err)
+		}
+		var got version.Info
+		if f == "json" {
+			err = json.Unmarshal([]byte(out), &got)
+		} else {
+			var m map[string]any
+			if err = yaml.Unmarshal([]byte(out), &m); err == nil {
+				got = version.Info{Name: m["name"].(string), Release: m["release"].(string), Go: m["go"].(string)}
+				got.Commit, _ = m["commit"].(string)
+				got.Modified, _ = m["modified"].(bool)
+			}
+		}
+		if err != nil || got != want {
+			t.Errorf("version -o %s: %+v (%v), want %+v:\n%s", f, got, err, want, out)
+		}
+	}
+	out, err := exec("version", "-o", "xml")
+	if err == nil || !strings.Contains(err.Error(), `-o "xml": want table, json or yaml`) || strings.Contains(out, "s2s-agent 0") {
+		t.Errorf("version -o xml: %v, want refused naming the format; printed %q", err, out)
 	}
 }

@@ -309,9 +309,14 @@ func newGet(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	revsOut := addOutput(revs, formatTable, formatJSON, formatYAML)
+	var revsLimit int
+	revs.Flags().IntVar(&revsLimit, "limit", 0, "show only the newest N revisions (default: every one)")
 	revs.RunE = func(cmd *cobra.Command, _ []string) error {
+		if revsLimit < 0 {
+			return fmt.Errorf("--limit %d: want 0 (every revision) or a positive number", revsLimit)
+		}
 		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-			resp, err := pb.NewTopologyServiceClient(conn).ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{})
+			resp, err := listRevisions(ctx, pb.NewTopologyServiceClient(conn), revsLimit)
 			if err != nil {
 				return rpcError("list revisions", err)
 			}

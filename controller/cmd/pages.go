@@ -81,6 +81,57 @@ func listHostIdentities(ctx context.Context, c pb.HostIdentityServiceClient) (*p
 	return out, err
 }
 
+// listPageSize is the page size `get revisions` and `rollout history`
+// ask for (0: the controller's default); tests make it small to cross
+// pages.
+var listPageSize int32
+
+// listRevisions returns the newest limit revisions (0: every one),
+// reading as many pages as that takes.
+func listRevisions(ctx context.Context, c pb.TopologyServiceClient, limit int) (*pb.ListTopologyRevisionsResponse, error) {
+	out := &pb.ListTopologyRevisionsResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		size := listPageSize
+		if left := limit - len(out.Revisions); limit > 0 && (size == 0 || int(size) > left) {
+			size = int32(min(left, 1000))
+		}
+		resp, err := c.ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{PageSize: size, PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		out.Revisions = append(out.Revisions, resp.GetRevisions()...)
+		if limit > 0 && len(out.Revisions) >= limit {
+			out.Revisions = out.Revisions[:limit]
+			return "", nil
+		}
+		return resp.GetNextPageToken(), nil
+	})
+	return out, err
+}
+
+// listRollouts returns the newest limit rollouts (0: every one), reading
+// as many pages as that takes.
+func listRollouts(ctx context.Context, c pb.RolloutServiceClient, limit int) (*pb.ListRolloutsResponse, error) {
+	out := &pb.ListRolloutsResponse{}
+	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+		size := listPageSize
+		if left := limit - len(out.Rollouts); limit > 0 && (size == 0 || int(size) > left) {
+			size = int32(min(left, 100))
+		}
+		resp, err := c.ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: size, PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		out.Rollouts = append(out.Rollouts, resp.GetRollouts()...)
+		if limit > 0 && len(out.Rollouts) >= limit {
+			out.Rollouts = out.Rollouts[:limit]
+			return "", nil
+		}
+		return resp.GetNextPageToken(), nil
+	})
+	return out, err
+}
+
 // stalest is the older of two stale marks (nil: fresh).
 func stalest(a, b *pb.Staleness) *pb.Staleness {
 	if a == nil || (b != nil && b.GetAgeMs() > a.GetAgeMs()) {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
+	"github.com/s2strust/s2strust/internal/progress"
 	"github.com/s2strust/s2strust/internal/termsafe"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -33,19 +34,25 @@ func newRollout(g *globals) *cobra.Command {
 		Use:   "status [ID]",
 		Short: "Show a rollout (the newest by default) per wave and host; -w follows it live",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if watch {
-				return g.followRollout(cmd, rolloutName(args))
+	}
+	statusOut := addOutput(status, formatTable, formatJSON, formatYAML)
+	status.RunE = func(cmd *cobra.Command, args []string) error {
+		if watch {
+			if statusOut.machine() {
+				return fmt.Errorf("-w prints progress lines: it takes no -o %s", statusOut.format)
 			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewRolloutServiceClient(conn).GetRollout(ctx, &pb.GetRolloutRequest{Name: rolloutName(args)})
-				if err != nil {
-					return rpcError("rollout status", err)
-				}
+			return g.followRollout(cmd, rolloutName(args))
+		}
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewRolloutServiceClient(conn).GetRollout(ctx, &pb.GetRolloutRequest{Name: rolloutName(args)})
+			if err != nil {
+				return rpcError("rollout status", err)
+			}
+			return statusOut.print(g.out, resp.GetRollout(), func() error {
 				printRollout(g.out, resp.GetRollout())
 				return nil
 			})
-		},
+		})
 	}
 	status.Flags().BoolVarP(&watch, "watch", "w", false, "follow the rollout until it finishes")
 	verb := func(use, short string, call func(context.Context, pb.RolloutServiceClient, string) (*pb.Rollout, error)) *cobra.Command {
@@ -83,20 +90,28 @@ func newRollout(g *globals) *cobra.Command {
 		Use:   "history",
 		Short: "List rollouts, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewRolloutServiceClient(conn).ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: 50})
-				if err != nil {
-					return rpcError("rollout history", err)
-				}
-				fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", "ROLLOUT", "REVISION", "STATE", "CREATED", "REASON")
+	}
+	historyOut := addOutput(history, formatTable, formatJSON, formatYAML)
+	var historyLimit int
+	history.Flags().IntVar(&historyLimit, "limit", 0, "show only the newest N rollouts (default: every one)")
+	history.RunE = func(cmd *cobra.Command, _ []string) error {
+		if historyLimit < 0 {
+			return fmt.Errorf("--limit %d: want 0 (every rollout) or a positive number", historyLimit)
+		}
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := listRollouts(ctx, pb.NewRolloutServiceClient(conn), historyLimit)
+			if err != nil {
+				return rpcError("rollout history", err)
+			}
+			return historyOut.print(g.out, resp, func() error {
+				t := newTable(g.out, "ROLLOUT", "REVISION", "STATE", "CREATED", "REASON~")
 				for _, r := range resp.GetRollouts() {
-					fmt.Fprintf(g.out, "%-14s %-10s %-9s %-20s %s\n", r.GetName(), seqText(r.GetFromSequence(), r.GetFromRevision())+"→"+seqText(r.GetToSequence(), r.GetToRevision()),
-						rolloutState(r.GetState()), r.GetCreateTime().AsTime().Format("2006-01-02 15:04:05"), safe(r.GetReason()))
+					t.row(r.GetName(), seqText(r.GetFromSequence(), r.GetFromRevision())+"→"+seqText(r.GetToSequence(), r.GetToRevision()),
+						rolloutState(r.GetState()), r.GetCreateTime().AsTime().Format("2006-01-02 15:04:05"), r.GetReason())
 				}
-				return nil
+				return t.flush()
 			})
-		},
+		})
 	}
 	c.AddCommand(status, pause, resume, abort, undo, history)
 	return c
@@ -127,6 +142,11 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 	}
 	var last *pb.Rollout
 	lastLine := ""
+	// The live counter (hosts passed of all the rollout's hosts) goes to
+	// standard error: standard output stays the progress lines and the
+	// final rollout, the same on a terminal and in a pipe.
+	counter := progress.New(cmd.ErrOrStderr(), "hosts passed", 0)
+	defer counter.Done()
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -137,15 +157,20 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 		}
 		last = resp.GetRollout()
 		// A change within a wave (a gate's text) that moves no count
-		// prints no new line.
+		// prints no new line. On a terminal the live counter is taken off
+		// the screen first, so that the line does not run into it.
 		if line := progressLine(last); line != lastLine {
+			counter.Clear()
 			fmt.Fprintln(g.out, line)
 			lastLine = line
 		}
+		done, total := passedHosts(last)
+		counter.Set(done, total, counterNote(last))
 		if last.GetState() == pb.RolloutState_ROLLOUT_STATE_PAUSED {
 			break
 		}
 	}
+	counter.Done()
 	if last == nil {
 		return &exitError{code: 1, err: fmt.Errorf("watch %s: no state received", name)}
 	}
@@ -158,6 +183,30 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 		return &exitError{code: 2, err: fmt.Errorf("%s: %w: %s", last.GetName(), errRolloutStopped, why)}
 	}
 	return nil
+}
+
+// passedHosts is how many of the rollout's hosts passed, of all of them.
+func passedHosts(r *pb.Rollout) (done, total int) {
+	for _, wv := range r.GetWaves() {
+		for _, h := range wv.GetHosts() {
+			total++
+			if h.GetState() == pb.RolloutHostState_ROLLOUT_HOST_STATE_PASSED {
+				done++
+			}
+		}
+	}
+	return done, total
+}
+
+// counterNote is what the live counter says besides the count: the
+// current wave while the rollout runs, else its state.
+func counterNote(r *pb.Rollout) string {
+	if r.GetState() == pb.RolloutState_ROLLOUT_STATE_RUNNING {
+		if ws := r.GetWaves(); int(r.GetCurrentWave()) < len(ws) {
+			return "running " + ws[r.GetCurrentWave()].GetTitle()
+		}
+	}
+	return rolloutState(r.GetState())
 }
 
 // seqText names a revision by its sequence number (1, 2, 3 …, as `get

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
@@ -178,7 +180,7 @@ func TestRolloutCommands(t *testing.T) {
 
 	// apply --wait follows the rollout live, wave by wave, to its end.
 	out = mustRun(t, dir, "apply", "-f", stalePartner(t, "old1"), "--wait")
-	wantContains(t, "apply --wait", out, "applied: revision 2 (version ", "rollout: rollouts/1",
+	wantContains(t, "apply --wait", out, "5/5 hosts passed: succeeded\n", "applied: revision 2 (version ", "rollout: rollouts/1",
 		"rollouts/1 running (revision 1 → 2): *canary 0/3, wave 1 0/2\n", "canary 3/3, *wave 1 0/2\n",
 		"rollouts/1 succeeded (revision 1 → 2): canary 3/3, wave 1 2/2\n", "rollouts/1: revision 1 → 2 (versions ")
 	for _, h := range contosoHosts {
@@ -227,7 +229,16 @@ func TestRolloutCommands(t *testing.T) {
 	mustRun(t, dir, "host", "retry", "sp01.contoso.com")
 	out = mustRun(t, dir, "rollout", "resume", "2")
 	wantContains(t, "rollout resume", out, "rollouts/2: revision 2 → 3 (versions ", "), running\n")
-	out = mustRun(t, dir, "rollout", "status", "2", "-w")
+	out, errOut, err := runIO(t, dir, "", "rollout", "status", "2", "-w")
+	if err != nil {
+		t.Fatalf("rollout status 2 -w: %v\n%s%s", err, out, errOut)
+	}
+	// The live counter is on standard error only, plain lines (no
+	// terminal here), ending with every host passed.
+	wantNotContains(t, "rollout status -w's standard output", out, "hosts passed")
+	if counter := strings.Split(strings.TrimSpace(errOut), "\n"); counter[len(counter)-1] != "5/5 hosts passed: succeeded" || strings.Contains(errOut, "\r") {
+		t.Errorf("rollout status -w's standard error %q, want plain counter lines ending \"5/5 hosts passed: succeeded\"", errOut)
+	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	var progress []string
 	for _, l := range lines {
@@ -287,6 +298,49 @@ func TestRolloutCommands(t *testing.T) {
 	if strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Errorf("rollout history:\n got %q\nwant %q", got, want)
 	}
+	// -o json and yaml print the whole answer; -w refuses them by name.
+	js := mustRun(t, dir, "rollout", "history", "-o", "json")
+	var l pb.ListRolloutsResponse
+	if err := protojson.Unmarshal([]byte(js), &l); err != nil || len(l.GetRollouts()) != 4 || l.GetRollouts()[0].GetName() != "rollouts/4" {
+		t.Errorf("rollout history -o json: want rollouts/4 … 1 (%v):\n%s", err, js)
+	}
+	js = mustRun(t, dir, "rollout", "status", "1", "-o", "json")
+	var r pb.Rollout
+	if err := protojson.Unmarshal([]byte(js), &r); err != nil || r.GetName() != "rollouts/1" || r.GetState() != pb.RolloutState_ROLLOUT_STATE_SUCCEEDED || len(r.GetWaves()) != 2 {
+		t.Errorf("rollout status 1 -o json: want rollouts/1 succeeded in 2 waves (%v):\n%s", err, js)
+	}
+	if j, y := parseBoth(t, js, mustRun(t, dir, "rollout", "status", "1", "-o", "yaml")); !sameShape(j, y) {
+		t.Errorf("rollout status -o yaml is not shaped as -o json")
+	}
+	_, err = mustFail(t, dir, "rollout", "status", "1", "-w", "-o", "json")
+	wantContains(t, "rollout status -w -o json", err.Error(), "-w prints progress lines: it takes no -o json")
+	// get revisions and rollout history read every page (here of 2)
+	// newest first; --limit shows only the newest N.
+	listPageSize = 2
+	defer func() { listPageSize = 0 }()
+	for _, tc := range []struct {
+		args   []string
+		column string
+		want   string
+	}{
+		{[]string{"get", "revisions"}, "REVISION", "5 4 3 2 1"},
+		{[]string{"get", "revisions", "--limit", "3"}, "REVISION", "5 4 3"},
+		{[]string{"get", "revisions", "--limit", "9"}, "REVISION", "5 4 3 2 1"},
+		{[]string{"rollout", "history"}, "ROLLOUT", "rollouts/4 rollouts/3 rollouts/2 rollouts/1"},
+		{[]string{"rollout", "history", "--limit", "3"}, "ROLLOUT", "rollouts/4 rollouts/3 rollouts/2"},
+	} {
+		var got []string
+		for _, row := range tableRows(t, mustRun(t, dir, tc.args...)) {
+			got = append(got, row[tc.column])
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%v: %s %q, want %s", tc.args, tc.column, got, tc.want)
+		}
+	}
+	_, err = mustFail(t, dir, "get", "revisions", "--limit", "-1")
+	wantContains(t, "get revisions --limit -1", err.Error(), "--limit -1: want 0 (every revision) or a positive number")
+	_, err = mustFail(t, dir, "rollout", "history", "--limit", "-2")
+	wantContains(t, "rollout history --limit -2", err.Error(), "--limit -2: want 0 (every rollout) or a positive number")
 	if n := agents["sp01.contoso.com"].received.Load(); n < 3 {
 		t.Errorf("sp01 received %d pushes, want at least 3 (revision 1, the NACKed 3, its retry)", n)
 	}

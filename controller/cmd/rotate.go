@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -124,37 +125,46 @@ that fails.
 		Use:   "status [ID]",
 		Short: "Show a rotation (the newest by default): each phase host by host and the probe failures; -w follows it",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if watch {
-				return g.followRotation(cmd, rotationName(args))
+	}
+	statusOut := addOutput(status, formatTable, formatJSON, formatYAML)
+	status.RunE = func(cmd *cobra.Command, args []string) error {
+		if watch {
+			if statusOut.machine() {
+				return fmt.Errorf("-w prints progress lines: it takes no -o %s", statusOut.format)
 			}
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewRotationServiceClient(conn).GetRotation(ctx, &pb.GetRotationRequest{Name: rotationName(args)})
-				if err != nil {
-					return rpcError("rotate status", err)
-				}
+			return g.followRotation(cmd, rotationName(args))
+		}
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewRotationServiceClient(conn).GetRotation(ctx, &pb.GetRotationRequest{Name: rotationName(args)})
+			if err != nil {
+				return rpcError("rotate status", err)
+			}
+			return statusOut.print(g.out, resp.GetRotation(), func() error {
 				printRotation(g.out, resp.GetRotation())
 				return nil
 			})
-		},
+		})
 	}
 	status.Flags().BoolVarP(&watch, "watch", "w", false, "follow the rotation until it finishes")
 	list := &cobra.Command{
 		Use: "list", Short: "List rotations, newest first", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewRotationServiceClient(conn).ListRotations(ctx, &pb.ListRotationsRequest{PageSize: 50})
-				if err != nil {
-					return rpcError("rotate list", err)
-				}
-				fmt.Fprintf(g.out, "%-14s %-14s %-10s %-9s %-8s %-20s %s\n", "ROTATION", "DEPLOYMENT", "STATE", "PHASE", "FAILED", "START", "REASON")
+	}
+	listOut := addOutput(list, formatTable, formatJSON, formatYAML)
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewRotationServiceClient(conn).ListRotations(ctx, &pb.ListRotationsRequest{PageSize: 50})
+			if err != nil {
+				return rpcError("rotate list", err)
+			}
+			return listOut.print(g.out, resp, func() error {
+				t := newTable(g.out, "ROTATION", "DEPLOYMENT", "STATE", "PHASE", "FAILED", "START", "REASON~")
 				for _, r := range resp.GetRotations() {
-					fmt.Fprintf(g.out, "%-14s %-14s %-10s %-9s %-8d %-20s %s\n", r.GetName(), safe(r.GetDeployment()), rotationState(r.GetState()),
-						phaseName(r.GetCurrentPhase()), r.GetProbeFailures(), r.GetStartTime().AsTime().UTC().Format("2006-01-02 15:04:05"), safe(r.GetReason()))
+					t.row(r.GetName(), r.GetDeployment(), rotationState(r.GetState()), phaseName(r.GetCurrentPhase()),
+						strconv.FormatUint(uint64(r.GetProbeFailures()), 10), r.GetStartTime().AsTime().UTC().Format("2006-01-02 15:04:05"), r.GetReason())
 				}
-				return nil
+				return t.flush()
 			})
-		},
+		})
 	}
 	cancel := &cobra.Command{
 		Use: "cancel [ID]", Short: "Cancel a scheduled rotation before it starts", Args: cobra.MaximumNArgs(1),

@@ -4,6 +4,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
 // TestRotateCommands: a rotation scheduled with rotate issuer --at, shown
@@ -56,6 +60,29 @@ func TestRotateCommands(t *testing.T) {
 	if len(rows) != 1 || rows[0]["ROTATION"] != "rotations/1" || rows[0]["STATE"] != "scheduled" || rows[0]["DEPLOYMENT"] != "pool01" || rows[0]["FAILED"] != "0" {
 		t.Errorf("rotate list rows %v", rows)
 	}
+	// -o json and yaml print the whole rotation; -w refuses them by name.
+	for _, args := range [][]string{{"rotate", "status", "1"}, {"rotate", "list"}} {
+		js := mustRun(t, dir, append(args, "-o", "json")...)
+		r := &pb.Rotation{}
+		var err error
+		if args[1] == "status" {
+			err = protojson.Unmarshal([]byte(js), r)
+		} else {
+			l := &pb.ListRotationsResponse{}
+			if err = protojson.Unmarshal([]byte(js), l); len(l.GetRotations()) == 1 {
+				r = l.GetRotations()[0]
+			}
+		}
+		if err != nil || r.GetName() != "rotations/1" || r.GetDeployment() != "pool01" || r.GetNewThumbprint() != next.thumbprint {
+			t.Errorf("%s -o json: not rotations/1 of pool01 to %s (%v):\n%s", args, next.thumbprint, err, js)
+		}
+		y := mustRun(t, dir, append(args, "-o", "yaml")...)
+		if j, yy := parseBoth(t, js, y); !sameShape(j, yy) {
+			t.Errorf("%s -o yaml is not shaped as -o json:\n%s\n---\n%s", args, y, js)
+		}
+	}
+	_, err = mustFail(t, dir, "rotate", "status", "1", "-w", "-o", "yaml")
+	wantContains(t, "rotate status -w -o yaml", err.Error(), "-w prints progress lines: it takes no -o yaml")
 	out = mustRun(t, dir, "rotate", "cancel", "1")
 	wantContains(t, "rotate cancel", out, "rotations/1: deployment pool01, cancelled (cancelled by ")
 	// Following a rotation that did not succeed exits non-zero.

@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
@@ -207,22 +208,23 @@ func revisionName(seq, rev uint64) string {
 
 // ListRollouts implements the RPC; see the proto for its contract.
 func (s *RolloutService) ListRollouts(ctx context.Context, req *pb.ListRolloutsRequest) (*pb.ListRolloutsResponse, error) {
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, invalid("page_size", strconv.Itoa(size), "0 (the default, 20) to 100")
-	case size == 0:
-		size = 20
-	case size > 100:
-		size = 100
+	size, err := pagetoken.Size(req.GetPageSize(), 20, 100)
+	if err != nil {
+		return nil, err
 	}
+	// The token is opaque (the newest rollout number not yet listed,
+	// inside pagetoken's checksummed envelope), as every List's is.
 	var before uint64
 	if tok := req.GetPageToken(); tok != "" {
-		id, err := rollout.ParseName(tok)
-		if err != nil || id == 0 {
-			return nil, invalid("page_token", tok, "a next_page_token from a previous response")
+		c, err := pagetoken.Decode("ListRollouts", tok)
+		if err != nil {
+			return nil, err
 		}
-		before = id
+		n, err := strconv.ParseUint(c, 10, 64)
+		if err != nil || n == 0 {
+			return nil, invalid("page_token", tok, "a next_page_token from a previous ListRollouts response")
+		}
+		before = n
 	}
 	list, err := s.hub.rollouts.List(ctx, size+1, before)
 	if err != nil {
@@ -231,7 +233,7 @@ func (s *RolloutService) ListRollouts(ctx context.Context, req *pb.ListRolloutsR
 	resp := &pb.ListRolloutsResponse{}
 	for i, r := range list {
 		if i == size {
-			resp.NextPageToken = rollout.Name(list[i-1].ID)
+			resp.NextPageToken = pagetoken.Encode("ListRollouts", strconv.FormatUint(list[i-1].ID, 10))
 			break
 		}
 		resp.Rollouts = append(resp.Rollouts, s.withSequences(ctx, r.Rollout))

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
@@ -170,5 +171,103 @@ func TestEngineKnowsTheRevisionStoredWithItsRollout(t *testing.T) {
 		r.Rollout.GetToRevision() != second.GetRevision() || r.Rollout.GetToSequence() != 2 {
 		t.Errorf("rollouts/1 is %v %q, to revision %d (sequence %d); want aborted %q, to revision %d (sequence 2)",
 			r.Rollout.GetState(), r.Rollout.GetReason(), r.Rollout.GetToRevision(), r.Rollout.GetToSequence(), want, second.GetRevision())
+	}
+}
+
+// TestListRolloutsPagesWithOpaqueTokens: ListRollouts pages newest first
+// with opaque tokens, as every List does; the rollout names its tokens
+// were before, and tokens of other lists, are refused naming page_token.
+func TestListRolloutsPagesWithOpaqueTokens(t *testing.T) {
+	f := startHub(t, Config{})
+	ctx := context.Background()
+	waitFor(t, "the hub to load the first revision", func() bool { return f.hub.snapshot().topo != nil })
+	topo := NewTopologyService(f.hub, nil)
+	for _, partner := range []string{"old1", "old2", "old3"} {
+		doc := strings.Replace(string(examples.Contoso), "removePartners: [app]", "removePartners: [app, "+partner+"]", 1)
+		if _, err := topo.ApplyTopology(ctx, &pb.ApplyTopologyRequest{Document: []byte(doc)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := NewRolloutService(f.hub, topo)
+	var names []string
+	req := &pb.ListRolloutsRequest{PageSize: 1}
+	for pages := 0; ; pages++ {
+		resp, err := svc.ListRollouts(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetRollouts()) > 1 || pages > 5 {
+			t.Fatalf("page %d holds %d rollouts, want at most 1", pages, len(resp.GetRollouts()))
+		}
+		for _, r := range resp.GetRollouts() {
+			names = append(names, r.GetName())
+		}
+		if strings.Contains(resp.GetNextPageToken(), "rollouts/") {
+			t.Errorf("next_page_token %q shows its cursor", resp.GetNextPageToken())
+		}
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+			break
+		}
+	}
+	if strings.Join(names, " ") != "rollouts/3 rollouts/2 rollouts/1" {
+		t.Errorf("rollouts paged one by one: %v, want rollouts/3 rollouts/2 rollouts/1", names)
+	}
+	for tok, want := range map[string]string{
+		"rollouts/2": "not a page token",
+		pagetoken.Encode("ListAuditRecords", "2"): "another list",
+		pagetoken.Encode("ListRollouts", "x"):     "a next_page_token from a previous ListRollouts response",
+	} {
+		var te *topology.Error
+		_, err := svc.ListRollouts(ctx, &pb.ListRolloutsRequest{PageToken: tok})
+		if !errors.As(err, &te) || te.Violations[0].Field != "page_token" || te.Violations[0].Value != tok || !strings.Contains(err.Error(), want) {
+			t.Errorf("page token %q: %v, want page_token refused (%s)", tok, err, want)
+		}
+	}
+	var te *topology.Error
+	if _, err := svc.ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: -1}); !errors.As(err, &te) || te.Violations[0].Field != "page_size" {
+		t.Errorf("page_size -1: %v, want page_size refused", err)
+	}
+}
+
+// TestListRotationsPagesWithOpaqueTokens: ListRotations pages newest
+// first with opaque tokens too; a rotation name as token is refused
+// naming page_token.
+func TestListRotationsPagesWithOpaqueTokens(t *testing.T) {
+	f := startHub(t, Config{})
+	ctx := context.Background()
+	svc := NewRotationService(f.hub, NewTopologyService(f.hub, nil))
+	for range 3 {
+		if _, err := svc.Rotations().Create(ctx, &pb.Rotation{Deployment: "pool01", State: pb.RotationState_ROTATION_STATE_CANCELLED}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	req := &pb.ListRotationsRequest{PageSize: 2}
+	for pages := 0; ; pages++ {
+		resp, err := svc.ListRotations(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetRotations()) > 2 || pages > 5 {
+			t.Fatalf("page %d holds %d rotations, want at most 2", pages, len(resp.GetRotations()))
+		}
+		for _, r := range resp.GetRotations() {
+			names = append(names, r.GetName())
+		}
+		if strings.Contains(resp.GetNextPageToken(), "rotations/") {
+			t.Errorf("next_page_token %q shows its cursor", resp.GetNextPageToken())
+		}
+		if req.PageToken = resp.GetNextPageToken(); req.PageToken == "" {
+			break
+		}
+	}
+	if strings.Join(names, " ") != "rotations/3 rotations/2 rotations/1" {
+		t.Errorf("rotations paged two by two: %v, want rotations/3 rotations/2 rotations/1", names)
+	}
+	for _, tok := range []string{"rotations/2", pagetoken.Encode("ListRollouts", "2")} {
+		var te *topology.Error
+		if _, err := svc.ListRotations(ctx, &pb.ListRotationsRequest{PageToken: tok}); !errors.As(err, &te) || te.Violations[0].Field != "page_token" {
+			t.Errorf("page token %q: %v, want page_token refused", tok, err)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/s2strust/s2strust/controller/pagetoken"
 	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/store"
@@ -404,22 +405,23 @@ func (s *RotationService) get(ctx context.Context, name string) (*rotation.Store
 
 // ListRotations implements the RPC; see the proto for its contract.
 func (s *RotationService) ListRotations(ctx context.Context, req *pb.ListRotationsRequest) (*pb.ListRotationsResponse, error) {
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, invalid("page_size", strconv.Itoa(size), "0 (the default, 20) to 100")
-	case size == 0:
-		size = 20
-	case size > 100:
-		size = 100
+	size, err := pagetoken.Size(req.GetPageSize(), 20, 100)
+	if err != nil {
+		return nil, err
 	}
+	// The token is opaque (the newest rotation number not yet listed,
+	// inside pagetoken's checksummed envelope), as every List's is.
 	var before uint64
 	if tok := req.GetPageToken(); tok != "" {
-		id, err := rotation.ParseName(tok)
-		if err != nil || id == 0 {
-			return nil, invalid("page_token", tok, "a next_page_token from a previous response")
+		c, err := pagetoken.Decode("ListRotations", tok)
+		if err != nil {
+			return nil, err
 		}
-		before = id
+		n, err := strconv.ParseUint(c, 10, 64)
+		if err != nil || n == 0 {
+			return nil, invalid("page_token", tok, "a next_page_token from a previous ListRotations response")
+		}
+		before = n
 	}
 	list, err := s.rotations.List(ctx, size+1, before)
 	if err != nil {
@@ -428,7 +430,7 @@ func (s *RotationService) ListRotations(ctx context.Context, req *pb.ListRotatio
 	resp := &pb.ListRotationsResponse{}
 	for i, r := range list {
 		if i == size {
-			resp.NextPageToken = rotation.Name(list[i-1].ID)
+			resp.NextPageToken = pagetoken.Encode("ListRotations", strconv.FormatUint(list[i-1].ID, 10))
 			break
 		}
 		resp.Rotations = append(resp.Rotations, r.Rotation)

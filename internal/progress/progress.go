@@ -102,3 +102,15 @@ func (c *Counter) Done() {
 		c.drawn = false
 	}
 }
+
+// Clear takes the live line off the screen, so that a line printed on the
+// same terminal (a command's result on standard output) does not run into
+// it; the next Set draws it again below. In plain mode it prints nothing.
+func (c *Counter) Clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tty && c.drawn {
+		fmt.Fprint(c.w, "\r\x1b[K")
+		c.drawn = false
+	}
+}

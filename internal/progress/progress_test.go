@@ -57,3 +57,25 @@ func TestUnknownTotalAndFiles(t *testing.T) {
 		t.Error("a regular file is taken for a terminal")
 	}
 }
+
+func TestClearTakesTheLiveLineOff(t *testing.T) {
+	var b bytes.Buffer
+	c := NewWithMode(&b, "hosts passed", 2, true)
+	c.Clear() // nothing drawn yet: nothing to clear
+	c.Set(1, 0, "")
+	c.Clear()
+	b.WriteString("a result line\n")
+	c.Set(2, 0, "")
+	c.Done()
+	out := b.String()
+	if !strings.HasPrefix(out, "\r\x1b[K[") || !strings.Contains(out, " (0s)\r\x1b[Ka result line\n\r\x1b[K[####") || strings.Count(out, "\n") != 2 {
+		t.Errorf("live output %q: want the line cleared before the result, drawn again after it", out)
+	}
+	var plain bytes.Buffer
+	p := New(&plain, "hosts passed", 2)
+	p.Set(1, 0, "")
+	p.Clear()
+	if plain.String() != "1/2 hosts passed\n" {
+		t.Errorf("plain output %q: Clear printed something", plain.String())
+	}
+}
