@@ -280,7 +280,6 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 			_ = os.Remove(AddrFile(cfg.DataDir))
 		}
 	}()
-	tracked := newTrackingListener(lis, KeepaliveServerParameters().Timeout)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return hub.Run(gctx) })
 	g.Go(func() error { return ids.Run(gctx, idsRev) })
@@ -323,7 +322,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		if !waitServe(gctx, hub.Ready(), hub.LoadFailed(), serveWait) {
 			return nil
 		}
-		if err := gs.Serve(tracked); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve gRPC on %s: %w", addr, err)
 		}
 		return nil
@@ -364,10 +363,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		select {
 		case <-stopped:
 		case <-t.C:
-			// Every remaining connection's reader is woken at once, so that
-			// Stop's closes, one after another, find them let go.
-			n := tracked.wakeAll()
-			log.Warn("graceful stop timed out; closing remaining streams and calls", "after", stopDeadline, "connections", n)
+			log.Warn("graceful stop timed out; closing remaining streams and calls", "after", stopDeadline)
 			gs.Stop()
 			<-stopped
 		}
