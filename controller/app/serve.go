@@ -312,6 +312,16 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		})
 	})
 	g.Go(func() error {
+		// Connections wait in the listen backlog until the state is loaded:
+		// after a restart the whole fleet reconnects at once, and thousands
+		// of TLS handshakes (agents' streams wait for Ready anyway) would
+		// otherwise take the CPU the load needs (a start of 30 s or more at
+		// 10,000 agents). A load that fails (no quorum, a full store)
+		// serves at once, and a slow one after serveWait, so that admin
+		// calls (defragment) reach a controller that cannot load.
+		if !waitServe(gctx, hub.Ready(), hub.LoadFailed(), serveWait) {
+			return nil
+		}
 		if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("serve gRPC on %s: %w", addr, err)
 		}
@@ -365,6 +375,25 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// serveWait bounds how long a controller whose state is still loading
+// leaves new connections waiting before it serves them anyway.
+const serveWait = 10 * time.Second
+
+// waitServe waits until the state is loaded (ready), its load failed, or
+// wait passed: true, time to serve; false, ctx ended first.
+func waitServe(ctx context.Context, ready, failed <-chan struct{}, wait time.Duration) bool {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ready:
+	case <-failed:
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	return true
 }
 
 func listen(addr string, insecure bool) (net.Listener, error) {

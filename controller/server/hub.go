@@ -123,7 +123,11 @@ type Hub struct {
 	readyOnce  sync.Once
 	lease      clientv3.LeaseID
 	ready      chan struct{}
-	nonceSeq   uint64
+	// failed is closed when a load of the state from etcd first fails
+	// (LoadFailed).
+	failed   chan struct{}
+	failOnce sync.Once
+	nonceSeq uint64
 	// stopping is set when the controller shuts down: streams that end then
 	// leave their presence keys to expire with the lease.
 	stopping atomic.Bool
@@ -245,6 +249,7 @@ func NewHub(cfg Config) *Hub {
 		recheckSig:        make(chan struct{}, 1),
 		secretThumbprints: map[string]string{},
 		ready:             make(chan struct{}),
+		failed:            make(chan struct{}),
 		limits:            cfg.Limits.withDefaults(),
 		agents:            map[string]*agentState{},
 		view:              newFleetView(),
@@ -263,6 +268,10 @@ func randomID() string {
 
 // Ready is closed once the hub has loaded its state and serves agents.
 func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
+// LoadFailed is closed once a load of the hub's state from etcd has failed
+// (or a followed watch was lost), the first time; Run retries meanwhile.
+func (h *Hub) LoadFailed() <-chan struct{} { return h.failed }
 
 // secretsFor names the secrets a push of cfg carries: the deployment's
 // token-issuer secret and, during a rotation's staging, its next one

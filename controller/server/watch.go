@@ -28,6 +28,7 @@ func (h *Hub) Run(ctx context.Context) error {
 			return nil
 		}
 		h.view.markLost(err.Error())
+		h.failOnce.Do(func() { close(h.failed) })
 		h.log.Error("lost track of etcd; reloading", "error", err, "retry_in", delay)
 		t := time.NewTimer(delay)
 		select {
