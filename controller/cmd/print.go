@@ -195,19 +195,30 @@ func printSectionHeader(w io.Writer, d hostDetail) {
 	fmt.Fprintf(w, "\n=== %s (%s, %s %s, %s)\n", safe(h.GetHost()), safe(h.GetDeployment()), products.DisplayName(h.GetProduct()), safe(h.GetProductVersion()), role)
 }
 
+// printSectionOpening starts a host's section, in status and in get host
+// alike: its header, its realm and whether it runs in monitor mode. It
+// returns false, having said so, when the host has not reported yet.
+func printSectionOpening(w io.Writer, d hostDetail) bool {
+	h, r := d.host, d.report
+	printSectionHeader(w, d)
+	if r == nil {
+		fmt.Fprintln(w, "no status report yet")
+		return false
+	}
+	fmt.Fprintln(w, realmLine(h, r))
+	if r.GetMonitor() {
+		fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
+	}
+	return true
+}
+
 // printHostSection is one host's "=== host" section: its realm, items,
 // drift, the partner applications and OAuth settings it reported, and
 // the checks it made.
 func printHostSection(w io.Writer, d hostDetail) {
 	h, r := d.host, d.report
-	printSectionHeader(w, d)
-	if r == nil {
-		fmt.Fprintln(w, "no status report yet")
+	if !printSectionOpening(w, d) {
 		return
-	}
-	fmt.Fprintln(w, realmLine(h, r))
-	if r.GetMonitor() {
-		fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
 	}
 	t := newTable(w, "ITEM", "STATE", "DETAIL~")
 	items := append([]*pb.ItemStatus(nil), r.GetItems()...)

@@ -262,14 +262,8 @@ func printStatusTable(w io.Writer, details []hostDetail, now time.Time) error {
 // cut), not what is right; get host H and status --details show all.
 func printHostProblems(w io.Writer, d hostDetail) {
 	h, r := d.host, d.report
-	printSectionHeader(w, d)
-	if r == nil {
-		fmt.Fprintln(w, "no status report yet")
+	if !printSectionOpening(w, d) {
 		return
-	}
-	fmt.Fprintln(w, realmLine(h, r))
-	if r.GetMonitor() {
-		fmt.Fprintf(w, "Monitor mode: %s planned, nothing applied (s2s-controller status --plan --host %s)\n", count(len(r.GetPlan()), "operation"), safe(h.GetHost()))
 	}
 	if lr := h.GetLastResult(); fleetState(h) == stateNack {
 		fmt.Fprintf(w, "NACK of version %d:\n", lr.GetVersion())
