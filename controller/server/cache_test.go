@@ -73,12 +73,14 @@ func TestTargetRevisionPerHost(t *testing.T) {
 	fe01.waitPush(t, "of revision 2 to fe01", atRev(rev2))
 	ex01.waitPush(t, "of revision 2 to ex01", atRev(rev2))
 	waitFor(t, "revision 2 current", func() bool { s := f.hub.snapshot(); return s.topo != nil && s.topo.revision == rev2 })
-	if err := f.hub.SetTargets(ctx, map[string]uint64{"ex01.contoso.com": rev1}); err != nil {
-		t.Fatal(err)
-	}
+	// Count the pushes before holding ex01 back: the held-back push can
+	// arrive before SetTargets returns.
 	ex01.mu.Lock()
 	n := len(ex01.pushes)
 	ex01.mu.Unlock()
+	if err := f.hub.SetTargets(ctx, map[string]uint64{"ex01.contoso.com": rev1}); err != nil {
+		t.Fatal(err)
+	}
 	ex01.waitPush(t, "of revision 1 to ex01 once held back", func(d *pb.Desired) bool {
 		// waitPush holds ex01.mu while it asks.
 		return d.GetVersion() == rev1 && ex01.pushes[len(ex01.pushes)-1] == d && len(ex01.pushes) > n
