@@ -49,8 +49,15 @@ func ClientTLSConfig(certPEM, keyPEM, caPEM []byte, serverName string) (*tls.Con
 		RootCAs:          pool,
 		ServerName:       serverName,
 		VerifyConnection: RequireControllerIdentity,
+		// Sessions the controller's tickets resume (its ticket keys
+		// outlive a restart: internal/sessionticket), keyed by server
+		// name; a handful, for the replicas behind one address.
+		ClientSessionCache: tls.NewLRUClientSessionCache(clientSessions),
 	}, nil
 }
+
+// clientSessions is how many TLS sessions a client keeps for resumption.
+const clientSessions = 8
 
 // ControllerURI is the identity URI that only the controller's serving
 // certificate carries (CA.IssueServer).
