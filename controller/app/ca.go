@@ -33,29 +33,48 @@ type sealedCA struct {
 // --secret-key.
 func SharedCA(ctx context.Context, st *store.Store, secretKey []byte, candidate func() (*pki.CA, error)) (ca *pki.CA, created bool, err error) {
 	key := st.Key(caKey)
-	resp, err := st.Client().Get(ctx, key)
-	if err != nil {
-		return nil, false, fmt.Errorf("read the shared CA at %s: %w", key, err)
-	}
-	if len(resp.Kvs) > 0 {
-		ca, err := openCA(key, resp.Kvs[0].Value, secretKey)
-		return ca, false, err
-	}
-	cand, err := candidate()
+	var cand *pki.CA
+	val, created, err := loadOrCreate(ctx, st, key, func() ([]byte, error) {
+		c, err := candidate()
+		if err != nil {
+			return nil, err
+		}
+		cand = c
+		keyPEM, err := cand.KeyPEM()
+		if err != nil {
+			return nil, fmt.Errorf("store the shared CA: %w", err)
+		}
+		sealed, err := secretbox.Seal(secretKey, keyPEM, []byte(key))
+		if err != nil {
+			return nil, fmt.Errorf("store the shared CA: %w", err)
+		}
+		return json.Marshal(sealedCA{CertPEM: string(cand.CertPEM()), SealedKey: sealed, CreatedAt: time.Now().UTC()})
+	})
 	if err != nil {
 		return nil, false, err
 	}
-	keyPEM, err := cand.KeyPEM()
-	if err != nil {
-		return nil, false, fmt.Errorf("store the shared CA: %w", err)
+	if created {
+		return cand, true, nil
 	}
-	sealed, err := secretbox.Seal(secretKey, keyPEM, []byte(key))
+	ca, err = openCA(key, val, secretKey)
+	return ca, false, err
+}
+
+// loadOrCreate returns the value at key, or stores the one create makes
+// when there is none, with a compare-and-swap on the key's creation so
+// that of replicas starting at once one wins and every other loads what it
+// stored. created says this call stored it.
+func loadOrCreate(ctx context.Context, st *store.Store, key string, create func() ([]byte, error)) (val []byte, created bool, err error) {
+	resp, err := st.Client().Get(ctx, key)
 	if err != nil {
-		return nil, false, fmt.Errorf("store the shared CA: %w", err)
+		return nil, false, fmt.Errorf("read %s: %w", key, err)
 	}
-	val, err := json.Marshal(sealedCA{CertPEM: string(cand.CertPEM()), SealedKey: sealed, CreatedAt: time.Now().UTC()})
+	if len(resp.Kvs) > 0 {
+		return resp.Kvs[0].Value, false, nil
+	}
+	val, err = create()
 	if err != nil {
-		return nil, false, fmt.Errorf("store the shared CA: %w", err)
+		return nil, false, err
 	}
 	txn, err := st.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
@@ -63,17 +82,16 @@ func SharedCA(ctx context.Context, st *store.Store, secretKey []byte, candidate 
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return nil, false, fmt.Errorf("store the shared CA at %s: %w", key, err)
+		return nil, false, fmt.Errorf("store %s: %w", key, err)
 	}
 	if txn.Succeeded {
-		return cand, true, nil
+		return val, true, nil
 	}
 	kvs := txn.Responses[0].GetResponseRange().GetKvs()
 	if len(kvs) == 0 {
-		return nil, false, fmt.Errorf("store the shared CA at %s: lost the race but found no CA", key)
+		return nil, false, fmt.Errorf("store %s: lost the race but found nothing", key)
 	}
-	ca, err = openCA(key, kvs[0].Value, secretKey)
-	return ca, false, err
+	return kvs[0].Value, false, nil
 }
 
 func openCA(key string, val, secretKey []byte) (*pki.CA, error) {

@@ -220,6 +220,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		if tlsCfg, ca, err = serverTLS(ctx, cfg, lis, st, key, ids.Check, log); err != nil {
 			return err
 		}
+		verify := tlsCfg.VerifyConnection
+		tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if err := verify(cs); err != nil {
+				return err
+			}
+			mets.Handshake(cs.DidResume)
+			return nil
+		}
 		creds = grpc.Creds(refusals.ServerCredentials(credentials.NewTLS(tlsCfg)))
 	}
 	sec := secrets.New(st, key, nil)

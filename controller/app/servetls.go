@@ -158,6 +158,13 @@ func serverTLS(ctx context.Context, cfg ServeConfig, lis net.Listener, st *store
 		}
 		return nil
 	}
+	// Session tickets that a restarted controller, or another replica,
+	// still opens: reconnecting agents resume their sessions.
+	keys, err := sharedTicketKeys(ctx, st, secretKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys.Install(tlsCfg)
 	// The chain includes the fleet's CA, so an enrolling agent that knows
 	// only the CA's pin can check the controller (pki.EnrollTLSConfig).
 	if cfg.TLS.CertFile == "" {

@@ -237,3 +237,35 @@ func TestMetricsShowANackingHostAndItsFailingEdge(t *testing.T) {
 		return w.result()
 	})
 }
+
+// TestAgentsResumeTLSSessionsAfterRestart restarts the controller under a
+// converged fleet: the agents come back by resuming their TLS sessions
+// (tickets sealed with keys whose root the store keeps), not with full
+// mutual-TLS handshakes, and the fleet is converged again.
+func TestAgentsResumeTLSSessionsAfterRestart(t *testing.T) {
+	urls := make(chan string, 2)
+	f := startFleetWith(t, examples.Contoso, agentOpts{}, func(cfg *app.ServeConfig) {
+		cfg.MetricsListen = "127.0.0.1:0"
+		cfg.MetricsReady = func(url string) { urls <- url }
+	})
+	url := <-urls
+	rev := f.apply(examples.Contoso)
+	f.waitConverged(rev)
+	scrapeUntil(t, url, "the first connections to be full handshakes", func(s metricstest.Scrape) (bool, string) {
+		w := &want{s: s}
+		w.eq(5, "s2strust_agent_streams")
+		w.atLeast(5, "s2strust_tls_handshakes_total", "kind", "full")
+		return w.result()
+	})
+
+	f.c = f.c.restart()
+	f.conn = f.c.admin()
+	url = <-urls
+	scrapeUntil(t, url, "every agent to resume its session with the restarted controller", func(s metricstest.Scrape) (bool, string) {
+		w := &want{s: s}
+		w.eq(5, "s2strust_agent_streams")
+		w.atLeast(5, "s2strust_tls_handshakes_total", "kind", "resumed")
+		return w.result()
+	})
+	f.waitConverged(rev)
+}

@@ -57,6 +57,15 @@ type SyncObserver interface {
 // NopSync observes nothing: the server's default.
 type NopSync struct{}
 
+// Handshake counts a TLS handshake that passed the controller's checks.
+func (m *Metrics) Handshake(resumed bool) {
+	kind := "full"
+	if resumed {
+		kind = "resumed"
+	}
+	m.handshakes.WithLabelValues(kind).Inc()
+}
+
 // Hello implements SyncObserver.
 func (NopSync) Hello(string) {}
 
@@ -134,6 +143,8 @@ type Metrics struct {
 	etcdDuration *prometheus.HistogramVec
 	etcdErrors   *prometheus.CounterVec
 
+	handshakes *prometheus.CounterVec
+
 	rolloutActive  prometheus.Gauge
 	rolloutStopped prometheus.Gauge
 	rolloutWave    prometheus.Gauge
@@ -189,6 +200,8 @@ func New(cfg Config) *Metrics {
 			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}}, []string{"method"}),
 		etcdErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "etcd_request_errors_total",
 			Help: "Failed unary etcd requests, by etcd RPC and gRPC status code."}, []string{"method", "code"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "tls_handshakes_total",
+			Help: "TLS handshakes that passed the controller's checks, by kind: full, or resumed (a session ticket, which survives restarts and is shared by replicas)."}, []string{"kind"}),
 		rolloutActive: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "rollout_active",
 			Help: "1 while a rollout is in progress, else 0."}),
 		rolloutStopped: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "rollout_stopped",
@@ -204,7 +217,9 @@ func New(cfg Config) *Metrics {
 		m.nacks.WithLabelValues(k) // every kind reads 0 before its first NACK, so rate() sees the first one
 	}
 	m.fleet = &fleetCollector{d: newFleetDescs(), timeout: cfg.FleetTimeout, minInterval: cfg.FleetInterval, now: cfg.Now}
-	m.reg.MustRegister(m.streams, m.hellos, m.pushes, m.acks, m.nacks, m.commitToAck, m.etcdDuration, m.etcdErrors,
+	m.handshakes.WithLabelValues("full")
+	m.handshakes.WithLabelValues("resumed")
+	m.reg.MustRegister(m.streams, m.hellos, m.pushes, m.acks, m.nacks, m.commitToAck, m.etcdDuration, m.etcdErrors, m.handshakes,
 		m.rolloutActive, m.rolloutStopped, m.rolloutWave, m.rolloutWaves, m.rolloutHosts, m.fleet,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
