@@ -129,7 +129,7 @@ func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Stre
 		defer cancel(nil)
 		release := a.Identities.track(id.Name, leaf, cancel)
 		defer release()
-		a.Identities.seen(ctx, id.Name, leaf)
+		a.Identities.seen(id.Name, leaf)
 		if err := a.Identities.Check(leaf); err != nil { // revoked between authorize and track
 			return status.Error(codes.Unauthenticated, err.Error())
 		}
