@@ -217,3 +217,49 @@ func TestWriterKeepsOneKeysWritesInOrder(t *testing.T) {
 		t.Errorf("batchtest/same = %v, want the last value 2", resp.Kvs)
 	}
 }
+
+// Reads queued together share transactions; every caller gets its own
+// key's value, or not found, and sees what was written before it asked.
+func TestReaderBatchesReads(t *testing.T) {
+	f := startHub(t, Config{Secrets: fakeSecrets{}})
+	ctx := context.Background()
+	const n = 300
+	for i := 0; i < n; i += 2 { // odd keys do not exist
+		if err := f.st.PutProto(ctx, fmt.Sprintf("readtest/%03d", i), &pb.Host{Host: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := newReader(f.st)
+	var wg sync.WaitGroup
+	errs := make([]error, n+1)
+	for i := range n + 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			key := fmt.Sprintf("readtest/%03d", i%n) // one key read twice
+			got := &pb.Host{}
+			found, err := r.getProto(ctx, key, got)
+			switch {
+			case err != nil:
+				errs[i] = err
+			case found != (i%n%2 == 0):
+				errs[i] = fmt.Errorf("%s: found %v", key, found)
+			case found && got.GetHost() != fmt.Sprint(i%n):
+				errs[i] = fmt.Errorf("%s: read %q", key, got.GetHost())
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.st.PutProto(ctx, "readtest/001", &pb.Host{Host: "written"}); err != nil {
+		t.Fatal(err)
+	}
+	got := &pb.Host{}
+	if found, err := r.getProto(ctx, "readtest/001", got); err != nil || !found || got.GetHost() != "written" {
+		t.Fatalf("a read after a write: found %v, %q, %v", found, got.GetHost(), err)
+	}
+}

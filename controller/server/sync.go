@@ -230,7 +230,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	// no-re-push rule holds within a stream.
 	prev := &pb.Host{}
 	rctx, rcancel := storeCtx(sctx)
-	found, err := h.cfg.Store.GetProto(rctx, store.HostStateKey(host), prev)
+	found, err := h.reads.getProto(rctx, store.HostStateKey(host), prev)
 	rcancel()
 	if err != nil {
 		return err
