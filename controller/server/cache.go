@@ -62,7 +62,7 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64, latest *
 	h.topo = c
 	h.latest = latest
 	h.installTargetsLocked(targets, have)
-	h.desired = map[string]*desired{}
+	h.resetDesiredLocked()
 	h.mu.Unlock()
 	h.cfg.Observer.TopologyCurrent(rec.Revision, rec.AppliedAt)
 	for d := range c.deployments {
@@ -132,64 +132,135 @@ func newCompiled(rec *store.TopologyRecord, t *topology.Topology, cfgs []*pb.Hos
 }
 
 // desiredFor returns the host's desired state, nil when the host is not in
-// its target revision.
+// its target revision. A state not cached yet is built (a clone of the
+// host's configuration and its hash) outside the hub's lock: after a
+// commit every stream asks at once, and building 10,000 states one after
+// the other under one mutex would hold back every push behind them.
 func (h *Hub) desiredFor(host string) *desired {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.desiredLocked(host)
+	if d, ok := h.desired[host]; ok {
+		h.mu.Unlock()
+		return d
+	}
+	in, ok := h.desiredInputLocked(host)
+	if !ok {
+		h.mu.Unlock()
+		return nil
+	}
+	if in.cached != nil {
+		h.desired[host] = in.cached
+		h.mu.Unlock()
+		return in.cached
+	}
+	gen := h.desiredGen
+	h.mu.Unlock()
+	return h.keepIfCurrent(host, gen, in, in.build())
 }
 
+// keepIfCurrent caches d, built outside h.mu from in as read at generation
+// gen, and returns it; if the inputs changed since (the topology, a
+// primary or a secret), it returns the state built anew instead.
+func (h *Hub) keepIfCurrent(host string, gen uint64, in desiredInput, d *desired) *desired {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.desiredGen != gen {
+		return h.desiredLocked(host)
+	}
+	if cur, ok := h.desired[host]; ok {
+		return cur // another caller built it first
+	}
+	h.keepDesiredLocked(host, in, d)
+	return d
+}
+
+// desiredLocked is desiredFor with h.mu held, building under it.
 func (h *Hub) desiredLocked(host string) *desired {
 	if d, ok := h.desired[host]; ok {
 		return d
 	}
-	c := h.targetLocked(host)
-	if c == nil {
-		return nil
-	}
-	base, ok := c.hosts[host]
+	in, ok := h.desiredInputLocked(host)
 	if !ok {
 		return nil
 	}
-	primary := h.primaries[base.GetDeployment()] == host
-	name := base.GetTokenIssuer().GetSecret()
-	_, pinned := c.pins[name]
-	shareable := !primary && (name == "" || pinned)
-	if shareable {
-		if d := c.shared[host]; d != nil {
-			h.desired[host] = d
-			return d
-		}
+	if in.cached != nil {
+		h.desired[host] = in.cached
+		return in.cached
 	}
-	cfg := base
-	if primary || name != "" {
-		cfg = proto.Clone(base).(*pb.HostConfig)
-		// The deployment's host list, the largest part, stays shared: no
-		// one modifies it.
-		cfg.DeploymentHosts = base.DeploymentHosts
-		cfg.Primary = primary
+	d := in.build()
+	h.keepDesiredLocked(host, in, d)
+	return d
+}
+
+// desiredInput is what a host's desired state is built from, read under
+// h.mu; build needs no lock.
+type desiredInput struct {
+	c          *compiled
+	base       *pb.HostConfig
+	primary    bool
+	secret     string // the token issuer's secret, "" for none
+	thumbprint string // its pinned or newest thumbprint
+	shareable  bool   // the same for every stream of the revision
+	cached     *desired
+}
+
+// desiredInputLocked reads the inputs of host's desired state; false when
+// the host is not in its target revision. h.mu must be held.
+func (h *Hub) desiredInputLocked(host string) (desiredInput, bool) {
+	c := h.targetLocked(host)
+	if c == nil {
+		return desiredInput{}, false
 	}
-	if name != "" {
+	base, ok := c.hosts[host]
+	if !ok {
+		return desiredInput{}, false
+	}
+	in := desiredInput{c: c, base: base, primary: h.primaries[base.GetDeployment()] == host, secret: base.GetTokenIssuer().GetSecret()}
+	p, pinned := c.pins[in.secret]
+	in.shareable = !in.primary && (in.secret == "" || pinned)
+	if in.shareable {
+		in.cached = c.shared[host]
+	}
+	if in.secret != "" {
 		// The version the host's target revision pins; storing a newer one
 		// changes nothing here. Without a pin, the newest version:
 		// replacing it changes the desired state.
-		if p, ok := c.pins[name]; ok {
-			cfg.TokenIssuer.SecretThumbprint = p.Thumbprint
+		if pinned {
+			in.thumbprint = p.Thumbprint
 		} else {
-			cfg.TokenIssuer.SecretThumbprint = h.secretThumbprints[name]
+			in.thumbprint = h.secretThumbprints[in.secret]
 		}
+	}
+	return in, true
+}
+
+// build makes the desired state: the host's configuration as compiled,
+// cloned only when the host has something of its own, and its hash.
+func (in desiredInput) build() *desired {
+	cfg := in.base
+	if in.primary || in.secret != "" {
+		cfg = proto.Clone(in.base).(*pb.HostConfig)
+		// The deployment's host list, the largest part, stays shared: no
+		// one modifies it.
+		cfg.DeploymentHosts = in.base.DeploymentHosts
+		cfg.Primary = in.primary
+	}
+	if in.secret != "" {
+		cfg.TokenIssuer.SecretThumbprint = in.thumbprint
 	}
 	// cfg is base itself for a host with nothing of its own: every
 	// stream's push shares it, and nothing modifies it.
-	d := &desired{version: c.revision, hash: topology.Hash(cfg), config: cfg}
-	if shareable {
-		if c.shared == nil {
-			c.shared = map[string]*desired{}
+	return &desired{version: in.c.revision, hash: topology.Hash(cfg), config: cfg}
+}
+
+// keepDesiredLocked caches d, built from in, as host's desired state.
+func (h *Hub) keepDesiredLocked(host string, in desiredInput, d *desired) {
+	if in.shareable {
+		if in.c.shared == nil {
+			in.c.shared = map[string]*desired{}
 		}
-		c.shared[host] = d
+		in.c.shared[host] = d
 	}
 	h.desired[host] = d
-	return d
 }
 
 // targetLocked returns the compiled revision host should run: its target
@@ -232,9 +303,7 @@ func (h *Hub) SetTargets(ctx context.Context, targets map[string]uint64) error {
 		return nil
 	}
 	moved := h.installTargetsLocked(targets, have)
-	for _, host := range moved {
-		delete(h.desired, host)
-	}
+	h.forgetDesiredLocked(moved...)
 	h.mu.Unlock()
 	for _, host := range moved {
 		h.notify(host)

@@ -177,3 +177,45 @@ func TestDesiredStateSharedAcrossPrimaryChanges(t *testing.T) {
 		t.Error("two reads of fe01 between resets differ")
 	}
 }
+
+// A desired state built outside the hub's lock is cached only if nothing
+// it was built from changed meanwhile: a primary that moved while it was
+// built gives the state built anew, with the new role.
+func TestDesiredBuiltOutsideTheLockIsNotKeptStale(t *testing.T) {
+	f := startHub(t, Config{Secrets: fakeSecrets{}})
+	h := f.hub
+	select {
+	case <-h.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("hub not ready")
+	}
+	const host = "fe02.contoso.com"
+	h.adoptPrimary("pool01", "fe01.contoso.com")
+	h.mu.Lock()
+	in, ok := h.desiredInputLocked(host)
+	gen := h.desiredGen
+	h.mu.Unlock()
+	if !ok || in.primary {
+		t.Fatalf("inputs of %s: ok %v, primary %v; want ok, not primary", host, ok, in.primary)
+	}
+	stale := in.build()
+	h.adoptPrimary("pool01", host) // the role moves while stale is built
+	got := h.keepIfCurrent(host, gen, in, stale)
+	if got == stale || !got.config.GetPrimary() {
+		t.Fatalf("kept the state built before %s became primary (primary %v)", host, got.config.GetPrimary())
+	}
+	if again := h.desiredFor(host); again != got {
+		t.Fatal("the state built anew was not cached")
+	}
+
+	// Nothing changed: the state built outside the lock is the one kept.
+	const other = "ex01.contoso.com"
+	h.mu.Lock()
+	in, _ = h.desiredInputLocked(other)
+	gen = h.desiredGen
+	h.mu.Unlock()
+	built := in.build()
+	if got := h.keepIfCurrent(other, gen, in, built); got != built || h.desiredFor(other) != built {
+		t.Fatal("a state built with unchanged inputs was not kept")
+	}
+}

@@ -98,6 +98,10 @@ type Hub struct {
 	mu      sync.Mutex
 	topo    *compiled
 	desired map[string]*desired // cache, by host; reset when topology or primaries change
+	// desiredGen counts the changes of desired's inputs (resetDesiredLocked,
+	// forgetDesiredLocked): a state built outside h.mu is cached only if
+	// none happened meanwhile.
+	desiredGen uint64
 	// targets is the revision a host should run when it is not the
 	// current one (a rollout holds it back); revisions holds those
 	// revisions compiled. See SetTargets.
@@ -310,6 +314,21 @@ func (h *Hub) notify(host string) {
 	if c != nil {
 		c.wake()
 	}
+}
+
+// resetDesiredLocked forgets every cached desired state. h.mu must be held.
+func (h *Hub) resetDesiredLocked() {
+	h.desired = map[string]*desired{}
+	h.desiredGen++
+}
+
+// forgetDesiredLocked forgets the hosts' cached desired states. h.mu must
+// be held.
+func (h *Hub) forgetDesiredLocked(hosts ...string) {
+	for _, x := range hosts {
+		delete(h.desired, x)
+	}
+	h.desiredGen++
 }
 
 func (h *Hub) notifyAll() {

@@ -26,9 +26,7 @@ func (h *Hub) adoptPrimary(dep, host string) {
 	if prev != "" {
 		hosts = append(hosts, prev)
 	}
-	for _, x := range hosts {
-		delete(h.desired, x)
-	}
+	h.forgetDesiredLocked(hosts...)
 	h.mu.Unlock()
 	for _, x := range hosts {
 		h.notify(x)

@@ -99,7 +99,7 @@ func (h *Hub) follow(ctx context.Context) error {
 	for _, kv := range snap.Responses[3].GetResponseRange().GetKvs() {
 		h.secretThumbprints[strings.TrimPrefix(string(kv.Key), st.SecretsPrefix())] = secretThumbprint(kv.Value)
 	}
-	h.desired = map[string]*desired{}
+	h.resetDesiredLocked()
 	local := make([]*conn, 0, len(h.conns))
 	for _, c := range h.conns {
 		local = append(local, c)
@@ -383,7 +383,7 @@ func (h *Hub) secretChanged(name, thumbprint string) {
 	if h.topo != nil {
 		for host, cfg := range h.topo.hosts {
 			if cfg.GetTokenIssuer().GetSecret() == name {
-				delete(h.desired, host)
+				h.forgetDesiredLocked(host)
 				hosts = append(hosts, host)
 			}
 		}
