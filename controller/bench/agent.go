@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
@@ -163,6 +164,9 @@ func (a *agent) session(ctx context.Context, conn *grpc.ClientConn) (connected b
 		if !connected {
 			connected = true
 			a.ev.emit(event{E: "answer", I: a.idx, T: time.Now().UnixNano()})
+			if p, ok := peer.FromContext(stream.Context()); ok && resumed(p) {
+				a.ev.emit(event{E: "resumed", I: a.idx})
+			}
 		}
 		if dr := resp.GetDrain(); dr != nil {
 			a.ev.emit(event{E: "drain", I: a.idx})
@@ -179,6 +183,12 @@ func (a *agent) session(ctx context.Context, conn *grpc.ClientConn) (connected b
 		}
 		a.appliedVersion, a.appliedHash = d.GetVersion(), d.GetHash()
 	}
+}
+
+// resumed says whether the stream's connection resumed a TLS session.
+func resumed(p *peer.Peer) bool {
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	return ok && info.State.DidResume
 }
 
 // drained ends a session the controller drained: reconnect after it.

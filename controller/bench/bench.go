@@ -124,8 +124,9 @@ type Result struct {
 	// controller sent from the stop until the fleet was connected and
 	// current again; every agent was current, so it must be 0.
 	ResentAfterRestart []int64
-	// Drains counts, per restart, the agents told to reconnect later.
-	Drains []int64
+	// Drains counts, per restart, the agents told to reconnect later;
+	// Resumed the agents whose reconnection resumed its TLS session.
+	Drains, Resumed []int64
 }
 
 // The targets of SPEC "Scale and speed".
@@ -270,6 +271,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.RestartResyncP50 = append(res.RestartResyncP50, rr.resyncP50)
 		res.ResentAfterRestart = append(res.ResentAfterRestart, rr.resent)
 		res.Drains = append(res.Drains, rr.drains)
+		res.Resumed = append(res.Resumed, rr.resumed)
 	}
 
 	if h.real != nil {
@@ -399,6 +401,8 @@ func (r *Result) print(out io.Writer) {
 	fmt.Fprintf(w, "restart: Desired re-sent\t%d (max %d)\t\t0: %s\n", resent, maxResent, verdict(maxResent == 0))
 	drains, _, _ := medianInt(r.Drains)
 	fmt.Fprintf(w, "restart: agents told when to return\t%d\t\t\n", drains)
+	resumed, _, _ := medianInt(r.Resumed)
+	fmt.Fprintf(w, "restart: TLS sessions resumed\t%d\t\t\n", resumed)
 	w.Flush()
 	fmt.Fprint(out, `
 Method:

@@ -86,6 +86,13 @@ func TestRun(t *testing.T) {
 			t.Errorf("restart %d: %d Desired re-sent to agents already current, want 0", i+1, n)
 		}
 	}
+	// Every agent comes back on its TLS session: the restarted controller
+	// opens the tickets its predecessor sealed.
+	for i, r := range res.Resumed {
+		if r != int64(n) {
+			t.Errorf("restart %d: %d of %d agents resumed their TLS session", i+1, r, n)
+		}
+	}
 	if res.Children != 1 {
 		t.Errorf("%d agents ran in %d processes, want 1", n, res.Children)
 	}

@@ -45,7 +45,8 @@ type command struct {
 type event struct {
 	// E is ready (init done), started, stopped, answer (agent I had its
 	// stream's first answer at T), desired (agent I received a Desired),
-	// drain (agent I was told to reconnect later), rss (B bytes resident,
+	// drain (agent I was told to reconnect later), resumed (agent I's
+	// stream runs on a resumed TLS session), rss (B bytes resident,
 	// Go heap and stacks H) or error (Err).
 	E   string `json:"e"`
 	I   int    `json:"i,omitempty"`

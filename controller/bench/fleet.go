@@ -36,6 +36,7 @@ type fleet struct {
 
 	desired atomic.Int64 // Desired messages received, all agents
 	drains  atomic.Int64 // drain messages received, all agents
+	resumed atomic.Int64 // streams whose connection resumed a TLS session
 }
 
 // childProc is one child process and its pipes.
@@ -147,6 +148,8 @@ func (f *fleet) handle(c *childProc, e event) {
 		f.desired.Add(1)
 	case "drain":
 		f.drains.Add(1)
+	case "resumed":
+		f.resumed.Add(1)
 	default:
 		c.replies <- e
 	}

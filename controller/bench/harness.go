@@ -317,6 +317,7 @@ type restartRun struct {
 	resyncP50                   time.Duration // half the agents had reconnected
 	resent                      int64         // Desired the controllers sent meanwhile
 	drains                      int64         // drain messages the agents received
+	resumed                     int64         // reconnections that resumed their TLS session
 }
 
 // restart stops the controller, starts it again on the same address and
@@ -327,7 +328,7 @@ type restartRun struct {
 // shows the whole fleet connected and current again.
 func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartRun, error) {
 	var r restartRun
-	pushed, drains := h.acks.pushed.Load(), h.agents.drains.Load()
+	pushed, drains, resumed := h.acks.pushed.Load(), h.agents.drains.Load(), h.agents.resumed.Load()
 	answered := h.agents.expectAnswers()
 	start := time.Now()
 	if err := h.ctrl.stop(); err != nil {
@@ -356,6 +357,7 @@ func (h *harness) restart(ctx context.Context, timeout time.Duration) (restartRu
 	}
 	r.resent = h.acks.pushed.Load() - pushed
 	r.drains = h.agents.drains.Load() - drains
+	r.resumed = h.agents.resumed.Load() - resumed
 	return r, nil
 }
 
