@@ -155,7 +155,7 @@ func TestDashboardShowsTheDemoFleet(t *testing.T) {
 	bctx, cancelB := context.WithTimeout(bctx, 2*time.Minute)
 	defer cancelB()
 
-	// The fleet converges while the page polls: wait for five hosts that
+	// The fleet converges while the page follows it: wait for five hosts that
 	// acked and five edges whose probes passed.
 	converged := `document.querySelectorAll('#trust-graph .edge[data-state="ok"]').length === 5 &&
 		document.querySelectorAll('#hosts tbody tr').length === 5 &&
@@ -169,6 +169,14 @@ func TestDashboardShowsTheDemoFleet(t *testing.T) {
 	); err != nil {
 		page, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
 		t.Fatalf("dashboard never showed five hosts in sync and five passing trust edges: %v\npage:\n%s\ndemo output:\n%s", err, page, out.String())
+	}
+	// It converged live: the event stream brought every change, and the
+	// page never fell back to polling.
+	if upd := eval[string](t, bctx, `document.getElementById('updated').textContent`); !strings.Contains(upd, "live") {
+		t.Errorf("the page says %q, want it live", upd)
+	}
+	if n := eval[int](t, bctx, `performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '/api/fleet').length`); n != 0 {
+		t.Errorf("the page polled /api/fleet %d times while its event stream was open", n)
 	}
 	if hash := eval[string](t, bctx, `location.hash`); hash != "" {
 		t.Errorf("the login token stays in the address bar: location.hash %q", hash)
@@ -334,7 +342,9 @@ func TestDashboardEscapesWhatAgentsReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(h)
-	defer srv.Close()
+	// Closed after the browser (cleanups run last first): Close waits for
+	// the page's event stream, which ends when the browser goes.
+	t.Cleanup(srv.Close)
 	signer, _ := ui.NewSigner(key)
 	tok, _ := signer.MintLogin(now, time.Minute)
 	bctx := browser(t, "")
@@ -411,6 +421,15 @@ func (f *stubFleet) GetHost(_ context.Context, r *pb.GetHostRequest) (*pb.GetHos
 
 func (f *stubFleet) GetTrustReport(context.Context, *pb.GetTrustReportRequest) (*pb.GetTrustReportResponse, error) {
 	return f.trust, nil
+}
+
+// WatchHosts sends the snapshot, then nothing until the page goes.
+func (f *stubFleet) WatchHosts(_ *pb.WatchHostsRequest, stream pb.FleetService_WatchHostsServer) error {
+	if err := stream.Send(&pb.WatchHostsResponse{Hosts: f.hosts, InitialComplete: true}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return stream.Context().Err()
 }
 
 // TestMain checks that the dashboard, the demo fleet and the browser

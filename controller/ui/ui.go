@@ -1,7 +1,8 @@
 // Package ui is the controller's web dashboard: a handful of hand-written
-// static files embedded in the binary and a small JSON API they poll,
-// answered in-process by the controller's FleetService. It reads only:
-// nothing on the dashboard changes the fleet.
+// static files embedded in the binary and a small JSON API, answered
+// in-process by the controller's FleetService, that they read live (a
+// stream of server-sent events driven by WatchHosts) or, failing that,
+// poll. It reads only: nothing on the dashboard changes the fleet.
 //
 // An operator is let in by the same client certificate the admin commands
 // use (an admin identity from the controller's CA), or by a short-lived
@@ -37,6 +38,7 @@ type Fleet interface {
 	ListHosts(context.Context, *pb.ListHostsRequest) (*pb.ListHostsResponse, error)
 	GetHost(context.Context, *pb.GetHostRequest) (*pb.GetHostResponse, error)
 	GetTrustReport(context.Context, *pb.GetTrustReportRequest) (*pb.GetTrustReportResponse, error)
+	WatchHosts(*pb.WatchHostsRequest, pb.FleetService_WatchHostsServer) error
 }
 
 // Config configures the dashboard handler.
@@ -89,7 +91,8 @@ func NewHandler(cfg Config) (*Handler, error) {
 	// can reach the port; it asks for a token when the API says 401.
 	h.mux.Handle("GET /", http.FileServerFS(static))
 	h.mux.HandleFunc("POST /api/login", h.login)
-	h.mux.HandleFunc("GET /api/fleet", h.authenticated(h.fleet))
+	h.mux.HandleFunc("GET /api/fleet", h.authenticated(func(w http.ResponseWriter, r *http.Request, _ time.Time) { h.fleet(w, r) }))
+	h.mux.HandleFunc("GET /api/fleet/events", h.authenticated(h.events))
 	return h, nil
 }
 
@@ -117,10 +120,13 @@ func admin(r *http.Request) bool {
 	return err == nil && id.Kind == pki.KindAdmin && id.Role >= pki.RoleViewer
 }
 
-func (h *Handler) authenticated(next http.HandlerFunc) http.HandlerFunc {
+// authenticated lets in an admin certificate or a session cookie; next
+// learns until when (the certificate's or the session's expiry), for a
+// stream that must not outlive it.
+func (h *Handler) authenticated(next func(w http.ResponseWriter, r *http.Request, until time.Time)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if admin(r) {
-			next(w, r)
+			next(w, r, r.TLS.VerifiedChains[0][0].NotAfter)
 			return
 		}
 		c, err := r.Cookie(sessionCookie)
@@ -128,11 +134,12 @@ func (h *Handler) authenticated(next http.HandlerFunc) http.HandlerFunc {
 			writeError(w, http.StatusUnauthorized, "not logged in: open the URL that `s2s-controller ui token` prints, or present an admin client certificate")
 			return
 		}
-		if _, err := h.signer.Check(c.Value, PurposeSession, h.cfg.Now()); err != nil {
+		t, err := h.signer.Check(c.Value, PurposeSession, h.cfg.Now())
+		if err != nil {
 			writeError(w, http.StatusUnauthorized, "session refused ("+err.Error()+"): log in again with `s2s-controller ui token`")
 			return
 		}
-		next(w, r)
+		next(w, r, t.Expires)
 	}
 }
 
@@ -248,12 +255,14 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if cfg.TLS != nil {
 		t := cfg.TLS.Clone()
 		t.ClientAuth = tls.VerifyClientCertIfGiven
-		// HTTP/1.1 is enough for a page polling every few seconds.
+		// HTTP/1.1 is enough for one page's event stream and its calls.
 		t.NextProtos = []string{"http/1.1"}
 		lis = tls.NewListener(lis, t)
 		scheme = "https"
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn)}
+	// Requests (the live event streams among them) end with ctx.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	url := scheme + "://" + lis.Addr().String() + "/"
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

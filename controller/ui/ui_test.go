@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,12 +23,30 @@ import (
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
 
-// fakeFleet answers the three FleetService calls from fixed data.
+// fakeFleet answers the FleetService calls from fixed data; WatchHosts
+// sends its snapshot, then one message per value on changes.
 type fakeFleet struct {
 	hosts   []*pb.Host
 	reports map[string]*pb.StatusReport
 	trust   *pb.GetTrustReportResponse
 	err     error
+	changes chan struct{}
+}
+
+func (f *fakeFleet) WatchHosts(_ *pb.WatchHostsRequest, stream pb.FleetService_WatchHostsServer) error {
+	if err := stream.Send(&pb.WatchHostsResponse{Hosts: f.hosts, InitialComplete: true}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		case <-f.changes:
+			if err := stream.Send(&pb.WatchHostsResponse{Hosts: f.hosts}); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 func (f *fakeFleet) ListHosts(_ context.Context, r *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
@@ -420,5 +439,96 @@ func TestRolloutRowsNameRevisionsBySequence(t *testing.T) {
 	want := []string{"fe01.contoso.com (revision 3 → 4, versions 30 → 41): nack", "fe02.contoso.com (revision - → v41, versions - → 41): nack"}
 	if got := rows[0].Waves[0].Causes; !slices.Equal(got, want) {
 		t.Errorf("causes = %q, want %q", got, want)
+	}
+}
+
+// readEvents reads server-sent events from body until n of the given name
+// have come, or the stream ends; it returns their data.
+func readEvents(t *testing.T, body io.Reader, name string, n int) []string {
+	t.Helper()
+	var got []string
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	event := ""
+	for sc.Scan() && len(got) < n {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: ") && event == name:
+			got = append(got, strings.TrimPrefix(line, "data: "))
+		case line == "":
+			event = ""
+		}
+	}
+	return got
+}
+
+// TestEventsStreamTheViewAsHostsChange opens the live stream: the view
+// comes at once, again when WatchHosts says a host changed, and the stream
+// ends when the session expires.
+func TestEventsStreamTheViewAsHostsChange(t *testing.T) {
+	fleet := oneHostFleet()
+	fleet.changes = make(chan struct{})
+	now := time.Now()
+	h := newTestHandler(t, fleet, func() time.Time { return now })
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+
+	resp, err := c.Get(srv.URL + "/api/fleet/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("events without a session: %s, want 401", resp.Status)
+	}
+
+	// A session that expires in two seconds.
+	session, err := h.signer.Mint(PurposeSession, time.Now().Add(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/fleet/events", nil)
+	req.AddCookie(&http.Cookie{Name: sessionCookie, Value: session})
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("events: %s, %q; want 200 text/event-stream", resp.Status, ct)
+	}
+	first := readEvents(t, resp.Body, "fleet", 1)
+	if len(first) != 1 || !strings.Contains(first[0], `"fe01.contoso.com"`) {
+		t.Fatalf("first event: %q, want the view with fe01", first)
+	}
+	fleet.hosts[0] = &pb.Host{Host: "fe01.contoso.com", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, Connected: false}
+	fleet.changes <- struct{}{}
+	var v view
+	for _, data := range readEvents(t, resp.Body, "fleet", 2) {
+		if err := json.Unmarshal([]byte(data), &v); err != nil {
+			t.Fatalf("event data %q: %v", data, err)
+		}
+		if len(v.Hosts) == 1 && !v.Hosts[0].Connected {
+			break
+		}
+	}
+	if len(v.Hosts) != 1 || v.Hosts[0].Connected {
+		t.Fatalf("after the change: %+v, want fe01 disconnected", v.Hosts)
+	}
+	// The session expires: the stream ends (the page then polls, is told
+	// 401 and asks for a token).
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, resp.Body)
+		done <- err
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event stream outlived its session by 8s")
 	}
 }

@@ -1,4 +1,7 @@
-// The s2strust dashboard. It polls /api/fleet and redraws. Every string
+// The s2strust dashboard. It follows /api/fleet/events (server-sent
+// events: the view at once and whenever a host changes) and redraws;
+// when the stream fails it reads /api/fleet once (which says whether the
+// session is gone) and opens the stream again. Every string
 // that came from the fleet goes into the page as textContent or an
 // attribute value, never as markup: agents are not trusted to write HTML.
 'use strict';
@@ -59,6 +62,16 @@
     b.textContent = msg || '';
   }
 
+  // show takes a view read from either source.
+  function show(v) {
+    $('login').hidden = true;
+    $('main').hidden = false;
+    banner(null);
+    latest = v;
+    render(v);
+  }
+
+  // poll reads the view once; false when not logged in.
   async function poll() {
     try {
       const r = await fetch('api/fleet', { credentials: 'same-origin', cache: 'no-store' });
@@ -67,20 +80,35 @@
         $('main').hidden = true;
         if (!$('login-error').textContent) $('login-error').textContent = await errorText(r);
         $('updated').textContent = 'not logged in';
-        return;
+        return false;
       }
       if (!r.ok) throw new Error(await errorText(r));
-      const v = await r.json();
-      $('login').hidden = true;
-      $('main').hidden = false;
-      banner(null);
-      latest = v;
-      render(v);
+      show(await r.json());
     } catch (e) {
       banner('cannot read the fleet: ' + e.message + ' (retrying every ' + POLL_MS / 1000 + 's)');
-    } finally {
-      setTimeout(poll, POLL_MS);
     }
+    return true;
+  }
+
+  // live follows the event stream; when it fails, one poll shows the
+  // fleet (or the login) and the stream is opened again later.
+  let mode = 'live';
+  function live() {
+    if (!window.EventSource) {
+      mode = 'polled every ' + POLL_MS / 1000 + 's';
+      poll().finally(() => setTimeout(live, POLL_MS));
+      return;
+    }
+    const es = new EventSource('api/fleet/events');
+    es.addEventListener('fleet', ev => { mode = 'live'; show(JSON.parse(ev.data)); });
+    es.addEventListener('fleet-error', ev => {
+      banner('cannot read the fleet: ' + JSON.parse(ev.data).error + ' (live; retrying)');
+    });
+    es.onerror = () => {
+      es.close();
+      mode = 'reconnecting';
+      poll().finally(() => setTimeout(live, POLL_MS));
+    };
   }
 
   function render(v) {
@@ -90,7 +118,7 @@
     renderHosts(v);
     renderCerts(v);
     renderRollouts(v);
-    $('updated').textContent = 'updated ' + new Date(v.now).toLocaleTimeString() + ' · every ' + POLL_MS / 1000 + 's';
+    $('updated').textContent = 'updated ' + new Date(v.now).toLocaleTimeString() + ' · ' + mode;
   }
 
   function chip(parent, text, cls) { parent.appendChild(el('span', { class: 'chip ' + (cls || '') }, text)); }
@@ -382,5 +410,5 @@
     }
   }
 
-  login().catch(e => { $('login-error').textContent = 'login: ' + e.message; }).finally(poll);
+  login().catch(e => { $('login-error').textContent = 'login: ' + e.message; }).finally(live);
 })();
