@@ -86,50 +86,58 @@ func listHostIdentities(ctx context.Context, c pb.HostIdentityServiceClient) (*p
 // pages.
 var listPageSize int32
 
-// listRevisions returns the newest limit revisions (0: every one),
-// reading as many pages as that takes.
-func listRevisions(ctx context.Context, c pb.TopologyServiceClient, limit int) (*pb.ListTopologyRevisionsResponse, error) {
-	out := &pb.ListTopologyRevisionsResponse{}
+// listNewest reads the pages of a newest-first list until it has limit
+// items (0: every one); page asks for one page of size (0: the
+// controller's default), at most maxPage when a limit is near.
+func listNewest[T any](ctx context.Context, limit int, maxPage int, page func(ctx context.Context, size int32, token string) ([]T, string, error)) ([]T, error) {
+	var out []T
 	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
 		size := listPageSize
-		if left := limit - len(out.Revisions); limit > 0 && (size == 0 || int(size) > left) {
-			size = int32(min(left, 1000))
+		if left := limit - len(out); limit > 0 && (size == 0 || int(size) > left) {
+			size = int32(min(left, maxPage))
 		}
-		resp, err := c.ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{PageSize: size, PageToken: token})
+		items, next, err := page(ctx, size, token)
 		if err != nil {
 			return "", err
 		}
-		out.Revisions = append(out.Revisions, resp.GetRevisions()...)
-		if limit > 0 && len(out.Revisions) >= limit {
-			out.Revisions = out.Revisions[:limit]
+		out = append(out, items...)
+		if limit > 0 && len(out) >= limit {
+			out = out[:limit]
 			return "", nil
 		}
-		return resp.GetNextPageToken(), nil
+		return next, nil
 	})
 	return out, err
+}
+
+// listRevisions returns the newest limit revisions (0: every one),
+// reading as many pages as that takes.
+func listRevisions(ctx context.Context, c pb.TopologyServiceClient, limit int) (*pb.ListTopologyRevisionsResponse, error) {
+	revs, err := listNewest(ctx, limit, 1000, func(ctx context.Context, size int32, token string) ([]*pb.TopologyRevision, string, error) {
+		resp, err := c.ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{PageSize: size, PageToken: token})
+		return resp.GetRevisions(), resp.GetNextPageToken(), err
+	})
+	return &pb.ListTopologyRevisionsResponse{Revisions: revs}, err
 }
 
 // listRollouts returns the newest limit rollouts (0: every one), reading
 // as many pages as that takes.
 func listRollouts(ctx context.Context, c pb.RolloutServiceClient, limit int) (*pb.ListRolloutsResponse, error) {
-	out := &pb.ListRolloutsResponse{}
-	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
-		size := listPageSize
-		if left := limit - len(out.Rollouts); limit > 0 && (size == 0 || int(size) > left) {
-			size = int32(min(left, 100))
-		}
+	ros, err := listNewest(ctx, limit, 100, func(ctx context.Context, size int32, token string) ([]*pb.Rollout, string, error) {
 		resp, err := c.ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: size, PageToken: token})
-		if err != nil {
-			return "", err
-		}
-		out.Rollouts = append(out.Rollouts, resp.GetRollouts()...)
-		if limit > 0 && len(out.Rollouts) >= limit {
-			out.Rollouts = out.Rollouts[:limit]
-			return "", nil
-		}
-		return resp.GetNextPageToken(), nil
+		return resp.GetRollouts(), resp.GetNextPageToken(), err
 	})
-	return out, err
+	return &pb.ListRolloutsResponse{Rollouts: ros}, err
+}
+
+// listRotations returns the newest limit rotations (0: every one),
+// reading as many pages as that takes.
+func listRotations(ctx context.Context, c pb.RotationServiceClient, limit int) (*pb.ListRotationsResponse, error) {
+	rots, err := listNewest(ctx, limit, 100, func(ctx context.Context, size int32, token string) ([]*pb.Rotation, string, error) {
+		resp, err := c.ListRotations(ctx, &pb.ListRotationsRequest{PageSize: size, PageToken: token})
+		return resp.GetRotations(), resp.GetNextPageToken(), err
+	})
+	return &pb.ListRotationsResponse{Rotations: rots}, err
 }
 
 // stalest is the older of two stale marks (nil: fresh).

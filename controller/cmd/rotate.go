@@ -150,9 +150,11 @@ that fails.
 		Use: "list", Short: "List rotations, newest first", Args: cobra.NoArgs,
 	}
 	listOut := addOutput(list, formatTable, formatJSON, formatYAML)
+	var listLimit int
+	list.Flags().IntVar(&listLimit, "limit", 0, "show only the newest N rotations (default: every one)")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
 		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-			resp, err := pb.NewRotationServiceClient(conn).ListRotations(ctx, &pb.ListRotationsRequest{PageSize: 50})
+			resp, err := listRotations(ctx, pb.NewRotationServiceClient(conn), listLimit)
 			if err != nil {
 				return rpcError("rotate list", err)
 			}

@@ -1,0 +1,61 @@
+package cmd
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+)
+
+// listNewest reads every page, or stops at the limit, asking for no more
+// than the limit leaves.
+func TestListNewestReadsPagesUpToTheLimit(t *testing.T) {
+	items := []int{9, 8, 7, 6, 5}
+	page := func(sizes *[]int32) func(context.Context, int32, string) ([]int, string, error) {
+		return func(_ context.Context, size int32, token string) ([]int, string, error) {
+			*sizes = append(*sizes, size)
+			from := 0
+			if token != "" {
+				if _, err := fmt.Sscan(token, &from); err != nil {
+					return nil, "", err
+				}
+			}
+			n := int(size)
+			if n == 0 {
+				n = 2 // the controller's default in this fake
+			}
+			to := min(from+n, len(items))
+			next := ""
+			if to < len(items) {
+				next = fmt.Sprint(to)
+			}
+			return items[from:to], next, nil
+		}
+	}
+	for _, tc := range []struct {
+		limit     int
+		want      []int
+		wantSizes []int32
+	}{
+		{0, items, []int32{0, 0, 0}},
+		{3, []int{9, 8, 7}, []int32{3}},
+		{7, items, []int32{7}},
+	} {
+		var sizes []int32
+		got, err := listNewest(context.Background(), tc.limit, 100, page(&sizes))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, tc.want) || !slices.Equal(sizes, tc.wantSizes) {
+			t.Errorf("limit %d: %v asking sizes %v, want %v asking %v", tc.limit, got, sizes, tc.want, tc.wantSizes)
+		}
+	}
+	// Pages of one, as the tests' listPageSize: every item, one call each.
+	listPageSize = 1
+	defer func() { listPageSize = 0 }()
+	var sizes []int32
+	got, err := listNewest(context.Background(), 0, 100, page(&sizes))
+	if err != nil || !slices.Equal(got, items) || len(sizes) != len(items) {
+		t.Errorf("pages of one: %v in %d calls (%v), want %v in %d", got, len(sizes), err, items, len(items))
+	}
+}
