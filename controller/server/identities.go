@@ -52,8 +52,8 @@ type Identities struct {
 
 	mu      sync.Mutex
 	revoked map[string]time.Time
-	streams map[string]map[int]tracked
-	next    int
+	// streams lists each host's open streams (nearly always one).
+	streams map[string]*tracked
 	// written is when seen last stored each host's record, and for which
 	// certificate, so that an agent reconnecting in a loop costs no write
 	// per stream.
@@ -68,9 +68,12 @@ type seenWrite struct {
 // seenEvery is how often a host's unchanged identity record is refreshed.
 const seenEvery = time.Minute
 
+// tracked is an open stream of a host, in its host's list.
 type tracked struct {
+	host     string
 	issuedAt time.Time
 	cancel   context.CancelCauseFunc
+	next     *tracked
 }
 
 // NewIdentities loads the deny list from st; Run keeps it current.
@@ -78,7 +81,7 @@ func NewIdentities(ctx context.Context, st *store.Store, log *slog.Logger) (*Ide
 	if log == nil {
 		log = slog.Default()
 	}
-	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]map[int]tracked{}, written: map[string]seenWrite{}}
+	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]*tracked{}, written: map[string]seenWrite{}}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a store without quorum fails the start, clearly
 	defer cancel()
 	rev, err := ids.reload(ctx)
@@ -146,7 +149,7 @@ func (ids *Identities) apply(key string, val []byte) {
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
 	ids.revoked[host] = r.RevokedAt
-	for _, t := range ids.streams[host] {
+	for t := ids.streams[host]; t != nil; t = t.next {
 		if !t.issuedAt.After(r.RevokedAt) {
 			t.cancel(ErrRevoked)
 		}
@@ -172,23 +175,33 @@ func (ids *Identities) Check(cert *x509.Certificate) error {
 	return nil
 }
 
-// track registers a host's stream so that a revocation ends it; release
+// track registers a host's stream so that a revocation ends it; untrack
 // unregisters it.
-func (ids *Identities) track(host string, cert *x509.Certificate, cancel context.CancelCauseFunc) (release func()) {
+func (ids *Identities) track(host string, cert *x509.Certificate, cancel context.CancelCauseFunc) *tracked {
+	t := &tracked{host: host, issuedAt: pki.IssuedAt(cert), cancel: cancel}
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
-	n := ids.next
-	ids.next++
-	if ids.streams[host] == nil {
-		ids.streams[host] = map[int]tracked{}
+	t.next = ids.streams[host]
+	ids.streams[host] = t
+	return t
+}
+
+// untrack unregisters a stream track registered.
+func (ids *Identities) untrack(t *tracked) {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	if head := ids.streams[t.host]; head == t {
+		if t.next == nil {
+			delete(ids.streams, t.host)
+		} else {
+			ids.streams[t.host] = t.next
+		}
+		return
 	}
-	ids.streams[host][n] = tracked{issuedAt: pki.IssuedAt(cert), cancel: cancel}
-	return func() {
-		ids.mu.Lock()
-		defer ids.mu.Unlock()
-		delete(ids.streams[host], n)
-		if len(ids.streams[host]) == 0 {
-			delete(ids.streams, host)
+	for p := ids.streams[t.host]; p != nil; p = p.next {
+		if p.next == t {
+			p.next = t.next
+			return
 		}
 	}
 }
