@@ -55,10 +55,14 @@ func newWriter(st *store.Store) *writer {
 	return &writer{st: st, slots: make(chan struct{}, writersInFlight), inFlight: map[string]bool{}}
 }
 
+// storeEncoding encodes what the Sync streams store: deterministic, so
+// that equal messages have equal encodings (see persistState).
+var storeEncoding = proto.MarshalOptions{Deterministic: true}
+
 // putProto stores m under the relative key rel, and returns once the
 // transaction carrying it has committed, failed, or ctx ended.
 func (w *writer) putProto(ctx context.Context, rel string, m proto.Message) error {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	b, err := storeEncoding.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", rel, err)
 	}

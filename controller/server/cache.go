@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/rotation"
@@ -163,16 +164,17 @@ func (h *Hub) desiredLocked(host string) *desired {
 	}
 	cfg := base
 	if primary || name != "" {
-		cfg = proto.Clone(base).(*pb.HostConfig)
-		// The deployment's host list, the largest part, stays shared: no
-		// one modifies it.
-		cfg.DeploymentHosts = base.DeploymentHosts
+		// Everything but the fields set below stays shared with the
+		// compiled configuration (the partners, the deployment's host
+		// list): no one modifies it.
+		cfg = shallowCopy(base)
 		cfg.Primary = primary
 	}
 	if name != "" {
 		// The version the host's target revision pins; storing a newer one
 		// changes nothing here. Without a pin, the newest version:
 		// replacing it changes the desired state.
+		cfg.TokenIssuer = proto.Clone(base.GetTokenIssuer()).(*pb.TokenIssuer)
 		if p, ok := c.pins[name]; ok {
 			cfg.TokenIssuer.SecretThumbprint = p.Thumbprint
 		} else {
@@ -190,6 +192,20 @@ func (h *Hub) desiredLocked(host string) *desired {
 	}
 	h.desired[host] = d
 	return d
+}
+
+// shallowCopy returns a copy of m that shares the value of every field
+// with m, messages and lists included: for a message that differs from
+// one nobody modifies in a field or two, set on the copy.
+func shallowCopy[M proto.Message](m M) M {
+	src := m.ProtoReflect()
+	dst := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dst.Set(fd, v)
+		return true
+	})
+	dst.SetUnknown(src.GetUnknown())
+	return dst.Interface().(M)
 }
 
 // targetLocked returns the compiled revision host should run: its target
