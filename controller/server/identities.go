@@ -49,6 +49,9 @@ type identityRecord struct {
 type Identities struct {
 	st  *store.Store
 	log *slog.Logger
+	// writes batches the records seen writes, as the hub's writer does
+	// the streams' writes: a reconnecting fleet's records go together.
+	writes *writer
 
 	mu      sync.Mutex
 	revoked map[string]time.Time
@@ -81,7 +84,7 @@ func NewIdentities(ctx context.Context, st *store.Store, log *slog.Logger) (*Ide
 	if log == nil {
 		log = slog.Default()
 	}
-	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]*tracked{}, written: map[string]seenWrite{}}
+	ids := &Identities{st: st, log: log, writes: newWriter(st), revoked: map[string]time.Time{}, streams: map[string]*tracked{}, written: map[string]seenWrite{}}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a store without quorum fails the start, clearly
 	defer cancel()
 	rev, err := ids.reload(ctx)
@@ -220,10 +223,10 @@ func (ids *Identities) seen(ctx context.Context, host string, cert *x509.Certifi
 	}
 	ids.written[host] = seenWrite{serial: serial, at: now}
 	ids.mu.Unlock()
-	rec, _ := json.Marshal(identityRecord{NotAfter: cert.NotAfter.UTC(), Serial: cert.SerialNumber.Text(16), LastSeen: time.Now().UTC()})
+	rec, _ := json.Marshal(identityRecord{NotAfter: cert.NotAfter.UTC(), Serial: serial, LastSeen: now.UTC()})
 	wctx, cancel := storeCtx(ctx)
 	defer cancel()
-	if _, err := ids.st.Client().Put(wctx, ids.st.Key("identities/"+host), string(rec)); err != nil {
+	if _, err := ids.writes.put(wctx, store.BatchPut{Key: "identities/" + host, Value: rec}); err != nil {
 		ids.log.Debug("record host identity", "host", host, "error", err)
 	}
 }

@@ -5,7 +5,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math/big"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,5 +54,46 @@ func TestRevocationEndsTheHostsTrackedStreams(t *testing.T) {
 	}
 	if len(ids.streams) != 0 {
 		t.Errorf("every stream ended, but %d hosts are still tracked", len(ids.streams))
+	}
+}
+
+// The certificate a host connects with is recorded (in the writer's
+// batches): every host of a fleet connecting at once has its record, with
+// the certificate's serial and expiry and when it was seen.
+func TestSeenRecordsEveryConnectingHost(t *testing.T) {
+	ctx := context.Background()
+	f := startHub(t, Config{})
+	ids, _, err := NewIdentities(ctx, f.st, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	notAfter := time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ids.seen(ctx, fmt.Sprintf("h%02d.contoso.com", i), &x509.Certificate{SerialNumber: big.NewInt(int64(0x1000 + i)), NotAfter: notAfter})
+		}()
+	}
+	wg.Wait()
+	for i := range 50 {
+		host := fmt.Sprintf("h%02d.contoso.com", i)
+		resp, err := f.st.Client().Get(ctx, f.st.Key("identities/"+host))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 1 {
+			t.Errorf("%s: no identity record", host)
+			continue
+		}
+		var rec identityRecord
+		if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		if want := fmt.Sprintf("%x", 0x1000+i); rec.Serial != want || !rec.NotAfter.Equal(notAfter) || rec.LastSeen.Before(start.Add(-time.Second)) {
+			t.Errorf("%s: recorded %+v; want serial %s, not after %s, last seen since %s", host, rec, want, notAfter, start)
+		}
 	}
 }
