@@ -156,8 +156,9 @@ type Hub struct {
 	compiles atomic.Int64
 	// view is the last view of the hosts' stored state and reports (view.go).
 	view *fleetView
-	// writes batches the Sync streams' etcd writes.
+	// writes batches the Sync streams' etcd writes, reads their reads.
 	writes *writer
+	reads  *reader
 }
 
 // Stopping tells the hub the controller is shutting down. Every agent
@@ -254,6 +255,7 @@ func NewHub(cfg Config) *Hub {
 		agents:            map[string]*agentState{},
 		view:              newFleetView(),
 		writes:            newWriter(cfg.Store),
+		reads:             newReader(cfg.Store),
 		draining:          make(chan struct{}),
 		stopCtx:           stopCtx,
 		stopStreams:       stopStreams,

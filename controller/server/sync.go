@@ -254,7 +254,7 @@ func (s *AgentService) open(c *conn, hello *pb.Hello) error {
 	// no-re-push rule holds within a stream.
 	prev := &pb.Host{}
 	rctx, rcancel := storeCtx(c.ctx)
-	found, err := h.cfg.Store.GetProto(rctx, store.HostStateKey(host), prev)
+	found, err := h.reads.getProto(rctx, store.HostStateKey(host), prev)
 	rcancel()
 	if err != nil {
 		return err
