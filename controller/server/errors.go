@@ -150,6 +150,7 @@ func (a Access) failed(method string, err error) error {
 func (ids *Identities) serveHost(id pki.Identity, leaf *x509.Certificate, srv any, ss grpc.ServerStream, handler grpc.StreamHandler, log *slog.Logger) error {
 	ctx, cancel := context.WithCancelCause(ss.Context())
 	defer cancel(nil)
+	ctx = context.WithValue(ctx, streamEndKey{}, cancel)
 	t := ids.track(id.Name, leaf, cancel)
 	defer ids.untrack(t)
 	ids.seen(ctx, id.Name, leaf)
@@ -161,6 +162,22 @@ func (ids *Identities) serveHost(id pki.Identity, leaf *x509.Certificate, srv an
 		return revokedStream(ctx, id, log)
 	}
 	return err
+}
+
+// streamEndKey is the context key of the function that ends a host's
+// stream, which serveHost made for revocations (see streamContext).
+type streamEndKey struct{}
+
+// streamContext returns the context of a stream and the function that
+// ends it: the one serveHost made for a host's stream (a revocation ends
+// it too; the cause tells which ended it), else a new one. The handler
+// then makes no second context of its own, which every idle stream would
+// hold (with its list of children).
+func streamContext(parent context.Context) (context.Context, context.CancelCauseFunc) {
+	if end, ok := parent.Value(streamEndKey{}).(context.CancelCauseFunc); ok {
+		return parent, end
+	}
+	return context.WithCancelCause(parent)
 }
 
 // revokedStream logs and returns the end of a revoked host's stream.

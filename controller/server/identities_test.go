@@ -12,7 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/s2strust/s2strust/controller/store"
+	"github.com/s2strust/s2strust/internal/pki"
 )
 
 // A revocation ends every open stream of the host whose certificate was
@@ -94,6 +99,57 @@ func TestSeenRecordsEveryConnectingHost(t *testing.T) {
 		}
 		if want := fmt.Sprintf("%x", 0x1000+i); rec.Serial != want || !rec.NotAfter.Equal(notAfter) || rec.LastSeen.Before(start.Add(-time.Second)) {
 			t.Errorf("%s: recorded %+v; want serial %s, not after %s, last seen since %s", host, rec, want, notAfter, start)
+		}
+	}
+}
+
+// fakeStream is a server stream with only a context.
+type fakeStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s fakeStream) Context() context.Context { return s.ctx }
+
+// A host's stream handler ends its stream through the context the access
+// layer made for revocations, making none of its own (streamContext): a
+// revocation ends the handler's context, with the revocation as its
+// cause, and the stream with UNAUTHENTICATED; the handler ending its own
+// stream (a newer stream took over) is no revocation.
+func TestHostStreamHandlerSharesTheRevocationContext(t *testing.T) {
+	ctx := context.Background()
+	f := startHub(t, Config{})
+	log := slog.New(slog.DiscardHandler)
+	ids, _, err := NewIdentities(ctx, f.st, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := pki.Identity{Kind: pki.KindHost, Name: "fe01.contoso.com"}
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	for _, revoke := range []bool{false, true} {
+		started := make(chan context.CancelCauseFunc, 1)
+		handler := func(_ any, ss grpc.ServerStream) error {
+			sctx, end := streamContext(ss.Context())
+			defer end(nil)
+			if sctx != ss.Context() {
+				t.Error("the handler made a context of its own for a host's stream")
+			}
+			started <- end
+			<-sctx.Done()
+			return status.FromContextError(sctx.Err()).Err()
+		}
+		errc := make(chan error, 1)
+		go func() { errc <- ids.serveHost(id, leaf, nil, fakeStream{ctx: ctx}, handler, log) }()
+		end := <-started
+		if revoke {
+			val, _ := json.Marshal(revocation{RevokedAt: time.Now(), By: "admin/test"})
+			ids.apply(ids.st.Key("revoked/"+id.Name), val)
+		} else {
+			end(nil)
+		}
+		err := <-errc
+		if want := map[bool]codes.Code{false: codes.Canceled, true: codes.Unauthenticated}[revoke]; status.Code(err) != want {
+			t.Errorf("revoked %v: the stream ended with %v; want %v", revoke, err, want)
 		}
 	}
 }

@@ -137,7 +137,8 @@ func NewAgentService(hub *Hub, streamsPerSecond float64, insecure bool) *AgentSe
 func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	// A stopping controller ends every stream, those still saying Hello
 	// and those opened during the stop included (see Hub.Stopping).
-	ctx, cancel := context.WithCancel(stream.Context())
+	ctx, end := streamContext(stream.Context())
+	cancel := func() { end(nil) }
 	defer cancel()
 	defer context.AfterFunc(s.hub.stopCtx, cancel)()
 	c, err := s.start(ctx, cancel, stream)
