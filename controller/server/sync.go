@@ -29,9 +29,10 @@ import (
 // An idle stream costs the controller two goroutines of its own (the
 // handler, parked in serve, and the receiver), so both are kept shallow
 // while they wait: the setup and the work run in functions that have
-// returned by then, and a parked goroutine's stack shrinks to what it
-// uses. Wakes, reports and the receiver's end reach the handler through
-// one channel.
+// returned by then. The garbage collector halves a parked goroutine's
+// stack while it uses less than a quarter of it, so what a parked stack
+// uses, not how deep the setup went, sets what it costs. Wakes, reports
+// and the receiver's end reach the handler through one channel.
 type conn struct {
 	host  string
 	peer  string // the remote address, for logs
