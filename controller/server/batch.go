@@ -3,8 +3,10 @@ package server
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/store"
@@ -55,10 +57,14 @@ func newWriter(st *store.Store) *writer {
 	return &writer{st: st, slots: make(chan struct{}, writersInFlight), inFlight: map[string]bool{}}
 }
 
+// storeEncoding encodes what the Sync streams store: deterministic, so
+// that equal messages have equal encodings (see persistState).
+var storeEncoding = proto.MarshalOptions{Deterministic: true}
+
 // putProto stores m under the relative key rel, and returns once the
 // transaction carrying it has committed, failed, or ctx ended.
 func (w *writer) putProto(ctx context.Context, rel string, m proto.Message) error {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	b, err := storeEncoding.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", rel, err)
 	}
@@ -153,5 +159,113 @@ func (w *writer) commit(batch []*writeReq) {
 	w.mu.Unlock()
 	for _, r := range batch {
 		r.done <- writeResult{rev: rev, err: err}
+	}
+}
+
+// reader merges the Sync streams' reads of single keys (a host's state,
+// read as its stream opens) into transactions, as writer does their
+// writes: a read waits until a transaction holding it has answered, and
+// a transaction carries every read queued while the ones before it were
+// in flight, up to store.MaxBatchOps. A transaction of reads is one
+// linearizable read, as each of them alone was. Like the writer it holds
+// no goroutine while idle.
+type reader struct {
+	st    *store.Store
+	slots chan struct{}
+
+	mu      sync.Mutex
+	queue   []*readReq
+	running bool
+}
+
+type readReq struct {
+	key  string
+	done chan readResult // capacity 1
+}
+
+type readResult struct {
+	value []byte // nil when the key does not exist
+	err   error
+}
+
+func newReader(st *store.Store) *reader {
+	return &reader{st: st, slots: make(chan struct{}, writersInFlight)}
+}
+
+// getProto reads the relative key rel into m; found says whether it exists.
+func (r *reader) getProto(ctx context.Context, rel string, m proto.Message) (found bool, err error) {
+	b, err := r.get(ctx, rel)
+	if err != nil || b == nil {
+		return false, err
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return false, fmt.Errorf("decode %s: %w", rel, err)
+	}
+	return true, nil
+}
+
+// get queues a read of rel and waits for its transaction: the value, nil
+// when there is none.
+func (r *reader) get(ctx context.Context, rel string) ([]byte, error) {
+	q := &readReq{key: rel, done: make(chan readResult, 1)}
+	r.mu.Lock()
+	r.queue = append(r.queue, q)
+	if !r.running {
+		r.running = true
+		go r.drain()
+	}
+	r.mu.Unlock()
+	select {
+	case res := <-q.done:
+		return res.value, res.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("read %s: %w", rel, ctx.Err())
+	}
+}
+
+// drain reads the queue in transactions until it is empty.
+func (r *reader) drain() {
+	for {
+		r.slots <- struct{}{}
+		r.mu.Lock()
+		n := min(len(r.queue), store.MaxBatchOps)
+		if n == 0 {
+			r.running = false
+			r.mu.Unlock()
+			<-r.slots
+			return
+		}
+		batch := slices.Clone(r.queue[:n])
+		clear(r.queue[:n])
+		r.queue = r.queue[n:]
+		r.mu.Unlock()
+		go func() {
+			defer func() { <-r.slots }()
+			r.read(batch)
+		}()
+	}
+}
+
+func (r *reader) read(batch []*readReq) {
+	ops := make([]clientv3.Op, len(batch))
+	for i, q := range batch {
+		ops[i] = clientv3.OpGet(r.st.Key(q.key))
+	}
+	ctx, cancel := storeCtx(context.Background())
+	resp, err := r.st.Client().Txn(ctx).Then(ops...).Commit()
+	cancel()
+	for i, q := range batch {
+		var res readResult
+		switch {
+		case err != nil:
+			res.err = fmt.Errorf("read %s: %w", q.key, err)
+		case len(resp.Responses) != len(batch):
+			res.err = fmt.Errorf("read %s: %d answers to %d reads", q.key, len(resp.Responses), len(batch))
+		default:
+			if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
+				res.value = kvs[0].Value
+			}
+		}
+		q.done <- res
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/rotation"
@@ -234,17 +235,19 @@ func (h *Hub) desiredInputLocked(host string) (desiredInput, bool) {
 }
 
 // build makes the desired state: the host's configuration as compiled,
-// cloned only when the host has something of its own, and its hash.
+// copied (shallowly) only when the host has something of its own, and its
+// hash.
 func (in desiredInput) build() *desired {
 	cfg := in.base
 	if in.primary || in.secret != "" {
-		cfg = proto.Clone(in.base).(*pb.HostConfig)
-		// The deployment's host list, the largest part, stays shared: no
-		// one modifies it.
-		cfg.DeploymentHosts = in.base.DeploymentHosts
+		// Everything but the fields set below stays shared with the
+		// compiled configuration (the partners, the deployment's host
+		// list): no one modifies it.
+		cfg = shallowCopy(in.base)
 		cfg.Primary = in.primary
 	}
 	if in.secret != "" {
+		cfg.TokenIssuer = proto.Clone(in.base.GetTokenIssuer()).(*pb.TokenIssuer)
 		cfg.TokenIssuer.SecretThumbprint = in.thumbprint
 	}
 	// cfg is base itself for a host with nothing of its own: every
@@ -261,6 +264,20 @@ func (h *Hub) keepDesiredLocked(host string, in desiredInput, d *desired) {
 		in.c.shared[host] = d
 	}
 	h.desired[host] = d
+}
+
+// shallowCopy returns a copy of m that shares the value of every field
+// with m, messages and lists included: for a message that differs from
+// one nobody modifies in a field or two, set on the copy.
+func shallowCopy[M proto.Message](m M) M {
+	src := m.ProtoReflect()
+	dst := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dst.Set(fd, v)
+		return true
+	})
+	dst.SetUnknown(src.GetUnknown())
+	return dst.Interface().(M)
 }
 
 // targetLocked returns the compiled revision host should run: its target

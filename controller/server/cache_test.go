@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -217,5 +219,41 @@ func TestDesiredBuiltOutsideTheLockIsNotKeptStale(t *testing.T) {
 	built := in.build()
 	if got := h.keepIfCurrent(other, gen, in, built); got != built || h.desiredFor(other) != built {
 		t.Fatal("a state built with unchanged inputs was not kept")
+	}
+}
+
+// A host's own desired configuration (the primary, a host with key
+// material) is the compiled one with its role and thumbprint set, and
+// shares the rest with it (the partners): it costs each
+// connected host a few fields, not a copy of its trust.
+func TestDesiredStateCopiesOnlyWhatDiffers(t *testing.T) {
+	h := NewHub(Config{})
+	c, err := compileDocument(&store.TopologyRecord{Revision: 7, Name: "contoso", Document: examples.Contoso,
+		Secrets: map[string]store.SecretPin{"oauth-2026": {Version: 1, Thumbprint: "AB12"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.topo = c
+	h.primaries = map[string]string{"pool01": "fe01.contoso.com"}
+	for _, host := range []string{"fe01.contoso.com", "fe02.contoso.com"} {
+		base := c.hosts[host]
+		got := h.desiredLocked(host).config
+		want := proto.Clone(base).(*pb.HostConfig)
+		want.Primary = host == "fe01.contoso.com"
+		want.TokenIssuer.SecretThumbprint = "AB12"
+		if !proto.Equal(got, want) {
+			t.Errorf("%s: desired %v\nwant the compiled configuration with role and thumbprint: %v", host, got, want)
+		}
+		if len(base.GetPartners()) == 0 {
+			t.Fatalf("%s: the example has no partners to share", host)
+		}
+		if got.GetPartners()[0] != base.GetPartners()[0] {
+			t.Errorf("%s: the partners were copied; want them shared with the compiled configuration", host)
+		}
+		if base.GetPrimary() || base.GetTokenIssuer().GetSecretThumbprint() != "" {
+			t.Errorf("%s: the compiled configuration was modified: %v", host, base)
+		}
 	}
 }

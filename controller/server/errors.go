@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"time"
@@ -117,6 +118,9 @@ func (a Access) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 }
 
 // StreamInterceptor is the streaming counterpart of UnaryInterceptor.
+//
+// Its frame stays on the stack of every open stream's handler, so the
+// work before and after the call is in functions of their own.
 func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	id, err := a.authorize(ss.Context(), info.FullMethod)
 	if err != nil {
@@ -124,28 +128,62 @@ func (a Access) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Stre
 		return err
 	}
 	if leaf := pki.LeafFromContext(ss.Context()); a.Identities != nil && id.Kind == pki.KindHost && leaf != nil {
-		// A revocation ends the stream through its context, at once.
-		ctx, cancel := context.WithCancelCause(ss.Context())
-		defer cancel(nil)
-		release := a.Identities.track(id.Name, leaf, cancel)
-		defer release()
-		a.Identities.seen(id.Name, leaf)
-		if err := a.Identities.Check(leaf); err != nil { // revoked between authorize and track
-			return status.Error(codes.Unauthenticated, err.Error())
-		}
-		err = handler(srv, ctxStream{ss, ctx})
-		if errors.Is(context.Cause(ctx), ErrRevoked) {
-			a.log().Warn("stream ended: host revoked", "host", id.Name, "from", peerAddr(ctx))
-			return status.Errorf(codes.Unauthenticated, "%s: %v", id, ErrRevoked)
-		}
+		err = a.Identities.serveHost(id, leaf, srv, ss, handler, a.log())
 	} else {
 		err = handler(srv, ss)
 	}
 	if err != nil {
-		err = toStatus(err)
-		a.logFailure(info.FullMethod, err)
+		err = a.failed(info.FullMethod, err)
 	}
 	return err
+}
+
+// failed maps a failed call's error to its status and logs it.
+func (a Access) failed(method string, err error) error {
+	err = toStatus(err)
+	a.logFailure(method, err)
+	return err
+}
+
+// serveHost runs the handler of a host's stream, which a revocation of the
+// host ends at once, through the stream's context.
+func (ids *Identities) serveHost(id pki.Identity, leaf *x509.Certificate, srv any, ss grpc.ServerStream, handler grpc.StreamHandler, log *slog.Logger) error {
+	ctx, cancel := context.WithCancelCause(ss.Context())
+	defer cancel(nil)
+	ctx = context.WithValue(ctx, streamEndKey{}, cancel)
+	t := ids.track(id.Name, leaf, cancel)
+	defer ids.untrack(t)
+	ids.seen(ctx, id.Name, leaf)
+	if err := ids.Check(leaf); err != nil { // revoked between authorize and track
+		return status.Error(codes.Unauthenticated, err.Error())
+	}
+	err := handler(srv, ctxStream{ss, ctx})
+	if errors.Is(context.Cause(ctx), ErrRevoked) {
+		return revokedStream(ctx, id, log)
+	}
+	return err
+}
+
+// streamEndKey is the context key of the function that ends a host's
+// stream, which serveHost made for revocations (see streamContext).
+type streamEndKey struct{}
+
+// streamContext returns the context of a stream and the function that
+// ends it: the one serveHost made for a host's stream (a revocation ends
+// it too; the cause tells which ended it), else a new one. The handler
+// then makes no second context of its own, which every idle stream would
+// hold (with its list of children).
+func streamContext(parent context.Context) (context.Context, context.CancelCauseFunc) {
+	if end, ok := parent.Value(streamEndKey{}).(context.CancelCauseFunc); ok {
+		return parent, end
+	}
+	return context.WithCancelCause(parent)
+}
+
+// revokedStream logs and returns the end of a revoked host's stream.
+func revokedStream(ctx context.Context, id pki.Identity, log *slog.Logger) error {
+	log.Warn("stream ended: host revoked", "host", id.Name, "from", peerAddr(ctx))
+	return status.Errorf(codes.Unauthenticated, "%s: %v", id, ErrRevoked)
 }
 
 // refused logs a refused call and, when the access has an audit hook,

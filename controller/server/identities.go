@@ -49,24 +49,18 @@ type identityRecord struct {
 type Identities struct {
 	st  *store.Store
 	log *slog.Logger
+	// writes batches the records seen writes, as the hub's writer does
+	// the streams' writes: a reconnecting fleet's records go together.
+	writes *writer
 
 	mu      sync.Mutex
 	revoked map[string]time.Time
-	streams map[string]map[int]tracked
-	next    int
+	// streams lists each host's open streams (nearly always one).
+	streams map[string]*tracked
 	// written is when seen last stored each host's record, and for which
 	// certificate, so that an agent reconnecting in a loop costs no write
 	// per stream.
 	written map[string]seenWrite
-	// pending holds the records seen has not written yet; flush writes
-	// them in batches, so a fleet reconnecting at once (a restart) costs
-	// a few transactions, not one etcd write that each stream waits on.
-	pending map[string]identityRecord
-	flushCh chan struct{}
-	// flushMu orders flush's writes and a renewal's read-modify-write of
-	// the same records, so a record seen before a renewal never lands
-	// after it.
-	flushMu sync.Mutex
 }
 
 type seenWrite struct {
@@ -77,9 +71,12 @@ type seenWrite struct {
 // seenEvery is how often a host's unchanged identity record is refreshed.
 const seenEvery = time.Minute
 
+// tracked is an open stream of a host, in its host's list.
 type tracked struct {
+	host     string
 	issuedAt time.Time
 	cancel   context.CancelCauseFunc
+	next     *tracked
 }
 
 // NewIdentities loads the deny list from st; Run keeps it current.
@@ -87,8 +84,7 @@ func NewIdentities(ctx context.Context, st *store.Store, log *slog.Logger) (*Ide
 	if log == nil {
 		log = slog.Default()
 	}
-	ids := &Identities{st: st, log: log, revoked: map[string]time.Time{}, streams: map[string]map[int]tracked{}, written: map[string]seenWrite{},
-		pending: map[string]identityRecord{}, flushCh: make(chan struct{}, 1)}
+	ids := &Identities{st: st, log: log, writes: newWriter(st), revoked: map[string]time.Time{}, streams: map[string]*tracked{}, written: map[string]seenWrite{}}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // a store without quorum fails the start, clearly
 	defer cancel()
 	rev, err := ids.reload(ctx)
@@ -98,15 +94,8 @@ func NewIdentities(ctx context.Context, st *store.Store, log *slog.Logger) (*Ide
 	return ids, rev, nil
 }
 
-// Run watches the deny list from after revision rev, and writes the
-// identity records seen queues, until ctx ends.
+// Run watches the deny list from after revision rev until ctx ends.
 func (ids *Identities) Run(ctx context.Context, rev int64) error {
-	flushed := make(chan struct{})
-	go func() {
-		defer close(flushed)
-		ids.flushLoop(ctx)
-	}()
-	defer func() { <-flushed }()
 	prefix := ids.st.Key("revoked/")
 	for ctx.Err() == nil {
 		wch := ids.st.Client().Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
@@ -163,7 +152,7 @@ func (ids *Identities) apply(key string, val []byte) {
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
 	ids.revoked[host] = r.RevokedAt
-	for _, t := range ids.streams[host] {
+	for t := ids.streams[host]; t != nil; t = t.next {
 		if !t.issuedAt.After(r.RevokedAt) {
 			t.cancel(ErrRevoked)
 		}
@@ -189,110 +178,57 @@ func (ids *Identities) Check(cert *x509.Certificate) error {
 	return nil
 }
 
-// track registers a host's stream so that a revocation ends it; release
+// track registers a host's stream so that a revocation ends it; untrack
 // unregisters it.
-func (ids *Identities) track(host string, cert *x509.Certificate, cancel context.CancelCauseFunc) (release func()) {
+func (ids *Identities) track(host string, cert *x509.Certificate, cancel context.CancelCauseFunc) *tracked {
+	t := &tracked{host: host, issuedAt: pki.IssuedAt(cert), cancel: cancel}
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
-	n := ids.next
-	ids.next++
-	if ids.streams[host] == nil {
-		ids.streams[host] = map[int]tracked{}
+	t.next = ids.streams[host]
+	ids.streams[host] = t
+	return t
+}
+
+// untrack unregisters a stream track registered.
+func (ids *Identities) untrack(t *tracked) {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	if head := ids.streams[t.host]; head == t {
+		if t.next == nil {
+			delete(ids.streams, t.host)
+		} else {
+			ids.streams[t.host] = t.next
+		}
+		return
 	}
-	ids.streams[host][n] = tracked{issuedAt: pki.IssuedAt(cert), cancel: cancel}
-	return func() {
-		ids.mu.Lock()
-		defer ids.mu.Unlock()
-		delete(ids.streams[host], n)
-		if len(ids.streams[host]) == 0 {
-			delete(ids.streams, host)
+	for p := ids.streams[t.host]; p != nil; p = p.next {
+		if p.next == t {
+			p.next = t.next
+			return
 		}
 	}
 }
 
 // seen records the certificate a host connected with (best effort: the
 // record is for `host list`, not for any decision): when the certificate
-// changed, else at most every seenEvery. The record is queued for the
-// flush loop (Run); the stream does not wait for it.
-func (ids *Identities) seen(host string, cert *x509.Certificate) {
+// changed, else at most every seenEvery.
+func (ids *Identities) seen(ctx context.Context, host string, cert *x509.Certificate) {
 	serial := cert.SerialNumber.Text(16)
 	now := time.Now()
 	ids.mu.Lock()
-	defer ids.mu.Unlock()
 	w, ok := ids.written[host]
 	if ok && w.serial == serial && now.Sub(w.at) < seenEvery {
+		ids.mu.Unlock()
 		return
 	}
 	ids.written[host] = seenWrite{serial: serial, at: now}
-	ids.pending[host] = identityRecord{NotAfter: cert.NotAfter.UTC(), Serial: serial, LastSeen: now.UTC()}
-	select {
-	case ids.flushCh <- struct{}{}:
-	default:
+	ids.mu.Unlock()
+	rec, _ := json.Marshal(identityRecord{NotAfter: cert.NotAfter.UTC(), Serial: serial, LastSeen: now.UTC()})
+	wctx, cancel := storeCtx(ctx)
+	defer cancel()
+	if _, err := ids.writes.put(wctx, store.BatchPut{Key: "identities/" + host, Value: rec}); err != nil {
+		ids.log.Debug("record host identity", "host", host, "error", err)
 	}
-}
-
-// flushLoop writes the queued identity records until ctx ends, and once
-// more then, briefly.
-func (ids *Identities) flushLoop(ctx context.Context) {
-	for {
-		select {
-		case <-ids.flushCh:
-			ids.flush(ctx)
-		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			ids.flush(fctx)
-			cancel()
-			return
-		}
-	}
-}
-
-// flush writes every queued record, store.MaxBatchOps to a transaction.
-// A batch that fails is dropped (and its hosts written again at their
-// next connection): the records inform, they decide nothing.
-func (ids *Identities) flush(ctx context.Context) {
-	ids.flushMu.Lock()
-	defer ids.flushMu.Unlock()
-	for {
-		ids.mu.Lock()
-		batch := make([]store.BatchPut, 0, min(len(ids.pending), store.MaxBatchOps))
-		for host, rec := range ids.pending {
-			if len(batch) == store.MaxBatchOps {
-				break
-			}
-			val, _ := json.Marshal(rec)
-			batch = append(batch, store.BatchPut{Key: "identities/" + host, Value: val})
-			delete(ids.pending, host)
-		}
-		ids.mu.Unlock()
-		if len(batch) == 0 {
-			return
-		}
-		wctx, cancel := storeCtx(ctx)
-		_, err := ids.st.PutBatch(wctx, batch)
-		cancel()
-		if err != nil {
-			ids.log.Debug("record host identities", "hosts", len(batch), "error", err)
-			ids.mu.Lock()
-			for _, p := range batch {
-				delete(ids.written, strings.TrimPrefix(p.Key, "identities/"))
-			}
-			ids.mu.Unlock()
-			if ctx.Err() != nil {
-				return
-			}
-		}
-	}
-}
-
-// takePending removes host's queued record, for a renewal that writes
-// the record itself (holding flushMu).
-func (ids *Identities) takePending(host string) (identityRecord, bool) {
-	ids.mu.Lock()
-	defer ids.mu.Unlock()
-	rec, ok := ids.pending[host]
-	delete(ids.pending, host)
-	return rec, ok
 }
 
 // HostIdentityService implements pb.HostIdentityServiceServer.
@@ -337,14 +273,9 @@ func (s *HostIdentityService) RenewHostCertificate(ctx context.Context, req *pb.
 	// LastSeen stays what the last connection set: it says when the host
 	// last opened a stream, which a renewal is not.
 	st := s.ids.st
-	s.ids.flushMu.Lock()
-	defer s.ids.flushMu.Unlock()
 	var prev identityRecord
 	if got, err := st.Client().Get(ctx, st.Key("identities/"+id.Name)); err == nil && len(got.Kvs) > 0 {
 		_ = json.Unmarshal(got.Kvs[0].Value, &prev)
-	}
-	if queued, ok := s.ids.takePending(id.Name); ok && queued.LastSeen.After(prev.LastSeen) {
-		prev.LastSeen = queued.LastSeen
 	}
 	rec, _ := json.Marshal(identityRecord{NotAfter: leaf.NotAfter.UTC(), Serial: leaf.SerialNumber.Text(16), LastSeen: prev.LastSeen})
 	audit := auditJSON(map[string]any{"kind": "identity", "who": id.String(), "from": peerAddr(ctx), "when": now.UTC(), "host": id.Name,

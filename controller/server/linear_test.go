@@ -257,6 +257,9 @@ func mustPlan(t *testing.T, f *hubFixture, doc []byte) []*pb.HostPlan {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The hub loads the stored revision on its own; the dry runs before
+	// need none of it, so it may still be loading.
+	waitFor(t, "the hub's current revision", func() bool { return f.hub.currentCompiled() != nil })
 	c := f.hub.currentCompiled()
 	var prev []*pb.HostConfig
 	for _, h := range c.order {

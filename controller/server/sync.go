@@ -1,12 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -23,15 +25,26 @@ import (
 )
 
 // conn is one agent's Sync stream on this replica.
+//
+// An idle stream costs the controller two goroutines of its own (the
+// handler, parked in serve, and the receiver), so both are kept shallow
+// while they wait: the setup and the work run in functions that have
+// returned by then. The garbage collector halves a parked goroutine's
+// stack while it uses less than a quarter of it, so what a parked stack
+// uses, not how deep the setup went, sets what it costs. Wakes, reports
+// and the receiver's end reach the handler through one channel.
 type conn struct {
-	host   string
-	peer   string // the remote address, for logs
-	agent  *agentState
-	wakeCh chan struct{} // capacity 1: wakes coalesce
+	host  string
+	peer  string // the remote address, for logs
+	agent *agentState
+	// ctx is the stream's context, ended by cancel: a newer stream of the
+	// host took over, the controller stops, or the host was revoked.
+	ctx    context.Context
 	cancel context.CancelFunc
-	// reportCh (capacity 1) tells the stream's loop a report is queued or
-	// its budget is back.
-	reportCh chan struct{}
+	// events (capacity 1) wakes the stream's loop, which then handles what
+	// the bits in evs say (evPush, evReport, evRecv): wakes coalesce.
+	events chan struct{}
+	evs    atomic.Uint32
 	// done is closed once the stream has ended and cleaned up, its receiver
 	// included; handlerDone once the handler has (see Sync).
 	done, handlerDone chan struct{}
@@ -52,8 +65,9 @@ type conn struct {
 	nackedVersion uint64
 	nackedHash    string
 	nacked        *pb.Desired
-	// What was last persisted, to write only on change.
-	state  *pb.Host
+	// What was last persisted, to write only on change: the host's state
+	// encoded (storeEncoding) and its last report.
+	state  []byte
 	report *pb.StatusReport
 	// queued is the newest report not yet stored: it waits for the
 	// identity's report budget; reportTimer fires when the budget is back.
@@ -63,7 +77,16 @@ type conn struct {
 	pushTimer *time.Timer
 	// presenceRev is the revision of this stream's presence write.
 	presenceRev int64
+	// recvErr is why the receiver ended (evRecv).
+	recvErr error
 }
+
+// The events of a stream's loop (conn.evs).
+const (
+	evPush   = 1 << iota // the desired state may have changed: push it if due
+	evReport             // a report is queued or its budget is back
+	evRecv               // the receiver ended, with recvErr
+)
 
 // storeTimeout bounds every etcd call made for a stream, so a store
 // without quorum fails the stream (the agent retries) instead of stalling it.
@@ -73,12 +96,16 @@ func storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, storeTimeout)
 }
 
-func (c *conn) wake() {
+// signal hands the stream's loop the events ev.
+func (c *conn) signal(ev uint32) {
+	c.evs.Or(ev)
 	select {
-	case c.wakeCh <- struct{}{}:
+	case c.events <- struct{}{}:
 	default:
 	}
 }
+
+func (c *conn) wake() { c.signal(evPush) }
 
 // AgentService serves the agents' Sync streams.
 type AgentService struct {
@@ -109,134 +136,136 @@ func NewAgentService(hub *Hub, streamsPerSecond float64, insecure bool) *AgentSe
 // every message is size-checked; reports reach etcd at most at the
 // identity's report rate.
 func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
-	h := s.hub
 	// A stopping controller ends every stream, those still saying Hello
 	// and those opened during the stop included (see Hub.Stopping).
-	ctx, cancelAll := context.WithCancel(stream.Context())
-	defer cancelAll()
-	defer context.AfterFunc(h.stopCtx, cancelAll)()
-	if h.stopping.Load() {
-		return status.Error(codes.Unavailable, "sync: the controller is stopping: reconnect with backoff")
+	ctx, end := streamContext(stream.Context())
+	cancel := func() { end(nil) }
+	defer cancel()
+	defer context.AfterFunc(s.hub.stopCtx, cancel)()
+	c, err := s.start(ctx, cancel, stream)
+	if err != nil {
+		return err
 	}
+	defer s.end(c)
+	go s.receive(stream, c)
+	return s.serve(stream, c)
+}
+
+// start admits a new stream, makes it its host's one stream and opens it.
+// A stream that does not start has cleaned up when start returns.
+func (s *AgentService) start(ctx context.Context, cancel context.CancelFunc, stream pb.AgentService_SyncServer) (*conn, error) {
+	if s.hub.stopping.Load() {
+		return nil, status.Error(codes.Unavailable, "sync: the controller is stopping: reconnect with backoff")
+	}
+	hello, ag, err := s.admit(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	c := newConn(ctx, cancel, ag, hello)
+	if err := s.hub.claim(ctx, c); err != nil {
+		close(c.done)
+		return nil, err
+	}
+	if err := s.open(c, hello); err != nil {
+		s.closed(c)
+		close(c.done)
+		return nil, err
+	}
+	return c, nil
+}
+
+// end cleans up after a stream that started. The stream counts as gone
+// once its receiver has ended too: a successor waiting for it starts only
+// then (see receive).
+func (s *AgentService) end(c *conn) {
+	s.closed(c)
+	close(c.handlerDone)
+}
+
+// admit waits for the stream's Hello, within the Hello timeout and the
+// rate of new streams, and checks it: the identity it names, its size, the
+// identity's Hello rate.
+func (s *AgentService) admit(ctx context.Context, stream pb.AgentService_SyncServer) (*pb.Hello, *agentState, error) {
+	h := s.hub
 	lim := h.limits
 	hctx, hcancel := context.WithTimeout(ctx, lim.HelloTimeout)
 	defer hcancel()
 	if err := s.streams.Wait(hctx); err != nil {
-		return status.Error(codes.Unavailable, "too many new streams: retry with backoff")
+		return nil, nil, status.Error(codes.Unavailable, "too many new streams: retry with backoff")
 	}
 	select {
 	case <-h.Ready():
 	case <-hctx.Done():
-		return helloTimeout(ctx, lim)
+		return nil, nil, helloTimeout(ctx, lim)
 	}
 	first, err := recvHello(hctx, stream)
 	if err != nil {
 		if hctx.Err() != nil && ctx.Err() == nil {
-			return helloTimeout(ctx, lim)
+			return nil, nil, helloTimeout(ctx, lim)
 		}
-		return err
+		return nil, nil, err
 	}
 	hello := first.GetHello()
 	if hello == nil {
-		return status.Error(codes.InvalidArgument, "sync: the first message must be hello")
+		return nil, nil, status.Error(codes.InvalidArgument, "sync: the first message must be hello")
 	}
 	host := hello.GetHost()
 	if !s.insecure {
 		id, err := pki.IdentityFromContext(ctx)
 		if err != nil {
-			return status.Errorf(codes.Unauthenticated, "sync: %v", err)
+			return nil, nil, status.Errorf(codes.Unauthenticated, "sync: %v", err)
 		}
 		if id.Kind != pki.KindHost {
-			return status.Errorf(codes.PermissionDenied, "sync: identity %s is not an agent identity", id)
+			return nil, nil, status.Errorf(codes.PermissionDenied, "sync: identity %s is not an agent identity", id)
 		}
 		if id.Name != host {
-			return status.Errorf(codes.PermissionDenied, "sync: certificate names host %s, hello names %s: an agent may sync only as its own host", id.Name, strconv.Quote(host))
+			return nil, nil, status.Errorf(codes.PermissionDenied, "sync: certificate names host %s, hello names %s: an agent may sync only as its own host", id.Name, strconv.Quote(host))
 		}
 	}
 	if host == "" {
-		return status.Error(codes.InvalidArgument, "sync: hello.host is empty")
+		return nil, nil, status.Error(codes.InvalidArgument, "sync: hello.host is empty")
 	}
 	if err := checkAgentMessage(first, host, lim); err != nil {
-		return err
+		return nil, nil, err
 	}
 	h.cfg.Observer.Hello(host)
 	ag := h.agent(host)
 	if !ag.hellos.Allow() {
-		return status.Errorf(codes.ResourceExhausted, "sync: host %s opened streams faster than %g per second (bursts of %d): retry with backoff",
+		return nil, nil, status.Errorf(codes.ResourceExhausted, "sync: host %s opened streams faster than %g per second (bursts of %d): retry with backoff",
 			host, lim.HellosPerSecond, lim.HelloBurst)
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	c := &conn{host: host, peer: peerAddr(ctx), agent: ag, wakeCh: make(chan struct{}, 1), reportCh: make(chan struct{}, 1), cancel: cancel,
+	return hello, ag, nil
+}
+
+func newConn(ctx context.Context, cancel context.CancelFunc, ag *agentState, hello *pb.Hello) *conn {
+	return &conn{host: hello.GetHost(), peer: peerAddr(ctx), agent: ag, ctx: ctx, cancel: cancel, events: make(chan struct{}, 1),
 		done: make(chan struct{}), handlerDone: make(chan struct{}),
 		appliedVersion: hello.GetAppliedVersion(), appliedHash: hello.GetAppliedHash()}
-	recvStarted := false
-	// Runs last: a successor waiting for this stream starts only after
-	// everything below has cleaned up, the receiver included.
-	defer func() {
-		if recvStarted {
-			close(c.handlerDone)
-		} else {
-			close(c.done)
-		}
-	}()
-	if err := h.claim(sctx, c); err != nil {
-		return err
-	}
+}
+
+// open starts the stream that claimed its host: it restores what the host
+// last answered, records its presence and stores what the Hello says.
+func (s *AgentService) open(c *conn, hello *pb.Hello) error {
+	h := s.hub
+	host := c.host
 	h.cfg.Observer.Connected(host)
-	defer h.cfg.Observer.Disconnected(host)
-	defer func() {
-		c.mu.Lock()
-		for _, t := range []*time.Timer{c.reportTimer, c.pushTimer} {
-			if t != nil {
-				t.Stop()
-			}
-		}
-		c.mu.Unlock()
-		h.mu.Lock()
-		if ag.active == c {
-			ag.active = nil
-		}
-		if h.conns[host] == c {
-			delete(h.conns, host)
-		}
-		// A successor waiting to take over keeps the presence key: it writes
-		// its own at once, and the primary does not move.
-		handover := ag.next != nil
-		if !handover && !h.stopping.Load() {
-			// Marked gone before its presence key goes: the presence watch
-			// then finds a primary within its grace, and keeps it.
-			h.gone[host] = h.cfg.Now()
-		}
-		h.mu.Unlock()
-		// When the controller itself stops, presence stays until the lease
-		// expires, so primaries survive a quick restart.
-		if !handover && !h.stopping.Load() {
-			cctx, ccancel := storeCtx(context.WithoutCancel(ctx))
-			c.mu.Lock()
-			rev := c.presenceRev
-			c.mu.Unlock()
-			if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
-				h.log.Warn("clear presence", "host", host, "error", err)
-			}
-			ccancel()
-			h.disconnected(context.WithoutCancel(ctx), host)
-		}
-	}()
 	// Restore what this host last answered. Read only now: the stream this
 	// one replaced may have written it until it ended. A NACK from an
 	// earlier stream does not stop a push on this one: the agent may have
 	// been fixed and restarted (a read-only disk made writable), and the
 	// no-re-push rule holds within a stream.
 	prev := &pb.Host{}
-	rctx, rcancel := storeCtx(sctx)
+	rctx, rcancel := storeCtx(c.ctx)
 	found, err := h.reads.getProto(rctx, store.HostStateKey(host), prev)
 	rcancel()
 	if err != nil {
 		return err
 	}
 	if found {
-		c.state = prev
+		// Kept encoded, which an idle stream holds in a third of the space.
+		if c.state, err = storeEncoding.Marshal(prev); err != nil {
+			return fmt.Errorf("encode the state of %s: %w", host, err)
+		}
 		// A monitor-mode answer is no failure: the version goes again to a
 		// new stream, which may be the agent restarted to apply.
 		if lr := prev.GetLastResult(); lr.GetKind() == pb.ResultKind_RESULT_KIND_NACK && !lr.GetMonitor() {
@@ -247,7 +276,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	h.mu.Lock()
 	lease := h.lease
 	h.mu.Unlock()
-	pctx, pcancel := storeCtx(sctx)
+	pctx, pcancel := storeCtx(c.ctx)
 	// In the writer's transactions: a reconnecting fleet's presence
 	// writes go together, as its state writes do.
 	rev, err := h.writes.put(pctx, store.BatchPut{Key: store.PresenceKey(host), Value: []byte(h.cfg.ID), Lease: lease})
@@ -262,9 +291,7 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 	h.present[host] = true
 	delete(h.gone, host)
 	h.mu.Unlock()
-	h.reselectFor(sctx, host)
-	hctx2, hcancel2 := storeCtx(sctx)
-	defer hcancel2()
+	h.reselectFor(c.ctx, host)
 	// The Hello names what the agent last applied and verified. When that
 	// is the desired state, the host has ACKed it, even if the ACK was lost
 	// (the controller died between the agent's apply and storing its ACK).
@@ -275,7 +302,8 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 		c.nacked = nil
 		c.mu.Unlock()
 	}
-	if err := s.persistState(hctx2, c, func(st *pb.Host) {
+	hctx, hcancel := storeCtx(c.ctx)
+	err = s.persistState(hctx, c, func(st *pb.Host) {
 		st.AgentVersion = hello.GetAgentVersion()
 		st.Driver = hello.GetDriver()
 		st.AppliedVersion = hello.GetAppliedVersion()
@@ -284,53 +312,138 @@ func (s *AgentService) Sync(stream pb.AgentService_SyncServer) error {
 			st.LastResult = &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: d.version, Hash: d.hash, Time: timestamp(h.cfg.Now())}
 		}
 		st.DetectedProducts = hello.GetProducts()
-	}); err != nil {
-		return err
-	}
-	h.observer.Connected(host, c.peer, hello.GetAppliedVersion(), hello.GetAgentVersion())
-
-	recvErr := make(chan error, 1)
-	recvStarted = true
-	go func() {
-		recvErr <- s.recvLoop(sctx, stream, c)
-		// Recv returns only once the handler has returned, so the handler
-		// cannot wait for this; the stream counts as gone after both.
-		<-c.handlerDone
-		close(c.done)
-	}()
-	pushed, err := s.maybePush(sctx, stream, c)
+	})
+	hcancel()
 	if err != nil {
 		return err
 	}
-	if !pushed {
-		c.mu.Lock()
-		v := c.appliedVersion
-		c.mu.Unlock()
-		if err := stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_UpToDate{UpToDate: &pb.UpToDate{Version: v}}}); err != nil {
-			return err
+	h.observer.Connected(host, c.peer, hello.GetAppliedVersion(), hello.GetAgentVersion())
+	return nil
+}
+
+// closed cleans up after a stream that claimed its host.
+func (s *AgentService) closed(c *conn) {
+	h := s.hub
+	host := c.host
+	defer h.cfg.Observer.Disconnected(host)
+	c.mu.Lock()
+	for _, t := range []*time.Timer{c.reportTimer, c.pushTimer} {
+		if t != nil {
+			t.Stop()
 		}
+	}
+	c.mu.Unlock()
+	h.mu.Lock()
+	if c.agent.active == c {
+		c.agent.active = nil
+	}
+	if h.conns[host] == c {
+		delete(h.conns, host)
+	}
+	// A successor waiting to take over keeps the presence key: it writes
+	// its own at once, and the primary does not move.
+	handover := c.agent.next != nil
+	if !handover && !h.stopping.Load() {
+		// Marked gone before its presence key goes: the presence watch
+		// then finds a primary within its grace, and keeps it.
+		h.gone[host] = h.cfg.Now()
+	}
+	h.mu.Unlock()
+	// When the controller itself stops, presence stays until the lease
+	// expires, so primaries survive a quick restart.
+	if !handover && !h.stopping.Load() {
+		cctx, ccancel := storeCtx(context.WithoutCancel(c.ctx))
+		c.mu.Lock()
+		rev := c.presenceRev
+		c.mu.Unlock()
+		if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
+			h.log.Warn("clear presence", "host", host, "error", err)
+		}
+		ccancel()
+		h.disconnected(context.WithoutCancel(c.ctx), host)
+	}
+}
+
+// serve sends the agent what it lacks, or that it is up to date, and then
+// follows the stream's events until it ends.
+func (s *AgentService) serve(stream pb.AgentService_SyncServer, c *conn) error {
+	if err := s.greet(stream, c); err != nil {
+		return err
 	}
 	for {
 		select {
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		case <-sctx.Done():
-			return status.FromContextError(sctx.Err()).Err()
-		case <-h.draining:
+		case <-c.ctx.Done():
+			return status.FromContextError(c.ctx.Err()).Err()
+		case <-s.hub.draining:
 			return s.drain(stream)
-		case <-c.wakeCh:
-			if _, err := s.maybePush(sctx, stream, c); err != nil {
-				return err
-			}
-		case <-c.reportCh:
-			if err := s.flushReport(sctx, c); err != nil {
+		case <-c.events:
+			if end, err := s.handle(stream, c); end {
 				return err
 			}
 		}
 	}
+}
+
+// greet is the stream's first answer: the desired state when the agent
+// lacks it, else UpToDate.
+func (s *AgentService) greet(stream pb.AgentService_SyncServer, c *conn) error {
+	pushed, err := s.maybePush(c.ctx, stream, c)
+	if err != nil || pushed {
+		return err
+	}
+	c.mu.Lock()
+	v := c.appliedVersion
+	c.mu.Unlock()
+	return stream.Send(&pb.SyncResponse{Message: &pb.SyncResponse_UpToDate{UpToDate: &pb.UpToDate{Version: v}}})
+}
+
+// handle does what the stream's pending events ask; end says the stream
+// ends, with err.
+func (s *AgentService) handle(stream pb.AgentService_SyncServer, c *conn) (end bool, err error) {
+	ev := c.evs.Swap(0)
+	if ev&evRecv != 0 {
+		c.mu.Lock()
+		err := c.recvErr
+		c.mu.Unlock()
+		if errors.Is(err, io.EOF) {
+			return true, nil
+		}
+		return true, err
+	}
+	if ev&evReport != 0 {
+		if err := s.flushReport(c.ctx, c); err != nil {
+			return true, err
+		}
+	}
+	if ev&evPush != 0 {
+		if _, err := s.maybePush(c.ctx, stream, c); err != nil {
+			return true, err
+		}
+	}
+	return false, nil
+}
+
+// receive reads the agent's messages until the stream ends, then tells
+// the stream's loop why.
+func (s *AgentService) receive(stream pb.AgentService_SyncServer, c *conn) {
+	var err error
+	for {
+		var req *pb.SyncRequest
+		if req, err = stream.Recv(); err != nil {
+			break
+		}
+		if err = s.onMessage(c, req); err != nil {
+			break
+		}
+	}
+	c.mu.Lock()
+	c.recvErr = err
+	c.mu.Unlock()
+	c.signal(evRecv)
+	// Recv returns only once the handler has returned, so the handler
+	// cannot wait for this; the stream counts as gone after both.
+	<-c.handlerDone
+	close(c.done)
 }
 
 // drain tells the agent when to come back, for a controller that stops,
@@ -480,39 +593,28 @@ func (s *AgentService) maybePush(ctx context.Context, stream pb.AgentService_Syn
 	return true, nil
 }
 
-func (s *AgentService) recvLoop(ctx context.Context, stream pb.AgentService_SyncServer, c *conn) error {
-	for {
-		req, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if err := checkAgentMessage(req, c.host, s.hub.limits); err != nil {
-			return err
-		}
-		switch m := req.GetMessage().(type) {
-		case *pb.SyncRequest_Ack:
-			if err := s.onResult(ctx, c, m.Ack.GetVersion(), m.Ack.GetNonce(), m.Ack.GetHash(), nil, true, false); err != nil {
-				return err
-			}
-		case *pb.SyncRequest_Nack:
-			if err := s.onResult(ctx, c, m.Nack.GetVersion(), m.Nack.GetNonce(), m.Nack.GetHash(), m.Nack.GetErrors(), false, m.Nack.GetMonitor()); err != nil {
-				return err
-			}
-		case *pb.SyncRequest_Status:
-			// The stream's loop stores it, within the identity's budget;
-			// a newer report replaces one still waiting.
-			c.mu.Lock()
-			c.queued = m.Status
-			c.mu.Unlock()
-			select {
-			case c.reportCh <- struct{}{}:
-			default:
-			}
-		case *pb.SyncRequest_Hello:
-			return status.Error(codes.InvalidArgument, "sync: hello may only open the stream")
-		default:
-			return status.Error(codes.InvalidArgument, "sync: empty message")
-		}
+// onMessage handles one message from the agent after its Hello.
+func (s *AgentService) onMessage(c *conn, req *pb.SyncRequest) error {
+	if err := checkAgentMessage(req, c.host, s.hub.limits); err != nil {
+		return err
+	}
+	switch m := req.GetMessage().(type) {
+	case *pb.SyncRequest_Ack:
+		return s.onResult(c.ctx, c, m.Ack.GetVersion(), m.Ack.GetNonce(), m.Ack.GetHash(), nil, true, false)
+	case *pb.SyncRequest_Nack:
+		return s.onResult(c.ctx, c, m.Nack.GetVersion(), m.Nack.GetNonce(), m.Nack.GetHash(), m.Nack.GetErrors(), false, m.Nack.GetMonitor())
+	case *pb.SyncRequest_Status:
+		// The stream's loop stores it, within the identity's budget;
+		// a newer report replaces one still waiting.
+		c.mu.Lock()
+		c.queued = m.Status
+		c.mu.Unlock()
+		c.signal(evReport)
+		return nil
+	case *pb.SyncRequest_Hello:
+		return status.Error(codes.InvalidArgument, "sync: hello may only open the stream")
+	default:
+		return status.Error(codes.InvalidArgument, "sync: empty message")
 	}
 }
 
@@ -607,10 +709,7 @@ func (s *AgentService) flushReport(ctx context.Context, c *conn) error {
 			c.mu.Lock()
 			c.reportTimer = nil
 			c.mu.Unlock()
-			select {
-			case c.reportCh <- struct{}{}:
-			default:
-			}
+			c.signal(evReport)
 		})
 		c.mu.Unlock()
 		return nil
@@ -669,23 +768,27 @@ func (s *AgentService) persistState(ctx context.Context, c *conn, change func(*p
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	c.mu.Lock()
-	var next *pb.Host
-	if c.state != nil {
-		next = proto.Clone(c.state).(*pb.Host)
-	} else {
-		next = &pb.Host{Host: c.host}
+	stored := c.state
+	c.mu.Unlock()
+	next := &pb.Host{Host: c.host}
+	if stored != nil {
+		if err := proto.Unmarshal(stored, next); err != nil {
+			return fmt.Errorf("decode the state of %s: %w", c.host, err)
+		}
 	}
 	change(next)
-	if c.state != nil && proto.Equal(c.state, next) {
-		c.mu.Unlock()
+	b, err := storeEncoding.Marshal(next)
+	if err != nil {
+		return fmt.Errorf("encode the state of %s: %w", c.host, err)
+	}
+	if stored != nil && bytes.Equal(stored, b) {
 		return nil
 	}
-	c.mu.Unlock()
-	if err := s.hub.writes.putProto(ctx, store.HostStateKey(c.host), next); err != nil {
+	if _, err := s.hub.writes.put(ctx, store.BatchPut{Key: store.HostStateKey(c.host), Value: b}); err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.state = next
+	c.state = b
 	c.mu.Unlock()
 	return nil
 }

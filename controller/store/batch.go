@@ -46,33 +46,5 @@ func (s *Store) PutBatch(ctx context.Context, puts []BatchPut) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// GetBatch reads every relative key in one etcd transaction (one
-// linearizable read of them all): the value of each, nil for a key that
-// does not exist. At most MaxBatchOps keys.
-func (s *Store) GetBatch(ctx context.Context, keys []string) ([][]byte, error) {
-	if len(keys) > MaxBatchOps {
-		return nil, fmt.Errorf("read %d keys in one transaction: at most %d", len(keys), MaxBatchOps)
-	}
-	ops := make([]clientv3.Op, len(keys))
-	for i, k := range keys {
-		ops[i] = clientv3.OpGet(s.Key(k))
-	}
-	resp, err := s.cli.Txn(ctx).Then(ops...).Commit()
-	if err != nil {
-		what := keys[0]
-		if len(keys) > 1 {
-			what = fmt.Sprintf("%s and %d more keys", what, len(keys)-1)
-		}
-		return nil, fmt.Errorf("read %s: %w", what, err)
-	}
-	out := make([][]byte, len(keys))
-	for i, r := range resp.Responses {
-		if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
-			out[i] = kvs[0].Value
-		}
-	}
-	return out, nil
-}
-
 // PresenceKey is the relative key of host's presence (see SetPresent).
 func PresenceKey(host string) string { return "presence/" + host }
