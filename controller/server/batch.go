@@ -39,9 +39,13 @@ type writer struct {
 	inFlight map[string]bool
 }
 
-// writersInFlight is how many transactions the writer keeps in flight:
-// enough to hide etcd's commit latency, few enough that batches fill.
-const writersInFlight = 4
+// writersInFlight is how many transactions the writer (and the reader)
+// keeps in flight: enough to hide etcd's commit latency, few enough that
+// batches fill. etcd commits the transactions in flight together (one
+// raft entry batch, one WAL sync): with 4, a restart's 10,000 reconnecting
+// streams queued behind their presence and state writes and the resync
+// took 12–33 s on the 2-core machine; with 16, 12.1 s in each of 3 runs.
+const writersInFlight = 16
 
 type writeReq struct {
 	put  store.BatchPut
