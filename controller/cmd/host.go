@@ -23,7 +23,7 @@ was fixed, e.g. a read-only disk) or this command sends it again.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
-				resp, err := pb.NewFleetServiceClient(conn).RetryHost(ctx, &pb.RetryHostRequest{Host: args[0]})
+				resp, err := pb.NewFleetServiceClient(conn).RetryHost(ctx, &pb.RetryHostRequest{Name: "hosts/" + args[0]})
 				if err != nil {
 					return rpcError("retry host "+args[0], err)
 				}

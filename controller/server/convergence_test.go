@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,6 +159,13 @@ func TestNackIsNotFinalForever(t *testing.T) {
 	}
 
 	// Bad input: a host outside the topology.
+	// By resource name as by FQDN; a malformed name is refused by name.
+	if _, err := fleet.RetryHost(context.Background(), &pb.RetryHostRequest{Name: "hosts/nope.contoso.com"}); status.Code(err) != codes.NotFound {
+		t.Errorf("retry hosts/nope.contoso.com: %v, want NOT_FOUND", err)
+	}
+	if _, err := fleet.RetryHost(context.Background(), &pb.RetryHostRequest{Name: "nope.contoso.com"}); status.Code(toStatus(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "nope.contoso.com") {
+		t.Errorf("retry with a bare FQDN as name: %v, want INVALID_ARGUMENT naming it", err)
+	}
 	if _, err := fleet.RetryHost(context.Background(), &pb.RetryHostRequest{Host: "nope.contoso.com"}); status.Code(err) != codes.NotFound {
 		t.Errorf("RetryHost(unknown host) err = %v; want NOT_FOUND", err)
 	}

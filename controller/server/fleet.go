@@ -319,7 +319,10 @@ func (s *FleetService) rememberSeq(v, n uint64) {
 // RetryHost implements the RPC; see the proto for its contract.
 func (s *FleetService) RetryHost(ctx context.Context, req *pb.RetryHostRequest) (*pb.RetryHostResponse, error) {
 	h := s.hub
-	host := req.GetHost()
+	host, err := hostFromName(req.GetName(), req.GetHost())
+	if err != nil {
+		return nil, err
+	}
 	snap := h.snapshot()
 	if snap.topo == nil || snap.topo.hosts[host] == nil {
 		return nil, status.Errorf(codes.NotFound, "host %q is not in the current topology", host)
