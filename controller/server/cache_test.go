@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -255,5 +256,42 @@ func TestDesiredStateCopiesOnlyWhatDiffers(t *testing.T) {
 		if base.GetPrimary() || base.GetTokenIssuer().GetSecretThumbprint() != "" {
 			t.Errorf("%s: the compiled configuration was modified: %v", host, base)
 		}
+	}
+}
+
+// An apply takes the current record from the hub when etcd's current
+// revision is the hub's, and from etcd when the hub is behind (another
+// replica committed since): never a stale revision.
+func TestCurrentRecordIsNeverStale(t *testing.T) {
+	f := startHub(t, Config{Secrets: fakeSecrets{}})
+	select {
+	case <-f.hub.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("hub not ready")
+	}
+	ctx := context.Background()
+	old := f.hub.currentCompiled()
+	want, err := f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	behind := NewHub(Config{Store: f.st, Logger: slog.New(slog.DiscardHandler)})
+	behind.topo = old
+	got, err := behind.currentRecord(ctx)
+	if err != nil || got.Revision != want.Revision || got.Sequence != want.Sequence || got.Hash != want.Hash || got.Name != want.Name {
+		t.Fatalf("current record from the hub: %+v, %v; want revision %d sequence %d hash %s", got, err, want.Revision, want.Sequence, want.Hash)
+	}
+	// Another replica commits: this hub has not seen it.
+	doc := bytes.Replace(examples.Contoso, []byte("fe02.contoso.com"), []byte("fe03.contoso.com"), 1)
+	if _, _, err := f.st.PutTopology(ctx, "contoso", doc, "test", time.Now(), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	want, err = f.st.CurrentTopology(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = behind.currentRecord(ctx)
+	if err != nil || got.Revision != want.Revision || got.Revision == old.revision || got.Hash != want.Hash {
+		t.Fatalf("current record with the hub behind: %+v, %v; want revision %d from etcd (the hub has %d)", got, err, want.Revision, old.revision)
 	}
 }

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/internal/topology"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -51,6 +53,23 @@ func (h *Hub) compiledRecord(rec *store.TopologyRecord) (*compiled, error) {
 	c := *f
 	c.revision, c.sequence, c.name, c.pins = rec.Revision, rec.Sequence, rec.Name, rec.Secrets
 	return &c, nil
+}
+
+// currentRecord returns the current topology's record, as far as an
+// apply needs it (revision, sequence, name, hash): from the hub's own
+// compilation when etcd's current revision is the one the hub has made
+// current, read from etcd otherwise (another replica committed since, or
+// the hub is behind). Only the revision is read when they agree: the
+// record of a large fleet is megabytes to read and decode.
+func (h *Hub) currentRecord(ctx context.Context) (*store.TopologyRecord, error) {
+	rev, err := h.cfg.Store.CurrentRevision(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if c := h.currentCompiled(); c != nil && c.revision == rev && c.sequence != 0 {
+		return &store.TopologyRecord{Revision: c.revision, Sequence: c.sequence, Name: c.name, Hash: c.hash}, nil
+	}
+	return h.cfg.Store.CurrentTopology(ctx)
 }
 
 // currentFor is the compilation of rec, the current revision: the hub's

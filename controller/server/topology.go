@@ -176,7 +176,7 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	st := s.hub.cfg.Store
 	var prev []*pb.HostConfig
 	var curRev uint64
-	cur, err := st.CurrentTopology(ctx)
+	cur, err := s.hub.currentRecord(ctx)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 	case err != nil:

@@ -192,6 +192,20 @@ func DecodeTopology(value []byte, rev int64) (*TopologyRecord, error) {
 // IsCurrentTopologyKey reports whether key is topology/current.
 func (s *Store) IsCurrentTopologyKey(key []byte) bool { return string(key) == s.currentKey() }
 
+// CurrentRevision returns the etcd revision of the current topology,
+// read without the record itself (a large fleet's is megabytes), or
+// ErrNotFound.
+func (s *Store) CurrentRevision(ctx context.Context) (uint64, error) {
+	resp, err := s.cli.Get(ctx, s.currentKey(), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, fmt.Errorf("read current topology: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, ErrNotFound
+	}
+	return uint64(resp.Kvs[0].ModRevision), nil
+}
+
 // CurrentTopology returns the current topology, or ErrNotFound.
 func (s *Store) CurrentTopology(ctx context.Context) (*TopologyRecord, error) {
 	resp, err := s.cli.Get(ctx, s.currentKey())
