@@ -42,7 +42,8 @@ func Decode(kind, token string) (string, error) {
 		return Invalid("page_token", token, why+"; pass the next_page_token of a previous "+kind+" response, or none for the first page")
 	}
 	b, err := base64.RawURLEncoding.Strict().DecodeString(token)
-	if err != nil {
+	// The decoder skips line breaks: a token is only the one encoding.
+	if err != nil || base64.RawURLEncoding.EncodeToString(b) != token {
 		return "", bad("not a page token (not base64url)")
 	}
 	if len(b) < 2+sumLen || b[0] != version {
