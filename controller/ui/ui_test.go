@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 // fakeFleet answers the FleetService calls from fixed data; WatchHosts
 // sends its snapshot, then one message per value on changes.
 type fakeFleet struct {
+	mu      sync.Mutex // guards hosts, which a test may change while served
 	hosts   []*pb.Host
 	reports map[string]*pb.StatusReport
 	trust   *pb.GetTrustReportResponse
@@ -34,7 +36,7 @@ type fakeFleet struct {
 }
 
 func (f *fakeFleet) WatchHosts(_ *pb.WatchHostsRequest, stream pb.FleetService_WatchHostsServer) error {
-	if err := stream.Send(&pb.WatchHostsResponse{Hosts: f.hosts, InitialComplete: true}); err != nil {
+	if err := stream.Send(&pb.WatchHostsResponse{Hosts: f.hostList(), InitialComplete: true}); err != nil {
 		return err
 	}
 	for {
@@ -42,15 +44,27 @@ func (f *fakeFleet) WatchHosts(_ *pb.WatchHostsRequest, stream pb.FleetService_W
 		case <-stream.Context().Done():
 			return stream.Context().Err()
 		case <-f.changes:
-			if err := stream.Send(&pb.WatchHostsResponse{Hosts: f.hosts}); err != nil {
+			if err := stream.Send(&pb.WatchHostsResponse{Hosts: f.hostList()}); err != nil {
 				return err
 			}
 		}
 	}
 }
 
+func (f *fakeFleet) hostList() []*pb.Host {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.hosts)
+}
+
+func (f *fakeFleet) setHosts(hosts ...*pb.Host) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hosts = hosts
+}
+
 func (f *fakeFleet) ListHosts(_ context.Context, r *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
-	resp := &pb.ListHostsResponse{Hosts: f.hosts}
+	resp := &pb.ListHostsResponse{Hosts: f.hostList()}
 	if r.GetView() == pb.HostView_HOST_VIEW_FULL {
 		resp.Statuses = f.reports
 	}
@@ -58,7 +72,7 @@ func (f *fakeFleet) ListHosts(_ context.Context, r *pb.ListHostsRequest) (*pb.Li
 }
 
 func (f *fakeFleet) GetHost(_ context.Context, r *pb.GetHostRequest) (*pb.GetHostResponse, error) {
-	for _, h := range f.hosts {
+	for _, h := range f.hostList() {
 		if h.GetHost() == r.GetHost() {
 			return &pb.GetHostResponse{Host: h, Status: f.reports[h.GetHost()]}, nil
 		}
@@ -505,7 +519,7 @@ func TestEventsStreamTheViewAsHostsChange(t *testing.T) {
 	if len(first) != 1 || !strings.Contains(first[0], `"fe01.contoso.com"`) {
 		t.Fatalf("first event: %q, want the view with fe01", first)
 	}
-	fleet.hosts[0] = &pb.Host{Host: "fe01.contoso.com", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, Connected: false}
+	fleet.setHosts(&pb.Host{Host: "fe01.contoso.com", Deployment: "pool01", Product: pb.Product_PRODUCT_LYNC, Connected: false})
 	fleet.changes <- struct{}{}
 	var v view
 	for _, data := range readEvents(t, resp.Body, "fleet", 2) {
