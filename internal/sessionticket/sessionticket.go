@@ -20,8 +20,6 @@
 package sessionticket
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -30,6 +28,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/s2strust/s2strust/internal/secretbox"
 )
 
 const (
@@ -43,7 +43,6 @@ const (
 
 	version    = 1
 	headerSize = 1 + 4 // version, period
-	nonceSize  = 12
 )
 
 // Keys seals and opens session tickets. It is safe for concurrent use.
@@ -51,8 +50,8 @@ type Keys struct {
 	root [RootSize]byte
 	now  func() time.Time
 
-	mu    sync.Mutex
-	aeads map[uint32]cipher.AEAD // by period, only those in the window
+	mu   sync.Mutex
+	keys map[uint32][]byte // by period, only those in the window
 }
 
 // New returns the keys derived from root, which must be RootSize bytes.
@@ -60,7 +59,7 @@ func New(root []byte) (*Keys, error) {
 	if len(root) != RootSize {
 		return nil, fmt.Errorf("session ticket root: %d bytes, want %d", len(root), RootSize)
 	}
-	k := &Keys{now: time.Now, aeads: map[uint32]cipher.AEAD{}}
+	k := &Keys{now: time.Now, keys: map[uint32][]byte{}}
 	copy(k.root[:], root)
 	return k, nil
 }
@@ -91,20 +90,22 @@ func (k *Keys) Wrap(_ tls.ConnectionState, ss *tls.SessionState) ([]byte, error)
 	return k.seal(plain)
 }
 
-// seal encrypts a ticket's plaintext with the current period's key.
+// seal encrypts a ticket's plaintext with the current period's key:
+// the version and period in the clear, bound to the sealed rest.
 func (k *Keys) seal(plain []byte) ([]byte, error) {
 	period := k.period()
-	aead, err := k.aead(period)
+	key, err := k.key(period)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, headerSize+nonceSize, headerSize+nonceSize+len(plain)+aead.Overhead())
-	out[0] = version
-	binary.BigEndian.PutUint32(out[1:headerSize], period)
-	if _, err := rand.Read(out[headerSize:]); err != nil {
+	header := make([]byte, headerSize, headerSize+secretbox.Overhead+len(plain))
+	header[0] = version
+	binary.BigEndian.PutUint32(header[1:], period)
+	sealed, err := secretbox.Seal(key, plain, header)
+	if err != nil {
 		return nil, fmt.Errorf("session ticket: %w", err)
 	}
-	return aead.Seal(out, out[headerSize:], plain, out[:headerSize]), nil
+	return append(header, sealed...), nil
 }
 
 // Unwrap opens a ticket (tls.Config.UnwrapSession). A ticket it cannot
@@ -125,18 +126,18 @@ func (k *Keys) Unwrap(identity []byte, _ tls.ConnectionState) (*tls.SessionState
 
 // open decrypts a ticket, or says it cannot.
 func (k *Keys) open(ticket []byte) ([]byte, bool) {
-	if len(ticket) < headerSize+nonceSize || ticket[0] != version {
+	if len(ticket) < headerSize || ticket[0] != version {
 		return nil, false
 	}
 	period := binary.BigEndian.Uint32(ticket[1:headerSize])
 	if !k.inWindow(period, k.period()) {
 		return nil, false
 	}
-	aead, err := k.aead(period)
+	key, err := k.key(period)
 	if err != nil {
 		return nil, false
 	}
-	plain, err := aead.Open(nil, ticket[headerSize:headerSize+nonceSize], ticket[headerSize+nonceSize:], ticket[:headerSize])
+	plain, err := secretbox.Open(key, ticket[headerSize:], ticket[:headerSize])
 	if err != nil {
 		return nil, false
 	}
@@ -155,34 +156,26 @@ func (k *Keys) inWindow(p, cur uint32) bool {
 	return p+Lifetime >= cur && p <= cur+1
 }
 
-// aead returns the period's cipher, deriving it once.
-func (k *Keys) aead(period uint32) (cipher.AEAD, error) {
+// key returns the period's key, deriving it once.
+func (k *Keys) key(period uint32) ([]byte, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if a, ok := k.aeads[period]; ok {
-		return a, nil
+	if key, ok := k.keys[period]; ok {
+		return key, nil
 	}
 	var info [len("s2strust session ticket key") + 4]byte
 	copy(info[:], "s2strust session ticket key")
 	binary.BigEndian.PutUint32(info[len(info)-4:], period)
-	key, err := hkdf.Key(sha256.New, k.root[:], nil, string(info[:]), 32)
-	if err != nil {
-		return nil, fmt.Errorf("session ticket key: %w", err)
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("session ticket key: %w", err)
-	}
-	a, err := cipher.NewGCM(block)
+	key, err := hkdf.Key(sha256.New, k.root[:], nil, string(info[:]), secretbox.KeySize)
 	if err != nil {
 		return nil, fmt.Errorf("session ticket key: %w", err)
 	}
 	cur := k.period()
-	for p := range k.aeads {
+	for p := range k.keys {
 		if !k.inWindow(p, cur) {
-			delete(k.aeads, p)
+			delete(k.keys, p)
 		}
 	}
-	k.aeads[period] = a
-	return a, nil
+	k.keys[period] = key
+	return key, nil
 }

@@ -244,7 +244,7 @@ func TestDamagedTicketsAreNoSession(t *testing.T) {
 			t.Fatalf("byte %d flipped: session %v, err %v", i, ss != nil, err)
 		}
 	}
-	for _, bad := range [][]byte{nil, {version}, ticket[:headerSize+nonceSize], ticket[:len(ticket)-1]} {
+	for _, bad := range [][]byte{nil, {version}, ticket[:headerSize+1], ticket[:len(ticket)-1]} {
 		if ss, err := k.Unwrap(bad, tls.ConnectionState{}); ss != nil || err != nil {
 			t.Fatalf("%d bytes: session %v, err %v", len(bad), ss != nil, err)
 		}
