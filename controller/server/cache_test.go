@@ -134,16 +134,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // carrying the pinned thumbprint. The primary's carries its role, and an
 // unpinned secret's thumbprint is read anew.
 func TestDesiredStateSharedAcrossPrimaryChanges(t *testing.T) {
-	h := NewHub(Config{})
-	c, err := compileDocument(&store.TopologyRecord{Revision: 7, Name: "contoso", Document: examples.Contoso,
-		Secrets: map[string]store.SecretPin{"oauth-2026": {Version: 1, Thumbprint: "AB12"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.topo = c
-	h.primaries = map[string]string{"pool01": "fe01.contoso.com", "exchange": "ex01.contoso.com"}
+	h, c := lockedContosoHub(t, map[string]string{"pool01": "fe01.contoso.com", "exchange": "ex01.contoso.com"})
 	first := map[string]*desired{}
 	for _, host := range c.order {
 		first[host] = h.desiredLocked(host)
@@ -228,16 +219,7 @@ func TestDesiredBuiltOutsideTheLockIsNotKeptStale(t *testing.T) {
 // shares the rest with it (the partners): it costs each
 // connected host a few fields, not a copy of its trust.
 func TestDesiredStateCopiesOnlyWhatDiffers(t *testing.T) {
-	h := NewHub(Config{})
-	c, err := compileDocument(&store.TopologyRecord{Revision: 7, Name: "contoso", Document: examples.Contoso,
-		Secrets: map[string]store.SecretPin{"oauth-2026": {Version: 1, Thumbprint: "AB12"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.topo = c
-	h.primaries = map[string]string{"pool01": "fe01.contoso.com"}
+	h, c := lockedContosoHub(t, map[string]string{"pool01": "fe01.contoso.com"})
 	for _, host := range []string{"fe01.contoso.com", "fe02.contoso.com"} {
 		base := c.hosts[host]
 		got := h.desiredLocked(host).config
@@ -294,4 +276,22 @@ func TestCurrentRecordIsNeverStale(t *testing.T) {
 	if err != nil || got.Revision != want.Revision || got.Revision == old.revision || got.Hash != want.Hash {
 		t.Fatalf("current record with the hub behind: %+v, %v; want revision %d from etcd (the hub has %d)", got, err, want.Revision, old.revision)
 	}
+}
+
+// lockedContosoHub is a hub that does not run, holding the example as
+// revision 7 with oauth-2026 pinned at thumbprint AB12 and the given
+// primaries; h.mu is held until the test ends.
+func lockedContosoHub(t *testing.T, primaries map[string]string) (*Hub, *compiled) {
+	t.Helper()
+	h := NewHub(Config{})
+	c, err := compileDocument(&store.TopologyRecord{Revision: 7, Name: "contoso", Document: examples.Contoso,
+		Secrets: map[string]store.SecretPin{"oauth-2026": {Version: 1, Thumbprint: "AB12"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	t.Cleanup(h.mu.Unlock)
+	h.topo = c
+	h.primaries = primaries
+	return h, c
 }
