@@ -121,13 +121,20 @@ func (w *writer) drain() {
 // one transaction: no key twice, and no key in flight or queued earlier
 // and not taken (a later write of a key goes in a later transaction, after
 // the earlier one has committed). It marks the keys taken in flight.
+//
+// It looks no further than the transaction's last write: the writes after
+// it stay queued in order, so taking a batch costs its size (and the keys
+// held back before it), not the queue's length — 10,000 queued ACKs are
+// taken in some 80 batches, not scanned 80 times.
 func (w *writer) takeLocked() []*writeReq {
 	var batch []*writeReq
 	var held map[string]bool // keys left in the queue
 	rest := w.queue[:0]
-	for _, r := range w.queue {
+	i := 0
+	for ; i < len(w.queue) && len(batch) < store.MaxBatchOps; i++ {
+		r := w.queue[i]
 		k := r.put.Key
-		if len(batch) == store.MaxBatchOps || w.inFlight[k] || held[k] {
+		if w.inFlight[k] || held[k] {
 			if held == nil {
 				held = map[string]bool{}
 			}
@@ -138,6 +145,7 @@ func (w *writer) takeLocked() []*writeReq {
 		w.inFlight[k] = true
 		batch = append(batch, r)
 	}
+	rest = append(rest, w.queue[i:]...)
 	clear(w.queue[len(rest):])
 	w.queue = rest
 	return batch

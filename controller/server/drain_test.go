@@ -217,3 +217,52 @@ func TestWriterKeepsOneKeysWritesInOrder(t *testing.T) {
 		t.Errorf("batchtest/same = %v, want the last value 2", resp.Kvs)
 	}
 }
+
+// A batch takes the queue's writes in order up to store.MaxBatchOps,
+// skipping (and keeping queued, in order) the writes of keys in flight
+// and the later writes of a key held back; what it leaves is the rest of
+// the queue in its order.
+func TestWriterTakesBatchesInQueueOrder(t *testing.T) {
+	w := &writer{inFlight: map[string]bool{"k/busy": true}}
+	key := func(i int) string { return fmt.Sprintf("k/%04d", i) }
+	var want []string
+	w.queue = append(w.queue, &writeReq{put: store.BatchPut{Key: "k/busy"}})
+	for i := range 3 * store.MaxBatchOps {
+		w.queue = append(w.queue, &writeReq{put: store.BatchPut{Key: key(i)}})
+		if i == 5 {
+			// A second write of a key in flight, and one of a key after a held one.
+			w.queue = append(w.queue, &writeReq{put: store.BatchPut{Key: "k/busy"}})
+		}
+	}
+	keys := func(rs []*writeReq) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.put.Key)
+		}
+		return out
+	}
+	for i := range store.MaxBatchOps {
+		want = append(want, key(i))
+	}
+	w.mu.Lock()
+	batch := w.takeLocked()
+	w.mu.Unlock()
+	if got := keys(batch); !slices.Equal(got, want) {
+		t.Fatalf("first batch %v,\nwant %v", got, want)
+	}
+	wantRest := []string{"k/busy", "k/busy"}
+	for i := store.MaxBatchOps; i < 3*store.MaxBatchOps; i++ {
+		wantRest = append(wantRest, key(i))
+	}
+	if got := keys(w.queue); !slices.Equal(got, wantRest) {
+		t.Fatalf("left queued %v,\nwant %v", got, wantRest)
+	}
+	for _, k := range want {
+		if !w.inFlight[k] {
+			t.Errorf("%s taken but not marked in flight", k)
+		}
+	}
+	if w.inFlight[key(store.MaxBatchOps)] {
+		t.Errorf("%s marked in flight but left queued", key(store.MaxBatchOps))
+	}
+}
