@@ -2,9 +2,11 @@ package topology
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 
@@ -58,31 +60,66 @@ func Plan(from, to []*pb.HostConfig) []*pb.HostPlan {
 		}
 	}
 	sort.Strings(hosts)
-	plans := make([]*pb.HostPlan, 0, len(hosts))
-	for _, h := range hosts {
-		f, t := fm[h], tm[h]
-		hp := &pb.HostPlan{Host: h}
-		if f != nil {
-			hp.Deployment, hp.Product, hp.FromHash = f.Deployment, f.Product, planHash(f)
-		}
-		if t != nil {
-			hp.Deployment, hp.Product, hp.ToHash = t.Deployment, t.Product, planHash(t)
-		}
-		if t == nil {
-			hp.Items = []*pb.PlanItem{{
-				Item:   ItemHost,
-				Action: ActionRemove,
-				Detail: fmt.Sprintf("%s is no longer in the topology (it was in %s deployment %s): s2strust stops managing it and changes nothing on it", h, products.Name(f.Product), f.Deployment),
-			}}
-		} else if f == nil || hp.FromHash != hp.ToHash {
-			// Equal hashes mean equal configurations (primary aside):
-			// nothing to diff, which keeps a small change to a large
-			// fleet cheap to plan.
-			hp.Items = diffHost(f, t)
-		}
-		plans = append(plans, hp)
-	}
+	plans := make([]*pb.HostPlan, len(hosts))
+	// Each host's plan is its own (two hashes and a diff): at 10,000
+	// hosts, a commit's plan is spread over the CPUs.
+	forEachChunk(len(hosts), func(i int) {
+		plans[i] = planHost(hosts[i], fm[hosts[i]], tm[hosts[i]])
+	})
 	return plans
+}
+
+// planHost is the plan of host h from configuration f to t (either nil
+// when the host is only in the other).
+func planHost(h string, f, t *pb.HostConfig) *pb.HostPlan {
+	hp := &pb.HostPlan{Host: h}
+	if f != nil {
+		hp.Deployment, hp.Product, hp.FromHash = f.Deployment, f.Product, planHash(f)
+	}
+	if t != nil {
+		hp.Deployment, hp.Product, hp.ToHash = t.Deployment, t.Product, planHash(t)
+	}
+	if t == nil {
+		hp.Items = []*pb.PlanItem{{
+			Item:   ItemHost,
+			Action: ActionRemove,
+			Detail: fmt.Sprintf("%s is no longer in the topology (it was in %s deployment %s): s2strust stops managing it and changes nothing on it", h, products.Name(f.Product), f.Deployment),
+		}}
+	} else if f == nil || hp.FromHash != hp.ToHash {
+		// Equal hashes mean equal configurations (primary aside):
+		// nothing to diff, which keeps a small change to a large
+		// fleet cheap to plan.
+		hp.Items = diffHost(f, t)
+	}
+	return hp
+}
+
+// parallelMin is the number of items below which forEachChunk runs on
+// the caller's goroutine alone: fewer are not worth a goroutine.
+const parallelMin = 512
+
+// forEachChunk calls do for every index below n, spread over one
+// goroutine per CPU in contiguous chunks; it returns when all are done.
+// do must be safe to call concurrently for different indexes.
+func forEachChunk(n int, do func(i int)) {
+	workers := min(runtime.GOMAXPROCS(0), n/parallelMin)
+	if workers <= 1 {
+		for i := range n {
+			do(i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	size := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += size {
+		hi := min(lo+size, n)
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				do(i)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func byHost(cfgs []*pb.HostConfig) map[string]*pb.HostConfig {

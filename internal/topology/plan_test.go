@@ -2,6 +2,7 @@ package topology
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -274,5 +275,49 @@ func change(t *testing.T, m protoreflect.Message, fd protoreflect.FieldDescripto
 		m.Set(fd, protoreflect.ValueOfMessage((&pb.TokenIssuer{Source: &pb.TokenIssuer_Thumbprint{Thumbprint: strings.Repeat("AB", 20)}}).ProtoReflect()))
 	default:
 		t.Fatalf("no change defined for %s", fd.FullName())
+	}
+}
+
+// A fleet's plan, spread over the CPUs, is each host's plan in host
+// order: hosts added, removed, changed and unchanged alike.
+func TestPlanOfAFleetIsEveryHostsPlanInOrder(t *testing.T) {
+	from := compileTopology(t, bigContoso(t, 1500))
+	// 100 more hosts in each deployment, and some of the first gone.
+	to := slices.Delete(compileTopology(t, bigContoso(t, 1600)), 10, 17)
+	got := Plan(from, to)
+
+	fm, tm := byHost(from), byHost(to)
+	var hosts []string
+	for h := range fm {
+		hosts = append(hosts, h)
+	}
+	for h := range tm {
+		if fm[h] == nil {
+			hosts = append(hosts, h)
+		}
+	}
+	slices.Sort(hosts)
+	if len(got) != len(hosts) {
+		t.Fatalf("%d host plans, want %d", len(got), len(hosts))
+	}
+	var added, removed, changed, same int
+	for i, h := range hosts {
+		want := planHost(h, fm[h], tm[h])
+		if !proto.Equal(got[i], want) {
+			t.Fatalf("plan %d is %v,\nwant %v", i, got[i], want)
+		}
+		switch {
+		case fm[h] == nil:
+			added++
+		case tm[h] == nil:
+			removed++
+		case len(want.Items) > 0:
+			changed++
+		default:
+			same++
+		}
+	}
+	if added == 0 || removed == 0 || changed == 0 || same == 0 {
+		t.Errorf("plan of %d added, %d removed, %d changed, %d unchanged hosts: want some of each", added, removed, changed, same)
 	}
 }
