@@ -150,6 +150,16 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if len(req.GetDocument()) > MaxDocumentSize {
 		return nil, invalid("document", fmt.Sprintf("%d bytes", len(req.GetDocument())), fmt.Sprintf("a topology document of at most %d bytes", MaxDocumentSize))
 	}
+	// The current revision is read from etcd while the document is parsed.
+	type currentRead struct {
+		rec *store.TopologyRecord
+		err error
+	}
+	current := make(chan currentRead, 1)
+	go func() {
+		rec, err := s.hub.currentRecord(ctx)
+		current <- currentRead{rec, err}
+	}()
 	t, err := topology.Load(name, req.GetDocument())
 	if err != nil {
 		return nil, s.withCurrentRealms(ctx, req.GetDocument(), err)
@@ -176,7 +186,8 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	st := s.hub.cfg.Store
 	var prev []*pb.HostConfig
 	var curRev uint64
-	cur, err := s.hub.currentRecord(ctx)
+	read := <-current
+	cur, err := read.rec, read.err
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 	case err != nil:
