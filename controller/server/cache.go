@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-
 	"github.com/s2strust/s2strust/controller/rollout"
 	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/store"
@@ -243,12 +240,11 @@ func (in desiredInput) build() *desired {
 		// Everything but the fields set below stays shared with the
 		// compiled configuration (the partners, the deployment's host
 		// list): no one modifies it.
-		cfg = shallowCopy(in.base)
+		cfg = copyHostConfig(in.base)
 		cfg.Primary = in.primary
 	}
 	if in.secret != "" {
-		cfg.TokenIssuer = proto.Clone(in.base.GetTokenIssuer()).(*pb.TokenIssuer)
-		cfg.TokenIssuer.SecretThumbprint = in.thumbprint
+		cfg.TokenIssuer = withThumbprint(in.base.GetTokenIssuer(), in.thumbprint)
 	}
 	// cfg is base itself for a host with nothing of its own: every
 	// stream's push shares it, and nothing modifies it.
@@ -266,18 +262,46 @@ func (h *Hub) keepDesiredLocked(host string, in desiredInput, d *desired) {
 	h.desired[host] = d
 }
 
-// shallowCopy returns a copy of m that shares the value of every field
-// with m, messages and lists included: for a message that differs from
-// one nobody modifies in a field or two, set on the copy.
-func shallowCopy[M proto.Message](m M) M {
-	src := m.ProtoReflect()
-	dst := src.New()
-	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		dst.Set(fd, v)
-		return true
-	})
-	dst.SetUnknown(src.GetUnknown())
-	return dst.Interface().(M)
+// withThumbprint is a copy of ti (its source shared: nobody modifies it)
+// with the secret's thumbprint set. TestWithThumbprint fails when a field
+// of TokenIssuer is not copied here.
+func withThumbprint(ti *pb.TokenIssuer, thumbprint string) *pb.TokenIssuer {
+	return &pb.TokenIssuer{Source: ti.GetSource(), SecretThumbprint: thumbprint}
+}
+
+// copyHostConfig is a shallow copy of a host configuration, field by field:
+// it is made for most hosts at every commit (each has its own token-issuer
+// thumbprint), and through protoreflect it was 4% of a 10,000-host
+// commit's CPU. TestCopyHostConfigCopiesEveryField fails when a field
+// of HostConfig is not copied here.
+func copyHostConfig(m *pb.HostConfig) *pb.HostConfig {
+	return &pb.HostConfig{
+		Host:                    m.Host,
+		Deployment:              m.Deployment,
+		Product:                 m.Product,
+		ProductVersion:          m.ProductVersion,
+		DeploymentHosts:         m.DeploymentHosts,
+		Realm:                   m.Realm,
+		ServiceName:             m.ServiceName,
+		DefaultSipDomain:        m.DefaultSipDomain,
+		AdditionalSipDomains:    m.AdditionalSipDomains,
+		MetadataUrl:             m.MetadataUrl,
+		TokenIssuer:             m.TokenIssuer,
+		Partners:                m.Partners,
+		RemovePartners:          m.RemovePartners,
+		ExchangeAutodiscoverUrl: m.ExchangeAutodiscoverUrl,
+		Primary:                 m.Primary,
+		TopologyName:            m.TopologyName,
+		Endpoint:                m.Endpoint,
+		TrustedBy:               m.TrustedBy,
+		ConfirmRealmChange:      m.ConfirmRealmChange,
+		MetadataNetworks:        m.MetadataNetworks,
+		ProbeSipUri:             m.ProbeSipUri,
+		ProbeMailbox:            m.ProbeMailbox,
+		NextTokenIssuer:         m.NextTokenIssuer,
+		RetirePreviousIssuer:    m.RetirePreviousIssuer,
+		CertificateRules:        m.CertificateRules,
+	}
 }
 
 // targetLocked returns the compiled revision host should run: its target

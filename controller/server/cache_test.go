@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
@@ -294,4 +295,68 @@ func lockedContosoHub(t *testing.T, primaries map[string]string) (*Hub, *compile
 	h.topo = c
 	h.primaries = primaries
 	return h, c
+}
+
+// copyHostConfig copies every field of a host configuration, sharing the
+// values of the message and list fields: a configuration with each field
+// set (found through protoreflect, so a field added to HostConfig is set
+// too) comes out equal, its messages and lists the same ones.
+func TestCopyHostConfigCopiesEveryField(t *testing.T) {
+	src := &pb.HostConfig{}
+	m := src.ProtoReflect()
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		switch {
+		case fd.IsList() && fd.Kind() == protoreflect.MessageKind:
+			l := m.Mutable(fd).List()
+			l.Append(protoreflect.ValueOfMessage(l.NewElement().Message()))
+		case fd.IsList():
+			m.Mutable(fd).List().Append(protoreflect.ValueOfString("x"))
+		case fd.Kind() == protoreflect.MessageKind:
+			m.Mutable(fd) // an empty message, set
+		case fd.Kind() == protoreflect.StringKind:
+			m.Set(fd, protoreflect.ValueOfString("x"))
+		case fd.Kind() == protoreflect.BoolKind:
+			m.Set(fd, protoreflect.ValueOfBool(true))
+		case fd.Kind() == protoreflect.EnumKind:
+			m.Set(fd, protoreflect.ValueOfEnum(1))
+		default:
+			t.Fatalf("no value to set for %s (%s)", fd.FullName(), fd.Kind())
+		}
+	}
+	got := copyHostConfig(src)
+	if got == src {
+		t.Fatal("copyHostConfig returned its argument")
+	}
+	if !proto.Equal(got, src) {
+		t.Fatalf("copyHostConfig(%v)\n= %v; a field is not copied", src, got)
+	}
+	if got.TokenIssuer != src.TokenIssuer || &got.Partners[0] != &src.Partners[0] || &got.TrustedBy[0] != &src.TrustedBy[0] {
+		t.Error("copyHostConfig copied a message or list deeply; want it shared")
+	}
+}
+
+// withThumbprint copies a token issuer of each source, setting the
+// thumbprint; the original is unchanged.
+func TestWithThumbprint(t *testing.T) {
+	if n := (&pb.TokenIssuer{}).ProtoReflect().Descriptor().Fields().Len(); n != 4 {
+		t.Fatalf("TokenIssuer has %d fields; withThumbprint copies 4: update it", n)
+	}
+	for _, ti := range []*pb.TokenIssuer{
+		{Source: &pb.TokenIssuer_Secret{Secret: "issuer"}, SecretThumbprint: "OLD"},
+		{Source: &pb.TokenIssuer_Thumbprint{Thumbprint: "AB"}},
+		{Source: &pb.TokenIssuer_Existing{Existing: "Default"}},
+		{},
+	} {
+		want := proto.CloneOf(ti)
+		want.SecretThumbprint = "NEW"
+		before := proto.CloneOf(ti)
+		if got := withThumbprint(ti, "NEW"); !proto.Equal(got, want) || got == ti {
+			t.Errorf("withThumbprint(%v) = %v, want %v (a copy)", ti, got, want)
+		}
+		if !proto.Equal(ti, before) {
+			t.Errorf("withThumbprint changed its argument to %v", ti)
+		}
+	}
 }
