@@ -95,6 +95,9 @@ type Result struct {
 	// ApplyRPC is how long each ApplyTopology call took, CommitCPU the
 	// controller process's CPU time from the call until every ACK was stored.
 	ApplyRPC, CommitCPU []time.Duration
+	// CommitAllocated is the bytes the controller's process allocated
+	// meanwhile, CommitGCs its garbage collections.
+	CommitAllocated, CommitGCs []int64
 	// HostsConfirmed is how many hosts ListHosts showed connected and
 	// applied at the last revision.
 	HostsConfirmed int
@@ -250,6 +253,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.P50, res.P99, res.Max = append(res.P50, p50), append(res.P99, p99), append(res.Max, maxd)
 		res.First = append(res.First, slices.Min(c.latencies))
 		res.ApplyRPC, res.CommitCPU = append(res.ApplyRPC, c.apply), append(res.CommitCPU, c.cpu)
+		res.CommitAllocated, res.CommitGCs = append(res.CommitAllocated, c.allocated), append(res.CommitGCs, c.gcs)
 		n, err := h.waitFleet(ctx, timeout)
 		res.HostsConfirmed = n
 		if err != nil {
@@ -379,6 +383,10 @@ func (r *Result) print(out io.Writer) {
 	fmt.Fprintf(w, "commit to all ACKs stored (max)\t%s\t%s\t\n", spread(r.Max), spread(r.FloorMax))
 	fmt.Fprintf(w, "ApplyTopology call\t%s\t\t\n", spread(r.ApplyRPC))
 	fmt.Fprintf(w, "controller CPU per commit\t%s\t\t\n", spread(r.CommitCPU))
+	am, alo, ahi := medianInt(r.CommitAllocated)
+	fmt.Fprintf(w, "  allocated per commit\t%s (%s–%s)\t\t\n", mib(am), mib(alo), mib(ahi))
+	gm, glo, ghi := medianInt(r.CommitGCs)
+	fmt.Fprintf(w, "  garbage collections per commit\t%d (%d–%d)\t\t\n", gm, glo, ghi)
 	fmt.Fprintf(w, "ListHosts: applied last revision\t%d/%d\t\t\n", r.HostsConfirmed, r.hostsWanted())
 	fmt.Fprintf(w, "RSS per idle stream\t%s\t%s\t<= %s: %s\n", kib(r.RSSPerStream), kib(r.FloorRSSPerStream), kib(targetBytesPerStream), verdict(r.RSSPerStream <= targetBytesPerStream))
 	fmt.Fprintf(w, "  Go heap and stacks per stream\t%s\t%s\t\n", kib(r.GoPerStream), kib(r.FloorGoPerStream))

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/metrics"
 	"time"
 
 	"github.com/s2strust/s2strust/controller/convergence"
@@ -237,6 +238,16 @@ type commitRun struct {
 	latencies []time.Duration // per host, commit to ACK stored
 	apply     time.Duration   // the ApplyTopology call
 	cpu       time.Duration   // the controller process's CPU time until all were stored
+	allocated int64           // bytes the process allocated meanwhile
+	gcs       int64           // garbage collections meanwhile
+}
+
+// gcCounters reads the bytes this process has allocated and the garbage
+// collections it has run (runtime/metrics: no stop of the world).
+func gcCounters() (allocated, cycles int64) {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	return int64(s[0].Value.Uint64()), int64(s[1].Value.Uint64())
 }
 
 // commit applies a change touching every host and returns, per host, the
@@ -246,6 +257,7 @@ func (h *harness) commit(ctx context.Context, timeout time.Duration) (commitRun,
 	var r commitRun
 	acked := h.acks.expect(h.rev)
 	cpu0 := processCPU()
+	alloc0, gcs0 := gcCounters()
 	origin := time.Now()
 	took, err := h.applyNext(ctx)
 	r.apply = took
@@ -256,6 +268,8 @@ func (h *harness) commit(ctx context.Context, timeout time.Duration) (commitRun,
 		return r, err
 	}
 	r.cpu = processCPU() - cpu0
+	alloc1, gcs1 := gcCounters()
+	r.allocated, r.gcs = alloc1-alloc0, gcs1-gcs0
 	r.latencies = h.acks.latencies(origin)
 	return r, nil
 }
