@@ -35,6 +35,7 @@ import (
 	"maps"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -58,6 +59,11 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	quota  int64
+
+	// current is the current topology record as last read, decoded (see
+	// CurrentTopology); nil until then.
+	currentMu sync.Mutex
+	current   *TopologyRecord
 }
 
 // New returns a Store using cli, with every key under prefix.
@@ -206,8 +212,27 @@ func (s *Store) CurrentRevision(ctx context.Context) (uint64, error) {
 	return uint64(resp.Kvs[0].ModRevision), nil
 }
 
-// CurrentTopology returns the current topology, or ErrNotFound.
+// CurrentTopology returns the current topology, or ErrNotFound. The
+// record of a large fleet is megabytes, and an apply asks for it several
+// times (its secret checks, its pins, its write): the revision is read
+// first, without the value, and the record last read is returned again
+// while it is still current (a key's value at one mod revision never
+// changes). The copy returned shares the document and the pins: callers
+// do not modify them.
 func (s *Store) CurrentTopology(ctx context.Context) (*TopologyRecord, error) {
+	s.currentMu.Lock()
+	cached := s.current
+	s.currentMu.Unlock()
+	if cached != nil {
+		rev, err := s.CurrentRevision(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if rev == cached.Revision {
+			rec := *cached
+			return &rec, nil
+		}
+	}
 	resp, err := s.cli.Get(ctx, s.currentKey())
 	if err != nil {
 		return nil, fmt.Errorf("read current topology: %w", err)
@@ -222,6 +247,12 @@ func (s *Store) CurrentTopology(ctx context.Context) (*TopologyRecord, error) {
 	if err := s.fillSequences(ctx, []*TopologyRecord{rec}); err != nil {
 		return nil, err
 	}
+	keep := *rec
+	s.currentMu.Lock()
+	if s.current == nil || s.current.Revision < keep.Revision {
+		s.current = &keep
+	}
+	s.currentMu.Unlock()
 	return rec, nil
 }
 

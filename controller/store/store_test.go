@@ -110,6 +110,43 @@ func TestCurrentTopologyEmpty(t *testing.T) {
 	}
 }
 
+// The current record read again is the one last read while it is
+// current; once another store (another replica) writes a new revision,
+// or deletes it, that is what is read. A caller changing the copy it got
+// changes nothing for the next.
+func TestCurrentTopologyIsReadAgainOnlyWhenItChanged(t *testing.T) {
+	st, cli := newStore(t)
+	other := store.New(cli, "")
+	ctx := testCtx(t)
+	rev1, _, err := st.PutTopology(ctx, "t", []byte(`{"v":1}`), "admin", t0, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := other.CurrentTopology(ctx)
+	if err != nil || first.Revision != rev1 || string(first.Document) != `{"v":1}` || first.Sequence != 1 {
+		t.Fatalf("CurrentTopology = %+v, %v; want revision %d, sequence 1", first, err, rev1)
+	}
+	first.Name, first.Sequence = "changed by a caller", 99
+	again, err := other.CurrentTopology(ctx)
+	if err != nil || again.Revision != rev1 || again.Name != "t" || again.Sequence != 1 {
+		t.Fatalf("CurrentTopology again = %+v, %v; want revision %d named t, sequence 1", again, err, rev1)
+	}
+	rev2, _, err := st.PutTopology(ctx, "t", []byte(`{"v":2}`), "admin", t0.Add(time.Minute), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := other.CurrentTopology(ctx)
+	if err != nil || next.Revision != rev2 || string(next.Document) != `{"v":2}` || next.Sequence != 2 {
+		t.Fatalf("CurrentTopology after another store's write = %+v, %v; want revision %d, sequence 2", next, err, rev2)
+	}
+	if _, err := cli.Delete(ctx, "/s2strust/topology/current"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.CurrentTopology(ctx); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("CurrentTopology after its deletion: err = %v; want ErrNotFound", err)
+	}
+}
+
 func TestPutTopologyExpectedRevision(t *testing.T) {
 	docA := []byte(`{"v":"a"}`)
 	docB := []byte(`{"v":"b"}`)
