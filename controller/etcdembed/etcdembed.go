@@ -129,6 +129,14 @@ func StartConfig(ctx context.Context, c Config) (*Server, error) {
 	cfg.ListenMetricsUrls = nil
 	cfg.InitialCluster = cfg.Name + "=" + advPeerURL.String()
 	cfg.QuotaBackendBytes = quota
+	// The raft log is kept in memory until a snapshot: etcd's defaults
+	// (10,000 entries, and 5,000 kept after it for a slow follower) suit a
+	// cluster; this single member has no follower, and each entry is a
+	// transaction of up to 128 writes, so a fleet's connecting streams
+	// held some megabytes in entries already applied (about 1.5 KiB per
+	// stream at 3,000 agents). A snapshot here is a small file and a cut
+	// of the log, and a restart replays fewer entries.
+	cfg.SnapshotCount, cfg.SnapshotCatchUpEntries = 1000, 100
 	switch {
 	case c.CompactionRetention == 0:
 		cfg.AutoCompactionMode = embed.CompactorModePeriodic
