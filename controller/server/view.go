@@ -38,6 +38,9 @@ type fleetView struct {
 	// topology is the stored value of topology/current and its revision.
 	topology    []byte
 	topologyRev int64
+	// records are the newest rollouts, rotations, revisions and audit
+	// records and every secret's description (viewrecords.go).
+	records records
 	// changed is closed (and replaced) at every change of the view or of
 	// the hub's state the fleet view shows, waking WatchHosts streams.
 	changed chan struct{}
@@ -48,7 +51,7 @@ type fleetView struct {
 }
 
 func newFleetView() *fleetView {
-	return &fleetView{states: map[string]*pb.Host{}, reports: map[string][]byte{}, changed: make(chan struct{}), done: make(chan struct{})}
+	return &fleetView{states: map[string]*pb.Host{}, reports: map[string][]byte{}, records: newRecords(), changed: make(chan struct{}), done: make(chan struct{})}
 }
 
 // shutdown ends the watchers: the hub stopped.
