@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/pagetoken"
@@ -385,38 +387,63 @@ func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutReq
 	return &pb.UndoRolloutResponse{Rollout: s.withSequences(ctx, out.Rollout, false)}, nil
 }
 
-// WatchRollout implements the RPC; see the proto for its contract.
+// WatchRollout implements the RPC; see the proto for its contract. It
+// follows the rollout in the hub's last view, which the hub's watch of
+// the rollouts keeps current (no etcd watch per stream), so a store
+// without quorum leaves the stream open: the rollout is sent again marked
+// stale when the hub loses etcd, and unmarked at its next change.
 func (s *RolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.RolloutService_WatchRolloutServer) error {
 	ctx := stream.Context()
-	cur, err := s.get(ctx, req.GetName())
+	v := s.hub.view
+	if err := s.hub.untilLoaded(ctx); err != nil {
+		return err
+	}
+	cur, stale, err := s.read(ctx, req.GetName())
 	if err != nil {
 		return toStatus(err)
 	}
-	if err := stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, cur.Rollout, false)}); err != nil {
+	send := func(r *rollout.Stored, stale *pb.Staleness) error {
+		return stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout, stale != nil), Stale: stale})
+	}
+	if err := send(cur, stale); err != nil || rollout.Finished(cur.Rollout) {
 		return err
 	}
-	if rollout.Finished(cur.Rollout) {
-		return nil
-	}
-	key := s.hub.rollouts.Key(cur.ID)
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for wr := range s.hub.cfg.Store.Client().Watch(wctx, key, clientv3.WithRev(cur.ModRev+1)) {
-		if err := wr.Err(); err != nil {
-			return toStatus(fmt.Errorf("watch %s: %w", cur.Rollout.GetName(), err))
-		}
-		for _, ev := range wr.Events {
-			r, err := s.hub.rollouts.Decode(ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision)
-			if err != nil {
+	sent, wasLost := cur.ModRev, v.lostMark(s.hub.cfg.Now()) != nil
+	for {
+		changed := v.wait() // before reading, so no change is missed
+		k, ok, older := viewGet(v, keptRollouts, cur.ID)
+		if older {
+			// Newer rollouts pushed it out of the view, so it finished
+			// (only the newest runs): read how.
+			if cur, err = s.hub.rollouts.Get(ctx, cur.ID); err != nil {
 				return toStatus(err)
 			}
-			if err := stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout, false)}); err != nil {
+			if err := send(cur, nil); err != nil || rollout.Finished(cur.Rollout) {
 				return err
 			}
-			if rollout.Finished(r.Rollout) {
-				return nil
+			return status.Errorf(codes.Unavailable, "%s is no longer in the controller's view: watch it again", cur.Rollout.GetName())
+		}
+		stale := v.lostMark(s.hub.cfg.Now())
+		// A view behind what etcd answered (its watch not there yet) has
+		// nothing newer to send.
+		newer := ok && k.modRev > sent
+		if newer {
+			if cur, err = s.stored.decode(k); err != nil {
+				return toStatus(err)
 			}
+			sent = k.modRev
+		}
+		if newer || (stale != nil) != wasLost {
+			if err := send(cur, stale); err != nil {
+				return err
+			}
+			wasLost = stale != nil
+		}
+		if rollout.Finished(cur.Rollout) {
+			return nil
+		}
+		if err := v.until(ctx, changed, nil); err != nil {
+			return err
 		}
 	}
-	return ctx.Err()
 }

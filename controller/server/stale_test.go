@@ -116,6 +116,13 @@ func TestRolloutReadsWhileEtcdIsDown(t *testing.T) {
 	if err != nil || list.GetStale() != nil || len(list.GetRollouts()) != n {
 		t.Fatalf("ListRollouts with etcd up: %d rollouts, stale %v, %v; want %d, not stale", len(list.GetRollouts()), list.GetStale(), err, n)
 	}
+	watch, err := rollouts.WatchRollout(ctx, &pb.WatchRolloutRequest{Name: newest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := watch.Recv(); err != nil || m.GetStale() != nil || m.GetRollout().GetName() != newest {
+		t.Fatalf("WatchRollout's first message with etcd up = %v, %v", m, err)
+	}
 	eventually(t, "the newest rollout in the view", func() (bool, string) {
 		_, ok, _ := viewGet(f.hub.view, keptRollouts, uint64(n))
 		return ok, "not yet"
@@ -161,6 +168,20 @@ func TestRolloutReadsWhileEtcdIsDown(t *testing.T) {
 			t.Errorf("GetRollout of a rollout the view never saw: %v, want NOT_FOUND", err)
 		}
 	})
+	// The watch stays open and sends the rollout again, marked stale.
+	for {
+		m, err := watch.Recv()
+		if err != nil {
+			t.Fatalf("WatchRollout with etcd down: %v", err)
+		}
+		if m.GetStale() != nil {
+			wantStale(t, "WatchRollout", m.GetStale())
+			if m.GetRollout().GetName() != newest || m.GetRollout().GetState() != pb.RolloutState_ROLLOUT_STATE_RUNNING {
+				t.Errorf("WatchRollout's stale message holds %s %v, want %s running", m.GetRollout().GetName(), m.GetRollout().GetState(), newest)
+			}
+			break
+		}
+	}
 }
 
 func TestRotationReadsWhileEtcdIsDown(t *testing.T) {

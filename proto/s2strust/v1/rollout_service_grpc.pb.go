@@ -76,9 +76,8 @@ type RolloutServiceClient interface {
 	// until it finishes (the stream then ends) or the client cancels. A
 	// broken stream may be reopened at any time: the first message is
 	// always the whole current state. It follows the controller's view of
-	// etcd: while etcd has no quorum the stream stays open, and sends the
-	// rollout again marked stale; the next change after etcd is back comes
-	// unmarked.
+	// etcd: while etcd has no quorum the stream stays open and sends the
+	// rollout again marked stale, and again unmarked once etcd answers.
 	WatchRollout(ctx context.Context, in *WatchRolloutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRolloutResponse], error)
 }
 
@@ -217,9 +216,8 @@ type RolloutServiceServer interface {
 	// until it finishes (the stream then ends) or the client cancels. A
 	// broken stream may be reopened at any time: the first message is
 	// always the whole current state. It follows the controller's view of
-	// etcd: while etcd has no quorum the stream stays open, and sends the
-	// rollout again marked stale; the next change after etcd is back comes
-	// unmarked.
+	// etcd: while etcd has no quorum the stream stays open and sends the
+	// rollout again marked stale, and again unmarked once etcd answers.
 	WatchRollout(*WatchRolloutRequest, grpc.ServerStreamingServer[WatchRolloutResponse]) error
 	mustEmbedUnimplementedRolloutServiceServer()
 }
