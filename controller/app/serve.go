@@ -255,7 +255,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	topoSvc := server.NewTopologyService(hub, sec)
 	topoSvc.SetMaxResponseBytes(MaxMessageSize)
 	pb.RegisterTopologyServiceServer(gs, topoSvc)
-	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec))
+	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec, hub.SecretView()))
 	fleet := server.NewFleetService(hub)
 	mets.SetFleet(fleet)
 	pb.RegisterFleetServiceServer(gs, fleet)
@@ -265,7 +265,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	pb.RegisterRotationServiceServer(gs, rotations)
 	rotEngine := &rotation.Engine{Store: rotations.Rotations(), Rollouts: rollout.NewStore(st), Source: server.NewRotationSource(hub),
 		Applier: rotations, Fence: elector.Fence, Interval: cfg.RolloutInterval, Log: log}
-	pb.RegisterAuditServiceServer(gs, server.NewAuditService(st))
+	pb.RegisterAuditServiceServer(gs, server.NewAuditService(hub))
 	pb.RegisterAgentServiceServer(gs, server.NewAgentService(hub, cfg.StreamsPerSecond, cfg.Insecure))
 	if ca != nil {
 		enroll := server.NewEnrollment(st, ca, cfg.HostCertTTL, log)

@@ -320,6 +320,7 @@ func newGet(g *globals) *cobra.Command {
 			if err != nil {
 				return rpcError("list revisions", err)
 			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
 			return revsOut.print(g.out, resp, func() error { return printRevisions(g.out, resp.GetRevisions()) })
 		})
 	}

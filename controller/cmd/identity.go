@@ -109,19 +109,21 @@ func newGetAudit(g *globals) *cobra.Command {
 		}
 		return g.withController(cmd, func(ctx context.Context, conn *grpc.ClientConn) error {
 			var all []*pb.AuditRecord
+			var stale *pb.Staleness
 			client := pb.NewAuditServiceClient(conn)
 			for {
 				resp, err := client.ListAuditRecords(ctx, req)
 				if err != nil {
 					return rpcError("list audit records", err)
 				}
-				all = append(all, resp.GetRecords()...)
+				all, stale = append(all, resp.GetRecords()...), stalest(stale, resp.GetStale())
 				if resp.GetNextPageToken() == "" {
 					break
 				}
 				req.PageToken = resp.GetNextPageToken()
 			}
-			return o.print(g.out, &pb.ListAuditRecordsResponse{Records: all}, func() error {
+			warnStale(cmd.ErrOrStderr(), stale)
+			return o.print(g.out, &pb.ListAuditRecordsResponse{Records: all, Stale: stale}, func() error {
 				t := newTable(g.out, "REVISION", "WHEN", "WHO", "FROM", "KIND", "WHAT~", "RESULT~")
 				for _, r := range all {
 					t.row(fmt.Sprint(r.GetRevision()), r.GetWhen().AsTime().UTC().Format(time.RFC3339), r.GetWho(), r.GetFrom(), r.GetKind(), r.GetWhat(), r.GetResult())

@@ -53,7 +53,7 @@ func trustReport(ctx context.Context, fleet pb.FleetServiceClient) (*pb.GetTrust
 	return out, err
 }
 
-// listSecrets returns every stored secret.
+// listSecrets returns every stored secret; stale is the stalest page's mark.
 func listSecrets(ctx context.Context, c pb.SecretServiceClient) (*pb.ListSecretsResponse, error) {
 	out := &pb.ListSecretsResponse{}
 	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
@@ -62,6 +62,7 @@ func listSecrets(ctx context.Context, c pb.SecretServiceClient) (*pb.ListSecrets
 			return "", err
 		}
 		out.Secrets = append(out.Secrets, resp.GetSecrets()...)
+		out.Stale = stalest(out.Stale, resp.GetStale())
 		return resp.GetNextPageToken(), nil
 	})
 	return out, err
@@ -88,56 +89,56 @@ var listPageSize int32
 
 // listNewest reads the pages of a newest-first list until it has limit
 // items (0: every one); page asks for one page of size (0: the
-// controller's default), at most maxPage when a limit is near.
-func listNewest[T any](ctx context.Context, limit int, maxPage int, page func(ctx context.Context, size int32, token string) ([]T, string, error)) ([]T, error) {
-	var out []T
-	err := pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
+// controller's default), at most maxPage when a limit is near. stale is
+// the stalest page's mark.
+func listNewest[T any](ctx context.Context, limit int, maxPage int, page func(ctx context.Context, size int32, token string) ([]T, string, *pb.Staleness, error)) (out []T, stale *pb.Staleness, err error) {
+	err = pagetoken.All(ctx, func(ctx context.Context, token string) (string, error) {
 		size := listPageSize
 		if left := limit - len(out); limit > 0 && (size == 0 || int(size) > left) {
 			size = int32(min(left, maxPage))
 		}
-		items, next, err := page(ctx, size, token)
+		items, next, st, err := page(ctx, size, token)
 		if err != nil {
 			return "", err
 		}
-		out = append(out, items...)
+		out, stale = append(out, items...), stalest(stale, st)
 		if limit > 0 && len(out) >= limit {
 			out = out[:limit]
 			return "", nil
 		}
 		return next, nil
 	})
-	return out, err
+	return out, stale, err
 }
 
 // listRevisions returns the newest limit revisions (0: every one),
 // reading as many pages as that takes.
 func listRevisions(ctx context.Context, c pb.TopologyServiceClient, limit int) (*pb.ListTopologyRevisionsResponse, error) {
-	revs, err := listNewest(ctx, limit, 1000, func(ctx context.Context, size int32, token string) ([]*pb.TopologyRevision, string, error) {
+	revs, stale, err := listNewest(ctx, limit, 1000, func(ctx context.Context, size int32, token string) ([]*pb.TopologyRevision, string, *pb.Staleness, error) {
 		resp, err := c.ListTopologyRevisions(ctx, &pb.ListTopologyRevisionsRequest{PageSize: size, PageToken: token})
-		return resp.GetRevisions(), resp.GetNextPageToken(), err
+		return resp.GetRevisions(), resp.GetNextPageToken(), resp.GetStale(), err
 	})
-	return &pb.ListTopologyRevisionsResponse{Revisions: revs}, err
+	return &pb.ListTopologyRevisionsResponse{Revisions: revs, Stale: stale}, err
 }
 
 // listRollouts returns the newest limit rollouts (0: every one), reading
 // as many pages as that takes.
 func listRollouts(ctx context.Context, c pb.RolloutServiceClient, limit int) (*pb.ListRolloutsResponse, error) {
-	ros, err := listNewest(ctx, limit, 100, func(ctx context.Context, size int32, token string) ([]*pb.Rollout, string, error) {
+	ros, stale, err := listNewest(ctx, limit, 100, func(ctx context.Context, size int32, token string) ([]*pb.Rollout, string, *pb.Staleness, error) {
 		resp, err := c.ListRollouts(ctx, &pb.ListRolloutsRequest{PageSize: size, PageToken: token})
-		return resp.GetRollouts(), resp.GetNextPageToken(), err
+		return resp.GetRollouts(), resp.GetNextPageToken(), resp.GetStale(), err
 	})
-	return &pb.ListRolloutsResponse{Rollouts: ros}, err
+	return &pb.ListRolloutsResponse{Rollouts: ros, Stale: stale}, err
 }
 
 // listRotations returns the newest limit rotations (0: every one),
 // reading as many pages as that takes.
 func listRotations(ctx context.Context, c pb.RotationServiceClient, limit int) (*pb.ListRotationsResponse, error) {
-	rots, err := listNewest(ctx, limit, 100, func(ctx context.Context, size int32, token string) ([]*pb.Rotation, string, error) {
+	rots, stale, err := listNewest(ctx, limit, 100, func(ctx context.Context, size int32, token string) ([]*pb.Rotation, string, *pb.Staleness, error) {
 		resp, err := c.ListRotations(ctx, &pb.ListRotationsRequest{PageSize: size, PageToken: token})
-		return resp.GetRotations(), resp.GetNextPageToken(), err
+		return resp.GetRotations(), resp.GetNextPageToken(), resp.GetStale(), err
 	})
-	return &pb.ListRotationsResponse{Rotations: rots}, err
+	return &pb.ListRotationsResponse{Rotations: rots, Stale: stale}, err
 }
 
 // stalest is the older of two stale marks (nil: fresh).
@@ -146,6 +147,19 @@ func stalest(a, b *pb.Staleness) *pb.Staleness {
 		return b
 	}
 	return a
+}
+
+// warnStaleChange is warnStale for a stream: it warns when the answers
+// turn stale (was is whether they were) and says when they are current
+// again, and returns whether they are stale now.
+func warnStaleChange(w io.Writer, was bool, st *pb.Staleness) bool {
+	switch {
+	case st != nil && !was:
+		warnStale(w, st)
+	case st == nil && was:
+		fmt.Fprintf(w, "%s etcd answers again: the view is current\n", time.Now().Format(time.TimeOnly))
+	}
+	return st != nil
 }
 
 // warnStale says, when an answer came from the controller's last view

@@ -48,6 +48,7 @@ func newRollout(g *globals) *cobra.Command {
 			if err != nil {
 				return rpcError("rollout status", err)
 			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
 			return statusOut.print(g.out, resp.GetRollout(), func() error {
 				printRollout(g.out, resp.GetRollout())
 				return nil
@@ -103,6 +104,7 @@ func newRollout(g *globals) *cobra.Command {
 			if err != nil {
 				return rpcError("rollout history", err)
 			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
 			return historyOut.print(g.out, resp, func() error {
 				t := newTable(g.out, "ROLLOUT", "REVISION", "STATE", "CREATED", "REASON~")
 				for _, r := range resp.GetRollouts() {
@@ -147,6 +149,7 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 	// final rollout, the same on a terminal and in a pipe.
 	counter := progress.New(cmd.ErrOrStderr(), "hosts passed", 0)
 	defer counter.Done()
+	stale := false
 	for {
 		resp, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -156,6 +159,10 @@ func (g *globals) followRollout(cmd *cobra.Command, name string) error {
 			return rpcError("watch "+name, err)
 		}
 		last = resp.GetRollout()
+		if (resp.GetStale() != nil) != stale {
+			counter.Clear()
+			stale = warnStaleChange(cmd.ErrOrStderr(), stale, resp.GetStale())
+		}
 		// A change within a wave (a gate's text) that moves no count
 		// prints no new line. On a terminal the live counter is taken off
 		// the screen first, so that the line does not run into it.

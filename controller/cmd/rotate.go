@@ -139,6 +139,7 @@ that fails.
 			if err != nil {
 				return rpcError("rotate status", err)
 			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
 			return statusOut.print(g.out, resp.GetRotation(), func() error {
 				printRotation(g.out, resp.GetRotation())
 				return nil
@@ -158,6 +159,7 @@ that fails.
 			if err != nil {
 				return rpcError("rotate list", err)
 			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
 			return listOut.print(g.out, resp, func() error {
 				t := newTable(g.out, "ROTATION", "DEPLOYMENT", "STATE", "PHASE", "FAILED", "START", "REASON~")
 				for _, r := range resp.GetRotations() {

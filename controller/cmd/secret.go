@@ -104,6 +104,7 @@ topology revision records the secret versions it was applied with (get revisions
 			if err != nil {
 				return rpcError("list secrets", err)
 			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
 			return listOut.print(g.out, resp, func() error {
 				t := newTable(g.out, "NAME", "VERSION", "THUMBPRINT", "SUBJECT~", "SANS~", "NOT BEFORE", "NOT AFTER", "USED BY~")
 				for _, s := range resp.GetSecrets() {

@@ -54,14 +54,7 @@ func followHosts(out, errw io.Writer, only string, recv func() (*pb.WatchHostsRe
 			}
 			return rpcError("watch hosts", err)
 		}
-		if (m.GetStale() != nil) != stale {
-			stale = m.GetStale() != nil
-			if stale {
-				warnStale(errw, m.GetStale())
-			} else {
-				fmt.Fprintf(errw, "%s etcd answers again: the view is current\n", time.Now().Format(time.TimeOnly))
-			}
-		}
+		stale = warnStaleChange(errw, stale, m.GetStale())
 		hosts := slices.DeleteFunc(m.GetHosts(), func(h *pb.Host) bool { return only != "" && h.GetHost() != only })
 		if !synced {
 			initial = append(initial, hosts...)

@@ -420,6 +420,17 @@ func DecodeInfo(value []byte) (*pb.CertificateInfo, error) {
 	return st.info, nil
 }
 
+// Describe is what ListSecrets shows of the stored value of secret name
+// (its used_by aside): its newest version and its certificate, never the
+// sealed part. The controller's last view of etcd keeps this much.
+func Describe(name string, value []byte) (*pb.Secret, error) {
+	st, err := decode(name, value)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.Secret{Name: name, Certificate: st.info, Version: st.rec.version()}, nil
+}
+
 func decode(name string, v []byte) (*stored, error) {
 	var r record
 	if err := json.Unmarshal(v, &r); err != nil {
@@ -464,12 +475,11 @@ func (s *Store) ListPage(ctx context.Context, after string, limit int) ([]*pb.Se
 	}
 	var out []*pb.Secret
 	for _, kv := range resp.Kvs {
-		name := strings.TrimPrefix(string(kv.Key), p)
-		st, err := decode(name, kv.Value)
+		sec, err := Describe(strings.TrimPrefix(string(kv.Key), p), kv.Value)
 		if err != nil {
 			return nil, false, err
 		}
-		out = append(out, &pb.Secret{Name: name, Certificate: st.info, Version: st.rec.version()})
+		out = append(out, sec)
 	}
 	t, _, err := s.currentTopology(ctx)
 	if err != nil {

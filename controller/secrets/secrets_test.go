@@ -177,7 +177,7 @@ func TestListSorted(t *testing.T) {
 	}
 
 	// ListSecrets pages them, one per page, with an opaque token.
-	svc := secrets.NewService(s)
+	svc := secrets.NewService(s, nil)
 	names = nil
 	req := &pb.ListSecretsRequest{PageSize: 1}
 	for pages := 0; ; pages++ {

@@ -48,11 +48,12 @@ type auditEntry struct {
 // AuditService implements pb.AuditServiceServer.
 type AuditService struct {
 	pb.UnimplementedAuditServiceServer
-	st *store.Store
+	hub *Hub
 }
 
-// NewAuditService reads the audit trail of st.
-func NewAuditService(st *store.Store) *AuditService { return &AuditService{st: st} }
+// NewAuditService reads the audit trail of the hub's store, and of its
+// last view while etcd does not answer.
+func NewAuditService(hub *Hub) *AuditService { return &AuditService{hub: hub} }
 
 // ListAuditRecords implements the RPC; see the proto for its contract.
 func (s *AuditService) ListAuditRecords(ctx context.Context, req *pb.ListAuditRecordsRequest) (*pb.ListAuditRecordsResponse, error) {
@@ -76,7 +77,41 @@ func (s *AuditService) ListAuditRecords(ctx context.Context, req *pb.ListAuditRe
 	if req.Since != nil {
 		since = req.GetSince().AsTime()
 	}
-	prefix := s.st.Key("audit/")
+	keep := func(r *pb.AuditRecord) bool {
+		return (since.IsZero() || !r.GetWhen().AsTime().Before(since)) && (req.GetWho() == "" || r.GetWho() == req.GetWho())
+	}
+	var resp *pb.ListAuditRecordsResponse
+	stale, err := readOrStale(ctx, s.hub, 0, func(ctx context.Context) error {
+		var err error
+		resp, err = s.page(ctx, size, from, keep)
+		return err
+	})
+	if err != nil || stale == nil {
+		return resp, err
+	}
+	// The records of the view from the cursor on, as the same listing.
+	items, partial := viewFrom(s.hub.view, keptAudit, uint64(from))
+	resp = &pb.ListAuditRecordsResponse{Stale: stale}
+	for _, k := range items {
+		if r := decodeAudit(k.val, int64(k.id)); keep(r) {
+			resp.Records = append(resp.Records, r)
+		}
+		if len(resp.Records) == size {
+			resp.NextPageToken = pagetoken.Encode("ListAuditRecords", strconv.FormatUint(k.id+1, 10))
+			break
+		}
+	}
+	if partial {
+		keepsOnly(stale, viewAudit, "audit records")
+	}
+	return resp, nil
+}
+
+// page reads one page of the trail from etcd: up to size records kept by
+// keep, from create revision from on (0: the start).
+func (s *AuditService) page(ctx context.Context, size int, from int64, keep func(*pb.AuditRecord) bool) (*pb.ListAuditRecordsResponse, error) {
+	st := s.hub.cfg.Store
+	prefix := auditPrefix(st)
 	resp := &pb.ListAuditRecordsResponse{}
 	// Filters may skip records, so read batches until the page is full or
 	// the trail ends; each batch is bounded.
@@ -86,14 +121,14 @@ func (s *AuditService) ListAuditRecords(ctx context.Context, req *pb.ListAuditRe
 		if from > 0 {
 			opts = append(opts, clientv3.WithMinCreateRev(from))
 		}
-		got, err := s.st.Client().Get(ctx, prefix, opts...)
+		got, err := st.Client().Get(ctx, prefix, opts...)
 		if err != nil {
 			return nil, err
 		}
 		for _, kv := range got.Kvs {
 			from = kv.CreateRevision + 1
 			r := decodeAudit(kv.Value, kv.CreateRevision)
-			if r == nil || (!since.IsZero() && r.GetWhen().AsTime().Before(since)) || (req.GetWho() != "" && r.GetWho() != req.GetWho()) {
+			if !keep(r) {
 				continue
 			}
 			resp.Records = append(resp.Records, r)
@@ -113,6 +148,9 @@ func (s *AuditService) ListAuditRecords(ctx context.Context, req *pb.ListAuditRe
 	resp.NextPageToken = pagetoken.Encode("ListAuditRecords", strconv.FormatInt(from, 10))
 	return resp, nil
 }
+
+// auditPrefix is the key prefix of the audit trail.
+func auditPrefix(st *store.Store) string { return st.Key("audit/") }
 
 func decodeAudit(val []byte, rev int64) *pb.AuditRecord {
 	var e auditEntry

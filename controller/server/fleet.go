@@ -76,8 +76,8 @@ func (s *FleetService) fromStore(ctx context.Context, read func(context.Context)
 // error when there is no view to answer from or read failed otherwise.
 func readOrStale(ctx context.Context, hub *Hub, timeout time.Duration, read func(context.Context) error) (*pb.Staleness, error) {
 	v := hub.view
-	if lost, loaded := v.lostReason(); lost != "" && loaded {
-		return v.staleness(hub.cfg.Now(), "the controller lost etcd: "+lost), nil
+	if st := v.lostMark(hub.cfg.Now()); st != nil {
+		return st, nil
 	}
 	if timeout <= 0 {
 		timeout = 2 * time.Second

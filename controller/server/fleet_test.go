@@ -23,6 +23,7 @@ import (
 
 	"github.com/s2strust/s2strust/controller/etcdembed"
 	"github.com/s2strust/s2strust/controller/pagetoken"
+	"github.com/s2strust/s2strust/controller/secrets"
 	"github.com/s2strust/s2strust/controller/store"
 	"github.com/s2strust/s2strust/deploy/examples"
 	"github.com/s2strust/s2strust/internal/topology"
@@ -33,12 +34,15 @@ import (
 var contosoHosts = []string{"ex01.contoso.com", "ex02.contoso.com", "fe01.contoso.com", "fe02.contoso.com", "sp01.contoso.com"}
 
 // fleetFixture is a controller in-process: a hub on a real embedded etcd
-// with the contoso example, its Sync and fleet services on loopback gRPC
-// behind the real interceptors (insecure access), and a fleet client.
+// with the contoso example, its Sync, fleet and admin services on loopback
+// gRPC behind the real interceptors (insecure access), and a fleet client.
 type fleetFixture struct {
 	*hubFixture
-	fleet    pb.FleetServiceClient
-	svc      *FleetService
+	fleet pb.FleetServiceClient
+	svc   *FleetService
+	// conn reaches every service; secrets is the secret API's store.
+	conn     *grpc.ClientConn
+	secrets  *secrets.Store
 	stopEtcd func()
 }
 
@@ -77,6 +81,13 @@ func startFleet(t *testing.T, before func(context.Context, *store.Store)) *fleet
 	svc.ReadTimeout, svc.WatchInterval = 300*time.Millisecond, 200*time.Millisecond
 	pb.RegisterAgentServiceServer(gs, NewAgentService(hub, 0, true))
 	pb.RegisterFleetServiceServer(gs, svc)
+	topo := NewTopologyService(hub, nil)
+	pb.RegisterTopologyServiceServer(gs, topo)
+	pb.RegisterRolloutServiceServer(gs, NewRolloutService(hub, topo))
+	pb.RegisterRotationServiceServer(gs, NewRotationService(hub, topo))
+	pb.RegisterAuditServiceServer(gs, NewAuditService(hub))
+	sec := secrets.New(st, make([]byte, 32), nil)
+	pb.RegisterSecretServiceServer(gs, secrets.NewService(sec, hub.SecretView()))
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- gs.Serve(lis) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -98,7 +109,8 @@ func startFleet(t *testing.T, before func(context.Context, *store.Store)) *fleet
 	case <-time.After(30 * time.Second):
 		t.Fatal("hub not ready within 30s")
 	}
-	return &fleetFixture{hubFixture: &hubFixture{addr: lis.Addr().String(), hub: hub, st: st}, fleet: pb.NewFleetServiceClient(conn), svc: svc, stopEtcd: stopEtcd}
+	return &fleetFixture{hubFixture: &hubFixture{addr: lis.Addr().String(), hub: hub, st: st}, fleet: pb.NewFleetServiceClient(conn), svc: svc,
+		conn: conn, secrets: sec, stopEtcd: stopEtcd}
 }
 
 func callCtx(t *testing.T) context.Context {
@@ -627,7 +639,7 @@ func TestRevisionAndAuditTokens(t *testing.T) {
 	if fmt.Sprint(seqs) != "[4 3 2 1]" {
 		t.Errorf("revisions paged: %v, want [4 3 2 1]", seqs)
 	}
-	audit := NewAuditService(f.st)
+	audit := NewAuditService(f.hub)
 	n := 0
 	areq := &pb.ListAuditRecordsRequest{PageSize: 2}
 	for pages := 0; pages < 10; pages++ {

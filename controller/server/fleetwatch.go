@@ -4,8 +4,6 @@ import (
 	"slices"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -22,12 +20,8 @@ const watchChunk = 500
 func (s *FleetService) WatchHosts(req *pb.WatchHostsRequest, stream pb.FleetService_WatchHostsServer) error {
 	ctx := stream.Context()
 	v := s.hub.view
-	select {
-	case <-s.hub.Ready():
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-v.done:
-		return status.Error(codes.Unavailable, "the controller is stopping")
+	if err := s.hub.untilLoaded(ctx); err != nil {
+		return err
 	}
 	interval := s.WatchInterval
 	if interval <= 0 {
@@ -44,10 +38,7 @@ func (s *FleetService) WatchHosts(req *pb.WatchHostsRequest, stream pb.FleetServ
 		snap := s.hub.snapshot()
 		hosts := sortedHosts(snap, req.GetDeployment())
 		states := v.statesOf(hosts)
-		var stale *pb.Staleness
-		if lost, _ := v.lostReason(); lost != "" {
-			stale = v.staleness(now, "the controller lost etcd: "+lost)
-		}
+		stale := v.lostMark(now)
 		seq := s.sequencer(ctx, snap, stale != nil)
 		var out []*pb.Host
 		in := make(map[string]bool, len(hosts))
@@ -74,13 +65,8 @@ func (s *FleetService) WatchHosts(req *pb.WatchHostsRequest, stream pb.FleetServ
 			}
 		}
 		first, wasStale = false, stale != nil
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-v.done:
-			return status.Error(codes.Unavailable, "the controller is stopping; open a new stream to another replica or after its restart")
-		case <-changed:
-		case <-tick.C:
+		if err := v.until(ctx, changed, tick.C); err != nil {
+			return err
 		}
 		// Changes come in bursts (a commit's ACKs): one recomputation
 		// takes them all in.

@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/pagetoken"
@@ -158,17 +160,29 @@ type RolloutService struct {
 	pb.UnimplementedRolloutServiceServer
 	hub  *Hub
 	topo *TopologyService
+	// stored reads rollouts for the read calls: from etcd, or from the
+	// hub's last view while etcd does not answer.
+	stored recordReader[*rollout.Stored, []byte]
 }
 
 // NewRolloutService returns the rollout API; topo stores undo revisions.
 func NewRolloutService(hub *Hub, topo *TopologyService) *RolloutService {
-	return &RolloutService{hub: hub, topo: topo}
+	rs := hub.rollouts
+	return &RolloutService{hub: hub, topo: topo, stored: recordReader[*rollout.Stored, []byte]{
+		hub: hub, what: "rollouts", keeps: viewRollouts, kept: keptRollouts,
+		get:  func(ctx context.Context, id uint64) (*rollout.Stored, error) { return rs.Get(ctx, id) },
+		list: rs.List,
+		decode: func(k kept[[]byte]) (*rollout.Stored, error) {
+			return rs.Decode([]byte(rs.Key(k.id)), k.val, k.modRev)
+		},
+	}}
 }
 
 // withSequences fills the sequence numbers a rollout stored before they
 // were (from_sequence and the rest 0) lacks, so that every answer names
-// revisions as operators know them. What is stored is left as it is.
-func (s *RolloutService) withSequences(ctx context.Context, r *pb.Rollout) *pb.Rollout {
+// revisions as operators know them; one not known yet shows as unknown in
+// an answer from the last view (stale). What is stored is left as it is.
+func (s *RolloutService) withSequences(ctx context.Context, r *pb.Rollout, stale bool) *pb.Rollout {
 	missing := func(seq, rev uint64) bool { return seq == 0 && rev != 0 }
 	need := missing(r.GetFromSequence(), r.GetFromRevision()) || missing(r.GetToSequence(), r.GetToRevision())
 	for _, w := range r.GetWaves() {
@@ -179,7 +193,7 @@ func (s *RolloutService) withSequences(ctx context.Context, r *pb.Rollout) *pb.R
 	if !need {
 		return r
 	}
-	seq := (&FleetService{hub: s.hub}).sequencer(ctx, s.hub.snapshot(), false)
+	seq := (&FleetService{hub: s.hub}).sequencer(ctx, s.hub.snapshot(), stale)
 	fill := func(n *uint64, rev uint64) {
 		if *n == 0 && rev != 0 {
 			*n = seq(rev)
@@ -226,17 +240,17 @@ func (s *RolloutService) ListRollouts(ctx context.Context, req *pb.ListRolloutsR
 		}
 		before = n
 	}
-	list, err := s.hub.rollouts.List(ctx, size+1, before)
+	list, stale, err := s.stored.page(ctx, size+1, before)
 	if err != nil {
 		return nil, err
 	}
-	resp := &pb.ListRolloutsResponse{}
+	resp := &pb.ListRolloutsResponse{Stale: stale}
 	for i, r := range list {
 		if i == size {
 			resp.NextPageToken = pagetoken.Encode("ListRollouts", strconv.FormatUint(list[i-1].ID, 10))
 			break
 		}
-		resp.Rollouts = append(resp.Rollouts, s.withSequences(ctx, r.Rollout))
+		resp.Rollouts = append(resp.Rollouts, s.withSequences(ctx, r.Rollout, stale != nil))
 	}
 	return resp, nil
 }
@@ -249,13 +263,23 @@ func (s *RolloutService) get(ctx context.Context, name string) (*rollout.Stored,
 	return s.hub.rollouts.Get(ctx, id)
 }
 
+// read is get for the read calls: from the hub's last view, marked
+// stale, while etcd does not answer.
+func (s *RolloutService) read(ctx context.Context, name string) (*rollout.Stored, *pb.Staleness, error) {
+	id, err := rollout.ParseName(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.stored.read(ctx, id)
+}
+
 // GetRollout implements the RPC; see the proto for its contract.
 func (s *RolloutService) GetRollout(ctx context.Context, req *pb.GetRolloutRequest) (*pb.GetRolloutResponse, error) {
-	r, err := s.get(ctx, req.GetName())
+	r, stale, err := s.read(ctx, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout)}, nil
+	return &pb.GetRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout, stale != nil), Stale: stale}, nil
 }
 
 // change applies f to the named rollout with a compare-and-swap,
@@ -272,7 +296,7 @@ func (s *RolloutService) change(ctx context.Context, name string, f func(*pb.Rol
 			return nil, err
 		}
 		if proto.Equal(r, cur.Rollout) {
-			return s.withSequences(ctx, r), nil
+			return s.withSequences(ctx, r, false), nil
 		}
 		if _, err := s.hub.rollouts.Update(ctx, cur, r, nil); err != nil {
 			if errors.Is(err, store.ErrConflict) {
@@ -280,7 +304,7 @@ func (s *RolloutService) change(ctx context.Context, name string, f func(*pb.Rol
 			}
 			return nil, err
 		}
-		return s.withSequences(ctx, r), nil
+		return s.withSequences(ctx, r, false), nil
 	}
 	return nil, fmt.Errorf("%s changed concurrently 10 times in a row: %w", name, store.ErrConflict)
 }
@@ -337,7 +361,7 @@ func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutReq
 	if r.GetFromRevision() == 0 {
 		return nil, rollout.Precondition("cannot undo %s: it has no previous revision", r.GetName())
 	}
-	r = s.withSequences(ctx, r)
+	r = s.withSequences(ctx, r, false)
 	prev, err := s.hub.cfg.Store.TopologyRevision(ctx, r.GetFromRevision())
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, rollout.Precondition("cannot undo %s: its previous %s is no longer in the history", r.GetName(), revisionName(r.GetFromSequence(), r.GetFromRevision()))
@@ -360,41 +384,66 @@ func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutReq
 	if err != nil {
 		return nil, err
 	}
-	return &pb.UndoRolloutResponse{Rollout: s.withSequences(ctx, out.Rollout)}, nil
+	return &pb.UndoRolloutResponse{Rollout: s.withSequences(ctx, out.Rollout, false)}, nil
 }
 
-// WatchRollout implements the RPC; see the proto for its contract.
+// WatchRollout implements the RPC; see the proto for its contract. It
+// follows the rollout in the hub's last view, which the hub's watch of
+// the rollouts keeps current (no etcd watch per stream), so a store
+// without quorum leaves the stream open: the rollout is sent again marked
+// stale when the hub loses etcd, and unmarked at its next change.
 func (s *RolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.RolloutService_WatchRolloutServer) error {
 	ctx := stream.Context()
-	cur, err := s.get(ctx, req.GetName())
+	v := s.hub.view
+	if err := s.hub.untilLoaded(ctx); err != nil {
+		return err
+	}
+	cur, stale, err := s.read(ctx, req.GetName())
 	if err != nil {
 		return toStatus(err)
 	}
-	if err := stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, cur.Rollout)}); err != nil {
+	send := func(r *rollout.Stored, stale *pb.Staleness) error {
+		return stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout, stale != nil), Stale: stale})
+	}
+	if err := send(cur, stale); err != nil || rollout.Finished(cur.Rollout) {
 		return err
 	}
-	if rollout.Finished(cur.Rollout) {
-		return nil
-	}
-	key := s.hub.rollouts.Key(cur.ID)
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for wr := range s.hub.cfg.Store.Client().Watch(wctx, key, clientv3.WithRev(cur.ModRev+1)) {
-		if err := wr.Err(); err != nil {
-			return toStatus(fmt.Errorf("watch %s: %w", cur.Rollout.GetName(), err))
-		}
-		for _, ev := range wr.Events {
-			r, err := s.hub.rollouts.Decode(ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision)
-			if err != nil {
+	sent, wasLost := cur.ModRev, v.lostMark(s.hub.cfg.Now()) != nil
+	for {
+		changed := v.wait() // before reading, so no change is missed
+		k, ok, older := viewGet(v, keptRollouts, cur.ID)
+		if older {
+			// Newer rollouts pushed it out of the view, so it finished
+			// (only the newest runs): read how.
+			if cur, err = s.hub.rollouts.Get(ctx, cur.ID); err != nil {
 				return toStatus(err)
 			}
-			if err := stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout)}); err != nil {
+			if err := send(cur, nil); err != nil || rollout.Finished(cur.Rollout) {
 				return err
 			}
-			if rollout.Finished(r.Rollout) {
-				return nil
+			return status.Errorf(codes.Unavailable, "%s is no longer in the controller's view: watch it again", cur.Rollout.GetName())
+		}
+		stale := v.lostMark(s.hub.cfg.Now())
+		// A view behind what etcd answered (its watch not there yet) has
+		// nothing newer to send.
+		newer := ok && k.modRev > sent
+		if newer {
+			if cur, err = s.stored.decode(k); err != nil {
+				return toStatus(err)
 			}
+			sent = k.modRev
+		}
+		if newer || (stale != nil) != wasLost {
+			if err := send(cur, stale); err != nil {
+				return err
+			}
+			wasLost = stale != nil
+		}
+		if rollout.Finished(cur.Rollout) {
+			return nil
+		}
+		if err := v.until(ctx, changed, nil); err != nil {
+			return err
 		}
 	}
-	return ctx.Err()
 }

@@ -62,12 +62,22 @@ type RotationService struct {
 	hub       *Hub
 	topo      *TopologyService
 	rotations *rotation.Store
+	// stored reads rotations for the read calls: from etcd, or from the
+	// hub's last view while etcd does not answer.
+	stored recordReader[*rotation.Stored, []byte]
 }
 
 // NewRotationService returns the rotation API; topo's store holds the
 // revisions of the phases.
 func NewRotationService(hub *Hub, topo *TopologyService) *RotationService {
-	return &RotationService{hub: hub, topo: topo, rotations: rotation.NewStore(hub.cfg.Store)}
+	rs := rotation.NewStore(hub.cfg.Store)
+	return &RotationService{hub: hub, topo: topo, rotations: rs, stored: recordReader[*rotation.Stored, []byte]{
+		hub: hub, what: "rotations", keeps: viewRotations, kept: keptRotations,
+		get: rs.Get, list: rs.List,
+		decode: func(k kept[[]byte]) (*rotation.Stored, error) {
+			return rs.Decode([]byte(rs.Key(k.id)), k.val, k.modRev)
+		},
+	}}
 }
 
 // Rotations returns the rotations store.
@@ -388,11 +398,15 @@ func (s *RotationService) ApplyPhase(ctx context.Context, r *pb.Rotation) (uint6
 
 // GetRotation implements the RPC; see the proto for its contract.
 func (s *RotationService) GetRotation(ctx context.Context, req *pb.GetRotationRequest) (*pb.GetRotationResponse, error) {
-	r, err := s.get(ctx, req.GetName())
+	id, err := rotation.ParseName(req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetRotationResponse{Rotation: r.Rotation}, nil
+	r, stale, err := s.stored.read(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetRotationResponse{Rotation: r.Rotation, Stale: stale}, nil
 }
 
 func (s *RotationService) get(ctx context.Context, name string) (*rotation.Stored, error) {
@@ -423,11 +437,11 @@ func (s *RotationService) ListRotations(ctx context.Context, req *pb.ListRotatio
 		}
 		before = n
 	}
-	list, err := s.rotations.List(ctx, size+1, before)
+	list, stale, err := s.stored.page(ctx, size+1, before)
 	if err != nil {
 		return nil, err
 	}
-	resp := &pb.ListRotationsResponse{}
+	resp := &pb.ListRotationsResponse{Stale: stale}
 	for i, r := range list {
 		if i == size {
 			resp.NextPageToken = pagetoken.Encode("ListRotations", strconv.FormatUint(list[i-1].ID, 10))

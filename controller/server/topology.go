@@ -416,11 +416,14 @@ func (s *TopologyService) ListTopologyRevisions(ctx context.Context, req *pb.Lis
 		}
 		before = n
 	}
-	recs, err := s.hub.cfg.Store.ListTopologyRevisions(ctx, size, before)
+	revisions := recordReader[*store.TopologyRecord, *store.TopologyRecord]{hub: s.hub, what: "revisions", keeps: viewRevisions, kept: keptRevisions,
+		list:   s.hub.cfg.Store.ListTopologyRevisions,
+		decode: func(k kept[*store.TopologyRecord]) (*store.TopologyRecord, error) { return k.val, nil }}
+	recs, stale, err := revisions.page(ctx, size, before)
 	if err != nil {
 		return nil, err
 	}
-	resp := &pb.ListTopologyRevisionsResponse{}
+	resp := &pb.ListTopologyRevisionsResponse{Stale: stale}
 	for _, r := range recs {
 		resp.Revisions = append(resp.Revisions, revisionProto(r, false))
 	}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -8,6 +9,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
@@ -38,6 +41,9 @@ type fleetView struct {
 	// topology is the stored value of topology/current and its revision.
 	topology    []byte
 	topologyRev int64
+	// records are the newest rollouts, rotations, revisions and audit
+	// records and every secret's description (viewrecords.go).
+	records records
 	// changed is closed (and replaced) at every change of the view or of
 	// the hub's state the fleet view shows, waking WatchHosts streams.
 	changed chan struct{}
@@ -48,7 +54,7 @@ type fleetView struct {
 }
 
 func newFleetView() *fleetView {
-	return &fleetView{states: map[string]*pb.Host{}, reports: map[string][]byte{}, changed: make(chan struct{}), done: make(chan struct{})}
+	return &fleetView{states: map[string]*pb.Host{}, reports: map[string][]byte{}, records: newRecords(), changed: make(chan struct{}), done: make(chan struct{})}
 }
 
 // shutdown ends the watchers: the hub stopped.
@@ -65,6 +71,36 @@ func (v *fleetView) bump() {
 	v.mu.Lock()
 	v.bumpLocked()
 	v.mu.Unlock()
+}
+
+// errHubStopping ends a stream that follows the view when the hub stops.
+var errHubStopping = status.Error(codes.Unavailable, "the controller is stopping; open the stream again to another replica or after its restart")
+
+// untilLoaded waits for the hub's first load of the view (Ready); an
+// error when ctx ends or the hub stops first.
+func (h *Hub) untilLoaded(ctx context.Context) error {
+	select {
+	case <-h.Ready():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-h.view.done:
+		return errHubStopping
+	}
+}
+
+// until waits for changed (from wait) or tick (nil: none); an error when
+// ctx ends or the hub stops first.
+func (v *fleetView) until(ctx context.Context, changed <-chan struct{}, tick <-chan time.Time) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-v.done:
+		return errHubStopping
+	case <-changed:
+	case <-tick:
+	}
+	return nil
 }
 
 // wait returns a channel closed at the next change.
@@ -166,6 +202,15 @@ func (v *fleetView) lostReason() (reason string, loaded bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.lost, v.loaded
+}
+
+// lostMark is the stale mark of an answer from the view while the hub no
+// longer follows etcd; nil while it does, or before there is a view.
+func (v *fleetView) lostMark(now time.Time) *pb.Staleness {
+	if lost, loaded := v.lostReason(); lost != "" && loaded {
+		return v.staleness(now, "the controller lost etcd: "+lost)
+	}
+	return nil
 }
 
 // staleness marks an answer from the view, for the given reason.

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/secrets"
 )
 
@@ -147,6 +148,13 @@ func (h *Hub) follow(ctx context.Context) error {
 	}
 	h.readyOnce.Do(func() { close(h.ready) })
 	h.notifyAll()
+	// The rest of what the read calls answer from while etcd does not,
+	// once the agents are served.
+	recs, err := h.loadRecords(ctx, startRev, snap.Responses[3].GetResponseRange().GetKvs())
+	if err != nil {
+		return err
+	}
+	h.view.setRecords(recs)
 	h.mu.Lock()
 	primaries, present := len(h.primaries), len(h.present)
 	h.mu.Unlock()
@@ -159,6 +167,7 @@ func (h *Hub) follow(ctx context.Context) error {
 	topoWatch, presWatch, primWatch, secWatch := watch(st.TopologyPrefix()), watch(st.PresencePrefix()), watch(st.PrimaryPrefix()), watch(st.SecretsPrefix())
 	rollWatch := watch(h.rollouts.Prefix())
 	stateWatch, reportWatch := watch(st.HostStatePrefix()), watch(st.HostReportPrefix())
+	rotWatch, auditWatch := watch(rotation.NewStore(st).Prefix()), watch(auditPrefix(st))
 	for {
 		var evs []any
 		var err error
@@ -192,16 +201,34 @@ func (h *Hub) follow(ctx context.Context) error {
 			}
 			h.view.apply(st.HostReportPrefix(), true, wr, h.cfg.Now())
 			continue
+		case wr, ok := <-rotWatch:
+			if _, err := h.decode("rotations", wr, ok); err != nil {
+				return err
+			}
+			h.followRecords("rotations", wr)
+			continue
+		case wr, ok := <-auditWatch:
+			if _, err := h.decode("audit", wr, ok); err != nil {
+				return err
+			}
+			h.followRecords("audit", wr)
+			continue
 		case wr, ok := <-topoWatch:
-			evs, err = h.decode("topology", wr, ok)
+			if evs, err = h.decode("topology", wr, ok); err == nil {
+				h.followRecords("topology", wr)
+			}
 		case wr, ok := <-presWatch:
 			evs, err = h.decode("presence", wr, ok)
 		case wr, ok := <-primWatch:
 			evs, err = h.decode("primary", wr, ok)
 		case wr, ok := <-secWatch:
-			evs, err = h.decode("secrets", wr, ok)
+			if evs, err = h.decode("secrets", wr, ok); err == nil {
+				h.followRecords("secrets", wr)
+			}
 		case wr, ok := <-rollWatch:
-			evs, err = h.decode("rollouts", wr, ok)
+			if evs, err = h.decode("rollouts", wr, ok); err == nil {
+				h.followRecords("rollouts", wr)
+			}
 		}
 		if err != nil {
 			return err

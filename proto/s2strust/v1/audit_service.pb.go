@@ -100,6 +100,9 @@ type ListAuditRecordsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
 	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the page comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -146,6 +149,13 @@ func (x *ListAuditRecordsResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListAuditRecordsResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
 }
 
 // AuditRecord is one entry of the trail. Secrets appear only by name and
@@ -262,16 +272,17 @@ var File_s2strust_v1_audit_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_audit_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1fs2strust/v1/audit_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x01\n" +
+	"\x1fs2strust/v1/audit_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/fleet_service.proto\"\x99\x01\n" +
 	"\x17ListAuditRecordsRequest\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x10\n" +
 	"\x03who\x18\x02 \x01(\tR\x03who\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"v\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\xa4\x01\n" +
 	"\x18ListAuditRecordsResponse\x122\n" +
 	"\arecords\x18\x01 \x03(\v2\x18.s2strust.v1.AuditRecordR\arecords\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd9\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"\xd9\x01\n" +
 	"\vAuditRecord\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x10\n" +
 	"\x03who\x18\x02 \x01(\tR\x03who\x12\x12\n" +
@@ -302,18 +313,20 @@ var file_s2strust_v1_audit_service_proto_goTypes = []any{
 	(*ListAuditRecordsResponse)(nil), // 1: s2strust.v1.ListAuditRecordsResponse
 	(*AuditRecord)(nil),              // 2: s2strust.v1.AuditRecord
 	(*timestamppb.Timestamp)(nil),    // 3: google.protobuf.Timestamp
+	(*Staleness)(nil),                // 4: s2strust.v1.Staleness
 }
 var file_s2strust_v1_audit_service_proto_depIdxs = []int32{
 	3, // 0: s2strust.v1.ListAuditRecordsRequest.since:type_name -> google.protobuf.Timestamp
 	2, // 1: s2strust.v1.ListAuditRecordsResponse.records:type_name -> s2strust.v1.AuditRecord
-	3, // 2: s2strust.v1.AuditRecord.when:type_name -> google.protobuf.Timestamp
-	0, // 3: s2strust.v1.AuditService.ListAuditRecords:input_type -> s2strust.v1.ListAuditRecordsRequest
-	1, // 4: s2strust.v1.AuditService.ListAuditRecords:output_type -> s2strust.v1.ListAuditRecordsResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 2: s2strust.v1.ListAuditRecordsResponse.stale:type_name -> s2strust.v1.Staleness
+	3, // 3: s2strust.v1.AuditRecord.when:type_name -> google.protobuf.Timestamp
+	0, // 4: s2strust.v1.AuditService.ListAuditRecords:input_type -> s2strust.v1.ListAuditRecordsRequest
+	1, // 5: s2strust.v1.AuditService.ListAuditRecords:output_type -> s2strust.v1.ListAuditRecordsResponse
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_audit_service_proto_init() }
@@ -321,6 +334,7 @@ func file_s2strust_v1_audit_service_proto_init() {
 	if File_s2strust_v1_audit_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_fleet_service_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

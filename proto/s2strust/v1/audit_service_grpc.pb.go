@@ -33,7 +33,10 @@ const (
 type AuditServiceClient interface {
 	// ListAuditRecords lists records oldest first, in store order. A page
 	// holds at most page_size records (default 100, at most 1000); a
-	// non-empty next_page_token continues after it. Read-only.
+	// non-empty next_page_token continues after it. While etcd has no
+	// quorum it answers from this controller's last view, marked stale:
+	// that view keeps the newest 500 records, and the stale mark's reason
+	// says when older ones are left out. Read-only, safe to retry.
 	ListAuditRecords(ctx context.Context, in *ListAuditRecordsRequest, opts ...grpc.CallOption) (*ListAuditRecordsResponse, error)
 }
 
@@ -66,7 +69,10 @@ func (c *auditServiceClient) ListAuditRecords(ctx context.Context, in *ListAudit
 type AuditServiceServer interface {
 	// ListAuditRecords lists records oldest first, in store order. A page
 	// holds at most page_size records (default 100, at most 1000); a
-	// non-empty next_page_token continues after it. Read-only.
+	// non-empty next_page_token continues after it. While etcd has no
+	// quorum it answers from this controller's last view, marked stale:
+	// that view keeps the newest 500 records, and the stale mark's reason
+	// says when older ones are left out. Read-only, safe to retry.
 	ListAuditRecords(context.Context, *ListAuditRecordsRequest) (*ListAuditRecordsResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }

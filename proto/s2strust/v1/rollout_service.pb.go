@@ -768,6 +768,9 @@ type ListRolloutsResponse struct {
 	Rollouts []*Rollout             `protobuf:"bytes,1,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
 	// Empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the page comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -814,6 +817,13 @@ func (x *ListRolloutsResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListRolloutsResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
 }
 
 // GetRolloutRequest names a rollout; "rollouts/-" is the newest.
@@ -1097,8 +1107,11 @@ func (x *WatchRolloutRequest) GetName() string {
 
 // GetRolloutResponse carries the rollout as it is now.
 type GetRolloutResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Set when etcd did not answer and the rollout comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,2,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1136,6 +1149,13 @@ func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
 func (x *GetRolloutResponse) GetRollout() *Rollout {
 	if x != nil {
 		return x.Rollout
+	}
+	return nil
+}
+
+func (x *GetRolloutResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
 	}
 	return nil
 }
@@ -1322,8 +1342,11 @@ func (x *UndoRolloutResponse) GetRollout() *Rollout {
 
 // WatchRolloutResponse carries the rollout at each change.
 type WatchRolloutResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rollout       *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Rollout *Rollout               `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Set while etcd does not answer: the rollout comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,2,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1365,11 +1388,18 @@ func (x *WatchRolloutResponse) GetRollout() *Rollout {
 	return nil
 }
 
+func (x *WatchRolloutResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
+}
+
 var File_s2strust_v1_rollout_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"\n" +
-	"!s2strust/v1/rollout_service.proto\x12\vs2strust.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x84\x03\n" +
+	"!s2strust/v1/rollout_service.proto\x12\vs2strust.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/fleet_service.proto\"\x84\x03\n" +
 	"\x0fRolloutStrategy\x12\x1c\n" +
 	"\timmediate\x18\x01 \x01(\bR\timmediate\x12\x1b\n" +
 	"\x06canary\x18\x02 \x01(\bH\x00R\x06canary\x88\x01\x01\x122\n" +
@@ -1434,10 +1464,11 @@ const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"\x13ListRolloutsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"p\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x9e\x01\n" +
 	"\x14ListRolloutsResponse\x120\n" +
 	"\brollouts\x18\x01 \x03(\v2\x14.s2strust.v1.RolloutR\brollouts\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"'\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"'\n" +
 	"\x11GetRolloutRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\")\n" +
 	"\x13PauseRolloutRequest\x12\x12\n" +
@@ -1450,9 +1481,10 @@ const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
 	"\bstrategy\x18\x02 \x01(\v2\x1c.s2strust.v1.RolloutStrategyR\bstrategy\")\n" +
 	"\x13WatchRolloutRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"r\n" +
 	"\x12GetRolloutResponse\x12.\n" +
-	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout\"F\n" +
+	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout\x12,\n" +
+	"\x05stale\x18\x02 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"F\n" +
 	"\x14PauseRolloutResponse\x12.\n" +
 	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout\"G\n" +
 	"\x15ResumeRolloutResponse\x12.\n" +
@@ -1460,9 +1492,10 @@ const file_s2strust_v1_rollout_service_proto_rawDesc = "" +
 	"\x14AbortRolloutResponse\x12.\n" +
 	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout\"E\n" +
 	"\x13UndoRolloutResponse\x12.\n" +
-	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout\"F\n" +
+	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout\"t\n" +
 	"\x14WatchRolloutResponse\x12.\n" +
-	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout*\x9a\x01\n" +
+	"\arollout\x18\x01 \x01(\v2\x14.s2strust.v1.RolloutR\arollout\x12,\n" +
+	"\x05stale\x18\x02 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale*\x9a\x01\n" +
 	"\fRolloutState\x12\x1d\n" +
 	"\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ROLLOUT_STATE_RUNNING\x10\x01\x12\x18\n" +
@@ -1523,6 +1556,7 @@ var file_s2strust_v1_rollout_service_proto_goTypes = []any{
 	(*WatchRolloutResponse)(nil),  // 20: s2strust.v1.WatchRolloutResponse
 	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*Staleness)(nil),             // 23: s2strust.v1.Staleness
 }
 var file_s2strust_v1_rollout_service_proto_depIdxs = []int32{
 	3,  // 0: s2strust.v1.RolloutStrategy.waves:type_name -> s2strust.v1.RolloutWaveSpec
@@ -1541,32 +1575,35 @@ var file_s2strust_v1_rollout_service_proto_depIdxs = []int32{
 	22, // 13: s2strust.v1.RolloutHost.release_time:type_name -> google.protobuf.Timestamp
 	22, // 14: s2strust.v1.RolloutHost.update_time:type_name -> google.protobuf.Timestamp
 	4,  // 15: s2strust.v1.ListRolloutsResponse.rollouts:type_name -> s2strust.v1.Rollout
-	2,  // 16: s2strust.v1.UndoRolloutRequest.strategy:type_name -> s2strust.v1.RolloutStrategy
-	4,  // 17: s2strust.v1.GetRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
-	4,  // 18: s2strust.v1.PauseRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
-	4,  // 19: s2strust.v1.ResumeRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
-	4,  // 20: s2strust.v1.AbortRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
-	4,  // 21: s2strust.v1.UndoRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
-	4,  // 22: s2strust.v1.WatchRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
-	7,  // 23: s2strust.v1.RolloutService.ListRollouts:input_type -> s2strust.v1.ListRolloutsRequest
-	9,  // 24: s2strust.v1.RolloutService.GetRollout:input_type -> s2strust.v1.GetRolloutRequest
-	10, // 25: s2strust.v1.RolloutService.PauseRollout:input_type -> s2strust.v1.PauseRolloutRequest
-	11, // 26: s2strust.v1.RolloutService.ResumeRollout:input_type -> s2strust.v1.ResumeRolloutRequest
-	12, // 27: s2strust.v1.RolloutService.AbortRollout:input_type -> s2strust.v1.AbortRolloutRequest
-	13, // 28: s2strust.v1.RolloutService.UndoRollout:input_type -> s2strust.v1.UndoRolloutRequest
-	14, // 29: s2strust.v1.RolloutService.WatchRollout:input_type -> s2strust.v1.WatchRolloutRequest
-	8,  // 30: s2strust.v1.RolloutService.ListRollouts:output_type -> s2strust.v1.ListRolloutsResponse
-	15, // 31: s2strust.v1.RolloutService.GetRollout:output_type -> s2strust.v1.GetRolloutResponse
-	16, // 32: s2strust.v1.RolloutService.PauseRollout:output_type -> s2strust.v1.PauseRolloutResponse
-	17, // 33: s2strust.v1.RolloutService.ResumeRollout:output_type -> s2strust.v1.ResumeRolloutResponse
-	18, // 34: s2strust.v1.RolloutService.AbortRollout:output_type -> s2strust.v1.AbortRolloutResponse
-	19, // 35: s2strust.v1.RolloutService.UndoRollout:output_type -> s2strust.v1.UndoRolloutResponse
-	20, // 36: s2strust.v1.RolloutService.WatchRollout:output_type -> s2strust.v1.WatchRolloutResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	23, // 16: s2strust.v1.ListRolloutsResponse.stale:type_name -> s2strust.v1.Staleness
+	2,  // 17: s2strust.v1.UndoRolloutRequest.strategy:type_name -> s2strust.v1.RolloutStrategy
+	4,  // 18: s2strust.v1.GetRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
+	23, // 19: s2strust.v1.GetRolloutResponse.stale:type_name -> s2strust.v1.Staleness
+	4,  // 20: s2strust.v1.PauseRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
+	4,  // 21: s2strust.v1.ResumeRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
+	4,  // 22: s2strust.v1.AbortRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
+	4,  // 23: s2strust.v1.UndoRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
+	4,  // 24: s2strust.v1.WatchRolloutResponse.rollout:type_name -> s2strust.v1.Rollout
+	23, // 25: s2strust.v1.WatchRolloutResponse.stale:type_name -> s2strust.v1.Staleness
+	7,  // 26: s2strust.v1.RolloutService.ListRollouts:input_type -> s2strust.v1.ListRolloutsRequest
+	9,  // 27: s2strust.v1.RolloutService.GetRollout:input_type -> s2strust.v1.GetRolloutRequest
+	10, // 28: s2strust.v1.RolloutService.PauseRollout:input_type -> s2strust.v1.PauseRolloutRequest
+	11, // 29: s2strust.v1.RolloutService.ResumeRollout:input_type -> s2strust.v1.ResumeRolloutRequest
+	12, // 30: s2strust.v1.RolloutService.AbortRollout:input_type -> s2strust.v1.AbortRolloutRequest
+	13, // 31: s2strust.v1.RolloutService.UndoRollout:input_type -> s2strust.v1.UndoRolloutRequest
+	14, // 32: s2strust.v1.RolloutService.WatchRollout:input_type -> s2strust.v1.WatchRolloutRequest
+	8,  // 33: s2strust.v1.RolloutService.ListRollouts:output_type -> s2strust.v1.ListRolloutsResponse
+	15, // 34: s2strust.v1.RolloutService.GetRollout:output_type -> s2strust.v1.GetRolloutResponse
+	16, // 35: s2strust.v1.RolloutService.PauseRollout:output_type -> s2strust.v1.PauseRolloutResponse
+	17, // 36: s2strust.v1.RolloutService.ResumeRollout:output_type -> s2strust.v1.ResumeRolloutResponse
+	18, // 37: s2strust.v1.RolloutService.AbortRollout:output_type -> s2strust.v1.AbortRolloutResponse
+	19, // 38: s2strust.v1.RolloutService.UndoRollout:output_type -> s2strust.v1.UndoRolloutResponse
+	20, // 39: s2strust.v1.RolloutService.WatchRollout:output_type -> s2strust.v1.WatchRolloutResponse
+	33, // [33:40] is the sub-list for method output_type
+	26, // [26:33] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_rollout_service_proto_init() }
@@ -1574,6 +1611,7 @@ func file_s2strust_v1_rollout_service_proto_init() {
 	if File_s2strust_v1_rollout_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_fleet_service_proto_init()
 	file_s2strust_v1_rollout_service_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

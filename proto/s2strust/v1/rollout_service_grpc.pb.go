@@ -38,11 +38,16 @@ const (
 // Names are AIP-style: "rollouts/{id}", ids growing with time.
 type RolloutServiceClient interface {
 	// ListRollouts lists rollouts newest first, page_size at a time (default
-	// 20, at most 100). Read-only, safe to retry.
+	// 20, at most 100). While etcd has no quorum it answers from this
+	// controller's last view, marked stale: that view keeps the newest 8
+	// rollouts (the running one among them), and the stale mark's reason
+	// says when older ones are left out. Read-only, safe to retry.
 	ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error)
 	// GetRollout returns one rollout: per wave and per host the target
 	// revision, state, gate result and cause. NOT_FOUND for an unknown name,
-	// INVALID_ARGUMENT for a malformed one. Read-only, safe to retry.
+	// INVALID_ARGUMENT for a malformed one. While etcd has no quorum it
+	// answers from this controller's last view, marked stale (UNAVAILABLE
+	// for a rollout older than the view keeps). Read-only, safe to retry.
 	GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*GetRolloutResponse, error)
 	// PauseRollout stops a running rollout from releasing more hosts; hosts
 	// already released keep their revision. Pausing a paused rollout returns
@@ -70,7 +75,9 @@ type RolloutServiceClient interface {
 	// WatchRollout sends the rollout at once and again on every change
 	// until it finishes (the stream then ends) or the client cancels. A
 	// broken stream may be reopened at any time: the first message is
-	// always the whole current state.
+	// always the whole current state. It follows the controller's view of
+	// etcd: while etcd has no quorum the stream stays open and sends the
+	// rollout again marked stale, and again unmarked once etcd answers.
 	WatchRollout(ctx context.Context, in *WatchRolloutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRolloutResponse], error)
 }
 
@@ -171,11 +178,16 @@ type RolloutService_WatchRolloutClient = grpc.ServerStreamingClient[WatchRollout
 // Names are AIP-style: "rollouts/{id}", ids growing with time.
 type RolloutServiceServer interface {
 	// ListRollouts lists rollouts newest first, page_size at a time (default
-	// 20, at most 100). Read-only, safe to retry.
+	// 20, at most 100). While etcd has no quorum it answers from this
+	// controller's last view, marked stale: that view keeps the newest 8
+	// rollouts (the running one among them), and the stale mark's reason
+	// says when older ones are left out. Read-only, safe to retry.
 	ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error)
 	// GetRollout returns one rollout: per wave and per host the target
 	// revision, state, gate result and cause. NOT_FOUND for an unknown name,
-	// INVALID_ARGUMENT for a malformed one. Read-only, safe to retry.
+	// INVALID_ARGUMENT for a malformed one. While etcd has no quorum it
+	// answers from this controller's last view, marked stale (UNAVAILABLE
+	// for a rollout older than the view keeps). Read-only, safe to retry.
 	GetRollout(context.Context, *GetRolloutRequest) (*GetRolloutResponse, error)
 	// PauseRollout stops a running rollout from releasing more hosts; hosts
 	// already released keep their revision. Pausing a paused rollout returns
@@ -203,7 +215,9 @@ type RolloutServiceServer interface {
 	// WatchRollout sends the rollout at once and again on every change
 	// until it finishes (the stream then ends) or the client cancels. A
 	// broken stream may be reopened at any time: the first message is
-	// always the whole current state.
+	// always the whole current state. It follows the controller's view of
+	// etcd: while etcd has no quorum the stream stays open and sends the
+	// rollout again marked stale, and again unmarked once etcd answers.
 	WatchRollout(*WatchRolloutRequest, grpc.ServerStreamingServer[WatchRolloutResponse]) error
 	mustEmbedUnimplementedRolloutServiceServer()
 }

@@ -992,8 +992,11 @@ func (x *GetRotationRequest) GetName() string {
 
 // GetRotationResponse carries the rotation as it is now.
 type GetRotationResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rotation      *Rotation              `protobuf:"bytes,1,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Rotation *Rotation              `protobuf:"bytes,1,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	// Set when etcd did not answer and the rotation comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,2,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1031,6 +1034,13 @@ func (*GetRotationResponse) Descriptor() ([]byte, []int) {
 func (x *GetRotationResponse) GetRotation() *Rotation {
 	if x != nil {
 		return x.Rotation
+	}
+	return nil
+}
+
+func (x *GetRotationResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
 	}
 	return nil
 }
@@ -1095,6 +1105,9 @@ type ListRotationsResponse struct {
 	Rotations []*Rotation            `protobuf:"bytes,1,rep,name=rotations,proto3" json:"rotations,omitempty"`
 	// Empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the page comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1141,6 +1154,13 @@ func (x *ListRotationsResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListRotationsResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
 }
 
 // WatchRotationRequest names a rotation; "rotations/-" is the newest.
@@ -1327,7 +1347,7 @@ var File_s2strust_v1_rotation_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_rotation_service_proto_rawDesc = "" +
 	"\n" +
-	"\"s2strust/v1/rotation_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17s2strust/v1/types.proto\"\x90\t\n" +
+	"\"s2strust/v1/rotation_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/fleet_service.proto\x1a\x17s2strust/v1/types.proto\"\x90\t\n" +
 	"\bRotation\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
@@ -1408,16 +1428,18 @@ const file_s2strust_v1_rotation_service_proto_rawDesc = "" +
 	"\x16CreateRotationResponse\x121\n" +
 	"\brotation\x18\x01 \x01(\v2\x15.s2strust.v1.RotationR\brotation\"(\n" +
 	"\x12GetRotationRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"H\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"v\n" +
 	"\x13GetRotationResponse\x121\n" +
-	"\brotation\x18\x01 \x01(\v2\x15.s2strust.v1.RotationR\brotation\"R\n" +
+	"\brotation\x18\x01 \x01(\v2\x15.s2strust.v1.RotationR\brotation\x12,\n" +
+	"\x05stale\x18\x02 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"R\n" +
 	"\x14ListRotationsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"t\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xa2\x01\n" +
 	"\x15ListRotationsResponse\x123\n" +
 	"\trotations\x18\x01 \x03(\v2\x15.s2strust.v1.RotationR\trotations\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"*\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"*\n" +
 	"\x14WatchRotationRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
 	"\x15WatchRotationResponse\x121\n" +
@@ -1488,6 +1510,7 @@ var file_s2strust_v1_rotation_service_proto_goTypes = []any{
 	(*CancelRotationResponse)(nil), // 17: s2strust.v1.CancelRotationResponse
 	(Product)(0),                   // 18: s2strust.v1.Product
 	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
+	(*Staleness)(nil),              // 20: s2strust.v1.Staleness
 }
 var file_s2strust_v1_rotation_service_proto_depIdxs = []int32{
 	18, // 0: s2strust.v1.Rotation.product:type_name -> s2strust.v1.Product
@@ -1515,24 +1538,26 @@ var file_s2strust_v1_rotation_service_proto_depIdxs = []int32{
 	18, // 22: s2strust.v1.CreateRotationRequest.product:type_name -> s2strust.v1.Product
 	3,  // 23: s2strust.v1.CreateRotationResponse.rotation:type_name -> s2strust.v1.Rotation
 	3,  // 24: s2strust.v1.GetRotationResponse.rotation:type_name -> s2strust.v1.Rotation
-	3,  // 25: s2strust.v1.ListRotationsResponse.rotations:type_name -> s2strust.v1.Rotation
-	3,  // 26: s2strust.v1.WatchRotationResponse.rotation:type_name -> s2strust.v1.Rotation
-	3,  // 27: s2strust.v1.CancelRotationResponse.rotation:type_name -> s2strust.v1.Rotation
-	8,  // 28: s2strust.v1.RotationService.CreateRotation:input_type -> s2strust.v1.CreateRotationRequest
-	10, // 29: s2strust.v1.RotationService.GetRotation:input_type -> s2strust.v1.GetRotationRequest
-	12, // 30: s2strust.v1.RotationService.ListRotations:input_type -> s2strust.v1.ListRotationsRequest
-	14, // 31: s2strust.v1.RotationService.WatchRotation:input_type -> s2strust.v1.WatchRotationRequest
-	16, // 32: s2strust.v1.RotationService.CancelRotation:input_type -> s2strust.v1.CancelRotationRequest
-	9,  // 33: s2strust.v1.RotationService.CreateRotation:output_type -> s2strust.v1.CreateRotationResponse
-	11, // 34: s2strust.v1.RotationService.GetRotation:output_type -> s2strust.v1.GetRotationResponse
-	13, // 35: s2strust.v1.RotationService.ListRotations:output_type -> s2strust.v1.ListRotationsResponse
-	15, // 36: s2strust.v1.RotationService.WatchRotation:output_type -> s2strust.v1.WatchRotationResponse
-	17, // 37: s2strust.v1.RotationService.CancelRotation:output_type -> s2strust.v1.CancelRotationResponse
-	33, // [33:38] is the sub-list for method output_type
-	28, // [28:33] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	20, // 25: s2strust.v1.GetRotationResponse.stale:type_name -> s2strust.v1.Staleness
+	3,  // 26: s2strust.v1.ListRotationsResponse.rotations:type_name -> s2strust.v1.Rotation
+	20, // 27: s2strust.v1.ListRotationsResponse.stale:type_name -> s2strust.v1.Staleness
+	3,  // 28: s2strust.v1.WatchRotationResponse.rotation:type_name -> s2strust.v1.Rotation
+	3,  // 29: s2strust.v1.CancelRotationResponse.rotation:type_name -> s2strust.v1.Rotation
+	8,  // 30: s2strust.v1.RotationService.CreateRotation:input_type -> s2strust.v1.CreateRotationRequest
+	10, // 31: s2strust.v1.RotationService.GetRotation:input_type -> s2strust.v1.GetRotationRequest
+	12, // 32: s2strust.v1.RotationService.ListRotations:input_type -> s2strust.v1.ListRotationsRequest
+	14, // 33: s2strust.v1.RotationService.WatchRotation:input_type -> s2strust.v1.WatchRotationRequest
+	16, // 34: s2strust.v1.RotationService.CancelRotation:input_type -> s2strust.v1.CancelRotationRequest
+	9,  // 35: s2strust.v1.RotationService.CreateRotation:output_type -> s2strust.v1.CreateRotationResponse
+	11, // 36: s2strust.v1.RotationService.GetRotation:output_type -> s2strust.v1.GetRotationResponse
+	13, // 37: s2strust.v1.RotationService.ListRotations:output_type -> s2strust.v1.ListRotationsResponse
+	15, // 38: s2strust.v1.RotationService.WatchRotation:output_type -> s2strust.v1.WatchRotationResponse
+	17, // 39: s2strust.v1.RotationService.CancelRotation:output_type -> s2strust.v1.CancelRotationResponse
+	35, // [35:40] is the sub-list for method output_type
+	30, // [30:35] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_rotation_service_proto_init() }
@@ -1540,6 +1565,7 @@ func file_s2strust_v1_rotation_service_proto_init() {
 	if File_s2strust_v1_rotation_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_fleet_service_proto_init()
 	file_s2strust_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

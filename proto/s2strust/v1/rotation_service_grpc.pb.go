@@ -54,10 +54,15 @@ type RotationServiceClient interface {
 	CreateRotation(ctx context.Context, in *CreateRotationRequest, opts ...grpc.CallOption) (*CreateRotationResponse, error)
 	// GetRotation returns one rotation: every phase host by host, and the
 	// probe failures seen while it runs. NOT_FOUND for an unknown name,
-	// INVALID_ARGUMENT for a malformed one. Read-only, safe to retry.
+	// INVALID_ARGUMENT for a malformed one. While etcd has no quorum it
+	// answers from this controller's last view, marked stale (UNAVAILABLE
+	// for a rotation older than the view keeps). Read-only, safe to retry.
 	GetRotation(ctx context.Context, in *GetRotationRequest, opts ...grpc.CallOption) (*GetRotationResponse, error)
 	// ListRotations lists rotations newest first, page_size at a time
-	// (default 20, at most 100). Read-only, safe to retry.
+	// (default 20, at most 100). While etcd has no quorum it answers from
+	// this controller's last view, marked stale: that view keeps the newest
+	// 8 rotations, and the stale mark's reason says when older ones are
+	// left out. Read-only, safe to retry.
 	ListRotations(ctx context.Context, in *ListRotationsRequest, opts ...grpc.CallOption) (*ListRotationsResponse, error)
 	// WatchRotation sends the rotation at once and again on every change
 	// until it finishes (the stream then ends) or the client cancels. A
@@ -166,10 +171,15 @@ type RotationServiceServer interface {
 	CreateRotation(context.Context, *CreateRotationRequest) (*CreateRotationResponse, error)
 	// GetRotation returns one rotation: every phase host by host, and the
 	// probe failures seen while it runs. NOT_FOUND for an unknown name,
-	// INVALID_ARGUMENT for a malformed one. Read-only, safe to retry.
+	// INVALID_ARGUMENT for a malformed one. While etcd has no quorum it
+	// answers from this controller's last view, marked stale (UNAVAILABLE
+	// for a rotation older than the view keeps). Read-only, safe to retry.
 	GetRotation(context.Context, *GetRotationRequest) (*GetRotationResponse, error)
 	// ListRotations lists rotations newest first, page_size at a time
-	// (default 20, at most 100). Read-only, safe to retry.
+	// (default 20, at most 100). While etcd has no quorum it answers from
+	// this controller's last view, marked stale: that view keeps the newest
+	// 8 rotations, and the stale mark's reason says when older ones are
+	// left out. Read-only, safe to retry.
 	ListRotations(context.Context, *ListRotationsRequest) (*ListRotationsResponse, error)
 	// WatchRotation sends the rotation at once and again on every change
 	// until it finishes (the stream then ends) or the client cancels. A

@@ -209,6 +209,9 @@ type ListSecretsResponse struct {
 	Secrets []*Secret              `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	// Empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the page comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -255,6 +258,13 @@ func (x *ListSecretsResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListSecretsResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
 }
 
 // Secret describes a stored secret without its key material or password.
@@ -334,7 +344,7 @@ var File_s2strust_v1_secret_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_secret_service_proto_rawDesc = "" +
 	"\n" +
-	" s2strust/v1/secret_service.proto\x12\vs2strust.v1\x1a\x17s2strust/v1/types.proto\"u\n" +
+	" s2strust/v1/secret_service.proto\x12\vs2strust.v1\x1a\x1fs2strust/v1/fleet_service.proto\x1a\x17s2strust/v1/types.proto\"u\n" +
 	"\x10PutSecretRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03pfx\x18\x02 \x01(\fR\x03pfx\x12\x1a\n" +
@@ -347,10 +357,11 @@ const file_s2strust_v1_secret_service_proto_rawDesc = "" +
 	"\x12ListSecretsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"l\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x9a\x01\n" +
 	"\x13ListSecretsResponse\x12-\n" +
 	"\asecrets\x18\x01 \x03(\v2\x13.s2strust.v1.SecretR\asecrets\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x8f\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"\x8f\x01\n" +
 	"\x06Secret\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12>\n" +
 	"\vcertificate\x18\x02 \x01(\v2\x1c.s2strust.v1.CertificateInfoR\vcertificate\x12\x18\n" +
@@ -379,21 +390,23 @@ var file_s2strust_v1_secret_service_proto_goTypes = []any{
 	(*ListSecretsRequest)(nil),  // 2: s2strust.v1.ListSecretsRequest
 	(*ListSecretsResponse)(nil), // 3: s2strust.v1.ListSecretsResponse
 	(*Secret)(nil),              // 4: s2strust.v1.Secret
-	(*CertificateInfo)(nil),     // 5: s2strust.v1.CertificateInfo
+	(*Staleness)(nil),           // 5: s2strust.v1.Staleness
+	(*CertificateInfo)(nil),     // 6: s2strust.v1.CertificateInfo
 }
 var file_s2strust_v1_secret_service_proto_depIdxs = []int32{
 	4, // 0: s2strust.v1.PutSecretResponse.secret:type_name -> s2strust.v1.Secret
 	4, // 1: s2strust.v1.ListSecretsResponse.secrets:type_name -> s2strust.v1.Secret
-	5, // 2: s2strust.v1.Secret.certificate:type_name -> s2strust.v1.CertificateInfo
-	0, // 3: s2strust.v1.SecretService.PutSecret:input_type -> s2strust.v1.PutSecretRequest
-	2, // 4: s2strust.v1.SecretService.ListSecrets:input_type -> s2strust.v1.ListSecretsRequest
-	1, // 5: s2strust.v1.SecretService.PutSecret:output_type -> s2strust.v1.PutSecretResponse
-	3, // 6: s2strust.v1.SecretService.ListSecrets:output_type -> s2strust.v1.ListSecretsResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 2: s2strust.v1.ListSecretsResponse.stale:type_name -> s2strust.v1.Staleness
+	6, // 3: s2strust.v1.Secret.certificate:type_name -> s2strust.v1.CertificateInfo
+	0, // 4: s2strust.v1.SecretService.PutSecret:input_type -> s2strust.v1.PutSecretRequest
+	2, // 5: s2strust.v1.SecretService.ListSecrets:input_type -> s2strust.v1.ListSecretsRequest
+	1, // 6: s2strust.v1.SecretService.PutSecret:output_type -> s2strust.v1.PutSecretResponse
+	3, // 7: s2strust.v1.SecretService.ListSecrets:output_type -> s2strust.v1.ListSecretsResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_secret_service_proto_init() }
@@ -401,6 +414,7 @@ func file_s2strust_v1_secret_service_proto_init() {
 	if File_s2strust_v1_secret_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_fleet_service_proto_init()
 	file_s2strust_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -40,7 +40,10 @@ type SecretServiceClient interface {
 	// Putting the newest version's PFX again is a no-op, so a retry is safe.
 	PutSecret(ctx context.Context, in *PutSecretRequest, opts ...grpc.CallOption) (*PutSecretResponse, error)
 	// ListSecrets describes every stored secret's certificate, sorted by
-	// name and paged (see ListSecretsRequest.page_size). Read-only.
+	// name and paged (see ListSecretsRequest.page_size). While etcd has no
+	// quorum it answers from this controller's last view, marked stale
+	// (that view holds the descriptions only, never key material).
+	// Read-only, safe to retry.
 	ListSecrets(ctx context.Context, in *ListSecretsRequest, opts ...grpc.CallOption) (*ListSecretsResponse, error)
 }
 
@@ -89,7 +92,10 @@ type SecretServiceServer interface {
 	// Putting the newest version's PFX again is a no-op, so a retry is safe.
 	PutSecret(context.Context, *PutSecretRequest) (*PutSecretResponse, error)
 	// ListSecrets describes every stored secret's certificate, sorted by
-	// name and paged (see ListSecretsRequest.page_size). Read-only.
+	// name and paged (see ListSecretsRequest.page_size). While etcd has no
+	// quorum it answers from this controller's last view, marked stale
+	// (that view holds the descriptions only, never key material).
+	// Read-only, safe to retry.
 	ListSecrets(context.Context, *ListSecretsRequest) (*ListSecretsResponse, error)
 	mustEmbedUnimplementedSecretServiceServer()
 }

@@ -730,6 +730,9 @@ type ListTopologyRevisionsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Revisions     []*TopologyRevision    `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
 	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the page comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -776,6 +779,13 @@ func (x *ListTopologyRevisionsResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListTopologyRevisionsResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
 }
 
 var File_s2strust_v1_topology_service_proto protoreflect.FileDescriptor
@@ -843,10 +853,11 @@ const file_s2strust_v1_topology_service_proto_rawDesc = "" +
 	"\x1cListTopologyRevisionsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"\x84\x01\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xb2\x01\n" +
 	"\x1dListTopologyRevisionsResponse\x12;\n" +
 	"\trevisions\x18\x01 \x03(\v2\x1d.s2strust.v1.TopologyRevisionR\trevisions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xab\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale2\xab\x02\n" +
 	"\x0fTopologyService\x12V\n" +
 	"\rApplyTopology\x12!.s2strust.v1.ApplyTopologyRequest\x1a\".s2strust.v1.ApplyTopologyResponse\x12P\n" +
 	"\vGetTopology\x12\x1f.s2strust.v1.GetTopologyRequest\x1a .s2strust.v1.GetTopologyResponse\x12n\n" +
@@ -891,17 +902,18 @@ var file_s2strust_v1_topology_service_proto_depIdxs = []int32{
 	13, // 6: s2strust.v1.TopologyRevision.applied_at:type_name -> google.protobuf.Timestamp
 	7,  // 7: s2strust.v1.TopologyRevision.secrets:type_name -> s2strust.v1.SecretVersion
 	6,  // 8: s2strust.v1.ListTopologyRevisionsResponse.revisions:type_name -> s2strust.v1.TopologyRevision
-	0,  // 9: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
-	4,  // 10: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
-	8,  // 11: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
-	1,  // 12: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
-	5,  // 13: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
-	9,  // 14: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 9: s2strust.v1.ListTopologyRevisionsResponse.stale:type_name -> s2strust.v1.Staleness
+	0,  // 10: s2strust.v1.TopologyService.ApplyTopology:input_type -> s2strust.v1.ApplyTopologyRequest
+	4,  // 11: s2strust.v1.TopologyService.GetTopology:input_type -> s2strust.v1.GetTopologyRequest
+	8,  // 12: s2strust.v1.TopologyService.ListTopologyRevisions:input_type -> s2strust.v1.ListTopologyRevisionsRequest
+	1,  // 13: s2strust.v1.TopologyService.ApplyTopology:output_type -> s2strust.v1.ApplyTopologyResponse
+	5,  // 14: s2strust.v1.TopologyService.GetTopology:output_type -> s2strust.v1.GetTopologyResponse
+	9,  // 15: s2strust.v1.TopologyService.ListTopologyRevisions:output_type -> s2strust.v1.ListTopologyRevisionsResponse
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_topology_service_proto_init() }

@@ -54,7 +54,10 @@ type TopologyServiceClient interface {
 	// to retry.
 	GetTopology(ctx context.Context, in *GetTopologyRequest, opts ...grpc.CallOption) (*GetTopologyResponse, error)
 	// ListTopologyRevisions lists stored revisions, newest first, without
-	// their documents. Read-only, safe to retry.
+	// their documents. While etcd has no quorum it answers from this
+	// controller's last view, marked stale: that view keeps the newest 20
+	// revisions, and the stale mark's reason says when older ones are left
+	// out. Read-only, safe to retry.
 	ListTopologyRevisions(ctx context.Context, in *ListTopologyRevisionsRequest, opts ...grpc.CallOption) (*ListTopologyRevisionsResponse, error)
 }
 
@@ -126,7 +129,10 @@ type TopologyServiceServer interface {
 	// to retry.
 	GetTopology(context.Context, *GetTopologyRequest) (*GetTopologyResponse, error)
 	// ListTopologyRevisions lists stored revisions, newest first, without
-	// their documents. Read-only, safe to retry.
+	// their documents. While etcd has no quorum it answers from this
+	// controller's last view, marked stale: that view keeps the newest 20
+	// revisions, and the stale mark's reason says when older ones are left
+	// out. Read-only, safe to retry.
 	ListTopologyRevisions(context.Context, *ListTopologyRevisionsRequest) (*ListTopologyRevisionsResponse, error)
 	mustEmbedUnimplementedTopologyServiceServer()
 }
