@@ -454,6 +454,14 @@ func (p *proc) read(r *os.File, maxLine int) {
 		select {
 		case p.lines <- lineResult{line: line}:
 		case <-p.done:
+			// The process may have written its answer and exited at
+			// once: both cases are then ready and select picks either.
+			// The answer is still handed over if nobody has taken the
+			// last one, since roundTrip looks in p.lines after p.eof.
+			select {
+			case p.lines <- lineResult{line: line}:
+			default:
+			}
 			return
 		}
 	}
