@@ -10,10 +10,14 @@ import (
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/s2strust/s2strust/controller/rotation"
 	"github.com/s2strust/s2strust/controller/secrets"
+	"github.com/s2strust/s2strust/controller/store"
 )
 
 // Run loads the current state from etcd, then follows it until ctx ends.
@@ -179,9 +183,11 @@ func (h *Hub) follow(ctx context.Context) error {
 			due := h.due
 			h.due = map[string]bool{}
 			h.mu.Unlock()
+			hctx, cancel := context.WithTimeout(ctx, handleTimeout)
 			for dep := range due {
-				h.reselect(ctx, dep)
+				h.reselect(hctx, dep)
 			}
+			cancel()
 			continue
 		case _, ok := <-ka:
 			if !ok {
@@ -233,7 +239,12 @@ func (h *Hub) follow(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		h.handle(ctx, evs)
+		hctx, cancel := context.WithTimeout(ctx, handleTimeout)
+		err = h.handle(hctx, evs)
+		cancel()
+		if err != nil {
+			return err
+		}
 		// Presence, primaries and revisions show in the fleet view too.
 		h.view.bump()
 	}
@@ -330,7 +341,18 @@ func (h *Hub) decode(what string, wr clientv3.WatchResponse, ok bool) ([]any, er
 // handle applies typed events in order. Presence is recorded for the whole
 // batch before any primary is re-chosen (for every host whose presence
 // changed), so one choice sees every change.
-func (h *Hub) handle(ctx context.Context, evs []any) {
+// handleTimeout bounds what the hub's loop reads and writes in etcd for
+// one batch of events (the rollout a revision was stored with, target
+// revisions, primaries): a loop waiting on an etcd without quorum would
+// never see its watches fail, so the hub would not mark etcd lost and
+// every stale read would first wait out its own timeout.
+const handleTimeout = storeTimeout
+
+// handle applies a batch of watch events. It fails when etcd did not
+// answer a read a topology revision needs: the loop then loads the state
+// again, rather than making the revision current without its rollout
+// (which would release it to every host at once).
+func (h *Hub) handle(ctx context.Context, evs []any) error {
 	var gone []string
 	for _, e := range evs {
 		if p, ok := e.(presenceEvent); ok {
@@ -364,7 +386,14 @@ func (h *Hub) handle(ctx context.Context, evs []any) {
 		switch e := e.(type) {
 		case topologyEvent:
 			h.view.setTopology(e.value, e.rev)
-			if err := h.setTopology(ctx, e.value, e.rev, h.rolloutAt(ctx, e.rev)); err != nil {
+			latest, err := h.rolloutAt(ctx, e.rev)
+			if err != nil {
+				return fmt.Errorf("read the rollout of topology revision %d: %w", e.rev, err)
+			}
+			if err := h.setTopology(ctx, e.value, e.rev, latest); err != nil {
+				if storeFailed(ctx, err) {
+					return fmt.Errorf("take topology revision %d: %w", e.rev, err)
+				}
 				h.log.Error("compile stored topology", "revision", e.rev, "error", err)
 			}
 		case primaryEvent:
@@ -386,6 +415,13 @@ func (h *Hub) handle(ctx context.Context, evs []any) {
 	for _, host := range gone {
 		h.reselectFor(ctx, host)
 	}
+	return nil
+}
+
+// storeFailed says whether err, met under ctx, is etcd not answering
+// rather than something wrong with what it holds.
+func storeFailed(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || status.Code(toStatus(err)) == codes.Unavailable
 }
 
 // secretThumbprint reads the certificate thumbprint of a stored secret.
@@ -423,18 +459,23 @@ func (h *Hub) secretChanged(name, thumbprint string) {
 
 // rolloutAt reads the newest rollout as it was at etcd revision rev (when
 // a topology revision was stored), which the rollout watch may not have
-// delivered yet; the newest now when that history is compacted.
-func (h *Hub) rolloutAt(ctx context.Context, rev int64) *pb.Rollout {
+// delivered yet; the newest now when that history is compacted. nil when
+// there was none; an error when etcd did not answer.
+func (h *Hub) rolloutAt(ctx context.Context, rev int64) (*pb.Rollout, error) {
 	r, err := h.rollouts.Get(ctx, 0, clientv3.WithRev(rev))
-	if err != nil {
-		if r, err = h.rollouts.Get(ctx, 0); err != nil {
-			return nil
-		}
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		r, err = h.rollouts.Get(ctx, 0)
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
 	}
 	h.mu.Lock()
 	if r.ID > h.latestID {
 		h.latestID = r.ID
 	}
 	h.mu.Unlock()
-	return r.Rollout
+	return r.Rollout, nil
 }
