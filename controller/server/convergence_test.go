@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -220,6 +221,12 @@ func TestPrimaryGraceHonouredOnKill(t *testing.T) {
 	fe01.waitPush(t, "to fe01 as the primary", primaryIs(true))
 	fe02 := f.connect(t, "fe02.contoso.com")
 	fe02.waitPush(t, "to fe02 as a secondary", primaryIs(false))
+	// The other replica learns the election from etcd, through its own
+	// watch of the primary keys: only what it knew can it keep.
+	eventually(t, "the other replica to learn fe01 is pool01's primary", func() (bool, string) {
+		p := replica.snapshot().primaries["pool01"]
+		return p == "fe01.contoso.com", fmt.Sprintf("it has %q", p)
+	})
 
 	fe01.stop()
 	ctx := context.Background()
