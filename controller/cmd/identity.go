@@ -187,6 +187,7 @@ func newHost(g *globals) *cobra.Command {
 			if err != nil {
 				return rpcError("list host identities", err)
 			}
+			warnStale(cmd.ErrOrStderr(), resp.GetStale())
 			return listOut.print(g.out, resp, func() error {
 				t := newTable(g.out, "HOST", "DEPLOYMENT", "CONNECTED", "EXPIRES", "LAST SEEN", "REVOKED")
 				ts := func(t interface{ AsTime() time.Time }, set bool) string {

@@ -77,6 +77,7 @@ func listHostIdentities(ctx context.Context, c pb.HostIdentityServiceClient) (*p
 			return "", err
 		}
 		out.Hosts = append(out.Hosts, resp.GetHosts()...)
+		out.Stale = stalest(out.Stale, resp.GetStale())
 		return resp.GetNextPageToken(), nil
 	})
 	return out, err

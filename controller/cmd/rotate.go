@@ -209,6 +209,7 @@ func (g *globals) followRotation(cmd *cobra.Command, name string) error {
 		ctx = context.Background()
 	}
 	var last *pb.Rotation
+	stale := false
 	for attempt := 0; ; attempt++ {
 		stream, err := pb.NewRotationServiceClient(conn).WatchRotation(ctx, &pb.WatchRotationRequest{Name: name})
 		if err != nil {
@@ -225,6 +226,7 @@ func (g *globals) followRotation(cmd *cobra.Command, name string) error {
 				}
 				return rpcError("watch "+name, err)
 			}
+			stale = warnStaleChange(cmd.ErrOrStderr(), stale, resp.GetStale())
 			last = resp.GetRotation()
 			name = last.GetName()
 			fmt.Fprintf(g.out, "%s %s: phase %s, %d probe failures: %s\n", last.GetName(), rotationState(last.GetState()), phaseName(last.GetCurrentPhase()),

@@ -12,7 +12,7 @@ import (
 )
 
 // With etcd down, the read commands of rollouts, rotations, secrets, the
-// audit trail and the revisions print the controller's last view under a
+// audit trail, the revisions and the host identities print the controller's last view under a
 // STALE warning with its age and reason, as `get hosts` does, and their
 // -o json carries the stale mark; `rollout status -w` says it once.
 func TestReadCommandsWhileEtcdIsDown(t *testing.T) {
@@ -66,6 +66,8 @@ func TestReadCommandsWhileEtcdIsDown(t *testing.T) {
 		{[]string{"get", "audit"}, []string{"apply topology"}},
 		{[]string{"get", "audit", "-o", "json"}, []string{`"stale"`}},
 		{[]string{"rotate", "list"}, []string{"ROTATION"}},
+		{[]string{"host", "list"}, []string{"sp01.contoso.com", "pool01"}},
+		{[]string{"host", "list", "-o", "json"}, []string{`"stale"`, "kept only in etcd"}},
 	} {
 		out := mustRun(t, dir, tc.args...)
 		wantContains(t, strings.Join(tc.args, " ")+" with etcd down", out, append(tc.wants, "WARNING: STALE", "old)")...)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -77,6 +78,18 @@ type tracked struct {
 	issuedAt time.Time
 	cancel   context.CancelCauseFunc
 	next     *tracked
+}
+
+// memory is this replica's deny list and the hosts with open streams
+// here, copied: what ListHostIdentities answers from while etcd does not.
+func (ids *Identities) memory() (revoked map[string]time.Time, open map[string]bool) {
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	open = make(map[string]bool, len(ids.streams))
+	for host := range ids.streams {
+		open[host] = true
+	}
+	return maps.Clone(ids.revoked), open
 }
 
 // NewIdentities loads the deny list from st; Run keeps it current.
@@ -347,42 +360,69 @@ func (s *HostIdentityService) ListHostIdentities(ctx context.Context, req *pb.Li
 		return byHost[h]
 	}
 	more := false
-	from := func(rel string) ([]*mvccpb.KeyValue, error) {
-		p := st.Key(rel)
-		start := p
-		if after != "" {
-			start = p + after + "\x00"
+	stale, err := readOrStale(ctx, s.hub, 0, func(ctx context.Context) error {
+		clear(byHost)
+		more = false
+		from := func(rel string) ([]*mvccpb.KeyValue, error) {
+			p := st.Key(rel)
+			start := p
+			if after != "" {
+				start = p + after + "\x00"
+			}
+			resp, err := st.Client().Get(ctx, start, clientv3.WithRange(clientv3.GetPrefixRangeEnd(p)), clientv3.WithLimit(int64(size)))
+			if err != nil {
+				return nil, err
+			}
+			more = more || resp.More
+			return resp.Kvs, nil
 		}
-		resp, err := st.Client().Get(ctx, start, clientv3.WithRange(clientv3.GetPrefixRangeEnd(p)), clientv3.WithLimit(int64(size)))
+		ids, err := from("identities/")
 		if err != nil {
-			return nil, err
+			return err
 		}
-		more = more || resp.More
-		return resp.Kvs, nil
-	}
-	ids, err := from("identities/")
+		for _, kv := range ids {
+			var r identityRecord
+			if json.Unmarshal(kv.Value, &r) != nil {
+				continue
+			}
+			h := get(strings.TrimPrefix(string(kv.Key), st.Key("identities/")))
+			h.NotAfter, h.Serial = timestamppb.New(r.NotAfter), r.Serial
+			if !r.LastSeen.IsZero() {
+				h.LastSeen = timestamppb.New(r.LastSeen)
+			}
+		}
+		rev, err := from("revoked/")
+		if err != nil {
+			return err
+		}
+		for _, kv := range rev {
+			var r revocation
+			_ = json.Unmarshal(kv.Value, &r)
+			get(strings.TrimPrefix(string(kv.Key), st.Key("revoked/"))).RevokedAt = timestamppb.New(r.RevokedAt)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	for _, kv := range ids {
-		var r identityRecord
-		if json.Unmarshal(kv.Value, &r) != nil {
-			continue
+	var open map[string]bool
+	if stale != nil {
+		// etcd did not answer: the deny list and the open streams, as
+		// this replica holds them, stand in for what it would have said.
+		clear(byHost)
+		var revoked map[string]time.Time
+		revoked, open = s.ids.memory()
+		for host, at := range revoked {
+			if host > after {
+				get(host).RevokedAt = timestamppb.New(at)
+			}
 		}
-		h := get(strings.TrimPrefix(string(kv.Key), st.Key("identities/")))
-		h.NotAfter, h.Serial = timestamppb.New(r.NotAfter), r.Serial
-		if !r.LastSeen.IsZero() {
-			h.LastSeen = timestamppb.New(r.LastSeen)
+		for host := range open {
+			if host > after {
+				get(host)
+			}
 		}
-	}
-	rev, err := from("revoked/")
-	if err != nil {
-		return nil, err
-	}
-	for _, kv := range rev {
-		var r revocation
-		_ = json.Unmarshal(kv.Value, &r)
-		get(strings.TrimPrefix(string(kv.Key), st.Key("revoked/"))).RevokedAt = timestamppb.New(r.RevokedAt)
+		stale.Reason += "; certificate expiry, serial and last-seen time are kept only in etcd and are left out"
 	}
 	snap := s.hub.snapshot()
 	if snap.topo != nil {
@@ -403,9 +443,9 @@ func (s *HostIdentityService) ListHostIdentities(ctx context.Context, req *pb.Li
 			}
 		}
 	}
-	out := &pb.ListHostIdentitiesResponse{}
+	out := &pb.ListHostIdentitiesResponse{Stale: stale}
 	for host, h := range byHost {
-		h.Connected = snap.connected[host] || snap.present[host]
+		h.Connected = snap.connected[host] || snap.present[host] || open[host]
 		out.Hosts = append(out.Hosts, h)
 	}
 	sort.Slice(out.Hosts, func(i, j int) bool { return out.Hosts[i].GetHost() < out.Hosts[j].GetHost() })

@@ -7,8 +7,6 @@ import (
 	"strconv"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/pagetoken"
@@ -394,7 +392,6 @@ func (s *RolloutService) UndoRollout(ctx context.Context, req *pb.UndoRolloutReq
 // stale when the hub loses etcd, and unmarked at its next change.
 func (s *RolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.RolloutService_WatchRolloutServer) error {
 	ctx := stream.Context()
-	v := s.hub.view
 	if err := s.hub.untilLoaded(ctx); err != nil {
 		return err
 	}
@@ -405,45 +402,6 @@ func (s *RolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.Rol
 	send := func(r *rollout.Stored, stale *pb.Staleness) error {
 		return stream.Send(&pb.WatchRolloutResponse{Rollout: s.withSequences(ctx, r.Rollout, stale != nil), Stale: stale})
 	}
-	if err := send(cur, stale); err != nil || rollout.Finished(cur.Rollout) {
-		return err
-	}
-	sent, wasLost := cur.ModRev, v.lostMark(s.hub.cfg.Now()) != nil
-	for {
-		changed := v.wait() // before reading, so no change is missed
-		k, ok, older := viewGet(v, keptRollouts, cur.ID)
-		if older {
-			// Newer rollouts pushed it out of the view, so it finished
-			// (only the newest runs): read how.
-			if cur, err = s.hub.rollouts.Get(ctx, cur.ID); err != nil {
-				return toStatus(err)
-			}
-			if err := send(cur, nil); err != nil || rollout.Finished(cur.Rollout) {
-				return err
-			}
-			return status.Errorf(codes.Unavailable, "%s is no longer in the controller's view: watch it again", cur.Rollout.GetName())
-		}
-		stale := v.lostMark(s.hub.cfg.Now())
-		// A view behind what etcd answered (its watch not there yet) has
-		// nothing newer to send.
-		newer := ok && k.modRev > sent
-		if newer {
-			if cur, err = s.stored.decode(k); err != nil {
-				return toStatus(err)
-			}
-			sent = k.modRev
-		}
-		if newer || (stale != nil) != wasLost {
-			if err := send(cur, stale); err != nil {
-				return err
-			}
-			wasLost = stale != nil
-		}
-		if rollout.Finished(cur.Rollout) {
-			return nil
-		}
-		if err := v.until(ctx, changed, nil); err != nil {
-			return err
-		}
-	}
+	finished := func(r *rollout.Stored) bool { return rollout.Finished(r.Rollout) }
+	return s.stored.watch(ctx, cur.ID, cur, cur.ModRev, stale, finished, send)
 }

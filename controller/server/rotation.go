@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -481,37 +480,22 @@ func (s *RotationService) CancelRotation(ctx context.Context, req *pb.CancelRota
 // WatchRotation implements the RPC; see the proto for its contract.
 func (s *RotationService) WatchRotation(req *pb.WatchRotationRequest, stream pb.RotationService_WatchRotationServer) error {
 	ctx := stream.Context()
-	cur, err := s.get(ctx, req.GetName())
+	id, err := rotation.ParseName(req.GetName())
+	if err != nil {
+		return err
+	}
+	if err := s.hub.untilLoaded(ctx); err != nil {
+		return err
+	}
+	cur, stale, err := s.stored.read(ctx, id)
 	if err != nil {
 		return toStatus(err)
 	}
-	if err := stream.Send(&pb.WatchRotationResponse{Rotation: cur.Rotation}); err != nil {
-		return err
+	send := func(r *rotation.Stored, stale *pb.Staleness) error {
+		return stream.Send(&pb.WatchRotationResponse{Rotation: r.Rotation, Stale: stale})
 	}
-	if rotation.Finished(cur.Rotation) {
-		return nil
-	}
-	key := s.rotations.Key(cur.ID)
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for wr := range s.hub.cfg.Store.Client().Watch(wctx, key, clientv3.WithRev(cur.ModRev+1)) {
-		if err := wr.Err(); err != nil {
-			return toStatus(fmt.Errorf("watch %s: %w", cur.Rotation.GetName(), err))
-		}
-		for _, ev := range wr.Events {
-			r, err := s.rotations.Decode(ev.Kv.Key, ev.Kv.Value, ev.Kv.ModRevision)
-			if err != nil {
-				return toStatus(err)
-			}
-			if err := stream.Send(&pb.WatchRotationResponse{Rotation: r.Rotation}); err != nil {
-				return err
-			}
-			if rotation.Finished(r.Rotation) {
-				return nil
-			}
-		}
-	}
-	return ctx.Err()
+	finished := func(r *rotation.Stored) bool { return rotation.Finished(r.Rotation) }
+	return s.stored.watch(ctx, cur.ID, cur, cur.ModRev, stale, finished, send)
 }
 
 // runningRotation refuses a change of the topology while a rotation's

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -205,6 +207,13 @@ func TestRotationReadsWhileEtcdIsDown(t *testing.T) {
 	if l, err := rotations.ListRotations(ctx, &pb.ListRotationsRequest{}); err != nil || l.GetStale() != nil || len(l.GetRotations()) != 3 {
 		t.Fatalf("ListRotations with etcd up = %v, %v; want 3, not stale", l, err)
 	}
+	watch, err := rotations.WatchRotation(ctx, &pb.WatchRotationRequest{Name: "rotations/3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := watch.Recv(); err != nil || m.GetStale() != nil || m.GetRotation().GetName() != "rotations/3" {
+		t.Fatalf("WatchRotation's first message with etcd up = %v, %v", m, err)
+	}
 	eventually(t, "the newest rotation in the view", func() (bool, string) {
 		_, ok, _ := viewGet(f.hub.view, keptRotations, 3)
 		return ok, "not yet"
@@ -243,7 +252,27 @@ func TestRotationReadsWhileEtcdIsDown(t *testing.T) {
 		if want := []string{"rotations/3 pool01", "rotations/2 exchange", "rotations/1 pool01"}; !slices.Equal(names, want) {
 			t.Errorf("stale rotations %v, want %v", names, want)
 		}
+		// A watch opened now answers from the view too.
+		w, err := rotations.WatchRotation(callCtx(t), &pb.WatchRotationRequest{Name: "rotations/3"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, err := w.Recv(); err != nil || !proto.Equal(m.GetRotation(), fresh.GetRotation()) {
+			t.Errorf("WatchRotation opened with etcd down = %v, %v; want rotations/3 as etcd held it", m, err)
+		} else {
+			wantStale(t, "WatchRotation", m.GetStale())
+		}
 	})
+	// The watch opened before stays open and sends the rotation again,
+	// marked stale.
+	m, err := watch.Recv()
+	if err != nil {
+		t.Fatalf("WatchRotation with etcd down: %v", err)
+	}
+	wantStale(t, "WatchRotation", m.GetStale())
+	if !proto.Equal(m.GetRotation(), fresh.GetRotation()) {
+		t.Errorf("WatchRotation's stale message holds %v, want %v", m.GetRotation(), fresh.GetRotation())
+	}
 }
 
 func TestSecretListWhileEtcdIsDown(t *testing.T) {
@@ -438,4 +467,73 @@ func TestRecentKeepsTheNewest(t *testing.T) {
 	if page, _ := r.newest(0, 10); !slices.Equal(ids(page), []uint64{6, 4}) {
 		t.Errorf("after removing 5: %v", ids(page))
 	}
+}
+
+// ListHostIdentities answers while etcd is down from the topology's hosts,
+// the deny list and the open streams, marked stale, and says what it
+// leaves out.
+func TestHostIdentityListWhileEtcdIsDown(t *testing.T) {
+	f := startFleet(t, func(ctx context.Context, st *store.Store) {
+		for _, h := range []string{"aa.contoso.com", "zz1.contoso.com"} {
+			if _, err := st.Client().Put(ctx, st.Key("identities/"+h), `{"serial":"0a","notAfter":"2027-01-01T00:00:00Z"}`); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	ids, rev, err := NewIdentities(callCtx(t), f.st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); _ = ids.Run(ctx, rev) }()
+	t.Cleanup(func() { cancel(); <-runDone })
+	svc := NewHostIdentityService(ids, f.hub, nil, 0)
+	if _, err := svc.RevokeHost(callCtx(t), &pb.RevokeHostRequest{Host: "zz2.contoso.com"}); err != nil {
+		t.Fatal(err)
+	}
+	// A host outside the topology with a stream open here.
+	open := ids.track("yy.contoso.com", &x509.Certificate{}, func(error) {})
+	t.Cleanup(func() { ids.untrack(open) })
+
+	fresh, err := svc.ListHostIdentities(callCtx(t), &pb.ListHostIdentitiesRequest{})
+	if err != nil || fresh.GetStale() != nil {
+		t.Fatalf("ListHostIdentities with etcd up = %v, %v; want an answer not marked stale", fresh, err)
+	}
+	byHost := map[string]*pb.HostIdentity{}
+	for _, h := range fresh.GetHosts() {
+		byHost[h.GetHost()] = h
+	}
+	if byHost["aa.contoso.com"].GetSerial() != "0a" || byHost["zz2.contoso.com"].GetRevokedAt() == nil {
+		t.Fatalf("ListHostIdentities with etcd up = %v; want aa's serial and zz2's revocation", fresh.GetHosts())
+	}
+	want := slices.Clone(contosoHosts)
+	want = append(want, "yy.contoso.com", "zz2.contoso.com")
+	slices.Sort(want)
+
+	whileEtcdIsDown(t, f, func(t *testing.T) {
+		got, marks := pages(t, "ListHostIdentities", true, func(token string) ([]*pb.HostIdentity, string, *pb.Staleness, error) {
+			resp, err := svc.ListHostIdentities(callCtx(t), &pb.ListHostIdentitiesRequest{PageSize: 2, PageToken: token})
+			return resp.GetHosts(), resp.GetNextPageToken(), resp.GetStale(), err
+		})
+		var names []string
+		for _, h := range got {
+			names = append(names, h.GetHost())
+			if h.GetSerial() != "" || h.GetNotAfter() != nil {
+				t.Errorf("stale %s has serial %q, expiry %v: not kept in memory, must be left out", h.GetHost(), h.GetSerial(), h.GetNotAfter())
+			}
+			if h.GetHost() == "zz2.contoso.com" && !h.GetRevokedAt().AsTime().Equal(byHost["zz2.contoso.com"].GetRevokedAt().AsTime()) {
+				t.Errorf("stale zz2 revoked at %v, want %v", h.GetRevokedAt(), byHost["zz2.contoso.com"].GetRevokedAt())
+			}
+			if h.GetHost() == "yy.contoso.com" && !h.GetConnected() {
+				t.Errorf("stale yy.contoso.com not connected, though its stream is open here")
+			}
+		}
+		if !slices.Equal(names, want) {
+			t.Errorf("stale hosts %v, want %v", names, want)
+		}
+		if r := marks[0].GetReason(); !strings.Contains(r, "kept only in etcd") {
+			t.Errorf("stale reason %q does not say what is left out", r)
+		}
+	})
 }

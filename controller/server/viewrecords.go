@@ -400,6 +400,56 @@ func (r recordReader[T, S]) read(ctx context.Context, id uint64) (T, *pb.Stalene
 	return out, nil, status.Errorf(codes.NotFound, "%s did not exist when the controller last read etcd (%s)", name, stale.GetReason())
 }
 
+// watch sends cur (as read answered, with its stale mark; sent is its
+// mod revision) and then each newer version the view takes, and again
+// whenever the answers turn stale or current, until finished(cur) or ctx
+// ends. A record newer ones push out of the view has finished (only the
+// newest runs): it is read once more from etcd and the watch ends.
+func (r recordReader[T, S]) watch(ctx context.Context, id uint64, cur T, sent int64, stale *pb.Staleness, finished func(T) bool, send func(T, *pb.Staleness) error) error {
+	v := r.hub.view
+	if err := send(cur, stale); err != nil || finished(cur) {
+		return err
+	}
+	wasLost := v.lostMark(r.hub.cfg.Now()) != nil
+	for {
+		changed := v.wait() // before reading, so no change is missed
+		k, ok, older := viewGet(v, r.kept, id)
+		if older {
+			var err error
+			if cur, err = r.get(ctx, id); err != nil {
+				return toStatus(err)
+			}
+			if err := send(cur, nil); err != nil || finished(cur) {
+				return err
+			}
+			return status.Errorf(codes.Unavailable, "%s/%d is no longer in the controller's view: watch it again", r.what, id)
+		}
+		stale := v.lostMark(r.hub.cfg.Now())
+		// A view behind what etcd answered (its watch not there yet) has
+		// nothing newer to send.
+		newer := ok && k.modRev > sent
+		if newer {
+			var err error
+			if cur, err = r.decode(k); err != nil {
+				return toStatus(err)
+			}
+			sent = k.modRev
+		}
+		if newer || (stale != nil) != wasLost {
+			if err := send(cur, stale); err != nil {
+				return err
+			}
+			wasLost = stale != nil
+		}
+		if finished(cur) {
+			return nil
+		}
+		if err := v.until(ctx, changed, nil); err != nil {
+			return err
+		}
+	}
+}
+
 // page returns up to limit records older than before (0: from the
 // newest), newest first, and the stale mark when they come from the view;
 // its reason then says when older records exist that the view does not

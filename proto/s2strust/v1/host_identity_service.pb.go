@@ -291,6 +291,11 @@ type ListHostIdentitiesResponse struct {
 	Hosts []*HostIdentity        `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	// Empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Set when etcd did not answer and the page comes from the controller's
+	// memory: the topology's hosts, the deny list and the open streams. A
+	// stale page has no certificate expiry, serial or last-seen time (those
+	// are kept only in etcd); its reason says so.
+	Stale         *Staleness `protobuf:"bytes,3,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -337,6 +342,13 @@ func (x *ListHostIdentitiesResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListHostIdentitiesResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
+	}
+	return nil
 }
 
 // HostIdentity is one host's identity as the controller last saw it.
@@ -441,7 +453,7 @@ var File_s2strust_v1_host_identity_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_host_identity_service_proto_rawDesc = "" +
 	"\n" +
-	"'s2strust/v1/host_identity_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n" +
+	"'s2strust/v1/host_identity_service.proto\x12\vs2strust.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fs2strust/v1/fleet_service.proto\"/\n" +
 	"\x1bRenewHostCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"\x97\x01\n" +
 	"\x1cRenewHostCertificateResponse\x12'\n" +
@@ -457,10 +469,11 @@ const file_s2strust_v1_host_identity_service_proto_rawDesc = "" +
 	"\x19ListHostIdentitiesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"u\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xa3\x01\n" +
 	"\x1aListHostIdentitiesResponse\x12/\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x19.s2strust.v1.HostIdentityR\x05hosts\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa5\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
+	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"\xa5\x02\n" +
 	"\fHostIdentity\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x127\n" +
 	"\tnot_after\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x16\n" +
@@ -500,25 +513,27 @@ var file_s2strust_v1_host_identity_service_proto_goTypes = []any{
 	(*ListHostIdentitiesResponse)(nil),   // 5: s2strust.v1.ListHostIdentitiesResponse
 	(*HostIdentity)(nil),                 // 6: s2strust.v1.HostIdentity
 	(*timestamppb.Timestamp)(nil),        // 7: google.protobuf.Timestamp
+	(*Staleness)(nil),                    // 8: s2strust.v1.Staleness
 }
 var file_s2strust_v1_host_identity_service_proto_depIdxs = []int32{
-	7, // 0: s2strust.v1.RenewHostCertificateResponse.not_after:type_name -> google.protobuf.Timestamp
-	7, // 1: s2strust.v1.RevokeHostResponse.revoked_at:type_name -> google.protobuf.Timestamp
-	6, // 2: s2strust.v1.ListHostIdentitiesResponse.hosts:type_name -> s2strust.v1.HostIdentity
-	7, // 3: s2strust.v1.HostIdentity.not_after:type_name -> google.protobuf.Timestamp
-	7, // 4: s2strust.v1.HostIdentity.last_seen:type_name -> google.protobuf.Timestamp
-	7, // 5: s2strust.v1.HostIdentity.revoked_at:type_name -> google.protobuf.Timestamp
-	0, // 6: s2strust.v1.HostIdentityService.RenewHostCertificate:input_type -> s2strust.v1.RenewHostCertificateRequest
-	2, // 7: s2strust.v1.HostIdentityService.RevokeHost:input_type -> s2strust.v1.RevokeHostRequest
-	4, // 8: s2strust.v1.HostIdentityService.ListHostIdentities:input_type -> s2strust.v1.ListHostIdentitiesRequest
-	1, // 9: s2strust.v1.HostIdentityService.RenewHostCertificate:output_type -> s2strust.v1.RenewHostCertificateResponse
-	3, // 10: s2strust.v1.HostIdentityService.RevokeHost:output_type -> s2strust.v1.RevokeHostResponse
-	5, // 11: s2strust.v1.HostIdentityService.ListHostIdentities:output_type -> s2strust.v1.ListHostIdentitiesResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7,  // 0: s2strust.v1.RenewHostCertificateResponse.not_after:type_name -> google.protobuf.Timestamp
+	7,  // 1: s2strust.v1.RevokeHostResponse.revoked_at:type_name -> google.protobuf.Timestamp
+	6,  // 2: s2strust.v1.ListHostIdentitiesResponse.hosts:type_name -> s2strust.v1.HostIdentity
+	8,  // 3: s2strust.v1.ListHostIdentitiesResponse.stale:type_name -> s2strust.v1.Staleness
+	7,  // 4: s2strust.v1.HostIdentity.not_after:type_name -> google.protobuf.Timestamp
+	7,  // 5: s2strust.v1.HostIdentity.last_seen:type_name -> google.protobuf.Timestamp
+	7,  // 6: s2strust.v1.HostIdentity.revoked_at:type_name -> google.protobuf.Timestamp
+	0,  // 7: s2strust.v1.HostIdentityService.RenewHostCertificate:input_type -> s2strust.v1.RenewHostCertificateRequest
+	2,  // 8: s2strust.v1.HostIdentityService.RevokeHost:input_type -> s2strust.v1.RevokeHostRequest
+	4,  // 9: s2strust.v1.HostIdentityService.ListHostIdentities:input_type -> s2strust.v1.ListHostIdentitiesRequest
+	1,  // 10: s2strust.v1.HostIdentityService.RenewHostCertificate:output_type -> s2strust.v1.RenewHostCertificateResponse
+	3,  // 11: s2strust.v1.HostIdentityService.RevokeHost:output_type -> s2strust.v1.RevokeHostResponse
+	5,  // 12: s2strust.v1.HostIdentityService.ListHostIdentities:output_type -> s2strust.v1.ListHostIdentitiesResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_host_identity_service_proto_init() }
@@ -526,6 +541,7 @@ func file_s2strust_v1_host_identity_service_proto_init() {
 	if File_s2strust_v1_host_identity_service_proto != nil {
 		return
 	}
+	file_s2strust_v1_fleet_service_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

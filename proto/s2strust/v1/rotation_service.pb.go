@@ -1210,8 +1210,11 @@ func (x *WatchRotationRequest) GetName() string {
 
 // WatchRotationResponse carries the rotation at each change.
 type WatchRotationResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Rotation      *Rotation              `protobuf:"bytes,1,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Rotation *Rotation              `protobuf:"bytes,1,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	// Set while etcd does not answer: the rotation comes from this
+	// controller's last view.
+	Stale         *Staleness `protobuf:"bytes,2,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1249,6 +1252,13 @@ func (*WatchRotationResponse) Descriptor() ([]byte, []int) {
 func (x *WatchRotationResponse) GetRotation() *Rotation {
 	if x != nil {
 		return x.Rotation
+	}
+	return nil
+}
+
+func (x *WatchRotationResponse) GetStale() *Staleness {
+	if x != nil {
+		return x.Stale
 	}
 	return nil
 }
@@ -1441,9 +1451,10 @@ const file_s2strust_v1_rotation_service_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12,\n" +
 	"\x05stale\x18\x03 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"*\n" +
 	"\x14WatchRotationRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"x\n" +
 	"\x15WatchRotationResponse\x121\n" +
-	"\brotation\x18\x01 \x01(\v2\x15.s2strust.v1.RotationR\brotation\"+\n" +
+	"\brotation\x18\x01 \x01(\v2\x15.s2strust.v1.RotationR\brotation\x12,\n" +
+	"\x05stale\x18\x02 \x01(\v2\x16.s2strust.v1.StalenessR\x05stale\"+\n" +
 	"\x15CancelRotationRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"K\n" +
 	"\x16CancelRotationResponse\x121\n" +
@@ -1542,22 +1553,23 @@ var file_s2strust_v1_rotation_service_proto_depIdxs = []int32{
 	3,  // 26: s2strust.v1.ListRotationsResponse.rotations:type_name -> s2strust.v1.Rotation
 	20, // 27: s2strust.v1.ListRotationsResponse.stale:type_name -> s2strust.v1.Staleness
 	3,  // 28: s2strust.v1.WatchRotationResponse.rotation:type_name -> s2strust.v1.Rotation
-	3,  // 29: s2strust.v1.CancelRotationResponse.rotation:type_name -> s2strust.v1.Rotation
-	8,  // 30: s2strust.v1.RotationService.CreateRotation:input_type -> s2strust.v1.CreateRotationRequest
-	10, // 31: s2strust.v1.RotationService.GetRotation:input_type -> s2strust.v1.GetRotationRequest
-	12, // 32: s2strust.v1.RotationService.ListRotations:input_type -> s2strust.v1.ListRotationsRequest
-	14, // 33: s2strust.v1.RotationService.WatchRotation:input_type -> s2strust.v1.WatchRotationRequest
-	16, // 34: s2strust.v1.RotationService.CancelRotation:input_type -> s2strust.v1.CancelRotationRequest
-	9,  // 35: s2strust.v1.RotationService.CreateRotation:output_type -> s2strust.v1.CreateRotationResponse
-	11, // 36: s2strust.v1.RotationService.GetRotation:output_type -> s2strust.v1.GetRotationResponse
-	13, // 37: s2strust.v1.RotationService.ListRotations:output_type -> s2strust.v1.ListRotationsResponse
-	15, // 38: s2strust.v1.RotationService.WatchRotation:output_type -> s2strust.v1.WatchRotationResponse
-	17, // 39: s2strust.v1.RotationService.CancelRotation:output_type -> s2strust.v1.CancelRotationResponse
-	35, // [35:40] is the sub-list for method output_type
-	30, // [30:35] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	20, // 29: s2strust.v1.WatchRotationResponse.stale:type_name -> s2strust.v1.Staleness
+	3,  // 30: s2strust.v1.CancelRotationResponse.rotation:type_name -> s2strust.v1.Rotation
+	8,  // 31: s2strust.v1.RotationService.CreateRotation:input_type -> s2strust.v1.CreateRotationRequest
+	10, // 32: s2strust.v1.RotationService.GetRotation:input_type -> s2strust.v1.GetRotationRequest
+	12, // 33: s2strust.v1.RotationService.ListRotations:input_type -> s2strust.v1.ListRotationsRequest
+	14, // 34: s2strust.v1.RotationService.WatchRotation:input_type -> s2strust.v1.WatchRotationRequest
+	16, // 35: s2strust.v1.RotationService.CancelRotation:input_type -> s2strust.v1.CancelRotationRequest
+	9,  // 36: s2strust.v1.RotationService.CreateRotation:output_type -> s2strust.v1.CreateRotationResponse
+	11, // 37: s2strust.v1.RotationService.GetRotation:output_type -> s2strust.v1.GetRotationResponse
+	13, // 38: s2strust.v1.RotationService.ListRotations:output_type -> s2strust.v1.ListRotationsResponse
+	15, // 39: s2strust.v1.RotationService.WatchRotation:output_type -> s2strust.v1.WatchRotationResponse
+	17, // 40: s2strust.v1.RotationService.CancelRotation:output_type -> s2strust.v1.CancelRotationResponse
+	36, // [36:41] is the sub-list for method output_type
+	31, // [31:36] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_s2strust_v1_rotation_service_proto_init() }

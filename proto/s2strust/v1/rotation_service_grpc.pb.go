@@ -67,7 +67,9 @@ type RotationServiceClient interface {
 	// WatchRotation sends the rotation at once and again on every change
 	// until it finishes (the stream then ends) or the client cancels. A
 	// broken stream may be reopened at any time: the first message is
-	// always the whole current state.
+	// always the whole current state. It follows the controller's view of
+	// the store (no etcd watch per stream): while etcd does not answer, the
+	// stream stays open and the rotation is sent again marked stale.
 	WatchRotation(ctx context.Context, in *WatchRotationRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRotationResponse], error)
 	// CancelRotation cancels a scheduled rotation before it starts.
 	// Cancelling a cancelled one returns it unchanged (safe to retry); a
@@ -184,7 +186,9 @@ type RotationServiceServer interface {
 	// WatchRotation sends the rotation at once and again on every change
 	// until it finishes (the stream then ends) or the client cancels. A
 	// broken stream may be reopened at any time: the first message is
-	// always the whole current state.
+	// always the whole current state. It follows the controller's view of
+	// the store (no etcd watch per stream): while etcd does not answer, the
+	// stream stays open and the rotation is sent again marked stale.
 	WatchRotation(*WatchRotationRequest, grpc.ServerStreamingServer[WatchRotationResponse]) error
 	// CancelRotation cancels a scheduled rotation before it starts.
 	// Cancelling a cancelled one returns it unchanged (safe to retry); a
