@@ -354,7 +354,7 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 	go func() { defer senders.Done(); s.sendLoop(sctx) }()
 	defer senders.Wait()
 	defer cancel() // runs before the wait: the sender stops
-	hello := &pb.Hello{Host: a.cfg.Host, AgentVersion: Version, Driver: a.cfg.Driver.Name(), Products: products, AppliedVersion: v, AppliedHash: h}
+	hello := &pb.Hello{Host: a.cfg.Host, AgentVersion: Version, Driver: a.cfg.Driver.Name(), Products: products, AppliedVersion: v, AppliedHash: h, Monitor: a.cfg.Monitor}
 	if err := s.send(&pb.SyncRequest{Message: &pb.SyncRequest_Hello{Hello: hello}}); err != nil {
 		return false, fmt.Errorf("send hello: %w", err)
 	}

@@ -118,6 +118,14 @@ func startHub(t testing.TB, cfg Config) *hubFixture {
 // name, as with --insecure) and acks every push.
 func (f *hubFixture) connect(t *testing.T, host string) *testAgent {
 	t.Helper()
+	return f.connectHello(t, &pb.Hello{Host: host})
+}
+
+// connectHello is connect with the given Hello; an agent whose Hello says
+// monitor answers every push as a monitor-mode agent does, with a monitor
+// Nack.
+func (f *hubFixture) connectHello(t *testing.T, hello *pb.Hello) *testAgent {
+	t.Helper()
 	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +136,7 @@ func (f *hubFixture) connect(t *testing.T, host string) *testAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&pb.SyncRequest{Message: &pb.SyncRequest_Hello{Hello: &pb.Hello{Host: host}}}); err != nil {
+	if err := stream.Send(&pb.SyncRequest{Message: &pb.SyncRequest_Hello{Hello: hello}}); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
@@ -146,7 +154,12 @@ func (f *hubFixture) connect(t *testing.T, host string) *testAgent {
 			a.mu.Lock()
 			a.pushes = append(a.pushes, d)
 			a.mu.Unlock()
-			if err := stream.Send(&pb.SyncRequest{Message: &pb.SyncRequest_Ack{Ack: &pb.Ack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash()}}}); err != nil {
+			answer := &pb.SyncRequest{Message: &pb.SyncRequest_Ack{Ack: &pb.Ack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash()}}}
+			if hello.GetMonitor() {
+				answer = &pb.SyncRequest{Message: &pb.SyncRequest_Nack{Nack: &pb.Nack{Version: d.GetVersion(), Nonce: d.GetNonce(), Hash: d.GetHash(), Monitor: true,
+					Errors: []*pb.ItemError{{Item: "monitor", Message: "monitor mode: 3 operations planned, none applied"}}}}}
+			}
+			if err := stream.Send(answer); err != nil {
 				return
 			}
 		}

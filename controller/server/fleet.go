@@ -383,6 +383,7 @@ func hostView(snap snapshot, host string, st *pb.Host, seq func(uint64) uint64, 
 		h.AgentVersion, h.Driver = st.GetAgentVersion(), st.GetDriver()
 		h.Drift = st.GetDrift()
 		h.DetectedProducts = st.GetDetectedProducts()
+		h.Monitor = st.GetMonitor()
 		// The host's clock as its reports measured it (status and the
 		// skew warnings show it).
 		h.ClockOffsetMs, h.LastSeen = st.GetClockOffsetMs(), st.GetLastSeen()

@@ -105,6 +105,14 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 		member:  func(x string) bool { return h.topo.hosts[x].GetDeployment() == dep },
 		current: cur,
 		live:    func(x string) bool { return h.present[x] || h.conns[x] != nil },
+		applies: func(x string) bool {
+			if c := h.conns[x]; c != nil {
+				return !c.monitor
+			}
+			// On another replica, or gone within its grace: as its last
+			// Hello, stored, says.
+			return !h.view.state(x).GetMonitor()
+		},
 		goneAt:  goneAt, wasGone: wasGone,
 		now: h.cfg.Now(), grace: h.cfg.PrimaryGrace,
 	})
@@ -134,6 +142,9 @@ type primaryChoice struct {
 	current string // the recorded primary, "" for none
 	// live says whether a host's agent holds a stream on some replica.
 	live func(string) bool
+	// applies says whether a host's agent applies (is not in monitor
+	// mode); nil: every one does.
+	applies func(string) bool
 	// goneAt is when the current primary's stream ended here (wasGone).
 	goneAt  time.Time
 	wasGone bool
@@ -141,11 +152,13 @@ type primaryChoice struct {
 	grace   time.Duration
 }
 
-// choosePrimary keeps the current primary while it is a member and live,
-// or within its grace period after its stream ended; otherwise it picks
-// the first live host in topology order. It returns "" when the current
-// primary left the deployment and no host is live, and the current one
-// when it has nothing better.
+// choosePrimary keeps the current primary while it is a member, live (or
+// within its grace period after its stream ended) and applies; otherwise
+// it picks the first such host in topology order. A host in monitor mode
+// applies nothing, so it is chosen (or kept) only while no host that
+// applies is live: it then plans the deployment-wide steps and reports
+// them. It returns "" when the current primary left the deployment and no
+// host is live, and the current one when it has nothing better.
 func choosePrimary(c primaryChoice) string {
 	alive := func(x string) bool {
 		if c.live(x) {
@@ -154,11 +167,20 @@ func choosePrimary(c primaryChoice) string {
 		// The primary keeps its role for a grace period after its stream ends.
 		return x == c.current && c.wasGone && c.now.Sub(c.goneAt) < c.grace
 	}
+	applying := func(x string) bool { return alive(x) && (c.applies == nil || c.applies(x)) }
 	var member bool
 	if c.member != nil {
 		member = c.current != "" && c.member(c.current)
 	} else {
 		member = slices.Contains(c.hosts, c.current)
+	}
+	if member && applying(c.current) {
+		return c.current
+	}
+	for _, x := range c.hosts {
+		if applying(x) {
+			return x
+		}
 	}
 	if member && alive(c.current) {
 		return c.current

@@ -37,6 +37,8 @@ type conn struct {
 	host  string
 	peer  string // the remote address, for logs
 	agent *agentState
+	// monitor is whether the agent runs in monitor mode (its Hello says).
+	monitor bool
 	// ctx is the stream's context, ended by cancel: a newer stream of the
 	// host took over, the controller stops, or the host was revoked.
 	ctx    context.Context
@@ -240,7 +242,7 @@ func (s *AgentService) admit(ctx context.Context, stream pb.AgentService_SyncSer
 func newConn(ctx context.Context, cancel context.CancelFunc, ag *agentState, hello *pb.Hello) *conn {
 	return &conn{host: hello.GetHost(), peer: peerAddr(ctx), agent: ag, ctx: ctx, cancel: cancel, events: make(chan struct{}, 1),
 		done: make(chan struct{}), handlerDone: make(chan struct{}),
-		appliedVersion: hello.GetAppliedVersion(), appliedHash: hello.GetAppliedHash()}
+		appliedVersion: hello.GetAppliedVersion(), appliedHash: hello.GetAppliedHash(), monitor: hello.GetMonitor()}
 }
 
 // open starts the stream that claimed its host: it restores what the host
@@ -312,6 +314,7 @@ func (s *AgentService) open(c *conn, hello *pb.Hello) error {
 			st.LastResult = &pb.LastResult{Kind: pb.ResultKind_RESULT_KIND_ACK, Version: d.version, Hash: d.hash, Time: timestamp(h.cfg.Now())}
 		}
 		st.DetectedProducts = hello.GetProducts()
+		st.Monitor = hello.GetMonitor()
 	})
 	hcancel()
 	if err != nil {

@@ -132,8 +132,9 @@ func (v *fleetView) load(statePrefix string, states []*mvccpb.KeyValue, reportPr
 }
 
 // apply follows one watch response on the state (reports false) or report
-// prefix.
-func (v *fleetView) apply(prefix string, reports bool, wr clientv3.WatchResponse, now time.Time) {
+// prefix. It returns the hosts whose state now says otherwise of monitor
+// mode than before, whose deployments' primaries the hub re-evaluates.
+func (v *fleetView) apply(prefix string, reports bool, wr clientv3.WatchResponse, now time.Time) (monitorChanged []string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, ev := range wr.Events {
@@ -151,8 +152,14 @@ func (v *fleetView) apply(prefix string, reports bool, wr clientv3.WatchResponse
 				// etcd reads of the fleet calls report the decode error.
 				h = nil
 			}
+			if v.states[host].GetMonitor() != h.GetMonitor() {
+				monitorChanged = append(monitorChanged, host)
+			}
 			v.states[host] = h
 		default:
+			if v.states[host].GetMonitor() {
+				monitorChanged = append(monitorChanged, host)
+			}
 			delete(v.states, host)
 		}
 	}
@@ -160,6 +167,7 @@ func (v *fleetView) apply(prefix string, reports bool, wr clientv3.WatchResponse
 		v.freshAt = now
 	}
 	v.bumpLocked()
+	return monitorChanged
 }
 
 // setTopology records the current topology as stored.

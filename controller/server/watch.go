@@ -199,7 +199,15 @@ func (h *Hub) follow(ctx context.Context) error {
 			if _, err := h.decode("host state", wr, ok); err != nil {
 				return err
 			}
-			h.view.apply(st.HostStatePrefix(), false, wr, h.cfg.Now())
+			if hosts := h.view.apply(st.HostStatePrefix(), false, wr, h.cfg.Now()); len(hosts) > 0 {
+				// A host on another replica turned to or from monitor
+				// mode: it may now be the wrong primary, or the right one.
+				hctx, cancel := context.WithTimeout(ctx, handleTimeout)
+				for _, host := range hosts {
+					h.reselectFor(hctx, host)
+				}
+				cancel()
+			}
 			continue
 		case wr, ok := <-reportWatch:
 			if _, err := h.decode("host report", wr, ok); err != nil {

@@ -356,8 +356,13 @@ type Hello struct {
 	// What the agent last applied successfully (0 and "" when nothing).
 	AppliedVersion uint64 `protobuf:"varint,5,opt,name=applied_version,json=appliedVersion,proto3" json:"applied_version,omitempty"`
 	AppliedHash    string `protobuf:"bytes,6,opt,name=applied_hash,json=appliedHash,proto3" json:"applied_hash,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Whether the agent runs in monitor mode (s2s-agent run --apply=false):
+	// it will apply nothing. The controller chooses such a host as its
+	// deployment's primary (which alone runs the deployment-wide steps)
+	// only while no host of the deployment that applies is connected.
+	Monitor       bool `protobuf:"varint,7,opt,name=monitor,proto3" json:"monitor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -430,6 +435,13 @@ func (x *Hello) GetAppliedHash() string {
 		return x.AppliedHash
 	}
 	return ""
+}
+
+func (x *Hello) GetMonitor() bool {
+	if x != nil {
+		return x.Monitor
+	}
+	return false
 }
 
 // DetectedProduct is a product found on the host.
@@ -804,14 +816,15 @@ const file_s2strust_v1_agent_service_proto_rawDesc = "" +
 	"\x0freconnect_after\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x0ereconnectAfter\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"$\n" +
 	"\bUpToDate\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x04R\aversion\"\xde\x01\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\"\xf8\x01\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x16\n" +
 	"\x06driver\x18\x03 \x01(\tR\x06driver\x128\n" +
 	"\bproducts\x18\x04 \x03(\v2\x1c.s2strust.v1.DetectedProductR\bproducts\x12'\n" +
 	"\x0fapplied_version\x18\x05 \x01(\x04R\x0eappliedVersion\x12!\n" +
-	"\fapplied_hash\x18\x06 \x01(\tR\vappliedHash\"[\n" +
+	"\fapplied_hash\x18\x06 \x01(\tR\vappliedHash\x12\x18\n" +
+	"\amonitor\x18\a \x01(\bR\amonitor\"[\n" +
 	"\x0fDetectedProduct\x12.\n" +
 	"\aproduct\x18\x01 \x01(\x0e2\x14.s2strust.v1.ProductR\aproduct\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\"\xb5\x01\n" +

@@ -1339,8 +1339,11 @@ type Host struct {
 	PendingMs      int64                  `protobuf:"varint,34,opt,name=pending_ms,json=pendingMs,proto3" json:"pending_ms,omitempty"`
 	// The products and versions its agent's driver found, from its last Hello.
 	DetectedProducts []*DetectedProduct `protobuf:"bytes,17,rep,name=detected_products,json=detectedProducts,proto3" json:"detected_products,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Whether its agent runs in monitor mode (from its last Hello): it
+	// plans and reports, and applies nothing.
+	Monitor       bool `protobuf:"varint,36,opt,name=monitor,proto3" json:"monitor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -1534,6 +1537,13 @@ func (x *Host) GetDetectedProducts() []*DetectedProduct {
 	return nil
 }
 
+func (x *Host) GetMonitor() bool {
+	if x != nil {
+		return x.Monitor
+	}
+	return false
+}
+
 var File_s2strust_v1_fleet_service_proto protoreflect.FileDescriptor
 
 const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
@@ -1635,7 +1645,7 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\x06errors\x18\x03 \x03(\v2\x16.s2strust.v1.ItemErrorR\x06errors\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x12\n" +
 	"\x04hash\x18\x05 \x01(\tR\x04hash\x12\x18\n" +
-	"\amonitor\x18\x06 \x01(\bR\amonitor\"\xa3\a\n" +
+	"\amonitor\x18\x06 \x01(\bR\amonitor\"\xbd\a\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
 	"\x04name\x18# \x01(\tR\x04name\x12\x1e\n" +
@@ -1664,7 +1674,8 @@ const file_s2strust_v1_fleet_service_proto_rawDesc = "" +
 	"\rpending_since\x18! \x01(\v2\x1a.google.protobuf.TimestampR\fpendingSince\x12\x1d\n" +
 	"\n" +
 	"pending_ms\x18\" \x01(\x03R\tpendingMs\x12I\n" +
-	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts*N\n" +
+	"\x11detected_products\x18\x11 \x03(\v2\x1c.s2strust.v1.DetectedProductR\x10detectedProducts\x12\x18\n" +
+	"\amonitor\x18$ \x01(\bR\amonitor*N\n" +
 	"\bHostView\x12\x19\n" +
 	"\x15HOST_VIEW_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fHOST_VIEW_BASIC\x10\x01\x12\x12\n" +
