@@ -113,7 +113,7 @@ func (h *Hub) reselect(ctx context.Context, dep string) {
 			// Hello, stored, says.
 			return !h.view.state(x).GetMonitor()
 		},
-		goneAt:  goneAt, wasGone: wasGone,
+		goneAt: goneAt, wasGone: wasGone,
 		now: h.cfg.Now(), grace: h.cfg.PrimaryGrace,
 	})
 	h.mu.Unlock()
