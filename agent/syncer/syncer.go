@@ -263,6 +263,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) connectLoop(ctx context.Context) error {
 	attempt := 0
 	for {
+		a.resetConnectBackoff()
 		connected, err := a.session(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -292,6 +293,18 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+	}
+}
+
+// resetConnectBackoff makes the connection dial now if it is waiting out
+// gRPC's own reconnect backoff (1 s growing 1.6-fold to 2 minutes), so
+// that this loop alone says when the agent tries again: after a Drain an
+// agent that came back before the new controller was serving would
+// otherwise fail fast, without dialing, for as long as that backoff has
+// grown to, long after the controller is back.
+func (a *Agent) resetConnectBackoff() {
+	if c, ok := a.cfg.Conn.(interface{ ResetConnectBackoff() }); ok {
+		c.ResetConnectBackoff()
 	}
 }
 

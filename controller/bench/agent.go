@@ -118,6 +118,9 @@ func (a *agent) run(ctx context.Context, addr string, delay time.Duration) {
 	const base, maxDelay = 500 * time.Millisecond, 30 * time.Second
 	attempt := 0
 	for {
+		// As agent/syncer: this loop, not gRPC's own reconnect backoff,
+		// says when to dial again.
+		conn.ResetConnectBackoff()
 		connected, err := a.session(ctx, conn)
 		if ctx.Err() != nil {
 			return
