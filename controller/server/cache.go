@@ -58,6 +58,8 @@ func (h *Hub) setTopology(ctx context.Context, value []byte, rev int64, latest *
 	}
 	h.mu.Lock()
 	h.topo = c
+	close(h.topoChanged)
+	h.topoChanged = make(chan struct{})
 	h.latest = latest
 	h.installTargetsLocked(targets, have)
 	h.resetDesiredLocked()

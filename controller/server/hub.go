@@ -138,10 +138,13 @@ type Hub struct {
 	// draining is closed when the controller shuts down: every stream sends
 	// its agent a Drain and ends. drainSeq numbers the streams drained,
 	// drainTotal is how many were open then.
-	draining   chan struct{}
-	drainOnce  sync.Once
-	drainSeq   atomic.Int64
-	drainTotal atomic.Int64
+	draining  chan struct{}
+	drainOnce sync.Once
+	// topoChanged is closed, and replaced, each time a revision becomes
+	// current (setTopology). Guarded by mu.
+	topoChanged chan struct{}
+	drainSeq    atomic.Int64
+	drainTotal  atomic.Int64
 	// stopCtx ends every stream, those in their Hello included, once the
 	// drain is over (stopStreams).
 	stopCtx     context.Context
@@ -261,6 +264,7 @@ func NewHub(cfg Config) *Hub {
 		writes:            newWriter(cfg.Store),
 		reads:             newReader(cfg.Store),
 		draining:          make(chan struct{}),
+		topoChanged:       make(chan struct{}),
 		stopCtx:           stopCtx,
 		stopStreams:       stopStreams,
 	}

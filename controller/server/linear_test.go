@@ -511,7 +511,7 @@ func TestApplyRefusesARevisionTooLargeToStore(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ro, err := f.hub.newRollout(ctx, top, store.DocumentHash(canon), next, &pb.RolloutStrategy{}, callerName(ctx), "")
+		ro, err := f.hub.newRollout(ctx, top, store.DocumentHash(canon), next, &pb.RolloutStrategy{}, callerName(ctx), "", before.Revision)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/s2strust/s2strust/controller/pagetoken"
@@ -64,23 +67,32 @@ func (s *RolloutSource) Current(ctx context.Context) (uint64, uint64, string, er
 // stored with the revision in one transaction (withRollout). The hub holds
 // every host back to the target the rollout gives it from the moment the
 // revision is current. override, from the request, wins over the
-// topology's rollout: section. It returns nil when the revision goes to
-// every host at once: immediate, or the first revision (no host has
-// anything to protect yet).
-func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, hash string, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string) (*pb.Rollout, error) {
+// topology's rollout: section. from is the current revision as read from
+// etcd (0: none stored). It returns nil when the revision goes to every
+// host at once: immediate, or the first revision (no host has anything to
+// protect yet).
+func (h *Hub) newRollout(ctx context.Context, t *topology.Topology, hash string, next []*pb.HostConfig, override *pb.RolloutStrategy, who, undoOf string, from uint64) (*pb.Rollout, error) {
 	strategy, err := rolloutStrategy(t, next, override)
 	if err != nil {
 		return nil, err
 	}
-	return h.planRollout(ctx, strategy, hash, next, who, undoOf)
+	return h.planRollout(ctx, strategy, hash, next, who, undoOf, from)
 }
 
-// planRollout is newRollout with the strategy decided.
-func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, hash string, next []*pb.HostConfig, who, undoOf string) (*pb.Rollout, error) {
-	snap := h.snapshot()
-	if strategy.GetImmediate() || snap.topo == nil {
+// planRollout is newRollout with the strategy decided. The plan starts
+// from the hub's view of the fleet, so it waits (within
+// revisionLoadWait) until the hub has made revision from current: an
+// apply right after another would otherwise be planned against the
+// revision before, or, after the first, as a first revision, with no
+// rollout at all.
+func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, hash string, next []*pb.HostConfig, who, undoOf string, from uint64) (*pb.Rollout, error) {
+	if strategy.GetImmediate() || from == 0 {
 		return nil, nil
 	}
+	if err := h.awaitRevision(ctx, from); err != nil {
+		return nil, err
+	}
+	snap := h.snapshot()
 	if snap.topo.hash == hash {
 		return nil, nil // nothing changes: nothing to roll out
 	}
@@ -99,6 +111,36 @@ func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, has
 	r := rollout.Plan("", strategy, f, snap.topo.revision, 0, h.cfg.Now())
 	r.CreatedBy, r.UndoOf, r.DocumentHash = who, undoOf, hash
 	return r, nil
+}
+
+// revisionLoadWait bounds how long planning a rollout waits for the hub
+// to make the stored current revision its own.
+const revisionLoadWait = 10 * time.Second
+
+// awaitRevision returns once the hub's current revision is rev or newer:
+// an Unavailable error if that takes longer than revisionLoadWait.
+func (h *Hub) awaitRevision(ctx context.Context, rev uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, revisionLoadWait)
+	defer cancel()
+	for {
+		h.mu.Lock()
+		have, changed := uint64(0), h.topoChanged
+		if h.topo != nil {
+			have = h.topo.revision
+		}
+		h.mu.Unlock()
+		if have >= rev {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+				return status.Errorf(codes.Unavailable, "this controller has not yet made revision %d (current in etcd) its own: it has revision %d; retry", rev, have)
+			}
+			return ctx.Err()
+		}
+	}
 }
 
 // rolloutBytes is what storing rollout r adds to its revision's

@@ -134,6 +134,50 @@ func TestFailedApplyStoresNoRollout(t *testing.T) {
 	}
 }
 
+// TestRolloutIsPlannedFromTheStoredRevision: a rollout is planned from
+// the fleet as it is on the revision etcd holds as current, not on
+// whatever revision the hub has made its own so far. An apply right after
+// the first revision, before the hub has loaded it, starts a rollout from
+// it (it was planned as a first revision, with none); planning from a
+// revision the hub never loads fails, naming it, rather than planning
+// from an older one.
+func TestRolloutIsPlannedFromTheStoredRevision(t *testing.T) {
+	f := startHub(t, Config{})
+	ctx := context.Background()
+	// No wait for the hub to load the first revision.
+	second, err := NewTopologyService(f.hub, nil).ApplyTopology(ctx, &pb.ApplyTopologyRequest{
+		Document: []byte(strings.Replace(string(examples.Contoso), "removePartners: [app]", "removePartners: [app, old1]", 1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.GetRollout() != "rollouts/1" {
+		t.Fatalf("the apply right after the first revision started rollout %q, want rollouts/1", second.GetRollout())
+	}
+	r, err := f.hub.rollouts.Get(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Rollout.GetFromSequence() != 1 || r.Rollout.GetToSequence() != 2 {
+		t.Errorf("rollouts/1 goes from sequence %d to %d, want 1 → 2", r.Rollout.GetFromSequence(), r.Rollout.GetToSequence())
+	}
+
+	top, err := topology.Load("contoso", examples.Contoso)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := topology.Compile(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown := second.GetRevision() + 1_000_000
+	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	ro, err := f.hub.newRollout(sctx, top, "some-hash", next, &pb.RolloutStrategy{}, "test", "", unknown)
+	if err == nil || ro != nil {
+		t.Fatalf("planning from revision %d, never stored: rollout %v, error %v; want an error and no plan", unknown, ro, err)
+	}
+}
+
 // TestEngineKnowsTheRevisionStoredWithItsRollout: the engine takes a
 // rollout's revision from the transaction that stored both, so a rollout
 // superseded by an immediate apply before the engine first looked is

@@ -373,7 +373,7 @@ func (s *RotationService) ApplyPhase(ctx context.Context, r *pb.Rotation) (uint6
 		strategy.MaxUnavailable = 1 // one IIS reset at a time
 	}
 	who := fmt.Sprintf("%s (created by %s)", r.GetName(), r.GetCreatedBy())
-	ro, err := s.hub.planRollout(ctx, strategy, hash, next, who, "")
+	ro, err := s.hub.planRollout(ctx, strategy, hash, next, who, "", cur.Revision)
 	if err != nil {
 		return 0, 0, "", err
 	}

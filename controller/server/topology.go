@@ -221,7 +221,7 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if req.GetDryRun() {
 		// What a real apply would store, secret pins aside (a few bytes).
 		audit := s.auditRecord(who, peerAddr(ctx), t.Name, plan, nil)
-		ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf)
+		ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf, curRev)
 		if err != nil {
 			return nil, err
 		}
@@ -253,7 +253,7 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	// The rollout is stored in the revision's own transaction: the
 	// revision is never current without it, and a failed apply leaves no
 	// rollout behind (nor aborts the running one).
-	ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf)
+	ro, err := s.hub.newRollout(ctx, t, store.DocumentHash(doc), next, withImmediate(req), who, undoOf, curRev)
 	if err != nil {
 		return nil, err
 	}
