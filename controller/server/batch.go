@@ -96,6 +96,28 @@ func (w *writer) put(ctx context.Context, p store.BatchPut) (int64, error) {
 	}
 }
 
+// maxPosted bounds the queue post adds to: past it a best-effort write
+// is dropped rather than queued behind a store that does not keep up.
+const maxPosted = 4 * store.MaxBatchOps * writersInFlight
+
+// post queues p in the writer's next transaction and returns at once,
+// for a write nothing waits on (a best-effort record); queued is false,
+// and nothing was queued, when the queue is already past maxPosted. An
+// error storing it is not reported.
+func (w *writer) post(p store.BatchPut) (queued bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.queue) >= maxPosted {
+		return false
+	}
+	w.queue = append(w.queue, &writeReq{put: p, done: make(chan writeResult, 1)})
+	if !w.running {
+		w.running = true
+		go w.drain()
+	}
+	return true
+}
+
 // drain sends the queue to etcd in transactions until it is empty, or
 // what is left waits for keys in flight (their commit starts drain again).
 func (w *writer) drain() {

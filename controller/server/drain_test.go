@@ -266,3 +266,28 @@ func TestWriterTakesBatchesInQueueOrder(t *testing.T) {
 		t.Errorf("%s marked in flight but left queued", key(store.MaxBatchOps))
 	}
 }
+
+// A posted write is queued without a waiter and stored; past maxPosted
+// queued writes (a store that does not keep up) a post is refused and
+// queues nothing.
+func TestWriterPostIsBoundedAndStored(t *testing.T) {
+	stalled := &writer{inFlight: map[string]bool{}, running: true} // no drain: the queue only grows
+	for i := range maxPosted {
+		if !stalled.post(store.BatchPut{Key: fmt.Sprintf("k/%05d", i)}) {
+			t.Fatalf("post %d of %d refused", i+1, maxPosted)
+		}
+	}
+	if stalled.post(store.BatchPut{Key: "k/over"}) || len(stalled.queue) != maxPosted {
+		t.Fatalf("a post past %d queued writes was queued (%d queued)", maxPosted, len(stalled.queue))
+	}
+
+	f := startHub(t, Config{})
+	w := newWriter(f.st)
+	if !w.post(store.BatchPut{Key: "posted/one", Value: []byte("v")}) {
+		t.Fatal("post to an idle writer refused")
+	}
+	waitFor(t, "the posted write stored", func() bool {
+		resp, err := f.st.Client().Get(context.Background(), f.st.Key("posted/one"))
+		return err == nil && len(resp.Kvs) == 1 && string(resp.Kvs[0].Value) == "v"
+	})
+}

@@ -153,7 +153,7 @@ func (ids *Identities) serveHost(id pki.Identity, leaf *x509.Certificate, srv an
 	ctx = context.WithValue(ctx, streamEndKey{}, cancel)
 	t := ids.track(id.Name, leaf, cancel)
 	defer ids.untrack(t)
-	ids.seen(ctx, id.Name, leaf)
+	ids.seen(id.Name, leaf)
 	if err := ids.Check(leaf); err != nil { // revoked between authorize and track
 		return status.Error(codes.Unauthenticated, err.Error())
 	}

@@ -224,8 +224,11 @@ func (ids *Identities) untrack(t *tracked) {
 
 // seen records the certificate a host connected with (best effort: the
 // record is for `host list`, not for any decision): when the certificate
-// changed, else at most every seenEvery.
-func (ids *Identities) seen(ctx context.Context, host string, cert *x509.Certificate) {
+// changed, else at most every seenEvery. The write is queued, not waited
+// for: a fleet reconnecting after a restart would otherwise open no
+// stream before etcd had stored its last-seen times, and a slow store
+// delays no stream.
+func (ids *Identities) seen(host string, cert *x509.Certificate) {
 	serial := cert.SerialNumber.Text(16)
 	now := time.Now()
 	ids.mu.Lock()
@@ -237,10 +240,13 @@ func (ids *Identities) seen(ctx context.Context, host string, cert *x509.Certifi
 	ids.written[host] = seenWrite{serial: serial, at: now}
 	ids.mu.Unlock()
 	rec, _ := json.Marshal(identityRecord{NotAfter: cert.NotAfter.UTC(), Serial: serial, LastSeen: now.UTC()})
-	wctx, cancel := storeCtx(ctx)
-	defer cancel()
-	if _, err := ids.writes.put(wctx, store.BatchPut{Key: "identities/" + host, Value: rec}); err != nil {
-		ids.log.Debug("record host identity", "host", host, "error", err)
+	if !ids.writes.post(store.BatchPut{Key: "identities/" + host, Value: rec}) {
+		ids.mu.Lock()
+		if ids.written[host].at.Equal(now) {
+			delete(ids.written, host) // the next stream tries again
+		}
+		ids.mu.Unlock()
+		ids.log.Debug("record host identity: the store is behind; not recorded this time", "host", host)
 	}
 }
 

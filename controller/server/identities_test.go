@@ -63,8 +63,9 @@ func TestRevocationEndsTheHostsTrackedStreams(t *testing.T) {
 }
 
 // The certificate a host connects with is recorded (in the writer's
-// batches): every host of a fleet connecting at once has its record, with
-// the certificate's serial and expiry and when it was seen.
+// batches, not waited for): every host of a fleet connecting at once has
+// its record, with the certificate's serial and expiry and when it was
+// seen.
 func TestSeenRecordsEveryConnectingHost(t *testing.T) {
 	ctx := context.Background()
 	f := startHub(t, Config{})
@@ -79,28 +80,34 @@ func TestSeenRecordsEveryConnectingHost(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ids.seen(ctx, fmt.Sprintf("h%02d.contoso.com", i), &x509.Certificate{SerialNumber: big.NewInt(int64(0x1000 + i)), NotAfter: notAfter})
+			ids.seen(fmt.Sprintf("h%02d.contoso.com", i), &x509.Certificate{SerialNumber: big.NewInt(int64(0x1000 + i)), NotAfter: notAfter})
 		}()
 	}
 	wg.Wait()
 	for i := range 50 {
 		host := fmt.Sprintf("h%02d.contoso.com", i)
-		resp, err := f.st.Client().Get(ctx, f.st.Key("identities/"+host))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(resp.Kvs) != 1 {
-			t.Errorf("%s: no identity record", host)
-			continue
-		}
-		var rec identityRecord
-		if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
-			t.Fatalf("%s: %v", host, err)
-		}
-		if want := fmt.Sprintf("%x", 0x1000+i); rec.Serial != want || !rec.NotAfter.Equal(notAfter) || rec.LastSeen.Before(start.Add(-time.Second)) {
-			t.Errorf("%s: recorded %+v; want serial %s, not after %s, last seen since %s", host, rec, want, notAfter, start)
+		rec, _ := waitIdentityRecord(t, f, host, fmt.Sprintf("%x", 0x1000+i))
+		if !rec.NotAfter.Equal(notAfter) || rec.LastSeen.Before(start.Add(-time.Second)) {
+			t.Errorf("%s: recorded %+v; want not after %s, last seen since %s", host, rec, notAfter, start)
 		}
 	}
+}
+
+// waitIdentityRecord waits until host's identity record names serial, and
+// returns it with its etcd mod revision.
+func waitIdentityRecord(t *testing.T, f *hubFixture, host, serial string) (identityRecord, int64) {
+	t.Helper()
+	var rec identityRecord
+	var rev int64
+	waitFor(t, host+"'s identity record of serial "+serial, func() bool {
+		resp, err := f.st.Client().Get(context.Background(), f.st.Key("identities/"+host))
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
+		}
+		rec, rev = identityRecord{}, resp.Kvs[0].ModRevision
+		return json.Unmarshal(resp.Kvs[0].Value, &rec) == nil && rec.Serial == serial
+	})
+	return rec, rev
 }
 
 // fakeStream is a server stream with only a context.
