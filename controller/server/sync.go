@@ -359,8 +359,13 @@ func (s *AgentService) closed(c *conn) {
 		c.mu.Lock()
 		rev := c.presenceRev
 		c.mu.Unlock()
-		if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
-			h.log.Warn("clear presence", "host", host, "error", err)
+		// A stream that never stored its presence has none to clear (the
+		// delete is conditional on this stream's write): no transaction,
+		// which a store falling behind a reconnecting fleet cannot spare.
+		if rev != 0 {
+			if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
+				h.log.Warn("clear presence", "host", host, "error", err)
+			}
 		}
 		ccancel()
 		h.disconnected(context.WithoutCancel(c.ctx), host)
