@@ -5,20 +5,19 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/s2strust/s2strust/controller/server"
-	"github.com/s2strust/s2strust/internal/certs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/metrics"
 	"time"
 
-	"github.com/s2strust/s2strust/controller/convergence"
-
 	"google.golang.org/grpc"
 
 	"github.com/s2strust/s2strust/controller/app"
+	"github.com/s2strust/s2strust/controller/convergence"
 	"github.com/s2strust/s2strust/controller/pagetoken"
+	"github.com/s2strust/s2strust/controller/server"
+	"github.com/s2strust/s2strust/internal/certs"
 	"github.com/s2strust/s2strust/internal/pki"
 	pb "github.com/s2strust/s2strust/proto/s2strust/v1"
 )
