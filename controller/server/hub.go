@@ -140,6 +140,9 @@ type Hub struct {
 	// drainTotal is how many were open then.
 	draining  chan struct{}
 	drainOnce sync.Once
+	// loadErr is why the last load of the state from etcd failed (see
+	// Run). Guarded by mu.
+	loadErr error
 	// topoChanged is closed, and replaced, each time a revision becomes
 	// current (setTopology). Guarded by mu.
 	topoChanged chan struct{}

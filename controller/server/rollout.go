@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -118,11 +119,16 @@ func (h *Hub) planRollout(ctx context.Context, strategy *pb.RolloutStrategy, has
 const revisionLoadWait = 10 * time.Second
 
 // awaitRevision returns once the hub's current revision is rev or newer:
-// an Unavailable error if that takes longer than revisionLoadWait.
+// an Unavailable error if that takes longer than revisionLoadWait, or at
+// once while the hub does not follow etcd (naming why: a full store's
+// error names the quota and the way out).
 func (h *Hub) awaitRevision(ctx context.Context, rev uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, revisionLoadWait)
 	defer cancel()
 	for {
+		if lost, _ := h.view.lostReason(); lost != "" {
+			return h.notFollowing(rev)
+		}
 		h.mu.Lock()
 		have, changed := uint64(0), h.topoChanged
 		if h.topo != nil {
@@ -136,11 +142,27 @@ func (h *Hub) awaitRevision(ctx context.Context, rev uint64) error {
 		case <-changed:
 		case <-ctx.Done():
 			if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+				if lost, _ := h.view.lostReason(); lost != "" {
+					return h.notFollowing(rev)
+				}
 				return status.Errorf(codes.Unavailable, "this controller has not yet made revision %d (current in etcd) its own: it has revision %d; retry", rev, have)
 			}
 			return ctx.Err()
 		}
 	}
+}
+
+// notFollowing is awaitRevision's error while the hub does not follow
+// etcd, with the error that made it stop.
+func (h *Hub) notFollowing(rev uint64) error {
+	h.mu.Lock()
+	err := h.loadErr
+	h.mu.Unlock()
+	msg := fmt.Sprintf("this controller does not follow etcd, so it cannot plan the rollout from revision %d", rev)
+	if errors.Is(err, rpctypes.ErrNoSpace) {
+		return fmt.Errorf("%s: %w", msg, h.cfg.Store.WriteErr(err))
+	}
+	return status.Errorf(codes.Unavailable, "%s (%v); retry", msg, err)
 }
 
 // rolloutBytes is what storing rollout r adds to its revision's

@@ -32,6 +32,9 @@ func (h *Hub) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		h.mu.Lock()
+		h.loadErr = err
+		h.mu.Unlock()
 		h.view.markLost(err.Error())
 		h.failOnce.Do(func() { close(h.failed) })
 		h.log.Error("lost track of etcd; reloading", "error", err, "retry_in", delay)
