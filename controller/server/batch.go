@@ -81,11 +81,7 @@ func (w *writer) putProto(ctx context.Context, rel string, m proto.Message) erro
 func (w *writer) put(ctx context.Context, p store.BatchPut) (int64, error) {
 	r := &writeReq{put: p, done: make(chan writeResult, 1)}
 	w.mu.Lock()
-	w.queue = append(w.queue, r)
-	if !w.running {
-		w.running = true
-		go w.drain()
-	}
+	w.enqueueLocked(r)
 	w.mu.Unlock()
 	select {
 	case res := <-r.done:
@@ -110,12 +106,17 @@ func (w *writer) post(p store.BatchPut) (queued bool) {
 	if len(w.queue) >= maxPosted {
 		return false
 	}
-	w.queue = append(w.queue, &writeReq{put: p, done: make(chan writeResult, 1)})
+	w.enqueueLocked(&writeReq{put: p, done: make(chan writeResult, 1)})
+	return true
+}
+
+// enqueueLocked queues r, starting drain if it is not running.
+func (w *writer) enqueueLocked(r *writeReq) {
+	w.queue = append(w.queue, r)
 	if !w.running {
 		w.running = true
 		go w.drain()
 	}
-	return true
 }
 
 // drain sends the queue to etcd in transactions until it is empty, or
