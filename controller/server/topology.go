@@ -281,6 +281,12 @@ func (s *TopologyService) apply(ctx context.Context, req *pb.ApplyTopologyReques
 	if stored != nil && changed {
 		resp.Rollout = stored.GetName()
 	}
+	if changed {
+		// Read your writes: the caller's next call to this controller (an
+		// agent's Hello, a status) finds the revision current. Stored
+		// either way: past the wait the hub takes it moments later.
+		_ = s.hub.awaitRevision(ctx, rev)
+	}
 	return resp, nil
 }
 
