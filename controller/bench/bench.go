@@ -436,7 +436,10 @@ Method:
   agent's first answer. Desired re-sent are counted in the controller until
   ListHosts shows the whole fleet connected and current again.
 - Agents and controller share the CPUs: every time above includes the
-  agents' own TLS and protobuf work.
+  agents' own TLS and protobuf work. The agents' processes run at nice 10
+  (Linux): they stand for hosts that in production have their own CPUs,
+  and they yield to the controller (and the floor's server) when both
+  want the CPU, as a remote fleet would not take the controller's.
 `)
 }
 

@@ -59,6 +59,9 @@ type event struct {
 // ChildMain runs a benchmark child: simulated agents driven by commands
 // on in, reporting events on out, until in ends.
 func ChildMain(in io.Reader, out io.Writer) error {
+	if err := lowerPriority(); err != nil {
+		return fmt.Errorf("bench child: %w", err)
+	}
 	bw := bufio.NewWriterSize(out, 64<<10)
 	c := &child{bufw: bw, enc: json.NewEncoder(bw), flushTicker: time.NewTicker(5 * time.Millisecond)}
 	defer c.flushTicker.Stop()
