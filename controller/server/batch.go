@@ -141,7 +141,7 @@ func (w *writer) drain() {
 }
 
 // takeLocked takes, in queue order, up to store.MaxBatchOps writes for
-// one transaction: no key twice, and no key in flight or queued earlier
+// one transaction (one fewer with a conditional delete): no key twice, and no key in flight or queued earlier
 // and not taken (a later write of a key goes in a later transaction, after
 // the earlier one has committed). It marks the keys taken in flight.
 //
@@ -154,7 +154,8 @@ func (w *writer) takeLocked() []*writeReq {
 	var held map[string]bool // keys left in the queue
 	rest := w.queue[:0]
 	i := 0
-	for ; i < len(w.queue) && len(batch) < store.MaxBatchOps; i++ {
+	limit := store.MaxBatchOps
+	for ; i < len(w.queue) && len(batch) < limit; i++ {
 		r := w.queue[i]
 		k := r.put.Key
 		if w.inFlight[k] || held[k] {
@@ -164,6 +165,14 @@ func (w *writer) takeLocked() []*writeReq {
 			held[k] = true
 			rest = append(rest, r)
 			continue
+		}
+		if r.put.DeleteAt != 0 {
+			// A conditional delete leaves room for one operation fewer
+			// (see store.MaxBatchOps): it waits for the next batch if
+			// this one is full without it.
+			if limit = store.MaxBatchOps - 1; len(batch) >= limit {
+				break
+			}
 		}
 		w.inFlight[k] = true
 		batch = append(batch, r)

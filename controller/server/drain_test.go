@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -264,6 +265,45 @@ func TestWriterTakesBatchesInQueueOrder(t *testing.T) {
 	}
 	if w.inFlight[key(store.MaxBatchOps)] {
 		t.Errorf("%s marked in flight but left queued", key(store.MaxBatchOps))
+	}
+}
+
+// A batch with a conditional delete carries one write fewer (etcd counts
+// the nested transaction's operation against the outer one's limit): a
+// delete that would be the batch's last write waits for the next batch,
+// and one taken first makes the batch stop a write short.
+func TestWriterLeavesRoomForAConditionalDelete(t *testing.T) {
+	w := &writer{inFlight: map[string]bool{}}
+	key := func(i int) string { return fmt.Sprintf("k/%04d", i) }
+	for i := range store.MaxBatchOps - 1 {
+		w.queue = append(w.queue, &writeReq{put: store.BatchPut{Key: key(i)}})
+	}
+	w.queue = append(w.queue, &writeReq{put: store.BatchPut{Key: "k/gone", DeleteAt: 7}})
+	for i := range store.MaxBatchOps {
+		w.queue = append(w.queue, &writeReq{put: store.BatchPut{Key: key(1000 + i)}})
+	}
+	w.mu.Lock()
+	first := w.takeLocked()
+	second := w.takeLocked()
+	w.mu.Unlock()
+	if len(first) != store.MaxBatchOps-1 || slices.ContainsFunc(first, func(r *writeReq) bool { return r.put.DeleteAt != 0 }) {
+		t.Fatalf("first batch: %d writes (a delete among them: %v); want the %d puts before the delete", len(first),
+			slices.ContainsFunc(first, func(r *writeReq) bool { return r.put.DeleteAt != 0 }), store.MaxBatchOps-1)
+	}
+	if len(second) != store.MaxBatchOps-1 || second[0].put.Key != "k/gone" {
+		t.Fatalf("second batch: %d writes starting with %s; want %d starting with the delete of k/gone", len(second), second[0].put.Key, store.MaxBatchOps-1)
+	}
+	// The store refuses a full batch with a delete in it, naming the limit.
+	f := startHub(t, Config{Secrets: fakeSecrets{}})
+	puts := []store.BatchPut{{Key: "k/gone", DeleteAt: 7}}
+	for i := range store.MaxBatchOps - 1 {
+		puts = append(puts, store.BatchPut{Key: key(i), Value: []byte("v")})
+	}
+	if _, err := f.st.PutBatch(context.Background(), puts); err == nil || !strings.Contains(err.Error(), fmt.Sprint(store.MaxBatchOps-1)) {
+		t.Errorf("PutBatch of %d writes with a conditional delete: %v; want an error naming the limit %d", len(puts), err, store.MaxBatchOps-1)
+	}
+	if _, err := f.st.PutBatch(context.Background(), puts[:store.MaxBatchOps-1]); err != nil {
+		t.Errorf("PutBatch of %d writes with a conditional delete: %v", store.MaxBatchOps-1, err)
 	}
 }
 

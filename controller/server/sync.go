@@ -362,8 +362,12 @@ func (s *AgentService) closed(c *conn) {
 		// A stream that never stored its presence has none to clear (the
 		// delete is conditional on this stream's write): no transaction,
 		// which a store falling behind a reconnecting fleet cannot spare.
+		// The delete goes in the writer's shared transactions: a fleet
+		// whose streams end together (a network partition healing, a
+		// site's agents restarting) costs some dozens of transactions, not
+		// one per host.
 		if rev != 0 {
-			if err := h.cfg.Store.ClearPresent(cctx, host, rev); err != nil {
+			if _, err := h.writes.put(cctx, store.BatchPut{Key: store.PresenceKey(host), DeleteAt: rev}); err != nil {
 				h.log.Warn("clear presence", "host", host, "error", err)
 			}
 		}

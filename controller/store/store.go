@@ -743,24 +743,14 @@ func (s *Store) Present(ctx context.Context) (map[string]string, error) {
 }
 
 // SetPresent marks host present under lease and returns the revision of
-// the write, which ClearPresent compares against.
+// the write, which a conditional delete of PresenceKey(host) (BatchPut's
+// DeleteAt) compares against: a stream clears only its own presence.
 func (s *Store) SetPresent(ctx context.Context, host, owner string, lease clientv3.LeaseID) (int64, error) {
 	resp, err := s.cli.Put(ctx, s.Key("presence/"+host), owner, clientv3.WithLease(lease))
 	if err != nil {
 		return 0, fmt.Errorf("record presence of %s: %w", host, s.writeErr(err))
 	}
 	return resp.Header.Revision, nil
-}
-
-// ClearPresent removes host's presence key unless it was written again
-// after rev (by a newer stream of the same host).
-func (s *Store) ClearPresent(ctx context.Context, host string, rev int64) error {
-	k := s.Key("presence/" + host)
-	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(clientv3.OpDelete(k)).Commit()
-	if err != nil {
-		return fmt.Errorf("clear presence of %s: %w", host, s.writeErr(err))
-	}
-	return nil
 }
 
 // HostFromPresenceKey returns the host of a full presence key.

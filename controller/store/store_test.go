@@ -432,9 +432,13 @@ func TestPresence(t *testing.T) {
 	if newRev <= oldRev {
 		t.Fatalf("second SetPresent revision %d not after %d", newRev, oldRev)
 	}
-	// The old stream ends late: its clear must not remove the new presence.
-	if err := st.ClearPresent(ctx, host, oldRev); err != nil {
+	// The old stream ends late: its clear must not remove the new
+	// presence, and the other writes of its batch are stored all the same.
+	if _, err := st.PutBatch(ctx, []store.BatchPut{{Key: store.PresenceKey(host), DeleteAt: oldRev}, {Key: "batchtest/beside", Value: []byte("x")}}); err != nil {
 		t.Fatal(err)
+	}
+	if resp, err := cli.Get(ctx, st.Key("batchtest/beside")); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("the write beside a stale clear: %v, %v; want it stored", resp, err)
 	}
 	present, err := st.Present(ctx)
 	if err != nil {
@@ -447,7 +451,7 @@ func TestPresence(t *testing.T) {
 		t.Errorf("HostFromPresenceKey = %q; want %q", got, host)
 	}
 
-	if err := st.ClearPresent(ctx, host, newRev); err != nil {
+	if _, err := st.PutBatch(ctx, []store.BatchPut{{Key: store.PresenceKey(host), DeleteAt: newRev}}); err != nil {
 		t.Fatal(err)
 	}
 	present, err = st.Present(ctx)
