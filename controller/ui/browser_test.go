@@ -190,11 +190,20 @@ func TestDashboardShowsTheDemoFleet(t *testing.T) {
 		t.Errorf("%d trust edges drawn, want 5", n)
 	}
 	const edgeSel = `#trust-graph .edge[data-from="exchange"][data-to="pool01"]`
-	if err := chromedp.Do(bctx,
-		chromedp.Click(chromedp.CSS(edgeSel+` .edge-label`)),
-		chromedp.WaitVisible(chromedp.CSS(`#edge-row[data-from="exchange"][data-to="pool01"]`)),
-	); err != nil {
-		t.Fatalf("click the exchange → pool01 edge: %v", err)
+	// The live page redraws the graph whenever a host changes: a click can
+	// find the label it resolved replaced ("Could not find node with given
+	// id"); it is tried again on the new one.
+	var clickErr error
+	for range 5 {
+		if clickErr = chromedp.Do(bctx, chromedp.Click(chromedp.CSS(edgeSel+` .edge-label`))); clickErr == nil || !strings.Contains(clickErr.Error(), "Could not find node") {
+			break
+		}
+	}
+	if clickErr == nil {
+		clickErr = chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(`#edge-row[data-from="exchange"][data-to="pool01"]`)))
+	}
+	if clickErr != nil {
+		t.Fatalf("click the exchange → pool01 edge: %v", clickErr)
 	}
 	rowText := eval[string](t, bctx, `document.getElementById('edge-detail').innerText`)
 	// Lync registers Exchange as microsoft.exchange, by Exchange's well-known identifier.
