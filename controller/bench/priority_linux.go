@@ -13,8 +13,9 @@ import (
 const childNice = 10
 
 // lowerPriority gives every thread of this process the nice value
-// childNice, or leaves it nicer. On Linux a nice value belongs to a thread, and a new thread
-// inherits its creator's: once every thread has it, so do all later ones.
+// childNice, or leaves it nicer. On Linux a nice value belongs to a
+// thread, and a new thread inherits its creator's: once every thread has
+// it, so do all later ones.
 func lowerPriority() error {
 	for range 2 { // a thread created during the first pass is caught by the second
 		tasks, err := os.ReadDir("/proc/self/task")

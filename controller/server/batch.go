@@ -141,9 +141,10 @@ func (w *writer) drain() {
 }
 
 // takeLocked takes, in queue order, up to store.MaxBatchOps writes for
-// one transaction (one fewer with a conditional delete): no key twice, and no key in flight or queued earlier
-// and not taken (a later write of a key goes in a later transaction, after
-// the earlier one has committed). It marks the keys taken in flight.
+// one transaction (store.MaxBatchOpsWithDelete with a conditional delete):
+// no key twice, and no key in flight or queued earlier and not taken (a
+// later write of a key goes in a later transaction, after the earlier one
+// has committed). It marks the keys taken in flight.
 //
 // It looks no further than the transaction's last write: the writes after
 // it stay queued in order, so taking a batch costs its size (and the keys
@@ -167,10 +168,8 @@ func (w *writer) takeLocked() []*writeReq {
 			continue
 		}
 		if r.put.DeleteAt != 0 {
-			// A conditional delete leaves room for one operation fewer
-			// (see store.MaxBatchOps): it waits for the next batch if
-			// this one is full without it.
-			if limit = store.MaxBatchOps - 1; len(batch) >= limit {
+			// It waits for the next batch if this one is full without it.
+			if limit = store.MaxBatchOpsWithDelete; len(batch) >= limit {
 				break
 			}
 		}

@@ -25,21 +25,25 @@ type BatchPut struct {
 }
 
 // MaxBatchOps is the number of writes one PutBatch may carry: etcd's
-// default limit of operations per transaction (--max-txn-ops). A batch
-// with a conditional delete (DeleteAt) may carry one fewer: etcd counts
-// a nested transaction's operations against what the outer one leaves.
+// default limit of operations per transaction (--max-txn-ops).
 const MaxBatchOps = 128
 
+// MaxBatchOpsWithDelete is the number of writes a PutBatch with a
+// conditional delete (DeleteAt) may carry: etcd counts a nested
+// transaction's operation against what the outer one leaves.
+const MaxBatchOpsWithDelete = MaxBatchOps - 1
+
 // PutBatch writes every put (or conditional delete) in one etcd
-// transaction: all or none are stored. It returns the transaction's revision, the mod revision of each
-// key written. Keys must be distinct (etcd refuses a transaction writing
-// one key twice) and at most MaxBatchOps.
+// transaction: all or none are stored. It returns the transaction's
+// revision, the mod revision of each key written. Keys must be distinct
+// (etcd refuses a transaction writing one key twice) and at most
+// MaxBatchOps (MaxBatchOpsWithDelete with a conditional delete).
 func (s *Store) PutBatch(ctx context.Context, puts []BatchPut) (int64, error) {
 	if len(puts) > MaxBatchOps {
 		return 0, fmt.Errorf("write %d keys in one transaction: at most %d", len(puts), MaxBatchOps)
 	}
-	if len(puts) == MaxBatchOps && slices.ContainsFunc(puts, func(p BatchPut) bool { return p.DeleteAt != 0 }) {
-		return 0, fmt.Errorf("write %d keys in one transaction with a conditional delete: at most %d", len(puts), MaxBatchOps-1)
+	if len(puts) > MaxBatchOpsWithDelete && slices.ContainsFunc(puts, func(p BatchPut) bool { return p.DeleteAt != 0 }) {
+		return 0, fmt.Errorf("write %d keys in one transaction with a conditional delete: at most %d", len(puts), MaxBatchOpsWithDelete)
 	}
 	ops := make([]clientv3.Op, len(puts))
 	for i, p := range puts {
