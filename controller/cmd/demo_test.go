@@ -69,6 +69,7 @@ func TestDemoOnce(t *testing.T) {
 // TestDemoOnceFailsNamingTheHost runs the demo with a topology one of whose
 // edges cannot work, and checks that it exits non-zero saying which and why.
 func TestDemoOnceFailsNamingTheEdge(t *testing.T) {
+	t.Parallel()
 	doc := []byte(strings.Replace(string(examples.Contoso), "{from: sharepoint, to: pool01}",
 		`{from: sharepoint, to: pool01, metadataUrl: "https://sp.contoso.com/not/metadata"}`, 1))
 	var out bytes.Buffer

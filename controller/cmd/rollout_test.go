@@ -150,6 +150,7 @@ func revisionCount(t *testing.T, dir string) int {
 // by their sequence numbers 1, 2, 3 … throughout; and every refused
 // request naming what is wrong and changing nothing.
 func TestRolloutCommands(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	failSP, agents := rolloutFleet(t, dir)
 

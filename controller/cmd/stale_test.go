@@ -16,6 +16,7 @@ import (
 // STALE warning with its age and reason, as `get hosts` does, and their
 // -o json carries the stale mark; `rollout status -w` says it once.
 func TestReadCommandsWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	etcd, err := etcdembed.Start(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)

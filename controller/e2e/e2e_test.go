@@ -593,6 +593,7 @@ func TestControllersShareAnExternalEtcd(t *testing.T) {
 // Unavailable and changes nothing, the agent keeps its last good state,
 // and afterwards everything converges without restarting the controller.
 func TestEtcdOutage(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := context.Background()
 	etcdDir := filepath.Join(dir, "external-etcd")

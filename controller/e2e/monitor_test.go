@@ -62,6 +62,7 @@ func (f *fleet) simFiles() map[string]string {
 // changes. Restarted to apply, the same agents receive the configuration
 // and converge.
 func TestMonitorModeReportsThePlanAndChangesNothing(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, examples.Contoso, agentOpts{})
 	rev := f.apply(examples.Contoso)
 	f.waitConverged(rev)

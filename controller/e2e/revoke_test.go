@@ -93,6 +93,7 @@ func syncOnce(t *testing.T, c *controller, dir, host string) error {
 // disconnected at once and cannot reconnect, and a new enrollment gives it
 // a new identity.
 func TestRenewAndRevoke(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	c := startControllerWith(t, filepath.Join(dir, "controller"), "127.0.0.1:0", func(cfg *app.ServeConfig) { cfg.HostCertTTL = 4 * time.Second })
 	admin := c.admin()

@@ -99,6 +99,7 @@ func leaderOf(t *testing.T, cli *clientv3.Client) string {
 // back; stopping the leader mid-rollout hands it over to another replica,
 // which finishes it without re-sending anything to hosts already done.
 func TestRolloutAcrossReplicas(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := context.Background()
 	etcd, err := etcdembed.Start(ctx, filepath.Join(dir, "etcd"))
@@ -497,6 +498,7 @@ func (c *childController) kill() {
 // TTL and finishes the rollout from its state in etcd, re-sending nothing
 // to the hosts already done.
 func TestRolloutSurvivesAKilledLeader(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := context.Background()
 	etcd, err := etcdembed.Start(ctx, filepath.Join(dir, "etcd"))

@@ -106,6 +106,7 @@ func (f *fleet) followRotation(name string, look func(*pb.Rotation)) *pb.Rotatio
 // while it is only scheduled and half-way through, and the topology
 // names the new secret version at the end.
 func TestRotateIssuerOfTheLyncPool(t *testing.T) {
+	t.Parallel()
 	f := startFleetWith(t, examples.Contoso, rotationAgents, func(c *app.ServeConfig) {
 		c.RolloutInterval = 100 * time.Millisecond
 		c.ElectionTTL = 2 * time.Second
@@ -301,12 +302,14 @@ func TestRotateIssuerOfTheLyncPool(t *testing.T) {
 // rollout changes one Exchange server at a time (each an IIS reset), and
 // the document names the secret as exchange's token issuer at the end.
 func TestRotateExchangeAuthCertificate(t *testing.T) {
+	t.Parallel()
 	rotateProductCertificate(t, "exchange", pb.Product_PRODUCT_EXCHANGE, "ex-auth-2027", "Microsoft Exchange Server Auth Certificate", 2)
 }
 
 // TestRotateSharePointSTSCertificate is the same for the SharePoint
 // farm's STS signing certificate.
 func TestRotateSharePointSTSCertificate(t *testing.T) {
+	t.Parallel()
 	rotateProductCertificate(t, "sharepoint", pb.Product_PRODUCT_SHAREPOINT, "sp-sts-2027", "SharePoint Security Token Service", 1)
 }
 

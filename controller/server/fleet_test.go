@@ -270,6 +270,7 @@ func waitApplied(t *testing.T, f *fleetFixture, hosts ...string) {
 // view, marked stale with its age and the reason, and show what the hosts
 // had applied; WatchHosts says it is stale.
 func TestFleetReadsWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, nil)
 	for _, h := range contosoHosts {
 		f.connect(t, h)

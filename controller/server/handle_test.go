@@ -14,6 +14,7 @@ import (
 // batch fails within the caller's deadline, and the loop loads its state
 // again from a consistent snapshot once etcd is back.
 func TestTopologyEventWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, nil)
 	cur, err := f.st.CurrentRevision(callCtx(t))
 	if err != nil {

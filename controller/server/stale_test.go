@@ -94,6 +94,7 @@ func variant(i int) []byte {
 }
 
 func TestRolloutReadsWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, nil)
 	ctx := callCtx(t)
 	topo := pb.NewTopologyServiceClient(f.conn)
@@ -187,6 +188,7 @@ func TestRolloutReadsWhileEtcdIsDown(t *testing.T) {
 }
 
 func TestRotationReadsWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, nil)
 	ctx := callCtx(t)
 	rs := rotation.NewStore(f.st)
@@ -276,6 +278,7 @@ func TestRotationReadsWhileEtcdIsDown(t *testing.T) {
 }
 
 func TestSecretListWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, nil)
 	ctx := callCtx(t)
 	b, err := certs.Generate(certs.Template{CommonName: "contoso.com", DNSNames: []string{"contoso.com", "fabrikam.com"},
@@ -320,6 +323,7 @@ func TestSecretListWhileEtcdIsDown(t *testing.T) {
 }
 
 func TestAuditListWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, nil)
 	ctx := callCtx(t)
 	// More records than the view keeps, by two people, each its own
@@ -387,6 +391,7 @@ func TestAuditListWhileEtcdIsDown(t *testing.T) {
 }
 
 func TestRevisionListWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, nil)
 	ctx := callCtx(t)
 	// Two more revisions than the view keeps, the first one included.
@@ -473,6 +478,7 @@ func TestRecentKeepsTheNewest(t *testing.T) {
 // the deny list and the open streams, marked stale, and says what it
 // leaves out.
 func TestHostIdentityListWhileEtcdIsDown(t *testing.T) {
+	t.Parallel()
 	f := startFleet(t, func(ctx context.Context, st *store.Store) {
 		for _, h := range []string{"aa.contoso.com", "zz1.contoso.com"} {
 			if _, err := st.Client().Put(ctx, st.Key("identities/"+h), `{"serial":"0a","notAfter":"2027-01-01T00:00:00Z"}`); err != nil {
